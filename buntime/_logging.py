@@ -1,0 +1,271 @@
+"""
+Logging for buntime: every line is an eliot message.
+
+Messages carry C{level} (debug, info, warn, error), a human C{message} and
+a C{context} (C{runtime}, C{plugin:keyval}, C{worker:hello@1.0.0} ...).  The
+destinations here filter them by level and write them as JSON lines or as
+pretty, coloured lines; L{TwistedToEliot} forwards C{twisted.logger} events
+into eliot so Twisted's own messages come out the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import eliot
+from attrs import define, field
+from eliot import log_message
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import ILogObserver, LogLevel, formatEvent
+from zope.interface import implementer
+
+LEVELS = ("debug", "info", "warn", "error")
+_RANK = {name: rank for rank, name in enumerate(LEVELS)}
+
+REQUEST_ACTION = "buntime:http:request"
+
+SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+)
+REDACTED = "[redacted]"
+
+# Keys of an eliot message that the formatters place themselves.
+_OWN_KEYS = {"level", "message", "timestamp", "context"}
+_TASK_KEYS = ("task_uuid", "task_level", "message_type", "action_type", "action_status")
+
+
+def log(level: str, message_type: str, message: str, **fields: object) -> None:
+    """
+    Log one eliot message.  C{message_type} is C{buntime:<subsystem>:<event>},
+    C{message} the human sentence, C{fields} structured data (never secrets).
+    """
+    log_message(message_type=message_type, level=level, message=message, **fields)
+
+
+def level_enabled(minimum: str, level: str) -> bool:
+    """Whether a message at C{level} passes a C{minimum} filter."""
+    return _RANK.get(level, 1) >= _RANK.get(minimum, 0)
+
+
+def redact_headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Header pairs safe to log: credentials and cookies replaced."""
+    return [
+        (name, REDACTED if name.lower() in SENSITIVE_HEADERS else value) for name, value in pairs
+    ]
+
+
+def _level_of(message: dict[str, Any]) -> str:
+    level = message.get("level")
+    if isinstance(level, str) and level in _RANK:
+        return level
+    if message.get("action_status") == "failed":
+        return "error"
+    return "debug"
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    text = message.get("message")
+    if isinstance(text, str):
+        return text
+    if "action_type" in message:
+        return f"{message['action_type']} {message.get('action_status', '')}".strip()
+    if "exception" in message:
+        return f"{message['exception']}: {message.get('reason', '')}"
+    return str(message.get("message_type", ""))
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if str(k).lower() in SENSITIVE_HEADERS else _scrub(v))
+            for k, v in value.items()
+        }
+    return value
+
+
+def to_record(message: dict[str, Any]) -> dict[str, Any]:
+    """
+    The JSON object for one eliot message: C{level}, C{message},
+    C{timestamp} (ISO 8601, UTC), C{context}, the message's own fields, and
+    eliot's task fields.
+    """
+    timestamp = message.get("timestamp", time.time())
+    record: dict[str, Any] = {
+        "level": _level_of(message),
+        "message": _text_of(message),
+        "timestamp": datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds"),
+        "context": message.get("context", "runtime"),
+    }
+    for key, value in message.items():
+        if key not in _OWN_KEYS:
+            record[key] = _scrub(value)
+    return record
+
+
+def format_json(message: dict[str, Any]) -> str:
+    return json.dumps(to_record(message), default=repr, separators=(",", ":"))
+
+
+_COLOURS = {"debug": "\x1b[90m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}
+_ABBREV = {"debug": "DBG", "info": "INF", "warn": "WRN", "error": "ERR"}
+
+
+def format_pretty(message: dict[str, Any], colour: bool = False) -> str:
+    """C{12:34:56.789 INF [plugin:keyval] Request processed {"duration": 45}}."""
+    record = to_record(message)
+    stamp = datetime.fromtimestamp(message.get("timestamp", time.time())).strftime("%H:%M:%S.%f")
+    level = record.pop("level")
+    text = record.pop("message")
+    context = record.pop("context")
+    record.pop("timestamp")
+    for key in _TASK_KEYS:
+        record.pop(key, None)
+    extra = " " + json.dumps(record, default=repr) if record else ""
+    tag = _ABBREV[level]
+    if colour:
+        tag = f"{_COLOURS[level]}{tag}\x1b[0m"
+        context = f"\x1b[35m[{context}]\x1b[0m"
+    else:
+        context = f"[{context}]"
+    return f"{stamp[:-3]} {tag} {context} {text}{extra}"
+
+
+@define
+class StreamDestination:
+    """An eliot destination writing filtered, formatted lines to a stream."""
+
+    stream: IO[str]
+    min_level: str = "info"
+    fmt: str = "json"
+    colour: bool = False
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        if not level_enabled(self.min_level, _level_of(message)):
+            return
+        if self.fmt == "json":
+            line = format_json(message)
+        else:
+            line = format_pretty(message, self.colour)
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed stdout (daemonized) must not break the runtime
+
+
+@define
+class FileDestination:
+    """JSON lines appended to a file, buffered; L{flush} writes them out."""
+
+    path: str
+    min_level: str = "info"
+    _buffer: list[str] = field(factory=list)
+    _file: IO[str] | None = None
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        if level_enabled(self.min_level, _level_of(message)):
+            self._buffer.append(format_json(message) + "\n")
+            if len(self._buffer) >= 512:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file.write("".join(self._buffer))
+        self._file.flush()
+        self._buffer.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+_TWISTED_LEVELS = {
+    LogLevel.debug: "debug",
+    LogLevel.info: "info",
+    LogLevel.warn: "warn",
+    LogLevel.error: "error",
+    LogLevel.critical: "error",
+}
+
+
+@implementer(ILogObserver)
+class TwistedToEliot:
+    """A C{twisted.logger} observer that re-logs every event as an eliot message."""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = _TWISTED_LEVELS.get(event.get("log_level", LogLevel.info), "info")
+        if event.get("isError"):
+            level = "error"
+        text = formatEvent(event)
+        fields: dict[str, Any] = {}
+        failure = event.get("log_failure")
+        if failure is not None:
+            fields["traceback"] = failure.getTraceback()
+            level = "error"
+        log_message(
+            message_type="twisted:log",
+            level=level,
+            message=text,
+            context="twisted",
+            namespace=event.get("log_namespace", ""),
+            **fields,
+        )
+
+
+def twistd_observer() -> TwistedToEliot:
+    """
+    The observer factory buntime hands to twistd's C{--logger}: Twisted's own
+    log events go into eliot, and the L{LoggingService} decides where they end.
+    """
+    return TwistedToEliot()
+
+
+@define(eq=False)
+class LoggingService(Service):
+    """
+    Adds the eliot destinations on start and removes them on stop; a file
+    destination is flushed every second and on stop.
+    """
+
+    clock: IReactorTime
+    level: str = "info"
+    fmt: str = "json"
+    file_path: str | None = None
+    stream: IO[str] = field(factory=lambda: sys.stdout)
+    _destinations: list[Callable[[dict[str, Any]], None]] = field(factory=list)
+    _file: FileDestination | None = None
+    _flusher: LoopingCall | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        colour = self.fmt == "pretty" and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._destinations = [StreamDestination(self.stream, self.level, self.fmt, colour)]
+        if self.file_path:
+            self._file = FileDestination(self.file_path, self.level)
+            self._destinations.append(self._file)
+            self._flusher = LoopingCall(self._file.flush)
+            self._flusher.clock = self.clock
+            self._flusher.start(1.0, now=False)
+        eliot.add_destinations(*self._destinations)
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        for destination in self._destinations:
+            eliot.remove_destination(destination)
+        if self._file is not None:
+            self._file.close()
+        self._destinations = []

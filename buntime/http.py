@@ -1,0 +1,208 @@
+"""
+buntime's own HTTP value types, shared by the router, the worker pool,
+plugin hooks and worker ``routes`` handlers.
+
+All of them are immutable: every "change" returns a new value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from attrs import evolve, field, frozen
+
+Body = bytes | AsyncIterable[bytes]
+"""A body is either all its bytes, or an async iterator of chunks (a stream)."""
+
+def _pairs(source: object) -> tuple[tuple[str, str], ...]:
+    if source is None:
+        return ()
+    if isinstance(source, Headers):
+        return source._items
+    if isinstance(source, Mapping):
+        items: Iterable[Any] = source.items()
+    else:
+        items = source  # type: ignore[assignment]
+    pairs = []
+    for name, value in items:
+        if isinstance(name, bytes):
+            name = name.decode("latin-1")
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        pairs.append((str(name), str(value)))
+    return tuple(pairs)
+
+
+@frozen(eq=False)
+class Headers:
+    """
+    Immutable, case-insensitive, multi-valued HTTP headers.
+
+    Build one from a dict, a list of C{(name, value)} pairs or another
+    C{Headers}.  Names keep the case they were given in (for output) but are
+    compared case-insensitively.
+    """
+
+    _items: tuple[tuple[str, str], ...] = field(default=(), converter=_pairs)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of C{name}, or C{default}."""
+        wanted = name.lower()
+        for key, value in self._items:
+            if key.lower() == wanted:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of C{name}, in order (empty if absent)."""
+        wanted = name.lower()
+        return [value for key, value in self._items if key.lower() == wanted]
+
+    def items(self) -> list[tuple[str, str]]:
+        """All C{(name, value)} pairs, in order, repeated names included."""
+        return list(self._items)
+
+    def set(self, name: str, value: str) -> Headers:
+        """A copy where C{name} has exactly the one value C{value}."""
+        return Headers((*self.remove(name)._items, (name, str(value))))
+
+    def add(self, name: str, value: str) -> Headers:
+        """A copy with one more value for C{name}."""
+        return Headers((*self._items, (name, str(value))))
+
+    def remove(self, name: str) -> Headers:
+        """A copy without any value for C{name}."""
+        wanted = name.lower()
+        return Headers(tuple(pair for pair in self._items if pair[0].lower() != wanted))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for key, _ in self._items:
+            if key.lower() not in seen:
+                seen.add(key.lower())
+                yield key
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._normalized() == other._normalized()
+
+    def __hash__(self) -> int:
+        return hash(self._normalized())
+
+    def _normalized(self) -> tuple[tuple[str, str], ...]:
+        return tuple((key.lower(), value) for key, value in self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self._items)!r})"
+
+
+def _headers(value: object) -> Headers:
+    return value if isinstance(value, Headers) else Headers(value)
+
+
+@frozen
+class Request:
+    """
+    An HTTP request as plugins and worker ``routes`` handlers see it.
+
+    C{url} is the path with its query string (C{/api/x?q=1}), or an absolute
+    URL; C{path} and C{query} are read from it.
+    """
+
+    method: str
+    url: str
+    headers: Headers = field(factory=Headers, converter=_headers)
+    body: Body = b""
+    remote_addr: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The path part of the URL (still percent-encoded), C{/} at least."""
+        return urlsplit(self.url).path or "/"
+
+    @property
+    def query(self) -> str:
+        """The raw query string, without the C{?}."""
+        return urlsplit(self.url).query
+
+    @property
+    def request_id(self) -> str | None:
+        """The C{x-request-id} header, which the runtime always sets."""
+        return self.headers.get("x-request-id")
+
+    def with_header(self, name: str, value: str) -> Request:
+        return evolve(self, headers=self.headers.set(name, value))
+
+    def with_path(self, path: str) -> Request:
+        """A copy with another path; the query string is kept."""
+        query = self.query
+        return evolve(self, url=path + ("?" + query if query else ""))
+
+    def with_body(self, body: Body) -> Request:
+        return evolve(self, body=body)
+
+
+@frozen
+class Response:
+    """
+    An HTTP response.  C{body} is bytes, or an async iterator of bytes that
+    the runtime streams to the client as it is produced.
+    """
+
+    status: int = 200
+    headers: Headers = field(factory=Headers, converter=_headers)
+    body: Body = b""
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, headers: object = None) -> Response:
+        hdrs = _headers(headers)
+        if "content-type" not in hdrs:
+            hdrs = hdrs.set("content-type", "text/plain; charset=utf-8")
+        return cls(status, hdrs, text.encode("utf-8"))
+
+    @classmethod
+    def json(cls, obj: object, status: int = 200, headers: object = None) -> Response:
+        hdrs = _headers(headers).set("content-type", "application/json")
+        return cls(status, hdrs, json.dumps(obj).encode("utf-8"))
+
+    @classmethod
+    def error(cls, status: int, code: str, message: str, headers: object = None) -> Response:
+        """A JSON error in buntime's format: C{{"error": {"code", "message"}}}."""
+        return cls.json({"error": {"code": code, "message": message}}, status, headers)
+
+    def with_header(self, name: str, value: str) -> Response:
+        return evolve(self, headers=self.headers.set(name, value))
+
+    def with_status(self, status: int) -> Response:
+        return evolve(self, status=status)
+
+    def with_body(self, body: Body) -> Response:
+        return evolve(self, body=body)
+
+
+@frozen
+class AppInfo:
+    """The app a request is for, as plugin hooks see it."""
+
+    name: str
+    version: str
+    dir: str
+    config: Mapping[str, Any] = field(factory=dict)
+
+
+async def read_body(body: Body) -> bytes:
+    """All the bytes of C{body}, consuming it if it is a stream."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body)
+    chunks = [bytes(chunk) async for chunk in body]
+    return b"".join(chunks)

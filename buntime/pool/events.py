@@ -1,0 +1,75 @@
+"""
+AMP commands a worker sends to the runtime: readiness, responses, logs.
+"""
+
+from twisted.protocols import amp
+
+
+class Ready(amp.Command):
+    """The app is imported (and its ASGI lifespan started): send requests."""
+
+    arguments = [(b"pid", amp.Integer()), (b"kind", amp.Unicode())]
+    response: list = []
+
+
+class StartupFailed(amp.Command):
+    """The app could not be loaded; C{error} is one line, C{detail} a traceback."""
+
+    arguments = [(b"error", amp.Unicode()), (b"detail", amp.Unicode())]
+    response: list = []
+
+
+class ResponseStart(amp.Command):
+    """
+    Status and headers (JSON list of C{[name, value]} pairs) of the response
+    to request C{rid}, with the first body chunk.  C{end} true means the
+    response is complete; otherwise L{ResponseBody} chunks and a
+    L{ResponseEnd} follow.
+    """
+
+    arguments = [
+        (b"rid", amp.Integer()),
+        (b"status", amp.Integer()),
+        (b"headers", amp.Unicode()),
+        (b"body", amp.String()),
+        (b"end", amp.Boolean()),
+    ]
+    requiresAnswer = False
+
+
+class ResponseBody(amp.Command):
+    """
+    One more response chunk.  The runtime answers once the client can take
+    more, so awaiting the answer is the worker's backpressure.
+    """
+
+    arguments = [(b"rid", amp.Integer()), (b"data", amp.String())]
+    response: list = []
+
+
+class ResponseEnd(amp.Command):
+    """The response to C{rid} is complete."""
+
+    arguments = [(b"rid", amp.Integer())]
+    requiresAnswer = False
+
+
+class ResponseError(amp.Command):
+    """
+    The app failed on C{rid}.  Before L{ResponseStart} the runtime answers
+    the client with an error; after it, the client connection is aborted.
+    """
+
+    arguments = [(b"rid", amp.Integer()), (b"error", amp.Unicode())]
+    requiresAnswer = False
+
+
+class Log(amp.Command):
+    """A structured log message from the worker's own code."""
+
+    arguments = [
+        (b"level", amp.Unicode()),
+        (b"message", amp.Unicode()),
+        (b"fields", amp.Unicode()),
+    ]
+    requiresAnswer = False

@@ -1,0 +1,121 @@
+"""
+The runtime's service tree: logging, then the worker pool, then plugins,
+then the web endpoint.  Children start in that order and stop one after the
+other in reverse order, under a 30 s cap.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define, field
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from buntime._logging import LoggingService, log
+from buntime.config import RuntimeConfig
+from buntime.web.api import CoreAPI
+from buntime.web.frontdoor import FrontDoor
+from buntime.web.server import WebService, make_site
+from buntime.web.state import RuntimeState
+
+SHUTDOWN_CAP = 30.0
+
+
+def exit_now(code: int) -> None:
+    """Leave the process at once (after flushing what was written)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+@define(eq=False)
+class RuntimeService(MultiService):
+    """
+    The whole runtime.  Ready (for C{/api/health/ready}) once every child
+    started and the port listens; stopping walks the children in reverse,
+    each finishing before the next, and C{exit} forces code 1 after
+    L{SHUTDOWN_CAP} seconds.
+    """
+
+    reactor: Any
+    state: RuntimeState
+    web: WebService
+    exit: Callable[[int], None] = exit_now
+    on_serving: list[Callable[[], Any]] = field(factory=list)
+    _deadline: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        MultiService.__init__(self)
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        self.web.listening.addCallback(self._serving)
+
+    async def _serve(self) -> None:
+        for hook in self.on_serving:
+            await maybeDeferred(hook)
+        self.state.started = True
+        log("info", "buntime:runtime:ready", "Runtime ready")
+
+    def _serving(self, port: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._serve())
+
+    def stopService(self) -> Deferred[None]:
+        self.state.stopping = True
+        log("info", "buntime:runtime:stopping", "Shutting down")
+        self._deadline = self.reactor.callLater(SHUTDOWN_CAP, self._too_slow)
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(IService(child).stopService)
+            except Exception as error:
+                log("error", "buntime:runtime:stop-failed", f"{child.name} failed to stop: {error}")
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+
+    def _too_slow(self) -> None:
+        log(
+            "error",
+            "buntime:runtime:shutdown-timeout",
+            f"Shutdown took longer than {SHUTDOWN_CAP:.0f}s; forcing exit",
+        )
+        self.exit(1)
+
+
+def fatal_exit(reason: str) -> None:
+    """Log a startup failure as one line and leave with status 1."""
+    log("error", "buntime:runtime:fatal", reason)
+    exit_now(1)
+
+
+def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
+    """Wire the runtime for C{config}."""
+    state = RuntimeState()
+    logging = LoggingService(
+        clock=reactor, level=config.log_level, fmt=config.log_format, file_path=config.log_file
+    )
+    logging.setName("logging")
+    api = CoreAPI(state=state, api_base=config.api_base)
+    frontdoor = FrontDoor(clock=reactor, state=state, api=api, api_prefix=config.api_prefix)
+    web = WebService(
+        reactor=reactor,
+        description=config.listen,
+        site=make_site(frontdoor),
+        state=state,
+        fatal=fatal_exit,
+    )
+    web.setName("web")
+    runtime = RuntimeService(reactor=reactor, state=state, web=web)
+    logging.setServiceParent(runtime)
+    web.setServiceParent(runtime)
+    return runtime

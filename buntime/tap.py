@@ -1,0 +1,67 @@
+"""
+What C{twistd buntime} calls: the command-line L{Options} and L{makeService}.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+from buntime.config import ConfigError, load_config, read_dotenv
+
+TWISTD_OBSERVER = "buntime._logging.twistd_observer"
+
+
+class Options(usage.Options):
+    """C{twistd buntime} options; each one also has an environment variable."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the buntime multi-app runtime. Every option has an environment "
+        "variable (see docs/configuration.md); the command line wins over the "
+        "environment, which wins over a .env file, which wins over defaults."
+    )
+    optParameters = [
+        ["port", "p", None, "TCP port to listen on [env: PORT, default: 8000]"],
+        ["env", "e", None, "development, staging, production or test [env: RUNTIME_ENV]"],
+        ["worker-dirs", "w", None, "app directories, ':'-separated [env: RUNTIME_WORKER_DIRS]"],
+        ["plugin-dirs", None, None, "plugin directories, ':'-separated [env: RUNTIME_PLUGIN_DIRS]"],
+        ["pool-size", None, None, "most workers alive at once [env: RUNTIME_POOL_SIZE]"],
+        ["log-level", None, None, "debug, info, warn or error [env: RUNTIME_LOG_LEVEL]"],
+        ["log-format", None, None, "pretty or json [env: RUNTIME_LOG_FORMAT]"],
+        ["log-file", None, None, "also write JSON log lines here [env: RUNTIME_LOG_FILE]"],
+        ["worker-mode", None, None, "fork (default) or spawn [env: RUNTIME_WORKER_MODE]"],
+    ]
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on a Twisted endpoint string, e.g. tcp:8000:interface=127.0.0.1."""
+        self["listen"] = description
+
+    def postOptions(self) -> None:
+        given = {key.replace("-", "_"): value for key, value in self.items()}
+        try:
+            self.config = load_config(given, os.environ, read_dotenv(".env"))
+        except ConfigError as error:
+            sys.stderr.write(f"buntime: {error}\n")
+            sys.stderr.flush()
+            raise SystemExit(2) from None
+        parent: Any = getattr(self, "parent", None)
+        if (
+            parent is not None
+            and parent.get("nodaemon")
+            and parent.get("logger") is None
+            and parent.get("logfile") in (None, "-")
+        ):
+            # Twisted's own log events go into eliot, formatted like ours.
+            parent["logger"] = TWISTD_OBSERVER
+
+
+def makeService(options: Options) -> Any:
+    from twisted.internet import reactor
+
+    from buntime.service import make_runtime
+
+    return make_runtime(options.config, reactor)

@@ -1,0 +1,87 @@
+"""
+Durations and sizes as manifests and environment variables write them.
+
+A bare number is seconds (durations) or bytes (sizes); strings carry a unit:
+``"500ms"``, ``"30s"``, ``"5m"``, ``"2d"``, ``"10mb"``.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 7 * 86400.0,
+    "y": 365 * 86400.0,
+}
+_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+
+_NUMBER_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def _split(value: str) -> tuple[float, str] | None:
+    match = _NUMBER_WITH_UNIT.match(value)
+    if match is None:
+        return None
+    return float(match.group(1)), match.group(2).lower()
+
+
+def parse_duration(value: object) -> float:
+    """
+    Return C{value} as seconds (a float).
+
+    @raise ValueError: for negative numbers, unknown units and anything that
+        is not a number or a string.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        parts = _split(value)
+        if parts is None or (parts[1] and parts[1] not in _DURATION_UNITS):
+            raise ValueError(f"invalid duration: {value!r} (use e.g. 500ms, 30s, 5m, 2h, 1d)")
+        number, unit = parts
+        seconds = number * _DURATION_UNITS[unit or "s"]
+    else:
+        raise ValueError(f"invalid duration: {value!r}")
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"invalid duration: {value!r} (must be a non-negative number)")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """
+    Return C{value} as a number of bytes (an int).
+
+    @raise ValueError: for negative numbers, unknown units and anything that
+        is not a number or a string.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size: {value!r}")
+    if isinstance(value, int | float):
+        size = float(value)
+    elif isinstance(value, str):
+        parts = _split(value)
+        if parts is None or (parts[1] and parts[1] not in _SIZE_UNITS):
+            raise ValueError(f"invalid size: {value!r} (use e.g. 512kb, 10mb, 1gb)")
+        number, unit = parts
+        size = number * _SIZE_UNITS[unit or "b"]
+    else:
+        raise ValueError(f"invalid size: {value!r}")
+    if size < 0 or size != size or size == float("inf"):
+        raise ValueError(f"invalid size: {value!r} (must be a non-negative number)")
+    return int(size)
+
+
+def format_size(size: int) -> str:
+    """Render C{size} bytes the short way a person reads it (C{"10mb"})."""
+    for unit in ("gb", "mb", "kb"):
+        factor = _SIZE_UNITS[unit]
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}b"

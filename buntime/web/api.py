@@ -1,0 +1,65 @@
+"""
+The core API, C{{prefix}/api/...}: health probes, and (in later modules)
+app and plugin management.  A Klein app whose routes start at C{/api}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from attrs import frozen
+from klein import Klein
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from buntime import __version__
+from buntime.web.state import RuntimeState
+
+
+def json_body(request: Any, obj: object, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(obj).encode("utf-8")
+
+
+def json_error(request: Any, status: int, code: str, message: str) -> bytes:
+    return json_body(request, {"error": {"code": code, "message": message}}, status)
+
+
+@frozen
+class CoreAPI:
+    """The runtime's own JSON API; C{api_base} is where it is mounted."""
+
+    state: RuntimeState
+    api_base: str = "/api"
+
+    app = Klein()
+
+    def _health(self, request: Any, status: str, ok: bool = True) -> bytes:
+        body = {"ok": ok, "status": status, "version": __version__}
+        return json_body(request, body, 200 if ok else 503)
+
+    @app.route("/api/health", methods=["GET", "HEAD"])
+    def health(self, request: Any) -> bytes:
+        return self._health(request, "healthy")
+
+    @app.route("/api/health/live", methods=["GET", "HEAD"])
+    def live(self, request: Any) -> bytes:
+        return self._health(request, "live")
+
+    @app.route("/api/health/ready", methods=["GET", "HEAD"])
+    def ready(self, request: Any) -> bytes:
+        if self.state.ready:
+            return self._health(request, "ready")
+        return self._health(request, self.state.status, ok=False)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: Any, failure: Any) -> bytes:
+        request.setHeader(b"x-not-found", b"true")
+        return json_error(request, 404, "NOT_FOUND", f"No API route {request.path.decode()}")
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request: Any, failure: Any) -> bytes:
+        return json_error(
+            request, 405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed here"
+        )

@@ -1,0 +1,269 @@
+"""
+The front door: the one twisted.web resource every request enters.
+
+It gives each request its id and its eliot action, then walks the order of
+resolution of SPEC §4 in L{FrontDoor.dispatch}, and writes the resulting
+L{buntime.http.Response} back, streaming bodies with backpressure.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from eliot import start_action
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from buntime import __version__
+from buntime._logging import REQUEST_ACTION, log
+from buntime.http import Headers, Request, Response
+from buntime.web.api import CoreAPI
+from buntime.web.state import RuntimeState
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "x-request-id",
+    }
+)
+
+Handler = Callable[[Request, dict[str, Any]], Awaitable[Response | None]]
+"""A dispatch step: answer with a response, or C{None} for "not mine"."""
+
+
+def request_id_for(header: bytes | None) -> str:
+    """The client's C{x-request-id} when it is sane, else a new uuid4."""
+    if header:
+        text = header.decode("latin-1")
+        if _REQUEST_ID.match(text):
+            return text
+    return str(uuid.uuid4())
+
+
+def to_request(request: Any, request_id: str) -> Request:
+    """A L{buntime.http.Request} for a twisted.web request (body fully read)."""
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, values in request.requestHeaders.getAllRawHeaders()
+        for value in values
+    ]
+    headers = [(n, v) for n, v in headers if n.lower() != "x-request-id"]
+    headers.append(("x-request-id", request_id))
+    content = request.content
+    body = b""
+    if content is not None:
+        content.seek(0)
+        body = content.read()
+    address = request.getClientAddress()
+    return Request(
+        method=request.method.decode("ascii"),
+        url=request.uri.decode("latin-1"),
+        headers=Headers(headers),
+        body=body,
+        remote_addr=getattr(address, "host", None),
+    )
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """Tells a streaming writer when the client's transport wants a pause."""
+
+    def __init__(self) -> None:
+        self._resumed: Deferred[None] | None = None
+        self.stopped = False
+
+    def wait(self) -> Deferred[None] | None:
+        return self._resumed
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        waiter, self._resumed = self._resumed, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+
+async def send_response(request: Any, response: Response) -> None:
+    """Write C{response} to the twisted.web C{request} and finish it."""
+    request.setResponseCode(response.status)
+    for name, value in response.headers.items():
+        if name.lower() not in _HOP_BY_HOP:
+            request.responseHeaders.addRawHeader(name, value)
+    body = response.body
+    if isinstance(body, bytes | bytearray):
+        if body:
+            request.write(bytes(body))
+        request.finish()
+        return
+    await _stream(request, body)
+
+
+async def _stream(request: Any, body: Any) -> None:
+    producer = _Backpressure()
+    request.registerProducer(producer, True)
+    iterator: AsyncIterator[bytes] = body.__aiter__()
+    try:
+        async for chunk in iterator:
+            if producer.stopped:
+                break
+            if chunk:
+                request.write(chunk)
+            waiter = producer.wait()
+            if waiter is not None:
+                await waiter
+    except Exception as error:
+        log("error", "buntime:http:stream-failed", "Response stream failed", error=str(error))
+        request.unregisterProducer()
+        transport = getattr(request.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+        return
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if producer.stopped and aclose is not None:
+            await aclose()
+    if producer.stopped:
+        return
+    request.unregisterProducer()
+    request.finish()
+
+
+class FrontDoor(Resource):
+    """
+    Every request: an id, an eliot action, then the dispatch steps in order.
+    C{steps} are the hooks later subsystems (plugins, apps) fill in.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        state: RuntimeState,
+        api: CoreAPI,
+        api_prefix: str = "",
+        steps: list[Handler] | None = None,
+    ) -> None:
+        super().__init__()
+        self._clock = clock
+        self._state = state
+        self._api = api
+        self._api_resource = api.app.resource()
+        self._api_prefix = api_prefix
+        self._api_base = f"{api_prefix}/api"
+        self.steps: list[Handler] = steps or []
+
+    def render(self, request: Any) -> Any:
+        request_id = request_id_for(request.getHeader(b"x-request-id"))
+        request.setHeader(b"x-request-id", request_id.encode("ascii"))
+        path = request.path.decode("latin-1")
+        method = request.method.decode("latin-1")
+        fields: dict[str, Any] = {}
+        gone: list[bool] = []
+        action = start_action(
+            action_type=REQUEST_ACTION,
+            level="debug",
+            message=f"{method} {path}",
+            request_id=request_id,
+            method=method,
+            path=path,
+        )
+        started = self._clock.seconds()
+        self._state.request_started()
+
+        def finished(result: object) -> None:
+            duration = round((self._clock.seconds() - started) * 1000, 3)
+            status = request.code
+            aborted = result is not None
+            gone.append(True)
+            action.add_success_fields(
+                level="error" if status >= 500 else "info",
+                message=f"{method} {path} {status} {duration}ms",
+                status=status,
+                duration_ms=duration,
+                aborted=aborted,
+                **fields,
+            )
+            action.finish()
+            self._state.request_finished()
+
+        request.notifyFinish().addBoth(finished)
+        with action.context():
+            done = ensureDeferred(self._answer(request, request_id, path, fields, gone))
+        done.addErrback(self._crashed, request)
+        return NOT_DONE_YET
+
+    def _crashed(self, failure: Any, request: Any) -> None:
+        log(
+            "error",
+            "buntime:http:internal-error",
+            "Unhandled error while answering a request",
+            error=failure.getErrorMessage(),
+            traceback=failure.getTraceback(),
+        )
+        if not request.startedWriting and not request.finished:
+            ensureDeferred(
+                send_response(request, Response.error(500, "INTERNAL_ERROR", "Internal error"))
+            )
+
+    async def _answer(
+        self, request: Any, request_id: str, path: str, fields: dict, gone: list[bool]
+    ) -> None:
+        if path == self._api_base or path.startswith(self._api_base + "/"):
+            self._render_api(request)
+            return
+        response = await self.dispatch(request, request_id, path, fields)
+        if request.finished or gone:
+            aclose = getattr(response.body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            return
+        await send_response(request, response)
+
+    def _render_api(self, request: Any) -> None:
+        prefix = [s for s in self._api_prefix.encode("latin-1").split(b"/") if s]
+        segments = request.path.split(b"/")[1:]
+        request.prepath = segments[: len(prefix)]
+        request.postpath = segments[len(prefix) :]
+        result = self._api_resource.render(request)
+        if isinstance(result, bytes):
+            request.write(result)
+            request.finish()
+
+    async def dispatch(
+        self, request: Any, request_id: str, path: str, fields: dict[str, Any]
+    ) -> Response:
+        """The order of resolution (SPEC §4) for everything but the core API."""
+        if path == "/.well-known/buntime":
+            return Response.json({"api": self._api_base, "version": __version__})
+        if self.steps:
+            buntime_request = to_request(request, request_id)
+            for step in self.steps:
+                answer = await step(buntime_request, fields)
+                if answer is not None:
+                    return answer
+        if path == "/" and request.method in (b"GET", b"HEAD"):
+            return Response.text(f"Buntime v{__version__}")
+        if path == "/favicon.ico":
+            return Response(204)
+        return Response.error(404, "NOT_FOUND", f"Nothing at {path}", {"x-not-found": "true"})

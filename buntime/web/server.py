@@ -1,0 +1,82 @@
+"""The listening side: an endpoint, a Site, and a drain on stop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.web.server import Site
+
+from buntime._logging import log
+from buntime.web.state import RuntimeState
+
+
+def make_site(resource: Any, idle_timeout: float = 60.0) -> Site:
+    """A quiet Site: no access log of its own (the front door logs), no tracebacks to clients."""
+    site = Site(resource, timeout=idle_timeout)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+@define(eq=False)
+class WebService(Service):
+    """
+    Listens on C{description} (a Twisted endpoint string).  On stop, it stops
+    accepting connections and waits for in-flight requests to finish.
+    C{listening} fires with the port once it listens; C{fatal} is called
+    with a one-line reason when it cannot.
+    """
+
+    reactor: Any
+    description: str
+    site: Site
+    state: RuntimeState
+    fatal: Callable[[str], None]
+    listening: Deferred[IListeningPort] = field(factory=Deferred)
+    port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+        except (ValueError, TypeError, KeyError) as error:
+            self.fatal(f"Invalid listen description {self.description!r}: {error}")
+            return
+        endpoint.listen(self.site).addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        address = port.getHost()
+        log(
+            "info",
+            "buntime:web:listening",
+            f"Listening on http://{address.host}:{address.port}",
+            host=address.host,
+            port=address.port,
+        )
+        self.listening.callback(port)
+
+    def _failed(self, failure: Any) -> None:
+        self.fatal(f"Cannot listen on {self.description}: {failure.getErrorMessage()}")
+
+    async def _stop(self) -> None:
+        if self.port is not None:
+            await self.port.stopListening()
+        if self.state.in_flight:
+            log(
+                "info",
+                "buntime:web:draining",
+                f"Waiting for {self.state.in_flight} in-flight request(s)",
+                in_flight=self.state.in_flight,
+            )
+        await self.state.drained()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())

@@ -179,7 +179,7 @@ class FileDestination:
         if not self._buffer:
             return
         if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file = open(self.path, "a", encoding="utf-8")
         self._file.write("".join(self._buffer))
         self._file.flush()
         self._buffer.clear()

@@ -110,7 +110,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
     web = WebService(
         reactor=reactor,
         description=config.listen,
-        site=make_site(frontdoor),
+        site=make_site(frontdoor, lambda target: config.body_size_max),
         state=state,
         fatal=fatal_exit,
     )

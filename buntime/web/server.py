@@ -13,12 +13,20 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.server import Site
 
 from buntime._logging import log
+from buntime.web.limits import BodyLimit, LimitedSite
 from buntime.web.state import RuntimeState
 
 
-def make_site(resource: Any, idle_timeout: float = 60.0) -> Site:
-    """A quiet Site: no access log of its own (the front door logs), no tracebacks to clients."""
-    site = Site(resource, timeout=idle_timeout)
+def make_site(
+    resource: Any, body_limit: BodyLimit | None = None, idle_timeout: float = 60.0
+) -> Site:
+    """
+    A quiet Site (no access log of its own: the front door logs; no
+    tracebacks to clients) that enforces request body limits.
+    """
+    site = LimitedSite(
+        resource, body_limit or (lambda target: 100 * 1024 * 1024), timeout=idle_timeout
+    )
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -1,0 +1,120 @@
+"""
+Request body limits, enforced while the request arrives.
+
+twisted.web reads a whole body before it calls a resource, so the limit is
+checked earlier: the channel notes each request's target as its request
+line arrives, and the request checks C{Content-Length} when the headers are
+complete (413 without reading the body) and counts chunked bodies as they
+come in (413 as soon as the limit is passed).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request, Site
+
+from buntime._logging import log
+from buntime.web.frontdoor import request_id_for
+
+BodyLimit = Callable[[bytes], int]
+"""Gives the body limit, in bytes, for a request target (path and query)."""
+
+
+class LimitedChannel(HTTPChannel):
+    """An HTTP channel that records each request's target on the request."""
+
+    def lineReceived(self, line: bytes) -> None:
+        count = len(self.requests)
+        super().lineReceived(line)
+        if len(self.requests) > count:
+            parts = line.split(b" ")
+            request = self.requests[-1]
+            request.target = parts[1] if len(parts) == 3 else b"/"
+
+    def headerReceived(self, line: bytes) -> bool:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and self.requests:
+            text = value.strip()
+            if not text.isdigit():
+                shown = text[:40].decode("latin-1")
+                self.requests[-1].reject_body(f"Invalid Content-Length: {shown!r}")
+                return False
+        return super().headerReceived(line)
+
+
+class LimitedRequest(Request):
+    """A request that refuses bodies above its target's limit with 413."""
+
+    target: bytes = b"/"
+    limit: int | None = None
+    received = 0
+    rejected = False
+
+    def gotLength(self, length: int | None) -> None:
+        limiter = getattr(self.channel.site, "body_limit", None)
+        self.limit = limiter(self.target) if limiter is not None else None
+        if length is not None and self.limit is not None and length > self.limit:
+            self.reject_body(f"Request body of {length} bytes exceeds the limit of {self.limit}")
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.rejected:
+            return
+        self.received += len(data)
+        if self.limit is not None and self.received > self.limit:
+            self.reject_body(f"Request body exceeds the limit of {self.limit} bytes")
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self.rejected:
+            super().requestReceived(command, path, version)
+
+    def reject_body(self, reason: str) -> None:
+        """Answer 413 at once, without reading the body, and close the connection."""
+        if self.rejected:
+            return
+        self.rejected = True
+        header = self.requestHeaders.getRawHeaders(b"x-request-id")
+        request_id = request_id_for(header[0] if header else None) if header else str(uuid.uuid4())
+        body = json.dumps(
+            {"error": {"code": "PAYLOAD_TOO_LARGE", "message": f"Payload Too Large: {reason}"}}
+        ).encode("utf-8")
+        head = (
+            "HTTP/1.1 413 Payload Too Large\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n"
+            f"x-request-id: {request_id}\r\n"
+            "connection: close\r\n\r\n"
+        ).encode("latin-1")
+        log(
+            "info",
+            "buntime:http:body-rejected",
+            f"413 {self.target.decode('latin-1', 'replace').split('?')[0]}: {reason}",
+            request_id=request_id,
+            status=413,
+        )
+        transport: Any = self.channel.transport
+        if transport is not None:
+            transport.write(head + body)
+            transport.loseConnection()
+
+
+class LimitedSite(Site):
+    """A Site whose requests enforce C{body_limit(target)}."""
+
+    requestFactory = LimitedRequest
+    protocol = LimitedChannel
+
+    def __init__(self, resource: Any, body_limit: BodyLimit, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.body_limit = body_limit
+
+    def log(self, request: Any) -> None:
+        """No access log here: the front door logs every request as an eliot action."""

@@ -1,0 +1,424 @@
+"""
+App manifests: find, read, interpolate and validate them.
+
+An app's settings live in C{manifest.yaml} (or C{manifest.yml}) in its
+directory, or, when there is none, in C{[tool.buntime]} of its
+C{pyproject.toml} (with C{name} and C{version} taken from C{[project]}).
+Every field is optional.  C{${VAR}} in any string value is replaced from the
+runtime's environment before validation.  Plugin manifests share the reading
+and interpolation helpers here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import yaml
+from attrs import evolve, field, frozen
+
+from buntime.units import format_size, parse_duration, parse_size
+
+MANIFEST_FILES = ("manifest.yaml", "manifest.yml")
+"""Manifest file names, in order of preference."""
+
+PYPROJECT = "pyproject.toml"
+
+DEFAULT_BODY_SIZE = 10 * 1024 * 1024
+"""C{BODY_SIZE_DEFAULT} when the environment sets none (10mb)."""
+
+HTTP_METHODS = ("ALL", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+"""Keys a C{publicRoutes} map may use; C{ALL} matches every method."""
+
+
+class ManifestError(Exception):
+    """
+    An app's manifest cannot be used.  C{field} names the offending key (or
+    is C{None} for problems with the file as a whole).
+    """
+
+    def __init__(self, app: str, field: str | None, message: str) -> None:
+        super().__init__(app, field, message)
+        self.app = app
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f"{self.field}: " if self.field else ""
+        return f'Invalid manifest for app "{self.app}": {where}{self.message}'
+
+
+@frozen
+class AppManifest:
+    """
+    An app's validated settings.  Durations are float seconds, sizes int
+    bytes.  C{public_routes} maps C{ALL} or an HTTP method to path patterns
+    (a plain list in the file becomes C{{"ALL": [...]}}).  C{raw} is the
+    whole interpolated document, unknown keys included (for C{WORKER_CONFIG}).
+    """
+
+    name: str | None = None
+    version: str | None = None
+    entrypoint: str | None = None
+    timeout: float = 30.0
+    ttl: float = 0.0
+    idle_timeout: float = 60.0
+    max_requests: int = 1000
+    max_body_size: int = DEFAULT_BODY_SIZE
+    low_memory: bool = False
+    auto_install: bool = False
+    inject_base: bool = True
+    env: Mapping[str, str] = field(factory=dict)
+    public_routes: Mapping[str, tuple[str, ...]] | None = None
+    max_concurrency: int = 100
+    max_instances: int = 1
+    max_queue: int = 100
+    raw: Mapping[str, Any] = field(factory=dict)
+
+    @property
+    def ephemeral(self) -> bool:
+        """C{ttl: 0}: a fresh worker per request."""
+        return self.ttl == 0
+
+
+# -- interpolation -----------------------------------------------------------
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
+    """
+    C{value} with C{${VAR}} replaced from C{environ} in every string, through
+    nested maps and lists.  An unknown C{VAR} becomes C{""} (or the default
+    in C{${VAR:-default}}).  Keys are left alone.
+    """
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda m: environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, Mapping):
+        return {key: interpolate(item, environ) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [interpolate(item, environ) for item in value]
+    return value
+
+
+# -- reading -----------------------------------------------------------------
+
+
+def find_manifest(app_dir: str) -> str | None:
+    """The path of the file that configures C{app_dir}, or C{None}."""
+    for name in (*MANIFEST_FILES, PYPROJECT):
+        path = os.path.join(app_dir, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_document(path: str, app_label: str) -> dict[str, Any]:
+    """
+    The settings map in the manifest file at C{path}, before interpolation:
+    the YAML document, or C{[tool.buntime]} plus C{[project]} name/version
+    of a C{pyproject.toml}.  An empty file is an empty map.
+
+    @raise ManifestError: unreadable file, syntax error, or not a map.
+    """
+    filename = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ManifestError(app_label, None, f"{filename}: cannot read: {e.strerror}") from None
+    if filename == PYPROJECT:
+        return _pyproject_settings(data, app_label)
+    try:
+        document = yaml.safe_load(data)
+    except yaml.YAMLError as e:
+        raise ManifestError(app_label, None, f"{filename}: {_yaml_problem(e)}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ManifestError(app_label, None, f"{filename}: the top level must be a map of settings")
+    return document
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or "invalid YAML"
+    if mark is None:
+        return f"invalid YAML: {problem}"
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _pyproject_settings(data: bytes, app_label: str) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ManifestError(app_label, None, f"{PYPROJECT}: invalid TOML: {e}") from None
+    tool = document.get("tool", {})
+    settings = tool.get("buntime", {}) if isinstance(tool, dict) else {}
+    if not isinstance(settings, dict):
+        raise ManifestError(app_label, "tool.buntime", "must be a table")
+    settings = dict(settings)
+    project = document.get("project", {})
+    if isinstance(project, dict):
+        for key in ("name", "version"):
+            if key in project and key not in settings:
+                settings[key] = project[key]
+    return settings
+
+
+# -- field parsers (each raises ValueError with a message for the user) ------
+
+
+def _show(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def _string(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"must be a string, not {_kind(value)}")
+
+
+def _entrypoint(value: object) -> str:
+    text = _string(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _duration(value: object) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"invalid duration: {_show(value)} (a non-negative number of seconds, "
+            'or a string like "500ms", "30s", "5m", "2h", "1d")'
+        ) from None
+
+
+def _size(value: object) -> int:
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError(
+            f'invalid size: {_show(value)} (a number of bytes, or a string like "512kb", "10mb")'
+        ) from None
+
+
+def _positive_int(value: object) -> int:
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None or number <= 0:
+        raise ValueError(f"must be a positive integer, not {_show(value)}")
+    return number
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"must be true or false, not {_show(value)}")
+
+
+def _env(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a map of NAME: value, not {_kind(value)}")
+    env = {}
+    for key, item in value.items():
+        name = str(key)
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"invalid variable name {_show(name)}")
+        if item is None:
+            text = ""
+        elif isinstance(item, bool):
+            text = "true" if item else "false"
+        elif isinstance(item, str | int | float):
+            text = str(item)
+        else:
+            raise ValueError(f'the value of "{name}" must be a string, not {_kind(item)}')
+        if "\0" in text:
+            raise ValueError(f'the value of "{name}" contains a NUL character')
+        env[name] = text
+    return env
+
+
+def _route_list(value: object, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{where}must be a list of path patterns, not {_kind(value)}")
+    for pattern in value:
+        if not isinstance(pattern, str) or not pattern.startswith("/"):
+            raise ValueError(
+                f"{where}each pattern must be a path starting with /: {_show(pattern)}"
+            )
+    return tuple(value)
+
+
+def _public_routes(value: object) -> dict[str, tuple[str, ...]]:
+    if isinstance(value, Mapping):
+        routes = {}
+        for key, patterns in value.items():
+            method = str(key).upper()
+            if method not in HTTP_METHODS:
+                raise ValueError(f"unknown method {_show(key)} (use {', '.join(HTTP_METHODS)})")
+            routes[method] = _route_list(patterns, f"{method}: ")
+        return routes
+    return {"ALL": _route_list(value, "")}
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "a map"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
+
+
+_FIELDS: dict[str, tuple[str, Callable[[object], Any]]] = {
+    "name": ("name", _string),
+    "version": ("version", _string),
+    "entrypoint": ("entrypoint", _entrypoint),
+    "timeout": ("timeout", _duration),
+    "ttl": ("ttl", _duration),
+    "idleTimeout": ("idle_timeout", _duration),
+    "maxRequests": ("max_requests", _positive_int),
+    "maxBodySize": ("max_body_size", _size),
+    "lowMemory": ("low_memory", _bool),
+    "autoInstall": ("auto_install", _bool),
+    "injectBase": ("inject_base", _bool),
+    "env": ("env", _env),
+    "publicRoutes": ("public_routes", _public_routes),
+    "maxConcurrency": ("max_concurrency", _positive_int),
+    "maxInstances": ("max_instances", _positive_int),
+    "maxQueue": ("max_queue", _positive_int),
+}
+"""Manifest key -> (AppManifest attribute, parser).  Other keys stay in C{raw}."""
+
+
+def _format_duration(seconds: float) -> str:
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+# -- the app manifest --------------------------------------------------------
+
+
+def parse_app_manifest(
+    document: Mapping[str, Any],
+    *,
+    body_size_default: int,
+    body_size_max: int,
+    app_label: str,
+) -> tuple[AppManifest, list[str]]:
+    """
+    Validate an (already interpolated) settings map; see L{load_app_manifest}.
+    """
+    values: dict[str, Any] = {"max_body_size": body_size_default, "raw": dict(document)}
+    for key, (attribute, parse) in _FIELDS.items():
+        value = document.get(key)
+        if value is None:
+            continue
+        try:
+            values[attribute] = parse(value)
+        except ValueError as e:
+            raise ManifestError(app_label, key, str(e)) from None
+    manifest = AppManifest(**values)
+    return _check_policy(manifest, body_size_max=body_size_max, app_label=app_label)
+
+
+def _check_policy(
+    manifest: AppManifest, *, body_size_max: int, app_label: str
+) -> tuple[AppManifest, list[str]]:
+    """The cross-field rules of SPEC §2: errors raise, fixable problems warn."""
+    warnings = []
+    if manifest.timeout <= 0:
+        raise ManifestError(app_label, "timeout", "must be greater than 0")
+    ttl, timeout, idle = manifest.ttl, manifest.timeout, manifest.idle_timeout
+    if ttl > 0:
+        if ttl < timeout:
+            raise ManifestError(
+                app_label,
+                "ttl",
+                f"ttl ({_format_duration(ttl)}) must be at least timeout"
+                f" ({_format_duration(timeout)}) when ttl > 0",
+            )
+        if idle < timeout:
+            raise ManifestError(
+                app_label,
+                "idleTimeout",
+                f"idleTimeout ({_format_duration(idle)}) must be at least timeout"
+                f" ({_format_duration(timeout)}) when ttl > 0",
+            )
+        if idle > ttl:
+            warnings.append(
+                f"idleTimeout ({_format_duration(idle)}) is longer than ttl"
+                f" ({_format_duration(ttl)}); lowered to {_format_duration(ttl)}"
+            )
+            manifest = evolve(manifest, idle_timeout=ttl)
+    if manifest.max_body_size > body_size_max:
+        warnings.append(
+            f"maxBodySize ({format_size(manifest.max_body_size)}) exceeds BODY_SIZE_MAX"
+            f" ({format_size(body_size_max)}); capped to {format_size(body_size_max)}"
+        )
+        manifest = evolve(manifest, max_body_size=body_size_max)
+    return manifest, warnings
+
+
+def load_app_manifest(
+    app_dir: str,
+    *,
+    environ: Mapping[str, str],
+    body_size_default: int,
+    body_size_max: int,
+    app_label: str,
+) -> tuple[AppManifest, list[str]]:
+    """
+    Read, interpolate (from C{environ}) and validate the manifest of the app
+    in C{app_dir}.  No manifest file means all defaults.  Returns the
+    manifest and the warnings to log (never containing values of C{env}).
+
+    @param app_label: how errors name the app, e.g. C{"hello@1.0.0"}.
+    @raise ManifestError: the manifest is invalid.
+    """
+    warnings: list[str] = []
+    path = find_manifest(app_dir)
+    if path is None:
+        document: dict[str, Any] = {}
+    else:
+        document = read_document(path, app_label)
+        if os.path.basename(path) == MANIFEST_FILES[0] and os.path.isfile(
+            os.path.join(app_dir, MANIFEST_FILES[1])
+        ):
+            warnings.append(f"{MANIFEST_FILES[1]} ignored: {MANIFEST_FILES[0]} takes precedence")
+    manifest, more = parse_app_manifest(
+        interpolate(document, environ),
+        body_size_default=body_size_default,
+        body_size_max=body_size_max,
+        app_label=app_label,
+    )
+    return manifest, warnings + more

@@ -1,0 +1,196 @@
+"""
+What a worker process starts with: its environment and its entrypoint.
+
+Workers do not inherit the runtime's environment (it may hold secrets); they
+get what Python needs, buntime's own variables, and the app manifest's
+C{env} minus sensitive names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+
+import buntime
+from buntime.manifest import AppManifest
+
+SENSITIVE_PATTERNS = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        r"^(DATABASE|DB)_",
+        r"^(API|AUTH|SECRET|PRIVATE)_?KEY",
+        r"_TOKEN$",
+        r"_SECRET$",
+        r"_PASSWORD$",
+        r"^AWS_",
+        r"^GITHUB_",
+        r"^OPENAI_",
+        r"^ANTHROPIC_",
+        r"^STRIPE_",
+    )
+)
+"""Names a worker never gets from a manifest's C{env} (SPEC §2)."""
+
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+"""The only variables copied from the runtime's environment (when set)."""
+
+RUNTIME_NAMES = (
+    "RUNTIME_API_URL",
+    "RUNTIME_ENV",
+    "RUNTIME_LOG_LEVEL",
+    "RUNTIME_WORKER_DIRS",
+    "RUNTIME_PLUGIN_DIRS",
+)
+"""The runtime's settings every worker sees."""
+
+RESERVED = frozenset(
+    (
+        "APP_DIR",
+        "ENTRYPOINT",
+        "WORKER_ID",
+        "WORKER_CONFIG",
+        "PYTHONPATH",
+        "PYTHONUNBUFFERED",
+        *RUNTIME_NAMES,
+    )
+)
+"""Names buntime sets itself; a manifest's C{env} cannot override them."""
+
+AUTO_ENTRYPOINTS = ("index.html", "app.py", "main.py", "index.py")
+"""Entrypoints looked for, in order, when the manifest names none."""
+
+ENTRYPOINT_SUFFIXES = (".html", ".py")
+
+_ATTRIBUTE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+def is_sensitive(name: str) -> bool:
+    """Whether the variable C{name} may carry a secret (matched case-insensitively)."""
+    return any(pattern.search(name) for pattern in SENSITIVE_PATTERNS)
+
+
+def _package_root() -> str:
+    """The directory holding the C{buntime} package, so a worker can import it."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(buntime.__file__)))
+
+
+def worker_config(manifest: AppManifest) -> str:
+    """
+    C{WORKER_CONFIG}: the manifest document as JSON, with sensitive names
+    removed from its C{env} map as well.
+    """
+    config = dict(manifest.raw)
+    env = config.get("env")
+    if isinstance(env, Mapping):
+        config["env"] = {key: value for key, value in env.items() if not is_sensitive(str(key))}
+    return json.dumps(config, default=str, sort_keys=True)
+
+
+def build_worker_env(
+    *,
+    app_dir: str,
+    entrypoint: str,
+    worker_id: str,
+    manifest: AppManifest,
+    runtime_env: Mapping[str, str],
+    runtime: Mapping[str, str],
+    deps_dir: str | None,
+) -> tuple[dict[str, str], list[str]]:
+    """
+    The complete environment of a worker, and the names dropped from the
+    manifest's C{env} (sensitive, or reserved by buntime), sorted.  The
+    caller logs the dropped names once per app (names only, never values).
+
+    @param runtime_env: the runtime's own environment (C{os.environ}); only
+        L{INHERITED} names are read from it.
+    @param runtime: values for L{RUNTIME_NAMES}.
+    @param deps_dir: the app's installed dependencies (autoInstall), if any.
+    """
+    env: dict[str, str] = {}
+    for name in INHERITED:
+        if name in runtime_env:
+            env[name] = runtime_env[name]
+    env.setdefault("PATH", os.defpath)
+    env.setdefault("LANG", "C.UTF-8")
+
+    blocked = []
+    for name, value in manifest.env.items():
+        if is_sensitive(name) or name.upper() in RESERVED:
+            blocked.append(name)
+        else:
+            env[name] = value
+
+    python_path = [app_dir]
+    if deps_dir:
+        python_path.append(deps_dir)
+    root = _package_root()
+    if root not in python_path:
+        python_path.append(root)
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join(python_path),
+            "PYTHONUNBUFFERED": "1",
+            "APP_DIR": app_dir,
+            "ENTRYPOINT": entrypoint,
+            "WORKER_ID": worker_id,
+            "WORKER_CONFIG": worker_config(manifest),
+        }
+    )
+    for name in RUNTIME_NAMES:
+        if name in runtime:
+            env[name] = str(runtime[name])
+    return env, sorted(blocked)
+
+
+class EntrypointError(Exception):
+    """The app's entrypoint is missing or points outside the app directory."""
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def resolve_entrypoint(app_dir: str, declared: str | None) -> tuple[str, str | None]:
+    """
+    The absolute path of the app's entrypoint file and the attribute to load
+    (from C{"app.py:create"}; C{None} when not given).  Without C{declared},
+    the first of L{AUTO_ENTRYPOINTS} that exists.
+
+    @raise EntrypointError: absolute paths, C{..} escapes (also through
+        symlinks), missing files, or a file that is neither C{.py} nor C{.html}.
+    """
+    if declared is None:
+        for candidate in AUTO_ENTRYPOINTS:
+            if os.path.isfile(os.path.join(app_dir, candidate)):
+                return resolve_entrypoint(app_dir, candidate)
+        raise EntrypointError(
+            f"No entrypoint found in {app_dir}: add one of {', '.join(AUTO_ENTRYPOINTS)}"
+            " or set entrypoint in the manifest"
+        )
+    file_part, sep, attribute = declared.partition(":")
+    if sep and _ATTRIBUTE.match(attribute) is None:
+        raise EntrypointError(f'Invalid entrypoint "{declared}": "{attribute}" is not an attribute')
+    if not file_part or "\0" in file_part:
+        raise EntrypointError(f'Invalid entrypoint "{declared}": no file named')
+    if os.path.isabs(file_part) or file_part.startswith(("/", "\\")):
+        raise EntrypointError(
+            f'Invalid entrypoint "{declared}": must be a path relative to the app directory'
+        )
+    parts = re.split(r"[/\\]", file_part)
+    if ".." in parts:
+        raise EntrypointError(f'Invalid entrypoint "{declared}": must not leave the app directory')
+    root = os.path.abspath(app_dir)
+    path = os.path.normpath(os.path.join(root, *parts))
+    if not _inside(os.path.realpath(root), os.path.realpath(path)):
+        raise EntrypointError(
+            f'Invalid entrypoint "{declared}": resolves outside the app directory (symlink)'
+        )
+    if not path.endswith(ENTRYPOINT_SUFFIXES):
+        raise EntrypointError(f'Invalid entrypoint "{declared}": must be a .py or .html file')
+    if not os.path.isfile(path):
+        raise EntrypointError(f'Entrypoint "{declared}" not found in {app_dir}')
+    if sep and path.endswith(".html"):
+        raise EntrypointError(f'Invalid entrypoint "{declared}": an .html file has no attributes')
+    return path, attribute if sep else None

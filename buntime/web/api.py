@@ -41,14 +41,34 @@ class CoreAPI:
 
     @app.route("/api/health", methods=["GET", "HEAD"])
     def health(self, request: Any) -> bytes:
+        """
+        Health check.
+
+        Always answers 200 `{"ok": true, "status": "healthy", "version": V}`
+        while the runtime process is up.
+        """
         return self._health(request, "healthy")
 
     @app.route("/api/health/live", methods=["GET", "HEAD"])
     def live(self, request: Any) -> bytes:
+        """
+        Liveness probe.
+
+        Answers 200 `{"ok": true, "status": "live", "version": V}` as long as
+        the runtime answers requests at all; restart the process when it does not.
+        """
         return self._health(request, "live")
 
     @app.route("/api/health/ready", methods=["GET", "HEAD"])
     def ready(self, request: Any) -> bytes:
+        """
+        Readiness probe.
+
+        Answers 200 `{"ok": true, "status": "ready", "version": V}` once the
+        plugins are initialized and the port is listening; 503 with `"ok":
+        false` and the current status before that and while shutting down, so
+        a load balancer sends no traffic then.
+        """
         if self.state.ready:
             return self._health(request, "ready")
         return self._health(request, self.state.status, ok=False)

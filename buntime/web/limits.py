@@ -55,6 +55,12 @@ class LimitedRequest(Request):
     received = 0
     rejected = False
 
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        # Bodies go to apps as they are; nothing here needs form parsing,
+        # which would also hold a second copy of every multipart upload.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(channel, *args, **kwargs)
+
     def gotLength(self, length: int | None) -> None:
         limiter = getattr(self.channel.site, "body_limit", None)
         self.limit = limiter(self.target) if limiter is not None else None

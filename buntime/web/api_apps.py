@@ -1,0 +1,280 @@
+"""
+The apps part of the core API: list the worker apps, install one from an
+uploaded archive, remove one or all of its versions (SPEC §4).
+
+After every change the catalog forgets its cached scan (a new version is
+served at once) and C{retire} is called with each replaced or removed app
+directory so the pool drains and stops its worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from attrs import field, frozen
+from klein import Klein
+from multipart import MultipartError, MultipartParser, parse_options_header
+from twisted.internet.defer import DeferredLock, maybeDeferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from buntime._logging import log
+from buntime.apps.install import (
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_TOTAL_BYTES,
+    InstalledApp,
+    InstallError,
+    install_archive,
+    remove_app,
+)
+from buntime.web.api import json_body, json_error
+from buntime.web.openapi import describe
+
+UPLOAD_FIELD = "file"
+_MAX_PARTS = 16
+
+_ERROR_RESPONSES: dict[int | str, str | dict[str, Any]] = {
+    400: "`NO_FILE_PROVIDED`, `INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, `PATH_TRAVERSAL`, "
+    "`MISSING_PARAMS` or `NO_WORKER_DIRS`",
+    413: "`PAYLOAD_TOO_LARGE`: the upload, or what the archive unpacks to, is too big",
+}
+
+
+def _app_object(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"success": {"const": True}, "data": {"type": "object"}},
+                }
+            }
+        },
+    }
+
+
+@frozen
+class AppsAPI:
+    """
+    C{/api/apps} routes.  C{retire(app_dir)} is told about every app
+    directory that was replaced or removed.  With C{threads}, archives are
+    extracted and directories deleted in the reactor's thread pool; installs
+    and removals run one at a time either way.
+    """
+
+    worker_dirs: Sequence[str] = field(converter=tuple)
+    catalog: Any
+    retire: Callable[[str], object]
+    threads: IReactorThreads | None = None
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+    _lock: DeferredLock = field(factory=DeferredLock, init=False)
+
+    app = Klein()
+
+    async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call C{function} in the thread pool when there is one, serialized."""
+        async with self._lock:
+            if self.threads is None:
+                return function(*args, **kwargs)
+            pool = self.threads.getThreadPool()  # type: ignore[misc]
+            return await deferToThreadPool(self.threads, pool, function, *args, **kwargs)
+
+    def _changed(self, app_dirs: Sequence[str]) -> None:
+        self.catalog.invalidate()
+        for app_dir in app_dirs:
+            retiring = maybeDeferred(self.retire, app_dir)
+            retiring.addErrback(_retire_failed, app_dir)
+
+    @app.route("/api/apps", methods=["GET", "HEAD"])
+    @describe(
+        responses={
+            200: {
+                "description": "The apps, sorted by name",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "path": {"type": "string"},
+                                    "versions": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                        }
+                    }
+                },
+            }
+        }
+    )
+    def list_apps(self, request: Any) -> bytes:
+        """
+        List the worker apps.
+
+        Every app found in the worker dirs (all layouts), with the directory
+        of its preferred version and its versions: `latest` first, then
+        highest first.
+        """
+        return json_body(request, self.catalog.list_apps())
+
+    @app.route("/api/apps/upload", methods=["POST"])
+    @describe(
+        request_body={
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            UPLOAD_FIELD: {
+                                "type": "string",
+                                "contentMediaType": "application/octet-stream",
+                                "description": "The archive: .zip, .tgz or .tar.gz",
+                            }
+                        },
+                        "required": [UPLOAD_FIELD],
+                    }
+                }
+            },
+        },
+        responses={
+            200: _app_object("Installed: `data.app` = {name, version, installedAt}"),
+            **_ERROR_RESPONSES,
+        },
+    )
+    async def upload(self, request: Any) -> bytes:
+        """
+        Install an app from an archive.
+
+        Send the archive as the multipart field `file` (.zip, .tgz or .tar.gz,
+        by file name). It must hold `manifest.yaml` (or `pyproject.toml`) with
+        `name` and `version` at its root or inside its single top-level
+        directory. The app is installed into the first worker dir as
+        `<name>/<version>/`; an existing copy of that version is replaced
+        atomically and its worker retired once its requests finish. A refused
+        archive changes nothing on disk.
+        """
+        if not self.worker_dirs:
+            raise InstallError("NO_WORKER_DIRS", "No worker dirs are configured")
+        content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        installed = await self._run(self._install, content_type, request.content)
+        self._changed([installed.path])
+        app = {
+            "name": installed.name,
+            "version": installed.version,
+            "installedAt": installed.installed_at,
+        }
+        return json_body(request, {"success": True, "data": {"app": app}})
+
+    def _install(self, content_type: str, content: IO[bytes]) -> InstalledApp:
+        """Parse the upload and install it (both slow: run in the thread pool)."""
+        filename, upload = _uploaded_file(content_type, content)
+        return install_archive(
+            upload,
+            filename,
+            self.worker_dirs[0],
+            max_total_bytes=self.max_total_bytes,
+            max_files=self.max_files,
+        )
+
+    @app.route("/api/apps/<scope>/<name>", methods=["DELETE"])
+    @describe(responses={200: _app_object("Removed: `data.removed` lists the app directories")})
+    async def delete_app(self, request: Any, scope: str, name: str) -> bytes:
+        """
+        Remove every version of an app.
+
+        `scope` is the scope of a scoped app (`@acme` or `acme`) or `_` for an
+        unscoped one. Every layout in every worker dir is removed, and the
+        app's workers are retired once their requests finish. Answers 404
+        `APP_NOT_FOUND` when there is no such app.
+        """
+        return await self._delete(request, scope, name, None)
+
+    @app.route("/api/apps/<scope>/<name>/<version>", methods=["DELETE"])
+    @describe(responses={200: _app_object("Removed: `data.removed` lists the app directories")})
+    async def delete_version(self, request: Any, scope: str, name: str, version: str) -> bytes:
+        """
+        Remove one version of an app.
+
+        `scope` as for removing an app; `version` is an exact version or
+        `latest`. Answers 404 `APP_NOT_FOUND` or `VERSION_NOT_FOUND`.
+        """
+        return await self._delete(request, scope, name, version)
+
+    async def _delete(self, request: Any, scope: str, name: str, version: str | None) -> bytes:
+        scoped = None if scope == "_" else scope
+        removed = await self._run(remove_app, self.worker_dirs, scoped, name, version)
+        self._changed(removed)
+        app_name = f"{'@' + scoped.lstrip('@') + '/' if scoped else ''}{name}"
+        data = {"name": app_name, "version": version, "removed": removed}
+        return json_body(request, {"success": True, "data": data})
+
+    @app.handle_errors(InstallError)
+    def install_error(self, request: Any, failure: Any) -> bytes:
+        error: InstallError = failure.value
+        return json_error(request, error.status, error.code, error.message)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: Any, failure: Any) -> bytes:
+        request.setHeader(b"x-not-found", b"true")
+        return json_error(request, 404, "NOT_FOUND", f"No API route {request.path.decode()}")
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request: Any, failure: Any) -> bytes:
+        return json_error(
+            request, 405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed here"
+        )
+
+    @app.handle_errors(OSError)
+    def disk_error(self, request: Any, failure: Any) -> bytes:
+        log(
+            "error",
+            "buntime:apps:disk-error",
+            f"Changing apps on disk failed: {failure.getErrorMessage()}",
+            traceback=failure.getTraceback(),
+        )
+        return json_error(request, 500, "INTERNAL_ERROR", "Changing apps on disk failed")
+
+
+def _retire_failed(failure: Any, app_dir: str) -> None:
+    log(
+        "error",
+        "buntime:apps:retire-failed",
+        f"Retiring the workers of {app_dir} failed: {failure.getErrorMessage()}",
+        path=app_dir,
+    )
+
+
+def _uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]]:
+    """
+    The file name and contents of the multipart field C{file} (twisted.web's
+    own form parsing drops the file name, so the body is parsed again here).
+    """
+    kind, options = parse_options_header(content_type)
+    boundary = options.get("boundary")
+    if kind != "multipart/form-data" or not boundary:
+        raise InstallError(
+            "NO_FILE_PROVIDED", f"Send the archive as multipart/form-data field {UPLOAD_FIELD!r}"
+        )
+    content.seek(0)
+    parser = MultipartParser(content, boundary, part_limit=_MAX_PARTS)
+    try:
+        for part in parser:
+            if part.name != UPLOAD_FIELD:
+                continue
+            if not part.filename and part.size == 0:
+                break
+            if part.filename is None:
+                raise InstallError(
+                    "NO_FILE_PROVIDED", f"Field {UPLOAD_FIELD!r} must be a file upload"
+                )
+            part.file.seek(0)
+            return part.filename.replace("\\", "/").rsplit("/", 1)[-1], part.file
+    except MultipartError as e:
+        raise InstallError("NO_FILE_PROVIDED", f"Malformed multipart body: {e}") from None
+    raise InstallError("NO_FILE_PROVIDED", f"No file in the multipart field {UPLOAD_FIELD!r}")

@@ -26,6 +26,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogLevel, formatEvent
 from zope.interface import implementer
 
+from buntime.http import Headers
+
 LEVELS = ("debug", "info", "warn", "error")
 _RANK = {name: rank for rank, name in enumerate(LEVELS)}
 
@@ -81,12 +83,23 @@ def _text_of(message: dict[str, Any]) -> str:
     return str(message.get("message_type", ""))
 
 
+def _is_pair(item: Any) -> bool:
+    return isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str)
+
+
 def _scrub(value: Any) -> Any:
+    """C{value} with credentials replaced, in dicts, header pairs and L{Headers}."""
     if isinstance(value, dict):
         return {
             k: (REDACTED if str(k).lower() in SENSITIVE_HEADERS else _scrub(v))
             for k, v in value.items()
         }
+    if isinstance(value, Headers):
+        return [list(pair) for pair in redact_headers(value.items())]
+    if isinstance(value, list | tuple):
+        if value and all(_is_pair(item) for item in value):
+            return [[name, _scrub(item)] for name, item in redact_headers(value)]
+        return [_scrub(item) for item in value]
     return value
 
 
@@ -200,12 +213,18 @@ _TWISTED_LEVELS = {
 }
 
 
+# Twisted namespaces whose info messages are per-connection chatter.
+_CHATTY = ("twisted.protocols.amp",)
+
+
 @implementer(ILogObserver)
 class TwistedToEliot:
     """A C{twisted.logger} observer that re-logs every event as an eliot message."""
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = _TWISTED_LEVELS.get(event.get("log_level", LogLevel.info), "info")
+        if level == "info" and event.get("log_namespace", "").startswith(_CHATTY):
+            level = "debug"
         if event.get("isError"):
             level = "error"
         text = formatEvent(event)

@@ -150,6 +150,8 @@ def load_config(
 
     port: int | None = None
     listen = get("listen")
+    if options.get("listen") is None and options.get("port") is not None:
+        listen = None  # --port on the command line beats RUNTIME_LISTEN
     if listen is None:
         port = _int(label("port", "PORT"), get("port") or "8000", 0)
         if port > 65535:

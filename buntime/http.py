@@ -100,7 +100,9 @@ class Headers:
         return hash(self._normalized())
 
     def _normalized(self) -> tuple[tuple[str, str], ...]:
-        return tuple((key.lower(), value) for key, value in self._items)
+        # Fields of different names are unordered (RFC 9110 §5.3); one name's values are not.
+        pairs = ((key.lower(), value) for key, value in self._items)
+        return tuple(sorted(pairs, key=lambda pair: pair[0]))
 
     def __repr__(self) -> str:
         return f"Headers({list(self._items)!r})"

@@ -16,8 +16,13 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from buntime._logging import LoggingService, log
+from buntime.apps.discovery import AppCatalog
 from buntime.config import RuntimeConfig
+from buntime.pool.launch import ForkLauncher, SpawnLauncher
+from buntime.pool.pool import PoolConfig, WorkerPool
+from buntime.pool.service import PoolService
 from buntime.web.api import CoreAPI
+from buntime.web.apps import AppStep
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.server import WebService, make_site
 from buntime.web.state import RuntimeState
@@ -98,6 +103,50 @@ def fatal_exit(reason: str) -> None:
     exit_now(1)
 
 
+def _api_url(port: Any) -> str:
+    address = port.getHost()
+    host = getattr(address, "host", "127.0.0.1")
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{getattr(address, 'port', 0)}"
+
+
+def make_pool(config: RuntimeConfig, reactor: Any) -> PoolService:
+    """The worker pool and its launcher for C{config}."""
+    launcher = ForkLauncher(reactor) if config.worker_mode == "fork" else SpawnLauncher(reactor)
+    pool = WorkerPool(
+        reactor,
+        PoolConfig(
+            pool_size=config.pool_size,
+            ephemeral_concurrency=config.ephemeral_concurrency,
+            ephemeral_queue=max(100, config.ephemeral_concurrency * 10),
+            delay=config.delay,
+            production=config.production,
+        ),
+        launcher,
+    )
+    service = PoolService(pool=pool, launcher=launcher)
+    service.setName("pool")
+    return service
+
+
+def body_limit(config: RuntimeConfig, apps: AppStep) -> Callable[[bytes], int]:
+    """The body limit of a request target: the app's, or the ceiling for the core API."""
+    api_base = config.api_base.encode("latin-1")
+
+    def limit(target: bytes) -> int:
+        path = target.split(b"?", 1)[0]
+        if path == api_base or path.startswith(api_base + b"/"):
+            return config.body_size_max
+        return apps.body_limit_for(path.decode("latin-1"))
+
+    return limit
+
+
 def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
     """Wire the runtime for C{config}."""
     state = RuntimeState()
@@ -105,17 +154,46 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         clock=reactor, level=config.log_level, fmt=config.log_format, file_path=config.log_file
     )
     logging.setName("logging")
+    pool = make_pool(config, reactor)
+    runtime_env = {
+        "RUNTIME_API_URL": "",
+        "RUNTIME_ENV": config.env,
+        "RUNTIME_LOG_LEVEL": config.log_level,
+        "RUNTIME_WORKER_DIRS": ":".join(config.worker_dirs),
+        "RUNTIME_PLUGIN_DIRS": ":".join(config.plugin_dirs),
+    }
+    apps = AppStep(
+        catalog=AppCatalog(config.worker_dirs, reactor),
+        pool=pool.pool,
+        environ=config.environ,
+        runtime_env=lambda: runtime_env,
+        body_size_default=config.body_size_default,
+        body_size_max=config.body_size_max,
+        production=config.production,
+        homepage=config.homepage,
+    )
     api = CoreAPI(state=state, api_base=config.api_base)
-    frontdoor = FrontDoor(clock=reactor, state=state, api=api, api_prefix=config.api_prefix)
+    frontdoor = FrontDoor(
+        clock=reactor,
+        state=state,
+        api=api,
+        api_prefix=config.api_prefix,
+        steps=[apps, apps.serve_homepage],
+    )
     web = WebService(
         reactor=reactor,
         description=config.listen,
-        site=make_site(frontdoor, lambda target: config.body_size_max),
+        site=make_site(frontdoor, body_limit(config, apps)),
         state=state,
         fatal=fatal_exit,
     )
     web.setName("web")
     runtime = RuntimeService(reactor=reactor, state=state, web=web)
+    web.listening.addCallback(
+        lambda port: runtime_env.__setitem__("RUNTIME_API_URL", _api_url(port))
+    )
+    runtime.on_serving.append(lambda: pool.launcher_ready)
     logging.setServiceParent(runtime)
+    pool.setServiceParent(runtime)
     web.setServiceParent(runtime)
     return runtime

@@ -12,6 +12,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from eliot import start_action
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -51,6 +52,40 @@ def request_id_for(header: bytes | None) -> str:
         if _REQUEST_ID.match(text):
             return text
     return str(uuid.uuid4())
+
+
+_SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+
+
+def csrf_refusal(request: Any) -> Response | None:
+    """
+    SPEC §4 CSRF rule for the core API: a state-changing request needs an
+    C{Origin} with an http(s) scheme, no credentials, and the C{Host}'s
+    host:port; C{x-buntime-internal: true} is exempt.  C{None} means allowed.
+    """
+    if request.method in _SAFE_METHODS:
+        return None
+    if (request.getHeader(b"x-buntime-internal") or b"").lower() == b"true":
+        return None
+    origin = request.getHeader(b"origin")
+    if not origin:
+        return Response.error(403, "FORBIDDEN", "Forbidden - Origin required")
+    try:
+        parsed = urlsplit(origin.decode("latin-1"))
+        host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
+        allowed = (
+            parsed.scheme in ("http", "https")
+            and parsed.username is None
+            and parsed.password is None
+            and "@" not in parsed.netloc
+            and parsed.netloc.lower() == host
+            and host != ""
+        )
+    except ValueError:
+        allowed = False
+    if not allowed:
+        return Response.error(403, "FORBIDDEN", "Forbidden")
+    return None
 
 
 def to_request(request: Any, request_id: str) -> Request:
@@ -199,6 +234,10 @@ class FrontDoor(Resource):
             action.add_success_fields(
                 level="error" if status >= 500 else "info",
                 message=f"{method} {path} {status} {duration}ms",
+                # the start message is debug: repeat what names the request
+                request_id=request_id,
+                method=method,
+                path=path,
                 status=status,
                 duration_ms=duration,
                 aborted=aborted,
@@ -230,6 +269,10 @@ class FrontDoor(Resource):
         self, request: Any, request_id: str, path: str, fields: dict, gone: list[bool]
     ) -> None:
         if path == self._api_base or path.startswith(self._api_base + "/"):
+            refusal = csrf_refusal(request)
+            if refusal is not None:
+                await send_response(request, refusal)
+                return
             self._render_api(request)
             return
         response = await self.dispatch(request, request_id, path, fields)

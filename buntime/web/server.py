@@ -7,7 +7,7 @@ from typing import Any
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.server import Site
@@ -75,7 +75,7 @@ class WebService(Service):
 
     async def _stop(self) -> None:
         if self.port is not None:
-            await self.port.stopListening()
+            await maybeDeferred(self.port.stopListening)  # may return None
         if self.state.in_flight:
             log(
                 "info",

@@ -1,0 +1,515 @@
+"""
+The benchmark: C{python -m buntime.bench}.
+
+Starts the runtime on a free loopback port with generated apps, drives the
+SPEC §10 scenarios with C{wrk} (or, clearly labelled, a small Python load
+generator when wrk is missing), runs a bare twisted.web baseline in the same
+run, and prints requests/s, latency percentiles, errors, the ratio to the
+baseline, pool metrics and memory.  A tool, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+SCENARIOS = {
+    # name: (app path, method, clients, baseline scenario)
+    "warm-noop": ("/noop-asgi/", "GET", 50, "baseline-noop"),
+    "warm-noop-wsgi": ("/noop-wsgi/", "GET", 50, "baseline-noop"),
+    "echo-1kb": ("/echo/", "POST", 50, "baseline-echo"),
+    "slow-50ms": ("/slow/", "GET", 50, None),
+    "ephemeral-noop": ("/ephemeral/", "GET", 10, None),
+    "baseline-noop": ("/", "GET", 50, None),
+    "baseline-echo": ("/echo", "POST", 50, None),
+}
+DEFAULT_SCENARIOS = list(SCENARIOS)
+EXTRA_CHECKS = ("cold-start", "stream-100mb")
+
+_APPS = {
+    "noop-asgi@1.0.0": (
+        "ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n",
+        """
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+        """,
+    ),
+    "noop-wsgi@1.0.0": (
+        "ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n",
+        """
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+            return [b"ok"]
+        """,
+    ),
+    "echo@1.0.0": (
+        "ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n",
+        """
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            body, more = b"", True
+            while more:
+                message = await receive()
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/octet-stream"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+        """,
+    ),
+    "slow@1.0.0": (
+        "ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n",
+        """
+        import asyncio
+
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            await asyncio.sleep(0.05)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+        """,
+    ),
+    "ephemeral@1.0.0": (
+        "ttl: 0\ntimeout: 10s\n",
+        """
+        routes = {"/": "ok"}
+        """,
+    ),
+    "cold@1.0.0": (
+        "ttl: 5m\n",
+        """
+        routes = {"/": "ok"}
+        """,
+    ),
+    "stream@1.0.0": (
+        "ttl: 5m\ntimeout: 5m\n",
+        """
+        CHUNK = b"x" * 65536
+
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            total = 100 * 1024 * 1024
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/octet-stream"),
+                                    (b"content-length", str(total).encode())]})
+            for _ in range(total // len(CHUNK)):
+                await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        """,
+    ),
+}
+
+_WRK_SCRIPT = """
+wrk.method = os.getenv("BENCH_METHOD") or "GET"
+if wrk.method == "POST" then
+  wrk.body = string.rep("x", 1024)
+  wrk.headers["Content-Type"] = "application/octet-stream"
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH_JSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"errors\\":%d,\\"non2xx\\":%d,"
+    .. "\\"p50_ms\\":%.3f,\\"p95_ms\\":%.3f,\\"p99_ms\\":%.3f}\\n",
+    summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def serve_baseline() -> None:
+    """A bare twisted.web server answering the same noop and echo, printing its port."""
+    from twisted.internet import endpoints, reactor
+    from twisted.web import resource, server
+
+    class Noop(resource.Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            request.setHeader(b"content-type", b"text/plain")
+            return b"ok"
+
+        def render_POST(self, request: Any) -> bytes:
+            request.setHeader(b"content-type", b"application/octet-stream")
+            return request.content.read()
+
+    site = server.Site(Noop())
+    site.log = lambda request: None  # type: ignore[method-assign]
+    endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    endpoint.listen(site).addCallback(lambda port: print(port.getHost().port, flush=True))
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _hwm_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def write_apps(root: str) -> None:
+    """Generate the benchmark apps under C{root}."""
+    for name, (manifest, code) in _APPS.items():
+        app_dir = os.path.join(root, name)
+        os.makedirs(app_dir, exist_ok=True)
+        with open(os.path.join(app_dir, "manifest.yaml"), "w") as handle:
+            handle.write(manifest)
+        with open(os.path.join(app_dir, "app.py"), "w") as handle:
+            handle.write(textwrap.dedent(code))
+
+
+@contextmanager
+def runtime(workdir: str, worker_mode: str, log_level: str) -> Iterator[tuple[str, int]]:
+    """A runtime process on a free loopback port: yields (base url, pid)."""
+    apps = os.path.join(workdir, "apps")
+    write_apps(apps)
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    command = [twistd] if os.path.exists(twistd) else [sys.executable, "-m", "twisted", "twistd"]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RUNTIME_")},
+        "RUNTIME_WORKER_DIRS": apps,
+        "RUNTIME_PLUGIN_DIRS": os.path.join(workdir, "plugins"),
+        "RUNTIME_ENV": "production",
+        "RUNTIME_LOG_FORMAT": "json",
+        "RUNTIME_LOG_LEVEL": log_level,
+        "RUNTIME_WORKER_MODE": worker_mode,
+        "RUNTIME_POOL_SIZE": "50",
+        "RUNTIME_DATA_DIR": os.path.join(workdir, "data"),
+    }
+    process = subprocess.Popen(
+        [*command, "-n", "--pidfile=", "buntime", "--listen", "tcp:0:interface=127.0.0.1"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    port = listening = None
+    deadline = time.monotonic() + 30
+    assert process.stdout is not None
+    while port is None and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("message_type") == "buntime:runtime:ready":
+            port = listening
+        elif record.get("message_type") == "buntime:web:listening":
+            listening = record["port"]
+    if port is None:
+        process.kill()
+        raise SystemExit("bench: the runtime did not start (see its output above)")
+    # keep draining the output so the runtime never blocks on a full pipe
+    drain = subprocess.Popen(["cat"], stdin=process.stdout, stdout=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        drain.kill()
+
+
+@contextmanager
+def baseline() -> Iterator[tuple[str, int]]:
+    """A bare twisted.web server answering the same noop, in one process."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "buntime.bench", "--serve-baseline"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    port = int(process.stdout.readline())
+    try:
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.kill()
+        process.wait()
+
+
+def run_wrk(url: str, method: str, clients: int, duration: float, script: str) -> dict[str, Any]:
+    threads = min(2, clients)
+    output = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{clients}",
+            f"-d{max(1, round(duration))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            script,
+            url,
+        ],
+        env={**os.environ, "BENCH_METHOD": method},
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    match = re.search(r"BENCH_JSON (\{.*\})", output)
+    if match is None:
+        raise RuntimeError(f"wrk gave no result:\n{output}")
+    result = json.loads(match.group(1))
+    seconds = result.pop("duration_us") / 1e6
+    result["rps"] = round(result["requests"] / seconds, 1) if seconds else 0.0
+    result["generator"] = "wrk"
+    return result
+
+
+async def _python_load(url: str, method: str, clients: int, duration: float) -> dict[str, Any]:
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    path = "/" + url.split("//", 1)[1].split("/", 1)[1] if "/" in url.split("//", 1)[1] else "/"
+    body = b"x" * 1024 if method == "POST" else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    latencies: list[float] = []
+    errors = 0
+    stop = time.monotonic() + duration
+
+    async def client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            writer.write(head + body)
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            if not status.startswith(b"HTTP/1.1 2"):
+                errors += 1
+            latencies.append((time.monotonic() - started) * 1000)
+        writer.close()
+
+    began = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(clients)), return_exceptions=True)
+    elapsed = time.monotonic() - began
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "non2xx": errors,
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(quantiles[49], 3),
+        "p95_ms": round(quantiles[94], 3),
+        "p99_ms": round(quantiles[98], 3),
+        "generator": "python (fallback: install wrk for real numbers)",
+    }
+
+
+def time_to_first_byte(url: str) -> float:
+    """Milliseconds from connect to the first response byte of one GET."""
+    host, rest = url.split("//", 1)[1].split("/", 1)
+    address, port = host.split(":")
+    started = time.monotonic()
+    with socket.create_connection((address, int(port)), timeout=30) as connection:
+        connection.sendall(f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        connection.recv(1)
+    return round((time.monotonic() - started) * 1000, 2)
+
+
+def stream_rss(url: str, pid: int) -> dict[str, Any]:
+    """Download the 100 MB stream; report the runtime's resident memory growth."""
+    before = _rss_mb(pid) or 0.0
+    peak_before = _hwm_mb(pid) or 0.0
+    host, rest = url.split("//", 1)[1].split("/", 1)
+    address, port = host.split(":")
+    received = 0
+    peak = before
+    started = time.monotonic()
+    with socket.create_connection((address, int(port)), timeout=60) as connection:
+        connection.sendall(
+            f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+        )
+        while chunk := connection.recv(1 << 20):
+            received += len(chunk)
+            if received % (8 << 20) < len(chunk):
+                peak = max(peak, _rss_mb(pid) or 0.0)
+    elapsed = time.monotonic() - started
+    peak = max(peak, _rss_mb(pid) or 0.0, _hwm_mb(pid) or 0.0 if peak_before < before else 0.0)
+    return {
+        "bytes": received,
+        "seconds": round(elapsed, 2),
+        "rss_before_mb": round(before, 1),
+        "rss_peak_mb": round(peak, 1),
+        "rss_growth_mb": round(peak - before, 1),
+    }
+
+
+def _fetch_json(url: str) -> Any:
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except Exception:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m buntime.bench", description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join([*DEFAULT_SCENARIOS, *EXTRA_CHECKS]),
+        help="comma-separated: " + ", ".join([*SCENARIOS, *EXTRA_CHECKS]),
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--worker-mode", default="fork", choices=("fork", "spawn"))
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
+    parser.add_argument("--python-load", action="store_true", help="use the Python generator")
+    parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.serve_baseline:
+        serve_baseline()
+        return 0
+    wanted = [s.strip() for s in options.scenarios.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in SCENARIOS and s not in EXTRA_CHECKS]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    use_wrk = shutil.which("wrk") is not None and not options.python_load
+    if not use_wrk:
+        print("bench: wrk not found (apt-get install wrk); using the Python load generator")
+
+    report: dict[str, Any] = {"duration": options.duration, "results": {}}
+    with tempfile.TemporaryDirectory(prefix="buntime-bench-") as workdir:
+        script = os.path.join(workdir, "report.lua")
+        with open(script, "w") as handle:
+            handle.write(_WRK_SCRIPT)
+
+        def load(url: str, method: str, clients: int) -> dict[str, Any]:
+            if use_wrk:
+                return run_wrk(url, method, clients, options.duration, script)
+            return asyncio.run(_python_load(url, method, clients, options.duration))
+
+        with baseline() as (base_url, base_pid):
+            for name in wanted:
+                if name.startswith("baseline"):
+                    path, method, clients, _ = SCENARIOS[name]
+                    result = load(base_url + path, method, clients)
+                    result["rss_mb"] = _rss_mb(base_pid)
+                    report["results"][name] = result
+
+        with runtime(workdir, options.worker_mode, options.log_level) as (url, pid):
+            if "cold-start" in wanted:
+                report["results"]["cold-start"] = {"ttfb_ms": time_to_first_byte(url + "/cold/")}
+            for name in wanted:
+                if name in SCENARIOS and not name.startswith("baseline"):
+                    path, method, clients, _ = SCENARIOS[name]
+                    if name != "ephemeral-noop":
+                        time_to_first_byte(url + path)  # warm it up
+                    report["results"][name] = load(url + path, method, clients)
+            if "stream-100mb" in wanted:
+                time_to_first_byte(url + "/noop-asgi/")
+                report["results"]["stream-100mb"] = stream_rss(url + "/stream/", pid)
+            report["runtime_rss_mb"] = _rss_mb(pid)
+            report["worker_rss_mb"] = {
+                str(child): _rss_mb(child) for child in _descendants(pid) if _rss_mb(child)
+            }
+            metrics = _fetch_json(url + "/metrics/api/")
+            if metrics is not None:
+                report["pool"] = metrics.get("pool", metrics)
+
+    for name, result in report["results"].items():
+        base = SCENARIOS.get(name, (None, None, None, None))[3]
+        if base and base in report["results"] and report["results"][base].get("rps"):
+            result["ratio_to_baseline"] = round(result["rps"] / report["results"][base]["rps"], 2)
+
+    print_report(report)
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return 0
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(f"\nbuntime benchmark ({report['duration']:g}s per scenario)\n")
+    columns = ("req/s", 9), ("p50 ms", 8), ("p95 ms", 8), ("p99 ms", 8), ("errors", 7), ("ratio", 6)
+    header = f"{'scenario':<16} " + " ".join(f"{title:>{width}}" for title, width in columns)
+    print(header)
+    print("-" * len(header))
+    for name, result in report["results"].items():
+        if "rps" in result:
+            print(
+                f"{name:<16} {result['rps']:>9.1f} {result['p50_ms']:>8.2f} "
+                f"{result['p95_ms']:>8.2f} {result['p99_ms']:>8.2f} "
+                f"{result['errors'] + result['non2xx']:>7} "
+                f"{result.get('ratio_to_baseline', ''):>6}"
+            )
+        else:
+            print(f"{name:<16} {json.dumps(result)}")
+    generators = {r.get("generator") for r in report["results"].values() if "generator" in r}
+    print(f"\nload generator: {', '.join(sorted(g for g in generators if g))}")
+    print(f"runtime RSS: {report.get('runtime_rss_mb')} MB; workers: {report.get('worker_rss_mb')}")
+    if "pool" in report:
+        print(f"pool: {json.dumps(report['pool'])}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""
+The worker process's C{main()}: install the asyncio reactor, load the app
+named by the environment, report C{Ready} (or C{StartupFailed} and exit 3)
+over AMP on fds 3 (in) and 4 (out), serve until the channel closes.
+
+fds 1 and 2 stay the app's own output, which the runtime logs line by line.
+SIGINT is ignored (the runtime decides when workers stop; Ctrl-C in a
+terminal reaches the whole process group) and SIGUSR1 dumps every thread's
+stack to stderr (the runtime asks for one before killing a stuck worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import define, field
+from twisted.internet import asyncioreactor
+from twisted.internet.defer import Deferred
+from twisted.internet.stdio import StandardIO
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+from buntime.pool.child.loader import LoadError, load
+from buntime.pool.child.protocol import WorkerProtocol, one_line
+
+CHANNEL_IN, CHANNEL_OUT = 3, 4
+STARTUP_FAILED = 3
+"""Exit code of a worker whose app could not be loaded."""
+EXIT_GRACE = 5
+"""Seconds a worker waits after C{Terminate} for the runtime to close the channel."""
+
+
+@define(eq=False)
+class Worker:
+    """One worker's life: load, report, serve, exit when the channel closes."""
+
+    reactor: Any
+    loop: asyncio.AbstractEventLoop
+    environ: Mapping[str, str]
+    exit_code: int = 0
+    protocol: WorkerProtocol = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.protocol = WorkerProtocol(
+            self.reactor, self.loop, on_lost=self._channel_lost, on_terminated=self._terminated
+        )
+
+    def run(self) -> int:
+        """Serve until the channel closes; the exit code."""
+        StandardIO(self.protocol, stdin=CHANNEL_IN, stdout=CHANNEL_OUT, reactor=self.reactor)
+        # The reactor installs its own SIGINT handler while starting: undo that.
+        self.reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        self.reactor.callLater(0, self._start)
+        self.reactor.run()
+        return self.exit_code
+
+    def _start(self) -> None:
+        Deferred.fromCoroutine(self._load()).addErrback(self._crashed)
+
+    async def _load(self) -> None:
+        try:
+            app = load(
+                self.environ.get("APP_DIR") or os.getcwd(),
+                self.environ.get("ENTRYPOINT", ""),
+                reactor=self.reactor,
+                loop=self.loop,
+            )
+            await app.adapter.startup()
+        except (Exception, SystemExit) as error:
+            detail = traceback.format_exc()
+            message = str(error) if isinstance(error, LoadError) else one_line(error)
+            print(f"The app could not be loaded: {message}\n{detail}", file=sys.stderr)
+            reported = self.protocol.startup_failed(message, detail)
+            reported.addTimeout(EXIT_GRACE, self.reactor)
+            try:
+                await reported
+            except Exception:
+                pass
+            self.exit(STARTUP_FAILED)
+            return
+        await self.protocol.serve(app)
+
+    def _terminated(self) -> None:
+        self.reactor.callLater(EXIT_GRACE, self.exit, 0)
+
+    def _crashed(self, failure: Any) -> None:
+        print(f"The worker failed: {failure.getTraceback()}", file=sys.stderr)
+        self.exit(1)
+
+    def _channel_lost(self) -> None:
+        # A stuck thread or task must not keep an orphan alive: SIGALRM ends it.
+        signal.alarm(EXIT_GRACE)
+        self.exit(self.exit_code)
+
+    def exit(self, code: int) -> None:
+        """Stop the reactor; C{run} returns C{code}."""
+        self.exit_code = code
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def main() -> None:
+    """Run one worker (C{python -m buntime.pool.child}); never returns."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    # Twisted's own warnings and errors (unhandled Deferred errors...) go to stderr too.
+    errors = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)]
+    )
+    globalLogBeginner.beginLoggingTo([errors], redirectStandardIO=False)
+    code = 1
+    try:
+        code = Worker(reactor, loop, os.environ).run()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -1,0 +1,195 @@
+"""
+The worker's end of the AMP channel: requests in, events out.
+
+Each L{commands.StartRequest} gets a L{BodyReader} and a L{ResponseWriter}
+and goes to the app's adapter; many run at once.  An app exception is logged
+(traceback on stderr) and reported as L{events.ResponseError}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from buntime.pool import commands, events
+from buntime.pool.child.adapter import call
+from buntime.pool.child.body import BodyClosed, BodyReader
+from buntime.pool.child.loader import LoadedApp
+from buntime.pool.child.request import IncomingRequest
+from buntime.pool.child.writer import RequestCancelled, ResponseWriter
+from buntime.pool.stream import fit_text
+
+
+def one_line(error: BaseException) -> str:
+    """C{error} as one line: C{"ValueError: bad input"}."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+@define(eq=False)
+class _InFlight:
+    body: BodyReader
+    writer: ResponseWriter
+    done: Deferred | None = None
+    cancelled: bool = False
+
+
+class WorkerProtocol(amp.AMP):
+    """
+    Serves C{app} (set with L{serve} once loaded) to the runtime.
+    C{on_lost} runs when the channel closes (the worker then exits),
+    C{on_terminated} once C{Terminate} is answered.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        loop: asyncio.AbstractEventLoop | None = None,
+        on_lost: Callable[[], None] | None = None,
+        on_terminated: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.loop = loop
+        self.app: LoadedApp | None = None
+        self.terminated = False
+        self._on_lost = on_lost
+        self._on_terminated = on_terminated
+        self._requests: dict[int, _InFlight] = {}
+
+    # -- startup -------------------------------------------------------------------
+
+    def serve(self, app: LoadedApp) -> Deferred:
+        """Start serving C{app}: tell the runtime it is C{Ready}."""
+        self.app = app
+        return self.callRemote(events.Ready, pid=os.getpid(), kind=app.kind)
+
+    def startup_failed(self, error: str, detail: str) -> Deferred:
+        """Tell the runtime the app could not be loaded."""
+        return self.callRemote(
+            events.StartupFailed, error=fit_text(error, 4096), detail=fit_text(detail)
+        )
+
+    # -- requests ----------------------------------------------------------------
+
+    @commands.StartRequest.responder
+    def start_request(
+        self,
+        rid: int,
+        method: str,
+        path: str,
+        base: str,
+        headers: str,
+        body: bytes,
+        more: bool,
+        remote: str,
+        task: bytes,
+    ) -> dict:
+        reader = BodyReader.start(self.reactor, body, more)
+        writer = ResponseWriter(self, rid)
+        if self.app is None:
+            writer.fail("the worker has no app loaded")
+            return {}
+        inflight = _InFlight(reader, writer)
+        self._requests[rid] = inflight
+        request = IncomingRequest(method, path, base, json.loads(headers), reader, remote)
+        try:
+            done = self.app.adapter.handle(request, writer)
+        except Exception:
+            done = Deferred()
+            done.errback()
+        inflight.done = done
+        done.addBoth(self._finished, rid, inflight)
+        return {}
+
+    @commands.RequestBody.responder
+    def request_body(self, rid: int, data: bytes) -> dict | Deferred:
+        inflight = self._requests.get(rid)
+        waiting = inflight.body.feed(data) if inflight is not None else None
+        if waiting is None:
+            return {}
+        return waiting.addCallback(lambda _: {})
+
+    @commands.RequestBodyEnd.responder
+    def request_body_end(self, rid: int) -> dict:
+        inflight = self._requests.get(rid)
+        if inflight is not None:
+            inflight.body.finish()
+        return {}
+
+    @commands.CancelRequest.responder
+    def cancel_request(self, rid: int) -> dict:
+        inflight = self._requests.get(rid)
+        if inflight is not None:
+            self._cancel(inflight)
+        return {}
+
+    def _cancel(self, inflight: _InFlight) -> None:
+        inflight.cancelled = True
+        inflight.writer.cancel()
+        inflight.body.abort()
+        if inflight.done is not None:
+            inflight.done.cancel()
+
+    def _finished(self, result: object, rid: int, inflight: _InFlight) -> None:
+        if self._requests.get(rid) is inflight:
+            del self._requests[rid]
+        inflight.body.close()
+        if isinstance(result, Failure):
+            if inflight.cancelled and result.check(CancelledError, RequestCancelled, BodyClosed):
+                return
+            error = one_line(result.value)
+            print(f"Request {rid} failed: {error}", file=sys.stderr)
+            print(result.getTraceback(), file=sys.stderr)
+            inflight.writer.fail(error)
+        elif not inflight.writer.finished and not inflight.cancelled:
+            inflight.writer.fail("the app did not complete its response")
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @commands.Idle.responder
+    def idle(self) -> Deferred:
+        return self._hook("on_idle").addCallback(lambda _: {})
+
+    @commands.Terminate.responder
+    def terminate(self) -> Deferred:
+        self.terminated = True
+        d = self._hook("on_terminate")
+        if self.app is not None:
+            adapter = self.app.adapter
+            d.addCallback(lambda _: adapter.shutdown())
+            d.addErrback(self._log_failure, "ASGI lifespan shutdown")
+        return d.addCallback(self._answer_terminate)
+
+    def _answer_terminate(self, _: object) -> dict:
+        if self._on_terminated is not None:
+            self.reactor.callLater(0, self._on_terminated)
+        return {}
+
+    def _hook(self, name: str) -> Deferred:
+        hook = self.app.hook(name) if self.app is not None else None
+        if hook is None:
+            return succeed(None)
+        return call(hook, self.loop).addErrback(self._log_failure, name)
+
+    @staticmethod
+    def _log_failure(failure: Failure, what: str) -> None:
+        print(f"{what} failed: {one_line(failure.value)}", file=sys.stderr)
+        print(failure.getTraceback(), file=sys.stderr)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        for inflight in list(self._requests.values()):
+            self._cancel(inflight)
+        self._requests.clear()
+        if self._on_lost is not None:
+            self._on_lost()

@@ -1,0 +1,81 @@
+"""
+One request as the worker receives it from the runtime, and the bits of it
+every adapter needs (path, query, client, server, scheme).
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from buntime.pool.child.body import BodyReader
+
+
+def split_host(value: str, default_port: int) -> tuple[str, int]:
+    """C{"example.com:8080"}, C{"[::1]:80"} or C{"example.com"} as C{(host, port)}."""
+    host, port = value, ""
+    if value.startswith("["):
+        end = value.find("]")
+        if end != -1:
+            host, port = value[1:end], value[end + 1 :].lstrip(":")
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        return host, default_port
+
+
+@frozen
+class IncomingRequest:
+    """
+    A request from the runtime.  C{target} is the path inside the app with
+    its query string (the app's C{base} already stripped); C{headers} are
+    C{[name, value]} pairs as sent; C{remote} is the client address
+    (C{"ip"}, C{"ip:port"} or C{"[ipv6]:port"}, possibly empty).
+    """
+
+    method: str
+    target: str
+    base: str
+    headers: list[list[str]]
+    body: BodyReader
+    remote: str = ""
+
+    @property
+    def path(self) -> str:
+        """The path, still percent-encoded, without the query string (C{/} at least)."""
+        return self.target.partition("?")[0] or "/"
+
+    @property
+    def query(self) -> str:
+        """The raw query string, without the C{?}."""
+        return self.target.partition("?")[2]
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header C{name} (case-insensitive)."""
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return default
+
+    @property
+    def scheme(self) -> str:
+        """C{https} when the runtime says so in C{x-forwarded-proto}, else C{http}."""
+        forwarded = (self.header("x-forwarded-proto") or "").split(",")[0].strip().lower()
+        return "https" if forwarded == "https" else "http"
+
+    @property
+    def server(self) -> tuple[str, int]:
+        """Server name and port, from the C{Host} header."""
+        default_port = 443 if self.scheme == "https" else 80
+        return split_host(self.header("host") or "localhost", default_port)
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        """Client address and port (0 when unknown), or C{None} without a remote address."""
+        if not self.remote:
+            return None
+        if self.remote.startswith("[") or self.remote.count(":") == 1:
+            return split_host(self.remote, 0)
+        return self.remote, 0

@@ -1,0 +1,298 @@
+"""
+Klein apps and twisted.web resources, rendered against an in-memory
+twisted.web request: a real L{twisted.web.server.Request} whose channel
+hands the response to the worker's L{ResponseWriter} instead of a socket.
+
+The app's base is the request's C{prepath} (so C{prePathURL()}, Klein's
+C{url_for} and session cookies point at the right place) and the path
+inside the app its C{postpath}.  Writes made in one reactor turn are sent
+together, so a resource that writes and finishes at once answers in one
+piece; C{NOT_DONE_YET}, later writes and producers stream, paced by the
+runtime.  An unhandled error becomes a C{ResponseError}, not a 500 page.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from buntime.pool.child.adapter import IAdapter
+from buntime.pool.child.request import IncomingRequest
+from buntime.pool.child.writer import ResponseWriter
+from buntime.pool.commands import CHUNK_SIZE
+
+HIGH_WATER = 4 * CHUNK_SIZE
+"""Bytes queued before a streaming producer is paused."""
+
+
+def is_klein(app: object) -> bool:
+    """Whether C{app} is a C{klein.Klein} (without importing Klein, which imports a reactor)."""
+    return any(
+        cls.__module__.startswith("klein") and cls.__name__ == "Klein" for cls in type(app).__mro__
+    )
+
+
+def _address(host: str, port: int) -> IPv4Address | IPv6Address:
+    if ":" in host:
+        return IPv6Address("TCP", host, port)
+    return IPv4Address("TCP", host or "127.0.0.1", port)
+
+
+class _Request(server.Request):
+    """A twisted.web request whose response goes to the worker's writer."""
+
+    base_depth = 0
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            # twisted.web frames a length-less HTTP/1.1 body as chunked; the runtime frames it.
+            version, self.clientproto = self.clientproto, b"HTTP/1.0"
+            try:
+                super().write(data)
+            finally:
+                self.clientproto = version
+        else:
+            super().write(data)
+
+    def processingFailed(self, reason: Failure) -> None:
+        channel = self.channel
+        if channel is not None:
+            channel.app_failed(reason)
+
+
+class _Site(server.Site):
+    """Moves the app's base from C{postpath} to C{prepath} before traversal."""
+
+    def getResourceFor(self, request: _Request) -> Any:
+        # process() has just set twisted.web's Server and Date: the runtime sets its own.
+        request.responseHeaders.removeHeader(b"server")
+        request.responseHeaders.removeHeader(b"date")
+        depth = request.base_depth
+        request.prepath, request.postpath = request.postpath[:depth], request.postpath[depth:]
+        request.site = self
+        request.sitepath = list(request.prepath)
+        return resource.getChildForRequest(self.resource, request)
+
+
+@define(eq=False)
+class _Transport:
+    """What C{request.transport} offers the app: addresses, and closing (= failing)."""
+
+    channel: _Channel
+    disconnecting: bool = False
+
+    def getPeer(self) -> Any:
+        return self.channel.getPeer()
+
+    def getHost(self) -> Any:
+        return self.channel.getHost()
+
+    def loseConnection(self) -> None:
+        self.channel.loseConnection()
+
+    abortConnection = loseConnection
+
+
+@define(eq=False)
+class _Channel:
+    """The connection one request writes to, feeding C{writer} in order."""
+
+    site: _Site
+    writer: ResponseWriter
+    reactor: Any
+    peer: Any
+    host: Any
+    secure: bool
+    done: Deferred = field(init=False)
+    transport: _Transport = field(init=False)
+    request: _Request | None = None
+    _queue: deque[bytes] = field(factory=deque)
+    _queued: int = 0
+    _finished: bool = False
+    _busy: bool = False
+    _scheduled: bool = False
+    _producer: Any = None
+    _streaming: bool = False
+    _paused: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.done = Deferred(self._cancel)
+        self.transport = _Transport(self)
+
+    # -- what twisted.web.server.Request calls -------------------------------
+
+    def getPeer(self) -> Any:
+        return self.peer
+
+    def getHost(self) -> Any:
+        return self.host
+
+    def isSecure(self) -> bool:
+        return self.secure
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        pairs = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, values in headers.getAllRawHeaders()
+            for value in values
+        ]
+        self.writer.start(int(code), pairs)
+
+    def write(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._producer is not None and self._streaming and self._queued > HIGH_WATER:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._schedule()
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer, self._streaming, self._paused = producer, streaming, False
+        self._schedule()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def requestDone(self, request: _Request) -> None:
+        self._finished = True
+        self._schedule()
+
+    def loseConnection(self) -> None:
+        """The app closed the connection before finishing: the response is broken."""
+        if not self._finished:
+            self.app_failed(Failure(ConnectionDone("the app closed the connection")))
+
+    # -- failures and cancels -------------------------------------------------
+
+    def app_failed(self, reason: Failure) -> None:
+        """The app raised: the request is over, the protocol reports it."""
+        self._stop(reason)
+        if not self.done.called:
+            self.done.errback(reason)
+
+    def _cancel(self, _: Deferred) -> None:
+        self._stop(Failure(ConnectionDone("the request was cancelled")))
+
+    def _stop(self, reason: Failure) -> None:
+        self._queue.clear()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.stopProducing()
+        request, self.request = self.request, None
+        if request is not None and not request.finished:
+            request.connectionLost(reason)
+
+    # -- pumping the queue into the writer -------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._busy:
+            self._scheduled = True
+            self.reactor.callLater(0, self._pump)
+
+    def _pump(self) -> None:
+        self._scheduled = False
+        if self._busy or self.done.called:
+            return
+        data = b"".join(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        if self._finished:
+            self._busy = True
+            self.writer.end(data).addCallbacks(self._ended, self._send_failed)
+        elif data:
+            self._busy = True
+            self.writer.write(data).addCallbacks(self._sent, self._send_failed)
+        elif self._producer is not None and not self._streaming:
+            self._producer.resumeProducing()
+
+    def _sent(self, _: object) -> None:
+        self._busy = False
+        if self._paused and self._producer is not None:
+            self._paused = False
+            self._producer.resumeProducing()
+        if self._queue or self._finished or (self._producer is not None and not self._streaming):
+            self._schedule()
+
+    def _ended(self, _: object) -> None:
+        self.request = None
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _send_failed(self, reason: Failure) -> None:
+        self._busy = False
+        self._stop(reason)
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+@implementer(IAdapter)
+@define(eq=False)
+class WebAdapter:
+    """Renders C{root} (a twisted.web resource; a Klein app's C{.resource()}) per request."""
+
+    root: Any
+    reactor: Any
+    kind: str = "resource"
+    _site: _Site = field(init=False)
+
+    @classmethod
+    def for_app(cls, app: Any, reactor: Any) -> WebAdapter:
+        """The adapter for a Klein app or an C{IResource} provider."""
+        if is_klein(app):
+            return cls(app.resource(), reactor, kind="klein")
+        return cls(app, reactor)
+
+    def __attrs_post_init__(self) -> None:
+        self._site = _Site(self.root, reactor=self.reactor)
+
+    def startup(self) -> Deferred:
+        return succeed(None)
+
+    def shutdown(self) -> Deferred:
+        return succeed(None)
+
+    def handle(self, request: IncomingRequest, writer: ResponseWriter) -> Deferred:
+        server_port = request.server[1]
+        client = request.client or ("127.0.0.1", 0)
+        channel = _Channel(
+            self._site,
+            writer,
+            self.reactor,
+            peer=_address(*client),
+            host=_address("127.0.0.1", server_port),
+            secure=request.scheme == "https",
+        )
+        body = request.body.read_all()
+        body.addCallback(self._render, request, channel)
+        body.addErrback(channel.app_failed)
+        return channel.done
+
+    def _render(self, body: bytes, request: IncomingRequest, channel: _Channel) -> None:
+        twisted_request = _Request(channel)
+        twisted_request.base_depth = len([part for part in request.base.split("/") if part])
+        for name, value in request.headers:
+            twisted_request.requestHeaders.addRawHeader(
+                name.encode("latin-1"), value.encode("latin-1")
+            )
+        twisted_request.gotLength(len(body))
+        twisted_request.handleContentChunk(body)
+        channel.request = twisted_request
+        path = request.target if request.target.startswith("/") else "/" + request.target
+        target = request.base.rstrip("/") + path
+        twisted_request.requestReceived(
+            request.method.encode("latin-1"), target.encode("utf-8"), b"HTTP/1.1"
+        )

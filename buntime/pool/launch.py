@@ -1,0 +1,604 @@
+"""
+How worker processes are started, on the runtime side.
+
+A launcher starts one worker process for a L{LaunchSpec}, connects the given
+runtime-side AMP protocol to it, and reports the process's output lines.
+L{SpawnLauncher} starts a fresh interpreter per worker
+(C{python -m buntime.pool.child}, ~250 ms with Twisted);
+L{ForkLauncher} asks a pre-started template process
+(L{buntime.pool.template}) to fork one, so a cold start costs a fork and the
+app's import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from buntime._logging import log
+
+CHILD_MODULE = "buntime.pool.child"
+TEMPLATE_MODULE = "buntime.pool.template"
+TO_CHILD, FROM_CHILD = 3, 4
+"""The AMP channel as the worker sees it: it reads fd 3 and writes fd 4."""
+WORKER_FDS = {0: "w", 1: "r", 2: "r", TO_CHILD: "w", FROM_CHILD: "r"}
+MAX_LINE = 64 * 1024
+"""A line of output longer than this is reported in pieces."""
+UNKNOWN_EXIT = 255
+"""Exit code reported for a forked worker whose template died before it did."""
+STOP_GRACE = 5.0
+"""Seconds the template has to exit after its control channel closes."""
+
+
+@frozen
+class LaunchSpec:
+    """What to start: which worker, for which app directory, with which environment."""
+
+    worker_id: str
+    app_dir: str
+    env: Mapping[str, str]
+
+
+@define(eq=False)
+class LaunchedProcess:
+    """A started worker process; C{exited} fires with its exit code (negative: a signal)."""
+
+    pid: int
+    exited: Deferred
+    _send: Callable[[int], None] = field(default=lambda signum: None, repr=False)
+
+    def signal(self, signum: int) -> None:
+        """Send C{signum} to the process (nothing if it has exited)."""
+        if not self.exited.called:
+            self._send(signum)
+
+
+class ILauncher(Interface):
+    """Starts worker processes."""
+
+    def start() -> Deferred:
+        """Get ready to launch (e.g. start the template process)."""
+
+    def stop() -> Deferred:
+        """Stop whatever C{start} started."""
+
+    def launch(
+        spec: LaunchSpec,
+        protocol: amp.AMP,
+        on_output: Callable[[str, str], None],
+    ) -> Deferred:
+        """Start a worker; fires with a L{LaunchedProcess} once the channel is connected."""
+
+
+class LauncherUnavailable(Exception):
+    """The launcher cannot start workers right now (its template is down)."""
+
+
+@define(eq=False)
+class LineSplitter:
+    """Cuts a byte stream into decoded lines for C{on_output(stream, line)}."""
+
+    stream: str
+    on_output: Callable[[str, str], None]
+    _buffer: bytes = b""
+
+    def feed(self, data: bytes) -> None:
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        while len(self._buffer) > MAX_LINE:
+            lines.append(self._buffer[:MAX_LINE])
+            self._buffer = self._buffer[MAX_LINE:]
+        for line in lines:
+            self._emit(line)
+
+    def flush(self) -> None:
+        if self._buffer:
+            line, self._buffer = self._buffer, b""
+            self._emit(line)
+
+    def _emit(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        try:
+            self.on_output(self.stream, text)
+        except Exception as error:
+            log("error", "buntime:launch:output-failed", f"on_output failed: {error!r}")
+
+
+def exit_code(reason: Failure) -> int:
+    """The exit code in a C{processEnded} reason (negative: killed by that signal)."""
+    value = reason.value
+    signal_number = getattr(value, "signal", None)
+    if signal_number:
+        return -int(signal_number)
+    code = getattr(value, "exitCode", None)
+    return int(code) if code is not None else 0
+
+
+# -- spawn ------------------------------------------------------------------
+
+
+@implementer(amp.IBoxSender)
+@define(eq=False)
+class _ChildWriter:
+    """The transport AMP writes to: the worker's fd 3 (pattern of ampoule's AMPConnector)."""
+
+    process: Any
+    disconnecting: bool = False
+
+    def write(self, data: bytes) -> None:
+        self.process.writeToChild(TO_CHILD, data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+        self.process.closeChildFD(TO_CHILD)
+        self.process.closeChildFD(FROM_CHILD)
+
+    abortConnection = loseConnection
+
+    def getPeer(self) -> tuple[str, ...]:
+        return ("subprocess",)
+
+    def getHost(self) -> tuple[str, ...]:
+        return ("runtime",)
+
+
+class _WorkerProcess(ProcessProtocol):
+    """A spawned worker: AMP on fds 3/4, output lines from fds 1/2, exit code."""
+
+    def __init__(self, protocol: amp.AMP, on_output: Callable[[str, str], None]) -> None:
+        self.amp = protocol
+        self.exited: Deferred = Deferred()
+        self.lines = {1: LineSplitter("stdout", on_output), 2: LineSplitter("stderr", on_output)}
+        self._amp_lost = False
+
+    def connectionMade(self) -> None:
+        self.amp.makeConnection(_ChildWriter(self.transport))
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == FROM_CHILD:
+            self.amp.dataReceived(data)
+        elif childFD in self.lines:
+            self.lines[childFD].feed(data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD == FROM_CHILD:
+            self._lose_amp(Failure(ConnectionError("the worker closed its channel")))
+        elif childFD in self.lines:
+            self.lines[childFD].flush()
+
+    def processExited(self, reason: Failure) -> None:
+        self._lose_amp(reason)
+        if not self.exited.called:
+            self.exited.callback(exit_code(reason))
+
+    def processEnded(self, reason: Failure) -> None:
+        for splitter in self.lines.values():
+            splitter.flush()
+        self.processExited(reason)
+
+    def _lose_amp(self, reason: Failure) -> None:
+        if not self._amp_lost:
+            self._amp_lost = True
+            self.amp.connectionLost(reason)
+
+
+@implementer(ILauncher)
+@define(eq=False)
+class SpawnLauncher:
+    """Starts each worker as C{sys.executable -m buntime.pool.child} in its app dir."""
+
+    reactor: IReactorProcess
+
+    def start(self) -> Deferred:
+        return succeed(None)
+
+    def stop(self) -> Deferred:
+        return succeed(None)
+
+    def launch(
+        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
+    ) -> Deferred:
+        process = _WorkerProcess(protocol, on_output)
+        try:
+            transport = self.reactor.spawnProcess(
+                process,
+                sys.executable,
+                [sys.executable, "-m", CHILD_MODULE],
+                env=dict(spec.env),
+                path=spec.app_dir,
+                childFDs=WORKER_FDS,
+            )
+        except Exception:
+            return fail()
+
+        def send(signum: int) -> None:
+            try:
+                transport.signalProcess(signum)
+            except ProcessExitedAlready:
+                pass
+
+        return succeed(LaunchedProcess(transport.pid, process.exited, send))
+
+
+# -- fork -------------------------------------------------------------------
+
+
+class _Lines(Protocol):
+    """An adopted output socket of a forked worker."""
+
+    def __init__(self, splitter: LineSplitter, closed: Deferred) -> None:
+        self.splitter = splitter
+        self.closed = closed
+
+    def dataReceived(self, data: bytes) -> None:
+        self.splitter.feed(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.splitter.flush()
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+class _Given(Factory):
+    """A factory handing out one protocol made beforehand (for an adopted socket)."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self.protocol_instance
+
+
+def _adopt(reactor: Any, sock: socket.socket, protocol: Protocol) -> None:
+    """Hand C{sock} to the reactor with C{protocol}; C{sock} itself is closed."""
+    sock.setblocking(False)
+    reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, _Given(protocol))
+    sock.close()
+
+
+@define(eq=False)
+class _Forked:
+    """A worker the template forked: its pid, exit, and the output sockets' ends."""
+
+    pid: int
+    exited: Deferred
+    outputs: list[Deferred]
+    code: int | None = None
+
+    def report_exit(self, code: int, reactor: IReactorTime) -> None:
+        """The template saw it exit: fire C{exited} once its output is read (1 s at most)."""
+        if self.code is not None:
+            return
+        self.code = code
+        pending = [d for d in self.outputs if not d.called]
+        if not pending:
+            self._fire()
+            return
+        timer = reactor.callLater(1.0, self._fire)
+        remaining = [len(pending)]
+
+        def closed(_: object) -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and timer.active():
+                timer.cancel()
+                self._fire()
+
+        for d in pending:
+            d.addCallback(closed)
+
+    def _fire(self) -> None:
+        if not self.exited.called:
+            self.exited.callback(self.code)
+
+
+class _Control(Protocol):
+    """The runtime's end of the template's control socket: JSON lines in."""
+
+    def __init__(self, launcher: ForkLauncher) -> None:
+        self.launcher = launcher
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        *lines, self.buffer = (self.buffer + data).split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.launcher._report(json.loads(line))
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.launcher._control_lost()
+
+
+class _TemplateProcess(ProcessProtocol):
+    """The template process: its output is logged, its end is reported."""
+
+    def __init__(self, launcher: ForkLauncher) -> None:
+        self.launcher = launcher
+        self.lines = {
+            1: LineSplitter("stdout", self._log),
+            2: LineSplitter("stderr", self._log),
+        }
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD in self.lines:
+            self.lines[childFD].feed(data)
+
+    def _log(self, stream: str, line: str) -> None:
+        log("warn", "buntime:launch:template-output", line, stream=stream)
+
+    def processEnded(self, reason: Failure) -> None:
+        for splitter in self.lines.values():
+            splitter.flush()
+        self.launcher._template_ended(self, exit_code(reason))
+
+
+@implementer(ILauncher)
+@define(eq=False)
+class ForkLauncher:
+    """
+    Forks workers from a template process (C{python -m buntime.pool.template})
+    started by L{start}.  Per launch it makes three socketpairs (AMP, stdout,
+    stderr) and passes the worker's ends to the template with the
+    environment; the template forks and reports the pid, later the exit
+    code.  A template that dies is restarted after C{restart_delay}
+    seconds; launches fail with L{LauncherUnavailable} meanwhile.
+    """
+
+    reactor: Any
+    env: Mapping[str, str] | None = None
+    restart_delay: float = 1.0
+    launch_timeout: float = 10.0
+    _process: _TemplateProcess | None = None
+    _transport: Any = None
+    _control: socket.socket | None = None
+    _reader: _Control | None = None
+    _ready: Deferred | None = None
+    _ready_now: bool = False
+    _stopping: bool = False
+    _stopped: Deferred | None = None
+    _kill_timer: Any = None
+    _restart: Any = None
+    _pending: dict[str, tuple[Deferred, list[socket.socket], Any, Callable]] = field(factory=dict)
+    _workers: dict[int, _Forked] = field(factory=dict)
+
+    def start(self) -> Deferred:
+        """Start the template; fires once it has imported everything and is listening."""
+        self._stopping = False
+        if self._ready is None:
+            self._spawn_template()
+        assert self._ready is not None
+        waiter: Deferred = Deferred()
+        self._ready.addBoth(_relay, waiter)
+        return waiter
+
+    def stop(self) -> Deferred:
+        """Close the control channel (the template exits); fires once it has."""
+        self._stopping = True
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        self._restart = None
+        if self._transport is None:
+            return succeed(None)
+        if self._stopped is None:
+            self._stopped = Deferred()
+            self._close_control()
+            self._kill_timer = self.reactor.callLater(STOP_GRACE, self._kill_template)
+        return self._stopped
+
+    def launch(
+        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
+    ) -> Deferred:
+        if not self._ready_now or self._control is None:
+            return fail(
+                LauncherUnavailable("the fork template is not running (starting or restarting)")
+            )
+        if spec.worker_id in self._pending:
+            return fail(ValueError(f"worker {spec.worker_id} is already being launched"))
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        ours = [pair[0] for pair in pairs]
+        theirs = [pair[1] for pair in pairs]
+        message = {"worker_id": spec.worker_id, "app_dir": spec.app_dir, "env": dict(spec.env)}
+        try:
+            self._send(message, [sock.fileno() for sock in theirs])
+        except OSError as error:
+            for sock in ours:
+                sock.close()
+            return fail(LauncherUnavailable(f"cannot reach the fork template: {error}"))
+        finally:
+            for sock in theirs:
+                sock.close()
+        launched: Deferred = Deferred()
+        self._pending[spec.worker_id] = (launched, ours, protocol, on_output)
+        launched.addTimeout(self.launch_timeout, self.reactor, self._launch_timed_out(spec))
+        return launched
+
+    # -- the template process ---------------------------------------------------
+
+    def _spawn_template(self) -> None:
+        self._ready = Deferred()
+        self._ready_now = False
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        process = _TemplateProcess(self)
+        env = dict(self.env) if self.env is not None else _template_env()
+        try:
+            self._transport = self.reactor.spawnProcess(
+                process,
+                sys.executable,
+                [sys.executable, "-m", TEMPLATE_MODULE],
+                env=env,
+                childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno()},
+            )
+        except Exception:
+            ours.close()
+            theirs.close()
+            ready, self._ready = self._ready, None
+            ready.errback()
+            return
+        theirs.close()
+        self._process = process
+        self._control = ours
+        control = socket.socket(fileno=os.dup(ours.fileno()))
+        self._reader = _Control(self)
+        _adopt(self.reactor, control, self._reader)
+        ours.settimeout(2.0)
+
+    def _send(self, message: dict, fds: list[int]) -> None:
+        assert self._control is not None
+        data = json.dumps(message).encode("utf-8") + b"\n"
+        sent = socket.send_fds(self._control, [data], fds)
+        if sent < len(data):
+            self._control.sendall(data[sent:])
+
+    def _report(self, message: dict) -> None:
+        if "ready" in message:
+            self._ready_now = True
+            log(
+                "info", "buntime:launch:template-ready", "Fork template ready", pid=message["ready"]
+            )
+            if self._ready is not None and not self._ready.called:
+                self._ready.callback(None)
+        elif "worker_id" in message:
+            self._forked(message)
+        elif "exited" in message:
+            worker = self._workers.pop(int(message["pid"]), None)
+            if worker is not None:
+                worker.report_exit(int(message["exited"]), self.reactor)
+
+    def _forked(self, message: dict) -> None:
+        pending = self._pending.pop(message["worker_id"], None)
+        if pending is None:
+            return
+        launched, ours, protocol, on_output = pending
+        if "error" in message or launched.called:
+            for sock in ours:
+                sock.close()
+            if not launched.called:
+                launched.errback(LauncherUnavailable(f"fork failed: {message['error']}"))
+            return
+        pid = int(message["pid"])
+        outputs: list[Deferred] = [Deferred(), Deferred()]
+        channel, stdout, stderr = ours
+        _adopt(self.reactor, stdout, _Lines(LineSplitter("stdout", on_output), outputs[0]))
+        _adopt(self.reactor, stderr, _Lines(LineSplitter("stderr", on_output), outputs[1]))
+        _adopt(self.reactor, channel, protocol)
+        worker = _Forked(pid, Deferred(), outputs)
+        self._workers[pid] = worker
+        launched.callback(LaunchedProcess(pid, worker.exited, _killer(pid)))
+
+    def _launch_timed_out(self, spec: LaunchSpec) -> Callable[..., Failure]:
+        def timed_out(result: object, timeout: float) -> Failure:
+            pending = self._pending.pop(spec.worker_id, None)
+            if pending is not None:
+                for sock in pending[1]:
+                    sock.close()
+            return Failure(
+                LauncherUnavailable(f"the fork template did not fork within {timeout} s")
+            )
+
+        return timed_out
+
+    def _control_lost(self) -> None:
+        self._ready_now = False
+        self._close_control()
+
+    def _close_control(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader.transport is not None:
+            reader.transport.loseConnection()
+
+    def _kill_template(self) -> None:
+        if self._transport is not None:
+            try:
+                self._transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+
+    def _template_ended(self, process: _TemplateProcess, code: int) -> None:
+        if process is not self._process:
+            return
+        self._process = self._transport = None
+        self._ready_now = False
+        self._close_control()
+        ready, self._ready = self._ready, None
+        unavailable = LauncherUnavailable(f"the fork template exited with code {code}")
+        if ready is not None and not ready.called:
+            ready.errback(unavailable)
+        pending, self._pending = self._pending, {}
+        for launched, ours, _, _ in pending.values():
+            for sock in ours:
+                sock.close()
+            if not launched.called:
+                launched.errback(LauncherUnavailable(f"the fork template exited with code {code}"))
+        orphans, self._workers = self._workers, {}
+        for worker in orphans.values():
+            gatherResults(worker.outputs, consumeErrors=True).addCallback(
+                lambda _, w=worker: w.report_exit(UNKNOWN_EXIT, self.reactor)
+            )
+        if self._stopping:
+            if self._kill_timer is not None and self._kill_timer.active():
+                self._kill_timer.cancel()
+            stopped, self._stopped = self._stopped, None
+            if stopped is not None:
+                stopped.callback(None)
+            return
+        log(
+            "error",
+            "buntime:launch:template-died",
+            f"The fork template exited with code {code}; restarting it",
+            code=code,
+        )
+        self._restart = self.reactor.callLater(self.restart_delay, self._restart_template)
+
+    def _restart_template(self) -> None:
+        self._restart = None
+        if not self._stopping:
+            self._spawn_template()
+            assert self._ready is not None
+            self._ready.addErrback(lambda _: None)
+
+
+def _relay(result: object, waiter: Deferred) -> object:
+    if isinstance(result, Failure):
+        waiter.errback(result)
+        return None
+    waiter.callback(result)
+    return result
+
+
+def _killer(pid: int) -> Callable[[int], None]:
+    def send(signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    return send
+
+
+def _template_env() -> dict[str, str]:
+    """The template's own environment: what Python needs, and buntime importable."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONHASHSEED")
+    env = {name: os.environ[name] for name in keep if name in os.environ}
+    import buntime
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(buntime.__file__)))
+    env["PYTHONPATH"] = root
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

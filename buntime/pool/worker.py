@@ -1,0 +1,744 @@
+"""
+One worker process as the runtime sees it: the AMP protocol that answers the
+worker's events, and the state the pool keeps about it (status, counters,
+requests in flight).
+
+A request is one L{Exchange}: L{Worker.request} sends it and fires with a
+L{Response} as soon as the worker starts answering; a streamed body is a
+L{ResponseStream} whose consumer paces the worker (backpressure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from attrs import define, field
+from eliot import current_action
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from buntime._logging import LEVELS, log
+from buntime.http import Headers, Request, Response
+from buntime.pool.commands import (
+    CHUNK_SIZE,
+    CancelRequest,
+    Idle,
+    RequestBody,
+    RequestBodyEnd,
+    StartRequest,
+    Terminate,
+)
+from buntime.pool.events import (
+    Log,
+    Ready,
+    ResponseBody,
+    ResponseEnd,
+    ResponseError,
+    ResponseStart,
+    StartupFailed,
+)
+from buntime.pool.launch import ILauncher, LaunchedProcess, LaunchSpec
+
+STARTING, ACTIVE, IDLE, EPHEMERAL, STOPPING, OFFLINE = (
+    "starting",
+    "active",
+    "idle",
+    "ephemeral",
+    "stopping",
+    "offline",
+)
+KILL_WAIT = 5.0
+"""Seconds to wait for a process to go away after SIGKILL before giving up on it."""
+
+_RESERVED_FIELDS = frozenset(
+    {"message_type", "level", "message", "timestamp", "task_uuid", "task_level"}
+    | {"action_type", "action_status", "app", "version", "worker_id", "pid", "stream"}
+)
+
+
+class StartupError(Exception):
+    """The worker never became ready: C{error} is one line, C{detail} a traceback."""
+
+    def __init__(self, error: str, detail: str = "") -> None:
+        super().__init__(error)
+        self.error = error
+        self.detail = detail
+
+
+class AppError(Exception):
+    """The app failed on a request (the worker sent L{ResponseError})."""
+
+
+class WorkerGone(Exception):
+    """The worker process died (or its channel closed) with the request in flight."""
+
+
+class RequestTimedOut(Exception):
+    """The worker did not start answering within the request's timeout."""
+
+
+@define(eq=False)
+class _Once:
+    """A result many parties can wait for (a Deferred runs only one callback chain)."""
+
+    fired: bool = False
+    _result: Any = None
+    _waiters: list[Deferred] = field(factory=list)
+
+    def fire(self, result: Any) -> None:
+        if self.fired:
+            return
+        self.fired, self._result = True, result
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            self._deliver(waiter)
+
+    def wait(self) -> Deferred:
+        waiter: Deferred = Deferred()
+        if self.fired:
+            self._deliver(waiter)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def _deliver(self, waiter: Deferred) -> None:
+        if isinstance(self._result, Failure):
+            waiter.errback(self._result)
+        else:
+            waiter.callback(self._result)
+
+
+@define(eq=False)
+class ResponseStream:
+    """
+    A streamed response body: an async iterator fed by L{ResponseBody} chunks.
+
+    Each chunk's AMP answer fires only when the consumer takes the chunk, so
+    the worker produces no faster than the client reads.  Call L{aclose} when
+    the client goes away: the worker is told to stop.
+    """
+
+    _on_close: Callable[[], None]
+    _chunks: deque[tuple[bytes, Deferred | None]] = field(factory=deque)
+    _waiting: Deferred | None = None
+    _ended: bool = False
+    _closed: bool = False
+    _error: BaseException | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._chunks:
+                data, ack = self._chunks.popleft()
+                if ack is not None:
+                    ack.callback({})
+                return data
+            if self._error is not None:
+                raise self._error
+            if self._ended or self._closed:
+                raise StopAsyncIteration
+            self._waiting = Deferred(lambda _: self._abandon())
+            await self._waiting
+
+    async def aclose(self) -> None:
+        """The consumer is done early: answer pending chunks and cancel the request."""
+        self._abandon()
+
+    def feed(self, data: bytes, ack: Deferred | None = None) -> None:
+        """One more chunk; C{ack} fires once the consumer has taken it."""
+        if self._closed:
+            if ack is not None:
+                ack.callback({})
+            return
+        self._chunks.append((data, ack))
+        self._wake()
+
+    def end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        """The response broke after it started: the consumer's next read raises."""
+        self._error = error
+        self._wake()
+
+    def _abandon(self) -> None:
+        if self._closed or self._ended or self._error is not None:
+            return
+        self._closed = True
+        chunks, self._chunks = self._chunks, deque()
+        for _, ack in chunks:
+            if ack is not None:
+                ack.callback({})
+        self._waiting = None
+        self._on_close()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+
+@define(eq=False)
+class Exchange:
+    """One request in flight on a worker; C{outcome} is set when it is finished."""
+
+    rid: int
+    method: str
+    path: str
+    started_at: float
+    response: Deferred = field(repr=False)
+    stream: ResponseStream | None = None
+    timer: IDelayedCall | None = None
+    started: bool = False
+    outcome: str | None = None  # ok, error, cancelled, timeout, gone
+    elapsed: float = 0.0
+
+
+class WorkerProtocol(amp.AMP):
+    """The runtime's end of a worker's AMP channel: answers L{buntime.pool.events}."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    @Ready.responder
+    def got_ready(self, pid: int, kind: str) -> dict:
+        self.worker.ready_received(pid, kind)
+        return {}
+
+    @StartupFailed.responder
+    def got_startup_failed(self, error: str, detail: str) -> dict:
+        self.worker.startup_failed(error, detail)
+        return {}
+
+    @ResponseStart.responder
+    def got_response_start(
+        self, rid: int, status: int, headers: str, body: bytes, end: bool
+    ) -> dict:
+        self.worker.response_started(rid, status, headers, body, end)
+        return {}
+
+    @ResponseBody.responder
+    def got_response_body(self, rid: int, data: bytes) -> Deferred:
+        return self.worker.response_body(rid, data)
+
+    @ResponseEnd.responder
+    def got_response_end(self, rid: int) -> dict:
+        self.worker.response_ended(rid)
+        return {}
+
+    @ResponseError.responder
+    def got_response_error(self, rid: int, error: str) -> dict:
+        self.worker.response_failed(rid, error)
+        return {}
+
+    @Log.responder
+    def got_log(self, level: str, message: str, fields: str) -> dict:
+        self.worker.log_received(level, message, fields)
+        return {}
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.worker.channel_made()
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.worker.channel_lost(reason)
+
+
+@define(eq=False)
+class Worker:
+    """
+    One worker process and what the pool knows about it.  C{ready} fires when
+    the app is loaded (or fails with L{StartupError}); C{exited} with the exit
+    code once the process is gone.  Listeners in C{on_finished} hear about
+    every finished L{Exchange}, those in C{on_gone} about the worker's end.
+    """
+
+    id: str
+    app_key: str
+    name: str
+    version: str
+    clock: IReactorTime = field(repr=False)
+    ephemeral: bool = False
+    status: str = STARTING
+    pid: int | None = None
+    kind: str | None = None
+    process: LaunchedProcess | None = field(default=None, repr=False)
+    protocol: WorkerProtocol = field(init=False, repr=False)
+    created_at: float = field(init=False)
+    last_used: float = field(init=False)
+    request_count: int = 0
+    error_count: int = 0
+    responded: int = 0
+    total_response_time: float = 0.0
+    consecutive_timeouts: int = 0
+    idle_sent: bool = False
+    healthy: bool = True
+    on_finished: list[Callable[[Worker, Exchange], object]] = field(factory=list, repr=False)
+    on_gone: list[Callable[[Worker, str], object]] = field(factory=list, repr=False)
+    _ready: _Once = field(factory=_Once, repr=False)
+    _exited: _Once = field(factory=_Once, repr=False)
+    _drained: _Once | None = field(default=None, repr=False)
+    _exchanges: dict[int, Exchange] = field(factory=dict, repr=False)
+    _next_rid: int = 1
+    _ready_timer: IDelayedCall | None = field(default=None, repr=False)
+    _capture: list[str] | None = field(default=None, repr=False)
+    _connected: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.protocol = WorkerProtocol(self)
+        self.created_at = self.last_used = self.clock.seconds()
+
+    @property
+    def ready(self) -> Deferred:
+        """Fires with C{None} once the app is loaded, or fails with L{StartupError}."""
+        return self._ready.wait()
+
+    @property
+    def exited(self) -> Deferred:
+        """Fires with the exit code (C{None} if unknown) once the process is gone."""
+        return self._exited.wait()
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status in (ACTIVE, IDLE, EPHEMERAL)
+
+    @property
+    def has_exited(self) -> bool:
+        return self._exited.fired
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._exchanges)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    # -- lifecycle -------------------------------------------------------
+
+    def launch(self, launcher: ILauncher, app_dir: str, env: Any, ready_timeout: float) -> None:
+        """Start the process; C{ready} fails if the app is not loaded in C{ready_timeout}."""
+        spec = LaunchSpec(worker_id=self.id, app_dir=app_dir, env=env)
+        self._ready_timer = self.clock.callLater(
+            ready_timeout, self._ready_timed_out, ready_timeout
+        )
+        try:
+            d = launcher.launch(spec, self.protocol, self.output_received)
+        except Exception:
+            d = Deferred()
+            d.errback()
+        d.addCallbacks(self._launched, self._launch_failed)
+
+    def _launched(self, process: LaunchedProcess) -> None:
+        self.process = process
+        self.pid = process.pid
+        if self.status in (STOPPING, OFFLINE):  # given up on while it was being launched
+            self.kill()
+        process.exited.addBoth(self._process_exited)
+
+    def _launch_failed(self, failure: Failure) -> None:
+        self._gone(f"could not be launched: {failure.getErrorMessage()}")
+        self._exited.fire(None)
+
+    def _ready_timed_out(self, seconds: float) -> None:
+        self._ready_timer = None
+        self._fail_startup(StartupError(f"worker did not report ready within {seconds:g}s"))
+
+    def _fail_startup(self, error: StartupError) -> None:
+        if self._ready_timer is not None and self._ready_timer.active():
+            self._ready_timer.cancel()
+        self._ready_timer = None
+        if self.status == STARTING:
+            self.healthy = False
+            self._ready.fire(Failure(error))
+
+    def ready_received(self, pid: int, kind: str) -> None:
+        if self.status != STARTING:
+            return
+        if self._ready_timer is not None and self._ready_timer.active():
+            self._ready_timer.cancel()
+        self._ready_timer = None
+        self.kind = kind
+        if self.pid is None:
+            self.pid = pid
+        self.status = EPHEMERAL if self.ephemeral else ACTIVE
+        self.last_used = self.clock.seconds()
+        self._ready.fire(None)
+
+    def startup_failed(self, error: str, detail: str) -> None:
+        self._fail_startup(StartupError(error, detail))
+
+    def channel_made(self) -> None:
+        self._connected = True
+
+    def channel_lost(self, reason: Failure) -> None:
+        self._connected = False
+        self._gone("closed its channel")
+
+    def _process_exited(self, result: object) -> None:
+        code = result if isinstance(result, int) else None
+        self._gone(f"exited with code {code}")
+        self._close_channel()
+        self._exited.fire(code)
+
+    def _gone(self, reason: str) -> None:
+        """The worker can serve nothing more: fail whatever waits on it."""
+        if self.status == OFFLINE:
+            return
+        was_stopping = self.status == STOPPING
+        self._fail_startup(StartupError(f"worker {reason} before it was ready"))
+        self.status = OFFLINE
+        for exchange in list(self._exchanges.values()):
+            self.error_count += 1
+            error = WorkerGone(f"worker {self.label} (pid {self.pid}) {reason}")
+            self._finish(exchange, "gone")
+            if exchange.stream is not None:
+                exchange.stream.fail(error)
+            else:
+                exchange.response.errback(error)
+        if not was_stopping:
+            self.healthy = False
+        for listener in list(self.on_gone):
+            _call(listener, self, reason)
+
+    def _close_channel(self) -> None:
+        transport = self.protocol.transport
+        if transport is not None:
+            transport.loseConnection()
+
+    def kill(self) -> None:
+        """SIGKILL the process (if it is still there)."""
+        self.send_signal(signal.SIGKILL)
+
+    def send_signal(self, signum: int) -> None:
+        if self.process is None or self.has_exited:
+            return
+        try:
+            self.process.signal(signum)
+        except Exception as error:
+            log(
+                "debug",
+                "buntime:worker:signal",
+                "Could not signal worker",
+                **self.tags(),
+                signal=int(signum),
+                error=str(error),
+            )
+
+    def send_idle(self) -> None:
+        """Tell the app it has been idle a while (its C{on_idle} hook)."""
+        self.idle_sent = True
+        self.status = IDLE
+        self.protocol.callRemote(Idle).addErrback(lambda _: None)
+
+    async def stop(self, delay: float, grace: float) -> None:
+        """
+        Retire gracefully: let requests in flight finish (at most C{grace}
+        seconds), send L{Terminate} (C{on_terminate}; at most C{grace}), close
+        the channel, and SIGKILL the process if it is still there after C{delay}.
+        """
+        if self.status != OFFLINE:
+            self._fail_startup(StartupError("worker was stopped before it was ready"))
+            was_ready = self.is_ready
+            self.status = STOPPING
+            if self._exchanges:
+                await self._bounded(self._drain_waiter(), grace)
+            if was_ready and self._connected and self.status == STOPPING:
+                await self._bounded(self.protocol.callRemote(Terminate), grace)
+            self._close_channel()
+        if self.process is None or await self._bounded(self._exited.wait(), delay):
+            return
+        self.kill()
+        if not await self._bounded(self._exited.wait(), KILL_WAIT):
+            log(
+                "warn",
+                "buntime:worker:unkillable",
+                "Worker did not exit after SIGKILL",
+                **self.tags(),
+            )
+
+    async def _bounded(self, d: Deferred, seconds: float) -> bool:
+        """Wait for C{d} at most C{seconds}; C{True} when it fired successfully in time."""
+        try:
+            await d.addTimeout(seconds, self.clock)
+        except Exception:
+            return False
+        return True
+
+    def _drain_waiter(self) -> Deferred:
+        if self._drained is None:
+            self._drained = _Once()
+        return self._drained.wait()
+
+    def dump_stack(self, wait: float) -> Deferred:
+        """
+        Ask the process for its Python stack (SIGUSR1; the child's faulthandler
+        writes it to stderr) and fire with the stderr lines seen in C{wait} seconds.
+        """
+        if self.process is None or self.status == OFFLINE:
+            return succeed("")
+        self._capture = []
+        self.send_signal(signal.SIGUSR1)
+        done: Deferred = Deferred()
+
+        def collected() -> None:
+            lines, self._capture = self._capture or [], None
+            done.callback("\n".join(lines))
+
+        self.clock.callLater(wait, collected)
+        return done
+
+    # -- requests --------------------------------------------------------
+
+    def request(self, request: Request, base: str, timeout: float) -> Deferred:
+        """
+        Send C{request} (its URL is the path inside the app, base stripped).
+        Fires with the L{Response} once the worker starts answering; fails with
+        L{AppError}, L{WorkerGone} or, after C{timeout} seconds without an
+        answer, L{RequestTimedOut}.  Cancelling it cancels the request.
+        """
+        now = self.clock.seconds()
+        rid, self._next_rid = self._next_rid, self._next_rid + 1
+        response: Deferred = Deferred(lambda _: self._abandon(rid))
+        exchange = Exchange(rid, request.method, request.path, now, response)
+        if self.status in (STOPPING, OFFLINE, STARTING) or not self._connected:
+            response.errback(WorkerGone(f"worker {self.label} is {self.status}"))
+            return response
+        self._exchanges[rid] = exchange
+        self.request_count += 1
+        self.last_used = now
+        self.idle_sent = False
+        if self.status == IDLE:
+            self.status = ACTIVE
+        exchange.timer = self.clock.callLater(timeout, self._timed_out, exchange)
+        action = current_action()
+        task = action.serialize_task_id() if action is not None else b""
+        sending = Deferred.fromCoroutine(self._send(exchange, request, base, task))
+        sending.addErrback(self._send_failed, exchange)
+        return response
+
+    async def _send(self, exchange: Exchange, request: Request, base: str, task: bytes) -> None:
+        query = request.query
+        body = request.body
+        first, rest = b"", None
+        if isinstance(body, bytes | bytearray | memoryview):
+            whole = memoryview(bytes(body))
+            first, rest = whole[:CHUNK_SIZE].tobytes(), whole[CHUNK_SIZE:]
+        self.protocol.callRemote(
+            StartRequest,
+            rid=exchange.rid,
+            method=request.method,
+            path=request.path + ("?" + query if query else ""),
+            base=base,
+            headers=json.dumps(request.headers.items()),
+            body=first,
+            more=rest is None or len(rest) > 0,
+            remote=request.remote_addr or "",
+            task=task,
+        )
+        if rest is not None:
+            if len(rest) == 0:
+                return
+            await self._send_chunks(exchange, rest)
+        else:
+            async for chunk in body:  # type: ignore[union-attr]
+                if not await self._send_chunks(exchange, memoryview(bytes(chunk))):
+                    return
+        if exchange.outcome is None:
+            self.protocol.callRemote(RequestBodyEnd, rid=exchange.rid)
+
+    async def _send_chunks(self, exchange: Exchange, data: memoryview) -> bool:
+        for offset in range(0, len(data), CHUNK_SIZE):
+            if exchange.outcome is not None:
+                return False
+            piece = data[offset : offset + CHUNK_SIZE].tobytes()
+            await self.protocol.callRemote(RequestBody, rid=exchange.rid, data=piece)
+        return exchange.outcome is None
+
+    def _send_failed(self, failure: Failure, exchange: Exchange) -> None:
+        """The request body could not be delivered (client upload broke, channel closed)."""
+        if exchange.outcome is not None:
+            return
+        self.protocol.callRemote(CancelRequest, rid=exchange.rid)
+        self.error_count += 1
+        self._finish(exchange, "error")
+        if exchange.stream is not None:
+            exchange.stream.fail(AppError(failure.getErrorMessage()))
+        else:
+            exchange.response.errback(AppError(f"sending the request: {failure.getErrorMessage()}"))
+
+    def _timed_out(self, exchange: Exchange) -> None:
+        exchange.timer = None
+        if exchange.outcome is not None:
+            return
+        self.protocol.callRemote(CancelRequest, rid=exchange.rid)
+        self.error_count += 1
+        self.consecutive_timeouts += 1
+        self._finish(exchange, "timeout")
+        exchange.response.errback(
+            RequestTimedOut(f"no response within {exchange.elapsed * 1000:.0f} ms")
+        )
+
+    def _abandon(self, rid: int) -> None:
+        """The client went away: stop the worker's work on C{rid}."""
+        exchange = self._exchanges.get(rid)
+        if exchange is None:
+            return
+        if self._connected:
+            self.protocol.callRemote(CancelRequest, rid=rid)
+        self._finish(exchange, "cancelled")
+
+    def _finish(self, exchange: Exchange, outcome: str) -> None:
+        if exchange.outcome is not None:
+            return
+        now = self.clock.seconds()
+        exchange.outcome = outcome
+        exchange.elapsed = now - exchange.started_at
+        if exchange.timer is not None and exchange.timer.active():
+            exchange.timer.cancel()
+        exchange.timer = None
+        self._exchanges.pop(exchange.rid, None)
+        self.last_used = now
+        if not self._exchanges and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.fire(None)
+        for listener in list(self.on_finished):
+            _call(listener, self, exchange)
+
+    def response_started(self, rid: int, status: int, headers: str, body: bytes, end: bool) -> None:
+        exchange = self._exchanges.get(rid)
+        if exchange is None or exchange.started:
+            return
+        exchange.started = True
+        if exchange.timer is not None and exchange.timer.active():
+            exchange.timer.cancel()
+        exchange.timer = None
+        self.consecutive_timeouts = 0
+        self.responded += 1
+        self.total_response_time += self.clock.seconds() - exchange.started_at
+        try:
+            parsed = Headers([tuple(pair) for pair in json.loads(headers)])
+        except (ValueError, TypeError):
+            parsed = Headers()
+        if end:
+            self._finish(exchange, "ok")
+            exchange.response.callback(Response(status, parsed, body))
+            return
+        stream = ResponseStream(lambda: self._abandon(rid))
+        if body:
+            stream.feed(body)
+        exchange.stream = stream
+        exchange.response.callback(Response(status, parsed, stream))
+
+    def response_body(self, rid: int, data: bytes) -> Deferred:
+        exchange = self._exchanges.get(rid)
+        if exchange is None or exchange.stream is None or not data:
+            return succeed({})
+        ack: Deferred = Deferred()
+        exchange.stream.feed(data, ack)
+        return ack
+
+    def response_ended(self, rid: int) -> None:
+        exchange = self._exchanges.get(rid)
+        if exchange is None or exchange.stream is None:
+            return
+        self._finish(exchange, "ok")
+        exchange.stream.end()
+
+    def response_failed(self, rid: int, error: str) -> None:
+        exchange = self._exchanges.get(rid)
+        if exchange is None:
+            return
+        self.error_count += 1
+        log(
+            "error",
+            "buntime:worker:request-error",
+            f"App {self.label} failed on a request",
+            **self.tags(),
+            method=exchange.method,
+            path=exchange.path,
+            error=error,
+        )
+        self._finish(exchange, "error")
+        if exchange.stream is not None:
+            exchange.stream.fail(AppError(error))
+        else:
+            exchange.response.errback(AppError(error))
+
+    # -- output and logs ---------------------------------------------------
+
+    def tags(self) -> dict[str, object]:
+        """Fields that name this worker in log messages."""
+        return {"app": self.name, "version": self.version, "worker_id": self.id, "pid": self.pid}
+
+    def log_received(self, level: str, message: str, fields: str) -> None:
+        try:
+            extra = json.loads(fields) if fields else {}
+        except ValueError:
+            extra = {"fields": fields}
+        if not isinstance(extra, dict):
+            extra = {"fields": extra}
+        extra = {(f"field_{k}" if k in _RESERVED_FIELDS else str(k)): v for k, v in extra.items()}
+        level = level if level in LEVELS else "info"
+        log(level, "buntime:worker:log", message, **self.tags(), **extra)
+
+    def output_received(self, stream: str, line: str) -> None:
+        """A line the app printed; stderr lines are held back while a stack dump is read."""
+        if self._capture is not None and stream == "stderr":
+            self._capture.append(line)
+            return
+        level = "warn" if stream == "stderr" else "info"
+        log(level, "buntime:worker:output", line, **self.tags(), stream=stream)
+
+    # -- stats -------------------------------------------------------------
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process in MB (0 when unknown)."""
+        if self.pid is None or self.status == OFFLINE:
+            return 0.0
+        try:
+            with open(f"/proc/{self.pid}/statm") as statm:
+                pages = int(statm.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024), 2)
+
+    def stats(self) -> dict[str, object]:
+        """Per-worker numbers as SPEC section 3 names them."""
+        now = self.clock.seconds()
+        total_ms = self.total_response_time * 1000
+        return {
+            "id": self.id,
+            "app": self.name,
+            "version": self.version,
+            "key": self.app_key,
+            "ageMs": round((now - self.created_at) * 1000),
+            "idleMs": 0 if self._exchanges else round((now - self.last_used) * 1000),
+            "requestCount": self.request_count,
+            "errorCount": self.error_count,
+            "avgResponseTimeMs": round(total_ms / self.responded, 2) if self.responded else 0.0,
+            "totalResponseTimeMs": round(total_ms, 2),
+            "status": self.status,
+            "pid": self.pid,
+            "rssMB": self.rss_mb(),
+        }
+
+
+def _call(listener: Callable[..., object], *args: object) -> None:
+    """Run a listener; its failure is logged, never passed to the caller."""
+    try:
+        listener(*args)
+    except Exception as error:
+        log("error", "buntime:worker:listener", "A worker listener failed", error=repr(error))

@@ -1,0 +1,227 @@
+"""
+Step 9 of the order of resolution: worker apps at C{/<name>[@range]/...}.
+
+Resolves the name and range to an app directory, reads its manifest (cached
+until the file changes), and answers from static files (an C{index.html}
+app) or from the app's worker through the pool.  HTML responses get their
+C{<base href>}.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from attrs import define, field, frozen
+
+from buntime._logging import log
+from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
+from buntime.apps.versions import InvalidRange
+from buntime.http import Request, Response
+from buntime.manifest import AppManifest, ManifestError, load_app_manifest
+from buntime.pool.environment import EntrypointError, build_worker_env, resolve_entrypoint
+from buntime.pool.pool import PoolApp, WorkerPool
+from buntime.web.static import inject_base_href, serve_static
+
+_HEAD_SCAN_LIMIT = 64 * 1024
+RESERVED_NAMES = frozenset({"api", "health", ".well-known"})
+
+
+@frozen
+class LoadedApp:
+    """An app version with its manifest read and its entrypoint found."""
+
+    version: AppVersion
+    manifest: AppManifest
+    entrypoint: str
+    attr: str | None
+    stamp: tuple[float, ...]
+
+    @property
+    def static(self) -> bool:
+        return self.entrypoint.endswith(".html")
+
+
+def _manifest_stamp(app_dir: str) -> tuple[float, ...]:
+    stamps = []
+    for name in ("manifest.yaml", "manifest.yml", "pyproject.toml"):
+        try:
+            stamps.append(os.stat(os.path.join(app_dir, name)).st_mtime)
+        except OSError:
+            stamps.append(0.0)
+    return tuple(stamps)
+
+
+def _is_html(response: Response) -> bool:
+    return (response.headers.get("content-type") or "").lower().startswith("text/html")
+
+
+async def _inject_stream(body: Any, base: str) -> AsyncIterator[bytes]:
+    """Inject the base into a streamed HTML body once its C{<head>} has arrived."""
+    iterator = body.__aiter__()
+    head = b""
+    try:
+        async for chunk in iterator:
+            head += chunk
+            if b"<head" in head.lower() and b">" in head[head.lower().index(b"<head") :]:
+                break
+            if len(head) > _HEAD_SCAN_LIMIT:
+                break
+        yield inject_base_href(head, base)
+        async for chunk in iterator:
+            yield chunk
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+@define
+class AppStep:
+    """Serves worker apps; C{runtime_env} gives the RUNTIME_* values for workers."""
+
+    catalog: AppCatalog
+    pool: WorkerPool
+    environ: Mapping[str, str]
+    runtime_env: Callable[[], Mapping[str, str]]
+    body_size_default: int
+    body_size_max: int
+    production: bool = False
+    homepage: str | None = None
+    _apps: dict[str, LoadedApp] = field(factory=dict)
+    _warned: set[str] = field(factory=set)
+
+    def load(self, version: AppVersion) -> LoadedApp:
+        """The app at C{version}, its manifest re-read only when it changed."""
+        stamp = _manifest_stamp(version.dir)
+        cached = self._apps.get(version.dir)
+        if cached is not None and cached.stamp == stamp and cached.version == version:
+            return cached
+        label = f"{version.name}@{version.version}"
+        manifest, warnings = load_app_manifest(
+            version.dir,
+            environ=self.environ,
+            body_size_default=self.body_size_default,
+            body_size_max=self.body_size_max,
+            app_label=label,
+        )
+        for warning in warnings:
+            log("warn", "buntime:apps:manifest-warning", warning, app=label)
+        entrypoint, attr = resolve_entrypoint(version.dir, manifest.entrypoint)
+        loaded = LoadedApp(version, manifest, entrypoint, attr, stamp)
+        self._apps[version.dir] = loaded
+        return loaded
+
+    @staticmethod
+    def _deps_dir(loaded: LoadedApp) -> str | None:
+        """C{<app>/.deps}, where autoInstall puts the app's requirements."""
+        deps = os.path.join(loaded.version.dir, ".deps")
+        return deps if loaded.manifest.auto_install or os.path.isdir(deps) else None
+
+    def _pool_app(self, loaded: LoadedApp) -> PoolApp:
+        version = loaded.version
+        label = f"{version.name}@{version.version}"
+        entry = loaded.entrypoint + (f":{loaded.attr}" if loaded.attr else "")
+        env, blocked = build_worker_env(
+            app_dir=version.dir,
+            entrypoint=entry,
+            worker_id=str(uuid.uuid4()),
+            manifest=loaded.manifest,
+            runtime_env=self.environ,
+            runtime=self.runtime_env(),
+            deps_dir=self._deps_dir(loaded),
+        )
+        if blocked and label not in self._warned:
+            self._warned.add(label)
+            log(
+                "warn",
+                "buntime:apps:env-blocked",
+                f"Blocked sensitive variables from the environment of {label}: "
+                + ", ".join(sorted(blocked)),
+                app=label,
+                blocked=sorted(blocked),
+            )
+        return PoolApp(
+            key=version.dir,
+            name=version.name,
+            version=version.version,
+            dir=version.dir,
+            manifest=loaded.manifest,
+            env=env,
+        )
+
+    def body_limit_for(self, path: str) -> int:
+        """The request body limit for C{path}: its app's C{maxBodySize}, else the default."""
+        parts = split_app_path(path)
+        if parts is not None:
+            try:
+                version = self.catalog.resolve(parts[0], parts[1])
+                if version is not None:
+                    return self.load(version).manifest.max_body_size
+            except (InvalidRange, ManifestError, EntrypointError):
+                pass
+        return self.body_size_default
+
+    async def __call__(self, request: Request, fields: dict[str, Any]) -> Response | None:
+        parts = split_app_path(request.path)
+        if parts is None:
+            return None
+        name, spec, base, rest = parts
+        if name in RESERVED_NAMES:
+            return None
+        try:
+            version = self.catalog.resolve(name, spec)
+        except InvalidRange as error:
+            return Response.error(400, "INVALID_VERSION_RANGE", str(error))
+        if version is None:
+            return None
+        label = f"{version.name}@{version.version}"
+        fields["app"] = label
+        try:
+            loaded = self.load(version)
+        except ManifestError as error:
+            return Response.error(500, "INVALID_MANIFEST", str(error))
+        except EntrypointError as error:
+            return Response.error(500, "INVALID_ENTRYPOINT", f"{label}: {error}")
+        inner = request.with_path(rest).with_header("x-base", base)
+        if loaded.static:
+            if request.method not in ("GET", "HEAD"):
+                return Response.error(405, "METHOD_NOT_ALLOWED", "Static apps answer GET and HEAD")
+            return serve_static(
+                version.dir,
+                rest,
+                base,
+                loaded.manifest.inject_base,
+                request_headers=request.headers,
+            )
+        response = await self.pool.handle(self._pool_app(loaded), inner, base)
+        if loaded.manifest.inject_base and _is_html(response):
+            if isinstance(response.body, bytes):
+                response = response.with_body(inject_base_href(response.body, base))
+                response = Response(
+                    response.status, response.headers.remove("content-length"), response.body
+                )
+            else:
+                response = Response(
+                    response.status,
+                    response.headers.remove("content-length"),
+                    _inject_stream(response.body, base),
+                )
+        return response
+
+    async def serve_homepage(self, request: Request, fields: dict[str, Any]) -> Response | None:
+        """
+        With C{RUNTIME_HOMEPAGE} set, its app serves C{/} and every navigation
+        request nothing else claimed (so a single-page app can route it).
+        """
+        if self.homepage is None or request.method not in ("GET", "HEAD"):
+            return None
+        navigation = request.headers.get("sec-fetch-mode") == "navigate" or (
+            "text/html" in (request.headers.get("accept") or "")
+        )
+        if request.path != "/" and not navigation:
+            return None
+        prefix = "/" + self.homepage.strip("/")
+        return await self(request.with_path(prefix + request.path), fields)

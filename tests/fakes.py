@@ -1,0 +1,322 @@
+"""
+Test doubles for the worker pool: a launcher whose "processes" are
+in-memory AMP workers joined to the runtime's protocol with
+L{twisted.test.iosim} (boxes are really serialized, so an oversized value
+fails here as it would over a pipe), a manifest stand-in, and helpers to
+drive the clock and read results synchronously.  (The C{eliot_logger}
+fixture in C{conftest.py} captures logs.)
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from zope.interface import implementer
+
+from buntime.http import Body, read_body
+from buntime.pool.commands import (
+    CHUNK_SIZE,
+    CancelRequest,
+    Idle,
+    RequestBody,
+    RequestBodyEnd,
+    StartRequest,
+    Terminate,
+)
+from buntime.pool.events import (
+    Log,
+    Ready,
+    ResponseBody,
+    ResponseEnd,
+    ResponseError,
+    ResponseStart,
+    StartupFailed,
+)
+from buntime.pool.launch import ILauncher, LaunchSpec
+
+STACK = [
+    "Thread 0x00007f (most recent call first):",
+    '  File "/apps/slow/app.py", line 7 in handler',
+]
+
+
+@define(eq=False)
+class ChildRequest:
+    """One request as the fake worker sees it, with ways to answer it."""
+
+    child: FakeChild
+    rid: int
+    method: str
+    path: str
+    base: str
+    headers: list
+    remote: str
+    chunks: list[bytes] = field(factory=list)
+    complete: bool = False
+    cancelled: bool = False
+    _waiters: list[Deferred] = field(factory=list)
+
+    async def body(self) -> bytes:
+        """The whole request body, once L{RequestBodyEnd} arrived."""
+        if not self.complete:
+            waiter: Deferred = Deferred()
+            self._waiters.append(waiter)
+            await waiter
+        return b"".join(self.chunks)
+
+    def completed(self) -> None:
+        self.complete = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def start(self, status: int = 200, headers: Any = (), body: bytes = b"", end: bool = True):
+        self.child.callRemote(
+            ResponseStart,
+            rid=self.rid,
+            status=status,
+            headers=json.dumps([list(h) for h in headers]),
+            body=body,
+            end=end,
+        )
+
+    def send(self, data: bytes) -> Deferred:
+        """One more chunk; fires when the runtime's consumer took it."""
+        return self.child.callRemote(ResponseBody, rid=self.rid, data=data)
+
+    def end(self) -> None:
+        self.child.callRemote(ResponseEnd, rid=self.rid)
+
+    def error(self, message: str) -> None:
+        self.child.callRemote(ResponseError, rid=self.rid, error=message)
+
+    async def respond(self, status: int = 200, headers: Any = (), body: bytes = b"") -> None:
+        """Answer with C{body}, chunked as the real worker does."""
+        first, rest = body[:CHUNK_SIZE], body[CHUNK_SIZE:]
+        self.start(status, headers, first, end=not rest)
+        if not rest:
+            return
+        for offset in range(0, len(rest), CHUNK_SIZE):
+            await self.send(rest[offset : offset + CHUNK_SIZE])
+        self.end()
+
+
+Handler = Callable[[ChildRequest], Awaitable[None]]
+
+
+async def echo(request: ChildRequest) -> None:
+    """The default fake app: answers 200 with C{method path} and the request body."""
+    body = await request.body()
+    head = f"{request.method} {request.path}|".encode()
+    await request.respond(200, [("content-type", "text/plain")], head + body)
+
+
+async def hang(request: ChildRequest) -> None:
+    """An app that never answers."""
+    await Deferred()
+
+
+class FakeChild(amp.AMP):
+    """The worker end of the channel: a scripted app behind the real commands."""
+
+    def __init__(self, process: FakeProcess, handler: Handler, startup: str) -> None:
+        super().__init__()
+        self.process = process
+        self.handler = handler
+        self.startup = startup
+        self.requests: dict[int, ChildRequest] = {}
+        self.received: list[ChildRequest] = []
+        self.cancelled: list[int] = []
+        self.idles = 0
+        self.terminates = 0
+        self.errors: list[Failure] = []
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.startup == "ready":
+            self.callRemote(Ready, pid=self.process.pid, kind="fake")
+        elif self.startup == "fail":
+            self.callRemote(
+                StartupFailed, error="ImportError: no module named app", detail="Traceback: ..."
+            )
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.process.die(0)  # the real child exits when its channel closes
+
+    def send_log(self, level: str, message: str, fields: dict) -> None:
+        self.callRemote(Log, level=level, message=message, fields=json.dumps(fields))
+
+    @StartRequest.responder
+    def start_request(self, rid, method, path, base, headers, body, more, remote, task):
+        request = ChildRequest(self, rid, method, path, base, json.loads(headers), remote)
+        request.chunks.append(body)
+        self.requests[rid] = request
+        self.received.append(request)
+        if not more:
+            request.completed()
+        Deferred.fromCoroutine(self.handler(request)).addErrback(self.errors.append)
+        return {}
+
+    @RequestBody.responder
+    def request_body(self, rid, data):
+        self.requests[rid].chunks.append(data)
+        return {}
+
+    @RequestBodyEnd.responder
+    def request_body_end(self, rid):
+        self.requests[rid].completed()
+        return {}
+
+    @CancelRequest.responder
+    def cancel_request(self, rid):
+        self.cancelled.append(rid)
+        if rid in self.requests:
+            self.requests[rid].cancelled = True
+        return {}
+
+    @Idle.responder
+    def idle(self):
+        self.idles += 1
+        return {}
+
+    @Terminate.responder
+    def terminate(self):
+        self.terminates += 1
+        return {}
+
+
+@define(eq=False)
+class FakeProcess:
+    """A launched fake worker; provides what L{LaunchedProcess} provides."""
+
+    pid: int
+    spec: LaunchSpec
+    launcher: FakeLauncher
+    on_output: Callable[[str, str], None]
+    exited: Deferred = field(factory=Deferred)
+    signals: list[int] = field(factory=list)
+    child: FakeChild = field(default=None)
+    pump: iosim.IOPump = field(default=None)
+    exit_code: int | None = None
+    stack: list[str] = field(factory=lambda: list(STACK))
+
+    def signal(self, signum: int) -> None:
+        if self.exit_code is not None:
+            raise ProcessExitedAlready()
+        self.signals.append(signum)
+        if signum == signal.SIGUSR1:
+            for line in self.stack:
+                self.launcher.clock.callLater(0.05, self.on_output, "stderr", line)
+        elif signum in (signal.SIGKILL, signal.SIGTERM):
+            self.die(-signum)
+
+    def die(self, code: int) -> None:
+        """The process ends: its channel closes and C{exited} fires."""
+        if self.exit_code is not None:
+            return
+        self.exit_code = code
+        if self.child.transport is not None:
+            self.child.transport.loseConnection()
+        self.launcher.clock.callLater(0, self.exited.callback, code)
+
+
+@implementer(ILauncher)
+@define(eq=False)
+class FakeLauncher:
+    """
+    Launches L{FakeChild} workers on C{clock}.  C{startup} is what a new
+    worker does first: C{ready}, C{fail} (StartupFailed) or C{hang}.
+    """
+
+    clock: MemoryReactorClock
+    handler: Handler = echo
+    startup: str = "ready"
+    processes: list[FakeProcess] = field(factory=list)
+    next_pid: int = 1000
+    running: bool = False
+
+    def start(self) -> Deferred:
+        self.running = True
+        return succeed(None)
+
+    def stop(self) -> Deferred:
+        self.running = False
+        return succeed(None)
+
+    def launch(
+        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
+    ) -> Deferred:
+        self.next_pid += 1
+        process = FakeProcess(self.next_pid, spec, self, on_output)
+        process.child = FakeChild(process, self.handler, self.startup)
+        process.pump = iosim.connect(
+            process.child,
+            iosim.FakeTransport(process.child, isServer=True),
+            protocol,
+            iosim.FakeTransport(protocol, isServer=False),
+            greet=False,
+            clock=self.clock,
+        )
+        self.processes.append(process)
+        return succeed(process)
+
+    def _pending(self) -> bool:
+        for process in self.processes:
+            for io in (process.pump.clientIO, process.pump.serverIO):
+                if io.stream or (io.disconnecting and not io.disconnected):
+                    return True
+        now = self.clock.seconds()
+        return any(call.getTime() <= now for call in self.clock.getDelayedCalls())
+
+    def settle(self) -> None:
+        """Deliver every AMP box and run every call due now, until nothing moves."""
+        for _ in range(100_000):
+            for process in list(self.processes):
+                process.pump.pump()
+            self.clock.advance(0)
+            if not self._pending():
+                return
+        raise AssertionError("the fake workers never settled")
+
+    def advance(self, seconds: float) -> None:
+        """Let C{seconds} pass on the clock, settling along the way."""
+        self.settle()
+        self.clock.advance(seconds)
+        self.settle()
+
+    @property
+    def live(self) -> list[FakeProcess]:
+        return [p for p in self.processes if p.exit_code is None]
+
+
+def result_of(d: Deferred) -> Any:
+    """The result a Deferred already has (raising its failure)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def read_all(launcher: FakeLauncher, body: Body) -> bytes:
+    """Read a (maybe streamed) body to the end, moving the fakes as needed."""
+    d = Deferred.fromCoroutine(read_body(body))
+    launcher.settle()
+    return result_of(d)
+
+
+def logged(logger: Any, message_type: str) -> list[dict]:
+    """The messages of one type a L{eliot.MemoryLogger} captured."""
+    return [m for m in logger.messages if m.get("message_type") == message_type]

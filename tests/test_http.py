@@ -1,0 +1,239 @@
+"""buntime's HTTP value types (SPEC §5): Headers properties, Request, Response, AppInfo."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+
+from buntime.http import AppInfo, Headers, Request, Response, read_body
+
+names = st.text(alphabet="abcdefgxyzABCXYZ-0123", min_size=1, max_size=8)
+values = st.text(alphabet=st.characters(codec="latin-1", exclude_categories=["Cc"]), max_size=12)
+pairs = st.lists(st.tuples(names, values), max_size=12)
+
+
+def swapped(items):
+    return [(name.swapcase(), value) for name, value in items]
+
+
+# -- Headers: construction ------------------------------------------------------
+
+
+def test_headers_from_dict_pairs_headers_and_bytes():
+    from_dict = Headers({"Content-Type": "text/plain", "X-A": "1"})
+    from_pairs = Headers([("content-type", "text/plain"), ("x-a", "1")])
+    from_bytes = Headers([(b"Content-Type", b"text/plain"), (b"X-A", b"1")])
+    assert from_dict == from_pairs == from_bytes == Headers(from_dict)
+    assert Headers() == Headers(None) == Headers([]) == Headers({})
+    assert len(Headers()) == 0
+
+
+def test_headers_keep_the_given_case_for_output():
+    headers = Headers([("X-Mixed-Case", "v")])
+    assert headers.items() == [("X-Mixed-Case", "v")]
+    assert list(headers) == ["X-Mixed-Case"]
+
+
+def test_headers_values_become_strings():
+    assert Headers({"x-n": 5}).get("x-n") == "5"
+    assert Headers().set("x-n", 6).get("x-n") == "6"  # type: ignore[arg-type]
+
+
+# -- Headers: properties --------------------------------------------------------
+
+
+@given(pairs, names)
+def test_lookup_is_case_insensitive(items, name):
+    headers = Headers(items)
+    expected = [value for key, value in items if key.lower() == name.lower()]
+    for variant in (name, name.lower(), name.upper(), name.swapcase()):
+        assert headers.get_all(variant) == expected
+        assert headers.get(variant) == (expected[0] if expected else None)
+        assert (variant in headers) is bool(expected)
+
+
+@given(pairs, names)
+def test_get_default(items, name):
+    headers = Headers(items).remove(name)
+    assert headers.get(name) is None
+    assert headers.get(name, "fallback") == "fallback"
+
+
+@given(pairs, names, values)
+def test_set_leaves_exactly_one_value_and_the_rest_alone(items, name, value):
+    headers = Headers(items)
+    changed = headers.set(name.swapcase(), value)
+    assert changed.get_all(name) == [value]
+    others = [(k, v) for k, v in items if k.lower() != name.lower()]
+    assert [(k, v) for k, v in changed.items() if k.lower() != name.lower()] == others
+
+
+@given(pairs, names, values)
+def test_add_appends_a_value(items, name, value):
+    headers = Headers(items)
+    changed = headers.add(name.upper(), value)
+    assert changed.get_all(name) == [*headers.get_all(name), value]
+    assert len(changed) == len(headers) + 1
+
+
+@given(pairs, names)
+def test_remove_drops_every_value_of_a_name_only(items, name):
+    headers = Headers(items)
+    changed = headers.remove(name.swapcase())
+    assert name not in changed
+    assert changed.get_all(name) == []
+    assert changed.items() == [(k, v) for k, v in items if k.lower() != name.lower()]
+
+
+@given(pairs, names, values)
+def test_changes_never_touch_the_original(items, name, value):
+    headers = Headers(items)
+    before = headers.items()
+    headers.set(name, value)
+    headers.add(name, value)
+    headers.remove(name)
+    headers.items().append(("x-sneaky", "1"))
+    assert headers.items() == before
+
+
+def test_headers_are_frozen():
+    headers = Headers({"a": "1"})
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        headers._items = ()  # type: ignore[misc]
+
+
+@given(pairs)
+def test_equality_ignores_name_case(items):
+    assert Headers(items) == Headers(swapped(items))
+    assert hash(Headers(items)) == hash(Headers(swapped(items)))
+
+
+@given(pairs, pairs)
+def test_equality_ignores_the_order_of_different_names(first, second):
+    first_names = {k.lower() for k, _ in first}
+    second = [(k, v) for k, v in second if k.lower() not in first_names]
+    assert Headers(first + second) == Headers(second + first)
+    assert hash(Headers(first + second)) == hash(Headers(second + first))
+
+
+@given(pairs, names, values)
+def test_equality_sees_values(items, name, value):
+    headers = Headers(items)
+    assert headers.add(name, value) != headers
+    assert headers.set(name, value + "!") != headers.set(name, value)
+
+
+def test_the_order_of_one_names_values_matters():
+    assert Headers([("a", "1"), ("a", "2")]) != Headers([("a", "2"), ("a", "1")])
+
+
+def test_headers_never_equal_other_types():
+    assert Headers({"a": "1"}) != {"a": "1"}
+
+
+@given(pairs)
+def test_iteration_gives_each_name_once(items):
+    headers = Headers(items)
+    listed = list(headers)
+    assert len({name.lower() for name in listed}) == len(listed)
+    assert {name.lower() for name in listed} == {k.lower() for k, _ in items}
+    assert len(headers) == len(items)
+
+
+# -- Request ----------------------------------------------------------------------
+
+
+def test_request_parts():
+    request = Request("GET", "/api/x?q=1&r=2", {"X-Request-Id": "abc"})
+    assert request.path == "/api/x"
+    assert request.query == "q=1&r=2"
+    assert request.request_id == "abc"
+    assert isinstance(request.headers, Headers)
+    assert request.body == b""
+    assert Request("GET", "").path == "/"
+    assert Request("GET", "http://h:1/p/q?z").path == "/p/q"
+    assert Request("GET", "/p").request_id is None
+
+
+def test_request_changes_return_copies():
+    request = Request("POST", "/a?x=1", {"h": "1"}, b"body")
+    assert request.with_header("H", "2").headers.get_all("h") == ["2"]
+    moved = request.with_path("/b/c")
+    assert (moved.url, moved.path, moved.query) == ("/b/c?x=1", "/b/c", "x=1")
+    assert Request("GET", "/a").with_path("/b").url == "/b"
+    assert request.with_body(b"other").body == b"other"
+    assert (request.url, request.headers.get("h"), request.body) == ("/a?x=1", "1", b"body")
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        request.url = "/x"  # type: ignore[misc]
+
+
+# -- Response ---------------------------------------------------------------------
+
+
+def test_response_defaults():
+    response = Response()
+    assert (response.status, response.headers, response.body) == (200, Headers(), b"")
+
+
+def test_response_text():
+    response = Response.text("héllo", 201, {"x-a": "1"})
+    assert response.status == 201
+    assert response.body == "héllo".encode()
+    assert response.headers.get("content-type") == "text/plain; charset=utf-8"
+    assert response.headers.get("x-a") == "1"
+    kept = Response.text("<p>", headers={"Content-Type": "text/html"})
+    assert kept.headers.get_all("content-type") == ["text/html"]
+
+
+def test_response_json():
+    response = Response.json({"a": [1, None]}, 202)
+    assert response.status == 202
+    assert json.loads(response.body) == {"a": [1, None]}
+    assert response.headers.get("content-type") == "application/json"
+
+
+def test_response_error_format():
+    response = Response.error(404, "APP_NOT_FOUND", "No app x", {"x-not-found": "true"})
+    assert response.status == 404
+    assert json.loads(response.body) == {"error": {"code": "APP_NOT_FOUND", "message": "No app x"}}
+    assert response.headers.get("x-not-found") == "true"
+
+
+def test_response_changes_return_copies():
+    response = Response(200, {"a": "1"}, b"x")
+    assert response.with_header("A", "2").headers.get_all("a") == ["2"]
+    assert response.with_status(500).status == 500
+    assert response.with_body(b"y").body == b"y"
+    assert (response.status, response.headers.get("a"), response.body) == (200, "1", b"x")
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        response.status = 500  # type: ignore[misc]
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_body_of_bytes_and_streams():
+    async def stream():
+        yield b"ab"
+        yield b""
+        yield b"cd"
+
+    assert await read_body(b"whole") == b"whole"
+    assert await read_body(bytearray(b"arr")) == b"arr"
+    assert await read_body(stream()) == b"abcd"
+    assert await read_body(Response(body=stream()).body) == b"abcd"
+
+
+# -- AppInfo ----------------------------------------------------------------------
+
+
+def test_app_info():
+    app = AppInfo("todos", "1.2.0", "/srv/apps/todos/1.2.0")
+    assert app.config == {}
+    assert AppInfo("a", "1", "/d", {"k": 1}).config == {"k": 1}
+    assert app == AppInfo("todos", "1.2.0", "/srv/apps/todos/1.2.0")
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        app.name = "other"  # type: ignore[misc]

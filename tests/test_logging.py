@@ -1,0 +1,343 @@
+"""eliot logging (SPEC §6): record shape, formats, levels, redaction, the file, Twisted's log."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import eliot
+import pytest
+from eliot import start_action
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, Logger
+from zope.interface.verify import verifyObject
+
+from buntime._logging import (
+    REDACTED,
+    FileDestination,
+    LoggingService,
+    StreamDestination,
+    TwistedToEliot,
+    format_json,
+    format_pretty,
+    level_enabled,
+    log,
+    redact_headers,
+    to_record,
+    twistd_observer,
+)
+from buntime.http import Headers
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
+
+
+class Collected:
+    """An eliot destination keeping the messages of one test."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    def __call__(self, message: dict) -> None:
+        self.messages.append(dict(message))
+
+    def of_type(self, message_type: str) -> list[dict]:
+        return [m for m in self.messages if m.get("message_type") == message_type]
+
+
+@pytest.fixture
+def collected():
+    destination = Collected()
+    eliot.add_destinations(destination)
+    yield destination
+    eliot.remove_destination(destination)
+
+
+def lines_of(stream: io.StringIO, message_type: str | None = None) -> list[dict]:
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    if message_type is None:
+        return records
+    return [r for r in records if r.get("message_type") == message_type]
+
+
+# -- the JSON record ---------------------------------------------------------------
+
+
+def test_json_record_shape(collected):
+    log("warn", "buntime:test:shape", "Something happened", count=3, context="plugin:keyval")
+    [message] = collected.of_type("buntime:test:shape")
+    record = json.loads(format_json(message))
+    assert record["level"] == "warn"
+    assert record["message"] == "Something happened"
+    assert ISO_UTC.match(record["timestamp"]), record["timestamp"]
+    assert record["context"] == "plugin:keyval"
+    assert record["count"] == 3
+    assert record["message_type"] == "buntime:test:shape"
+    assert record["task_level"] == [1]
+    assert isinstance(record["task_uuid"], str)
+    assert list(record)[:4] == ["level", "message", "timestamp", "context"]
+    assert "\n" not in format_json(message)
+
+
+def test_context_defaults_to_runtime_and_timestamp_is_utc():
+    record = to_record({"message_type": "x", "timestamp": 0.0, "level": "info", "message": "m"})
+    assert record["context"] == "runtime"
+    assert record["timestamp"] == "1970-01-01T00:00:00.000+00:00"
+
+
+def test_records_of_actions_and_odd_messages():
+    started = to_record({"action_type": "buntime:test:act", "action_status": "started"})
+    assert (started["level"], started["message"]) == ("debug", "buntime:test:act started")
+    failed = to_record(
+        {"action_type": "a", "action_status": "failed", "exception": "builtins.ValueError"}
+    )
+    assert failed["level"] == "error"
+    traceback = to_record({"message_type": "eliot:traceback", "exception": "E", "reason": "r"})
+    assert traceback["message"] == "E: r"
+    assert to_record({"message_type": "only:type"})["message"] == "only:type"
+    assert to_record({"level": "loud", "message": "m"})["level"] == "debug"
+
+
+def test_unserializable_fields_do_not_break_json():
+    line = format_json({"message_type": "x", "level": "info", "message": "m", "obj": object()})
+    assert json.loads(line)["obj"].startswith("<object object")
+
+
+def test_an_action_logs_its_fields(collected):
+    with start_action(action_type="buntime:test:action", level="info", message="go") as action:
+        action.add_success_fields(status=200)
+    start, end = [m for m in collected.messages if m.get("action_type") == "buntime:test:action"]
+    assert to_record(start)["message"] == "go"
+    assert to_record(end)["status"] == 200
+    assert to_record(end)["action_status"] == "succeeded"
+
+
+# -- pretty ---------------------------------------------------------------------------
+
+PRETTY = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} INF \[plugin:keyval\] Request processed \{.*\}$")
+
+
+def test_pretty_format(collected):
+    log("info", "buntime:test:pretty", "Request processed", duration=45, context="plugin:keyval")
+    [message] = collected.of_type("buntime:test:pretty")
+    line = format_pretty(message)
+    assert PRETTY.match(line), line
+    assert line.endswith('Request processed {"duration": 45}')
+    assert "task_uuid" not in line and "message_type" not in line
+
+
+def test_pretty_without_fields_and_levels():
+    base = {"timestamp": 0.0, "message": "hi", "message_type": "t", "task_uuid": "u"}
+    for level, tag in [("debug", "DBG"), ("info", "INF"), ("warn", "WRN"), ("error", "ERR")]:
+        line = format_pretty({**base, "level": level})
+        assert line.endswith(f" {tag} [runtime] hi"), line
+
+
+def test_pretty_colour():
+    message = {"timestamp": 0.0, "level": "error", "message": "bad", "context": "runtime"}
+    plain = format_pretty(message, colour=False)
+    coloured = format_pretty(message, colour=True)
+    assert "\x1b[" not in plain
+    assert "\x1b[31mERR\x1b[0m" in coloured
+    assert re.sub(r"\x1b\[\d+m", "", coloured) == plain
+
+
+# -- levels -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("minimum", "passing"),
+    [
+        ("debug", ["debug", "info", "warn", "error"]),
+        ("info", ["info", "warn", "error"]),
+        ("warn", ["warn", "error"]),
+        ("error", ["error"]),
+    ],
+)
+def test_level_filtering(minimum, passing):
+    stream = io.StringIO()
+    destination = StreamDestination(stream, min_level=minimum, fmt="json")
+    for level in ("debug", "info", "warn", "error"):
+        destination({"message_type": "t", "level": level, "message": level})
+        assert level_enabled(minimum, level) is (level in passing)
+    assert [r["message"] for r in lines_of(stream)] == passing
+
+
+def test_stream_destination_pretty_and_broken_stream():
+    stream = io.StringIO()
+    StreamDestination(stream, "debug", "pretty")({"level": "info", "message": "hello"})
+    assert stream.getvalue().endswith("INF [runtime] hello\n")
+    stream.close()
+    StreamDestination(stream, "debug", "json")({"level": "info", "message": "lost"})  # no raise
+
+
+# -- secrets -----------------------------------------------------------------------------
+
+SECRETS = {"Authorization": "Bearer s3cr3t", "cookie": "session=c00kie", "X-Api-Key": "k3y"}
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in ("s3cr3t", "c00kie", "k3y"):
+        assert secret not in text, text
+
+
+def test_header_dicts_are_redacted_in_every_format():
+    message = {
+        "message_type": "t",
+        "level": "info",
+        "message": "m",
+        "headers": {**SECRETS, "accept": "text/html"},
+        "nested": {"request": {"headers": {"Set-Cookie": "id=c00kie"}}},
+    }
+    for line in (format_json(message), format_pretty(message)):
+        assert_no_secret(line)
+    record = to_record(message)
+    assert record["headers"]["Authorization"] == REDACTED
+    assert record["headers"]["accept"] == "text/html"
+
+
+def test_header_pairs_and_headers_values_are_redacted():
+    message = {
+        "message_type": "t",
+        "level": "info",
+        "message": "m",
+        "pairs": list(SECRETS.items()),
+        "headers": Headers(SECRETS).add("accept", "*/*"),
+    }
+    line = format_json(message)
+    assert_no_secret(line)
+    assert "*/*" in line
+
+
+def test_redact_headers():
+    assert redact_headers([("Cookie", "a=b"), ("accept", "x")]) == [
+        ("Cookie", REDACTED),
+        ("accept", "x"),
+    ]
+
+
+# -- the service and the file ---------------------------------------------------------------
+
+
+def test_logging_service_adds_and_removes_destinations():
+    stream = io.StringIO()
+    service = LoggingService(clock=Clock(), level="info", fmt="json", stream=stream)
+    service.startService()
+    log("info", "buntime:test:service", "while running")
+    log("debug", "buntime:test:service", "too detailed")
+    service.stopService()
+    log("info", "buntime:test:service", "after stop")
+    assert [r["message"] for r in lines_of(stream, "buntime:test:service")] == ["while running"]
+
+
+@pytest.mark.parametrize(("tty", "coloured"), [(True, True), (False, False)])
+def test_pretty_is_coloured_only_on_a_tty(tty, coloured):
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    stream = Stream()
+    service = LoggingService(clock=Clock(), level="info", fmt="pretty", stream=stream)
+    service.startService()
+    try:
+        log("info", "buntime:test:colour", "colour?")
+    finally:
+        service.stopService()
+    [line] = [line for line in stream.getvalue().splitlines() if "colour?" in line]
+    assert ("\x1b[" in line) is coloured
+
+
+def test_file_destination_is_flushed_every_second_and_on_stop(tmp_path):
+    path = tmp_path / "buntime.log"
+    clock = Clock()
+    stream = io.StringIO()
+    service = LoggingService(
+        clock=clock, level="info", fmt="pretty", file_path=str(path), stream=stream
+    )
+    service.startService()
+
+    def file_messages() -> list[str]:
+        if not path.exists():
+            return []
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return [r["message"] for r in records if r.get("message_type") == "buntime:test:file"]
+
+    log("info", "buntime:test:file", "first")
+    log("debug", "buntime:test:file", "filtered out")
+    assert file_messages() == []
+    clock.advance(0.9)
+    assert file_messages() == []
+    clock.advance(0.1)
+    assert file_messages() == ["first"]
+    log("error", "buntime:test:file", "second")
+    assert file_messages() == ["first"]
+    service.stopService()
+    assert file_messages() == ["first", "second"]
+    assert not clock.getDelayedCalls()
+    log("info", "buntime:test:file", "after stop")
+    clock.advance(5)
+    assert file_messages() == ["first", "second"]
+    # the file holds JSON even when the terminal gets pretty lines
+    assert "first" in stream.getvalue() and not stream.getvalue().startswith("{")
+
+
+def test_file_destination_flushes_a_full_buffer_at_once(tmp_path):
+    path = tmp_path / "busy.log"
+    destination = FileDestination(str(path), "info")
+    for number in range(511):
+        destination({"level": "info", "message": str(number)})
+    assert not path.exists()
+    destination({"level": "info", "message": "511"})
+    assert len(path.read_text().splitlines()) == 512
+    destination.close()
+
+
+def test_file_destination_appends(tmp_path):
+    path = tmp_path / "append.log"
+    path.write_text('{"old": true}\n')
+    destination = FileDestination(str(path))
+    destination({"level": "warn", "message": "new"})
+    destination.close()
+    assert [json.loads(line).get("message") for line in path.read_text().splitlines()] == [
+        None,
+        "new",
+    ]
+
+
+# -- twisted.logger into eliot ------------------------------------------------------------------
+
+
+def test_twisted_events_become_eliot_messages(eliot_logger):
+    logger = Logger(namespace="buntime.test", observer=TwistedToEliot())
+    logger.info("hello {who}", who="world")
+    logger.warn("careful")
+    logger.debug("details")
+    logger.critical("fire")
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        logger.failure("it broke")
+    messages = [m for m in eliot_logger.messages if m["message_type"] == "twisted:log"]
+    assert [(m["level"], m["message"]) for m in messages] == [
+        ("info", "hello world"),
+        ("warn", "careful"),
+        ("debug", "details"),
+        ("error", "fire"),
+        ("error", "it broke"),
+    ]
+    assert {m["context"] for m in messages} == {"twisted"}
+    assert {m["namespace"] for m in messages} == {"buntime.test"}
+    assert "ZeroDivisionError" in messages[-1]["traceback"]
+
+
+def test_legacy_twisted_errors_are_errors(eliot_logger):
+    observer = TwistedToEliot()
+    observer({"log_format": "old style", "isError": 1, "log_namespace": "legacy"})
+    [message] = eliot_logger.messages
+    assert (message["level"], message["message"]) == ("error", "old style")
+
+
+def test_twistd_observer():
+    observer = twistd_observer()
+    assert isinstance(observer, TwistedToEliot)
+    assert verifyObject(ILogObserver, observer)

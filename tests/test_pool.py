@@ -1,0 +1,700 @@
+"""
+Worker pool policies (SPEC section 3), driven by a clock and fake workers:
+no processes, no sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+from attrs import evolve
+from fakes import ChildRequest, FakeLauncher, echo, hang, logged, read_all, result_of
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.testing import MemoryReactorClock
+
+from buntime.http import Request, Response
+from buntime.manifest import AppManifest
+from buntime.pool.deps import InstallError
+from buntime.pool.pool import PoolApp, PoolConfig, WorkerPool
+
+METRICS = {
+    "activeWorkers",
+    "avgResponseTimeMs",
+    "evictions",
+    "hitRate",
+    "hits",
+    "misses",
+    "memoryUsageMB",
+    "requestsPerSecond",
+    "totalRequests",
+    "totalWorkersFailed",
+    "totalWorkersCreated",
+    "totalWorkersRetired",
+    "uptimeMs",
+    "ephemeralQueueDepth",
+}
+WORKER_STATS = {
+    "ageMs",
+    "idleMs",
+    "requestCount",
+    "errorCount",
+    "avgResponseTimeMs",
+    "totalResponseTimeMs",
+    "status",
+    "pid",
+    "rssMB",
+}
+
+
+class Gates:
+    """Requests to C{/wait/<name>} are answered when the test opens that gate."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, Deferred] = {}
+
+    def open(self, name: str) -> None:
+        self.gates.setdefault(name, Deferred()).callback(None)
+
+    async def __call__(self, request: ChildRequest) -> None:
+        path = request.path.split("?")[0]
+        if path.startswith("/wait/"):
+            await self.gates.setdefault(path[len("/wait/") :], Deferred())
+            request.start(200, [], f"done {path}".encode())
+        elif path == "/hang":
+            await hang(request)
+        elif path == "/fail":
+            request.error("ValueError: bad input")
+        elif path == "/stream":
+            request.start(200, [], b"a", end=False)
+            await request.send(b"b")
+            await request.send(b"c")
+            request.end()
+        else:
+            await echo(request)
+
+
+class Harness:
+    def __init__(self, production: bool = False, startup: str = "ready", **config) -> None:
+        self.clock = MemoryReactorClock()
+        self.gates = Gates()
+        self.launcher = FakeLauncher(self.clock, handler=self.gates, startup=startup)
+        settings = dict(
+            pool_size=5,
+            ephemeral_concurrency=2,
+            ephemeral_queue=1,
+            delay=0.1,
+            production=production,
+        )
+        settings.update(config)
+        self.pool = WorkerPool(self.clock, PoolConfig(**settings), self.launcher)
+        self.pool.start()
+
+    def app(self, name: str = "hello", version: str = "1.0.0", dir: str | None = None, **manifest):
+        manifest.setdefault("ttl", 60.0)
+        manifest.setdefault("idle_timeout", 60.0)
+        manifest.setdefault("timeout", 30.0)
+        directory = dir or f"/apps/{name}@{version}"
+        return PoolApp(
+            key=directory,
+            name=name,
+            version=version,
+            dir=directory,
+            manifest=AppManifest(**manifest),
+            env={"APP_DIR": directory},
+        )
+
+    def send(self, app: PoolApp, path: str = "/", method: str = "GET", body=b"") -> Deferred:
+        d = self.pool.handle(app, Request(method, path, body=body), f"/{app.name}")
+        self.launcher.settle()
+        return d
+
+    def get(self, app: PoolApp, path: str = "/") -> Response:
+        return result_of(self.send(app, path))
+
+    def advance(self, seconds: float) -> None:
+        self.launcher.advance(seconds)
+
+    @property
+    def processes(self):
+        return self.launcher.processes
+
+    def received(self) -> list[str]:
+        return [r.path for p in self.processes for r in p.child.received]
+
+
+def error_of(response: Response) -> tuple[int, str, str]:
+    assert isinstance(response.body, bytes)
+    error = json.loads(response.body)["error"]
+    return response.status, error["code"], error["message"]
+
+
+# -- persistent workers ------------------------------------------------------
+
+
+def test_no_clock_work_before_start():
+    clock = MemoryReactorClock()
+    launcher = FakeLauncher(clock)
+    config = PoolConfig(
+        pool_size=1, ephemeral_concurrency=1, ephemeral_queue=1, delay=0.1, production=False
+    )
+    WorkerPool(clock, config, launcher)
+    assert clock.getDelayedCalls() == []
+
+
+def test_persistent_worker_is_reused_and_cold_start_queues():
+    h = Harness()
+    app = h.app()
+    first = h.pool.handle(app, Request("GET", "/a"), "/hello")
+    second = h.pool.handle(app, Request("GET", "/b"), "/hello")  # while starting: queued
+    h.launcher.settle()
+    assert result_of(first).body == b"GET /a|"
+    assert result_of(second).body == b"GET /b|"
+    assert h.get(app, "/c").body == b"GET /c|"
+    assert len(h.processes) == 1
+    spec = h.processes[0].spec
+    assert spec.env["APP_DIR"] == app.dir
+    assert spec.env["WORKER_ID"] == spec.worker_id
+    metrics = h.pool.metrics()
+    assert (metrics["hits"], metrics["misses"], metrics["hitRate"]) == (1, 2, 33.33)
+
+
+def test_lru_eviction():
+    h = Harness(pool_size=2)
+    a, b, c = h.app("a"), h.app("b"), h.app("c")
+    h.get(a)
+    h.get(b)
+    h.advance(1)
+    h.get(a)  # b is now the least recently used
+    h.get(c)
+    h.advance(1)
+    assert [p.spec.app_dir for p in h.launcher.live] == [a.dir, c.dir]
+    evicted = h.processes[1]
+    assert evicted.child.terminates == 1
+    assert h.pool.metrics()["evictions"] == 1
+    assert h.pool.metrics()["totalWorkersRetired"] == 1
+
+
+def test_ttl_retires_after_draining():
+    h = Harness()
+    app = h.app(ttl=10, idle_timeout=10, timeout=5)
+    h.get(app)
+    h.advance(8)
+    pending = h.send(app, "/wait/x")
+    h.advance(2)  # age 10: retire, but a request is in flight
+    process = h.processes[0]
+    assert process.child.terminates == 0
+    assert h.pool.worker_stats()[0]["status"] == "stopping"
+    nxt = h.send(app, "/after")  # goes to a fresh worker
+    assert len(h.processes) == 2
+    assert result_of(nxt).body == b"GET /after|"
+    h.gates.open("x")
+    h.launcher.settle()
+    assert result_of(pending).body == b"done /wait/x"
+    assert process.child.terminates == 1
+    h.advance(0.1)
+    assert process.exit_code == 0
+    assert h.pool.metrics()["totalWorkersRetired"] == 1
+
+
+def test_drain_is_bounded_by_timeout():
+    h = Harness()
+    app = h.app(ttl=10, idle_timeout=10, timeout=3)
+    pending = h.send(app, "/wait/never")
+    assert not pending.called
+    h.advance(2)  # the request itself times out at 3 s
+    h.advance(1)
+    assert result_of(pending).status == 504
+    h.advance(7)
+    assert h.processes[0].child.terminates == 1
+
+
+def test_idle_hook_then_idle_retirement(eliot_logger):
+    h = Harness()
+    app = h.app(ttl=100, idle_timeout=10, timeout=5)
+    h.get(app)
+    process = h.processes[0]
+    h.advance(4.9)
+    assert process.child.idles == 0
+    h.advance(0.1)  # checks every 5 s; idle >= idleTimeout / 2
+    assert process.child.idles == 1
+    assert h.pool.worker_stats()[0]["status"] == "idle"
+    h.advance(5)
+    assert process.child.idles == 1  # once
+    assert process.child.terminates == 1
+    h.advance(0.1)
+    assert h.launcher.live == []
+    assert [m["reason"] for m in logged(eliot_logger, "buntime:pool:retire")] == [
+        "idleTimeout reached"
+    ]
+
+
+def test_use_keeps_a_worker_from_idling_out():
+    h = Harness()
+    app = h.app(ttl=100, idle_timeout=10, timeout=5)
+    for _ in range(6):
+        h.get(app)
+        h.advance(4)
+    assert len(h.processes) == 1
+    assert h.processes[0].child.terminates == 0
+
+
+def test_max_requests_replacement_serves_the_queue():
+    h = Harness()
+    app = h.app(max_requests=1, max_concurrency=1)
+    first = h.send(app, "/wait/a")
+    second = h.send(app, "/wait/b")
+    assert len(h.processes) == 2  # the first worker drains, a new one takes the queue
+    assert [len(p.child.received) for p in h.processes] == [1, 1]
+    h.gates.open("a")
+    h.gates.open("b")
+    h.advance(0.1)
+    assert result_of(first).status == result_of(second).status == 200
+    assert h.processes[0].exit_code == 0
+
+
+def test_max_requests_recycles():
+    h = Harness()
+    app = h.app(max_requests=2)
+    h.get(app, "/1")
+    h.get(app, "/2")
+    h.advance(0.1)
+    assert h.processes[0].child.terminates == 1
+    h.get(app, "/3")
+    assert len(h.processes) == 2
+    assert [r.path for r in h.processes[1].child.received] == ["/3"]
+
+
+# -- timeouts --------------------------------------------------------------
+
+
+def test_persistent_timeout_504_then_recycled_with_stack(eliot_logger):
+    h = Harness()
+    app = h.app(timeout=2, ttl=60, idle_timeout=60)
+    for attempt in range(1, 4):
+        d = h.send(app, "/hang")
+        h.advance(2)
+        assert error_of(result_of(d))[:2] == (504, "WORKER_TIMEOUT")
+        assert h.processes[0].child.cancelled[-1] == attempt
+    warnings = logged(eliot_logger, "buntime:pool:timeout")
+    assert [m["level"] for m in warnings] == ["warn", "warn"]
+    process = h.processes[0]
+    assert process.signals == [signal.SIGUSR1]
+    assert process.child.terminates == 0  # its stack is read first
+    waiting = h.send(app, "/meanwhile")  # not sent to the stuck worker
+    assert len(h.processes) == 1 and not waiting.called
+    h.advance(0.2)
+    assert result_of(waiting).body == b"GET /meanwhile|"  # from its replacement
+    [explained] = [m for m in logged(eliot_logger, "buntime:pool:timeout") if m["level"] == "error"]
+    assert "hello@1.0.0" in explained["message"] and "GET /hang" in explained["message"]
+    assert explained["elapsed_ms"] == 2000
+    assert explained["pid"] == process.pid
+    assert 'File "/apps/slow/app.py", line 7 in handler' in explained["stack"]
+    assert process.child.terminates == 1
+    assert len(h.processes) == 2
+
+
+def test_ephemeral_timeout_dumps_stack_then_kills(eliot_logger):
+    h = Harness()
+    app = h.app(ttl=0, timeout=1)
+    d = h.send(app, "/hang")
+    h.advance(1)
+    assert error_of(result_of(d))[:2] == (504, "WORKER_TIMEOUT")
+    process = h.processes[0]
+    assert process.signals == [signal.SIGUSR1]
+    h.advance(0.2)
+    assert process.signals == [signal.SIGUSR1, signal.SIGKILL]
+    assert process.exit_code == -signal.SIGKILL
+    [line] = logged(eliot_logger, "buntime:pool:timeout")
+    assert line["level"] == "error"
+    assert line["method"] == "GET" and line["path"] == "/hang" and line["pid"] == process.pid
+    assert line["elapsed_ms"] == 1000
+    assert "line 7 in handler" in line["stack"]
+
+
+# -- failures ----------------------------------------------------------------
+
+
+def test_startup_failure_502_respawn_and_backoff():
+    h = Harness(startup="fail")
+    app = h.app()
+    status, code, message = error_of(h.get(app))
+    assert (status, code) == (502, "WORKER_START_FAILED")
+    assert "hello@1.0.0" in message and "ImportError" in message
+    error_of(h.get(app))  # the next request tries again at once
+    assert len(h.processes) == 2
+    assert error_of(h.get(app))[1] == "WORKER_START_FAILED"  # backing off: no new process
+    assert len(h.processes) == 2
+    h.advance(0.5)
+    h.get(app)
+    assert len(h.processes) == 3
+    h.advance(0.5)
+    h.get(app)  # the wait doubled to 1 s
+    assert len(h.processes) == 3
+    h.launcher.startup = "ready"
+    h.advance(0.5)
+    assert h.get(app).status == 200
+    assert h.pool.metrics()["totalWorkersFailed"] == 3
+
+
+def test_production_hides_the_error():
+    h = Harness(production=True, startup="fail")
+    status, code, message = error_of(h.get(h.app()))
+    assert (status, code) == (502, "WORKER_START_FAILED")
+    assert "hello@1.0.0" in message and "ImportError" not in message
+
+
+def test_ready_timeout_is_a_failure():
+    h = Harness(startup="hang", ready_timeout=30)
+    app = h.app(timeout=60)
+    d = h.send(app)
+    h.advance(30)
+    status, code, message = error_of(result_of(d))
+    assert (status, code) == (502, "WORKER_START_FAILED")
+    assert "ready within 30s" in message
+    h.advance(0.1)
+    assert h.launcher.live == []
+
+
+def test_death_mid_request_is_502_and_next_request_respawns():
+    h = Harness()
+    app = h.app()
+    d = h.send(app, "/hang")
+    h.processes[0].die(-9)
+    h.launcher.settle()
+    status, code, message = error_of(result_of(d))
+    assert (status, code) == (502, "WORKER_CRASHED")
+    assert "hello@1.0.0" in message
+    assert h.get(app).status == 200
+    assert len(h.processes) == 2
+    metrics = h.pool.metrics()
+    assert (metrics["totalWorkersFailed"], metrics["totalWorkersCreated"]) == (1, 2)
+
+
+def test_app_error_is_502():
+    h = Harness()
+    status, code, message = error_of(h.get(h.app(), "/fail"))
+    assert (status, code) == (502, "APP_ERROR")
+    assert "ValueError: bad input" in message
+
+
+# -- capacity ------------------------------------------------------------------
+
+
+def test_max_concurrency_per_worker():
+    h = Harness()
+    app = h.app(max_concurrency=2)
+    a, _, c = (h.send(app, f"/wait/{n}") for n in "abc")
+    assert h.received() == ["/wait/a", "/wait/b"]  # c waits for a free slot
+    h.gates.open("a")
+    h.launcher.settle()
+    assert result_of(a).status == 200
+    assert h.received() == ["/wait/a", "/wait/b", "/wait/c"]
+    h.gates.open("b")
+    h.gates.open("c")
+    h.launcher.settle()
+    assert result_of(c).body == b"done /wait/c"
+    assert len(h.processes) == 1
+
+
+def test_max_instances_scale_out():
+    h = Harness()
+    app = h.app(max_concurrency=5, max_instances=2)
+    for n in range(4):
+        h.send(app, f"/wait/{n}")
+    assert len(h.processes) == 1
+    h.send(app, "/wait/4")  # 4 of 5 slots busy: near full, a second instance starts
+    assert len(h.processes) == 2
+    assert [len(p.child.received) for p in h.processes] == [5, 0]  # it still had a slot
+    h.send(app, "/wait/5")
+    assert [len(p.child.received) for p in h.processes] == [5, 1]
+    for n in range(6, 12):
+        h.send(app, f"/wait/{n}")
+    assert len(h.processes) == 2  # maxInstances
+    assert [len(p.child.received) for p in h.processes] == [5, 5]
+    assert h.pool.metrics()["activeWorkers"] == 2
+
+
+def test_queue_full_503():
+    h = Harness()
+    app = h.app(max_concurrency=1, max_queue=1)
+    h.send(app, "/wait/a")
+    queued = h.send(app, "/wait/b")
+    response = h.get(app, "/wait/c")
+    assert error_of(response)[:2] == (503, "QUEUE_FULL")
+    assert response.headers.get("retry-after") == "1"
+    h.gates.open("a")
+    h.gates.open("b")
+    h.launcher.settle()
+    assert result_of(queued).status == 200
+
+
+def test_queue_wait_longer_than_timeout_504():
+    h = Harness()
+    app = h.app(max_concurrency=1, timeout=2, ttl=60)
+    streaming = result_of(h.send(app, "/stream"))  # started, so no timeout; holds the slot
+    h.advance(1)
+    queued = h.send(app, "/wait/b")
+    h.advance(1.9)
+    assert not queued.called
+    h.advance(0.1)
+    assert error_of(result_of(queued))[:2] == (504, "QUEUE_TIMEOUT")
+    assert h.received() == ["/stream"]
+    assert read_all(h.launcher, streaming.body) == b"abc"
+
+
+def test_queue_wait_during_a_slow_cold_start_504():
+    h = Harness(startup="hang")
+    d = h.send(h.app(timeout=2))
+    h.advance(2)
+    assert error_of(result_of(d))[:2] == (504, "QUEUE_TIMEOUT")
+
+
+def test_cancelled_queued_request_is_never_run():
+    h = Harness()
+    app = h.app(max_concurrency=1)
+    first = h.send(app, "/wait/a")
+    queued = h.send(app, "/wait/b")
+    queued.cancel()
+    with pytest.raises(CancelledError):
+        result_of(queued)
+    h.gates.open("a")
+    h.launcher.settle()
+    assert result_of(first).status == 200
+    assert h.received() == ["/wait/a"]
+
+
+def test_cancelled_running_request_is_cancelled_in_the_worker():
+    h = Harness()
+    d = h.send(h.app(), "/hang")
+    d.cancel()
+    d.addErrback(lambda f: f.trap(CancelledError))
+    h.launcher.settle()
+    assert h.processes[0].child.cancelled == [1]
+
+
+# -- ephemeral -------------------------------------------------------------------
+
+
+def test_ephemeral_fresh_worker_per_request():
+    h = Harness()
+    app = h.app(ttl=0)
+    assert h.get(app, "/1").body == b"GET /1|"
+    assert h.get(app, "/2").body == b"GET /2|"
+    assert len(h.processes) == 2
+    h.advance(0.1)
+    assert h.launcher.live == []
+    assert [p.child.terminates for p in h.processes] == [1, 1]
+    assert h.pool.metrics()["misses"] == 2
+
+
+def test_ephemeral_worker_stops_after_the_body_streamed():
+    h = Harness()
+    response = h.get(h.app(ttl=0), "/stream")
+    process = h.processes[0]
+    h.advance(1)
+    assert process.exit_code is None  # body not read yet
+    assert read_all(h.launcher, response.body) == b"abc"
+    h.advance(0.1)
+    assert process.exit_code == 0
+
+
+def test_ephemeral_concurrency_and_queue():
+    h = Harness(ephemeral_concurrency=2, ephemeral_queue=1)
+    app = h.app(ttl=0)
+    a, _, c = (h.send(app, f"/wait/{n}") for n in "abc")
+    assert len(h.processes) == 2
+    assert h.pool.metrics()["ephemeralQueueDepth"] == 1
+    full = h.get(app, "/wait/d")
+    assert error_of(full)[:2] == (503, "QUEUE_FULL")
+    assert full.headers.get("retry-after") == "1"
+    h.gates.open("a")
+    h.launcher.settle()
+    assert result_of(a).status == 200
+    assert len(h.processes) == 3  # c got the freed slot
+    assert h.pool.metrics()["ephemeralQueueDepth"] == 0
+    h.gates.open("b")
+    h.gates.open("c")
+    h.launcher.settle()
+    assert result_of(c).body == b"done /wait/c"
+
+
+def test_ephemeral_cancelled_queued_request_is_dropped():
+    h = Harness(ephemeral_concurrency=1, ephemeral_queue=1)
+    app = h.app(ttl=0)
+    h.send(app, "/wait/a")
+    queued = h.send(app, "/wait/b")
+    queued.cancel()
+    queued.addErrback(lambda f: f.trap(CancelledError))
+    h.gates.open("a")
+    h.launcher.settle()
+    assert len(h.processes) == 1
+    assert h.get(app, "/x").status == 200  # the slot came back
+
+
+def test_ephemeral_startup_failure_frees_the_slot():
+    h = Harness(ephemeral_concurrency=1, startup="fail")
+    app = h.app(ttl=0)
+    assert error_of(h.get(app))[1] == "WORKER_START_FAILED"
+    h.launcher.startup = "ready"
+    assert h.get(app).status == 200
+
+
+# -- apps ------------------------------------------------------------------------
+
+
+def test_name_version_collision_500():
+    h = Harness()
+    first = h.app(dir="/one/hello@1.0.0")
+    second = h.app(dir="/two/hello/1.0.0")
+    assert h.get(first).status == 200
+    status, code, message = error_of(h.get(second))
+    assert (status, code) == (500, "APP_COLLISION")
+    assert "/one/hello@1.0.0" in message and "/two/hello/1.0.0" in message
+    assert len(h.processes) == 1
+    h.pool.retire_app(first.dir)
+    assert h.get(second).status == 200
+
+
+def test_retire_app_drains_then_stops():
+    h = Harness()
+    app = h.app()
+    pending = h.send(app, "/wait/a")
+    retired = h.pool.retire_app(app.dir)
+    h.launcher.settle()
+    assert not retired.called and h.processes[0].child.terminates == 0
+    h.gates.open("a")
+    h.advance(0.1)
+    assert result_of(pending).status == 200
+    assert result_of(retired) is None
+    assert h.launcher.live == []
+
+
+def test_auto_install_failure_is_500_and_retried():
+    h = Harness()
+    calls = []
+    outcomes = [
+        fail(InstallError("ERROR: No matching distribution found for nope==1")),
+        succeed(None),
+    ]
+
+    class Installer:
+        def ensure(self, app_dir):
+            calls.append(app_dir)
+            return outcomes.pop(0)
+
+    h.pool._installer = Installer()
+    app = h.app(auto_install=True)
+    status, code, message = error_of(h.get(app))
+    assert (status, code) == (500, "INSTALL_FAILED")
+    assert "No matching distribution" in message
+    assert h.processes == []
+    assert h.get(app).status == 200
+    assert h.get(app).status == 200
+    assert calls == [app.dir, app.dir]
+
+
+# -- lifecycle, hooks, numbers ---------------------------------------------------------
+
+
+def test_hooks():
+    h = Harness()
+    events = []
+    h.pool.on_worker_spawn.append(lambda w, app: events.append(("spawn", w.pid, app.name)))
+    h.pool.on_worker_terminate.append(lambda w, app: events.append(("stop", w.pid, app.name)))
+    h.pool.on_worker_spawn.append(lambda w, app: 1 / 0)  # a broken hook changes nothing
+    app = h.app(ttl=0)
+    assert h.get(app).status == 200
+    pid = h.processes[0].pid
+    assert events == [("spawn", pid, "hello"), ("stop", pid, "hello")]
+
+
+def test_stop_retires_everything():
+    h = Harness()
+    app, other = h.app(max_concurrency=1), h.app("other")
+    running = h.send(app, "/wait/a")
+    queued = h.send(app, "/wait/b")
+    h.get(other)
+    h.processes[1].child.connectionLost = lambda reason: None  # will need SIGKILL
+    stopped = h.pool.stop(deadline=10)
+    h.launcher.settle()
+    assert error_of(result_of(queued))[:2] == (503, "SHUTTING_DOWN")
+    assert error_of(h.get(app))[:2] == (503, "SHUTTING_DOWN")
+    h.gates.open("a")
+    h.advance(0.1)
+    assert result_of(running).status == 200
+    assert result_of(stopped) is None
+    assert [p.child.terminates for p in h.processes] == [1, 1]
+    assert h.processes[1].signals == [signal.SIGKILL]
+    assert h.launcher.live == []
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_stop_kills_after_the_deadline():
+    h = Harness()
+    app = h.app(timeout=100, ttl=200, idle_timeout=200)
+    h.send(app, "/hang")
+    stopped = h.pool.stop(deadline=5)
+    h.advance(5)
+    assert result_of(stopped) is None
+    assert h.processes[0].signals == [signal.SIGKILL]
+
+
+def test_metrics():
+    h = Harness()
+    app = h.app()
+    h.advance(1)
+    h.clock.advance(0)
+    d = h.send(app, "/wait/a")
+    h.advance(0.5)
+    h.gates.open("a")
+    h.launcher.settle()
+    result_of(d)
+    h.get(app)
+    h.advance(1.5)
+    metrics = h.pool.metrics()
+    assert set(metrics) == METRICS
+    assert metrics == {
+        "activeWorkers": 1,
+        "avgResponseTimeMs": 250.0,
+        "evictions": 0,
+        "hitRate": 50.0,
+        "hits": 1,
+        "misses": 1,
+        "memoryUsageMB": 0.0,
+        "requestsPerSecond": 0.67,
+        "totalRequests": 2,
+        "totalWorkersFailed": 0,
+        "totalWorkersCreated": 1,
+        "totalWorkersRetired": 0,
+        "uptimeMs": 3000,
+        "ephemeralQueueDepth": 0,
+    }
+    [stats] = h.pool.worker_stats()
+    assert WORKER_STATS <= set(stats)
+    assert stats["requestCount"] == 2
+    assert stats["idleMs"] == 1500
+    assert stats["ageMs"] == 2000
+    assert (stats["app"], stats["version"], stats["pid"]) == ("hello", "1.0.0", h.processes[0].pid)
+
+
+def test_app_update_keeps_workers():
+    """A new PoolApp for the same directory (e.g. a fresh env) reuses the worker."""
+    h = Harness()
+    app = h.app()
+    h.get(app)
+    h.get(evolve(app, env={"APP_DIR": app.dir, "X": "1"}))
+    assert len(h.processes) == 1
+
+
+def test_stop_while_workers_start():
+    h = Harness(startup="hang")
+    ephemeral = h.send(h.app("e", ttl=0))
+    persistent = h.send(h.app("p"))
+    stopped = h.pool.stop()
+    h.advance(0.1)
+    assert result_of(stopped) is None
+    assert result_of(ephemeral).status == 502
+    assert error_of(result_of(persistent))[:2] == (503, "SHUTTING_DOWN")
+    assert h.launcher.live == []

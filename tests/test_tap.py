@@ -1,0 +1,145 @@
+"""What twistd calls: the C{buntime} Options and makeService, and the plugin that names them."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.application.service import IService, IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.scripts.twistd import ServerOptions
+
+from buntime._logging import twistd_observer
+from buntime.config import RuntimeConfig
+from buntime.tap import TWISTD_OBSERVER, Options, makeService
+
+
+def parse(argv: list[str]) -> Options:
+    options = Options()
+    options.parseOptions(argv)
+    return options
+
+
+def test_options_build_the_config(clean_environ, tmp_path):
+    options = parse(
+        [
+            "--worker-dirs",
+            f"{tmp_path}/a:{tmp_path}/b",
+            "-p",
+            "9000",
+            "--env",
+            "production",
+            "--pool-size",
+            "3",
+            "--log-level",
+            "warn",
+            "--log-format",
+            "pretty",
+            "--plugin-dirs",
+            str(tmp_path),
+            "--log-file",
+            str(tmp_path / "x.log"),
+            "--worker-mode",
+            "spawn",
+        ]
+    )
+    config = options.config
+    assert isinstance(config, RuntimeConfig)
+    assert config.worker_dirs == (str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (config.port, config.listen, config.env, config.pool_size) == (
+        9000,
+        "tcp:9000",
+        "production",
+        3,
+    )
+    assert (config.log_level, config.log_format, config.worker_mode) == ("warn", "pretty", "spawn")
+    assert config.plugin_dirs == (str(tmp_path),)
+    assert config.log_file == str(tmp_path / "x.log")
+
+
+def test_listen_takes_an_endpoint_string(clean_environ):
+    options = parse(["-w", "apps", "--listen", "tcp:0:interface=127.0.0.1"])
+    assert options.config.listen == "tcp:0:interface=127.0.0.1"
+    assert options.config.port is None
+
+
+def test_options_read_the_environment_and_dotenv(clean_environ, monkeypatch):
+    with open(".env", "w") as dotenv:
+        dotenv.write("RUNTIME_WORKER_DIRS=/from/dotenv\nPORT=7000\nRUNTIME_POOL_SIZE=4\n")
+    monkeypatch.setenv("PORT", "7100")
+    config = parse(["--pool-size", "2"]).config
+    assert (config.worker_dirs, config.port, config.pool_size) == (("/from/dotenv",), 7100, 2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "line"),
+    [
+        ([], {}, "buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"),
+        (["-w", "a", "--port", "abc"], {}, "buntime: --port must be an integer, got 'abc'"),
+        (["-w", "a"], {"PORT": "abc"}, "buntime: PORT must be an integer, got 'abc'"),
+        (
+            ["-w", "a"],
+            {"RUNTIME_ENV": "prod"},
+            "buntime: RUNTIME_ENV must be one of development, staging, production, test, "
+            "got 'prod'",
+        ),
+        (
+            ["-w", "a"],
+            {"BODY_SIZE_MAX": "lots"},
+            "buntime: BODY_SIZE_MAX must be a size like 10mb, got 'lots'",
+        ),
+    ],
+)
+def test_bad_values_exit_2_with_one_stderr_line(clean_environ, monkeypatch, capsys, argv, env, line):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as caught:
+        parse(argv)
+    assert caught.value.code == 2
+    assert caught.value.__context__ is None or caught.value.__suppress_context__
+    captured = capsys.readouterr()
+    assert captured.err == line + "\n"
+    assert captured.out == ""
+
+
+# -- twistd -------------------------------------------------------------------------
+
+
+def twistd(argv: list[str]) -> ServerOptions:
+    options = ServerOptions()
+    options.parseOptions(argv)
+    return options
+
+
+def test_the_plugin_is_found():
+    makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+    assert makers["buntime"].options is Options
+    assert makers["buntime"].makeService is makeService
+
+
+def test_foreground_twistd_logs_through_eliot(clean_environ):
+    options = twistd(["-n", "buntime", "-w", "apps"])
+    # twistd resolves the dotted name it was given
+    assert TWISTD_OBSERVER == "buntime._logging.twistd_observer"
+    assert options["logger"] is twistd_observer
+    assert isinstance(options.subOptions.config, RuntimeConfig)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["buntime", "-w", "apps"],  # daemonized: twistd's own log file
+        ["-n", "--logger", "twisted.logger.textFileLogObserver", "buntime", "-w", "apps"],
+        ["-n", "--logfile", "twistd.log", "buntime", "-w", "apps"],
+    ],
+)
+def test_an_explicit_or_daemon_logger_is_left_alone(clean_environ, argv):
+    options = twistd(argv)
+    assert options["logger"] is not twistd_observer
+
+
+def test_make_service(clean_environ):
+    service = makeService(parse(["-w", "apps", "--listen", "tcp:0:interface=127.0.0.1"]))
+    assert IService.providedBy(service)
+    children = [child.name for child in service]
+    assert children[0] == "logging"
+    assert children[-1] == "web"
+    assert not service.running

@@ -105,7 +105,7 @@ _APPS = {
         """,
     ),
     "stream@1.0.0": (
-        "ttl: 5m\ntimeout: 5m\n",
+        "ttl: 10m\nidleTimeout: 5m\ntimeout: 5m\n",
         """
         CHUNK = b"x" * 65536
 
@@ -394,6 +394,7 @@ def stream_rss(url: str, pid: int) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     peak = max(peak, _rss_mb(pid) or 0.0, _hwm_mb(pid) or 0.0 if peak_before < before else 0.0)
     return {
+        "ok": received > 100 * 1024 * 1024,
         "bytes": received,
         "seconds": round(elapsed, 2),
         "rss_before_mb": round(before, 1),

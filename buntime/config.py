@@ -210,8 +210,7 @@ def load_config(
         delay = parse_duration(float(delay_value) / 1000.0)
     except ValueError:
         raise ConfigError(
-            f"{label('delay_ms', 'DELAY_MS')} must be a number of milliseconds, "
-            f"got {delay_value!r}"
+            f"{label('delay_ms', 'DELAY_MS')} must be a number of milliseconds, got {delay_value!r}"
         ) from None
 
     worker_mode = _choice(

@@ -17,6 +17,7 @@ from attrs import evolve, field, frozen
 Body = bytes | AsyncIterable[bytes]
 """A body is either all its bytes, or an async iterator of chunks (a stream)."""
 
+
 def _pairs(source: object) -> tuple[tuple[str, str], ...]:
     if source is None:
         return ()

@@ -11,19 +11,26 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define, field
+from attrs import define, field, frozen
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from buntime import __version__
 from buntime._logging import LoggingService, log
 from buntime.apps.discovery import AppCatalog
 from buntime.config import RuntimeConfig
+from buntime.http import AppInfo
+from buntime.plugins.api import PluginsAPI
+from buntime.plugins.service import PluginService
 from buntime.pool.launch import ForkLauncher, SpawnLauncher
 from buntime.pool.pool import PoolConfig, WorkerPool
 from buntime.pool.service import PoolService
 from buntime.web.api import CoreAPI
+from buntime.web.api_apps import AppsAPI
 from buntime.web.apps import AppStep
 from buntime.web.frontdoor import FrontDoor
+from buntime.web.openapi import openapi_document
+from buntime.web.plugins import PluginSteps
 from buntime.web.server import WebService, make_site
 from buntime.web.state import RuntimeState
 
@@ -69,8 +76,8 @@ class RuntimeService(MultiService):
         self.state.started = True
         log("info", "buntime:runtime:ready", "Runtime ready")
 
-    def _serving(self, port: Any) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._serve())
+    def _serving(self, port: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._serve()).addCallback(lambda _: port)
 
     def stopService(self) -> Deferred[None]:
         self.state.stopping = True
@@ -113,6 +120,24 @@ def _api_url(port: Any) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{getattr(address, 'port', 0)}"
+
+
+@frozen
+class ServerInfo:
+    """What C{on_server_start} hooks get: where the runtime listens, and its config."""
+
+    url: str
+    config: RuntimeConfig
+
+
+def _app_info(app: Any) -> AppInfo:
+    return AppInfo(app.name, app.version, app.dir, getattr(app.manifest, "raw", {}))
+
+
+def _plugins_loaded(registry: Any, plugins: PluginService) -> None:
+    """Startup order: plugins are initialized before the port listens; failing ones stop it."""
+    if plugins.failed:
+        fatal_exit(plugins.failed)
 
 
 def make_pool(config: RuntimeConfig, reactor: Any) -> PoolService:
@@ -172,13 +197,64 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         production=config.production,
         homepage=config.homepage,
     )
-    api = CoreAPI(state=state, api_base=config.api_base)
+    plugins = PluginService(
+        plugin_dirs=config.plugin_dirs,
+        global_config={
+            "workerDirs": list(config.worker_dirs),
+            "pluginDirs": list(config.plugin_dirs),
+            "poolSize": config.pool_size,
+            "env": config.env,
+            "api_prefix": config.api_prefix,
+            "dataDir": config.data_dir,
+        },
+        pool=pool.pool,
+        environ=config.environ,
+        reactor=reactor,
+        data_dir=config.data_dir,
+    )
+    plugins.setName("plugins")
+    pool.pool.on_worker_spawn.append(
+        lambda worker, app: Deferred.fromCoroutine(
+            plugins.registry.worker_spawned(worker, _app_info(app))
+        )
+    )
+    pool.pool.on_worker_terminate.append(
+        lambda worker, app: Deferred.fromCoroutine(
+            plugins.registry.worker_terminated(worker, _app_info(app))
+        )
+    )
+    plugin_steps = PluginSteps(registry=lambda: plugins.registry, apps=apps)
+    apps_api = AppsAPI(
+        worker_dirs=config.worker_dirs,
+        catalog=apps.catalog,
+        retire=pool.pool.retire_app,
+        threads=reactor,
+    )
+    apis: list[tuple[str, Any]] = [
+        ("/api/apps", apps_api),
+        ("/api/plugins", PluginsAPI(service=plugins, threads=reactor)),
+    ]
+
+    def document() -> dict[str, Any]:
+        klein_apps = [(type(obj).app, obj) for _, obj in apis] + [(CoreAPI.app, api)]
+        return openapi_document(klein_apps, config.api_base, __version__)
+
+    api = CoreAPI(state=state, api_base=config.api_base, openapi=document)
     frontdoor = FrontDoor(
         clock=reactor,
         state=state,
         api=api,
         api_prefix=config.api_prefix,
-        steps=[apps, apps.serve_homepage],
+        steps=[
+            plugin_steps.server_fetch,
+            plugin_steps.routes,
+            plugin_steps.plugin_apps,
+            apps,
+            apps.serve_homepage,
+        ],
+        apis=apis,
+        plugins=lambda: plugins.registry,
+        identify=apps.identify,
     )
     web = WebService(
         reactor=reactor,
@@ -186,14 +262,24 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         site=make_site(frontdoor, body_limit(config, apps)),
         state=state,
         fatal=fatal_exit,
+        wait_for=lambda: plugins.when_loaded().addCallback(_plugins_loaded, plugins),
     )
     web.setName("web")
     runtime = RuntimeService(reactor=reactor, state=state, web=web)
-    web.listening.addCallback(
-        lambda port: runtime_env.__setitem__("RUNTIME_API_URL", _api_url(port))
-    )
+
+    def listening(port: Any) -> Any:
+        runtime_env["RUNTIME_API_URL"] = _api_url(port)
+        return port
+
+    web.listening.addCallback(listening)
     runtime.on_serving.append(lambda: pool.launcher_ready)
+    runtime.on_serving.append(
+        lambda: Deferred.fromCoroutine(
+            plugins.server_started(ServerInfo(url=runtime_env["RUNTIME_API_URL"], config=config))
+        )
+    )
     logging.setServiceParent(runtime)
     pool.setServiceParent(runtime)
+    plugins.setServiceParent(runtime)
     web.setServiceParent(runtime)
     return runtime

@@ -7,7 +7,7 @@ Shared fixtures.
 - C{clean_environ}: C{os.environ} without any buntime variable, and the
   working directory a fresh empty one (so no C{.env} is read).
 - C{runtimes}: starts real C{twistd -n buntime} processes (see
-  C{tests/runtime.py}) and kills all of them at teardown::
+  C{tests/runtime.py}) and stops all of them at teardown::
 
       @pytest.mark.e2e
       @pytest_twisted.ensureDeferred
@@ -25,9 +25,8 @@ import pytest
 import pytest_twisted
 from eliot import MemoryLogger
 from eliot.testing import check_for_errors, swap_logger
-from twisted.internet.task import Clock
-
 from runtime import RUNTIME_VARIABLES, Runtimes
+from twisted.internet.task import Clock
 
 
 @pytest.fixture
@@ -61,7 +60,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
 
 @pytest_twisted.async_yield_fixture
 async def runtimes():
-    """A L{Runtimes} factory; every process it started is killed at teardown."""
+    """A L{Runtimes} factory; every process it started is stopped at teardown."""
     from twisted.internet import reactor
 
     factory = Runtimes(reactor)

@@ -12,12 +12,14 @@ also proves its reactor runs (so its signal handlers are installed)::
     assert proc.unparsed == []          # every stdout line was JSON
 
 Prefer the C{runtimes} fixture in C{conftest.py}: it passes the reactor and
-kills every process it started at teardown, whatever the test did.
+stops every process it started at teardown (SIGTERM, then SIGKILL after 5 s),
+whatever the test did.  Runtimes expected to fail at startup are started with
+C{runtimes.spawn(...)} and awaited with C{proc.wait_exit()}.
 
 The child's environment is this process's environment without any buntime
 variable (C{RUNTIME_*}, C{PORT}, C{NODE_ENV} ...), plus
 C{RUNTIME_LOG_FORMAT=json}, C{RUNTIME_WORKER_DIRS} and the given C{env}.  It
-runs in a fresh temporary directory (removed at L{kill}/exit), so no stray
+runs in a fresh temporary directory (removed when it exits), so no stray
 C{.env} is read.  Exit statuses are ints: the exit code, or minus the signal
 number when a signal ended the process (twistd re-raises SIGTERM/SIGINT after
 a clean stop, so a clean SIGTERM stop is C{0} or C{-15}).
@@ -25,6 +27,7 @@ a clean stop, so a clean SIGTERM stop is C{0} or C{-15}).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -55,12 +58,22 @@ RUNTIME_VARIABLES = frozenset(
 Predicate = Callable[[dict[str, Any]], bool]
 
 
+def _deferred(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a coroutine function return a Deferred (usable with await or addCallback)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        return defer.Deferred.fromCoroutine(function(*args, **kwargs))
+
+    return wrapper
+
+
 class RuntimeExited(Exception):
     """The runtime process exited while a test was waiting for it."""
 
 
-class LogTimeout(Exception):
-    """No log line matched before the timeout."""
+class RuntimeTimeout(Exception):
+    """The runtime did not log, get ready or exit before the timeout."""
 
 
 def twistd_command() -> list[str]:
@@ -135,6 +148,9 @@ class RuntimeProcess:
     @ivar status: the exit status once it exited, else C{None}.
     @ivar exited: a Deferred firing with the exit status.
     @ivar cwd: the working directory it runs in.
+
+    L{start}, L{started}, L{stop}, L{wait_exit}, L{terminate} and L{kill}
+    return Deferreds (await them, or add callbacks).
     """
 
     def __init__(self, reactor: Any, cwd: str, owns_cwd: bool) -> None:
@@ -149,9 +165,7 @@ class RuntimeProcess:
         self.port: int | None = None
         self.transport: Any = None
         self._watchers: list[tuple[Predicate, defer.Deferred[dict[str, Any]]]] = []
-        self._http = HTTPClient(
-            Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-        )
+        self._http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
     # -- starting -------------------------------------------------------------
 
@@ -168,7 +182,7 @@ class RuntimeProcess:
     ) -> RuntimeProcess:
         """
         Start the process and return at once (for runtimes expected to fail
-        at startup: C{await proc.exited}).  C{worker_dirs=None} leaves
+        at startup: C{await proc.wait_exit()}).  C{worker_dirs=None} leaves
         C{RUNTIME_WORKER_DIRS} unset; C{listen=None} passes no C{--listen}.
         """
         owns = cwd is None
@@ -190,6 +204,7 @@ class RuntimeProcess:
         return proc
 
     @classmethod
+    @_deferred
     async def start(
         cls,
         reactor: Any,
@@ -205,12 +220,13 @@ class RuntimeProcess:
         proc = cls.spawn(reactor, worker_dirs=worker_dirs, env=env, args=args, cwd=cwd)
         return await proc.started(timeout, wait_ready)
 
+    @_deferred
     async def started(self, timeout: float = 30.0, wait_ready: bool = True) -> RuntimeProcess:
         """
         Wait until it listens (its C{buntime:web:listening} log line gives the
         port) and, with C{wait_ready}, answers C{/api/health/ready} with 200.
         A runtime that fails to start is killed and L{RuntimeExited} or
-        L{LogTimeout} raised with its output.
+        L{RuntimeTimeout} raised with its output.
         """
         try:
             listening = await self.wait_for_message("buntime:web:listening", timeout)
@@ -235,7 +251,7 @@ class RuntimeProcess:
             except Exception:
                 pass  # not answering yet
             if self.reactor.seconds() > deadline:
-                raise LogTimeout(self._describe("was not ready in time"))
+                raise RuntimeTimeout(self._describe("was not ready in time"))
             await task.deferLater(self.reactor, 0.05, lambda: None)
 
     # -- what it says ---------------------------------------------------------
@@ -260,7 +276,7 @@ class RuntimeProcess:
     ) -> defer.Deferred[dict[str, Any]]:
         """
         The first log record (past or future) for which C{predicate} is
-        true; fails with L{LogTimeout} after C{timeout} seconds, or with
+        true; fails with L{RuntimeTimeout} after C{timeout} seconds, or with
         L{RuntimeExited} if the process exits first.
         """
         for line in self.lines:
@@ -275,7 +291,7 @@ class RuntimeProcess:
         def expire() -> None:
             if entry in self._watchers:
                 self._watchers.remove(entry)
-                waiter.errback(LogTimeout(self._describe(f"no matching log in {timeout}s")))
+                waiter.errback(RuntimeTimeout(self._describe(f"no matching log in {timeout}s")))
 
         call = self.reactor.callLater(timeout, expire)
         return waiter.addBoth(_cancelling(call))
@@ -347,18 +363,20 @@ class RuntimeProcess:
             except Exception:
                 pass  # already gone
 
+    @_deferred
     async def stop(self, signal: str | int = "TERM", timeout: float = 40.0) -> int:
         """
         Send C{signal} (a name or number) and return the exit status; after
-        C{timeout} seconds the process is killed and L{LogTimeout} raised.
+        C{timeout} seconds the process is killed and L{RuntimeTimeout} raised.
         """
         if isinstance(signal, int):
             signal = signals.Signals(signal).name.removeprefix("SIG")
         self.signal(signal)
         return await self.wait_exit(timeout)
 
+    @_deferred
     async def wait_exit(self, timeout: float = 30.0) -> int:
-        """The exit status; kills it and raises L{LogTimeout} after C{timeout}."""
+        """The exit status; kills it and raises L{RuntimeTimeout} after C{timeout}."""
         if self.status is not None:
             return self.status
         exited = self._exit_waiter()
@@ -367,11 +385,24 @@ class RuntimeProcess:
             return await exited
         except defer.CancelledError:
             await self.kill()
-            raise LogTimeout(self._describe(f"did not exit within {timeout}s")) from None
+            raise RuntimeTimeout(self._describe(f"did not exit within {timeout}s")) from None
         finally:
             if call.active():
                 call.cancel()
 
+    @_deferred
+    async def terminate(self, grace: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited after C{grace} seconds."""
+        if self.status is None:
+            self.signal("TERM")
+            try:
+                return await self.wait_exit(grace)
+            except RuntimeTimeout:
+                pass  # wait_exit killed it
+        assert self.status is not None
+        return self.status
+
+    @_deferred
     async def kill(self) -> int:
         """SIGKILL it if it still runs and wait for it to be reaped."""
         if self.status is None:
@@ -414,6 +445,7 @@ class Runtimes:
         self.reactor = reactor
         self.started: list[RuntimeProcess] = []
 
+    @_deferred
     async def start(
         self, *, timeout: float = 30.0, wait_ready: bool = True, **kwargs: Any
     ) -> RuntimeProcess:
@@ -426,6 +458,9 @@ class Runtimes:
         self.started.append(proc)
         return proc
 
-    async def kill_all(self) -> None:
+    async def kill_all(self, grace: float = 5.0) -> None:
+        """Stop every process still running: SIGTERM, then SIGKILL after C{grace} s."""
         for proc in self.started:
-            await proc.kill()
+            proc.signal("TERM")
+        for proc in self.started:
+            await proc.terminate(grace)

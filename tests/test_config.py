@@ -108,7 +108,13 @@ def test_bad_node_env_is_named():
 EACH = [
     ("port", "PORT", "9000", "port", 9000),
     ("port", "PORT", "9000", "listen", "tcp:9000"),
-    ("listen", "RUNTIME_LISTEN", "tcp:0:interface=127.0.0.1", "listen", "tcp:0:interface=127.0.0.1"),
+    (
+        "listen",
+        "RUNTIME_LISTEN",
+        "tcp:0:interface=127.0.0.1",
+        "listen",
+        "tcp:0:interface=127.0.0.1",
+    ),
     ("env", "RUNTIME_ENV", "Staging", "env", "staging"),
     ("worker_dirs", "RUNTIME_WORKER_DIRS", "/a:/b/../c:", "worker_dirs", ("/a", "/c")),
     ("plugin_dirs", "RUNTIME_PLUGIN_DIRS", "/p:/q", "plugin_dirs", ("/p", "/q")),
@@ -240,7 +246,10 @@ def test_empty_worker_dirs(value):
             {"RUNTIME_LOG_LEVEL": "loud"},
             "RUNTIME_LOG_LEVEL must be one of debug, info, warn, error, got 'loud'",
         ),
-        ({"RUNTIME_LOG_FORMAT": "xml"}, "RUNTIME_LOG_FORMAT must be one of pretty, json, got 'xml'"),
+        (
+            {"RUNTIME_LOG_FORMAT": "xml"},
+            "RUNTIME_LOG_FORMAT must be one of pretty, json, got 'xml'",
+        ),
         ({"BODY_SIZE_DEFAULT": "big"}, "BODY_SIZE_DEFAULT must be a size like 10mb, got 'big'"),
         ({"BODY_SIZE_MAX": "-1mb"}, "BODY_SIZE_MAX must be a size like 10mb, got '-1mb'"),
         (

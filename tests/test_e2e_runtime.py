@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 import pytest_twisted
+from runtime import RuntimeExited
 
 from buntime import __version__
 
@@ -69,8 +70,9 @@ async def test_serves_health_and_stops_cleanly_on_sigterm(runtimes, tmp_path):
 
     # The request action's end line names the request.
     done = await proc.wait_for_log(
-        lambda line: line.get("request_id") == "e2e-given-id"
-        and line.get("action_status") == "succeeded"
+        lambda line: (
+            line.get("request_id") == "e2e-given-id" and line.get("action_status") == "succeeded"
+        )
     )
     assert done["status"] == 404
     assert done["action_type"] == "buntime:http:request"
@@ -195,3 +197,10 @@ async def test_slow_request_finishes_during_shutdown(runtimes, tmp_path):
     response = await in_flight
     assert (response.code, await response.text()) == (200, "done")
     assert await proc.wait_exit() in (0, -15)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_helper_reports_a_runtime_that_cannot_start(runtimes):
+    with pytest.raises(RuntimeExited) as caught:
+        await runtimes.start(worker_dirs=None)
+    assert "workerDirs is required" in str(caught.value)

@@ -92,7 +92,9 @@ def door() -> Door:
 # -- health and well-known -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "status"), [("/api/health", "healthy"), ("/api/health/live", "live")])
+@pytest.mark.parametrize(
+    ("path", "status"), [("/api/health", "healthy"), ("/api/health/live", "live")]
+)
 def test_health_and_live(door, path, status):
     response, body = door.get(path)
     assert response.code == 200
@@ -180,7 +182,9 @@ def test_a_crashing_step_is_a_500_json_error_with_the_request_id(eliot_logger):
     assert json.loads(body) == {"error": {"code": "INTERNAL_ERROR", "message": "Internal error"}}
     assert request_id(response) == "crash-1"
     assert b"kaboom" not in body
-    [logged] = [m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:internal-error"]
+    [logged] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:internal-error"
+    ]
     assert logged["level"] == "error"
     assert "kaboom" in logged["traceback"]
     assert door.state.in_flight == 0
@@ -195,7 +199,7 @@ def test_a_sane_request_id_is_kept(door, given):
     assert request_id(response) == given
 
 
-@pytest.mark.parametrize("given", ["has space", "a" * 201, "semi;colon", "quote\"", "é"])
+@pytest.mark.parametrize("given", ["has space", "a" * 201, "semi;colon", 'quote"', "é"])
 def test_a_bad_request_id_is_replaced(door, given):
     response, _ = door.get("/nope", headers={"x-request-id": given.encode("utf-8")})
     assert is_uuid4(request_id(response))
@@ -267,7 +271,7 @@ def test_in_flight_is_counted_until_the_response_is_done():
     drained = door.state.drained()
     assert not drained.called
     gate.callback(None)
-    response, body = done(pending, door)
+    _, body = done(pending, door)
     assert body == b"late"
     assert door.state.in_flight == 0
     assert drained.called
@@ -321,7 +325,9 @@ def test_a_failing_stream_is_logged_and_the_connection_cut(eliot_logger):
     results: list[Any] = []
     pending.addBoth(results.append)
     assert results and hasattr(results[0], "raiseException"), results  # not a clean body
-    [logged] = [m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:stream-failed"]
+    [logged] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:stream-failed"
+    ]
     assert "stream broke" in logged["error"]
     assert door.state.in_flight == 0
 

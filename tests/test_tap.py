@@ -88,7 +88,9 @@ def test_options_read_the_environment_and_dotenv(clean_environ, monkeypatch):
         ),
     ],
 )
-def test_bad_values_exit_2_with_one_stderr_line(clean_environ, monkeypatch, capsys, argv, env, line):
+def test_bad_values_exit_2_with_one_stderr_line(
+    clean_environ, monkeypatch, capsys, argv, env, line
+):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as caught:

@@ -6,6 +6,7 @@ app and plugin management.  A Klein app whose routes start at C{/api}.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
@@ -13,6 +14,7 @@ from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from buntime import __version__
+from buntime.web.openapi import describe, docs_page
 from buntime.web.state import RuntimeState
 
 
@@ -32,6 +34,7 @@ class CoreAPI:
 
     state: RuntimeState
     api_base: str = "/api"
+    openapi: Callable[[], dict[str, Any]] | None = None
 
     app = Klein()
 
@@ -72,6 +75,31 @@ class CoreAPI:
         if self.state.ready:
             return self._health(request, "ready")
         return self._health(request, self.state.status, ok=False)
+
+    @app.route("/api/openapi.json", methods=["GET", "HEAD"])
+    @describe(responses={200: "The OpenAPI 3.1 document of the core API"})
+    def openapi_json(self, request: Any) -> bytes:
+        """
+        The OpenAPI 3.1 document of the core API.
+
+        Generated from the route definitions themselves, so it always lists
+        every route the runtime serves.
+        """
+        document = self.openapi() if self.openapi is not None else {}
+        return json_body(request, document)
+
+    @app.route("/api/docs", methods=["GET", "HEAD"])
+    @describe(responses={200: {"description": "An HTML page", "content": {"text/html": {}}}})
+    def docs(self, request: Any) -> bytes:
+        """
+        Human-readable API documentation.
+
+        A self-contained page (no scripts, nothing fetched from the network)
+        rendered from the OpenAPI document.
+        """
+        document = self.openapi() if self.openapi is not None else {}
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return docs_page(document)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:

@@ -19,7 +19,7 @@ from attrs import define, field, frozen
 from buntime._logging import log
 from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
 from buntime.apps.versions import InvalidRange
-from buntime.http import Request, Response
+from buntime.http import AppInfo, Request, Response
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
 from buntime.pool.environment import EntrypointError, build_worker_env, resolve_entrypoint
 from buntime.pool.pool import PoolApp, WorkerPool
@@ -177,8 +177,27 @@ class AppStep:
             return Response.error(400, "INVALID_VERSION_RANGE", str(error))
         if version is None:
             return None
+        fields["app"] = f"{version.name}@{version.version}"
+        return await self.serve(version, request, base, rest)
+
+    def identify(self, path: str) -> tuple[AppInfo, str] | None:
+        """The app C{path} addresses and the path inside it, for plugin hooks."""
+        parts = split_app_path(path)
+        if parts is None or parts[0] in RESERVED_NAMES:
+            return None
+        try:
+            version = self.catalog.resolve(parts[0], parts[1])
+            if version is None:
+                return None
+            loaded = self.load(version)
+        except (InvalidRange, ManifestError, EntrypointError):
+            return None
+        info = AppInfo(version.name, version.version, version.dir, loaded.manifest.raw)
+        return info, parts[3]
+
+    async def serve(self, version: AppVersion, request: Request, base: str, rest: str) -> Response:
+        """Answer C{request} from the app at C{version} mounted at C{base}."""
         label = f"{version.name}@{version.version}"
-        fields["app"] = label
         try:
             loaded = self.load(version)
         except ManifestError as error:
@@ -198,17 +217,11 @@ class AppStep:
             )
         response = await self.pool.handle(self._pool_app(loaded), inner, base)
         if loaded.manifest.inject_base and _is_html(response):
+            headers = response.headers.remove("content-length")
             if isinstance(response.body, bytes):
-                response = response.with_body(inject_base_href(response.body, base))
-                response = Response(
-                    response.status, response.headers.remove("content-length"), response.body
-                )
+                response = Response(response.status, headers, inject_base_href(response.body, base))
             else:
-                response = Response(
-                    response.status,
-                    response.headers.remove("content-length"),
-                    _inject_stream(response.body, base),
-                )
+                response = Response(response.status, headers, _inject_stream(response.body, base))
         return response
 
     async def serve_homepage(self, request: Request, fields: dict[str, Any]) -> Response | None:

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from eliot import start_action
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from buntime import __version__
 from buntime._logging import REQUEST_ACTION, log
-from buntime.http import Headers, Request, Response
+from buntime.http import AppInfo, Headers, Request, Response
 from buntime.web.api import CoreAPI
 from buntime.web.state import RuntimeState
 
@@ -86,6 +87,14 @@ def csrf_refusal(request: Any) -> Response | None:
     if not allowed:
         return Response.error(403, "FORBIDDEN", "Forbidden")
     return None
+
+
+def _replace_headers(request: Any, headers: Headers) -> None:
+    """Give a twisted.web request the headers a plugin hook chose."""
+    replaced = TwistedHeaders()
+    for name, value in headers.items():
+        replaced.addRawHeader(name, value)
+    request.requestHeaders = replaced
 
 
 def to_request(request: Any, request_id: str) -> Request:
@@ -198,12 +207,20 @@ class FrontDoor(Resource):
         api: CoreAPI,
         api_prefix: str = "",
         steps: list[Handler] | None = None,
+        apis: Sequence[tuple[str, Any]] = (),
+        plugins: Callable[[], Any] | None = None,
+        identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
     ) -> None:
         super().__init__()
         self._clock = clock
         self._state = state
         self._api = api
-        self._api_resource = api.app.resource()
+        self._plugins = plugins
+        self._identify = identify
+        # (route prefix, Klein resource), longest prefix first; the core API last.
+        mounted = [(prefix, obj.app.resource()) for prefix, obj in apis]
+        mounted.sort(key=lambda pair: len(pair[0]), reverse=True)
+        self._api_resources = [*mounted, ("/api", api.app.resource())]
         self._api_prefix = api_prefix
         self._api_base = f"{api_prefix}/api"
         self.steps: list[Handler] = steps or []
@@ -268,14 +285,37 @@ class FrontDoor(Resource):
     async def _answer(
         self, request: Any, request_id: str, path: str, fields: dict, gone: list[bool]
     ) -> None:
-        if path == self._api_base or path.startswith(self._api_base + "/"):
+        is_api = path == self._api_base or path.startswith(self._api_base + "/")
+        if is_api:
             refusal = csrf_refusal(request)
             if refusal is not None:
                 await send_response(request, refusal)
                 return
+        registry = self._plugins() if self._plugins is not None else None
+        if registry is None and is_api:
             self._render_api(request)
             return
-        response = await self.dispatch(request, request_id, path, fields)
+        incoming = to_request(request, request_id)
+        app = None
+        if registry is not None:
+            found = None if is_api or self._identify is None else self._identify(incoming.path)
+            app, app_path = found if found is not None else (None, None)
+            outcome = await registry.on_request(incoming, app, app_path)
+            if isinstance(outcome, Response):
+                await self._send(request, outcome, gone)
+                return
+            if is_api:
+                if outcome.headers != incoming.headers:
+                    _replace_headers(request, outcome.headers)
+                self._render_api(request)
+                return
+            incoming = outcome
+        response = await self.dispatch(incoming, fields)
+        if registry is not None:
+            response = await registry.on_response(response, app)
+        await self._send(request, response, gone)
+
+    async def _send(self, request: Any, response: Response, gone: list[bool]) -> None:
         if request.finished or gone:
             aclose = getattr(response.body, "aclose", None)
             if aclose is not None:
@@ -288,24 +328,32 @@ class FrontDoor(Resource):
         segments = request.path.split(b"/")[1:]
         request.prepath = segments[: len(prefix)]
         request.postpath = segments[len(prefix) :]
-        result = self._api_resource.render(request)
+        inner = b"/" + b"/".join(request.postpath)
+        resource = next(
+            res
+            for prefix, res in self._api_resources
+            if inner == prefix.encode() or inner.startswith(prefix.encode() + b"/")
+        )
+        result = resource.render(request)
         if isinstance(result, bytes):
             request.write(result)
             request.finish()
 
-    async def dispatch(
-        self, request: Any, request_id: str, path: str, fields: dict[str, Any]
-    ) -> Response:
-        """The order of resolution (SPEC §4) for everything but the core API."""
+    async def dispatch(self, request: Request, fields: dict[str, Any]) -> Response:
+        """
+        Steps 5 to 10 of the order of resolution (SPEC §4) for everything but
+        the core API: C{/.well-known/buntime}, then each of C{steps} (plugin
+        handlers, plugin routes, plugin apps, worker apps, the homepage),
+        then the built-in answers and the 404.
+        """
+        path = request.path
         if path == "/.well-known/buntime":
             return Response.json({"api": self._api_base, "version": __version__})
-        if self.steps:
-            buntime_request = to_request(request, request_id)
-            for step in self.steps:
-                answer = await step(buntime_request, fields)
-                if answer is not None:
-                    return answer
-        if path == "/" and request.method in (b"GET", b"HEAD"):
+        for step in self.steps:
+            answer = await step(request, fields)
+            if answer is not None:
+                return answer
+        if path == "/" and request.method in ("GET", "HEAD"):
             return Response.text(f"Buntime v{__version__}")
         if path == "/favicon.ico":
             return Response(204)

@@ -48,9 +48,16 @@ class WebService(Service):
     fatal: Callable[[str], None]
     listening: Deferred[IListeningPort] = field(factory=Deferred)
     port: IListeningPort | None = None
+    wait_for: Callable[[], Deferred[Any]] | None = None
 
     def startService(self) -> None:
         Service.startService(self)
+        if self.wait_for is None:
+            self._listen()
+        else:
+            self.wait_for().addCallback(lambda _: self._listen() if self.running else None)
+
+    def _listen(self) -> None:
         try:
             endpoint = serverFromString(self.reactor, self.description)
         except (ValueError, TypeError, KeyError) as error:

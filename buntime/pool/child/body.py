@@ -43,6 +43,7 @@ class BodyReader:
     _readers: list[Deferred] = field(factory=list)
     _paused: list[Deferred] = field(factory=list)
     _closed: list[Deferred] = field(factory=list)
+    _over: bool = False
     _cond: threading.Condition = field(factory=threading.Condition)
 
     @classmethod
@@ -114,6 +115,7 @@ class BodyReader:
 
     def close(self) -> None:
         """The request is over: fire L{when_closed} waiters and release the feeder."""
+        self._over = True
         self._release()
         closed, self._closed = self._closed, []
         for waiter in closed:
@@ -121,6 +123,8 @@ class BodyReader:
 
     def when_closed(self) -> Deferred:
         """Fires once the request is over or cancelled (ASGI's C{http.disconnect})."""
+        if self._over:
+            return succeed(None)
         waiter: Deferred = Deferred()
         self._closed.append(waiter)
         return waiter

@@ -1,0 +1,1 @@
+"""The metrics built-in plugin: pool metrics and per-worker stats as JSON."""

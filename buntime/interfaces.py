@@ -1,0 +1,156 @@
+"""
+The contracts a plugin author codes against.
+
+A plugin is any object that declares C{@implementer(IBuntimePlugin)} and
+has the members it needs; every member is optional.  The runtime checks the
+object with C{zope.interface.verify.verifyObject} before using it: a member
+that is present must have the declared signature (extra arguments with
+defaults are fine), a member that is absent is simply not called.
+
+Hooks may be plain functions, C{async def} coroutines or return a
+C{Deferred}; the runtime waits for the result either way.
+"""
+
+from __future__ import annotations
+
+from twisted.plugin import IPlugin
+from zope.interface import Attribute, Interface
+
+
+class IPluginLogger(Interface):
+    """
+    A logger scoped to one plugin: its lines carry C{context="plugin:<short
+    name>"} (C{@buntime/plugin-keyval} logs as C{plugin:keyval}).  Fields are
+    structured data; never pass secrets.
+    """
+
+    def debug(message, **fields):
+        """Log C{message} at debug level."""
+
+    def info(message, **fields):
+        """Log C{message} at info level."""
+
+    def warn(message, **fields):
+        """Log C{message} at warn level."""
+
+    def error(message, **fields):
+        """Log C{message} at error level."""
+
+
+class IPluginContext(Interface):
+    """What C{on_init(ctx)} receives: the plugin's view of the runtime."""
+
+    name = Attribute("The plugin's name from its manifest, e.g. C{@buntime/plugin-metrics}.")
+    base = Attribute("The plugin's mount path (C{/metrics}), or C{None}.")
+    path = Attribute("The directory the plugin was loaded from.")
+    config = Attribute(
+        "The plugin's settings as a dict: every key of its manifest that is not a"
+        " manifest field, with C{config:} schema entries read env var -> manifest -> default."
+    )
+    global_config = Attribute(
+        "The runtime's settings (worker dirs, plugin dirs, pool size, env, ...), read-only."
+    )
+    logger = Attribute("An L{IPluginLogger} scoped to this plugin.")
+    pool = Attribute(
+        "The worker pool: C{pool.metrics()} and C{pool.worker_stats()} give its numbers."
+    )
+    data_dir = Attribute("A directory where the plugin may keep state (under RUNTIME_DATA_DIR).")
+    reactor = Attribute("The reactor (for timers: C{reactor.callLater}); never import it.")
+
+    def register_service(name, service):
+        """
+        Offer C{service} to other plugins under C{name}.  Registering a name
+        twice replaces the first one and logs a warning.
+        """
+
+    def get_service(name):
+        """The service registered under C{name}, or C{None}."""
+
+
+class IBuntimePlugin(IPlugin):
+    """
+    A buntime plugin.  Every member is optional: implement only what you need.
+
+    C{request} and C{response} are L{buntime.http.Request} and
+    L{buntime.http.Response} (immutable: return a new one to change it);
+    C{app} is a L{buntime.http.AppInfo} (C{name}, C{version}, C{dir},
+    C{config}) or C{None} when the request is not for a worker app.
+
+    Extending C{twisted.plugin.IPlugin} is what lets C{twisted.plugin.getPlugins}
+    find plugin objects that a Python package ships in C{twisted/plugins/}.
+    """
+
+    manifest = Attribute(
+        "Only for plugins shipped in a Python package (C{twisted/plugins/*.py}):"
+        " the manifest as a dict, the same fields as C{manifest.yaml} (C{name} required)."
+    )
+
+    routes = Attribute(
+        "A C{klein.Klein} app mounted at the plugin's C{base}; the paths it sees have"
+        " the base stripped (C{/metrics/api/} arrives as C{/api/}).  A 404 from it lets"
+        " the request go on to plugin apps and worker apps.  Declare it as a class"
+        " attribute (C{routes = Klein()}) and decorate methods with C{@routes.route(...)}."
+    )
+
+    websocket = Attribute(
+        "Handlers for WebSocket connections on the plugin's paths (reserved: the"
+        " runtime does not serve WebSockets to plugins yet)."
+    )
+
+    def on_init(ctx):
+        """
+        Called once at startup (and after a reload) in load order, with an
+        L{IPluginContext}.  Open resources and register services here.  May
+        return a Deferred or be a coroutine; it must finish within 30 s, else
+        the plugin fails to load and the runtime does not start.
+        """
+
+    def on_request(request, app):
+        """
+        Called for every request, in load order, before the core API, plugin
+        routes and apps see it (unless its path is a public route).  Return
+        C{None} to let it go on unchanged, a new C{Request} to go on with that
+        one, or a C{Response} to answer at once (later hooks are skipped).
+        """
+
+    def on_response(response, app):
+        """
+        Called, in load order, with every response produced by plugin
+        handlers, plugin routes, plugin apps and worker apps.  Return the
+        response (changed or not); C{None} keeps it unchanged.
+        """
+
+    def server_fetch(request):
+        """
+        A catch-all handler tried, in load order, before plugin routes.  Return
+        a C{Response}; a 404 (or C{None}) means "not mine" and the request
+        goes on.
+        """
+
+    def on_server_start(server):
+        """Called once the runtime listens; C{server} describes the listening runtime."""
+
+    def on_shutdown():
+        """
+        Called at shutdown and when a reload replaces this plugin, in reverse
+        load order.  Close what C{on_init} opened.
+        """
+
+    def on_worker_spawn(worker, app):
+        """Called when the pool starts a worker for C{app} (errors are logged and ignored)."""
+
+    def on_worker_terminate(worker, app):
+        """Called when a worker of C{app} stops (errors are logged and ignored)."""
+
+
+HOOKS = (
+    "on_init",
+    "on_request",
+    "on_response",
+    "server_fetch",
+    "on_server_start",
+    "on_shutdown",
+    "on_worker_spawn",
+    "on_worker_terminate",
+)
+"""The hook methods of L{IBuntimePlugin}."""

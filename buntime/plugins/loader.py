@@ -1,0 +1,454 @@
+"""
+Loading plugins: validate manifests, order them by dependencies (toposort),
+import their code, check providers with C{verifyObject}, run C{on_init}.
+
+Every failure is a L{PluginError} whose message is the one-line reason of
+SPEC §5.  Nothing runs a hook until the whole set validated and imported, and
+a failing C{on_init} shuts down the plugins initialized before it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import os
+import re
+import sys
+import types
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from attrs import frozen
+from toposort import CircularDependencyError, toposort
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from zope.interface import implementer
+from zope.interface.exceptions import (
+    BrokenImplementation,
+    BrokenMethodImplementation,
+    DoesNotImplement,
+    Invalid,
+)
+from zope.interface.verify import verifyObject
+
+from buntime._logging import log
+from buntime.interfaces import IBuntimePlugin
+from buntime.plugins.context import PluginContext, PluginLogger, ServiceRegistry
+from buntime.plugins.discovery import PluginSource
+from buntime.plugins.hooks import bounded, call
+from buntime.plugins.manifest import (
+    PluginError,
+    PluginManifest,
+    check_base,
+    parse_plugin_manifest,
+    reserved_bases,
+)
+from buntime.plugins.registry import LoadedPlugin, PluginRegistry
+from buntime.plugins.rendering import mount
+
+INIT_TIMEOUT = 30.0
+"""Seconds an C{on_init} may take."""
+
+SHUTDOWN_TIMEOUT = 10.0
+"""Seconds an C{on_shutdown} may take before it is abandoned (and logged)."""
+
+_modules = itertools.count(1)
+
+
+@implementer(IBuntimePlugin)
+class NoCode:
+    """The provider of a plugin without a module: it has no hooks (an app, menus...)."""
+
+
+# -- ordering -------------------------------------------------------------------
+
+
+def _in_cycle(graph: Mapping[str, set[str]]) -> list[str]:
+    """The names that can reach themselves in C{graph} (what toposort could not order)."""
+    members = []
+    for start in graph:
+        seen: set[str] = set()
+        stack = list(graph.get(start, ()))
+        while stack:
+            node = stack.pop()
+            if node == start:
+                members.append(start)
+                break
+            if node not in seen:
+                seen.add(node)
+                stack.extend(graph.get(node, ()))
+    return sorted(members or graph)
+
+
+def order(manifests: Sequence[PluginManifest]) -> list[PluginManifest]:
+    """
+    C{manifests} (all enabled) in load order: dependencies first, optional
+    dependencies first when present, otherwise in the given order.
+
+    @raise PluginError: a missing required dependency, or a cycle.
+    """
+    index = {m.name: i for i, m in enumerate(manifests)}
+    for manifest in manifests:
+        for dependency in manifest.dependencies:
+            if dependency not in index:
+                raise PluginError(
+                    f'Plugin "{manifest.name}" requires "{dependency}" which is not available.'
+                    f' Ensure "{dependency}" is installed in pluginDirs.'
+                )
+    graph = {
+        m.name: set(m.dependencies) | {d for d in m.optional_dependencies if d in index}
+        for m in manifests
+    }
+    try:
+        levels = list(toposort(graph))
+    except CircularDependencyError as error:
+        cycle = _in_cycle({k: set(v) for k, v in error.data.items()})
+        raise PluginError(
+            f"Circular dependency detected among plugins: {', '.join(cycle)}"
+        ) from None
+    by_name = {m.name: m for m in manifests}
+    return [by_name[name] for level in levels for name in sorted(level, key=index.__getitem__)]
+
+
+def plan(
+    sources: Sequence[PluginSource], *, environ: Mapping[str, str], api_prefix: str = ""
+) -> list[tuple[PluginSource, PluginManifest]]:
+    """
+    The enabled plugins of C{sources} in load order, validated (names,
+    bases, dependencies, cycles, route collisions), nothing imported.
+
+    @raise PluginError: the first problem found.
+    """
+    reserved = reserved_bases(api_prefix)
+    enabled: list[tuple[PluginSource, PluginManifest]] = []
+    for source in sources:
+        if source.error:
+            raise PluginError(source.error)
+        try:
+            manifest = parse_plugin_manifest(source.document, label=source.path, environ=environ)
+        except PluginError:
+            if source.name is not None and source.document.get("enabled") is False:
+                continue
+            raise
+        if not manifest.enabled:
+            log(
+                "debug",
+                "buntime:plugins:disabled",
+                f'Plugin "{manifest.name}" is disabled',
+                plugin=manifest.name,
+            )
+            continue
+        check_base(manifest.name, manifest.base, reserved)
+        enabled.append((source, manifest))
+    source_of = {manifest.name: source for source, manifest in enabled}
+    ordered = order([manifest for _, manifest in enabled])
+    mounted: dict[str, str] = {}
+    for manifest in ordered:
+        if manifest.base is None:
+            continue
+        owner = mounted.get(manifest.base)
+        if owner is not None:
+            raise PluginError(
+                f'Route collision: Plugin "{manifest.name}" cannot mount routes at'
+                f' "{manifest.base}" - already used by "{owner}"'
+            )
+        mounted[manifest.base] = manifest.name
+    return [(source_of[manifest.name], manifest) for manifest in ordered]
+
+
+# -- code -----------------------------------------------------------------------
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "plugin"
+
+
+def import_entry(source: PluginSource, manifest: PluginManifest) -> types.ModuleType | None:
+    """
+    The plugin's module, or C{None} for a plugin without one.  A plugin-dir
+    module is imported afresh under a new name every time (so a reload sees
+    edited code); its directory is a package, so relative imports work.
+    """
+    entry = manifest.plugin_entry
+    root = os.path.realpath(source.path)
+    path = os.path.realpath(os.path.join(root, entry))
+    if not path.startswith(root + os.sep) or not entry.endswith(".py"):
+        raise PluginError(
+            f'Plugin "{manifest.name}": pluginEntry "{entry}" must be a .py file'
+            " inside the plugin directory"
+        )
+    if not os.path.isfile(path):
+        if "pluginEntry" in manifest.raw:
+            raise PluginError(
+                f'Plugin "{manifest.name}": pluginEntry "{entry}" not found in {source.path}'
+            )
+        return None
+    if source.module is not None:
+        stem = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+        return importlib.import_module(f"{source.module}.{stem}")
+    package_name = f"_buntime_plugin_{_slug(manifest.name)}_{next(_modules)}"
+    package = types.ModuleType(package_name)
+    package.__path__ = [os.path.dirname(path)]
+    module_name = f"{package_name}.{os.path.basename(path)[:-3]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f'Plugin "{manifest.name}": cannot import {path}')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[package_name] = package
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        for name in [n for n in sys.modules if n.startswith(package_name)]:
+            del sys.modules[name]
+        raise
+    return module
+
+
+async def make_provider(source: PluginSource, manifest: PluginManifest) -> object:
+    """
+    The plugin's provider: a packaged plugin's object, the module's
+    C{plugin(config)} factory result, or its module-level C{provider}.
+
+    @raise PluginError: the module fails to import, or exposes neither.
+    """
+    if source.provider is not None:
+        return source.provider
+    try:
+        module = import_entry(source, manifest)
+        if module is None:
+            return NoCode()
+        factory = getattr(module, "plugin", None)
+        if callable(factory):
+            return await call(factory, dict(manifest.settings))
+    except PluginError:
+        raise
+    except Exception as error:
+        log(
+            "error",
+            "buntime:plugins:import-failed",
+            f'Plugin "{manifest.name}" failed to load',
+            plugin=manifest.name,
+            traceback=Failure(error).getTraceback(),
+        )
+        raise PluginError(
+            f'Plugin "{manifest.name}" failed to load: {type(error).__name__}: {error}'
+        ) from None
+    if hasattr(module, "provider"):
+        return module.provider
+    raise PluginError(
+        f'Plugin "{manifest.name}": {manifest.plugin_entry} must define'
+        " a plugin(config) factory or a provider object"
+    )
+
+
+def _member(error: Invalid) -> str:
+    name = getattr(error, "name", None)
+    return getattr(name, "__name__", None) or str(name)
+
+
+def verify(provider: object, name: str) -> None:
+    """
+    C{verifyObject(IBuntimePlugin, provider)}, where only absent members are
+    forgiven (they are all optional); a present one must fit its signature.
+
+    @raise PluginError: naming what is wrong.
+    """
+    try:
+        verifyObject(IBuntimePlugin, provider)
+    except Invalid as error:
+        problems = []
+        for problem in getattr(error, "exceptions", None) or (error,):
+            if isinstance(problem, DoesNotImplement):
+                problems.append("the plugin object does not declare @implementer(IBuntimePlugin)")
+            elif isinstance(problem, BrokenMethodImplementation):
+                problems.append(f"{problem.method.__name__}(): {problem.mess}")
+            elif isinstance(problem, BrokenImplementation):
+                if hasattr(provider, _member(problem)):
+                    problems.append(f"{_member(problem)} is broken")
+            else:
+                problems.append(str(problem))
+        if problems:
+            raise PluginError(
+                f'Plugin "{name}" does not implement IBuntimePlugin: ' + "; ".join(problems)
+            ) from None
+
+
+def routes_site(provider: object, manifest: PluginManifest) -> Any:
+    """The site serving the provider's C{routes} at its base (C{None} without routes)."""
+    routes = getattr(provider, "routes", None)
+    if routes is None:
+        return None
+    if manifest.base is None:
+        raise PluginError(f'Plugin "{manifest.name}" has routes but no base to mount them at')
+    if IResource.providedBy(routes):
+        return mount(manifest.base, routes)
+    make_resource = getattr(routes, "resource", None)
+    if not callable(make_resource):
+        raise PluginError(
+            f'Plugin "{manifest.name}": routes must be a klein.Klein app or a twisted.web resource'
+        )
+    return mount(manifest.base, make_resource())
+
+
+# -- lifecycle -------------------------------------------------------------------
+
+
+@frozen
+class Prepared:
+    """A plugin imported and verified, not yet initialized."""
+
+    source: PluginSource
+    manifest: PluginManifest
+    provider: object
+    site: Any
+
+
+@frozen
+class Loader:
+    """
+    Builds registries: what every plugin's context gets (C{global_config},
+    C{pool}, C{data_dir}, C{reactor}) and the clock for time limits.
+    """
+
+    environ: Mapping[str, str]
+    global_config: Mapping[str, Any]
+    pool: Any
+    reactor: Any
+    data_dir: str
+    api_prefix: str = ""
+    init_timeout: float = INIT_TIMEOUT
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT
+
+    async def prepare(self, sources: Sequence[PluginSource]) -> list[Prepared]:
+        """Validate, order, import and verify: every step without side effects on the runtime."""
+        prepared = []
+        for source, manifest in plan(sources, environ=self.environ, api_prefix=self.api_prefix):
+            if manifest.entrypoint and manifest.base is None:
+                raise PluginError(
+                    f'Plugin "{manifest.name}" has an entrypoint but no base to serve it at'
+                )
+            provider = await make_provider(source, manifest)
+            verify(provider, manifest.name)
+            prepared.append(Prepared(source, manifest, provider, routes_site(provider, manifest)))
+        return prepared
+
+    def context(self, item: Prepared, services: ServiceRegistry) -> PluginContext:
+        manifest = item.manifest
+        return PluginContext(
+            name=manifest.name,
+            base=manifest.base,
+            path=item.source.path,
+            config=manifest.settings,
+            global_config=MappingProxyType(dict(self.global_config)),
+            logger=PluginLogger(manifest.name, manifest.short_name),
+            pool=self.pool,
+            services=services,
+            data_dir=self.data_dir,
+            reactor=self.reactor,
+        )
+
+    async def _init(self, plugin: LoadedPlugin) -> None:
+        hook = plugin.hook("on_init")
+        if hook is None:
+            return
+        try:
+            await bounded(hook, (plugin.context,), self.init_timeout, self.reactor)
+        except defer.TimeoutError:
+            raise PluginError(
+                f'Plugin "{plugin.name}" on_init timed out after {self.init_timeout:g}s'
+            ) from None
+        except Exception as error:
+            log(
+                "error",
+                "buntime:plugins:init-failed",
+                f'Plugin "{plugin.name}" on_init failed',
+                plugin=plugin.name,
+                traceback=Failure(error).getTraceback(),
+            )
+            raise PluginError(
+                f'Plugin "{plugin.name}" on_init failed: {type(error).__name__}: {error}'
+            ) from None
+
+    async def start(
+        self, prepared: Sequence[Prepared], previous: PluginRegistry | None = None
+    ) -> tuple[PluginRegistry, set[int]]:
+        """
+        C{on_init} each plugin in load order.  A provider object that is also
+        in C{previous} (a packaged plugin's module-level object) first gets
+        its C{on_shutdown}; the ids of those are returned so the caller does
+        not shut them down twice.
+
+        @raise PluginError: an C{on_init} failed or timed out; the plugins
+            initialized before it were shut down.
+        """
+        services = ServiceRegistry()
+        old = {id(p.provider): p for p in (previous.plugins if previous else ())}
+        restarted: list[LoadedPlugin] = []
+        started: list[LoadedPlugin] = []
+        try:
+            for item in prepared:
+                plugin = LoadedPlugin(
+                    manifest=item.manifest,
+                    provider=item.provider,
+                    path=item.source.path,
+                    origin=item.source.origin,
+                    context=self.context(item, services),
+                    site=item.site,
+                )
+                if id(item.provider) in old:
+                    restarted.append(old[id(item.provider)])
+                    await self.shutdown([old[id(item.provider)]])
+                await self._init(plugin)
+                started.append(plugin)
+                where = f" at {plugin.base}" if plugin.base else ""
+                log(
+                    "info",
+                    "buntime:plugins:loaded",
+                    f'Plugin "{plugin.name}" loaded{where}',
+                    plugin=plugin.name,
+                    base=plugin.base,
+                )
+        except PluginError:
+            await self.shutdown(started)
+            for plugin in restarted:
+                try:
+                    await self._init(plugin)
+                except PluginError as error:
+                    log("error", "buntime:plugins:restore-failed", str(error), plugin=plugin.name)
+            raise
+        return PluginRegistry(started, services, self.reactor), {id(p.provider) for p in restarted}
+
+    async def shutdown(self, plugins: Sequence[LoadedPlugin], skip: set[int] = frozenset()) -> None:
+        """C{on_shutdown} in reverse order; failures and timeouts are logged, never raised."""
+        for plugin in reversed(list(plugins)):
+            hook = plugin.hook("on_shutdown")
+            if hook is None or id(plugin.provider) in skip:
+                continue
+            try:
+                await bounded(hook, (), self.shutdown_timeout, self.reactor)
+            except defer.TimeoutError:
+                log(
+                    "error",
+                    "buntime:plugins:shutdown-timeout",
+                    f'Plugin "{plugin.name}" on_shutdown took longer than'
+                    f" {self.shutdown_timeout:g}s",
+                    plugin=plugin.name,
+                )
+            except Exception as error:
+                log(
+                    "error",
+                    "buntime:plugins:shutdown-failed",
+                    f'Plugin "{plugin.name}" on_shutdown failed: {type(error).__name__}: {error}',
+                    plugin=plugin.name,
+                    traceback=Failure(error).getTraceback(),
+                )
+
+    async def load(
+        self, sources: Sequence[PluginSource], previous: PluginRegistry | None = None
+    ) -> tuple[PluginRegistry, set[int]]:
+        """L{prepare} then L{start}."""
+        return await self.start(await self.prepare(sources), previous)

@@ -1,0 +1,252 @@
+"""
+The loaded, initialized plugin set and everything the front door asks of it
+on the request path: hooks, public routes, C{server_fetch}, Klein routes and
+plugin apps.  A registry never changes; a reload builds a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from buntime._logging import log
+from buntime.http import AppInfo, Request, Response
+from buntime.plugins.context import PluginContext, ServiceRegistry
+from buntime.plugins.hooks import call
+from buntime.plugins.manifest import PluginManifest
+from buntime.plugins.publicroutes import PublicRoutes
+from buntime.plugins.rendering import render
+
+
+@frozen(eq=False)
+class LoadedPlugin:
+    """One plugin of a registry: its manifest, its provider object, where it lives."""
+
+    manifest: PluginManifest
+    provider: object
+    path: str
+    origin: str = "dir"
+    context: PluginContext | None = None
+    site: Site | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def base(self) -> str | None:
+        return self.manifest.base
+
+    def hook(self, name: str) -> Any:
+        """The provider's C{name} member when it is callable, else C{None}."""
+        member = getattr(self.provider, name, None)
+        return member if callable(member) else None
+
+
+def _under(path: str, base: str) -> bool:
+    return path == base or path.startswith(base + "/")
+
+
+def _plugin_error(plugin: LoadedPlugin, hook: str, error: BaseException) -> None:
+    log(
+        "error",
+        "buntime:plugins:hook-failed",
+        f'Plugin "{plugin.name}" {hook} failed: {type(error).__name__}: {error}',
+        plugin=plugin.name,
+        hook=hook,
+        traceback=Failure(error).getTraceback(),
+    )
+
+
+async def _discard(response: Response) -> None:
+    aclose = getattr(response.body, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+@define(eq=False)
+class PluginRegistry:
+    """
+    The plugins in load order (C{plugins}) and the services they registered.
+    An empty registry answers every question with "nothing to do".  C{clock}
+    lets plugin routes that finish within a reactor turn answer with whole
+    bodies rather than streams.
+    """
+
+    plugins: Sequence[LoadedPlugin] = field(default=(), converter=tuple)
+    services: ServiceRegistry = field(factory=ServiceRegistry)
+    clock: IReactorTime | None = None
+    _app_routes: dict[Any, PublicRoutes] = field(factory=dict, init=False)
+    _by_base: tuple[LoadedPlugin, ...] = field(init=False)
+
+    @_by_base.default
+    def _longest_base_first(self) -> tuple[LoadedPlugin, ...]:
+        with_base = [p for p in self.plugins if p.base is not None]
+        return tuple(sorted(with_base, key=lambda p: -len(p.base or "")))
+
+    # -- lookups --------------------------------------------------------------
+
+    def get(self, name: str) -> LoadedPlugin | None:
+        """The loaded plugin called C{name}."""
+        return next((p for p in self.plugins if p.name == name), None)
+
+    def menus(self) -> list[dict[str, Any]]:
+        """Every plugin's shell menus, in load order."""
+        return [dict(menu) for plugin in self.plugins for menu in plugin.manifest.menus]
+
+    def describe_loaded(self) -> list[dict[str, Any]]:
+        """C{GET /api/plugins/loaded}: name, base, dependencies, optionalDependencies, menus."""
+        return [plugin.manifest.describe() for plugin in self.plugins]
+
+    # -- public routes ----------------------------------------------------------
+
+    def _routes_of(self, app: AppInfo) -> PublicRoutes:
+        value = app.config.get("publicRoutes") if isinstance(app.config, Mapping) else None
+        key = (app.dir, repr(value))
+        routes = self._app_routes.get(key)
+        if routes is None:
+            try:
+                routes = PublicRoutes.parse(value)
+            except ValueError:
+                routes = PublicRoutes()
+            self._app_routes[key] = routes
+        return routes
+
+    def is_public(self, method: str, path: str, app: AppInfo | None, app_path: str | None) -> bool:
+        """
+        Whether the request skips C{on_request} hooks: a plugin's public
+        routes (absolute paths) are checked first, then the app's (relative
+        to the app base).
+        """
+        if any(p.manifest.public_routes.matches(method, path) for p in self.plugins):
+            return True
+        if app is not None and app_path is not None:
+            return self._routes_of(app).matches(method, app_path.split("?", 1)[0])
+        return False
+
+    # -- hooks ------------------------------------------------------------------
+
+    async def on_request(
+        self, request: Request, app: AppInfo | None, app_path: str | None
+    ) -> Request | Response:
+        """
+        Run C{on_request} hooks in load order (unless the path is public).
+        Returns the request to go on with, or the response of the hook that
+        answered.  A failing hook answers 500: a broken guard must not let
+        requests through.
+        """
+        if self.is_public(request.method, request.path, app, app_path):
+            return request
+        for plugin in self.plugins:
+            hook = plugin.hook("on_request")
+            if hook is None:
+                continue
+            try:
+                result = await call(hook, request, app)
+            except Exception as error:
+                _plugin_error(plugin, "on_request", error)
+                return Response.error(
+                    500, "PLUGIN_ERROR", f'Plugin "{plugin.name}" failed to handle the request'
+                )
+            if isinstance(result, Response):
+                return result
+            if isinstance(result, Request):
+                request = result
+            elif result is not None:
+                _plugin_error(plugin, "on_request", TypeError(f"returned {type(result).__name__}"))
+                return Response.error(
+                    500, "PLUGIN_ERROR", f'Plugin "{plugin.name}" failed to handle the request'
+                )
+        return request
+
+    async def on_response(self, response: Response, app: AppInfo | None) -> Response:
+        """Run C{on_response} hooks in load order; a failing hook leaves the response as it was."""
+        for plugin in self.plugins:
+            hook = plugin.hook("on_response")
+            if hook is None:
+                continue
+            try:
+                result = await call(hook, response, app)
+            except Exception as error:
+                _plugin_error(plugin, "on_response", error)
+                continue
+            if isinstance(result, Response):
+                response = result
+            elif result is not None:
+                _plugin_error(plugin, "on_response", TypeError(f"returned {type(result).__name__}"))
+        return response
+
+    async def server_fetch(self, request: Request) -> Response | None:
+        """The first C{server_fetch} answer that is not a 404 (or C{None}: nobody's)."""
+        for plugin in self.plugins:
+            hook = plugin.hook("server_fetch")
+            if hook is None:
+                continue
+            try:
+                result = await call(hook, request)
+            except Exception as error:
+                _plugin_error(plugin, "server_fetch", error)
+                return Response.error(
+                    500, "PLUGIN_ERROR", f'Plugin "{plugin.name}" failed to handle the request'
+                )
+            if not isinstance(result, Response):
+                continue
+            if result.status == 404:
+                await _discard(result)
+                continue
+            return result
+        return None
+
+    async def route(self, request: Request) -> Response | None:
+        """
+        Plugin Klein C{routes} at their base, longest base first, the base
+        stripped; a 404 falls through to the next (and finally to C{None}).
+        """
+        path = request.path
+        for plugin in self._by_base:
+            if plugin.site is None or plugin.base is None or not _under(path, plugin.base):
+                continue
+            response = await render(plugin.site, request, self.clock)
+            if response.status == 404:
+                await _discard(response)
+                continue
+            return response
+        return None
+
+    def plugin_app_for(self, path: str) -> tuple[LoadedPlugin, str, str] | None:
+        """The plugin whose C{entrypoint} app is served at C{path}: (plugin, base, rest)."""
+        for plugin in self._by_base:
+            base = plugin.base
+            if plugin.manifest.entrypoint and base is not None and _under(path, base):
+                return plugin, base, path[len(base) :] or "/"
+        return None
+
+    # -- lifecycle notifications -------------------------------------------------
+
+    async def _notify(self, hook_name: str, *args: Any, reverse: bool = False) -> None:
+        plugins = reversed(self.plugins) if reverse else self.plugins
+        for plugin in plugins:
+            hook = plugin.hook(hook_name)
+            if hook is None:
+                continue
+            try:
+                await call(hook, *args)
+            except Exception as error:
+                _plugin_error(plugin, hook_name, error)
+
+    async def worker_spawned(self, worker: Any, app: Any) -> None:
+        """C{on_worker_spawn} hooks (errors are logged)."""
+        await self._notify("on_worker_spawn", worker, app)
+
+    async def worker_terminated(self, worker: Any, app: Any) -> None:
+        """C{on_worker_terminate} hooks (errors are logged)."""
+        await self._notify("on_worker_terminate", worker, app)
+
+    async def server_started(self, server: Any) -> None:
+        """C{on_server_start} hooks in load order (errors are logged)."""
+        await self._notify("on_server_start", server)

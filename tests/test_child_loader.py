@@ -1,0 +1,212 @@
+"""Finding, importing and recognising a worker's app (L{buntime.pool.child.loader})."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from twisted.internet import reactor
+
+from buntime.pool.child.loader import NO_APP, LoadError, load, resolve_entrypoint
+
+
+def write(folder: Path, name: str, source: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(autouse=True)
+def keep_sys_path():
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
+
+
+def kind_of(folder: Path, loop, entrypoint: str = "") -> str:
+    return load(str(folder), entrypoint, reactor=reactor, loop=loop).kind
+
+
+# -- entrypoints -----------------------------------------------------------------
+
+
+def test_auto_detection_order(tmp_path: Path) -> None:
+    write(tmp_path, "index.py", "")
+    assert resolve_entrypoint(str(tmp_path), "") == (str(tmp_path / "index.py"), None)
+    write(tmp_path, "main.py", "")
+    assert resolve_entrypoint(str(tmp_path), "")[0] == str(tmp_path / "main.py")
+    write(tmp_path, "app.py", "")
+    assert resolve_entrypoint(str(tmp_path), "")[0] == str(tmp_path / "app.py")
+
+
+def test_nothing_to_auto_detect(tmp_path: Path) -> None:
+    write(tmp_path, "index.html", "<p>static apps never reach a worker</p>")
+    with pytest.raises(LoadError, match="No entrypoint found"):
+        resolve_entrypoint(str(tmp_path), "")
+
+
+def test_declared_entrypoint_and_attribute(tmp_path: Path) -> None:
+    write(tmp_path, "src/server.py", "")
+    assert resolve_entrypoint(str(tmp_path), "src/server.py:make.app") == (
+        str(tmp_path / "src" / "server.py"),
+        "make.app",
+    )
+    absolute = str(tmp_path / "src" / "server.py")
+    assert resolve_entrypoint(str(tmp_path), absolute) == (absolute, None)
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "message"),
+    [
+        ("/etc/passwd.py", "absolute paths are not allowed"),
+        ("../outside.py", "leaves the app directory"),
+        ("sub/../../outside.py", "leaves the app directory"),
+        ("link.py", "leaves the app directory"),
+        ("missing.py", 'Entrypoint "missing.py" not found'),
+        ("index.html", "runs .py files only"),
+        ("app.py:1bad", "is not an attribute name"),
+    ],
+)
+def test_bad_entrypoints(tmp_path: Path, entrypoint: str, message: str) -> None:
+    app = tmp_path / "app"
+    write(app, "app.py", "")
+    write(app, "index.html", "")
+    write(tmp_path, "outside.py", "")
+    os.symlink(tmp_path / "outside.py", app / "link.py")
+    with pytest.raises(LoadError, match=message):
+        resolve_entrypoint(str(app), entrypoint)
+
+
+# -- kinds ---------------------------------------------------------------------
+
+
+def test_wsgi_function(tmp_path: Path, loop) -> None:
+    write(
+        tmp_path,
+        "app.py",
+        """
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            return [b"hi"]
+        """,
+    )
+    assert kind_of(tmp_path, loop) == "wsgi"
+
+
+def test_flask(tmp_path: Path, loop) -> None:
+    write(tmp_path, "app.py", "from flask import Flask\napplication = Flask(__name__)\n")
+    assert kind_of(tmp_path, loop) == "wsgi"
+
+
+def test_asgi_function_and_object(tmp_path: Path, loop) -> None:
+    write(tmp_path, "main.py", "async def app(scope, receive, send): pass\n")
+    assert kind_of(tmp_path, loop) == "asgi"
+    write(
+        tmp_path,
+        "obj.py",
+        """
+        class App:
+            async def __call__(self, scope, receive, send):
+                pass
+        wrapped = App()
+        """,
+    )
+    assert kind_of(tmp_path, loop, "obj.py:wrapped") == "asgi"
+
+
+def test_starlette(tmp_path: Path, loop) -> None:
+    write(tmp_path, "app.py", "from starlette.applications import Starlette\napp = Starlette()\n")
+    assert kind_of(tmp_path, loop) == "asgi"
+
+
+def test_klein_and_resource(tmp_path: Path, loop) -> None:
+    write(tmp_path, "app.py", "from klein import Klein\napp = Klein()\n")
+    assert kind_of(tmp_path, loop) == "klein"
+    write(tmp_path, "res.py", "from twisted.web.resource import Resource\napp = Resource()\n")
+    assert kind_of(tmp_path, loop, "res.py") == "resource"
+
+
+def test_routes_and_fetch(tmp_path: Path, loop) -> None:
+    write(tmp_path, "app.py", "routes = {'/': 'hi'}\n")
+    assert kind_of(tmp_path, loop) == "routes"
+    write(tmp_path, "only_fetch.py", "def fetch(request):\n    return 'hi'\n")
+    assert kind_of(tmp_path, loop, "only_fetch.py") == "routes"
+
+
+def test_attribute_wins_over_app(tmp_path: Path, loop) -> None:
+    write(
+        tmp_path,
+        "app.py",
+        """
+        def app(environ, start_response):
+            pass
+        async def api(scope, receive, send):
+            pass
+        """,
+    )
+    assert kind_of(tmp_path, loop, "app.py:api") == "asgi"
+
+
+def test_missing_attribute(tmp_path: Path, loop) -> None:
+    write(tmp_path, "app.py", "app = None\n")
+    with pytest.raises(LoadError, match="has no attribute 'api'"):
+        kind_of(tmp_path, loop, "app.py:api")
+
+
+def test_nothing_exposed(tmp_path: Path, loop) -> None:
+    write(tmp_path, "app.py", "value = 1\napp = 'not callable'\n")
+    with pytest.raises(LoadError) as caught:
+        kind_of(tmp_path, loop)
+    assert (
+        str(caught.value)
+        == NO_APP
+        == ("Module must expose a WSGI/ASGI app, a Klein app, routes or fetch")
+    )
+
+
+def test_import_error_propagates(tmp_path: Path, loop) -> None:
+    write(tmp_path, "app.py", "import not_a_module_anywhere\n")
+    with pytest.raises(ModuleNotFoundError):
+        kind_of(tmp_path, loop)
+
+
+def test_app_dir_and_entry_dir_are_importable(tmp_path: Path, loop) -> None:
+    write(tmp_path, "helpers.py", "GREETING = 'hi'\n")
+    write(tmp_path, "src/sibling.py", "NAME = 'sib'\n")
+    write(
+        tmp_path,
+        "src/server.py",
+        "import helpers, sibling\nroutes = {'/': helpers.GREETING + sibling.NAME}\n",
+    )
+    app = load(str(tmp_path), "src/server.py", reactor=reactor, loop=loop)
+    assert app.kind == "routes"
+    assert app.module.__name__ in sys.modules
+    assert app.module.__name__.startswith("buntime_app_server_")
+
+
+def test_two_apps_with_the_same_file_name(tmp_path: Path, loop) -> None:
+    write(tmp_path / "one", "app.py", "routes = {'/': 'one'}\n")
+    write(tmp_path / "two", "app.py", "routes = {'/': 'two'}\n")
+    one = load(str(tmp_path / "one"), "", reactor=reactor, loop=loop)
+    two = load(str(tmp_path / "two"), "", reactor=reactor, loop=loop)
+    assert one.module is not two.module
+    assert one.module.routes == {"/": "one"}
+
+
+def test_hooks(tmp_path: Path, loop) -> None:
+    write(tmp_path, "app.py", "routes = {}\ndef on_idle(): pass\non_terminate = 3\n")
+    app = load(str(tmp_path), "", reactor=reactor, loop=loop)
+    assert app.hook("on_idle") is app.module.on_idle
+    assert app.hook("on_terminate") is None

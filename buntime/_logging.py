@@ -32,6 +32,8 @@ LEVELS = ("debug", "info", "warn", "error")
 _RANK = {name: rank for rank, name in enumerate(LEVELS)}
 
 REQUEST_ACTION = "buntime:http:request"
+STREAM_FLUSH = 0.1
+"""Seconds between flushes of buffered log lines to a pipe or file."""
 
 SENSITIVE_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
@@ -158,6 +160,7 @@ class StreamDestination:
     min_level: str = "info"
     fmt: str = "json"
     colour: bool = False
+    flush_each: bool = True
 
     def __call__(self, message: dict[str, Any]) -> None:
         if not level_enabled(self.min_level, _level_of(message)):
@@ -168,9 +171,16 @@ class StreamDestination:
             line = format_pretty(message, self.colour)
         try:
             self.stream.write(line + "\n")
-            self.stream.flush()
+            if self.flush_each:
+                self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed stdout (daemonized) must not break the runtime
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 @define
@@ -254,8 +264,11 @@ def twistd_observer() -> TwistedToEliot:
 @define(eq=False)
 class LoggingService(Service):
     """
-    Adds the eliot destinations on start and removes them on stop; a file
-    destination is flushed every second and on stop.
+    Adds the eliot destinations on start and removes them on stop.  Lines
+    to a terminal are flushed one by one; to a pipe or file they are
+    buffered and flushed every C{STREAM_FLUSH} seconds (so a busy runtime
+    does not pay a system call per line), the log file every second, and
+    both on stop.
     """
 
     clock: IReactorTime
@@ -266,11 +279,19 @@ class LoggingService(Service):
     _destinations: list[Callable[[dict[str, Any]], None]] = field(factory=list)
     _file: FileDestination | None = None
     _flusher: LoopingCall | None = None
+    _stream_flusher: LoopingCall | None = None
+    _console: StreamDestination | None = None
 
     def startService(self) -> None:
         Service.startService(self)
-        colour = self.fmt == "pretty" and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._destinations = [StreamDestination(self.stream, self.level, self.fmt, colour)]
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        colour = self.fmt == "pretty" and tty
+        self._console = StreamDestination(self.stream, self.level, self.fmt, colour, tty)
+        self._destinations = [self._console]
+        if not tty:
+            self._stream_flusher = LoopingCall(self._console.flush)
+            self._stream_flusher.clock = self.clock
+            self._stream_flusher.start(STREAM_FLUSH, now=False)
         if self.file_path:
             self._file = FileDestination(self.file_path, self.level)
             self._destinations.append(self._file)
@@ -281,8 +302,11 @@ class LoggingService(Service):
 
     def stopService(self) -> None:
         Service.stopService(self)
-        if self._flusher is not None and self._flusher.running:
-            self._flusher.stop()
+        for flusher in (self._flusher, self._stream_flusher):
+            if flusher is not None and flusher.running:
+                flusher.stop()
+        if self._console is not None:
+            self._console.flush()
         for destination in self._destinations:
             eliot.remove_destination(destination)
         if self._file is not None:

@@ -196,6 +196,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         body_size_max=config.body_size_max,
         production=config.production,
         homepage=config.homepage,
+        clock=reactor,
     )
     plugins = PluginService(
         plugin_dirs=config.plugin_dirs,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from attrs import define, field, frozen
+from twisted.internet.interfaces import IReactorTime
 
 from buntime._logging import log
 from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
@@ -90,13 +91,30 @@ class AppStep:
     body_size_max: int
     production: bool = False
     homepage: str | None = None
+    clock: IReactorTime | None = None
+    recheck_seconds: float = 1.0
     _apps: dict[str, LoadedApp] = field(factory=dict)
+    _checked: dict[str, float] = field(factory=dict)
+    _pool_apps: dict[str, tuple[LoadedApp, PoolApp]] = field(factory=dict)
     _warned: set[str] = field(factory=set)
 
     def load(self, version: AppVersion) -> LoadedApp:
-        """The app at C{version}, its manifest re-read only when it changed."""
-        stamp = _manifest_stamp(version.dir)
+        """
+        The app at C{version}, its manifest re-read only when it changed
+        (looked at no more than once every C{recheck_seconds}).
+        """
         cached = self._apps.get(version.dir)
+        now = self.clock.seconds() if self.clock is not None else None
+        if (
+            cached is not None
+            and cached.version == version
+            and now is not None
+            and now - self._checked.get(version.dir, float("-inf")) < self.recheck_seconds
+        ):
+            return cached
+        stamp = _manifest_stamp(version.dir)
+        if now is not None:
+            self._checked[version.dir] = now
         if cached is not None and cached.stamp == stamp and cached.version == version:
             return cached
         label = f"{version.name}@{version.version}"
@@ -119,6 +137,15 @@ class AppStep:
         """C{<app>/.deps}, where autoInstall puts the app's requirements."""
         deps = os.path.join(loaded.version.dir, ".deps")
         return deps if loaded.manifest.auto_install or os.path.isdir(deps) else None
+
+    def _cached_pool_app(self, loaded: LoadedApp) -> PoolApp:
+        """The pool's view of C{loaded}, built once per manifest version."""
+        cached = self._pool_apps.get(loaded.version.dir)
+        if cached is not None and cached[0] is loaded:
+            return cached[1]
+        app = self._pool_app(loaded)
+        self._pool_apps[loaded.version.dir] = (loaded, app)
+        return app
 
     def _pool_app(self, loaded: LoadedApp) -> PoolApp:
         version = loaded.version
@@ -215,7 +242,7 @@ class AppStep:
                 loaded.manifest.inject_base,
                 request_headers=request.headers,
             )
-        response = await self.pool.handle(self._pool_app(loaded), inner, base)
+        response = await self.pool.handle(self._cached_pool_app(loaded), inner, base)
         if loaded.manifest.inject_base and _is_html(response):
             headers = response.headers.remove("content-length")
             if isinstance(response.body, bytes):

@@ -260,7 +260,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
     web = WebService(
         reactor=reactor,
         description=config.listen,
-        site=make_site(frontdoor, body_limit(config, apps)),
+        site=make_site(frontdoor, body_limit(config, apps), state=state),
         state=state,
         fatal=fatal_exit,
         wait_for=lambda: plugins.when_loaded().addCallback(_plugins_loaded, plugins),

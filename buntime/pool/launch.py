@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+import buntime
 from buntime._logging import log
 
 CHILD_MODULE = "buntime.pool.child"
@@ -39,6 +41,8 @@ MAX_LINE = 64 * 1024
 """A line of output longer than this is reported in pieces."""
 UNKNOWN_EXIT = 255
 """Exit code reported for a forked worker whose template died before it did."""
+MAX_RESTART_DELAY = 30.0
+"""Longest wait before restarting a template that keeps dying before it is ready."""
 STOP_GRACE = 5.0
 """Seconds the template has to exit after its control channel closes."""
 
@@ -305,6 +309,14 @@ class _Forked:
         if not self.exited.called:
             self.exited.callback(self.code)
 
+    def send_signal(self, signum: int) -> None:
+        """Signal the process, unless it is known to have exited (its pid may be reused)."""
+        if self.code is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
 
 class _Control(Protocol):
     """The runtime's end of the template's control socket: JSON lines in."""
@@ -316,8 +328,13 @@ class _Control(Protocol):
     def dataReceived(self, data: bytes) -> None:
         *lines, self.buffer = (self.buffer + data).split(b"\n")
         for line in lines:
-            if line.strip():
-                self.launcher._report(json.loads(line))
+            try:
+                message = json.loads(line) if line.strip() else None
+            except ValueError:
+                log("error", "buntime:launch:template-garbled", f"Bad template message {line!r}")
+                continue
+            if isinstance(message, dict):
+                self.launcher._report(message)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.launcher._control_lost()
@@ -355,7 +372,10 @@ class ForkLauncher:
     stderr) and passes the worker's ends to the template with the
     environment; the template forks and reports the pid, later the exit
     code.  A template that dies is restarted after C{restart_delay}
-    seconds; launches fail with L{LauncherUnavailable} meanwhile.
+    seconds (doubling while it keeps dying before it is ready, up to
+    L{MAX_RESTART_DELAY}); launches fail with L{LauncherUnavailable}
+    meanwhile.  C{reactor} provides C{IReactorProcess}, C{IReactorSocket}
+    and C{IReactorTime}.
     """
 
     reactor: Any
@@ -371,6 +391,7 @@ class ForkLauncher:
     _stopping: bool = False
     _stopped: Deferred | None = None
     _kill_timer: Any = None
+    _failures: int = 0
     _restart: Any = None
     _pending: dict[str, tuple[Deferred, list[socket.socket], Any, Callable]] = field(factory=dict)
     _workers: dict[int, _Forked] = field(factory=dict)
@@ -466,6 +487,7 @@ class ForkLauncher:
     def _report(self, message: dict) -> None:
         if "ready" in message:
             self._ready_now = True
+            self._failures = 0
             log(
                 "info", "buntime:launch:template-ready", "Fork template ready", pid=message["ready"]
             )
@@ -497,7 +519,7 @@ class ForkLauncher:
         _adopt(self.reactor, channel, protocol)
         worker = _Forked(pid, Deferred(), outputs)
         self._workers[pid] = worker
-        launched.callback(LaunchedProcess(pid, worker.exited, _killer(pid)))
+        launched.callback(LaunchedProcess(pid, worker.exited, worker.send_signal))
 
     def _launch_timed_out(self, spec: LaunchSpec) -> Callable[..., Failure]:
         def timed_out(result: object, timeout: float) -> Failure:
@@ -564,7 +586,9 @@ class ForkLauncher:
             f"The fork template exited with code {code}; restarting it",
             code=code,
         )
-        self._restart = self.reactor.callLater(self.restart_delay, self._restart_template)
+        delay = min(self.restart_delay * 2**self._failures, MAX_RESTART_DELAY)
+        self._failures += 1
+        self._restart = self.reactor.callLater(delay, self._restart_template)
 
     def _restart_template(self) -> None:
         self._restart = None
@@ -582,23 +606,12 @@ def _relay(result: object, waiter: Deferred) -> object:
     return result
 
 
-def _killer(pid: int) -> Callable[[int], None]:
-    def send(signum: int) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    return send
-
-
 def _template_env() -> dict[str, str]:
     """The template's own environment: what Python needs, and buntime importable."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONHASHSEED")
     env = {name: os.environ[name] for name in keep if name in os.environ}
-    import buntime
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(buntime.__file__)))
-    env["PYTHONPATH"] = root
+    if root not in site.getsitepackages():  # a source checkout, not an installed package
+        env["PYTHONPATH"] = root
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -61,7 +61,15 @@ class LimitedRequest(Request):
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(channel, *args, **kwargs)
 
+    uploading: Any = None  # the RuntimeState counting this request while its body arrives
+
     def gotLength(self, length: int | None) -> None:
+        # From here until the resource renders, the request is in flight too:
+        # a shutdown waits for a body that is still arriving.
+        state = getattr(self.channel.site, "state", None)
+        if state is not None:
+            state.request_started()
+            self.uploading = state
         limiter = getattr(self.channel.site, "body_limit", None)
         self.limit = limiter(self.target) if limiter is not None else None
         if length is not None and self.limit is not None and length > self.limit:
@@ -79,8 +87,20 @@ class LimitedRequest(Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self.rejected:
-            super().requestReceived(command, path, version)
+        try:
+            if not self.rejected:
+                super().requestReceived(command, path, version)
+        finally:
+            self._uploaded()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._uploaded()
+        super().connectionLost(reason)
+
+    def _uploaded(self) -> None:
+        state, self.uploading = self.uploading, None
+        if state is not None:
+            state.request_finished()
 
     def reject_body(self, reason: str) -> None:
         """Answer 413 at once, without reading the body, and close the connection."""
@@ -118,9 +138,12 @@ class LimitedSite(Site):
     requestFactory = LimitedRequest
     protocol = LimitedChannel
 
-    def __init__(self, resource: Any, body_limit: BodyLimit, **kwargs: Any) -> None:
+    def __init__(
+        self, resource: Any, body_limit: BodyLimit, state: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(resource, **kwargs)
         self.body_limit = body_limit
+        self.state = state
 
     def log(self, request: Any) -> None:
         """No access log here: the front door logs every request as an eliot action."""

@@ -18,14 +18,21 @@ from buntime.web.state import RuntimeState
 
 
 def make_site(
-    resource: Any, body_limit: BodyLimit | None = None, idle_timeout: float = 60.0
+    resource: Any,
+    body_limit: BodyLimit | None = None,
+    idle_timeout: float = 60.0,
+    state: RuntimeState | None = None,
 ) -> Site:
     """
     A quiet Site (no access log of its own: the front door logs; no
-    tracebacks to clients) that enforces request body limits.
+    tracebacks to clients) that enforces request body limits and counts
+    requests whose body is still arriving as in flight (in C{state}).
     """
     site = LimitedSite(
-        resource, body_limit or (lambda target: 100 * 1024 * 1024), timeout=idle_timeout
+        resource,
+        body_limit or (lambda target: 100 * 1024 * 1024),
+        state=state,
+        timeout=idle_timeout,
     )
     site.displayTracebacks = False
     site.noisy = False

@@ -101,8 +101,9 @@ class WorkerProtocol(amp.AMP):
             return {}
         inflight = _InFlight(reader, writer)
         self._requests[rid] = inflight
-        request = IncomingRequest(method, path, base, json.loads(headers), reader, remote)
         try:
+            pairs = json.loads(headers)
+            request = IncomingRequest(method, path, base, pairs, reader, remote)
             done = self.app.adapter.handle(request, writer)
         except Exception:
             done = Deferred()

@@ -1,0 +1,269 @@
+"""
+Real worker processes through both launchers (L{buntime.pool.launch}):
+C{python -m buntime.pool.child} spawned, and forked from the template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from test_child_protocol import RuntimeSide
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from zope.interface.verify import verifyObject
+
+import buntime
+from buntime.pool import commands
+from buntime.pool.launch import (
+    UNKNOWN_EXIT,
+    ForkLauncher,
+    ILauncher,
+    LaunchedProcess,
+    LauncherUnavailable,
+    LaunchSpec,
+    SpawnLauncher,
+)
+
+APPS = Path(__file__).resolve().parent.parent / "apps"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(buntime.__file__)))
+WAIT = 15.0
+
+
+def worker_env(app_dir: Path, entrypoint: str = "") -> dict[str, str]:
+    """The environment the runtime would give a worker of C{app_dir}."""
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": os.pathsep.join([str(app_dir), ROOT]),
+        "APP_DIR": str(app_dir),
+        "ENTRYPOINT": entrypoint,
+        "WORKER_ID": str(uuid.uuid4()),
+        "WORKER_CONFIG": json.dumps({"ttl": 300}),
+    }
+
+
+def bounded(d: Deferred, seconds: float = WAIT) -> Deferred:
+    return d.addTimeout(seconds, reactor)
+
+
+async def until(condition, seconds: float = WAIT) -> None:
+    """Wait (polling the real reactor) until C{condition()} holds."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("condition never became true")
+
+
+class Harness:
+    """A launcher and the workers started through it; everything is killed at the end."""
+
+    def __init__(self, launcher) -> None:
+        self.launcher = launcher
+        self.processes: list[LaunchedProcess] = []
+        self.output: list[tuple[str, str]] = []
+
+    async def launch(
+        self, app_dir: Path, entrypoint: str = ""
+    ) -> tuple[RuntimeSide, LaunchedProcess]:
+        runtime = RuntimeSide()
+        spec = LaunchSpec(str(uuid.uuid4()), str(app_dir), worker_env(app_dir, entrypoint))
+        launched = self.launcher.launch(
+            spec, runtime, lambda s, line: self.output.append((s, line))
+        )
+        process = await bounded(launched)
+        self.processes.append(process)
+        return runtime, process
+
+    async def ready(self, app_dir: Path) -> tuple[RuntimeSide, LaunchedProcess]:
+        runtime, process = await self.launch(app_dir)
+        pid, _ = await bounded(runtime.ready)
+        assert pid == process.pid
+        return runtime, process
+
+    def collect(self, stream: str, line: str) -> None:
+        self.output.append((stream, line))
+
+    def lines(self, stream: str) -> list[str]:
+        return [line for s, line in self.output if s == stream]
+
+    async def close(self) -> None:
+        for process in self.processes:
+            process.signal(signal.SIGKILL)
+            await bounded(process.exited)
+        await bounded(self.launcher.stop())
+
+
+@pytest.fixture(params=["spawn", "fork"])
+def mode(request) -> str:
+    return request.param
+
+
+@pytest_twisted.async_yield_fixture
+async def harness(mode: str):
+    launcher = SpawnLauncher(reactor) if mode == "spawn" else ForkLauncher(reactor)
+    verifyObject(ILauncher, launcher)
+    await bounded(launcher.start())
+    harness = Harness(launcher)
+    try:
+        yield harness
+    finally:
+        await harness.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_response_and_output(harness: Harness) -> None:
+    runtime, _ = await harness.ready(APPS / "routes-demo")
+    assert (await runtime.ready)[1] == "routes"
+    answer = await bounded(runtime.request(path="/items/7?x=1").done)
+    assert (answer.status, json.loads(answer.body)) == (200, {"id": "7", "query": "x=1"})
+    answer = await bounded(runtime.request(path="/").done)
+    assert bytes(answer.body) == b"Hello from buntime!"
+    await until(lambda: "hello from routes-demo (GET /)" in harness.lines("stdout"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_big_bodies_round_trip(harness: Harness) -> None:
+    runtime, _ = await harness.ready(APPS / "routes-demo")
+    body = os.urandom(5 * 1024 * 1024)
+    answer = await bounded(runtime.request("POST", "/echo", body).done)
+    assert bytes(answer.body) == body
+    size = 5 * 1024 * 1024
+    answer = await bounded(runtime.request(path=f"/bytes/{size}").done)
+    pattern = bytes(range(256))
+    assert bytes(answer.body) == pattern * (size // 256)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_first_event_arrives_before_the_end(harness: Harness) -> None:
+    runtime, _ = await harness.ready(APPS / "asgi-demo")
+    answer = runtime.request(path="/events?count=3&interval=0.5")
+    await bounded(answer.started)
+    await until(lambda: b"data: 1" in answer.body)
+    assert not answer.done.called
+    assert b"data: 2" not in answer.body
+    await bounded(answer.done)
+    assert bytes(answer.body) == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigusr1_dumps_the_stack(harness: Harness) -> None:
+    _, process = await harness.ready(APPS / "routes-demo")
+    process.signal(signal.SIGUSR1)
+    await until(lambda: any("most recent call first" in line for line in harness.lines("stderr")))
+    assert not process.exited.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigint_is_ignored(harness: Harness) -> None:
+    runtime, process = await harness.ready(APPS / "routes-demo")
+    process.signal(signal.SIGINT)
+    answer = await bounded(runtime.request(path="/health").done)
+    assert json.loads(answer.body) == {"ok": True}
+    assert not process.exited.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill(harness: Harness) -> None:
+    runtime, process = await harness.ready(APPS / "routes-demo")
+    process.signal(signal.SIGKILL)
+    assert await bounded(process.exited) == -signal.SIGKILL
+    await bounded(runtime.lost)
+    process.signal(signal.SIGKILL)  # exited already: nothing happens
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_the_channel_ends_the_worker(harness: Harness) -> None:
+    runtime, process = await harness.ready(APPS / "routes-demo")
+    runtime.transport.loseConnection()
+    assert await bounded(process.exited) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminate(harness: Harness) -> None:
+    runtime, process = await harness.ready(APPS / "routes-demo")
+    await bounded(runtime.callRemote(commands.Idle))
+    await bounded(runtime.callRemote(commands.Terminate))
+    runtime.transport.loseConnection()
+    assert await bounded(process.exited) == 0
+    await until(lambda: "routes-demo is stopping" in harness.lines("stdout"))
+    assert "routes-demo is idle" in harness.lines("stdout")
+
+
+@pytest_twisted.ensureDeferred
+async def test_startup_failure(harness: Harness, tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text("print('loading')\nvalue = 1\n")
+    runtime, process = await harness.launch(tmp_path)
+    with pytest.raises(RuntimeError, match="Module must expose a WSGI/ASGI app"):
+        await bounded(runtime.ready)
+    assert await bounded(process.exited) == 3
+    await until(lambda: "loading" in harness.lines("stdout"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_worker_environment(harness: Harness, tmp_path: Path) -> None:
+    """The worker sees exactly the given environment, runs in its app dir, imports from it."""
+    (tmp_path / "helper.py").write_text("NAME = 'helper'\n")
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            import helper
+
+            def state(request):
+                return {"env": dict(os.environ), "cwd": os.getcwd(), "path": sys.path,
+                        "helper": helper.NAME}
+
+            routes = {"/": state}
+            """
+        )
+    )
+    runtime, _ = await harness.ready(tmp_path)
+    answer = await bounded(runtime.request(path="/").done)
+    state = json.loads(answer.body)
+    expected = worker_env(tmp_path)
+    assert set(state["env"]) == set(expected)
+    assert state["env"]["APP_DIR"] == str(tmp_path)
+    assert state["cwd"] == str(tmp_path)
+    assert state["path"][0] == str(tmp_path)
+    assert state["helper"] == "helper"
+
+
+@pytest_twisted.ensureDeferred
+async def test_fork_launcher_must_be_started() -> None:
+    launcher = ForkLauncher(reactor)
+    spec = LaunchSpec("w", str(APPS / "routes-demo"), worker_env(APPS / "routes-demo"))
+    with pytest.raises(LauncherUnavailable, match="not running"):
+        await launcher.launch(spec, RuntimeSide(), lambda stream, line: None)
+    await launcher.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fork_template_restarts() -> None:
+    launcher = ForkLauncher(reactor, restart_delay=0.2)
+    await bounded(launcher.start())
+    harness = Harness(launcher)
+    try:
+        runtime, process = await harness.ready(APPS / "routes-demo")
+        launcher._transport.signalProcess("KILL")
+        await until(lambda: not launcher._ready_now)
+        with pytest.raises(LauncherUnavailable):
+            await harness.launch(APPS / "routes-demo")
+        # The worker forked before outlives its template and still serves.
+        answer = await bounded(runtime.request(path="/health").done)
+        assert answer.status == 200
+        await until(lambda: launcher._ready_now)
+        second, _ = await harness.ready(APPS / "routes-demo")
+        assert (await bounded(second.request(path="/health").done)).status == 200
+        runtime.transport.loseConnection()
+        assert await bounded(process.exited) == UNKNOWN_EXIT  # its template is gone
+    finally:
+        await harness.close()

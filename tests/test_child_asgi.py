@@ -65,8 +65,8 @@ def test_scope(loop) -> None:
     wait(loop, AsgiAdapter(app, loop).handle(request, ResponseWriter(Sender(), 1)))
     scope = scopes[0]
     assert scope["method"] == "POST"
-    assert scope["path"] == "/café/x"
-    assert scope["raw_path"] == b"/caf%C3%A9/x"
+    assert scope["path"] == "/app@^1/café/x"
+    assert scope["raw_path"] == b"/app@%5E1/caf%C3%A9/x"
     assert scope["query_string"] == b"q=1&r=%20"
     assert scope["root_path"] == "/app@^1"
     assert scope["scheme"] == "https"
@@ -242,7 +242,9 @@ def test_starlette_demo_app(loop) -> None:
     from starlette.routing import Route
 
     async def where(request):
-        return PlainTextResponse(f"{request.url_for('where').path} {request.scope['root_path']}")
+        return PlainTextResponse(
+            f"{request.url_for('where').path} {request.scope['root_path']} {request.url.path}"
+        )
 
     app = Starlette(routes=[Route("/where", where, name="where")])
     adapter = AsgiAdapter(app, loop)
@@ -250,5 +252,5 @@ def test_starlette_demo_app(loop) -> None:
     sender = Sender()
     wait(loop, adapter.handle(incoming(target="/where"), ResponseWriter(sender, 1)))
     assert sender.response()[0] == 200
-    assert sender.response()[2] == b"/app@1/where /app@1"
+    assert sender.response()[2] == b"/app@1/where /app@1 /app@1/where"
     wait(loop, adapter.shutdown())

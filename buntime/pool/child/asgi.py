@@ -2,8 +2,10 @@
 ASGI apps (Starlette, FastAPI, Django's ASGI handler, plain coroutines),
 run natively on the worker's asyncio loop: every request is an asyncio task.
 
-The app sees C{path} as the runtime sent it (base already stripped) and
-C{root_path} set to the base.  Each C{http.response.body} with
+As the ASGI spec (and uvicorn behind a proxy) has it, C{root_path} is the
+app's base and C{path} is the full path, base included; frameworks route on
+the part after C{root_path} (Starlette, FastAPI, Django all do), so the app
+routes as if mounted at C{/} while C{request.url} stays right.  Each C{http.response.body} with
 C{more_body=True} goes to the runtime at once (Server-Sent Events); an empty
 one sends the headers without waiting for the first event.  After the body,
 C{receive()} waits for the end of the response or a cancel and then gives
@@ -134,7 +136,7 @@ class AsgiAdapter:
 
     def scope(self, request: IncomingRequest) -> dict:
         """The ASGI C{http} scope of C{request}."""
-        path = request.path
+        path = request.base + request.path
         return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},

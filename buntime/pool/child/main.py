@@ -33,6 +33,7 @@ from twisted.logger import (
 )
 
 from buntime.pool.child.loader import LoadError, load
+from buntime.pool.child.memory import LOW_MEMORY_THREADS, limit_arenas, low_memory
 from buntime.pool.child.protocol import WorkerProtocol, one_line
 
 CHANNEL_IN, CHANNEL_OUT = 3, 4
@@ -71,11 +72,16 @@ class Worker:
 
     async def _load(self) -> None:
         try:
+            frugal = low_memory(self.environ)
+            if frugal:
+                limit_arenas()
+                self.protocol.low_memory = True
             app = load(
                 self.environ.get("APP_DIR") or os.getcwd(),
                 self.environ.get("ENTRYPOINT", ""),
                 reactor=self.reactor,
                 loop=self.loop,
+                threads=LOW_MEMORY_THREADS if frugal else 10,
             )
             await app.adapter.startup()
         except (Exception, SystemExit) as error:

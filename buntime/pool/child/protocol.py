@@ -24,6 +24,7 @@ from buntime.pool import commands, events
 from buntime.pool.child.adapter import call
 from buntime.pool.child.body import BodyClosed, BodyReader
 from buntime.pool.child.loader import LoadedApp
+from buntime.pool.child.memory import release_memory
 from buntime.pool.child.request import IncomingRequest
 from buntime.pool.child.writer import RequestCancelled, ResponseWriter
 from buntime.pool.stream import fit_text
@@ -62,6 +63,7 @@ class WorkerProtocol(amp.AMP):
         self.loop = loop
         self.app: LoadedApp | None = None
         self.terminated = False
+        self.low_memory = False
         self._on_lost = on_lost
         self._on_terminated = on_terminated
         self._requests: dict[int, _InFlight] = {}
@@ -159,7 +161,10 @@ class WorkerProtocol(amp.AMP):
 
     @commands.Idle.responder
     def idle(self) -> Deferred:
-        return self._hook("on_idle").addCallback(lambda _: {})
+        d = self._hook("on_idle")
+        if self.low_memory:
+            d.addCallback(lambda _: release_memory())
+        return d.addCallback(lambda _: {})
 
     @commands.Terminate.responder
     def terminate(self) -> Deferred:

@@ -1,0 +1,53 @@
+"""
+C{lowMemory: true}: a worker that keeps its resident memory small.
+
+- glibc keeps at most two malloc arenas (threads share them instead of
+  each growing its own), set with C{mallopt} so it works in forked workers;
+- WSGI apps get 2 threads instead of 10;
+- when the worker goes idle, a full garbage collection runs and
+  C{malloc_trim} hands freed memory back to the operating system.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import json
+from collections.abc import Mapping
+
+LOW_MEMORY_THREADS = 2
+_M_ARENA_MAX = -8
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def low_memory(environ: Mapping[str, str]) -> bool:
+    """Whether the app's manifest (C{WORKER_CONFIG}) asks for low-memory mode."""
+    try:
+        config = json.loads(environ.get("WORKER_CONFIG") or "{}")
+    except ValueError:
+        return False
+    return isinstance(config, dict) and config.get("lowMemory") in (True, "true", "yes", "1")
+
+
+def limit_arenas() -> bool:
+    """Cap glibc's malloc arenas at two; C{False} where that is not possible."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    return bool(mallopt is not None and mallopt(_M_ARENA_MAX, 2) == 1)
+
+
+def release_memory() -> None:
+    """Collect garbage and give freed heap memory back to the system."""
+    gc.collect()
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

@@ -1,0 +1,47 @@
+"""lowMemory mode of the worker: detection, malloc arenas, releasing memory when idle."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.protocols.loopback import loopbackAsync
+
+from buntime.pool import commands
+from buntime.pool.child import protocol as protocol_module
+from buntime.pool.child.loader import LoadedApp
+from buntime.pool.child.memory import limit_arenas, low_memory, release_memory
+from buntime.pool.child.protocol import WorkerProtocol
+
+
+def test_low_memory_read_from_worker_config() -> None:
+    assert low_memory({"WORKER_CONFIG": json.dumps({"lowMemory": True})})
+    assert not low_memory({"WORKER_CONFIG": json.dumps({"lowMemory": False})})
+    assert not low_memory({"WORKER_CONFIG": json.dumps({})})
+    assert not low_memory({})
+    assert not low_memory({"WORKER_CONFIG": "not json"})
+
+
+def test_arena_limit_and_release_work_on_glibc() -> None:
+    assert limit_arenas() is True
+    release_memory()  # must not raise
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("frugal", [True, False])
+async def test_idle_releases_memory_only_in_low_memory_mode(monkeypatch, frugal) -> None:
+    from test_child_protocol import RuntimeSide, Unhurried
+
+    released: list[bool] = []
+    monkeypatch.setattr(protocol_module, "release_memory", lambda: released.append(True))
+    runtime, worker = RuntimeSide(), WorkerProtocol(reactor)
+    worker.low_memory = frugal
+    closed = loopbackAsync(worker, runtime)
+    await worker.serve(LoadedApp(types.ModuleType("idle"), Unhurried()))
+    await runtime.callRemote(commands.Idle)
+    assert released == ([True] if frugal else [])
+    runtime.transport.loseConnection()
+    await closed

@@ -86,7 +86,12 @@ class Template:
         self.base_path = [entry for entry in sys.path[1:] if entry not in self.old_path]
 
     def run(self) -> None:
+        # The runtime stops the template by closing its control channel;
+        # Ctrl-C or a SIGTERM sent to the whole process group (a terminal,
+        # `timeout`, systemd's control-group kill) must not take it down
+        # while the runtime is still draining.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         signal.set_wakeup_fd(self.wake_w)
         selector = selectors.DefaultSelector()
@@ -165,6 +170,7 @@ class Template:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             self.control.close()
             os.close(self.wake_r)
             os.close(self.wake_w)

@@ -61,8 +61,9 @@ class Worker:
     def run(self) -> int:
         """Serve until the channel closes; the exit code."""
         StandardIO(self.protocol, stdin=CHANNEL_IN, stdout=CHANNEL_OUT, reactor=self.reactor)
-        # The reactor installs its own SIGINT handler while starting: undo that.
+        # The reactor installs its own SIGINT/SIGTERM handlers while starting: undo that.
         self.reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, signal.SIG_IGN)
         self.reactor.callLater(0, self._start)
         self.reactor.run()
         return self.exit_code
@@ -124,7 +125,10 @@ def main() -> None:
     asyncioreactor.install(loop)
     from twisted.internet import reactor
 
+    # The runtime ends a worker over its channel (or with SIGKILL); signals
+    # sent to the whole process group must not cut in-flight requests.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]

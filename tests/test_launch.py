@@ -162,13 +162,17 @@ async def test_sigusr1_dumps_the_stack(harness: Harness) -> None:
     assert not process.exited.called
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest_twisted.ensureDeferred
-async def test_sigint_is_ignored(harness: Harness) -> None:
+async def test_group_signals_are_ignored(harness: Harness, signum: int) -> None:
+    """Ctrl-C or a process-group SIGTERM leaves the worker serving; the runtime stops it."""
     runtime, process = await harness.ready(APPS / "routes-demo")
-    process.signal(signal.SIGINT)
+    process.signal(signum)
     answer = await bounded(runtime.request(path="/health").done)
     assert json.loads(answer.body) == {"ok": True}
     assert not process.exited.called
+    runtime.transport.loseConnection()
+    assert await bounded(process.exited) == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -415,3 +415,29 @@ def test_request_duration_follows_the_clock(eliot_logger):
     assert end["duration_ms"] == 250
     assert end["level"] == "error"
     assert end["app"] == "todos"
+
+
+def test_client_disconnect_cancels_the_work() -> None:
+    """A client that goes away cancels what answers it (the pool drops or cancels it)."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+    from twisted.web.server import Request as WebRequest
+    from twisted.web.server import Site
+    from twisted.web.test.requesthelper import DummyChannel
+
+    cancelled: list[bool] = []
+
+    async def step(request: Request, fields: dict) -> Response | None:
+        waiting: Deferred = Deferred(lambda d: cancelled.append(True))
+        return await waiting
+
+    door = Door(steps=[step])
+    channel = DummyChannel()
+    channel.site = Site(door.resource)
+    request = WebRequest(channel)
+    request.gotLength(0)
+    request.requestReceived(b"GET", b"/app/x", b"HTTP/1.1")
+    assert door.state.in_flight == 1 and cancelled == []
+    request.connectionLost(Failure(ConnectionDone()))
+    assert cancelled == [True]
+    assert door.state.in_flight == 0

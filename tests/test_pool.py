@@ -372,10 +372,10 @@ def test_death_mid_request_is_502_and_next_request_respawns():
     assert (metrics["totalWorkersFailed"], metrics["totalWorkersCreated"]) == (1, 2)
 
 
-def test_app_error_is_502():
+def test_app_error_is_500():
     h = Harness()
     status, code, message = error_of(h.get(h.app(), "/fail"))
-    assert (status, code) == (502, "APP_ERROR")
+    assert (status, code) == (500, "APP_ERROR")
     assert "ValueError: bad input" in message
 
 
@@ -544,16 +544,31 @@ def test_ephemeral_startup_failure_frees_the_slot():
 # -- apps ------------------------------------------------------------------------
 
 
-def test_name_version_collision_500():
+def test_name_version_collision_500(tmp_path):
     h = Harness()
-    first = h.app(dir="/one/hello@1.0.0")
-    second = h.app(dir="/two/hello/1.0.0")
+    one, two = tmp_path / "one" / "hello@1.0.0", tmp_path / "two" / "hello" / "1.0.0"
+    one.mkdir(parents=True)
+    two.mkdir(parents=True)
+    first = h.app(dir=str(one))
+    second = h.app(dir=str(two))
     assert h.get(first).status == 200
     status, code, message = error_of(h.get(second))
     assert (status, code) == (500, "APP_COLLISION")
-    assert "/one/hello@1.0.0" in message and "/two/hello/1.0.0" in message
+    assert str(one) in message and str(two) in message
     assert len(h.processes) == 1
     h.pool.retire_app(first.dir)
+    assert h.get(second).status == 200
+
+
+def test_collision_ends_when_the_first_directory_is_removed_by_hand(tmp_path):
+    h = Harness()
+    one, two = tmp_path / "one" / "hello@1.0.0", tmp_path / "two" / "hello" / "1.0.0"
+    one.mkdir(parents=True)
+    two.mkdir(parents=True)
+    first, second = h.app(dir=str(one)), h.app(dir=str(two))
+    assert h.get(first).status == 200
+    assert error_of(h.get(second))[1] == "APP_COLLISION"
+    one.rmdir()
     assert h.get(second).status == 200
 
 

@@ -352,6 +352,7 @@ def test_logs_and_output_are_tagged(eliot_logger):
         ("stderr", "warn", "a warning"),
     ]
     assert all(m["worker_id"] == "w1" for m in output)
+    assert {m["context"] for m in [*output, message]} == {"worker:hello@1.0.0"}
 
 
 def test_dump_stack_collects_stderr(eliot_logger):

@@ -19,6 +19,7 @@ a crash-looping app is respawned at once after one failure, then after
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -247,6 +248,10 @@ class WorkerPool:
     def _enter(self, app: PoolApp) -> _AppState:
         """The app's state (made on first use), after the name@version collision check."""
         owner = self._names.get(app.label)
+        if owner is not None and owner != app.key and not os.path.isdir(owner):
+            # The claimant was removed by hand: forget it, as retire_app would.
+            self.retire_app(owner)
+            owner = None
         if owner is not None and owner != app.key and owner in self._apps:
             raise _Refused(
                 Response.error(
@@ -319,7 +324,7 @@ class WorkerPool:
             raise _Refused(self._crash_response(state, str(error))) from None
         except AppError as error:
             message = self._detail(f"App {label} failed on this request", str(error))
-            raise _Refused(Response.error(502, "APP_ERROR", message)) from None
+            raise _Refused(Response.error(500, "APP_ERROR", message)) from None
         state.failures = 0
         return response
 

@@ -86,6 +86,7 @@ class Template:
         self.base_path = [entry for entry in sys.path[1:] if entry not in self.old_path]
 
     def run(self) -> None:
+        self.own_pid = os.getpid()
         # The runtime stops the template by closing its control channel;
         # Ctrl-C or a SIGTERM sent to the whole process group (a terminal,
         # `timeout`, systemd's control-group kill) must not take it down
@@ -192,7 +193,7 @@ class Template:
             from buntime.pool.child import main as child
 
             sys.argv = [child.__file__ or "buntime.pool.child"]
-            child.main()
+            child.main(parent=self.own_pid)
         except SystemExit as exit:
             code = exit.code if isinstance(exit.code, int) else 1
         except BaseException:
@@ -205,6 +206,9 @@ class Template:
 
 def main() -> None:
     """Run the template on the control socket at fd 3."""
+    from buntime.pool.child.lifeline import die_with_parent
+
+    die_with_parent(os.getppid())
     control = socket.socket(fileno=CONTROL_FD)
     control.setblocking(True)
     preload()

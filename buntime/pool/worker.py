@@ -59,7 +59,7 @@ KILL_WAIT = 5.0
 
 _RESERVED_FIELDS = frozenset(
     {"message_type", "level", "message", "timestamp", "task_uuid", "task_level"}
-    | {"action_type", "action_status", "app", "version", "worker_id", "pid", "stream"}
+    | {"action_type", "action_status", "app", "version", "worker_id", "pid", "stream", "context"}
 )
 
 
@@ -679,6 +679,11 @@ class Worker:
 
     # -- output and logs ---------------------------------------------------
 
+    @property
+    def context(self) -> str:
+        """The log context of what the app itself says: C{worker:<app>@<version>}."""
+        return f"worker:{self.name}@{self.version}"
+
     def tags(self) -> dict[str, object]:
         """Fields that name this worker in log messages."""
         return {"app": self.name, "version": self.version, "worker_id": self.id, "pid": self.pid}
@@ -692,7 +697,7 @@ class Worker:
             extra = {"fields": extra}
         extra = {(f"field_{k}" if k in _RESERVED_FIELDS else str(k)): v for k, v in extra.items()}
         level = level if level in LEVELS else "info"
-        log(level, "buntime:worker:log", message, **self.tags(), **extra)
+        log(level, "buntime:worker:log", message, context=self.context, **self.tags(), **extra)
 
     def output_received(self, stream: str, line: str) -> None:
         """A line the app printed; stderr lines are held back while a stack dump is read."""
@@ -700,7 +705,14 @@ class Worker:
             self._capture.append(line)
             return
         level = "warn" if stream == "stderr" else "info"
-        log(level, "buntime:worker:output", line, **self.tags(), stream=stream)
+        log(
+            level,
+            "buntime:worker:output",
+            line,
+            context=self.context,
+            **self.tags(),
+            stream=stream,
+        )
 
     # -- stats -------------------------------------------------------------
 

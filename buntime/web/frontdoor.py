@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from eliot import start_action
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.resource import Resource
@@ -262,14 +262,22 @@ class FrontDoor(Resource):
             )
             action.finish()
             self._state.request_finished()
+            if aborted and running and not running[0].called:
+                # The client went away: stop the work (a queued request is
+                # dropped, a worker is told to cancel).
+                running[0].cancel()
 
+        running: list[Deferred[None]] = []
         request.notifyFinish().addBoth(finished)
         with action.context():
             done = ensureDeferred(self._answer(request, request_id, path, fields, gone))
+        running.append(done)
         done.addErrback(self._crashed, request)
         return NOT_DONE_YET
 
     def _crashed(self, failure: Any, request: Any) -> None:
+        if failure.check(CancelledError):
+            return  # the client disconnected and its work was cancelled
         log(
             "error",
             "buntime:http:internal-error",

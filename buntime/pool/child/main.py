@@ -32,6 +32,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from buntime.pool.child.lifeline import die_with_parent
 from buntime.pool.child.loader import LoadError, load
 from buntime.pool.child.memory import LOW_MEMORY_THREADS, limit_arenas, low_memory
 from buntime.pool.child.protocol import WorkerProtocol, one_line
@@ -118,8 +119,12 @@ class Worker:
             self.reactor.stop()
 
 
-def main() -> None:
-    """Run one worker (C{python -m buntime.pool.child}); never returns."""
+def main(parent: int | None = None) -> None:
+    """
+    Run one worker (C{python -m buntime.pool.child}); never returns.
+    C{parent} is the pid it must not outlive (default: its parent now).
+    """
+    die_with_parent(parent if parent is not None else os.getppid())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     asyncioreactor.install(loop)

@@ -23,7 +23,7 @@ from eliot import log_message
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogObserver, LogLevel, formatEvent
+from twisted.logger import ILogObserver, LoggingFile, LogLevel, formatEvent
 from zope.interface import implementer
 
 from buntime.http import Headers
@@ -191,6 +191,7 @@ class FileDestination:
     min_level: str = "info"
     _buffer: list[str] = field(factory=list)
     _file: IO[str] | None = None
+    _failed: bool = False
 
     def __call__(self, message: dict[str, Any]) -> None:
         if level_enabled(self.min_level, _level_of(message)):
@@ -201,10 +202,16 @@ class FileDestination:
     def flush(self) -> None:
         if not self._buffer:
             return
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write("".join(self._buffer))
-        self._file.flush()
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write("".join(self._buffer))
+            self._file.flush()
+        except OSError as error:
+            # Never let the log file take the runtime down; say so once on stderr.
+            if not self._failed:
+                self._failed = True
+                sys.stderr.write(f"buntime: cannot write the log file {self.path}: {error}\n")
         self._buffer.clear()
 
     def close(self) -> None:
@@ -253,12 +260,30 @@ class TwistedToEliot:
         )
 
 
+_forwarding = False
+
+
 def twistd_observer() -> TwistedToEliot:
     """
     The observer factory buntime hands to twistd's C{--logger}: Twisted's own
     log events go into eliot, and the L{LoggingService} decides where they end.
     """
+    global _forwarding
+    _forwarding = True
     return TwistedToEliot()
+
+
+def console() -> IO[str]:
+    """
+    Where log lines go, looked up when logging starts.  twistd has replaced
+    C{sys.stdout} with a writer into Twisted's log by then: in the foreground
+    (Twisted's log forwarded into eliot) that would loop, so the real stdout
+    is used; daemonized, Twisted's log is C{twistd.log}, and lines go there.
+    """
+    stream = sys.stdout
+    if isinstance(stream, LoggingFile) and _forwarding and sys.__stdout__ is not None:
+        return sys.__stdout__
+    return stream
 
 
 @define(eq=False)
@@ -275,7 +300,7 @@ class LoggingService(Service):
     level: str = "info"
     fmt: str = "json"
     file_path: str | None = None
-    stream: IO[str] = field(factory=lambda: sys.stdout)
+    stream: IO[str] | None = None  # default: sys.stdout as it is when the service starts
     _destinations: list[Callable[[dict[str, Any]], None]] = field(factory=list)
     _file: FileDestination | None = None
     _flusher: LoopingCall | None = None
@@ -284,6 +309,8 @@ class LoggingService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        if self.stream is None:
+            self.stream = console()
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         colour = self.fmt == "pretty" and tty
         self._console = StreamDestination(self.stream, self.level, self.fmt, colour, tty)

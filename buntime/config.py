@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 
 from buntime.units import parse_duration, parse_size
 
@@ -66,7 +66,7 @@ class RuntimeConfig:
     data_dir: str
     homepage: str | None
     worker_mode: str
-    environ: Mapping[str, str]
+    environ: Mapping[str, str] = field(repr=False)  # values may be secrets
 
     @property
     def production(self) -> bool:
@@ -217,6 +217,18 @@ def load_config(
         label("worker_mode", "RUNTIME_WORKER_MODE"), get("worker_mode") or "fork", ("fork", "spawn")
     )
 
+    log_file = get("log_file") or None
+    if log_file is not None:
+        log_file = os.path.abspath(log_file)
+        try:
+            with open(log_file, "a", encoding="utf-8"):
+                pass
+        except OSError as error:
+            raise ConfigError(
+                f"{label('log_file', 'RUNTIME_LOG_FILE')} cannot be written: "
+                f"{log_file!r} ({error.strerror})"
+            ) from None
+
     return RuntimeConfig(
         listen=listen,
         port=port,
@@ -226,7 +238,7 @@ def load_config(
         pool_size=pool_size,
         log_level=log_level,
         log_format=log_format,
-        log_file=get("log_file") or None,
+        log_file=log_file,
         body_size_default=body_size_default,
         body_size_max=body_size_max,
         api_prefix=api_prefix,

@@ -197,6 +197,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         production=config.production,
         homepage=config.homepage,
         clock=reactor,
+        reserved=frozenset({"health", ".well-known", config.api_base.strip("/").split("/")[0]}),
     )
     plugins = PluginService(
         plugin_dirs=config.plugin_dirs,
@@ -238,7 +239,21 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
 
     def document() -> dict[str, Any]:
         klein_apps = [(type(obj).app, obj) for _, obj in apis] + [(CoreAPI.app, api)]
-        return openapi_document(klein_apps, config.api_base, __version__)
+        document = openapi_document(klein_apps, config.api_base, __version__)
+        document["paths"]["/.well-known/buntime"] = {
+            "get": {
+                "summary": "Where this runtime's API is, and its version",
+                "description": "Always at this path, whatever RUNTIME_API_PREFIX says.",
+                "operationId": "wellKnownBuntime",
+                "responses": {
+                    "200": {
+                        "description": '`{"api": "/api", "version": "0.1.0"}`',
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        }
+        return document
 
     api = CoreAPI(state=state, api_base=config.api_base, openapi=document)
     frontdoor = FrontDoor(

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols import amp
@@ -42,7 +42,7 @@ from buntime.pool.events import (
     ResponseStart,
     StartupFailed,
 )
-from buntime.pool.launch import ILauncher, LaunchSpec
+from buntime.pool.launch import ILauncher, LauncherUnavailable, LaunchSpec
 
 STACK = [
     "Thread 0x00007f (most recent call first):",
@@ -236,7 +236,8 @@ class FakeProcess:
 class FakeLauncher:
     """
     Launches L{FakeChild} workers on C{clock}.  C{startup} is what a new
-    worker does first: C{ready}, C{fail} (StartupFailed) or C{hang}.
+    worker does first: C{ready}, C{fail} (StartupFailed) or C{hang};
+    C{unavailable} makes C{launch} itself fail at once.
     """
 
     clock: MemoryReactorClock
@@ -257,6 +258,8 @@ class FakeLauncher:
     def launch(
         self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
     ) -> Deferred:
+        if self.startup == "unavailable":  # a launcher that cannot start anything now
+            return fail(LauncherUnavailable("the fork template exited with code -9"))
         self.next_pid += 1
         process = FakeProcess(self.next_pid, spec, self, on_output)
         process.child = FakeChild(process, self.handler, self.startup)

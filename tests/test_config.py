@@ -313,3 +313,18 @@ def test_read_dotenv(tmp_path):
 
 def test_read_dotenv_without_a_file(tmp_path):
     assert read_dotenv(str(tmp_path / "missing.env")) == {}
+
+
+def test_log_file_must_be_writable(tmp_path):
+    missing = tmp_path / "no" / "such" / "dir" / "buntime.log"
+    assert error_of(env={"RUNTIME_LOG_FILE": str(missing)}) == (
+        f"RUNTIME_LOG_FILE cannot be written: {str(missing)!r} (No such file or directory)"
+    )
+    fine = tmp_path / "buntime.log"
+    assert config(env={"RUNTIME_LOG_FILE": str(fine)}).log_file == str(fine)
+
+
+def test_the_environment_is_not_in_the_repr():
+    """The config is handed to plugins; printing it must not print secrets."""
+    shown = repr(config(env={"API_TOKEN": "s3cret-value"}))
+    assert "s3cret-value" not in shown

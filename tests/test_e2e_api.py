@@ -476,6 +476,7 @@ CORE_ROUTES = {
     ("/api/plugins/{name}", "delete"),
     ("/api/openapi.json", "get"),
     ("/api/docs", "get"),
+    ("/.well-known/buntime", "get"),
 }
 
 

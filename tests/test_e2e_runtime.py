@@ -8,6 +8,7 @@ through C{StubTreq} and C{task.Clock} in the other modules.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
@@ -204,3 +205,48 @@ async def test_the_helper_reports_a_runtime_that_cannot_start(runtimes):
     with pytest.raises(RuntimeExited) as caught:
         await runtimes.start(worker_dirs=None)
     assert "workerDirs is required" in str(caught.value)
+
+
+def test_daemon_mode_logs_to_the_twistd_log(tmp_path):
+    """Without -n, twistd daemonizes: buntime's own lines must reach twistd.log."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    twistd = Path(sys.executable).with_name("twistd")
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "RUNTIME_ENV": "production",
+        "RUNTIME_WORKER_DIRS": str(tmp_path),
+        "RUNTIME_PLUGIN_DIRS": str(tmp_path / "plugins"),
+    }
+    subprocess.run(
+        [
+            str(twistd),
+            f"--pidfile={pidfile}",
+            f"--logfile={logfile}",
+            "buntime",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        timeout=30,
+    )
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            if logfile.exists() and "Runtime ready" in logfile.read_text():
+                break
+            time.sleep(0.05)
+        assert "Runtime ready" in logfile.read_text()
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+            while pidfile.exists() and time.monotonic() < deadline + 20:
+                time.sleep(0.05)

@@ -625,3 +625,12 @@ def test_remove_refuses_versions_reached_through_a_symlinked_name_dir(tmp_path: 
         remove_app([str(worker_dir)], None, "hello", "1.0.0")
     assert caught.value.code == "PATH_TRAVERSAL"
     assert (outside / "1.0.0" / "manifest.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", ["api", "health"])
+def test_reserved_names_are_refused(name):
+    from buntime.apps.install import InstallError, check_name
+
+    with pytest.raises(InstallError, match="reserved") as raised:
+        check_name(name)
+    assert raised.value.code == "INVALID_ARCHIVE"

@@ -17,7 +17,7 @@ import pytest_twisted
 from test_child_protocol import RuntimeSide
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from zope.interface.verify import verifyObject
 
 import buntime
@@ -251,6 +251,33 @@ async def test_fork_launcher_must_be_started() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_fork_launch_waits_for_a_starting_template() -> None:
+    """A launch while the template is still starting waits for it instead of failing."""
+    launcher = ForkLauncher(reactor)
+    starting = launcher.start()
+    harness = Harness(launcher)
+    try:
+        assert not starting.called
+        runtime, _ = await harness.ready(APPS / "routes-demo")
+        assert (await bounded(runtime.request(path="/health").done)).status == 200
+    finally:
+        await harness.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_fork_launch_gives_up_after_launch_timeout() -> None:
+    clock = Clock()
+    launcher = ForkLauncher(clock, launch_timeout=5.0)
+    launcher._started = True  # as if start() ran and the template never became ready
+    spec = LaunchSpec("w", str(APPS / "routes-demo"), worker_env(APPS / "routes-demo"))
+    launched = launcher.launch(spec, RuntimeSide(), lambda stream, line: None)
+    assert not launched.called
+    clock.advance(5.0)
+    with pytest.raises(LauncherUnavailable, match="not ready within 5 s"):
+        await launched
+
+
+@pytest_twisted.ensureDeferred
 async def test_fork_template_restarts() -> None:
     launcher = ForkLauncher(reactor, restart_delay=0.2)
     await bounded(launcher.start())
@@ -259,14 +286,12 @@ async def test_fork_template_restarts() -> None:
         runtime, process = await harness.ready(APPS / "routes-demo")
         launcher._transport.signalProcess("KILL")
         await until(lambda: not launcher._ready_now)
-        with pytest.raises(LauncherUnavailable):
-            await harness.launch(APPS / "routes-demo")
         # A worker never outlives its parent: it goes with the template (the
         # pool answers its requests 502 and starts a new one)...
         assert await bounded(process.exited) == UNKNOWN_EXIT  # its template is gone
         await bounded(runtime.lost)
-        # ... from the restarted template.
-        await until(lambda: launcher._ready_now)
+        # ... and a launch while the template restarts waits for it.
+        assert not launcher._ready_now
         second, _ = await harness.ready(APPS / "routes-demo")
         assert (await bounded(second.request(path="/health").done)).status == 200
     finally:

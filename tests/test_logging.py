@@ -341,3 +341,29 @@ def test_twistd_observer():
     observer = twistd_observer()
     assert isinstance(observer, TwistedToEliot)
     assert verifyObject(ILogObserver, observer)
+
+
+def test_the_console_is_looked_up_when_the_service_starts(monkeypatch) -> None:
+    """A daemonizing twistd swaps sys.stdout before services start: log there."""
+    import io
+    import sys
+
+    service = LoggingService(clock=Clock(), level="info", fmt="json")
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", later)
+    service.startService()
+    try:
+        log("info", "buntime:test:daemon", "after the swap")
+    finally:
+        service.stopService()
+    assert "after the swap" in later.getvalue()
+
+
+def test_a_log_file_that_fails_later_does_not_break_logging(tmp_path, capsys) -> None:
+    target = tmp_path / "logs" / "buntime.log"
+    destination = FileDestination(str(target))
+    destination({"level": "info", "message": "lost", "timestamp": 0.0})
+    destination.flush()  # the directory does not exist: no exception
+    destination({"level": "info", "message": "lost again", "timestamp": 0.0})
+    destination.flush()
+    assert capsys.readouterr().err.count("cannot write the log file") == 1

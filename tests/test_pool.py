@@ -338,6 +338,22 @@ def test_startup_failure_502_respawn_and_backoff():
     assert h.pool.metrics()["totalWorkersFailed"] == 3
 
 
+def test_launcher_unavailable_answers_503_at_once():
+    """A launch that fails at once (fork template down) answers now, not after timeout."""
+    h = Harness(startup="unavailable")
+    app = h.app(timeout=30.0)
+    pending = h.send(app, "/")
+    h.launcher.settle()
+    assert pending.called  # not queued until the 30 s timeout
+    response = result_of(pending)
+    status, code, _message = error_of(response)
+    assert (status, code) == (503, "WORKERS_UNAVAILABLE")
+    assert response.headers.get("retry-after") == "1"
+    h.launcher.startup = "ready"
+    h.advance(0.5)
+    assert h.get(app).status == 200
+
+
 def test_production_hides_the_error():
     h = Harness(production=True, startup="fail")
     status, code, message = error_of(h.get(h.app()))

@@ -350,6 +350,10 @@ def _looks_like_traversal(text: str) -> bool:
     )
 
 
+RESERVED_APP_NAMES = frozenset({"api", "health"})
+"""Names no app may take: their paths belong to the runtime."""
+
+
 def check_name(name: object) -> str:
     """A valid app name to install (C{[a-z0-9][a-z0-9._-]*} or C{@scope/name})."""
     if not isinstance(name, str) or _INSTALL_NAME.match(name) is None:
@@ -358,6 +362,11 @@ def check_name(name: object) -> str:
             code or "INVALID_ARCHIVE",
             f"Invalid app name {name!r}: use lowercase letters, digits, '.', '_', '-'"
             " (optionally as @scope/name)",
+        )
+    if name in RESERVED_APP_NAMES:
+        raise InstallError(
+            "INVALID_ARCHIVE",
+            f"App name {name!r} is reserved: /api, /health and /.well-known are the runtime's",
         )
     return name
 

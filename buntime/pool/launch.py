@@ -395,10 +395,13 @@ class ForkLauncher:
     _restart: Any = None
     _pending: dict[str, tuple[Deferred, list[socket.socket], Any, Callable]] = field(factory=dict)
     _workers: dict[int, _Forked] = field(factory=dict)
+    _started: bool = False
+    _waiting: list[Deferred] = field(factory=list)
 
     def start(self) -> Deferred:
         """Start the template; fires once it has imported everything and is listening."""
         self._stopping = False
+        self._started = True
         if self._ready is None:
             self._spawn_template()
         assert self._ready is not None
@@ -409,6 +412,11 @@ class ForkLauncher:
     def stop(self) -> Deferred:
         """Close the control channel (the template exits); fires once it has."""
         self._stopping = True
+        self._started = False
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            if not waiter.called:
+                waiter.errback(LauncherUnavailable("the fork template is stopping"))
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
         self._restart = None
@@ -423,10 +431,25 @@ class ForkLauncher:
     def launch(
         self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
     ) -> Deferred:
-        if not self._ready_now or self._control is None:
-            return fail(
-                LauncherUnavailable("the fork template is not running (starting or restarting)")
+        if self._ready_now and self._control is not None:
+            return self._launch_now(spec, protocol, on_output)
+        if not self._started:
+            return fail(LauncherUnavailable("the fork template is not running (not started)"))
+        # Starting or restarting: wait for it, up to launch_timeout.
+        waiter: Deferred = Deferred()
+        self._waiting.append(waiter)
+
+        def gave_up(result: object, timeout: float) -> Failure:
+            return Failure(
+                LauncherUnavailable(f"the fork template was not ready within {timeout:g} s")
             )
+
+        waiter.addTimeout(self.launch_timeout, self.reactor, gave_up)
+        return waiter.addCallback(lambda _: self._launch_now(spec, protocol, on_output))
+
+    def _launch_now(
+        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
+    ) -> Deferred:
         if spec.worker_id in self._pending:
             return fail(ValueError(f"worker {spec.worker_id} is already being launched"))
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
@@ -493,6 +516,10 @@ class ForkLauncher:
             )
             if self._ready is not None and not self._ready.called:
                 self._ready.callback(None)
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                if not waiter.called:
+                    waiter.callback(None)
         elif "worker_id" in message:
             self._forked(message)
         elif "exited" in message:

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from buntime._logging import log
 from buntime.http import Request, Response
 from buntime.pool.deps import DependencyInstaller, InstallError
-from buntime.pool.launch import ILauncher
+from buntime.pool.launch import ILauncher, LauncherUnavailable
 from buntime.pool.worker import (
     STARTING,
     AppError,
@@ -283,9 +283,12 @@ class WorkerPool:
         self._refuse_if_failing(state)
         warm = any(w.is_ready and w.healthy for w in state.workers)
         self._counts["hits" if warm else "misses"] += 1
+        failures = state.failures
         self._scale(state)
         worker = self._free_worker(state)
         if worker is None:
+            if state.failures > failures and state.last_failure is not None:
+                raise _Refused(state.last_failure)  # the worker could not even be launched
             worker = await self._wait(state)
         return await self._run(state, worker, request, base)
 
@@ -522,7 +525,17 @@ class WorkerPool:
             **worker.tags(),
             reason=reason,
         )
-        self._worker_failed(state, worker, self._crash_response(state, f"worker {reason}"))
+        if isinstance(worker.launch_error, LauncherUnavailable):
+            # The fork template is down: not the app's fault, and soon over.
+            response = Response.error(
+                503,
+                "WORKERS_UNAVAILABLE",
+                f"Workers cannot be started right now ({worker.launch_error}); retry shortly",
+                {"retry-after": "1"},
+            )
+        else:
+            response = self._crash_response(state, f"worker {reason}")
+        self._worker_failed(state, worker, response)
 
     def _worker_failed(self, state: _AppState, worker: Worker, response: Response) -> None:
         """A critical error: count it, back off, and answer waiting requests if none is left."""

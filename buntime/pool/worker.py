@@ -273,6 +273,7 @@ class Worker:
     ephemeral: bool = False
     status: str = STARTING
     pid: int | None = None
+    launch_error: BaseException | None = None
     kind: str | None = None
     process: LaunchedProcess | None = field(default=None, repr=False)
     protocol: WorkerProtocol = field(init=False, repr=False)
@@ -349,6 +350,7 @@ class Worker:
         process.exited.addBoth(self._process_exited)
 
     def _launch_failed(self, failure: Failure) -> None:
+        self.launch_error = failure.value
         self._gone(f"could not be launched: {failure.getErrorMessage()}")
         self._exited.fire(None)
 

@@ -91,6 +91,8 @@ class AppStep:
     body_size_max: int
     production: bool = False
     homepage: str | None = None
+    reserved: frozenset[str] = RESERVED_NAMES
+    """First path segments that never name an app (the core API's, /health, /.well-known)."""
     clock: IReactorTime | None = None
     recheck_seconds: float = 1.0
     _apps: dict[str, LoadedApp] = field(factory=dict)
@@ -196,7 +198,7 @@ class AppStep:
         if parts is None:
             return None
         name, spec, base, rest = parts
-        if name in RESERVED_NAMES:
+        if name in self.reserved:
             return None
         try:
             version = self.catalog.resolve(name, spec)
@@ -210,7 +212,7 @@ class AppStep:
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""
         parts = split_app_path(path)
-        if parts is None or parts[0] in RESERVED_NAMES:
+        if parts is None or parts[0] in self.reserved:
             return None
         try:
             version = self.catalog.resolve(parts[0], parts[1])

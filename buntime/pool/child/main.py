@@ -23,6 +23,7 @@ from typing import Any
 from attrs import define, field
 from twisted.internet import asyncioreactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.stdio import StandardIO
 from twisted.logger import (
     FilteringLogObserver,
@@ -116,7 +117,10 @@ class Worker:
         """Stop the reactor; C{run} returns C{code}."""
         self.exit_code = code
         if self.reactor.running:
-            self.reactor.stop()
+            try:
+                self.reactor.stop()
+            except ReactorNotRunning:
+                pass  # already stopping (a failed start, then the channel closing)
 
 
 def main(parent: int | None = None) -> None:

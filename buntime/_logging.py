@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -32,6 +33,9 @@ LEVELS = ("debug", "info", "warn", "error")
 _RANK = {name: rank for rank, name in enumerate(LEVELS)}
 
 REQUEST_ACTION = "buntime:http:request"
+
+request_fields: ContextVar[dict[str, Any] | None] = ContextVar("request_fields", default=None)
+"""Extra fields for the current request's log line (the pool adds C{worker_id})."""
 STREAM_FLUSH = 0.1
 """Seconds between flushes of buffered log lines to a pipe or file."""
 

@@ -137,7 +137,7 @@ def _app_info(app: Any) -> AppInfo:
 def _plugins_loaded(registry: Any, plugins: PluginService) -> None:
     """Startup order: plugins are initialized before the port listens; failing ones stop it."""
     if plugins.failed:
-        fatal_exit(plugins.failed)
+        exit_now(1)  # the plugin service has logged the one-line reason
 
 
 def make_pool(config: RuntimeConfig, reactor: Any) -> PoolService:

@@ -301,6 +301,23 @@ async def test_app_sees_its_base_stripped(shared):
     assert seen["HTTP_X_BASE"] == "/probe-wsgi@1"
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_request_log_line_names_app_and_worker(shared):
+    """One request action per request, ending with status, app and worker id."""
+    request_id = f"log-{random.randrange(10**9)}"
+    response = await shared.get("/probe@1/logged", headers={"x-request-id": request_id})
+    await treq.content(response)
+    end = await shared.wait_for_log(
+        lambda line: (
+            line.get("request_id") == request_id and line.get("action_status") == "succeeded"
+        )
+    )
+    assert end["app"].startswith("probe@1")
+    assert end["status"] == 200
+    assert isinstance(end.get("worker_id"), str) and end["worker_id"]
+    assert end["action_type"] == "buntime:http:request"
+
+
 # -- output ---------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """
 The loaded, initialized plugin set and everything the front door asks of it
-on the request path: hooks, public routes, C{server_fetch}, Klein routes and
-plugin apps.  A registry never changes; a reload builds a new one.
+on the request path: hooks, public routes, C{server_fetch}, Klein routes,
+plugin apps and WebSocket handlers.  A registry never changes; a reload
+builds a new one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attrs import define, field, frozen
+from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -63,6 +65,41 @@ def _plugin_error(plugin: LoadedPlugin, hook: str, error: BaseException) -> None
     )
 
 
+def websocket_endpoints(
+    name: str, base: str | None, member: object
+) -> list[tuple[str | None, WebSocketServerFactory]]:
+    """
+    A plugin's C{websocket} member as C{(path, factory)} pairs: C{path} is an
+    absolute path (a mapping's sub-path under the base, no trailing slash),
+    or C{None} for a lone factory serving every path under the base.
+
+    @raise ValueError: the member is neither a factory nor a mapping of
+        C{"/sub-path"} to factories, or the plugin has no base.
+    """
+    if member is None:
+        return []
+    if base is None:
+        raise ValueError(f'Plugin "{name}" has a websocket handler but no base to serve it at')
+    if isinstance(member, WebSocketServerFactory):
+        return [(None, member)]
+    if not isinstance(member, Mapping):
+        raise ValueError(
+            f'Plugin "{name}": websocket must be an autobahn WebSocketServerFactory'
+            f" or a mapping of sub-paths to factories, not {type(member).__name__}"
+        )
+    endpoints: list[tuple[str | None, WebSocketServerFactory]] = []
+    for sub, factory in member.items():
+        if not isinstance(sub, str) or not (sub == "" or sub.startswith("/")):
+            raise ValueError(f'Plugin "{name}": websocket path {sub!r} must start with "/"')
+        if not isinstance(factory, WebSocketServerFactory):
+            raise ValueError(
+                f'Plugin "{name}": websocket[{sub!r}] must be an autobahn'
+                f" WebSocketServerFactory, not {type(factory).__name__}"
+            )
+        endpoints.append(((base + sub).rstrip("/") or "/", factory))
+    return endpoints
+
+
 async def _discard(response: Response) -> None:
     aclose = getattr(response.body, "aclose", None)
     if aclose is not None:
@@ -83,11 +120,36 @@ class PluginRegistry:
     clock: IReactorTime | None = None
     _app_routes: dict[Any, PublicRoutes] = field(factory=dict, init=False)
     _by_base: tuple[LoadedPlugin, ...] = field(init=False)
+    _websockets: tuple[tuple[LoadedPlugin, str | None, WebSocketServerFactory], ...] = field(
+        init=False
+    )
 
     @_by_base.default
     def _longest_base_first(self) -> tuple[LoadedPlugin, ...]:
         with_base = [p for p in self.plugins if p.base is not None]
         return tuple(sorted(with_base, key=lambda p: -len(p.base or "")))
+
+    @_websockets.default
+    def _websocket_endpoints(self) -> tuple[tuple[LoadedPlugin, str | None, Any], ...]:
+        # Read once, after every on_init: a plugin may build its factory there.
+        endpoints = []
+        for plugin in self._by_base + tuple(p for p in self.plugins if p.base is None):
+            try:
+                found = websocket_endpoints(
+                    plugin.name, plugin.base, getattr(plugin.provider, "websocket", None)
+                )
+            except ValueError as error:
+                log(
+                    "error",
+                    "buntime:plugins:websocket-invalid",
+                    f"{error}; its WebSockets are not served",
+                    plugin=plugin.name,
+                )
+                continue
+            # exact sub-paths before the plugin's catch-all factory
+            found.sort(key=lambda pair: pair[0] is None)
+            endpoints.extend((plugin, path, factory) for path, factory in found)
+        return tuple(endpoints)
 
     # -- lookups --------------------------------------------------------------
 
@@ -224,6 +286,18 @@ class PluginRegistry:
             base = plugin.base
             if plugin.manifest.entrypoint and base is not None and _under(path, base):
                 return plugin, base, path[len(base) :] or "/"
+        return None
+
+    def websocket_for(self, path: str) -> tuple[LoadedPlugin, WebSocketServerFactory] | None:
+        """
+        The plugin and the autobahn factory serving WebSockets at C{path}
+        (longest base first; a mapping's sub-paths match exactly, a trailing
+        slash aside; a lone factory matches every path under the base).
+        """
+        exact = path.rstrip("/") or "/"
+        for plugin, where, factory in self._websockets:
+            if where == exact or (where is None and _under(path, plugin.base or "")):
+                return plugin, factory
         return None
 
     # -- lifecycle notifications -------------------------------------------------

@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from buntime._logging import log
+from buntime._logging import log, request_fields
 from buntime.http import Request, Response
 from buntime.pool.deps import DependencyInstaller, InstallError
 from buntime.pool.launch import ILauncher, LauncherUnavailable
@@ -315,6 +315,9 @@ class WorkerPool:
     async def _run(self, state: _AppState, worker: Worker, request: Request, base: str) -> Response:
         manifest = state.app.manifest
         label = state.app.label
+        fields = request_fields.get()
+        if fields is not None:
+            fields["worker_id"] = worker.id  # for the request's log line
         pending = worker.request(request, base, manifest.timeout)
         if not worker.ephemeral and worker.request_count >= manifest.max_requests:
             self._discard(state, worker, "maxRequests reached", grace=manifest.timeout)
@@ -645,6 +648,7 @@ class WorkerPool:
                     f"{exchange.method} {exchange.path} on {state.app.label} timed out after "
                     f"{exchange.elapsed * 1000:.0f} ms ({worker.consecutive_timeouts} in a row)",
                     **worker.tags(),
+                    request_id=exchange.request_id,
                     method=exchange.method,
                     path=exchange.path,
                     elapsed_ms=round(exchange.elapsed * 1000),
@@ -664,6 +668,7 @@ class WorkerPool:
                 f"{exchange.method} {exchange.path} on {state.app.label} timed out after "
                 f"{elapsed_ms} ms; {action} (pid {worker.pid})",
                 **worker.tags(),
+                request_id=exchange.request_id,
                 method=exchange.method,
                 path=exchange.path,
                 elapsed_ms=elapsed_ms,

@@ -202,6 +202,7 @@ class Exchange:
     started: bool = False
     outcome: str | None = None  # ok, error, cancelled, timeout, gone
     elapsed: float = 0.0
+    request_id: str | None = None
 
 
 class WorkerProtocol(amp.AMP):
@@ -514,7 +515,9 @@ class Worker:
         now = self.clock.seconds()
         rid, self._next_rid = self._next_rid, self._next_rid + 1
         response: Deferred = Deferred(lambda _: self._abandon(rid))
-        exchange = Exchange(rid, request.method, request.path, now, response)
+        exchange = Exchange(
+            rid, request.method, request.path, now, response, request_id=request.request_id
+        )
         if self.status in (STOPPING, OFFLINE, STARTING) or not self._connected:
             response.errback(WorkerGone(f"worker {self.label} is {self.status}"))
             return response
@@ -669,6 +672,7 @@ class Worker:
             "buntime:worker:request-error",
             f"App {self.label} failed on a request",
             **self.tags(),
+            request_id=exchange.request_id,
             method=exchange.method,
             path=exchange.path,
             error=error,

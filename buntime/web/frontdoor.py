@@ -23,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from buntime import __version__
-from buntime._logging import REQUEST_ACTION, log
+from buntime._logging import REQUEST_ACTION, log, request_fields
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.web.api import CoreAPI
 from buntime.web.state import RuntimeState
@@ -269,8 +269,12 @@ class FrontDoor(Resource):
 
         running: list[Deferred[None]] = []
         request.notifyFinish().addBoth(finished)
-        with action.context():
-            done = ensureDeferred(self._answer(request, request_id, path, fields, gone))
+        token = request_fields.set(fields)
+        try:
+            with action.context():
+                done = ensureDeferred(self._answer(request, request_id, path, fields, gone))
+        finally:
+            request_fields.reset(token)
         running.append(done)
         done.addErrback(self._crashed, request)
         return NOT_DONE_YET

@@ -442,6 +442,7 @@ def test_replacement_renames_the_old_version_aside_then_the_new_one_in(
         real_rename(source, destination)
 
     monkeypatch.setattr(install.os, "rename", spy)
+    monkeypatch.setattr(install, "exchange_paths", lambda a, b: False)  # the fallback path
     install_archive(make_zip({"manifest.yaml": MANIFEST, "new.txt": b"2"}), "a.zip", worker_dir)
     (old_from, old_to, old_files), (new_from, new_to, new_files) = renames
     assert (old_from, old_files) == (target, ["manifest.yaml", "old.txt"])
@@ -465,6 +466,7 @@ def test_failed_swap_puts_the_old_version_back(site: Path, monkeypatch: pytest.M
         real_rename(source, destination)
 
     monkeypatch.setattr(install.os, "rename", failing)
+    monkeypatch.setattr(install, "exchange_paths", lambda a, b: False)  # the fallback path
     with pytest.raises(OSError):
         install_archive(make_zip({"manifest.yaml": MANIFEST, "new.txt": b"2"}), "a.zip", worker_dir)
     monkeypatch.undo()
@@ -634,3 +636,29 @@ def test_reserved_names_are_refused(name):
     with pytest.raises(InstallError, match="reserved") as raised:
         check_name(name)
     assert raised.value.code == "INVALID_ARCHIVE"
+
+
+def test_exchange_paths_swaps_two_directories_at_once(tmp_path):
+    from buntime.apps.install import exchange_paths
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    (old / "v").write_text("1")
+    (new / "v").write_text("2")
+    assert exchange_paths(str(new), str(old)) is True  # Linux, a local file system
+    assert (old / "v").read_text() == "2" and (new / "v").read_text() == "1"
+
+
+def test_replacing_a_version_uses_the_atomic_exchange(site, monkeypatch):
+    calls: list[tuple[str, str]] = []
+    real = install.exchange_paths
+    monkeypatch.setattr(install, "exchange_paths", lambda a, b: calls.append((a, b)) or real(a, b))
+    worker_dir = str(site / "apps")
+    install_archive(make_zip({"manifest.yaml": MANIFEST, "v.txt": b"1"}), "a.zip", worker_dir)
+    assert calls == []  # nothing to replace the first time
+    install_archive(make_zip({"manifest.yaml": MANIFEST, "v.txt": b"2"}), "a.zip", worker_dir)
+    assert len(calls) == 1
+    target = Path(worker_dir, "hello", "1.0.0")
+    assert (target / "v.txt").read_text() == "2"
+    assert not any(Path(worker_dir).glob(".*tmp*"))  # the old copy went with the scratch dir

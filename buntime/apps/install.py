@@ -13,6 +13,8 @@ the temporary directory, so a bad archive changes nothing on disk.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import gzip
 import io
@@ -432,6 +434,33 @@ def _make_parents(path: str, stop: str) -> list[str]:
     return missing
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a: str, b: str) -> bool:
+    """
+    Swap two existing paths in one atomic step (Linux C{renameat2} with
+    C{RENAME_EXCHANGE}), so a request never finds neither.  C{False} where
+    the system or file system cannot, and the caller falls back to renames.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True) if name else None
+    except OSError:
+        return False
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(error, os.strerror(error), b)
+
+
 def _swap_in(new: str, target: str, scratch: str, worker_dir: str) -> None:
     """
     Rename C{new} to C{target}; an existing C{target} is first renamed aside
@@ -439,6 +468,8 @@ def _swap_in(new: str, target: str, scratch: str, worker_dir: str) -> None:
     """
     created = _make_parents(target, worker_dir)
     try:
+        if os.path.lexists(target) and exchange_paths(new, target):
+            return  # swapped in one step; the old version is now at `new`, in scratch
         if os.path.lexists(target):
             aside = os.path.join(scratch, "previous")
             os.rename(target, aside)

@@ -93,8 +93,15 @@ class IBuntimePlugin(IPlugin):
     )
 
     websocket = Attribute(
-        "Handlers for WebSocket connections on the plugin's paths (reserved: the"
-        " runtime does not serve WebSockets to plugins yet)."
+        "Handlers for WebSocket connections on the plugin's paths (needs a C{base}): an"
+        " C{autobahn.twisted.websocket.WebSocketServerFactory} whose protocol serves every"
+        " upgrade under the base, or a mapping of sub-paths to factories"
+        ' (C{{"/ws": factory}} serves only C{<base>/ws}).  Read once, after C{on_init}'
+        " (build the factory there, with C{reactor=ctx.reactor}).  Upgrades run the"
+        " C{on_request} hooks first (a Response refuses them); the handshake answers 101"
+        " with the request's C{x-request-id}; C{on_response} hooks do not run.  The"
+        " protocol sees the full path (base included).  At shutdown open sockets are"
+        ' closed with 1001 "going away".'
     )
 
     def on_init(ctx):

@@ -33,6 +33,7 @@ from buntime.web.openapi import openapi_document
 from buntime.web.plugins import PluginSteps
 from buntime.web.server import WebService, make_site
 from buntime.web.state import RuntimeState
+from buntime.web.websocket import WebSockets
 
 SHUTDOWN_CAP = 30.0
 
@@ -256,6 +257,9 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         return document
 
     api = CoreAPI(state=state, api_base=config.api_base, openapi=document)
+    # websocket: plugins' open WebSockets, closed (1001) once web has drained on stop
+    websockets = WebSockets(clock=reactor)
+    websockets.setName("websockets")
     frontdoor = FrontDoor(
         clock=reactor,
         state=state,
@@ -271,6 +275,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         apis=apis,
         plugins=lambda: plugins.registry,
         identify=apps.identify,
+        websockets=websockets,
     )
     web = WebService(
         reactor=reactor,
@@ -297,5 +302,6 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
     logging.setServiceParent(runtime)
     pool.setServiceParent(runtime)
     plugins.setServiceParent(runtime)
+    websockets.setServiceParent(runtime)  # websocket: stops right after web (its drain)
     web.setServiceParent(runtime)
     return runtime

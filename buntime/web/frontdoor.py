@@ -27,6 +27,7 @@ from buntime._logging import REQUEST_ACTION, log, request_fields
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.web.api import CoreAPI
 from buntime.web.state import RuntimeState
+from buntime.web.websocket import WebSockets, handed_over
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
 _HOP_BY_HOP = frozenset(
@@ -210,6 +211,7 @@ class FrontDoor(Resource):
         apis: Sequence[tuple[str, Any]] = (),
         plugins: Callable[[], Any] | None = None,
         identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
+        websockets: WebSockets | None = None,
     ) -> None:
         super().__init__()
         self._clock = clock
@@ -217,6 +219,7 @@ class FrontDoor(Resource):
         self._api = api
         self._plugins = plugins
         self._identify = identify
+        self._websockets = websockets
         # (route prefix, Klein resource), longest prefix first; the core API last.
         mounted = [(prefix, obj.app.resource()) for prefix, obj in apis]
         mounted.sort(key=lambda pair: len(pair[0]), reverse=True)
@@ -246,7 +249,8 @@ class FrontDoor(Resource):
         def finished(result: object) -> None:
             duration = round((self._clock.seconds() - started) * 1000, 3)
             status = request.code
-            aborted = result is not None
+            # websocket: an upgraded request ends by handing its connection over
+            aborted = result is not None and not handed_over(result)
             gone.append(True)
             action.add_success_fields(
                 level="error" if status >= 500 else "info",
@@ -322,6 +326,11 @@ class FrontDoor(Resource):
                 self._render_api(request)
                 return
             incoming = outcome
+            # websocket: an upgrade on a plugin's WebSocket path goes to its handler
+            if self._websockets is not None and self._websockets.upgrade(
+                request, incoming, registry, fields
+            ):
+                return
         response = await self.dispatch(incoming, fields)
         if registry is not None:
             response = await registry.on_response(response, app)

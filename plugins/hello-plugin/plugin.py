@@ -1,7 +1,7 @@
 """
 An example buntime plugin: Klein routes under its base, a request hook, a
-response hook and a service other plugins can use.  docs/plugins.md walks
-through it.
+response hook, a service other plugins can use and an echo WebSocket.
+docs/plugins.md walks through it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from attrs import define
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
 from zope.interface import implementer
 
@@ -23,6 +24,13 @@ def _json(request: Any, obj: object) -> bytes:
     return json.dumps(obj).encode("utf-8")
 
 
+class Echo(WebSocketServerProtocol):
+    """Sends every message back as it came (text or binary)."""
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.sendMessage(payload, isBinary)
+
+
 @implementer(IBuntimePlugin)
 @define
 class HelloPlugin:
@@ -31,6 +39,8 @@ class HelloPlugin:
     greeting: str = "Hello"
     seen: int = 0
     ctx: IPluginContext | None = None
+    # WebSocket handlers by sub-path: ws://.../hello/ws echoes (set in on_init).
+    websocket: Mapping[str, WebSocketServerFactory] | None = None
 
     # Mounted at the manifest's base: GET /hello/api/greet/ada arrives here
     # as /api/greet/ada.
@@ -43,6 +53,9 @@ class HelloPlugin:
     def on_init(self, ctx: IPluginContext) -> None:
         self.ctx = ctx
         ctx.register_service("hello", self)
+        echo = WebSocketServerFactory(reactor=ctx.reactor)
+        echo.protocol = Echo
+        self.websocket = {"/ws": echo}
         ctx.logger.info("Hello plugin ready", greeting=self.greeting)
 
     def on_request(self, request: Request, app: AppInfo | None) -> Request | Response | None:

@@ -18,7 +18,7 @@ _DURATION_UNITS = {
     "w": 7 * 86400.0,
     "y": 365 * 86400.0,
 }
-_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+_SIZE_UNITS = {"b": 1.0, "kb": 1024.0, "mb": 1024.0**2, "gb": 1024.0**3}
 
 _NUMBER_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
@@ -30,6 +30,24 @@ def _split(value: str) -> tuple[float, str] | None:
     return float(match.group(1)), match.group(2).lower()
 
 
+def _parse(value: object, units: dict[str, float], default: str, kind: str, hint: str) -> float:
+    """C{value} in the base unit of C{units} (a number is already in C{default})."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid {kind}: {value!r}")
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        parts = _split(value)
+        if parts is None or (parts[1] and parts[1] not in units):
+            raise ValueError(f"invalid {kind}: {value!r} (use e.g. {hint})")
+        number = parts[0] * units[parts[1] or default]
+    else:
+        raise ValueError(f"invalid {kind}: {value!r}")
+    if number < 0 or number != number or number == float("inf"):
+        raise ValueError(f"invalid {kind}: {value!r} (must be a non-negative number)")
+    return number
+
+
 def parse_duration(value: object) -> float:
     """
     Return C{value} as seconds (a float).
@@ -37,21 +55,7 @@ def parse_duration(value: object) -> float:
     @raise ValueError: for negative numbers, unknown units and anything that
         is not a number or a string.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration: {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        parts = _split(value)
-        if parts is None or (parts[1] and parts[1] not in _DURATION_UNITS):
-            raise ValueError(f"invalid duration: {value!r} (use e.g. 500ms, 30s, 5m, 2h, 1d)")
-        number, unit = parts
-        seconds = number * _DURATION_UNITS[unit or "s"]
-    else:
-        raise ValueError(f"invalid duration: {value!r}")
-    if seconds < 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError(f"invalid duration: {value!r} (must be a non-negative number)")
-    return seconds
+    return _parse(value, _DURATION_UNITS, "s", "duration", "500ms, 30s, 5m, 2h, 1d")
 
 
 def parse_size(value: object) -> int:
@@ -61,27 +65,13 @@ def parse_size(value: object) -> int:
     @raise ValueError: for negative numbers, unknown units and anything that
         is not a number or a string.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"invalid size: {value!r}")
-    if isinstance(value, int | float):
-        size = float(value)
-    elif isinstance(value, str):
-        parts = _split(value)
-        if parts is None or (parts[1] and parts[1] not in _SIZE_UNITS):
-            raise ValueError(f"invalid size: {value!r} (use e.g. 512kb, 10mb, 1gb)")
-        number, unit = parts
-        size = number * _SIZE_UNITS[unit or "b"]
-    else:
-        raise ValueError(f"invalid size: {value!r}")
-    if size < 0 or size != size or size == float("inf"):
-        raise ValueError(f"invalid size: {value!r} (must be a non-negative number)")
-    return int(size)
+    return int(_parse(value, _SIZE_UNITS, "b", "size", "512kb, 10mb, 1gb"))
 
 
 def format_size(size: int) -> str:
     """Render C{size} bytes the short way a person reads it (C{"10mb"})."""
     for unit in ("gb", "mb", "kb"):
-        factor = _SIZE_UNITS[unit]
+        factor = int(_SIZE_UNITS[unit])
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size}b"

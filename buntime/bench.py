@@ -161,7 +161,7 @@ def serve_baseline() -> None:
     site.log = lambda request: None  # type: ignore[method-assign]
     endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
     endpoint.listen(site).addCallback(lambda port: print(port.getHost().port, flush=True))
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def _rss_mb(pid: int) -> float | None:

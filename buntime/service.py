@@ -189,7 +189,8 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         "RUNTIME_PLUGIN_DIRS": ":".join(config.plugin_dirs),
     }
     apps = AppStep(
-        catalog=AppCatalog(config.worker_dirs, reactor),
+        # mypy cannot type converter=tuple (AppCatalog in apps/discovery.py).
+        catalog=AppCatalog(config.worker_dirs, reactor),  # type: ignore[arg-type]
         pool=pool.pool,
         environ=config.environ,
         runtime_env=lambda: runtime_env,

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
 
 import nodesemver
 from attrs import field, frozen
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 MAX_RANGE_LENGTH = 256
 """Longest range text accepted (a URL segment, not an essay)."""
@@ -79,7 +83,7 @@ def sort_versions(versions: Iterable[str], *, reverse: bool = False) -> list[str
 # -- desugaring ranges (npm's rules with includePrerelease) ----------------------
 
 
-def _is_x(part: str | None) -> bool:
+def _is_x(part: str | None) -> TypeIs[Literal["x", "X", "*"] | None]:
     return part is None or part in ("x", "X", "*")
 
 

@@ -47,7 +47,7 @@ _LOADED_SCHEMA = {
         },
     },
 }
-_ERRORS = {
+_ERRORS: dict[int | str, str | dict[str, Any]] = {
     400: "`NO_PLUGIN_DIRS`, `NO_FILE_PROVIDED`, `INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, "
     "`PATH_TRAVERSAL`, `MISSING_PARAMS`, `MISSING_NAME`, or `PLUGIN_LOAD_FAILED` (the "
     "plugins failed to load with the change, which was undone)",
@@ -166,7 +166,7 @@ class PluginsAPI:
                 }
             },
         },
-        responses={200: "`{success: true, data: {plugin: {name, path, installedAt}}}`"} | _ERRORS,
+        responses={200: "`{success: true, data: {plugin: {name, path, installedAt}}}`", **_ERRORS},
     )
     async def upload(self, request: Any) -> bytes:
         """
@@ -209,7 +209,7 @@ class PluginsAPI:
         )
 
     @app.route("/api/plugins/<path:name>", methods=["DELETE"])
-    @describe(responses={200: "`{success: true, data: {name, removed}}`"} | _ERRORS)
+    @describe(responses={200: "`{success: true, data: {name, removed}}`", **_ERRORS})
     async def delete(self, request: Any, name: str) -> bytes:
         """
         Remove a plugin.

@@ -17,6 +17,7 @@ import re
 import sys
 import types
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from types import MappingProxyType
 from typing import Any
 
@@ -59,7 +60,7 @@ _modules = itertools.count(1)
 
 
 @implementer(IBuntimePlugin)
-class NoCode:
+class NoCode:  # type: ignore[misc]  # every IBuntimePlugin member is optional
     """The provider of a plugin without a module: it has no hooks (an app, menus...)."""
 
 
@@ -422,7 +423,9 @@ class Loader:
             raise
         return PluginRegistry(started, services, self.reactor), {id(p.provider) for p in restarted}
 
-    async def shutdown(self, plugins: Sequence[LoadedPlugin], skip: set[int] = frozenset()) -> None:
+    async def shutdown(
+        self, plugins: Sequence[LoadedPlugin], skip: AbstractSet[int] = frozenset()
+    ) -> None:
         """C{on_shutdown} in reverse order; failures and timeouts are logged, never raised."""
         for plugin in reversed(list(plugins)):
             hook = plugin.hook("on_shutdown")

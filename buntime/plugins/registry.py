@@ -7,7 +7,7 @@ builds a new one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from attrs import define, field, frozen
@@ -106,6 +106,11 @@ async def _discard(response: Response) -> None:
         await aclose()
 
 
+def _plugin_tuple(plugins: Iterable[LoadedPlugin]) -> tuple[LoadedPlugin, ...]:
+    """The plugins as a tuple (a typed converter: mypy cannot type C{converter=tuple})."""
+    return tuple(plugins)
+
+
 @define(eq=False)
 class PluginRegistry:
     """
@@ -115,7 +120,7 @@ class PluginRegistry:
     bodies rather than streams.
     """
 
-    plugins: Sequence[LoadedPlugin] = field(default=(), converter=tuple)
+    plugins: Sequence[LoadedPlugin] = field(default=(), converter=_plugin_tuple)
     services: ServiceRegistry = field(factory=ServiceRegistry)
     clock: IReactorTime | None = None
     _app_routes: dict[Any, PublicRoutes] = field(factory=dict, init=False)
@@ -130,9 +135,11 @@ class PluginRegistry:
         return tuple(sorted(with_base, key=lambda p: -len(p.base or "")))
 
     @_websockets.default
-    def _websocket_endpoints(self) -> tuple[tuple[LoadedPlugin, str | None, Any], ...]:
+    def _websocket_endpoints(
+        self,
+    ) -> tuple[tuple[LoadedPlugin, str | None, WebSocketServerFactory], ...]:
         # Read once, after every on_init: a plugin may build its factory there.
-        endpoints = []
+        endpoints: list[tuple[LoadedPlugin, str | None, WebSocketServerFactory]] = []
         for plugin in self._by_base + tuple(p for p in self.plugins if p.base is None):
             try:
                 found = websocket_endpoints(

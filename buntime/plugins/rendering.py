@@ -192,9 +192,9 @@ async def render(site: Site, request: Request, clock: IReactorTime | None = None
     web_request = WebRequest(channel)
     for name, value in request.headers.items():
         web_request.requestHeaders.addRawHeader(name, value)
-    body = await read_body(request.body)
-    web_request.content = BytesIO(body)
-    web_request.content.seek(0, 2)
+    content = BytesIO(await read_body(request.body))
+    content.seek(0, 2)
+    web_request.content = content  # type: ignore[assignment]  # twisted.web types it as None
     uri = request.path + ("?" + request.query if request.query else "")
     web_request.requestReceived(request.method.encode("ascii"), uri.encode("latin-1"), b"HTTP/1.0")
     status, pairs = await channel.started

@@ -133,7 +133,6 @@ def exit_code(reason: Failure) -> int:
 # -- spawn ------------------------------------------------------------------
 
 
-@implementer(amp.IBoxSender)
 @define(eq=False)
 class _ChildWriter:
     """The transport AMP writes to: the worker's fd 3 (pattern of ampoule's AMPConnector)."""
@@ -598,7 +597,7 @@ class ForkLauncher:
         orphans, self._workers = self._workers, {}
         for worker in orphans.values():
             gatherResults(worker.outputs, consumeErrors=True).addCallback(
-                lambda _, w=worker: w.report_exit(UNKNOWN_EXIT, self.reactor)
+                lambda _, w: w.report_exit(UNKNOWN_EXIT, self.reactor), worker
             )
         if self._stopping:
             if self._kill_timer is not None and self._kill_timer.active():

@@ -9,7 +9,7 @@ directory so the pool drains and stops its worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 from attrs import field, frozen
@@ -56,6 +56,11 @@ def _app_object(description: str) -> dict[str, Any]:
     }
 
 
+def _dirs(worker_dirs: Iterable[str]) -> tuple[str, ...]:
+    """The worker dirs as a tuple (a typed converter: mypy cannot type C{converter=tuple})."""
+    return tuple(worker_dirs)
+
+
 @frozen
 class AppsAPI:
     """
@@ -65,7 +70,7 @@ class AppsAPI:
     and removals run one at a time either way.
     """
 
-    worker_dirs: Sequence[str] = field(converter=tuple)
+    worker_dirs: Sequence[str] = field(converter=_dirs)
     catalog: Any
     retire: Callable[[str], object]
     threads: IReactorThreads | None = None
@@ -80,7 +85,7 @@ class AppsAPI:
         async with self._lock:
             if self.threads is None:
                 return function(*args, **kwargs)
-            pool = self.threads.getThreadPool()  # type: ignore[misc]
+            pool = self.threads.getThreadPool()
             return await deferToThreadPool(self.threads, pool, function, *args, **kwargs)
 
     def _changed(self, app_dirs: Sequence[str]) -> None:

@@ -66,11 +66,12 @@ class LimitedRequest(Request):
     def gotLength(self, length: int | None) -> None:
         # From here until the resource renders, the request is in flight too:
         # a shutdown waits for a body that is still arriving.
-        state = getattr(self.channel.site, "state", None)
+        site = self.channel.site  # type: ignore[attr-defined]  # set by Site.buildProtocol
+        state = getattr(site, "state", None)
         if state is not None:
             state.request_started()
             self.uploading = state
-        limiter = getattr(self.channel.site, "body_limit", None)
+        limiter = getattr(site, "body_limit", None)
         self.limit = limiter(self.target) if limiter is not None else None
         if length is not None and self.limit is not None and length > self.limit:
             self.reject_body(f"Request body of {length} bytes exceeds the limit of {self.limit}")
@@ -136,7 +137,8 @@ class LimitedSite(Site):
     """A Site whose requests enforce C{body_limit(target)}."""
 
     requestFactory = LimitedRequest
-    protocol = LimitedChannel
+    # twisted.web types this as its HTTP/2-negotiating factory; a plain HTTP/1.1 channel works.
+    protocol = LimitedChannel  # type: ignore[assignment]
 
     def __init__(
         self, resource: Any, body_limit: BodyLimit, state: Any = None, **kwargs: Any

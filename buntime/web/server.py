@@ -7,6 +7,7 @@ from typing import Any
 
 from attrs import define, field
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -75,13 +76,16 @@ class WebService(Service):
     def _listened(self, port: IListeningPort) -> None:
         self.port = port
         address = port.getHost()
-        log(
-            "info",
-            "buntime:web:listening",
-            f"Listening on http://{address.host}:{address.port}",
-            host=address.host,
-            port=address.port,
-        )
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            log(
+                "info",
+                "buntime:web:listening",
+                f"Listening on http://{address.host}:{address.port}",
+                host=address.host,
+                port=address.port,
+            )
+        else:  # a UNIX socket (unix:...): no host or port
+            log("info", "buntime:web:listening", f"Listening on {address}", address=str(address))
         self.listening.callback(port)
 
     def _failed(self, failure: Any) -> None:

@@ -177,7 +177,7 @@ def _file_response(path: str, base: str | None, request_headers: Headers) -> Res
     is_html = kind.startswith("text/html")
     inject = is_html and base is not None
     etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}'
-    if inject:
+    if inject and base is not None:
         etag += f"-{zlib.crc32(base.encode('utf-8')):x}"
     etag += '"'
     headers = Headers(

@@ -13,7 +13,7 @@ here instead, and closed with 1001 "going away" when the service stops.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from attrs import define, field
 from autobahn.twisted.resource import WebSocketResource
@@ -114,9 +114,10 @@ class _Socket:
                 )
                 protocol.sendCloseFrame(INTERNAL_ERROR, b"internal error")
 
-        protocol.onConnect = onConnect
-        protocol.failHandshake = failHandshake
-        protocol.onOpen = onOpen
+        # Wrapped on this one object, not its class; autobahn also takes a Deferred from onConnect.
+        protocol.onConnect = onConnect  # type: ignore[method-assign,assignment]
+        protocol.failHandshake = failHandshake  # type: ignore[method-assign]
+        protocol.onOpen = onOpen  # type: ignore[method-assign]
 
     def decided(self, status: int) -> None:
         """The handshake is answered: the HTTP request ends with C{status}."""
@@ -154,7 +155,8 @@ class _Handing:
     track: Callable[[WebSocketServerProtocol], None]
 
     def buildProtocol(self, addr: IAddress) -> WebSocketServerProtocol | None:
-        protocol = self.factory.buildProtocol(addr)
+        # It builds the factory's protocol class; autobahn leaves its Factory base unparameterized.
+        protocol = cast("WebSocketServerProtocol | None", self.factory.buildProtocol(addr))
         if protocol is not None:
             self.track(protocol)
         return protocol

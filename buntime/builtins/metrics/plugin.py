@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from attrs import define, field
@@ -27,7 +27,7 @@ def _json(request: Any, obj: object, status: int = 200) -> bytes:
     return json.dumps(obj, default=str).encode("utf-8")
 
 
-def _workers(stats: object) -> list[Mapping[str, Any]]:
+def _workers(stats: Mapping[str, Any] | Iterable[Any] | None) -> list[Mapping[str, Any]]:
     if isinstance(stats, Mapping):
         return [s for s in stats.values() if isinstance(s, Mapping)]
     return [s for s in stats or () if isinstance(s, Mapping)]
@@ -35,7 +35,7 @@ def _workers(stats: object) -> list[Mapping[str, Any]]:
 
 @implementer(IBuntimePlugin)
 @define
-class MetricsPlugin:
+class MetricsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optional
     """Reads C{ctx.pool} on every request; keeps no state of its own."""
 
     config: Mapping[str, Any] = field(factory=dict)

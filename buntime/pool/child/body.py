@@ -216,7 +216,7 @@ class _RawBody(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+    def readinto(self, buffer) -> int:
         if not self._rest:
             chunk = self._body.read_blocking()
             if chunk is None:

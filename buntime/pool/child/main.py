@@ -62,7 +62,10 @@ class Worker:
 
     def run(self) -> int:
         """Serve until the channel closes; the exit code."""
-        StandardIO(self.protocol, stdin=CHANNEL_IN, stdout=CHANNEL_OUT, reactor=self.reactor)
+        # mypy reads twisted.internet.stdio's Windows branch, whose StandardIO has no stdin/stdout.
+        StandardIO(  # type: ignore[call-arg]
+            self.protocol, stdin=CHANNEL_IN, stdout=CHANNEL_OUT, reactor=self.reactor
+        )
         # The reactor installs its own SIGINT/SIGTERM handlers while starting: undo that.
         self.reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
         self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, signal.SIG_IGN)
@@ -140,7 +143,7 @@ def main(parent: int | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a TextIOWrapper
     # Twisted's own warnings and errors (unhandled Deferred errors...) go to stderr too.
     errors = FilteringLogObserver(
         textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)]

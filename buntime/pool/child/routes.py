@@ -154,7 +154,8 @@ class Route:
         if not any(s.startswith(":") or s == "*" for s in segments):
             return cls(_normalize(pattern), None, (), methods)
         wildcard = segments[-1] == "*"
-        parts, names = [], []
+        parts: list[str] = []
+        names: list[str] = []
         for segment in segments[:-1] if wildcard else segments:
             if segment.startswith(":") and len(segment) > 1:
                 parts.append(f"(?P<p{len(names)}>[^/]+)")
@@ -224,7 +225,7 @@ class RoutesAdapter:
         path = _normalize(path)
         allowed: list[str] = []
         exact = self._exact.get(path)
-        candidates = [(exact, {})] if exact is not None else []
+        candidates: list[tuple[Route, dict[str, str]]] = [(exact, {})] if exact is not None else []
         for route in self._patterns:
             params = route.match(path)
             if params is not None:

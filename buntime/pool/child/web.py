@@ -50,6 +50,8 @@ def _address(host: str, port: int) -> IPv4Address | IPv6Address:
 class _Request(server.Request):
     """A twisted.web request whose response goes to the worker's writer."""
 
+    channel: _Channel | None  # type: ignore[assignment]  # twisted.web types it HTTPChannel
+    sitepath: list[bytes]  # set by the site; twisted.web does not declare it
     base_depth = 0
 
     def write(self, data: bytes) -> None:
@@ -77,6 +79,7 @@ class _Site(server.Site):
         request.responseHeaders.removeHeader(b"server")
         request.responseHeaders.removeHeader(b"date")
         depth = request.base_depth
+        assert request.postpath is not None  # process() has set it
         request.prepath, request.postpath = request.postpath[:depth], request.postpath[depth:]
         request.site = self
         request.sitepath = list(request.prepath)

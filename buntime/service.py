@@ -189,8 +189,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         "RUNTIME_PLUGIN_DIRS": ":".join(config.plugin_dirs),
     }
     apps = AppStep(
-        # mypy cannot type converter=tuple (AppCatalog in apps/discovery.py).
-        catalog=AppCatalog(config.worker_dirs, reactor),  # type: ignore[arg-type]
+        catalog=AppCatalog(config.worker_dirs, reactor),
         pool=pool.pool,
         environ=config.environ,
         runtime_env=lambda: runtime_env,

@@ -250,3 +250,29 @@ def test_daemon_mode_logs_to_the_twistd_log(tmp_path):
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
             while pidfile.exists() and time.monotonic() < deadline + 20:
                 time.sleep(0.05)
+
+
+@pytest_twisted.ensureDeferred
+async def test_listens_on_a_unix_socket(runtimes, tmp_path):
+    """--listen takes any endpoint string: a UNIX socket serves and becomes ready."""
+    from treq.client import HTTPClient
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import UNIXClientEndpoint
+    from twisted.web.client import Agent
+    from twisted.web.iweb import IAgentEndpointFactory
+    from zope.interface import implementer
+
+    socket_path = str(tmp_path / "buntime.sock")
+    proc = runtimes.spawn(worker_dirs=[str(tmp_path)], listen=f"unix:{socket_path}")
+    await proc.wait_for_log(lambda line: line.get("message_type") == "buntime:runtime:ready")
+
+    @implementer(IAgentEndpointFactory)
+    class ToSocket:
+        def endpointForURI(self, uri):
+            return UNIXClientEndpoint(reactor, socket_path)
+
+    client = HTTPClient(Agent.usingEndpointFactory(reactor, ToSocket()))
+    response = await client.get("http://buntime/api/health")
+    assert response.code == 200
+    assert (await response.json())["status"] == "healthy"
+    assert await proc.stop("TERM") in (0, -15)

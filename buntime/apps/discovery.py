@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from urllib.parse import unquote
 
 from attrs import define, field, frozen
@@ -132,6 +132,10 @@ def _ordered(versions: Sequence[str]) -> list[str]:
     return ([LATEST] if LATEST in versions else []) + semver
 
 
+def _dir_tuple(dirs: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dirs)
+
+
 @define
 class AppCatalog:
     """
@@ -140,7 +144,7 @@ class AppCatalog:
     after L{invalidate}).
     """
 
-    worker_dirs: Sequence[str] = field(converter=tuple)
+    worker_dirs: Sequence[str] = field(converter=_dir_tuple)
     clock: IReactorTime
     cache_seconds: float = 1.0
     _apps: dict[str, dict[str, AppVersion]] | None = field(default=None, init=False)

@@ -238,14 +238,14 @@ def test_zip_with_lying_size_headers(site: Path) -> None:
 def test_entry_yielding_more_than_its_header_is_cut_off(tmp_path: Path) -> None:
     """The copy counts real bytes: a stream that outgrows its header is refused."""
     entry = install._Entry(("big",), False, 10, False, lambda: io.BytesIO(bytes(100)))
-    budget = install._Budget(max_total_bytes=1000, max_files=10)
+    budget = install.Budget(max_total_bytes=1000, max_files=10)
     with pytest.raises(InstallError) as caught:
         install._copy(entry, str(tmp_path / "big"), budget)
     assert caught.value.code == "INVALID_ARCHIVE"
 
 
 def test_bytes_written_are_counted_against_the_budget() -> None:
-    budget = install._Budget(max_total_bytes=100, max_files=10)
+    budget = install.Budget(max_total_bytes=100, max_files=10)
     budget.wrote(100)
     with pytest.raises(InstallError) as caught:
         budget.wrote(1)

@@ -103,7 +103,7 @@ class InstalledApp:
 
 
 @define
-class _Budget:
+class Budget:
     """Counts entries and bytes against the limits, declared and actual."""
 
     max_total_bytes: int
@@ -170,7 +170,7 @@ class _Entry:
     open: Callable[[], IO[bytes]]
 
 
-def _check_zip_directory(f: IO[bytes], budget: _Budget) -> None:
+def _check_zip_directory(f: IO[bytes], budget: Budget) -> None:
     """
     Refuse a zip whose end-of-central-directory record promises too many
     entries or too big a directory, before C{zipfile} reads it all into memory.
@@ -202,7 +202,7 @@ def _check_zip_directory(f: IO[bytes], budget: _Budget) -> None:
     f.seek(0)
 
 
-def _zip_entries(archive: zipfile.ZipFile, budget: _Budget) -> list[_Entry]:
+def _zip_entries(archive: zipfile.ZipFile, budget: Budget) -> list[_Entry]:
     entries = []
     for info in archive.infolist():
         parts = entry_parts(info.orig_filename)
@@ -231,7 +231,7 @@ def _zip_entries(archive: zipfile.ZipFile, budget: _Budget) -> list[_Entry]:
     return entries
 
 
-def _tar_entries(archive: tarfile.TarFile, budget: _Budget) -> list[_Entry]:
+def _tar_entries(archive: tarfile.TarFile, budget: Budget) -> list[_Entry]:
     """Reads headers one by one, stopping as soon as a limit is passed."""
     entries = []
     while (member := archive.next()) is not None:
@@ -258,7 +258,7 @@ def _tar_entries(archive: tarfile.TarFile, budget: _Budget) -> list[_Entry]:
     return entries
 
 
-def _copy(entry: _Entry, target: str, budget: _Budget) -> None:
+def _copy(entry: _Entry, target: str, budget: Budget) -> None:
     """Write one file, counting real bytes against its header and the budget."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(target, flags, 0o755 if entry.executable else 0o644)
@@ -275,7 +275,7 @@ def _copy(entry: _Entry, target: str, budget: _Budget) -> None:
             out.write(chunk)
 
 
-def _write(entries: list[_Entry], into: str, budget: _Budget) -> None:
+def _write(entries: list[_Entry], into: str, budget: Budget) -> None:
     for entry in entries:
         if not entry.parts:
             if entry.is_dir:
@@ -298,7 +298,7 @@ def _open_source(source: Source, stack: ExitStack) -> IO[bytes]:
     return source
 
 
-def extract(source: Source, kind: str, into: str, budget: _Budget) -> None:
+def extract(source: Source, kind: str, into: str, budget: Budget) -> None:
     """Check every entry of the archive, then write them under C{into}."""
     with ExitStack() as stack:
         f = _open_source(source, stack)
@@ -514,7 +514,7 @@ def install_archive(
     try:
         extracted = os.path.join(scratch, "archive")
         os.mkdir(extracted, 0o755)
-        extract(data, kind, extracted, _Budget(max_total_bytes, max_files))
+        extract(data, kind, extracted, Budget(max_total_bytes, max_files))
         app_root = _app_root(extracted)
         name, version = _identity(app_root)
         target = _target(worker_dir, name, version)

@@ -17,7 +17,6 @@ from klein import Klein
 from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from buntime._logging import log
 from buntime.apps.install import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
@@ -26,13 +25,19 @@ from buntime.plugins.install import (
     find_removable,
     stage_plugin,
     stage_removal,
-    uploaded_file,
 )
 from buntime.plugins.manifest import PluginError
 from buntime.plugins.registry import PluginRegistry
 from buntime.plugins.service import PluginService
-from buntime.web.api import json_body, json_error
+from buntime.web.api import (
+    disk_error,
+    install_refused,
+    json_body,
+    json_error,
+    standard_errors,
+)
 from buntime.web.openapi import describe
+from buntime.web.uploads import uploaded_file
 
 _LOADED_SCHEMA = {
     "type": "array",
@@ -232,28 +237,6 @@ class PluginsAPI:
         log("info", "buntime:plugins:removed", f'Removed plugin "{name}"', plugin=name, path=path)
         return json_body(request, {"success": True, "data": {"name": name, "removed": path}})
 
-    @app.handle_errors(InstallError)
-    def install_error(self, request: Any, failure: Any) -> bytes:
-        error: InstallError = failure.value
-        return json_error(request, error.status, error.code, error.message)
-
-    @app.handle_errors(NotFound)
-    def not_found(self, request: Any, failure: Any) -> bytes:
-        request.setHeader(b"x-not-found", b"true")
-        return json_error(request, 404, "NOT_FOUND", f"No API route {request.path.decode()}")
-
-    @app.handle_errors(MethodNotAllowed)
-    def not_allowed(self, request: Any, failure: Any) -> bytes:
-        return json_error(
-            request, 405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed here"
-        )
-
-    @app.handle_errors(OSError)
-    def disk_error(self, request: Any, failure: Any) -> bytes:
-        log(
-            "error",
-            "buntime:plugins:disk-error",
-            f"Changing plugins on disk failed: {failure.getErrorMessage()}",
-            traceback=failure.getTraceback(),
-        )
-        return json_error(request, 500, "INTERNAL_ERROR", "Changing plugins on disk failed")
+    standard_errors(app)
+    app.handle_errors(InstallError)(install_refused)
+    app.handle_errors(OSError)(disk_error("plugins"))

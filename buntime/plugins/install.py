@@ -17,17 +17,15 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import IO
 
 from attrs import frozen
-from multipart import MultipartError, MultipartParser, parse_options_header
 
 from buntime.apps.install import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_TOTAL_BYTES,
+    Budget,
     InstallError,
     Source,
-    _Budget,
     archive_kind,
     extract,
 )
@@ -35,8 +33,6 @@ from buntime.plugins.discovery import DIR, MANIFEST_FILES, PluginSource, read_ma
 
 _NAME = re.compile(r"\A(?:@[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _IGNORED_TOP_LEVEL = frozenset({"__MACOSX"})
-UPLOAD_FIELD = "file"
-_MAX_PARTS = 16
 
 
 @frozen
@@ -120,33 +116,6 @@ def _plugin_name(root: str) -> str:
     return check_plugin_name(name)
 
 
-def uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]]:
-    """
-    The file name and contents of the multipart field C{file} of an upload
-    (twisted.web's own form parsing drops the file name).
-
-    @raise InstallError: C{NO_FILE_PROVIDED}.
-    """
-    kind, options = parse_options_header(content_type)
-    boundary = options.get("boundary")
-    if kind != "multipart/form-data" or not boundary:
-        raise InstallError(
-            "NO_FILE_PROVIDED", f"Send the archive as multipart/form-data field {UPLOAD_FIELD!r}"
-        )
-    content.seek(0)
-    try:
-        for part in MultipartParser(content, boundary, part_limit=_MAX_PARTS):
-            if part.name != UPLOAD_FIELD:
-                continue
-            if part.filename is None:
-                break
-            part.file.seek(0)
-            return part.filename.replace("\\", "/").rsplit("/", 1)[-1], part.file
-    except MultipartError as e:
-        raise InstallError("NO_FILE_PROVIDED", f"Malformed multipart body: {e}") from None
-    raise InstallError("NO_FILE_PROVIDED", f"No file in the multipart field {UPLOAD_FIELD!r}")
-
-
 def stage_plugin(
     data: Source,
     filename: str,
@@ -171,7 +140,7 @@ def stage_plugin(
     try:
         extracted = os.path.join(scratch, "archive")
         os.mkdir(extracted, 0o755)
-        extract(data, kind, extracted, _Budget(max_total_bytes, max_files))
+        extract(data, kind, extracted, Budget(max_total_bytes, max_files))
         root = _plugin_root(extracted)
         name = _plugin_name(root)
         target = os.path.join(plugin_dir, *name.split("/"))

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import frozen
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from buntime import __version__
+from buntime._logging import log
 from buntime.web.openapi import describe, docs_page
 from buntime.web.state import RuntimeState
 
@@ -26,6 +27,55 @@ def json_body(request: Any, obj: object, status: int = 200) -> bytes:
 
 def json_error(request: Any, status: int, code: str, message: str) -> bytes:
     return json_body(request, {"error": {"code": code, "message": message}}, status)
+
+
+def api_not_found(self: object, request: Any, failure: Any) -> bytes:
+    """404 for an unknown API route, JSON like every API error."""
+    request.setHeader(b"x-not-found", b"true")
+    return json_error(request, 404, "NOT_FOUND", f"No API route {request.path.decode()}")
+
+
+def api_not_allowed(self: object, request: Any, failure: Any) -> bytes:
+    return json_error(
+        request, 405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed here"
+    )
+
+
+def install_refused(self: object, request: Any, failure: Any) -> bytes:
+    """An archive or a removal refused: its own status and code."""
+    error = failure.value
+    return json_error(request, error.status, error.code, error.message)
+
+
+class ErrorHandler(Protocol):
+    """A Klein error handler registered on a class-level app (C{self} first)."""
+
+    def __call__(_self, self: Any, request: Any, failure: Any) -> bytes: ...
+
+
+def disk_error(things: str) -> ErrorHandler:
+    """A 500 for a failed change on disk, logged with its traceback."""
+
+    def handler(self: object, request: Any, failure: Any) -> bytes:
+        log(
+            "error",
+            f"buntime:{things}:disk-error",
+            f"Changing {things} on disk failed: {failure.getErrorMessage()}",
+            traceback=failure.getTraceback(),
+        )
+        return json_error(request, 500, "INTERNAL_ERROR", f"Changing {things} on disk failed")
+
+    return handler
+
+
+def standard_errors(app: Klein) -> None:
+    """
+    The JSON 404 and 405 every API Klein app answers with.  (These handlers
+    are registered on class-level Klein apps, so Klein passes the API object
+    first, as C{self}.)
+    """
+    app.handle_errors(NotFound)(api_not_found)
+    app.handle_errors(MethodNotAllowed)(api_not_allowed)
 
 
 @frozen
@@ -101,13 +151,4 @@ class CoreAPI:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return docs_page(document)
 
-    @app.handle_errors(NotFound)
-    def not_found(self, request: Any, failure: Any) -> bytes:
-        request.setHeader(b"x-not-found", b"true")
-        return json_error(request, 404, "NOT_FOUND", f"No API route {request.path.decode()}")
-
-    @app.handle_errors(MethodNotAllowed)
-    def not_allowed(self, request: Any, failure: Any) -> bytes:
-        return json_error(
-            request, 405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed here"
-        )
+    standard_errors(app)

@@ -14,11 +14,9 @@ from typing import IO, Any
 
 from attrs import field, frozen
 from klein import Klein
-from multipart import MultipartError, MultipartParser, parse_options_header
 from twisted.internet.defer import DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from buntime._logging import log
 from buntime.apps.install import (
@@ -29,11 +27,14 @@ from buntime.apps.install import (
     install_archive,
     remove_app,
 )
-from buntime.web.api import json_body, json_error
+from buntime.web.api import (
+    disk_error,
+    install_refused,
+    json_body,
+    standard_errors,
+)
 from buntime.web.openapi import describe
-
-UPLOAD_FIELD = "file"
-_MAX_PARTS = 16
+from buntime.web.uploads import UPLOAD_FIELD, uploaded_file
 
 _ERROR_RESPONSES: dict[int | str, str | dict[str, Any]] = {
     400: "`NO_FILE_PROVIDED`, `INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, `PATH_TRAVERSAL`, "
@@ -178,7 +179,7 @@ class AppsAPI:
 
     def _install(self, content_type: str, content: IO[bytes]) -> InstalledApp:
         """Parse the upload and install it (both slow: run in the thread pool)."""
-        filename, upload = _uploaded_file(content_type, content)
+        filename, upload = uploaded_file(content_type, content)
         return install_archive(
             upload,
             filename,
@@ -219,31 +220,9 @@ class AppsAPI:
         data = {"name": app_name, "version": version, "removed": removed}
         return json_body(request, {"success": True, "data": data})
 
-    @app.handle_errors(InstallError)
-    def install_error(self, request: Any, failure: Any) -> bytes:
-        error: InstallError = failure.value
-        return json_error(request, error.status, error.code, error.message)
-
-    @app.handle_errors(NotFound)
-    def not_found(self, request: Any, failure: Any) -> bytes:
-        request.setHeader(b"x-not-found", b"true")
-        return json_error(request, 404, "NOT_FOUND", f"No API route {request.path.decode()}")
-
-    @app.handle_errors(MethodNotAllowed)
-    def not_allowed(self, request: Any, failure: Any) -> bytes:
-        return json_error(
-            request, 405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed here"
-        )
-
-    @app.handle_errors(OSError)
-    def disk_error(self, request: Any, failure: Any) -> bytes:
-        log(
-            "error",
-            "buntime:apps:disk-error",
-            f"Changing apps on disk failed: {failure.getErrorMessage()}",
-            traceback=failure.getTraceback(),
-        )
-        return json_error(request, 500, "INTERNAL_ERROR", "Changing apps on disk failed")
+    standard_errors(app)
+    app.handle_errors(InstallError)(install_refused)
+    app.handle_errors(OSError)(disk_error("apps"))
 
 
 def _retire_failed(failure: Any, app_dir: str) -> None:
@@ -253,33 +232,3 @@ def _retire_failed(failure: Any, app_dir: str) -> None:
         f"Retiring the workers of {app_dir} failed: {failure.getErrorMessage()}",
         path=app_dir,
     )
-
-
-def _uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]]:
-    """
-    The file name and contents of the multipart field C{file} (twisted.web's
-    own form parsing drops the file name, so the body is parsed again here).
-    """
-    kind, options = parse_options_header(content_type)
-    boundary = options.get("boundary")
-    if kind != "multipart/form-data" or not boundary:
-        raise InstallError(
-            "NO_FILE_PROVIDED", f"Send the archive as multipart/form-data field {UPLOAD_FIELD!r}"
-        )
-    content.seek(0)
-    parser = MultipartParser(content, boundary, part_limit=_MAX_PARTS)
-    try:
-        for part in parser:
-            if part.name != UPLOAD_FIELD:
-                continue
-            if not part.filename and part.size == 0:
-                break
-            if part.filename is None:
-                raise InstallError(
-                    "NO_FILE_PROVIDED", f"Field {UPLOAD_FIELD!r} must be a file upload"
-                )
-            part.file.seek(0)
-            return part.filename.replace("\\", "/").rsplit("/", 1)[-1], part.file
-    except MultipartError as e:
-        raise InstallError("NO_FILE_PROVIDED", f"Malformed multipart body: {e}") from None
-    raise InstallError("NO_FILE_PROVIDED", f"No file in the multipart field {UPLOAD_FIELD!r}")

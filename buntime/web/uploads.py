@@ -1,0 +1,49 @@
+"""
+File uploads to the core API: the archive in a C{multipart/form-data} body.
+
+twisted.web's own form parsing drops the file name (and buntime turns it off
+anyway), so the body is parsed here with the C{multipart} package.
+"""
+
+from __future__ import annotations
+
+from typing import IO
+
+from multipart import MultipartError, MultipartParser, parse_options_header
+
+from buntime.apps.install import InstallError
+
+UPLOAD_FIELD = "file"
+MAX_PARTS = 16
+
+
+def uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]]:
+    """
+    The file name (without any directory) and contents of the multipart
+    field C{file}.
+
+    @raise InstallError: C{NO_FILE_PROVIDED} when there is none, or the body
+        is not well-formed multipart.
+    """
+    kind, options = parse_options_header(content_type)
+    boundary = options.get("boundary")
+    if kind != "multipart/form-data" or not boundary:
+        raise InstallError(
+            "NO_FILE_PROVIDED", f"Send the archive as multipart/form-data field {UPLOAD_FIELD!r}"
+        )
+    content.seek(0)
+    try:
+        for part in MultipartParser(content, boundary, part_limit=MAX_PARTS):
+            if part.name != UPLOAD_FIELD:
+                continue
+            if not part.filename and part.size == 0:
+                break
+            if part.filename is None:
+                raise InstallError(
+                    "NO_FILE_PROVIDED", f"Field {UPLOAD_FIELD!r} must be a file upload"
+                )
+            part.file.seek(0)
+            return part.filename.replace("\\", "/").rsplit("/", 1)[-1], part.file
+    except MultipartError as e:
+        raise InstallError("NO_FILE_PROVIDED", f"Malformed multipart body: {e}") from None
+    raise InstallError("NO_FILE_PROVIDED", f"No file in the multipart field {UPLOAD_FIELD!r}")

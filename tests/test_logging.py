@@ -15,6 +15,7 @@ from zope.interface.verify import verifyObject
 
 from buntime._logging import (
     REDACTED,
+    STREAM_BUFFER,
     FileDestination,
     LoggingService,
     StreamDestination,
@@ -341,3 +342,41 @@ def test_twistd_observer():
     observer = twistd_observer()
     assert isinstance(observer, TwistedToEliot)
     assert verifyObject(ILogObserver, observer)
+
+
+def test_stream_destination_writes_the_lines_of_a_reactor_turn_at_once():
+    class Stream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            Stream.writes += 1
+            return super().write(text)
+
+    clock = Clock()
+    stream = Stream()
+    destination = StreamDestination(stream, "info", "json", flush_each=False, clock=clock)
+    destination({"level": "info", "message": "one"})
+    destination({"level": "debug", "message": "filtered"})
+    destination({"level": "info", "message": "two"})
+    assert stream.getvalue() == ""
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert [r["message"] for r in lines_of(stream)] == ["one", "two"]
+    assert Stream.writes == 1
+    assert not clock.getDelayedCalls()
+    destination({"level": "info", "message": "three"})
+    destination({"level": "error", "message": "four"})  # at once, with what waits
+    assert [r["message"] for r in lines_of(stream)] == ["one", "two", "three", "four"]
+    assert not clock.getDelayedCalls()
+
+
+def test_stream_destination_writes_a_full_buffer_at_once():
+    stream = io.StringIO()
+    destination = StreamDestination(stream, "info", "json", flush_each=False)
+    for number in range(STREAM_BUFFER - 1):
+        destination({"level": "info", "message": str(number)})
+    assert stream.getvalue() == ""
+    destination({"level": "info", "message": "last"})
+    assert len(stream.getvalue().splitlines()) == STREAM_BUFFER
+    destination.flush()
+    assert len(stream.getvalue().splitlines()) == STREAM_BUFFER

@@ -21,7 +21,6 @@ from attrs import define, field
 from eliot import current_action
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from buntime._logging import LEVELS, log
@@ -45,6 +44,7 @@ from buntime.pool.events import (
     StartupFailed,
 )
 from buntime.pool.launch import ILauncher, LaunchedProcess, LaunchSpec
+from buntime.pool.wire import FastAMP, responder
 
 STARTING, ACTIVE, IDLE, EPHEMERAL, STOPPING, OFFLINE = (
     "starting",
@@ -204,7 +204,7 @@ class Exchange:
     elapsed: float = 0.0
 
 
-class WorkerProtocol(amp.AMP):
+class WorkerProtocol(FastAMP):
     """The runtime's end of a worker's AMP channel: answers L{buntime.pool.events}."""
 
     def __init__(self, worker: Worker) -> None:
@@ -221,7 +221,7 @@ class WorkerProtocol(amp.AMP):
         self.worker.startup_failed(error, detail)
         return {}
 
-    @ResponseStart.responder
+    @responder(ResponseStart)
     def got_response_start(
         self, rid: int, status: int, headers: str, body: bytes, end: bool
     ) -> dict:
@@ -232,17 +232,17 @@ class WorkerProtocol(amp.AMP):
     def got_response_body(self, rid: int, data: bytes) -> Deferred:
         return self.worker.response_body(rid, data)
 
-    @ResponseEnd.responder
+    @responder(ResponseEnd)
     def got_response_end(self, rid: int) -> dict:
         self.worker.response_ended(rid)
         return {}
 
-    @ResponseError.responder
+    @responder(ResponseError)
     def got_response_error(self, rid: int, error: str) -> dict:
         self.worker.response_failed(rid, error)
         return {}
 
-    @Log.responder
+    @responder(Log)
     def got_log(self, level: str, message: str, fields: str) -> dict:
         self.worker.log_received(level, message, fields)
         return {}

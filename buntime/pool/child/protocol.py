@@ -17,7 +17,6 @@ from typing import Any
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from buntime.pool import commands, events
@@ -28,6 +27,7 @@ from buntime.pool.child.memory import release_memory
 from buntime.pool.child.request import IncomingRequest
 from buntime.pool.child.writer import RequestCancelled, ResponseWriter
 from buntime.pool.stream import fit_text
+from buntime.pool.wire import FastAMP, responder
 
 
 def one_line(error: BaseException) -> str:
@@ -44,7 +44,7 @@ class _InFlight:
     cancelled: bool = False
 
 
-class WorkerProtocol(amp.AMP):
+class WorkerProtocol(FastAMP):
     """
     Serves C{app} (set with L{serve} once loaded) to the runtime.
     C{on_lost} runs when the channel closes (the worker then exits),
@@ -83,7 +83,7 @@ class WorkerProtocol(amp.AMP):
 
     # -- requests ----------------------------------------------------------------
 
-    @commands.StartRequest.responder
+    @responder(commands.StartRequest)
     def start_request(
         self,
         rid: int,
@@ -122,14 +122,14 @@ class WorkerProtocol(amp.AMP):
             return {}
         return waiting.addCallback(lambda _: {})
 
-    @commands.RequestBodyEnd.responder
+    @responder(commands.RequestBodyEnd)
     def request_body_end(self, rid: int) -> dict:
         inflight = self._requests.get(rid)
         if inflight is not None:
             inflight.body.finish()
         return {}
 
-    @commands.CancelRequest.responder
+    @responder(commands.CancelRequest)
     def cancel_request(self, rid: int) -> dict:
         inflight = self._requests.get(rid)
         if inflight is not None:

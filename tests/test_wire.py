@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.protocols import amp
 from twisted.test import iosim
 
+from buntime.pool.commands import parse_request_head, request_head
+from buntime.pool.events import parse_response_head, response_head
 from buntime.pool.wire import FastAMP, fields_of, responder
 
 
@@ -127,3 +133,27 @@ def test_a_failing_responder_drops_the_connection() -> None:
     plain.callRemote(Note, rid=1, text="boom", data=b"", end=True)
     pump.flush()
     assert fast.lost and fast.notes == []
+
+
+texts = st.text(max_size=30)
+pairs = st.lists(st.tuples(texts, texts), max_size=5)
+
+
+@given(texts, texts, texts, pairs, texts, texts, st.booleans())
+def test_request_heads_round_trip(method, path, base, headers, remote, task, more) -> None:
+    head = request_head(method, path, base, headers, remote, task, more)
+    assert parse_request_head(head) == (
+        method,
+        path,
+        base,
+        [list(pair) for pair in headers],
+        remote,
+        task,
+        more,
+    )
+
+
+@given(st.integers(min_value=100, max_value=999), pairs, st.booleans())
+def test_response_heads_round_trip(status, headers, end) -> None:
+    head = response_head(status, json.dumps(headers), end)
+    assert parse_response_head(head) == (status, [list(pair) for pair in headers], end)

@@ -33,6 +33,7 @@ from buntime.pool.commands import (
     RequestBodyEnd,
     StartRequest,
     Terminate,
+    request_head,
 )
 from buntime.pool.events import (
     Log,
@@ -42,6 +43,7 @@ from buntime.pool.events import (
     ResponseError,
     ResponseStart,
     StartupFailed,
+    parse_response_head,
 )
 from buntime.pool.launch import ILauncher, LaunchedProcess, LaunchSpec
 from buntime.pool.wire import FastAMP, responder
@@ -222,10 +224,8 @@ class WorkerProtocol(FastAMP):
         return {}
 
     @responder(ResponseStart)
-    def got_response_start(
-        self, rid: int, status: int, headers: str, body: bytes, end: bool
-    ) -> dict:
-        self.worker.response_started(rid, status, headers, body, end)
+    def got_response_start(self, rid: int, head: str, body: bytes) -> dict:
+        self.worker.response_started(rid, head, body)
         return {}
 
     @ResponseBody.responder
@@ -536,18 +536,16 @@ class Worker:
         if isinstance(body, bytes | bytearray | memoryview):
             whole = memoryview(bytes(body))
             first, rest = whole[:CHUNK_SIZE].tobytes(), whole[CHUNK_SIZE:]
-        self.protocol.callRemote(
-            StartRequest,
-            rid=exchange.rid,
-            method=request.method,
-            path=request.path + ("?" + query if query else ""),
-            base=base,
-            headers=json.dumps(request.headers.items()),
-            body=first,
-            more=rest is None or len(rest) > 0,
-            remote=request.remote_addr or "",
-            task=task,
+        head = request_head(
+            request.method,
+            request.path + ("?" + query if query else ""),
+            base,
+            request.headers.items(),
+            request.remote_addr or "",
+            task.decode("ascii"),
+            rest is None or len(rest) > 0,
         )
+        self.protocol.callRemote(StartRequest, rid=exchange.rid, head=head, body=first)
         if rest is not None:
             if len(rest) == 0:
                 return
@@ -617,9 +615,14 @@ class Worker:
         for listener in list(self.on_finished):
             _call(listener, self, exchange)
 
-    def response_started(self, rid: int, status: int, headers: str, body: bytes, end: bool) -> None:
+    def response_started(self, rid: int, head: str, body: bytes) -> None:
         exchange = self._exchanges.get(rid)
         if exchange is None or exchange.started:
+            return
+        try:
+            status, pairs, end = parse_response_head(head)
+        except (ValueError, TypeError):
+            self.response_failed(rid, f"malformed response head: {head[:200]!r}")
             return
         exchange.started = True
         if exchange.timer is not None and exchange.timer.active():
@@ -629,7 +632,7 @@ class Worker:
         self.responded += 1
         self.total_response_time += self.clock.seconds() - exchange.started_at
         try:
-            parsed = Headers([tuple(pair) for pair in json.loads(headers)])
+            parsed = Headers([tuple(pair) for pair in pairs])
         except (ValueError, TypeError):
             parsed = Headers()
         if end:

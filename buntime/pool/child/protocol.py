@@ -9,7 +9,6 @@ and goes to the app's adapter; many run at once.  An app exception is logged
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -84,18 +83,12 @@ class WorkerProtocol(FastAMP):
     # -- requests ----------------------------------------------------------------
 
     @responder(commands.StartRequest)
-    def start_request(
-        self,
-        rid: int,
-        method: str,
-        path: str,
-        base: str,
-        headers: str,
-        body: bytes,
-        more: bool,
-        remote: str,
-        task: bytes,
-    ) -> dict:
+    def start_request(self, rid: int, head: str, body: bytes) -> dict:
+        try:
+            method, path, base, pairs, remote, _, more = commands.parse_request_head(head)
+        except (ValueError, TypeError):
+            ResponseWriter(self, rid).fail(f"malformed request head: {head[:200]!r}")
+            return {}
         reader = BodyReader.start(self.reactor, body, more)
         writer = ResponseWriter(self, rid)
         if self.app is None:
@@ -104,7 +97,6 @@ class WorkerProtocol(FastAMP):
         inflight = _InFlight(reader, writer)
         self._requests[rid] = inflight
         try:
-            pairs = json.loads(headers)
             request = IncomingRequest(method, path, base, pairs, reader, remote)
             done = self.app.adapter.handle(request, writer)
         except Exception:

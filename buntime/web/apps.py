@@ -96,6 +96,7 @@ class AppStep:
     _apps: dict[str, LoadedApp] = field(factory=dict)
     _checked: dict[str, float] = field(factory=dict)
     _pool_apps: dict[str, tuple[LoadedApp, PoolApp]] = field(factory=dict)
+    _infos: dict[str, tuple[LoadedApp, AppInfo]] = field(factory=dict)
     _warned: set[str] = field(factory=set)
 
     def load(self, version: AppVersion) -> LoadedApp:
@@ -219,8 +220,11 @@ class AppStep:
             loaded = self.load(version)
         except (InvalidRange, ManifestError, EntrypointError):
             return None
-        info = AppInfo(version.name, version.version, version.dir, loaded.manifest.raw)
-        return info, parts[3]
+        cached = self._infos.get(version.dir)
+        if cached is None or cached[0] is not loaded:
+            info = AppInfo(version.name, version.version, version.dir, loaded.manifest.raw)
+            cached = self._infos[version.dir] = (loaded, info)
+        return cached[1], parts[3]
 
     async def serve(self, version: AppVersion, request: Request, base: str, rest: str) -> Response:
         """Answer C{request} from the app at C{version} mounted at C{base}."""

@@ -525,17 +525,32 @@ class Worker:
         exchange.timer = self.clock.callLater(timeout, self._timed_out, exchange)
         action = current_action()
         task = action.serialize_task_id() if action is not None else b""
-        sending = Deferred.fromCoroutine(self._send(exchange, request, base, task))
-        sending.addErrback(self._send_failed, exchange)
+        try:
+            rest = self._start(exchange, request, base, task)
+        except Exception:
+            self._send_failed(Failure(), exchange)
+            return response
+        if rest is not None:
+            sending = Deferred.fromCoroutine(self._send_rest(exchange, rest))
+            sending.addErrback(self._send_failed, exchange)
         return response
 
-    async def _send(self, exchange: Exchange, request: Request, base: str, task: bytes) -> None:
+    def _start(self, exchange: Exchange, request: Request, base: str, task: bytes) -> Any:
+        """
+        Send L{StartRequest} with the first chunk of the body; what is left
+        to send (a view of the bytes or the stream), or C{None} if nothing.
+        """
         query = request.query
         body = request.body
         first, rest = b"", None
         if isinstance(body, bytes | bytearray | memoryview):
-            whole = memoryview(bytes(body))
-            first, rest = whole[:CHUNK_SIZE].tobytes(), whole[CHUNK_SIZE:]
+            if len(body) <= CHUNK_SIZE:
+                first = bytes(body)
+            else:
+                whole = memoryview(bytes(body))
+                first, rest = whole[:CHUNK_SIZE].tobytes(), whole[CHUNK_SIZE:]
+        else:
+            rest = body
         head = request_head(
             request.method,
             request.path + ("?" + query if query else ""),
@@ -543,15 +558,16 @@ class Worker:
             request.headers.items(),
             request.remote_addr or "",
             task.decode("ascii"),
-            rest is None or len(rest) > 0,
+            rest is not None,
         )
         self.protocol.callRemote(StartRequest, rid=exchange.rid, head=head, body=first)
-        if rest is not None:
-            if len(rest) == 0:
-                return
+        return rest
+
+    async def _send_rest(self, exchange: Exchange, rest: Any) -> None:
+        if isinstance(rest, memoryview):
             await self._send_chunks(exchange, rest)
         else:
-            async for chunk in body:  # type: ignore[union-attr]
+            async for chunk in rest:
                 if not await self._send_chunks(exchange, memoryview(bytes(chunk))):
                     return
         if exchange.outcome is None:

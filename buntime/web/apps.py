@@ -28,6 +28,8 @@ from buntime.web.static import inject_base_href, serve_static
 
 _HEAD_SCAN_LIMIT = 64 * 1024
 RESERVED_NAMES = frozenset({"api", "health", ".well-known"})
+_SPLITS_MAX, _SPLIT_PATH_MAX = 1024, 256
+"""How many split paths are remembered, and the longest one remembered."""
 
 
 @frozen
@@ -97,7 +99,21 @@ class AppStep:
     _checked: dict[str, float] = field(factory=dict)
     _pool_apps: dict[str, tuple[LoadedApp, PoolApp]] = field(factory=dict)
     _infos: dict[str, tuple[LoadedApp, AppInfo]] = field(factory=dict)
+    _splits: dict[str, tuple[str, str | None, str, str] | None] = field(factory=dict)
     _warned: set[str] = field(factory=set)
+
+    def _split(self, path: str) -> tuple[str, str | None, str, str] | None:
+        """L{split_app_path}, remembered: a request asks up to three times."""
+        try:
+            return self._splits[path]
+        except KeyError:
+            pass
+        parts = split_app_path(path)
+        if len(path) <= _SPLIT_PATH_MAX:
+            if len(self._splits) >= _SPLITS_MAX:
+                self._splits.clear()
+            self._splits[path] = parts
+        return parts
 
     def load(self, version: AppVersion) -> LoadedApp:
         """
@@ -182,7 +198,7 @@ class AppStep:
 
     def body_limit_for(self, path: str) -> int:
         """The request body limit for C{path}: its app's C{maxBodySize}, else the default."""
-        parts = split_app_path(path)
+        parts = self._split(path)
         if parts is not None:
             try:
                 version = self.catalog.resolve(parts[0], parts[1])
@@ -193,7 +209,7 @@ class AppStep:
         return self.body_size_default
 
     async def __call__(self, request: Request, fields: dict[str, Any]) -> Response | None:
-        parts = split_app_path(request.path)
+        parts = self._split(request.path)
         if parts is None:
             return None
         name, spec, base, rest = parts
@@ -210,7 +226,7 @@ class AppStep:
 
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""
-        parts = split_app_path(path)
+        parts = self._split(path)
         if parts is None or parts[0] in RESERVED_NAMES:
             return None
         try:

@@ -11,6 +11,7 @@ into eliot so Twisted's own messages come out the same way.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -108,6 +109,29 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+_second: tuple[float, str] = (float("nan"), "")
+"""The last whole second formatted by L{iso_timestamp}, and its text."""
+
+
+def iso_timestamp(timestamp: float) -> str:
+    """
+    C{timestamp} in ISO 8601, UTC, to the millisecond: what
+    C{datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")}
+    gives, with the date and time formatted once per second.
+    """
+    global _second
+    if type(timestamp) is not float or not math.isfinite(timestamp):
+        return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    whole = math.floor(timestamp)
+    micros = round((timestamp - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, datetime.fromtimestamp(whole, UTC).isoformat()[:19])
+    return f"{second[1]}.{micros // 1000:03d}+00:00"
+
+
 def to_record(message: dict[str, Any]) -> dict[str, Any]:
     """
     The JSON object for one eliot message: C{level}, C{message},
@@ -118,7 +142,7 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "level": _level_of(message),
         "message": _text_of(message),
-        "timestamp": datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds"),
+        "timestamp": iso_timestamp(timestamp),
         "context": message.get("context", "runtime"),
     }
     for key, value in message.items():
@@ -127,8 +151,11 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+_JSON = json.JSONEncoder(default=repr, separators=(",", ":"))
+
+
 def format_json(message: dict[str, Any]) -> str:
-    return json.dumps(to_record(message), default=repr, separators=(",", ":"))
+    return _JSON.encode(to_record(message))
 
 
 _COLOURS = {"debug": "\x1b[90m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import re
+from datetime import UTC, datetime
 
 import eliot
 import pytest
 from eliot import start_action
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger
 from zope.interface.verify import verifyObject
@@ -22,6 +25,7 @@ from buntime._logging import (
     TwistedToEliot,
     format_json,
     format_pretty,
+    iso_timestamp,
     level_enabled,
     log,
     redact_headers,
@@ -380,3 +384,15 @@ def test_stream_destination_writes_a_full_buffer_at_once():
     assert len(stream.getvalue().splitlines()) == STREAM_BUFFER
     destination.flush()
     assert len(stream.getvalue().splitlines()) == STREAM_BUFFER
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_iso_timestamp_is_datetime_isoformat(timestamp):
+    expected = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    assert iso_timestamp(timestamp) == expected
+    assert iso_timestamp(timestamp) == expected  # the cached second too
+
+
+def test_iso_timestamp_of_other_numbers():
+    assert iso_timestamp(0) == "1970-01-01T00:00:00.000+00:00"
+    assert iso_timestamp(1.9999999) == "1970-01-01T00:00:02.000+00:00"

@@ -275,6 +275,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         apis=apis,
         plugins=lambda: plugins.registry,
         identify=apps.identify,
+        direct=apps.direct,
     )
     web = WebService(
         reactor=reactor,

@@ -105,6 +105,19 @@ class PluginRegistry:
             found = self._hooks[name] = tuple((p, hook) for p, hook in pairs if hook is not None)
         return found
 
+    def passive_for(self, path: str) -> bool:
+        """
+        Whether no plugin takes part in a request for C{path}: no
+        C{on_request}, C{on_response} or C{server_fetch} hook anywhere, and
+        no plugin (routes or app) at a base above C{path}.
+        """
+        if self.hooks("on_request") or self.hooks("on_response") or self.hooks("server_fetch"):
+            return False
+        for plugin in self._by_base:
+            if _under(path, plugin.base or ""):
+                return False
+        return True
+
     def get(self, name: str) -> LoadedPlugin | None:
         """The loaded plugin called C{name}."""
         return next((p for p in self.plugins if p.name == name), None)

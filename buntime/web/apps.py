@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from buntime._logging import log
@@ -79,6 +80,16 @@ async def _inject_stream(body: Any, base: str) -> AsyncIterator[bytes]:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _with_base(response: Response, base: str) -> Response:
+    """An HTML response with its C{<base href>}."""
+    if not _is_html(response):
+        return response
+    headers = response.headers.remove("content-length")
+    if isinstance(response.body, bytes):
+        return Response(response.status, headers, inject_base_href(response.body, base))
+    return Response(response.status, headers, _inject_stream(response.body, base))
 
 
 @define
@@ -209,7 +220,27 @@ class AppStep:
         return self.body_size_default
 
     async def __call__(self, request: Request, fields: dict[str, Any]) -> Response | None:
-        parts = self._split(request.path)
+        answer = self.direct(request, fields)
+        return None if answer is None else await answer
+
+    def direct(self, request: Request, fields: dict[str, Any]) -> Deferred | None:
+        """
+        The step without a coroutine: C{None} when C{request} names no app
+        (nothing else happened), else a Deferred firing with the answer.
+        """
+        found = self._find(request.path)
+        if found is None:
+            return None
+        if isinstance(found, Response):
+            return succeed(found)
+        version, base, rest = found
+        fields["app"] = f"{version.name}@{version.version}"
+        answer = self.serve_now(version, request, base, rest)
+        return answer if isinstance(answer, Deferred) else succeed(answer)
+
+    def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
+        """The app version C{path} names, its base and the rest; a 400 for a bad range."""
+        parts = self._split(path)
         if parts is None:
             return None
         name, spec, base, rest = parts
@@ -221,8 +252,7 @@ class AppStep:
             return Response.error(400, "INVALID_VERSION_RANGE", str(error))
         if version is None:
             return None
-        fields["app"] = f"{version.name}@{version.version}"
-        return await self.serve(version, request, base, rest)
+        return version, base, rest
 
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""
@@ -244,6 +274,13 @@ class AppStep:
 
     async def serve(self, version: AppVersion, request: Request, base: str, rest: str) -> Response:
         """Answer C{request} from the app at C{version} mounted at C{base}."""
+        answer = self.serve_now(version, request, base, rest)
+        return await answer if isinstance(answer, Deferred) else answer
+
+    def serve_now(
+        self, version: AppVersion, request: Request, base: str, rest: str
+    ) -> Response | Deferred:
+        """L{serve}: the response at once (errors, static files) or a Deferred for it."""
         label = f"{version.name}@{version.version}"
         try:
             loaded = self.load(version)
@@ -251,7 +288,6 @@ class AppStep:
             return Response.error(500, "INVALID_MANIFEST", str(error))
         except EntrypointError as error:
             return Response.error(500, "INVALID_ENTRYPOINT", f"{label}: {error}")
-        inner = request.with_path(rest).with_header("x-base", base)
         if loaded.static:
             if request.method not in ("GET", "HEAD"):
                 return Response.error(405, "METHOD_NOT_ALLOWED", "Static apps answer GET and HEAD")
@@ -262,13 +298,10 @@ class AppStep:
                 loaded.manifest.inject_base,
                 request_headers=request.headers,
             )
-        response = await self.pool.handle(self._cached_pool_app(loaded), inner, base)
-        if loaded.manifest.inject_base and _is_html(response):
-            headers = response.headers.remove("content-length")
-            if isinstance(response.body, bytes):
-                response = Response(response.status, headers, inject_base_href(response.body, base))
-            else:
-                response = Response(response.status, headers, _inject_stream(response.body, base))
+        inner = request.with_path(rest).with_header("x-base", base)
+        response = self.pool.handle(self._cached_pool_app(loaded), inner, base)
+        if loaded.manifest.inject_base:
+            response.addCallback(_with_base, base)
         return response
 
     async def serve_homepage(self, request: Request, fields: dict[str, Any]) -> Response | None:

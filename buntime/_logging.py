@@ -11,6 +11,7 @@ into eliot so Twisted's own messages come out the same way.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ import eliot
 from attrs import define, field
 from eliot import log_message
 from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LoggingFile, LogLevel, formatEvent
 from zope.interface import implementer
@@ -36,8 +37,6 @@ REQUEST_ACTION = "buntime:http:request"
 
 request_fields: ContextVar[dict[str, Any] | None] = ContextVar("request_fields", default=None)
 """Extra fields for the current request's log line (the pool adds C{worker_id})."""
-STREAM_FLUSH = 0.1
-"""Seconds between flushes of buffered log lines to a pipe or file."""
 
 SENSITIVE_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
@@ -93,8 +92,13 @@ def _is_pair(item: Any) -> bool:
     return isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str)
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _scrub(value: Any) -> Any:
     """C{value} with credentials replaced, in dicts, header pairs and L{Headers}."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, dict):
         return {
             k: (REDACTED if str(k).lower() in SENSITIVE_HEADERS else _scrub(v))
@@ -109,6 +113,29 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+_second: tuple[float, str] = (float("nan"), "")
+"""The last whole second formatted by L{iso_timestamp}, and its text."""
+
+
+def iso_timestamp(timestamp: float) -> str:
+    """
+    C{timestamp} in ISO 8601, UTC, to the millisecond: what
+    C{datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")}
+    gives, with the date and time formatted once per second.
+    """
+    global _second
+    if type(timestamp) is not float or not math.isfinite(timestamp):
+        return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    whole = math.floor(timestamp)
+    micros = round((timestamp - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, datetime.fromtimestamp(whole, UTC).isoformat()[:19])
+    return f"{second[1]}.{micros // 1000:03d}+00:00"
+
+
 def to_record(message: dict[str, Any]) -> dict[str, Any]:
     """
     The JSON object for one eliot message: C{level}, C{message},
@@ -119,7 +146,7 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "level": _level_of(message),
         "message": _text_of(message),
-        "timestamp": datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds"),
+        "timestamp": iso_timestamp(timestamp),
         "context": message.get("context", "runtime"),
     }
     for key, value in message.items():
@@ -128,8 +155,11 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+_JSON = json.JSONEncoder(default=repr, separators=(",", ":"))
+
+
 def format_json(message: dict[str, Any]) -> str:
-    return json.dumps(to_record(message), default=repr, separators=(",", ":"))
+    return _JSON.encode(to_record(message))
 
 
 _COLOURS = {"debug": "\x1b[90m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}
@@ -156,35 +186,64 @@ def format_pretty(message: dict[str, Any], colour: bool = False) -> str:
     return f"{stamp[:-3]} {tag} {context} {text}{extra}"
 
 
+STREAM_BUFFER = 256
+"""Buffered lines after which a stream destination writes without waiting for L{flush}."""
+
+
 @define
 class StreamDestination:
-    """An eliot destination writing filtered, formatted lines to a stream."""
+    """
+    An eliot destination writing filtered, formatted lines to a stream.
+
+    Without C{flush_each}, lines wait in a buffer and go out in one write:
+    at the end of the current reactor turn when C{clock} is given (so a
+    busy runtime pays one system call for all the lines of a turn, whatever
+    buffering the stream does: C{PYTHONUNBUFFERED} makes stdout write each
+    line), on L{flush}, or once L{STREAM_BUFFER} lines wait.  An error line
+    is written at once, with whatever waits before it.
+    """
 
     stream: IO[str]
     min_level: str = "info"
     fmt: str = "json"
     colour: bool = False
     flush_each: bool = True
+    clock: IReactorTime | None = None
+    _pending: list[str] = field(factory=list)
+    _scheduled: IDelayedCall | None = None
 
     def __call__(self, message: dict[str, Any]) -> None:
-        if not level_enabled(self.min_level, _level_of(message)):
+        level = _level_of(message)
+        if not level_enabled(self.min_level, level):
             return
         if self.fmt == "json":
             line = format_json(message)
         else:
             line = format_pretty(message, self.colour)
-        try:
-            self.stream.write(line + "\n")
-            if self.flush_each:
-                self.stream.flush()
-        except (OSError, ValueError):
-            pass  # a closed stdout (daemonized) must not break the runtime
+        if self.flush_each:
+            self._write(line + "\n")
+            return
+        self._pending.append(line + "\n")
+        if len(self._pending) >= STREAM_BUFFER or level == "error":
+            self.flush()
+        elif self._scheduled is None and self.clock is not None:
+            self._scheduled = self.clock.callLater(0, self.flush)
 
     def flush(self) -> None:
+        """Write what is buffered now."""
+        scheduled, self._scheduled = self._scheduled, None
+        if scheduled is not None and scheduled.active():
+            scheduled.cancel()
+        pending, self._pending = self._pending, []
+        self._write("".join(pending))
+
+    def _write(self, text: str) -> None:
         try:
+            if text:
+                self.stream.write(text)
             self.stream.flush()
         except (OSError, ValueError):
-            pass
+            pass  # a closed stdout (daemonized) must not break the runtime
 
 
 @define
@@ -295,9 +354,9 @@ class LoggingService(Service):
     """
     Adds the eliot destinations on start and removes them on stop.  Lines
     to a terminal are flushed one by one; to a pipe or file they are
-    buffered and flushed every C{STREAM_FLUSH} seconds (so a busy runtime
-    does not pay a system call per line), the log file every second, and
-    both on stop.
+    buffered and written once per reactor turn (so a busy runtime does not
+    pay a system call per line), the log file every second, and both on
+    stop.
     """
 
     clock: IReactorTime
@@ -308,7 +367,6 @@ class LoggingService(Service):
     _destinations: list[Callable[[dict[str, Any]], None]] = field(factory=list)
     _file: FileDestination | None = None
     _flusher: LoopingCall | None = None
-    _stream_flusher: LoopingCall | None = None
     _console: StreamDestination | None = None
 
     def startService(self) -> None:
@@ -317,12 +375,10 @@ class LoggingService(Service):
             self.stream = console()
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         colour = self.fmt == "pretty" and tty
-        self._console = StreamDestination(self.stream, self.level, self.fmt, colour, tty)
+        self._console = StreamDestination(
+            self.stream, self.level, self.fmt, colour, flush_each=tty, clock=self.clock
+        )
         self._destinations = [self._console]
-        if not tty:
-            self._stream_flusher = LoopingCall(self._console.flush)
-            self._stream_flusher.clock = self.clock
-            self._stream_flusher.start(STREAM_FLUSH, now=False)
         if self.file_path:
             self._file = FileDestination(self.file_path, self.level)
             self._destinations.append(self._file)
@@ -333,9 +389,8 @@ class LoggingService(Service):
 
     def stopService(self) -> None:
         Service.stopService(self)
-        for flusher in (self._flusher, self._stream_flusher):
-            if flusher is not None and flusher.running:
-                flusher.stop()
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
         if self._console is not None:
             self._console.flush()
         for destination in self._destinations:

@@ -37,6 +37,13 @@ def _pairs(source: object) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _pair(name: object, value: object) -> tuple[str, str]:
+    """One header as C{set} and C{add} store it."""
+    if type(name) is str:
+        return name, str(value)
+    return _pairs([(name, str(value))])[0]
+
+
 @frozen(eq=False)
 class Headers:
     """
@@ -48,6 +55,13 @@ class Headers:
     """
 
     _items: tuple[tuple[str, str], ...] = field(default=(), converter=_pairs)
+
+    @classmethod
+    def _of(cls, items: tuple[tuple[str, str], ...]) -> Headers:
+        """Headers holding C{items}, already text pairs (no conversion)."""
+        headers = object.__new__(cls)
+        object.__setattr__(headers, "_items", items)
+        return headers
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of C{name}, or C{default}."""
@@ -68,16 +82,16 @@ class Headers:
 
     def set(self, name: str, value: str) -> Headers:
         """A copy where C{name} has exactly the one value C{value}."""
-        return Headers((*self.remove(name)._items, (name, str(value))))
+        return Headers._of((*self.remove(name)._items, _pair(name, value)))
 
     def add(self, name: str, value: str) -> Headers:
         """A copy with one more value for C{name}."""
-        return Headers((*self._items, (name, str(value))))
+        return Headers._of((*self._items, _pair(name, value)))
 
     def remove(self, name: str) -> Headers:
         """A copy without any value for C{name}."""
         wanted = name.lower()
-        return Headers(tuple(pair for pair in self._items if pair[0].lower() != wanted))
+        return Headers._of(tuple(pair for pair in self._items if pair[0].lower() != wanted))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -144,12 +158,14 @@ class Request:
         return self.headers.get("x-request-id")
 
     def with_header(self, name: str, value: str) -> Request:
-        return evolve(self, headers=self.headers.set(name, value))
+        headers = self.headers.set(name, value)
+        return type(self)(self.method, self.url, headers, self.body, self.remote_addr)
 
     def with_path(self, path: str) -> Request:
         """A copy with another path; the query string is kept."""
         query = self.query
-        return evolve(self, url=path + ("?" + query if query else ""))
+        url = path + ("?" + query if query else "")
+        return type(self)(self.method, url, self.headers, self.body, self.remote_addr)
 
     def with_body(self, body: Body) -> Request:
         return evolve(self, body=body)

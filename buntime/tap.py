@@ -62,6 +62,8 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from buntime.service import make_runtime
+    from buntime.service import make_runtime, settle_memory
 
-    return make_runtime(options.config, reactor)
+    runtime = make_runtime(options.config, reactor)
+    runtime.on_serving.append(settle_memory)
+    return runtime

@@ -32,6 +32,7 @@ from buntime.pool.commands import (
     RequestBodyEnd,
     StartRequest,
     Terminate,
+    parse_request_head,
 )
 from buntime.pool.events import (
     Log,
@@ -41,6 +42,7 @@ from buntime.pool.events import (
     ResponseError,
     ResponseStart,
     StartupFailed,
+    response_head,
 )
 from buntime.pool.launch import ILauncher, LauncherUnavailable, LaunchSpec
 
@@ -81,14 +83,8 @@ class ChildRequest:
             waiter.callback(None)
 
     def start(self, status: int = 200, headers: Any = (), body: bytes = b"", end: bool = True):
-        self.child.callRemote(
-            ResponseStart,
-            rid=self.rid,
-            status=status,
-            headers=json.dumps([list(h) for h in headers]),
-            body=body,
-            end=end,
-        )
+        head = response_head(status, json.dumps([list(h) for h in headers]), end)
+        self.child.callRemote(ResponseStart, rid=self.rid, head=head, body=body)
 
     def send(self, data: bytes) -> Deferred:
         """One more chunk; fires when the runtime's consumer took it."""
@@ -158,8 +154,9 @@ class FakeChild(amp.AMP):
         self.callRemote(Log, level=level, message=message, fields=json.dumps(fields))
 
     @StartRequest.responder
-    def start_request(self, rid, method, path, base, headers, body, more, remote, task):
-        request = ChildRequest(self, rid, method, path, base, json.loads(headers), remote)
+    def start_request(self, rid, head, body):
+        method, path, base, headers, remote, _, more = parse_request_head(head)
+        request = ChildRequest(self, rid, method, path, base, headers, remote)
         request.chunks.append(body)
         self.requests[rid] = request
         self.received.append(request)

@@ -11,6 +11,7 @@ import json
 import textwrap
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -68,10 +69,11 @@ class RuntimeSide(amp.AMP):
         return {}
 
     @events.ResponseStart.responder
-    def got_start(self, rid: int, status: int, headers: str, body: bytes, end: bool) -> dict:
+    def got_start(self, rid: int, head: str, body: bytes) -> dict:
+        status, headers, end = events.parse_response_head(head)
         answer = self.answer(rid)
         answer.events.append("start+end" if end else "start")
-        answer.status, answer.headers = status, json.loads(headers)
+        answer.status, answer.headers = status, headers
         answer.body += body
         answer.started.callback(answer)
         if end:
@@ -122,18 +124,16 @@ class RuntimeSide(amp.AMP):
         answer = self.answer(rid)
         pieces = chunks(body)
         first = b"" if stream else (pieces.pop(0) if pieces else b"")
-        self.callRemote(
-            commands.StartRequest,
-            rid=rid,
-            method=method,
-            path=path,
-            base=base,
-            headers=json.dumps(headers if headers is not None else [["host", "example.com"]]),
-            body=first,
-            more=bool(pieces) or stream,
-            remote="10.0.0.1:4567",
-            task=b"",
+        head = commands.request_head(
+            method,
+            path,
+            base,
+            headers if headers is not None else [["host", "example.com"]],
+            "10.0.0.1:4567",
+            "",
+            bool(pieces) or stream,
         )
+        self.callRemote(commands.StartRequest, rid=rid, head=head, body=first)
         if pieces and not stream:
             Deferred.fromCoroutine(self._send_rest(rid, pieces))
         answer.rid = rid
@@ -157,8 +157,11 @@ class Sender:
     hold: bool = False
     held: list[Deferred] = field(factory=list)
 
-    def callRemote(self, command: type[amp.Command], **arguments: object) -> Deferred | None:
+    def callRemote(self, command: type[amp.Command], **arguments: Any) -> Deferred | None:
         command.makeArguments(arguments, None).serialize()
+        if command is events.ResponseStart:  # recorded with its head unpacked
+            status, headers, end = events.parse_response_head(arguments.pop("head"))
+            arguments.update(status=status, headers=json.dumps(headers), end=end)
         self.sent.append((command.__name__, arguments))
         if not command.requiresAnswer:
             return None
@@ -325,6 +328,19 @@ async def test_app_exception_is_a_response_error(
     assert answer.events == ["error"]
     err = capsys.readouterr().err
     assert "Traceback" in err and "second line" in err
+    c.runtime.transport.loseConnection()
+    await c.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_request_head_is_a_response_error(routes_dir: Path) -> None:
+    c = await connect(routes_dir)
+    answer = c.runtime.answer(99)
+    c.runtime.callRemote(commands.StartRequest, rid=99, head='["GET"]', body=b"")
+    await answer.done
+    assert answer.events == ["error"]
+    assert "malformed request head" in (answer.error or "")
+    assert c.worker._requests == {}
     c.runtime.transport.loseConnection()
     await c.closed
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from eliot.testing import LoggedAction
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from buntime import __version__
@@ -27,12 +27,24 @@ from buntime.web.state import RuntimeState
 class Door:
     """A FrontDoor with its state and clock, and a StubTreq client for it."""
 
-    def __init__(self, api_prefix: str = "", steps: list | None = None) -> None:
+    def __init__(
+        self,
+        api_prefix: str = "",
+        steps: list | None = None,
+        direct: Any = None,
+        plugins: Any = None,
+    ) -> None:
         self.clock = Clock()
         self.state = RuntimeState()
         api = CoreAPI(state=self.state, api_base=f"{api_prefix}/api")
         self.resource = FrontDoor(
-            clock=self.clock, state=self.state, api=api, api_prefix=api_prefix, steps=steps
+            clock=self.clock,
+            state=self.state,
+            api=api,
+            api_prefix=api_prefix,
+            steps=steps,
+            direct=direct,
+            plugins=plugins,
         )
         self.stub = StubTreq(self.resource)
 
@@ -432,6 +444,121 @@ def test_client_disconnect_cancels_the_work() -> None:
         return await waiting
 
     door = Door(steps=[step])
+    channel = DummyChannel()
+    channel.site = Site(door.resource)
+    request = WebRequest(channel)
+    request.gotLength(0)
+    request.requestReceived(b"GET", b"/app/x", b"HTTP/1.1")
+    assert door.state.in_flight == 1 and cancelled == []
+    request.connectionLost(Failure(ConnectionDone()))
+    assert cancelled == [True]
+    assert door.state.in_flight == 0
+
+
+# -- the direct path --------------------------------------------------------------------
+
+
+class Plugins:
+    """A stand-in registry: passive or not, with no hooks to run."""
+
+    def __init__(self, passive: bool) -> None:
+        self.passive = passive
+
+    def passive_for(self, path: str) -> bool:
+        return self.passive
+
+    async def on_request(self, request: Request, app: Any, app_path: Any) -> Request:
+        return request
+
+    async def on_response(self, response: Response, app: Any) -> Response:
+        return response
+
+
+def direct_door(
+    answer: Any, passive: bool = True, calls: list | None = None
+) -> tuple[Door, list[str]]:
+    """A door whose direct path answers with C{answer(request)} and whose one step says 'step'."""
+    seen: list[str] = [] if calls is None else calls
+
+    def direct(request: Request, fields: dict) -> Deferred | None:
+        seen.append("direct " + request.path)
+        result = answer(request)
+        if result is not None:
+            fields["app"] = "direct@1"
+        return result
+
+    async def step(request: Request, fields: dict) -> Response | None:
+        seen.append("step " + request.path)
+        return Response.text("step")
+
+    registry = Plugins(passive)
+    return Door(steps=[step], direct=direct, plugins=lambda: registry), seen
+
+
+def test_the_direct_path_answers_a_request_no_plugin_takes_part_in(eliot_logger):
+    door, seen = direct_door(lambda request: succeed(Response.text("direct", 201)))
+    response, body = door.fetch("POST", "/app/x?q=1", data=b"body")
+    assert (response.code, body) == (201, b"direct")
+    assert seen == ["direct /app/x"]
+    assert is_uuid4(request_id(response))
+    [action] = LoggedAction.of_type(eliot_logger.messages, REQUEST_ACTION)
+    assert action.end_message["app"] == "direct@1"
+    assert action.end_message["status"] == 201
+    assert door.state.in_flight == 0
+
+
+def test_without_a_direct_answer_the_steps_run():
+    door, seen = direct_door(lambda request: None)
+    assert door.get("/app/x")[1] == b"step"
+    assert seen == ["direct /app/x", "step /app/x"]
+
+
+def test_plugins_taking_part_skip_the_direct_path():
+    door, seen = direct_door(lambda request: succeed(Response.text("direct")), passive=False)
+    assert door.get("/app/x")[1] == b"step"
+    assert seen == ["step /app/x"]
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/.well-known/buntime"])
+def test_the_api_and_well_known_skip_the_direct_path(path):
+    door, seen = direct_door(lambda request: succeed(Response.text("direct")))
+    assert door.get(path)[0].code == 200
+    assert seen == []
+
+
+def test_the_direct_path_streams():
+    async def stream():
+        yield b"one "
+        yield b"two"
+
+    door, _ = direct_door(lambda request: succeed(Response(200, body=stream())))
+    assert door.get("/app/s")[1] == b"one two"
+
+
+def test_a_failing_direct_path_is_a_500_json_error(eliot_logger):
+    def broken(request: Request) -> Deferred:
+        raise RuntimeError("kaboom")
+
+    door, _ = direct_door(broken)
+    response, body = door.get("/app/x")
+    assert response.code == 500
+    assert json.loads(body)["error"]["code"] == "INTERNAL_ERROR"
+    [logged] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:internal-error"
+    ]
+    assert "kaboom" in logged["traceback"]
+    assert door.state.in_flight == 0
+
+
+def test_client_disconnect_cancels_the_direct_work() -> None:
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+    from twisted.web.server import Request as WebRequest
+    from twisted.web.server import Site
+    from twisted.web.test.requesthelper import DummyChannel
+
+    cancelled: list[bool] = []
+    door, _ = direct_door(lambda request: Deferred(lambda d: cancelled.append(True)))
     channel = DummyChannel()
     channel.site = Site(door.resource)
     request = WebRequest(channel)

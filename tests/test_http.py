@@ -237,3 +237,15 @@ def test_app_info():
     assert app == AppInfo("todos", "1.2.0", "/srv/apps/todos/1.2.0")
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         app.name = "other"  # type: ignore[misc]
+
+
+def test_header_changes_keep_text_pairs():
+    headers = Headers([("A", "1")])
+    assert headers.set(b"B", 2).items() == [("A", "1"), ("B", "2")]  # type: ignore[arg-type]
+    assert headers.add("a", "3").get_all("A") == ["1", "3"]
+    assert headers.remove("A") == Headers()
+    request = Request("GET", "/x?q=1", headers)
+    moved = request.with_path("/y").with_header("x-base", "/app")
+    assert moved.url == "/y?q=1"
+    assert (moved.headers.get("X-Base"), moved.headers.get("a")) == ("/app", "1")
+    assert request.headers.get("x-base") is None

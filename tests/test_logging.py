@@ -5,22 +5,27 @@ from __future__ import annotations
 import io
 import json
 import re
+from datetime import UTC, datetime
 
 import eliot
 import pytest
 from eliot import start_action
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger
 from zope.interface.verify import verifyObject
 
 from buntime._logging import (
     REDACTED,
+    STREAM_BUFFER,
     FileDestination,
     LoggingService,
     StreamDestination,
     TwistedToEliot,
     format_json,
     format_pretty,
+    iso_timestamp,
     level_enabled,
     log,
     redact_headers,
@@ -367,3 +372,53 @@ def test_a_log_file_that_fails_later_does_not_break_logging(tmp_path, capsys) ->
     destination({"level": "info", "message": "lost again", "timestamp": 0.0})
     destination.flush()
     assert capsys.readouterr().err.count("cannot write the log file") == 1
+
+
+def test_stream_destination_writes_the_lines_of_a_reactor_turn_at_once():
+    class Stream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            Stream.writes += 1
+            return super().write(text)
+
+    clock = Clock()
+    stream = Stream()
+    destination = StreamDestination(stream, "info", "json", flush_each=False, clock=clock)
+    destination({"level": "info", "message": "one"})
+    destination({"level": "debug", "message": "filtered"})
+    destination({"level": "info", "message": "two"})
+    assert stream.getvalue() == ""
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert [r["message"] for r in lines_of(stream)] == ["one", "two"]
+    assert Stream.writes == 1
+    assert not clock.getDelayedCalls()
+    destination({"level": "info", "message": "three"})
+    destination({"level": "error", "message": "four"})  # at once, with what waits
+    assert [r["message"] for r in lines_of(stream)] == ["one", "two", "three", "four"]
+    assert not clock.getDelayedCalls()
+
+
+def test_stream_destination_writes_a_full_buffer_at_once():
+    stream = io.StringIO()
+    destination = StreamDestination(stream, "info", "json", flush_each=False)
+    for number in range(STREAM_BUFFER - 1):
+        destination({"level": "info", "message": str(number)})
+    assert stream.getvalue() == ""
+    destination({"level": "info", "message": "last"})
+    assert len(stream.getvalue().splitlines()) == STREAM_BUFFER
+    destination.flush()
+    assert len(stream.getvalue().splitlines()) == STREAM_BUFFER
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_iso_timestamp_is_datetime_isoformat(timestamp):
+    expected = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    assert iso_timestamp(timestamp) == expected
+    assert iso_timestamp(timestamp) == expected  # the cached second too
+
+
+def test_iso_timestamp_of_other_numbers():
+    assert iso_timestamp(0) == "1970-01-01T00:00:00.000+00:00"
+    assert iso_timestamp(1.9999999) == "1970-01-01T00:00:02.000+00:00"

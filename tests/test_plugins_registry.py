@@ -500,3 +500,49 @@ async def test_an_empty_registry_does_nothing():
     assert registry.plugin_app_for("/") is None
     assert registry.menus() == []
     assert registry.describe_loaded() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_hooks_lists_the_plugins_having_one_in_load_order() -> None:
+    @implementer(IBuntimePlugin)
+    class Quiet:
+        pass
+
+    first, second = Hooks("first"), Hooks("second")
+    registry = await registry_of(
+        ({"name": "first"}, first), ({"name": "q"}, Quiet()), ({"name": "second"}, second)
+    )
+    assert [(p.name, hook) for p, hook in registry.hooks("on_request")] == [
+        ("first", first.on_request),
+        ("second", second.on_request),
+    ]
+    assert registry.hooks("server_fetch") == ()
+    assert registry.hooks("on_request") is registry.hooks("on_request")
+
+
+@pytest_twisted.ensureDeferred
+async def test_changed_public_routes_of_an_app_are_read_again() -> None:
+    log: list = []
+    registry = await registry_of(({"name": "guard"}, Hooks("guard", log=log)))
+    request = Request("GET", "/todos/api/health")
+    await registry.on_request(request, APP, "/api/health")
+    assert log == []  # public
+    changed = AppInfo(APP.name, APP.version, APP.dir, {"publicRoutes": {"GET": ["/other"]}})
+    await registry.on_request(request, changed, "/api/health")
+    assert [entry[:2] for entry in log] == [("guard", "request")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_passive_for_paths_no_plugin_takes_part_in() -> None:
+    @implementer(IBuntimePlugin)
+    class Quiet:
+        pass
+
+    quiet = await registry_of(({"name": "quiet", "base": "/quiet"}, Quiet()))
+    assert quiet.passive_for("/app/x")
+    assert quiet.passive_for("/quieter")
+    assert not quiet.passive_for("/quiet")
+    assert not quiet.passive_for("/quiet/x")
+    hooked = await registry_of(({"name": "guard"}, Hooks("guard")))
+    assert not hooked.passive_for("/app/x")
+    assert PluginRegistry().passive_for("/anything")

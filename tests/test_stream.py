@@ -31,9 +31,8 @@ def test_chunks_round_trip(data: bytes) -> None:
 def test_every_chunk_fits_in_an_amp_box(data: bytes) -> None:
     first, rest = split_first(data)
     assert first + b"".join(rest) == data
-    start = events.ResponseStart.makeArguments(
-        {"rid": 1, "status": 200, "headers": "[]", "body": first, "end": not rest}, None
-    )
+    head = events.response_head(200, "[]", not rest)
+    start = events.ResponseStart.makeArguments({"rid": 1, "head": head, "body": first}, None)
     assert start.serialize()
     for piece in rest:
         assert events.ResponseBody.makeArguments({"rid": 1, "data": piece}, None).serialize()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from twisted.application.service import IService, IServiceMaker
 from twisted.plugin import getPlugins
@@ -9,6 +11,7 @@ from twisted.scripts.twistd import ServerOptions
 
 from buntime._logging import twistd_observer
 from buntime.config import RuntimeConfig
+from buntime.service import GC_THRESHOLD, settle_memory
 from buntime.tap import TWISTD_OBSERVER, Options, makeService
 
 
@@ -145,3 +148,16 @@ def test_make_service(clean_environ):
     assert children[0] == "logging"
     assert children[-1] == "web"
     assert not service.running
+    assert service.on_serving[-1] is settle_memory
+
+
+def test_settle_memory_freezes_what_exists_and_collects_less_often():
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        settle_memory()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -409,3 +409,33 @@ def test_zero_cache_always_rescans(tmp_path):
     assert catalog.resolve("app", None) is None
     make_dirs(tmp_path, "app@1.0.0")
     assert catalog.resolve("app", None).version == "1.0.0"
+
+
+def test_resolve_answers_are_remembered_until_the_next_scan(tmp_path, monkeypatch):
+    (tmp_path / "hello@1.0.0").mkdir()
+    (tmp_path / "hello@1.0.0" / "manifest.yaml").write_text("name: hello\n")
+    clock = Clock()
+    catalog = AppCatalog([str(tmp_path)], clock, cache_seconds=1.0)
+    picks = []
+    real_pick = AppCatalog._pick
+
+    def counting(apps, name, spec):
+        picks.append((name, spec))
+        return real_pick(apps, name, spec)
+
+    monkeypatch.setattr(AppCatalog, "_pick", staticmethod(counting))
+    assert catalog.resolve("hello", "^1").version == "1.0.0"
+    assert catalog.resolve("hello", "^1").version == "1.0.0"
+    assert catalog.resolve("nope", None) is None
+    assert catalog.resolve("nope", None) is None
+    assert picks == [("hello", "^1"), ("nope", None)]
+    with pytest.raises(InvalidRange):
+        catalog.resolve("hello", "not a range!")
+    (tmp_path / "hello@1.1.0").mkdir()
+    (tmp_path / "hello@1.1.0" / "manifest.yaml").write_text("name: hello\n")
+    assert catalog.resolve("hello", "^1").version == "1.0.0"  # same scan
+    clock.advance(1.0)
+    assert catalog.resolve("hello", "^1").version == "1.1.0"
+    catalog.invalidate()
+    assert catalog.resolve("hello", "^1").version == "1.1.0"
+    assert picks.count(("hello", "^1")) == 3

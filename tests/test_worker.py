@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from buntime.http import Request
 from buntime.pool.commands import CHUNK_SIZE, StartRequest
+from buntime.pool.events import ResponseStart
 from buntime.pool.launch import ILauncher
 from buntime.pool.worker import (
     ACTIVE,
@@ -145,18 +146,7 @@ def test_a_value_over_the_amp_limit_fails_in_the_loopback():
     """The fake channel really serializes boxes, as a pipe would."""
     _, worker = started()
     with pytest.raises(amp.TooLong):
-        worker.protocol.callRemote(
-            StartRequest,
-            rid=99,
-            method="GET",
-            path="/",
-            base="",
-            headers="[]",
-            body=b"x" * 70000,
-            more=False,
-            remote="",
-            task=b"",
-        )
+        worker.protocol.callRemote(StartRequest, rid=99, head="[]", body=b"x" * 70000)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -232,6 +222,18 @@ def test_response_error_after_start_breaks_the_stream():
     assert result_of(Deferred.fromCoroutine(body.__anext__())) == b"part"
     with pytest.raises(AppError, match="boom"):
         result_of(Deferred.fromCoroutine(body.__anext__()))
+
+
+def test_a_malformed_response_head_is_an_app_error():
+    async def garbled(request: ChildRequest) -> None:
+        request.child.callRemote(ResponseStart, rid=request.rid, head="[200,", body=b"")
+
+    launcher, worker = started(garbled)
+    d = worker.request(Request("GET", "/"), "/hello", timeout=30)
+    launcher.settle()
+    with pytest.raises(AppError, match="malformed response head"):
+        result_of(d)
+    assert worker.in_flight == 0 and worker.healthy
 
 
 def test_cancelling_the_request_cancels_it_in_the_worker():

@@ -33,6 +33,8 @@ NAME = re.compile(rf"\A{_NAME}\Z")
 _SCOPED_NAME = re.compile(rf"\A(?:@{_NAME}/)?{_NAME}\Z")
 
 _LAYOUT_RANK = {"flat": 0, "nested": 1, "simple": 2}
+_RESOLVED_MAX = 4096
+"""Remembered resolve() answers per scan (names and ranges come from URLs: bounded)."""
 
 
 @frozen
@@ -149,12 +151,15 @@ class AppCatalog:
     cache_seconds: float = 1.0
     _apps: dict[str, dict[str, AppVersion]] | None = field(default=None, init=False)
     _scanned_at: float = field(default=0.0, init=False)
+    # resolve() answers for the current scan: (name, spec) -> version
+    _resolved: dict[tuple[str, str | None], AppVersion | None] = field(factory=dict, init=False)
 
     def _current(self) -> dict[str, dict[str, AppVersion]]:
         now = self.clock.seconds()
         if self._apps is None or now - self._scanned_at >= self.cache_seconds:
             self._apps = scan(self.worker_dirs)
             self._scanned_at = now
+            self._resolved = {}
         return self._apps
 
     def invalidate(self) -> None:
@@ -175,8 +180,22 @@ class AppCatalog:
         @raise InvalidRange: C{spec} is neither C{latest} nor a valid range
             (checked even when the app does not exist).
         """
+        apps = self._current()
+        key = (name, spec)
+        if key in self._resolved:
+            return self._resolved[key]
+        found = self._pick(apps, name, spec)
+        if len(self._resolved) >= _RESOLVED_MAX:
+            self._resolved = {}
+        self._resolved[key] = found
+        return found
+
+    @staticmethod
+    def _pick(
+        apps: dict[str, dict[str, AppVersion]], name: str, spec: str | None
+    ) -> AppVersion | None:
         rng = None if spec is None or spec == LATEST else parse_range(spec)
-        versions = self._current().get(name)
+        versions = apps.get(name)
         if not versions:
             return None
         if spec is None:

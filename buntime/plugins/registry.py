@@ -123,11 +123,17 @@ class PluginRegistry:
     plugins: Sequence[LoadedPlugin] = field(default=(), converter=_plugin_tuple)
     services: ServiceRegistry = field(factory=ServiceRegistry)
     clock: IReactorTime | None = None
-    _app_routes: dict[Any, PublicRoutes] = field(factory=dict, init=False)
+    _app_routes: dict[str, tuple[object, PublicRoutes]] = field(factory=dict, init=False)
+    _hooks: dict[str, tuple[tuple[LoadedPlugin, Any], ...]] = field(factory=dict, init=False)
     _by_base: tuple[LoadedPlugin, ...] = field(init=False)
     _websockets: tuple[tuple[LoadedPlugin, str | None, WebSocketServerFactory], ...] = field(
         init=False
     )
+    _public: tuple[PublicRoutes, ...] = field(init=False)
+
+    @_public.default
+    def _plugin_public_routes(self) -> tuple[PublicRoutes, ...]:
+        return tuple(p.manifest.public_routes for p in self.plugins if p.manifest.public_routes)
 
     @_by_base.default
     def _longest_base_first(self) -> tuple[LoadedPlugin, ...]:
@@ -160,6 +166,27 @@ class PluginRegistry:
 
     # -- lookups --------------------------------------------------------------
 
+    def hooks(self, name: str) -> tuple[tuple[LoadedPlugin, Any], ...]:
+        """C{(plugin, hook)} for every plugin with a C{name} hook, in load order."""
+        found = self._hooks.get(name)
+        if found is None:
+            pairs = ((plugin, plugin.hook(name)) for plugin in self.plugins)
+            found = self._hooks[name] = tuple((p, hook) for p, hook in pairs if hook is not None)
+        return found
+
+    def passive_for(self, path: str) -> bool:
+        """
+        Whether no plugin takes part in a request for C{path}: no
+        C{on_request}, C{on_response} or C{server_fetch} hook anywhere, and
+        no plugin (routes or app) at a base above C{path}.
+        """
+        if self.hooks("on_request") or self.hooks("on_response") or self.hooks("server_fetch"):
+            return False
+        for plugin in self._by_base:
+            if _under(path, plugin.base or ""):
+                return False
+        return True
+
     def get(self, name: str) -> LoadedPlugin | None:
         """The loaded plugin called C{name}."""
         return next((p for p in self.plugins if p.name == name), None)
@@ -176,14 +203,14 @@ class PluginRegistry:
 
     def _routes_of(self, app: AppInfo) -> PublicRoutes:
         value = app.config.get("publicRoutes") if isinstance(app.config, Mapping) else None
-        key = (app.dir, repr(value))
-        routes = self._app_routes.get(key)
-        if routes is None:
-            try:
-                routes = PublicRoutes.parse(value)
-            except ValueError:
-                routes = PublicRoutes()
-            self._app_routes[key] = routes
+        cached = self._app_routes.get(app.dir)
+        if cached is not None and (cached[0] is value or cached[0] == value):
+            return cached[1]
+        try:
+            routes = PublicRoutes.parse(value)
+        except ValueError:
+            routes = PublicRoutes()
+        self._app_routes[app.dir] = (value, routes)
         return routes
 
     def is_public(self, method: str, path: str, app: AppInfo | None, app_path: str | None) -> bool:
@@ -192,8 +219,9 @@ class PluginRegistry:
         routes (absolute paths) are checked first, then the app's (relative
         to the app base).
         """
-        if any(p.manifest.public_routes.matches(method, path) for p in self.plugins):
-            return True
+        for routes in self._public:
+            if routes.matches(method, path):
+                return True
         if app is not None and app_path is not None:
             return self._routes_of(app).matches(method, app_path.split("?", 1)[0])
         return False
@@ -209,12 +237,10 @@ class PluginRegistry:
         answered.  A failing hook answers 500: a broken guard must not let
         requests through.
         """
-        if self.is_public(request.method, request.path, app, app_path):
+        hooks = self.hooks("on_request")
+        if not hooks or self.is_public(request.method, request.path, app, app_path):
             return request
-        for plugin in self.plugins:
-            hook = plugin.hook("on_request")
-            if hook is None:
-                continue
+        for plugin, hook in hooks:
             try:
                 result = await call(hook, request, app)
             except Exception as error:
@@ -235,10 +261,7 @@ class PluginRegistry:
 
     async def on_response(self, response: Response, app: AppInfo | None) -> Response:
         """Run C{on_response} hooks in load order; a failing hook leaves the response as it was."""
-        for plugin in self.plugins:
-            hook = plugin.hook("on_response")
-            if hook is None:
-                continue
+        for plugin, hook in self.hooks("on_response"):
             try:
                 result = await call(hook, response, app)
             except Exception as error:
@@ -252,10 +275,7 @@ class PluginRegistry:
 
     async def server_fetch(self, request: Request) -> Response | None:
         """The first C{server_fetch} answer that is not a 404 (or C{None}: nobody's)."""
-        for plugin in self.plugins:
-            hook = plugin.hook("server_fetch")
-            if hook is None:
-                continue
+        for plugin, hook in self.hooks("server_fetch"):
             try:
                 result = await call(hook, request)
             except Exception as error:

@@ -8,29 +8,55 @@ L{buntime.pool.events}.  Request ids (C{rid}) are chosen by the runtime and
 unique per worker connection.
 """
 
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
 from twisted.protocols import amp
 
 CHUNK_SIZE = 60 * 1024
 """Largest body chunk in one AMP value (AMP's limit is 64 KiB minus a bit)."""
 
 
+RequestHead = tuple[str, str, str, list[list[str]], str, str, bool]
+"""C{(method, path, base, headers, remote, task, more)}: see L{StartRequest}."""
+
+
+def request_head(
+    method: str,
+    path: str,
+    base: str,
+    headers: Iterable[tuple[str, str]],
+    remote: str,
+    task: str,
+    more: bool,
+) -> str:
+    """The C{head} of a L{StartRequest}: a JSON array of its fields in this order."""
+    return json.dumps([method, path, base, list(headers), remote, task, more])
+
+
+def parse_request_head(head: str) -> RequestHead:
+    """The fields of a L{StartRequest} C{head}."""
+    method, path, base, headers, remote, task, more = json.loads(head)
+    return method, path, base, headers, remote, task, bool(more)
+
+
 class StartRequest(amp.Command):
     """
-    Begin a request.  C{path} has the app's base stripped and keeps its query
-    string; C{headers} is JSON: a list of C{[name, value]} pairs; C{task} is
-    the serialized eliot task id the worker continues (may be empty).
+    Begin a request.  C{head} is everything but the body in one JSON value
+    (one AMP key rather than seven: every key costs on both sides of every
+    request; see L{request_head}): the method, the path with the app's base
+    stripped and the query string kept, the base, the headers as
+    C{[name, value]} pairs, the client address, the serialized eliot task
+    id the worker continues (may be empty), and C{more}, true when body
+    chunks follow.  C{body} is the first chunk of the body (often all of it).
     """
 
     arguments = [
         (b"rid", amp.Integer()),
-        (b"method", amp.Unicode()),
-        (b"path", amp.Unicode()),
-        (b"base", amp.Unicode()),
-        (b"headers", amp.Unicode()),
+        (b"head", amp.Unicode()),
         (b"body", amp.String()),
-        (b"more", amp.Boolean()),
-        (b"remote", amp.Unicode()),
-        (b"task", amp.String()),
     ]
     requiresAnswer = False
 

@@ -2,6 +2,10 @@
 AMP commands a worker sends to the runtime: readiness, responses, logs.
 """
 
+from __future__ import annotations
+
+import json
+
 from twisted.protocols import amp
 
 
@@ -19,20 +23,32 @@ class StartupFailed(amp.Command):
     response: list = []
 
 
+def response_head(status: int, headers_json: str, end: bool) -> str:
+    """
+    The C{head} of a L{ResponseStart}: the JSON array C{[status, headers,
+    end]}, C{headers_json} being the JSON list of C{[name, value]} pairs.
+    """
+    return f"[{int(status)},{headers_json},{'true' if end else 'false'}]"
+
+
+def parse_response_head(head: str) -> tuple[int, list[list[str]], bool]:
+    """C{(status, headers, end)} from a L{ResponseStart} C{head}."""
+    status, headers, end = json.loads(head)
+    return int(status), headers, bool(end)
+
+
 class ResponseStart(amp.Command):
     """
-    Status and headers (JSON list of C{[name, value]} pairs) of the response
-    to request C{rid}, with the first body chunk.  C{end} true means the
-    response is complete; otherwise L{ResponseBody} chunks and a
-    L{ResponseEnd} follow.
+    The start of the response to request C{rid}: C{head} holds its status,
+    headers and C{end} (see L{response_head}), C{body} the first body
+    chunk.  C{end} true means the response is complete; otherwise
+    L{ResponseBody} chunks and a L{ResponseEnd} follow.
     """
 
     arguments = [
         (b"rid", amp.Integer()),
-        (b"status", amp.Integer()),
-        (b"headers", amp.Unicode()),
+        (b"head", amp.Unicode()),
         (b"body", amp.String()),
-        (b"end", amp.Boolean()),
     ]
     requiresAnswer = False
 

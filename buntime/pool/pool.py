@@ -27,7 +27,7 @@ from typing import Any
 from uuid import uuid4
 
 from attrs import define, field, frozen
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -212,38 +212,54 @@ class WorkerPool:
         Run C{request} (URL relative to the app, C{base} stripped) on a
         worker of C{app}; fires with a L{Response}, an error one included.
         Cancel it when the client goes away.
-        """
-        return Deferred.fromCoroutine(self._handle(app, request, base))
 
-    async def _handle(self, app: PoolApp, request: Request, base: str) -> Response:
+        A request for a warm worker with a free slot is sent before this
+        returns, with no coroutine in between (the hot path).
+        """
         arrived = self._reactor.seconds()
         self._counts["requests"] += 1
         try:
             if self._closing:
                 raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping"))
             state = self._enter(app)
-            if app.manifest.auto_install and not state.installed:
-                await self._install(state)
-            if app.manifest.ttl <= 0:
-                response = await self._ephemeral(state, request, base)
+            manifest = app.manifest
+            if manifest.ttl > 0 and (state.installed or not manifest.auto_install):
+                answer = self._persistent(state, request, base)
             else:
-                response = await self._persistent(state, request, base)
-        except _Refused as refused:
-            response = refused.response
-        except CancelledError:
-            raise
-        except Exception as error:
-            log(
-                "error",
-                "buntime:pool:internal",
-                f"Pool failure on {app.label}",
-                app=app.name,
-                version=app.version,
-                error=repr(error),
-            )
-            response = Response.error(500, "INTERNAL_ERROR", f"Internal error serving {app.label}")
+                answer = Deferred.fromCoroutine(self._prepared(state, request, base))
+        except Exception:
+            answer = fail()
+        return answer.addBoth(self._answered, app, arrived)
+
+    def _answered(self, result: object, app: PoolApp, arrived: float) -> object:
+        """Every outcome as a response (but cancellation), and its time counted."""
+        if isinstance(result, Failure):
+            if result.check(_Refused):
+                result = result.value.response
+            elif result.check(CancelledError) or not result.check(Exception):
+                return result
+            else:
+                log(
+                    "error",
+                    "buntime:pool:internal",
+                    f"Pool failure on {app.label}",
+                    app=app.name,
+                    version=app.version,
+                    error=repr(result.value),
+                )
+                result = Response.error(
+                    500, "INTERNAL_ERROR", f"Internal error serving {app.label}"
+                )
         self._response_times.append((self._reactor.seconds() - arrived) * 1000)
-        return response
+        return result
+
+    async def _prepared(self, state: _AppState, request: Request, base: str) -> Response:
+        """The paths that wait first: installing dependencies, ephemeral workers."""
+        if state.app.manifest.auto_install and not state.installed:
+            await self._install(state)
+        if state.app.manifest.ttl <= 0:
+            return await self._ephemeral(state, request, base)
+        return await self._persistent(state, request, base)
 
     def _enter(self, app: PoolApp) -> _AppState:
         """The app's state (made on first use), after the name@version collision check."""
@@ -279,17 +295,21 @@ class WorkerPool:
             raise _Refused(Response.error(500, "INSTALL_FAILED", message)) from None
         state.installed = True
 
-    async def _persistent(self, state: _AppState, request: Request, base: str) -> Response:
+    def _persistent(self, state: _AppState, request: Request, base: str) -> Deferred:
         self._refuse_if_failing(state)
         warm = any(w.is_ready and w.healthy for w in state.workers)
         self._counts["hits" if warm else "misses"] += 1
         failures = state.failures
         self._scale(state)
         worker = self._free_worker(state)
-        if worker is None:
-            if state.failures > failures and state.last_failure is not None:
-                raise _Refused(state.last_failure)  # the worker could not even be launched
-            worker = await self._wait(state)
+        if worker is not None:
+            return self._run(state, worker, request, base)
+        if state.failures > failures and state.last_failure is not None:
+            raise _Refused(state.last_failure)  # the worker could not even be launched
+        return Deferred.fromCoroutine(self._queued(state, request, base))
+
+    async def _queued(self, state: _AppState, request: Request, base: str) -> Response:
+        worker = await self._wait(state)
         return await self._run(state, worker, request, base)
 
     async def _ephemeral(self, state: _AppState, request: Request, base: str) -> Response:
@@ -312,27 +332,37 @@ class WorkerPool:
         # From here on, the worker's finished request (or its death) stops it.
         return await self._run(state, worker, request, base)
 
-    async def _run(self, state: _AppState, worker: Worker, request: Request, base: str) -> Response:
+    def _run(self, state: _AppState, worker: Worker, request: Request, base: str) -> Deferred:
+        """Send C{request} to C{worker}; fires with its response, or the error response."""
         manifest = state.app.manifest
-        label = state.app.label
         fields = request_fields.get()
         if fields is not None:
             fields["worker_id"] = worker.id  # for the request's log line
         pending = worker.request(request, base, manifest.timeout)
         if not worker.ephemeral and worker.request_count >= manifest.max_requests:
             self._discard(state, worker, "maxRequests reached", grace=manifest.timeout)
-        try:
-            response = await pending
-        except RequestTimedOut:
-            message = f"App {label} did not answer within {manifest.timeout:g}s"
-            raise _Refused(Response.error(504, "WORKER_TIMEOUT", message)) from None
-        except WorkerGone as error:
-            raise _Refused(self._crash_response(state, str(error))) from None
-        except AppError as error:
-            message = self._detail(f"App {label} failed on this request", str(error))
-            raise _Refused(Response.error(500, "APP_ERROR", message)) from None
+        return pending.addCallbacks(
+            self._ran, self._run_failed, callbackArgs=(state,), errbackArgs=(state,)
+        )
+
+    @staticmethod
+    def _ran(response: Response, state: _AppState) -> Response:
         state.failures = 0
         return response
+
+    def _run_failed(self, failure: Failure, state: _AppState) -> object:
+        manifest = state.app.manifest
+        label = state.app.label
+        error = failure.value
+        if isinstance(error, RequestTimedOut):
+            message = f"App {label} did not answer within {manifest.timeout:g}s"
+            return Response.error(504, "WORKER_TIMEOUT", message)
+        if isinstance(error, WorkerGone):
+            return self._crash_response(state, str(error))
+        if isinstance(error, AppError):
+            message = self._detail(f"App {label} failed on this request", str(error))
+            return Response.error(500, "APP_ERROR", message)
+        return failure
 
     def _crash_response(self, state: _AppState, error: str = "the worker died") -> Response:
         message = self._detail(f"The worker for {state.app.label} crashed", error)

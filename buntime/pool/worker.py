@@ -21,7 +21,6 @@ from attrs import define, field
 from eliot import current_action
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from buntime._logging import LEVELS, log
@@ -34,6 +33,7 @@ from buntime.pool.commands import (
     RequestBodyEnd,
     StartRequest,
     Terminate,
+    request_head,
 )
 from buntime.pool.events import (
     Log,
@@ -43,8 +43,10 @@ from buntime.pool.events import (
     ResponseError,
     ResponseStart,
     StartupFailed,
+    parse_response_head,
 )
 from buntime.pool.launch import ILauncher, LaunchedProcess, LaunchSpec
+from buntime.pool.wire import FastAMP, responder
 
 STARTING, ACTIVE, IDLE, EPHEMERAL, STOPPING, OFFLINE = (
     "starting",
@@ -205,7 +207,7 @@ class Exchange:
     request_id: str | None = None
 
 
-class WorkerProtocol(amp.AMP):
+class WorkerProtocol(FastAMP):
     """The runtime's end of a worker's AMP channel: answers L{buntime.pool.events}."""
 
     def __init__(self, worker: Worker) -> None:
@@ -222,28 +224,26 @@ class WorkerProtocol(amp.AMP):
         self.worker.startup_failed(error, detail)
         return {}
 
-    @ResponseStart.responder
-    def got_response_start(
-        self, rid: int, status: int, headers: str, body: bytes, end: bool
-    ) -> dict:
-        self.worker.response_started(rid, status, headers, body, end)
+    @responder(ResponseStart)
+    def got_response_start(self, rid: int, head: str, body: bytes) -> dict:
+        self.worker.response_started(rid, head, body)
         return {}
 
     @ResponseBody.responder
     def got_response_body(self, rid: int, data: bytes) -> Deferred:
         return self.worker.response_body(rid, data)
 
-    @ResponseEnd.responder
+    @responder(ResponseEnd)
     def got_response_end(self, rid: int) -> dict:
         self.worker.response_ended(rid)
         return {}
 
-    @ResponseError.responder
+    @responder(ResponseError)
     def got_response_error(self, rid: int, error: str) -> dict:
         self.worker.response_failed(rid, error)
         return {}
 
-    @Log.responder
+    @responder(Log)
     def got_log(self, level: str, message: str, fields: str) -> dict:
         self.worker.log_received(level, message, fields)
         return {}
@@ -530,35 +530,49 @@ class Worker:
         exchange.timer = self.clock.callLater(timeout, self._timed_out, exchange)
         action = current_action()
         task = action.serialize_task_id() if action is not None else b""
-        sending = Deferred.fromCoroutine(self._send(exchange, request, base, task))
-        sending.addErrback(self._send_failed, exchange)
+        try:
+            rest = self._start(exchange, request, base, task)
+        except Exception:
+            self._send_failed(Failure(), exchange)
+            return response
+        if rest is not None:
+            sending = Deferred.fromCoroutine(self._send_rest(exchange, rest))
+            sending.addErrback(self._send_failed, exchange)
         return response
 
-    async def _send(self, exchange: Exchange, request: Request, base: str, task: bytes) -> None:
+    def _start(self, exchange: Exchange, request: Request, base: str, task: bytes) -> Any:
+        """
+        Send L{StartRequest} with the first chunk of the body; what is left
+        to send (a view of the bytes or the stream), or C{None} if nothing.
+        """
         query = request.query
         body = request.body
         first, rest = b"", None
         if isinstance(body, bytes | bytearray | memoryview):
-            whole = memoryview(bytes(body))
-            first, rest = whole[:CHUNK_SIZE].tobytes(), whole[CHUNK_SIZE:]
-        self.protocol.callRemote(
-            StartRequest,
-            rid=exchange.rid,
-            method=request.method,
-            path=request.path + ("?" + query if query else ""),
-            base=base,
-            headers=json.dumps(request.headers.items()),
-            body=first,
-            more=rest is None or len(rest) > 0,
-            remote=request.remote_addr or "",
-            task=task,
+            if len(body) <= CHUNK_SIZE:
+                first = bytes(body)
+            else:
+                whole = memoryview(bytes(body))
+                first, rest = whole[:CHUNK_SIZE].tobytes(), whole[CHUNK_SIZE:]
+        else:
+            rest = body
+        head = request_head(
+            request.method,
+            request.path + ("?" + query if query else ""),
+            base,
+            request.headers.items(),
+            request.remote_addr or "",
+            task.decode("ascii"),
+            rest is not None,
         )
-        if rest is not None:
-            if len(rest) == 0:
-                return
+        self.protocol.callRemote(StartRequest, rid=exchange.rid, head=head, body=first)
+        return rest
+
+    async def _send_rest(self, exchange: Exchange, rest: Any) -> None:
+        if isinstance(rest, memoryview):
             await self._send_chunks(exchange, rest)
         else:
-            async for chunk in body:  # type: ignore[union-attr]
+            async for chunk in rest:
                 if not await self._send_chunks(exchange, memoryview(bytes(chunk))):
                     return
         if exchange.outcome is None:
@@ -622,9 +636,14 @@ class Worker:
         for listener in list(self.on_finished):
             _call(listener, self, exchange)
 
-    def response_started(self, rid: int, status: int, headers: str, body: bytes, end: bool) -> None:
+    def response_started(self, rid: int, head: str, body: bytes) -> None:
         exchange = self._exchanges.get(rid)
         if exchange is None or exchange.started:
+            return
+        try:
+            status, pairs, end = parse_response_head(head)
+        except (ValueError, TypeError):
+            self.response_failed(rid, f"malformed response head: {head[:200]!r}")
             return
         exchange.started = True
         if exchange.timer is not None and exchange.timer.active():
@@ -634,7 +653,7 @@ class Worker:
         self.responded += 1
         self.total_response_time += self.clock.seconds() - exchange.started_at
         try:
-            parsed = Headers([tuple(pair) for pair in json.loads(headers)])
+            parsed = Headers([tuple(pair) for pair in pairs])
         except (ValueError, TypeError):
             parsed = Headers()
         if end:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from buntime._logging import log
@@ -28,6 +29,8 @@ from buntime.web.static import inject_base_href, serve_static
 
 _HEAD_SCAN_LIMIT = 64 * 1024
 RESERVED_NAMES = frozenset({"api", "health", ".well-known"})
+_SPLITS_MAX, _SPLIT_PATH_MAX = 1024, 256
+"""How many split paths are remembered, and the longest one remembered."""
 
 
 @frozen
@@ -79,6 +82,16 @@ async def _inject_stream(body: Any, base: str) -> AsyncIterator[bytes]:
             await aclose()
 
 
+def _with_base(response: Response, base: str) -> Response:
+    """An HTML response with its C{<base href>}."""
+    if not _is_html(response):
+        return response
+    headers = response.headers.remove("content-length")
+    if isinstance(response.body, bytes):
+        return Response(response.status, headers, inject_base_href(response.body, base))
+    return Response(response.status, headers, _inject_stream(response.body, base))
+
+
 @define
 class AppStep:
     """Serves worker apps; C{runtime_env} gives the RUNTIME_* values for workers."""
@@ -98,7 +111,22 @@ class AppStep:
     _apps: dict[str, LoadedApp] = field(factory=dict)
     _checked: dict[str, float] = field(factory=dict)
     _pool_apps: dict[str, tuple[LoadedApp, PoolApp]] = field(factory=dict)
+    _infos: dict[str, tuple[LoadedApp, AppInfo]] = field(factory=dict)
+    _splits: dict[str, tuple[str, str | None, str, str] | None] = field(factory=dict)
     _warned: set[str] = field(factory=set)
+
+    def _split(self, path: str) -> tuple[str, str | None, str, str] | None:
+        """L{split_app_path}, remembered: a request asks up to three times."""
+        try:
+            return self._splits[path]
+        except KeyError:
+            pass
+        parts = split_app_path(path)
+        if len(path) <= _SPLIT_PATH_MAX:
+            if len(self._splits) >= _SPLITS_MAX:
+                self._splits.clear()
+            self._splits[path] = parts
+        return parts
 
     def load(self, version: AppVersion) -> LoadedApp:
         """
@@ -183,7 +211,7 @@ class AppStep:
 
     def body_limit_for(self, path: str) -> int:
         """The request body limit for C{path}: its app's C{maxBodySize}, else the default."""
-        parts = split_app_path(path)
+        parts = self._split(path)
         if parts is not None:
             try:
                 version = self.catalog.resolve(parts[0], parts[1])
@@ -194,7 +222,27 @@ class AppStep:
         return self.body_size_default
 
     async def __call__(self, request: Request, fields: dict[str, Any]) -> Response | None:
-        parts = split_app_path(request.path)
+        answer = self.direct(request, fields)
+        return None if answer is None else await answer
+
+    def direct(self, request: Request, fields: dict[str, Any]) -> Deferred | None:
+        """
+        The step without a coroutine: C{None} when C{request} names no app
+        (nothing else happened), else a Deferred firing with the answer.
+        """
+        found = self._find(request.path)
+        if found is None:
+            return None
+        if isinstance(found, Response):
+            return succeed(found)
+        version, base, rest = found
+        fields["app"] = f"{version.name}@{version.version}"
+        answer = self.serve_now(version, request, base, rest)
+        return answer if isinstance(answer, Deferred) else succeed(answer)
+
+    def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
+        """The app version C{path} names, its base and the rest; a 400 for a bad range."""
+        parts = self._split(path)
         if parts is None:
             return None
         name, spec, base, rest = parts
@@ -206,12 +254,11 @@ class AppStep:
             return Response.error(400, "INVALID_VERSION_RANGE", str(error))
         if version is None:
             return None
-        fields["app"] = f"{version.name}@{version.version}"
-        return await self.serve(version, request, base, rest)
+        return version, base, rest
 
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""
-        parts = split_app_path(path)
+        parts = self._split(path)
         if parts is None or parts[0] in self.reserved:
             return None
         try:
@@ -221,11 +268,21 @@ class AppStep:
             loaded = self.load(version)
         except (InvalidRange, ManifestError, EntrypointError):
             return None
-        info = AppInfo(version.name, version.version, version.dir, loaded.manifest.raw)
-        return info, parts[3]
+        cached = self._infos.get(version.dir)
+        if cached is None or cached[0] is not loaded:
+            info = AppInfo(version.name, version.version, version.dir, loaded.manifest.raw)
+            cached = self._infos[version.dir] = (loaded, info)
+        return cached[1], parts[3]
 
     async def serve(self, version: AppVersion, request: Request, base: str, rest: str) -> Response:
         """Answer C{request} from the app at C{version} mounted at C{base}."""
+        answer = self.serve_now(version, request, base, rest)
+        return await answer if isinstance(answer, Deferred) else answer
+
+    def serve_now(
+        self, version: AppVersion, request: Request, base: str, rest: str
+    ) -> Response | Deferred:
+        """L{serve}: the response at once (errors, static files) or a Deferred for it."""
         label = f"{version.name}@{version.version}"
         try:
             loaded = self.load(version)
@@ -233,7 +290,6 @@ class AppStep:
             return Response.error(500, "INVALID_MANIFEST", str(error))
         except EntrypointError as error:
             return Response.error(500, "INVALID_ENTRYPOINT", f"{label}: {error}")
-        inner = request.with_path(rest).with_header("x-base", base)
         if loaded.static:
             if request.method not in ("GET", "HEAD"):
                 return Response.error(405, "METHOD_NOT_ALLOWED", "Static apps answer GET and HEAD")
@@ -244,13 +300,10 @@ class AppStep:
                 loaded.manifest.inject_base,
                 request_headers=request.headers,
             )
-        response = await self.pool.handle(self._cached_pool_app(loaded), inner, base)
-        if loaded.manifest.inject_base and _is_html(response):
-            headers = response.headers.remove("content-length")
-            if isinstance(response.body, bytes):
-                response = Response(response.status, headers, inject_base_href(response.body, base))
-            else:
-                response = Response(response.status, headers, _inject_stream(response.body, base))
+        inner = request.with_path(rest).with_header("x-base", base)
+        response = self.pool.handle(self._cached_pool_app(loaded), inner, base)
+        if loaded.manifest.inject_base:
+            response.addCallback(_with_base, base)
         return response
 
     async def serve_homepage(self, request: Request, fields: dict[str, Any]) -> Response | None:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from eliot import start_action
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.resource import Resource
@@ -149,6 +149,16 @@ class _Backpressure:
 
 async def send_response(request: Any, response: Response) -> None:
     """Write C{response} to the twisted.web C{request} and finish it."""
+    streaming = start_response(request, response)
+    if streaming is not None:
+        await streaming
+
+
+def start_response(request: Any, response: Response) -> Deferred[None] | None:
+    """
+    L{send_response} without a coroutine for a body of bytes: C{None} once
+    it is written, or a Deferred that fires when the stream is.
+    """
     request.setResponseCode(response.status)
     for name, value in response.headers.items():
         if name.lower() not in _HOP_BY_HOP:
@@ -158,8 +168,8 @@ async def send_response(request: Any, response: Response) -> None:
         if body:
             request.write(bytes(body))
         request.finish()
-        return
-    await _stream(request, body)
+        return None
+    return ensureDeferred(_stream(request, body))
 
 
 async def _stream(request: Any, body: Any) -> None:
@@ -196,6 +206,12 @@ class FrontDoor(Resource):
     """
     Every request: an id, an eliot action, then the dispatch steps in order.
     C{steps} are the hooks later subsystems (plugins, apps) fill in.
+
+    C{direct} is the hot path for requests no plugin takes part in (see
+    L{buntime.plugins.registry.PluginRegistry.passive_for}): the worker-app
+    step as a plain Deferred, tried before the steps, which then stand for
+    nothing but plugins ahead of it.  It answers C{None} for a request it
+    does not take, which then goes the whole way.
     """
 
     isLeaf = True
@@ -212,6 +228,7 @@ class FrontDoor(Resource):
         plugins: Callable[[], Any] | None = None,
         identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
         websockets: WebSockets | None = None,
+        direct: Callable[[Request, dict[str, Any]], Deferred[Response] | None] | None = None,
     ) -> None:
         super().__init__()
         self._clock = clock
@@ -220,6 +237,7 @@ class FrontDoor(Resource):
         self._plugins = plugins
         self._identify = identify
         self._websockets = websockets
+        self._direct = direct
         # (route prefix, Klein resource), longest prefix first; the core API last.
         mounted = [(prefix, obj.app.resource()) for prefix, obj in apis]
         mounted.sort(key=lambda pair: len(pair[0]), reverse=True)
@@ -276,7 +294,12 @@ class FrontDoor(Resource):
         token = request_fields.set(fields)
         try:
             with action.context():
-                done = ensureDeferred(self._answer(request, request_id, path, fields, gone))
+                try:
+                    done = self._answer_directly(request, request_id, path, fields, gone)
+                except Exception:
+                    done = fail()
+                if done is None:
+                    done = ensureDeferred(self._answer(request, request_id, path, fields, gone))
         finally:
             request_fields.reset(token)
         running.append(done)
@@ -297,6 +320,29 @@ class FrontDoor(Resource):
             ensureDeferred(
                 send_response(request, Response.error(500, "INTERNAL_ERROR", "Internal error"))
             )
+
+    def _answer_directly(
+        self, request: Any, request_id: str, path: str, fields: dict, gone: list[bool]
+    ) -> Deferred[None] | None:
+        """L{_answer} for a worker app no plugin takes part in; C{None}: not such a request."""
+        if self._direct is None or path == "/.well-known/buntime":
+            return None
+        if path == self._api_base or path.startswith(self._api_base + "/"):
+            return None
+        registry = self._plugins() if self._plugins is not None else None
+        if registry is not None and not registry.passive_for(path):
+            return None
+        answer = self._direct(to_request(request, request_id), fields)
+        if answer is None:
+            return None
+        return answer.addCallback(self._deliver, request, gone)
+
+    def _deliver(self, response: Response, request: Any, gone: list[bool]) -> Deferred[None] | None:
+        """L{_send} without a coroutine for a body of bytes."""
+        if request.finished or gone:
+            aclose = getattr(response.body, "aclose", None)
+            return ensureDeferred(aclose()) if aclose is not None else None
+        return start_response(request, response)
 
     async def _answer(
         self, request: Any, request_id: str, path: str, fields: dict, gone: list[bool]

@@ -9,7 +9,6 @@ and goes to the app's adapter; many run at once.  An app exception is logged
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from typing import Any
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from buntime.pool import commands, events
@@ -28,6 +26,7 @@ from buntime.pool.child.memory import release_memory
 from buntime.pool.child.request import IncomingRequest
 from buntime.pool.child.writer import RequestCancelled, ResponseWriter
 from buntime.pool.stream import fit_text
+from buntime.pool.wire import FastAMP, responder
 
 
 def one_line(error: BaseException) -> str:
@@ -44,7 +43,7 @@ class _InFlight:
     cancelled: bool = False
 
 
-class WorkerProtocol(amp.AMP):
+class WorkerProtocol(FastAMP):
     """
     Serves C{app} (set with L{serve} once loaded) to the runtime.
     C{on_lost} runs when the channel closes (the worker then exits),
@@ -83,19 +82,13 @@ class WorkerProtocol(amp.AMP):
 
     # -- requests ----------------------------------------------------------------
 
-    @commands.StartRequest.responder
-    def start_request(
-        self,
-        rid: int,
-        method: str,
-        path: str,
-        base: str,
-        headers: str,
-        body: bytes,
-        more: bool,
-        remote: str,
-        task: bytes,
-    ) -> dict:
+    @responder(commands.StartRequest)
+    def start_request(self, rid: int, head: str, body: bytes) -> dict:
+        try:
+            method, path, base, pairs, remote, _, more = commands.parse_request_head(head)
+        except (ValueError, TypeError):
+            ResponseWriter(self, rid).fail(f"malformed request head: {head[:200]!r}")
+            return {}
         reader = BodyReader.start(self.reactor, body, more)
         writer = ResponseWriter(self, rid)
         if self.app is None:
@@ -104,7 +97,6 @@ class WorkerProtocol(amp.AMP):
         inflight = _InFlight(reader, writer)
         self._requests[rid] = inflight
         try:
-            pairs = json.loads(headers)
             request = IncomingRequest(method, path, base, pairs, reader, remote)
             done = self.app.adapter.handle(request, writer)
         except Exception:
@@ -122,14 +114,14 @@ class WorkerProtocol(amp.AMP):
             return {}
         return waiting.addCallback(lambda _: {})
 
-    @commands.RequestBodyEnd.responder
+    @responder(commands.RequestBodyEnd)
     def request_body_end(self, rid: int) -> dict:
         inflight = self._requests.get(rid)
         if inflight is not None:
             inflight.body.finish()
         return {}
 
-    @commands.CancelRequest.responder
+    @responder(commands.CancelRequest)
     def cancel_request(self, rid: int) -> dict:
         inflight = self._requests.get(rid)
         if inflight is not None:

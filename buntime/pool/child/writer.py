@@ -33,10 +33,14 @@ class RequestCancelled(OSError):
     """The runtime cancelled the request: nothing more can be sent for it."""
 
 
+_HEAD_ROOM = 32
+"""Bytes of a response head besides its headers: status, end, brackets."""
+
+
 def encode_headers(headers: Iterable[tuple[str, str]]) -> str:
     """Headers as the JSON list of C{[name, value]} pairs the runtime reads."""
     text = json.dumps([[str(name), str(value)] for name, value in headers])
-    if len(text.encode("utf-8")) > MAX_VALUE_LENGTH:
+    if len(text.encode("utf-8")) > MAX_VALUE_LENGTH - _HEAD_ROOM:
         raise ValueError(f"response headers too large ({len(text)} bytes; at most 64 KiB)")
     return text
 
@@ -149,11 +153,5 @@ class ResponseWriter:
             await self.protocol.callRemote(events.ResponseBody, rid=self.rid, data=piece)
 
     def _send_start(self, body: bytes, end: bool) -> None:
-        self.protocol.callRemote(
-            events.ResponseStart,
-            rid=self.rid,
-            status=self._status,
-            headers=self._headers,
-            body=body,
-            end=end,
-        )
+        head = events.response_head(self._status, self._headers, end)
+        self.protocol.callRemote(events.ResponseStart, rid=self.rid, head=head, body=body)

@@ -1,0 +1,159 @@
+"""The short path through AMP for no-answer commands (L{buntime.pool.wire})."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.protocols import amp
+from twisted.test import iosim
+
+from buntime.pool.commands import parse_request_head, request_head
+from buntime.pool.events import parse_response_head, response_head
+from buntime.pool.wire import FastAMP, fields_of, responder
+
+
+class Note(amp.Command):
+    arguments = [
+        (b"rid", amp.Integer()),
+        (b"text", amp.Unicode()),
+        (b"data", amp.String()),
+        (b"end", amp.Boolean()),
+    ]
+    requiresAnswer = False
+
+
+class Ask(amp.Command):
+    arguments = [(b"rid", amp.Integer())]
+    response = [(b"rid", amp.Integer())]
+
+
+class Listed(amp.Command):
+    arguments = [(b"items", amp.ListOf(amp.Integer()))]
+    requiresAnswer = False
+
+
+class Fast(FastAMP):
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[tuple] = []
+        self.listed: list[list[int]] = []
+        self.lost = False
+
+    def connectionLost(self, reason: object) -> None:
+        super().connectionLost(reason)
+        self.lost = True
+
+    @responder(Note)
+    def note(self, rid: int, text: str, data: bytes, end: bool) -> None:
+        if text == "boom":
+            raise ValueError("boom")
+        self.notes.append((rid, text, data, end))
+
+    @Ask.responder
+    def ask(self, rid: int) -> dict:
+        return {"rid": rid + 1}
+
+    @Listed.responder
+    def got_listed(self, items: list[int]) -> dict:
+        self.listed.append(items)
+        return {}
+
+
+class Plain(amp.AMP):
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[tuple] = []
+
+    @Note.responder
+    def note(self, rid: int, text: str, data: bytes, end: bool) -> dict:
+        self.notes.append((rid, text, data, end))
+        return {}
+
+
+def connect(server: amp.AMP, client: amp.AMP) -> iosim.IOPump:
+    return iosim.connect(
+        server,
+        iosim.FakeTransport(server, isServer=True),
+        client,
+        iosim.FakeTransport(client, isServer=False),
+    )
+
+
+def sent_bytes(protocol: amp.AMP, **values: object) -> bytes:
+    transport = iosim.FakeTransport(protocol, isServer=False)
+    protocol.makeConnection(transport)
+    protocol.callRemote(Note, **values)
+    return b"".join(transport.stream)
+
+
+def test_only_simple_no_answer_commands_take_the_short_path() -> None:
+    assert fields_of(Note) is not None
+    assert fields_of(Ask) is None
+    assert fields_of(Listed) is None
+    with pytest.raises(TypeError):
+        responder(Ask)
+
+
+def test_the_boxes_are_those_amp_sends() -> None:
+    values = {"rid": 7, "text": "héllo", "data": b"\x00\xff", "end": True}
+    assert sent_bytes(Fast(), **values) == sent_bytes(Plain(), **values)
+
+
+def test_fast_and_plain_peers_understand_each_other() -> None:
+    fast, plain = Fast(), Plain()
+    pump = connect(fast, plain)
+    fast.callRemote(Note, rid=1, text="to plain", data=b"a", end=False)
+    plain.callRemote(Note, rid=2, text="to fast", data=b"", end=True)
+    pump.flush()
+    assert plain.notes == [(1, "to plain", b"a", False)]
+    assert fast.notes == [(2, "to fast", b"", True)]
+
+
+def test_other_commands_take_the_usual_route() -> None:
+    fast, other = Fast(), Fast()
+    pump = connect(fast, other)
+    answered = other.callRemote(Ask, rid=1)
+    other.callRemote(Listed, items=[1, 2])
+    pump.flush()
+    assert answered.result == {"rid": 2}
+    assert fast.listed == [[1, 2]]
+
+
+def test_wrong_arguments_fail_as_in_amp() -> None:
+    with pytest.raises(amp.InvalidSignature):
+        Fast().callRemote(Note, rid=1, text="x", data=b"", end=True, extra=1)
+
+
+def test_a_failing_responder_drops_the_connection() -> None:
+    fast, plain = Fast(), Plain()
+    pump = connect(fast, plain)
+    plain.callRemote(Note, rid=1, text="boom", data=b"", end=True)
+    pump.flush()
+    assert fast.lost and fast.notes == []
+
+
+texts = st.text(max_size=30)
+pairs = st.lists(st.tuples(texts, texts), max_size=5)
+
+
+@given(texts, texts, texts, pairs, texts, texts, st.booleans())
+def test_request_heads_round_trip(method, path, base, headers, remote, task, more) -> None:
+    head = request_head(method, path, base, headers, remote, task, more)
+    assert parse_request_head(head) == (
+        method,
+        path,
+        base,
+        [list(pair) for pair in headers],
+        remote,
+        task,
+        more,
+    )
+
+
+@given(st.integers(min_value=100, max_value=999), pairs, st.booleans())
+def test_response_heads_round_trip(status, headers, end) -> None:
+    head = response_head(status, json.dumps(headers), end)
+    assert parse_response_head(head) == (status, [list(pair) for pair in headers], end)

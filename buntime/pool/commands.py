@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import ClassVar
 
 from twisted.protocols import amp
 
@@ -65,7 +66,7 @@ class RequestBody(amp.Command):
     """One more chunk (at most L{CHUNK_SIZE} bytes) of a request body."""
 
     arguments = [(b"rid", amp.Integer()), (b"data", amp.String())]
-    response: list = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
 class RequestBodyEnd(amp.Command):
@@ -85,8 +86,8 @@ class CancelRequest(amp.Command):
 class Idle(amp.Command):
     """The worker has been idle a while: call the app's C{on_idle} hook."""
 
-    arguments: list = []
-    response: list = []
+    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
 class Terminate(amp.Command):
@@ -95,5 +96,5 @@ class Terminate(amp.Command):
     exit once the connection closes.
     """
 
-    arguments: list = []
-    response: list = []
+    arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []

@@ -5,6 +5,7 @@ AMP commands a worker sends to the runtime: readiness, responses, logs.
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 from twisted.protocols import amp
 
@@ -13,14 +14,14 @@ class Ready(amp.Command):
     """The app is imported (and its ASGI lifespan started): send requests."""
 
     arguments = [(b"pid", amp.Integer()), (b"kind", amp.Unicode())]
-    response: list = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
 class StartupFailed(amp.Command):
     """The app could not be loaded; C{error} is one line, C{detail} a traceback."""
 
     arguments = [(b"error", amp.Unicode()), (b"detail", amp.Unicode())]
-    response: list = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
 def response_head(status: int, headers_json: str, end: bool) -> str:
@@ -60,7 +61,7 @@ class ResponseBody(amp.Command):
     """
 
     arguments = [(b"rid", amp.Integer()), (b"data", amp.String())]
-    response: list = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
 class ResponseEnd(amp.Command):

@@ -13,7 +13,13 @@ from twisted.protocols.loopback import loopbackAsync
 from buntime.pool import commands
 from buntime.pool.child import protocol as protocol_module
 from buntime.pool.child.loader import LoadedApp
-from buntime.pool.child.memory import limit_arenas, low_memory, release_memory
+from buntime.pool.child.memory import (
+    GC_THRESHOLD,
+    limit_arenas,
+    low_memory,
+    release_memory,
+    settle,
+)
 from buntime.pool.child.protocol import WorkerProtocol
 
 
@@ -45,3 +51,18 @@ async def test_idle_releases_memory_only_in_low_memory_mode(monkeypatch, frugal)
     assert released == ([True] if frugal else [])
     runtime.transport.loseConnection()
     await closed
+
+
+@pytest.mark.parametrize("frugal", [False, True])
+def test_settle_freezes_the_loaded_app_and_collects_less_unless_frugal(frugal) -> None:
+    import gc
+
+    threshold = gc.get_threshold()
+    try:
+        settle(frugal)
+        assert gc.get_freeze_count() > 0
+        expected = threshold if frugal else (GC_THRESHOLD, *threshold[1:])
+        assert gc.get_threshold() == expected
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -296,3 +296,22 @@ async def test_fork_template_restarts() -> None:
         assert (await bounded(second.request(path="/health").done)).status == 200
     finally:
         await harness.close()
+
+
+def test_the_template_freezes_what_it_preloads_for_its_forks():
+    """Workers must not copy the template's pages by collecting its objects."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import gc\n"
+        "from buntime.pool.template import preload\n"
+        "from twisted.internet.asyncioreactor import AsyncioSelectorReactor\n"
+        "preload()\n"
+        "print(gc.get_freeze_count() > 1000, '__implemented__' in vars(AsyncioSelectorReactor))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True", "True"]

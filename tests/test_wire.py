@@ -157,3 +157,51 @@ def test_request_heads_round_trip(method, path, base, headers, remote, task, mor
 def test_response_heads_round_trip(status, headers, end) -> None:
     head = response_head(status, json.dumps(headers), end)
     assert parse_response_head(head) == (status, [list(pair) for pair in headers], end)
+
+
+class Flushing(Fast):
+    flush_every = 2
+
+
+class WriteLater:
+    """A transport that holds writes until doWrite, like a reactor's."""
+
+    connected = True
+    disconnecting = False
+
+    def __init__(self) -> None:
+        self.held: list[bytes] = []
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.held.append(data)
+
+    def doWrite(self) -> None:
+        self.written.append(b"".join(self.held))
+        self.held.clear()
+
+    def getPeer(self) -> str:
+        return "peer"
+
+    def getHost(self) -> str:
+        return "host"
+
+
+def test_every_few_commands_the_transport_writes_at_once() -> None:
+    protocol, transport = Flushing(), WriteLater()
+    protocol.makeConnection(transport)
+    for rid in range(5):
+        protocol.callRemote(Note, rid=rid, text="", data=b"", end=True)
+    assert len(transport.written) == 2 and len(transport.held) == 1
+    transport.disconnecting = True
+    protocol.callRemote(Note, rid=5, text="", data=b"", end=True)
+    assert len(transport.written) == 2  # not while disconnecting
+
+
+def test_without_a_write_now_transport_boxes_wait_for_the_turn() -> None:
+    protocol = Flushing()
+    transport = iosim.FakeTransport(protocol, isServer=False)
+    protocol.makeConnection(transport)
+    for rid in range(3):
+        protocol.callRemote(Note, rid=rid, text="", data=b"", end=True)
+    assert len(transport.stream) == 3

@@ -18,6 +18,7 @@ pre-imported: the app must get the version on its own C{PYTHONPATH}.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -53,6 +54,28 @@ def preload() -> None:
         importlib.import_module(name)
     if "twisted.internet.reactor" in sys.modules:
         raise RuntimeError("the fork template must not import twisted.internet.reactor")
+    _declare_interfaces()
+    gc.collect()
+    gc.freeze()
+
+
+def _declare_interfaces() -> None:
+    """
+    Work out now which interfaces the preloaded classes provide: zope does
+    it on first use, and in each worker that first use would copy the pages
+    the answer is written to.
+    """
+    from zope.interface import implementedBy
+
+    for name in list(sys.modules):
+        if not name.startswith(("twisted.", "buntime.", "zope.")):
+            continue
+        for value in list(vars(sys.modules[name]).values()):
+            if isinstance(value, type):
+                try:
+                    implementedBy(value)
+                except TypeError:
+                    pass
 
 
 def _send(control: socket.socket, message: dict) -> None:

@@ -65,8 +65,16 @@ class FastAMP(amp.AMP):
     An AMP connection where commands that need no answer skip the generic
     machinery: sent by L{callRemote}, received by methods decorated with
     L{responder}.  A responder's exception drops the connection, as in AMP.
+
+    With C{flush_every}, every that many such commands the transport writes
+    what it holds at once rather than at the end of the reactor turn, so
+    the peer starts on the first commands of a busy turn while this side
+    still makes the rest (transports that cannot, like the pipes of a
+    spawned worker, write at the end of the turn).
     """
 
+    flush_every: ClassVar[int] = 0
+    _unflushed = 0
     _fast_in: ClassVar[dict[bytes, tuple[Fields, str]]] = {}
     _fast_out: ClassVar[dict[type[amp.Command], Fields | None]] = {}
 
@@ -87,7 +95,19 @@ class FastAMP(amp.AMP):
         if fields is None or a or len(kw) != len(fields):
             return super().callRemote(commandType, *a, **kw)
         strings = {name: argument.toString(kw[name]) for _, name, argument in fields}
-        return self.callRemoteString(commandType.commandName, False, **strings)
+        self.callRemoteString(commandType.commandName, False, **strings)
+        if self.flush_every:
+            self._unflushed += 1
+            if self._unflushed >= self.flush_every:
+                self._unflushed = 0
+                self._flush()
+        return None
+
+    def _flush(self) -> None:
+        transport = self.transport
+        write = getattr(transport, "doWrite", None)
+        if write is not None and transport.connected and not transport.disconnecting:
+            write()
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         fast = self._fast_in.get(box.get(_COMMAND, b""))

@@ -56,6 +56,8 @@ STARTING, ACTIVE, IDLE, EPHEMERAL, STOPPING, OFFLINE = (
     "stopping",
     "offline",
 )
+EARLY_FLUSH = 4
+"""Requests the runtime sends a worker before it writes them out, even mid-turn."""
 KILL_WAIT = 5.0
 """Seconds to wait for a process to go away after SIGKILL before giving up on it."""
 
@@ -208,7 +210,13 @@ class Exchange:
 
 
 class WorkerProtocol(FastAMP):
-    """The runtime's end of a worker's AMP channel: answers L{buntime.pool.events}."""
+    """
+    The runtime's end of a worker's AMP channel: answers L{buntime.pool.events}.
+    Requests go out in fours at the latest: the worker starts on them while
+    the runtime reads more.
+    """
+
+    flush_every = EARLY_FLUSH
 
     def __init__(self, worker: Worker) -> None:
         super().__init__()

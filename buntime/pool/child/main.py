@@ -35,7 +35,7 @@ from twisted.logger import (
 
 from buntime.pool.child.lifeline import die_with_parent
 from buntime.pool.child.loader import LoadError, load
-from buntime.pool.child.memory import LOW_MEMORY_THREADS, limit_arenas, low_memory
+from buntime.pool.child.memory import LOW_MEMORY_THREADS, limit_arenas, low_memory, settle
 from buntime.pool.child.protocol import WorkerProtocol, one_line
 
 CHANNEL_IN, CHANNEL_OUT = 3, 4
@@ -90,6 +90,7 @@ class Worker:
                 threads=LOW_MEMORY_THREADS if frugal else 10,
             )
             await app.adapter.startup()
+            settle(frugal)
         except (Exception, SystemExit) as error:
             detail = traceback.format_exc()
             message = str(error) if isinstance(error, LoadError) else one_line(error)

@@ -51,3 +51,20 @@ def release_memory() -> None:
     trim = getattr(libc, "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+GC_THRESHOLD = 20_000
+"""Allocations between young-generation collections in a worker serving (Python's: 700)."""
+
+
+def settle(frugal: bool) -> None:
+    """
+    Once the app is loaded: keep the collector away from what loading made
+    (it lives as long as the worker), and collect the young generation less
+    often than Python's default unless memory is tight.  No collection
+    here: an ephemeral worker's start must stay quick.
+    """
+    gc.freeze()
+    if not frugal:
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(GC_THRESHOLD, middle, old)

@@ -151,7 +151,7 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     }
     for key, value in message.items():
         if key not in _OWN_KEYS:
-            record[key] = _scrub(value)
+            record[key] = value if type(value) in _PLAIN else _scrub(value)
     return record
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.protocols import amp
 from twisted.test import iosim
@@ -205,3 +205,51 @@ def test_without_a_write_now_transport_boxes_wait_for_the_turn() -> None:
     for rid in range(3):
         protocol.callRemote(Note, rid=rid, text="", data=b"", end=True)
     assert len(transport.stream) == 3
+
+
+class Recorder(FastAMP):
+    """Records every box it parses instead of dispatching it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.boxes: list[dict] = []
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        self.boxes.append(dict(box))
+
+
+keys = st.binary(min_size=1, max_size=20)
+values = st.one_of(
+    st.binary(max_size=50),
+    st.integers(min_value=60000, max_value=65535).map(lambda n: bytes(n % 251 for n in range(n))),
+)
+boxes = st.lists(st.dictionaries(keys, values, min_size=1, max_size=4), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(boxes, st.lists(st.integers(min_value=1, max_value=70000), max_size=8))
+def test_boxes_parse_whatever_the_chunks(sent, cuts) -> None:
+    wire = b"".join(amp.AmpBox(box).serialize() for box in sent)
+    protocol = Recorder()
+    protocol.makeConnection(iosim.FakeTransport(protocol, isServer=False))
+    position = 0
+    for cut in cuts:
+        protocol.dataReceived(wire[position : position + cut])
+        position += cut
+    protocol.dataReceived(wire[position:])
+    assert protocol.boxes == sent
+
+
+def test_a_key_over_the_limit_drops_the_connection() -> None:
+    fast = Fast()
+    transport = iosim.FakeTransport(fast, isServer=False)
+    fast.makeConnection(transport)
+    fast.dataReceived(b"\x01\x00" + b"k" * 256 + b"\x00\x01v\x00\x00")
+    assert transport.disconnecting
+
+
+def test_an_empty_box_is_refused_as_in_amp() -> None:
+    fast = Fast()
+    fast.makeConnection(iosim.FakeTransport(fast, isServer=False))
+    with pytest.raises(amp.NoEmptyBoxes):
+        fast.dataReceived(b"\x00\x00")

@@ -14,7 +14,6 @@ the temporary directory, so a bad archive changes nothing on disk.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import gzip
 import io
@@ -37,6 +36,7 @@ from typing import IO, Any
 
 from attrs import define, frozen
 
+from buntime._libc import libc
 from buntime._logging import log
 from buntime.apps.discovery import LATEST, NAME, AppVersion, scan_worker_dir
 from buntime.apps.versions import is_version
@@ -444,12 +444,7 @@ def exchange_paths(a: str, b: str) -> bool:
     C{RENAME_EXCHANGE}), so a request never finds neither.  C{False} where
     the system or file system cannot, and the caller falls back to renames.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name, use_errno=True) if name else None
-    except OSError:
-        return False
-    renameat2 = getattr(libc, "renameat2", None)
+    renameat2 = getattr(libc(), "renameat2", None)
     if renameat2 is None:
         return False
     result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)

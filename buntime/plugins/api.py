@@ -37,7 +37,7 @@ from buntime.web.api import (
     standard_errors,
 )
 from buntime.web.openapi import describe
-from buntime.web.uploads import uploaded_file
+from buntime.web.uploads import UPLOAD_BODY, uploaded_file
 
 _LOADED_SCHEMA = {
     "type": "array",
@@ -153,24 +153,7 @@ class PluginsAPI:
 
     @app.route("/api/plugins/upload", methods=["POST"])
     @describe(
-        request_body={
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "file": {
-                                "type": "string",
-                                "contentMediaType": "application/octet-stream",
-                                "description": "The archive: .zip, .tgz or .tar.gz",
-                            }
-                        },
-                        "required": ["file"],
-                    }
-                }
-            },
-        },
+        request_body=UPLOAD_BODY,
         responses={200: "`{success: true, data: {plugin: {name, path, installedAt}}}`", **_ERRORS},
     )
     async def upload(self, request: Any) -> bytes:

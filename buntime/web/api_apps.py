@@ -34,7 +34,7 @@ from buntime.web.api import (
     standard_errors,
 )
 from buntime.web.openapi import describe
-from buntime.web.uploads import UPLOAD_FIELD, uploaded_file
+from buntime.web.uploads import UPLOAD_BODY, uploaded_file
 
 _ERROR_RESPONSES: dict[int | str, str | dict[str, Any]] = {
     400: "`NO_FILE_PROVIDED`, `INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, `PATH_TRAVERSAL`, "
@@ -130,24 +130,7 @@ class AppsAPI:
 
     @app.route("/api/apps/upload", methods=["POST"])
     @describe(
-        request_body={
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            UPLOAD_FIELD: {
-                                "type": "string",
-                                "contentMediaType": "application/octet-stream",
-                                "description": "The archive: .zip, .tgz or .tar.gz",
-                            }
-                        },
-                        "required": [UPLOAD_FIELD],
-                    }
-                }
-            },
-        },
+        request_body=UPLOAD_BODY,
         responses={
             200: _app_object("Installed: `data.app` = {name, version, installedAt}"),
             **_ERROR_RESPONSES,

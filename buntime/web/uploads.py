@@ -16,6 +16,26 @@ from buntime.apps.install import InstallError
 UPLOAD_FIELD = "file"
 MAX_PARTS = 16
 
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    UPLOAD_FIELD: {
+                        "type": "string",
+                        "contentMediaType": "application/octet-stream",
+                        "description": "The archive: .zip, .tgz or .tar.gz",
+                    }
+                },
+                "required": [UPLOAD_FIELD],
+            }
+        }
+    },
+}
+"""The OpenAPI request body of an archive upload (apps and plugins alike)."""
+
 
 def uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]]:
     """

@@ -8,10 +8,10 @@ event loop would keep an orphan alive; the kernel's parent-death signal
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
+
+from buntime._libc import libc
 
 _PR_SET_PDEATHSIG = 1
 
@@ -22,12 +22,7 @@ def die_with_parent(parent: int) -> bool:
     start) exits; exit at once if it is already gone.  C{False} where the
     platform cannot do it.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name, use_errno=True) if name else None
-    except OSError:
-        libc = None
-    prctl = getattr(libc, "prctl", None)
+    prctl = getattr(libc(), "prctl", None)
     if prctl is None or prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return False
     if os.getppid() != parent:

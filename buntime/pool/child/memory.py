@@ -10,22 +10,14 @@ C{lowMemory: true}: a worker that keeps its resident memory small.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import json
 from collections.abc import Mapping
 
+from buntime._libc import libc
+
 LOW_MEMORY_THREADS = 2
 _M_ARENA_MAX = -8
-
-
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
 
 
 def low_memory(environ: Mapping[str, str]) -> bool:
@@ -39,16 +31,14 @@ def low_memory(environ: Mapping[str, str]) -> bool:
 
 def limit_arenas() -> bool:
     """Cap glibc's malloc arenas at two; C{False} where that is not possible."""
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
+    mallopt = getattr(libc(), "mallopt", None)
     return bool(mallopt is not None and mallopt(_M_ARENA_MAX, 2) == 1)
 
 
 def release_memory() -> None:
     """Collect garbage and give freed heap memory back to the system."""
     gc.collect()
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None)
+    trim = getattr(libc(), "malloc_trim", None)
     if trim is not None:
         trim(0)
 

@@ -186,6 +186,21 @@ def _hwm_mb(pid: int) -> float | None:
     return None
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of C{pid} so far, 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """CPU seconds of the runtime C{pid} and of all its descendants (living ones)."""
+    return _cpu_seconds(pid), sum(_cpu_seconds(child) for child in _descendants(pid))
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -465,7 +480,19 @@ def main(argv: list[str] | None = None) -> int:
                     path, method, clients, _ = SCENARIOS[name]
                     if name != "ephemeral-noop":
                         time_to_first_byte(url + path)  # warm it up
-                    report["results"][name] = load(url + path, method, clients)
+                    before = _cpu_split(pid)
+                    result = load(url + path, method, clients)
+                    after = _cpu_split(pid)
+                    if result.get("requests"):
+                        # CPU time per request: steadier than req/s on a busy machine
+                        # (exited ephemeral workers are not counted)
+                        result["runtime_cpu_us"] = round(
+                            (after[0] - before[0]) * 1e6 / result["requests"], 1
+                        )
+                        result["workers_cpu_us"] = round(
+                            (after[1] - before[1]) * 1e6 / result["requests"], 1
+                        )
+                    report["results"][name] = result
             if "stream-100mb" in wanted:
                 time_to_first_byte(url + "/noop-asgi/")
                 report["results"]["stream-100mb"] = stream_rss(url + "/stream/", pid)
@@ -491,7 +518,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_report(report: dict[str, Any]) -> None:
     print(f"\nbuntime benchmark ({report['duration']:g}s per scenario)\n")
-    columns = ("req/s", 9), ("p50 ms", 8), ("p95 ms", 8), ("p99 ms", 8), ("errors", 7), ("ratio", 6)
+    columns = (
+        ("req/s", 9),
+        ("p50 ms", 8),
+        ("p95 ms", 8),
+        ("p99 ms", 8),
+        ("errors", 7),
+        ("ratio", 6),
+        ("rt µs", 7),
+        ("wk µs", 7),
+    )
     header = f"{'scenario':<16} " + " ".join(f"{title:>{width}}" for title, width in columns)
     print(header)
     print("-" * len(header))
@@ -501,7 +537,8 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{name:<16} {result['rps']:>9.1f} {result['p50_ms']:>8.2f} "
                 f"{result['p95_ms']:>8.2f} {result['p99_ms']:>8.2f} "
                 f"{result['errors'] + result['non2xx']:>7} "
-                f"{result.get('ratio_to_baseline', ''):>6}"
+                f"{result.get('ratio_to_baseline', ''):>6} "
+                f"{result.get('runtime_cpu_us', ''):>7} {result.get('workers_cpu_us', ''):>7}"
             )
         else:
             print(f"{name:<16} {json.dumps(result)}")

@@ -296,6 +296,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         identify=apps.identify,
         websockets=websockets,
         direct=apps.direct,
+        claims=apps.claims,
     )
     web = WebService(
         reactor=reactor,

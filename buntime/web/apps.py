@@ -240,6 +240,10 @@ class AppStep:
         answer = self.serve_now(version, request, base, rest)
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
+    def claims(self, path: str) -> bool:
+        """Whether L{direct} answers a request for C{path} (it names an app, or a bad range)."""
+        return self._find(path) is not None
+
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
         """The app version C{path} names, its base and the rest; a 400 for a bad range."""
         parts = self._split(path)

@@ -9,12 +9,10 @@ L{buntime.http.Response} back, streaming bodies with backpressure.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from eliot import start_action
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web.http_headers import Headers as TwistedHeaders
@@ -23,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from buntime import __version__
-from buntime._logging import REQUEST_ACTION, log, request_fields
+from buntime._logging import log, new_id, request_action, request_fields
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.web.api import CoreAPI
 from buntime.web.state import RuntimeState
@@ -53,7 +51,7 @@ def request_id_for(header: bytes | None) -> str:
         text = header.decode("latin-1")
         if _REQUEST_ID.match(text):
             return text
-    return str(uuid.uuid4())
+    return new_id()
 
 
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
@@ -202,6 +200,68 @@ async def _stream(request: Any, body: Any) -> None:
     request.finish()
 
 
+def _log_crash(failure: Any) -> None:
+    log(
+        "error",
+        "buntime:http:internal-error",
+        "Unhandled error while answering a request",
+        error=failure.getErrorMessage(),
+        traceback=failure.getTraceback(),
+    )
+
+
+class _Tracked:
+    """
+    One request's eliot action, its place in the in-flight count, and the
+    work to cancel (C{running}) when the client goes away before the answer.
+    C{fields} are added to the log line (the app, the worker id).
+    """
+
+    __slots__ = ("_clock", "_line", "_started", "_state", "action", "fields", "gone", "running")
+
+    def __init__(
+        self, clock: IReactorTime, state: RuntimeState, request_id: str, method: Any, path: str
+    ) -> None:
+        if isinstance(method, bytes):
+            method = method.decode("latin-1")
+        self._clock = clock
+        self._state = state
+        self._line = (request_id, method, path)
+        self.fields: dict[str, Any] = {}
+        self.running: Deferred[None] | None = None
+        self.gone = False
+        self.action = request_action(request_id, method, path)
+        self._started = clock.seconds()
+        state.request_started()
+
+    def finished(self, result: object, status: int) -> None:
+        """The response is written (C{result} C{None}), or the connection was lost first."""
+        request_id, method, path = self._line
+        duration = round((self._clock.seconds() - self._started) * 1000, 3)
+        # websocket: an upgraded request ends by handing its connection over
+        aborted = result is not None and not handed_over(result)
+        self.gone = True
+        self.action.add_success_fields(
+            level="error" if status >= 500 else "info",
+            message=f"{method} {path} {status} {duration}ms",
+            # the start message is debug: repeat what names the request
+            request_id=request_id,
+            method=method,
+            path=path,
+            status=status,
+            duration_ms=duration,
+            aborted=aborted,
+            **self.fields,
+        )
+        self.action.finish()
+        self._state.request_finished()
+        running = self.running
+        if aborted and running is not None and not running.called:
+            # The client went away: stop the work (a queued request is
+            # dropped, a worker is told to cancel).
+            running.cancel()
+
+
 class FrontDoor(Resource):
     """
     Every request: an id, an eliot action, then the dispatch steps in order.
@@ -229,6 +289,7 @@ class FrontDoor(Resource):
         identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
         websockets: WebSockets | None = None,
         direct: Callable[[Request, dict[str, Any]], Deferred[Response] | None] | None = None,
+        claims: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__()
         self._clock = clock
@@ -238,6 +299,7 @@ class FrontDoor(Resource):
         self._identify = identify
         self._websockets = websockets
         self._direct = direct
+        self._claims = claims
         # (route prefix, Klein resource), longest prefix first; the core API last.
         mounted = [(prefix, obj.app.resource()) for prefix, obj in apis]
         mounted.sort(key=lambda pair: len(pair[0]), reverse=True)
@@ -250,79 +312,91 @@ class FrontDoor(Resource):
         request_id = request_id_for(request.getHeader(b"x-request-id"))
         request.setHeader(b"x-request-id", request_id.encode("ascii"))
         path = request.path.decode("latin-1")
-        method = request.method.decode("latin-1")
-        fields: dict[str, Any] = {}
-        gone: list[bool] = []
-        action = start_action(
-            action_type=REQUEST_ACTION,
-            level="debug",
-            message=f"{method} {path}",
-            request_id=request_id,
-            method=method,
-            path=path,
-        )
-        started = self._clock.seconds()
-        self._state.request_started()
-
-        def finished(result: object) -> None:
-            duration = round((self._clock.seconds() - started) * 1000, 3)
-            status = request.code
-            # websocket: an upgraded request ends by handing its connection over
-            aborted = result is not None and not handed_over(result)
-            gone.append(True)
-            action.add_success_fields(
-                level="error" if status >= 500 else "info",
-                message=f"{method} {path} {status} {duration}ms",
-                # the start message is debug: repeat what names the request
-                request_id=request_id,
-                method=method,
-                path=path,
-                status=status,
-                duration_ms=duration,
-                aborted=aborted,
-                **fields,
-            )
-            action.finish()
-            self._state.request_finished()
-            if aborted and running and not running[0].called:
-                # The client went away: stop the work (a queued request is
-                # dropped, a worker is told to cancel).
-                running[0].cancel()
-
-        running: list[Deferred[None]] = []
-        request.notifyFinish().addBoth(finished)
-        token = request_fields.set(fields)
+        tracked = _Tracked(self._clock, self._state, request_id, request.method, path)
+        request.notifyFinish().addBoth(lambda result: tracked.finished(result, request.code))
+        token = request_fields.set(tracked.fields)
         try:
-            with action.context():
+            with tracked.action.context():
                 try:
-                    done = self._answer_directly(request, request_id, path, fields, gone)
+                    done = self._answer_directly(request, request_id, path, tracked)
                 except Exception:
                     done = fail()
                 if done is None:
-                    done = ensureDeferred(self._answer(request, request_id, path, fields, gone))
+                    done = ensureDeferred(self._answer(request, request_id, path, tracked))
         finally:
             request_fields.reset(token)
-        running.append(done)
+        tracked.running = done
         done.addErrback(self._crashed, request)
         return NOT_DONE_YET
+
+    def takes_directly(self, path: str) -> bool:
+        """
+        Whether a request for C{path} is a worker app's that no plugin takes
+        part in: the fast lane of L{buntime.web.h1} then brings it to
+        L{answer_fast}, without a twisted.web request.
+        """
+        if self._direct is None or self._claims is None or path == "/.well-known/buntime":
+            return False
+        if path == self._api_base or path.startswith(self._api_base + "/"):
+            return False
+        registry = self._plugins() if self._plugins is not None else None
+        if registry is not None and not registry.passive_for(path):
+            return False
+        return self._claims(path)
+
+    def answer_fast(self, exchange: Any) -> bool:
+        """
+        Answer a request L{takes_directly} took (a L{buntime.web.h1.Exchange}):
+        the same id, log action, in-flight count and cancellation as
+        L{render}, the same answer as the worker-app step.
+        """
+        head = exchange.head
+        request_id = request_id_for(head.request_id)
+        head.headers.append(("x-request-id", request_id))
+        incoming = Request(
+            head.method,
+            head.target,
+            Headers._of(tuple(head.headers)),
+            exchange.body,
+            exchange.remote,
+        )
+        tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path)
+        exchange.finished.addBoth(lambda result: tracked.finished(result, exchange.status))
+        token = request_fields.set(tracked.fields)
+        try:
+            with tracked.action.context():
+                try:
+                    answer = self._direct(incoming, tracked.fields)  # type: ignore[misc]
+                    if answer is None:  # the app went away since the head: the other steps
+                        answer = ensureDeferred(self.dispatch(incoming, tracked.fields))
+                    done = answer.addCallback(exchange.respond, request_id)
+                except Exception:
+                    done = fail()
+        finally:
+            request_fields.reset(token)
+        tracked.running = done
+        done.addErrback(self._crashed_fast, exchange, request_id)
+        return True
+
+    def _crashed_fast(self, failure: Any, exchange: Any, request_id: str) -> None:
+        if failure.check(CancelledError):
+            return
+        _log_crash(failure)
+        if not exchange.written and not exchange.gone:
+            error = Response.error(500, "INTERNAL_ERROR", "Internal error")
+            exchange.respond(error, request_id)
 
     def _crashed(self, failure: Any, request: Any) -> None:
         if failure.check(CancelledError):
             return  # the client disconnected and its work was cancelled
-        log(
-            "error",
-            "buntime:http:internal-error",
-            "Unhandled error while answering a request",
-            error=failure.getErrorMessage(),
-            traceback=failure.getTraceback(),
-        )
+        _log_crash(failure)
         if not request.startedWriting and not request.finished:
             ensureDeferred(
                 send_response(request, Response.error(500, "INTERNAL_ERROR", "Internal error"))
             )
 
     def _answer_directly(
-        self, request: Any, request_id: str, path: str, fields: dict, gone: list[bool]
+        self, request: Any, request_id: str, path: str, tracked: _Tracked
     ) -> Deferred[None] | None:
         """L{_answer} for a worker app no plugin takes part in; C{None}: not such a request."""
         if self._direct is None or path == "/.well-known/buntime":
@@ -332,21 +406,22 @@ class FrontDoor(Resource):
         registry = self._plugins() if self._plugins is not None else None
         if registry is not None and not registry.passive_for(path):
             return None
-        answer = self._direct(to_request(request, request_id), fields)
+        answer = self._direct(to_request(request, request_id), tracked.fields)
         if answer is None:
             return None
-        return answer.addCallback(self._deliver, request, gone)
+        return answer.addCallback(self._deliver, request, tracked)
 
-    def _deliver(self, response: Response, request: Any, gone: list[bool]) -> Deferred[None] | None:
+    def _deliver(
+        self, response: Response, request: Any, tracked: _Tracked
+    ) -> Deferred[None] | None:
         """L{_send} without a coroutine for a body of bytes."""
-        if request.finished or gone:
+        if request.finished or tracked.gone:
             aclose = getattr(response.body, "aclose", None)
             return ensureDeferred(aclose()) if aclose is not None else None
         return start_response(request, response)
 
-    async def _answer(
-        self, request: Any, request_id: str, path: str, fields: dict, gone: list[bool]
-    ) -> None:
+    async def _answer(self, request: Any, request_id: str, path: str, tracked: _Tracked) -> None:
+        fields = tracked.fields
         is_api = path == self._api_base or path.startswith(self._api_base + "/")
         if is_api:
             refusal = csrf_refusal(request)
@@ -364,7 +439,7 @@ class FrontDoor(Resource):
             app, app_path = found if found is not None else (None, None)
             outcome = await registry.on_request(incoming, app, app_path)
             if isinstance(outcome, Response):
-                await self._send(request, outcome, gone)
+                await self._send(request, outcome, tracked)
                 return
             if is_api:
                 if outcome.headers != incoming.headers:
@@ -380,10 +455,10 @@ class FrontDoor(Resource):
         response = await self.dispatch(incoming, fields)
         if registry is not None:
             response = await registry.on_response(response, app)
-        await self._send(request, response, gone)
+        await self._send(request, response, tracked)
 
-    async def _send(self, request: Any, response: Response, gone: list[bool]) -> None:
-        if request.finished or gone:
+    async def _send(self, request: Any, response: Response, tracked: _Tracked) -> None:
+        if request.finished or tracked.gone:
             aclose = getattr(response.body, "aclose", None)
             if aclose is not None:
                 await aclose()

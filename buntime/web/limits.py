@@ -11,7 +11,6 @@ come in (413 as soon as the limit is passed).
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -109,28 +108,36 @@ class LimitedRequest(Request):
             return
         self.rejected = True
         header = self.requestHeaders.getRawHeaders(b"x-request-id")
-        request_id = request_id_for(header[0] if header else None) if header else str(uuid.uuid4())
-        body = json.dumps(
-            {"error": {"code": "PAYLOAD_TOO_LARGE", "message": f"Payload Too Large: {reason}"}}
-        ).encode("utf-8")
-        head = (
-            "HTTP/1.1 413 Payload Too Large\r\n"
-            "content-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n"
-            f"x-request-id: {request_id}\r\n"
-            "connection: close\r\n\r\n"
-        ).encode("latin-1")
-        log(
-            "info",
-            "buntime:http:body-rejected",
-            f"413 {self.target.decode('latin-1', 'replace').split('?')[0]}: {reason}",
-            request_id=request_id,
-            status=413,
-        )
-        transport: Any = self.channel.transport
-        if transport is not None:
-            transport.write(head + body)
-            transport.loseConnection()
+        target = self.target.decode("latin-1", "replace")
+        refuse_body(self.channel.transport, target, header[0] if header else None, reason)
+
+
+def refuse_body(transport: Any, target: str, request_id: bytes | None, reason: str) -> None:
+    """
+    Write a 413 on C{transport} (with the request's C{x-request-id}, or a
+    new one), log it, and close the connection: the body is never read.
+    """
+    request_id_text = request_id_for(request_id)
+    body = json.dumps(
+        {"error": {"code": "PAYLOAD_TOO_LARGE", "message": f"Payload Too Large: {reason}"}}
+    ).encode("utf-8")
+    head = (
+        "HTTP/1.1 413 Payload Too Large\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        f"x-request-id: {request_id_text}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode("latin-1")
+    log(
+        "info",
+        "buntime:http:body-rejected",
+        f"413 {target.split('?')[0]}: {reason}",
+        request_id=request_id_text,
+        status=413,
+    )
+    if transport is not None:
+        transport.write(head + body)
+        transport.loseConnection()
 
 
 class LimitedSite(Site):
@@ -146,6 +153,10 @@ class LimitedSite(Site):
         super().__init__(resource, **kwargs)
         self.body_limit = body_limit
         self.state = state
+
+    def http_channel(self, addr: Any) -> LimitedChannel:
+        """A twisted.web channel for a connection (see L{buntime.web.h1})."""
+        return Site.buildProtocol(self, addr)  # type: ignore[return-value]
 
     def log(self, request: Any) -> None:
         """No access log here: the front door logs every request as an eliot action."""

@@ -14,8 +14,20 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.server import Site
 
 from buntime._logging import log
+from buntime.web.h1 import FrontChannel
 from buntime.web.limits import BodyLimit, LimitedSite
 from buntime.web.state import RuntimeState
+
+
+class FrontSite(LimitedSite):
+    """
+    A L{LimitedSite} whose connections start in the front door's fast lane
+    (L{buntime.web.h1}) and go on in twisted.web when a request needs it.
+    """
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = FrontChannel(self, addr)
+        return channel
 
 
 def make_site(
@@ -29,7 +41,8 @@ def make_site(
     tracebacks to clients) that enforces request body limits and counts
     requests whose body is still arriving as in flight (in C{state}).
     """
-    site = LimitedSite(
+    kind = FrontSite if hasattr(resource, "answer_fast") else LimitedSite
+    site = kind(
         resource,
         body_limit or (lambda target: 100 * 1024 * 1024),
         state=state,

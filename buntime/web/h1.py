@@ -1,0 +1,497 @@
+"""
+The HTTP/1.1 connection every client talks to, with a fast lane for worker apps.
+
+A request for a worker app that no plugin takes part in (see
+L{buntime.web.frontdoor.FrontDoor.takes_directly}) is read, answered and
+written here, without twisted.web's C{Request} objects: that is most of the
+traffic, and twisted.web's per-request work cost as much as the runtime's own.
+
+Anything else (the core API, plugins, WebSocket upgrades, chunked uploads,
+HTTP/1.0, and any head this module does not find plain and well-formed) is
+handed to twisted.web: the connection's bytes, from the first byte of that
+request on, go to a L{buntime.web.limits.LimitedChannel} for the rest of the
+connection's life, which answers exactly as it would have on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.server import version as SERVER_VERSION
+from zope.interface import implementer
+
+from buntime._logging import log
+from buntime.http import Response
+from buntime.web.limits import refuse_body
+
+MAX_HEAD = 16 * 1024
+"""The longest request head taken here (twisted.web's own limit for a line and for all headers)."""
+MAX_HEADERS = 500
+"""The most header lines taken here (twisted.web's limit)."""
+PAUSE_BUFFERED = 256 * 1024
+"""Stop reading from a client once this much of its next requests waits behind the current one."""
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_METHOD = re.compile(rb"[A-Z]+\Z")
+_NO_BODY = frozenset({204, 304})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "x-request-id",
+        "content-length",
+        "date",
+        "server",
+    }
+)
+"""Response headers the channel writes itself, or never passes on."""
+
+
+class Head:
+    """A plain request head: what the fast lane needs of it."""
+
+    __slots__ = ("close", "expect", "headers", "length", "method", "path", "request_id", "target")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        length: int,
+        close: bool,
+        expect: bool,
+        request_id: bytes | None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = target.split("?", 1)[0]
+        self.headers = headers
+        self.length = length
+        self.close = close
+        self.expect = expect
+        self.request_id = request_id
+
+
+def parse_head(block: bytes) -> Head | None:
+    """
+    The request head C{block} (without its final blank line) when it is a
+    plain HTTP/1.1 request the fast lane takes: origin-form target, CRLF
+    line ends, token header names, at most one decimal C{Content-Length},
+    no C{Transfer-Encoding}, C{Upgrade} or unknown C{Expect}.  C{None} for
+    anything else, which twisted.web then answers (or refuses) itself.
+    """
+    if block.count(b"\n") != block.count(b"\r\n") or block.count(b"\r") != block.count(b"\r\n"):
+        return None  # a bare CR or LF: leave the judgement to twisted.web
+    lines = block.split(b"\r\n")
+    if len(lines) > MAX_HEADERS + 1:
+        return None
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+        return None
+    method, target = parts[0], parts[1]
+    if not target.startswith(b"/") or not _METHOD.match(method) or b"\x00" in block:
+        return None
+    headers = []
+    length, close, expect, request_id = -1, False, False, None
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.match(name):
+            return None  # also obs-fold (a leading space) and a space before the colon
+        value = value.strip(b" \t")
+        lower = name.lower()
+        if lower == b"content-length":
+            if length >= 0 or not value.isdigit():
+                return None
+            length = int(value)
+        elif lower == b"transfer-encoding" or lower == b"upgrade":
+            return None
+        elif lower == b"connection":
+            close = b"close" in value.lower()
+        elif lower == b"expect":
+            if value.lower() != b"100-continue":
+                return None
+            expect = True
+        elif lower == b"x-request-id":
+            request_id = value
+            continue  # the front door sets the request's own
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    return Head(
+        method.decode("ascii"),
+        target.decode("latin-1"),
+        headers,
+        max(length, 0),
+        close,
+        expect,
+        request_id,
+    )
+
+
+def _clean(text: str) -> bytes:
+    """A header name or value as bytes, line breaks replaced as twisted.web does."""
+    data = text.encode("latin-1", "replace")
+    if b"\n" in data or b"\r" in data:
+        data = b" ".join(data.splitlines())
+    return data
+
+
+class Exchange:
+    """
+    One fast-lane request on its connection: what the front door reads of it
+    (C{method}, C{path}, C{target}, C{headers}, C{body}, C{remote}), and
+    L{respond}, which writes the answer.  C{finished} fires with C{None}
+    once the response is written, or fails if the connection was lost first.
+    """
+
+    __slots__ = ("_channel", "body", "finished", "gone", "head", "remote", "status", "written")
+
+    def __init__(self, channel: FrontChannel, head: Head, body: bytes, remote: str | None) -> None:
+        self._channel = channel
+        self.head = head
+        self.body = body
+        self.remote = remote
+        self.status = 200
+        self.finished: Deferred[None] = Deferred()
+        self.gone = False
+        self.written = False
+
+    def respond(self, response: Response, request_id: str) -> Deferred[None] | None:
+        """
+        Write C{response}: C{None} once a body of bytes is written, or a
+        Deferred that fires when a streamed body is.
+        """
+        if self.gone or self.written:
+            aclose = getattr(response.body, "aclose", None)
+            return ensureDeferred(aclose()) if aclose is not None else None
+        return self._channel.write_response(self, response, request_id)
+
+    def lost(self, reason: Failure) -> None:
+        """The connection went away before the response was written."""
+        self.gone = True
+        if not self.finished.called:
+            self.finished.errback(reason)
+
+    def done(self) -> None:
+        if not self.finished.called:
+            self.finished.callback(None)
+
+
+class _DateCache:
+    """The C{Date} header's value, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def __call__(self, now: float) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._value = datetimeToString(second)
+        return self._value
+
+
+_date = _DateCache()
+
+
+@implementer(IPushProducer)
+class FrontChannel(Protocol, TimeoutMixin):
+    """
+    One client connection.  C{site} is the L{buntime.web.limits.LimitedSite}
+    (its C{resource} the front door, its C{body_limit} and C{state}); C{addr}
+    the client's address, for the twisted.web channel a handover builds.
+    """
+
+    def __init__(self, site: Any, addr: Any) -> None:
+        self.site = site
+        self.factory = site
+        self._addr = addr
+        self._door = site.resource
+        self._clock = site.reactor
+        self.callLater = site.reactor.callLater
+        self.timeOut = site.timeOut
+        self._buffer = b""
+        self._head: Head | None = None
+        self._head_end = 0
+        self._uploading = False
+        self._exchange: Exchange | None = None
+        self._inner: Any = None
+        self._remote: str | None = None
+        self._writing_paused: Deferred[None] | None = None
+        self._reading_paused = False
+        self._closed = False
+        self._socket: Any = None
+
+    # -- the connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
+            self._socket = transport.socket
+        transport.registerProducer(self, True)
+        self._remote = getattr(self.transport.getPeer(), "host", None)
+        self.setTimeout(self.timeOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.dataReceived(data)
+            return
+        if self._exchange is None:
+            self.resetTimeout()
+        self._buffer = self._buffer + data if self._buffer else data
+        self._next()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = True
+        self.setTimeout(None)
+        if self._inner is not None:
+            self._inner.connectionLost(reason)
+            return
+        self._uploaded()
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None:
+            exchange.lost(reason)
+        self.resumeProducing()
+
+    def timeoutConnection(self) -> None:
+        self.transport.loseConnection()
+
+    # -- reading requests --------------------------------------------------------
+
+    def _next(self) -> None:
+        """Answer the requests in the buffer, one after the other, while they finish at once."""
+        while self._exchange is None and self._inner is None and not self._closed:
+            buffer = self._buffer
+            if self._head is None:
+                if not buffer:
+                    return
+                end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+                if end < 0:
+                    if len(buffer) > MAX_HEAD or b"\n\n" in buffer:
+                        self._hand_over()
+                    return
+                head = parse_head(buffer[:end])
+                if head is None or not self._door.takes_directly(head.path):
+                    self._hand_over()
+                    return
+                if not self._accept(head, end + 4):
+                    return
+                self._head, self._head_end = head, end + 4
+            head = self._head
+            need = self._head_end + head.length
+            if len(buffer) < need:
+                return
+            body = buffer[self._head_end : need]
+            self._head, self._buffer = None, buffer[need:]
+            self._uploaded()
+            exchange = self._exchange = Exchange(self, head, body, self._remote)
+            self.setTimeout(None)
+            if len(self._buffer) > PAUSE_BUFFERED and not self._reading_paused:
+                self._reading_paused = True
+                self.transport.pauseProducing()
+            if not self._door.answer_fast(exchange):
+                # Not the front door's after all (the app went away since the head).
+                self._exchange = None
+                self._buffer = buffer
+                self._hand_over()
+                return
+            if not exchange.finished.called:
+                exchange.finished.addBoth(self._exchange_ended, exchange)
+                return
+            exchange.finished.addErrback(lambda _: None)
+            self._ended(exchange)
+
+    def _accept(self, head: Head, head_end: int) -> bool:
+        """The body limit and C{Expect: 100-continue}; C{False}: refused (413)."""
+        limit = self.site.body_limit(head.target.encode("latin-1"))
+        if limit is not None and head.length > limit:
+            self._closed = True
+            refuse_body(
+                self.transport,
+                head.target,
+                head.request_id,
+                f"Request body of {head.length} bytes exceeds the limit of {limit}",
+            )
+            return False
+        if head.length and len(self._buffer) < head_end + head.length:
+            if head.expect:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            # A shutdown waits for a body that is still arriving.
+            state = getattr(self.site, "state", None)
+            if state is not None:
+                state.request_started()
+                self._uploading = True
+        return True
+
+    def _uploaded(self) -> None:
+        if self._uploading:
+            self._uploading = False
+            self.site.state.request_finished()
+
+    def _exchange_ended(self, result: object, exchange: Exchange) -> None:
+        """A response written later than it was asked for: go on with the next request."""
+        if self._ended(exchange):
+            self._next()
+
+    def _ended(self, exchange: Exchange) -> bool:
+        """Done with C{exchange}; whether the connection takes another request."""
+        if self._exchange is not exchange:
+            return False
+        self._exchange = None
+        if self._closed:
+            return False
+        if exchange.head.close or exchange.gone:
+            self._closed = True
+            self.transport.loseConnection()
+            return False
+        self.setTimeout(self.timeOut)
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        return True
+
+    def _hand_over(self) -> None:
+        """From the current request on, twisted.web serves this connection."""
+        self._uploaded()
+        self.setTimeout(None)
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        self.transport.unregisterProducer()
+        self._inner = inner = self.site.http_channel(self._addr)
+        inner.makeConnection(self.transport)
+        data, self._buffer = self._buffer, b""
+        if data:
+            inner.dataReceived(data)
+
+    # -- writing responses -------------------------------------------------------
+
+    def write_response(
+        self, exchange: Exchange, response: Response, request_id: str
+    ) -> Deferred[None] | None:
+        status = response.status
+        exchange.status = status
+        exchange.written = True
+        head = exchange.head
+        reason = RESPONSES.get(status, b"Unknown Status")
+        lines = [
+            b"HTTP/1.1 %d %s\r\nserver: %s\r\ndate: %s\r\nx-request-id: %s"
+            % (status, reason, SERVER_VERSION, _date(self._clock.seconds()), _clean(request_id))
+        ]
+        given_length = None
+        for name, value in response.headers.items():
+            lower = name.lower()
+            if lower in _HOP_BY_HOP:
+                if lower == "content-length":
+                    given_length = value.strip()
+                continue
+            lines.append(b"%s: %s" % (_clean(name), _clean(value)))
+        if head.close:
+            lines.append(b"connection: close")
+        body = response.body
+        no_body = status in _NO_BODY or status < 200
+        silent = no_body or head.method == "HEAD"
+        write = self.transport.write
+        if isinstance(body, bytes | bytearray):
+            if not no_body:
+                if silent and not body and given_length is not None and given_length.isdigit():
+                    lines.append(b"content-length: " + given_length.encode("ascii"))
+                else:
+                    lines.append(b"content-length: %d" % len(body))
+            lines.append(b"\r\n")
+            self._write_now(b"\r\n".join(lines) + (b"" if silent else bytes(body)))
+            exchange.done()
+            return None
+        chunked = False
+        if not no_body:
+            if given_length is not None and given_length.isdigit():
+                lines.append(b"content-length: " + given_length.encode("ascii"))
+            elif not silent:
+                lines.append(b"transfer-encoding: chunked")
+                chunked = True
+        lines.append(b"\r\n")
+        write(b"\r\n".join(lines))
+        return ensureDeferred(self._stream(exchange, body, chunked, silent))
+
+    def _write_now(self, data: bytes) -> None:
+        """
+        C{transport.write(data)}, but sent at once when nothing waits to be
+        sent (all of a small response, usually) on a plain TCP connection:
+        Twisted would otherwise ask epoll to wake it when the socket can take
+        data, send on the next turn of the reactor and ask epoll to stop,
+        which cost more than the rest of writing a response.
+        """
+        transport = self.transport
+        sock = self._socket
+        if (
+            sock is not None
+            and not transport.dataBuffer
+            and not transport._tempDataLen
+            and not transport.disconnecting
+        ):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0  # would block, or broken: Twisted's own write finds out which
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
+
+    async def _stream(self, exchange: Exchange, body: Any, chunked: bool, silent: bool) -> None:
+        iterator: AsyncIterator[bytes] = body.__aiter__()
+        write = self.transport.write
+        try:
+            if not silent:
+                async for chunk in iterator:
+                    if exchange.gone:
+                        break
+                    if chunk:
+                        write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    waiter = self._writing_paused
+                    if waiter is not None:
+                        await waiter
+        except Exception as error:
+            log("error", "buntime:http:stream-failed", "Response stream failed", error=str(error))
+            exchange.gone = True
+            self._closed = True
+            self.transport.abortConnection()  # connectionLost tells the exchange
+            return
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if (exchange.gone or silent) and aclose is not None:
+                await aclose()
+        if exchange.gone:
+            return
+        if chunked:
+            write(b"0\r\n\r\n")
+        exchange.done()
+
+    # -- IPushProducer: the client's transport says when to stop writing ----------
+
+    def pauseProducing(self) -> None:
+        if self._writing_paused is None:
+            self._writing_paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        waiter, self._writing_paused = self._writing_paused, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        if self._exchange is not None:
+            self._exchange.gone = True
+        self.resumeProducing()

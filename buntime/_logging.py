@@ -201,15 +201,20 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     eliot's task fields.
     """
     timestamp = message.get("timestamp", time.time())
+    text = message.get("message")
     record: dict[str, Any] = {
         "level": _level_of(message),
-        "message": _text_of(message),
+        "message": text if type(text) is str else _text_of(message),
         "timestamp": iso_timestamp(timestamp),
         "context": message.get("context", "runtime"),
     }
     for key, value in message.items():
-        if key not in _OWN_KEYS:
-            record[key] = value if type(value) in _PLAIN else _scrub(value)
+        if key in _OWN_KEYS:
+            continue
+        if type(value) in _PLAIN or key == "task_level":  # eliot's task_level: a list of ints
+            record[key] = value
+        else:
+            record[key] = _scrub(value)
     return record
 
 

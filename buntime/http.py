@@ -161,15 +161,25 @@ class Request:
     body: Body = b""
     remote_addr: str | None = None
 
+    _parts: tuple[str, str] | None = field(default=None, init=False, eq=False, repr=False)
+    """The path and query, split once (see L{path})."""
+
+    def _split(self) -> tuple[str, str]:
+        parts = self._parts
+        if parts is None:
+            parts = _split_url(self.url)
+            object.__setattr__(self, "_parts", parts)
+        return parts
+
     @property
     def path(self) -> str:
         """The path part of the URL (still percent-encoded), C{/} at least."""
-        return _split_url(self.url)[0] or "/"
+        return self._split()[0] or "/"
 
     @property
     def query(self) -> str:
         """The raw query string, without the C{?}."""
-        return _split_url(self.url)[1]
+        return self._split()[1]
 
     @property
     def request_id(self) -> str | None:
@@ -188,6 +198,16 @@ class Request:
 
     def with_body(self, body: Body) -> Request:
         return evolve(self, body=body)
+
+    def for_app(self, path: str, base: str) -> Request:
+        """
+        The request as an app mounted at C{base} sees it: C{path} (the query
+        string kept) and an C{x-base} header: C{with_path(path).with_header("x-base", base)}.
+        """
+        query = self._split()[1]
+        url = path + ("?" + query if query else "")
+        headers = self.headers.set("x-base", base)
+        return type(self)(self.method, url, headers, self.body, self.remote_addr)
 
 
 @frozen

@@ -249,3 +249,27 @@ def test_header_changes_keep_text_pairs():
     assert moved.url == "/y?q=1"
     assert (moved.headers.get("X-Base"), moved.headers.get("a")) == ("/app", "1")
     assert request.headers.get("x-base") is None
+
+
+@given(st.text())
+def test_path_and_query_are_those_urlsplit_gives(text):
+    from urllib.parse import urlsplit
+
+    for url in ("/" + text, text):
+        parts = urlsplit(url)
+        request = Request("GET", url)
+        assert (request.path, request.query) == (parts.path or "/", parts.query)
+
+
+def test_for_app_is_with_path_and_x_base():
+    request = Request("POST", "/app/x?q=1", [("A", "1"), ("x-base", "old")], b"body", "1.2.3.4")
+    moved = request.for_app("/x", "/app")
+    expected = request.with_path("/x").with_header("x-base", "/app")
+    assert moved == expected
+    assert (moved.path, moved.query, moved.body, moved.remote_addr) == (
+        "/x",
+        "q=1",
+        b"body",
+        "1.2.3.4",
+    )
+    assert moved.headers.get_all("x-base") == ["/app"]

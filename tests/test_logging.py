@@ -422,3 +422,72 @@ def test_iso_timestamp_is_datetime_isoformat(timestamp):
 def test_iso_timestamp_of_other_numbers():
     assert iso_timestamp(0) == "1970-01-01T00:00:00.000+00:00"
     assert iso_timestamp(1.9999999) == "1970-01-01T00:00:02.000+00:00"
+
+
+def test_new_ids_are_uuid4_text_and_differ():
+    import uuid
+
+    from buntime._logging import new_id
+
+    ids = [new_id() for _ in range(600)]  # more than one draw of randomness
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_a_forked_child_draws_new_ids():
+    import os
+
+    from buntime._logging import new_id
+
+    new_id()  # randomness drawn before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id must not be the parent's next one
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    assert child != new_id()
+
+
+def test_request_actions_log_their_start_only_when_debug_is_taken(eliot_logger):
+    import buntime._logging as logging_module
+    from buntime._logging import REQUEST_ACTION, request_action
+
+    service = LoggingService(clock=Clock(), level="info", stream=io.StringIO())
+    service.startService()
+    try:
+        action = request_action("r-1", "GET", "/x")
+        action.finish()
+    finally:
+        service.stopService()
+    assert logging_module._start_messages  # back to eliot's usual once stopped
+    quiet = [m for m in eliot_logger.messages if m.get("action_type") == REQUEST_ACTION]
+    assert [m["action_status"] for m in quiet] == ["succeeded"]
+    eliot_logger.reset()
+    action = request_action("r-2", "GET", "/y")
+    action.finish()
+    loud = [m for m in eliot_logger.messages if m.get("action_type") == REQUEST_ACTION]
+    assert [m["action_status"] for m in loud] == ["started", "succeeded"]
+    assert loud[0]["message"] == "GET /y" and loud[0]["level"] == "debug"
+
+
+def test_json_lines_are_what_the_standard_encoder_writes():
+    from buntime._logging import _JSON, format_json, to_record
+
+    message = {
+        "timestamp": 1.5,
+        "task_level": [2, 1],
+        "level": "info",
+        "message": 'say "hi" \u00e9 \n',
+        "n": float("nan"),
+        "odd": object,
+        "headers": {"Authorization": "secret", "x": [1, 2]},
+    }
+    line = format_json(message)
+    assert line == _JSON.encode(to_record(message))
+    assert "secret" not in line

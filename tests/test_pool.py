@@ -729,3 +729,39 @@ def test_stop_while_workers_start():
     assert result_of(ephemeral).status == 502
     assert error_of(result_of(persistent))[:2] == (503, "SHUTTING_DOWN")
     assert h.launcher.live == []
+
+
+def test_each_request_times_out_at_its_own_deadline():
+    """One timer per worker: requests sent at different times expire at their own deadline."""
+    h = Harness()
+    app = h.app(timeout=5, ttl=60, idle_timeout=60, max_concurrency=10)
+    first = h.send(app, "/wait/a")
+    h.advance(2)
+    second = h.send(app, "/wait/b")
+    h.advance(2.9)  # first at 4.9 s, second at 2.9 s
+    assert not first.called and not second.called
+    h.advance(0.1)  # the first reaches 5 s
+    assert error_of(result_of(first))[:2] == (504, "WORKER_TIMEOUT")
+    assert not second.called
+    h.advance(1.9)
+    assert not second.called
+    h.advance(0.1)  # the second reaches 5 s
+    assert error_of(result_of(second))[:2] == (504, "WORKER_TIMEOUT")
+
+
+def test_a_request_answered_in_time_does_not_time_out_later_ones_early():
+    h = Harness()
+    app = h.app(timeout=5, ttl=60, idle_timeout=60, max_concurrency=10)
+    answered = h.send(app, "/wait/a")
+    h.advance(3)
+    late = h.send(app, "/wait/b")
+    h.gates.open("a")
+    h.launcher.settle()
+    assert result_of(answered).body == b"done /wait/a"
+    h.advance(2)  # the first request's deadline passes: nothing expires
+    assert not late.called
+    h.gates.open("b")
+    h.launcher.settle()
+    assert result_of(late).body == b"done /wait/b"
+    h.advance(10)  # nothing left to expire; the worker keeps serving
+    assert result_of(h.send(app, "/x")).status == 200

@@ -98,8 +98,20 @@ class FastAMP(amp.AMP):
             fields = self._fast_out[commandType] = fields_of(commandType)
         if fields is None or a or len(kw) != len(fields):
             return super().callRemote(commandType, *a, **kw)
-        strings = {name: argument.toString(kw[name]) for _, name, argument in fields}
-        self.callRemoteString(commandType.commandName, False, **strings)
+        items = [(_COMMAND, commandType.commandName)]
+        for wire, keyword, argument in fields:
+            value = argument.toString(kw[keyword])
+            if len(value) > amp.MAX_VALUE_LENGTH:
+                raise amp.TooLong(False, True, value, wire)
+            items.append((wire, value))
+        if self.transport is None:
+            raise amp.ConnectionLost()
+        items.sort()  # as AmpBox.serialize does
+        parts = []
+        for key, value in items:
+            parts += (len(key).to_bytes(2, "big"), key, len(value).to_bytes(2, "big"), value)
+        parts.append(b"\x00\x00")
+        self.transport.write(b"".join(parts))
         if self.flush_every:
             self._unflushed += 1
             if self._unflushed >= self.flush_every:

@@ -202,7 +202,8 @@ class Exchange:
     started_at: float
     response: Deferred = field(repr=False)
     stream: ResponseStream | None = None
-    timer: IDelayedCall | None = None
+    deadline: float = float("inf")
+    """When the request times out if its response has not started (see L{Worker._expire})."""
     started: bool = False
     outcome: str | None = None  # ok, error, cancelled, timeout, gone
     elapsed: float = 0.0
@@ -305,6 +306,7 @@ class Worker:
     _ready_timer: IDelayedCall | None = field(default=None, repr=False)
     _capture: list[str] | None = field(default=None, repr=False)
     _connected: bool = False
+    _expiry: IDelayedCall | None = field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.protocol = WorkerProtocol(self)
@@ -411,6 +413,9 @@ class Worker:
         was_stopping = self.status == STOPPING
         self._fail_startup(StartupError(f"worker {reason} before it was ready"))
         self.status = OFFLINE
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
         for exchange in list(self._exchanges.values()):
             self.error_count += 1
             error = WorkerGone(f"worker {self.label} (pid {self.pid}) {reason}")
@@ -535,7 +540,10 @@ class Worker:
         self.idle_sent = False
         if self.status == IDLE:
             self.status = ACTIVE
-        exchange.timer = self.clock.callLater(timeout, self._timed_out, exchange)
+        # One timer per worker, for the earliest deadline, rather than one per request.
+        exchange.deadline = now + timeout
+        if self._expiry is None:
+            self._expiry = self.clock.callLater(timeout, self._expire)
         action = current_action()
         task = action.serialize_task_id() if action is not None else b""
         try:
@@ -606,8 +614,18 @@ class Worker:
         else:
             exchange.response.errback(AppError(f"sending the request: {failure.getErrorMessage()}"))
 
+    def _expire(self) -> None:
+        """Time out the requests past their deadline; wait for the next deadline."""
+        self._expiry = None
+        now = self.clock.seconds()
+        for exchange in [e for e in self._exchanges.values() if e.deadline <= now]:
+            self._timed_out(exchange)
+        upcoming = min((e.deadline for e in self._exchanges.values()), default=None)
+        if upcoming is not None and upcoming != float("inf"):
+            self._expiry = self.clock.callLater(max(0.0, upcoming - now), self._expire)
+
     def _timed_out(self, exchange: Exchange) -> None:
-        exchange.timer = None
+        exchange.deadline = float("inf")
         if exchange.outcome is not None:
             return
         self.protocol.callRemote(CancelRequest, rid=exchange.rid)
@@ -633,9 +651,7 @@ class Worker:
         now = self.clock.seconds()
         exchange.outcome = outcome
         exchange.elapsed = now - exchange.started_at
-        if exchange.timer is not None and exchange.timer.active():
-            exchange.timer.cancel()
-        exchange.timer = None
+        exchange.deadline = float("inf")
         self._exchanges.pop(exchange.rid, None)
         self.last_used = now
         if not self._exchanges and self._drained is not None:
@@ -654,14 +670,14 @@ class Worker:
             self.response_failed(rid, f"malformed response head: {head[:200]!r}")
             return
         exchange.started = True
-        if exchange.timer is not None and exchange.timer.active():
-            exchange.timer.cancel()
-        exchange.timer = None
+        exchange.deadline = float("inf")
         self.consecutive_timeouts = 0
         self.responded += 1
         self.total_response_time += self.clock.seconds() - exchange.started_at
         try:
-            parsed = Headers([tuple(pair) for pair in pairs])
+            parsed = Headers._of(tuple([(name, value) for name, value in pairs]))
+            if not all(type(name) is str and type(value) is str for name, value in pairs):
+                parsed = Headers([tuple(pair) for pair in pairs])
         except (ValueError, TypeError):
             parsed = Headers()
         if end:

@@ -240,9 +240,20 @@ class AppStep:
         answer = self.serve_now(version, request, base, rest)
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
-    def claims(self, path: str) -> bool:
-        """Whether L{direct} answers a request for C{path} (it names an app, or a bad range)."""
-        return self._find(path) is not None
+    def claims(self, path: str) -> int | None:
+        """
+        The request body limit for C{path} when L{direct} answers it (it names
+        an app, or a bad range); C{None} when it does not.
+        """
+        found = self._find(path)
+        if found is None:
+            return None
+        if isinstance(found, Response):
+            return self.body_size_default
+        try:
+            return self.load(found[0]).manifest.max_body_size
+        except (ManifestError, EntrypointError):
+            return self.body_size_default
 
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
         """The app version C{path} names, its base and the rest; a 400 for a bad range."""
@@ -304,7 +315,7 @@ class AppStep:
                 loaded.manifest.inject_base,
                 request_headers=request.headers,
             )
-        inner = request.with_path(rest).with_header("x-base", base)
+        inner = request.for_app(rest, base)
         response = self.pool.handle(self._cached_pool_app(loaded), inner, base)
         if loaded.manifest.inject_base:
             response.addCallback(_with_base, base)

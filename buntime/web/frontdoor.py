@@ -289,7 +289,7 @@ class FrontDoor(Resource):
         identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
         websockets: WebSockets | None = None,
         direct: Callable[[Request, dict[str, Any]], Deferred[Response] | None] | None = None,
-        claims: Callable[[str], bool] | None = None,
+        claims: Callable[[str], int | None] | None = None,
     ) -> None:
         super().__init__()
         self._clock = clock
@@ -329,19 +329,20 @@ class FrontDoor(Resource):
         done.addErrback(self._crashed, request)
         return NOT_DONE_YET
 
-    def takes_directly(self, path: str) -> bool:
+    def takes_directly(self, path: str) -> int | None:
         """
         Whether a request for C{path} is a worker app's that no plugin takes
-        part in: the fast lane of L{buntime.web.h1} then brings it to
-        L{answer_fast}, without a twisted.web request.
+        part in, and then its body limit: the fast lane of L{buntime.web.h1}
+        brings such requests to L{answer_fast}, without a twisted.web request.
+        C{None}: not such a request.
         """
         if self._direct is None or self._claims is None or path == "/.well-known/buntime":
-            return False
+            return None
         if path == self._api_base or path.startswith(self._api_base + "/"):
-            return False
+            return None
         registry = self._plugins() if self._plugins is not None else None
         if registry is not None and not registry.passive_for(path):
-            return False
+            return None
         return self._claims(path)
 
     def answer_fast(self, exchange: Any) -> bool:

@@ -284,10 +284,11 @@ class FrontChannel(Protocol, TimeoutMixin):
                         self._hand_over()
                     return
                 head = parse_head(buffer[:end])
-                if head is None or not self._door.takes_directly(head.path):
+                limit = None if head is None else self._door.takes_directly(head.path)
+                if limit is None:
                     self._hand_over()
                     return
-                if not self._accept(head, end + 4):
+                if not self._accept(head, end + 4, limit):
                     return
                 self._head, self._head_end = head, end + 4
             head = self._head
@@ -314,10 +315,9 @@ class FrontChannel(Protocol, TimeoutMixin):
             exchange.finished.addErrback(lambda _: None)
             self._ended(exchange)
 
-    def _accept(self, head: Head, head_end: int) -> bool:
+    def _accept(self, head: Head, head_end: int, limit: int) -> bool:
         """The body limit and C{Expect: 100-continue}; C{False}: refused (413)."""
-        limit = self.site.body_limit(head.target.encode("latin-1"))
-        if limit is not None and head.length > limit:
+        if head.length > limit:
             self._closed = True
             refuse_body(
                 self.transport,

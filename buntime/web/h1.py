@@ -223,9 +223,11 @@ class FrontChannel(Protocol, TimeoutMixin):
         self._clock = site.reactor
         self.callLater = site.reactor.callLater
         self.timeOut = site.timeOut
-        self._buffer = b""
+        self._chunks: list[bytes] = []  # what arrived and is not answered yet
+        self._size = 0
         self._head: Head | None = None
         self._head_end = 0
+        self._need = 0  # the bytes the current request takes, head and body
         self._uploading = False
         self._exchange: Exchange | None = None
         self._inner: Any = None
@@ -249,10 +251,29 @@ class FrontChannel(Protocol, TimeoutMixin):
         if self._inner is not None:
             self._inner.dataReceived(data)
             return
-        if self._exchange is None:
-            self.resetTimeout()
-        self._buffer = self._buffer + data if self._buffer else data
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._exchange is not None:  # the next requests wait for this one's answer
+            if self._size > PAUSE_BUFFERED and not self._reading_paused:
+                self._reading_paused = True
+                self.transport.pauseProducing()
+            return
+        self.resetTimeout()
+        if self._head is not None and self._size < self._need:
+            return  # more of the body to come: joined once it is all here
         self._next()
+
+    def _buffer(self) -> bytes:
+        """All that waits, as one string."""
+        chunks = self._chunks
+        if len(chunks) > 1:
+            chunks[:] = [b"".join(chunks)]
+        return chunks[0] if chunks else b""
+
+    def _keep(self, data: bytes) -> None:
+        """Make C{data} all that waits."""
+        self._chunks = [data] if data else []
+        self._size = len(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
@@ -274,7 +295,7 @@ class FrontChannel(Protocol, TimeoutMixin):
     def _next(self) -> None:
         """Answer the requests in the buffer, one after the other, while they finish at once."""
         while self._exchange is None and self._inner is None and not self._closed:
-            buffer = self._buffer
+            buffer = self._buffer()
             if self._head is None:
                 if not buffer:
                     return
@@ -288,25 +309,27 @@ class FrontChannel(Protocol, TimeoutMixin):
                 if limit is None:
                     self._hand_over()
                     return
-                if not self._accept(head, end + 4, limit):
-                    return
                 self._head, self._head_end = head, end + 4
+                self._need = end + 4 + head.length
+                if not self._accept(head, limit):
+                    return
             head = self._head
-            need = self._head_end + head.length
+            need = self._need
             if len(buffer) < need:
                 return
             body = buffer[self._head_end : need]
-            self._head, self._buffer = None, buffer[need:]
+            self._head = None
+            self._keep(buffer[need:])
             self._uploaded()
             exchange = self._exchange = Exchange(self, head, body, self._remote)
             self.setTimeout(None)
-            if len(self._buffer) > PAUSE_BUFFERED and not self._reading_paused:
+            if self._size > PAUSE_BUFFERED and not self._reading_paused:
                 self._reading_paused = True
                 self.transport.pauseProducing()
             if not self._door.answer_fast(exchange):
                 # Not the front door's after all (the app went away since the head).
                 self._exchange = None
-                self._buffer = buffer
+                self._keep(buffer)
                 self._hand_over()
                 return
             if not exchange.finished.called:
@@ -315,10 +338,11 @@ class FrontChannel(Protocol, TimeoutMixin):
             exchange.finished.addErrback(lambda _: None)
             self._ended(exchange)
 
-    def _accept(self, head: Head, head_end: int, limit: int) -> bool:
+    def _accept(self, head: Head, limit: int) -> bool:
         """The body limit and C{Expect: 100-continue}; C{False}: refused (413)."""
         if head.length > limit:
             self._closed = True
+            self._head = None
             refuse_body(
                 self.transport,
                 head.target,
@@ -326,7 +350,7 @@ class FrontChannel(Protocol, TimeoutMixin):
                 f"Request body of {head.length} bytes exceeds the limit of {limit}",
             )
             return False
-        if head.length and len(self._buffer) < head_end + head.length:
+        if head.length and self._size < self._need:
             if head.expect:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             # A shutdown waits for a body that is still arriving.
@@ -373,7 +397,8 @@ class FrontChannel(Protocol, TimeoutMixin):
         self.transport.unregisterProducer()
         self._inner = inner = self.site.http_channel(self._addr)
         inner.makeConnection(self.transport)
-        data, self._buffer = self._buffer, b""
+        data = self._buffer()
+        self._keep(b"")
         if data:
             inner.dataReceived(data)
 

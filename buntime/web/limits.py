@@ -49,6 +49,9 @@ class LimitedChannel(HTTPChannel):
 class LimitedRequest(Request):
     """A request that refuses bodies above its target's limit with 413."""
 
+    # No "text/html" for a response without a content type: the fast lane
+    # (buntime.web.h1) adds none either, and neither do other app servers.
+    defaultContentType = None
     target: bytes = b"/"
     limit: int | None = None
     received = 0

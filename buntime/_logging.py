@@ -220,7 +220,10 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
 
 _JSON = json.JSONEncoder(default=repr, separators=(",", ":"))
 try:
-    from json.encoder import c_make_encoder, encode_basestring_ascii
+    from json.encoder import (  # type: ignore[attr-defined]
+        c_make_encoder,
+        encode_basestring_ascii,
+    )
 
     # JSONEncoder.encode builds this C encoder again for every line; build it once.
     _encode_record = c_make_encoder(

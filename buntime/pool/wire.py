@@ -84,12 +84,15 @@ class FastAMP(amp.AMP):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        table = {}
+        table: dict[bytes, tuple[Fields, str]] = {}
         for klass in reversed(cls.__mro__):
             for name, value in vars(klass).items():
                 command = getattr(value, "fast_command", None)
-                if command is not None:
-                    table[command.commandName] = (fields_of(command), name)
+                if command is None:
+                    continue
+                fields = fields_of(command)
+                if fields is not None:  # always, for a command L{responder} took
+                    table[command.commandName] = (fields, name)
         cls._fast_in = table
 
     def callRemote(self, commandType: Any, *a: Any, **kw: Any) -> Any:
@@ -107,7 +110,7 @@ class FastAMP(amp.AMP):
         if self.transport is None:
             raise amp.ConnectionLost()
         items.sort()  # as AmpBox.serialize does
-        parts = []
+        parts: list[bytes] = []
         for key, value in items:
             parts += (len(key).to_bytes(2, "big"), key, len(value).to_bytes(2, "big"), value)
         parts.append(b"\x00\x00")
@@ -120,7 +123,7 @@ class FastAMP(amp.AMP):
         return None
 
     def _flush(self) -> None:
-        transport = self.transport
+        transport: Any = self.transport
         write = getattr(transport, "doWrite", None)
         if write is not None and transport.connected and not transport.disconnecting:
             write()

@@ -21,6 +21,7 @@ from attrs import define, field
 from eliot import current_action
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from buntime._logging import LEVELS, log
@@ -261,7 +262,7 @@ class WorkerProtocol(FastAMP):
         super().connectionMade()
         self.worker.channel_made()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.worker.channel_lost(reason)
 
@@ -563,7 +564,7 @@ class Worker:
         """
         query = request.query
         body = request.body
-        first, rest = b"", None
+        first, rest = b"", None  # type: tuple[bytes, Any]
         if isinstance(body, bytes | bytearray | memoryview):
             if len(body) <= CHUNK_SIZE:
                 first = bytes(body)

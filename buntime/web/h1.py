@@ -215,13 +215,15 @@ class FrontChannel(Protocol, TimeoutMixin):
     the client's address, for the twisted.web channel a handover builds.
     """
 
+    transport: Any  # a TCP or TLS transport: its producer and write-buffer sides are used
+
     def __init__(self, site: Any, addr: Any) -> None:
         self.site = site
         self.factory = site
         self._addr = addr
         self._door = site.resource
         self._clock = site.reactor
-        self.callLater = site.reactor.callLater
+        self.callLater = site.reactor.callLater  # type: ignore[method-assign]  # as twisted.web does
         self.timeOut = site.timeOut
         self._chunks: list[bytes] = []  # what arrived and is not answered yet
         self._size = 0
@@ -306,7 +308,7 @@ class FrontChannel(Protocol, TimeoutMixin):
                     return
                 head = parse_head(buffer[:end])
                 limit = None if head is None else self._door.takes_directly(head.path)
-                if limit is None:
+                if head is None or limit is None:
                     self._hand_over()
                     return
                 self._head, self._head_end = head, end + 4
@@ -314,6 +316,7 @@ class FrontChannel(Protocol, TimeoutMixin):
                 if not self._accept(head, limit):
                     return
             head = self._head
+            assert head is not None
             need = self._need
             if len(buffer) < need:
                 return

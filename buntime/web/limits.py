@@ -159,7 +159,7 @@ class LimitedSite(Site):
 
     def http_channel(self, addr: Any) -> LimitedChannel:
         """A twisted.web channel for a connection (see L{buntime.web.h1})."""
-        return Site.buildProtocol(self, addr)  # type: ignore[return-value]
+        return Site.buildProtocol(self, addr)
 
     def log(self, request: Any) -> None:
         """No access log here: the front door logs every request as an eliot action."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 KINDS = ("asgi", "wsgi", "klein", "resource", "routes")
@@ -63,4 +64,6 @@ def call(
 
 async def on_loop(deferred: Deferred, loop: asyncio.AbstractEventLoop) -> Any:
     """Await a Deferred from asyncio code (a Deferred is not an asyncio awaitable)."""
+    if deferred.called and not deferred.paused and not isinstance(deferred.result, Failure):
+        return deferred.result  # already there (a response sent at once): no future needed
     return await deferred.asFuture(loop)

@@ -44,10 +44,6 @@ def is_asgi(app: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
-
-
 @define(eq=False)
 class _Lifespan:
     """The ASGI lifespan protocol: startup before C{Ready}, shutdown on C{Terminate}."""
@@ -179,8 +175,7 @@ class AsgiAdapter:
         async def send(message: dict) -> None:
             kind = message["type"]
             if kind == "http.response.start":
-                headers = [(_text(k), _text(v)) for k, v in message.get("headers", ())]
-                writer.start(message["status"], headers)
+                writer.start(message["status"], message.get("headers", ()))
             elif kind == "http.response.body":
                 data = bytes(message.get("body", b""))
                 if message.get("more_body", False):

@@ -37,9 +37,18 @@ _HEAD_ROOM = 32
 """Bytes of a response head besides its headers: status, end, brackets."""
 
 
-def encode_headers(headers: Iterable[tuple[str, str]]) -> str:
-    """Headers as the JSON list of C{[name, value]} pairs the runtime reads."""
-    text = json.dumps([[str(name), str(value)] for name, value in headers])
+def _text(value: bytes | str) -> str:
+    if type(value) is str:
+        return value
+    return value.decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> str:
+    """
+    Headers (names and values as text, or as bytes read as latin-1) as the
+    JSON list of C{[name, value]} pairs the runtime reads.
+    """
+    text = json.dumps([[_text(name), _text(value)] for name, value in headers])
     if len(text.encode("utf-8")) > MAX_VALUE_LENGTH - _HEAD_ROOM:
         raise ValueError(f"response headers too large ({len(text)} bytes; at most 64 KiB)")
     return text

@@ -24,6 +24,8 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -249,34 +251,27 @@ def runtime(workdir: str, worker_mode: str, log_level: str) -> Iterator[tuple[st
         "RUNTIME_POOL_SIZE": "50",
         "RUNTIME_DATA_DIR": os.path.join(workdir, "data"),
     }
+    # A free port chosen here (not tcp:0): readiness is then asked over HTTP,
+    # which works at any log level (the "ready" log line is info).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    output = tempfile.TemporaryFile()  # the runtime never blocks on a full pipe
     process = subprocess.Popen(
-        [*command, "-n", "--pidfile=", "buntime", "--listen", "tcp:0:interface=127.0.0.1"],
+        [*command, "-n", "--pidfile=", "buntime", "--listen", f"tcp:{port}:interface=127.0.0.1"],
         cwd=workdir,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
-        text=True,
     )
-    port = listening = None
     deadline = time.monotonic() + 30
-    assert process.stdout is not None
-    while port is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("message_type") == "buntime:runtime:ready":
-            port = listening
-        elif record.get("message_type") == "buntime:web:listening":
-            listening = record["port"]
-    if port is None:
-        process.kill()
-        raise SystemExit("bench: the runtime did not start (see its output above)")
-    # keep draining the output so the runtime never blocks on a full pipe
-    drain = subprocess.Popen(["cat"], stdin=process.stdout, stdout=subprocess.DEVNULL)
+    while _fetch_status(f"http://127.0.0.1:{port}/api/health/ready") != 200:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            output.seek(0)
+            sys.stdout.write(output.read().decode("utf-8", "replace")[-4000:])
+            raise SystemExit("bench: the runtime did not start (its output is above)")
+        time.sleep(0.1)
     try:
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
@@ -285,7 +280,7 @@ def runtime(workdir: str, worker_mode: str, log_level: str) -> Iterator[tuple[st
             process.wait(timeout=40)
         except subprocess.TimeoutExpired:
             process.kill()
-        drain.kill()
+        output.close()
 
 
 @contextmanager
@@ -416,6 +411,17 @@ def stream_rss(url: str, pid: int) -> dict[str, Any]:
         "rss_peak_mb": round(peak, 1),
         "rss_growth_mb": round(peak - before, 1),
     }
+
+
+def _fetch_status(url: str) -> int | None:
+    """The status of a GET to C{url}, C{None} when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return None
 
 
 def _fetch_json(url: str) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from buntime.pool import commands, events
@@ -184,7 +185,7 @@ class WorkerProtocol(FastAMP):
         print(f"{what} failed: {one_line(failure.value)}", file=sys.stderr)
         print(failure.getTraceback(), file=sys.stderr)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         for inflight in list(self._requests.values()):
             self._cancel(inflight)

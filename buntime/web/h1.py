@@ -224,7 +224,9 @@ class FrontChannel(Protocol, TimeoutMixin):
         self._door = site.resource
         self._clock = site.reactor
         self.callLater = site.reactor.callLater  # type: ignore[method-assign]  # as twisted.web does
-        self.timeOut = site.timeOut
+        # TimeoutMixin keeps the current timeout in timeOut (None while a
+        # request is answered): the idle timeout to come back to is this one.
+        self._idle_timeout = site.timeOut
         self._chunks: list[bytes] = []  # what arrived and is not answered yet
         self._size = 0
         self._head: Head | None = None
@@ -247,7 +249,7 @@ class FrontChannel(Protocol, TimeoutMixin):
             self._socket = transport.socket
         transport.registerProducer(self, True)
         self._remote = getattr(self.transport.getPeer(), "host", None)
-        self.setTimeout(self.timeOut)
+        self.setTimeout(self._idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -384,7 +386,7 @@ class FrontChannel(Protocol, TimeoutMixin):
             self._closed = True
             self.transport.loseConnection()
             return False
-        self.setTimeout(self.timeOut)
+        self.setTimeout(self._idle_timeout)
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()

@@ -28,7 +28,7 @@ from buntime.web.state import RuntimeState
 from buntime.web.websocket import WebSockets, handed_over
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
-_HOP_BY_HOP = frozenset(
+HOP_BY_HOP = frozenset(
     {
         "connection",
         "keep-alive",
@@ -159,7 +159,7 @@ def start_response(request: Any, response: Response) -> Deferred[None] | None:
     """
     request.setResponseCode(response.status)
     for name, value in response.headers.items():
-        if name.lower() not in _HOP_BY_HOP:
+        if name.lower() not in HOP_BY_HOP:
             request.responseHeaders.addRawHeader(name, value)
     body = response.body
     if isinstance(body, bytes | bytearray):
@@ -233,6 +233,23 @@ class _Tracked:
         self.action = request_action(request_id, method, path)
         self._started = clock.seconds()
         state.request_started()
+
+    def run(self, function: Callable[..., Deferred], *args: Any) -> Deferred:
+        """
+        C{function(*args)} in the request's log context (its eliot action, and
+        C{fields} for the log line): the work to cancel if the client leaves.
+        """
+        token = request_fields.set(self.fields)
+        try:
+            with self.action.context():
+                try:
+                    done = function(*args)
+                except Exception:
+                    done = fail()
+        finally:
+            request_fields.reset(token)
+        self.running = done
+        return done
 
     def finished(self, result: object, status: int) -> None:
         """The response is written (C{result} C{None}), or the connection was lost first."""
@@ -314,20 +331,15 @@ class FrontDoor(Resource):
         path = request.path.decode("latin-1")
         tracked = _Tracked(self._clock, self._state, request_id, request.method, path)
         request.notifyFinish().addBoth(lambda result: tracked.finished(result, request.code))
-        token = request_fields.set(tracked.fields)
-        try:
-            with tracked.action.context():
-                try:
-                    done = self._answer_directly(request, request_id, path, tracked)
-                except Exception:
-                    done = fail()
-                if done is None:
-                    done = ensureDeferred(self._answer(request, request_id, path, tracked))
-        finally:
-            request_fields.reset(token)
-        tracked.running = done
+        done = tracked.run(self._begin, request, request_id, path, tracked)
         done.addErrback(self._crashed, request)
         return NOT_DONE_YET
+
+    def _begin(self, request: Any, request_id: str, path: str, tracked: _Tracked) -> Deferred:
+        done = self._answer_directly(request, request_id, path, tracked)
+        if done is None:
+            done = ensureDeferred(self._answer(request, request_id, path, tracked))
+        return done
 
     def takes_directly(self, path: str) -> int | None:
         """
@@ -336,14 +348,18 @@ class FrontDoor(Resource):
         brings such requests to L{answer_fast}, without a twisted.web request.
         C{None}: not such a request.
         """
-        if self._direct is None or self._claims is None or path == "/.well-known/buntime":
-            return None
-        if path == self._api_base or path.startswith(self._api_base + "/"):
-            return None
-        registry = self._plugins() if self._plugins is not None else None
-        if registry is not None and not registry.passive_for(path):
+        if self._claims is None or not self._passive(path):
             return None
         return self._claims(path)
+
+    def _passive(self, path: str) -> bool:
+        """Whether C{path} may be a worker app's that no plugin takes part in."""
+        if self._direct is None or path == "/.well-known/buntime":
+            return False
+        if path == self._api_base or path.startswith(self._api_base + "/"):
+            return False
+        registry = self._plugins() if self._plugins is not None else None
+        return registry is None or registry.passive_for(path)
 
     def answer_fast(self, exchange: Any) -> bool:
         """
@@ -363,21 +379,16 @@ class FrontDoor(Resource):
         )
         tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path)
         exchange.finished.addBoth(lambda result: tracked.finished(result, exchange.status))
-        token = request_fields.set(tracked.fields)
-        try:
-            with tracked.action.context():
-                try:
-                    answer = self._direct(incoming, tracked.fields)  # type: ignore[misc]
-                    if answer is None:  # the app went away since the head: the other steps
-                        answer = ensureDeferred(self.dispatch(incoming, tracked.fields))
-                    done = answer.addCallback(exchange.respond, request_id)
-                except Exception:
-                    done = fail()
-        finally:
-            request_fields.reset(token)
-        tracked.running = done
+        done = tracked.run(self._begin_fast, incoming, tracked.fields)
+        done.addCallback(exchange.respond, request_id)
         done.addErrback(self._crashed_fast, exchange, request_id)
         return True
+
+    def _begin_fast(self, incoming: Request, fields: dict[str, Any]) -> Deferred:
+        answer = self._direct(incoming, fields)  # type: ignore[misc]
+        if answer is None:  # the app went away since the head: the other steps
+            answer = ensureDeferred(self.dispatch(incoming, fields))
+        return answer
 
     def _crashed_fast(self, failure: Any, exchange: Any, request_id: str) -> None:
         if failure.check(CancelledError):
@@ -400,14 +411,9 @@ class FrontDoor(Resource):
         self, request: Any, request_id: str, path: str, tracked: _Tracked
     ) -> Deferred[None] | None:
         """L{_answer} for a worker app no plugin takes part in; C{None}: not such a request."""
-        if self._direct is None or path == "/.well-known/buntime":
+        if not self._passive(path):
             return None
-        if path == self._api_base or path.startswith(self._api_base + "/"):
-            return None
-        registry = self._plugins() if self._plugins is not None else None
-        if registry is not None and not registry.passive_for(path):
-            return None
-        answer = self._direct(to_request(request, request_id), tracked.fields)
+        answer = self._direct(to_request(request, request_id), tracked.fields)  # type: ignore[misc]
         if answer is None:
             return None
         return answer.addCallback(self._deliver, request, tracked)

@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from buntime._logging import log
 from buntime.http import Response
+from buntime.web.frontdoor import HOP_BY_HOP
 from buntime.web.limits import refuse_body
 
 MAX_HEAD = 16 * 1024
@@ -43,21 +44,7 @@ PAUSE_BUFFERED = 256 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _METHOD = re.compile(rb"[A-Z]+\Z")
 _NO_BODY = frozenset({204, 304})
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-        "trailer",
-        "x-request-id",
-        "content-length",
-        "date",
-        "server",
-    }
-)
+_HOP_BY_HOP = HOP_BY_HOP | {"content-length", "date", "server"}
 """Response headers the channel writes itself, or never passes on."""
 
 

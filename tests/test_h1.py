@@ -492,3 +492,57 @@ def test_an_idle_connection_times_out_but_not_one_with_a_request_in_flight():
     assert transport.connected
     site.reactor.advance(1)
     assert not transport.connected
+
+
+class Socket:
+    """Takes at most C{room} bytes per send, then would block."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.sent = b""
+
+    def send(self, data: bytes) -> int:
+        if self.room == 0:
+            raise BlockingIOError()
+        taken = data[: self.room]
+        self.room -= len(taken)
+        self.sent += taken
+        return len(taken)
+
+
+class TCPish(StringTransportWithDisconnection):
+    """What _write_now reads of a Twisted TCP transport: its write buffer."""
+
+    dataBuffer = b""
+    _tempDataLen = 0
+    disconnecting = False
+
+
+def direct(room: int, buffered: bytes = b"") -> tuple[Socket, TCPish]:
+    site = Site(Door())
+    channel = FrontChannel(site, None)
+    transport = TCPish()
+    transport.protocol = channel
+    transport.dataBuffer = buffered
+    channel.makeConnection(transport)
+    sock = channel._socket = Socket(room)
+    channel.dataReceived(GET)
+    return sock, transport
+
+
+def test_a_response_is_sent_at_once_when_nothing_waits():
+    sock, transport = direct(room=10_000)
+    assert sock.sent.startswith(b"HTTP/1.1 200 OK") and transport.value() == b""
+
+
+def test_what_the_socket_cannot_take_now_waits_in_the_transport():
+    sock, transport = direct(room=20)
+    assert len(sock.sent) == 20
+    assert responses(sock.sent + transport.value())[0][2] == b"body:"
+    sock, transport = direct(room=0)  # would block: all of it waits
+    assert sock.sent == b"" and transport.value().startswith(b"HTTP/1.1 200 OK")
+
+
+def test_nothing_jumps_ahead_of_what_already_waits():
+    sock, transport = direct(room=10_000, buffered=b"earlier")
+    assert sock.sent == b"" and transport.value().startswith(b"HTTP/1.1 200 OK")

@@ -232,7 +232,12 @@ class FrontChannel(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
+        if (
+            isinstance(transport, tcp.Connection)
+            and not getattr(transport, "TLS", False)
+            and hasattr(transport, "dataBuffer")  # what _write_now reads of Twisted's buffer
+            and hasattr(transport, "_tempDataLen")
+        ):
             self._socket = transport.socket
         transport.registerProducer(self, True)
         self._remote = getattr(self.transport.getPeer(), "host", None)

@@ -404,6 +404,13 @@ class FrontChannel(Protocol, TimeoutMixin):
     def write_response(
         self, exchange: Exchange, response: Response, request_id: str
     ) -> Deferred[None] | None:
+        """
+        Write C{response} for C{exchange} (see L{Exchange.respond}): the head
+        with the runtime's own C{server}, C{date} and C{x-request-id}, the
+        app's other end-to-end headers, and the framing: C{content-length}
+        for a body given whole, the app's own length or chunks for a stream,
+        nothing for C{HEAD}, 1xx, 204 and 304.
+        """
         status = response.status
         exchange.status = status
         exchange.written = True

@@ -43,6 +43,8 @@ PAUSE_BUFFERED = 256 * 1024
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _METHOD = re.compile(rb"[A-Z]+\Z")
+_TARGET = re.compile(rb"/[\x21-\x7e]*\Z")  # visible ASCII: what twisted.web takes too
+_LENGTH = re.compile(r"[0-9]+\Z")
 _NO_BODY = frozenset({204, 304})
 _HOP_BY_HOP = HOP_BY_HOP | {"content-length", "date", "server"}
 """Response headers the channel writes itself, or never passes on."""
@@ -90,7 +92,7 @@ def parse_head(block: bytes) -> Head | None:
     if len(parts) != 3 or parts[2] != b"HTTP/1.1":
         return None
     method, target = parts[0], parts[1]
-    if not target.startswith(b"/") or not _METHOD.match(method) or b"\x00" in block:
+    if not _TARGET.match(target) or not _METHOD.match(method) or b"\x00" in block:
         return None
     headers = []
     length, close, expect, request_id = -1, False, False, None
@@ -106,8 +108,8 @@ def parse_head(block: bytes) -> Head | None:
             length = int(value)
         elif lower == b"transfer-encoding" or lower == b"upgrade":
             return None
-        elif lower == b"connection":
-            close = b"close" in value.lower()
+        elif lower == b"connection":  # every Connection header counts (one list)
+            close = close or b"close" in [t.strip() for t in value.lower().split(b",")]
         elif lower == b"expect":
             if value.lower() != b"100-continue":
                 return None
@@ -409,8 +411,27 @@ class FrontChannel(Protocol, TimeoutMixin):
         with the runtime's own C{server}, C{date} and C{x-request-id}, the
         app's other end-to-end headers, and the framing: C{content-length}
         for a body given whole, the app's own length or chunks for a stream,
-        nothing for C{HEAD}, 1xx, 204 and 304.
+        nothing for C{HEAD}, 1xx, 204 and 304.  A response that cannot be
+        written (a broken header, say) is logged and the connection aborted:
+        the exchange then fails, never hangs.
         """
+        try:
+            return self._write_response(exchange, response, request_id)
+        except Exception as error:
+            log(
+                "error",
+                "buntime:http:write-failed",
+                "Response could not be written",
+                error=repr(error),
+            )
+            exchange.written = True
+            self._closed = True
+            self.transport.abortConnection()  # connectionLost tells the exchange
+            return None
+
+    def _write_response(
+        self, exchange: Exchange, response: Response, request_id: str
+    ) -> Deferred[None] | None:
         status = response.status
         exchange.status = status
         exchange.written = True
@@ -436,7 +457,7 @@ class FrontChannel(Protocol, TimeoutMixin):
         write = self.transport.write
         if isinstance(body, bytes | bytearray):
             if not no_body:
-                if silent and not body and given_length is not None and given_length.isdigit():
+                if silent and not body and given_length is not None and _LENGTH.match(given_length):
                     lines.append(b"content-length: " + given_length.encode("ascii"))
                 else:
                     lines.append(b"content-length: %d" % len(body))
@@ -446,7 +467,7 @@ class FrontChannel(Protocol, TimeoutMixin):
             return None
         chunked = False
         if not no_body:
-            if given_length is not None and given_length.isdigit():
+            if given_length is not None and _LENGTH.match(given_length):
                 lines.append(b"content-length: " + given_length.encode("ascii"))
             elif not silent:
                 lines.append(b"transfer-encoding: chunked")

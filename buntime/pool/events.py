@@ -9,6 +9,8 @@ from typing import ClassVar
 
 from twisted.protocols import amp
 
+from buntime.http import Headers
+
 
 class Ready(amp.Command):
     """The app is imported (and its ASGI lifespan started): send requests."""
@@ -36,6 +38,42 @@ def parse_response_head(head: str) -> tuple[int, list[list[str]], bool]:
     """C{(status, headers, end)} from a L{ResponseStart} C{head}."""
     status, headers, end = json.loads(head)
     return int(status), headers, bool(end)
+
+
+def _headers_of(pairs: list[list[str]]) -> Headers:
+    if all(type(pair) is list and len(pair) == 2 for pair in pairs) and all(
+        type(name) is str and type(value) is str for name, value in pairs
+    ):
+        return Headers._of(tuple([(name, value) for name, value in pairs]))
+    return Headers([tuple(pair) for pair in pairs])
+
+
+class ResponseHeads:
+    """
+    L{parse_response_head}, with the headers as L{Headers}, remembering the
+    last C{size} heads of at most C{longest} characters: an app answers
+    most requests with the same status and headers, and then every response
+    shares one parsed (immutable) C{Headers}, and one rendering of it (see
+    L{Headers.rendered}).  Raises C{ValueError} or C{TypeError} for a
+    malformed head.
+    """
+
+    def __init__(self, size: int = 256, longest: int = 2048) -> None:
+        self._size = size
+        self._longest = longest
+        self._known: dict[str, tuple[int, Headers, bool]] = {}
+
+    def parse(self, head: str) -> tuple[int, Headers, bool]:
+        known = self._known.get(head)
+        if known is not None:
+            return known
+        status, pairs, end = parse_response_head(head)
+        parsed = (status, _headers_of(pairs), end)
+        if len(head) <= self._longest:
+            if len(self._known) >= self._size:
+                del self._known[next(iter(self._known))]  # the oldest
+            self._known[head] = parsed
+        return parsed
 
 
 class ResponseStart(amp.Command):

@@ -25,7 +25,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from buntime._logging import LEVELS, log
-from buntime.http import Headers, Request, Response
+from buntime.http import Request, Response
 from buntime.pool.commands import (
     CHUNK_SIZE,
     CancelRequest,
@@ -42,9 +42,9 @@ from buntime.pool.events import (
     ResponseBody,
     ResponseEnd,
     ResponseError,
+    ResponseHeads,
     ResponseStart,
     StartupFailed,
-    parse_response_head,
 )
 from buntime.pool.launch import ILauncher, LaunchedProcess, LaunchSpec
 from buntime.pool.wire import FastAMP, responder
@@ -61,6 +61,9 @@ EARLY_FLUSH = 4
 """Requests the runtime sends a worker before it writes them out, even mid-turn."""
 KILL_WAIT = 5.0
 """Seconds to wait for a process to go away after SIGKILL before giving up on it."""
+
+_HEADS = ResponseHeads()
+"""The response heads of recent responses, parsed: most repeat."""
 
 _RESERVED_FIELDS = frozenset(
     {"message_type", "level", "message", "timestamp", "task_uuid", "task_level"}
@@ -666,7 +669,7 @@ class Worker:
         if exchange is None or exchange.started:
             return
         try:
-            status, pairs, end = parse_response_head(head)
+            status, parsed, end = _HEADS.parse(head)
         except (ValueError, TypeError):
             self.response_failed(rid, f"malformed response head: {head[:200]!r}")
             return
@@ -675,12 +678,6 @@ class Worker:
         self.consecutive_timeouts = 0
         self.responded += 1
         self.total_response_time += self.clock.seconds() - exchange.started_at
-        try:
-            parsed = Headers._of(tuple([(name, value) for name, value in pairs]))
-            if not all(type(name) is str and type(value) is str for name, value in pairs):
-                parsed = Headers([tuple(pair) for pair in pairs])
-        except (ValueError, TypeError):
-            parsed = Headers()
         if end:
             self._finish(exchange, "ok")
             exchange.response.callback(Response(status, parsed, body))

@@ -30,7 +30,7 @@ from twisted.web.server import version as SERVER_VERSION
 from zope.interface import implementer
 
 from buntime._logging import log
-from buntime.http import Response
+from buntime.http import Headers, Response
 from buntime.web.frontdoor import HOP_BY_HOP
 from buntime.web.limits import refuse_body
 
@@ -135,6 +135,24 @@ def _clean(text: str) -> bytes:
     if b"\n" in data or b"\r" in data:
         data = b" ".join(data.splitlines())
     return data
+
+
+def _render_headers(headers: Headers) -> tuple[bytes, str | None]:
+    """
+    How the fast lane writes an app's C{headers}: their lines (but the ones
+    it writes itself or never passes on) and the app's own
+    C{content-length}, if any.
+    """
+    lines = []
+    given_length = None
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _HOP_BY_HOP:
+            if lower == "content-length":
+                given_length = value.strip()
+            continue
+        lines.append(b"%s: %s" % (_clean(name), _clean(value)))
+    return b"\r\n".join(lines), given_length
 
 
 class Exchange:
@@ -441,14 +459,9 @@ class FrontChannel(Protocol, TimeoutMixin):
             b"HTTP/1.1 %d %s\r\nserver: %s\r\ndate: %s\r\nx-request-id: %s"
             % (status, reason, SERVER_VERSION, _date(self._clock.seconds()), _clean(request_id))
         ]
-        given_length = None
-        for name, value in response.headers.items():
-            lower = name.lower()
-            if lower in _HOP_BY_HOP:
-                if lower == "content-length":
-                    given_length = value.strip()
-                continue
-            lines.append(b"%s: %s" % (_clean(name), _clean(value)))
+        block, given_length = response.headers.rendered(_render_headers)
+        if block:
+            lines.append(block)
         if head.close:
             lines.append(b"connection: close")
         body = response.body

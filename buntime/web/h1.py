@@ -23,7 +23,6 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.server import version as SERVER_VERSION
@@ -215,7 +214,7 @@ _date = _DateCache()
 
 
 @implementer(IPushProducer)
-class FrontChannel(Protocol, TimeoutMixin):
+class FrontChannel(Protocol):
     """
     One client connection.  C{site} is the L{buntime.web.limits.LimitedSite}
     (its C{resource} the front door, its C{body_limit} and C{state}); C{addr}
@@ -230,10 +229,11 @@ class FrontChannel(Protocol, TimeoutMixin):
         self._addr = addr
         self._door = site.resource
         self._clock = site.reactor
-        self.callLater = site.reactor.callLater  # type: ignore[method-assign]  # as twisted.web does
-        # TimeoutMixin keeps the current timeout in timeOut (None while a
-        # request is answered): the idle timeout to come back to is this one.
         self._idle_timeout = site.timeOut
+        # When the connection went idle (nothing answered, nothing arriving);
+        # None while a request is answered.  One timer checks it (see _check_idle).
+        self._idle_since: float | None = None
+        self._timer: Any = None
         self._chunks: list[bytes] = []  # what arrived and is not answered yet
         self._size = 0
         self._head: Head | None = None
@@ -261,7 +261,7 @@ class FrontChannel(Protocol, TimeoutMixin):
             self._socket = transport.socket
         transport.registerProducer(self, True)
         self._remote = getattr(self.transport.getPeer(), "host", None)
-        self.setTimeout(self._idle_timeout)
+        self._idle()
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -274,7 +274,7 @@ class FrontChannel(Protocol, TimeoutMixin):
                 self._reading_paused = True
                 self.transport.pauseProducing()
             return
-        self.resetTimeout()
+        self._idle_since = self._clock.seconds()  # something arrived: the idle time starts again
         if self._head is not None and self._size < self._need:
             return  # more of the body to come: joined once it is all here
         self._next()
@@ -293,7 +293,7 @@ class FrontChannel(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
-        self.setTimeout(None)
+        self._stop_timer()
         if self._inner is not None:
             self._inner.connectionLost(reason)
             return
@@ -303,7 +303,41 @@ class FrontChannel(Protocol, TimeoutMixin):
             exchange.lost(reason)
         self.resumeProducing()
 
+    # -- the idle timeout -------------------------------------------------------
+    #
+    # One timer per connection, moved rather than cancelled and made again for
+    # every request: a request only marks the connection busy, its end marks
+    # the time it went idle, and the timer, when it fires, closes the
+    # connection or waits for what is left of the idle timeout.
+
+    def _idle(self) -> None:
+        """Nothing to answer from now on: close after the idle timeout unless a request comes."""
+        self._idle_since = self._clock.seconds()
+        if self._timer is None and self._idle_timeout:
+            self._timer = self._clock.callLater(self._idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self._closed or self._inner is not None or not self._idle_timeout:
+            return
+        since = self._idle_since
+        left = (
+            self._idle_timeout
+            if since is None
+            else since + self._idle_timeout - self._clock.seconds()
+        )
+        if left > 0:
+            self._timer = self._clock.callLater(left, self._check_idle)
+            return
+        self.timeoutConnection()
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def timeoutConnection(self) -> None:
+        """Idle for the whole idle timeout: close."""
         self.transport.loseConnection()
 
     # -- reading requests --------------------------------------------------------
@@ -339,7 +373,7 @@ class FrontChannel(Protocol, TimeoutMixin):
             self._keep(buffer[need:])
             self._uploaded()
             exchange = self._exchange = Exchange(self, head, body, self._remote)
-            self.setTimeout(None)
+            self._idle_since = None  # answering takes as long as it takes
             if self._size > PAUSE_BUFFERED and not self._reading_paused:
                 self._reading_paused = True
                 self.transport.pauseProducing()
@@ -398,7 +432,7 @@ class FrontChannel(Protocol, TimeoutMixin):
             self._closed = True
             self.transport.loseConnection()
             return False
-        self.setTimeout(self._idle_timeout)
+        self._idle()
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
@@ -407,7 +441,7 @@ class FrontChannel(Protocol, TimeoutMixin):
     def _hand_over(self) -> None:
         """From the current request on, twisted.web serves this connection."""
         self._uploaded()
-        self.setTimeout(None)
+        self._stop_timer()
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()

@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LoggingFile, LogLevel, formatEvent
 from zope.interface import implementer
 
+from buntime._json import compact_encoder
 from buntime.http import Headers
 
 LEVELS = ("debug", "info", "warn", "error")
@@ -218,26 +219,11 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-_JSON = json.JSONEncoder(default=repr, separators=(",", ":"))
-try:
-    from json.encoder import (  # type: ignore[attr-defined]
-        c_make_encoder,
-        encode_basestring_ascii,
-    )
-
-    # JSONEncoder.encode builds this C encoder again for every line; build it once.
-    _encode_record = c_make_encoder(
-        None, repr, encode_basestring_ascii, None, ":", ",", False, False, True
-    )
-except ImportError:  # a Python without the C accelerator
-    _encode_record = None
+_encode_record = compact_encoder(repr)
 
 
 def format_json(message: dict[str, Any]) -> str:
-    record = to_record(message)
-    if _encode_record is not None:
-        return "".join(_encode_record(record, 0))
-    return _JSON.encode(record)
+    return _encode_record(to_record(message))
 
 
 _COLOURS = {"debug": "\x1b[90m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}

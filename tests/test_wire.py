@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test import iosim
 
@@ -164,22 +166,36 @@ class Flushing(Fast):
     flush_every = 2
 
 
-class WriteLater:
-    """A transport that holds writes until doWrite, like a reactor's."""
+class Socket:
+    """A socket that takes C{room} bytes, then would block."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        if not self.room:
+            raise BlockingIOError()
+        taken = data[: self.room]
+        self.room -= len(taken)
+        self.sent.append(taken)
+        return len(taken)
+
+
+class SocketTransport:
+    """What L{FastAMP} reads of a Twisted socket transport: its buffer and socket."""
 
     connected = True
     disconnecting = False
 
-    def __init__(self) -> None:
-        self.held: list[bytes] = []
+    def __init__(self, room: int = 1 << 20, waiting: bytes = b"") -> None:
+        self.socket = Socket(room)
+        self.dataBuffer = waiting
+        self._tempDataLen = 0
         self.written: list[bytes] = []
 
     def write(self, data: bytes) -> None:
-        self.held.append(data)
-
-    def doWrite(self) -> None:
-        self.written.append(b"".join(self.held))
-        self.held.clear()
+        self.written.append(data)
 
     def getPeer(self) -> str:
         return "peer"
@@ -188,24 +204,92 @@ class WriteLater:
         return "host"
 
 
-def test_every_few_commands_the_transport_writes_at_once() -> None:
-    protocol, transport = Flushing(), WriteLater()
-    protocol.makeConnection(transport)
-    for rid in range(5):
-        protocol.callRemote(Note, rid=rid, text="", data=b"", end=True)
-    assert len(transport.written) == 2 and len(transport.held) == 1
-    transport.disconnecting = True
-    protocol.callRemote(Note, rid=5, text="", data=b"", end=True)
-    assert len(transport.written) == 2  # not while disconnecting
+def note(rid: int) -> bytes:
+    box = amp.AmpBox(rid=str(rid).encode(), text=b"", data=b"", end=b"True")
+    box[b"_command"] = b"Note"
+    return box.serialize()
 
 
-def test_without_a_write_now_transport_boxes_wait_for_the_turn() -> None:
-    protocol = Flushing()
-    transport = iosim.FakeTransport(protocol, isServer=False)
+def timed(protocol: FastAMP, transport: Any) -> Clock:
+    protocol.clock = clock = Clock()
     protocol.makeConnection(transport)
+    return clock
+
+
+def test_without_a_clock_every_box_is_written_at_once() -> None:
+    protocol, transport = Fast(), SocketTransport()
+    protocol.makeConnection(transport)
+    protocol.callRemote(Note, rid=1, text="", data=b"", end=True)
+    assert transport.written == [note(1)] and transport.socket.sent == []
+
+
+def test_boxes_wait_for_the_end_of_the_turn_and_go_out_in_one_send() -> None:
+    protocol, transport = Fast(), SocketTransport()
+    clock = timed(protocol, transport)
     for rid in range(3):
         protocol.callRemote(Note, rid=rid, text="", data=b"", end=True)
-    assert len(transport.stream) == 3
+    assert transport.socket.sent == [] and transport.written == []
+    clock.advance(0)
+    assert transport.socket.sent == [note(0) + note(1) + note(2)]
+    assert transport.written == [] and not clock.getDelayedCalls()
+
+
+def test_every_few_boxes_go_out_at_once() -> None:
+    protocol, transport = Flushing(), SocketTransport()
+    clock = timed(protocol, transport)
+    for rid in range(5):
+        protocol.callRemote(Note, rid=rid, text="", data=b"", end=True)
+    assert transport.socket.sent == [note(0) + note(1), note(2) + note(3)]
+    clock.advance(0)
+    assert transport.socket.sent[2:] == [note(4)]
+
+
+def test_what_the_socket_cannot_take_goes_to_the_transport() -> None:
+    protocol, transport = Fast(), SocketTransport(room=5)
+    clock = timed(protocol, transport)
+    protocol.callRemote(Note, rid=1, text="", data=b"", end=True)
+    clock.advance(0)
+    assert transport.socket.sent == [note(1)[:5]] and transport.written == [note(1)[5:]]
+    protocol.callRemote(Note, rid=2, text="", data=b"", end=True)
+    clock.advance(0)  # the socket is full: all of it to the transport
+    assert transport.written == [note(1)[5:], note(2)]
+
+
+def test_nothing_jumps_ahead_of_what_the_transport_holds() -> None:
+    protocol, transport = Fast(), SocketTransport(waiting=b"earlier")
+    clock = timed(protocol, transport)
+    protocol.callRemote(Note, rid=1, text="", data=b"", end=True)
+    clock.advance(0)
+    assert transport.socket.sent == [] and transport.written == [note(1)]
+
+
+def test_a_closing_connection_is_not_sent_to_directly() -> None:
+    protocol, transport = Fast(), SocketTransport()
+    clock = timed(protocol, transport)
+    protocol.callRemote(Note, rid=1, text="", data=b"", end=True)
+    transport.disconnecting = True
+    clock.advance(0)
+    assert transport.socket.sent == [] and transport.written == [note(1)]
+
+
+def test_other_boxes_go_out_after_the_waiting_ones() -> None:
+    protocol, transport = Fast(), SocketTransport()
+    clock = timed(protocol, transport)
+    protocol.callRemote(Note, rid=1, text="", data=b"", end=True)
+    protocol.callRemote(Ask, rid=2)
+    assert b"".join(transport.socket.sent + transport.written).startswith(note(1))
+    assert len(transport.written) == 1 and b"Ask" in transport.written[0]
+    clock.advance(0)
+    assert transport.socket.sent == [note(1)]
+
+
+def test_without_a_socket_boxes_wait_for_the_turn() -> None:
+    protocol = Flushing()
+    transport = iosim.FakeTransport(protocol, isServer=False)
+    timed(protocol, transport)
+    for rid in range(3):
+        protocol.callRemote(Note, rid=rid, text="", data=b"", end=True)
+    assert b"".join(transport.stream) == note(0) + note(1)
 
 
 class Recorder(FastAMP):
@@ -288,3 +372,8 @@ def test_a_malformed_response_head_raises_a_value_or_type_error(head: str) -> No
 def test_header_values_that_are_not_text_are_made_text() -> None:
     status, headers, end = ResponseHeads().parse('[201,[["x-n",5]],false]')
     assert (status, headers.items(), end) == (201, [("x-n", "5")], False)
+
+
+def test_request_heads_refuse_what_is_not_json() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        request_head("GET", "/", "", [("x", object())], "", "", False)

@@ -16,12 +16,21 @@ from typing import ClassVar
 
 from twisted.protocols import amp
 
+from buntime._json import compact_encoder
+
 CHUNK_SIZE = 60 * 1024
 """Largest body chunk in one AMP value (AMP's limit is 64 KiB minus a bit)."""
 
 
 RequestHead = tuple[str, str, str, list[list[str]], str, str, bool]
 """C{(method, path, base, headers, remote, task, more)}: see L{StartRequest}."""
+
+
+def _not_json(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_encode = compact_encoder(_not_json)
 
 
 def request_head(
@@ -34,7 +43,7 @@ def request_head(
     more: bool,
 ) -> str:
     """The C{head} of a L{StartRequest}: a JSON array of its fields in this order."""
-    return json.dumps([method, path, base, list(headers), remote, task, more])
+    return _encode([method, path, base, list(headers), remote, task, more])
 
 
 def parse_request_head(head: str) -> RequestHead:

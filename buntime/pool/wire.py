@@ -68,15 +68,19 @@ class FastAMP(amp.AMP):
     machinery: sent by L{callRemote}, received by methods decorated with
     L{responder}.  A responder's exception drops the connection, as in AMP.
 
-    With C{flush_every}, every that many such commands the transport writes
-    what it holds at once rather than at the end of the reactor turn, so
-    the peer starts on the first commands of a busy turn while this side
-    still makes the rest (transports that cannot, like the pipes of a
-    spawned worker, write at the end of the turn).
+    With a C{clock}, the boxes such commands make wait in a list and go out
+    together at the end of the reactor turn, or every C{flush_every} boxes
+    when that is set (the peer starts on the first commands of a busy turn
+    while this side still makes the rest): on a socket with nothing waiting
+    in Twisted's buffer they are sent at once, without asking the reactor to
+    watch the socket for room and to stop again (two system calls per write
+    otherwise).  Every other box waits until those are written.
     """
 
     flush_every: ClassVar[int] = 0
-    _unflushed = 0
+    clock: Any = None
+    _out: list[bytes] | None = None
+    _out_call: Any = None
     _unparsed = b""
     _partial: amp.AmpBox | None = None
     _fast_in: ClassVar[dict[bytes, tuple[Fields, str]]] = {}
@@ -114,19 +118,52 @@ class FastAMP(amp.AMP):
         for key, value in items:
             parts += (len(key).to_bytes(2, "big"), key, len(value).to_bytes(2, "big"), value)
         parts.append(b"\x00\x00")
-        self.transport.write(b"".join(parts))
-        if self.flush_every:
-            self._unflushed += 1
-            if self._unflushed >= self.flush_every:
-                self._unflushed = 0
-                self._flush()
+        box = b"".join(parts)
+        if self.clock is None:
+            self.transport.write(box)
+            return None
+        out = self._out
+        if out is None:
+            out = self._out = []
+        out.append(box)
+        if self.flush_every and len(out) >= self.flush_every:
+            self.send_waiting()
+        elif self._out_call is None:
+            self._out_call = self.clock.callLater(0, self._end_of_turn)
         return None
 
-    def _flush(self) -> None:
+    def _end_of_turn(self) -> None:
+        self._out_call = None
+        self.send_waiting()
+
+    def send_waiting(self) -> None:
+        """Write the boxes that wait (see the class docstring)."""
+        out = self._out
+        if not out:
+            return
+        data = b"".join(out)
+        out.clear()
         transport: Any = self.transport
-        write = getattr(transport, "doWrite", None)
-        if write is not None and transport.connected and not transport.disconnecting:
-            write()
+        sock = getattr(transport, "socket", None)
+        if (
+            sock is not None
+            and transport.connected
+            and not transport.disconnecting
+            and not getattr(transport, "dataBuffer", True)
+            and not getattr(transport, "_tempDataLen", True)
+            and not getattr(transport, "_sendmsgQueue", None)
+        ):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0  # would block, or broken: Twisted's own write finds out which
+            data = data[sent:]
+        if data:
+            transport.write(data)
+
+    def sendBox(self, box: amp.AmpBox) -> None:
+        self.send_waiting()  # in order
+        super().sendBox(box)
 
     def dataReceived(self, data: bytes) -> None:
         """

@@ -226,6 +226,7 @@ class WorkerProtocol(FastAMP):
     def __init__(self, worker: Worker) -> None:
         super().__init__()
         self.worker = worker
+        self.clock = worker.clock
 
     @Ready.responder
     def got_ready(self, pid: int, kind: str) -> dict:

@@ -24,7 +24,7 @@ from buntime._logging import REQUEST_ACTION
 from buntime.http import Response
 from buntime.web.api import CoreAPI
 from buntime.web.frontdoor import FrontDoor
-from buntime.web.h1 import MAX_HEAD, PAUSE_BUFFERED, FrontChannel, parse_head
+from buntime.web.h1 import MAX_HEAD, PAUSE_BUFFERED, Exchange, FrontChannel, parse_head
 from buntime.web.state import RuntimeState
 
 # -- parse_head ----------------------------------------------------------------
@@ -1064,3 +1064,42 @@ def test_an_app_length_of_non_ascii_digits_does_not_hang_the_connection(request_
     channel.dataReceived(request_bytes)
     assert site.state.in_flight == 0
     assert transport.value().startswith(b"HTTP/1.1 ") or not transport.connected
+
+
+def test_a_stream_cancelled_when_the_client_leaves_ends_quietly(eliot_logger):
+    gate: Deferred[None] = Deferred()
+
+    async def stream():
+        yield b"a"
+        await gate
+        yield b"b"
+
+    channel, _, _ = connect(Door())
+    exchange = Exchange(channel, parse_head(b"GET /app/ HTTP/1.1"), b"", None)
+    written = exchange.respond(Response(200, {}, stream()), "rid-1")
+    assert written is not None and not written.called
+    written.cancel()  # what the front door does when the client goes away
+    assert written.called and written.result is None
+    assert not [m for m in eliot_logger.messages if m.get("level") == "error"]
+
+
+def test_a_stream_that_cannot_be_closed_is_logged(eliot_logger):
+    class Broken:
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            raise StopAsyncIteration
+
+        async def aclose(self):
+            raise OSError("cannot close")
+
+    channel, _, _ = connect(Door())
+    exchange = Exchange(channel, parse_head(b"GET /app/ HTTP/1.1"), b"", None)
+    exchange.gone = True
+    written = exchange.respond(Response(200, {}, Broken()), "rid-1")
+    assert written is not None and written.called and written.result is None
+    [line] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:stream-failed"
+    ]
+    assert "cannot close" in line["error"]

@@ -224,7 +224,11 @@ class WorkerPool:
             state = self._enter(app)
             manifest = app.manifest
             if manifest.ttl > 0 and (state.installed or not manifest.auto_install):
-                answer = self._persistent(state, request, base)
+                worker = self._warm_worker(state)
+                if worker is not None:  # the hot path: one callback for all the outcomes
+                    pending = self._send(state, worker, request, base)
+                    return pending.addBoth(self._ran_answered, state, arrived)
+                answer = Deferred.fromCoroutine(self._queued(state, request, base))
             else:
                 answer = Deferred.fromCoroutine(self._prepared(state, request, base))
         except Exception:
@@ -296,17 +300,25 @@ class WorkerPool:
         state.installed = True
 
     def _persistent(self, state: _AppState, request: Request, base: str) -> Deferred:
+        worker = self._warm_worker(state)
+        if worker is not None:
+            return self._run(state, worker, request, base)
+        return Deferred.fromCoroutine(self._queued(state, request, base))
+
+    def _warm_worker(self, state: _AppState) -> Worker | None:
+        """
+        A worker of a persistent app free to take a request now, or C{None}:
+        the request queues.  Counts the hit or miss and scales the app.
+        """
         self._refuse_if_failing(state)
         warm = any(w.is_ready and w.healthy for w in state.workers)
         self._counts["hits" if warm else "misses"] += 1
         failures = state.failures
         self._scale(state)
         worker = self._free_worker(state)
-        if worker is not None:
-            return self._run(state, worker, request, base)
-        if state.failures > failures and state.last_failure is not None:
+        if worker is None and state.failures > failures and state.last_failure is not None:
             raise _Refused(state.last_failure)  # the worker could not even be launched
-        return Deferred.fromCoroutine(self._queued(state, request, base))
+        return worker
 
     async def _queued(self, state: _AppState, request: Request, base: str) -> Response:
         worker = await self._wait(state)
@@ -334,6 +346,12 @@ class WorkerPool:
 
     def _run(self, state: _AppState, worker: Worker, request: Request, base: str) -> Deferred:
         """Send C{request} to C{worker}; fires with its response, or the error response."""
+        return self._send(state, worker, request, base).addCallbacks(
+            self._ran, self._run_failed, callbackArgs=(state,), errbackArgs=(state,)
+        )
+
+    def _send(self, state: _AppState, worker: Worker, request: Request, base: str) -> Deferred:
+        """Send C{request} to C{worker}: L{Worker.request}, and a retirement at C{maxRequests}."""
         manifest = state.app.manifest
         fields = request_fields.get()
         if fields is not None:
@@ -341,9 +359,15 @@ class WorkerPool:
         pending = worker.request(request, base, manifest.timeout)
         if not worker.ephemeral and worker.request_count >= manifest.max_requests:
             self._discard(state, worker, "maxRequests reached", grace=manifest.timeout)
-        return pending.addCallbacks(
-            self._ran, self._run_failed, callbackArgs=(state,), errbackArgs=(state,)
-        )
+        return pending
+
+    def _ran_answered(self, result: object, state: _AppState, arrived: float) -> object:
+        """L{_ran} or L{_run_failed}, then L{_answered}: the hot path's one callback."""
+        if isinstance(result, Failure):
+            result = self._run_failed(result, state)
+        else:
+            result = self._ran(result, state)  # type: ignore[arg-type]
+        return self._answered(result, state.app, arrived)
 
     @staticmethod
     def _ran(response: Response, state: _AppState) -> Response:

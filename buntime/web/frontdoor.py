@@ -380,8 +380,13 @@ class FrontDoor(Resource):
         tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path)
         exchange.finished.addBoth(lambda result: tracked.finished(result, exchange.status))
         done = tracked.run(self._begin_fast, incoming, tracked.fields)
-        done.addCallback(exchange.respond, request_id)
-        done.addErrback(self._crashed_fast, exchange, request_id)
+        # respond never raises (a response it cannot write aborts the connection)
+        done.addCallbacks(
+            exchange.respond,
+            self._crashed_fast,
+            callbackArgs=(request_id,),
+            errbackArgs=(exchange, request_id),
+        )
         return True
 
     def _begin_fast(self, incoming: Request, fields: dict[str, Any]) -> Deferred:

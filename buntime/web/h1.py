@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -181,8 +181,12 @@ class Exchange:
         """
         if self.gone or self.written:
             aclose = getattr(response.body, "aclose", None)
-            return ensureDeferred(aclose()) if aclose is not None else None
-        return self._channel.write_response(self, response, request_id)
+            written = ensureDeferred(aclose()) if aclose is not None else None
+        else:
+            written = self._channel.write_response(self, response, request_id)
+        if written is not None:
+            written.addErrback(_stream_failed)
+        return written
 
     def lost(self, reason: Failure) -> None:
         """The connection went away before the response was written."""
@@ -193,6 +197,17 @@ class Exchange:
     def done(self) -> None:
         if not self.finished.called:
             self.finished.callback(None)
+
+
+def _stream_failed(failure: Failure) -> None:
+    """A streamed body ended early: cancelled (the client left), or an error to log."""
+    if not failure.check(CancelledError):
+        log(
+            "error",
+            "buntime:http:stream-failed",
+            "Response stream failed",
+            error=failure.getErrorMessage(),
+        )
 
 
 class _DateCache:
@@ -562,7 +577,13 @@ class FrontChannel(Protocol):
                     if waiter is not None:
                         await waiter
         except Exception as error:
-            log("error", "buntime:http:stream-failed", "Response stream failed", error=str(error))
+            if not isinstance(error, CancelledError):  # cancelled: the client left
+                log(
+                    "error",
+                    "buntime:http:stream-failed",
+                    "Response stream failed",
+                    error=str(error),
+                )
             exchange.gone = True
             self._closed = True
             self.transport.abortConnection()  # connectionLost tells the exchange

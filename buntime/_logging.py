@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import IO, Any
 
 import eliot
@@ -113,6 +114,26 @@ def request_action(request_id: str, method: str, path: str) -> Action:
             }
         )
     return action
+
+
+def finish_request(action: Action, fields: dict[str, Any]) -> None:
+    """
+    C{action.add_success_fields(**fields); action.finish()} for a request's
+    action (see L{request_action}): the same message, without eliot's copies
+    of it on the way to the destinations.  C{fields} becomes the message.
+    """
+    if action._finished:
+        return
+    action._finished = True
+    fields["action_status"] = "succeeded"
+    fields["timestamp"] = time.time()
+    fields.update(action._identification)
+    fields["task_level"] = action._nextTaskLevel().as_list()
+    logger = action._logger
+    if type(logger) is eliot.Logger:
+        logger._destinations.send(fields, logger)
+    else:  # a test's MemoryLogger, say
+        logger.write(fields)
 
 
 def level_enabled(minimum: str, level: str) -> bool:
@@ -221,9 +242,76 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
 
 _encode_record = compact_encoder(repr)
 
+_LINE_TEMPLATES: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}
+"""Per order of keys, a line's C{%} template and the keys it takes after the own ones."""
+_MAX_TEMPLATES = 256
+
+
+def _template(keys: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
+    known = _LINE_TEMPLATES.get(keys)
+    if known is None:
+        if len(_LINE_TEMPLATES) >= _MAX_TEMPLATES:
+            return None
+        rest = tuple(key for key in keys if key not in _OWN_KEYS)
+        if not all(type(key) is str for key in keys):
+            return None
+        named = "".join(
+            "," + encode_basestring_ascii(key).replace("%", "%%") + ":%s" for key in rest
+        )
+        known = _LINE_TEMPLATES[keys] = (
+            '{"level":%s,"message":%s,"timestamp":%s,"context":%s' + named + "}",
+            rest,
+        )
+    return known
+
+
+def _flat_line(message: dict[str, Any]) -> str | None:
+    """
+    L{format_json} of a message whose values are all text, integers,
+    booleans, finite floats or C{None} (and eliot's C{task_level}), most
+    messages: a template per order of keys, filled with the values.
+    C{None}: not such a message.
+    """
+    known = _template(tuple(message))
+    if known is None:
+        return None
+    template, rest = known
+    text = message.get("message")
+    values = [
+        encode_basestring_ascii(_level_of(message)),
+        encode_basestring_ascii(text if type(text) is str else _text_of(message)),
+        encode_basestring_ascii(iso_timestamp(message.get("timestamp", time.time()))),
+        message.get("context", "runtime"),
+    ]
+    if type(values[3]) is not str:
+        return None
+    values[3] = encode_basestring_ascii(values[3])
+    for key in rest:
+        value = message[key]
+        kind = type(value)
+        if kind is str:
+            values.append(encode_basestring_ascii(value))
+        elif kind is bool:
+            values.append("true" if value else "false")
+        elif kind is int:
+            values.append(int.__repr__(value))
+        elif kind is float and math.isfinite(value):
+            values.append(float.__repr__(value))
+        elif value is None:
+            values.append("null")
+        elif key == "task_level" and kind is list and all(type(n) is int for n in value):
+            values.append("[" + ",".join([int.__repr__(n) for n in value]) + "]")
+        else:
+            return None
+    return template % tuple(values)
+
 
 def format_json(message: dict[str, Any]) -> str:
-    return _encode_record(to_record(message))
+    """One JSON line (without its line break) for an eliot message (see L{to_record})."""
+    line = _flat_line(message)
+    if line is None:
+        line = _encode_record(to_record(message))
+    return line
 
 
 _COLOURS = {"debug": "\x1b[90m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}

@@ -493,3 +493,89 @@ def test_json_lines_are_what_the_standard_encoder_writes():
     line = format_json(message)
     assert line == standard.encode(to_record(message))
     assert "secret" not in line
+
+
+_plain_values = st.one_of(
+    st.text(),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.floats(),  # nan and the infinities too
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.sampled_from(["Cookie", "x"]), st.text(max_size=5), max_size=2),
+)
+
+
+@given(
+    st.dictionaries(
+        st.one_of(
+            st.sampled_from(["level", "message", "context", "task_level", "status"]),
+            st.text(max_size=8).filter(lambda key: key != "timestamp"),
+        ),
+        _plain_values,
+        max_size=8,
+    ),
+    st.sampled_from(["info", "warn", "error", "debug", "loud"]),
+    st.floats(min_value=0, max_value=4e9),
+)
+def test_json_lines_made_from_a_template_are_what_the_encoder_writes(message, level, when):
+    from buntime._logging import _encode_record, format_json, to_record
+
+    message = {"level": level, "timestamp": when, **message}
+    assert format_json(message) == _encode_record(to_record(message))
+    json.loads(format_json(message))
+
+
+def test_a_request_line_is_made_from_a_template():
+    from buntime._logging import _flat_line
+
+    message = {
+        "level": "info",
+        "message": 'GET /a%s/"x" 200 0.5ms',
+        "request_id": "r\u00e9",
+        "status": 200,
+        "duration_ms": 0.5,
+        "aborted": False,
+        "action_status": "succeeded",
+        "timestamp": 1.25,
+        "task_uuid": "u",
+        "action_type": "buntime:http:request",
+        "task_level": [2, 1],
+    }
+    line = _flat_line(message)
+    assert line is not None
+    record = json.loads(line)
+    assert record["message"] == 'GET /a%s/"x" 200 0.5ms' and record["request_id"] == "r\u00e9"
+    assert record["timestamp"] == "1970-01-01T00:00:01.250+00:00" and record["task_level"] == [2, 1]
+    assert list(record)[:4] == ["level", "message", "timestamp", "context"]
+
+
+def test_finishing_a_request_logs_what_eliot_would():
+    from buntime._logging import finish_request, request_action
+
+    seen: list[dict] = []
+    eliot.add_destinations(seen.append)
+    try:
+        ours = request_action("rid", "GET", "/a")
+        finish_request(ours, {"level": "info", "message": "GET /a 200", "status": 200})
+        finish_request(ours, {"level": "info"})  # once only
+        theirs = request_action("rid", "GET", "/a")
+        theirs.add_success_fields(level="info", message="GET /a 200", status=200)
+        theirs.finish()
+    finally:
+        eliot.remove_destination(seen.append)
+    finished = [m for m in seen if m.get("action_status") == "succeeded"]
+    assert len(finished) == 2
+    for message in finished:
+        message.pop("timestamp")
+        message.pop("task_uuid")
+    assert finished[0] == finished[1]
+    assert finished[0]["task_level"] == [2] and finished[0]["status"] == 200
+
+
+def test_a_finished_request_reaches_a_swapped_in_logger(eliot_logger):
+    from buntime._logging import finish_request, request_action
+
+    finish_request(request_action("rid", "GET", "/a"), {"level": "info", "message": "m"})
+    [message] = [m for m in eliot_logger.messages if m.get("action_status") == "succeeded"]
+    assert message["message"] == "m" and message["action_type"] == "buntime:http:request"

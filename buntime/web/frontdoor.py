@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from buntime import __version__
-from buntime._logging import log, new_id, request_action, request_fields
+from buntime._logging import finish_request, log, new_id, request_action, request_fields
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.web.api import CoreAPI
 from buntime.web.state import RuntimeState
@@ -258,19 +258,21 @@ class _Tracked:
         # websocket: an upgraded request ends by handing its connection over
         aborted = result is not None and not handed_over(result)
         self.gone = True
-        self.action.add_success_fields(
-            level="error" if status >= 500 else "info",
-            message=f"{method} {path} {status} {duration}ms",
-            # the start message is debug: repeat what names the request
-            request_id=request_id,
-            method=method,
-            path=path,
-            status=status,
-            duration_ms=duration,
-            aborted=aborted,
-            **self.fields,
+        finish_request(
+            self.action,
+            {
+                "level": "error" if status >= 500 else "info",
+                "message": f"{method} {path} {status} {duration}ms",
+                # the start message is debug: repeat what names the request
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": duration,
+                "aborted": aborted,
+                **self.fields,
+            },
         )
-        self.action.finish()
         self._state.request_finished()
         running = self.running
         if aborted and running is not None and not running.called:

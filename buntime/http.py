@@ -67,15 +67,17 @@ class Headers:
 
     def rendered(self, render: Callable[[Headers], Any]) -> Any:
         """
-        C{render(self)}, worked out once per C{Headers} (they never change):
-        how a connection writes them, say, when one C{Headers} answers many
-        requests.  One C{render} function is remembered at a time.
+        C{render(self)}, worked out once per C{Headers} and C{render} (they
+        never change): how a connection writes them, say, when one
+        C{Headers} answers many requests.
         """
         memo = self._memo
-        if memo is not None and memo[0] is render:
-            return memo[1]
-        result = render(self)
-        object.__setattr__(self, "_memo", (render, result))
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_memo", memo)
+        elif render in memo:
+            return memo[render]
+        result = memo[render] = render(self)
         return result
 
     def get(self, name: str, default: str | None = None) -> str | None:

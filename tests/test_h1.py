@@ -1103,3 +1103,38 @@ def test_a_stream_that_cannot_be_closed_is_logged(eliot_logger):
         m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:stream-failed"
     ]
     assert "cannot close" in line["error"]
+
+
+def test_the_end_of_an_exchange_is_told_in_order_once(eliot_logger):
+    channel, _, _ = connect(Door())
+    exchange = Exchange(channel, parse_head(b"GET /app/ HTTP/1.1"), b"", None)
+    told: list[Any] = []
+
+    def broken(result: Any) -> None:
+        raise RuntimeError("boom")
+
+    exchange.on_end(lambda result, n: told.append((n, result)), 1)
+    exchange.on_end(broken)
+    exchange.on_end(lambda result, n: told.append((n, result)), 2)
+    finished = exchange.finished
+    exchange.done()
+    exchange.lost(Failure(ConnectionError("late")))  # over already: nothing more
+    exchange.on_end(lambda result, n: told.append((n, result)), 3)  # told at once
+    assert told == [(1, None), (2, None), (3, None)] and finished.result is None
+    [line] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:internal-error"
+    ]
+    assert "boom" in line["error"]
+
+
+def test_a_lost_exchange_ends_with_the_failure():
+    channel, _, _ = connect(Door())
+    exchange = Exchange(channel, parse_head(b"GET /app/ HTTP/1.1"), b"", None)
+    told: list[Any] = []
+    exchange.on_end(told.append)
+    failed = exchange.finished
+    exchange.lost(Failure(ConnectionError("gone")))
+    assert exchange.gone and told[0].check(ConnectionError)
+    assert failed.called
+    failed.addErrback(told.append)
+    assert told[1].check(ConnectionError)

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from buntime._logging import log
 from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
 from buntime.apps.versions import InvalidRange
-from buntime.http import AppInfo, Request, Response
+from buntime.http import AppInfo, Headers, Request, Response
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
 from buntime.pool.environment import EntrypointError, build_worker_env, resolve_entrypoint
 from buntime.pool.pool import PoolApp, WorkerPool
@@ -58,8 +58,12 @@ def _manifest_stamp(app_dir: str) -> tuple[float, ...]:
     return tuple(stamps)
 
 
+def _html(headers: Headers) -> bool:
+    return (headers.get("content-type") or "").lower().startswith("text/html")
+
+
 def _is_html(response: Response) -> bool:
-    return (response.headers.get("content-type") or "").lower().startswith("text/html")
+    return response.headers.rendered(_html)
 
 
 async def _inject_stream(body: Any, base: str) -> AsyncIterator[bytes]:

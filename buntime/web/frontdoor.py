@@ -241,11 +241,9 @@ class _Tracked:
         """
         token = request_fields.set(self.fields)
         try:
-            with self.action.context():
-                try:
-                    done = function(*args)
-                except Exception:
-                    done = fail()
+            done = self.action.run(function, *args)
+        except Exception:
+            done = fail()
         finally:
             request_fields.reset(token)
         self.running = done
@@ -380,7 +378,7 @@ class FrontDoor(Resource):
             exchange.remote,
         )
         tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path)
-        exchange.finished.addBoth(lambda result: tracked.finished(result, exchange.status))
+        exchange.on_end(lambda result: tracked.finished(result, exchange.status))
         done = tracked.run(self._begin_fast, incoming, tracked.fields)
         # respond never raises (a response it cannot write aborts the connection)
         done.addCallbacks(

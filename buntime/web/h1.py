@@ -16,7 +16,7 @@ connection's life, which answers exactly as it would have on its own.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from twisted.internet import tcp
@@ -158,11 +158,22 @@ class Exchange:
     """
     One fast-lane request on its connection: what the front door reads of it
     (C{method}, C{path}, C{target}, C{headers}, C{body}, C{remote}), and
-    L{respond}, which writes the answer.  C{finished} fires with C{None}
-    once the response is written, or fails if the connection was lost first.
+    L{respond}, which writes the answer.  It ends (see L{on_end}) once the
+    response is written, or when the connection is lost first.
     """
 
-    __slots__ = ("_channel", "body", "finished", "gone", "head", "remote", "status", "written")
+    __slots__ = (
+        "_channel",
+        "_ends",
+        "_result",
+        "body",
+        "ended",
+        "gone",
+        "head",
+        "remote",
+        "status",
+        "written",
+    )
 
     def __init__(self, channel: FrontChannel, head: Head, body: bytes, remote: str | None) -> None:
         self._channel = channel
@@ -170,9 +181,49 @@ class Exchange:
         self.body = body
         self.remote = remote
         self.status = 200
-        self.finished: Deferred[None] = Deferred()
         self.gone = False
         self.written = False
+        self.ended = False
+        self._result: Failure | None = None
+        self._ends: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+
+    def on_end(self, callback: Callable[..., object], *args: Any) -> None:
+        """
+        Call C{callback(result, *args)} when the exchange ends (at once if it
+        has): C{result} is C{None} once the response is written, or the
+        L{Failure} of a connection lost first.  Plain calls, in order: every
+        request has two, and a Deferred's machinery cost more than they do.
+        """
+        if self.ended:
+            self._call(callback, args)
+        else:
+            self._ends.append((callback, args))
+
+    @property
+    def finished(self) -> Deferred[None]:
+        """A new Deferred of the end: C{None}, or the failure (see L{on_end})."""
+        finished: Deferred[None] = Deferred()
+        self.on_end(_fire, finished)
+        return finished
+
+    def _end(self, result: Failure | None) -> None:
+        if self.ended:
+            return
+        self.ended, self._result = True, result
+        ends, self._ends = self._ends, []
+        for callback, args in ends:
+            self._call(callback, args)
+
+    def _call(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        try:
+            callback(self._result, *args)
+        except Exception as error:
+            log(
+                "error",
+                "buntime:http:internal-error",
+                "Unhandled error at the end of a request",
+                error=repr(error),
+            )
 
     def respond(self, response: Response, request_id: str) -> Deferred[None] | None:
         """
@@ -191,12 +242,18 @@ class Exchange:
     def lost(self, reason: Failure) -> None:
         """The connection went away before the response was written."""
         self.gone = True
-        if not self.finished.called:
-            self.finished.errback(reason)
+        self._end(reason)
 
     def done(self) -> None:
-        if not self.finished.called:
-            self.finished.callback(None)
+        """The response is written."""
+        self._end(None)
+
+
+def _fire(result: Failure | None, finished: Deferred[None]) -> None:
+    if result is None:
+        finished.callback(None)
+    else:
+        finished.errback(result)
 
 
 def _stream_failed(failure: Failure) -> None:
@@ -398,10 +455,9 @@ class FrontChannel(Protocol):
                 self._keep(buffer)
                 self._hand_over()
                 return
-            if not exchange.finished.called:
-                exchange.finished.addBoth(self._exchange_ended, exchange)
+            if not exchange.ended:
+                exchange.on_end(self._exchange_ended, exchange)
                 return
-            exchange.finished.addErrback(lambda _: None)
             self._ended(exchange)
 
     def _accept(self, head: Head, limit: int) -> bool:

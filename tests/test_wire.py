@@ -138,6 +138,28 @@ def test_a_failing_responder_drops_the_connection() -> None:
     assert fast.lost and fast.notes == []
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [(b"end", b"maybe"), (b"rid", b"one"), (b"text", b"\xff"), (b"rid", b"")],
+)
+def test_a_value_its_argument_cannot_read_drops_the_connection(field, value) -> None:
+    fast = Fast()
+    fast.makeConnection(iosim.FakeTransport(fast, isServer=False))
+    box = amp.AmpBox(_command=b"Note", rid=b"1", text=b"t", data=b"", end=b"True")
+    box[field] = value
+    fast.dataReceived(box.serialize())
+    assert fast.notes == [] and fast.transport.disconnecting
+
+
+def test_values_are_read_as_their_arguments_read_them() -> None:
+    fast = Fast()
+    fast.makeConnection(iosim.FakeTransport(fast, isServer=False))
+    for end in (b"True", b"False"):
+        box = amp.AmpBox(_command=b"Note", rid=b"-7", text="é".encode(), data=b"\x00", end=end)
+        fast.dataReceived(box.serialize())
+    assert fast.notes == [(-7, "é", b"\x00", True), (-7, "é", b"\x00", False)]
+
+
 texts = st.text(max_size=30)
 pairs = st.lists(st.tuples(texts, texts), max_size=5)
 

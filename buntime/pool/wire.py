@@ -45,6 +45,37 @@ def fields_of(command: type[amp.Command]) -> Fields | None:
     return tuple(fields)
 
 
+Decoders = tuple[tuple[bytes, str, Callable[[bytes], Any] | None], ...]
+"""A command's arguments as (wire name, keyword, decoder or C{None} for the bytes as they are)."""
+
+_BOOLEANS = {b"True": True, b"False": False}
+
+
+def _boolean(value: bytes) -> bool:
+    try:
+        return _BOOLEANS[value]
+    except KeyError:
+        raise TypeError(f"Bad boolean value: {value!r}") from None
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8")
+
+
+def _decoders(fields: Fields) -> Decoders:
+    """How each argument is read: its L{amp.Argument.fromString}, without a method call."""
+    fast: dict[type, Callable[[bytes], Any] | None] = {
+        amp.Integer: int,
+        amp.String: None,
+        amp.Unicode: _text,
+        amp.Boolean: _boolean,
+    }
+    return tuple(
+        (wire, keyword, fast[type(argument)] if type(argument) in fast else argument.fromString)
+        for wire, keyword, argument in fields
+    )
+
+
 def responder(command: type[amp.Command]) -> Callable[[F], F]:
     """
     C{command.responder}, and in a L{FastAMP} the method receives
@@ -82,13 +113,13 @@ class FastAMP(amp.AMP):
     _out: list[bytes] | None = None
     _out_call: Any = None
     _unparsed = b""
-    _partial: amp.AmpBox | None = None
-    _fast_in: ClassVar[dict[bytes, tuple[Fields, str]]] = {}
+    _partial: dict[bytes, bytes] | None = None
+    _fast_in: ClassVar[dict[bytes, tuple[Decoders, str]]] = {}
     _fast_out: ClassVar[dict[type[amp.Command], Fields | None]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        table: dict[bytes, tuple[Fields, str]] = {}
+        table: dict[bytes, tuple[Decoders, str]] = {}
         for klass in reversed(cls.__mro__):
             for name, value in vars(klass).items():
                 command = getattr(value, "fast_command", None)
@@ -96,7 +127,7 @@ class FastAMP(amp.AMP):
                     continue
                 fields = fields_of(command)
                 if fields is not None:  # always, for a command L{responder} took
-                    table[command.commandName] = (fields, name)
+                    table[command.commandName] = (_decoders(fields), name)
         cls._fast_in = table
 
     def callRemote(self, commandType: Any, *a: Any, **kw: Any) -> Any:
@@ -182,7 +213,7 @@ class FastAMP(amp.AMP):
             if key_length == 0:
                 position += 2
                 self._unparsed, self._partial = buffer[position:], None
-                self.ampBoxReceived(box if box is not None else amp.AmpBox())
+                self.ampBoxReceived(box if box is not None else {})
                 if self.innerProtocol is not None:
                     return
                 buffer, end, position, box = self._unparsed, len(self._unparsed), 0, None
@@ -199,19 +230,23 @@ class FastAMP(amp.AMP):
             if value_end > end:
                 break
             if box is None:
-                box = amp.AmpBox()
+                box = {}
             box[buffer[position + 2 : value_at]] = buffer[value_at + 2 : value_end]
             position = value_end
         self._unparsed, self._partial = buffer[position:], box
 
-    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+    def ampBoxReceived(self, box: dict[bytes, bytes]) -> None:
+        """A box of a fast command to its method; any other to AMP (as an L{amp.AmpBox})."""
         fast = self._fast_in.get(box.get(_COMMAND, b""))
         if fast is None or _ASK in box:
-            super().ampBoxReceived(box)
+            super().ampBoxReceived(box if isinstance(box, amp.AmpBox) else amp.AmpBox(box))
             return
-        fields, name = fast
+        decoders, name = fast
         try:
-            values = {key: argument.fromString(box[wire]) for wire, key, argument in fields}
+            values = {
+                key: box[wire] if decode is None else decode(box[wire])
+                for wire, key, decode in decoders
+            }
             getattr(self, name)(**values)
         except Exception:
             self.unhandledError(Failure())

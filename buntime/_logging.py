@@ -96,13 +96,14 @@ message would only be made to be dropped.
 """
 
 
-def request_action(request_id: str, method: str, path: str) -> Action:
+def request_action(request_id: str, method: str, path: str, task_uuid: str | None = None) -> Action:
     """
-    The eliot action of one HTTP request (L{REQUEST_ACTION}), a new task:
-    C{start_action} without its costs on the hot path (a C{uuid4} system call,
-    and a start message that no destination takes unless one logs debug).
+    The eliot action of one HTTP request (L{REQUEST_ACTION}), a new task
+    (C{task_uuid}, or a new one): C{start_action} without its costs on the
+    hot path (a C{uuid4} system call, and a start message that no
+    destination takes unless one logs debug).
     """
-    action = Action(None, new_id(), TaskLevel(level=[]), REQUEST_ACTION)
+    action = Action(None, task_uuid or new_id(), TaskLevel(level=[]), REQUEST_ACTION)
     if _start_messages:
         action._start(
             {
@@ -216,13 +217,18 @@ def iso_timestamp(timestamp: float) -> str:
     return f"{second[1]}.{micros // 1000:03d}+00:00"
 
 
+def _timestamp_of(message: dict[str, Any]) -> Any:
+    """The message's C{timestamp}, or now (only asked when it has none)."""
+    return message["timestamp"] if "timestamp" in message else time.time()
+
+
 def to_record(message: dict[str, Any]) -> dict[str, Any]:
     """
     The JSON object for one eliot message: C{level}, C{message},
     C{timestamp} (ISO 8601, UTC), C{context}, the message's own fields, and
     eliot's task fields.
     """
-    timestamp = message.get("timestamp", time.time())
+    timestamp = _timestamp_of(message)
     text = message.get("message")
     record: dict[str, Any] = {
         "level": _level_of(message),
@@ -280,7 +286,7 @@ def _flat_line(message: dict[str, Any]) -> str | None:
     values = [
         encode_basestring_ascii(_level_of(message)),
         encode_basestring_ascii(text if type(text) is str else _text_of(message)),
-        encode_basestring_ascii(iso_timestamp(message.get("timestamp", time.time()))),
+        encode_basestring_ascii(iso_timestamp(_timestamp_of(message))),
         message.get("context", "runtime"),
     ]
     if type(values[3]) is not str:
@@ -321,7 +327,7 @@ _ABBREV = {"debug": "DBG", "info": "INF", "warn": "WRN", "error": "ERR"}
 def format_pretty(message: dict[str, Any], colour: bool = False) -> str:
     """C{12:34:56.789 INF [plugin:keyval] Request processed {"duration": 45}}."""
     record = to_record(message)
-    stamp = datetime.fromtimestamp(message.get("timestamp", time.time())).strftime("%H:%M:%S.%f")
+    stamp = datetime.fromtimestamp(_timestamp_of(message)).strftime("%H:%M:%S.%f")
     level = record.pop("level")
     text = record.pop("message")
     context = record.pop("context")

@@ -76,6 +76,32 @@ def _decoders(fields: Fields) -> Decoders:
     )
 
 
+Plan = tuple[tuple[bytes, str, amp.Argument | None], ...]
+"""
+How L{FastAMP.callRemote} writes a command's box, key by key in the order of
+the wire (sorted, as L{amp.AmpBox.serialize} sorts): the key's length and
+name, the keyword and argument of its value; the command's name is one
+entry of ready bytes (argument C{None}).
+"""
+
+
+def _plan(command: type[amp.Command]) -> Plan | None:
+    """The L{Plan} of C{command}, or C{None} when it cannot take the short path."""
+    fields = fields_of(command)
+    if fields is None:
+        return None
+
+    def named(key: bytes) -> bytes:
+        return len(key).to_bytes(2, "big") + key
+
+    entries: list[tuple[bytes, bytes, str, amp.Argument | None]] = [
+        (_COMMAND, named(_COMMAND) + named(command.commandName), "", None)
+    ]
+    entries += [(wire, named(wire), keyword, argument) for wire, keyword, argument in fields]
+    entries.sort(key=lambda entry: entry[0])
+    return tuple((key, keyword, argument) for _, key, keyword, argument in entries)
+
+
 def responder(command: type[amp.Command]) -> Callable[[F], F]:
     """
     C{command.responder}, and in a L{FastAMP} the method receives
@@ -115,7 +141,7 @@ class FastAMP(amp.AMP):
     _unparsed = b""
     _partial: dict[bytes, bytes] | None = None
     _fast_in: ClassVar[dict[bytes, tuple[Decoders, str]]] = {}
-    _fast_out: ClassVar[dict[type[amp.Command], Fields | None]] = {}
+    _fast_out: ClassVar[dict[type[amp.Command], Plan | None]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -131,23 +157,23 @@ class FastAMP(amp.AMP):
         cls._fast_in = table
 
     def callRemote(self, commandType: Any, *a: Any, **kw: Any) -> Any:
-        fields = self._fast_out.get(commandType, ...)
-        if fields is ...:
-            fields = self._fast_out[commandType] = fields_of(commandType)
-        if fields is None or a or len(kw) != len(fields):
+        plan = self._fast_out.get(commandType, ...)
+        if plan is ...:
+            plan = self._fast_out[commandType] = _plan(commandType)
+        if plan is None or a or len(kw) != len(plan) - 1:
             return super().callRemote(commandType, *a, **kw)
-        items = [(_COMMAND, commandType.commandName)]
-        for wire, keyword, argument in fields:
-            value = argument.toString(kw[keyword])
-            if len(value) > amp.MAX_VALUE_LENGTH:
-                raise amp.TooLong(False, True, value, wire)
-            items.append((wire, value))
         if self.transport is None:
             raise amp.ConnectionLost()
-        items.sort()  # as AmpBox.serialize does
         parts: list[bytes] = []
-        for key, value in items:
-            parts += (len(key).to_bytes(2, "big"), key, len(value).to_bytes(2, "big"), value)
+        for key, keyword, argument in plan:
+            if argument is None:  # the command's name: the same bytes every time
+                parts.append(key)
+                continue
+            value = argument.toString(kw[keyword])
+            length = len(value)
+            if length > amp.MAX_VALUE_LENGTH:
+                raise amp.TooLong(False, True, value, key[2:])
+            parts += (key, length.to_bytes(2, "big"), value)
         parts.append(b"\x00\x00")
         box = b"".join(parts)
         if self.clock is None:

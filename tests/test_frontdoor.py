@@ -217,6 +217,16 @@ def test_a_bad_request_id_is_replaced(door, given):
     assert is_uuid4(request_id(response))
 
 
+def test_a_made_request_id_names_the_log_task_and_a_given_one_does_not(door, eliot_logger):
+    made, _ = door.get("/nope")
+    for _ in range(2):
+        door.get("/nope", headers={"x-request-id": "same"})
+    lines = [m for m in eliot_logger.messages if m.get("action_status") == "succeeded"]
+    assert lines[0]["request_id"] == lines[0]["task_uuid"] == request_id(made)
+    assert lines[1]["request_id"] == lines[2]["request_id"] == "same"
+    assert is_uuid4(lines[1]["task_uuid"]) and lines[1]["task_uuid"] != lines[2]["task_uuid"]
+
+
 def test_request_id_for():
     assert request_id_for(b"ok-1") == "ok-1"
     assert is_uuid4(request_id_for(None))

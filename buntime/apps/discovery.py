@@ -153,6 +153,8 @@ class AppCatalog:
     _scanned_at: float = field(default=0.0, init=False)
     # resolve() answers for the current scan: (name, spec) -> version
     _resolved: dict[tuple[str, str | None], AppVersion | None] = field(factory=dict, init=False)
+    generation: int = field(default=0, init=False)
+    """Counts the scans and invalidations: an answer of L{resolve} holds while it stays."""
 
     def _current(self) -> dict[str, dict[str, AppVersion]]:
         now = self.clock.seconds()
@@ -160,11 +162,19 @@ class AppCatalog:
             self._apps = scan(self.worker_dirs)
             self._scanned_at = now
             self._resolved = {}
+            self.generation += 1
         return self._apps
+
+    def fresh(self) -> bool:
+        """Whether the scan L{resolve} answers from would still be used now."""
+        return self._apps is not None and (
+            self.clock.seconds() - self._scanned_at < self.cache_seconds
+        )
 
     def invalidate(self) -> None:
         """Forget the cached scan (after an install or a delete)."""
         self._apps = None
+        self.generation += 1
 
     def versions(self, name: str) -> dict[str, AppVersion]:
         """Every version of C{name}: version -> L{AppVersion} (empty if unknown)."""

@@ -118,6 +118,8 @@ class AppStep:
     _infos: dict[str, tuple[LoadedApp, AppInfo]] = field(factory=dict)
     _splits: dict[str, tuple[str, str | None, str, str] | None] = field(factory=dict)
     _warned: set[str] = field(factory=set)
+    _claimed: tuple[str, Any, int] | None = None
+    """The path L{claims} was last asked about, what it found and when, for L{direct}."""
 
     def _split(self, path: str) -> tuple[str, str | None, str, str] | None:
         """L{split_app_path}, remembered: a request asks up to three times."""
@@ -234,7 +236,17 @@ class AppStep:
         The step without a coroutine: C{None} when C{request} names no app
         (nothing else happened), else a Deferred firing with the answer.
         """
-        found = self._find(request.path)
+        path = request.path
+        claimed, self._claimed = self._claimed, None
+        if (
+            claimed is not None
+            and claimed[0] == path
+            and claimed[2] == self.catalog.generation
+            and self.catalog.fresh()
+        ):
+            found = claimed[1]
+        else:
+            found = self._find(path)
         if found is None:
             return None
         if isinstance(found, Response):
@@ -250,6 +262,10 @@ class AppStep:
         an app, or a bad range); C{None} when it does not.
         """
         found = self._find(path)
+        # The fast lane asks this of a head, then L{direct} of its request:
+        # what was found serves the next L{direct} of the same path, while
+        # the catalog would answer the same.
+        self._claimed = (path, found, self.catalog.generation)
         if found is None:
             return None
         if isinstance(found, Response):

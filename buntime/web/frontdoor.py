@@ -47,11 +47,29 @@ Handler = Callable[[Request, dict[str, Any]], Awaitable[Response | None]]
 
 def request_id_for(header: bytes | None) -> str:
     """The client's C{x-request-id} when it is sane, else a new uuid4."""
+    return _client_request_id(header) or new_id()
+
+
+def _client_request_id(header: bytes | None) -> str | None:
+    """The client's C{x-request-id} when it is sane."""
     if header:
         text = header.decode("latin-1")
         if _REQUEST_ID.match(text):
             return text
-    return new_id()
+    return None
+
+
+def _ids(header: bytes | None) -> tuple[str, str | None]:
+    """
+    A request's id (see L{request_id_for}) and the uuid of its eliot task:
+    the same new uuid when the client sent no id (one uuid made, not two),
+    else C{None} for a new one (a client's id need not be unique).
+    """
+    given = _client_request_id(header)
+    if given is not None:
+        return given, None
+    made = new_id()
+    return made, made
 
 
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
@@ -220,7 +238,13 @@ class _Tracked:
     __slots__ = ("_clock", "_line", "_started", "_state", "action", "fields", "gone", "running")
 
     def __init__(
-        self, clock: IReactorTime, state: RuntimeState, request_id: str, method: Any, path: str
+        self,
+        clock: IReactorTime,
+        state: RuntimeState,
+        request_id: str,
+        method: Any,
+        path: str,
+        task_uuid: str | None = None,
     ) -> None:
         if isinstance(method, bytes):
             method = method.decode("latin-1")
@@ -230,7 +254,7 @@ class _Tracked:
         self.fields: dict[str, Any] = {}
         self.running: Deferred[None] | None = None
         self.gone = False
-        self.action = request_action(request_id, method, path)
+        self.action = request_action(request_id, method, path, task_uuid)
         self._started = clock.seconds()
         state.request_started()
 
@@ -326,10 +350,10 @@ class FrontDoor(Resource):
         self.steps: list[Handler] = steps or []
 
     def render(self, request: Any) -> Any:
-        request_id = request_id_for(request.getHeader(b"x-request-id"))
+        request_id, task_uuid = _ids(request.getHeader(b"x-request-id"))
         request.setHeader(b"x-request-id", request_id.encode("ascii"))
         path = request.path.decode("latin-1")
-        tracked = _Tracked(self._clock, self._state, request_id, request.method, path)
+        tracked = _Tracked(self._clock, self._state, request_id, request.method, path, task_uuid)
         request.notifyFinish().addBoth(lambda result: tracked.finished(result, request.code))
         done = tracked.run(self._begin, request, request_id, path, tracked)
         done.addErrback(self._crashed, request)
@@ -368,7 +392,7 @@ class FrontDoor(Resource):
         L{render}, the same answer as the worker-app step.
         """
         head = exchange.head
-        request_id = request_id_for(head.request_id)
+        request_id, task_uuid = _ids(head.request_id)
         head.headers.append(("x-request-id", request_id))
         incoming = Request(
             head.method,
@@ -377,7 +401,7 @@ class FrontDoor(Resource):
             exchange.body,
             exchange.remote,
         )
-        tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path)
+        tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path, task_uuid)
         exchange.on_end(lambda result: tracked.finished(result, exchange.status))
         done = tracked.run(self._begin_fast, incoming, tracked.fields)
         # respond never raises (a response it cannot write aborts the connection)

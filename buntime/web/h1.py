@@ -346,10 +346,13 @@ class FrontChannel(Protocol):
                 self._reading_paused = True
                 self.transport.pauseProducing()
             return
-        self._idle_since = self._clock.seconds()  # something arrived: the idle time starts again
-        if self._head is not None and self._size < self._need:
-            return  # more of the body to come: joined once it is all here
-        self._next()
+        if self._head is None or self._size >= self._need:
+            self._next()
+            if self._exchange is not None:
+                return  # answering: no idle time
+        # more of the request to come (a body is joined once it is all here):
+        # the idle time starts again
+        self._idle_since = self._clock.seconds()
 
     def _buffer(self) -> bytes:
         """All that waits, as one string."""

@@ -37,7 +37,7 @@ def test_a_plain_head_is_parsed():
     )
     assert head is not None
     assert (head.method, head.target, head.path) == ("POST", "/app/x?q=1", "/app/x")
-    assert head.headers == [
+    assert list(head.headers) == [
         ("Host", "a:1"),
         ("Content-Length", "5"),
         ("Connection", "close"),
@@ -101,7 +101,7 @@ def test_plain_heads_round_trip(method, path, headers):
     lines = [f"{method} /{path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
     head = parse_head("\r\n".join(lines).encode("latin-1"))
     assert head is not None
-    assert (head.method, head.target, head.headers) == (method, "/" + path, headers)
+    assert (head.method, head.target, list(head.headers)) == (method, "/" + path, headers)
 
 
 # -- a channel with fakes around it ----------------------------------------------
@@ -1138,3 +1138,14 @@ def test_a_lost_exchange_ends_with_the_failure():
     assert failed.called
     failed.addErrback(told.append)
     assert told[1].check(ConnectionError)
+
+
+def test_a_head_sent_again_is_parsed_once_and_shared_unchanged():
+    door = Door()
+    channel, transport, _ = connect(door)
+    head = b"GET /app/ HTTP/1.1\r\nHost: a\r\nX-Request-Id: same-id\r\n\r\n"
+    channel.dataReceived(head + head)
+    first, second = door.seen
+    assert first.head is second.head  # one parse
+    assert first.head.headers == (("Host", "a"),) and first.head.request_id == b"same-id"
+    assert len(responses(transport.value())) == 2

@@ -393,11 +393,10 @@ class FrontDoor(Resource):
         """
         head = exchange.head
         request_id, task_uuid = _ids(head.request_id)
-        head.headers.append(("x-request-id", request_id))
         incoming = Request(
             head.method,
             head.target,
-            Headers._of(tuple(head.headers)),
+            Headers._of((*head.headers, ("x-request-id", request_id))),
             exchange.body,
             exchange.remote,
         )

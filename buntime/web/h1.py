@@ -50,7 +50,7 @@ _HOP_BY_HOP = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
 class Head:
-    """A plain request head: what the fast lane needs of it."""
+    """A plain request head: what the fast lane needs of it (never changed: heads are shared)."""
 
     __slots__ = ("close", "expect", "headers", "length", "method", "path", "request_id", "target")
 
@@ -58,7 +58,7 @@ class Head:
         self,
         method: str,
         target: str,
-        headers: list[tuple[str, str]],
+        headers: tuple[tuple[str, str], ...],
         length: int,
         close: bool,
         expect: bool,
@@ -120,12 +120,35 @@ def parse_head(block: bytes) -> Head | None:
     return Head(
         method.decode("ascii"),
         target.decode("latin-1"),
-        headers,
+        tuple(headers),
         max(length, 0),
         close,
         expect,
         request_id,
     )
+
+
+_HEADS: dict[bytes, Head | None] = {}
+_HEADS_MAX = 256
+_HEAD_KEPT = 2048
+
+
+def _parsed_head(block: bytes) -> Head | None:
+    """
+    L{parse_head}, remembering the last heads of at most 2 KiB: a client
+    (a service polling another, a load test) often sends the same head
+    again, and then gets the same (unchanging) L{Head}.
+    """
+    try:
+        return _HEADS[block]
+    except KeyError:
+        pass
+    head = parse_head(block)
+    if len(block) <= _HEAD_KEPT:
+        if len(_HEADS) >= _HEADS_MAX:
+            del _HEADS[next(iter(_HEADS))]  # the oldest
+        _HEADS[block] = head
+    return head
 
 
 def _clean(text: str) -> bytes:
@@ -429,7 +452,7 @@ class FrontChannel(Protocol):
                     if len(buffer) > MAX_HEAD or b"\n\n" in buffer:
                         self._hand_over()
                     return
-                head = parse_head(buffer[:end])
+                head = _parsed_head(buffer[:end])
                 limit = None if head is None else self._door.takes_directly(head.path)
                 if head is None or limit is None:
                     self._hand_over()

@@ -174,10 +174,25 @@ class Site:
         return inner
 
 
+class Turning(StringTransportWithDisconnection):
+    """
+    A transport whose C{value()} is what the client has at the end of the
+    reactor turn: whole responses wait for it (see L{FrontChannel._write_soon}).
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def value(self) -> bytes:
+        self.clock.advance(0)
+        return super().value()
+
+
 def connect(door: Door | None = None) -> tuple[FrontChannel, StringTransport, Site]:
     site = Site(door or Door())
     channel = FrontChannel(site, None)
-    transport = StringTransportWithDisconnection()
+    transport = Turning(site.reactor)
     transport.protocol = channel
     channel.makeConnection(transport)
     return channel, transport, site
@@ -519,7 +534,7 @@ class Socket:
 
 
 class TCPish(StringTransportWithDisconnection):
-    """What _write_now reads of a Twisted TCP transport: its write buffer."""
+    """What _send_unsent reads of a Twisted TCP transport: its write buffer."""
 
     dataBuffer = b""
     _tempDataLen = 0
@@ -535,6 +550,7 @@ def direct(room: int, buffered: bytes = b"") -> tuple[Socket, TCPish]:
     channel.makeConnection(transport)
     sock = channel._socket = Socket(room)
     channel.dataReceived(GET)
+    site.reactor.advance(0)  # the end of the turn
     return sock, transport
 
 
@@ -1003,7 +1019,7 @@ class RealSite(Site):
 def real_connect(direct: Any) -> tuple[FrontChannel, StringTransport, RealSite]:
     site = RealSite(direct)
     channel = FrontChannel(site, None)
-    transport = StringTransportWithDisconnection()
+    transport = Turning(site.reactor)
     transport.protocol = channel
     channel.makeConnection(transport)
     return channel, transport, site
@@ -1149,3 +1165,59 @@ def test_a_head_sent_again_is_parsed_once_and_shared_unchanged():
     assert first.head is second.head  # one parse
     assert first.head.headers == (("Host", "a"),) and first.head.request_id == b"same-id"
     assert len(responses(transport.value())) == 2
+
+
+# -- whole responses go out at the end of the reactor turn -------------------------
+
+
+def written_now(transport: StringTransport) -> bytes:
+    """What the transport holds, without letting the reactor turn end."""
+    return StringTransport.value(transport)
+
+
+def test_a_whole_response_waits_for_the_end_of_the_turn():
+    channel, transport, site = connect()
+    channel.dataReceived(GET)
+    assert written_now(transport) == b""
+    site.reactor.advance(0)
+    [(status, _, body)] = responses(written_now(transport))
+    assert (status, body) == (b"HTTP/1.1 200 OK", b"body:")
+
+
+def test_the_responses_of_a_turn_go_out_together():
+    door = Door()
+    site = Site(door)
+    transports = []
+    for _ in range(3):
+        channel = FrontChannel(site, None)
+        transport = Turning(site.reactor)
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        channel.dataReceived(GET)
+        transports.append(transport)
+    waiting = [call for call in site.reactor.getDelayedCalls() if call.getTime() == 0]
+    assert len(waiting) == 1  # one end of turn for all of them
+    site.reactor.advance(0)
+    assert all(len(responses(written_now(t))) == 1 for t in transports)
+
+
+def test_a_connection_closing_after_its_answer_sends_it_first():
+    channel, transport, _ = connect()
+    channel.dataReceived(b"GET /app/ HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert not transport.connected
+    [(_, headers, _)] = responses(written_now(transport))
+    assert headers[b"connection"] == b"close"
+
+
+def test_an_answer_waiting_for_the_turn_goes_before_what_twisted_web_writes():
+    channel, transport, site = connect()
+    channel.dataReceived(GET + b"GET /api/health HTTP/1.1\r\n\r\n")
+    assert site.inners and responses(written_now(transport))[0][2] == b"body:"
+
+
+def test_an_answer_waiting_for_a_connection_lost_meanwhile_is_dropped():
+    channel, transport, site = connect()
+    channel.dataReceived(GET)
+    channel.connectionLost(Failure(ConnectionError("gone")))
+    site.reactor.advance(0)
+    assert written_now(transport) == b""

@@ -274,7 +274,7 @@ def _template(keys: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
 def _flat_line(message: dict[str, Any]) -> str | None:
     """
     L{format_json} of a message whose values are all text, integers,
-    booleans, finite floats or C{None} (and eliot's C{task_level}), most
+    booleans, finite floats or C{None} (and eliot's C{task_level} list), most
     messages: a template per order of keys, filled with the values.
     C{None}: not such a message.
     """
@@ -305,8 +305,8 @@ def _flat_line(message: dict[str, Any]) -> str | None:
             values.append(float.__repr__(value))
         elif value is None:
             values.append("null")
-        elif key == "task_level" and kind is list and all(type(n) is int for n in value):
-            values.append("[" + ",".join([int.__repr__(n) for n in value]) + "]")
+        elif key == "task_level" and kind is list:  # as to_record passes it on
+            values.append(_encode_record(value))
         else:
             return None
     return template % tuple(values)

@@ -276,7 +276,8 @@ class _Tracked:
     def finished(self, result: object, status: int) -> None:
         """The response is written (C{result} C{None}), or the connection was lost first."""
         request_id, method, path = self._line
-        duration = round((self._clock.seconds() - self._started) * 1000, 3)
+        # milliseconds to the microsecond: round(..., 3) at half the cost
+        duration = int((self._clock.seconds() - self._started) * 1_000_000 + 0.5) / 1000
         # websocket: an upgraded request ends by handing its connection over
         aborted = result is not None and not handed_over(result)
         self.gone = True

@@ -26,11 +26,7 @@ RequestHead = tuple[str, str, str, list[list[str]], str, str, bool]
 """C{(method, path, base, headers, remote, task, more)}: see L{StartRequest}."""
 
 
-def _not_json(value: object) -> object:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-_encode = compact_encoder(_not_json)
+_encode = compact_encoder()
 
 
 def request_head(

@@ -248,68 +248,102 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
 
 _encode_record = compact_encoder(repr)
 
-_LINE_TEMPLATES: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}
-"""Per order of keys, a line's C{%} template and the keys it takes after the own ones."""
-_MAX_TEMPLATES = 256
+
+class _Unusual(Exception):
+    """A value a line filler does not write: the generic path writes the line."""
 
 
-def _template(keys: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
-    known = _LINE_TEMPLATES.get(keys)
-    if known is None:
-        if len(_LINE_TEMPLATES) >= _MAX_TEMPLATES:
+def _finite(value: float) -> str:
+    if not math.isfinite(value):
+        raise _Unusual()
+    return float.__repr__(value)
+
+
+def _own_values(message: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The encoded C{level}, C{message}, C{timestamp} and C{context} of a line."""
+    text = message.get("message")
+    context = message.get("context", "runtime")
+    if type(context) is not str:
+        raise _Unusual()
+    return (
+        encode_basestring_ascii(_level_of(message)),
+        encode_basestring_ascii(text if type(text) is str else _text_of(message)),
+        encode_basestring_ascii(iso_timestamp(_timestamp_of(message))),
+        encode_basestring_ascii(context),
+    )
+
+
+_WRITE_VALUE = {
+    str: "esc({})",
+    bool: "boolean[{}]",
+    int: "int_repr({})",
+    float: "finite({})",
+    type(None): "null",
+}
+_Filler = Callable[[dict[str, Any]], str]
+_FILLERS: dict[tuple[tuple[str, ...], tuple[type, ...]], _Filler | None] = {}
+_MAX_FILLERS = 256
+
+
+def _filler(keys: tuple[str, ...], kinds: tuple[type, ...]) -> _Filler | None:
+    """
+    A function writing the line of a message with these keys, in this
+    order, holding values of these types: one f-string with the key names
+    and the punctuation, one expression per value (made once, as attrs and
+    namedtuple make their methods).  C{None}: a key or a type it does not
+    write, which the generic path then writes.
+    """
+    if not all(type(key) is str for key in keys):
+        return None
+    scope: dict[str, Any] = {
+        "own_values": _own_values,
+        "esc": encode_basestring_ascii,
+        "int_repr": int.__repr__,
+        "finite": _finite,
+        "encode": _encode_record,
+        "boolean": {True: "true", False: "false"},
+        "null": "null",
+    }
+    parts = []
+    for index, (key, kind) in enumerate(zip(keys, kinds, strict=True)):
+        if key in _OWN_KEYS:
+            continue
+        if kind is list and key == "task_level":  # eliot's: as to_record passes it on
+            write = "encode({})"
+        elif kind in _WRITE_VALUE:
+            write = _WRITE_VALUE[kind]
+        else:
             return None
-        rest = tuple(key for key in keys if key not in _OWN_KEYS)
-        if not all(type(key) is str for key in keys):
-            return None
-        named = "".join(
-            "," + encode_basestring_ascii(key).replace("%", "%%") + ":%s" for key in rest
-        )
-        known = _LINE_TEMPLATES[keys] = (
-            '{"level":%s,"message":%s,"timestamp":%s,"context":%s' + named + "}",
-            rest,
-        )
-    return known
+        scope[f"k{index}"] = key  # an f-string's expressions take no quotes before 3.12
+        name = encode_basestring_ascii(key).replace("{", "{{").replace("}", "}}")
+        parts.append("," + name + ":{" + write.format(f"m[k{index}]") + "}")
+    line = '{{"level":{own[0]},"message":{own[1]},"timestamp":{own[2]},"context":{own[3]}'
+    body = repr(line + "".join(parts) + "}}")
+    source = f"def fill(m):\n    own = own_values(m)\n    return f{body}\n"
+    exec(compile(source, "<buntime log line>", "exec"), scope)
+    return scope["fill"]
 
 
 def _flat_line(message: dict[str, Any]) -> str | None:
     """
     L{format_json} of a message whose values are all text, integers,
-    booleans, finite floats or C{None} (and eliot's C{task_level} list), most
-    messages: a template per order of keys, filled with the values.
-    C{None}: not such a message.
+    booleans, finite floats or C{None} (and eliot's C{task_level} list),
+    most messages, by a filler (see L{_filler}) per order of keys and
+    types of values.  C{None}: not such a message.
     """
-    known = _template(tuple(message))
-    if known is None:
-        return None
-    template, rest = known
-    text = message.get("message")
-    values = [
-        encode_basestring_ascii(_level_of(message)),
-        encode_basestring_ascii(text if type(text) is str else _text_of(message)),
-        encode_basestring_ascii(iso_timestamp(_timestamp_of(message))),
-        message.get("context", "runtime"),
-    ]
-    if type(values[3]) is not str:
-        return None
-    values[3] = encode_basestring_ascii(values[3])
-    for key in rest:
-        value = message[key]
-        kind = type(value)
-        if kind is str:
-            values.append(encode_basestring_ascii(value))
-        elif kind is bool:
-            values.append("true" if value else "false")
-        elif kind is int:
-            values.append(int.__repr__(value))
-        elif kind is float and math.isfinite(value):
-            values.append(float.__repr__(value))
-        elif value is None:
-            values.append("null")
-        elif key == "task_level" and kind is list:  # as to_record passes it on
-            values.append(_encode_record(value))
-        else:
+    shape = (tuple(message), tuple(map(type, message.values())))
+    try:
+        fill = _FILLERS[shape]
+    except KeyError:
+        if len(_FILLERS) >= _MAX_FILLERS:
             return None
-    return template % tuple(values)
+        fill = _FILLERS[shape] = _filler(*shape)
+    if fill is None:
+        return None
+    try:
+        return fill(message)
+    except _Unusual:
+        return None
 
 
 def format_json(message: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -234,8 +234,18 @@ def write_apps(root: str) -> None:
 
 
 @contextmanager
-def runtime(workdir: str, worker_mode: str, log_level: str) -> Iterator[tuple[str, int]]:
-    """A runtime process on a free loopback port: yields (base url, pid)."""
+def runtime(
+    workdir: str,
+    worker_mode: str,
+    log_level: str,
+    wrap: Sequence[str] = (),
+    startup: float = 30,
+) -> Iterator[tuple[str, int]]:
+    """
+    A runtime process on a free loopback port: yields (base url, pid).
+    C{wrap} goes before its command (valgrind, say), which then takes up
+    to C{startup} seconds to answer.
+    """
     apps = os.path.join(workdir, "apps")
     write_apps(apps)
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -258,13 +268,17 @@ def runtime(workdir: str, worker_mode: str, log_level: str) -> Iterator[tuple[st
         port = probe.getsockname()[1]
     output = tempfile.TemporaryFile()  # the runtime never blocks on a full pipe
     process = subprocess.Popen(
-        [*command, "-n", "--pidfile=", "buntime", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+        [
+            *wrap,
+            *command,
+            *("-n", "--pidfile=", "buntime", "--listen", f"tcp:{port}:interface=127.0.0.1"),
+        ],
         cwd=workdir,
         env=env,
         stdout=output,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + startup
     while _fetch_status(f"http://127.0.0.1:{port}/api/health/ready") != 200:
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
@@ -284,10 +298,10 @@ def runtime(workdir: str, worker_mode: str, log_level: str) -> Iterator[tuple[st
 
 
 @contextmanager
-def baseline() -> Iterator[tuple[str, int]]:
+def baseline(wrap: Sequence[str] = ()) -> Iterator[tuple[str, int]]:
     """A bare twisted.web server answering the same noop, in one process."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "buntime.bench", "--serve-baseline"],
+        [*wrap, sys.executable, "-m", "buntime.bench", "--serve-baseline"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -413,6 +427,102 @@ def stream_rss(url: str, pid: int) -> dict[str, Any]:
     }
 
 
+INSTRUCTION_SCENARIOS = ("baseline-noop", "baseline-echo", "warm-noop", "echo-1kb")
+INSTRUCTION_CLIENTS = 10
+
+
+def count_instructions(
+    pid: int, output: str, load: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], int]:
+    """
+    Run C{load} while callgrind counts the instructions of process C{pid}
+    (started with L{callgrind} and its C{output}); its result and the count.
+    """
+    control = ["callgrind_control"]
+    subprocess.run([*control, "-i", "on", str(pid)], check=True, capture_output=True)
+    result = load()
+    subprocess.run([*control, "-i", "off", str(pid)], check=True, capture_output=True)
+    subprocess.run([*control, "-d", str(pid)], check=True, capture_output=True)
+    total = 0
+    folder, name = os.path.split(output)
+    for entry in os.listdir(folder):
+        if entry.startswith(name):
+            with open(os.path.join(folder, entry)) as handle:
+                for line in handle:
+                    if line.startswith(("summary:", "totals:")):
+                        total = max(total, int(line.split()[1]))
+    return result, total
+
+
+def callgrind(output: str) -> list[str]:
+    """The command prefix that runs a process under callgrind, counting nothing until told."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--trace-children=no",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={output}",
+    ]
+
+
+def measure_instructions(
+    wanted: list[str], duration: float, log_level: str, workdir: str, script: str
+) -> dict[str, Any]:
+    """
+    Instructions per request of the baseline and of the runtime (its own
+    process only: workers are spawned, and run outside valgrind), counted
+    by callgrind while wrk drives each scenario with 10 clients: the same
+    for the same code, whatever else the machine does.
+    """
+    results: dict[str, Any] = {}
+
+    def measured(pid: int, output: str, url: str, name: str) -> None:
+        path, method, _, _ = SCENARIOS[name]
+        if not name.startswith("baseline"):
+            time_to_first_byte(url + path)  # warm it up
+        result, total = count_instructions(
+            pid, output, lambda: run_wrk(url + path, method, INSTRUCTION_CLIENTS, duration, script)
+        )
+        if result["requests"]:
+            result["instructions_per_request"] = round(total / result["requests"])
+        results[name] = result
+
+    baselines = [name for name in wanted if name.startswith("baseline")]
+    if baselines:
+        output = os.path.join(workdir, "baseline.callgrind")
+        with baseline(callgrind(output)) as (url, pid):
+            for name in baselines:
+                measured(pid, output, url, name)
+    others = [name for name in wanted if not name.startswith("baseline")]
+    if others:
+        output = os.path.join(workdir, "runtime.callgrind")
+        with runtime(workdir, "spawn", log_level, callgrind(output), startup=300) as (url, pid):
+            for name in others:
+                measured(pid, output, url, name)
+    for name, result in results.items():
+        base = results.get(SCENARIOS[name][3] or "")
+        if base and base.get("instructions_per_request") and "instructions_per_request" in result:
+            result["instructions_ratio"] = round(
+                result["instructions_per_request"] / base["instructions_per_request"], 2
+            )
+    return results
+
+
+def print_instructions(report: dict[str, Any]) -> None:
+    print(f"\nbuntime instructions per request ({report['duration']:g}s per scenario)\n")
+    header = f"{'scenario':<16} {'requests':>9} {'k instr/request':>16} {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    for name, result in report["results"].items():
+        per = result.get("instructions_per_request")
+        print(
+            f"{name:<16} {result['requests']:>9} "
+            f"{'' if per is None else f'{per / 1000:.1f}':>16} "
+            f"{result.get('instructions_ratio', ''):>6}"
+        )
+    print("\ncounted by callgrind in the runtime's own process (workers spawned, not counted)")
+
+
 def _fetch_status(url: str) -> int | None:
     """The status of a GET to C{url}, C{None} when nothing answers."""
     try:
@@ -446,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-mode", default="fork", choices=("fork", "spawn"))
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
     parser.add_argument("--python-load", action="store_true", help="use the Python generator")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under valgrind instead (needs valgrind and wrk)",
+    )
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.serve_baseline:
@@ -455,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in wanted if s not in SCENARIOS and s not in EXTRA_CHECKS]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    if options.instructions:
+        return _instructions_main(parser, wanted, options)
     use_wrk = shutil.which("wrk") is not None and not options.python_load
     if not use_wrk:
         print("bench: wrk not found (apt-get install wrk); using the Python load generator")
@@ -516,6 +633,30 @@ def main(argv: list[str] | None = None) -> int:
             result["ratio_to_baseline"] = round(result["rps"] / report["results"][base]["rps"], 2)
 
     print_report(report)
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return 0
+
+
+def _instructions_main(parser: Any, wanted: list[str], options: Any) -> int:
+    if options.scenarios == parser.get_default("scenarios"):
+        wanted = list(INSTRUCTION_SCENARIOS)
+    unfit = [name for name in wanted if name not in INSTRUCTION_SCENARIOS]
+    if unfit:
+        parser.error(f"--instructions measures {', '.join(INSTRUCTION_SCENARIOS)}; not {unfit}")
+    missing = [tool for tool in ("valgrind", "callgrind_control", "wrk") if not shutil.which(tool)]
+    if missing:
+        parser.error(f"--instructions needs {', '.join(missing)} (apt-get install valgrind wrk)")
+    report: dict[str, Any] = {"duration": options.duration}
+    with tempfile.TemporaryDirectory(prefix="buntime-bench-") as workdir:
+        script = os.path.join(workdir, "report.lua")
+        with open(script, "w") as handle:
+            handle.write(_WRK_SCRIPT)
+        report["results"] = measure_instructions(
+            wanted, options.duration, options.log_level, workdir, script
+        )
+    print_instructions(report)
     if options.json:
         with open(options.json, "w") as handle:
             json.dump(report, handle, indent=2)

@@ -7,6 +7,7 @@ is never asserted here; that is the benchmark's job, not a test's.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -42,3 +43,40 @@ def test_benchmark_smoke(tmp_path):
     assert results["cold-start"]["ttfb_ms"] > 0
     assert report["runtime_rss_mb"] > 0
     assert report["pool"]["totalRequests"] > 0  # pool metrics from the metrics plugin
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("valgrind", "callgrind_control", "wrk")),
+    reason="needs valgrind and wrk (.ci/run installs them)",
+)
+def test_instructions_smoke(tmp_path):
+    report_path = tmp_path / "report.json"
+    finished = subprocess.run(
+        [
+            *(sys.executable, "-m", "buntime.bench", "--instructions", "--duration", "1"),
+            *("--scenarios", "baseline-noop,warm-noop", "--json", str(report_path)),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "instructions per request" in finished.stdout
+    results = json.loads(report_path.read_text())["results"]
+    assert set(results) == {"baseline-noop", "warm-noop"}
+    for result in results.values():
+        assert result["requests"] > 0 and result["errors"] == 0 and result["non2xx"] == 0
+        assert result["instructions_per_request"] > 1000  # a request costs at least that
+    assert results["warm-noop"]["instructions_ratio"] > 0
+
+
+def test_instructions_refuses_scenarios_it_cannot_count(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, "-m", "buntime.bench", "--instructions", "--scenarios", "slow-50ms"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 2 and "--instructions measures" in finished.stderr

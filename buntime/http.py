@@ -99,7 +99,9 @@ class Headers:
 
     def set(self, name: str, value: str) -> Headers:
         """A copy where C{name} has exactly the one value C{value}."""
-        return Headers._of((*self.remove(name)._items, _pair(name, value)))
+        wanted = name.lower()
+        kept = tuple(pair for pair in self._items if pair[0].lower() != wanted)
+        return Headers._of((*kept, _pair(name, value)))
 
     def add(self, name: str, value: str) -> Headers:
         """A copy with one more value for C{name}."""

@@ -126,6 +126,8 @@ class PluginRegistry:
     _app_routes: dict[str, tuple[object, PublicRoutes]] = field(factory=dict, init=False)
     _hooks: dict[str, tuple[tuple[LoadedPlugin, Any], ...]] = field(factory=dict, init=False)
     _by_base: tuple[LoadedPlugin, ...] = field(init=False)
+    _hooked: bool | None = field(default=None, init=False)
+    """Whether any plugin hooks requests (worked out once, as L{hooks} are)."""
     _websockets: tuple[tuple[LoadedPlugin, str | None, WebSocketServerFactory], ...] = field(
         init=False
     )
@@ -180,7 +182,12 @@ class PluginRegistry:
         C{on_request}, C{on_response} or C{server_fetch} hook anywhere, and
         no plugin (routes or app) at a base above C{path}.
         """
-        if self.hooks("on_request") or self.hooks("on_response") or self.hooks("server_fetch"):
+        hooked = self._hooked
+        if hooked is None:
+            hooked = self._hooked = bool(
+                self.hooks("on_request") or self.hooks("on_response") or self.hooks("server_fetch")
+            )
+        if hooked:
             return False
         for plugin in self._by_base:
             if _under(path, plugin.base or ""):

@@ -23,8 +23,9 @@ from twisted.python.failure import Failure
 from buntime._logging import REQUEST_ACTION
 from buntime.http import Response
 from buntime.web.api import CoreAPI
+from buntime.web.exchange import MAX_HEAD, Exchange, parse_head
 from buntime.web.frontdoor import FrontDoor
-from buntime.web.h1 import MAX_HEAD, PAUSE_BUFFERED, Exchange, FrontChannel, parse_head
+from buntime.web.h1 import PAUSE_BUFFERED, FrontChannel
 from buntime.web.state import RuntimeState
 
 # -- parse_head ----------------------------------------------------------------

@@ -324,34 +324,37 @@ def _filler(keys: tuple[str, ...], kinds: tuple[type, ...]) -> _Filler | None:
     return scope["fill"]
 
 
-def _flat_line(message: dict[str, Any]) -> str | None:
+def _filler_for(message: dict[str, Any]) -> _Filler | None:
     """
-    L{format_json} of a message whose values are all text, integers,
-    booleans, finite floats or C{None} (and eliot's C{task_level} list),
-    most messages, by a filler (see L{_filler}) per order of keys and
-    types of values.  C{None}: not such a message.
+    The filler (see L{_filler}) of a message whose values are all text,
+    integers, booleans, floats or C{None} (and eliot's C{task_level} list):
+    most messages, which hold nothing that changes after they are logged.
+    C{None}: not such a message.
     """
     shape = (tuple(message), tuple(map(type, message.values())))
     try:
-        fill = _FILLERS[shape]
+        return _FILLERS[shape]
     except KeyError:
         if len(_FILLERS) >= _MAX_FILLERS:
             return None
         fill = _FILLERS[shape] = _filler(*shape)
-    if fill is None:
-        return None
+        return fill
+
+
+def _filled(fill: _Filler, message: dict[str, Any]) -> str:
+    """The line C{fill} writes, or the generic one when a value is unusual (a NaN, say)."""
     try:
         return fill(message)
     except _Unusual:
-        return None
+        return _encode_record(to_record(message))
 
 
 def format_json(message: dict[str, Any]) -> str:
     """One JSON line (without its line break) for an eliot message (see L{to_record})."""
-    line = _flat_line(message)
-    if line is None:
-        line = _encode_record(to_record(message))
-    return line
+    fill = _filler_for(message)
+    if fill is None:
+        return _encode_record(to_record(message))
+    return _filled(fill, message)
 
 
 _COLOURS = {"debug": "\x1b[90m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}
@@ -401,21 +404,30 @@ class StreamDestination:
     colour: bool = False
     flush_each: bool = True
     clock: IReactorTime | None = None
-    _pending: list[str] = field(factory=list)
+    _pending: list[str | tuple[_Filler, dict[str, Any]]] = field(factory=list)
     _scheduled: IDelayedCall | None = None
 
     def __call__(self, message: dict[str, Any]) -> None:
         level = _level_of(message)
         if not level_enabled(self.min_level, level):
             return
-        if self.fmt == "json":
-            line = format_json(message)
+        fill = _filler_for(message) if self.fmt == "json" else None
+        if fill is not None and not self.flush_each:
+            # A message of plain values is written out with the others of
+            # the turn, one after the other (faster than one at a time
+            # between other work); nothing in it can change meanwhile.
+            self._pending.append((fill, message))
         else:
-            line = format_pretty(message, self.colour)
-        if self.flush_each:
-            self._write(line + "\n")
-            return
-        self._pending.append(line + "\n")
+            if fill is not None:
+                line = _filled(fill, message)
+            elif self.fmt == "json":
+                line = _encode_record(to_record(message))
+            else:
+                line = format_pretty(message, self.colour)
+            if self.flush_each:
+                self._write(line + "\n")
+                return
+            self._pending.append(line + "\n")
         if len(self._pending) >= STREAM_BUFFER or level == "error":
             self.flush()
         elif self._scheduled is None and self.clock is not None:
@@ -427,7 +439,9 @@ class StreamDestination:
         if scheduled is not None and scheduled.active():
             scheduled.cancel()
         pending, self._pending = self._pending, []
-        self._write("".join(pending))
+        self._write(
+            "".join([line if type(line) is str else _filled(*line) + "\n" for line in pending])
+        )
 
     def _write(self, text: str) -> None:
         try:

@@ -526,8 +526,8 @@ def test_json_lines_made_from_a_template_are_what_the_encoder_writes(message, le
     json.loads(format_json(message))
 
 
-def test_a_request_line_is_made_from_a_template():
-    from buntime._logging import _flat_line
+def test_a_request_line_is_made_by_a_filler():
+    from buntime._logging import _filled, _filler_for
 
     message = {
         "level": "info",
@@ -542,9 +542,9 @@ def test_a_request_line_is_made_from_a_template():
         "action_type": "buntime:http:request",
         "task_level": [2, 1],
     }
-    line = _flat_line(message)
-    assert line is not None
-    record = json.loads(line)
+    fill = _filler_for(message)
+    assert fill is not None
+    record = json.loads(_filled(fill, message))
     assert record["message"] == 'GET /a%s/"x" 200 0.5ms' and record["request_id"] == "r\u00e9"
     assert record["timestamp"] == "1970-01-01T00:00:01.250+00:00" and record["task_level"] == [2, 1]
     assert list(record)[:4] == ["level", "message", "timestamp", "context"]
@@ -579,3 +579,19 @@ def test_a_finished_request_reaches_a_swapped_in_logger(eliot_logger):
     finish_request(request_action("rid", "GET", "/a"), {"level": "info", "message": "m"})
     [message] = [m for m in eliot_logger.messages if m.get("action_status") == "succeeded"]
     assert message["message"] == "m" and message["action_type"] == "buntime:http:request"
+
+
+def test_plain_messages_are_written_at_the_end_of_the_turn_others_at_once():
+    clock = Clock()
+    stream = io.StringIO()
+    destination = StreamDestination(stream, flush_each=False, clock=clock)
+    plain = {"level": "info", "message": "one", "timestamp": 1.0, "n": float("nan")}
+    holding = {"level": "info", "message": "two", "timestamp": 2.0, "items": ["a"]}
+    destination(plain)
+    destination(holding)
+    holding["items"].append("changed later")  # already written out as it was
+    assert stream.getvalue() == ""
+    clock.advance(0)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == "one" and first["n"] != first["n"]  # NaN, by the generic path
+    assert second["items"] == ["a"]

@@ -16,22 +16,24 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_benchmark_smoke(tmp_path):
+def bench(tmp_path, *options: str, timeout: float = 180) -> tuple[str, dict]:
+    """Run C{python -m buntime.bench} with C{options}: its output and its JSON report."""
     report_path = tmp_path / "report.json"
-    scenarios = "baseline-noop,warm-noop,echo-1kb,ephemeral-noop,cold-start"
     finished = subprocess.run(
-        [
-            *(sys.executable, "-m", "buntime.bench", "--duration", "1"),
-            *("--scenarios", scenarios, "--json", str(report_path)),
-        ],
+        [sys.executable, "-m", "buntime.bench", *options, "--json", str(report_path)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    assert "buntime benchmark" in finished.stdout
-    report = json.loads(report_path.read_text())
+    return finished.stdout, json.loads(report_path.read_text())
+
+
+def test_benchmark_smoke(tmp_path):
+    scenarios = "baseline-noop,warm-noop,echo-1kb,ephemeral-noop,cold-start"
+    output, report = bench(tmp_path, "--duration", "1", "--scenarios", scenarios)
+    assert "buntime benchmark" in output
     results = report["results"]
     assert set(results) == set(scenarios.split(","))
     for name in ("baseline-noop", "warm-noop", "echo-1kb", "ephemeral-noop"):
@@ -50,20 +52,13 @@ def test_benchmark_smoke(tmp_path):
     reason="needs valgrind and wrk (.ci/run installs them)",
 )
 def test_instructions_smoke(tmp_path):
-    report_path = tmp_path / "report.json"
-    finished = subprocess.run(
-        [
-            *(sys.executable, "-m", "buntime.bench", "--instructions", "--duration", "1"),
-            *("--scenarios", "baseline-noop,warm-noop", "--json", str(report_path)),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+    output, report = bench(
+        tmp_path,
+        *("--instructions", "--duration", "1", "--scenarios", "baseline-noop,warm-noop"),
         timeout=600,
     )
-    assert finished.returncode == 0, finished.stdout + finished.stderr
-    assert "instructions per request" in finished.stdout
-    results = json.loads(report_path.read_text())["results"]
+    assert "instructions per request" in output
+    results = report["results"]
     assert set(results) == {"baseline-noop", "warm-noop"}
     for result in results.values():
         assert result["requests"] > 0 and result["errors"] == 0 and result["non2xx"] == 0

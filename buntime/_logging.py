@@ -222,19 +222,29 @@ def _timestamp_of(message: dict[str, Any]) -> Any:
     return message["timestamp"] if "timestamp" in message else time.time()
 
 
+def _own_fields(message: dict[str, Any]) -> tuple[str, str, str, Any]:
+    """A line's own C{level}, C{message}, C{timestamp} (ISO 8601) and C{context}."""
+    text = message.get("message")
+    return (
+        _level_of(message),
+        text if type(text) is str else _text_of(message),
+        iso_timestamp(_timestamp_of(message)),
+        message.get("context", "runtime"),
+    )
+
+
 def to_record(message: dict[str, Any]) -> dict[str, Any]:
     """
     The JSON object for one eliot message: C{level}, C{message},
     C{timestamp} (ISO 8601, UTC), C{context}, the message's own fields, and
     eliot's task fields.
     """
-    timestamp = _timestamp_of(message)
-    text = message.get("message")
+    level, text, timestamp, context = _own_fields(message)
     record: dict[str, Any] = {
-        "level": _level_of(message),
-        "message": text if type(text) is str else _text_of(message),
-        "timestamp": iso_timestamp(timestamp),
-        "context": message.get("context", "runtime"),
+        "level": level,
+        "message": text,
+        "timestamp": timestamp,
+        "context": context,
     }
     for key, value in message.items():
         if key in _OWN_KEYS:
@@ -260,15 +270,14 @@ def _finite(value: float) -> str:
 
 
 def _own_values(message: dict[str, Any]) -> tuple[str, str, str, str]:
-    """The encoded C{level}, C{message}, C{timestamp} and C{context} of a line."""
-    text = message.get("message")
-    context = message.get("context", "runtime")
+    """The encoded L{_own_fields} of a line (a context that is not text is unusual)."""
+    level, text, timestamp, context = _own_fields(message)
     if type(context) is not str:
         raise _Unusual()
     return (
-        encode_basestring_ascii(_level_of(message)),
-        encode_basestring_ascii(text if type(text) is str else _text_of(message)),
-        encode_basestring_ascii(iso_timestamp(_timestamp_of(message))),
+        encode_basestring_ascii(level),
+        encode_basestring_ascii(text),
+        encode_basestring_ascii(timestamp),
         encode_basestring_ascii(context),
     )
 
@@ -341,20 +350,23 @@ def _filler_for(message: dict[str, Any]) -> _Filler | None:
         return fill
 
 
-def _filled(fill: _Filler, message: dict[str, Any]) -> str:
-    """The line C{fill} writes, or the generic one when a value is unusual (a NaN, say)."""
-    try:
-        return fill(message)
-    except _Unusual:
-        return _encode_record(to_record(message))
+def _filled(fill: _Filler | None, message: dict[str, Any]) -> str:
+    """
+    L{format_json} of C{message} given its filler (L{_filler_for}): the line
+    C{fill} writes, or the generic one when there is none or a value is
+    unusual (a NaN, say).
+    """
+    if fill is not None:
+        try:
+            return fill(message)
+        except _Unusual:
+            pass
+    return _encode_record(to_record(message))
 
 
 def format_json(message: dict[str, Any]) -> str:
     """One JSON line (without its line break) for an eliot message (see L{to_record})."""
-    fill = _filler_for(message)
-    if fill is None:
-        return _encode_record(to_record(message))
-    return _filled(fill, message)
+    return _filled(_filler_for(message), message)
 
 
 _COLOURS = {"debug": "\x1b[90m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}
@@ -418,10 +430,8 @@ class StreamDestination:
             # between other work); nothing in it can change meanwhile.
             self._pending.append((fill, message))
         else:
-            if fill is not None:
+            if self.fmt == "json":
                 line = _filled(fill, message)
-            elif self.fmt == "json":
-                line = _encode_record(to_record(message))
             else:
                 line = format_pretty(message, self.colour)
             if self.flush_each:

@@ -499,12 +499,7 @@ def measure_instructions(
         with runtime(workdir, "spawn", log_level, callgrind(output), startup=300) as (url, pid):
             for name in others:
                 measured(pid, output, url, name)
-    for name, result in results.items():
-        base = results.get(SCENARIOS[name][3] or "")
-        if base and base.get("instructions_per_request") and "instructions_per_request" in result:
-            result["instructions_ratio"] = round(
-                result["instructions_per_request"] / base["instructions_per_request"], 2
-            )
+    _add_ratios(results, "instructions_per_request", "instructions_ratio")
     return results
 
 
@@ -577,10 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: wrk not found (apt-get install wrk); using the Python load generator")
 
     report: dict[str, Any] = {"duration": options.duration, "results": {}}
-    with tempfile.TemporaryDirectory(prefix="buntime-bench-") as workdir:
-        script = os.path.join(workdir, "report.lua")
-        with open(script, "w") as handle:
-            handle.write(_WRK_SCRIPT)
+    with _workdir() as (workdir, script):
 
         def load(url: str, method: str, clients: int) -> dict[str, Any]:
             if use_wrk:
@@ -627,16 +619,35 @@ def main(argv: list[str] | None = None) -> int:
             if metrics is not None:
                 report["pool"] = metrics.get("pool", metrics)
 
-    for name, result in report["results"].items():
-        base = SCENARIOS.get(name, (None, None, None, None))[3]
-        if base and base in report["results"] and report["results"][base].get("rps"):
-            result["ratio_to_baseline"] = round(result["rps"] / report["results"][base]["rps"], 2)
-
+    _add_ratios(report["results"], "rps", "ratio_to_baseline")
     print_report(report)
-    if options.json:
-        with open(options.json, "w") as handle:
-            json.dump(report, handle, indent=2)
+    _save(report, options.json)
     return 0
+
+
+@contextmanager
+def _workdir() -> Iterator[tuple[str, str]]:
+    """A temporary directory for one run, and the wrk script in it."""
+    with tempfile.TemporaryDirectory(prefix="buntime-bench-") as workdir:
+        script = os.path.join(workdir, "report.lua")
+        with open(script, "w") as handle:
+            handle.write(_WRK_SCRIPT)
+        yield workdir, script
+
+
+def _add_ratios(results: dict[str, Any], measure: str, ratio: str) -> None:
+    """Each scenario's C{measure} divided by its baseline's, as C{ratio}."""
+    for name, result in results.items():
+        base = results.get(SCENARIOS.get(name, (None, None, None, None))[3] or "")
+        if base and base.get(measure) and measure in result:
+            result[ratio] = round(result[measure] / base[measure], 2)
+
+
+def _save(report: dict[str, Any], path: str | None) -> None:
+    """Write C{report} as JSON to C{path}, if given (C{--json})."""
+    if path:
+        with open(path, "w") as handle:
+            json.dump(report, handle, indent=2)
 
 
 def _instructions_main(parser: Any, wanted: list[str], options: Any) -> int:
@@ -649,17 +660,12 @@ def _instructions_main(parser: Any, wanted: list[str], options: Any) -> int:
     if missing:
         parser.error(f"--instructions needs {', '.join(missing)} (apt-get install valgrind wrk)")
     report: dict[str, Any] = {"duration": options.duration}
-    with tempfile.TemporaryDirectory(prefix="buntime-bench-") as workdir:
-        script = os.path.join(workdir, "report.lua")
-        with open(script, "w") as handle:
-            handle.write(_WRK_SCRIPT)
+    with _workdir() as (workdir, script):
         report["results"] = measure_instructions(
             wanted, options.duration, options.log_level, workdir, script
         )
     print_instructions(report)
-    if options.json:
-        with open(options.json, "w") as handle:
-            json.dump(report, handle, indent=2)
+    _save(report, options.json)
     return 0
 
 

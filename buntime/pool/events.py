@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from twisted.protocols import amp
 
+from buntime._memo import Remembered
 from buntime.http import Headers
 
 
@@ -48,7 +49,12 @@ def _headers_of(pairs: list[list[str]]) -> Headers:
     return Headers([tuple(pair) for pair in pairs])
 
 
-class ResponseHeads:
+def _parsed_response_head(head: str) -> tuple[int, Headers, bool]:
+    status, pairs, end = parse_response_head(head)
+    return status, _headers_of(pairs), end
+
+
+class ResponseHeads(Remembered[str, tuple[int, Headers, bool]]):
     """
     L{parse_response_head}, with the headers as L{Headers}, remembering the
     last C{size} heads of at most C{longest} characters: an app answers
@@ -59,21 +65,9 @@ class ResponseHeads:
     """
 
     def __init__(self, size: int = 256, longest: int = 2048) -> None:
-        self._size = size
-        self._longest = longest
-        self._known: dict[str, tuple[int, Headers, bool]] = {}
+        super().__init__(_parsed_response_head, size, longest)
 
-    def parse(self, head: str) -> tuple[int, Headers, bool]:
-        known = self._known.get(head)
-        if known is not None:
-            return known
-        status, pairs, end = parse_response_head(head)
-        parsed = (status, _headers_of(pairs), end)
-        if len(head) <= self._longest:
-            if len(self._known) >= self._size:
-                del self._known[next(iter(self._known))]  # the oldest
-            self._known[head] = parsed
-        return parsed
+    parse = Remembered.__call__
 
 
 class ResponseStart(amp.Command):

@@ -20,6 +20,8 @@ from typing import Any, ClassVar, TypeVar
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from buntime._turn import EndOfTurn, send_now
+
 _SIMPLE = (amp.Integer, amp.String, amp.Unicode, amp.Boolean)
 _COMMAND, _ASK = b"_command", b"_ask"
 _MAX_KEY_LENGTH = 255
@@ -128,16 +130,14 @@ class FastAMP(amp.AMP):
     With a C{clock}, the boxes such commands make wait in a list and go out
     together at the end of the reactor turn, or every C{flush_every} boxes
     when that is set (the peer starts on the first commands of a busy turn
-    while this side still makes the rest): on a socket with nothing waiting
-    in Twisted's buffer they are sent at once, without asking the reactor to
-    watch the socket for room and to stop again (two system calls per write
-    otherwise).  Every other box waits until those are written.
+    while this side still makes the rest), straight to the socket (see
+    L{buntime._turn}).  Every other box waits until those are written.
     """
 
     flush_every: ClassVar[int] = 0
     clock: Any = None
     _out: list[bytes] | None = None
-    _out_call: Any = None
+    _out_waits: bool = False  # a send of the boxes waits for the end of the turn
     _unparsed = b""
     _partial: dict[bytes, bytes] | None = None
     _fast_in: ClassVar[dict[bytes, tuple[Decoders, str]]] = {}
@@ -185,12 +185,13 @@ class FastAMP(amp.AMP):
         out.append(box)
         if self.flush_every and len(out) >= self.flush_every:
             self.send_waiting()
-        elif self._out_call is None:
-            self._out_call = self.clock.callLater(0, self._end_of_turn)
+        elif not self._out_waits:
+            self._out_waits = True
+            EndOfTurn.of(self.clock).add(self._end_of_turn)
         return None
 
     def _end_of_turn(self) -> None:
-        self._out_call = None
+        self._out_waits = False
         self.send_waiting()
 
     def send_waiting(self) -> None:
@@ -201,22 +202,7 @@ class FastAMP(amp.AMP):
         data = b"".join(out)
         out.clear()
         transport: Any = self.transport
-        sock = getattr(transport, "socket", None)
-        if (
-            sock is not None
-            and transport.connected
-            and not transport.disconnecting
-            and not getattr(transport, "dataBuffer", True)
-            and not getattr(transport, "_tempDataLen", True)
-            and not getattr(transport, "_sendmsgQueue", None)
-        ):
-            try:
-                sent = sock.send(data)
-            except OSError:
-                sent = 0  # would block, or broken: Twisted's own write finds out which
-            data = data[sent:]
-        if data:
-            transport.write(data)
+        send_now(transport, getattr(transport, "socket", None), data)
 
     def sendBox(self, box: amp.AmpBox) -> None:
         self.send_waiting()  # in order

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from buntime._logging import log
+from buntime._memo import Remembered
 from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
 from buntime.apps.versions import InvalidRange
 from buntime.http import AppInfo, Headers, Request, Response
@@ -116,23 +117,13 @@ class AppStep:
     _checked: dict[str, float] = field(factory=dict)
     _pool_apps: dict[str, tuple[LoadedApp, PoolApp]] = field(factory=dict)
     _infos: dict[str, tuple[LoadedApp, AppInfo]] = field(factory=dict)
-    _splits: dict[str, tuple[str, str | None, str, str] | None] = field(factory=dict)
+    _splits: Remembered[str, tuple[str, str | None, str, str] | None] = field(
+        factory=lambda: Remembered(split_app_path, _SPLITS_MAX, _SPLIT_PATH_MAX)
+    )
+    """L{split_app_path}, remembered: a request asks up to three times."""
     _warned: set[str] = field(factory=set)
     _claimed: tuple[str, Any, int] | None = None
     """The path L{claims} was last asked about, what it found and when, for L{direct}."""
-
-    def _split(self, path: str) -> tuple[str, str | None, str, str] | None:
-        """L{split_app_path}, remembered: a request asks up to three times."""
-        try:
-            return self._splits[path]
-        except KeyError:
-            pass
-        parts = split_app_path(path)
-        if len(path) <= _SPLIT_PATH_MAX:
-            if len(self._splits) >= _SPLITS_MAX:
-                self._splits.clear()
-            self._splits[path] = parts
-        return parts
 
     def load(self, version: AppVersion) -> LoadedApp:
         """
@@ -217,7 +208,7 @@ class AppStep:
 
     def body_limit_for(self, path: str) -> int:
         """The request body limit for C{path}: its app's C{maxBodySize}, else the default."""
-        parts = self._split(path)
+        parts = self._splits(path)
         if parts is not None:
             try:
                 version = self.catalog.resolve(parts[0], parts[1])
@@ -277,7 +268,7 @@ class AppStep:
 
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
         """The app version C{path} names, its base and the rest; a 400 for a bad range."""
-        parts = self._split(path)
+        parts = self._splits(path)
         if parts is None:
             return None
         name, spec, base, rest = parts
@@ -293,7 +284,7 @@ class AppStep:
 
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""
-        parts = self._split(path)
+        parts = self._splits(path)
         if parts is None or parts[0] in self.reserved:
             return None
         try:

@@ -14,6 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.python.failure import Failure
 
 from buntime._logging import log
+from buntime._memo import Remembered
 from buntime.http import Response
 
 if TYPE_CHECKING:
@@ -108,27 +109,12 @@ def parse_head(block: bytes) -> Head | None:
     )
 
 
-_HEADS: dict[bytes, Head | None] = {}
-_HEADS_MAX = 256
-_HEAD_KEPT = 2048
-
-
-def parsed_head(block: bytes) -> Head | None:
-    """
-    L{parse_head}, remembering the last heads of at most 2 KiB: a client
-    (a service polling another, a load test) often sends the same head
-    again, and then gets the same (unchanging) L{Head}.
-    """
-    try:
-        return _HEADS[block]
-    except KeyError:
-        pass
-    head = parse_head(block)
-    if len(block) <= _HEAD_KEPT:
-        if len(_HEADS) >= _HEADS_MAX:
-            del _HEADS[next(iter(_HEADS))]  # the oldest
-        _HEADS[block] = head
-    return head
+parsed_head: Callable[[bytes], Head | None] = Remembered(parse_head, size=256, longest=2048)
+"""
+L{parse_head}, remembering the last heads of at most 2 KiB: a client (a
+service polling another, a load test) often sends the same head again, and
+then gets the same (unchanging) L{Head}.
+"""
 
 
 class Exchange:

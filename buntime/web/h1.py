@@ -29,6 +29,7 @@ from twisted.web.server import version as SERVER_VERSION
 from zope.interface import implementer
 
 from buntime._logging import log
+from buntime._turn import EndOfTurn, send_now
 from buntime.http import Headers, Response
 from buntime.web.exchange import MAX_HEAD, Exchange, Head, parsed_head
 from buntime.web.frontdoor import HOP_BY_HOP
@@ -41,38 +42,6 @@ _LENGTH = re.compile(r"[0-9]+\Z")
 _NO_BODY = frozenset({204, 304})
 _HOP_BY_HOP = HOP_BY_HOP | {"content-length", "date", "server"}
 """Response headers the channel writes itself, or never passes on."""
-
-
-class _EndOfTurn:
-    """
-    The connections with whole responses to send at the end of the reactor
-    turn, one after the other.  Sent at once, each response would wake the
-    client (another process) while this one still works on the next: a
-    wake-up per response, which on a small machine cost more than all the
-    rest of a response.  Sent together, one wake-up serves many, as in
-    twisted.web (whose writes wait for the next turn).  One per site.
-    """
-
-    def __init__(self, clock: Any) -> None:
-        self._clock = clock
-        self._channels: list[FrontChannel] = []
-
-    @classmethod
-    def of(cls, site: Any, clock: Any) -> _EndOfTurn:
-        batch = getattr(site, "_end_of_turn", None)
-        if batch is None:
-            batch = site._end_of_turn = cls(clock)
-        return batch
-
-    def add(self, channel: FrontChannel) -> None:
-        if not self._channels:
-            self._clock.callLater(0, self._send)
-        self._channels.append(channel)
-
-    def _send(self) -> None:
-        channels, self._channels = self._channels, []
-        for channel in channels:
-            channel._send_unsent()
 
 
 def _clean(text: str) -> bytes:
@@ -440,10 +409,10 @@ class FrontChannel(Protocol):
     def _write_soon(self, data: bytes) -> None:
         """
         Write a whole response at the end of the reactor turn, with those of
-        other connections (see L{_EndOfTurn}).
+        other connections (see L{buntime._turn}).
         """
         if not self._unsent:
-            _EndOfTurn.of(self.site, self._clock).add(self)
+            EndOfTurn.of(self._clock).add(self._send_unsent)
         self._unsent.append(data)
 
     def _write(self, data: bytes) -> None:
@@ -452,32 +421,13 @@ class FrontChannel(Protocol):
         self.transport.write(data)
 
     def _send_unsent(self) -> None:
-        """
-        Send what waits for the end of the turn: at once when nothing waits
-        in Twisted's buffer, on a plain TCP connection (Twisted would
-        otherwise ask epoll to wake it when the socket can take data, send
-        on the next turn and ask epoll to stop: three system calls for one),
-        else through the transport.
-        """
+        """Send what waits for the end of the turn (see L{buntime._turn.send_now})."""
         unsent = self._unsent
         if not unsent:
             return
         data = unsent[0] if len(unsent) == 1 else b"".join(unsent)
         unsent.clear()
-        transport = self.transport
-        if not transport.connected or transport.disconnecting:
-            transport.write(data)  # Twisted drops it, or sends it before closing
-            return
-        sock = self._socket
-        if sock is not None and not transport.dataBuffer and not transport._tempDataLen:
-            try:
-                sent = sock.send(data)
-            except OSError:
-                sent = 0  # would block, or broken: Twisted's own write finds out which
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        send_now(self.transport, self._socket, data)
 
     async def _stream(self, exchange: Exchange, body: Any, chunked: bool, silent: bool) -> None:
         iterator: AsyncIterator[bytes] = body.__aiter__()

@@ -1,0 +1,70 @@
+"""
+Writing at the end of the reactor turn, straight to the socket.
+
+Sent one by one while the reactor goes on with its turn, small writes to
+another process wake it once each; gathered and sent at the end of the
+turn, one wake-up serves many (as in twisted.web, whose writes wait for the
+next turn).  And a write Twisted buffers costs it two C{epoll_ctl} calls (to
+be told when the socket takes data, and to stop) besides the C{send()}:
+sending at once when nothing waits in its buffer saves both.  The fast
+lane's responses (L{buntime.web.h1}) and the boxes to workers
+(L{buntime.pool.wire}) go out this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from weakref import WeakKeyDictionary
+
+_TURNS: WeakKeyDictionary[Any, EndOfTurn] = WeakKeyDictionary()
+
+
+class EndOfTurn:
+    """What to call once the reactor (C{clock}) has done with its current turn."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._calls: list[Callable[[], object]] = []
+
+    @classmethod
+    def of(cls, clock: Any) -> EndOfTurn:
+        """The one for C{clock}: everything it is given runs after one C{callLater(0)}."""
+        turn = _TURNS.get(clock)
+        if turn is None:
+            turn = _TURNS[clock] = cls(clock)
+        return turn
+
+    def add(self, call: Callable[[], object]) -> None:
+        """Call C{call()} at the end of this turn, after what was added before."""
+        if not self._calls:
+            self._clock.callLater(0, self._run)
+        self._calls.append(call)
+
+    def _run(self) -> None:
+        calls, self._calls = self._calls, []
+        for call in calls:
+            call()
+
+
+def send_now(transport: Any, sock: Any, data: bytes) -> None:
+    """
+    C{transport.write(data)}, but sent on C{sock} (the transport's socket,
+    or C{None}: never) at once when nothing waits in the transport's buffer;
+    what the socket cannot take now goes to the transport, after it.
+    """
+    if (
+        sock is not None
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+        and not getattr(transport, "_sendmsgQueue", None)  # descriptors to pass go first
+    ):
+        try:
+            sent = sock.send(data)
+        except OSError:
+            sent = 0  # would block, or broken: Twisted's own write finds out which
+        data = data[sent:]
+    if data:
+        transport.write(data)

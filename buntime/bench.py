@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -37,11 +39,23 @@ SCENARIOS = {
     "echo-1kb": ("/echo/", "POST", 50, "baseline-echo"),
     "slow-50ms": ("/slow/", "GET", 50, None),
     "ephemeral-noop": ("/ephemeral/", "GET", 10, None),
+    "warm-noop-varied": ("/noop-asgi/", "GET", 50, "baseline-varied"),
+    "warm-noop-plugin": ("/noop-asgi/", "GET", 50, "baseline-noop"),
     "baseline-noop": ("/", "GET", 50, None),
     "baseline-echo": ("/echo", "POST", 50, None),
+    "baseline-varied": ("/", "GET", 50, None),
 }
 DEFAULT_SCENARIOS = list(SCENARIOS)
 EXTRA_CHECKS = ("cold-start", "stream-100mb")
+# Sent with other headers on every request (a request id, a cookie, a user agent).
+VARIED_SCENARIOS = ("warm-noop-varied", "baseline-varied")
+# Served by a runtime of their own, started with the bench-hooks plugin.
+PLUGIN_SCENARIOS = ("warm-noop-plugin",)
+GOALS = {
+    # name: ((the scenario whose req/s it is compared with, the least ratio), ...)
+    "warm-noop-plugin": (("warm-noop", 0.9),),
+    "warm-noop-varied": (("warm-noop", 0.9), ("baseline-varied", 0.7)),
+}
 
 _APPS = {
     "noop-asgi@1.0.0": (
@@ -142,6 +156,50 @@ done = function(summary, latency, requests)
 end
 """
 
+# Added to _WRK_SCRIPT for VARIED_SCENARIOS: every request its own headers,
+# the same sequence in every run (each wrk thread has a number of its own).
+_WRK_VARIED = """
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+
+math.randomseed(1)
+local sent = 0
+request = function()
+  sent = sent + 1
+  local n = thread_number .. "." .. sent
+  return wrk.format(nil, nil, {
+    ["x-request-id"] = string.format("bench-%s-%08x", n, math.random(0, 0x7fffffff)),
+    ["cookie"] = "session=" .. n .. "; theme=dark",
+    ["user-agent"] = "bench/" .. n,
+  })
+end
+"""
+
+# The plugin of PLUGIN_SCENARIOS: both request hooks, as cheap as they come.
+_PLUGIN = {
+    "manifest.yaml": "name: bench-hooks\n",
+    "plugin.py": """
+        from zope.interface import implementer
+
+        from buntime.interfaces import IBuntimePlugin
+
+
+        @implementer(IBuntimePlugin)
+        class BenchHooks:
+            def on_request(self, request, app):
+                return None
+
+            def on_response(self, response, app):
+                return response.with_header("x-bench", "1")
+
+
+        provider = BenchHooks()
+        """,
+}
+
 
 def serve_baseline() -> None:
     """A bare twisted.web server answering the same noop and echo, printing its port."""
@@ -222,15 +280,25 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def write_files(folder: str, files: dict[str, str]) -> None:
+    """Write C{files} (name: text, dedented) into C{folder}, made when missing."""
+    os.makedirs(folder, exist_ok=True)
+    for name, text in files.items():
+        with open(os.path.join(folder, name), "w") as handle:
+            handle.write(textwrap.dedent(text))
+
+
 def write_apps(root: str) -> None:
     """Generate the benchmark apps under C{root}."""
     for name, (manifest, code) in _APPS.items():
-        app_dir = os.path.join(root, name)
-        os.makedirs(app_dir, exist_ok=True)
-        with open(os.path.join(app_dir, "manifest.yaml"), "w") as handle:
-            handle.write(manifest)
-        with open(os.path.join(app_dir, "app.py"), "w") as handle:
-            handle.write(textwrap.dedent(code))
+        write_files(os.path.join(root, name), {"manifest.yaml": manifest, "app.py": code})
+
+
+def write_plugin(root: str) -> str:
+    """Generate the bench-hooks plugin in a plugin dir under C{root}: that dir."""
+    plugin_dir = os.path.join(root, "bench-plugins")
+    write_files(os.path.join(plugin_dir, "bench-hooks"), _PLUGIN)
+    return plugin_dir
 
 
 @contextmanager
@@ -240,11 +308,13 @@ def runtime(
     log_level: str,
     wrap: Sequence[str] = (),
     startup: float = 30,
+    plugin_dir: str | None = None,
 ) -> Iterator[tuple[str, int]]:
     """
     A runtime process on a free loopback port: yields (base url, pid).
     C{wrap} goes before its command (valgrind, say), which then takes up
-    to C{startup} seconds to answer.
+    to C{startup} seconds to answer.  Its plugins are those of C{plugin_dir}
+    (none by default: the dir does not exist).
     """
     apps = os.path.join(workdir, "apps")
     write_apps(apps)
@@ -253,7 +323,7 @@ def runtime(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RUNTIME_")},
         "RUNTIME_WORKER_DIRS": apps,
-        "RUNTIME_PLUGIN_DIRS": os.path.join(workdir, "plugins"),
+        "RUNTIME_PLUGIN_DIRS": plugin_dir or os.path.join(workdir, "plugins"),
         "RUNTIME_ENV": "production",
         "RUNTIME_LOG_FORMAT": "json",
         "RUNTIME_LOG_LEVEL": log_level,
@@ -343,13 +413,25 @@ def run_wrk(url: str, method: str, clients: int, duration: float, script: str) -
     return result
 
 
-async def _python_load(url: str, method: str, clients: int, duration: float) -> dict[str, Any]:
+async def _python_load(
+    url: str, method: str, clients: int, duration: float, varied: bool = False
+) -> dict[str, Any]:
     host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
     path = "/" + url.split("//", 1)[1].split("/", 1)[1] if "/" in url.split("//", 1)[1] else "/"
     body = b"x" * 1024 if method == "POST" else b""
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"
+    sent, chosen = itertools.count(1), random.Random(1)
+
+    def request() -> bytes:
+        """The next request: with headers of its own when C{varied} (as _WRK_VARIED)."""
+        if not varied:
+            return (head + "\r\n").encode() + body
+        n = f"1.{next(sent)}"  # one thread, as wrk numbers them
+        return (
+            f"{head}x-request-id: bench-{n}-{chosen.getrandbits(31):08x}\r\n"
+            f"cookie: session={n}; theme=dark\r\nuser-agent: bench/{n}\r\n\r\n"
+        ).encode() + body
+
     latencies: list[float] = []
     errors = 0
     stop = time.monotonic() + duration
@@ -359,7 +441,7 @@ async def _python_load(url: str, method: str, clients: int, duration: float) -> 
         reader, writer = await asyncio.open_connection(host, int(port))
         while time.monotonic() < stop:
             started = time.monotonic()
-            writer.write(head + body)
+            writer.write(request())
             status = await reader.readline()
             length = 0
             while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -529,6 +611,15 @@ def _fetch_status(url: str) -> int | None:
         return None
 
 
+def _fetch_header(url: str, name: str) -> str | None:
+    """Header C{name} of a successful GET to C{url}, C{None} when absent."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.headers.get(name)
+    except OSError:
+        return None
+
+
 def _fetch_json(url: str) -> Any:
     from urllib.request import urlopen
 
@@ -573,17 +664,40 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {"duration": options.duration, "results": {}}
     with _workdir() as (workdir, script):
+        varied_script = os.path.join(workdir, "varied.lua")
+        write_files(workdir, {"varied.lua": _WRK_SCRIPT + _WRK_VARIED})
 
-        def load(url: str, method: str, clients: int) -> dict[str, Any]:
+        def load(url: str, name: str) -> dict[str, Any]:
+            """Drive scenario C{name} at C{url} (the server's base)."""
+            path, method, clients, _ = SCENARIOS[name]
+            varied = name in VARIED_SCENARIOS
             if use_wrk:
-                return run_wrk(url, method, clients, options.duration, script)
-            return asyncio.run(_python_load(url, method, clients, options.duration))
+                chosen = varied_script if varied else script
+                return run_wrk(url + path, method, clients, options.duration, chosen)
+            return asyncio.run(_python_load(url + path, method, clients, options.duration, varied))
+
+        def measure(url: str, pid: int, name: str) -> dict[str, Any]:
+            """Drive runtime scenario C{name}, warm (but ephemeral-noop), timing the CPU."""
+            if name != "ephemeral-noop":
+                time_to_first_byte(url + SCENARIOS[name][0])  # warm it up
+            before = _cpu_split(pid)
+            result = load(url, name)
+            after = _cpu_split(pid)
+            if result.get("requests"):
+                # CPU time per request: steadier than req/s on a busy machine
+                # (exited ephemeral workers are not counted)
+                result["runtime_cpu_us"] = round(
+                    (after[0] - before[0]) * 1e6 / result["requests"], 1
+                )
+                result["workers_cpu_us"] = round(
+                    (after[1] - before[1]) * 1e6 / result["requests"], 1
+                )
+            return result
 
         with baseline() as (base_url, base_pid):
             for name in wanted:
                 if name.startswith("baseline"):
-                    path, method, clients, _ = SCENARIOS[name]
-                    result = load(base_url + path, method, clients)
+                    result = load(base_url, name)
                     result["rss_mb"] = _rss_mb(base_pid)
                     report["results"][name] = result
 
@@ -591,23 +705,9 @@ def main(argv: list[str] | None = None) -> int:
             if "cold-start" in wanted:
                 report["results"]["cold-start"] = {"ttfb_ms": time_to_first_byte(url + "/cold/")}
             for name in wanted:
-                if name in SCENARIOS and not name.startswith("baseline"):
-                    path, method, clients, _ = SCENARIOS[name]
-                    if name != "ephemeral-noop":
-                        time_to_first_byte(url + path)  # warm it up
-                    before = _cpu_split(pid)
-                    result = load(url + path, method, clients)
-                    after = _cpu_split(pid)
-                    if result.get("requests"):
-                        # CPU time per request: steadier than req/s on a busy machine
-                        # (exited ephemeral workers are not counted)
-                        result["runtime_cpu_us"] = round(
-                            (after[0] - before[0]) * 1e6 / result["requests"], 1
-                        )
-                        result["workers_cpu_us"] = round(
-                            (after[1] - before[1]) * 1e6 / result["requests"], 1
-                        )
-                    report["results"][name] = result
+                plain = name in SCENARIOS and name not in PLUGIN_SCENARIOS
+                if plain and not name.startswith("baseline"):
+                    report["results"][name] = measure(url, pid, name)
             if "stream-100mb" in wanted:
                 time_to_first_byte(url + "/noop-asgi/")
                 report["results"]["stream-100mb"] = stream_rss(url + "/stream/", pid)
@@ -619,7 +719,25 @@ def main(argv: list[str] | None = None) -> int:
             if metrics is not None:
                 report["pool"] = metrics.get("pool", metrics)
 
+        # A runtime of their own, so that no other scenario meets the plugin.
+        hooked = [name for name in wanted if name in PLUGIN_SCENARIOS]
+        if hooked:
+            plugin_dir = write_plugin(workdir)
+            with runtime(
+                workdir, options.worker_mode, options.log_level, plugin_dir=plugin_dir
+            ) as (url, pid):
+                for name in hooked:
+                    # Proof that the hooks run, before any load: on_response's header.
+                    if _fetch_header(url + SCENARIOS[name][0], "x-bench") == "1":
+                        report["results"][name] = {**measure(url, pid, name), "hooks_ran": True}
+                    else:
+                        report["results"][name] = {
+                            "hooks_ran": False,
+                            "error": "no x-bench: 1 on a response: the plugin's hooks did not run",
+                        }
+
     _add_ratios(report["results"], "rps", "ratio_to_baseline")
+    _check_goals(report["results"])
     print_report(report)
     _save(report, options.json)
     return 0
@@ -635,12 +753,48 @@ def _workdir() -> Iterator[tuple[str, str]]:
         yield workdir, script
 
 
+def _ratio(result: dict[str, Any], other: dict[str, Any] | None, measure: str) -> float | None:
+    """C{result}'s C{measure} divided by C{other}'s, C{None} if either lacks it."""
+    if other and other.get(measure) and measure in result:
+        return round(result[measure] / other[measure], 2)
+    return None
+
+
 def _add_ratios(results: dict[str, Any], measure: str, ratio: str) -> None:
     """Each scenario's C{measure} divided by its baseline's, as C{ratio}."""
     for name, result in results.items():
         base = results.get(SCENARIOS.get(name, (None, None, None, None))[3] or "")
-        if base and base.get(measure) and measure in result:
-            result[ratio] = round(result[measure] / base[measure], 2)
+        if (value := _ratio(result, base, measure)) is not None:
+            result[ratio] = value
+
+
+def _check_goals(results: dict[str, Any]) -> None:
+    """
+    Each scenario's req/s against those its L{GOALS} name, as C{goals}: a
+    list of C{{"compared_with", "least", "ratio", "met"}} (C{ratio} and
+    C{met} are C{None} when the other scenario was not measured).
+    """
+    for name, goals in GOALS.items():
+        if name not in results:
+            continue
+        results[name]["goals"] = []
+        for other, least in goals:
+            ratio = _ratio(results[name], results.get(other), "rps")
+            met = None if ratio is None else ratio >= least
+            results[name]["goals"].append(
+                {"compared_with": other, "least": least, "ratio": ratio, "met": met}
+            )
+
+
+def _goals_text(result: dict[str, Any]) -> str:
+    """The goals of a scenario's result and whether it met them, for the report."""
+    verdicts = {True: "met", False: "NOT MET", None: "not measured"}
+    return "; ".join(
+        f"goal ≥ {goal['least']}x {goal['compared_with']}: "
+        + ("" if goal["ratio"] is None else f"{goal['ratio']}x ")
+        + verdicts[goal["met"]]
+        for goal in result.get("goals", ())
+    )
 
 
 def _save(report: dict[str, Any], path: str | None) -> None:
@@ -692,6 +846,7 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{result['errors'] + result['non2xx']:>7} "
                 f"{result.get('ratio_to_baseline', ''):>6} "
                 f"{result.get('runtime_cpu_us', ''):>7} {result.get('workers_cpu_us', ''):>7}"
+                f"  {_goals_text(result)}".rstrip()
             )
         else:
             print(f"{name:<16} {json.dumps(result)}")

@@ -31,17 +31,36 @@ def bench(tmp_path, *options: str, timeout: float = 180) -> tuple[str, dict]:
 
 
 def test_benchmark_smoke(tmp_path):
-    scenarios = "baseline-noop,warm-noop,echo-1kb,ephemeral-noop,cold-start"
+    loads = (
+        "baseline-noop",
+        "baseline-varied",
+        "warm-noop",
+        "warm-noop-varied",
+        "warm-noop-plugin",
+        "echo-1kb",
+        "ephemeral-noop",
+    )
+    scenarios = ",".join([*loads, "cold-start"])
     output, report = bench(tmp_path, "--duration", "1", "--scenarios", scenarios)
     assert "buntime benchmark" in output
     results = report["results"]
     assert set(results) == set(scenarios.split(","))
-    for name in ("baseline-noop", "warm-noop", "echo-1kb", "ephemeral-noop"):
+    for name in loads:
         result = results[name]
         assert result["requests"] > 0, (name, result)
         assert result["errors"] == 0 and result["non2xx"] == 0, (name, result)
         assert {"rps", "p50_ms", "p95_ms", "p99_ms", "generator"} <= set(result)
     assert results["warm-noop"]["ratio_to_baseline"] > 0
+    assert results["warm-noop-plugin"]["hooks_ran"] is True  # its responses had x-bench: 1
+    compared = {
+        "warm-noop-plugin": ["warm-noop"],
+        "warm-noop-varied": ["warm-noop", "baseline-varied"],
+    }
+    for name, others in compared.items():
+        goals = results[name]["goals"]
+        assert [goal["compared_with"] for goal in goals] == others, (name, goals)
+        assert all(goal["ratio"] > 0 and goal["met"] in (True, False) for goal in goals), goals
+    assert "goal ≥ 0.7x baseline-varied" in output  # printed beside the result
     assert results["cold-start"]["ttfb_ms"] > 0
     assert report["runtime_rss_mb"] > 0
     assert report["pool"]["totalRequests"] > 0  # pool metrics from the metrics plugin

@@ -7,7 +7,7 @@ turn, one wake-up serves many (as in twisted.web, whose writes wait for the
 next turn).  And a write Twisted buffers costs it two C{epoll_ctl} calls (to
 be told when the socket takes data, and to stop) besides the C{send()}:
 sending at once when nothing waits in its buffer saves both.  The fast
-lane's responses (L{buntime.web.h1}) and the boxes to workers
+connections' answers (L{buntime.web.http1}) and the boxes to workers
 (L{buntime.pool.wire}) go out this way.
 """
 

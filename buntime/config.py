@@ -38,6 +38,8 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "data_dir": ("RUNTIME_DATA_DIR",),
     "homepage": ("RUNTIME_HOMEPAGE",),
     "worker_mode": ("RUNTIME_WORKER_MODE",),
+    "header_timeout": ("RUNTIME_HEADER_TIMEOUT",),
+    "max_connections": ("RUNTIME_MAX_CONNECTIONS",),
 }
 
 
@@ -67,6 +69,8 @@ class RuntimeConfig:
     homepage: str | None
     worker_mode: str
     environ: Mapping[str, str] = field(repr=False)  # values may be secrets
+    header_timeout: float = 10.0
+    max_connections: int = 4096
 
     @property
     def production(self) -> bool:
@@ -217,6 +221,22 @@ def load_config(
         label("worker_mode", "RUNTIME_WORKER_MODE"), get("worker_mode") or "fork", ("fork", "spawn")
     )
 
+    header_value = get("header_timeout") or "10s"
+    try:
+        header_timeout = parse_duration(header_value)
+    except ValueError:
+        header_timeout = -1.0
+    if header_timeout <= 0:
+        raise ConfigError(
+            f"{label('header_timeout', 'RUNTIME_HEADER_TIMEOUT')} must be a positive duration "
+            f"(like 10s), got {header_value!r}"
+        )
+    max_connections = 4096
+    if get("max_connections") is not None:
+        max_connections = _int(
+            label("max_connections", "RUNTIME_MAX_CONNECTIONS"), get("max_connections") or "", 1
+        )
+
     log_file = get("log_file") or None
     if log_file is not None:
         log_file = os.path.abspath(log_file)
@@ -248,4 +268,6 @@ def load_config(
         homepage=get("homepage") or None,
         worker_mode=worker_mode,
         environ=dict(merged_env),
+        header_timeout=header_timeout,
+        max_connections=max_connections,
     )

@@ -8,7 +8,7 @@ All of them are immutable: every "change" returns a new value.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,30 +55,13 @@ class Headers:
     """
 
     _items: tuple[tuple[str, str], ...] = field(default=(), converter=_pairs)
-    _memo: Any = field(default=None, init=False, repr=False)
 
     @classmethod
     def _of(cls, items: tuple[tuple[str, str], ...]) -> Headers:
         """Headers holding C{items}, already text pairs (no conversion)."""
         headers = object.__new__(cls)
         object.__setattr__(headers, "_items", items)
-        object.__setattr__(headers, "_memo", None)
         return headers
-
-    def rendered(self, render: Callable[[Headers], Any]) -> Any:
-        """
-        C{render(self)}, worked out once per C{Headers} and C{render} (they
-        never change): how a connection writes them, say, when one
-        C{Headers} answers many requests.
-        """
-        memo = self._memo
-        if memo is None:
-            memo = {}
-            object.__setattr__(self, "_memo", memo)
-        elif render in memo:
-            return memo[render]
-        result = memo[render] = render(self)
-        return result
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of C{name}, or C{default}."""
@@ -258,7 +241,7 @@ class Response:
         return cls.json({"error": {"code": code, "message": message}}, status, headers)
 
     def with_header(self, name: str, value: str) -> Response:
-        return evolve(self, headers=self.headers.set(name, value))
+        return type(self)(self.status, self.headers.set(name, value), self.body)
 
     def with_status(self, status: int) -> Response:
         return evolve(self, status=status)

@@ -30,9 +30,10 @@ from buntime.web.api import CoreAPI
 from buntime.web.api_apps import AppsAPI
 from buntime.web.apps import AppStep
 from buntime.web.frontdoor import FrontDoor
+from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.openapi import openapi_document
 from buntime.web.plugins import PluginSteps
-from buntime.web.server import WebService, make_site
+from buntime.web.server import WebService
 from buntime.web.state import RuntimeState
 from buntime.web.websocket import WebSockets
 
@@ -179,15 +180,14 @@ def make_pool(config: RuntimeConfig, reactor: Any) -> PoolService:
     return service
 
 
-def body_limit(config: RuntimeConfig, apps: AppStep) -> Callable[[bytes], int]:
-    """The body limit of a request target: the app's, or the ceiling for the core API."""
-    api_base = config.api_base.encode("latin-1")
+def body_limit(config: RuntimeConfig, apps: AppStep) -> Callable[[str], int]:
+    """The body limit of a request path: the app's, or the ceiling for the core API."""
+    api_base = config.api_base
 
-    def limit(target: bytes) -> int:
-        path = target.split(b"?", 1)[0]
-        if path == api_base or path.startswith(api_base + b"/"):
+    def limit(path: str) -> int:
+        if path == api_base or path.startswith(api_base + "/"):
             return config.body_size_max
-        return apps.body_limit_for(path.decode("latin-1"))
+        return apps.body_limit_for(path)
 
     return limit
 
@@ -295,13 +295,13 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         plugins=lambda: plugins.registry,
         identify=apps.identify,
         websockets=websockets,
-        direct=apps.direct,
-        claims=apps.claims,
+        body_limit=body_limit(config, apps),
     )
+    limits = Limits(header_timeout=config.header_timeout, max_connections=config.max_connections)
     web = WebService(
         reactor=reactor,
         description=config.listen,
-        site=make_site(frontdoor, body_limit(config, apps), state=state),
+        site=HTTP1Factory(frontdoor, reactor, limits, state),
         state=state,
         fatal=fatal_exit,
         wait_for=lambda: plugins.when_loaded().addCallback(_plugins_loaded, plugins),

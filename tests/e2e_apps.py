@@ -4,8 +4,8 @@ Apps and tools for the end-to-end tests (C{test_e2e_*.py}).
 The apps are written into a temporary worker dir by the tests themselves
 (L{write_app}, L{copy_demo}); the tools talk to a runtime where treq would
 hide what matters: L{raw_request} sends exact bytes (C{..} paths, chunked
-bodies), L{pid_alive} and L{descendants} look at processes through
-C{/proc}, L{zip_archive} and L{multipart} build uploads.
+bodies), L{pid_alive}, L{descendants} and L{rss_kb} look at processes
+through C{/proc}, L{zip_archive} and L{multipart} build uploads.
 """
 
 from __future__ import annotations
@@ -179,6 +179,15 @@ def parent_pid(pid: int) -> int | None:
     """The parent of C{pid}, or C{None} if it is gone."""
     found = _stat(pid)
     return found[1] if found is not None else None
+
+
+def rss_kb(pid: int) -> int:
+    """The resident memory of C{pid} in KiB (C{VmRSS} of C{/proc/<pid>/status})."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ValueError(f"no VmRSS for pid {pid}")
 
 
 def descendants(pid: int) -> set[int]:

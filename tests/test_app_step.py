@@ -1,13 +1,21 @@
-"""L{buntime.web.apps.AppStep}: what the fast lane asks of a head serves its request."""
+"""
+L{buntime.web.apps.AppStep}, the worker-app dispatch step, over static apps:
+which app a path names, the version it serves as the apps change, and the
+body limit of a path.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import define, field
-from e2e_apps import static_app
+from e2e_apps import static_app, write_app
+from fakes import result_of
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
 from buntime.apps.discovery import AppCatalog
-from buntime.http import Headers, Request
+from buntime.http import Headers, Request, Response
 from buntime.web.apps import AppStep
 
 
@@ -40,39 +48,65 @@ def get(path: str) -> Request:
     return Request("GET", path, Headers(), b"", "127.0.0.1")
 
 
-def body_of(answer) -> bytes:
-    return answer.result.body
+def answer(step: AppStep, path: str, fields: dict[str, Any] | None = None) -> Response | None:
+    """The step's answer for C{GET path}, C{None} for "not mine" (static apps answer at once)."""
+    pending = step(get(path), {} if fields is None else fields)
+    return None if pending is None else result_of(ensureDeferred(pending))
 
 
-def test_a_claimed_path_is_served_without_routing_again(tmp_path):
+def test_a_path_is_served_by_the_app_it_names(tmp_path):
     static_app(tmp_path, "site", "1.0.0", "one")
     step, asked = step_over(tmp_path, Clock())
-    assert step.claims("/site/") == 1000
-    assert asked == [("site", None)]
-    assert b"one" in body_of(step.direct(get("/site/"), {}))
+    fields: dict[str, Any] = {}
+    response = answer(step, "/site/", fields)
+    assert response is not None and response.status == 200
+    assert b"one" in response.body
+    assert fields == {"app": "site@1.0.0"}
     assert asked == [("site", None)]  # routed once
-    step.direct(get("/site/"), {})
-    assert len(asked) == 2  # a claim serves one request
 
 
-def test_a_claim_serves_only_its_own_path(tmp_path):
+def test_each_path_is_served_by_its_own_app(tmp_path):
     static_app(tmp_path, "site", "1.0.0", "one")
     static_app(tmp_path, "other", "1.0.0", "two")
     step, asked = step_over(tmp_path, Clock())
-    step.claims("/site/")
-    assert b"two" in body_of(step.direct(get("/other/"), {}))
+    assert b"one" in answer(step, "/site/").body
+    assert b"two" in answer(step, "/other/").body
     assert asked == [("site", None), ("other", None)]
 
 
-def test_a_claim_made_before_the_apps_changed_is_not_used(tmp_path):
+def test_a_path_naming_no_app_is_not_answered_and_a_bad_range_is_400(tmp_path):
+    static_app(tmp_path, "site", "1.0.0", "one")
+    step, _ = step_over(tmp_path, Clock())
+    assert answer(step, "/missing/") is None
+    assert answer(step, "/api/health") is None  # a reserved name
+    response = answer(step, "/site@nonsense!/")
+    assert response is not None and response.status == 400
+    assert response.headers.get("content-type") == "application/json"
+
+
+def test_a_new_version_is_served_once_the_catalog_sees_it(tmp_path):
     static_app(tmp_path, "site", "1.0.0", "one")
     clock = Clock()
     step, asked = step_over(tmp_path, clock)
-    step.claims("/site/")
+    assert b"one" in answer(step, "/site/").body
     static_app(tmp_path, "site", "2.0.0", "two")
     clock.advance(2)  # the catalog looks again
-    assert b"two" in body_of(step.direct(get("/site/"), {}))
-    step.claims("/site/")
+    assert b"two" in answer(step, "/site/").body
+    static_app(tmp_path, "site", "3.0.0", "three")
     step.catalog.invalidate()
-    assert b"two" in body_of(step.direct(get("/site/"), {}))
-    assert len(asked) == 4
+    assert b"three" in answer(step, "/site/").body
+    assert len(asked) == 3
+
+
+def test_the_body_limit_is_the_app_s_else_the_default(tmp_path):
+    write_app(
+        tmp_path,
+        "upload",
+        "1.0.0",
+        manifest={"entrypoint": "index.html", "maxBodySize": "5kb"},
+        files={"index.html": "<html></html>"},
+    )
+    step, _ = step_over(tmp_path, Clock())
+    assert step.body_limit_for("/upload/files") == 5 * 1024
+    assert step.body_limit_for("/missing/") == 1000
+    assert step.body_limit_for("/upload@nonsense!/") == 1000

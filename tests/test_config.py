@@ -132,6 +132,9 @@ EACH = [
     ("data_dir", "RUNTIME_DATA_DIR", "/var/lib/buntime", "data_dir", "/var/lib/buntime"),
     ("homepage", "RUNTIME_HOMEPAGE", "site", "homepage", "site"),
     ("worker_mode", "RUNTIME_WORKER_MODE", "spawn", "worker_mode", "spawn"),
+    ("header_timeout", "RUNTIME_HEADER_TIMEOUT", "2500ms", "header_timeout", 2.5),
+    ("header_timeout", "RUNTIME_HEADER_TIMEOUT", "7", "header_timeout", 7.0),
+    ("max_connections", "RUNTIME_MAX_CONNECTIONS", "64", "max_connections", 64),
 ]
 
 
@@ -328,3 +331,19 @@ def test_the_environment_is_not_in_the_repr():
     """The config is handed to plugins; printing it must not print secrets."""
     shown = repr(config(env={"API_TOKEN": "s3cret-value"}))
     assert "s3cret-value" not in shown
+
+
+@pytest.mark.parametrize("value", ["0", "-1s", "soon", "10parsecs"])
+def test_a_bad_header_timeout_names_the_variable(value):
+    message = error_of(env={"RUNTIME_HEADER_TIMEOUT": value})
+    assert "RUNTIME_HEADER_TIMEOUT" in message and repr(value) in message
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-5"])
+def test_a_bad_connection_limit_names_the_variable(value):
+    assert "RUNTIME_MAX_CONNECTIONS" in error_of(env={"RUNTIME_MAX_CONNECTIONS": value})
+
+
+def test_head_deadline_and_connection_cap_defaults():
+    result = config()
+    assert (result.header_timeout, result.max_connections) == (10.0, 4096)

@@ -1,7 +1,9 @@
 """
-The front door (SPEC §4 and §6), through C{treq.testing.StubTreq}: health
-probes, the well-known document, request ids, fixed answers, the JSON error
-format, the API prefix, streaming, and one eliot action per request.
+The front door (SPEC §4 and §6), through the real connection layer
+(L{buntime.web.http1.HTTP1Factory}) and an in-memory client
+(C{tests/http1_client.py}): health probes, the well-known document, request
+ids, fixed answers, the JSON error format, the API prefix, streaming, plugin
+hooks, and one eliot action per request.
 """
 
 from __future__ import annotations
@@ -12,81 +14,79 @@ from typing import Any
 
 import pytest
 from eliot.testing import LoggedAction
-from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
+from http1_client import Answer, Client, connect, get, post
+from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from buntime import __version__
 from buntime._logging import REQUEST_ACTION
-from buntime.http import Request, Response
+from buntime.http import AppInfo, Request, Response
 from buntime.web.api import CoreAPI
-from buntime.web.frontdoor import FrontDoor, request_id_for
+from buntime.web.frontdoor import FrontDoor
+from buntime.web.http1 import HTTP1Factory, Limits
+from buntime.web.http1.head import request_id_for
 from buntime.web.state import RuntimeState
 
 
 class Door:
-    """A FrontDoor with its state and clock, and a StubTreq client for it."""
+    """A FrontDoor with its state and clock, served by the connection layer in memory."""
 
     def __init__(
         self,
         api_prefix: str = "",
         steps: list | None = None,
-        direct: Any = None,
         plugins: Any = None,
+        identify: Any = None,
+        apis: Any = (),
     ) -> None:
         self.clock = Clock()
         self.state = RuntimeState()
         api = CoreAPI(state=self.state, api_base=f"{api_prefix}/api")
-        self.resource = FrontDoor(
+        self.door = FrontDoor(
             clock=self.clock,
             state=self.state,
             api=api,
             api_prefix=api_prefix,
             steps=steps,
-            direct=direct,
-            plugins=plugins,
+            apis=apis,
+            plugins=None if plugins is None else lambda: plugins,
+            identify=identify,
         )
-        self.stub = StubTreq(self.resource)
+        self.factory = HTTP1Factory(self.door, self.clock, Limits(), self.state)
 
-    def start(self, method: str, path: str, **kwargs: Any) -> Deferred:
-        """Send a request; its Deferred fires with C{(response, body)} once flushed."""
-        result = self.stub.request(method, "http://buntime.test" + path, **kwargs)
-        return result.addCallback(
-            lambda response: self.stub.content(response).addCallback(lambda body: (response, body))
+    def start(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str | bytes] | None = None,
+        body: bytes = b"",
+    ) -> Client:
+        """Send a request on a new connection; its answer may still be on its way."""
+        client = connect(factory=self.factory)
+        lines = [
+            name.encode("ascii") + b": " + (value if isinstance(value, bytes) else value.encode())
+            for name, value in (headers or {}).items()
+        ]
+        target = path.encode("ascii")
+        assert method == "POST" or not body, "a body goes with a POST"
+        client.send(
+            post(target, body, *lines) if body else get(target, *lines, method=method.encode())
         )
+        return client
 
-    def fetch(self, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes]:
-        """Send a request and return C{(response, body)}; it must complete now."""
-        return done(self.start(method, path, **kwargs), self)
+    def fetch(self, method: str, path: str, **request: Any) -> Answer:
+        """L{start} (C{headers}, C{body}), and its answer, which must arrive whole now."""
+        [answer] = self.start(method, path, **request).answers(method)
+        assert answer.complete
+        return answer
 
-    def get(self, path: str, **kwargs: Any) -> tuple[Any, bytes]:
-        return self.fetch("GET", path, **kwargs)
-
-
-def done(deferred: Deferred, door: Door) -> Any:
-    """Flush the fake connections and return the result of C{deferred}, which must have fired."""
-    door.stub.flush()
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "the request did not complete"
-    result = results[0]
-    if hasattr(result, "raiseException"):
-        result.raiseException()
-    return result
+    def get(self, path: str, headers: dict[str, str | bytes] | None = None) -> Answer:
+        return self.fetch("GET", path, headers=headers)
 
 
-def has_result(deferred: Deferred) -> bool:
-    """Whether C{deferred} has its final result (not waiting on another Deferred)."""
-    return deferred.called and not deferred.paused
-
-
-def header(response: Any, name: str) -> list[str] | None:
-    return response.headers.getRawHeaders(name)
-
-
-def request_id(response: Any) -> str:
-    [value] = header(response, "x-request-id")
-    return value
+def request_id(answer: Answer) -> str:
+    return answer.headers["x-request-id"]
 
 
 def is_uuid4(text: str) -> bool:
@@ -108,59 +108,59 @@ def door() -> Door:
     ("path", "status"), [("/api/health", "healthy"), ("/api/health/live", "live")]
 )
 def test_health_and_live(door, path, status):
-    response, body = door.get(path)
-    assert response.code == 200
-    assert header(response, "content-type") == ["application/json"]
-    assert json.loads(body) == {"ok": True, "status": status, "version": __version__}
+    response = door.get(path)
+    assert response.status == 200
+    assert response.headers.get("content-type") == "application/json"
+    assert json.loads(response.body) == {"ok": True, "status": status, "version": __version__}
     assert is_uuid4(request_id(response))
 
 
 def test_ready_is_503_until_started_and_again_while_stopping(door):
-    response, body = door.get("/api/health/ready")
-    assert response.code == 503
-    assert json.loads(body) == {"ok": False, "status": "starting", "version": __version__}
+    response = door.get("/api/health/ready")
+    assert response.status == 503
+    assert json.loads(response.body) == {"ok": False, "status": "starting", "version": __version__}
     assert is_uuid4(request_id(response))
 
     door.state.started = True
-    response, body = door.get("/api/health/ready")
-    assert response.code == 200
-    assert json.loads(body) == {"ok": True, "status": "ready", "version": __version__}
+    response = door.get("/api/health/ready")
+    assert response.status == 200
+    assert json.loads(response.body) == {"ok": True, "status": "ready", "version": __version__}
 
     door.state.stopping = True
-    response, body = door.get("/api/health/ready", headers={"x-request-id": "probe-1"})
-    assert response.code == 503
-    assert json.loads(body)["status"] == "stopping"
+    response = door.get("/api/health/ready", headers={"x-request-id": "probe-1"})
+    assert response.status == 503
+    assert json.loads(response.body)["status"] == "stopping"
     assert request_id(response) == "probe-1"
     # liveness does not depend on readiness
-    assert door.get("/api/health/live")[0].code == 200
+    assert door.get("/api/health/live").status == 200
 
 
 def test_head_health(door):
-    response, body = door.fetch("HEAD", "/api/health")
-    assert (response.code, body) == (200, b"")
+    response = door.fetch("HEAD", "/api/health")
+    assert (response.status, response.body) == (200, b"")
 
 
 def test_well_known(door):
-    response, body = door.get("/.well-known/buntime")
-    assert response.code == 200
-    assert json.loads(body) == {"api": "/api", "version": __version__}
+    response = door.get("/.well-known/buntime")
+    assert response.status == 200
+    assert json.loads(response.body) == {"api": "/api", "version": __version__}
 
 
 # -- fixed answers and errors -------------------------------------------------------------
 
 
 def test_root_answers_the_version(door):
-    response, body = door.get("/")
-    assert response.code == 200
-    assert body == f"Buntime v{__version__}".encode()
-    assert header(response, "content-type") == ["text/plain; charset=utf-8"]
-    response, body = door.fetch("HEAD", "/")
-    assert (response.code, body) == (200, b"")
+    response = door.get("/")
+    assert response.status == 200
+    assert response.body == f"Buntime v{__version__}".encode()
+    assert response.headers.get("content-type") == "text/plain; charset=utf-8"
+    response = door.fetch("HEAD", "/")
+    assert (response.status, response.body) == (200, b"")
 
 
 def test_favicon_is_204(door):
-    response, body = door.get("/favicon.ico")
-    assert (response.code, body) == (204, b"")
+    response = door.get("/favicon.ico")
+    assert (response.status, response.body) == (204, b"")
     assert is_uuid4(request_id(response))
 
 
@@ -168,19 +168,21 @@ def test_favicon_is_204(door):
     ("method", "path"), [("GET", "/nothing/here"), ("POST", "/nothing"), ("DELETE", "/x/y")]
 )
 def test_unknown_paths_are_404_json_with_x_not_found(door, method, path):
-    response, body = door.fetch(method, path, headers={"x-request-id": "lost-1"})
-    assert response.code == 404
-    assert header(response, "x-not-found") == ["true"]
-    assert header(response, "content-type") == ["application/json"]
-    assert json.loads(body) == {"error": {"code": "NOT_FOUND", "message": f"Nothing at {path}"}}
+    response = door.fetch(method, path, headers={"x-request-id": "lost-1"})
+    assert response.status == 404
+    assert response.headers.get("x-not-found") == "true"
+    assert response.headers.get("content-type") == "application/json"
+    assert json.loads(response.body) == {
+        "error": {"code": "NOT_FOUND", "message": f"Nothing at {path}"}
+    }
     assert request_id(response) == "lost-1"
 
 
 def test_unknown_api_route_is_404_json(door):
-    response, body = door.get("/api/nope")
-    assert response.code == 404
-    assert header(response, "x-not-found") == ["true"]
-    assert set(json.loads(body)["error"]) == {"code", "message"}
+    response = door.get("/api/nope")
+    assert response.status == 404
+    assert response.headers.get("x-not-found") == "true"
+    assert set(json.loads(response.body)["error"]) == {"code", "message"}
     assert is_uuid4(request_id(response))
 
 
@@ -189,11 +191,13 @@ def test_a_crashing_step_is_a_500_json_error_with_the_request_id(eliot_logger):
         raise RuntimeError("kaboom")
 
     door = Door(steps=[crash])
-    response, body = door.get("/anything", headers={"x-request-id": "crash-1"})
-    assert response.code == 500
-    assert json.loads(body) == {"error": {"code": "INTERNAL_ERROR", "message": "Internal error"}}
+    response = door.get("/anything", headers={"x-request-id": "crash-1"})
+    assert response.status == 500
+    assert json.loads(response.body) == {
+        "error": {"code": "INTERNAL_ERROR", "message": "Internal error"}
+    }
     assert request_id(response) == "crash-1"
-    assert b"kaboom" not in body
+    assert b"kaboom" not in response.body
     [logged] = [
         m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:internal-error"
     ]
@@ -207,18 +211,18 @@ def test_a_crashing_step_is_a_500_json_error_with_the_request_id(eliot_logger):
 
 @pytest.mark.parametrize("given", ["abc-123", "req_1.2:3@host/x+y=", "a" * 200])
 def test_a_sane_request_id_is_kept(door, given):
-    response, _ = door.get("/nope", headers={"x-request-id": given})
+    response = door.get("/nope", headers={"x-request-id": given})
     assert request_id(response) == given
 
 
 @pytest.mark.parametrize("given", ["has space", "a" * 201, "semi;colon", 'quote"', "é"])
 def test_a_bad_request_id_is_replaced(door, given):
-    response, _ = door.get("/nope", headers={"x-request-id": given.encode("utf-8")})
+    response = door.get("/nope", headers={"x-request-id": given.encode("utf-8")})
     assert is_uuid4(request_id(response))
 
 
 def test_a_made_request_id_names_the_log_task_and_a_given_one_does_not(door, eliot_logger):
-    made, _ = door.get("/nope")
+    made = door.get("/nope")
     for _ in range(2):
         door.get("/nope", headers={"x-request-id": "same"})
     lines = [m for m in eliot_logger.messages if m.get("action_status") == "succeeded"]
@@ -242,11 +246,11 @@ def test_a_step_sees_the_request_id_and_cannot_override_it():
         return Response.text("mine", headers={"x-request-id": "forged", "connection": "close"})
 
     door = Door(steps=[step])
-    response, body = door.fetch(
-        "POST", "/app/x?q=1", headers={"x-request-id": "given-1"}, data=b"payload"
+    response = door.fetch(
+        "POST", "/app/x?q=1", headers={"x-request-id": "given-1"}, body=b"payload"
     )
-    assert body == b"mine"
-    assert header(response, "x-request-id") == ["given-1"]
+    assert response.body == b"mine"
+    assert response.headers.get("x-request-id") == "given-1"
     [request] = seen
     assert (request.method, request.path, request.query) == ("POST", "/app/x", "q=1")
     assert request.request_id == "given-1"
@@ -268,13 +272,13 @@ def test_steps_run_in_order_and_none_falls_through():
         return step
 
     door = Door(steps=[make("a", None), make("b", Response.text("b", 201)), make("c", None)])
-    response, body = door.get("/x")
-    assert (response.code, body, calls) == (201, b"b", ["a", "b"])
+    response = door.get("/x")
+    assert (response.status, response.body, calls) == (201, b"b", ["a", "b"])
 
     calls.clear()
     door = Door(steps=[make("a", None)])
-    assert door.get("/")[1] == f"Buntime v{__version__}".encode()
-    assert door.get("/missing")[0].code == 404
+    assert door.get("/").body == f"Buntime v{__version__}".encode()
+    assert door.get("/missing").status == 404
     assert calls == ["a", "a"]
 
 
@@ -286,15 +290,15 @@ def test_in_flight_is_counted_until_the_response_is_done():
         return Response.text("late")
 
     door = Door(steps=[slow])
-    pending = door.start("GET", "/slow")
-    door.stub.flush()
-    assert not has_result(pending)
+    client = door.start("GET", "/slow")
+    assert client.answers() == []
     assert door.state.in_flight == 1
     drained = door.state.drained()
     assert not drained.called
     gate.callback(None)
-    _, body = done(pending, door)
-    assert body == b"late"
+    [response] = client.answers()
+    assert response.complete
+    assert response.body == b"late"
     assert door.state.in_flight == 0
     assert drained.called
 
@@ -314,9 +318,9 @@ def test_a_streaming_body_is_delivered_in_full():
         return Response(200, {"content-type": "application/octet-stream"}, stream())
 
     door = Door(steps=[step])
-    response, body = door.get("/big")
-    assert response.code == 200
-    assert body == b"".join(chunks)
+    response = door.get("/big")
+    assert response.status == 200
+    assert response.body == b"".join(chunks)
     assert door.state.in_flight == 0
 
 
@@ -329,8 +333,8 @@ def test_an_empty_stream_is_an_empty_body():
         return Response(200, body=stream())
 
     door = Door(steps=[step])
-    response, body = door.get("/empty")
-    assert (response.code, body) == (200, b"")
+    response = door.get("/empty")
+    assert (response.status, response.body) == (200, b"")
 
 
 def test_a_failing_stream_is_logged_and_the_connection_cut(eliot_logger):
@@ -342,11 +346,11 @@ def test_a_failing_stream_is_logged_and_the_connection_cut(eliot_logger):
         return Response(200, body=stream())
 
     door = Door(steps=[step])
-    pending = door.start("GET", "/broken")
-    door.stub.flush()
-    results: list[Any] = []
-    pending.addBoth(results.append)
-    assert results and hasattr(results[0], "raiseException"), results  # not a clean body
+    client = door.start("GET", "/broken")
+    [response] = client.answers()
+    assert (response.status, response.body) == (200, b"partial")
+    assert not response.complete  # not a clean body
+    assert client.transport.aborted
     [logged] = [
         m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:stream-failed"
     ]
@@ -359,29 +363,29 @@ def test_a_failing_stream_is_logged_and_the_connection_cut(eliot_logger):
 
 def test_the_api_prefix_moves_the_api():
     door = Door(api_prefix="/_")
-    response, body = door.get("/_/api/health")
-    assert response.code == 200
-    assert json.loads(body)["status"] == "healthy"
-    response, body = door.get("/_/api/health/ready")
-    assert response.code == 503
+    response = door.get("/_/api/health")
+    assert response.status == 200
+    assert json.loads(response.body)["status"] == "healthy"
+    response = door.get("/_/api/health/ready")
+    assert response.status == 503
 
-    response, body = door.get("/api/health")
-    assert response.code == 404
-    assert header(response, "x-not-found") == ["true"]
-    assert json.loads(body)["error"]["code"] == "NOT_FOUND"
+    response = door.get("/api/health")
+    assert response.status == 404
+    assert response.headers.get("x-not-found") == "true"
+    assert json.loads(response.body)["error"]["code"] == "NOT_FOUND"
 
-    response, body = door.get("/_/api/nope")
-    assert response.code == 404
-    assert header(response, "x-not-found") == ["true"]
+    response = door.get("/_/api/nope")
+    assert response.status == 404
+    assert response.headers.get("x-not-found") == "true"
 
-    response, body = door.get("/.well-known/buntime")
-    assert json.loads(body) == {"api": "/_/api", "version": __version__}
+    response = door.get("/.well-known/buntime")
+    assert json.loads(response.body) == {"api": "/_/api", "version": __version__}
 
 
 def test_a_multi_segment_prefix():
     door = Door(api_prefix="/internal/rt")
-    assert door.get("/internal/rt/api/health/live")[0].code == 200
-    assert door.get("/internal/api/health")[0].code == 404
+    assert door.get("/internal/rt/api/health/live").status == 200
+    assert door.get("/internal/api/health").status == 404
 
 
 # -- logging ------------------------------------------------------------------------------
@@ -427,11 +431,11 @@ def test_request_duration_follows_the_clock(eliot_logger):
         return Response(500)
 
     door = Door(steps=[slow])
-    pending = door.start("GET", "/todos/")
+    client = door.start("GET", "/todos/")
     door.clock.advance(0.25)
     gate.callback(None)
-    response, _ = done(pending, door)
-    assert response.code == 500
+    [response] = client.answers()
+    assert response.status == 500
     [action] = LoggedAction.of_type(eliot_logger.messages, REQUEST_ACTION)
     end = action.end_message
     assert end["duration_ms"] == 250
@@ -439,14 +443,8 @@ def test_request_duration_follows_the_clock(eliot_logger):
     assert end["app"] == "todos"
 
 
-def test_client_disconnect_cancels_the_work() -> None:
+def test_client_disconnect_cancels_the_work(eliot_logger) -> None:
     """A client that goes away cancels what answers it (the pool drops or cancels it)."""
-    from twisted.internet.error import ConnectionDone
-    from twisted.python.failure import Failure
-    from twisted.web.server import Request as WebRequest
-    from twisted.web.server import Site
-    from twisted.web.test.requesthelper import DummyChannel
-
     cancelled: list[bool] = []
 
     async def step(request: Request, fields: dict) -> Response | None:
@@ -454,127 +452,160 @@ def test_client_disconnect_cancels_the_work() -> None:
         return await waiting
 
     door = Door(steps=[step])
-    channel = DummyChannel()
-    channel.site = Site(door.resource)
-    request = WebRequest(channel)
-    request.gotLength(0)
-    request.requestReceived(b"GET", b"/app/x", b"HTTP/1.1")
+    client = door.start("GET", "/app/x")
     assert door.state.in_flight == 1 and cancelled == []
-    request.connectionLost(Failure(ConnectionDone()))
+    client.transport.loseConnection()
     assert cancelled == [True]
     assert door.state.in_flight == 0
+    assert client.answers() == []
+    [action] = LoggedAction.of_type(eliot_logger.messages, REQUEST_ACTION)
+    assert action.end_message["aborted"] is True
 
 
-# -- the direct path --------------------------------------------------------------------
+# -- plugin hooks -------------------------------------------------------------------------
+
+TODOS = AppInfo("todos", "1.0.0", "/apps/todos@1.0.0")
+
+
+def identify(path: str) -> tuple[AppInfo, str] | None:
+    """C{/todos/...} is the todos app's; nothing else is an app's."""
+    if path.startswith("/todos/"):
+        return TODOS, path[len("/todos") :]
+    return None
 
 
 class Plugins:
-    """A stand-in registry: passive or not, with no hooks to run."""
+    """
+    A stand-in plugin registry: C{on_request} and C{on_response} are the
+    test's hooks (C{None}: no plugin has one); C{seen} records each call.
+    """
 
-    def __init__(self, passive: bool) -> None:
-        self.passive = passive
+    def __init__(self, on_request: Any = None, on_response: Any = None) -> None:
+        self._hooks = {"on_request": on_request, "on_response": on_response}
+        self.seen: list[tuple[Any, ...]] = []
 
-    def passive_for(self, path: str) -> bool:
-        return self.passive
+    def hooks(self, name: str) -> tuple[tuple[Any, Any], ...]:
+        hook = self._hooks.get(name)
+        return () if hook is None else ((name, hook),)
 
-    async def on_request(self, request: Request, app: Any, app_path: Any) -> Request:
-        return request
+    async def on_request(self, request: Request, app: Any, app_path: Any) -> Request | Response:
+        self.seen.append(("on_request", request.path, app, app_path))
+        hook = self._hooks["on_request"]
+        return request if hook is None else hook(request)
 
     async def on_response(self, response: Response, app: Any) -> Response:
-        return response
+        self.seen.append(("on_response", response.status, app))
+        hook = self._hooks["on_response"]
+        return response if hook is None else hook(response)
+
+    def websocket_for(self, path: str) -> None:
+        return None
 
 
-def direct_door(
-    answer: Any, passive: bool = True, calls: list | None = None
-) -> tuple[Door, list[str]]:
-    """A door whose direct path answers with C{answer(request)} and whose one step says 'step'."""
-    seen: list[str] = [] if calls is None else calls
-
-    def direct(request: Request, fields: dict) -> Deferred | None:
-        seen.append("direct " + request.path)
-        result = answer(request)
-        if result is not None:
-            fields["app"] = "direct@1"
-        return result
+def app_step(seen: list[Request]) -> Any:
+    """A worker-app step: it answers C{/todos/...} with the C{x-user} it sees."""
 
     async def step(request: Request, fields: dict) -> Response | None:
-        seen.append("step " + request.path)
-        return Response.text("step")
+        if not request.path.startswith("/todos/"):
+            return None
+        seen.append(request)
+        fields["app"] = "todos@1.0.0"
+        return Response.text(f"user={request.headers.get('x-user')}")
 
-    registry = Plugins(passive)
-    return Door(steps=[step], direct=direct, plugins=lambda: registry), seen
-
-
-def test_the_direct_path_answers_a_request_no_plugin_takes_part_in(eliot_logger):
-    door, seen = direct_door(lambda request: succeed(Response.text("direct", 201)))
-    response, body = door.fetch("POST", "/app/x?q=1", data=b"body")
-    assert (response.code, body) == (201, b"direct")
-    assert seen == ["direct /app/x"]
-    assert is_uuid4(request_id(response))
-    [action] = LoggedAction.of_type(eliot_logger.messages, REQUEST_ACTION)
-    assert action.end_message["app"] == "direct@1"
-    assert action.end_message["status"] == 201
-    assert door.state.in_flight == 0
+    return step
 
 
-def test_without_a_direct_answer_the_steps_run():
-    door, seen = direct_door(lambda request: None)
-    assert door.get("/app/x")[1] == b"step"
-    assert seen == ["direct /app/x", "step /app/x"]
-
-
-def test_plugins_taking_part_skip_the_direct_path():
-    door, seen = direct_door(lambda request: succeed(Response.text("direct")), passive=False)
-    assert door.get("/app/x")[1] == b"step"
-    assert seen == ["step /app/x"]
-
-
-@pytest.mark.parametrize("path", ["/api/health", "/.well-known/buntime"])
-def test_the_api_and_well_known_skip_the_direct_path(path):
-    door, seen = direct_door(lambda request: succeed(Response.text("direct")))
-    assert door.get(path)[0].code == 200
+def test_on_request_can_answer_a_worker_app_request_itself(eliot_logger):
+    plugins = Plugins(
+        on_request=lambda request: Response.error(401, "UNAUTHORIZED", "Who are you?"),
+        on_response=lambda response: response.with_header("x-seen", "yes"),
+    )
+    seen: list[Request] = []
+    door = Door(steps=[app_step(seen)], plugins=plugins, identify=identify)
+    response = door.get("/todos/items", {"x-request-id": "hooked-1"})
+    assert response.status == 401
+    assert json.loads(response.body) == {
+        "error": {"code": "UNAUTHORIZED", "message": "Who are you?"}
+    }
+    assert response.headers.get("x-request-id") == "hooked-1"
+    assert "x-seen" not in response.headers  # the hook's own answer skips on_response
     assert seen == []
+    assert plugins.seen == [("on_request", "/todos/items", TODOS, "/items")]
+    [action] = LoggedAction.of_type(eliot_logger.messages, REQUEST_ACTION)
+    assert action.end_message["status"] == 401
+    assert door.state.in_flight == 0
 
 
-def test_the_direct_path_streams():
-    async def stream():
-        yield b"one "
-        yield b"two"
-
-    door, _ = direct_door(lambda request: succeed(Response(200, body=stream())))
-    assert door.get("/app/s")[1] == b"one two"
-
-
-def test_a_failing_direct_path_is_a_500_json_error(eliot_logger):
-    def broken(request: Request) -> Deferred:
-        raise RuntimeError("kaboom")
-
-    door, _ = direct_door(broken)
-    response, body = door.get("/app/x")
-    assert response.code == 500
-    assert json.loads(body)["error"]["code"] == "INTERNAL_ERROR"
-    [logged] = [
-        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:internal-error"
+def test_on_request_changes_what_the_app_sees_and_on_response_what_the_client_gets():
+    plugins = Plugins(
+        on_request=lambda request: request.with_header("x-user", "ada"),
+        on_response=lambda response: response.with_header("x-seen", "yes"),
+    )
+    seen: list[Request] = []
+    door = Door(steps=[app_step(seen)], plugins=plugins, identify=identify)
+    response = door.get("/todos/items?done=1", {"x-request-id": "hooked-2"})
+    assert (response.status, response.body) == (200, b"user=ada")
+    assert response.headers.get("x-seen") == "yes"
+    assert response.headers.get("x-request-id") == "hooked-2"
+    [request] = seen
+    assert (request.path, request.query, request.request_id) == (
+        "/todos/items",
+        "done=1",
+        "hooked-2",
+    )
+    assert plugins.seen == [
+        ("on_request", "/todos/items", TODOS, "/items"),
+        ("on_response", 200, TODOS),
     ]
-    assert "kaboom" in logged["traceback"]
-    assert door.state.in_flight == 0
 
 
-def test_client_disconnect_cancels_the_direct_work() -> None:
-    from twisted.internet.error import ConnectionDone
-    from twisted.python.failure import Failure
-    from twisted.web.server import Request as WebRequest
-    from twisted.web.server import Site
-    from twisted.web.test.requesthelper import DummyChannel
+def test_hooks_run_on_answers_no_app_gives():
+    plugins = Plugins(on_response=lambda response: response.with_header("x-seen", "yes"))
+    door = Door(steps=[app_step([])], plugins=plugins, identify=identify)
+    response = door.get("/nothing")
+    assert response.status == 404
+    assert response.headers.get("x-seen") == "yes"
+    assert plugins.seen == [("on_request", "/nothing", None, None), ("on_response", 404, None)]
 
-    cancelled: list[bool] = []
-    door, _ = direct_door(lambda request: Deferred(lambda d: cancelled.append(True)))
-    channel = DummyChannel()
-    channel.site = Site(door.resource)
-    request = WebRequest(channel)
-    request.gotLength(0)
-    request.requestReceived(b"GET", b"/app/x", b"HTTP/1.1")
-    assert door.state.in_flight == 1 and cancelled == []
-    request.connectionLost(Failure(ConnectionDone()))
-    assert cancelled == [True]
-    assert door.state.in_flight == 0
+
+class Probe:
+    """A Klein app mounted under the core API: it answers with the C{x-user} it sees."""
+
+    app = Klein()
+
+    @app.route("/api/probe")
+    def probe(self, request: Any) -> bytes:
+        return (request.getHeader(b"x-user") or b"nobody") + b"|" + request.uri
+
+
+def test_the_api_sees_headers_as_on_request_left_them_and_skips_on_response():
+    plugins = Plugins(
+        on_request=lambda request: request.with_header("x-user", "ada"),
+        on_response=lambda response: response.with_header("x-seen", "yes"),
+    )
+    door = Door(api_prefix="/_", plugins=plugins, identify=identify, apis=[("/api/probe", Probe())])
+    response = door.get("/_/api/probe?q=1")
+    assert (response.status, response.body) == (200, b"ada|/api/probe?q=1")
+    assert "x-seen" not in response.headers
+    response = door.get("/_/api/health")
+    assert (response.status, json.loads(response.body)["status"]) == (200, "healthy")
+    assert "x-seen" not in response.headers
+    assert plugins.seen == [
+        ("on_request", "/_/api/probe", None, None),
+        ("on_request", "/_/api/health", None, None),
+    ]
+
+
+def test_on_request_can_refuse_a_core_api_request():
+    plugins = Plugins(on_request=lambda request: Response.error(403, "FORBIDDEN", "Not you"))
+    door = Door(plugins=plugins)
+    response = door.get("/api/health")
+    assert response.status == 403
+    assert json.loads(response.body)["error"]["message"] == "Not you"
+
+
+def test_a_hook_rewriting_paths_does_not_break_the_core_api(eliot_logger):
+    plugins = Plugins(on_request=lambda request: request.with_path("/site" + request.path))
+    door = Door(plugins=plugins)
+    response = door.get("/api/health")
+    assert (response.status, json.loads(response.body)["status"]) == (200, "healthy")

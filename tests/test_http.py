@@ -273,20 +273,3 @@ def test_for_app_is_with_path_and_x_base():
         "1.2.3.4",
     )
     assert moved.headers.get_all("x-base") == ["/app"]
-
-
-def test_a_rendering_of_headers_is_worked_out_once() -> None:
-    calls = []
-
-    def render(headers: Headers) -> str:
-        calls.append(headers)
-        return ";".join(f"{name}={value}" for name, value in headers.items())
-
-    headers = Headers([("a", "1")]).add("b", "2")
-    assert headers.rendered(render) == "a=1;b=2"
-    assert headers.rendered(render) == "a=1;b=2"
-    assert len(calls) == 1
-    assert headers.rendered(len) == 2 and headers.rendered(render) == "a=1;b=2"
-    assert headers.set("a", "3").rendered(render) == "b=2;a=3"  # a new value, a new rendering
-    assert headers == Headers([("a", "1"), ("b", "2")])
-    assert "_memo" not in repr(headers)

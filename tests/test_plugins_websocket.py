@@ -40,7 +40,7 @@ from buntime.plugins.discovery import PluginSource
 from buntime.plugins.registry import PluginRegistry, websocket_endpoints
 from buntime.web.api import CoreAPI
 from buntime.web.frontdoor import FrontDoor
-from buntime.web.server import make_site
+from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.state import RuntimeState
 from buntime.web.websocket import WebSockets
 
@@ -258,7 +258,7 @@ class Harness:
             websockets=sockets,
         )
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            make_site(door, state=state)
+            HTTP1Factory(door, reactor, Limits(), state)
         )
         served = Served(port, state, sockets)
         self.served.append(served)
@@ -446,6 +446,18 @@ async def test_an_asynchronous_handshake_is_in_flight_until_answered(harness, el
     assert served.state.in_flight == 0
     [action] = request_actions(eliot_logger)
     assert action.end_message["status"] == 101
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handed_over_socket_sends_small_frames_at_once(harness):
+    factory = echo_factory()
+    registry = await registry_of(({"name": "echo", "base": "/echo"}, Sockets(factory)))
+    served = await harness.serve(registry)
+    client = await harness.connect(served, "/echo/ws")
+    await within(client.opened)
+    [handler] = factory.built
+    assert factory.tcpNoDelay  # autobahn's default: frames are never held back
+    assert handler.transport.getTcpNoDelay()
 
 
 class Failing(Echo):

@@ -21,7 +21,8 @@ from buntime.http import Request, Response
 from buntime.service import SHUTDOWN_CAP, RuntimeService
 from buntime.web.api import CoreAPI
 from buntime.web.frontdoor import FrontDoor
-from buntime.web.server import WebService, make_site
+from buntime.web.http1 import HTTP1Factory, Limits
+from buntime.web.server import WebService
 from buntime.web.state import RuntimeState
 
 
@@ -53,7 +54,7 @@ def make_web(reactor: Any, state: RuntimeState, fatal: Any = None) -> WebService
     web = WebService(
         reactor=reactor,
         description="tcp:0:interface=127.0.0.1",
-        site=make_site(door),
+        site=HTTP1Factory(door, reactor, Limits(), state),
         state=state,
         fatal=fatal or (lambda reason: pytest.fail(reason)),
     )
@@ -271,7 +272,7 @@ async def test_shutdown_stops_listening_and_finishes_the_in_flight_request(eliot
     web = WebService(
         reactor=reactor,
         description="tcp:0:interface=127.0.0.1",
-        site=make_site(door),
+        site=HTTP1Factory(door, reactor, Limits(), state),
         state=state,
         fatal=lambda reason: pytest.fail(reason),
     )

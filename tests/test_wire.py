@@ -14,7 +14,7 @@ from twisted.test import iosim
 
 from buntime.http import Headers
 from buntime.pool.commands import parse_request_head, request_head
-from buntime.pool.events import ResponseHeads, parse_response_head, response_head
+from buntime.pool.events import parse_response_head, response_head, response_start
 from buntime.pool.wire import FastAMP, fields_of, responder
 
 
@@ -356,25 +356,9 @@ def test_an_empty_box_is_refused_as_in_amp() -> None:
         fast.dataReceived(b"\x00\x00")
 
 
-def test_a_repeated_response_head_is_parsed_once() -> None:
-    heads = ResponseHeads()
+def test_a_response_head_is_read_with_its_headers() -> None:
     head = response_head(200, '[["content-type","text/plain"]]', True)
-    first = heads.parse(head)
-    again = heads.parse("".join(list(head)))  # equal text, another string
-    assert first == (200, Headers([("content-type", "text/plain")]), True)
-    assert again is first
-    assert again[1] is first[1]  # one Headers, one rendering of it
-
-
-def test_remembered_heads_are_bounded_and_long_ones_not_kept() -> None:
-    heads = ResponseHeads(size=2, longest=100)
-    texts = [response_head(200 + n, "[]", True) for n in range(3)]
-    parsed = [heads.parse(text) for text in texts]
-    assert heads.parse(texts[2]) is parsed[2]
-    assert heads.parse(texts[0]) is not parsed[0]  # the oldest went first
-    assert heads.parse(texts[0]) == parsed[0]
-    long = response_head(200, json.dumps([["x-long", "v" * 200]]), True)
-    assert heads.parse(long) is not heads.parse(long)
+    assert response_start(head) == (200, Headers([("content-type", "text/plain")]), True)
 
 
 @pytest.mark.parametrize(
@@ -382,11 +366,11 @@ def test_remembered_heads_are_bounded_and_long_ones_not_kept() -> None:
 )
 def test_a_malformed_response_head_raises_a_value_or_type_error(head: str) -> None:
     with pytest.raises((ValueError, TypeError)):
-        ResponseHeads().parse(head)
+        response_start(head)
 
 
 def test_header_values_that_are_not_text_are_made_text() -> None:
-    status, headers, end = ResponseHeads().parse('[201,[["x-n",5]],false]')
+    status, headers, end = response_start('[201,[["x-n",5]],false]')
     assert (status, headers.items(), end) == (201, [("x-n", "5")], False)
 
 

@@ -12,7 +12,11 @@ from twisted.internet.interfaces import IReactorTime
 
 async def call(hook: Callable[..., Any], *args: Any) -> Any:
     """The result of C{hook(*args)}, awaited when it is a Deferred or awaitable."""
-    result = hook(*args)
+    return await awaited(hook(*args))
+
+
+async def awaited(result: Any) -> Any:
+    """C{result}, awaited when it is a Deferred or awaitable (a hook's answer)."""
     if isinstance(result, Deferred) or inspect.isawaitable(result):
         return await result
     return result

@@ -19,7 +19,7 @@ from twisted.web.server import Site
 from buntime._logging import log
 from buntime.http import AppInfo, Request, Response
 from buntime.plugins.context import PluginContext, ServiceRegistry
-from buntime.plugins.hooks import call
+from buntime.plugins.hooks import awaited, call
 from buntime.plugins.manifest import PluginManifest
 from buntime.plugins.publicroutes import PublicRoutes
 from buntime.plugins.rendering import render
@@ -249,7 +249,9 @@ class PluginRegistry:
             return request
         for plugin, hook in hooks:
             try:
-                result = await call(hook, request, app)
+                result = hook(request, app)
+                if result is not None and not isinstance(result, Request | Response):
+                    result = await awaited(result)
             except Exception as error:
                 _plugin_error(plugin, "on_request", error)
                 return Response.error(
@@ -270,7 +272,9 @@ class PluginRegistry:
         """Run C{on_response} hooks in load order; a failing hook leaves the response as it was."""
         for plugin, hook in self.hooks("on_response"):
             try:
-                result = await call(hook, response, app)
+                result = hook(response, app)
+                if result is not None and not isinstance(result, Response):
+                    result = await awaited(result)
             except Exception as error:
                 _plugin_error(plugin, "on_response", error)
                 continue
@@ -297,6 +301,13 @@ class PluginRegistry:
                 continue
             return result
         return None
+
+    def routes_under(self, path: str) -> bool:
+        """Whether a plugin's Klein C{routes} are mounted at a base above C{path}."""
+        return any(
+            plugin.site is not None and plugin.base is not None and _under(path, plugin.base)
+            for plugin in self._by_base
+        )
 
     async def route(self, request: Request) -> Response | None:
         """

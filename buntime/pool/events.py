@@ -9,7 +9,6 @@ from typing import ClassVar
 
 from twisted.protocols import amp
 
-from buntime._memo import Remembered
 from buntime.http import Headers
 
 
@@ -49,25 +48,13 @@ def _headers_of(pairs: list[list[str]]) -> Headers:
     return Headers([tuple(pair) for pair in pairs])
 
 
-def _parsed_response_head(head: str) -> tuple[int, Headers, bool]:
+def response_start(head: str) -> tuple[int, Headers, bool]:
+    """
+    L{parse_response_head} with the headers as L{Headers}.  Raises
+    C{ValueError} or C{TypeError} for a malformed head.
+    """
     status, pairs, end = parse_response_head(head)
     return status, _headers_of(pairs), end
-
-
-class ResponseHeads(Remembered[str, tuple[int, Headers, bool]]):
-    """
-    L{parse_response_head}, with the headers as L{Headers}, remembering the
-    last C{size} heads of at most C{longest} characters: an app answers
-    most requests with the same status and headers, and then every response
-    shares one parsed (immutable) C{Headers}, and one rendering of it (see
-    L{Headers.rendered}).  Raises C{ValueError} or C{TypeError} for a
-    malformed head.
-    """
-
-    def __init__(self, size: int = 256, longest: int = 2048) -> None:
-        super().__init__(_parsed_response_head, size, longest)
-
-    parse = Remembered.__call__
 
 
 class ResponseStart(amp.Command):

@@ -225,10 +225,10 @@ class WorkerPool:
             manifest = app.manifest
             if manifest.ttl > 0 and (state.installed or not manifest.auto_install):
                 worker = self._warm_worker(state)
-                if worker is not None:  # the hot path: one callback for all the outcomes
-                    pending = self._send(state, worker, request, base)
-                    return pending.addBoth(self._ran_answered, state, arrived)
-                answer = Deferred.fromCoroutine(self._queued(state, request, base))
+                if worker is not None:  # a warm worker with a free slot: no waiting
+                    answer = self._run(state, worker, request, base)
+                else:
+                    answer = Deferred.fromCoroutine(self._queued(state, request, base))
             else:
                 answer = Deferred.fromCoroutine(self._prepared(state, request, base))
         except Exception:
@@ -346,9 +346,7 @@ class WorkerPool:
 
     def _run(self, state: _AppState, worker: Worker, request: Request, base: str) -> Deferred:
         """Send C{request} to C{worker}; fires with its response, or the error response."""
-        return self._send(state, worker, request, base).addCallbacks(
-            self._ran, self._run_failed, callbackArgs=(state,), errbackArgs=(state,)
-        )
+        return self._send(state, worker, request, base).addBoth(self._ran, state)
 
     def _send(self, state: _AppState, worker: Worker, request: Request, base: str) -> Deferred:
         """Send C{request} to C{worker}: L{Worker.request}, and a retirement at C{maxRequests}."""
@@ -361,18 +359,12 @@ class WorkerPool:
             self._discard(state, worker, "maxRequests reached", grace=manifest.timeout)
         return pending
 
-    def _ran_answered(self, result: object, state: _AppState, arrived: float) -> object:
-        """L{_ran} or L{_run_failed}, then L{_answered}: the hot path's one callback."""
+    def _ran(self, result: object, state: _AppState) -> object:
+        """The worker's answer (its app is healthy again), or the error response of a failure."""
         if isinstance(result, Failure):
-            result = self._run_failed(result, state)
-        else:
-            result = self._ran(result, state)  # type: ignore[arg-type]
-        return self._answered(result, state.app, arrived)
-
-    @staticmethod
-    def _ran(response: Response, state: _AppState) -> Response:
+            return self._run_failed(result, state)
         state.failures = 0
-        return response
+        return result
 
     def _run_failed(self, failure: Failure, state: _AppState) -> object:
         manifest = state.app.manifest

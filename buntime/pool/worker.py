@@ -42,9 +42,9 @@ from buntime.pool.events import (
     ResponseBody,
     ResponseEnd,
     ResponseError,
-    ResponseHeads,
     ResponseStart,
     StartupFailed,
+    response_start,
 )
 from buntime.pool.launch import ILauncher, LaunchedProcess, LaunchSpec
 from buntime.pool.wire import FastAMP, responder
@@ -62,7 +62,6 @@ EARLY_FLUSH = 4
 KILL_WAIT = 5.0
 """Seconds to wait for a process to go away after SIGKILL before giving up on it."""
 
-_HEADS = ResponseHeads()
 """The response heads of recent responses, parsed: most repeat."""
 
 _RESERVED_FIELDS = frozenset(
@@ -670,7 +669,7 @@ class Worker:
         if exchange is None or exchange.started:
             return
         try:
-            status, parsed, end = _HEADS.parse(head)
+            status, parsed, end = response_start(head)
         except (ValueError, TypeError):
             self.response_failed(rid, f"malformed response head: {head[:200]!r}")
             return

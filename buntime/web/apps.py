@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IReactorTime
 
 from buntime._logging import log
-from buntime._memo import Remembered
 from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
 from buntime.apps.versions import InvalidRange
 from buntime.http import AppInfo, Headers, Request, Response
@@ -30,8 +29,6 @@ from buntime.web.static import inject_base_href, serve_static
 
 _HEAD_SCAN_LIMIT = 64 * 1024
 RESERVED_NAMES = frozenset({"api", "health", ".well-known"})
-_SPLITS_MAX, _SPLIT_PATH_MAX = 1024, 256
-"""How many split paths are remembered, and the longest one remembered."""
 
 
 @frozen
@@ -64,7 +61,7 @@ def _html(headers: Headers) -> bool:
 
 
 def _is_html(response: Response) -> bool:
-    return response.headers.rendered(_html)
+    return _html(response.headers)
 
 
 async def _inject_stream(body: Any, base: str) -> AsyncIterator[bytes]:
@@ -117,13 +114,7 @@ class AppStep:
     _checked: dict[str, float] = field(factory=dict)
     _pool_apps: dict[str, tuple[LoadedApp, PoolApp]] = field(factory=dict)
     _infos: dict[str, tuple[LoadedApp, AppInfo]] = field(factory=dict)
-    _splits: Remembered[str, tuple[str, str | None, str, str] | None] = field(
-        factory=lambda: Remembered(split_app_path, _SPLITS_MAX, _SPLIT_PATH_MAX)
-    )
-    """L{split_app_path}, remembered: a request asks up to three times."""
     _warned: set[str] = field(factory=set)
-    _claimed: tuple[str, Any, int] | None = None
-    """The path L{claims} was last asked about, what it found and when, for L{direct}."""
 
     def load(self, version: AppVersion) -> LoadedApp:
         """
@@ -208,7 +199,7 @@ class AppStep:
 
     def body_limit_for(self, path: str) -> int:
         """The request body limit for C{path}: its app's C{maxBodySize}, else the default."""
-        parts = self._splits(path)
+        parts = split_app_path(path)
         if parts is not None:
             try:
                 version = self.catalog.resolve(parts[0], parts[1])
@@ -218,57 +209,23 @@ class AppStep:
                 pass
         return self.body_size_default
 
-    async def __call__(self, request: Request, fields: dict[str, Any]) -> Response | None:
-        answer = self.direct(request, fields)
-        return None if answer is None else await answer
-
-    def direct(self, request: Request, fields: dict[str, Any]) -> Deferred | None:
+    def __call__(self, request: Request, fields: dict[str, Any]) -> Awaitable[Response] | None:
         """
-        The step without a coroutine: C{None} when C{request} names no app
-        (nothing else happened), else a Deferred firing with the answer.
+        C{None} at once when C{request} names no app, else an awaitable of
+        the app's answer (or of a 400 for a bad version range).
         """
-        path = request.path
-        claimed, self._claimed = self._claimed, None
-        if (
-            claimed is not None
-            and claimed[0] == path
-            and claimed[2] == self.catalog.generation
-            and self.catalog.fresh()
-        ):
-            found = claimed[1]
-        else:
-            found = self._find(path)
+        found = self._find(request.path)
         if found is None:
             return None
         if isinstance(found, Response):
             return succeed(found)
         version, base, rest = found
         fields["app"] = f"{version.name}@{version.version}"
-        answer = self.serve_now(version, request, base, rest)
-        return answer if isinstance(answer, Deferred) else succeed(answer)
-
-    def claims(self, path: str) -> int | None:
-        """
-        The request body limit for C{path} when L{direct} answers it (it names
-        an app, or a bad range); C{None} when it does not.
-        """
-        found = self._find(path)
-        # The fast lane asks this of a head, then L{direct} of its request:
-        # what was found serves the next L{direct} of the same path, while
-        # the catalog would answer the same.
-        self._claimed = (path, found, self.catalog.generation)
-        if found is None:
-            return None
-        if isinstance(found, Response):
-            return self.body_size_default
-        try:
-            return self.load(found[0]).manifest.max_body_size
-        except (ManifestError, EntrypointError):
-            return self.body_size_default
+        return self.serve(version, request, base, rest)
 
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
         """The app version C{path} names, its base and the rest; a 400 for a bad range."""
-        parts = self._splits(path)
+        parts = split_app_path(path)
         if parts is None:
             return None
         name, spec, base, rest = parts
@@ -284,7 +241,7 @@ class AppStep:
 
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""
-        parts = self._splits(path)
+        parts = split_app_path(path)
         if parts is None or parts[0] in self.reserved:
             return None
         try:
@@ -302,13 +259,6 @@ class AppStep:
 
     async def serve(self, version: AppVersion, request: Request, base: str, rest: str) -> Response:
         """Answer C{request} from the app at C{version} mounted at C{base}."""
-        answer = self.serve_now(version, request, base, rest)
-        return await answer if isinstance(answer, Deferred) else answer
-
-    def serve_now(
-        self, version: AppVersion, request: Request, base: str, rest: str
-    ) -> Response | Deferred:
-        """L{serve}: the response at once (errors, static files) or a Deferred for it."""
         label = f"{version.name}@{version.version}"
         try:
             loaded = self.load(version)
@@ -327,12 +277,14 @@ class AppStep:
                 request_headers=request.headers,
             )
         inner = request.for_app(rest, base)
-        response = self.pool.handle(self._cached_pool_app(loaded), inner, base)
+        response = await self.pool.handle(self._cached_pool_app(loaded), inner, base)
         if loaded.manifest.inject_base:
-            response.addCallback(_with_base, base)
+            response = _with_base(response, base)
         return response
 
-    async def serve_homepage(self, request: Request, fields: dict[str, Any]) -> Response | None:
+    def serve_homepage(
+        self, request: Request, fields: dict[str, Any]
+    ) -> Awaitable[Response] | None:
         """
         With C{RUNTIME_HOMEPAGE} set, its app serves C{/} and every navigation
         request nothing else claimed (so a single-page app can route it).
@@ -345,4 +297,4 @@ class AppStep:
         if request.path != "/" and not navigation:
             return None
         prefix = "/" + self.homepage.strip("/")
-        return await self(request.with_path(prefix + request.path), fields)
+        return self(request.with_path(prefix + request.path), fields)

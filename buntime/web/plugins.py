@@ -6,7 +6,7 @@ through the pool at its base).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from attrs import frozen
@@ -19,20 +19,32 @@ from buntime.web.apps import AppStep
 
 @frozen
 class PluginSteps:
-    """The plugin dispatch steps over whatever plugin set is current."""
+    """
+    The plugin dispatch steps over whatever plugin set is current.  Each
+    answers C{None} at once when no plugin can take the request, else an
+    awaitable of the answer (C{None} when it was not theirs after all).
+    """
 
     registry: Callable[[], PluginRegistry | None]
     apps: AppStep
 
-    async def server_fetch(self, request: Request, fields: dict[str, Any]) -> Response | None:
+    def server_fetch(
+        self, request: Request, fields: dict[str, Any]
+    ) -> Awaitable[Response | None] | None:
         registry = self.registry()
-        return None if registry is None else await registry.server_fetch(request)
+        if registry is None or not registry.hooks("server_fetch"):
+            return None
+        return registry.server_fetch(request)
 
-    async def routes(self, request: Request, fields: dict[str, Any]) -> Response | None:
+    def routes(self, request: Request, fields: dict[str, Any]) -> Awaitable[Response | None] | None:
         registry = self.registry()
-        return None if registry is None else await registry.route(request)
+        if registry is None or not registry.routes_under(request.path):
+            return None
+        return registry.route(request)
 
-    async def plugin_apps(self, request: Request, fields: dict[str, Any]) -> Response | None:
+    def plugin_apps(
+        self, request: Request, fields: dict[str, Any]
+    ) -> Awaitable[Response | None] | None:
         registry = self.registry()
         found = None if registry is None else registry.plugin_app_for(request.path)
         if found is None:
@@ -40,4 +52,4 @@ class PluginSteps:
         plugin, base, rest = found
         fields["app"] = f"plugin:{plugin.name}"
         version = AppVersion(plugin.name, "plugin", plugin.path, "plugin")
-        return await self.apps.serve(version, request, base, rest)
+        return self.apps.serve(version, request, base, rest)

@@ -1,4 +1,4 @@
-"""The listening side: an endpoint, a Site, and a drain on stop."""
+"""The listening side: an endpoint, the connection factory, and a drain on stop."""
 
 from __future__ import annotations
 
@@ -11,46 +11,10 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.web.server import Site
 
 from buntime._logging import log
-from buntime.web.h1 import FrontChannel
-from buntime.web.limits import BodyLimit, LimitedSite
+from buntime.web.http1 import HTTP1Factory
 from buntime.web.state import RuntimeState
-
-
-class FrontSite(LimitedSite):
-    """
-    A L{LimitedSite} whose connections start in the front door's fast lane
-    (L{buntime.web.h1}) and go on in twisted.web when a request needs it.
-    """
-
-    def buildProtocol(self, addr: Any) -> Any:
-        channel = FrontChannel(self, addr)
-        return channel
-
-
-def make_site(
-    resource: Any,
-    body_limit: BodyLimit | None = None,
-    idle_timeout: float = 60.0,
-    state: RuntimeState | None = None,
-) -> Site:
-    """
-    A quiet Site (no access log of its own: the front door logs; no
-    tracebacks to clients) that enforces request body limits and counts
-    requests whose body is still arriving as in flight (in C{state}).
-    """
-    kind = FrontSite if hasattr(resource, "answer_fast") else LimitedSite
-    site = kind(
-        resource,
-        body_limit or (lambda target: 100 * 1024 * 1024),
-        state=state,
-        timeout=idle_timeout,
-    )
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
 
 
 @define(eq=False)
@@ -58,13 +22,14 @@ class WebService(Service):
     """
     Listens on C{description} (a Twisted endpoint string).  On stop, it stops
     accepting connections and waits for in-flight requests to finish.
+    C{site} builds the connections (L{buntime.web.http1.HTTP1Factory}).
     C{listening} fires with the port once it listens; C{fatal} is called
     with a one-line reason when it cannot.
     """
 
     reactor: Any
     description: str
-    site: Site
+    site: HTTP1Factory
     state: RuntimeState
     fatal: Callable[[str], None]
     listening: Deferred[IListeningPort] = field(factory=Deferred)

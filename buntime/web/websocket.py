@@ -3,30 +3,30 @@ WebSocket upgrades on plugin paths (SPEC §5 C{websocket}), served by autobahn.
 
 The front door calls L{WebSockets.upgrade} after the plugin C{on_request}
 hooks.  A request asking to upgrade on a path a plugin's C{websocket}
-serves is handed to autobahn's C{WebSocketResource}, which takes over its
-connection.  From then on the HTTP request is over: its eliot action ends
-with the handshake's status (101) and it no longer counts as in flight, so
-a shutdown's drain never waits on a WebSocket.  Open sockets are tracked
-here instead, and closed with 1001 "going away" when the service stops.
+serves is handed over (L{buntime.web.http1.Exchange.hand_over}) to the
+plugin's autobahn protocol, which reads the request head again (as the
+hooks left it) and answers the handshake.  Once it is answered the HTTP
+request is over: its eliot action ends with the handshake's status (101)
+and it no longer counts as in flight, so a shutdown's drain never waits on
+a WebSocket.  Open sockets are tracked here instead, and closed with 1001
+"going away" when the service stops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, cast
 
 from attrs import define, field
-from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers as TwistedHeaders
 
 from buntime._logging import log
 from buntime.http import Request, Response
+from buntime.web.http1 import Exchange, HandedOver
 
 GOING_AWAY = 1001
 """The close code sent to open WebSockets when the runtime stops (RFC 6455 §7.4.1)."""
@@ -38,19 +38,17 @@ CLOSE_GRACE = 5.0
 """Seconds open WebSockets get to finish their closing handshake before they are dropped."""
 
 
-class HandedOver(Exception):
-    """The HTTP request's connection now belongs to a WebSocket protocol (not a disconnect)."""
+def wants_upgrade(request: Request) -> bool:
+    """Whether C{request} asks for C{Upgrade: websocket}."""
+    tokens = ",".join(request.headers.get_all("upgrade")).split(",")
+    return any(token.strip().lower() == "websocket" for token in tokens)
 
 
-def handed_over(reason: object) -> bool:
-    """Whether a request's C{notifyFinish} failure means "upgraded", not "client gone"."""
-    return isinstance(reason, Failure) and reason.check(HandedOver) is not None
-
-
-def wants_upgrade(request: Any) -> bool:
-    """Whether a twisted.web request asks for C{Upgrade: websocket}."""
-    tokens = (request.getHeader(b"upgrade") or b"").split(b",")
-    return any(token.strip().lower() == b"websocket" for token in tokens)
+def _head(request: Request) -> bytes:
+    """The request head as the WebSocket protocol reads it: the request as the hooks left it."""
+    lines = [f"{request.method} {request.url} HTTP/1.1"]
+    lines.extend(f"{name}: {value}" for name, value in request.headers.items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def _with_request_id(result: Any, request_id: str) -> tuple[Any, dict[str, Any]]:
@@ -69,7 +67,7 @@ class _Socket:
     """One connection handed to a plugin's WebSocket handler, from handshake to close."""
 
     protocol: WebSocketServerProtocol
-    request: Any
+    exchange: Exchange
     request_id: str
     plugin: str
     path: str
@@ -123,14 +121,14 @@ class _Socket:
         """The handshake is answered: the HTTP request ends with C{status}."""
         if self.status is None:
             self.status = status
-            self.request.setResponseCode(status)
-            self.request.connectionLost(Failure(HandedOver()))
+            self.exchange.status = status
+            self.exchange.lost(Failure(HandedOver()))
 
     def lost(self) -> None:
         """The client left before the handshake was answered: the HTTP request was aborted."""
         if self.status is None:
-            self.status = self.request.code  # logged as is, with aborted=true
-            self.request.connectionLost(Failure(ConnectionDone()))
+            self.status = self.exchange.status  # logged as is, with aborted=true
+            self.exchange.lost(Failure(ConnectionDone()))
 
     def go_away(self) -> None:
         """Close an open socket with 1001, drop one still in its handshake."""
@@ -145,31 +143,6 @@ class _Socket:
     def abort(self) -> None:
         if self.protocol.state != WebSocketServerProtocol.STATE_CLOSED:
             self.protocol.dropConnection(abort=True)
-
-
-@define(eq=False)
-class _Handing:
-    """The factory C{WebSocketResource} asks for a protocol: the plugin's, instrumented."""
-
-    factory: WebSocketServerFactory
-    track: Callable[[WebSocketServerProtocol], None]
-
-    def buildProtocol(self, addr: IAddress) -> WebSocketServerProtocol | None:
-        # It builds the factory's protocol class; autobahn leaves its Factory base unparameterized.
-        protocol = cast("WebSocketServerProtocol | None", self.factory.buildProtocol(addr))
-        if protocol is not None:
-            self.track(protocol)
-        return protocol
-
-
-def _write(request: Any, response: Response) -> None:
-    """Write a whole-bodied C{response} to a twisted.web request and finish it."""
-    request.setResponseCode(response.status)
-    for name, value in response.headers.items():
-        request.responseHeaders.addRawHeader(name, value)
-    if isinstance(response.body, bytes) and response.body:
-        request.write(response.body)
-    request.finish()
 
 
 @define(eq=False)
@@ -191,14 +164,15 @@ class WebSockets(Service):
         return len(self._sockets)
 
     def upgrade(
-        self, request: Any, incoming: Request, registry: Any, fields: dict[str, Any]
+        self, exchange: Exchange, incoming: Request, registry: Any, fields: dict[str, Any]
     ) -> bool:
         """
-        Hand C{request} to the plugin serving WebSockets at C{incoming.path}
-        (the request as the C{on_request} hooks left it) when it asks to
-        upgrade.  C{False}: not an upgrade for a plugin, answer it as usual.
+        Hand C{exchange}'s connection to the plugin serving WebSockets at
+        C{incoming.path} (the request as the C{on_request} hooks left it)
+        when it asks to upgrade.  C{False}: not an upgrade for a plugin,
+        answer it as usual.
         """
-        if registry is None or not wants_upgrade(request):
+        if registry is None or not wants_upgrade(incoming):
             return False
         found = registry.websocket_for(incoming.path)
         if found is None:
@@ -207,43 +181,29 @@ class WebSockets(Service):
         fields["app"] = f"plugin:{plugin.name}"
         fields["upgrade"] = "websocket"
         if self.closing:
-            _write(
-                request,
+            exchange.respond(
                 Response.error(
                     503, "SHUTTING_DOWN", "The runtime is shutting down", {"retry-after": "1"}
-                ),
+                )
             )
             return True
-        # The handler sees the request as the hooks left it, with its x-request-id.
-        headers = TwistedHeaders()
-        for name, value in incoming.headers.items():
-            headers.addRawHeader(name, value)
-        request.requestHeaders = headers
-        request.uri = incoming.url.encode("latin-1")
-        sockets: list[_Socket] = []
-
-        def track(protocol: WebSocketServerProtocol) -> None:
-            socket = _Socket(
-                protocol,
-                request,
-                incoming.request_id or "",
-                plugin.name,
-                incoming.path,
-                self.clock.seconds(),
-            )
-            socket.instrument()
-            self._sockets.add(socket)
-            sockets.append(socket)
-
-        result = WebSocketResource(_Handing(factory, track)).render(request)
-        if isinstance(result, bytes):  # no protocol (500), or no transport to take (426)
-            if sockets:
-                self._sockets.discard(sockets[0])
-            request.write(result)
-            request.finish()
+        # autobahn leaves its Factory base unparameterized
+        protocol = cast("WebSocketServerProtocol | None", factory.buildProtocol(exchange.peer()))
+        if protocol is None:
+            exchange.respond(Response.error(500, "INTERNAL_ERROR", "No WebSocket handler"))
             return True
-        socket = sockets[0]
-        socket.protocol.is_closed.addBoth(lambda _: self._closed(socket))
+        socket = _Socket(
+            protocol,
+            exchange,
+            incoming.request_id or "",
+            plugin.name,
+            incoming.path,
+            self.clock.seconds(),
+        )
+        socket.instrument()
+        self._sockets.add(socket)
+        protocol.is_closed.addBoth(lambda _: self._closed(socket))
+        exchange.hand_over(protocol, _head(incoming))
         return True
 
     def _closed(self, socket: _Socket) -> None:

@@ -1,0 +1,714 @@
+"""
+One client connection: requests read by llhttp, answered one at a time.
+
+Reading: the parser's callbacks gather a head (bounded: L{Limits}), judge it
+(L{buntime.web.http1.head.judge}), check the body limit the front door gives
+for its path (413 before a byte of body is read, or as soon as a chunked
+body passes it), and queue the complete request.  Requests read ahead of the
+one being answered (pipelining) wait in order; reading stops while too many
+wait, while the client does not read what is written to it (the transport
+paused this producer), and after a request that closes the connection.
+
+Answering: the front door (L{Handler.answer}) gets one L{Exchange} at a time
+and answers it through L{HTTP1Connection.write_response}, which frames the
+answer (C{content-length}, chunks, or the end of the connection for an
+HTTP/1.0 stream), never lets an app's wrong C{Content-Length} or interim
+status desynchronise the connection, and streams bodies with backpressure.
+
+Timing: one timer per connection ticks every half of the shorter of the
+head and idle timeouts; a head not complete within C{header_timeout} gets
+408, a connection idle for C{idle_timeout} is closed, and one whose peer
+does not read for that long (or does not take its last answer) is aborted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+from httptools import HttpParserUpgrade, HttpRequestParser
+from twisted.internet import tcp
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IProtocol, IPushProducer, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from buntime._logging import log
+from buntime._turn import EndOfTurn, send_now
+from buntime.http import Response
+from buntime.web.http1.exchange import Exchange
+from buntime.web.http1.head import Head, Refusal, judge, request_id_for
+from buntime.web.http1.limits import Limits
+from buntime.web.http1.response import NO_BODY, header_lines, refusal_bytes, status_line
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+UNSENT_MOST = 64 * 1024
+"""The most bytes of whole answers kept for the end of the turn (see C{_write_soon})."""
+
+
+class Handler(TypingProtocol):
+    """What a connection asks of the front door."""
+
+    def answer(self, exchange: Exchange) -> None:
+        """Answer C{exchange} (through C{exchange.respond} or C{exchange.hand_over})."""
+
+    def body_limit(self, path: str) -> int:
+        """The most bytes of request body taken for C{path}."""
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: read nothing more on this connection."""
+
+
+class HTTP1Factory(ServerFactory):
+    """
+    Builds an L{HTTP1Connection} per client for C{handler}; past
+    C{limits.max_connections} open connections, a new one gets 503 and is
+    closed.  C{state} (a L{buntime.web.state.RuntimeState}) counts request
+    bodies still arriving as in flight.
+    """
+
+    noisy = False
+
+    def __init__(
+        self, handler: Handler, clock: IReactorTime, limits: Limits | None = None, state: Any = None
+    ) -> None:
+        self.handler = handler
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.state = state
+        self.connections = 0
+        self._warned = float("-inf")
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        if self.connections >= self.limits.max_connections:
+            now = self.clock.seconds()
+            if now - self._warned >= 1.0:
+                self._warned = now
+                log(
+                    "warn",
+                    "buntime:http:too-many-connections",
+                    f"Refusing connections past RUNTIME_MAX_CONNECTIONS "
+                    f"({self.limits.max_connections}) with 503",
+                    limit=self.limits.max_connections,
+                )
+            return _Busy(self.clock)
+        self.connections += 1
+        return HTTP1Connection(self)
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+
+
+class _Busy(Protocol):
+    """A connection past the limit: 503, then closed."""
+
+    transport: Any
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+
+    def connectionMade(self) -> None:
+        refusal = Refusal(503, "Too many connections")
+        data = refusal_bytes(refusal, self._clock.seconds(), request_id_for(None))
+        self.transport.write(data.replace(b"\r\n\r\n", b"\r\nretry-after: 1\r\n\r\n", 1))
+        self.transport.loseConnection()
+
+
+@implementer(IPushProducer)
+class HTTP1Connection(Protocol):
+    """One client connection (see the module's docstring)."""
+
+    transport: Any  # a TCP or TLS transport: its producer and write-buffer sides are used
+
+    def __init__(self, factory: HTTP1Factory) -> None:
+        self.factory = factory
+        self._handler = factory.handler
+        self._limits = factory.limits
+        self._clock = factory.clock
+        self._parser = HttpRequestParser(self)
+        self._remote: str | None = None
+        self._socket: Any = None
+        # the head being read
+        self._target: list[bytes] = []
+        self._target_size = 0
+        self._lines: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._head_since: float | None = None  # when its first byte came; None: no head open
+        self._head_bytes = 0
+        # the body being read
+        self._head: Head | None = None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._limit = 0
+        self._uploading = False
+        self._continued = False
+        # requests read and waiting their turn, then the one being answered
+        self._waiting: deque[Exchange | Refusal] = deque()
+        self._current: Exchange | None = None
+        self._held: list[bytes] | None = None  # bytes after an upgrade request's head
+        self._pumping = False
+        # the connection
+        self._done_reading = False  # a refusal, or a request that closes: nothing more is read
+        self._closed = False
+        self._lost = False
+        self._lingering = False  # written all, reading what the client still sends
+        self._handed = False
+        self._reading_paused = False
+        self._writes_paused: Deferred[None] | None = None
+        self._paused_since = 0.0
+        self._idle_since = 0.0
+        self._timer: Any = None
+        self._unsent: list[bytes] = []  # whole answers sent at the end of the reactor turn
+        self._unsent_size = 0
+
+    # -- the connection --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        if (
+            isinstance(transport, tcp.Connection)
+            and not getattr(transport, "TLS", False)
+            and hasattr(transport, "dataBuffer")  # what buntime._turn.send_now reads
+            and hasattr(transport, "_tempDataLen")
+        ):
+            self._socket = transport.socket
+        if ITCPTransport.providedBy(transport):
+            # answers (and a WebSocket handed over) go out as written, not after
+            # the client's delayed ACK (twisted.web does the same)
+            transport.setTcpNoDelay(True)
+        transport.registerProducer(self, True)
+        self._remote = getattr(transport.getPeer(), "host", None)
+        self._idle_since = self._clock.seconds()
+        limits = self._limits
+        interval = min(limits.header_timeout, limits.idle_timeout) / 2
+        if interval > 0:
+            self._timer = self._clock.callLater(interval, self._tick, interval)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._handed:
+            return
+        self._closed = self._lost = True
+        self._unsent.clear()
+        self._stop_timer()
+        self.factory.connection_closed()
+        self._uploaded()
+        self._waiting.clear()
+        current, self._current = self._current, None
+        if current is not None:
+            current.lost(reason)
+        self.resumeProducing()  # a stream waiting for the client sees it is gone
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done_reading:
+            return
+        if self._held is not None:  # after an upgrade head: for whoever reads next
+            self._held.append(data)
+            return
+        self._idle_since = self._clock.seconds()
+        self._feed(data)
+        self._pump()
+
+    def _feed(self, data: bytes) -> None:
+        """Parse C{data}: complete requests wait their turn, refusals too."""
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._held = [data[upgrade.args[0] :]] if upgrade.args else []
+        except _Stop:
+            pass
+        except Exception as error:
+            refusal = error.__context__ if isinstance(error.__context__, Refusal) else None
+            if isinstance(error.__context__, _Stop):
+                pass
+            elif refusal is not None:
+                self._refuse(refusal)
+            elif "HTTP version" in str(error):  # llhttp's word for a version it does not know
+                self._refuse(Refusal(505, str(error)))
+            else:
+                self._refuse(Refusal(400, str(error) or "Malformed request"))
+        else:
+            if self._head_since is not None:  # a head still open after this read
+                # begun in this read (-1): its bytes so far are no more than the read's,
+                # and the callbacks counted them; from the next read on, count reads
+                self._head_bytes = 0 if self._head_bytes < 0 else self._head_bytes + len(data)
+                limits = self._limits
+                if self._head_bytes > limits.max_target + limits.max_head + 1024:
+                    self._refuse(Refusal(431, "The request head is too large"))
+
+    # -- parser callbacks ------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._done_reading:
+            raise _Stop()
+        self._head_since = self._clock.seconds()
+        self._head_bytes = -1
+        self._target = []
+        self._target_size = 0
+        self._lines = []
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._target_size += len(url)
+        if self._target_size > self._limits.max_target:
+            raise Refusal(414, f"The request target is longer than {self._limits.max_target} bytes")
+        self._target.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lines = self._lines
+        lines.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        limits = self._limits
+        if self._head_size > limits.max_head or len(lines) > limits.max_headers:
+            raise Refusal(
+                431,
+                f"The header section is over {limits.max_head} bytes or {limits.max_headers} lines",
+            )
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
+        head = judge(parser.get_method(), target, parser.get_http_version(), self._lines)
+        self._head_since = None
+        self._lines = []
+        self._head = head
+        if not head.has_body:
+            return
+        limit = self._limit = self._handler.body_limit(head.path)
+        if head.length is not None and head.length > limit:
+            raise Refusal(413, f"Request body of {head.length} bytes exceeds the limit of {limit}")
+        state = self.factory.state
+        if state is not None:  # a shutdown waits for a body that is still arriving
+            state.request_started()
+            self._uploading = True
+        self._continued = False
+        if head.expect and self._current is None and not self._waiting:
+            self._continued = True
+            self._write(CONTINUE)
+
+    def on_body(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self._body_size > self._limit:
+            raise Refusal(413, f"Request body exceeds the limit of {self._limit} bytes")
+        self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        head = self._head
+        if head is None:  # the parser ends a message it refused: nothing to answer
+            return
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._head, self._body, self._body_size = None, [], 0
+        self._uploaded()
+        self._waiting.append(Exchange(self, head, body, self._remote))
+        if head.close:
+            self._done_reading = True  # what follows this request is never read
+
+    def _uploaded(self) -> None:
+        if self._uploading:
+            self._uploading = False
+            self.factory.state.request_finished()
+
+    # -- answering in order ----------------------------------------------------
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer C{refusal} in its turn and close; nothing more is read."""
+        head = self._head
+        if head is not None:
+            refusal.request_id, refusal.path = head.request_id, head.path
+        else:  # refused before its head was judged: what was read of it
+            given = [value for name, value in self._lines if name.lower() == b"x-request-id"]
+            refusal.request_id = given[-1] if given else None
+        self._done_reading = True
+        self._head_since = None
+        self._uploaded()
+        self._waiting.append(refusal)
+
+    def _pump(self) -> None:
+        """Answer what waits, one at a time, while answers finish at once."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while True:
+                while (
+                    self._current is None
+                    and self._waiting
+                    and not self._closed
+                    and self._writes_paused is None
+                ):
+                    item = self._waiting.popleft()
+                    if isinstance(item, Refusal):
+                        self._send_refusal(item)
+                        return
+                    self._current = item
+                    self._handler.answer(item)
+                    if not item.ended:
+                        item.on_end(self._ended_later, item)
+                    elif not self._ended(item):
+                        return
+                if self._current is not None or self._waiting or self._closed:
+                    break
+                self._idle()
+                if not self._waiting:  # what was held after an upgrade may have come in
+                    break
+        finally:
+            self._pumping = False
+        self._flow()
+
+    def _idle(self) -> None:
+        """Nothing left to answer: what waited behind the last answer may go on."""
+        if self._current is not None or self._closed:
+            return
+        self._idle_since = self._clock.seconds()
+        self._owed_continue()
+        held = self._held
+        if held is not None:  # an upgrade request answered without a hand-over
+            self._held = None
+            self._parser = HttpRequestParser(self)
+            self._feed(b"".join(held))
+
+    def _owed_continue(self) -> None:
+        """A body that waits for C{100 Continue} behind earlier requests gets it now."""
+        head = self._head
+        if head is not None and head.expect and not self._continued and head.has_body:
+            self._continued = True
+            self._write(CONTINUE)
+
+    def _ended_later(self, result: object, exchange: Exchange) -> None:
+        if self._ended(exchange):
+            self._pump()
+
+    def _ended(self, exchange: Exchange) -> bool:
+        """Done with C{exchange}; whether the connection takes the next request."""
+        if self._current is not exchange:
+            return False
+        self._current = None
+        if self._closed:
+            return False
+        if exchange.close or exchange.gone:
+            self._close()
+            return False
+        return True
+
+    def _flow(self) -> None:
+        """Read while there is room for what is read; stop while the client does not read."""
+        if self._closed:
+            return
+        stop = (
+            self._writes_paused is not None
+            or len(self._waiting) >= self._limits.max_pipeline
+            or self._held is not None
+            or self._done_reading
+        )
+        if stop != self._reading_paused:
+            self._reading_paused = stop
+            if stop:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    def _close(self, linger: bool = False) -> None:
+        """
+        Close once what is written is sent (aborted if the peer does not take
+        it in time).  C{linger}: over TCP, only stop writing, and read (and
+        drop) what the client still sends until it closes or the next tick
+        of the timer: a client still sending when its refusal was written
+        would otherwise get a reset that can destroy the answer (RFC 9112 §9.6).
+        """
+        self._closed = True
+        self._idle_since = self._clock.seconds()
+        self._send_unsent()
+        transport = self.transport
+        if linger and ITCPTransport.providedBy(transport):
+            self._lingering = True
+            transport.loseWriteConnection()
+            if self._reading_paused:
+                self._reading_paused = False
+                self.transport.resumeProducing()
+            return
+        transport.loseConnection()
+
+    def _send_refusal(self, refusal: Refusal) -> None:
+        request_id = request_id_for(refusal.request_id)
+        log(
+            "info",
+            "buntime:http:refused",
+            f"{refusal.status} {refusal.message}",
+            request_id=request_id,
+            status=refusal.status,
+            path=refusal.path,
+        )
+        self._write(refusal_bytes(refusal, self._clock.seconds(), request_id))
+        self._close(linger=True)
+
+    # -- the timer -------------------------------------------------------------
+
+    def _tick(self, interval: float) -> None:
+        self._timer = None
+        if self._handed or self._lost:
+            return
+        now = self._clock.seconds()
+        limits = self._limits
+        if self._writes_paused is not None and now - self._paused_since >= limits.idle_timeout:
+            self._abort("The client did not read its answer")
+            return
+        if self._closed:
+            if self._lingering:
+                self._lingering = False
+                self.transport.loseConnection()
+            elif now - self._idle_since >= limits.idle_timeout:
+                self._abort("The client did not take its last answer")
+                return
+        elif self._current is None and not self._waiting:
+            since = self._head_since
+            if since is not None and now - since >= limits.header_timeout:
+                self._refuse(Refusal(408, "The request head did not arrive in time"))
+                self._pump()
+            elif now - self._idle_since >= limits.idle_timeout:
+                self._close()
+        self._timer = self._clock.callLater(interval, self._tick, interval)
+
+    def _abort(self, why: str) -> None:
+        log("info", "buntime:http:aborted", why, remote=self._remote)
+        self._closed = True
+        self.transport.abortConnection()
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    # -- hand-over -------------------------------------------------------------
+
+    def hand_over(self, exchange: Exchange, protocol: IProtocol, head: bytes) -> None:
+        """Give the connection to C{protocol} (see L{Exchange.hand_over})."""
+        if self._current is not exchange or self._closed:
+            return
+        self._current = None
+        self._handed = True
+        self._send_unsent()
+        self._stop_timer()
+        self.factory.connection_closed()
+        transport = self.transport
+        transport.unregisterProducer()
+        if isinstance(transport, ProtocolWrapper):  # TLS
+            transport.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        protocol.makeConnection(transport)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resumeProducing()
+        held, self._held = self._held or [], None
+        protocol.dataReceived(head + exchange.body + b"".join(held))
+
+    # -- writing answers -------------------------------------------------------
+
+    def write_response(self, exchange: Exchange, response: Response) -> Deferred[None] | None:
+        """
+        Write C{response} for C{exchange}: a C{None} once a body of bytes is
+        written, or a Deferred that fires when a stream is.  A response that
+        cannot be written (a broken header, say) is logged and the
+        connection aborted: the exchange then ends, never hangs.
+        """
+        try:
+            return self._write_response(exchange, response)
+        except Exception as error:
+            log(
+                "error",
+                "buntime:http:write-failed",
+                "Response could not be written",
+                error=repr(error),
+            )
+            exchange.written = True
+            self._closed = True
+            self._send_unsent()  # the answers before this one
+            self.transport.abortConnection()  # connectionLost ends the exchange
+            return None
+
+    def _write_response(self, exchange: Exchange, response: Response) -> Deferred[None] | None:
+        status = response.status
+        if not 200 <= status <= 999:
+            response = _not_final(exchange, response)
+            status = response.status
+        exchange.status = status
+        exchange.written = True
+        head = exchange.head
+        lines, given = header_lines(response.headers)
+        lines.insert(0, status_line(status, self._clock.seconds(), exchange.request_id))
+        body = response.body
+        no_body = status in NO_BODY
+        silent = no_body or head.method == "HEAD"
+        close = exchange.close
+        if isinstance(body, bytes | bytearray):
+            if not no_body:
+                length = len(body)
+                if given is not None and given != length:
+                    if not silent:  # send what was declared (or less), then close
+                        _wrong_length(exchange, given, length)
+                        close = True
+                        body = body[:given]
+                    length = given
+                lines.append(b"content-length: %d" % length)
+            lines.append(self._connection_line(exchange, close))
+            self._write_soon(b"\r\n".join(lines) + (b"" if silent else bytes(body)))
+            exchange.done()
+            return None
+        chunked = False
+        if not no_body:
+            if given is not None:
+                lines.append(b"content-length: %d" % given)
+            elif silent:
+                pass
+            elif head.version == "1.1":
+                lines.append(b"transfer-encoding: chunked")
+                chunked = True
+            else:  # HTTP/1.0: the body ends with the connection
+                close = True
+        lines.append(self._connection_line(exchange, close))
+        self._write(b"\r\n".join(lines))
+        declared = None if no_body or silent else given
+        return ensureDeferred(self._stream(exchange, body, chunked, silent, declared))
+
+    @staticmethod
+    def _connection_line(exchange: Exchange, close: bool) -> bytes:
+        """The end of the head: C{connection} as it will be after this answer."""
+        exchange.close = close
+        if close:
+            return b"connection: close\r\n\r\n"
+        if exchange.head.keep_alive:
+            return b"connection: keep-alive\r\n\r\n"
+        return b"\r\n"
+
+    async def _stream(
+        self, exchange: Exchange, body: Any, chunked: bool, silent: bool, length: int | None
+    ) -> None:
+        iterator: AsyncIterator[bytes] = body.__aiter__()
+        write = self.transport.write  # nothing waits for the end of the turn now (see _write)
+        sent = 0
+        over = False
+        try:
+            if not silent:
+                async for chunk in iterator:
+                    if exchange.gone:
+                        break
+                    if length is not None and sent + len(chunk) > length:
+                        chunk = chunk[: length - sent]  # send what was declared, no more
+                        over = True
+                    if chunk:
+                        sent += len(chunk)
+                        write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    if over:
+                        break
+                    waiter = self._writes_paused
+                    if waiter is not None:
+                        await waiter
+        except Exception as error:
+            if not isinstance(error, CancelledError):  # cancelled: the client left
+                log(
+                    "error",
+                    "buntime:http:stream-failed",
+                    "Response stream failed",
+                    error=str(error),
+                )
+            exchange.gone = True
+            self._closed = True
+            self.transport.abortConnection()  # connectionLost ends the exchange
+            return
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None and (exchange.gone or silent or over):
+                await aclose()
+        if exchange.gone:
+            return
+        if length is not None and (over or sent != length):
+            _wrong_length(exchange, length, None if over else sent)
+            exchange.close = True  # the client got what was declared, or less: no reuse
+        if chunked:
+            write(b"0\r\n\r\n")
+        exchange.done()
+
+    def _write_soon(self, data: bytes) -> None:
+        """
+        Write a whole answer at the end of the reactor turn (see
+        L{buntime._turn}); at once when what waits passes C{UNSENT_MOST},
+        so that a client that does not read pauses the answers (many
+        pipelined requests answered in one turn) before they pile up.
+        """
+        unsent = self._unsent
+        if not unsent:
+            EndOfTurn.of(self._clock).add(self._send_unsent)
+        unsent.append(data)
+        self._unsent_size += len(data)
+        if self._unsent_size > UNSENT_MOST:
+            self._send_unsent()
+
+    def _write(self, data: bytes) -> None:
+        """C{transport.write(data)}, after what waits for the end of the turn."""
+        self._send_unsent()
+        self.transport.write(data)
+
+    def _send_unsent(self) -> None:
+        unsent = self._unsent
+        if not unsent or self._handed:
+            return
+        data = unsent[0] if len(unsent) == 1 else b"".join(unsent)
+        unsent.clear()
+        self._unsent_size = 0
+        send_now(self.transport, self._socket, data)
+
+    # -- IPushProducer: the transport says when the client does not read -------
+
+    def pauseProducing(self) -> None:
+        if self._writes_paused is None:
+            self._writes_paused = Deferred()
+            self._paused_since = self._clock.seconds()
+            self._flow()
+
+    def resumeProducing(self) -> None:
+        waiter, self._writes_paused = self._writes_paused, None
+        if waiter is not None:
+            waiter.callback(None)
+            if self._current is None:
+                self._pump()
+            else:
+                self._flow()
+
+    def stopProducing(self) -> None:
+        if self._current is not None:
+            self._current.gone = True
+        self.resumeProducing()
+
+
+def _not_final(exchange: Exchange, response: Response) -> Response:
+    """An app's interim (1xx) or impossible status is no answer: 502, and the body closed."""
+    log(
+        "error",
+        "buntime:http:not-final",
+        f"The app answered {exchange.head.path} with status {response.status}, "
+        "not a final status; answering 502",
+        request_id=exchange.request_id,
+        status=response.status,
+    )
+    aclose = getattr(response.body, "aclose", None)
+    if aclose is not None:
+        ensureDeferred(aclose()).addErrback(lambda _: None)
+    return Response.error(
+        502, "BAD_GATEWAY", f"The app answered with status {response.status}, not a final answer"
+    )
+
+
+def _wrong_length(exchange: Exchange, declared: int, sent: int | None) -> None:
+    log(
+        "warn",
+        "buntime:http:wrong-length",
+        f"The answer to {exchange.head.path} declared Content-Length {declared} but had "
+        + ("more" if sent is None else f"{sent} bytes")
+        + "; sent what was declared and closed the connection",
+        request_id=exchange.request_id,
+        declared=declared,
+    )

@@ -1,0 +1,107 @@
+"""How an answer's head is written: status line, the app's headers made safe, the framing."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.server import version as SERVER_VERSION
+
+from buntime.http import Headers
+from buntime.web.http1.head import REASONS, Refusal
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "x-request-id",
+    }
+)
+"""Headers of an app's answer that are about its hop, not the client's: never passed on."""
+_OWN = HOP_BY_HOP | {"content-length", "date", "server"}
+"""Headers the connection writes itself."""
+NO_BODY = frozenset({204, 304})
+
+
+def _clean(text: str) -> bytes:
+    """A header name or value as bytes, line breaks replaced by spaces: it cannot split the head."""
+    data = text.encode("latin-1", "replace")
+    if b"\n" in data or b"\r" in data or b"\x00" in data:
+        data = b" ".join(data.replace(b"\x00", b" ").splitlines())
+    return data
+
+
+def declared_length(value: str | None) -> int | None:
+    """An app's C{Content-Length}, when it is one plain number."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit() and value.isascii() and len(value) <= 18:
+        return int(value)
+    return None
+
+
+def header_lines(headers: Headers) -> tuple[list[bytes], int | None]:
+    """
+    The lines of an app's C{headers} the connection passes on, and the
+    app's own C{Content-Length} (C{None}: none, or not a plain number).
+    """
+    lines = []
+    given = None
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _OWN:
+            if lower == "content-length":
+                given = declared_length(value)
+            continue
+        lines.append(b"%s: %s" % (_clean(name), _clean(value)))
+    return lines, given
+
+
+class DateHeader:
+    """The C{Date} header's value, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def __call__(self, now: float) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._value = datetimeToString(second)
+        return self._value
+
+
+date_header = DateHeader()
+
+
+def status_line(status: int, now: float, request_id: str, reason: bytes | None = None) -> bytes:
+    """The status line and the headers every answer carries."""
+    if reason is None:
+        reason = RESPONSES.get(status) or REASONS.get(status, "Unknown Status").encode("ascii")
+    return b"HTTP/1.1 %d %s\r\nserver: %s\r\ndate: %s\r\nx-request-id: %s" % (
+        status,
+        reason,
+        SERVER_VERSION,
+        date_header(now),
+        _clean(request_id),
+    )
+
+
+def refusal_bytes(refusal: Refusal, now: float, request_id: str) -> bytes:
+    """The whole answer to a request the connection refuses: a JSON error, then close."""
+    message = f"{refusal.reason}: {refusal.message}"
+    body = json.dumps({"error": {"code": refusal.code, "message": message}}).encode("utf-8")
+    head = status_line(refusal.status, now, request_id, refusal.reason.encode("ascii"))
+    return b"%s\r\n%s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
+        head,
+        b"content-type: application/json",
+        len(body),
+        body,
+    )

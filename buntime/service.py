@@ -285,9 +285,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         api=api,
         api_prefix=config.api_prefix,
         steps=[
-            plugin_steps.server_fetch,
-            plugin_steps.routes,
-            plugin_steps.plugin_apps,
+            plugin_steps,
             apps,
             apps.serve_homepage,
         ],

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from attrs import define, field, frozen
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from buntime._logging import log
@@ -257,8 +257,17 @@ class AppStep:
             cached = self._infos[version.dir] = (loaded, info)
         return cached[1], parts[3]
 
-    async def serve(self, version: AppVersion, request: Request, base: str, rest: str) -> Response:
-        """Answer C{request} from the app at C{version} mounted at C{base}."""
+    def serve(
+        self, version: AppVersion, request: Request, base: str, rest: str
+    ) -> Deferred[Response]:
+        """Answer C{request} from the app at C{version} mounted at C{base} (a Deferred)."""
+        answer = self._answer(version, request, base, rest)
+        return answer if isinstance(answer, Deferred) else succeed(answer)
+
+    def _answer(
+        self, version: AppVersion, request: Request, base: str, rest: str
+    ) -> Response | Deferred[Response]:
+        """L{serve}: an answer known at once (an error, a static file), or the pool's Deferred."""
         label = f"{version.name}@{version.version}"
         try:
             loaded = self.load(version)
@@ -277,9 +286,9 @@ class AppStep:
                 request_headers=request.headers,
             )
         inner = request.for_app(rest, base)
-        response = await self.pool.handle(self._cached_pool_app(loaded), inner, base)
+        response = self.pool.handle(self._cached_pool_app(loaded), inner, base)
         if loaded.manifest.inject_base:
-            response = _with_base(response, base)
+            response.addCallback(_with_base, base)
         return response
 
     def serve_homepage(

@@ -268,7 +268,8 @@ class FrontDoor:
                 return refusal
         registry = self._plugins() if self._plugins is not None else None
         app = None
-        if registry is not None and (registry.hooks("on_request") or registry.hooks("on_response")):
+        responding = registry is not None and bool(registry.hooks("on_response"))
+        if registry is not None and (responding or registry.hooks("on_request")):
             found = None if is_api or self._identify is None else self._identify(path)
             app, app_path = found if found is not None else (None, None)
             outcome = await registry.on_request(request, app, app_path)
@@ -288,7 +289,7 @@ class FrontDoor:
         ):
             return None
         response = await self.dispatch(request, fields)
-        if registry is not None and registry.hooks("on_response"):
+        if responding and registry is not None:
             response = await registry.on_response(response, app)
         return response
 

@@ -20,36 +20,48 @@ from buntime.web.apps import AppStep
 @frozen
 class PluginSteps:
     """
-    The plugin dispatch steps over whatever plugin set is current.  Each
-    answers C{None} at once when no plugin can take the request, else an
-    awaitable of the answer (C{None} when it was not theirs after all).
+    Steps 6 to 8 over whatever plugin set is current, as one dispatch step:
+    C{None} at once when no plugin can take the request, else an awaitable
+    of the first answer (C{None} when none was theirs after all).
     """
 
     registry: Callable[[], PluginRegistry | None]
     apps: AppStep
 
-    def server_fetch(
+    def __call__(
         self, request: Request, fields: dict[str, Any]
     ) -> Awaitable[Response | None] | None:
         registry = self.registry()
-        if registry is None or not registry.hooks("server_fetch"):
+        if registry is None:
             return None
-        return registry.server_fetch(request)
+        path = request.path
+        fetch = bool(registry.hooks("server_fetch"))
+        routes = registry.routes_under(path)
+        app = registry.plugin_app_for(path)
+        if not (fetch or routes or app is not None):
+            return None
+        return self._answer(registry, request, fields, fetch, routes, app)
 
-    def routes(self, request: Request, fields: dict[str, Any]) -> Awaitable[Response | None] | None:
-        registry = self.registry()
-        if registry is None or not registry.routes_under(request.path):
+    async def _answer(
+        self,
+        registry: PluginRegistry,
+        request: Request,
+        fields: dict[str, Any],
+        fetch: bool,
+        routes: bool,
+        app: tuple[Any, str, str] | None,
+    ) -> Response | None:
+        if fetch:
+            answer = await registry.server_fetch(request)
+            if answer is not None:
+                return answer
+        if routes:
+            answer = await registry.route(request)
+            if answer is not None:
+                return answer
+        if app is None:
             return None
-        return registry.route(request)
-
-    def plugin_apps(
-        self, request: Request, fields: dict[str, Any]
-    ) -> Awaitable[Response | None] | None:
-        registry = self.registry()
-        found = None if registry is None else registry.plugin_app_for(request.path)
-        if found is None:
-            return None
-        plugin, base, rest = found
+        plugin, base, rest = app
         fields["app"] = f"plugin:{plugin.name}"
         version = AppVersion(plugin.name, "plugin", plugin.path, "plugin")
-        return self.apps.serve(version, request, base, rest)
+        return await self.apps.serve(version, request, base, rest)

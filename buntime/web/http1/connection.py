@@ -259,17 +259,19 @@ class HTTP1Connection(Protocol):
         self._target.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lines = self._lines
-        lines.append((name, value))
-        self._head_size += len(name) + len(value) + 4
+        # judged whole in on_headers_complete; a head spread over reads is
+        # bounded read by read (see _feed), one read by its size
+        self._lines.append((name, value))
+        self._head_size += len(name) + len(value)
+
+    def on_headers_complete(self) -> None:
         limits = self._limits
-        if self._head_size > limits.max_head or len(lines) > limits.max_headers:
+        count = len(self._lines)
+        if self._head_size + 4 * count > limits.max_head or count > limits.max_headers:
             raise Refusal(
                 431,
                 f"The header section is over {limits.max_head} bytes or {limits.max_headers} lines",
             )
-
-    def on_headers_complete(self) -> None:
         parser = self._parser
         target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
         head = judge(parser.get_method(), target, parser.get_http_version(), self._lines)
@@ -364,19 +366,16 @@ class HTTP1Connection(Protocol):
         if self._current is not None or self._closed:
             return
         self._idle_since = self._clock.seconds()
-        self._owed_continue()
+        head = self._head
+        if head is not None and head.expect and not self._continued and head.has_body:
+            # a body waiting for 100 Continue behind earlier requests gets it now
+            self._continued = True
+            self._write(CONTINUE)
         held = self._held
         if held is not None:  # an upgrade request answered without a hand-over
             self._held = None
             self._parser = HttpRequestParser(self)
             self._feed(b"".join(held))
-
-    def _owed_continue(self) -> None:
-        """A body that waits for C{100 Continue} behind earlier requests gets it now."""
-        head = self._head
-        if head is not None and head.expect and not self._continued and head.has_body:
-            self._continued = True
-            self._write(CONTINUE)
 
     def _ended_later(self, result: object, exchange: Exchange) -> None:
         if self._ended(exchange):

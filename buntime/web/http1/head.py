@@ -92,6 +92,7 @@ class Head:
         "chunked",
         "close",
         "expect",
+        "has_body",
         "headers",
         "keep_alive",
         "length",
@@ -129,10 +130,7 @@ class Head:
         self.keep_alive = keep_alive
         self.expect = expect
         self.upgrade = upgrade
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.length)
+        self.has_body = chunked or bool(length)
 
 
 def _tokens(values: list[bytes]) -> list[bytes]:

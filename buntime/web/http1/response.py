@@ -51,7 +51,7 @@ def header_lines(headers: Headers) -> tuple[list[bytes], int | None]:
     The lines of an app's C{headers} the connection passes on, and the
     app's own C{Content-Length} (C{None}: none, or not a plain number).
     """
-    lines = []
+    kept = []
     given = None
     for name, value in headers.items():
         lower = name.lower()
@@ -59,8 +59,14 @@ def header_lines(headers: Headers) -> tuple[list[bytes], int | None]:
             if lower == "content-length":
                 given = declared_length(value)
             continue
-        lines.append(b"%s: %s" % (_clean(name), _clean(value)))
-    return lines, given
+        kept.append(f"{name}: {value}")
+    if not kept:
+        return [], given
+    block = "\r\n".join(kept).encode("latin-1", "replace")
+    if block.count(b"\r") == len(kept) - 1 and b"\n" not in block.replace(b"\r\n", b""):
+        if b"\x00" not in block:
+            return [block], given  # the common case: one encoding, no line to repair
+    return [_clean(line) for line in kept], given
 
 
 class DateHeader:

@@ -41,11 +41,17 @@ def parse_response_head(head: str) -> tuple[int, list[list[str]], bool]:
 
 
 def _headers_of(pairs: list[list[str]]) -> Headers:
-    if all(type(pair) is list and len(pair) == 2 for pair in pairs) and all(
-        type(name) is str and type(value) is str for name, value in pairs
-    ):
-        return Headers._of(tuple([(name, value) for name, value in pairs]))
-    return Headers([tuple(pair) for pair in pairs])
+    items = []
+    for pair in pairs:
+        if type(pair) is not list or len(pair) != 2:
+            break
+        name, value = pair
+        if type(name) is not str or type(value) is not str:
+            break
+        items.append((name, value))
+    else:
+        return Headers._of(tuple(items))
+    return Headers([tuple(pair) for pair in pairs])  # converts, or refuses, the odd ones
 
 
 def response_start(head: str) -> tuple[int, Headers, bool]:

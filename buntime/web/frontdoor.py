@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
+from eliot import current_action
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Site
 
@@ -161,9 +162,11 @@ class _Tracked:
         )
         self._state.request_finished()
         running = self.running
-        if aborted and running is not None and not running.called:
+        if aborted and running is not None:
             # The client went away: stop the work (a queued request is
-            # dropped, a worker is told to cancel).
+            # dropped, a worker is told to cancel).  A Deferred that fired
+            # but waits on another (a chain of steps) cancels that one; a
+            # finished one ignores it.
             running.cancel()
 
 
@@ -229,14 +232,9 @@ class FrontDoor:
         )
         tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path, task_uuid)
         exchange.on_end(tracked.finished, exchange)
-        done = tracked.run(self._begin, incoming, exchange, tracked.fields)
+        done = tracked.run(self.handle, incoming, tracked.fields, exchange)
         # respond never raises (an answer it cannot write aborts the connection)
         done.addCallbacks(exchange.respond, self._crashed, errbackArgs=(exchange,))
-
-    def _begin(
-        self, incoming: Request, exchange: Exchange, fields: dict[str, Any]
-    ) -> Deferred[Response | None]:
-        return ensureDeferred(self.handle(incoming, fields, exchange))
 
     def _crashed(self, failure: Any, exchange: Exchange) -> None:
         if failure.check(CancelledError):
@@ -251,47 +249,69 @@ class FrontDoor:
         base = self._api_base
         return path == base or path.startswith(base + "/")
 
-    async def handle(
+    def handle(
         self, request: Request, fields: dict[str, Any], exchange: Exchange | None = None
-    ) -> Response | None:
+    ) -> Deferred[Response | None]:
         """
         The answer to C{request} (SPEC §4, steps 2 and 4 to 10): the CSRF
         rule for the core API, plugin C{on_request} hooks, the core API,
         a plugin's WebSocket (C{None}: the connection was handed over), the
         dispatch steps, and plugin C{on_response} hooks on their answer.
+
+        A chain of Deferreds, not a coroutine: a worker app's answer then
+        runs the rest of the walk as callbacks of the pool's own Deferred.
+        The hooks run in the request's eliot action (C{current_action}).
         """
         path = request.path
         is_api = self._is_api(path)
         if is_api:
             refusal = csrf_refusal(request)
             if refusal is not None:
-                return refusal
+                return succeed(refusal)
         registry = self._plugins() if self._plugins is not None else None
-        app = None
-        responding = registry is not None and bool(registry.hooks("on_response"))
-        if registry is not None and (responding or registry.hooks("on_request")):
-            found = None if is_api or self._identify is None else self._identify(path)
-            app, app_path = found if found is not None else (None, None)
-            outcome = await registry.on_request(request, app, app_path)
-            if isinstance(outcome, Response):
-                return outcome
-            if is_api and outcome.path != path:
+        if registry is None or not (registry.hooks("on_response") or registry.hooks("on_request")):
+            return self._requested(request, path, is_api, None, fields, exchange)
+        hooks = _Hooks(registry, current_action())
+        if not is_api and self._identify is not None:
+            found = self._identify(path)
+            if found is not None:
+                hooks.app, hooks.app_path = found
+        requested = ensureDeferred(registry.on_request(request, hooks.app, hooks.app_path))
+        return requested.addCallback(self._requested, path, is_api, hooks, fields, exchange)
+
+    def _requested(
+        self,
+        outcome: Request | Response,
+        path: str,
+        is_api: bool,
+        hooks: _Hooks | None,
+        fields: dict[str, Any],
+        exchange: Exchange | None,
+    ) -> Deferred[Response | None]:
+        """L{handle} once the C{on_request} hooks have let C{outcome} through."""
+        if isinstance(outcome, Response):
+            return succeed(outcome)
+        if is_api:
+            if outcome.path != path:
                 # the core API answers the path the client sent (its CSRF rule was for it)
                 outcome = outcome.with_path(path)
-            request = outcome
-        if is_api:
-            return await self._render_api(request)
+            return ensureDeferred(self._render_api(outcome))
         if (
             exchange is not None
             and exchange.head.upgrade
             and self._websockets is not None
-            and self._websockets.upgrade(exchange, request, registry, fields)
+            and self._websockets.upgrade(
+                exchange, outcome, hooks.registry if hooks else self._registry(), fields
+            )
         ):
-            return None
-        response = await self.dispatch(request, fields)
-        if responding and registry is not None:
-            response = await registry.on_response(response, app)
-        return response
+            return succeed(None)
+        answer: Deferred[Any] = self.dispatch(outcome, fields)
+        if hooks is not None and hooks.registry.hooks("on_response"):
+            answer.addCallback(hooks.responded)
+        return answer
+
+    def _registry(self) -> Any:
+        return self._plugins() if self._plugins is not None else None
 
     async def _render_api(self, request: Request) -> Response:
         """The core API (and what is mounted under it), with the API prefix taken off."""
@@ -305,28 +325,61 @@ class FrontDoor:
             request = request.with_path(inner)
         return await render(site, request, self._clock)
 
-    async def dispatch(self, request: Request, fields: dict[str, Any]) -> Response:
+    def dispatch(self, request: Request, fields: dict[str, Any]) -> Deferred[Response]:
         """
         Steps 5 to 10 of the order of resolution (SPEC §4) for everything but
         the core API: C{/.well-known/buntime}, then each of C{steps} (plugin
         handlers, plugin routes, plugin apps, worker apps, the homepage),
         then the built-in answers and the 404.
         """
-        path = request.path
-        if path == "/.well-known/buntime":
-            return Response.json({"api": self._api_base, "version": __version__})
-        for step in self.steps:
-            pending = step(request, fields)
-            if pending is None:
-                continue
-            answer = await pending
-            if answer is not None:
-                return answer
-        if path == "/" and request.method in ("GET", "HEAD"):
-            return Response.text(f"Buntime v{__version__}")
-        if path == "/favicon.ico":
-            return Response(204)
-        return Response.error(404, "NOT_FOUND", f"Nothing at {path}", {"x-not-found": "true"})
+        if request.path == "/.well-known/buntime":
+            return succeed(Response.json({"api": self._api_base, "version": __version__}))
+        return self._from_step(0, request, fields)
+
+    def _from_step(self, index: int, request: Request, fields: dict[str, Any]) -> Deferred[Any]:
+        """The answer of the first step from C{index} on that takes C{request}."""
+        steps = self.steps
+        while index < len(steps):
+            pending = steps[index](request, fields)
+            index += 1
+            if pending is not None:
+                waiting = pending if isinstance(pending, Deferred) else ensureDeferred(pending)  # type: ignore[arg-type]
+                return waiting.addCallback(self._stepped, index, request, fields)
+        return succeed(_built_in(request))
+
+    def _stepped(
+        self, answer: Response | None, index: int, request: Request, fields: dict[str, Any]
+    ) -> Response | Deferred[Any]:
+        return answer if answer is not None else self._from_step(index, request, fields)
+
+
+def _built_in(request: Request) -> Response:
+    """What answers a request no step took: the version at C{/}, 204 for a favicon, 404."""
+    path = request.path
+    if path == "/" and request.method in ("GET", "HEAD"):
+        return Response.text(f"Buntime v{__version__}")
+    if path == "/favicon.ico":
+        return Response(204)
+    return Response.error(404, "NOT_FOUND", f"Nothing at {path}", {"x-not-found": "true"})
+
+
+class _Hooks:
+    """A request's plugin hooks: the registry, the app it is for, its eliot action."""
+
+    __slots__ = ("action", "app", "app_path", "registry")
+
+    def __init__(self, registry: Any, action: Any) -> None:
+        self.registry = registry
+        self.action = action
+        self.app: AppInfo | None = None
+        self.app_path: str | None = None
+
+    def responded(self, response: Response) -> Deferred[Response]:
+        """The C{on_response} hooks on C{response}, in the request's eliot action."""
+        if self.action is None:
+            return ensureDeferred(self.registry.on_response(response, self.app))
+        with self.action.context():
+            return ensureDeferred(self.registry.on_response(response, self.app))
 
 
 def _site(resource: Any) -> Site:

@@ -530,19 +530,3 @@ async def test_changed_public_routes_of_an_app_are_read_again() -> None:
     changed = AppInfo(APP.name, APP.version, APP.dir, {"publicRoutes": {"GET": ["/other"]}})
     await registry.on_request(request, changed, "/api/health")
     assert [entry[:2] for entry in log] == [("guard", "request")]
-
-
-@pytest_twisted.ensureDeferred
-async def test_passive_for_paths_no_plugin_takes_part_in() -> None:
-    @implementer(IBuntimePlugin)
-    class Quiet:
-        pass
-
-    quiet = await registry_of(({"name": "quiet", "base": "/quiet"}, Quiet()))
-    assert quiet.passive_for("/app/x")
-    assert quiet.passive_for("/quieter")
-    assert not quiet.passive_for("/quiet")
-    assert not quiet.passive_for("/quiet/x")
-    hooked = await registry_of(({"name": "guard"}, Hooks("guard")))
-    assert not hooked.passive_for("/app/x")
-    assert PluginRegistry().passive_for("/anything")

@@ -126,7 +126,6 @@ class PluginRegistry:
     _app_routes: dict[str, tuple[object, PublicRoutes]] = field(factory=dict, init=False)
     _hooks: dict[str, tuple[tuple[LoadedPlugin, Any], ...]] = field(factory=dict, init=False)
     _by_base: tuple[LoadedPlugin, ...] = field(init=False)
-    _hooked: bool | None = field(default=None, init=False)
     """Whether any plugin hooks requests (worked out once, as L{hooks} are)."""
     _websockets: tuple[tuple[LoadedPlugin, str | None, WebSocketServerFactory], ...] = field(
         init=False
@@ -175,24 +174,6 @@ class PluginRegistry:
             pairs = ((plugin, plugin.hook(name)) for plugin in self.plugins)
             found = self._hooks[name] = tuple((p, hook) for p, hook in pairs if hook is not None)
         return found
-
-    def passive_for(self, path: str) -> bool:
-        """
-        Whether no plugin takes part in a request for C{path}: no
-        C{on_request}, C{on_response} or C{server_fetch} hook anywhere, and
-        no plugin (routes or app) at a base above C{path}.
-        """
-        hooked = self._hooked
-        if hooked is None:
-            hooked = self._hooked = bool(
-                self.hooks("on_request") or self.hooks("on_response") or self.hooks("server_fetch")
-            )
-        if hooked:
-            return False
-        for plugin in self._by_base:
-            if _under(path, plugin.base or ""):
-                return False
-        return True
 
     def get(self, name: str) -> LoadedPlugin | None:
         """The loaded plugin called C{name}."""

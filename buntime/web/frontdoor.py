@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from eliot import current_action
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from buntime import __version__
@@ -29,7 +30,7 @@ from buntime.web.http1.head import client_request_id
 from buntime.web.state import RuntimeState
 from buntime.web.websocket import WebSockets
 
-Handler = Callable[[Request, dict[str, Any]], Awaitable[Response | None] | None]
+Step = Callable[[Request, dict[str, Any]], Awaitable[Response | None] | None]
 """
 A dispatch step: C{None} at once for "not mine", else an awaitable of the
 answer (C{None} for "not mine after all").  An C{async def} step is one.
@@ -144,7 +145,7 @@ class _Tracked:
         # milliseconds to the microsecond: round(..., 3) at half the cost
         duration = int((self._clock.seconds() - self._started) * 1_000_000 + 0.5) / 1000
         # an upgraded request ends by handing its connection over: not aborted
-        aborted = result is not None and not getattr(result, "check", lambda _: None)(HandedOver)
+        aborted = isinstance(result, Failure) and not result.check(HandedOver)
         finish_request(
             self.action,
             {
@@ -188,7 +189,7 @@ class FrontDoor:
         state: RuntimeState,
         api: CoreAPI,
         api_prefix: str = "",
-        steps: list[Handler] | None = None,
+        steps: list[Step] | None = None,
         apis: Sequence[tuple[str, Any]] = (),
         plugins: Callable[[], Any] | None = None,
         identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
@@ -208,7 +209,7 @@ class FrontDoor:
         self._api_sites.append(("/api", _site(api.app.resource())))
         self._api_prefix = api_prefix
         self._api_base = f"{api_prefix}/api"
-        self.steps: list[Handler] = steps or []
+        self.steps: list[Step] = steps or []
 
     # -- what the connection asks ----------------------------------------------
 
@@ -268,7 +269,7 @@ class FrontDoor:
             refusal = csrf_refusal(request)
             if refusal is not None:
                 return succeed(refusal)
-        registry = self._plugins() if self._plugins is not None else None
+        registry = self._registry()
         if registry is None or not (registry.hooks("on_response") or registry.hooks("on_request")):
             return self._requested(request, path, is_api, None, fields, exchange)
         hooks = _Hooks(registry, current_action())

@@ -114,8 +114,10 @@ class _Busy(Protocol):
 
     def connectionMade(self) -> None:
         refusal = Refusal(503, "Too many connections")
-        data = refusal_bytes(refusal, self._clock.seconds(), request_id_for(None))
-        self.transport.write(data.replace(b"\r\n\r\n", b"\r\nretry-after: 1\r\n\r\n", 1))
+        now = self._clock.seconds()
+        self.transport.write(
+            refusal_bytes(refusal, now, request_id_for(None), b"retry-after: 1\r\n")
+        )
         self.transport.loseConnection()
 
 

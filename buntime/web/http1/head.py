@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+from attrs import define
+
 from buntime._logging import new_id
 
 _TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
@@ -79,6 +81,7 @@ class Refusal(Exception):
         return self.reason.upper().replace(" ", "_")
 
 
+@define(slots=True, eq=False)
 class Head:
     """
     What the front door needs of a request head (never changed once made).
@@ -88,49 +91,25 @@ class Head:
     (chunked, or no body).
     """
 
-    __slots__ = (
-        "chunked",
-        "close",
-        "expect",
-        "has_body",
-        "headers",
-        "keep_alive",
-        "length",
-        "method",
-        "path",
-        "request_id",
-        "target",
-        "upgrade",
-        "version",
-    )
+    method: str
+    target: str
+    version: str
+    headers: tuple[tuple[str, str], ...]
+    request_id: bytes | None
+    length: int | None = None
+    chunked: bool = False
+    close: bool = False
+    keep_alive: bool = False
+    expect: bool = False
+    upgrade: bool = False
 
-    def __init__(
-        self,
-        method: str,
-        target: str,
-        version: str,
-        headers: tuple[tuple[str, str], ...],
-        request_id: bytes | None,
-        length: int | None = None,
-        chunked: bool = False,
-        close: bool = False,
-        keep_alive: bool = False,
-        expect: bool = False,
-        upgrade: bool = False,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.path = target.split("?", 1)[0]
-        self.version = version
-        self.headers = headers
-        self.request_id = request_id
-        self.length = length
-        self.chunked = chunked
-        self.close = close
-        self.keep_alive = keep_alive
-        self.expect = expect
-        self.upgrade = upgrade
-        self.has_body = chunked or bool(length)
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.length)
 
 
 def _tokens(values: list[bytes]) -> list[bytes]:

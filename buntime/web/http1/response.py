@@ -100,14 +100,13 @@ def status_line(status: int, now: float, request_id: str, reason: bytes | None =
     )
 
 
-def refusal_bytes(refusal: Refusal, now: float, request_id: str) -> bytes:
-    """The whole answer to a request the connection refuses: a JSON error, then close."""
+def refusal_bytes(refusal: Refusal, now: float, request_id: str, extra: bytes = b"") -> bytes:
+    """
+    The whole answer to a request the connection refuses: a JSON error, then
+    close.  C{extra}: more header lines, each ending in CRLF.
+    """
     message = f"{refusal.reason}: {refusal.message}"
     body = json.dumps({"error": {"code": refusal.code, "message": message}}).encode("utf-8")
     head = status_line(refusal.status, now, request_id, refusal.reason.encode("ascii"))
-    return b"%s\r\n%s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
-        head,
-        b"content-type: application/json",
-        len(body),
-        body,
-    )
+    lines = b"content-type: application/json\r\ncontent-length: %d\r\n%s" % (len(body), extra)
+    return b"%s\r\n%sconnection: close\r\n\r\n%s" % (head, lines, body)

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from json.encoder import encode_basestring_ascii
 from typing import IO, Any
 
 import eliot
@@ -31,7 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LoggingFile, LogLevel, formatEvent
 from zope.interface import implementer
 
-from buntime._json import compact_encoder
+from buntime._json import dumps
 from buntime.http import Headers
 
 LEVELS = ("debug", "info", "warn", "error")
@@ -237,136 +236,29 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     """
     The JSON object for one eliot message: C{level}, C{message},
     C{timestamp} (ISO 8601, UTC), C{context}, the message's own fields, and
-    eliot's task fields.
+    eliot's task fields.  Credentials in dicts, header pairs and L{Headers}
+    are replaced.
     """
     level, text, timestamp, context = _own_fields(message)
-    record: dict[str, Any] = {
-        "level": level,
-        "message": text,
-        "timestamp": timestamp,
-        "context": context,
-    }
+    record: dict[str, Any] = {"level": level, "message": text, "timestamp": timestamp}
+    record["context"] = context
+    record.update(message)  # its own fields keep their place, first; their values are ours
+    record["level"], record["message"] = level, text
+    record["timestamp"], record["context"] = timestamp, context
     for key, value in message.items():
-        if key in _OWN_KEYS:
-            continue
-        if type(value) in _PLAIN or key == "task_level":  # eliot's task_level: a list of ints
-            record[key] = value
-        else:
+        if type(value) not in _PLAIN and key != "task_level":  # eliot's: a list of ints
             record[key] = _scrub(value)
     return record
 
 
-_encode_record = compact_encoder(repr)
-
-
-class _Unusual(Exception):
-    """A value a line filler does not write: the generic path writes the line."""
-
-
-def _finite(value: float) -> str:
-    if not math.isfinite(value):
-        raise _Unusual()
-    return float.__repr__(value)
-
-
-def _own_values(message: dict[str, Any]) -> tuple[str, str, str, str]:
-    """The encoded L{_own_fields} of a line (a context that is not text is unusual)."""
-    level, text, timestamp, context = _own_fields(message)
-    if type(context) is not str:
-        raise _Unusual()
-    return (
-        encode_basestring_ascii(level),
-        encode_basestring_ascii(text),
-        encode_basestring_ascii(timestamp),
-        encode_basestring_ascii(context),
-    )
-
-
-_WRITE_VALUE = {
-    str: "esc({})",
-    bool: "boolean[{}]",
-    int: "int_repr({})",
-    float: "finite({})",
-    type(None): "null",
-}
-_Filler = Callable[[dict[str, Any]], str]
-_FILLERS: dict[tuple[tuple[str, ...], tuple[type, ...]], _Filler | None] = {}
-_MAX_FILLERS = 256
-
-
-def _filler(keys: tuple[str, ...], kinds: tuple[type, ...]) -> _Filler | None:
-    """
-    A function writing the line of a message with these keys, in this
-    order, holding values of these types: one f-string with the key names
-    and the punctuation, one expression per value (made once, as attrs and
-    namedtuple make their methods).  C{None}: a key or a type it does not
-    write, which the generic path then writes.
-    """
-    if not all(type(key) is str for key in keys):
-        return None
-    scope: dict[str, Any] = {
-        "own_values": _own_values,
-        "esc": encode_basestring_ascii,
-        "int_repr": int.__repr__,
-        "finite": _finite,
-        "encode": _encode_record,
-        "boolean": {True: "true", False: "false"},
-        "null": "null",
-    }
-    parts = []
-    for index, (key, kind) in enumerate(zip(keys, kinds, strict=True)):
-        if key in _OWN_KEYS:
-            continue
-        if kind is list and key == "task_level":  # eliot's: as to_record passes it on
-            write = "encode({})"
-        elif kind in _WRITE_VALUE:
-            write = _WRITE_VALUE[kind]
-        else:
-            return None
-        scope[f"k{index}"] = key  # an f-string's expressions take no quotes before 3.12
-        name = encode_basestring_ascii(key).replace("{", "{{").replace("}", "}}")
-        parts.append("," + name + ":{" + write.format(f"m[k{index}]") + "}")
-    line = '{{"level":{own[0]},"message":{own[1]},"timestamp":{own[2]},"context":{own[3]}'
-    body = repr(line + "".join(parts) + "}}")
-    source = f"def fill(m):\n    own = own_values(m)\n    return f{body}\n"
-    exec(compile(source, "<buntime log line>", "exec"), scope)
-    return scope["fill"]
-
-
-def _filler_for(message: dict[str, Any]) -> _Filler | None:
-    """
-    The filler (see L{_filler}) of a message whose values are all text,
-    integers, booleans, floats or C{None} (and eliot's C{task_level} list):
-    most messages, which hold nothing that changes after they are logged.
-    C{None}: not such a message.
-    """
-    shape = (tuple(message), tuple(map(type, message.values())))
-    try:
-        return _FILLERS[shape]
-    except KeyError:
-        if len(_FILLERS) >= _MAX_FILLERS:
-            return None
-        fill = _FILLERS[shape] = _filler(*shape)
-        return fill
-
-
-def _filled(fill: _Filler | None, message: dict[str, Any]) -> str:
-    """
-    L{format_json} of C{message} given its filler (L{_filler_for}): the line
-    C{fill} writes, or the generic one when there is none or a value is
-    unusual (a NaN, say).
-    """
-    if fill is not None:
-        try:
-            return fill(message)
-        except _Unusual:
-            pass
-    return _encode_record(to_record(message))
+def _json_text(value: object) -> str:
+    """Text for a value JSON cannot hold (what C{json.dumps(default=repr)} writes)."""
+    return repr(value)
 
 
 def format_json(message: dict[str, Any]) -> str:
     """One JSON line (without its line break) for an eliot message (see L{to_record})."""
-    return _filled(_filler_for(message), message)
+    return dumps(to_record(message), _json_text)
 
 
 _COLOURS = {"debug": "\x1b[90m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}
@@ -416,28 +308,21 @@ class StreamDestination:
     colour: bool = False
     flush_each: bool = True
     clock: IReactorTime | None = None
-    _pending: list[str | tuple[_Filler, dict[str, Any]]] = field(factory=list)
+    _pending: list[str] = field(factory=list)
     _scheduled: IDelayedCall | None = None
 
     def __call__(self, message: dict[str, Any]) -> None:
         level = _level_of(message)
         if not level_enabled(self.min_level, level):
             return
-        fill = _filler_for(message) if self.fmt == "json" else None
-        if fill is not None and not self.flush_each:
-            # A message of plain values is written out with the others of
-            # the turn, one after the other (faster than one at a time
-            # between other work); nothing in it can change meanwhile.
-            self._pending.append((fill, message))
+        if self.fmt == "json":
+            line = format_json(message)
         else:
-            if self.fmt == "json":
-                line = _filled(fill, message)
-            else:
-                line = format_pretty(message, self.colour)
-            if self.flush_each:
-                self._write(line + "\n")
-                return
-            self._pending.append(line + "\n")
+            line = format_pretty(message, self.colour)
+        if self.flush_each:
+            self._write(line + "\n")
+            return
+        self._pending.append(line)
         if len(self._pending) >= STREAM_BUFFER or level == "error":
             self.flush()
         elif self._scheduled is None and self.clock is not None:
@@ -449,9 +334,9 @@ class StreamDestination:
         if scheduled is not None and scheduled.active():
             scheduled.cancel()
         pending, self._pending = self._pending, []
-        self._write(
-            "".join([line if type(line) is str else _filled(*line) + "\n" for line in pending])
-        )
+        if pending:
+            pending.append("")  # the last line's break
+        self._write("\n".join(pending))
 
     def _write(self, text: str) -> None:
         try:

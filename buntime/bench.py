@@ -509,7 +509,15 @@ def stream_rss(url: str, pid: int) -> dict[str, Any]:
     }
 
 
-INSTRUCTION_SCENARIOS = ("baseline-noop", "baseline-echo", "warm-noop", "echo-1kb")
+INSTRUCTION_SCENARIOS = (
+    "baseline-noop",
+    "baseline-echo",
+    "baseline-varied",
+    "warm-noop",
+    "echo-1kb",
+    "warm-noop-varied",
+    "warm-noop-plugin",
+)
 INSTRUCTION_CLIENTS = 10
 
 
@@ -557,13 +565,16 @@ def measure_instructions(
     for the same code, whatever else the machine does.
     """
     results: dict[str, Any] = {}
+    varied_script = os.path.join(workdir, "varied.lua")
+    write_files(workdir, {"varied.lua": _WRK_SCRIPT + _WRK_VARIED})
 
     def measured(pid: int, output: str, url: str, name: str) -> None:
         path, method, _, _ = SCENARIOS[name]
         if not name.startswith("baseline"):
             time_to_first_byte(url + path)  # warm it up
+        chosen = varied_script if name in VARIED_SCENARIOS else script
         result, total = count_instructions(
-            pid, output, lambda: run_wrk(url + path, method, INSTRUCTION_CLIENTS, duration, script)
+            pid, output, lambda: run_wrk(url + path, method, INSTRUCTION_CLIENTS, duration, chosen)
         )
         if result["requests"]:
             result["instructions_per_request"] = round(total / result["requests"])
@@ -575,11 +586,20 @@ def measure_instructions(
         with baseline(callgrind(output)) as (url, pid):
             for name in baselines:
                 measured(pid, output, url, name)
-    others = [name for name in wanted if not name.startswith("baseline")]
-    if others:
+    plain = [n for n in wanted if not n.startswith("baseline") and n not in PLUGIN_SCENARIOS]
+    if plain:
         output = os.path.join(workdir, "runtime.callgrind")
         with runtime(workdir, "spawn", log_level, callgrind(output), startup=300) as (url, pid):
-            for name in others:
+            for name in plain:
+                measured(pid, output, url, name)
+    hooked = [name for name in wanted if name in PLUGIN_SCENARIOS]
+    if hooked:
+        output = os.path.join(workdir, "hooked.callgrind")
+        plugin_dir = write_plugin(workdir)
+        with runtime(
+            workdir, "spawn", log_level, callgrind(output), startup=300, plugin_dir=plugin_dir
+        ) as (url, pid):
+            for name in hooked:
                 measured(pid, output, url, name)
     _add_ratios(results, "instructions_per_request", "instructions_ratio")
     return results

@@ -164,24 +164,27 @@ class Request:
     remote_addr: str | None = None
 
     _parts: tuple[str, str] | None = field(default=None, init=False, eq=False, repr=False)
-    """The path and query, split once (see L{path})."""
+    """The path (C{/} at least) and the query, split once (see L{path})."""
 
     def _split(self) -> tuple[str, str]:
         parts = self._parts
         if parts is None:
-            parts = _split_url(self.url)
+            path, query = _split_url(self.url)
+            parts = (path or "/", query)
             object.__setattr__(self, "_parts", parts)
         return parts
 
     @property
     def path(self) -> str:
         """The path part of the URL (still percent-encoded), C{/} at least."""
-        return self._split()[0] or "/"
+        parts = self._parts
+        return (parts or self._split())[0]
 
     @property
     def query(self) -> str:
         """The raw query string, without the C{?}."""
-        return self._split()[1]
+        parts = self._parts
+        return (parts or self._split())[1]
 
     @property
     def request_id(self) -> str | None:

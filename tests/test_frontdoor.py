@@ -488,6 +488,9 @@ class Plugins:
         hook = self._hooks.get(name)
         return () if hook is None else ((name, hook),)
 
+    def requests_hooked(self) -> bool:
+        return bool(self.hooks("on_request") or self.hooks("on_response"))
+
     async def on_request(self, request: Request, app: Any, app_path: Any) -> Request | Response:
         self.seen.append(("on_request", request.path, app, app_path))
         hook = self._hooks["on_request"]

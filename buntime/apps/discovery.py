@@ -242,6 +242,13 @@ def split_app_path(path: str) -> tuple[str, str | None, str, str] | None:
     """
     if not path.startswith("/"):
         return None
+    if not path.startswith("/@"):  # the usual: no scope, one segment names the app
+        end = path.find("/", 1)
+        first = path[1:end] if end > 0 else path[1:]
+        name, at, spec = first.partition("@")
+        if NAME.match(name) is None:
+            return None
+        return name, unquote(spec) if at else None, "/" + first, path[end:] if end > 0 else "/"
     segments = path[1:].split("/")
     count = 2 if segments[0].startswith("@") else 1
     if len(segments) < count:

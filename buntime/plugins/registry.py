@@ -54,6 +54,12 @@ def _under(path: str, base: str) -> bool:
     return path == base or path.startswith(base + "/")
 
 
+def _first_segment(path: str) -> str:
+    """C{/a} of C{/a/b} (and of C{/a})."""
+    end = path.find("/", 1)
+    return path if end < 0 else path[:end]
+
+
 def _plugin_error(plugin: LoadedPlugin, hook: str, error: BaseException) -> None:
     log(
         "error",
@@ -126,7 +132,8 @@ class PluginRegistry:
     _app_routes: dict[str, tuple[object, PublicRoutes]] = field(factory=dict, init=False)
     _hooks: dict[str, tuple[tuple[LoadedPlugin, Any], ...]] = field(factory=dict, init=False)
     _by_base: tuple[LoadedPlugin, ...] = field(init=False)
-    """Whether any plugin hooks requests (worked out once, as L{hooks} are)."""
+    _first_segments: frozenset[str] = field(init=False)
+    """The first path segment (C{/metrics}) of every plugin's base."""
     _websockets: tuple[tuple[LoadedPlugin, str | None, WebSocketServerFactory], ...] = field(
         init=False
     )
@@ -140,6 +147,10 @@ class PluginRegistry:
     def _longest_base_first(self) -> tuple[LoadedPlugin, ...]:
         with_base = [p for p in self.plugins if p.base is not None]
         return tuple(sorted(with_base, key=lambda p: -len(p.base or "")))
+
+    @_first_segments.default
+    def _segments_of_bases(self) -> frozenset[str]:
+        return frozenset(_first_segment(p.base) for p in self._by_base if p.base)
 
     @_websockets.default
     def _websocket_endpoints(
@@ -282,6 +293,18 @@ class PluginRegistry:
                 continue
             return result
         return None
+
+    def mounted_under(self, path: str) -> bool:
+        """
+        Whether C{path} may be under a plugin's base (a quick first look:
+        its first segment is that of a base; L{routes_under} and
+        L{plugin_app_for} tell).
+        """
+        return _first_segment(path) in self._first_segments
+
+    def requests_hooked(self) -> bool:
+        """Whether a plugin has an C{on_request} or C{on_response} hook."""
+        return bool(self.hooks("on_request") or self.hooks("on_response"))
 
     def routes_under(self, path: str) -> bool:
         """Whether a plugin's Klein C{routes} are mounted at a base above C{path}."""

@@ -10,13 +10,12 @@ unique per worker connection.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import ClassVar
 
 from twisted.protocols import amp
 
-from buntime._json import compact_encoder
+from buntime._json import dumps, loads
 
 CHUNK_SIZE = 60 * 1024
 """Largest body chunk in one AMP value (AMP's limit is 64 KiB minus a bit)."""
@@ -24,9 +23,6 @@ CHUNK_SIZE = 60 * 1024
 
 RequestHead = tuple[str, str, str, list[list[str]], str, str, bool]
 """C{(method, path, base, headers, remote, task, more)}: see L{StartRequest}."""
-
-
-_encode = compact_encoder()
 
 
 def request_head(
@@ -39,12 +35,12 @@ def request_head(
     more: bool,
 ) -> str:
     """The C{head} of a L{StartRequest}: a JSON array of its fields in this order."""
-    return _encode([method, path, base, list(headers), remote, task, more])
+    return dumps([method, path, base, list(headers), remote, task, more])
 
 
 def parse_request_head(head: str) -> RequestHead:
     """The fields of a L{StartRequest} C{head}."""
-    method, path, base, headers, remote, task, more = json.loads(head)
+    method, path, base, headers, remote, task, more = loads(head)
     return method, path, base, headers, remote, task, bool(more)
 
 

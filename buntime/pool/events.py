@@ -4,11 +4,11 @@ AMP commands a worker sends to the runtime: readiness, responses, logs.
 
 from __future__ import annotations
 
-import json
 from typing import ClassVar
 
 from twisted.protocols import amp
 
+from buntime._json import loads
 from buntime.http import Headers
 
 
@@ -36,7 +36,7 @@ def response_head(status: int, headers_json: str, end: bool) -> str:
 
 def parse_response_head(head: str) -> tuple[int, list[list[str]], bool]:
     """C{(status, headers, end)} from a L{ResponseStart} C{head}."""
-    status, headers, end = json.loads(head)
+    status, headers, end = loads(head)
     return int(status), headers, bool(end)
 
 

@@ -23,7 +23,7 @@ import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import uuid4
 
 from attrs import define, field, frozen
@@ -37,6 +37,7 @@ from buntime.http import Request, Response
 from buntime.pool.deps import DependencyInstaller, InstallError
 from buntime.pool.launch import ILauncher, LauncherUnavailable
 from buntime.pool.worker import (
+    READY,
     STARTING,
     AppError,
     Exchange,
@@ -79,9 +80,11 @@ class PoolApp:
     dir: str
     manifest: Any  # buntime.manifest.AppManifest
     env: Mapping[str, str]
+    label: str = field(init=False, eq=False)
+    """C{name@version}."""
 
-    @property
-    def label(self) -> str:
+    @label.default
+    def _label(self) -> str:
         return f"{self.name}@{self.version}"
 
 
@@ -113,6 +116,17 @@ class _AppState:
     last_failure: Response | None = None
     checker: LoopingCall | None = None
     installed: bool = False
+
+
+class _Survey(NamedTuple):
+    """What L{WorkerPool._survey} sees of an app's workers."""
+
+    warm: bool
+    """A worker is ready and healthy."""
+    free: Worker | None
+    """The persistent worker to send a request to now, if any."""
+    wants_another: bool
+    """Another persistent worker should start."""
 
 
 def _busy(code: str, message: str) -> Response:
@@ -218,6 +232,7 @@ class WorkerPool:
         """
         arrived = self._reactor.seconds()
         self._counts["requests"] += 1
+        sent = None  # the app's state when the request went straight to a worker
         try:
             if self._closing:
                 raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping"))
@@ -226,17 +241,25 @@ class WorkerPool:
             if manifest.ttl > 0 and (state.installed or not manifest.auto_install):
                 worker = self._warm_worker(state)
                 if worker is not None:  # a warm worker with a free slot: no waiting
-                    answer = self._run(state, worker, request, base)
+                    answer = self._send(state, worker, request, base)
+                    sent = state
                 else:
                     answer = Deferred.fromCoroutine(self._queued(state, request, base))
             else:
                 answer = Deferred.fromCoroutine(self._prepared(state, request, base))
         except Exception:
             answer = fail()
-        return answer.addBoth(self._answered, app, arrived)
+        return answer.addBoth(self._answered, app, arrived, sent)
 
-    def _answered(self, result: object, app: PoolApp, arrived: float) -> object:
-        """Every outcome as a response (but cancellation), and its time counted."""
+    def _answered(
+        self, result: object, app: PoolApp, arrived: float, sent: _AppState | None = None
+    ) -> object:
+        """
+        Every outcome as a response (but cancellation), and its time counted;
+        with C{sent}, first what L{_run} does with a worker's answer.
+        """
+        if sent is not None:
+            result = self._ran(result, sent)
         if isinstance(result, Failure):
             if result.check(_Refused):
                 result = result.value.response
@@ -267,7 +290,14 @@ class WorkerPool:
 
     def _enter(self, app: PoolApp) -> _AppState:
         """The app's state (made on first use), after the name@version collision check."""
-        owner = self._names.get(app.label)
+        label = app.label
+        owner = self._names.get(label)
+        if owner == app.key:  # the usual: this directory has the name
+            state = self._apps.get(app.key)
+            if state is not None:
+                state.app = app
+                self._apps.move_to_end(app.key)  # the most recently used
+                return state
         if owner is not None and owner != app.key and not os.path.isdir(owner):
             # The claimant was removed by hand: forget it, as retire_app would.
             self.retire_app(owner)
@@ -311,14 +341,14 @@ class WorkerPool:
         the request queues.  Counts the hit or miss and scales the app.
         """
         self._refuse_if_failing(state)
-        warm = any(w.is_ready and w.healthy for w in state.workers)
-        self._counts["hits" if warm else "misses"] += 1
-        failures = state.failures
-        self._scale(state)
-        worker = self._free_worker(state)
-        if worker is None and state.failures > failures and state.last_failure is not None:
-            raise _Refused(state.last_failure)  # the worker could not even be launched
-        return worker
+        survey = self._survey(state)
+        self._counts["hits" if survey.warm else "misses"] += 1
+        if survey.wants_another:
+            failures = state.failures
+            self._start_another(state)
+            if survey.free is None and state.failures > failures and state.last_failure:
+                raise _Refused(state.last_failure)  # the worker could not even be launched
+        return survey.free
 
     async def _queued(self, state: _AppState, request: Request, base: str) -> Response:
         worker = await self._wait(state)
@@ -460,29 +490,50 @@ class WorkerPool:
 
     # -- workers ---------------------------------------------------------------
 
+    def _survey(self, state: _AppState) -> _Survey:
+        """
+        One look at the app's workers (see L{_Survey}): the least busy ready
+        persistent worker with a free slot (the first of equals), and
+        whether another should start: none of the persistent workers is
+        starting, none that is healthy is under C{NEAR_FULL} of its
+        C{maxConcurrency}, and there are fewer than C{maxInstances}.
+        """
+        manifest = state.app.manifest
+        concurrency, most = manifest.max_concurrency, manifest.max_requests
+        threshold = max(1, math.ceil(NEAR_FULL * concurrency))
+        warm = starting = roomy = False
+        live = 0
+        free, least = None, concurrency
+        for worker in state.workers:
+            status = worker.status
+            healthy = worker.healthy
+            ready = status in READY
+            if ready and healthy:
+                warm = True
+            if worker.ephemeral:
+                continue
+            live += 1
+            if status == STARTING:
+                starting = True
+            load = worker.in_flight
+            if healthy and load < threshold:
+                roomy = True
+            if ready and healthy and load < least and worker.request_count < most:
+                free, least = worker, load
+        wants = not (starting or roomy) and live < manifest.max_instances
+        return _Survey(warm, free, wants)
+
     def _free_worker(self, state: _AppState) -> Worker | None:
         """The least busy ready worker of the app with a free slot."""
-        manifest = state.app.manifest
-        free = [
-            w
-            for w in state.workers
-            if not w.ephemeral
-            and w.is_ready
-            and w.healthy
-            and w.in_flight < manifest.max_concurrency
-            and w.request_count < manifest.max_requests
-        ]
-        return min(free, key=lambda w: w.in_flight) if free else None
+        return self._survey(state).free
 
     def _scale(self, state: _AppState) -> None:
         """Start a worker when the app has none, or all are near full (up to maxInstances)."""
-        manifest = state.app.manifest
-        live = [w for w in state.workers if not w.ephemeral]
-        if len(live) >= manifest.max_instances or any(w.status == STARTING for w in live):
-            return
-        threshold = max(1, math.ceil(NEAR_FULL * manifest.max_concurrency))
-        if any(w.healthy and w.in_flight < threshold for w in live):
-            return
+        if self._survey(state).wants_another:
+            self._start_another(state)
+
+    def _start_another(self, state: _AppState) -> None:
+        """Start one more persistent worker, unless the app backs off or the pool is full."""
         if self._reactor.seconds() < state.retry_at or not self._make_room(state):
             return
         self._spawn(state, ephemeral=False)

@@ -78,13 +78,29 @@ def _decoders(fields: Fields) -> Decoders:
     )
 
 
-Plan = tuple[tuple[bytes, str, amp.Argument | None], ...]
+Plan = tuple[tuple[bytes, str | None, Callable[[Any], bytes] | None], ...]
 """
 How L{FastAMP.callRemote} writes a command's box, key by key in the order of
 the wire (sorted, as L{amp.AmpBox.serialize} sorts): the key's length and
-name, the keyword and argument of its value; the command's name is one
-entry of ready bytes (argument C{None}).
+name, the keyword of its value and how the value is encoded (C{None}: bytes
+as given); the command's name is one entry of ready bytes (keyword C{None}).
 """
+
+
+def _integer(value: int) -> bytes:
+    return b"%d" % value
+
+
+def _utf8(value: str) -> bytes:
+    return value.encode("utf-8")
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes] | None] = {
+    amp.Integer: _integer,
+    amp.String: None,
+    amp.Unicode: _utf8,
+}
+"""What L{amp.Argument.toString} does for each simple argument, without a method call."""
 
 
 def _plan(command: type[amp.Command]) -> Plan | None:
@@ -96,12 +112,15 @@ def _plan(command: type[amp.Command]) -> Plan | None:
     def named(key: bytes) -> bytes:
         return len(key).to_bytes(2, "big") + key
 
-    entries: list[tuple[bytes, bytes, str, amp.Argument | None]] = [
-        (_COMMAND, named(_COMMAND) + named(command.commandName), "", None)
+    entries: list[tuple[bytes, bytes, str | None, Callable[[Any], bytes] | None]] = [
+        (_COMMAND, named(_COMMAND) + named(command.commandName), None, None)
     ]
-    entries += [(wire, named(wire), keyword, argument) for wire, keyword, argument in fields]
+    for wire, keyword, argument in fields:
+        kind = type(argument)
+        encode = _ENCODERS[kind] if kind in _ENCODERS else argument.toString
+        entries.append((wire, named(wire), keyword, encode))
     entries.sort(key=lambda entry: entry[0])
-    return tuple((key, keyword, argument) for _, key, keyword, argument in entries)
+    return tuple((key, keyword, encode) for _, key, keyword, encode in entries)
 
 
 def responder(command: type[amp.Command]) -> Callable[[F], F]:
@@ -165,11 +184,13 @@ class FastAMP(amp.AMP):
         if self.transport is None:
             raise amp.ConnectionLost()
         parts: list[bytes] = []
-        for key, keyword, argument in plan:
-            if argument is None:  # the command's name: the same bytes every time
+        for key, keyword, encode in plan:
+            if keyword is None:  # the command's name: the same bytes every time
                 parts.append(key)
                 continue
-            value = argument.toString(kw[keyword])
+            value = kw[keyword]
+            if encode is not None:
+                value = encode(value)
             length = len(value)
             if length > amp.MAX_VALUE_LENGTH:
                 raise amp.TooLong(False, True, value, key[2:])

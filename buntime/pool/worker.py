@@ -57,6 +57,8 @@ STARTING, ACTIVE, IDLE, EPHEMERAL, STOPPING, OFFLINE = (
     "stopping",
     "offline",
 )
+READY = frozenset({ACTIVE, IDLE, EPHEMERAL})
+"""The states of a worker that takes requests."""
 EARLY_FLUSH = 4
 """Requests the runtime sends a worker before it writes them out, even mid-turn."""
 KILL_WAIT = 5.0
@@ -328,7 +330,7 @@ class Worker:
 
     @property
     def is_ready(self) -> bool:
-        return self.status in (ACTIVE, IDLE, EPHEMERAL)
+        return self.status in READY
 
     @property
     def has_exited(self) -> bool:
@@ -568,7 +570,9 @@ class Worker:
         query = request.query
         body = request.body
         first, rest = b"", None  # type: tuple[bytes, Any]
-        if isinstance(body, bytes | bytearray | memoryview):
+        if type(body) is bytes and len(body) <= CHUNK_SIZE:  # the usual
+            first = body
+        elif isinstance(body, bytes | bytearray | memoryview):
             if len(body) <= CHUNK_SIZE:
                 first = bytes(body)
             else:

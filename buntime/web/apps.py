@@ -268,12 +268,12 @@ class AppStep:
         self, version: AppVersion, request: Request, base: str, rest: str
     ) -> Response | Deferred[Response]:
         """L{serve}: an answer known at once (an error, a static file), or the pool's Deferred."""
-        label = f"{version.name}@{version.version}"
         try:
             loaded = self.load(version)
         except ManifestError as error:
             return Response.error(500, "INVALID_MANIFEST", str(error))
         except EntrypointError as error:
+            label = f"{version.name}@{version.version}"
             return Response.error(500, "INVALID_ENTRYPOINT", f"{label}: {error}")
         if loaded.static:
             if request.method not in ("GET", "HEAD"):

@@ -270,7 +270,7 @@ class FrontDoor:
             if refusal is not None:
                 return succeed(refusal)
         registry = self._registry()
-        if registry is None or not (registry.hooks("on_response") or registry.hooks("on_request")):
+        if registry is None or not registry.requests_hooked():
             return self._requested(request, path, is_api, None, fields, exchange)
         hooks = _Hooks(registry, current_action())
         if not is_api and self._identify is not None:

@@ -36,6 +36,8 @@ class PluginSteps:
             return None
         path = request.path
         fetch = bool(registry.hooks("server_fetch"))
+        if not (fetch or registry.mounted_under(path)):
+            return None
         routes = registry.routes_under(path)
         app = registry.plugin_app_for(path)
         if not (fetch or routes or app is not None):

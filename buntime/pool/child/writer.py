@@ -15,7 +15,7 @@ from attrs import define
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.protocols import amp
 
-from buntime._json import compact_encoder
+from buntime._json import dumps
 from buntime.pool import events
 from buntime.pool.stream import MAX_VALUE_LENGTH, fit_text, split_first
 
@@ -37,9 +37,6 @@ _HEAD_ROOM = 32
 """Bytes of a response head besides its headers: status, end, brackets."""
 
 
-_encode = compact_encoder()
-
-
 def _text(value: bytes | str) -> str:
     if type(value) is str:
         return value
@@ -51,7 +48,7 @@ def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> str:
     Headers (names and values as text, or as bytes read as latin-1) as the
     JSON list of C{[name, value]} pairs the runtime reads.
     """
-    text = _encode([[_text(name), _text(value)] for name, value in headers])
+    text = dumps([[_text(name), _text(value)] for name, value in headers])
     if len(text.encode("utf-8")) > MAX_VALUE_LENGTH - _HEAD_ROOM:
         raise ValueError(f"response headers too large ({len(text)} bytes; at most 64 KiB)")
     return text

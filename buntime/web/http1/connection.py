@@ -167,6 +167,7 @@ class HTTP1Connection(Protocol):
         self._timer: Any = None
         self._unsent: list[bytes] = []  # whole answers sent at the end of the reactor turn
         self._unsent_size = 0
+        self._turn = EndOfTurn.of(self._clock)
 
     # -- the connection --------------------------------------------------------
 
@@ -247,7 +248,7 @@ class HTTP1Connection(Protocol):
     def on_message_begin(self) -> None:
         if self._done_reading:
             raise _Stop()
-        self._head_since = self._clock.seconds()
+        self._head_since = self._idle_since  # the time of this read
         self._head_bytes = -1
         self._target = []
         self._target_size = 0
@@ -350,9 +351,7 @@ class HTTP1Connection(Protocol):
                         return
                     self._current = item
                     self._handler.answer(item)
-                    if not item.ended:
-                        item.on_end(self._ended_later, item)
-                    elif not self._ended(item):
+                    if item.ended and not self._ended(item):
                         return
                 if self._current is not None or self._waiting or self._closed:
                     break
@@ -379,8 +378,9 @@ class HTTP1Connection(Protocol):
             self._parser = HttpRequestParser(self)
             self._feed(b"".join(held))
 
-    def _ended_later(self, result: object, exchange: Exchange) -> None:
-        if self._ended(exchange):
+    def exchange_ended(self, exchange: Exchange) -> None:
+        """C{exchange} has ended (see L{Exchange.on_end}): on to the next request."""
+        if not self._pumping and self._ended(exchange):  # else the pump sees it
             self._pump()
 
     def _ended(self, exchange: Exchange) -> bool:
@@ -642,7 +642,7 @@ class HTTP1Connection(Protocol):
         """
         unsent = self._unsent
         if not unsent:
-            EndOfTurn.of(self._clock).add(self._send_unsent)
+            self._turn.add(self._send_unsent)
         unsent.append(data)
         self._unsent_size += len(data)
         if self._unsent_size > UNSENT_MOST:

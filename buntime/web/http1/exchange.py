@@ -80,6 +80,7 @@ class Exchange:
         ends, self._ends = self._ends, []
         for callback, args in ends:
             self._call(callback, args)
+        self._connection.exchange_ended(self)  # last: the connection goes on to the next
 
     def _call(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
         try:

@@ -83,7 +83,11 @@ class Headers:
     def set(self, name: str, value: str) -> Headers:
         """A copy where C{name} has exactly the one value C{value}."""
         wanted = name.lower()
-        kept = tuple(pair for pair in self._items if pair[0].lower() != wanted)
+        kept = self._items
+        for key, _ in kept:
+            if key.lower() == wanted:  # there: without it (or them)
+                kept = tuple(pair for pair in kept if pair[0].lower() != wanted)
+                break
         return Headers._of((*kept, _pair(name, value)))
 
     def add(self, name: str, value: str) -> Headers:

@@ -491,12 +491,12 @@ class Plugins:
     def requests_hooked(self) -> bool:
         return bool(self.hooks("on_request") or self.hooks("on_response"))
 
-    async def on_request(self, request: Request, app: Any, app_path: Any) -> Request | Response:
+    def request_hooks(self, request: Request, app: Any, app_path: Any) -> Any:
         self.seen.append(("on_request", request.path, app, app_path))
         hook = self._hooks["on_request"]
         return request if hook is None else hook(request)
 
-    async def on_response(self, response: Response, app: Any) -> Response:
+    def response_hooks(self, response: Response, app: Any) -> Any:
         self.seen.append(("on_response", response.status, app))
         hook = self._hooks["on_response"]
         return response if hook is None else hook(response)

@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from klein import Klein
 from test_plugins_support import make_loader
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
@@ -193,6 +193,47 @@ async def test_on_response_chain(eliot_logger):
     assert result.headers.get("x-a") == "1"
     assert [entry[0] for entry in log] == ["a", "b", "c", "d"]
     assert log[0][3] is APP
+
+
+@pytest_twisted.ensureDeferred
+async def test_hooks_that_answer_at_once_run_at_once_and_a_pending_one_holds_the_rest(
+    eliot_logger,
+):
+    pending: Deferred = Deferred()
+    order: list[str] = []
+
+    @implementer(IBuntimePlugin)
+    class Waits:
+        def on_request(self, request, app):
+            order.append("waits")
+            return pending
+
+        def on_response(self, response, app):
+            order.append("waits:response")
+            return succeed(response.with_header("x-w", "1"))
+
+    @implementer(IBuntimePlugin)
+    class Now:
+        def on_request(self, request, app):
+            order.append("now")
+            return request.with_header("x-now", "yes")
+
+        async def on_response(self, response, app):
+            order.append("now:response")
+            raise ValueError("broken")  # logged; the response stays as it was
+
+    now_only = await registry_of(({"name": "n"}, Now()))
+    answered = now_only.on_request(Request("GET", "/"), None, None)
+    assert answered.called  # no hook waited: fired before this returned
+    registry = await registry_of(({"name": "w"}, Waits()), ({"name": "n"}, Now()))
+    result = registry.on_request(Request("GET", "/"), None, None)
+    assert not result.called and order == ["now", "waits"]
+    pending.callback(Request("GET", "/", {"x-waited": "yes"}))
+    request = result.result
+    assert (request.headers.get("x-waited"), request.headers.get("x-now")) == ("yes", "yes")
+    assert order == ["now", "waits", "now"]
+    response = await registry.on_response(Response.text("hi"), None)
+    assert response.headers.get("x-w") == "1" and order[-2:] == ["waits:response", "now:response"]
 
 
 # -- server_fetch ------------------------------------------------------------------------------

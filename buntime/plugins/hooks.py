@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 
@@ -20,6 +20,15 @@ async def awaited(result: Any) -> Any:
     if isinstance(result, Deferred) or inspect.isawaitable(result):
         return await result
     return result
+
+
+def as_deferred(result: Any) -> Deferred[Any]:
+    """C{result} (a hook's answer) as a Deferred: itself, awaited, or fired with it."""
+    if isinstance(result, Deferred):
+        return result
+    if inspect.isawaitable(result):
+        return ensureDeferred(awaited(result))
+    return succeed(result)
 
 
 def bounded(

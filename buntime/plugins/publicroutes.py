@@ -57,6 +57,7 @@ class PublicRoutes:
         return {
             method: tuple(compile_pattern(p) for p in patterns)
             for method, patterns in self.patterns.items()
+            if patterns
         }
 
     @classmethod
@@ -83,6 +84,8 @@ class PublicRoutes:
 
     def matches(self, method: str, path: str) -> bool:
         """Whether C{method} and C{path} (no query string) are public."""
+        if not self._compiled:
+            return False
         method = method.upper()
         methods = ["ALL", method] + (["GET"] if method == "HEAD" else [])
         for name in methods:

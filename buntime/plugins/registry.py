@@ -12,6 +12,7 @@ from typing import Any
 
 from attrs import define, field, frozen
 from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -19,7 +20,7 @@ from twisted.web.server import Site
 from buntime._logging import log
 from buntime.http import AppInfo, Request, Response
 from buntime.plugins.context import PluginContext, ServiceRegistry
-from buntime.plugins.hooks import awaited, call
+from buntime.plugins.hooks import as_deferred, call
 from buntime.plugins.manifest import PluginManifest
 from buntime.plugins.publicroutes import PublicRoutes
 from buntime.plugins.rendering import render
@@ -58,6 +59,19 @@ def _first_segment(path: str) -> str:
     """C{/a} of C{/a/b} (and of C{/a})."""
     end = path.find("/", 1)
     return path if end < 0 else path[:end]
+
+
+def _hook_failed(plugin: LoadedPlugin, hook: str, error: BaseException) -> Response:
+    """A failing request hook: logged, and a 500 (a broken guard must not let requests through)."""
+    _plugin_error(plugin, hook, error)
+    return Response.error(
+        500, "PLUGIN_ERROR", f'Plugin "{plugin.name}" failed to handle the request'
+    )
+
+
+def _hook_failed_late(failure: Failure, plugin: LoadedPlugin) -> Response:
+    """An awaited C{on_request} answer that failed (see L{_hook_failed})."""
+    return _hook_failed(plugin, "on_request", failure.value)
 
 
 def _plugin_error(plugin: LoadedPlugin, hook: str, error: BaseException) -> None:
@@ -201,7 +215,8 @@ class PluginRegistry:
     # -- public routes ----------------------------------------------------------
 
     def _routes_of(self, app: AppInfo) -> PublicRoutes:
-        value = app.config.get("publicRoutes") if isinstance(app.config, Mapping) else None
+        config = app.config
+        value = config.get("publicRoutes") if isinstance(config, dict | Mapping) else None
         cached = self._app_routes.get(app.dir)
         if cached is not None and (cached[0] is value or cached[0] == value):
             return cached[1]
@@ -227,54 +242,144 @@ class PluginRegistry:
 
     # -- hooks ------------------------------------------------------------------
 
-    async def on_request(
+    def on_request(
         self, request: Request, app: AppInfo | None, app_path: str | None
-    ) -> Request | Response:
+    ) -> Deferred[Request | Response]:
         """
         Run C{on_request} hooks in load order (unless the path is public).
-        Returns the request to go on with, or the response of the hook that
-        answered.  A failing hook answers 500: a broken guard must not let
-        requests through.
+        Fires with the request to go on with, or the response of the hook
+        that answered.  A failing hook answers 500: a broken guard must not
+        let requests through.
         """
+        return as_deferred(self.request_hooks(request, app, app_path))
+
+    def request_hooks(
+        self, request: Request, app: AppInfo | None, app_path: str | None
+    ) -> Request | Response | Deferred[Request | Response]:
+        """L{on_request}, answered at once (not as a Deferred) when every hook answers at once."""
         hooks = self.hooks("on_request")
         if not hooks or self.is_public(request.method, request.path, app, app_path):
             return request
-        for plugin, hook in hooks:
+        return self._requested(hooks, 0, request, app)
+
+    def _requested(
+        self,
+        hooks: tuple[tuple[LoadedPlugin, Any], ...],
+        start: int,
+        request: Request,
+        app: AppInfo | None,
+    ) -> Request | Response | Deferred[Request | Response]:
+        """The C{on_request} hooks from C{start} on (see L{request_hooks})."""
+        for index in range(start, len(hooks)):
+            plugin, hook = hooks[index]
             try:
                 result = hook(request, app)
-                if result is not None and not isinstance(result, Request | Response):
-                    result = await awaited(result)
             except Exception as error:
-                _plugin_error(plugin, "on_request", error)
-                return Response.error(
-                    500, "PLUGIN_ERROR", f'Plugin "{plugin.name}" failed to handle the request'
+                return _hook_failed(plugin, "on_request", error)
+            if result is not None and not isinstance(result, Request | Response):
+                # an awaitable: the hooks after it wait for its answer
+                waiting = as_deferred(result)
+                waiting.addCallbacks(
+                    self._request_hooked,
+                    _hook_failed_late,
+                    callbackArgs=(plugin, hooks, index, request, app),
+                    errbackArgs=(plugin,),
                 )
+                return waiting
             if isinstance(result, Response):
                 return result
-            if isinstance(result, Request):
+            if result is not None:
                 request = result
-            elif result is not None:
-                _plugin_error(plugin, "on_request", TypeError(f"returned {type(result).__name__}"))
-                return Response.error(
-                    500, "PLUGIN_ERROR", f'Plugin "{plugin.name}" failed to handle the request'
-                )
         return request
 
-    async def on_response(self, response: Response, app: AppInfo | None) -> Response:
+    def _request_hooked(
+        self,
+        result: object,
+        plugin: LoadedPlugin,
+        hooks: tuple[tuple[LoadedPlugin, Any], ...],
+        index: int,
+        request: Request,
+        app: AppInfo | None,
+    ) -> Request | Response | Deferred[Request | Response]:
+        """An awaited C{on_request} answer; then the hooks after it."""
+        if isinstance(result, Response):
+            return result
+        if isinstance(result, Request):
+            request = result
+        elif result is not None:
+            error = TypeError(f"returned {type(result).__name__}")
+            return _hook_failed(plugin, "on_request", error)
+        return self._requested(hooks, index + 1, request, app)
+
+    def on_response(self, response: Response, app: AppInfo | None) -> Deferred[Response]:
         """Run C{on_response} hooks in load order; a failing hook leaves the response as it was."""
-        for plugin, hook in self.hooks("on_response"):
+        return as_deferred(self.response_hooks(response, app))
+
+    def response_hooks(
+        self, response: Response, app: AppInfo | None
+    ) -> Response | Deferred[Response]:
+        """L{on_response}, answered at once (not as a Deferred) when every hook answers at once."""
+        return self._responded(self.hooks("on_response"), 0, response, app)
+
+    def _responded(
+        self,
+        hooks: tuple[tuple[LoadedPlugin, Any], ...],
+        start: int,
+        response: Response,
+        app: AppInfo | None,
+    ) -> Response | Deferred[Response]:
+        """The C{on_response} hooks from C{start} on (see L{response_hooks})."""
+        for index in range(start, len(hooks)):
+            plugin, hook = hooks[index]
             try:
                 result = hook(response, app)
-                if result is not None and not isinstance(result, Response):
-                    result = await awaited(result)
             except Exception as error:
                 _plugin_error(plugin, "on_response", error)
                 continue
-            if isinstance(result, Response):
-                response = result
-            elif result is not None:
-                _plugin_error(plugin, "on_response", TypeError(f"returned {type(result).__name__}"))
+            if result is not None and not isinstance(result, Response):
+                waiting = as_deferred(result)
+                waiting.addCallbacks(
+                    self._response_hooked,
+                    self._response_hook_failed,
+                    callbackArgs=(plugin, hooks, index, response, app),
+                    errbackArgs=(plugin, hooks, index, response, app),
+                )
+                return waiting
+            response = self._hooked_response(plugin, result, response)
         return response
+
+    @staticmethod
+    def _hooked_response(plugin: LoadedPlugin, result: object, response: Response) -> Response:
+        """The response after an C{on_response} hook answered C{result}."""
+        if isinstance(result, Response):
+            return result
+        if result is not None:
+            _plugin_error(plugin, "on_response", TypeError(f"returned {type(result).__name__}"))
+        return response
+
+    def _response_hooked(
+        self,
+        result: object,
+        plugin: LoadedPlugin,
+        hooks: tuple[tuple[LoadedPlugin, Any], ...],
+        index: int,
+        response: Response,
+        app: AppInfo | None,
+    ) -> Response | Deferred[Response]:
+        response = self._hooked_response(plugin, result, response)
+        return self._responded(hooks, index + 1, response, app)
+
+    def _response_hook_failed(
+        self,
+        failure: Failure,
+        plugin: LoadedPlugin,
+        hooks: tuple[tuple[LoadedPlugin, Any], ...],
+        index: int,
+        response: Response,
+        app: AppInfo | None,
+    ) -> Response | Deferred[Response]:
+        _plugin_error(plugin, "on_response", failure.value)
+        return self._responded(hooks, index + 1, response, app)
 
     async def server_fetch(self, request: Request) -> Response | None:
         """The first C{server_fetch} answer that is not a 404 (or C{None}: nobody's)."""

@@ -277,7 +277,9 @@ class FrontDoor:
             found = self._identify(path)
             if found is not None:
                 hooks.app, hooks.app_path = found
-        requested = ensureDeferred(registry.on_request(request, hooks.app, hooks.app_path))
+        requested = registry.request_hooks(request, hooks.app, hooks.app_path)
+        if not isinstance(requested, Deferred):  # every hook answered at once
+            return self._requested(requested, path, is_api, hooks, fields, exchange)
         return requested.addCallback(self._requested, path, is_api, hooks, fields, exchange)
 
     def _requested(
@@ -306,9 +308,9 @@ class FrontDoor:
             )
         ):
             return succeed(None)
-        answer: Deferred[Any] = self.dispatch(outcome, fields)
-        if hooks is not None and hooks.registry.hooks("on_response"):
-            answer.addCallback(hooks.responded)
+        if hooks is not None and not hooks.registry.hooks("on_response"):
+            hooks = None
+        answer: Deferred[Any] = self.dispatch(outcome, fields, hooks)
         return answer
 
     def _registry(self) -> Any:
@@ -326,18 +328,24 @@ class FrontDoor:
             request = request.with_path(inner)
         return await render(site, request, self._clock)
 
-    def dispatch(self, request: Request, fields: dict[str, Any]) -> Deferred[Response]:
+    def dispatch(
+        self, request: Request, fields: dict[str, Any], hooks: _Hooks | None = None
+    ) -> Deferred[Response]:
         """
         Steps 5 to 10 of the order of resolution (SPEC §4) for everything but
         the core API: C{/.well-known/buntime}, then each of C{steps} (plugin
         handlers, plugin routes, plugin apps, worker apps, the homepage),
-        then the built-in answers and the 404.
+        then the built-in answers and the 404; the answer goes through the
+        C{on_response} C{hooks}, if any.
         """
         if request.path == "/.well-known/buntime":
-            return succeed(Response.json({"api": self._api_base, "version": __version__}))
-        return self._from_step(0, request, fields)
+            found = Response.json({"api": self._api_base, "version": __version__})
+            return _as_deferred(found if hooks is None else hooks.responded(found))
+        return self._from_step(0, request, fields, hooks)
 
-    def _from_step(self, index: int, request: Request, fields: dict[str, Any]) -> Deferred[Any]:
+    def _from_step(
+        self, index: int, request: Request, fields: dict[str, Any], hooks: _Hooks | None
+    ) -> Deferred[Any]:
         """The answer of the first step from C{index} on that takes C{request}."""
         steps = self.steps
         while index < len(steps):
@@ -345,13 +353,26 @@ class FrontDoor:
             index += 1
             if pending is not None:
                 waiting = pending if isinstance(pending, Deferred) else ensureDeferred(pending)  # type: ignore[arg-type]
-                return waiting.addCallback(self._stepped, index, request, fields)
-        return succeed(_built_in(request))
+                return waiting.addCallback(self._stepped, index, request, fields, hooks)
+        found = _built_in(request)
+        return _as_deferred(found if hooks is None else hooks.responded(found))
 
     def _stepped(
-        self, answer: Response | None, index: int, request: Request, fields: dict[str, Any]
+        self,
+        answer: Response | None,
+        index: int,
+        request: Request,
+        fields: dict[str, Any],
+        hooks: _Hooks | None,
     ) -> Response | Deferred[Any]:
-        return answer if answer is not None else self._from_step(index, request, fields)
+        """A step's answer (through the hooks), or the next steps' when it was not the step's."""
+        if answer is None:
+            return self._from_step(index, request, fields, hooks)
+        return answer if hooks is None else hooks.responded(answer)
+
+
+def _as_deferred(answer: Response | Deferred[Response]) -> Deferred[Response]:
+    return answer if isinstance(answer, Deferred) else succeed(answer)
 
 
 def _built_in(request: Request) -> Response:
@@ -375,12 +396,11 @@ class _Hooks:
         self.app: AppInfo | None = None
         self.app_path: str | None = None
 
-    def responded(self, response: Response) -> Deferred[Response]:
+    def responded(self, response: Response) -> Response | Deferred[Response]:
         """The C{on_response} hooks on C{response}, in the request's eliot action."""
         if self.action is None:
-            return ensureDeferred(self.registry.on_response(response, self.app))
-        with self.action.context():
-            return ensureDeferred(self.registry.on_response(response, self.app))
+            return self.registry.response_hooks(response, self.app)
+        return self.action.run(self.registry.response_hooks, response, self.app)
 
 
 def _site(resource: Any) -> Site:

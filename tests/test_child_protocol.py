@@ -267,7 +267,12 @@ ROUTES_APP = """
     def nothing(request):
         return None
 
-    routes = {"/echo": echo, "/boom": boom, "/wait": wait, "/nothing": nothing, "/": "hi"}
+    def base(request):
+        return ",".join(request.headers.get_all("x-base"))
+
+    routes = {
+        "/echo": echo, "/boom": boom, "/wait": wait, "/nothing": nothing, "/base": base, "/": "hi"
+    }
 
     def on_idle():
         calls.append("idle")
@@ -288,6 +293,16 @@ async def test_small_response_is_one_start_box(routes_dir: Path) -> None:
     answer = await c.runtime.request(path="/").done
     assert (answer.status, bytes(answer.body), answer.events) == (200, b"hi", ["start+end"])
     assert c.runtime.ready.called and (await c.runtime.ready)[1] == "routes"
+    c.runtime.transport.loseConnection()
+    await c.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_app_sees_its_base_as_x_base_never_the_client_s(routes_dir: Path) -> None:
+    c = await connect(routes_dir)
+    sent = [["host", "example.com"], ["X-Base", "/forged"]]
+    answer = await c.runtime.request(path="/base", headers=sent, base="/app@1").done
+    assert bytes(answer.body) == b"/app@1"
     c.runtime.transport.loseConnection()
     await c.closed
 

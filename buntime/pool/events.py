@@ -59,8 +59,8 @@ def response_start(head: str) -> tuple[int, Headers, bool]:
     L{parse_response_head} with the headers as L{Headers}.  Raises
     C{ValueError} or C{TypeError} for a malformed head.
     """
-    status, pairs, end = parse_response_head(head)
-    return status, _headers_of(pairs), end
+    status, pairs, end = loads(head)
+    return int(status), _headers_of(pairs), bool(end)
 
 
 class ResponseStart(amp.Command):

@@ -225,7 +225,8 @@ class WorkerPool:
         """
         Run C{request} (URL relative to the app, C{base} stripped) on a
         worker of C{app}; fires with a L{Response}, an error one included.
-        Cancel it when the client goes away.
+        Cancel it when the client goes away.  The worker gives the app
+        C{base} as its C{x-base} header (a client's own is dropped).
 
         A request for a warm worker with a free slot is sent before this
         returns, with no coroutine in between (the hot path).
@@ -340,7 +341,8 @@ class WorkerPool:
         A worker of a persistent app free to take a request now, or C{None}:
         the request queues.  Counts the hit or miss and scales the app.
         """
-        self._refuse_if_failing(state)
+        if state.last_failure is not None:
+            self._refuse_if_failing(state)
         survey = self._survey(state)
         self._counts["hits" if survey.warm else "misses"] += 1
         if survey.wants_another:
@@ -750,7 +752,8 @@ class WorkerPool:
                     path=exchange.path,
                     elapsed_ms=round(exchange.elapsed * 1000),
                 )
-        self._pump(state)
+        if state.queue:
+            self._pump(state)
 
     def _explain_timeout(
         self, state: _AppState, worker: Worker, exchange: Exchange, action: str

@@ -666,7 +666,10 @@ class Worker:
             drained, self._drained = self._drained, None
             drained.fire(None)
         for listener in list(self.on_finished):
-            _call(listener, self, exchange)
+            try:
+                listener(self, exchange)
+            except Exception as error:
+                _listener_failed(error)
 
     def response_started(self, rid: int, head: str, body: bytes) -> None:
         exchange = self._exchanges.get(rid)
@@ -804,4 +807,8 @@ def _call(listener: Callable[..., object], *args: object) -> None:
     try:
         listener(*args)
     except Exception as error:
-        log("error", "buntime:worker:listener", "A worker listener failed", error=repr(error))
+        _listener_failed(error)
+
+
+def _listener_failed(error: Exception) -> None:
+    log("error", "buntime:worker:listener", "A worker listener failed", error=repr(error))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
@@ -209,6 +209,9 @@ class AppStep:
                 pass
         return self.body_size_default
 
+    may_decline: ClassVar[bool] = False
+    """A request it claims, it answers (see L{buntime.web.frontdoor.Step})."""
+
     def __call__(self, request: Request, fields: dict[str, Any]) -> Awaitable[Response] | None:
         """
         C{None} at once when C{request} names no app, else an awaitable of
@@ -221,7 +224,8 @@ class AppStep:
             return succeed(found)
         version, base, rest = found
         fields["app"] = f"{version.name}@{version.version}"
-        return self.serve(version, request, base, rest)
+        answer = self._answer(version, request, base, rest)
+        return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
         """The app version C{path} names, its base and the rest; a 400 for a bad range."""
@@ -285,7 +289,8 @@ class AppStep:
                 loaded.manifest.inject_base,
                 request_headers=request.headers,
             )
-        inner = request.for_app(rest, base)
+        # the worker gives the app its x-base (see buntime.pool.child.protocol)
+        inner = request.with_path(rest)
         response = self.pool.handle(self._cached_pool_app(loaded), inner, base)
         if loaded.manifest.inject_base:
             response.addCallback(_with_base, base)

@@ -34,6 +34,8 @@ Step = Callable[[Request, dict[str, Any]], Awaitable[Response | None] | None]
 """
 A dispatch step: C{None} at once for "not mine", else an awaitable of the
 answer (C{None} for "not mine after all").  An C{async def} step is one.
+A step whose awaitable is never C{None} says so with a false C{may_decline}
+attribute (the walk then need not look at its answer).
 """
 
 
@@ -353,7 +355,9 @@ class FrontDoor:
             index += 1
             if pending is not None:
                 waiting = pending if isinstance(pending, Deferred) else ensureDeferred(pending)  # type: ignore[arg-type]
-                return waiting.addCallback(self._stepped, index, request, fields, hooks)
+                if getattr(steps[index - 1], "may_decline", True):
+                    return waiting.addCallback(self._stepped, index, request, fields, hooks)
+                return waiting if hooks is None else waiting.addCallback(hooks.responded)
         found = _built_in(request)
         return _as_deferred(found if hooks is None else hooks.responded(found))
 

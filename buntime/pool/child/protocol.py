@@ -97,6 +97,9 @@ class WorkerProtocol(FastAMP):
             return {}
         inflight = _InFlight(reader, writer)
         self._requests[rid] = inflight
+        # the app's base as it sees it: x-base is the runtime's, never the client's
+        pairs = [pair for pair in pairs if pair[0].lower() != "x-base"]
+        pairs.append(["x-base", base])
         try:
             request = IncomingRequest(method, path, base, pairs, reader, remote)
             done = self.app.adapter.handle(request, writer)

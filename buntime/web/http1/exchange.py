@@ -79,19 +79,17 @@ class Exchange:
         self.ended, self._result = True, result
         ends, self._ends = self._ends, []
         for callback, args in ends:
-            self._call(callback, args)
+            try:
+                callback(result, *args)
+            except Exception as error:
+                _end_failed(error)
         self._connection.exchange_ended(self)  # last: the connection goes on to the next
 
     def _call(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
         try:
             callback(self._result, *args)
         except Exception as error:
-            log(
-                "error",
-                "buntime:http:internal-error",
-                "Unhandled error at the end of a request",
-                error=repr(error),
-            )
+            _end_failed(error)
 
     def respond(self, response: Response | None) -> Deferred[None] | None:
         """
@@ -133,6 +131,15 @@ class Exchange:
     def done(self) -> None:
         """The answer is written."""
         self._end(None)
+
+
+def _end_failed(error: Exception) -> None:
+    log(
+        "error",
+        "buntime:http:internal-error",
+        "Unhandled error at the end of a request",
+        error=repr(error),
+    )
 
 
 def _stream_failed(failure: Failure) -> None:

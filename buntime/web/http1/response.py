@@ -63,9 +63,9 @@ def header_lines(headers: Headers) -> tuple[list[bytes], int | None]:
     if not kept:
         return [], given
     block = "\r\n".join(kept).encode("latin-1", "replace")
-    if block.count(b"\r") == len(kept) - 1 and b"\n" not in block.replace(b"\r\n", b""):
-        if b"\x00" not in block:
-            return [block], given  # the common case: one encoding, no line to repair
+    breaks = len(kept) - 1  # the joins': no name or value holds CR, LF or NUL
+    if block.count(b"\r") == breaks and block.count(b"\n") == breaks and b"\x00" not in block:
+        return [block], given  # the common case: one encoding, no line to repair
     return [_clean(line) for line in kept], given
 
 

@@ -11,13 +11,12 @@ into eliot so Twisted's own messages come out the same way.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import IO, Any
 
 import eliot
@@ -193,41 +192,21 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-_second: tuple[float, str] = (float("nan"), "")
-"""The last whole second formatted by L{iso_timestamp}, and its text."""
-
-
-def iso_timestamp(timestamp: float) -> str:
-    """
-    C{timestamp} in ISO 8601, UTC, to the millisecond: what
-    C{datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")}
-    gives, with the date and time formatted once per second.
-    """
-    global _second
-    if type(timestamp) is not float or not math.isfinite(timestamp):
-        return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-    whole = math.floor(timestamp)
-    micros = round((timestamp - whole) * 1_000_000)
-    if micros >= 1_000_000:
-        whole, micros = whole + 1, micros - 1_000_000
-    second = _second
-    if second[0] != whole:
-        second = _second = (whole, datetime.fromtimestamp(whole, UTC).isoformat()[:19])
-    return f"{second[1]}.{micros // 1000:03d}+00:00"
-
-
 def _timestamp_of(message: dict[str, Any]) -> Any:
     """The message's C{timestamp}, or now (only asked when it has none)."""
     return message["timestamp"] if "timestamp" in message else time.time()
 
 
-def _own_fields(message: dict[str, Any]) -> tuple[str, str, str, Any]:
-    """A line's own C{level}, C{message}, C{timestamp} (ISO 8601) and C{context}."""
+def _own_fields(message: dict[str, Any]) -> tuple[str, str, Any, Any]:
+    """
+    A line's own C{level}, C{message}, C{timestamp} (epoch seconds, as eliot
+    writes it) and C{context}.
+    """
     text = message.get("message")
     return (
         _level_of(message),
         text if type(text) is str else _text_of(message),
-        iso_timestamp(_timestamp_of(message)),
+        _timestamp_of(message),
         message.get("context", "runtime"),
     )
 
@@ -235,7 +214,7 @@ def _own_fields(message: dict[str, Any]) -> tuple[str, str, str, Any]:
 def to_record(message: dict[str, Any]) -> dict[str, Any]:
     """
     The JSON object for one eliot message: C{level}, C{message},
-    C{timestamp} (ISO 8601, UTC), C{context}, the message's own fields, and
+    C{timestamp} (epoch seconds), C{context}, the message's own fields, and
     eliot's task fields.  Credentials in dicts, header pairs and L{Headers}
     are replaced.
     """

@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 SCENARIOS = {
@@ -654,6 +654,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m buntime.bench", description=__doc__)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure the scenarios in turn this many times (the duration split among them); "
+        "each reports its median round",
+    )
+    parser.add_argument(
         "--scenarios",
         default=",".join([*DEFAULT_SCENARIOS, *EXTRA_CHECKS]),
         help="comma-separated: " + ", ".join([*SCENARIOS, *EXTRA_CHECKS]),
@@ -682,26 +689,30 @@ def main(argv: list[str] | None = None) -> int:
     if not use_wrk:
         print("bench: wrk not found (apt-get install wrk); using the Python load generator")
 
-    report: dict[str, Any] = {"duration": options.duration, "results": {}}
+    report: dict[str, Any] = {
+        "duration": options.duration,
+        "rounds": max(1, options.rounds),
+        "results": {},
+    }
     with _workdir() as (workdir, script):
         varied_script = os.path.join(workdir, "varied.lua")
         write_files(workdir, {"varied.lua": _WRK_SCRIPT + _WRK_VARIED})
 
-        def load(url: str, name: str) -> dict[str, Any]:
-            """Drive scenario C{name} at C{url} (the server's base)."""
+        def load(url: str, name: str, seconds: float) -> dict[str, Any]:
+            """Drive scenario C{name} at C{url} (the server's base) for C{seconds}."""
             path, method, clients, _ = SCENARIOS[name]
             varied = name in VARIED_SCENARIOS
             if use_wrk:
                 chosen = varied_script if varied else script
-                return run_wrk(url + path, method, clients, options.duration, chosen)
-            return asyncio.run(_python_load(url + path, method, clients, options.duration, varied))
+                return run_wrk(url + path, method, clients, seconds, chosen)
+            return asyncio.run(_python_load(url + path, method, clients, seconds, varied))
 
-        def measure(url: str, pid: int, name: str) -> dict[str, Any]:
+        def measure(url: str, pid: int, name: str, seconds: float, number: int) -> dict[str, Any]:
             """Drive runtime scenario C{name}, warm (but ephemeral-noop), timing the CPU."""
-            if name != "ephemeral-noop":
+            if name != "ephemeral-noop" and number == 0:
                 time_to_first_byte(url + SCENARIOS[name][0])  # warm it up
             before = _cpu_split(pid)
-            result = load(url, name)
+            result = load(url, name, seconds)
             after = _cpu_split(pid)
             if result.get("requests"):
                 # CPU time per request: steadier than req/s on a busy machine
@@ -714,20 +725,48 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return result
 
-        with baseline() as (base_url, base_pid):
-            for name in wanted:
-                if name.startswith("baseline"):
-                    result = load(base_url, name)
-                    result["rss_mb"] = _rss_mb(base_pid)
-                    report["results"][name] = result
-
-        with runtime(workdir, options.worker_mode, options.log_level) as (url, pid):
+        # Every server up at once, the scenarios measured in turn, round after
+        # round: a scenario and its baseline meet the same moments of a
+        # busy machine, and each reports its median round.
+        hooked = [name for name in wanted if name in PLUGIN_SCENARIOS]
+        loads = [name for name in wanted if name in SCENARIOS]
+        samples: dict[str, list[dict[str, Any]]] = {name: [] for name in loads}
+        rounds = max(1, options.rounds)
+        with ExitStack() as servers:
+            base_url, base_pid = servers.enter_context(baseline())
+            url, pid = servers.enter_context(
+                runtime(workdir, options.worker_mode, options.log_level)
+            )
+            where = {name: (url, pid) for name in loads}
+            if hooked:
+                plugin_dir = write_plugin(workdir)
+                hooked_at = servers.enter_context(
+                    runtime(workdir, options.worker_mode, options.log_level, plugin_dir=plugin_dir)
+                )
+                for name in hooked:
+                    # Proof that the hooks run, before any load: on_response's header.
+                    if _fetch_header(hooked_at[0] + SCENARIOS[name][0], "x-bench") == "1":
+                        where[name] = hooked_at
+                    else:
+                        loads.remove(name)
+                        report["results"][name] = {
+                            "hooks_ran": False,
+                            "error": "no x-bench: 1 on a response: the plugin's hooks did not run",
+                        }
             if "cold-start" in wanted:
                 report["results"]["cold-start"] = {"ttfb_ms": time_to_first_byte(url + "/cold/")}
-            for name in wanted:
-                plain = name in SCENARIOS and name not in PLUGIN_SCENARIOS
-                if plain and not name.startswith("baseline"):
-                    report["results"][name] = measure(url, pid, name)
+            for number in range(rounds):
+                for name in loads:
+                    if name.startswith("baseline"):
+                        result = load(base_url, name, options.duration / rounds)
+                        result["rss_mb"] = _rss_mb(base_pid)
+                    else:
+                        result = measure(*where[name], name, options.duration / rounds, number)
+                    samples[name].append(result)
+            for name in loads:
+                report["results"][name] = _median(samples[name])
+                if name in hooked:
+                    report["results"][name]["hooks_ran"] = True
             if "stream-100mb" in wanted:
                 time_to_first_byte(url + "/noop-asgi/")
                 report["results"]["stream-100mb"] = stream_rss(url + "/stream/", pid)
@@ -738,23 +777,6 @@ def main(argv: list[str] | None = None) -> int:
             metrics = _fetch_json(url + "/metrics/api/")
             if metrics is not None:
                 report["pool"] = metrics.get("pool", metrics)
-
-        # A runtime of their own, so that no other scenario meets the plugin.
-        hooked = [name for name in wanted if name in PLUGIN_SCENARIOS]
-        if hooked:
-            plugin_dir = write_plugin(workdir)
-            with runtime(
-                workdir, options.worker_mode, options.log_level, plugin_dir=plugin_dir
-            ) as (url, pid):
-                for name in hooked:
-                    # Proof that the hooks run, before any load: on_response's header.
-                    if _fetch_header(url + SCENARIOS[name][0], "x-bench") == "1":
-                        report["results"][name] = {**measure(url, pid, name), "hooks_ran": True}
-                    else:
-                        report["results"][name] = {
-                            "hooks_ran": False,
-                            "error": "no x-bench: 1 on a response: the plugin's hooks did not run",
-                        }
 
     _add_ratios(report["results"], "rps", "ratio_to_baseline")
     _check_goals(report["results"])
@@ -771,6 +793,15 @@ def _workdir() -> Iterator[tuple[str, str]]:
         with open(script, "w") as handle:
             handle.write(_WRK_SCRIPT)
         yield workdir, script
+
+
+def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sample of median req/s (the lower of the middle two), with every round's req/s."""
+    ordered = sorted(samples, key=lambda sample: sample.get("rps", 0.0))
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    if len(samples) > 1:
+        chosen["rps_rounds"] = [sample.get("rps") for sample in samples]
+    return chosen
 
 
 def _ratio(result: dict[str, Any], other: dict[str, Any] | None, measure: str) -> float | None:
@@ -844,7 +875,11 @@ def _instructions_main(parser: Any, wanted: list[str], options: Any) -> int:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"\nbuntime benchmark ({report['duration']:g}s per scenario)\n")
+    rounds = report.get("rounds", 1)
+    print(
+        f"\nbuntime benchmark ({report['duration']:g}s per scenario, in {rounds} round(s): "
+        "req/s of the median round)\n"
+    )
     columns = (
         ("req/s", 9),
         ("p50 ms", 8),

@@ -41,7 +41,7 @@ def test_benchmark_smoke(tmp_path):
         "ephemeral-noop",
     )
     scenarios = ",".join([*loads, "cold-start"])
-    output, report = bench(tmp_path, "--duration", "1", "--scenarios", scenarios)
+    output, report = bench(tmp_path, "--duration", "2", "--rounds", "2", "--scenarios", scenarios)
     assert "buntime benchmark" in output
     results = report["results"]
     assert set(results) == set(scenarios.split(","))
@@ -51,6 +51,7 @@ def test_benchmark_smoke(tmp_path):
         assert result["errors"] == 0 and result["non2xx"] == 0, (name, result)
         assert {"rps", "p50_ms", "p95_ms", "p99_ms", "generator"} <= set(result)
     assert results["warm-noop"]["ratio_to_baseline"] > 0
+    assert len(results["warm-noop"]["rps_rounds"]) == 2  # measured in turn with the others
     assert results["warm-noop-plugin"]["hooks_ran"] is True  # its responses had x-bench: 1
     compared = {
         "warm-noop-plugin": ["warm-noop"],

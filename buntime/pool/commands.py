@@ -35,7 +35,9 @@ def request_head(
     more: bool,
 ) -> str:
     """The C{head} of a L{StartRequest}: a JSON array of its fields in this order."""
-    return dumps([method, path, base, list(headers), remote, task, more])
+    if not isinstance(headers, list | tuple):
+        headers = list(headers)
+    return dumps([method, path, base, headers, remote, task, more])
 
 
 def parse_request_head(head: str) -> RequestHead:

@@ -143,17 +143,27 @@ def judge(method: bytes, target: bytes, version: str, lines: list[tuple[bytes, b
         raise Refusal(505, f"HTTP/{version} is not supported")
     if method == b"CONNECT":
         raise Refusal(501, "CONNECT is not supported")
-    found: list[list[bytes]] = [[], [], [], [], [], [], []]
+    found: dict[int, list[bytes]] = {}  # the values of the headers judged, by kind
     headers: list[tuple[str, str]] = []
     special = _SPECIAL
     for name, value in lines:
         kind = special.get(name.lower())
         if kind is not None:
-            found[kind].append(value)
+            if kind in found:
+                found[kind].append(value)
+            else:
+                found[kind] = [value]
             if kind == _REQUEST_ID_HEADER:
                 continue  # the front door gives the request its own
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
-    hosts, codings, lengths, connection, expect, upgrade, ids = found
+    none: list[bytes] = []
+    hosts = found.get(_HOST, none)
+    codings = found.get(_CODINGS, none)
+    lengths = found.get(_LENGTH, none)
+    connection = found.get(_CONNECTION, none)
+    expect = found.get(_EXPECT, none)
+    upgrade = found.get(_UPGRADE, none)
+    ids = found.get(_REQUEST_ID_HEADER, none)
     request_id = ids[-1] if ids else None
     length = None
     if lengths:  # the parser refuses two
@@ -215,10 +225,10 @@ def judge(method: bytes, target: bytes, version: str, lines: list[tuple[bytes, b
         version,
         tuple(headers),
         request_id,
-        length=length,
-        chunked=chunked,
-        close=close,
-        keep_alive=keep_alive,
-        expect=bool(wants),
-        upgrade=bool(upgrade) and b"upgrade" in options,
+        length,
+        chunked,
+        close,
+        keep_alive,
+        bool(wants),
+        bool(upgrade) and b"upgrade" in options,
     )

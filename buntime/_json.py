@@ -8,6 +8,7 @@ nothing a JSON encoder can write is refused here.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,18 @@ def dumps(value: Any, default: Callable[[Any], Any] = _not_json) -> str:
     try:
         return orjson.dumps(value, default=default).decode("utf-8")
     except orjson.JSONEncodeError:
-        return json.dumps(value, default=default, separators=(",", ":"))
+        return json.dumps(_finite(value), default=default, separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    """C{value} with C{None} for every non-finite float, as orjson writes them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def loads(text: str | bytes) -> Any:

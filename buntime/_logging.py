@@ -225,8 +225,8 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     record["level"], record["message"] = level, text
     record["timestamp"], record["context"] = timestamp, context
     for key, value in message.items():
-        if type(value) not in _PLAIN and key != "task_level":  # eliot's: a list of ints
-            record[key] = _scrub(value)
+        if type(value) not in _PLAIN and key != "task_level" and key not in _OWN_KEYS:
+            record[key] = _scrub(value)  # (eliot's task_level: a list of ints)
     return record
 
 

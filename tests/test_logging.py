@@ -494,6 +494,22 @@ def test_json_lines_hold_the_record_with_credentials_replaced():
     assert "secret" not in line
 
 
+def test_a_line_s_own_fields_are_never_raw_values():
+    from buntime._logging import format_json
+
+    record = json.loads(
+        format_json({"message": ["a"], "message_type": "x", "level": object(), "timestamp": 1.0})
+    )
+    assert (record["message"], record["level"]) == ("x", "debug")
+
+
+def test_a_line_written_by_the_fallback_has_null_for_nan():
+    from buntime._logging import format_json
+
+    line = format_json({"level": "info", "message": "m", "n": float("nan"), "big": 2**70})
+    assert json.loads(line)["n"] is None and json.loads(line)["big"] == 2**70
+
+
 def test_a_line_with_a_lone_surrogate_is_still_written():
     from buntime._logging import format_json
 

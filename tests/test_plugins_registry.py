@@ -7,6 +7,7 @@ apps, menus, worker notifications.
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from typing import Any
 
 import pytest
@@ -234,6 +235,63 @@ async def test_hooks_that_answer_at_once_run_at_once_and_a_pending_one_holds_the
     assert order == ["now", "waits", "now"]
     response = await registry.on_response(Response.text("hi"), None)
     assert response.headers.get("x-w") == "1" and order[-2:] == ["waits:response", "now:response"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hook_s_own_deferred_is_awaited_not_taken_over():
+    """
+    A hook may hand every request the same Deferred (a gate that opened
+    once): each request waits for it, none takes it over, and what it fired
+    with stays for the others.
+    """
+    gate = succeed(None)
+
+    @implementer(IBuntimePlugin)
+    class Gate:
+        def on_request(self, request, app):
+            return gate
+
+        def on_response(self, response, app):
+            return gate
+
+    registry = await registry_of(({"name": "g"}, Gate()))
+    first = registry.on_request(Request("GET", "/one"), None, None)
+    held: Deferred = Deferred()
+    first.addCallback(lambda request: held)  # the first request's walk goes on, and waits
+    second = registry.on_request(Request("GET", "/two"), None, None)
+    assert second.called, "held behind the first request"
+    assert second.result.path == "/two" and gate.result is None  # the gate's result stays
+    answered = registry.on_response(Response.text("two"), None)
+    assert answered.called and answered.result.body == b"two"
+    held.callback(None)
+    assert first.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_hooks_after_one_that_waited_run_in_the_request_s_context():
+    pending: Deferred = Deferred()
+    seen: list[tuple[str, bool]] = []
+    marker: ContextVar[str | None] = ContextVar("marker", default=None)
+
+    @implementer(IBuntimePlugin)
+    class Waits:
+        def on_request(self, request, app):
+            return pending
+
+    @implementer(IBuntimePlugin)
+    class After:
+        def on_request(self, request, app):
+            seen.append(("after", marker.get() == "request-1"))
+
+    registry = await registry_of(({"name": "w"}, Waits()), ({"name": "a"}, After()))
+    token = marker.set("request-1")
+    try:
+        result = registry.on_request(Request("GET", "/"), None, None)
+    finally:
+        marker.reset(token)
+    pending.callback(None)  # fired from outside the request's context
+    await result
+    assert seen == [("after", True)]
 
 
 # -- server_fetch ------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 
 async def call(hook: Callable[..., Any], *args: Any) -> Any:
@@ -23,12 +25,53 @@ async def awaited(result: Any) -> Any:
 
 
 def as_deferred(result: Any) -> Deferred[Any]:
-    """C{result} (a hook's answer) as a Deferred: itself, awaited, or fired with it."""
+    """
+    C{result} (a hook's answer) as a Deferred of the caller's own: one that
+    fires with what a hook's Deferred fires with (which is left as it was,
+    for whoever else waits on it), the awaitable awaited, or fired with it.
+    """
     if isinstance(result, Deferred):
-        return result
+        mine: Deferred[Any] = Deferred()
+        result.addBoth(_relay, mine)
+        return mine
     if inspect.isawaitable(result):
         return ensureDeferred(awaited(result))
     return succeed(result)
+
+
+def _relay(value: Any, mine: Deferred[Any]) -> Any:
+    if isinstance(value, Failure):
+        mine.errback(value)
+        return None  # handled: it went on to the caller
+    mine.callback(value)
+    return value
+
+
+def when_answered(
+    result: Any,
+    answered: Callable[..., Any],
+    failed: Callable[..., Any],
+    *args: Any,
+) -> Deferred[Any]:
+    """
+    A hook's awaitable C{result} (see L{as_deferred}) followed by
+    C{answered(value, *args)}, or C{failed(failure, *args)}, run in the
+    context of this call (the request's eliot action and context
+    variables), as the rest of an C{async def} would be.
+    """
+    context = contextvars.copy_context()
+    return as_deferred(result).addCallbacks(
+        _in_context,
+        _in_context,
+        callbackArgs=(context, answered, *args),
+        errbackArgs=(context, failed, *args),
+    )
+
+
+def _in_context(
+    value: Any, context: contextvars.Context, function: Callable[..., Any], *args: Any
+) -> Any:
+    return context.run(function, value, *args)
 
 
 def bounded(

@@ -20,7 +20,7 @@ from twisted.web.server import Site
 from buntime._logging import log
 from buntime.http import AppInfo, Request, Response
 from buntime.plugins.context import PluginContext, ServiceRegistry
-from buntime.plugins.hooks import as_deferred, call
+from buntime.plugins.hooks import as_deferred, call, when_answered
 from buntime.plugins.manifest import PluginManifest
 from buntime.plugins.publicroutes import PublicRoutes
 from buntime.plugins.rendering import render
@@ -69,7 +69,7 @@ def _hook_failed(plugin: LoadedPlugin, hook: str, error: BaseException) -> Respo
     )
 
 
-def _hook_failed_late(failure: Failure, plugin: LoadedPlugin) -> Response:
+def _hook_failed_late(failure: Failure, plugin: LoadedPlugin, *_: object) -> Response:
     """An awaited C{on_request} answer that failed (see L{_hook_failed})."""
     return _hook_failed(plugin, "on_request", failure.value)
 
@@ -278,14 +278,16 @@ class PluginRegistry:
                 return _hook_failed(plugin, "on_request", error)
             if result is not None and not isinstance(result, Request | Response):
                 # an awaitable: the hooks after it wait for its answer
-                waiting = as_deferred(result)
-                waiting.addCallbacks(
+                return when_answered(
+                    result,
                     self._request_hooked,
                     _hook_failed_late,
-                    callbackArgs=(plugin, hooks, index, request, app),
-                    errbackArgs=(plugin,),
+                    plugin,
+                    hooks,
+                    index,
+                    request,
+                    app,
                 )
-                return waiting
             if isinstance(result, Response):
                 return result
             if result is not None:
@@ -337,14 +339,16 @@ class PluginRegistry:
                 _plugin_error(plugin, "on_response", error)
                 continue
             if result is not None and not isinstance(result, Response):
-                waiting = as_deferred(result)
-                waiting.addCallbacks(
+                return when_answered(
+                    result,
                     self._response_hooked,
                     self._response_hook_failed,
-                    callbackArgs=(plugin, hooks, index, response, app),
-                    errbackArgs=(plugin, hooks, index, response, app),
+                    plugin,
+                    hooks,
+                    index,
+                    response,
+                    app,
                 )
-                return waiting
             response = self._hooked_response(plugin, result, response)
         return response
 

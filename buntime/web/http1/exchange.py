@@ -83,7 +83,10 @@ class Exchange:
                 callback(result, *args)
             except Exception as error:
                 _end_failed(error)
-        self._connection.exchange_ended(self)  # last: the connection goes on to the next
+        try:  # last: the connection goes on to the next request
+            self._connection.exchange_ended(self)
+        except Exception as error:
+            _end_failed(error)
 
     def _call(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
         try:

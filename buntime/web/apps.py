@@ -125,7 +125,7 @@ class AppStep:
         now = self.clock.seconds() if self.clock is not None else None
         if (
             cached is not None
-            and cached.version == version
+            and (cached.version is version or cached.version == version)
             and now is not None
             and now - self._checked.get(version.dir, float("-inf")) < self.recheck_seconds
         ):

@@ -135,18 +135,14 @@ def _headers(value: object) -> Headers:
 
 def _split_url(url: str) -> tuple[str, str]:
     """
-    The path and query of C{url}: what C{urlsplit} gives, without its cost
-    for the usual C{/path?query} (a request asks several times).
+    The path and query of C{url}: a request target (C{/path?query}; a path
+    that starts with C{//} is a path, never an authority, as servers read a
+    target), else an absolute URL as C{urlsplit} reads it.
     """
-    if (
-        url.startswith("/")
-        and not url.startswith("//")
-        and "#" not in url
-        and "\t" not in url
-        and "\r" not in url
-        and "\n" not in url
-    ):
-        path, _, query = url.partition("?")
+    if url.startswith("/"):
+        if "\t" in url or "\r" in url or "\n" in url:  # dropped, as urlsplit drops them
+            url = url.replace("\t", "").replace("\r", "").replace("\n", "")
+        path, _, query = url.partition("#")[0].partition("?")
         return path, query
     parts = urlsplit(url)
     return parts.path, parts.query

@@ -300,6 +300,12 @@ async def test_app_sees_its_base_stripped(shared):
     assert seen["QUERY_STRING"] == "q=1"
     assert seen["HTTP_X_BASE"] == "/probe-wsgi@1"
 
+    # "//" right after the base is the app's path, as gunicorn passes it on
+    seen = await get_json(shared, "/probe-wsgi@1//x//y?q=1")
+    assert (seen["PATH_INFO"], seen["QUERY_STRING"]) == ("//x//y", "q=1")
+    seen = await get_json(shared, "/probe@1//x//y")
+    assert seen["path"] == "//x//y"
+
 
 @pytest_twisted.ensureDeferred
 async def test_the_request_log_line_names_app_and_worker(shared):

@@ -252,13 +252,28 @@ def test_header_changes_keep_text_pairs():
 
 
 @given(st.text())
-def test_path_and_query_are_those_urlsplit_gives(text):
+def test_a_target_s_path_and_query_are_what_a_server_reads(text):
+    """
+    A target's path runs to its query or fragment, a leading C{//}
+    included; an absolute URL's is what urlsplit reads.
+    """
     from urllib.parse import urlsplit
 
-    for url in ("/" + text, text):
-        parts = urlsplit(url)
+    for url in ("/" + text, "//" + text):
+        cleaned = url.replace("\t", "").replace("\r", "").replace("\n", "")
+        path, _, query = cleaned.partition("#")[0].partition("?")
         request = Request("GET", url)
-        assert (request.path, request.query) == (parts.path or "/", parts.query)
+        assert (request.path, request.query) == (path or "/", query)
+    url = "http://example.com/" + text
+    parts = urlsplit(url)
+    request = Request("GET", url)
+    assert (request.path, request.query) == (parts.path or "/", parts.query)
+
+
+def test_a_path_that_starts_with_two_slashes_is_a_path():
+    request = Request("GET", "//x//y?q=1")
+    assert (request.path, request.query) == ("//x//y", "q=1")
+    assert request.with_path("//a").url == "//a?q=1"
 
 
 def test_for_app_is_with_path_and_x_base():

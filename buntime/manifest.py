@@ -64,13 +64,14 @@ class AppManifest:
     version: str | None = None
     entrypoint: str | None = None
     timeout: float = 30.0
-    ttl: float = 0.0
+    ttl: float = 15 * 60.0
     idle_timeout: float = 60.0
     max_requests: int = 1000
     max_body_size: int = DEFAULT_BODY_SIZE
     low_memory: bool = False
     auto_install: bool = False
-    inject_base: bool = True
+    inject_base: bool | None = None
+    """C{None}: not given (static apps get the base, apps with code do not)."""
     env: Mapping[str, str] = field(factory=dict)
     public_routes: Mapping[str, tuple[str, ...]] | None = None
     max_concurrency: int = 100
@@ -360,6 +361,13 @@ def _check_policy(
         raise ManifestError(app_label, "timeout", "must be greater than 0")
     ttl, timeout, idle = manifest.ttl, manifest.timeout, manifest.idle_timeout
     if ttl > 0:
+        # defaults never make a long timeout invalid: what was not given grows to it
+        if "ttl" not in manifest.raw and ttl < timeout:
+            ttl = timeout
+            manifest = evolve(manifest, ttl=ttl)
+        if "idleTimeout" not in manifest.raw and idle < timeout:
+            idle = timeout
+            manifest = evolve(manifest, idle_timeout=idle)
         if ttl < timeout:
             raise ManifestError(
                 app_label,

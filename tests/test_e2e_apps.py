@@ -141,6 +141,8 @@ def build_apps(root: Path) -> None:
         copy_demo(root, demo, "1.0.0")
     write_app(root, "probe", "1.2.0", manifest=PERSISTENT, files={"app.py": PROBE_ROUTES})
     write_app(root, "probe-wsgi", "1.2.0", manifest=PERSISTENT, files={"app.py": PROBE_WSGI})
+    based = {**PERSISTENT, "injectBase": True}
+    write_app(root, "probe-based", "1.0.0", manifest=based, files={"app.py": PROBE_ROUTES})
     write_app(root, "printer", "1.0.0", manifest=PERSISTENT, files={"app.py": PRINTER})
     write_app(root, "sse", "1.0.0", manifest=PERSISTENT, files={"app.py": GATED_SSE})
     write_app(root, "sse-asgi", "1.0.0", manifest=PERSISTENT, files={"app.py": GATED_SSE_ASGI})
@@ -281,7 +283,8 @@ async def test_every_app_kind_answers_in_both_worker_modes(mode, shared, runtime
 async def test_app_sees_its_base_stripped(shared):
     """
     C{/probe@1/api/x?q=1} arrives as C{/api/x?q=1} with C{x-base}; WSGI gets
-    SCRIPT_NAME; HTML coming back gets C{<base href>}.
+    SCRIPT_NAME; HTML coming back gets C{<base href>} only when the
+    manifest says C{injectBase: true} (an app with code builds its own URLs).
     """
     seen = await get_json(shared, "/probe@1/api/x?q=1")
     assert (seen["path"], seen["query"], seen["x_base"]) == ("/api/x", "q=1", "/probe@1")
@@ -290,9 +293,11 @@ async def test_app_sees_its_base_stripped(shared):
     seen = await get_json(shared, "/probe/deep/er")
     assert (seen["path"], seen["x_base"]) == ("/deep/er", "/probe")
 
-    # HTML from a worker app gets the base too.
+    # HTML from a worker app is left as it is, unless its manifest asks for the base.
     page = await get_text(shared, "/probe@1/page.html")
-    assert '<head><base href="/probe@1/"><title>probe</title>' in page, page
+    assert "<head><title>probe</title>" in page and "<base" not in page, page
+    page = await get_text(shared, "/probe-based@1/page.html")
+    assert '<head><base href="/probe-based@1/"><title>probe</title>' in page, page
 
     seen = await get_json(shared, "/probe-wsgi@1/api/x?q=1")
     assert seen["PATH_INFO"] == "/api/x"

@@ -42,13 +42,14 @@ def test_no_manifest_means_defaults(tmp_path):
     manifest, warnings = load(tmp_path, body_size_default=5 * MB)
     assert manifest == AppManifest(max_body_size=5 * MB)
     assert warnings == []
-    assert (manifest.timeout, manifest.ttl, manifest.idle_timeout) == (30.0, 0.0, 60.0)
+    # a long-lived worker by default (SPEC §2), unlike the Bun original's ttl 0
+    assert (manifest.timeout, manifest.ttl, manifest.idle_timeout) == (30.0, 900.0, 60.0)
     assert (manifest.max_requests, manifest.max_concurrency) == (1000, 100)
     assert (manifest.max_instances, manifest.max_queue) == (1, 100)
-    assert manifest.inject_base is True
+    assert manifest.inject_base is None  # static apps: yes; apps with code: no
     assert manifest.low_memory is manifest.auto_install is False
     assert manifest.env == {} and manifest.raw == {} and manifest.public_routes is None
-    assert manifest.ephemeral
+    assert not manifest.ephemeral
 
 
 def test_empty_manifest_means_defaults(tmp_path):
@@ -301,6 +302,15 @@ def test_ephemeral_apps_skip_the_ttl_rules(tmp_path):
     write(tmp_path, "ttl: 0\ntimeout: 30s\nidleTimeout: 500ms\n")
     manifest, warnings = load(tmp_path)
     assert (manifest.ttl, manifest.idle_timeout, warnings) == (0.0, 0.5, [])
+
+
+def test_a_long_timeout_alone_keeps_the_defaults_valid(tmp_path):
+    write(tmp_path, "timeout: 20m\n")
+    manifest, warnings = load(tmp_path)
+    assert (manifest.ttl, manifest.idle_timeout, warnings) == (1200.0, 1200.0, [])
+    write(tmp_path, "timeout: 2m\n")
+    manifest, warnings = load(tmp_path)
+    assert (manifest.ttl, manifest.idle_timeout, warnings) == (900.0, 120.0, [])
 
 
 def test_ttl_equal_to_timeout_is_fine(tmp_path):

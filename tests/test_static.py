@@ -342,7 +342,8 @@ def test_bundled_static_apps(name, path, needle):
     assert warnings == [] and manifest.name == name
     entrypoint, _ = resolve_entrypoint(version.dir, manifest.entrypoint)
     assert entrypoint.endswith("index.html")
-    response = serve_static(version.dir, path, f"/{name}", manifest.inject_base)
+    assert manifest.inject_base is None  # a static app: the base is injected
+    response = serve_static(version.dir, path, f"/{name}", True)
     assert response.status == 200
     assert needle in body_of(response)
     if path in ("/", "/items/2"):

@@ -286,13 +286,13 @@ class AppStep:
                 version.dir,
                 rest,
                 base,
-                loaded.manifest.inject_base,
+                loaded.manifest.inject_base is not False,  # static apps: unless told not to
                 request_headers=request.headers,
             )
         # the worker gives the app its x-base (see buntime.pool.child.protocol)
         inner = request.with_path(rest)
         response = self.pool.handle(self._cached_pool_app(loaded), inner, base)
-        if loaded.manifest.inject_base:
+        if loaded.manifest.inject_base:  # apps with code: only when the manifest asks
             response.addCallback(_with_base, base)
         return response
 

@@ -85,6 +85,21 @@ def test_a_request_is_answered_and_the_connection_stays_open():
     assert not client.closed
 
 
+@pytest.mark.parametrize(
+    ("status", "line"),
+    [
+        (200, b"HTTP/1.1 200 OK\r\n"),
+        (422, b"HTTP/1.1 422 Unprocessable Entity\r\n"),  # not "Unknown Status"
+        (418, b"HTTP/1.1 418 I'm a Teapot\r\n"),
+        (599, b"HTTP/1.1 599 \r\n"),  # no phrase known: an empty one, as RFC 9112 allows
+    ],
+)
+def test_an_answer_s_reason_phrase_is_the_standard_one(status, line):
+    client = connect(Door(always(Response(status, {}, b""))))
+    client.send(get(b"/x"))
+    assert client.received().startswith(line)
+
+
 def test_heads_and_bodies_split_at_any_byte_are_read_whole():
     client = connect()
     data = post(b"/up", b"abcdef") + get(b"/next")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
-from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.http import datetimeToString
 from twisted.web.server import version as SERVER_VERSION
 
 from buntime.http import Headers
-from buntime.web.http1.head import REASONS, Refusal
+from buntime.web.http1.head import Refusal
 
 HOP_BY_HOP = frozenset(
     {
@@ -26,6 +27,8 @@ HOP_BY_HOP = frozenset(
 _OWN = HOP_BY_HOP | {"content-length", "date", "server"}
 """Headers the connection writes itself."""
 NO_BODY = frozenset({204, 304})
+PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+"""The reason phrase of each status, as uvicorn sends them (C{http.HTTPStatus}); none for others."""
 
 
 def _clean(text: str) -> bytes:
@@ -90,7 +93,7 @@ date_header = DateHeader()
 def status_line(status: int, now: float, request_id: str, reason: bytes | None = None) -> bytes:
     """The status line and the headers every answer carries."""
     if reason is None:
-        reason = RESPONSES.get(status) or REASONS.get(status, "Unknown Status").encode("ascii")
+        reason = PHRASES.get(status, b"")
     return b"HTTP/1.1 %d %s\r\nserver: %s\r\ndate: %s\r\nx-request-id: %s" % (
         status,
         reason,

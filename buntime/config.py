@@ -5,6 +5,7 @@ which beat a C{.env} file in the working directory, which beats defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +41,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "worker_mode": ("RUNTIME_WORKER_MODE",),
     "header_timeout": ("RUNTIME_HEADER_TIMEOUT",),
     "max_connections": ("RUNTIME_MAX_CONNECTIONS",),
+    "forwarded_allow_ips": ("RUNTIME_FORWARDED_ALLOW_IPS",),
 }
 
 
@@ -71,6 +73,8 @@ class RuntimeConfig:
     environ: Mapping[str, str] = field(repr=False)  # values may be secrets
     header_timeout: float = 10.0
     max_connections: int = 4096
+    forwarded_allow_ips: frozenset[str] | None = frozenset({"127.0.0.1", "::1"})
+    """Peers whose C{X-Forwarded-*} and C{Forwarded} headers are passed on; C{None}: any."""
 
     @property
     def production(self) -> bool:
@@ -237,6 +241,11 @@ def load_config(
             label("max_connections", "RUNTIME_MAX_CONNECTIONS"), get("max_connections") or "", 1
         )
 
+    forwarded_allow_ips = _addresses(
+        label("forwarded_allow_ips", "RUNTIME_FORWARDED_ALLOW_IPS"),
+        get("forwarded_allow_ips") or "127.0.0.1,::1",
+    )
+
     log_file = get("log_file") or None
     if log_file is not None:
         log_file = os.path.abspath(log_file)
@@ -270,4 +279,21 @@ def load_config(
         environ=dict(merged_env),
         header_timeout=header_timeout,
         max_connections=max_connections,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
+
+
+def _addresses(name: str, value: str) -> frozenset[str] | None:
+    """A comma-separated list of IP addresses as their canonical text; C{*}: any (C{None})."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if items == ["*"]:
+        return None
+    found = set()
+    for item in items:
+        try:
+            found.add(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be IP addresses separated by commas, or *; got {item!r}"
+            ) from None
+    return frozenset(found)

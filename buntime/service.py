@@ -294,6 +294,7 @@ def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
         identify=apps.identify,
         websockets=websockets,
         body_limit=body_limit(config, apps),
+        forwarded_allow=config.forwarded_allow_ips,
     )
     limits = Limits(header_timeout=config.header_timeout, max_connections=config.max_connections)
     web = WebService(

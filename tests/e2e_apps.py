@@ -139,7 +139,16 @@ PROBE_WSGI = """
     import json
     import os
 
-    KEYS = ("PATH_INFO", "SCRIPT_NAME", "QUERY_STRING", "HTTP_X_BASE", "REQUEST_METHOD")
+    KEYS = (
+        "PATH_INFO",
+        "SCRIPT_NAME",
+        "QUERY_STRING",
+        "HTTP_X_BASE",
+        "REQUEST_METHOD",
+        "HTTP_X_FORWARDED_PROTO",
+        "HTTP_X_FORWARDED_FOR",
+        "wsgi.url_scheme",
+    )
 
     def app(environ, start_response):
         seen = {key: environ.get(key) for key in KEYS}

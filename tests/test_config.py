@@ -135,6 +135,14 @@ EACH = [
     ("header_timeout", "RUNTIME_HEADER_TIMEOUT", "2500ms", "header_timeout", 2.5),
     ("header_timeout", "RUNTIME_HEADER_TIMEOUT", "7", "header_timeout", 7.0),
     ("max_connections", "RUNTIME_MAX_CONNECTIONS", "64", "max_connections", 64),
+    (
+        "forwarded_allow_ips",
+        "RUNTIME_FORWARDED_ALLOW_IPS",
+        "10.0.0.1, ::0001",
+        "forwarded_allow_ips",
+        frozenset({"10.0.0.1", "::1"}),
+    ),
+    ("forwarded_allow_ips", "RUNTIME_FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", None),
 ]
 
 
@@ -347,3 +355,13 @@ def test_a_bad_connection_limit_names_the_variable(value):
 def test_head_deadline_and_connection_cap_defaults():
     result = config()
     assert (result.header_timeout, result.max_connections) == (10.0, 4096)
+
+
+def test_forwarded_headers_are_trusted_from_loopback_by_default():
+    assert config().forwarded_allow_ips == frozenset({"127.0.0.1", "::1"})
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/8", "proxy.local", "127.0.0.1,*"])
+def test_a_bad_forwarded_allow_list_names_the_variable(value):
+    message = error_of(env={"RUNTIME_FORWARDED_ALLOW_IPS": value})
+    assert "RUNTIME_FORWARDED_ALLOW_IPS" in message

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from e2e_apps import (
     write_app,
 )
 from runtime import Runtimes
+from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
 pytestmark = pytest.mark.e2e
@@ -310,6 +312,42 @@ async def test_app_sees_its_base_stripped(shared):
     assert (seen["PATH_INFO"], seen["QUERY_STRING"]) == ("//x//y", "q=1")
     seen = await get_json(shared, "/probe@1//x//y")
     assert seen["path"] == "//x//y"
+
+
+def _get_from(source: str, url: str, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """C{GET path} from the loopback address C{source}, over a plain socket; the JSON answer."""
+    address = urllib.parse.urlsplit(url)
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{lines}\r\n"
+    target = (address.hostname, address.port)
+    with socket.create_connection(target, timeout=10, source_address=(source, 0)) as sock:
+        sock.sendall(request.encode("latin-1"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return json.loads(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwarded_headers_reach_the_app_only_from_a_trusted_proxy(shared):
+    """
+    From 127.0.0.1 (trusted by default, as gunicorn's forwarded_allow_ips)
+    X-Forwarded-* pass on and make the scheme https; from 127.0.0.2 they are
+    dropped before the app (or a plugin) sees them.
+    """
+    sent = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    trusted = await threads.deferToThread(
+        _get_from, "127.0.0.1", shared.url, "/probe-wsgi@1/", sent
+    )
+    assert (trusted["HTTP_X_FORWARDED_PROTO"], trusted["wsgi.url_scheme"]) == ("https", "https")
+    assert trusted["HTTP_X_FORWARDED_FOR"] == "203.0.113.9"
+    untrusted = await threads.deferToThread(
+        _get_from, "127.0.0.2", shared.url, "/probe-wsgi@1/", sent
+    )
+    assert untrusted["HTTP_X_FORWARDED_PROTO"] is None and untrusted["HTTP_X_FORWARDED_FOR"] is None
+    assert untrusted["wsgi.url_scheme"] == "http"
 
 
 @pytest_twisted.ensureDeferred

@@ -39,6 +39,7 @@ class Door:
         plugins: Any = None,
         identify: Any = None,
         apis: Any = (),
+        forwarded_allow: frozenset[str] | None = None,
     ) -> None:
         self.clock = Clock()
         self.state = RuntimeState()
@@ -52,6 +53,7 @@ class Door:
             apis=apis,
             plugins=None if plugins is None else lambda: plugins,
             identify=identify,
+            forwarded_allow=forwarded_allow,
         )
         self.factory = HTTP1Factory(self.door, self.clock, Limits(), self.state)
 
@@ -612,3 +614,38 @@ def test_a_hook_rewriting_paths_does_not_break_the_core_api(eliot_logger):
     door = Door(plugins=plugins)
     response = door.get("/api/health")
     assert (response.status, json.loads(response.body)["status"]) == (200, "healthy")
+
+
+# -- forwarded headers ----------------------------------------------------------------------------
+
+FORWARDED = {
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-For": "203.0.113.9",
+    "x-forwarded-host": "example.com",
+    "Forwarded": "for=203.0.113.9;proto=https",
+    "X-Other": "kept",
+}
+
+
+@pytest.mark.parametrize(
+    ("allowed", "passed_on"),
+    [
+        (frozenset({"127.0.0.1", "::1"}), False),  # the default: this peer (192.168.1.1) is not one
+        (frozenset({"192.168.1.1"}), True),
+        (None, True),  # RUNTIME_FORWARDED_ALLOW_IPS=*
+    ],
+)
+def test_forwarded_headers_reach_apps_only_from_trusted_peers(allowed, passed_on):
+    seen: list[Request] = []
+
+    async def step(request: Request, fields: dict) -> Response:
+        seen.append(request)
+        return Response.text("ok")
+
+    Door(steps=[step], forwarded_allow=allowed).get("/x", FORWARDED)
+    [request] = seen
+    forwarded = [request.headers.get(name) for name in ("x-forwarded-proto", "forwarded")]
+    assert forwarded == (["https", "for=203.0.113.9;proto=https"] if passed_on else [None, None])
+    assert (request.headers.get("x-forwarded-for") is not None) is passed_on
+    assert (request.headers.get("x-forwarded-host") is not None) is passed_on
+    assert request.headers.get("x-other") == "kept"

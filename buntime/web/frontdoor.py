@@ -53,6 +53,25 @@ def _ids(header: bytes | None) -> tuple[str, str | None]:
     return made, made
 
 
+def _trusted(remote: str | None, allowed: frozenset[str]) -> bool:
+    """Whether the peer C{remote} may tell where a request came from (C{X-Forwarded-*})."""
+    if remote in allowed:
+        return True
+    if remote is not None and remote.startswith("::ffff:"):  # an IPv4 peer of a dual-stack port
+        return remote[7:] in allowed
+    return False
+
+
+def _without_forwarded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """C{headers} without C{X-Forwarded-*} and C{Forwarded}: an untrusted peer's claims."""
+    kept = tuple(
+        (name, value)
+        for name, value in headers
+        if not (name.lower().startswith("x-forwarded-") or name.lower() == "forwarded")
+    )
+    return kept if len(kept) != len(headers) else headers
+
+
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -197,6 +216,7 @@ class FrontDoor:
         identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
         websockets: WebSockets | None = None,
         body_limit: Callable[[str], int] | None = None,
+        forwarded_allow: frozenset[str] | None = None,
     ) -> None:
         self._clock = clock
         self._state = state
@@ -204,6 +224,7 @@ class FrontDoor:
         self._identify = identify
         self._websockets = websockets
         self._body_limit = body_limit
+        self._forwarded_allow = forwarded_allow
         # (route prefix, a site for its Klein resource), longest prefix first; the core API last.
         mounted = [(prefix, obj.app.resource()) for prefix, obj in apis]
         mounted.sort(key=lambda pair: len(pair[0]), reverse=True)
@@ -226,10 +247,14 @@ class FrontDoor:
         head = exchange.head
         request_id, task_uuid = _ids(head.request_id)
         exchange.request_id = request_id
+        headers = head.headers
+        allowed = self._forwarded_allow
+        if allowed is not None and not _trusted(exchange.remote, allowed):
+            headers = _without_forwarded(headers)
         incoming = Request(
             head.method,
             head.target,
-            Headers._of((*head.headers, ("x-request-id", request_id))),
+            Headers._of((*headers, ("x-request-id", request_id))),
             exchange.body,
             exchange.remote,
         )

@@ -47,6 +47,7 @@ def test_environ() -> None:
         )
     )
     assert environ["REQUEST_METHOD"] == "POST"
+    assert environ["SERVER_SOFTWARE"].startswith("buntime/")
     assert environ["SCRIPT_NAME"] == "/app@^1"
     assert environ["PATH_INFO"] == "/café/x".encode().decode("latin-1")
     assert environ["QUERY_STRING"] == "q=1"

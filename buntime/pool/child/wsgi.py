@@ -23,6 +23,7 @@ from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from buntime import __version__
 from buntime.pool.child.adapter import IAdapter
 from buntime.pool.child.request import IncomingRequest
 from buntime.pool.child.writer import ResponseWriter
@@ -32,6 +33,7 @@ THREADS = 10
 """Requests a WSGI worker runs at once; the others wait for a free thread."""
 
 _SPECIAL_HEADERS = {"CONTENT_TYPE", "CONTENT_LENGTH"}
+SERVER_SOFTWARE = f"buntime/{__version__}"
 
 
 def _latin1_path(path: str) -> str:
@@ -51,6 +53,7 @@ def build_environ(request: IncomingRequest) -> dict[str, Any]:
         "SERVER_NAME": host,
         "SERVER_PORT": str(port),
         "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_SOFTWARE": SERVER_SOFTWARE,  # some apps (httpbin) want it for chunked uploads
         "REMOTE_ADDR": client[0] if client else "",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": request.scheme,

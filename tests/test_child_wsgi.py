@@ -112,6 +112,23 @@ async def test_generator_streams(adapters) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_small_body_that_drips_goes_out_as_it_drips(adapters) -> None:
+    """A Content-Length of 10 bytes yielded 5 at a time: the first 5 go before the next."""
+    sent_while_running = []
+    sender = Sender()
+
+    def drip(environ, start_response):
+        start_response("200 OK", [("Content-Length", "10")])
+        yield b"12345"
+        sent_while_running.extend(sender.names)
+        yield b"67890"
+
+    await adapters(drip).handle(incoming(), ResponseWriter(sender, 1))
+    assert sent_while_running == ["ResponseStart"]
+    assert sender.response()[2] == b"1234567890"
+
+
+@pytest_twisted.ensureDeferred
 async def test_streamed_request_body(adapters) -> None:
     def echo(environ, start_response):
         data = environ["wsgi.input"].read()

@@ -2,10 +2,10 @@
 WSGI apps (Flask, Django, Bottle, plain C{(environ, start_response)}
 functions), each request in a thread of the worker's own pool.
 
-A response whose size is known and small (a list, or a C{Content-Length} of
-at most one chunk) goes back in one piece; anything else streams chunk by
-chunk as the app's iterable yields it, the thread waiting for the runtime
-to take each chunk.  A cancelled request stops at its next chunk (the
+A response whose size is known at once (a list, or a first chunk that
+holds all of its C{Content-Length}) goes back in one piece; anything else
+streams chunk by chunk as the app's iterable yields it, however small, the
+thread waiting for the runtime to take each chunk.  A cancelled request stops at its next chunk (the
 iterable is closed).  The pool's threads are never joined: a stuck request
 must not keep the worker from exiting.
 """
@@ -27,7 +27,6 @@ from buntime import __version__
 from buntime.pool.child.adapter import IAdapter
 from buntime.pool.child.request import IncomingRequest
 from buntime.pool.child.writer import ResponseWriter
-from buntime.pool.commands import CHUNK_SIZE
 
 THREADS = 10
 """Requests a WSGI worker runs at once; the others wait for a free thread."""
@@ -170,24 +169,18 @@ class WsgiAdapter:
                     return self._whole(exchange, body)
                 exchange.write(body)
             else:
-                held: list[bytes] = []
-                size = 0
+                whole = b""
                 for chunk in result:
                     if not chunk:
                         continue
-                    if exchange.sent:
-                        exchange.write(chunk)
-                        continue
-                    held.append(chunk)
-                    size += len(chunk)
-                    length = exchange.content_length()
-                    if length is not None and size >= length:
-                        break  # all of it: answered in one piece below
-                    if length is None or length > CHUNK_SIZE:
-                        exchange.write(b"".join(held))
-                        held = []
+                    if not exchange.sent:
+                        length = exchange.content_length()
+                        if length is not None and len(chunk) >= length:
+                            whole = chunk  # all of it at once: answered in one piece below
+                            break
+                    exchange.write(chunk)  # as the app yields it (a slow drip too)
                 if not exchange.sent:
-                    return self._whole(exchange, b"".join(held))
+                    return self._whole(exchange, whole)
         finally:
             close = getattr(result, "close", None)
             if close is not None:

@@ -219,12 +219,15 @@ class Request:
 class Response:
     """
     An HTTP response.  C{body} is bytes, or an async iterator of bytes that
-    the runtime streams to the client as it is produced.
+    the runtime streams to the client as it is produced.  C{reason} is the
+    status line's phrase when the app gave its own (C{None}: the standard
+    one of C{status}).
     """
 
     status: int = 200
     headers: Headers = field(factory=Headers, converter=_headers)
     body: Body = b""
+    reason: str | None = None
 
     @classmethod
     def text(cls, text: str, status: int = 200, headers: object = None) -> Response:
@@ -244,10 +247,11 @@ class Response:
         return cls.json({"error": {"code": code, "message": message}}, status, headers)
 
     def with_header(self, name: str, value: str) -> Response:
-        return type(self)(self.status, self.headers.set(name, value), self.body)
+        return type(self)(self.status, self.headers.set(name, value), self.body, self.reason)
 
     def with_status(self, status: int) -> Response:
-        return evolve(self, status=status)
+        """A copy with another status (and its standard reason phrase)."""
+        return evolve(self, status=status, reason=None)
 
     def with_body(self, body: Body) -> Response:
         return evolve(self, body=body)

@@ -160,8 +160,9 @@ class Sender:
     def callRemote(self, command: type[amp.Command], **arguments: Any) -> Deferred | None:
         command.makeArguments(arguments, None).serialize()
         if command is events.ResponseStart:  # recorded with its head unpacked
-            status, headers, end = events.parse_response_head(arguments.pop("head"))
-            arguments.update(status=status, headers=json.dumps(headers), end=end)
+            _, _, _, reason = events.response_start(head := arguments.pop("head"))
+            status, headers, end = events.parse_response_head(head)
+            arguments.update(status=status, headers=json.dumps(headers), end=end, reason=reason)
         self.sent.append((command.__name__, arguments))
         if not command.requiresAnswer:
             return None

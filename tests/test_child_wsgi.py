@@ -112,6 +112,20 @@ async def test_generator_streams(adapters) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_app_s_own_reason_phrase_goes_with_its_status(adapters) -> None:
+    for body in ([b"x"], (b for b in [b"x", b"y"])):
+        sender = Sender()
+
+        def app(environ, start_response, body=body):
+            start_response("299 Custom Thing", [])
+            return body
+
+        await adapters(app).handle(incoming(), ResponseWriter(sender, 1))
+        [start] = [sent for sent in sender.sent if sent[0] == "ResponseStart"]
+        assert (start[1]["status"], start[1]["reason"]) == (299, "Custom Thing")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_small_body_that_drips_goes_out_as_it_drips(adapters) -> None:
     """A Content-Length of 10 bytes yielded 5 at a time: the first 5 go before the next."""
     sent_while_running = []

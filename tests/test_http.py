@@ -288,3 +288,10 @@ def test_for_app_is_with_path_and_x_base():
         "1.2.3.4",
     )
     assert moved.headers.get_all("x-base") == ["/app"]
+
+
+def test_an_app_s_reason_phrase_stays_with_its_status():
+    response = Response(299, {}, b"", "Custom Thing")
+    assert response.with_header("x-a", "1").reason == "Custom Thing"
+    assert response.with_body(b"other").reason == "Custom Thing"
+    assert response.with_status(200).reason is None  # another status: its standard phrase

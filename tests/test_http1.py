@@ -100,6 +100,23 @@ def test_an_answer_s_reason_phrase_is_the_standard_one(status, line):
     assert client.received().startswith(line)
 
 
+@pytest.mark.parametrize(
+    ("reason", "line"),
+    [
+        ("Custom Thing", b"HTTP/1.1 299 Custom Thing\r\n"),
+        ("", b"HTTP/1.1 299 \r\n"),
+        ("Bad\r\nX-Injected: 1", b"HTTP/1.1 299 Bad  X-Injected: 1\r\n"),  # one line still
+        ("caf\u00e9\u2603", b"HTTP/1.1 299 caf\xe9?\r\n"),
+    ],
+)
+def test_an_app_s_own_reason_phrase_is_sent_and_cannot_split_the_head(reason, line):
+    client = connect(Door(always(Response(299, {}, b"", reason))))
+    client.send(get(b"/x"))
+    data = client.received()
+    assert data.startswith(line)
+    assert b"\r\nX-Injected" not in data
+
+
 def test_heads_and_bodies_split_at_any_byte_are_read_whole():
     client = connect()
     data = post(b"/up", b"abcdef") + get(b"/next")

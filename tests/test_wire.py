@@ -358,11 +358,22 @@ def test_an_empty_box_is_refused_as_in_amp() -> None:
 
 def test_a_response_head_is_read_with_its_headers() -> None:
     head = response_head(200, '[["content-type","text/plain"]]', True)
-    assert response_start(head) == (200, Headers([("content-type", "text/plain")]), True)
+    assert response_start(head) == (200, Headers([("content-type", "text/plain")]), True, None)
+    head = response_head(299, "[]", False, "Custom \u00e9")
+    assert response_start(head) == (299, Headers(), False, "Custom \u00e9")
 
 
 @pytest.mark.parametrize(
-    "head", ["", "[200", "[200,[],true,1]", '[200,[["a"]],true]', '["x",[],true]', "{}"]
+    "head",
+    [
+        "",
+        "[200",
+        "[200,[],true,1]",
+        '[200,[],true,"OK",1]',
+        '[200,[["a"]],true]',
+        '["x",[],true]',
+        "{}",
+    ],
 )
 def test_a_malformed_response_head_raises_a_value_or_type_error(head: str) -> None:
     with pytest.raises((ValueError, TypeError)):
@@ -370,7 +381,7 @@ def test_a_malformed_response_head_raises_a_value_or_type_error(head: str) -> No
 
 
 def test_header_values_that_are_not_text_are_made_text() -> None:
-    status, headers, end = response_start('[201,[["x-n",5]],false]')
+    status, headers, end, _ = response_start('[201,[["x-n",5]],false]')
     assert (status, headers.items(), end) == (201, [("x-n", "5")], False)
 
 

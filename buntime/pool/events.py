@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from twisted.protocols import amp
 
-from buntime._json import loads
+from buntime._json import dumps, loads
 from buntime.http import Headers
 
 
@@ -26,17 +26,19 @@ class StartupFailed(amp.Command):
     response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
-def response_head(status: int, headers_json: str, end: bool) -> str:
+def response_head(status: int, headers_json: str, end: bool, reason: str | None = None) -> str:
     """
     The C{head} of a L{ResponseStart}: the JSON array C{[status, headers,
-    end]}, C{headers_json} being the JSON list of C{[name, value]} pairs.
+    end]}, C{headers_json} being the JSON list of C{[name, value]} pairs,
+    and the app's own C{reason} phrase last when it gave one.
     """
-    return f"[{int(status)},{headers_json},{'true' if end else 'false'}]"
+    head = f"[{int(status)},{headers_json},{'true' if end else 'false'}"
+    return head + (f",{dumps(reason)}]" if reason is not None else "]")
 
 
 def parse_response_head(head: str) -> tuple[int, list[list[str]], bool]:
     """C{(status, headers, end)} from a L{ResponseStart} C{head}."""
-    status, headers, end = loads(head)
+    status, headers, end = loads(head)[:3]
     return int(status), headers, bool(end)
 
 
@@ -54,13 +56,20 @@ def _headers_of(pairs: list[list[str]]) -> Headers:
     return Headers([tuple(pair) for pair in pairs])  # converts, or refuses, the odd ones
 
 
-def response_start(head: str) -> tuple[int, Headers, bool]:
+def response_start(head: str) -> tuple[int, Headers, bool, str | None]:
     """
-    L{parse_response_head} with the headers as L{Headers}.  Raises
-    C{ValueError} or C{TypeError} for a malformed head.
+    L{parse_response_head} with the headers as L{Headers}, and the app's
+    reason phrase (C{None}: none given).  Raises C{ValueError} or
+    C{TypeError} for a malformed head.
     """
-    status, pairs, end = loads(head)
-    return int(status), _headers_of(pairs), bool(end)
+    fields = loads(head)
+    if type(fields) is not list or len(fields) not in (3, 4):
+        raise ValueError(f"a response head of {len(fields)} fields")
+    status, pairs, end = fields[:3]
+    reason = fields[3] if len(fields) == 4 else None
+    if reason is not None and type(reason) is not str:
+        raise TypeError(f"reason phrase {reason!r}")
+    return int(status), _headers_of(pairs), bool(end), reason
 
 
 class ResponseStart(amp.Command):

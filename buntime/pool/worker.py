@@ -676,7 +676,7 @@ class Worker:
         if exchange is None or exchange.started:
             return
         try:
-            status, parsed, end = response_start(head)
+            status, parsed, end, reason = response_start(head)
         except (ValueError, TypeError):
             self.response_failed(rid, f"malformed response head: {head[:200]!r}")
             return
@@ -687,13 +687,13 @@ class Worker:
         self.total_response_time += self.clock.seconds() - exchange.started_at
         if end:
             self._finish(exchange, "ok")
-            exchange.response.callback(Response(status, parsed, body))
+            exchange.response.callback(Response(status, parsed, body, reason))
             return
         stream = ResponseStream(lambda: self._abandon(rid))
         if body:
             stream.feed(body)
         exchange.stream = stream
-        exchange.response.callback(Response(status, parsed, stream))
+        exchange.response.callback(Response(status, parsed, stream, reason))
 
     def response_body(self, rid: int, data: bytes) -> Deferred:
         exchange = self._exchanges.get(rid)

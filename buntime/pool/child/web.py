@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.web import resource, server
+from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -148,7 +149,9 @@ class _Channel:
             for name, values in headers.getAllRawHeaders()
             for value in values
         ]
-        self.writer.start(int(code), pairs)
+        # the app's own phrase (setResponseCode(code, message)), not Twisted's default
+        own = reason != RESPONSES.get(int(code), b"Unknown Status")
+        self.writer.start(int(code), pairs, reason.decode("latin-1") if own else None)
 
     def write(self, data: bytes) -> None:
         if self.done.called:

@@ -68,6 +68,7 @@ class ResponseWriter:
     state: str = NEW
     _status: int = 0
     _headers: str = "[]"
+    _reason: str | None = None
 
     @property
     def started(self) -> bool:
@@ -79,8 +80,13 @@ class ResponseWriter:
         """The response is over: ended, failed or cancelled."""
         return self.state in (ENDED, FAILED, CANCELLED)
 
-    def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
-        """Set the status and headers (sent with the first body chunk)."""
+    def start(
+        self, status: int, headers: Iterable[tuple[str, str]], reason: str | None = None
+    ) -> None:
+        """
+        Set the status, headers and, when the app gave its own, the status
+        line's reason phrase (sent with the first body chunk).
+        """
         if self.state == CANCELLED:
             raise RequestCancelled(f"request {self.rid} was cancelled")
         if self.state != NEW:
@@ -88,6 +94,7 @@ class ResponseWriter:
         if not 100 <= int(status) <= 999:
             raise ValueError(f"invalid HTTP status {status!r}")
         self._status, self._headers = int(status), encode_headers(headers)
+        self._reason = reason
         self.state = HELD
 
     def write(self, data: bytes) -> Deferred:
@@ -125,10 +132,16 @@ class ResponseWriter:
             return fail(RequestCancelled(f"request {self.rid} was cancelled"))
         return Deferred.fromCoroutine(self._end(data))
 
-    def respond(self, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> Deferred:
+    def respond(
+        self,
+        status: int,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        reason: str | None = None,
+    ) -> Deferred:
         """The whole response at once."""
         try:
-            self.start(status, headers)
+            self.start(status, headers, reason)
         except Exception:
             return fail()
         return self.end(body)
@@ -162,5 +175,5 @@ class ResponseWriter:
             await self.protocol.callRemote(events.ResponseBody, rid=self.rid, data=piece)
 
     def _send_start(self, body: bytes, end: bool) -> None:
-        head = events.response_head(self._status, self._headers, end)
+        head = events.response_head(self._status, self._headers, end, self._reason)
         self.protocol.callRemote(events.ResponseStart, rid=self.rid, head=head, body=body)

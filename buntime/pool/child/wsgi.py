@@ -82,6 +82,7 @@ class _Exchange:
     writer: ResponseWriter
     send: Callable[..., Any]
     status: int | None = None
+    reason: str | None = None
     headers: list[tuple[str, str]] = field(factory=list)
     sent: bool = False
 
@@ -94,7 +95,9 @@ class _Exchange:
                 exc_info = None
         elif self.status is not None:
             raise RuntimeError("start_response called twice without exc_info")
-        self.status = int(str(status).split(None, 1)[0])
+        code, _, reason = str(status).partition(" ")
+        self.status = int(code)
+        self.reason = reason  # the app's own phrase, passed on as given
         self.headers = [(str(name), str(value)) for name, value in headers]
         return self.write
 
@@ -103,7 +106,7 @@ class _Exchange:
         if self.status is None:
             raise RuntimeError("WSGI app sent a body before calling start_response")
         headers, self.sent = (None if self.sent else self.headers), True
-        self.send(self.writer, self.status, headers, bytes(data))
+        self.send(self.writer, self.status, headers, bytes(data), self.reason)
 
     def content_length(self) -> int | None:
         for name, value in self.headers:
@@ -115,10 +118,16 @@ class _Exchange:
         return None
 
 
-def _send(writer: ResponseWriter, status: int, headers: list | None, data: bytes) -> Deferred:
+def _send(
+    writer: ResponseWriter,
+    status: int,
+    headers: list | None,
+    data: bytes,
+    reason: str | None = None,
+) -> Deferred:
     """Reactor side of a streamed chunk (C{headers} only with the first)."""
     if headers is not None and not writer.started:
-        writer.start(status, headers)
+        writer.start(status, headers, reason)
     return writer.write(data)
 
 
@@ -194,7 +203,7 @@ class WsgiAdapter:
     def _whole(exchange: _Exchange, body: bytes) -> tuple:
         if exchange.status is None:
             raise RuntimeError("WSGI app did not call start_response")
-        return exchange.status, exchange.headers, body
+        return exchange.status, exchange.headers, body, exchange.reason
 
     def _blocking(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """C{function} called in the reactor thread, waiting for its Deferred."""

@@ -43,7 +43,13 @@ from buntime.http import Response
 from buntime.web.http1.exchange import Exchange
 from buntime.web.http1.head import Head, Refusal, judge, request_id_for
 from buntime.web.http1.limits import Limits
-from buntime.web.http1.response import NO_BODY, header_lines, refusal_bytes, status_line
+from buntime.web.http1.response import (
+    NO_BODY,
+    header_lines,
+    reason_phrase,
+    refusal_bytes,
+    status_line,
+)
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 UNSENT_MOST = 64 * 1024
@@ -540,7 +546,8 @@ class HTTP1Connection(Protocol):
         exchange.written = True
         head = exchange.head
         lines, given = header_lines(response.headers)
-        lines.insert(0, status_line(status, self._clock.seconds(), exchange.request_id))
+        reason = None if response.reason is None else reason_phrase(response.reason)
+        lines.insert(0, status_line(status, self._clock.seconds(), exchange.request_id, reason))
         body = response.body
         no_body = status in NO_BODY
         silent = no_body or head.method == "HEAD"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from http import HTTPStatus
 
 from twisted.web.http import datetimeToString
@@ -88,6 +89,15 @@ class DateHeader:
 
 
 date_header = DateHeader()
+
+
+_NOT_IN_A_PHRASE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""What RFC 9112 keeps out of a reason phrase (HTAB, SP, visible and obs-text stay)."""
+
+
+def reason_phrase(text: str) -> bytes:
+    """An app's own reason phrase as it can go on a status line (a control character: a space)."""
+    return _NOT_IN_A_PHRASE.sub(b" ", text.encode("latin-1", "replace"))
 
 
 def status_line(status: int, now: float, request_id: str, reason: bytes | None = None) -> bytes:

@@ -556,7 +556,12 @@ def callgrind(output: str) -> list[str]:
 
 
 def measure_instructions(
-    wanted: list[str], duration: float, log_level: str, workdir: str, script: str
+    wanted: list[str],
+    duration: float,
+    log_level: str,
+    workdir: str,
+    script: str,
+    varied_script: str,
 ) -> dict[str, Any]:
     """
     Instructions per request of the baseline and of the runtime (its own
@@ -565,8 +570,6 @@ def measure_instructions(
     for the same code, whatever else the machine does.
     """
     results: dict[str, Any] = {}
-    varied_script = os.path.join(workdir, "varied.lua")
-    write_files(workdir, {"varied.lua": _WRK_SCRIPT + _WRK_VARIED})
 
     def measured(pid: int, output: str, url: str, name: str) -> None:
         path, method, _, _ = SCENARIOS[name]
@@ -694,9 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": max(1, options.rounds),
         "results": {},
     }
-    with _workdir() as (workdir, script):
-        varied_script = os.path.join(workdir, "varied.lua")
-        write_files(workdir, {"varied.lua": _WRK_SCRIPT + _WRK_VARIED})
+    with _workdir() as (workdir, script, varied_script):
 
         def load(url: str, name: str, seconds: float) -> dict[str, Any]:
             """Drive scenario C{name} at C{url} (the server's base) for C{seconds}."""
@@ -786,13 +787,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def _workdir() -> Iterator[tuple[str, str]]:
-    """A temporary directory for one run, and the wrk script in it."""
+def _workdir() -> Iterator[tuple[str, str, str]]:
+    """
+    A temporary directory for one run, and the wrk scripts in it: the plain
+    one, and the one of C{VARIED_SCENARIOS}.
+    """
     with tempfile.TemporaryDirectory(prefix="buntime-bench-") as workdir:
-        script = os.path.join(workdir, "report.lua")
-        with open(script, "w") as handle:
-            handle.write(_WRK_SCRIPT)
-        yield workdir, script
+        write_files(workdir, {"report.lua": _WRK_SCRIPT, "varied.lua": _WRK_SCRIPT + _WRK_VARIED})
+        yield workdir, os.path.join(workdir, "report.lua"), os.path.join(workdir, "varied.lua")
 
 
 def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -865,9 +867,9 @@ def _instructions_main(parser: Any, wanted: list[str], options: Any) -> int:
     if missing:
         parser.error(f"--instructions needs {', '.join(missing)} (apt-get install valgrind wrk)")
     report: dict[str, Any] = {"duration": options.duration}
-    with _workdir() as (workdir, script):
+    with _workdir() as (workdir, script, varied_script):
         report["results"] = measure_instructions(
-            wanted, options.duration, options.log_level, workdir, script
+            wanted, options.duration, options.log_level, workdir, script, varied_script
         )
     print_instructions(report)
     _save(report, options.json)

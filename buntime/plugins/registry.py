@@ -342,7 +342,7 @@ class PluginRegistry:
                 return when_answered(
                     result,
                     self._response_hooked,
-                    self._response_hook_failed,
+                    self._response_hooked,
                     plugin,
                     hooks,
                     index,
@@ -370,19 +370,11 @@ class PluginRegistry:
         response: Response,
         app: AppInfo | None,
     ) -> Response | Deferred[Response]:
-        response = self._hooked_response(plugin, result, response)
-        return self._responded(hooks, index + 1, response, app)
-
-    def _response_hook_failed(
-        self,
-        failure: Failure,
-        plugin: LoadedPlugin,
-        hooks: tuple[tuple[LoadedPlugin, Any], ...],
-        index: int,
-        response: Response,
-        app: AppInfo | None,
-    ) -> Response | Deferred[Response]:
-        _plugin_error(plugin, "on_response", failure.value)
+        """An awaited C{on_response} answer (a failure keeps the response), then the rest."""
+        if isinstance(result, Failure):
+            _plugin_error(plugin, "on_response", result.value)
+        else:
+            response = self._hooked_response(plugin, result, response)
         return self._responded(hooks, index + 1, response, app)
 
     async def server_fetch(self, request: Request) -> Response | None:

@@ -38,8 +38,24 @@ def response_head(status: int, headers_json: str, end: bool, reason: str | None 
 
 def parse_response_head(head: str) -> tuple[int, list[list[str]], bool]:
     """C{(status, headers, end)} from a L{ResponseStart} C{head}."""
-    status, headers, end = loads(head)[:3]
-    return int(status), headers, bool(end)
+    status, headers, end, _ = _response_fields(head)
+    return status, headers, end
+
+
+def _response_fields(head: str) -> tuple[int, list[list[str]], bool, str | None]:
+    """
+    C{(status, headers, end, reason)} from a L{ResponseStart} C{head}
+    (C{reason}: C{None} when the app gave none).  Raises C{ValueError} or
+    C{TypeError} for a malformed head.
+    """
+    fields = loads(head)
+    if type(fields) is not list or len(fields) not in (3, 4):
+        raise ValueError(f"a response head of {len(fields)} fields")
+    status, pairs, end = fields[:3]
+    reason = fields[3] if len(fields) == 4 else None
+    if reason is not None and type(reason) is not str:
+        raise TypeError(f"reason phrase {reason!r}")
+    return int(status), pairs, bool(end), reason
 
 
 def _headers_of(pairs: list[list[str]]) -> Headers:
@@ -62,14 +78,8 @@ def response_start(head: str) -> tuple[int, Headers, bool, str | None]:
     reason phrase (C{None}: none given).  Raises C{ValueError} or
     C{TypeError} for a malformed head.
     """
-    fields = loads(head)
-    if type(fields) is not list or len(fields) not in (3, 4):
-        raise ValueError(f"a response head of {len(fields)} fields")
-    status, pairs, end = fields[:3]
-    reason = fields[3] if len(fields) == 4 else None
-    if reason is not None and type(reason) is not str:
-        raise TypeError(f"reason phrase {reason!r}")
-    return int(status), _headers_of(pairs), bool(end), reason
+    status, pairs, end, reason = _response_fields(head)
+    return status, _headers_of(pairs), end, reason
 
 
 class ResponseStart(amp.Command):

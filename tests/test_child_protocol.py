@@ -28,6 +28,7 @@ from buntime.pool.child.body import HIGH_WATER, BodyReader
 from buntime.pool.child.loader import LoadedApp, load
 from buntime.pool.child.protocol import WorkerProtocol
 from buntime.pool.child.request import IncomingRequest
+from buntime.pool.child.writer import ResponseWriter
 from buntime.pool.stream import CHUNK_SIZE, chunks
 
 
@@ -461,3 +462,44 @@ async def _turn() -> None:
     d: Deferred = Deferred()
     reactor.callLater(0, d.callback, None)
     await d
+
+
+@implementer(IAdapter)
+@define(eq=False)
+class WorksAfterAnswering:
+    """An app that answers at once and goes on working (a background task) until told."""
+
+    kind: str = "routes"
+    later: Deferred = field(factory=Deferred)
+    events: list = field(factory=list)
+
+    def startup(self) -> Deferred:
+        return succeed(None)
+
+    def shutdown(self) -> Deferred:
+        self.events.append("shutdown")
+        return succeed(None)
+
+    def handle(self, request: object, writer: ResponseWriter) -> Deferred:
+        writer.start(200, [])
+        writer.end(b"answered")
+        return self.later.addCallback(lambda _: self.events.append("background done"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminate_waits_for_work_after_the_response() -> None:
+    """Terminate lets an app call finish what it does after its response, then shuts down."""
+    runtime, worker = RuntimeSide(), WorkerProtocol(reactor)
+    closed = loopbackAsync(worker, runtime)
+    adapter = WorksAfterAnswering()
+    await worker.serve(LoadedApp(types.ModuleType("background"), adapter))
+    answer = await runtime.request(path="/").done
+    assert (answer.status, bytes(answer.body)) == (200, b"answered")
+    terminated = runtime.callRemote(commands.Terminate)
+    await runtime.callRemote(commands.Idle)
+    assert not terminated.called and adapter.events == []
+    adapter.later.callback(None)
+    await terminated
+    assert adapter.events == ["background done", "shutdown"]
+    runtime.transport.loseConnection()
+    await closed

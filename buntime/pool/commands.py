@@ -95,8 +95,11 @@ class Idle(amp.Command):
 
 class Terminate(amp.Command):
     """
-    Stop: call C{on_terminate} and the ASGI lifespan shutdown, answer, then
-    exit once the connection closes.
+    Stop: wait until no call to the app is in flight (what an app does after
+    its response, such as an ASGI background task, included), call
+    C{on_terminate} and the ASGI lifespan shutdown, answer, then exit once
+    the connection closes.  The runtime bounds the wait by the app's
+    C{timeout}.
     """
 
     arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []

@@ -4,6 +4,12 @@ The worker's end of the AMP channel: requests in, events out.
 Each L{commands.StartRequest} gets a L{BodyReader} and a L{ResponseWriter}
 and goes to the app's adapter; many run at once.  An app exception is logged
 (traceback on stderr) and reported as L{events.ResponseError}.
+
+A call to the app is in flight until the app returns, which may be well
+after its response went out (an ASGI background task, a WSGI iterable still
+being closed): L{commands.Terminate} waits for every such call before the
+app's C{on_terminate} and lifespan shutdown, as uvicorn and gunicorn do.
+The runtime bounds that wait by the app's C{timeout}.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class WorkerProtocol(FastAMP):
         self._on_lost = on_lost
         self._on_terminated = on_terminated
         self._requests: dict[int, _InFlight] = {}
+        self._settled: list[Deferred] = []
 
     # -- startup -------------------------------------------------------------------
 
@@ -142,6 +149,10 @@ class WorkerProtocol(FastAMP):
     def _finished(self, result: object, rid: int, inflight: _InFlight) -> None:
         if self._requests.get(rid) is inflight:
             del self._requests[rid]
+            if not self._requests and self._settled:
+                settled, self._settled = self._settled, []
+                for waiter in settled:
+                    waiter.callback(None)
         inflight.body.close()
         if isinstance(result, Failure):
             if inflight.cancelled and result.check(CancelledError, RequestCancelled, BodyClosed):
@@ -162,10 +173,19 @@ class WorkerProtocol(FastAMP):
             d.addCallback(lambda _: release_memory())
         return d.addCallback(lambda _: {})
 
+    def settled(self) -> Deferred:
+        """Fires once no call to the app is in flight (work after a response included)."""
+        if not self._requests:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._settled.append(waiter)
+        return waiter
+
     @commands.Terminate.responder
     def terminate(self) -> Deferred:
         self.terminated = True
-        d = self._hook("on_terminate")
+        d = self.settled()
+        d.addCallback(lambda _: self._hook("on_terminate"))
         if self.app is not None:
             adapter = self.app.adapter
             d.addCallback(lambda _: adapter.shutdown())

@@ -32,6 +32,8 @@ from buntime.pool.commands import (
     RequestBodyEnd,
     StartRequest,
     Terminate,
+    WebSocketDisconnect,
+    WebSocketReceive,
     parse_request_head,
 )
 from buntime.pool.events import (
@@ -42,6 +44,8 @@ from buntime.pool.events import (
     ResponseError,
     ResponseStart,
     StartupFailed,
+    WebSocketClose,
+    WebSocketSend,
     response_head,
 )
 from buntime.pool.launch import ILauncher, LauncherUnavailable, LaunchSpec
@@ -66,6 +70,8 @@ class ChildRequest:
     chunks: list[bytes] = field(factory=list)
     complete: bool = False
     cancelled: bool = False
+    socket_in: list[tuple[bytes, bool, bool]] = field(factory=list)
+    socket_closed: tuple[int, str] | None = None
     _waiters: list[Deferred] = field(factory=list)
 
     async def body(self) -> bytes:
@@ -95,6 +101,15 @@ class ChildRequest:
 
     def error(self, message: str) -> None:
         self.child.callRemote(ResponseError, rid=self.rid, error=message)
+
+    def socket_send(self, data: bytes, binary: bool = False, final: bool = True) -> Deferred:
+        """A piece of a WebSocket message; fires when the runtime's client can take more."""
+        return self.child.callRemote(
+            WebSocketSend, rid=self.rid, data=data, binary=binary, final=final
+        )
+
+    def socket_close(self, code: int, reason: str = "") -> None:
+        self.child.callRemote(WebSocketClose, rid=self.rid, code=code, reason=reason)
 
     async def respond(self, status: int = 200, headers: Any = (), body: bytes = b"") -> None:
         """Answer with C{body}, chunked as the real worker does."""
@@ -136,6 +151,7 @@ class FakeChild(amp.AMP):
         self.idles = 0
         self.terminates = 0
         self.errors: list[Failure] = []
+        self.hold_receives: list[Deferred] | None = None  # answers to WebSocketReceive held here
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -173,6 +189,20 @@ class FakeChild(amp.AMP):
     @RequestBodyEnd.responder
     def request_body_end(self, rid):
         self.requests[rid].completed()
+        return {}
+
+    @WebSocketReceive.responder
+    def websocket_receive(self, rid, data, binary, final):
+        self.requests[rid].socket_in.append((data, binary, final))
+        if self.hold_receives is not None:
+            waiting: Deferred = Deferred()
+            self.hold_receives.append(waiting)
+            return waiting.addCallback(lambda _: {})
+        return {}
+
+    @WebSocketDisconnect.responder
+    def websocket_disconnect(self, rid, code, reason):
+        self.requests[rid].socket_closed = (code, reason)
         return {}
 
     @CancelRequest.responder

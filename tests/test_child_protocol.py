@@ -503,3 +503,20 @@ async def test_terminate_waits_for_work_after_the_response() -> None:
     assert adapter.events == ["background done", "shutdown"]
     runtime.transport.loseConnection()
     await closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_asgi_apps_take_websockets(routes_dir: Path) -> None:
+    """An upgrade to a routes (or WSGI, Klein...) app gets a clear 501, not the page."""
+    c = await connect(routes_dir)
+    upgrade = [["host", "example.com"], ["connection", "Upgrade"], ["upgrade", "websocket"]]
+    answer = await c.runtime.request(path="/", headers=upgrade).done
+    assert answer.status == 501
+    assert json.loads(bytes(answer.body)) == {
+        "error": "WebSockets need an ASGI app; this is a routes app",
+        "code": "WEBSOCKET_UNSUPPORTED",
+    }
+    plain = await c.runtime.request(path="/", headers=upgrade[:1]).done
+    assert (plain.status, bytes(plain.body)) == (200, b"hi")
+    c.runtime.transport.loseConnection()
+    await c.closed

@@ -6,6 +6,13 @@ A request travels as one L{StartRequest} carrying the first chunk of its body
 final L{RequestBodyEnd}.  The worker answers through the events in
 L{buntime.pool.events}.  Request ids (C{rid}) are chosen by the runtime and
 unique per worker connection.
+
+A WebSocket upgrade is a request like any other until the app accepts it
+(a 101 L{buntime.pool.events.ResponseStart}); then the client's messages
+travel as L{WebSocketReceive} pieces and its close as L{WebSocketDisconnect},
+the app's as L{buntime.pool.events.WebSocketSend} and
+L{buntime.pool.events.WebSocketClose}, until the app's call returns
+(L{buntime.pool.events.ResponseEnd}).
 """
 
 from __future__ import annotations
@@ -104,3 +111,27 @@ class Terminate(amp.Command):
 
     arguments: ClassVar[list[tuple[bytes, amp.Argument]]] = []
     response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+
+
+class WebSocketReceive(amp.Command):
+    """
+    A piece (at most L{CHUNK_SIZE} bytes) of a message the client sent on a
+    WebSocket the app accepted for request C{rid}: C{binary} or UTF-8 text,
+    C{final} on the message's last piece.  The worker answers once the app
+    can take more, so awaiting the answer is the runtime's backpressure.
+    """
+
+    arguments = [
+        (b"rid", amp.Integer()),
+        (b"data", amp.String()),
+        (b"binary", amp.Boolean()),
+        (b"final", amp.Boolean()),
+    ]
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+
+
+class WebSocketDisconnect(amp.Command):
+    """The client closed the WebSocket of request C{rid} (or went away: C{code} 1006)."""
+
+    arguments = [(b"rid", amp.Integer()), (b"code", amp.Integer()), (b"reason", amp.Unicode())]
+    requiresAnswer = False

@@ -134,3 +134,30 @@ class Log(amp.Command):
         (b"fields", amp.Unicode()),
     ]
     requiresAnswer = False
+
+
+class WebSocketSend(amp.Command):
+    """
+    A piece (at most 60 KiB) of a message the app sends on the WebSocket it
+    accepted for request C{rid} (accepting is a L{ResponseStart} with status
+    101): C{binary} or UTF-8 text, C{final} on the message's last piece.
+    The runtime answers once the client can take more (backpressure).
+    """
+
+    arguments = [
+        (b"rid", amp.Integer()),
+        (b"data", amp.String()),
+        (b"binary", amp.Boolean()),
+        (b"final", amp.Boolean()),
+    ]
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
+
+
+class WebSocketClose(amp.Command):
+    """
+    The app closes the WebSocket of request C{rid} with C{code} and
+    C{reason}; a L{ResponseEnd} follows once the app's call returns.
+    """
+
+    arguments = [(b"rid", amp.Integer()), (b"code", amp.Integer()), (b"reason", amp.Unicode())]
+    requiresAnswer = False

@@ -44,9 +44,12 @@ from buntime.pool.events import (
     ResponseError,
     ResponseStart,
     StartupFailed,
+    WebSocketClose,
+    WebSocketSend,
     response_start,
 )
 from buntime.pool.launch import ILauncher, LaunchedProcess, LaunchSpec
+from buntime.pool.websocket import WorkerSocket
 from buntime.pool.wire import FastAMP, responder
 
 STARTING, ACTIVE, IDLE, EPHEMERAL, STOPPING, OFFLINE = (
@@ -206,7 +209,7 @@ class Exchange:
     path: str
     started_at: float
     response: Deferred = field(repr=False)
-    stream: ResponseStream | None = None
+    stream: ResponseStream | WorkerSocket | None = None
     deadline: float = float("inf")
     """When the request times out if its response has not started (see L{Worker._expire})."""
     started: bool = False
@@ -247,6 +250,15 @@ class WorkerProtocol(FastAMP):
     @ResponseBody.responder
     def got_response_body(self, rid: int, data: bytes) -> Deferred:
         return self.worker.response_body(rid, data)
+
+    @WebSocketSend.responder
+    def got_websocket_send(self, rid: int, data: bytes, binary: bool, final: bool) -> Deferred:
+        return self.worker.socket_message(rid, data, binary, final)
+
+    @responder(WebSocketClose)
+    def got_websocket_close(self, rid: int, code: int, reason: str) -> dict:
+        self.worker.socket_closed(rid, code, reason)
+        return {}
 
     @responder(ResponseEnd)
     def got_response_end(self, rid: int) -> dict:
@@ -689,6 +701,11 @@ class Worker:
             self._finish(exchange, "ok")
             exchange.response.callback(Response(status, parsed, body, reason))
             return
+        if status == 101:  # the app accepted a WebSocket
+            socket = WorkerSocket(self.protocol.callRemote, rid, lambda: self._abandon(rid))
+            exchange.stream = socket
+            exchange.response.callback(Response(status, parsed, socket, reason))
+            return
         stream = ResponseStream(lambda: self._abandon(rid))
         if body:
             stream.feed(body)
@@ -697,11 +714,27 @@ class Worker:
 
     def response_body(self, rid: int, data: bytes) -> Deferred:
         exchange = self._exchanges.get(rid)
-        if exchange is None or exchange.stream is None or not data:
+        stream = exchange.stream if exchange is not None else None
+        if type(stream) is not ResponseStream or not data:
             return succeed({})
         ack: Deferred = Deferred()
-        exchange.stream.feed(data, ack)
+        stream.feed(data, ack)
         return ack
+
+    def socket_message(self, rid: int, data: bytes, binary: bool, final: bool) -> Deferred:
+        """A piece of the app's message on its WebSocket, answered once the client can take more."""
+        exchange = self._exchanges.get(rid)
+        socket = exchange.stream if exchange is not None else None
+        if type(socket) is not WorkerSocket:
+            return succeed({})
+        return socket.app_message(data, binary, final)
+
+    def socket_closed(self, rid: int, code: int, reason: str) -> None:
+        """The app closes its WebSocket."""
+        exchange = self._exchanges.get(rid)
+        socket = exchange.stream if exchange is not None else None
+        if type(socket) is WorkerSocket:
+            socket.app_closed(code, reason)
 
     def response_ended(self, rid: int) -> None:
         exchange = self._exchanges.get(rid)

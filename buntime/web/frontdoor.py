@@ -24,6 +24,7 @@ from buntime import __version__
 from buntime._logging import finish_request, log, new_id, request_action, request_fields
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.plugins.rendering import render
+from buntime.pool.websocket import WorkerSocket
 from buntime.web.api import CoreAPI
 from buntime.web.http1 import Exchange, HandedOver
 from buntime.web.http1.head import client_request_id
@@ -261,8 +262,30 @@ class FrontDoor:
         tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path, task_uuid)
         exchange.on_end(tracked.finished, exchange)
         done = tracked.run(self.handle, incoming, tracked.fields, exchange)
-        # respond never raises (an answer it cannot write aborts the connection)
-        done.addCallbacks(exchange.respond, self._crashed, errbackArgs=(exchange,))
+        done.addCallbacks(
+            self._respond,
+            self._crashed,
+            callbackArgs=(exchange, incoming, tracked.fields),
+            errbackArgs=(exchange,),
+        )
+
+    def _respond(
+        self,
+        response: Response | None,
+        exchange: Exchange,
+        request: Request,
+        fields: dict[str, Any],
+    ) -> None:
+        """Write the answer (never raises: one it cannot write aborts the connection)."""
+        if (
+            response is not None
+            and response.status == 101
+            and type(response.body) is WorkerSocket
+            and self._websockets is not None
+        ):
+            self._websockets.relay(exchange, request, response, fields)  # a worker app's WebSocket
+            return
+        exchange.respond(response)
 
     def _crashed(self, failure: Any, exchange: Exchange) -> None:
         if failure.check(CancelledError):

@@ -1,5 +1,6 @@
 """
-WebSocket upgrades on plugin paths (SPEC §5 C{websocket}), served by autobahn.
+WebSocket upgrades on plugin paths (SPEC §5 C{websocket}) and to worker
+apps, served by autobahn.
 
 The front door calls L{WebSockets.upgrade} after the plugin C{on_request}
 hooks.  A request asking to upgrade on a path a plugin's C{websocket}
@@ -10,6 +11,12 @@ request is over: its eliot action ends with the handshake's status (101)
 and it no longer counts as in flight, so a shutdown's drain never waits on
 a WebSocket.  Open sockets are tracked here instead, and closed with 1001
 "going away" when the service stops.
+
+An upgrade no plugin takes goes on like any request; when a worker app
+accepts it, the answer is a 101 whose body is a
+L{buntime.pool.websocket.WorkerSocket}, and L{WebSockets.relay} hands the
+connection to an L{_AppSocket} protocol that answers the handshake with
+what the app accepted (subprotocol, headers) and relays messages both ways.
 """
 
 from __future__ import annotations
@@ -17,15 +24,17 @@ from __future__ import annotations
 from typing import Any, cast
 
 from attrs import define, field
-from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from buntime._logging import log
-from buntime.http import Request, Response
+from buntime.http import Headers, Request, Response
+from buntime.pool.websocket import WorkerSocket
 from buntime.web.http1 import Exchange, HandedOver
 
 GOING_AWAY = 1001
@@ -33,6 +42,12 @@ GOING_AWAY = 1001
 
 INTERNAL_ERROR = 1011
 """The close code for a socket whose handler failed in C{onOpen}."""
+
+PROTOCOL_ERROR, NO_STATUS, GONE = 1002, 1005, 1006
+"""
+What an app hears of a client's close frame with a code no frame may carry,
+of one without a code, and of a client gone without any close frame.
+"""
 
 CLOSE_GRACE = 5.0
 """Seconds open WebSockets get to finish their closing handshake before they are dropped."""
@@ -64,12 +79,15 @@ def _with_request_id(result: Any, request_id: str) -> tuple[Any, dict[str, Any]]
 
 @define(eq=False)
 class _Socket:
-    """One connection handed to a plugin's WebSocket handler, from handshake to close."""
+    """
+    One connection handed to a WebSocket protocol, from handshake to close;
+    C{owner} names who serves it in log messages (C{plugin} or C{app}).
+    """
 
     protocol: WebSocketServerProtocol
     exchange: Exchange
     request_id: str
-    plugin: str
+    owner: dict[str, str]
     path: str
     started: float
     status: int | None = None  # the handshake's answer, once the HTTP request ended
@@ -105,9 +123,9 @@ class _Socket:
                 log(
                     "error",
                     "buntime:websocket:handler-failed",
-                    f'Plugin "{self.plugin}" WebSocket onOpen failed; closing with 1011',
+                    f"WebSocket onOpen of {self.owner} failed; closing with 1011",
                     request_id=self.request_id,
-                    plugin=self.plugin,
+                    **self.owner,
                     traceback=Failure().getTraceback(),
                 )
                 protocol.sendCloseFrame(INTERNAL_ERROR, b"internal error")
@@ -145,6 +163,146 @@ class _Socket:
             self.protocol.dropConnection(abort=True)
 
 
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "content-length",
+        "sec-websocket-accept",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "transfer-encoding",
+        "upgrade",
+        "x-request-id",
+    }
+)
+"""Headers of an app's 101 the handshake writes itself (or must not carry)."""
+
+MAX_MESSAGE = 16 * 1024 * 1024
+"""The largest message a client may send to an app (uvicorn's C{ws_max_size})."""
+
+PING_INTERVAL = 20.0
+"""Seconds between pings to a client of an app's WebSocket; as long again for its pong."""
+
+RELAY_HIGH_WATER = 1024 * 1024
+"""Bytes of client messages the app has not taken yet before the client is read no more."""
+
+
+def _sendable(code: int) -> bool:
+    """Whether a close frame may carry C{code} (RFC 6455 §7.4)."""
+    return code in WebSocketServerProtocol.CLOSE_STATUS_CODES_ALLOWED or 3000 <= code <= 4999
+
+
+class _AppSocket(WebSocketServerProtocol):
+    """
+    The client's side of a WebSocket a worker app accepted: answers the
+    handshake with the app's subprotocol and headers, then relays messages
+    (the L{buntime.pool.websocket.ISocketPeer} of its L{WorkerSocket}).
+    Reading from the client pauses while the app is behind by more than
+    L{RELAY_HIGH_WATER} bytes; the app's sends wait while the client's
+    socket buffer is full.
+    """
+
+    def __init__(self, socket: WorkerSocket, accepted: Headers) -> None:
+        super().__init__()
+        self._socket = socket
+        self._accepted = accepted
+        self._behind = 0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._room: list[Deferred[None]] = []
+
+    # autobahn writes each value of a list as its own header line (Set-Cookie twice, say)
+    def onConnect(self, request: Any) -> tuple[str | None, dict[str, list[str]]]:  # type: ignore[override]
+        subprotocol, headers = None, {}  # type: tuple[str | None, dict[str, list[str]]]
+        for name, value in self._accepted.items():
+            lowered = name.lower()
+            if lowered == "sec-websocket-protocol":
+                subprotocol = value.strip() or None
+            elif lowered not in _NOT_FORWARDED:
+                headers.setdefault(name, []).append(value)
+        return subprotocol, headers
+
+    def onOpen(self) -> None:
+        self.registerProducer(_Pacer(self), True)
+        self._socket.attach(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        size = len(payload)
+        self._behind += size
+        self._socket.client_message(payload, isBinary).addCallback(self._taken, size)
+        if self._behind > RELAY_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            cast(IPushProducer, self.transport).pauseProducing()
+
+    def _taken(self, _: object, size: int) -> None:
+        self._behind -= size
+        if self._reading_paused and self._behind <= RELAY_HIGH_WATER:
+            self._reading_paused = False
+            if self.state != self.STATE_CLOSED:
+                cast(IPushProducer, self.transport).resumeProducing()
+
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        # The client's close (or its answer to ours): the app hears it now, with its code,
+        # before autobahn answers it and drops the connection (which may end it at once).
+        if code is None:
+            code = NO_STATUS
+        elif not _sendable(code):
+            code = PROTOCOL_ERROR  # a code no close frame may carry: autobahn fails the socket
+        reason = (reasonRaw or b"").decode("utf-8", "replace")
+        self._socket.client_closed(code, reason)
+        return super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.ended()
+
+    def ended(self) -> None:
+        """The connection is gone; if no close frame came, the app hears 1006."""
+        self._socket.client_closed(GONE, "")
+        self.writable()
+
+    # -- the socket's peer ------------------------------------------------------
+
+    def send_message(self, data: bytes, binary: bool) -> Deferred[None] | None:
+        if self.state != self.STATE_OPEN:
+            return None
+        self.sendMessage(data, isBinary=binary)
+        if not self._writing_paused:
+            return None
+        waiting: Deferred[None] = Deferred()
+        self._room.append(waiting)
+        return waiting
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state == self.STATE_OPEN:
+            code = code if _sendable(code) else INTERNAL_ERROR
+            self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+
+    def writable(self, paused: bool = False) -> None:
+        """The client's socket buffer is full (C{paused}) or has room again."""
+        self._writing_paused = paused
+        if not paused:
+            room, self._room = self._room, []
+            for waiting in room:
+                waiting.callback(None)
+
+
+@implementer(IPushProducer)
+class _Pacer:
+    """Tells an L{_AppSocket} when the client's socket buffer fills and drains."""
+
+    def __init__(self, socket: _AppSocket) -> None:
+        self._socket = socket
+
+    def pauseProducing(self) -> None:
+        self._socket.writable(paused=True)
+
+    def resumeProducing(self) -> None:
+        self._socket.writable()
+
+    def stopProducing(self) -> None:
+        self._socket.writable()
+
+
 @define(eq=False)
 class WebSockets(Service):
     """
@@ -157,6 +315,16 @@ class WebSockets(Service):
     grace: float = CLOSE_GRACE
     closing: bool = False
     _sockets: set[_Socket] = field(factory=set)
+    _relays: WebSocketServerFactory = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # the settings of worker apps' WebSockets (each plugin's factory has its own)
+        self._relays = WebSocketServerFactory(server=None)
+        self._relays.setProtocolOptions(
+            maxMessagePayloadSize=MAX_MESSAGE,
+            autoPingInterval=PING_INTERVAL,
+            autoPingTimeout=PING_INTERVAL,
+        )
 
     @property
     def open(self) -> int:
@@ -196,7 +364,7 @@ class WebSockets(Service):
             protocol,
             exchange,
             incoming.request_id or "",
-            plugin.name,
+            {"plugin": plugin.name},
             incoming.path,
             self.clock.seconds(),
         )
@@ -206,7 +374,46 @@ class WebSockets(Service):
         exchange.hand_over(protocol, _head(incoming))
         return True
 
+    def relay(
+        self, exchange: Exchange, request: Request, response: Response, fields: dict[str, Any]
+    ) -> None:
+        """
+        Hand C{exchange}'s connection to the WebSocket a worker app accepted
+        for C{request} (C{response}: the app's 101, whose body is the
+        L{WorkerSocket}); when that cannot be (the runtime is closing, the
+        request was no upgrade), answer the client instead.
+        """
+        body = response.body
+        assert isinstance(body, WorkerSocket)
+        fields["upgrade"] = "websocket"
+        if self.closing or not exchange.head.upgrade:
+            ensureDeferred(body.aclose())
+            if self.closing:
+                refusal = Response.error(
+                    503, "SHUTTING_DOWN", "The runtime is shutting down", {"retry-after": "1"}
+                )
+            else:
+                refusal = Response.error(502, "BAD_GATEWAY", "The app switched protocols unasked")
+            exchange.respond(refusal)
+            return
+        protocol = _AppSocket(body, response.headers)
+        protocol.factory = self._relays
+        socket = _Socket(
+            protocol,
+            exchange,
+            request.request_id or "",
+            {"app": str(fields.get("app", ""))},
+            request.path,
+            self.clock.seconds(),
+        )
+        socket.instrument()
+        self._sockets.add(socket)
+        protocol.is_closed.addBoth(lambda _: self._closed(socket))
+        exchange.hand_over(protocol, _head(request))
+
     def _closed(self, socket: _Socket) -> None:
+        if isinstance(socket.protocol, _AppSocket):  # the app hears of it, however it ended
+            socket.protocol.ended()
         self._sockets.discard(socket)
         if socket.refused is not None:
             socket.decided(socket.refused)
@@ -221,7 +428,7 @@ class WebSockets(Service):
                 "buntime:websocket:closed",
                 f"WebSocket {socket.path} closed ({code or 'no code'}) after {duration}ms",
                 request_id=socket.request_id,
-                plugin=socket.plugin,
+                **socket.owner,
                 path=socket.path,
                 code=code,
                 clean=bool(protocol.wasClean),

@@ -10,6 +10,11 @@ C{more_body=True} goes to the runtime at once (Server-Sent Events); an empty
 one sends the headers without waiting for the first event.  After the body,
 C{receive()} waits for the end of the response or a cancel and then gives
 C{http.disconnect}.
+
+A WebSocket upgrade runs the app with the C{websocket} scope (ASGI spec
+2.4; C{root_path} is the base, C{subprotocols} what the client offered):
+C{websocket.accept} answers 101, C{websocket.close} before it 403, and the
+messages travel whole (see L{buntime.pool.child.websocket}).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from zope.interface import implementer
 from buntime.pool.child.adapter import IAdapter, on_loop
 from buntime.pool.child.body import BodyClosed
 from buntime.pool.child.request import IncomingRequest
+from buntime.pool.child.websocket import SocketClosed, SocketInbox
 from buntime.pool.child.writer import ResponseWriter
 
 
@@ -128,7 +134,11 @@ class AsgiAdapter:
         return Deferred.fromFuture(self.loop.create_task(self._lifespan.shutdown()))
 
     def handle(self, request: IncomingRequest, writer: ResponseWriter) -> Deferred:
-        return Deferred.fromFuture(self.loop.create_task(self.serve(request, writer)))
+        if request.socket is not None:
+            serving = self.serve_websocket(request, request.socket, writer)
+        else:
+            serving = self.serve(request, writer)
+        return Deferred.fromFuture(self.loop.create_task(serving))
 
     def scope(self, request: IncomingRequest) -> dict:
         """The ASGI C{http} scope of C{request}."""
@@ -194,3 +204,90 @@ class AsgiAdapter:
             raise RuntimeError("ASGI app returned without sending a response")
         if not writer.finished:
             raise RuntimeError("ASGI app returned before completing its response")
+
+    def websocket_scope(self, request: IncomingRequest) -> dict:
+        """The ASGI C{websocket} scope of C{request}: the C{http} one, less the method."""
+        scope = self.scope(request)
+        del scope["method"]
+        scope["type"] = "websocket"
+        scope["asgi"] = {"version": "3.0", "spec_version": "2.4"}
+        scope["scheme"] = "wss" if request.scheme == "https" else "ws"
+        offered = ",".join(
+            value for name, value in request.headers if name.lower() == "sec-websocket-protocol"
+        )
+        scope["subprotocols"] = [token.strip() for token in offered.split(",") if token.strip()]
+        return scope
+
+    async def serve_websocket(
+        self, request: IncomingRequest, socket: SocketInbox, writer: ResponseWriter
+    ) -> None:
+        """
+        Run the app for one WebSocket (the ASGI C{websocket} scope).  Accepting
+        is a 101 response, closing before that a 403 (as uvicorn answers).
+        """
+        loop = self.loop
+        connected = accepted = closed = False
+
+        async def receive() -> dict:
+            nonlocal connected
+            if not connected:
+                connected = True
+                return {"type": "websocket.connect"}
+            message = await on_loop(socket.next(), loop)
+            if isinstance(message, int):
+                reason = socket.closed[1] if socket.closed is not None else ""
+                return {"type": "websocket.disconnect", "code": message, "reason": reason}
+            binary, data = message
+            if binary:
+                return {"type": "websocket.receive", "bytes": data}
+            return {"type": "websocket.receive", "text": data.decode("utf-8")}
+
+        async def send(message: dict) -> None:
+            nonlocal accepted, closed
+            kind = message["type"]
+            if closed or socket.closed is not None:
+                if kind == "websocket.close":
+                    return  # closing what the client closed: nothing to do
+                raise SocketClosed(f"cannot send {kind!r}: the WebSocket is closed")
+            if kind == "websocket.accept":
+                if accepted:
+                    raise RuntimeError("the WebSocket is already accepted")
+                headers = [
+                    (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
+                    for name, value in message.get("headers") or ()
+                ]
+                subprotocol = message.get("subprotocol")
+                if subprotocol is not None:
+                    headers.append(("sec-websocket-protocol", subprotocol))
+                writer.start(101, headers)
+                await on_loop(writer.write(b""), loop)
+                accepted = True
+            elif kind == "websocket.send":
+                if not accepted:
+                    raise RuntimeError("websocket.send before websocket.accept")
+                text = message.get("text")
+                if text is not None:
+                    await on_loop(writer.send_message(text.encode("utf-8"), False), loop)
+                else:
+                    await on_loop(writer.send_message(bytes(message["bytes"]), True), loop)
+            elif kind == "websocket.close":
+                closed = True
+                if accepted:
+                    code = int(message.get("code") or 1000)
+                    writer.close_socket(code, message.get("reason") or "")
+                else:
+                    await on_loop(writer.respond(403, [], b""), loop)
+            else:
+                raise ValueError(f"unsupported ASGI message type {kind!r}")
+
+        try:
+            await self.app(self.websocket_scope(request), receive, send)
+        except SocketClosed:
+            pass  # the client left while the app was sending: not the app's fault
+        if not accepted:
+            if not closed:
+                raise RuntimeError("ASGI app returned without accepting or closing the WebSocket")
+            return
+        if not closed and socket.closed is None:
+            writer.close_socket(1000, "")
+        await on_loop(writer.end(), loop)

@@ -31,6 +31,7 @@ from buntime.pool.child.body import BodyClosed, BodyReader
 from buntime.pool.child.loader import LoadedApp
 from buntime.pool.child.memory import release_memory
 from buntime.pool.child.request import IncomingRequest
+from buntime.pool.child.websocket import GONE, SocketInbox, wants_websocket
 from buntime.pool.child.writer import RequestCancelled, ResponseWriter
 from buntime.pool.stream import fit_text
 from buntime.pool.wire import FastAMP, responder
@@ -48,6 +49,12 @@ class _InFlight:
     writer: ResponseWriter
     done: Deferred | None = None
     cancelled: bool = False
+    socket: SocketInbox | None = None
+
+
+WEBSOCKET_UNSUPPORTED = (
+    '{"error":"WebSockets need an ASGI app; this is a %s app","code":"WEBSOCKET_UNSUPPORTED"}'
+)
 
 
 class WorkerProtocol(FastAMP):
@@ -102,13 +109,20 @@ class WorkerProtocol(FastAMP):
         if self.app is None:
             writer.fail("the worker has no app loaded")
             return {}
-        inflight = _InFlight(reader, writer)
+        socket = None
+        if wants_websocket(method, pairs):
+            if self.app.kind != "asgi":
+                body = (WEBSOCKET_UNSUPPORTED % self.app.kind).encode()
+                writer.respond(501, [("content-type", "application/json")], body)
+                return {}
+            socket = SocketInbox()
+        inflight = _InFlight(reader, writer, socket=socket)
         self._requests[rid] = inflight
         # the app's base as it sees it: x-base is the runtime's, never the client's
         pairs = [pair for pair in pairs if pair[0].lower() != "x-base"]
         pairs.append(["x-base", base])
         try:
-            request = IncomingRequest(method, path, base, pairs, reader, remote)
+            request = IncomingRequest(method, path, base, pairs, reader, remote, socket)
             done = self.app.adapter.handle(request, writer)
         except Exception:
             done = Deferred()
@@ -132,6 +146,24 @@ class WorkerProtocol(FastAMP):
             inflight.body.finish()
         return {}
 
+    @commands.WebSocketReceive.responder
+    def websocket_receive(
+        self, rid: int, data: bytes, binary: bool, final: bool
+    ) -> dict | Deferred:
+        inflight = self._requests.get(rid)
+        socket = inflight.socket if inflight is not None else None
+        waiting = socket.feed(data, binary, final) if socket is not None else None
+        if waiting is None:
+            return {}
+        return waiting.addCallback(lambda _: {})
+
+    @responder(commands.WebSocketDisconnect)
+    def websocket_disconnect(self, rid: int, code: int, reason: str) -> dict:
+        inflight = self._requests.get(rid)
+        if inflight is not None and inflight.socket is not None:
+            inflight.socket.disconnect(code, reason)
+        return {}
+
     @responder(commands.CancelRequest)
     def cancel_request(self, rid: int) -> dict:
         inflight = self._requests.get(rid)
@@ -143,6 +175,8 @@ class WorkerProtocol(FastAMP):
         inflight.cancelled = True
         inflight.writer.cancel()
         inflight.body.abort()
+        if inflight.socket is not None:
+            inflight.socket.disconnect(GONE)
         if inflight.done is not None:
             inflight.done.cancel()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from attrs import frozen
 
 from buntime.pool.child.body import BodyReader
+from buntime.pool.child.websocket import SocketInbox
 
 
 def split_host(value: str, default_port: int) -> tuple[str, int]:
@@ -31,7 +32,9 @@ class IncomingRequest:
     A request from the runtime.  C{target} is the path inside the app with
     its query string (the app's C{base} already stripped); C{headers} are
     C{[name, value]} pairs as sent; C{remote} is the client address
-    (C{"ip"}, C{"ip:port"} or C{"[ipv6]:port"}, possibly empty).
+    (C{"ip"}, C{"ip:port"} or C{"[ipv6]:port"}, possibly empty); C{socket}
+    is set for a WebSocket upgrade, and holds what the client sends once the
+    app accepts it.
     """
 
     method: str
@@ -40,6 +43,7 @@ class IncomingRequest:
     headers: list[list[str]]
     body: BodyReader
     remote: str = ""
+    socket: SocketInbox | None = None
 
     @property
     def path(self) -> str:

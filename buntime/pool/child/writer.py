@@ -17,7 +17,7 @@ from twisted.protocols import amp
 
 from buntime._json import dumps
 from buntime.pool import events
-from buntime.pool.stream import MAX_VALUE_LENGTH, fit_text, split_first
+from buntime.pool.stream import MAX_VALUE_LENGTH, chunks, fit_text, split_first
 
 NEW, HELD, STREAMING, ENDED, FAILED, CANCELLED = (
     "new",
@@ -146,6 +146,25 @@ class ResponseWriter:
             return fail()
         return self.end(body)
 
+    def send_message(self, data: bytes, binary: bool) -> Deferred:
+        """
+        Send one message on the WebSocket this response accepted (status
+        101, sent); fires once the runtime has taken it (backpressure).
+        """
+        if self.state == CANCELLED:
+            return fail(RequestCancelled(f"request {self.rid} was cancelled"))
+        if self.state != STREAMING or self._status != 101:
+            return fail(RuntimeError("no WebSocket was accepted on this response"))
+        pieces = chunks(bytes(data)) or [b""]
+        return Deferred.fromCoroutine(self._send_message(pieces, binary))
+
+    def close_socket(self, code: int, reason: str) -> None:
+        """Close the WebSocket this response accepted with C{code} and C{reason}."""
+        if self.state == STREAMING and self._status == 101:
+            self.protocol.callRemote(
+                events.WebSocketClose, rid=self.rid, code=code, reason=fit_text(reason, 123)
+            )
+
     def fail(self, error: str) -> None:
         """Tell the runtime the app failed on this request (unless it is over)."""
         if self.finished:
@@ -173,6 +192,15 @@ class ResponseWriter:
             if self.state == CANCELLED:
                 raise RequestCancelled(f"request {self.rid} was cancelled")
             await self.protocol.callRemote(events.ResponseBody, rid=self.rid, data=piece)
+
+    async def _send_message(self, pieces: list[bytes], binary: bool) -> None:
+        last = len(pieces) - 1
+        for index, piece in enumerate(pieces):
+            if self.state == CANCELLED:
+                raise RequestCancelled(f"request {self.rid} was cancelled")
+            await self.protocol.callRemote(
+                events.WebSocketSend, rid=self.rid, data=piece, binary=binary, final=index == last
+            )
 
     def _send_start(self, body: bytes, end: bool) -> None:
         head = events.response_head(self._status, self._headers, end, self._reason)

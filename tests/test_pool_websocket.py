@@ -293,3 +293,26 @@ def test_an_app_close_code_a_frame_cannot_carry_becomes_1011() -> None:
     protocol.close(1005, "no")  # 1005 must never be sent (RFC 6455 §7.4.1)
     frame = transport.value()
     assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4]) == (1011,)
+
+
+def test_a_retiring_worker_asks_its_clients_to_reconnect() -> None:
+    """Stopping a worker closes its sockets with 1012; their apps' calls then end the drain."""
+    requests: list[ChildRequest] = []
+    launcher, worker, socket = opened(accepting(requests))
+    peer = Peer()
+    socket.attach(peer)
+    stopped = Deferred.fromCoroutine(worker.stop(delay=0.1, grace=30))
+    launcher.settle()
+    assert peer.closed == [(1012, "worker retiring")]
+    assert child_of(launcher).terminates == 0  # draining: the app's call is still on
+    socket.client_closed(1012, "")  # the client answers the close ...
+    launcher.settle()
+    assert requests[0].socket_closed == (1012, "")
+    requests[0].end()  # ... and the app returns
+    launcher.settle()
+    assert child_of(launcher).terminates == 1
+    assert result_of(stopped) is None
+
+
+def child_of(launcher: FakeLauncher):
+    return launcher.processes[-1].child

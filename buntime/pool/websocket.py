@@ -21,8 +21,8 @@ from twisted.internet.defer import Deferred, succeed
 from buntime.pool.commands import CHUNK_SIZE, WebSocketDisconnect, WebSocketReceive
 from buntime.pool.stream import chunks, fit_text
 
-GOING_AWAY, GONE, INTERNAL_ERROR = 1001, 1006, 1011
-"""Close codes (RFC 6455 §7.4.1): a side going away, a connection lost, a failure."""
+GOING_AWAY, GONE, INTERNAL_ERROR, SERVICE_RESTART = 1001, 1006, 1011, 1012
+"""Close codes (RFC 6455 §7.4.1, IANA): going away, connection lost, failure, restart."""
 
 
 class ISocketPeer(Protocol):
@@ -91,6 +91,10 @@ class WorkerSocket:
     def app_closed(self, code: int, reason: str) -> None:
         """The app closes the socket."""
         self._closing(code, reason)
+
+    def retire(self) -> None:
+        """The worker is retiring: close with 1012 (the client reconnects to a fresh one)."""
+        self._closing(SERVICE_RESTART, "worker retiring")
 
     def end(self) -> None:
         """The app's call returned (its worker closed the socket first, if it was open)."""

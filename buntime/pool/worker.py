@@ -487,6 +487,9 @@ class Worker:
             self._fail_startup(StartupError("worker was stopped before it was ready"))
             was_ready = self.is_ready
             self.status = STOPPING
+            for exchange in self._exchanges.values():
+                if type(exchange.stream) is WorkerSocket:
+                    exchange.stream.retire()  # its client closes, then the app's call ends
             if self._exchanges:
                 await self._bounded(self._drain_waiter(), grace)
             if was_ready and self._connected and self.status == STOPPING:

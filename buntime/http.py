@@ -154,7 +154,9 @@ class Request:
     An HTTP request as plugins and worker ``routes`` handlers see it.
 
     C{url} is the path with its query string (C{/api/x?q=1}), or an absolute
-    URL; C{path} and C{query} are read from it.
+    URL; C{path} and C{query} are read from it.  C{remote_addr} and
+    C{remote_port} are the client's end of the connection, C{local_addr}
+    the C{(host, port)} the runtime accepted it on (C{None} when unknown).
     """
 
     method: str
@@ -162,6 +164,8 @@ class Request:
     headers: Headers = field(factory=Headers, converter=_headers)
     body: Body = b""
     remote_addr: str | None = None
+    remote_port: int | None = None
+    local_addr: tuple[str, int] | None = None
 
     _parts: tuple[str, str] | None = field(default=None, init=False, eq=False, repr=False)
     """The path (C{/} at least) and the query, split once (see L{path})."""
@@ -193,13 +197,29 @@ class Request:
 
     def with_header(self, name: str, value: str) -> Request:
         headers = self.headers.set(name, value)
-        return type(self)(self.method, self.url, headers, self.body, self.remote_addr)
+        return type(self)(
+            self.method,
+            self.url,
+            headers,
+            self.body,
+            self.remote_addr,
+            self.remote_port,
+            self.local_addr,
+        )
 
     def with_path(self, path: str) -> Request:
         """A copy with another path; the query string is kept."""
         query = self.query
         url = path + ("?" + query if query else "")
-        return type(self)(self.method, url, self.headers, self.body, self.remote_addr)
+        return type(self)(
+            self.method,
+            url,
+            self.headers,
+            self.body,
+            self.remote_addr,
+            self.remote_port,
+            self.local_addr,
+        )
 
     def with_body(self, body: Body) -> Request:
         return evolve(self, body=body)
@@ -212,7 +232,15 @@ class Request:
         query = self._split()[1]
         url = path + ("?" + query if query else "")
         headers = self.headers.set("x-base", base)
-        return type(self)(self.method, url, headers, self.body, self.remote_addr)
+        return type(self)(
+            self.method,
+            url,
+            headers,
+            self.body,
+            self.remote_addr,
+            self.remote_port,
+            self.local_addr,
+        )
 
 
 @frozen

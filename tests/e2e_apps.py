@@ -255,10 +255,18 @@ class _Collect(Protocol):
 
 async def raw_request(reactor: Any, port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send C{data} as is to the runtime and return every byte of its reply (until it closes)."""
+    return (await raw_exchange(reactor, port, data, timeout))[0]
+
+
+async def raw_exchange(
+    reactor: Any, port: int, data: bytes, timeout: float = 10.0
+) -> tuple[bytes, int]:
+    """L{raw_request}, and the client's own port."""
     protocol = _Collect(data)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+    own_port = protocol.transport.getHost().port
     try:
-        return await protocol.done.addTimeout(timeout, reactor)
+        return await protocol.done.addTimeout(timeout, reactor), own_port
     finally:
         if protocol.transport is not None:
             protocol.transport.loseConnection()

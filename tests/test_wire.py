@@ -13,7 +13,7 @@ from twisted.protocols import amp
 from twisted.test import iosim
 
 from buntime.http import Headers
-from buntime.pool.commands import parse_request_head, request_head
+from buntime.pool.commands import address, parse_request_head, request_head
 from buntime.pool.events import parse_response_head, response_head, response_start
 from buntime.pool.wire import FastAMP, fields_of, responder
 
@@ -164,9 +164,9 @@ texts = st.text(max_size=30)
 pairs = st.lists(st.tuples(texts, texts), max_size=5)
 
 
-@given(texts, texts, texts, pairs, texts, texts, st.booleans())
-def test_request_heads_round_trip(method, path, base, headers, remote, task, more) -> None:
-    head = request_head(method, path, base, headers, remote, task, more)
+@given(texts, texts, texts, pairs, texts, texts, st.booleans(), texts)
+def test_request_heads_round_trip(method, path, base, headers, remote, task, more, local) -> None:
+    head = request_head(method, path, base, headers, remote, task, more, local)
     assert parse_request_head(head) == (
         method,
         path,
@@ -175,7 +175,15 @@ def test_request_heads_round_trip(method, path, base, headers, remote, task, mor
         remote,
         task,
         more,
+        local,
     )
+
+
+def test_addresses() -> None:
+    assert address("10.0.0.1", 4567) == "10.0.0.1:4567"
+    assert address("::1", 80) == "[::1]:80"
+    assert address("10.0.0.1", None) == "10.0.0.1"
+    assert address(None, 80) == address("", None) == ""
 
 
 @given(st.integers(min_value=100, max_value=999), pairs, st.booleans())

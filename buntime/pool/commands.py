@@ -28,8 +28,17 @@ CHUNK_SIZE = 60 * 1024
 """Largest body chunk in one AMP value (AMP's limit is 64 KiB minus a bit)."""
 
 
-RequestHead = tuple[str, str, str, list[list[str]], str, str, bool]
-"""C{(method, path, base, headers, remote, task, more)}: see L{StartRequest}."""
+RequestHead = tuple[str, str, str, list[list[str]], str, str, bool, str]
+"""C{(method, path, base, headers, remote, task, more, local)}: see L{StartRequest}."""
+
+
+def address(host: str | None, port: int | None) -> str:
+    """C{"ip:port"}, C{"[ipv6]:port"}, or the host alone without a port (C{""}: unknown)."""
+    if not host:
+        return ""
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def request_head(
@@ -40,17 +49,18 @@ def request_head(
     remote: str,
     task: str,
     more: bool,
+    local: str = "",
 ) -> str:
     """The C{head} of a L{StartRequest}: a JSON array of its fields in this order."""
     if not isinstance(headers, list | tuple):
         headers = list(headers)
-    return dumps([method, path, base, headers, remote, task, more])
+    return dumps([method, path, base, headers, remote, task, more, local])
 
 
 def parse_request_head(head: str) -> RequestHead:
     """The fields of a L{StartRequest} C{head}."""
-    method, path, base, headers, remote, task, more = loads(head)
-    return method, path, base, headers, remote, task, bool(more)
+    method, path, base, headers, remote, task, more, local = loads(head)
+    return method, path, base, headers, remote, task, bool(more), local
 
 
 class StartRequest(amp.Command):
@@ -59,9 +69,10 @@ class StartRequest(amp.Command):
     (one AMP key rather than seven: every key costs on both sides of every
     request; see L{request_head}): the method, the path with the app's base
     stripped and the query string kept, the base, the headers as
-    C{[name, value]} pairs, the client address, the serialized eliot task
-    id the worker continues (may be empty), and C{more}, true when body
-    chunks follow.  C{body} is the first chunk of the body (often all of it).
+    C{[name, value]} pairs, the client address (see L{address}), the
+    serialized eliot task id the worker continues (may be empty), C{more},
+    true when body chunks follow, and the address the runtime accepted the
+    connection on (may be empty).  C{body} is the first chunk of the body (often all of it).
     """
 
     arguments = [

@@ -34,6 +34,7 @@ from buntime.pool.commands import (
     RequestBodyEnd,
     StartRequest,
     Terminate,
+    address,
     request_head,
 )
 from buntime.pool.events import (
@@ -600,9 +601,10 @@ class Worker:
             request.path + ("?" + query if query else ""),
             base,
             request.headers.items(),
-            request.remote_addr or "",
+            address(request.remote_addr, request.remote_port),
             task.decode("ascii"),
             rest is not None,
+            address(*request.local_addr) if request.local_addr is not None else "",
         )
         self.protocol.callRemote(StartRequest, rid=exchange.rid, head=head, body=first)
         return rest

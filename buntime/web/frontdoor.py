@@ -258,6 +258,8 @@ class FrontDoor:
             Headers._of((*headers, ("x-request-id", request_id))),
             exchange.body,
             exchange.remote,
+            exchange.remote_port,
+            exchange.local,
         )
         tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path, task_uuid)
         exchange.on_end(tracked.finished, exchange)

@@ -158,7 +158,7 @@ class AsgiAdapter:
                 for name, value in request.headers
             ],
             "client": request.client,
-            "server": request.server,
+            "server": request.local_addr or request.server,  # the socket's, as uvicorn gives
             "state": dict(self._lifespan.state),
             "extensions": {},
         }

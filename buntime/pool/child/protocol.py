@@ -100,7 +100,7 @@ class WorkerProtocol(FastAMP):
     @responder(commands.StartRequest)
     def start_request(self, rid: int, head: str, body: bytes) -> dict:
         try:
-            method, path, base, pairs, remote, _, more = commands.parse_request_head(head)
+            method, path, base, pairs, remote, _, more, local = commands.parse_request_head(head)
         except (ValueError, TypeError):
             ResponseWriter(self, rid).fail(f"malformed request head: {head[:200]!r}")
             return {}
@@ -122,7 +122,7 @@ class WorkerProtocol(FastAMP):
         pairs = [pair for pair in pairs if pair[0].lower() != "x-base"]
         pairs.append(["x-base", base])
         try:
-            request = IncomingRequest(method, path, base, pairs, reader, remote, socket)
+            request = IncomingRequest(method, path, base, pairs, reader, remote, socket, local)
             done = self.app.adapter.handle(request, writer)
         except Exception:
             done = Deferred()

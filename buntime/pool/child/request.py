@@ -32,7 +32,9 @@ class IncomingRequest:
     A request from the runtime.  C{target} is the path inside the app with
     its query string (the app's C{base} already stripped); C{headers} are
     C{[name, value]} pairs as sent; C{remote} is the client address
-    (C{"ip"}, C{"ip:port"} or C{"[ipv6]:port"}, possibly empty); C{socket}
+    (C{"ip"}, C{"ip:port"} or C{"[ipv6]:port"}, possibly empty), C{local}
+    the address the runtime accepted the connection on (the same forms, or
+    empty); C{socket}
     is set for a WebSocket upgrade, and holds what the client sends once the
     app accepts it.
     """
@@ -44,6 +46,7 @@ class IncomingRequest:
     body: BodyReader
     remote: str = ""
     socket: SocketInbox | None = None
+    local: str = ""
 
     @property
     def path(self) -> str:
@@ -71,15 +74,31 @@ class IncomingRequest:
 
     @property
     def server(self) -> tuple[str, int]:
-        """Server name and port, from the C{Host} header."""
+        """
+        Server name and port (WSGI's C{SERVER_NAME} and C{SERVER_PORT}): from
+        the C{Host} header, as gunicorn has them; without one, the address
+        the connection came in on (PEP 3333).
+        """
         default_port = 443 if self.scheme == "https" else 80
-        return split_host(self.header("host") or "localhost", default_port)
+        host = self.header("host")
+        if host:
+            return split_host(host, default_port)
+        return self.local_addr or ("localhost", default_port)
+
+    @property
+    def local_addr(self) -> tuple[str, int] | None:
+        """The address and port the runtime accepted the connection on (C{None}: unknown)."""
+        return _address(self.local)
 
     @property
     def client(self) -> tuple[str, int] | None:
         """Client address and port (0 when unknown), or C{None} without a remote address."""
-        if not self.remote:
-            return None
-        if self.remote.startswith("[") or self.remote.count(":") == 1:
-            return split_host(self.remote, 0)
-        return self.remote, 0
+        return _address(self.remote)
+
+
+def _address(value: str) -> tuple[str, int] | None:
+    if not value:
+        return None
+    if value.startswith("[") or value.count(":") == 1:
+        return split_host(value, 0)
+    return value, 0

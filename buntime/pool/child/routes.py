@@ -257,6 +257,8 @@ class RoutesAdapter:
                 Headers([(name, value) for name, value in incoming.headers]),
                 body,
                 client[0] if client else None,
+                client[1] or None if client else None,
+                incoming.local_addr,
             )
             response = to_response(await endpoint.call(request, params, self.loop))
         if method == "HEAD":

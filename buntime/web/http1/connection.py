@@ -140,6 +140,8 @@ class HTTP1Connection(Protocol):
         self._clock = factory.clock
         self._parser = HttpRequestParser(self)
         self._remote: str | None = None
+        self._remote_port: int | None = None
+        self._local: tuple[str, int] | None = None
         self._socket: Any = None
         # the head being read
         self._target: list[bytes] = []
@@ -191,7 +193,11 @@ class HTTP1Connection(Protocol):
             # the client's delayed ACK (twisted.web does the same)
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
-        self._remote = getattr(transport.getPeer(), "host", None)
+        peer, host = transport.getPeer(), transport.getHost()
+        self._remote = getattr(peer, "host", None)
+        self._remote_port = getattr(peer, "port", None)
+        local, port = getattr(host, "host", None), getattr(host, "port", None)
+        self._local = (local, port) if local is not None and port is not None else None
         self._idle_since = self._clock.seconds()
         limits = self._limits
         interval = min(limits.header_timeout, limits.idle_timeout) / 2
@@ -314,7 +320,9 @@ class HTTP1Connection(Protocol):
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._head, self._body, self._body_size = None, [], 0
         self._uploaded()
-        self._waiting.append(Exchange(self, head, body, self._remote))
+        self._waiting.append(
+            Exchange(self, head, body, self._remote, self._remote_port, self._local)
+        )
         if head.close:
             self._done_reading = True  # what follows this request is never read
 

@@ -25,7 +25,8 @@ class HandedOver(Exception):
 class Exchange:
     """
     A request as the front door takes it: its L{Head}, its whole C{body},
-    the client's C{remote} address; L{respond} writes the answer and
+    the client's C{remote} address and port, the C{local} address and port
+    the connection came in on; L{respond} writes the answer and
     L{hand_over} gives the connection to another protocol.  It ends (see
     L{on_end}) once the answer is written, or when the connection is lost
     (or handed over) first.
@@ -40,19 +41,29 @@ class Exchange:
         "ended",
         "gone",
         "head",
+        "local",
         "remote",
+        "remote_port",
         "request_id",
         "status",
         "written",
     )
 
     def __init__(
-        self, connection: HTTP1Connection, head: Head, body: bytes, remote: str | None
+        self,
+        connection: HTTP1Connection,
+        head: Head,
+        body: bytes,
+        remote: str | None,
+        remote_port: int | None = None,
+        local: tuple[str, int] | None = None,
     ) -> None:
         self._connection = connection
         self.head = head
         self.body = body
         self.remote = remote
+        self.remote_port = remote_port
+        self.local = local
         self.request_id = ""  # the front door gives it
         self.close = head.close  # the connection ends after this answer
         self.status = 200

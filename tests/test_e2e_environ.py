@@ -1,0 +1,69 @@
+"""
+What a WSGI and an ASGI app learn of the connection, through a real runtime:
+the client's port, and the server's name and port from the socket when the
+request has no C{Host} (PEP 3333; uvicorn gives ASGI the socket's always).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from e2e_apps import parse_reply, raw_exchange, write_app
+from runtime import Runtimes
+
+pytestmark = pytest.mark.e2e
+
+WSGI = """
+    import json
+
+    KEYS = ("SERVER_NAME", "SERVER_PORT", "REMOTE_ADDR", "REMOTE_PORT", "HTTP_HOST")
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({key: environ.get(key) for key in KEYS}).encode()]
+"""
+
+ASGI = """
+    import json
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan")
+        body = json.dumps({"server": scope["server"], "client": scope["client"]}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_connection_as_apps_see_it(tmp_path: Path, runtimes: Runtimes) -> None:
+    from twisted.internet import reactor
+
+    write_app(tmp_path, "wsgi", manifest={"entrypoint": "app.py"}, files={"app.py": WSGI})
+    write_app(tmp_path, "asgi", manifest={"entrypoint": "app.py"}, files={"app.py": ASGI})
+    proc = await runtimes.start(worker_dirs=[str(tmp_path)])
+
+    async def ask(path: str, host: str | None) -> tuple[dict, int]:
+        head = f"GET {path} HTTP/1.0\r\n" + (f"Host: {host}\r\n" if host else "") + "\r\n"
+        reply, own_port = await raw_exchange(reactor, proc.port, head.encode())
+        status, _, body = parse_reply(reply)
+        assert status == 200, body
+        return json.loads(body), own_port
+
+    seen, own_port = await ask("/wsgi/", None)
+    assert seen == {
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": str(proc.port),
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": str(own_port),
+        "HTTP_HOST": None,
+    }
+    seen, _ = await ask("/wsgi/", "example.com:8080")
+    assert (seen["SERVER_NAME"], seen["SERVER_PORT"]) == ("example.com", "8080")
+    assert seen["HTTP_HOST"] == "example.com:8080"
+
+    seen, own_port = await ask("/asgi/", "example.com:8080")
+    assert seen == {"server": ["127.0.0.1", proc.port], "client": ["127.0.0.1", own_port]}

@@ -319,7 +319,7 @@ class WebSockets(Service):
 
     def __attrs_post_init__(self) -> None:
         # the settings of worker apps' WebSockets (each plugin's factory has its own)
-        self._relays = WebSocketServerFactory(server=None)
+        self._relays = WebSocketServerFactory(server=None, reactor=self.clock)
         self._relays.setProtocolOptions(
             maxMessagePayloadSize=MAX_MESSAGE,
             autoPingInterval=PING_INTERVAL,

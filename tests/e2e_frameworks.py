@@ -238,12 +238,13 @@ def django_env(database: Path) -> dict[str, str]:
 def build_apps(root: Path, database: Path) -> None:
     """
     Write every app: C{flask-app}, C{fastapi-app} and C{dj} with the default
-    manifest; C{flask-eph} and C{fastapi-eph} with C{ttl: 0}; C{dj-based}
-    with C{injectBase: true}.
+    manifest; C{flask-eph} and C{fastapi-eph} with C{ttl: 0};
+    C{fastapi-5m} with C{ttl: 5m}; C{dj-based} with C{injectBase: true}.
     """
-    for suffix, manifest in (("app", {}), ("eph", {"ttl": 0})):
+    for suffix, manifest in (("app", {}), ("eph", {"ttl": 0}), ("5m", {"ttl": "5m"})):
         write_app(root, f"fastapi-{suffix}", manifest=manifest, files={"app.py": FASTAPI})
-        write_app(root, f"flask-{suffix}", manifest=manifest, files={"app.py": FLASK})
+        if suffix != "5m":
+            write_app(root, f"flask-{suffix}", manifest=manifest, files={"app.py": FLASK})
     env = django_env(database)
     write_app(root, "dj", manifest={"env": env}, files=django_files())
     based = {"env": env, "injectBase": True}

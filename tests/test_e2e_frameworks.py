@@ -3,11 +3,11 @@ Real Flask, FastAPI and Django (with its admin) apps through a real runtime,
 held to what gunicorn and uvicorn would give them (issue 12): C{//} after
 the base stays the app's path, no C{<base href>} in their HTML unless asked
 for, a long-lived worker by default, the app's own status line, a small
-streamed body sent as yielded, and forwarded headers only from a trusted
-proxy.
+streamed body sent as yielded, forwarded headers only from a trusted proxy,
+and background work that finishes when its worker retires.
 
-One runtime serves most tests; the untrusted-proxy test starts its own.
-The Django database is made once for the module.
+One runtime serves most tests; the untrusted-proxy and SIGTERM tests start
+their own. The Django database is made once for the module.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from e2e_apps import get_bytes, raw_request, within
+from e2e_apps import get_bytes, raw_request, wait_until, within
 from e2e_frameworks import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -271,3 +271,31 @@ async def test_django_never_sees_forwarded_headers_from_an_untrusted_peer(runtim
     )
     seen = await get_json(proc, "/dj/forwarded", headers=FORWARDED)
     assert seen == {"is_secure": False, "forwarded_for": None}
+
+
+# -- background work --------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_background_task_of_an_ephemeral_app_completes(shared, tmp_path):
+    """C{ttl: 0}: the task FastAPI runs after the response still writes its file."""
+    target = tmp_path / "written"
+    query = urllib.parse.urlencode({"target": str(target)})
+    await get_json(shared, f"/fastapi-eph/later?{query}")
+    assert await wait_until(reactor_(), target.exists, 10), "the background task never finished"
+    assert target.read_text() == "written by a background task"
+
+
+@pytest_twisted.ensureDeferred
+async def test_background_task_completes_when_the_runtime_stops(runtimes, worker_dir, tmp_path):
+    """
+    C{ttl: 5m}: SIGTERM right after the response; once the runtime has
+    exited, the file is there.
+    """
+    proc = await runtimes.start(worker_dirs=[str(worker_dir)], env={"RUNTIME_ENV": "test"})
+    target = tmp_path / "written"
+    query = urllib.parse.urlencode({"target": str(target)})
+    await get_json(proc, f"/fastapi-5m/later?{query}")
+    assert await proc.stop() in (0, -15)
+    assert target.exists(), "the background task was cut off by the stop"
+    assert target.read_text() == "written by a background task"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -265,10 +266,14 @@ def prepare_django(app: Path, database: Path) -> None:
 
 
 class Page(HTMLParser):
-    """What a browser takes from an HTML page: links, C{<base>} tags and form fields."""
+    """
+    What a browser takes from an HTML page at C{url}: links, C{<base>} tags
+    and form fields, and where a link leads (L{resolve}).
+    """
 
-    def __init__(self, html: str) -> None:
+    def __init__(self, url: str, html: str) -> None:
         super().__init__()
+        self.url = url
         self.links: list[str] = []
         self.bases: list[str] = []
         self.forms: list[dict[str, str]] = []
@@ -276,12 +281,17 @@ class Page(HTMLParser):
         self.feed(html)
         self.close()
 
+    def resolve(self, href: str) -> str:
+        """The URL C{href} leads to: against the first C{<base href>} if any, else the page URL."""
+        base = urllib.parse.urljoin(self.url, self.bases[0]) if self.bases else self.url
+        return urllib.parse.urljoin(base, href)
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = {name: value or "" for name, value in attrs}
         if tag == "a" and "href" in found:
             self.links.append(found["href"])
-        elif tag == "base":
-            self.bases.append(found.get("href", ""))
+        elif tag == "base" and "href" in found:
+            self.bases.append(found["href"])
         elif tag == "form":
             self.forms.append(found)
         elif tag == "input" and "name" in found:

@@ -93,12 +93,12 @@ class Browser:
         response = await self.http.get(url, allow_redirects=False)
         return response, await response.text()
 
-    async def submit(self, page_url: str, page: Page, fields: dict[str, str]) -> Any:
+    async def submit(self, page: Page, fields: dict[str, str]) -> Any:
         """Post the page's one form, its hidden fields (the CSRF token) included."""
         (form,) = page.forms
-        action = urllib.parse.urljoin(page_url, form.get("action", ""))
         data = {**page.fields, **fields}
-        headers = {"Origin": self.proc.url, "Referer": page_url}
+        headers = {"Origin": self.proc.url, "Referer": page.url}
+        action = page.resolve(form.get("action", ""))
         response = await self.http.post(action, data=data, headers=headers, allow_redirects=False)
         await response.content()
         return response
@@ -140,8 +140,9 @@ async def test_django_admin_links_resolve_without_a_base_tag(shared):
     """
     Log in through the admin's own form (CSRF token and cookie), open the
     users changelist: no C{<base>} in it, and its sort link C{?o=1},
-    resolved as a browser does against the page URL, is the changelist
-    again and answers 200.  With C{injectBase: true} the tag is there.
+    resolved as a browser does, is the changelist again and answers 200.
+    With C{injectBase: true} the tag is there (and would send that link to
+    the app's root).
     """
     browser = Browser(shared)
     changelist = browser.url("/dj/admin/auth/user/")
@@ -152,34 +153,32 @@ async def test_django_admin_links_resolve_without_a_base_tag(shared):
 
     response, html = await browser.get(login_url)
     assert response.code == 200, html
-    login = Page(html)
+    login = Page(login_url, html)
     assert login.bases == [] and "<base" not in html
     assert login.fields["csrfmiddlewaretoken"]
-    response = await browser.submit(
-        login_url, login, {"username": ADMIN_USER, "password": ADMIN_PASSWORD}
-    )
+    response = await browser.submit(login, {"username": ADMIN_USER, "password": ADMIN_PASSWORD})
     assert response.code == 302, "the login form was refused"
-    landing = urllib.parse.urljoin(login_url, response.headers.getRawHeaders("location")[0])
-    assert landing == changelist
+    assert login.resolve(response.headers.getRawHeaders("location")[0]) == changelist
 
     response, html = await browser.get(changelist)
     assert response.code == 200, html
     assert "Select user to change" in html and ADMIN_USER in html
-    page = Page(html)
+    page = Page(changelist, html)
     assert page.bases == [] and "<base" not in html
     sort = next(link for link in page.links if re.fullmatch(r"\?o=-?\d+(\.-?\d+)*", link))
-    sorted_url = urllib.parse.urljoin(changelist, sort)
+    sorted_url = page.resolve(sort)
     assert urllib.parse.urlsplit(sorted_url).path == "/dj/admin/auth/user/"
     response, html = await browser.get(sorted_url)
     assert response.code == 200, html
     assert "Select user to change" in html
 
     # The same site with injectBase: true (same database, so the session holds)
-    based = browser.url("/dj-based/admin/auth/user/")
-    response, html = await browser.get(based)
+    based_changelist = browser.url("/dj-based/admin/auth/user/")
+    response, html = await browser.get(based_changelist)
     assert response.code == 200, html
-    assert Page(html).bases == ["/dj-based/"]
-    assert '<head><base href="/dj-based/">' in html.replace("\n", "")
+    based = Page(based_changelist, html)
+    assert based.bases == ["/dj-based/"]
+    assert urllib.parse.urlsplit(based.resolve(sort)).path == "/dj-based/"
 
 
 # -- worker lifetime --------------------------------------------------------------

@@ -138,8 +138,8 @@ async def test_flask_and_fastapi_html_gets_no_base_tag(shared):
 @pytest_twisted.ensureDeferred
 async def test_django_admin_links_resolve_without_a_base_tag(shared):
     """
-    Log in through the admin's own form (CSRF token and cookie), open the
-    users changelist: no C{<base>} in it, and its sort link C{?o=1},
+    Log in through the admin's own form (its CSRF token and cookie; a forged
+    token is refused), open the users changelist: no C{<base>} in it, and its sort link C{?o=1},
     resolved as a browser does, is the changelist again and answers 200.
     With C{injectBase: true} the tag is there (and would send that link to
     the app's root).
@@ -156,7 +156,10 @@ async def test_django_admin_links_resolve_without_a_base_tag(shared):
     login = Page(login_url, html)
     assert login.bases == [] and "<base" not in html
     assert login.fields["csrfmiddlewaretoken"]
-    response = await browser.submit(login, {"username": ADMIN_USER, "password": ADMIN_PASSWORD})
+    credentials = {"username": ADMIN_USER, "password": ADMIN_PASSWORD}
+    response = await browser.submit(login, {**credentials, "csrfmiddlewaretoken": "forged"})
+    assert response.code == 403, "CSRF protection let a forged token through"
+    response = await browser.submit(login, credentials)
     assert response.code == 302, "the login form was refused"
     assert login.resolve(response.headers.getRawHeaders("location")[0]) == changelist
 

@@ -22,6 +22,7 @@ from buntime.http import Request
 from buntime.pool.commands import CHUNK_SIZE, StartRequest
 from buntime.pool.events import ResponseStart
 from buntime.pool.launch import ILauncher
+from buntime.pool.output import Write
 from buntime.pool.worker import (
     ACTIVE,
     OFFLINE,
@@ -340,8 +341,8 @@ def test_stop_kills_a_worker_that_stays():
 def test_logs_and_output_are_tagged(eliot_logger):
     launcher, worker = started()
     child(launcher).send_log("warn", "cache miss", {"key": "k1", "level": "x"})
-    worker.output_received("stdout", "hello from print")
-    worker.output_received("stderr", "a warning")
+    worker.output_received(Write("stdout", "hello from print\n"))
+    worker.output_received(Write("stderr", "a warning\n", raw=True))
     launcher.settle()
     [message] = logged(eliot_logger, "buntime:worker:log")
     assert message["level"] == "warn"

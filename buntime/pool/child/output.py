@@ -82,6 +82,13 @@ class FramedStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    def flush(self) -> None:
+        """Nothing of ours waits; what went to C{buffer} directly may."""
+        self.original.flush()
+
+    def reconfigure(self, **options: object) -> None:
+        """Accepted and ignored: the text always travels as UTF-8, write by write."""
+
     def fileno(self) -> int:
         return self.original.fileno()
 

@@ -49,6 +49,7 @@ from buntime.pool.events import (
     response_head,
 )
 from buntime.pool.launch import ILauncher, LauncherUnavailable, LaunchSpec
+from buntime.pool.output import Write
 
 STACK = [
     "Thread 0x00007f (most recent call first):",
@@ -230,7 +231,7 @@ class FakeProcess:
     pid: int
     spec: LaunchSpec
     launcher: FakeLauncher
-    on_output: Callable[[str, str], None]
+    on_output: Callable[[Write], None]
     exited: Deferred = field(factory=Deferred)
     signals: list[int] = field(factory=list)
     child: FakeChild = field(default=None)
@@ -244,7 +245,8 @@ class FakeProcess:
         self.signals.append(signum)
         if signum == signal.SIGUSR1:
             for line in self.stack:
-                self.launcher.clock.callLater(0.05, self.on_output, "stderr", line)
+                write = Write("stderr", line + "\n", raw=True)
+                self.launcher.clock.callLater(0.05, self.on_output, write)
         elif signum in (signal.SIGKILL, signal.SIGTERM):
             self.die(-signum)
 
@@ -283,7 +285,7 @@ class FakeLauncher:
         return succeed(None)
 
     def launch(
-        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
+        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[Write], None]
     ) -> Deferred:
         if self.startup == "unavailable":  # a launcher that cannot start anything now
             return fail(LauncherUnavailable("the fork template exited with code -9"))

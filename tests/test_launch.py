@@ -31,6 +31,7 @@ from buntime.pool.launch import (
     LaunchSpec,
     SpawnLauncher,
 )
+from buntime.pool.output import Write
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(buntime.__file__)))
@@ -69,16 +70,14 @@ class Harness:
     def __init__(self, launcher) -> None:
         self.launcher = launcher
         self.processes: list[LaunchedProcess] = []
-        self.output: list[tuple[str, str]] = []
+        self.output: list[Write] = []
 
     async def launch(
         self, app_dir: Path, entrypoint: str = ""
     ) -> tuple[RuntimeSide, LaunchedProcess]:
         runtime = RuntimeSide()
         spec = LaunchSpec(str(uuid.uuid4()), str(app_dir), worker_env(app_dir, entrypoint))
-        launched = self.launcher.launch(
-            spec, runtime, lambda s, line: self.output.append((s, line))
-        )
+        launched = self.launcher.launch(spec, runtime, self.output.append)
         process = await bounded(launched)
         self.processes.append(process)
         return runtime, process
@@ -89,11 +88,10 @@ class Harness:
         assert pid == process.pid
         return runtime, process
 
-    def collect(self, stream: str, line: str) -> None:
-        self.output.append((stream, line))
-
-    def lines(self, stream: str) -> list[str]:
-        return [line for s, line in self.output if s == stream]
+    def lines(self, stream: str, raw: bool | None = None) -> list[str]:
+        """The lines written to C{stream}: framed, raw (fds 1 and 2) or (C{None}) both."""
+        writes = [w for w in self.output if w.stream == stream and raw in (None, w.raw)]
+        return "".join(w.text for w in writes).splitlines()
 
     async def close(self) -> None:
         for process in self.processes:
@@ -127,7 +125,7 @@ async def test_request_response_and_output(harness: Harness) -> None:
     assert (answer.status, json.loads(answer.body)) == (200, {"id": "7", "query": "x=1"})
     answer = await bounded(runtime.request(path="/").done)
     assert bytes(answer.body) == b"Hello from buntime!"
-    await until(lambda: "hello from routes-demo (GET /)" in harness.lines("stdout"))
+    await until(lambda: "hello from routes-demo (GET /)" in harness.lines("stdout", raw=False))
 
 
 @pytest_twisted.ensureDeferred
@@ -158,7 +156,8 @@ async def test_sse_first_event_arrives_before_the_end(harness: Harness) -> None:
 async def test_sigusr1_dumps_the_stack(harness: Harness) -> None:
     _, process = await harness.ready(APPS / "routes-demo")
     process.signal(signal.SIGUSR1)
-    await until(lambda: any("most recent call first" in line for line in harness.lines("stderr")))
+    # faulthandler writes to fd 2 itself
+    await until(lambda: any("most recent call" in line for line in harness.lines("stderr", True)))
     assert not process.exited.called
 
 

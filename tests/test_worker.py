@@ -22,6 +22,7 @@ from buntime.http import Request
 from buntime.pool.commands import CHUNK_SIZE, StartRequest
 from buntime.pool.events import ResponseStart
 from buntime.pool.launch import ILauncher
+from buntime.pool.output import QUIET, Write
 from buntime.pool.worker import (
     ACTIVE,
     OFFLINE,
@@ -340,8 +341,8 @@ def test_stop_kills_a_worker_that_stays():
 def test_logs_and_output_are_tagged(eliot_logger):
     launcher, worker = started()
     child(launcher).send_log("warn", "cache miss", {"key": "k1", "level": "x"})
-    worker.output_received("stdout", "hello from print")
-    worker.output_received("stderr", "a warning")
+    worker.output_received(Write("stdout", "hello from print\n"))
+    worker.output_received(Write("stderr", "a warning\n", raw=True))
     launcher.settle()
     [message] = logged(eliot_logger, "buntime:worker:log")
     assert message["level"] == "warn"
@@ -357,6 +358,32 @@ def test_logs_and_output_are_tagged(eliot_logger):
     assert {m["context"] for m in [*output, message]} == {"worker:hello@1.0.0"}
 
 
+def test_output_records_carry_the_request_id(eliot_logger):
+    launcher, worker = started()
+    for text in ["Traceback (most recent call last):\n", '  File "app.py", line 1, in f\n']:
+        worker.output_received(Write("stderr", text, "req-1", 7))
+    worker.output_received(Write("stdout", "outside\n", None, 7))
+    worker.output_received(Write("stderr", "ValueError: boom\n", "req-1", 7))
+    launcher.advance(QUIET)
+    output = logged(eliot_logger, "buntime:worker:output")
+    assert [(m["message"], m.get("request_id")) for m in output] == [
+        ("outside", None),
+        (
+            'Traceback (most recent call last):\n  File "app.py", line 1, in f\nValueError: boom',
+            "req-1",
+        ),
+    ]
+
+
+def test_held_output_is_logged_when_the_process_exits(eliot_logger):
+    launcher, worker = started()
+    worker.output_received(Write("stdout", "no newline yet"))
+    launcher.processes[0].die(0)
+    launcher.settle()
+    [message] = logged(eliot_logger, "buntime:worker:output")
+    assert message["message"] == "no newline yet"
+
+
 def test_dump_stack_collects_stderr(eliot_logger):
     launcher, worker = started()
     d = worker.dump_stack(0.2)
@@ -367,6 +394,17 @@ def test_dump_stack_collects_stderr(eliot_logger):
     assert 'File "/apps/slow/app.py", line 7 in handler' in stack
     assert launcher.processes[0].signals == [signal.SIGUSR1]
     assert logged(eliot_logger, "buntime:worker:output") == []  # held back, not logged
+
+
+def test_dump_stack_leaves_framed_stderr_alone(eliot_logger):
+    """Only raw fd 2 lines (faulthandler's) are taken; what Python wrote is logged."""
+    launcher, worker = started()
+    d = worker.dump_stack(0.2)
+    worker.output_received(Write("stderr", "an app warning\n", "req-2", 3))
+    launcher.advance(0.2)
+    assert "an app warning" not in result_of(d)
+    [message] = logged(eliot_logger, "buntime:worker:output")
+    assert (message["message"], message["request_id"]) == ("an app warning", "req-2")
 
 
 def test_idle_is_sent():

@@ -2,7 +2,9 @@
 How worker processes are started, on the runtime side.
 
 A launcher starts one worker process for a L{LaunchSpec}, connects the given
-runtime-side AMP protocol to it, and reports the process's output lines.
+runtime-side AMP protocol to it, and reports what the process writes as
+L{Write}s: each write to C{sys.stdout}/C{sys.stderr} from its output channel
+(fd 5), and the raw lines of fds 1 and 2.
 L{SpawnLauncher} starts a fresh interpreter per worker
 (C{python -m buntime.pool.child}, ~250 ms with Twisted);
 L{ForkLauncher} asks a pre-started template process
@@ -31,12 +33,13 @@ from zope.interface import Interface, implementer
 
 import buntime
 from buntime._logging import log
+from buntime.pool.output import OUTPUT_FD, FrameReader, Write
 
 CHILD_MODULE = "buntime.pool.child"
 TEMPLATE_MODULE = "buntime.pool.template"
 TO_CHILD, FROM_CHILD = 3, 4
 """The AMP channel as the worker sees it: it reads fd 3 and writes fd 4."""
-WORKER_FDS = {0: "w", 1: "r", 2: "r", TO_CHILD: "w", FROM_CHILD: "r"}
+WORKER_FDS = {0: "w", 1: "r", 2: "r", TO_CHILD: "w", FROM_CHILD: "r", OUTPUT_FD: "r"}
 MAX_LINE = 64 * 1024
 """A line of output longer than this is reported in pieces."""
 UNKNOWN_EXIT = 255
@@ -82,9 +85,12 @@ class ILauncher(Interface):
     def launch(
         spec: LaunchSpec,
         protocol: amp.AMP,
-        on_output: Callable[[str, str], None],
+        on_output: Callable[[Write], None],
     ) -> Deferred:
-        """Start a worker; fires with a L{LaunchedProcess} once the channel is connected."""
+        """
+        Start a worker; fires with a L{LaunchedProcess} once the channel is
+        connected.  C{on_output} gets what the worker writes.
+        """
 
 
 class LauncherUnavailable(Exception):
@@ -118,6 +124,25 @@ class LineSplitter:
             self.on_output(self.stream, text)
         except Exception as error:
             log("error", "buntime:launch:output-failed", f"on_output failed: {error!r}")
+
+
+def output_readers(on_output: Callable[[Write], None]) -> dict[int, LineSplitter | FrameReader]:
+    """What reads a worker's output fds: raw lines from 1 and 2, frames from L{OUTPUT_FD}."""
+
+    def raw(stream: str, line: str) -> None:
+        on_output(Write(stream, line + "\n", raw=True))
+
+    def framed(write: Write) -> None:
+        try:
+            on_output(write)
+        except Exception as error:
+            log("error", "buntime:launch:output-failed", f"on_output failed: {error!r}")
+
+    return {
+        1: LineSplitter("stdout", raw),
+        2: LineSplitter("stderr", raw),
+        OUTPUT_FD: FrameReader(framed),
+    }
 
 
 def exit_code(reason: Failure) -> int:
@@ -161,12 +186,12 @@ class _ChildWriter:
 
 
 class _WorkerProcess(ProcessProtocol):
-    """A spawned worker: AMP on fds 3/4, output lines from fds 1/2, exit code."""
+    """A spawned worker: AMP on fds 3/4, its output from fds 1, 2 and 5, exit code."""
 
-    def __init__(self, protocol: amp.AMP, on_output: Callable[[str, str], None]) -> None:
+    def __init__(self, protocol: amp.AMP, on_output: Callable[[Write], None]) -> None:
         self.amp = protocol
         self.exited: Deferred = Deferred()
-        self.lines = {1: LineSplitter("stdout", on_output), 2: LineSplitter("stderr", on_output)}
+        self.lines = output_readers(on_output)
         self._amp_lost = False
 
     def connectionMade(self) -> None:
@@ -214,7 +239,7 @@ class SpawnLauncher:
         return succeed(None)
 
     def launch(
-        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
+        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[Write], None]
     ) -> Deferred:
         process = _WorkerProcess(protocol, on_output)
         try:
@@ -244,7 +269,7 @@ class SpawnLauncher:
 class _Lines(Protocol):
     """An adopted output socket of a forked worker."""
 
-    def __init__(self, splitter: LineSplitter, closed: Deferred) -> None:
+    def __init__(self, splitter: LineSplitter | FrameReader, closed: Deferred) -> None:
         self.splitter = splitter
         self.closed = closed
 
@@ -367,8 +392,8 @@ class _TemplateProcess(ProcessProtocol):
 class ForkLauncher:
     """
     Forks workers from a template process (C{python -m buntime.pool.template})
-    started by L{start}.  Per launch it makes three socketpairs (AMP, stdout,
-    stderr) and passes the worker's ends to the template with the
+    started by L{start}.  Per launch it makes four socketpairs (AMP, stdout,
+    stderr, output channel) and passes the worker's ends to the template with the
     environment; the template forks and reports the pid, later the exit
     code.  A template that dies is restarted after C{restart_delay}
     seconds (doubling while it keeps dying before it is ready, up to
@@ -428,7 +453,7 @@ class ForkLauncher:
         return self._stopped
 
     def launch(
-        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
+        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[Write], None]
     ) -> Deferred:
         if self._ready_now and self._control is not None:
             return self._launch_now(spec, protocol, on_output)
@@ -447,11 +472,11 @@ class ForkLauncher:
         return waiter.addCallback(lambda _: self._launch_now(spec, protocol, on_output))
 
     def _launch_now(
-        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[str, str], None]
+        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[Write], None]
     ) -> Deferred:
         if spec.worker_id in self._pending:
             return fail(ValueError(f"worker {spec.worker_id} is already being launched"))
-        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
         ours = [pair[0] for pair in pairs]
         theirs = [pair[1] for pair in pairs]
         message = {"worker_id": spec.worker_id, "app_dir": spec.app_dir, "env": dict(spec.env)}
@@ -538,10 +563,12 @@ class ForkLauncher:
                 launched.errback(LauncherUnavailable(f"fork failed: {message['error']}"))
             return
         pid = int(message["pid"])
-        outputs: list[Deferred] = [Deferred(), Deferred()]
-        channel, stdout, stderr = ours
-        _adopt(self.reactor, stdout, _Lines(LineSplitter("stdout", on_output), outputs[0]))
-        _adopt(self.reactor, stderr, _Lines(LineSplitter("stderr", on_output), outputs[1]))
+        channel, *streams = ours  # AMP, then fds 1, 2 and 5
+        readers = output_readers(on_output)
+        outputs: list[Deferred] = []
+        for fd, sock in zip((1, 2, OUTPUT_FD), streams, strict=True):
+            outputs.append(Deferred())
+            _adopt(self.reactor, sock, _Lines(readers[fd], outputs[-1]))
         _adopt(self.reactor, channel, protocol)
         worker = _Forked(pid, Deferred(), outputs)
         self._workers[pid] = worker

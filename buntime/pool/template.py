@@ -5,9 +5,9 @@ L{buntime.pool.launch.ForkLauncher}.
 It imports what every worker needs (Twisted's AMP, stdio, web and asyncio
 reactor modules, the worker code) but installs no reactor and starts no
 thread, then waits on its control socket (fd 3) for JSON lines
-C{{"worker_id", "app_dir", "env"}}, each sent with three file descriptors
-(SCM_RIGHTS): the worker's AMP channel, stdout and stderr.  For each it
-forks; the child puts the fds on 3+4, 1 and 2, takes the given environment,
+C{{"worker_id", "app_dir", "env"}}, each sent with four file descriptors
+(SCM_RIGHTS): the worker's AMP channel, stdout, stderr and output channel.
+For each it forks; the child puts the fds on 3+4, 1, 2 and 5, takes the given environment,
 directory and C{sys.path}, and runs the worker's C{main()}.  The template
 answers C{{"worker_id", "pid"}} after each fork and C{{"pid", "exited"}}
 when a child ends, and exits when the control socket closes.
@@ -27,6 +27,8 @@ import signal
 import socket
 import sys
 import traceback
+
+from buntime.pool.output import OUTPUT_FD
 
 CONTROL_FD = 3
 PRELOAD = (
@@ -155,9 +157,9 @@ class Template:
         return True
 
     def _launch(self, message: dict) -> None:
-        fds, self.fds = self.fds[:3], self.fds[3:]
+        fds, self.fds = self.fds[:4], self.fds[4:]
         worker_id = message.get("worker_id", "")
-        if len(fds) != 3:
+        if len(fds) != 4:
             _send(self.control, {"worker_id": worker_id, "error": "file descriptors missing"})
             return
         sys.stdout.flush()
@@ -198,14 +200,15 @@ class Template:
             self.control.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
-            channel, stdout, stderr = fds
+            channel, stdout, stderr, output = fds
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(stdout, 1)
             os.dup2(stderr, 2)
             os.dup2(channel, 3)
             os.dup2(channel, 4)
-            os.closerange(5, os.sysconf("SC_OPEN_MAX"))
+            os.dup2(output, OUTPUT_FD)
+            os.closerange(OUTPUT_FD + 1, os.sysconf("SC_OPEN_MAX"))
             env = {str(k): str(v) for k, v in message["env"].items()}
             app_dir = message["app_dir"]
             os.chdir(app_dir)

@@ -50,6 +50,7 @@ from buntime.pool.events import (
     response_start,
 )
 from buntime.pool.launch import ILauncher, LaunchedProcess, LaunchSpec
+from buntime.pool.output import Assembler, Record, Write
 from buntime.pool.websocket import WorkerSocket
 from buntime.pool.wire import FastAMP, responder
 
@@ -324,12 +325,14 @@ class Worker:
     _next_rid: int = 1
     _ready_timer: IDelayedCall | None = field(default=None, repr=False)
     _capture: list[str] | None = field(default=None, repr=False)
+    _output: Assembler = field(init=False, repr=False)
     _connected: bool = False
     _expiry: IDelayedCall | None = field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.protocol = WorkerProtocol(self)
         self.created_at = self.last_used = self.clock.seconds()
+        self._output = Assembler(self.clock, self._log_output)
 
     @property
     def ready(self) -> Deferred:
@@ -420,6 +423,7 @@ class Worker:
         self._gone("closed its channel")
 
     def _process_exited(self, result: object) -> None:
+        self._output.flush()
         code = result if isinstance(result, int) else None
         self._gone(f"exited with code {code}")
         self._close_channel()
@@ -523,7 +527,7 @@ class Worker:
     def dump_stack(self, wait: float) -> Deferred:
         """
         Ask the process for its Python stack (SIGUSR1; the child's faulthandler
-        writes it to stderr) and fire with the stderr lines seen in C{wait} seconds.
+        writes it to fd 2) and fire with the raw stderr lines seen in C{wait} seconds.
         """
         if self.process is None or self.status == OFFLINE:
             return succeed("")
@@ -791,19 +795,30 @@ class Worker:
         level = level if level in LEVELS else "info"
         log(level, "buntime:worker:log", message, context=self.context, **self.tags(), **extra)
 
-    def output_received(self, stream: str, line: str) -> None:
-        """A line the app printed; stderr lines are held back while a stack dump is read."""
-        if self._capture is not None and stream == "stderr":
-            self._capture.append(line)
+    def output_received(self, write: Write) -> None:
+        """
+        What the app wrote, to be logged once its record is complete; raw
+        stderr lines are held back while a stack dump is read.
+        """
+        if self._capture is not None and write.raw and write.stream == "stderr":
+            self._capture.append(write.text.rstrip("\n"))
             return
-        level = "warn" if stream == "stderr" else "info"
+        self._output.feed(write)
+
+    def _log_output(self, record: Record) -> None:
+        fields: dict[str, object] = {}
+        if record.request_id is not None:
+            fields["request_id"] = record.request_id
+        if record.continued:
+            fields["continued"] = True
         log(
-            level,
+            "warn" if record.stream == "stderr" else "info",
             "buntime:worker:output",
-            line,
+            record.text,
             context=self.context,
             **self.tags(),
-            stream=stream,
+            stream=record.stream,
+            **fields,
         )
 
     # -- stats -------------------------------------------------------------

@@ -3,7 +3,9 @@ The worker process's C{main()}: install the asyncio reactor, load the app
 named by the environment, report C{Ready} (or C{StartupFailed} and exit 3)
 over AMP on fds 3 (in) and 4 (out), serve until the channel closes.
 
-fds 1 and 2 stay the app's own output, which the runtime logs line by line.
+What the app writes to C{sys.stdout} and C{sys.stderr} goes to the runtime
+framed, write by write, on fd 5 (L{buntime.pool.child.output}); fds 1 and 2
+stay the process's own, which the runtime logs line by line.
 SIGINT is ignored (the runtime decides when workers stop; Ctrl-C in a
 terminal reaches the whole process group) and SIGUSR1 dumps every thread's
 stack to stderr (the runtime asks for one before killing a stuck worker).
@@ -36,6 +38,7 @@ from twisted.logger import (
 from buntime.pool.child.lifeline import die_with_parent
 from buntime.pool.child.loader import LoadError, load
 from buntime.pool.child.memory import LOW_MEMORY_THREADS, limit_arenas, low_memory, settle
+from buntime.pool.child.output import install as frame_output
 from buntime.pool.child.protocol import WorkerProtocol, one_line
 
 CHANNEL_IN, CHANNEL_OUT = 3, 4
@@ -145,6 +148,7 @@ def main(parent: int | None = None) -> None:
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a TextIOWrapper
+    frame_output()  # faulthandler above keeps writing to fd 2 itself
     # Twisted's own warnings and errors (unhandled Deferred errors...) go to stderr too.
     errors = FilteringLogObserver(
         textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)]

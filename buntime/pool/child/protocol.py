@@ -2,8 +2,9 @@
 The worker's end of the AMP channel: requests in, events out.
 
 Each L{commands.StartRequest} gets a L{BodyReader} and a L{ResponseWriter}
-and goes to the app's adapter; many run at once.  An app exception is logged
-(traceback on stderr) and reported as L{events.ResponseError}.
+and goes to the app's adapter; many run at once, each in its own context
+whose output carries the request's C{x-request-id}.  An app exception is
+logged (traceback on stderr) and reported as L{events.ResponseError}.
 
 A call to the app is in flight until the app returns, which may be well
 after its response went out (an ASGI background task, a WSGI iterable still
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,7 @@ from buntime.pool.child.adapter import call
 from buntime.pool.child.body import BodyClosed, BodyReader
 from buntime.pool.child.loader import LoadedApp
 from buntime.pool.child.memory import release_memory
+from buntime.pool.child.output import in_request
 from buntime.pool.child.request import IncomingRequest
 from buntime.pool.child.websocket import GONE, SocketInbox, wants_websocket
 from buntime.pool.child.writer import RequestCancelled, ResponseWriter
@@ -43,10 +46,25 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def request_id_of(pairs: list[list[str]]) -> str | None:
+    """The C{x-request-id} among a request's header C{pairs} (the runtime always sets one)."""
+    for name, value in pairs:
+        if name.lower() == "x-request-id":
+            return value
+    return None
+
+
+def report(failure: Failure) -> str:
+    """The traceback of C{failure} as Python prints it, chained exceptions included."""
+    error = failure.value
+    return "".join(traceback.format_exception(type(error), error, failure.getTracebackObject()))
+
+
 @define(eq=False)
 class _InFlight:
     body: BodyReader
     writer: ResponseWriter
+    request_id: str | None = None
     done: Deferred | None = None
     cancelled: bool = False
     socket: SocketInbox | None = None
@@ -116,14 +134,15 @@ class WorkerProtocol(FastAMP):
                 writer.respond(501, [("content-type", "application/json")], body)
                 return {}
             socket = SocketInbox()
-        inflight = _InFlight(reader, writer, socket=socket)
+        inflight = _InFlight(reader, writer, request_id_of(pairs), socket=socket)
         self._requests[rid] = inflight
         # the app's base as it sees it: x-base is the runtime's, never the client's
         pairs = [pair for pair in pairs if pair[0].lower() != "x-base"]
         pairs.append(["x-base", base])
         try:
             request = IncomingRequest(method, path, base, pairs, reader, remote, socket, local)
-            done = self.app.adapter.handle(request, writer)
+            with in_request(inflight.request_id):
+                done = self.app.adapter.handle(request, writer)
         except Exception:
             done = Deferred()
             done.errback()
@@ -192,8 +211,8 @@ class WorkerProtocol(FastAMP):
             if inflight.cancelled and result.check(CancelledError, RequestCancelled, BodyClosed):
                 return
             error = one_line(result.value)
-            print(f"Request {rid} failed: {error}", file=sys.stderr)
-            print(result.getTraceback(), file=sys.stderr)
+            with in_request(inflight.request_id):
+                sys.stderr.write(f"Request {rid} failed: {error}\n{report(result)}")
             inflight.writer.fail(error)
         elif not inflight.writer.finished and not inflight.cancelled:
             inflight.writer.fail("the app did not complete its response")
@@ -239,8 +258,7 @@ class WorkerProtocol(FastAMP):
 
     @staticmethod
     def _log_failure(failure: Failure, what: str) -> None:
-        print(f"{what} failed: {one_line(failure.value)}", file=sys.stderr)
-        print(failure.getTraceback(), file=sys.stderr)
+        sys.stderr.write(f"{what} failed: {one_line(failure.value)}\n{report(failure)}")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextvars import copy_context
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -158,7 +159,9 @@ class WsgiAdapter:
 
     def handle(self, request: IncomingRequest, writer: ResponseWriter) -> Deferred:
         environ = build_environ(request)
-        d = deferToThreadPool(self.reactor, self._pool, self._call, environ, writer)
+        # The thread runs in the request's context: what the app prints carries its id.
+        context = copy_context()
+        d = deferToThreadPool(self.reactor, self._pool, context.run, self._call, environ, writer)
         d.addCallback(self._respond, writer)
         return d
 

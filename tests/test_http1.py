@@ -89,7 +89,8 @@ def test_a_request_is_answered_and_the_connection_stays_open():
     ("status", "line"),
     [
         (200, b"HTTP/1.1 200 OK\r\n"),
-        (422, b"HTTP/1.1 422 Unprocessable Entity\r\n"),  # not "Unknown Status"
+        (422, b"HTTP/1.1 422 Unprocessable Content\r\n"),  # not "Unknown Status" (RFC 9110)
+        (413, b"HTTP/1.1 413 Content Too Large\r\n"),
         (418, b"HTTP/1.1 418 I'm a Teapot\r\n"),
         (599, b"HTTP/1.1 599 \r\n"),  # no phrase known: an empty one, as RFC 9112 allows
     ],

@@ -11,8 +11,9 @@ import os
 import pytest
 import pytest_twisted
 
-from buntime.http import Headers, read_body
+from buntime.http import Headers, Response, read_body
 from buntime.web import static
+from buntime.web.apps import _with_base
 from buntime.web.static import content_type, inject_base_href, serve_static
 
 SECRET = b"TOP-SECRET-do-not-serve"
@@ -348,3 +349,12 @@ def test_bundled_static_apps(name, path, needle):
     assert needle in body_of(response)
     if path in ("/", "/items/2"):
         assert f'<head><base href="/{name}/">'.encode() in response.body
+
+
+def test_an_injected_base_keeps_the_app_s_reason_phrase():
+    page = Response(
+        299, {"content-type": "text/html"}, b"<html><head></head></html>", "Custom Thing"
+    )
+    injected = _with_base(page, "/app/")
+    assert (injected.status, injected.reason) == (299, "Custom Thing")
+    assert b'<base href="/app/">' in injected.body

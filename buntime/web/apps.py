@@ -90,8 +90,10 @@ def _with_base(response: Response, base: str) -> Response:
         return response
     headers = response.headers.remove("content-length")
     if isinstance(response.body, bytes):
-        return Response(response.status, headers, inject_base_href(response.body, base))
-    return Response(response.status, headers, _inject_stream(response.body, base))
+        body: Any = inject_base_href(response.body, base)
+    else:
+        body = _inject_stream(response.body, base)
+    return Response(response.status, headers, body, response.reason)
 
 
 @define

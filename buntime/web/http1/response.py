@@ -28,8 +28,17 @@ HOP_BY_HOP = frozenset(
 _OWN = HOP_BY_HOP | {"content-length", "date", "server"}
 """Headers the connection writes itself."""
 NO_BODY = frozenset({204, 304})
-PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
-"""The reason phrase of each status, as uvicorn sends them (C{http.HTTPStatus}); none for others."""
+PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus} | {
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    416: b"Range Not Satisfiable",
+    422: b"Unprocessable Content",
+}
+"""
+The reason phrase of each status as C{http.HTTPStatus} gives it (and
+uvicorn sends it), with RFC 9110's names where Python before 3.13 still has
+RFC 7231's; none for other statuses.
+"""
 
 
 def _clean(text: str) -> bytes:

@@ -82,6 +82,7 @@ def test_a_request_is_answered_and_the_connection_stays_open():
     assert (answer.status, answer.body) == (200, b"GET /app/x?q=1:")
     assert answer.headers["x-request-id"] == "rid-1"
     assert {"server", "date", "content-length"} <= answer.headers.keys()
+    assert answer.headers["server"].startswith("buntime/")
     assert not client.closed
 
 

@@ -7,8 +7,8 @@ import re
 from http import HTTPStatus
 
 from twisted.web.http import datetimeToString
-from twisted.web.server import version as SERVER_VERSION
 
+from buntime import __version__
 from buntime.http import Headers
 from buntime.web.http1.head import Refusal
 
@@ -28,6 +28,8 @@ HOP_BY_HOP = frozenset(
 _OWN = HOP_BY_HOP | {"content-length", "date", "server"}
 """Headers the connection writes itself."""
 NO_BODY = frozenset({204, 304})
+SERVER_VERSION = f"buntime/{__version__}".encode("ascii")
+"""The C{server} header of every answer (gunicorn and uvicorn name themselves too)."""
 PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus} | {
     413: b"Content Too Large",
     414: b"URI Too Long",

@@ -33,6 +33,7 @@ from buntime.pool.child.body import BodyClosed, BodyReader
 from buntime.pool.child.loader import LoadedApp
 from buntime.pool.child.memory import release_memory
 from buntime.pool.child.output import in_request
+from buntime.pool.child.output import request_id as output_request_id
 from buntime.pool.child.request import IncomingRequest
 from buntime.pool.child.websocket import GONE, SocketInbox, wants_websocket
 from buntime.pool.child.writer import RequestCancelled, ResponseWriter
@@ -46,12 +47,22 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def request_id_of(pairs: list[list[str]]) -> str | None:
-    """The C{x-request-id} among a request's header C{pairs} (the runtime always sets one)."""
+def _survey(pairs: list[list[str]]) -> tuple[str | None, bool, bool]:
+    """
+    One pass over a request's header C{pairs}: its C{x-request-id}, whether
+    it has an C{x-base} (a client's, dropped), whether it names an C{upgrade}.
+    """
+    request_id, based, upgrade = None, False, False
     for name, value in pairs:
-        if name.lower() == "x-request-id":
-            return value
-    return None
+        lowered = name.lower()
+        if lowered == "x-request-id":
+            if request_id is None:
+                request_id = value
+        elif lowered == "x-base":
+            based = True
+        elif lowered == "upgrade":
+            upgrade = True
+    return request_id, based, upgrade
 
 
 def report(failure: Failure) -> str:
@@ -127,25 +138,30 @@ class WorkerProtocol(FastAMP):
         if self.app is None:
             writer.fail("the worker has no app loaded")
             return {}
+        request_id, based, upgrade = _survey(pairs)
         socket = None
-        if wants_websocket(method, pairs):
+        if upgrade and wants_websocket(method, pairs):
             if self.app.kind != "asgi":
                 body = (WEBSOCKET_UNSUPPORTED % self.app.kind).encode()
                 writer.respond(501, [("content-type", "application/json")], body)
                 return {}
             socket = SocketInbox()
-        inflight = _InFlight(reader, writer, request_id_of(pairs), socket=socket)
+        inflight = _InFlight(reader, writer, request_id, socket=socket)
         self._requests[rid] = inflight
         # the app's base as it sees it: x-base is the runtime's, never the client's
-        pairs = [pair for pair in pairs if pair[0].lower() != "x-base"]
+        if based:
+            pairs = [pair for pair in pairs if pair[0].lower() != "x-base"]
         pairs.append(["x-base", base])
+        # the app's output, and the tasks and threads it starts, write for this request
+        token = output_request_id.set(request_id)
         try:
             request = IncomingRequest(method, path, base, pairs, reader, remote, socket, local)
-            with in_request(inflight.request_id):
-                done = self.app.adapter.handle(request, writer)
+            done = self.app.adapter.handle(request, writer)
         except Exception:
             done = Deferred()
             done.errback()
+        finally:
+            output_request_id.reset(token)
         inflight.done = done
         done.addBoth(self._finished, rid, inflight)
         return {}

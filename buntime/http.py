@@ -45,13 +45,18 @@ def _pair(name: object, value: object) -> tuple[str, str]:
 
 
 @frozen(eq=False)
-class Headers:
+class Headers(Mapping[str, str]):
     """
-    Immutable, case-insensitive, multi-valued HTTP headers.
+    Immutable, case-insensitive, multi-valued HTTP headers: a read-only
+    mapping as C{multidict.CIMultiDictProxy} is one.
 
     Build one from a dict, a list of C{(name, value)} pairs or another
     C{Headers}.  Names keep the case they were given in (for output) but are
-    compared case-insensitively.
+    compared case-insensitively.  C{headers["origin"]} is the first value
+    (C{KeyError} when there is none), L{getall} every value; iterating,
+    C{keys()}, C{values()}, C{items()} and C{len()} go over every pair in
+    order, repeated names included, and C{dict(headers)} keeps the first
+    value of each name.
     """
 
     _items: tuple[tuple[str, str], ...] = field(default=(), converter=_pairs)
@@ -63,7 +68,7 @@ class Headers:
         object.__setattr__(headers, "_items", items)
         return headers
 
-    def get(self, name: str, default: str | None = None) -> str | None:
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         """The first value of C{name}, or C{default}."""
         wanted = name.lower()
         for key, value in self._items:
@@ -71,14 +76,27 @@ class Headers:
                 return value
         return default
 
-    def get_all(self, name: str) -> list[str]:
+    def __getitem__(self, name: str) -> str:
+        """The first value of C{name}; C{KeyError} when it has none."""
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def getall(self, name: str) -> list[str]:
         """Every value of C{name}, in order (empty if absent)."""
         wanted = name.lower()
         return [value for key, value in self._items if key.lower() == wanted]
 
-    def items(self) -> list[tuple[str, str]]:
+    get_all = getall
+
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
         """All C{(name, value)} pairs, in order, repeated names included."""
         return list(self._items)
+
+    def values(self) -> list[str]:  # type: ignore[override]
+        """Every value, in order."""
+        return [value for _, value in self._items]
 
     def set(self, name: str, value: str) -> Headers:
         """A copy where C{name} has exactly the one value C{value}."""
@@ -103,11 +121,8 @@ class Headers:
         return isinstance(name, str) and self.get(name) is not None
 
     def __iter__(self) -> Iterator[str]:
-        seen: set[str] = set()
-        for key, _ in self._items:
-            if key.lower() not in seen:
-                seen.add(key.lower())
-                yield key
+        """Every name, in order, repeated names included (as C{multidict} has it)."""
+        return (key for key, _ in self._items)
 
     def __len__(self) -> int:
         return len(self._items)

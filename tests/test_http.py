@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import attrs
 import pytest
@@ -137,12 +138,25 @@ def test_headers_never_equal_other_types():
 
 
 @given(pairs)
-def test_iteration_gives_each_name_once(items):
+def test_iteration_gives_every_name_in_order(items):
+    """As C{multidict} has it: every pair counts, repeated names included."""
     headers = Headers(items)
-    listed = list(headers)
-    assert len({name.lower() for name in listed}) == len(listed)
-    assert {name.lower() for name in listed} == {k.lower() for k, _ in items}
+    assert list(headers) == list(headers.keys()) == [k for k, _ in items]
+    assert headers.values() == [v for _, v in items]
     assert len(headers) == len(items)
+
+
+def test_headers_are_a_read_only_mapping():
+    headers = Headers([("Origin", "https://a.example"), ("X-A", "1"), ("x-a", "2")])
+    assert isinstance(headers, Mapping)
+    assert headers["origin"] == "https://a.example"
+    assert headers["X-A"] == "1" and headers.getall("x-a") == ["1", "2"]
+    with pytest.raises(KeyError):
+        headers["missing"]
+    assert dict(headers) == {"Origin": "https://a.example", "X-A": "1", "x-a": "1"}
+    assert headers.get("missing", "none") == "none"
+    with pytest.raises(TypeError):
+        headers["x-a"] = "3"  # type: ignore[index]
 
 
 # -- Request ----------------------------------------------------------------------

@@ -13,8 +13,13 @@ C{Deferred}; the runtime waits for the result either way.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from buntime.http import AppInfo, Request, Response
 
 
 class IPluginLogger(Interface):
@@ -24,16 +29,16 @@ class IPluginLogger(Interface):
     structured data; never pass secrets.
     """
 
-    def debug(message, **fields):
+    def debug(message: str, **fields: object) -> None:
         """Log C{message} at debug level."""
 
-    def info(message, **fields):
+    def info(message: str, **fields: object) -> None:
         """Log C{message} at info level."""
 
-    def warn(message, **fields):
+    def warn(message: str, **fields: object) -> None:
         """Log C{message} at warn level."""
 
-    def error(message, **fields):
+    def error(message: str, **fields: object) -> None:
         """Log C{message} at error level."""
 
 
@@ -57,13 +62,13 @@ class IPluginContext(Interface):
     data_dir = Attribute("A directory where the plugin may keep state (under RUNTIME_DATA_DIR).")
     reactor = Attribute("The reactor (for timers: C{reactor.callLater}); never import it.")
 
-    def register_service(name, service):
+    def register_service(name: str, service: object) -> None:
         """
         Offer C{service} to other plugins under C{name}.  Registering a name
         twice replaces the first one and logs a warning.
         """
 
-    def get_service(name):
+    def get_service(name: str) -> object | None:
         """The service registered under C{name}, or C{None}."""
 
 
@@ -104,7 +109,7 @@ class IBuntimePlugin(IPlugin):
         ' closed with 1001 "going away".'
     )
 
-    def on_init(ctx):
+    def on_init(ctx: IPluginContext) -> object:
         """
         Called once at startup (and after a reload) in load order, with an
         L{IPluginContext}.  Open resources and register services here.  May
@@ -112,7 +117,7 @@ class IBuntimePlugin(IPlugin):
         the plugin fails to load and the runtime does not start.
         """
 
-    def on_request(request, app):
+    def on_request(request: Request, app: AppInfo | None) -> object:
         """
         Called for every request, in load order, before the core API, plugin
         routes and apps see it (unless its path is a public route).  Return
@@ -120,33 +125,33 @@ class IBuntimePlugin(IPlugin):
         one, or a C{Response} to answer at once (later hooks are skipped).
         """
 
-    def on_response(response, app):
+    def on_response(response: Response, app: AppInfo | None) -> object:
         """
         Called, in load order, with every response produced by plugin
         handlers, plugin routes, plugin apps and worker apps.  Return the
         response (changed or not); C{None} keeps it unchanged.
         """
 
-    def server_fetch(request):
+    def server_fetch(request: Request) -> object:
         """
         A catch-all handler tried, in load order, before plugin routes.  Return
         a C{Response}; a 404 (or C{None}) means "not mine" and the request
         goes on.
         """
 
-    def on_server_start(server):
+    def on_server_start(server: object) -> object:
         """Called once the runtime listens; C{server} describes the listening runtime."""
 
-    def on_shutdown():
+    def on_shutdown() -> object:
         """
         Called at shutdown and when a reload replaces this plugin, in reverse
         load order.  Close what C{on_init} opened.
         """
 
-    def on_worker_spawn(worker, app):
+    def on_worker_spawn(worker: object, app: AppInfo) -> object:
         """Called when the pool starts a worker for C{app} (errors are logged and ignored)."""
 
-    def on_worker_terminate(worker, app):
+    def on_worker_terminate(worker: object, app: AppInfo) -> object:
         """Called when a worker of C{app} stops (errors are logged and ignored)."""
 
 

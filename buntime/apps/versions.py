@@ -94,7 +94,7 @@ def _partial(text: str) -> tuple[str | None, ...]:
     return match.groups()
 
 
-def _caret(major, minor, patch, pre) -> str:
+def _caret(major: str | None, minor: str | None, patch: str | None, pre: str | None) -> str:
     if _is_x(major):
         return "*"
     if _is_x(minor):
@@ -111,7 +111,7 @@ def _caret(major, minor, patch, pre) -> str:
     return f"{low} <0.0.{int(patch) + 1}-0"
 
 
-def _tilde(major, minor, patch, pre) -> str:
+def _tilde(major: str | None, minor: str | None, patch: str | None, pre: str | None) -> str:
     if _is_x(major):
         return "*"
     if _is_x(minor):
@@ -122,7 +122,9 @@ def _tilde(major, minor, patch, pre) -> str:
     return f"{low} <{major}.{int(minor) + 1}.0-0"
 
 
-def _xrange(operator: str, major, minor, patch, pre) -> str:
+def _xrange(
+    operator: str, major: str | None, minor: str | None, patch: str | None, pre: str | None
+) -> str:
     if not (_is_x(major) or _is_x(minor) or _is_x(patch)):
         return f"{operator}{major}.{minor}.{patch}" + (f"-{pre}" if pre else "")
     if _is_x(major):
@@ -132,7 +134,7 @@ def _xrange(operator: str, major, minor, patch, pre) -> str:
             return f">={major}.0.0-0 <{int(major) + 1}.0.0-0"
         return f">={major}.{minor}.0-0 <{major}.{int(minor) + 1}.0-0"
     x_minor = _is_x(minor)
-    major_n, minor_n = int(major), 0 if x_minor else int(minor)
+    major_n, minor_n = int(major), 0 if _is_x(minor) else int(minor)
     if operator in (">", "<="):
         operator = ">=" if operator == ">" else "<"
         if x_minor:

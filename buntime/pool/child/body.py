@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import deque
+from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
@@ -216,7 +217,7 @@ class _RawBody(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:  # a writable buffer (bytearray, memoryview)
         if not self._rest:
             chunk = self._body.read_blocking()
             if chunk is None:

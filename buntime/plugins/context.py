@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import define, field, frozen
 from zope.interface import implementer
@@ -71,6 +71,16 @@ class ServiceRegistry:
         return sorted(self._services)
 
 
+class PoolView(Protocol):
+    """What a plugin sees of the worker pool (L{IPluginContext.pool})."""
+
+    def metrics(self) -> dict[str, float | int]:
+        """Pool numbers, named as SPEC section 3 lists them."""
+
+    def worker_stats(self) -> list[dict[str, object]]:
+        """Per-worker numbers (SPEC section 3), with app, version, id and key."""
+
+
 @implementer(IPluginContext)
 @define
 class PluginContext:
@@ -82,7 +92,7 @@ class PluginContext:
     config: Mapping[str, Any]
     global_config: Mapping[str, Any]
     logger: PluginLogger
-    pool: Any
+    pool: PoolView
     services: ServiceRegistry
     data_dir: str
     reactor: Any

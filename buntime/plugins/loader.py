@@ -37,7 +37,7 @@ from zope.interface.verify import verifyObject
 
 from buntime._logging import log
 from buntime.interfaces import IBuntimePlugin
-from buntime.plugins.context import PluginContext, PluginLogger, ServiceRegistry
+from buntime.plugins.context import PluginContext, PluginLogger, PoolView, ServiceRegistry
 from buntime.plugins.discovery import PluginSource
 from buntime.plugins.hooks import bounded, call
 from buntime.plugins.manifest import (
@@ -317,7 +317,7 @@ class Loader:
 
     environ: Mapping[str, str]
     global_config: Mapping[str, Any]
-    pool: Any
+    pool: PoolView
     reactor: Any
     data_dir: str
     api_prefix: str = ""

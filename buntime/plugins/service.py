@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 from twisted.python.failure import Failure
 
 from buntime._logging import log
+from buntime.plugins.context import PoolView
 from buntime.plugins.discovery import BUILTINS_DIR, PluginSource, discover
 from buntime.plugins.loader import Loader
 from buntime.plugins.manifest import PluginError
@@ -32,7 +33,7 @@ class PluginService(Service):
 
     plugin_dirs: Sequence[str]
     global_config: Mapping[str, Any]
-    pool: Any
+    pool: PoolView
     environ: Mapping[str, str]
     reactor: Any
     data_dir: str

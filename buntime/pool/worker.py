@@ -15,6 +15,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from enum import StrEnum
 from typing import Any
 
 from attrs import define, field
@@ -54,22 +55,25 @@ from buntime.pool.output import Assembler, Record, Write
 from buntime.pool.websocket import WorkerSocket
 from buntime.pool.wire import FastAMP, responder
 
-STARTING, ACTIVE, IDLE, EPHEMERAL, STOPPING, OFFLINE = (
-    "starting",
-    "active",
-    "idle",
-    "ephemeral",
-    "stopping",
-    "offline",
-)
+
+class WorkerStatus(StrEnum):
+    """Where a worker is in its life: its C{status} in the pool's stats."""
+
+    STARTING = "starting"
+    ACTIVE = "active"
+    IDLE = "idle"
+    EPHEMERAL = "ephemeral"
+    STOPPING = "stopping"
+    OFFLINE = "offline"
+
+
+STARTING, ACTIVE, IDLE, EPHEMERAL, STOPPING, OFFLINE = WorkerStatus
 READY = frozenset({ACTIVE, IDLE, EPHEMERAL})
 """The states of a worker that takes requests."""
 EARLY_FLUSH = 4
 """Requests the runtime sends a worker before it writes them out, even mid-turn."""
 KILL_WAIT = 5.0
 """Seconds to wait for a process to go away after SIGKILL before giving up on it."""
-
-"""The response heads of recent responses, parsed: most repeat."""
 
 _RESERVED_FIELDS = frozenset(
     {"message_type", "level", "message", "timestamp", "task_uuid", "task_level"}
@@ -301,7 +305,7 @@ class Worker:
     version: str
     clock: IReactorTime = field(repr=False)
     ephemeral: bool = False
-    status: str = STARTING
+    status: WorkerStatus = STARTING
     pid: int | None = None
     launch_error: BaseException | None = None
     kind: str | None = None

@@ -11,7 +11,7 @@ resulting L{buntime.http.Response} back to the connection to write.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from eliot import current_action
@@ -30,6 +30,11 @@ from buntime.web.http1 import Exchange, HandedOver
 from buntime.web.http1.head import client_request_id
 from buntime.web.state import RuntimeState
 from buntime.web.websocket import WebSockets
+
+if TYPE_CHECKING:
+    from eliot import Action
+
+    from buntime.plugins.registry import PluginRegistry
 
 Step = Callable[[Request, dict[str, Any]], Awaitable[Response | None] | None]
 """
@@ -108,7 +113,7 @@ def csrf_refusal(request: Request) -> Response | None:
     return None
 
 
-def _log_crash(failure: Any) -> None:
+def _log_crash(failure: Failure) -> None:
     log(
         "error",
         "buntime:http:internal-error",
@@ -213,7 +218,7 @@ class FrontDoor:
         api_prefix: str = "",
         steps: list[Step] | None = None,
         apis: Sequence[tuple[str, Any]] = (),
-        plugins: Callable[[], Any] | None = None,
+        plugins: Callable[[], PluginRegistry | None] | None = None,
         identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
         websockets: WebSockets | None = None,
         body_limit: Callable[[str], int] | None = None,
@@ -289,7 +294,7 @@ class FrontDoor:
             return
         exchange.respond(response)
 
-    def _crashed(self, failure: Any, exchange: Exchange) -> None:
+    def _crashed(self, failure: Failure, exchange: Exchange) -> None:
         if failure.check(CancelledError):
             return  # the client disconnected and its work was cancelled
         _log_crash(failure)
@@ -365,7 +370,7 @@ class FrontDoor:
         answer: Deferred[Any] = self.dispatch(outcome, fields, hooks)
         return answer
 
-    def _registry(self) -> Any:
+    def _registry(self) -> PluginRegistry | None:
         return self._plugins() if self._plugins is not None else None
 
     async def _render_api(self, request: Request) -> Response:
@@ -444,7 +449,7 @@ class _Hooks:
 
     __slots__ = ("action", "app", "app_path", "registry")
 
-    def __init__(self, registry: Any, action: Any) -> None:
+    def __init__(self, registry: PluginRegistry, action: Action | None) -> None:
         self.registry = registry
         self.action = action
         self.app: AppInfo | None = None

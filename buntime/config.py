@@ -96,10 +96,16 @@ def read_dotenv(path: str) -> dict[str, str]:
 
 
 def _split_dirs(value: str) -> tuple[str, ...]:
+    """The absolute paths of a C{:}-separated list, blanks left out."""
     return tuple(os.path.abspath(os.path.expanduser(p)) for p in value.split(":") if p.strip())
 
 
 def _int(name: str, value: str, minimum: int) -> int:
+    """
+    C{value} as an integer of at least C{minimum}.
+
+    @raise ConfigError: naming C{name} when it is not one.
+    """
     try:
         number = int(str(value).strip())
     except ValueError:
@@ -110,12 +116,205 @@ def _int(name: str, value: str, minimum: int) -> int:
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """
+    C{value}, lowercased, if it is one of C{choices} (C{warning} reads as C{warn}).
+
+    @raise ConfigError: naming C{name} when it is none of them.
+    """
     lowered = str(value).strip().lower()
     if lowered == "warning":
         lowered = "warn"
     if lowered not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return lowered
+
+
+@frozen
+class _Given:
+    """
+    What each option was given, and where: C{values} maps an option to the
+    label its errors use (C{--flag} or the environment variable's name) and
+    its text.  Options given nowhere, or as empty variables, are absent.
+    """
+
+    values: Mapping[str, tuple[str, str]]
+
+    @classmethod
+    def read(cls, options: Mapping[str, Any], environ: Mapping[str, str]) -> _Given:
+        """
+        Each option from the command line (C{None}: not given), else from the
+        first of its L{ENV_NAMES} set to something in C{environ}.
+        """
+        values: dict[str, tuple[str, str]] = {}
+        for option, names in ENV_NAMES.items():
+            if options.get(option) is not None:
+                values[option] = ("--" + option.replace("_", "-"), str(options[option]))
+                continue
+            for name in names:
+                if environ.get(name, "") != "":
+                    values[option] = (name, environ[name])
+                    break
+        return cls(values)
+
+    def get(self, option: str) -> str | None:
+        """The text C{option} was given, C{None} when none."""
+        return self.values[option][1] if option in self.values else None
+
+    def label(self, option: str) -> str:
+        """What C{option}'s errors call it: where it was given, else its first variable."""
+        return self.values[option][0] if option in self.values else ENV_NAMES[option][0]
+
+    def on_command_line(self, option: str) -> bool:
+        """Whether C{option} came from the command line."""
+        return self.label(option).startswith("--")
+
+    def choice(self, option: str, default: str, choices: tuple[str, ...]) -> str:
+        """C{option} (or C{default} when it is unset or empty), one of C{choices}."""
+        return _choice(self.label(option), self.get(option) or default, choices)
+
+    def integer(self, option: str, default: int, minimum: int) -> int:
+        """C{option} as an integer of at least C{minimum}, C{default} when not given."""
+        value = self.get(option)
+        if value is None:
+            return default
+        return _int(self.label(option), value, minimum)
+
+
+def _per_cpu(count: int) -> int:
+    """C{count} for each CPU of this machine."""
+    return count * (os.cpu_count() or 1)
+
+
+def _directories(given: _Given) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """
+    The app directories (required) and the plugin directories.
+
+    @raise ConfigError: when no app directory is given.
+    """
+    worker_dirs = _split_dirs(given.get("worker_dirs") or "")
+    if not worker_dirs:
+        raise ConfigError("workerDirs is required: set RUNTIME_WORKER_DIRS env var")
+    return worker_dirs, _split_dirs(given.get("plugin_dirs") or "./plugins")
+
+
+def _listening(given: _Given) -> tuple[str, int | None]:
+    """
+    The endpoint string to listen on, and the TCP port when it is one made
+    from C{--port}/C{PORT} (which C{--listen}/C{RUNTIME_LISTEN} beats, but
+    for C{--port} on the command line, which beats C{RUNTIME_LISTEN}).
+    """
+    listen = given.get("listen")
+    if not given.on_command_line("listen") and given.on_command_line("port"):
+        listen = None
+    if listen is not None:
+        return listen, None
+    port = _int(given.label("port"), given.get("port") or "8000", 0)
+    if port > 65535:
+        raise ConfigError(f"{given.label('port')} must be at most 65535, got {port!r}")
+    return f"tcp:{port}", port
+
+
+def _logging(given: _Given, env: str) -> tuple[str, str]:
+    """The log level and format: C{debug} and C{pretty} in development, by default."""
+    development = env == "development"
+    level = given.choice("log_level", "debug" if development else "info", LOG_LEVELS)
+    log_format = given.choice("log_format", "pretty" if development else "json", LOG_FORMATS)
+    return level, log_format
+
+
+def _size(given: _Given, option: str, default: str) -> int:
+    """
+    C{option} as a number of bytes (C{10mb}, say).
+
+    @raise ConfigError: when it is not a size.
+    """
+    value = given.get(option) or default
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ConfigError(
+            f"{given.label(option)} must be a size like 10mb, got {value!r}"
+        ) from None
+
+
+def _body_sizes(given: _Given) -> tuple[int, int]:
+    """
+    The request body limit of apps that set none, and the ceiling of all.
+
+    @raise ConfigError: when the first exceeds the second.
+    """
+    default = _size(given, "body_size_default", "10mb")
+    ceiling = _size(given, "body_size_max", "100mb")
+    if default > ceiling:
+        raise ConfigError(
+            f"BODY_SIZE_DEFAULT ({default} bytes) must not exceed BODY_SIZE_MAX ({ceiling} bytes)"
+        )
+    return default, ceiling
+
+
+def _api_prefix(given: _Given) -> str:
+    """
+    Where the core API is mounted, below C{/api}: empty, or a path without
+    a trailing slash.
+    """
+    prefix = (given.get("api_prefix") or "").strip().rstrip("/")
+    if prefix and (not prefix.startswith("/") or " " in prefix):
+        raise ConfigError(
+            f"{given.label('api_prefix')} must be a path like /_, got {given.get('api_prefix')!r}"
+        )
+    return prefix
+
+
+def _delay(given: _Given) -> float:
+    """
+    The grace, in seconds, before a retired worker is killed (C{DELAY_MS}
+    is milliseconds).
+    """
+    value = given.get("delay_ms") or "100"
+    try:
+        return parse_duration(float(value) / 1000.0)
+    except ValueError:
+        raise ConfigError(
+            f"{given.label('delay_ms')} must be a number of milliseconds, got {value!r}"
+        ) from None
+
+
+def _header_timeout(given: _Given) -> float:
+    """
+    The deadline, in seconds, for a request head to arrive.
+
+    @raise ConfigError: unless it is a positive duration.
+    """
+    value = given.get("header_timeout") or "10s"
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ConfigError(
+            f"{given.label('header_timeout')} must be a positive duration (like 10s), got {value!r}"
+        )
+    return seconds
+
+
+def _log_file(given: _Given) -> str | None:
+    """
+    The absolute path of the JSON log file, if any, made when missing.
+
+    @raise ConfigError: when it cannot be opened for appending.
+    """
+    log_file = given.get("log_file") or None
+    if log_file is None:
+        return None
+    log_file = os.path.abspath(log_file)
+    try:
+        with open(log_file, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{given.label('log_file')} cannot be written: {log_file!r} ({error.strerror})"
+        ) from None
+    return log_file
 
 
 def load_config(
@@ -130,134 +329,23 @@ def load_config(
     @raise ConfigError: naming the variable and the bad value.
     """
     merged_env = {**(dotenv or {}), **environ}
-    raw: dict[str, tuple[str, str]] = {}  # option -> (label for errors, value)
-    for option, names in ENV_NAMES.items():
-        cli = options.get(option)
-        flag = "--" + option.replace("_", "-")
-        if cli is not None:
-            raw[option] = (flag, str(cli))
-            continue
-        for name in names:
-            if merged_env.get(name, "") != "":
-                raw[option] = (name, merged_env[name])
-                break
-
-    def label(option: str, fallback: str) -> str:
-        return raw[option][0] if option in raw else fallback
-
-    def get(option: str) -> str | None:
-        return raw[option][1] if option in raw else None
-
-    env = _choice(label("env", "RUNTIME_ENV"), get("env") or "development", ENVIRONMENTS)
-
-    worker_dirs_value = get("worker_dirs")
-    if not worker_dirs_value or not _split_dirs(worker_dirs_value):
-        raise ConfigError("workerDirs is required: set RUNTIME_WORKER_DIRS env var")
-    worker_dirs = _split_dirs(worker_dirs_value)
-    plugin_dirs = _split_dirs(get("plugin_dirs") or "./plugins")
-
-    port: int | None = None
-    listen = get("listen")
-    if options.get("listen") is None and options.get("port") is not None:
-        listen = None  # --port on the command line beats RUNTIME_LISTEN
-    if listen is None:
-        port = _int(label("port", "PORT"), get("port") or "8000", 0)
-        if port > 65535:
-            raise ConfigError(f"{label('port', 'PORT')} must be at most 65535, got {port!r}")
-        listen = f"tcp:{port}"
-
-    pool_size = POOL_SIZE_DEFAULTS[env]
-    if get("pool_size") is not None:
-        pool_size = _int(label("pool_size", "RUNTIME_POOL_SIZE"), get("pool_size") or "", 1)
-
-    log_level = _choice(
-        label("log_level", "RUNTIME_LOG_LEVEL"),
-        get("log_level") or ("debug" if env == "development" else "info"),
-        LOG_LEVELS,
-    )
-    log_format = _choice(
-        label("log_format", "RUNTIME_LOG_FORMAT"),
-        get("log_format") or ("pretty" if env == "development" else "json"),
-        LOG_FORMATS,
-    )
-
-    def size(option: str, name: str, default: str) -> int:
-        value = get(option) or default
-        try:
-            return parse_size(value)
-        except ValueError:
-            raise ConfigError(
-                f"{label(option, name)} must be a size like 10mb, got {value!r}"
-            ) from None
-
-    body_size_default = size("body_size_default", "BODY_SIZE_DEFAULT", "10mb")
-    body_size_max = size("body_size_max", "BODY_SIZE_MAX", "100mb")
-    if body_size_default > body_size_max:
-        raise ConfigError(
-            f"BODY_SIZE_DEFAULT ({body_size_default} bytes) must not exceed "
-            f"BODY_SIZE_MAX ({body_size_max} bytes)"
-        )
-
-    api_prefix = (get("api_prefix") or "").strip().rstrip("/")
-    if api_prefix and (not api_prefix.startswith("/") or " " in api_prefix):
-        raise ConfigError(
-            f"{label('api_prefix', 'RUNTIME_API_PREFIX')} must be a path like /_, "
-            f"got {get('api_prefix')!r}"
-        )
-
-    ephemeral_concurrency = 8 * (os.cpu_count() or 1)
-    if get("ephemeral_concurrency") is not None:
-        ephemeral_concurrency = _int(
-            label("ephemeral_concurrency", "RUNTIME_EPHEMERAL_CONCURRENCY"),
-            get("ephemeral_concurrency") or "",
-            1,
-        )
-
-    delay_value = get("delay_ms") or "100"
-    try:
-        delay = parse_duration(float(delay_value) / 1000.0)
-    except ValueError:
-        raise ConfigError(
-            f"{label('delay_ms', 'DELAY_MS')} must be a number of milliseconds, got {delay_value!r}"
-        ) from None
-
-    worker_mode = _choice(
-        label("worker_mode", "RUNTIME_WORKER_MODE"), get("worker_mode") or "fork", ("fork", "spawn")
-    )
-
-    header_value = get("header_timeout") or "10s"
-    try:
-        header_timeout = parse_duration(header_value)
-    except ValueError:
-        header_timeout = -1.0
-    if header_timeout <= 0:
-        raise ConfigError(
-            f"{label('header_timeout', 'RUNTIME_HEADER_TIMEOUT')} must be a positive duration "
-            f"(like 10s), got {header_value!r}"
-        )
-    max_connections = 4096
-    if get("max_connections") is not None:
-        max_connections = _int(
-            label("max_connections", "RUNTIME_MAX_CONNECTIONS"), get("max_connections") or "", 1
-        )
-
+    given = _Given.read(options, merged_env)
+    env = given.choice("env", "development", ENVIRONMENTS)
+    worker_dirs, plugin_dirs = _directories(given)
+    listen, port = _listening(given)
+    pool_size = given.integer("pool_size", POOL_SIZE_DEFAULTS[env], 1)
+    log_level, log_format = _logging(given, env)
+    body_size_default, body_size_max = _body_sizes(given)
+    api_prefix = _api_prefix(given)
+    ephemeral_concurrency = given.integer("ephemeral_concurrency", _per_cpu(8), 1)
+    delay = _delay(given)
+    worker_mode = given.choice("worker_mode", "fork", ("fork", "spawn"))
+    header_timeout = _header_timeout(given)
+    max_connections = given.integer("max_connections", 4096, 1)
     forwarded_allow_ips = _addresses(
-        label("forwarded_allow_ips", "RUNTIME_FORWARDED_ALLOW_IPS"),
-        get("forwarded_allow_ips") or "127.0.0.1,::1",
+        given.label("forwarded_allow_ips"), given.get("forwarded_allow_ips") or "127.0.0.1,::1"
     )
-
-    log_file = get("log_file") or None
-    if log_file is not None:
-        log_file = os.path.abspath(log_file)
-        try:
-            with open(log_file, "a", encoding="utf-8"):
-                pass
-        except OSError as error:
-            raise ConfigError(
-                f"{label('log_file', 'RUNTIME_LOG_FILE')} cannot be written: "
-                f"{log_file!r} ({error.strerror})"
-            ) from None
-
+    log_file = _log_file(given)
     return RuntimeConfig(
         listen=listen,
         port=port,
@@ -273,8 +361,8 @@ def load_config(
         api_prefix=api_prefix,
         ephemeral_concurrency=ephemeral_concurrency,
         delay=delay,
-        data_dir=os.path.abspath(get("data_dir") or "./.buntime"),
-        homepage=get("homepage") or None,
+        data_dir=os.path.abspath(given.get("data_dir") or "./.buntime"),
+        homepage=given.get("homepage") or None,
         worker_mode=worker_mode,
         environ=dict(merged_env),
         header_timeout=header_timeout,

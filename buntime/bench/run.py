@@ -1,0 +1,156 @@
+"""
+A run of the benchmark's load scenarios: every server up at once, the
+scenarios measured in turn, round after round, so that a scenario and its
+baseline meet the same moments of a busy machine; each reports its median
+round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+from buntime.bench.apps import write_plugin
+from buntime.bench.load import python_load, run_wrk, stream_rss, time_to_first_byte
+from buntime.bench.proc import cpu_split, descendants, rss_mb
+from buntime.bench.report import median_round
+from buntime.bench.scenarios import PLUGIN_SCENARIOS, SCENARIOS, VARIED_SCENARIOS
+from buntime.bench.servers import baseline, fetch_header, fetch_json, runtime
+
+Load = Callable[[str, str, float], dict[str, Any]]
+"""Drive a scenario (by name) at a server's base URL for some seconds: its result."""
+
+
+def loader(use_wrk: bool, script: str, varied_script: str) -> Load:
+    """
+    The L{Load} of this run: wrk with C{script} (C{varied_script} for
+    L{VARIED_SCENARIOS}), or the Python load generator.
+    """
+
+    def load(url: str, name: str, seconds: float) -> dict[str, Any]:
+        """Drive scenario C{name} at C{url} (the server's base) for C{seconds}."""
+        path, method, clients, _ = SCENARIOS[name]
+        varied = name in VARIED_SCENARIOS
+        if use_wrk:
+            chosen = varied_script if varied else script
+            return run_wrk(url + path, method, clients, seconds, chosen)
+        return asyncio.run(python_load(url + path, method, clients, seconds, varied))
+
+    return load
+
+
+def measure(
+    load: Load, url: str, pid: int, name: str, seconds: float, number: int
+) -> dict[str, Any]:
+    """
+    Drive runtime scenario C{name} in round C{number}, warm (but
+    ephemeral-noop), timing the CPU of the runtime C{pid} and its workers.
+    """
+    if name != "ephemeral-noop" and number == 0:
+        time_to_first_byte(url + SCENARIOS[name][0])  # warm it up
+    before = cpu_split(pid)
+    result = load(url, name, seconds)
+    after = cpu_split(pid)
+    if result.get("requests"):
+        # CPU time per request: steadier than req/s on a busy machine
+        # (exited ephemeral workers are not counted)
+        result["runtime_cpu_us"] = round((after[0] - before[0]) * 1e6 / result["requests"], 1)
+        result["workers_cpu_us"] = round((after[1] - before[1]) * 1e6 / result["requests"], 1)
+    return result
+
+
+def run_scenarios(
+    report: dict[str, Any],
+    wanted: list[str],
+    options: argparse.Namespace,
+    workdir: str,
+    load: Load,
+) -> None:
+    """
+    Measure the scenarios and checks of C{wanted} into C{report}, with the
+    runtime's memory and its pool metrics.
+    """
+    loads = [name for name in wanted if name in SCENARIOS]
+    with ExitStack() as servers:
+        base = servers.enter_context(baseline())
+        url, pid = servers.enter_context(runtime(workdir, options.worker_mode, options.log_level))
+        where = {name: (url, pid) for name in loads}
+        hooked = [name for name in wanted if name in PLUGIN_SCENARIOS]
+        if hooked:
+            _serve_hooked(servers, hooked, options, workdir, where, report)
+            loads = [name for name in loads if name in where]
+        if "cold-start" in wanted:
+            report["results"]["cold-start"] = {"ttfb_ms": time_to_first_byte(url + "/cold/")}
+        samples = _rounds(loads, where, base, options, load)
+        for name in loads:
+            report["results"][name] = median_round(samples[name])
+            if name in hooked:
+                report["results"][name]["hooks_ran"] = True
+        if "stream-100mb" in wanted:
+            time_to_first_byte(url + "/noop-asgi/")
+            report["results"]["stream-100mb"] = stream_rss(url + "/stream/", pid)
+        _memory_and_pool(report, url, pid)
+
+
+def _serve_hooked(
+    servers: ExitStack,
+    hooked: list[str],
+    options: argparse.Namespace,
+    workdir: str,
+    where: dict[str, tuple[str, int]],
+    report: dict[str, Any],
+) -> None:
+    """
+    Start a runtime with the bench-hooks plugin for the C{hooked} scenarios,
+    and send each there in C{where}; one whose hooks do not run is reported
+    as such and left out of C{where}.
+    """
+    plugin_dir = write_plugin(workdir)
+    hooked_at = servers.enter_context(
+        runtime(workdir, options.worker_mode, options.log_level, plugin_dir=plugin_dir)
+    )
+    for name in hooked:
+        # Proof that the hooks run, before any load: on_response's header.
+        if fetch_header(hooked_at[0] + SCENARIOS[name][0], "x-bench") == "1":
+            where[name] = hooked_at
+        else:
+            del where[name]
+            report["results"][name] = {
+                "hooks_ran": False,
+                "error": "no x-bench: 1 on a response: the plugin's hooks did not run",
+            }
+
+
+def _rounds(
+    loads: list[str],
+    where: dict[str, tuple[str, int]],
+    base: tuple[str, int],
+    options: argparse.Namespace,
+    load: Load,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every scenario of C{loads} in turn, C{options.rounds} times: each one's results."""
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in loads}
+    rounds = max(1, options.rounds)
+    for number in range(rounds):
+        for name in loads:
+            if name.startswith("baseline"):
+                result = load(base[0], name, options.duration / rounds)
+                result["rss_mb"] = rss_mb(base[1])
+            else:
+                result = measure(load, *where[name], name, options.duration / rounds, number)
+            samples[name].append(result)
+    return samples
+
+
+def _memory_and_pool(report: dict[str, Any], url: str, pid: int) -> None:
+    """The resident memory of the runtime C{pid} and its workers, and its pool metrics."""
+    report["runtime_rss_mb"] = rss_mb(pid)
+    report["worker_rss_mb"] = {
+        str(child): rss_mb(child) for child in descendants(pid) if rss_mb(child)
+    }
+    metrics = fetch_json(url + "/metrics/api/")
+    if metrics is not None:
+        report["pool"] = metrics.get("pool", metrics)

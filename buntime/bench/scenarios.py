@@ -1,0 +1,31 @@
+"""
+The benchmark's scenarios (SPEC §10): what each drives, with how many
+clients, against which baseline, and the goals some must meet.
+"""
+
+from __future__ import annotations
+
+SCENARIOS = {
+    # name: (app path, method, clients, baseline scenario)
+    "warm-noop": ("/noop-asgi/", "GET", 50, "baseline-noop"),
+    "warm-noop-wsgi": ("/noop-wsgi/", "GET", 50, "baseline-noop"),
+    "echo-1kb": ("/echo/", "POST", 50, "baseline-echo"),
+    "slow-50ms": ("/slow/", "GET", 50, None),
+    "ephemeral-noop": ("/ephemeral/", "GET", 10, None),
+    "warm-noop-varied": ("/noop-asgi/", "GET", 50, "baseline-varied"),
+    "warm-noop-plugin": ("/noop-asgi/", "GET", 50, "baseline-noop"),
+    "baseline-noop": ("/", "GET", 50, None),
+    "baseline-echo": ("/echo", "POST", 50, None),
+    "baseline-varied": ("/", "GET", 50, None),
+}
+DEFAULT_SCENARIOS = list(SCENARIOS)
+EXTRA_CHECKS = ("cold-start", "stream-100mb")
+# Sent with other headers on every request (a request id, a cookie, a user agent).
+VARIED_SCENARIOS = ("warm-noop-varied", "baseline-varied")
+# Served by a runtime of their own, started with the bench-hooks plugin.
+PLUGIN_SCENARIOS = ("warm-noop-plugin",)
+GOALS = {
+    # name: ((the scenario whose req/s it is compared with, the least ratio), ...)
+    "warm-noop-plugin": (("warm-noop", 0.9),),
+    "warm-noop-varied": (("warm-noop", 0.9), ("baseline-varied", 0.7)),
+}

@@ -37,7 +37,6 @@ from buntime.pool.commands import (
     parse_request_head,
 )
 from buntime.pool.events import (
-    Log,
     Ready,
     ResponseBody,
     ResponseEnd,
@@ -166,9 +165,6 @@ class FakeChild(amp.AMP):
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         self.process.die(0)  # the real child exits when its channel closes
-
-    def send_log(self, level: str, message: str, fields: dict) -> None:
-        self.callRemote(Log, level=level, message=message, fields=json.dumps(fields))
 
     @StartRequest.responder
     def start_request(self, rid, head, body):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.internet import reactor
 
-from buntime.pool.child.loader import NO_APP, LoadError, load, resolve_entrypoint
+from buntime.pool.child.loader import NO_APP, LoadError, load
 
 
 def write(folder: Path, name: str, source: str) -> Path:
@@ -37,56 +36,6 @@ def keep_sys_path():
 
 def kind_of(folder: Path, loop, entrypoint: str = "") -> str:
     return load(str(folder), entrypoint, reactor=reactor, loop=loop).kind
-
-
-# -- entrypoints -----------------------------------------------------------------
-
-
-def test_auto_detection_order(tmp_path: Path) -> None:
-    write(tmp_path, "index.py", "")
-    assert resolve_entrypoint(str(tmp_path), "") == (str(tmp_path / "index.py"), None)
-    write(tmp_path, "main.py", "")
-    assert resolve_entrypoint(str(tmp_path), "")[0] == str(tmp_path / "main.py")
-    write(tmp_path, "app.py", "")
-    assert resolve_entrypoint(str(tmp_path), "")[0] == str(tmp_path / "app.py")
-
-
-def test_nothing_to_auto_detect(tmp_path: Path) -> None:
-    write(tmp_path, "index.html", "<p>static apps never reach a worker</p>")
-    with pytest.raises(LoadError, match="No entrypoint found"):
-        resolve_entrypoint(str(tmp_path), "")
-
-
-def test_declared_entrypoint_and_attribute(tmp_path: Path) -> None:
-    write(tmp_path, "src/server.py", "")
-    assert resolve_entrypoint(str(tmp_path), "src/server.py:make.app") == (
-        str(tmp_path / "src" / "server.py"),
-        "make.app",
-    )
-    absolute = str(tmp_path / "src" / "server.py")
-    assert resolve_entrypoint(str(tmp_path), absolute) == (absolute, None)
-
-
-@pytest.mark.parametrize(
-    ("entrypoint", "message"),
-    [
-        ("/etc/passwd.py", "absolute paths are not allowed"),
-        ("../outside.py", "leaves the app directory"),
-        ("sub/../../outside.py", "leaves the app directory"),
-        ("link.py", "leaves the app directory"),
-        ("missing.py", 'Entrypoint "missing.py" not found'),
-        ("index.html", "runs .py files only"),
-        ("app.py:1bad", "is not an attribute name"),
-    ],
-)
-def test_bad_entrypoints(tmp_path: Path, entrypoint: str, message: str) -> None:
-    app = tmp_path / "app"
-    write(app, "app.py", "")
-    write(app, "index.html", "")
-    write(tmp_path, "outside.py", "")
-    os.symlink(tmp_path / "outside.py", app / "link.py")
-    with pytest.raises(LoadError, match=message):
-        resolve_entrypoint(str(app), entrypoint)
 
 
 # -- kinds ---------------------------------------------------------------------

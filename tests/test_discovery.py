@@ -12,7 +12,6 @@ from twisted.internet.task import Clock
 from buntime.apps.discovery import (
     AppCatalog,
     AppVersion,
-    is_app_name,
     scan,
     scan_worker_dir,
     split_app_path,
@@ -132,25 +131,6 @@ def test_versions_of_one_app(tmp_path):
     catalog = AppCatalog([str(tmp_path)], Clock())
     assert sorted(catalog.versions("hello")) == ["1.0.0", "2.0.0"]
     assert catalog.versions("nope") == {}
-
-
-@pytest.mark.parametrize(
-    "name,valid",
-    [
-        ("hello", True),
-        ("my-app.v2_x", True),
-        ("@scope/name", True),
-        ("@scope/", False),
-        ("@/name", False),
-        ("", False),
-        (".hidden", False),
-        ("-x", False),
-        ("a/b", False),
-        ("a@1", False),
-    ],
-)
-def test_is_app_name(name, valid):
-    assert is_app_name(name) is valid
 
 
 @pytest.mark.parametrize(

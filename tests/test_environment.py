@@ -1,6 +1,6 @@
 """
 The worker environment (nothing inherited but what Python needs, sensitive
-names blocked) and entrypoint resolution.
+names blocked).
 """
 
 from __future__ import annotations
@@ -12,12 +12,7 @@ import pytest
 
 import buntime
 from buntime.manifest import AppManifest
-from buntime.pool.environment import (
-    EntrypointError,
-    build_worker_env,
-    is_sensitive,
-    resolve_entrypoint,
-)
+from buntime.pool.environment import build_worker_env, is_sensitive
 
 RUNTIME = {
     "RUNTIME_API_URL": "http://127.0.0.1:8000",
@@ -182,97 +177,3 @@ def test_worker_config_handles_yaml_types():
 
     env, _ = build(AppManifest(raw={"released": datetime.date(2024, 1, 2)}))
     assert json.loads(env["WORKER_CONFIG"]) == {"released": "2024-01-02"}
-
-
-# -- entrypoints ---------------------------------------------------------------
-
-
-@pytest.fixture
-def app_dir(tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
-    (tmp_path / "outside.py").write_text("SECRET = 1\n")
-    return app
-
-
-@pytest.mark.parametrize(
-    "files,expected",
-    [
-        (["index.html", "app.py", "main.py", "index.py"], "index.html"),
-        (["app.py", "main.py", "index.py"], "app.py"),
-        (["main.py", "index.py"], "main.py"),
-        (["index.py"], "index.py"),
-    ],
-)
-def test_auto_detection_order(app_dir, files, expected):
-    for name in files:
-        (app_dir / name).write_text("")
-    assert resolve_entrypoint(str(app_dir), None) == (str(app_dir / expected), None)
-
-
-def test_no_entrypoint(app_dir):
-    (app_dir / "readme.txt").write_text("")
-    with pytest.raises(EntrypointError, match="No entrypoint found"):
-        resolve_entrypoint(str(app_dir), None)
-
-
-def test_declared_entrypoint_with_attribute(app_dir):
-    (app_dir / "src").mkdir()
-    (app_dir / "src" / "server.py").write_text("")
-    assert resolve_entrypoint(str(app_dir), "src/server.py:create_app") == (
-        str(app_dir / "src" / "server.py"),
-        "create_app",
-    )
-    assert resolve_entrypoint(str(app_dir), "./src/server.py") == (
-        str(app_dir / "src" / "server.py"),
-        None,
-    )
-    assert resolve_entrypoint(str(app_dir), "src/server.py:api.app")[1] == "api.app"
-
-
-@pytest.mark.parametrize(
-    "declared,message",
-    [
-        ("/etc/passwd.py", "relative to the app directory"),
-        ("../outside.py", "must not leave the app directory"),
-        ("src/../../outside.py", "must not leave the app directory"),
-        ("..\\outside.py", "must not leave the app directory"),
-        ("\\outside.py", "relative to the app directory"),
-        ("missing.py", "not found"),
-        ("app.py:1bad", "is not an attribute"),
-        ("app.py:", "is not an attribute"),
-        (":app", "no file named"),
-        ("notes.txt", "must be a .py or .html file"),
-        ("index.html:app", "has no attributes"),
-        ("src", "must be a .py or .html file"),
-    ],
-)
-def test_invalid_entrypoints(app_dir, declared, message):
-    (app_dir / "app.py").write_text("")
-    (app_dir / "index.html").write_text("")
-    (app_dir / "notes.txt").write_text("")
-    (app_dir / "src").mkdir()
-    with pytest.raises(EntrypointError, match=message):
-        resolve_entrypoint(str(app_dir), declared)
-
-
-def test_symlink_escape_is_refused(app_dir, tmp_path):
-    os.symlink(tmp_path / "outside.py", app_dir / "link.py")
-    with pytest.raises(EntrypointError, match="outside the app directory"):
-        resolve_entrypoint(str(app_dir), "link.py")
-    os.symlink(tmp_path, app_dir / "up")
-    with pytest.raises(EntrypointError, match="outside the app directory"):
-        resolve_entrypoint(str(app_dir), "up/outside.py")
-
-
-def test_symlink_inside_is_fine(app_dir):
-    (app_dir / "real.py").write_text("")
-    os.symlink(app_dir / "real.py", app_dir / "app.py")
-    assert resolve_entrypoint(str(app_dir), None) == (str(app_dir / "app.py"), None)
-
-
-def test_symlinked_app_dir_is_fine(app_dir, tmp_path):
-    (app_dir / "app.py").write_text("")
-    os.symlink(app_dir, tmp_path / "alias")
-    path, _ = resolve_entrypoint(str(tmp_path / "alias"), None)
-    assert path == str(tmp_path / "alias" / "app.py")

@@ -332,8 +332,8 @@ def test_bundled_static_apps(name, path, needle):
     from twisted.internet.task import Clock
 
     from buntime.apps.discovery import AppCatalog
+    from buntime.apps.resolve import resolve
     from buntime.manifest import load_app_manifest
-    from buntime.pool.environment import resolve_entrypoint
 
     version = AppCatalog([APPS_DIR], Clock()).resolve(name, None)
     assert (version.version, version.layout) == ("latest", "simple")
@@ -341,7 +341,7 @@ def test_bundled_static_apps(name, path, needle):
         version.dir, environ={}, body_size_default=1, body_size_max=1, app_label=name
     )
     assert warnings == [] and manifest.name == name
-    entrypoint, _ = resolve_entrypoint(version.dir, manifest.entrypoint)
+    entrypoint, _ = resolve(version.dir, manifest.entrypoint)
     assert entrypoint.endswith("index.html")
     assert manifest.inject_base is None  # a static app: the base is injected
     response = serve_static(version.dir, path, f"/{name}", True)

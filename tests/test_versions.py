@@ -17,7 +17,6 @@ from buntime.apps.versions import (
     is_version,
     max_satisfying,
     parse_range,
-    sort_versions,
     version_key,
 )
 
@@ -163,7 +162,7 @@ def test_semver_ordering():
         "1.0.0-alpha.1",
         "1.0.0-beta",
     ]
-    assert sort_versions(shuffled) == [
+    assert sorted(shuffled, key=version_key) == [
         "1.0.0-alpha",
         "1.0.0-alpha.1",
         "1.0.0-alpha.beta",
@@ -176,7 +175,7 @@ def test_semver_ordering():
         "1.10.0",
         "2.0.0",
     ]
-    assert sort_versions(["1.2.0", "2.0.0", "1.10.0"], reverse=True) == [
+    assert sorted(["1.2.0", "2.0.0", "1.10.0"], key=version_key, reverse=True) == [
         "2.0.0",
         "1.10.0",
         "1.2.0",
@@ -238,25 +237,27 @@ def test_max_satisfying(range_, expected):
 
 
 @pytest.mark.parametrize(
-    "range_,comparators",
+    "range_,inside,outside",
     [
-        ("1", ">=1.0.0-0 <2.0.0-0"),
-        ("1.4", ">=1.4.0-0 <1.5.0-0"),
-        ("1.4.2", "1.4.2"),
-        ("^1.0.0", ">=1.0.0 <2.0.0-0"),
-        ("~1.4.0", ">=1.4.0 <1.5.0-0"),
-        (">=1 <2", ">=1.0.0-0 <2.0.0-0"),
-        ("1.2.3 || 2.x", "1.2.3 || >=2.0.0-0 <3.0.0-0"),
-        ("*", "*"),
-        ("^0.1.2", ">=0.1.2 <0.2.0-0"),
-        ("^0.0.1", ">=0.0.1 <0.0.2-0"),
-        ("1.2 - 2", ">=1.2.0-0 <3.0.0-0"),
-        (">1", ">=2.0.0-0"),
-        ("<=1.2", "<1.3.0-0"),
+        ("1", ["1.0.0-0", "1.9.9"], ["0.9.9", "2.0.0-0"]),
+        ("1.4", ["1.4.0-0", "1.4.9"], ["1.3.9", "1.5.0-0"]),
+        ("1.4.2", ["1.4.2"], ["1.4.2-rc.1", "1.4.3"]),
+        ("^1.0.0", ["1.0.0", "1.9.0"], ["1.0.0-rc.1", "2.0.0-0"]),
+        ("~1.4.0", ["1.4.0", "1.4.9"], ["1.4.0-rc.1", "1.5.0-0"]),
+        (">=1 <2", ["1.0.0-0", "1.9.9"], ["0.9.9", "2.0.0-0"]),
+        ("1.2.3 || 2.x", ["1.2.3", "2.0.0-0", "2.9.9"], ["1.2.4", "3.0.0-0"]),
+        ("*", ["0.0.0", "3.0.0-rc.1"], []),
+        ("^0.1.2", ["0.1.2", "0.1.9"], ["0.1.1", "0.2.0-0"]),
+        ("^0.0.1", ["0.0.1"], ["0.0.0", "0.0.2-0"]),
+        ("1.2 - 2", ["1.2.0-0", "2.9.9"], ["1.1.9", "3.0.0-0"]),
+        (">1", ["2.0.0-0"], ["1.9.9"]),
+        ("<=1.2", ["1.2.0", "1.2.9"], ["1.3.0-0"]),
     ],
 )
-def test_ranges_desugar_like_npm_include_prerelease(range_, comparators):
-    assert parse_range(range_).comparators == comparators
+def test_ranges_desugar_like_npm_include_prerelease(range_, inside, outside):
+    """The bounds npm's includePrerelease mode gives (C{1.4} is C{>=1.4.0-0 <1.5.0-0})."""
+    parsed = parse_range(range_)
+    assert [v for v in inside + outside if parsed.test(v)] == inside
 
 
 def test_partial_versions_find_their_pre_releases():

@@ -338,24 +338,18 @@ def test_stop_kills_a_worker_that_stays():
     assert result_of(stopped) is None
 
 
-def test_logs_and_output_are_tagged(eliot_logger):
+def test_output_is_tagged(eliot_logger):
     launcher, worker = started()
-    child(launcher).send_log("warn", "cache miss", {"key": "k1", "level": "x"})
     worker.output_received(Write("stdout", "hello from print\n"))
     worker.output_received(Write("stderr", "a warning\n", raw=True))
     launcher.settle()
-    [message] = logged(eliot_logger, "buntime:worker:log")
-    assert message["level"] == "warn"
-    assert message["message"] == "cache miss"
-    assert (message["app"], message["version"], message["worker_id"]) == ("hello", "1.0.0", "w1")
-    assert (message["key"], message["field_level"]) == ("k1", "x")
     output = logged(eliot_logger, "buntime:worker:output")
     assert [(m["stream"], m["level"], m["message"]) for m in output] == [
         ("stdout", "info", "hello from print"),
         ("stderr", "warn", "a warning"),
     ]
     assert all(m["worker_id"] == "w1" for m in output)
-    assert {m["context"] for m in [*output, message]} == {"worker:hello@1.0.0"}
+    assert {m["context"] for m in output} == {"worker:hello@1.0.0"}
 
 
 def test_output_records_carry_the_request_id(eliot_logger):

@@ -30,7 +30,6 @@ LATEST = "latest"
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 NAME = re.compile(rf"\A{_NAME}\Z")
 """An app name (or a scope without its C{@})."""
-_SCOPED_NAME = re.compile(rf"\A(?:@{_NAME}/)?{_NAME}\Z")
 
 _LAYOUT_RANK = {"flat": 0, "nested": 1, "simple": 2}
 _RESOLVED_MAX = 4096
@@ -50,11 +49,6 @@ class AppVersion:
     def label(self) -> str:
         """C{name@version}, as logs and errors name an app."""
         return f"{self.name}@{self.version}"
-
-
-def is_app_name(name: str) -> bool:
-    """Whether C{name} is a valid app name, scoped (C{@scope/name}) or not."""
-    return _SCOPED_NAME.match(name) is not None
 
 
 def _is_version_dir(name: str) -> bool:
@@ -153,8 +147,6 @@ class AppCatalog:
     _scanned_at: float = field(default=0.0, init=False)
     # resolve() answers for the current scan: (name, spec) -> version
     _resolved: dict[tuple[str, str | None], AppVersion | None] = field(factory=dict, init=False)
-    generation: int = field(default=0, init=False)
-    """Counts the scans and invalidations: an answer of L{resolve} holds while it stays."""
 
     def _current(self) -> dict[str, dict[str, AppVersion]]:
         now = self.clock.seconds()
@@ -162,19 +154,11 @@ class AppCatalog:
             self._apps = scan(self.worker_dirs)
             self._scanned_at = now
             self._resolved = {}
-            self.generation += 1
         return self._apps
-
-    def fresh(self) -> bool:
-        """Whether the scan L{resolve} answers from would still be used now."""
-        return self._apps is not None and (
-            self.clock.seconds() - self._scanned_at < self.cache_seconds
-        )
 
     def invalidate(self) -> None:
         """Forget the cached scan (after an install or a delete)."""
         self._apps = None
-        self.generation += 1
 
     def versions(self, name: str) -> dict[str, AppVersion]:
         """Every version of C{name}: version -> L{AppVersion} (empty if unknown)."""

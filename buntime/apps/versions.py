@@ -75,11 +75,6 @@ def version_key(version: str) -> tuple:
     return (int(major), int(minor), int(patch), pre_key, build or "")
 
 
-def sort_versions(versions: Iterable[str], *, reverse: bool = False) -> list[str]:
-    """C{versions} (all strict semver) in semver order, lowest first."""
-    return sorted(versions, key=version_key, reverse=reverse)
-
-
 # -- desugaring ranges (npm's rules with includePrerelease) ----------------------
 
 
@@ -197,12 +192,6 @@ class Range:
 
     text: str
     _parsed: nodesemver.Range = field(repr=False, eq=False)
-
-    @property
-    def comparators(self) -> str:
-        """The range as plain comparators, e.g. C{>=1.4.0-0 <1.5.0-0}."""
-        alternatives = self._parsed.set
-        return " || ".join(" ".join(c.value for c in alt if c.value) or "*" for alt in alternatives)
 
     def test(self, version: str) -> bool:
         """Whether the strict semver C{version} satisfies this range."""

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
 from buntime._logging import log
-from buntime.apps.install import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
+from buntime.archive import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
 from buntime.plugins.install import (
     Staged,
     find_removable,

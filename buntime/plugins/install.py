@@ -4,8 +4,8 @@ steps: L{stage_plugin} / L{stage_removal} change the plugin dir and keep what
 they replaced aside, then the caller reloads the plugins and either
 C{commit()}s or C{rollback()}s (a plugin that fails to load changes nothing).
 
-Archives are checked and extracted by the app installer's safe extraction
-(no C{..}, no absolute paths, no links, bounded size and entry count).
+Archives are checked and extracted by L{buntime.archive}, as app archives
+are (no C{..}, no absolute paths, no links, bounded size and entry count).
 """
 
 from __future__ import annotations
@@ -20,19 +20,17 @@ from datetime import UTC, datetime
 
 from attrs import frozen
 
-from buntime.apps.install import (
+from buntime.archive import (
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_TOTAL_BYTES,
     Budget,
     InstallError,
     Source,
-    archive_kind,
-    extract,
+    unpack,
 )
 from buntime.plugins.discovery import DIR, MANIFEST_FILES, PluginSource, read_manifest
 
 _NAME = re.compile(r"\A(?:@[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-_IGNORED_TOP_LEVEL = frozenset({"__MACOSX"})
 
 
 @frozen
@@ -90,17 +88,8 @@ def check_plugin_name(name: object) -> str:
     return name.strip()
 
 
-def _plugin_root(extracted: str) -> str:
-    """The extracted dir holding the manifest: the root, or its single directory."""
-    if any(os.path.isfile(os.path.join(extracted, m)) for m in MANIFEST_FILES):
-        return extracted
-    entries = [e for e in os.listdir(extracted) if e not in _IGNORED_TOP_LEVEL]
-    if len(entries) == 1:
-        only = os.path.join(extracted, entries[0])
-        if os.path.isdir(only) and not os.path.islink(only):
-            if any(os.path.isfile(os.path.join(only, m)) for m in MANIFEST_FILES):
-                return only
-    raise InstallError("MISSING_PARAMS", "Archive has no manifest.yaml at its root")
+def _has_manifest(directory: str) -> bool:
+    return any(os.path.isfile(os.path.join(directory, m)) for m in MANIFEST_FILES)
 
 
 def _plugin_name(root: str) -> str:
@@ -133,32 +122,19 @@ def stage_plugin(
         C{PATH_TRAVERSAL}, C{MISSING_PARAMS}, C{MISSING_NAME} (400),
         C{PAYLOAD_TOO_LARGE} (413); nothing on disk changed then.
     """
-    kind = archive_kind(filename)
-    os.makedirs(plugin_dir, exist_ok=True)
-    scratch = os.path.join(plugin_dir, f".buntime-install-{uuid.uuid4().hex}")
-    os.mkdir(scratch, 0o700)
+    unpacked = unpack(data, filename, plugin_dir, Budget(max_total_bytes, max_files))
     try:
-        extracted = os.path.join(scratch, "archive")
-        os.mkdir(extracted, 0o755)
-        extract(data, kind, extracted, Budget(max_total_bytes, max_files))
-        root = _plugin_root(extracted)
+        root = unpacked.root(_has_manifest)
+        if root is None:
+            raise InstallError("MISSING_PARAMS", "Archive has no manifest.yaml at its root")
         name = _plugin_name(root)
         target = os.path.join(plugin_dir, *name.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        aside = os.path.join(scratch, "previous") if os.path.lexists(target) else None
-        if aside is not None:
-            os.rename(target, aside)
-        try:
-            os.rename(root, target)
-        except BaseException:
-            if aside is not None:
-                os.rename(aside, target)
-            raise
+        aside = unpacked.move_into_place(root, target, plugin_dir)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        unpacked.discard()
         raise
     stamp = datetime.fromtimestamp(now(), UTC).isoformat(timespec="milliseconds")
-    return Staged(name, target, scratch, aside, stamp.replace("+00:00", "Z"))
+    return Staged(name, target, unpacked.scratch, aside, stamp.replace("+00:00", "Z"))
 
 
 def find_removable(sources: Sequence[PluginSource], name: str, plugin_dirs: Sequence[str]) -> str:

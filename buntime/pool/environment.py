@@ -1,5 +1,6 @@
 """
-What a worker process starts with: its environment and its entrypoint.
+What a worker process starts with: its environment (the entrypoint it is
+given is found by L{buntime.apps.resolve}).
 
 Workers do not inherit the runtime's environment (it may hold secrets); they
 get what Python needs, buntime's own variables, and the app manifest's
@@ -57,13 +58,6 @@ RESERVED = frozenset(
     )
 )
 """Names buntime sets itself; a manifest's C{env} cannot override them."""
-
-AUTO_ENTRYPOINTS = ("index.html", "app.py", "main.py", "index.py")
-"""Entrypoints looked for, in order, when the manifest names none."""
-
-ENTRYPOINT_SUFFIXES = (".html", ".py")
-
-_ATTRIBUTE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 def is_sensitive(name: str) -> bool:
@@ -142,55 +136,3 @@ def build_worker_env(
         if name in runtime:
             env[name] = str(runtime[name])
     return env, sorted(blocked)
-
-
-class EntrypointError(Exception):
-    """The app's entrypoint is missing or points outside the app directory."""
-
-
-def _inside(root: str, path: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def resolve_entrypoint(app_dir: str, declared: str | None) -> tuple[str, str | None]:
-    """
-    The absolute path of the app's entrypoint file and the attribute to load
-    (from C{"app.py:create"}; C{None} when not given).  Without C{declared},
-    the first of L{AUTO_ENTRYPOINTS} that exists.
-
-    @raise EntrypointError: absolute paths, C{..} escapes (also through
-        symlinks), missing files, or a file that is neither C{.py} nor C{.html}.
-    """
-    if declared is None:
-        for candidate in AUTO_ENTRYPOINTS:
-            if os.path.isfile(os.path.join(app_dir, candidate)):
-                return resolve_entrypoint(app_dir, candidate)
-        raise EntrypointError(
-            f"No entrypoint found in {app_dir}: add one of {', '.join(AUTO_ENTRYPOINTS)}"
-            " or set entrypoint in the manifest"
-        )
-    file_part, sep, attribute = declared.partition(":")
-    if sep and _ATTRIBUTE.match(attribute) is None:
-        raise EntrypointError(f'Invalid entrypoint "{declared}": "{attribute}" is not an attribute')
-    if not file_part or "\0" in file_part:
-        raise EntrypointError(f'Invalid entrypoint "{declared}": no file named')
-    if os.path.isabs(file_part) or file_part.startswith(("/", "\\")):
-        raise EntrypointError(
-            f'Invalid entrypoint "{declared}": must be a path relative to the app directory'
-        )
-    parts = re.split(r"[/\\]", file_part)
-    if ".." in parts:
-        raise EntrypointError(f'Invalid entrypoint "{declared}": must not leave the app directory')
-    root = os.path.abspath(app_dir)
-    path = os.path.normpath(os.path.join(root, *parts))
-    if not _inside(os.path.realpath(root), os.path.realpath(path)):
-        raise EntrypointError(
-            f'Invalid entrypoint "{declared}": resolves outside the app directory (symlink)'
-        )
-    if not path.endswith(ENTRYPOINT_SUFFIXES):
-        raise EntrypointError(f'Invalid entrypoint "{declared}": must be a .py or .html file')
-    if not os.path.isfile(path):
-        raise EntrypointError(f'Entrypoint "{declared}" not found in {app_dir}')
-    if sep and path.endswith(".html"):
-        raise EntrypointError(f'Invalid entrypoint "{declared}": an .html file has no attributes')
-    return path, attribute if sep else None

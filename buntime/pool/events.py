@@ -1,5 +1,5 @@
 """
-AMP commands a worker sends to the runtime: readiness, responses, logs.
+AMP commands a worker sends to the runtime: readiness, responses, WebSocket messages.
 """
 
 from __future__ import annotations
@@ -122,17 +122,6 @@ class ResponseError(amp.Command):
     """
 
     arguments = [(b"rid", amp.Integer()), (b"error", amp.Unicode())]
-    requiresAnswer = False
-
-
-class Log(amp.Command):
-    """A structured log message from the worker's own code."""
-
-    arguments = [
-        (b"level", amp.Unicode()),
-        (b"message", amp.Unicode()),
-        (b"fields", amp.Unicode()),
-    ]
     requiresAnswer = False
 
 

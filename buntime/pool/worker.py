@@ -10,7 +10,6 @@ L{ResponseStream} whose consumer paces the worker (backpressure).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections import deque
@@ -25,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from buntime._logging import LEVELS, log
+from buntime._logging import log
 from buntime.http import Request, Response
 from buntime.pool.commands import (
     CHUNK_SIZE,
@@ -39,7 +38,6 @@ from buntime.pool.commands import (
     request_head,
 )
 from buntime.pool.events import (
-    Log,
     Ready,
     ResponseBody,
     ResponseEnd,
@@ -74,11 +72,6 @@ EARLY_FLUSH = 4
 """Requests the runtime sends a worker before it writes them out, even mid-turn."""
 KILL_WAIT = 5.0
 """Seconds to wait for a process to go away after SIGKILL before giving up on it."""
-
-_RESERVED_FIELDS = frozenset(
-    {"message_type", "level", "message", "timestamp", "task_uuid", "task_level"}
-    | {"action_type", "action_status", "app", "version", "worker_id", "pid", "stream", "context"}
-)
 
 
 class StartupError(Exception):
@@ -274,11 +267,6 @@ class WorkerProtocol(FastAMP):
     @responder(ResponseError)
     def got_response_error(self, rid: int, error: str) -> dict:
         self.worker.response_failed(rid, error)
-        return {}
-
-    @responder(Log)
-    def got_log(self, level: str, message: str, fields: str) -> dict:
-        self.worker.log_received(level, message, fields)
         return {}
 
     def connectionMade(self) -> None:
@@ -787,17 +775,6 @@ class Worker:
     def tags(self) -> dict[str, object]:
         """Fields that name this worker in log messages."""
         return {"app": self.name, "version": self.version, "worker_id": self.id, "pid": self.pid}
-
-    def log_received(self, level: str, message: str, fields: str) -> None:
-        try:
-            extra = json.loads(fields) if fields else {}
-        except ValueError:
-            extra = {"fields": fields}
-        if not isinstance(extra, dict):
-            extra = {"fields": extra}
-        extra = {(f"field_{k}" if k in _RESERVED_FIELDS else str(k)): v for k, v in extra.items()}
-        level = level if level in LEVELS else "info"
-        log(level, "buntime:worker:log", message, context=self.context, **self.tags(), **extra)
 
     def output_received(self, write: Write) -> None:
         """

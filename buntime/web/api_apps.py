@@ -19,14 +19,9 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
 from buntime._logging import log
-from buntime.apps.install import (
-    DEFAULT_MAX_FILES,
-    DEFAULT_MAX_TOTAL_BYTES,
-    InstalledApp,
-    InstallError,
-    install_archive,
-    remove_app,
-)
+from buntime.apps.install import InstalledApp, install_archive
+from buntime.apps.remove import remove_app
+from buntime.archive import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
 from buntime.web.api import (
     disk_error,
     install_refused,

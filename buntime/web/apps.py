@@ -20,10 +20,11 @@ from twisted.internet.interfaces import IReactorTime
 
 from buntime._logging import log
 from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
+from buntime.apps.resolve import EntrypointError, resolve
 from buntime.apps.versions import InvalidRange
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
-from buntime.pool.environment import EntrypointError, build_worker_env, resolve_entrypoint
+from buntime.pool.environment import build_worker_env
 from buntime.pool.pool import PoolApp, WorkerPool
 from buntime.web.static import inject_base_href, serve_static
 
@@ -147,7 +148,7 @@ class AppStep:
         )
         for warning in warnings:
             log("warn", "buntime:apps:manifest-warning", warning, app=label)
-        entrypoint, attr = resolve_entrypoint(version.dir, manifest.entrypoint)
+        entrypoint, attr = resolve(version.dir, manifest.entrypoint)
         loaded = LoadedApp(version, manifest, entrypoint, attr, stamp)
         self._apps[version.dir] = loaded
         return loaded

@@ -11,7 +11,7 @@ from typing import IO
 
 from multipart import MultipartError, MultipartParser, parse_options_header
 
-from buntime.apps.install import InstallError
+from buntime.archive import InstallError
 
 UPLOAD_FIELD = "file"
 MAX_PARTS = 16

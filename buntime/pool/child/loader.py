@@ -2,11 +2,11 @@
 Finding, importing and recognising the app a worker serves.
 
 C{ENTRYPOINT} is a path inside C{APP_DIR} (relative, or absolute but still
-inside), optionally with C{:attr}; empty means the first of C{app.py},
-C{main.py}, C{index.py}.  The file is imported under a module name of its
-own, with the app dir and the file's directory on C{sys.path}.  The app is
-the C{attr} given, else C{app}, else C{application}; else the module's
-C{routes}/C{fetch}.
+inside), optionally with C{:attr}, read by the runtime's own rule
+(L{buntime.apps.resolve}); empty means the first of C{app.py}, C{main.py},
+C{index.py}.  The file is imported under a module name of its own, with the
+app dir and the file's directory on C{sys.path}.  The app is the C{attr}
+given, else C{app}, else C{application}; else the module's C{routes}/C{fetch}.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from typing import Any
 from attrs import frozen
 from twisted.web.resource import IResource
 
+from buntime.apps.resolve import EntrypointError, resolve
 from buntime.pool.child.adapter import IAdapter
 from buntime.pool.child.asgi import AsgiAdapter, is_asgi
 from buntime.pool.child.routes import RoutesAdapter
 from buntime.pool.child.web import WebAdapter, is_klein
 from buntime.pool.child.wsgi import WsgiAdapter
 
-AUTO_ENTRYPOINTS = ("app.py", "main.py", "index.py")
 APP_NAMES = ("app", "application")
 NO_APP = "Module must expose a WSGI/ASGI app, a Klein app, routes or fetch"
 
@@ -53,34 +53,6 @@ class LoadedApp:
         """The module-level C{on_idle}/C{on_terminate} hook, or C{None}."""
         hook = getattr(self.module, name, None)
         return hook if callable(hook) else None
-
-
-def _inside(root: str, path: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def resolve_entrypoint(app_dir: str, entrypoint: str) -> tuple[str, str | None]:
-    """The entrypoint file (absolute) and attribute; L{LoadError} when unusable."""
-    root = os.path.realpath(app_dir)
-    if not entrypoint:
-        for candidate in AUTO_ENTRYPOINTS:
-            if os.path.isfile(os.path.join(root, candidate)):
-                return os.path.join(root, candidate), None
-        names = ", ".join(AUTO_ENTRYPOINTS)
-        raise LoadError(f"No entrypoint found in {app_dir}: add one of {names}")
-    path, sep, attr = entrypoint.rpartition(":") if ":" in entrypoint else (entrypoint, "", "")
-    if sep and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", attr):
-        raise LoadError(f'Invalid entrypoint "{entrypoint}": "{attr}" is not an attribute name')
-    full = os.path.realpath(os.path.join(root, path))
-    if os.path.isabs(path) and not _inside(root, full):
-        raise LoadError(f'Invalid entrypoint "{entrypoint}": absolute paths are not allowed')
-    if not _inside(root, full):
-        raise LoadError(f'Invalid entrypoint "{entrypoint}": it leaves the app directory')
-    if not full.endswith(".py"):
-        raise LoadError(f'Invalid entrypoint "{entrypoint}": a worker runs .py files only')
-    if not os.path.isfile(full):
-        raise LoadError(f'Entrypoint "{path}" not found in {app_dir}')
-    return full, attr or None
 
 
 def import_file(path: str) -> ModuleType:
@@ -162,7 +134,10 @@ def load(
     threads: int = 10,
 ) -> LoadedApp:
     """Import the app of C{app_dir} and pick its adapter (not started yet)."""
-    path, attr = resolve_entrypoint(app_dir, entrypoint)
+    try:
+        path, attr = resolve(app_dir, entrypoint or None, suffixes=(".py",), absolute=True)
+    except EntrypointError as error:
+        raise LoadError(str(error)) from None
     root = os.path.realpath(app_dir)
     if root not in sys.path:
         sys.path.insert(0, root)

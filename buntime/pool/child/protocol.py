@@ -104,7 +104,6 @@ class WorkerProtocol(FastAMP):
         self.reactor = reactor
         self.loop = loop
         self.app: LoadedApp | None = None
-        self.terminated = False
         self.low_memory = False
         self._on_lost = on_lost
         self._on_terminated = on_terminated
@@ -252,7 +251,6 @@ class WorkerProtocol(FastAMP):
 
     @commands.Terminate.responder
     def terminate(self) -> Deferred:
-        self.terminated = True
         d = self.settled()
         d.addCallback(lambda _: self._hook("on_terminate"))
         if self.app is not None:

@@ -88,9 +88,11 @@ def new_id() -> str:
 
 _start_messages = True
 """
-Whether request actions log their start message (debug).  The logging
-service turns it off while its destinations take nothing below info: the
-message would only be made to be dropped.
+Whether request actions log their start message (debug).  JSON logs keep
+every action whole, start included, whatever their level (so C{eliot-tree}
+renders them); the logging service turns it off while its only destination
+is a pretty console above debug: the message would only be made to be
+dropped.
 """
 
 
@@ -292,7 +294,9 @@ class StreamDestination:
 
     def __call__(self, message: dict[str, Any]) -> None:
         level = _level_of(message)
-        if not level_enabled(self.min_level, level):
+        if not level_enabled(self.min_level, level) and not (
+            self.fmt == "json" and "action_status" in message
+        ):
             return
         if self.fmt == "json":
             line = format_json(message)
@@ -337,7 +341,7 @@ class FileDestination:
     _failed: bool = False
 
     def __call__(self, message: dict[str, Any]) -> None:
-        if level_enabled(self.min_level, _level_of(message)):
+        if level_enabled(self.min_level, _level_of(message)) or "action_status" in message:
             self._buffer.append(format_json(message) + "\n")
             if len(self._buffer) >= 512:
                 self.flush()
@@ -467,7 +471,9 @@ class LoggingService(Service):
             self._flusher.start(1.0, now=False)
         eliot.add_destinations(*self._destinations)
         global _start_messages
-        _start_messages = level_enabled(self.level, "debug")
+        _start_messages = (
+            level_enabled(self.level, "debug") or self.fmt == "json" or self._file is not None
+        )
 
     def stopService(self) -> None:
         Service.stopService(self)

@@ -131,7 +131,6 @@ class RuntimeSide(amp.AMP):
             base,
             headers if headers is not None else [["host", "example.com"]],
             "10.0.0.1:4567",
-            "",
             bool(pieces) or stream,
         )
         self.callRemote(commands.StartRequest, rid=rid, head=head, body=first)

@@ -7,12 +7,15 @@ when two requests in one worker print at the same time.
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from e2e_apps import write_app
+from eliottree import render_tasks, tasks_from_iterable
 from runtime import RuntimeProcess, Runtimes
 from twisted.internet.defer import Deferred, gatherResults
 
@@ -213,3 +216,37 @@ async def test_concurrent_requests_in_one_worker_get_their_own_ids(shared, app):
         r["pid"] for r in shared.messages("buntime:worker:output") if r.get("request_id") in ids
     }
     assert len(pids) == 1, "one worker served both"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_request_is_one_eliot_tree(shared):
+    """
+    What a worker says of a request (its output, the traceback, the failure)
+    sits in the request's eliot task: eliot-tree renders the production log
+    of the request as one tree.
+    """
+    assert await get(shared, "/wsgiboom@1/raise/quince", "tree-1") == 500
+    await output_of(shared, "tree-1", "RuntimeError: failed quince")
+    end = await shared.wait_for_log(
+        lambda line: (
+            line.get("action_type") == "buntime:http:request"
+            and line.get("request_id") == "tree-1"
+            and line.get("action_status") == "succeeded"
+        )
+    )
+    task = end["task_uuid"]
+    messages = [line for line in shared.lines if line.get("task_uuid") == task]
+    kinds = [line.get("message_type") or line.get("action_type") for line in messages]
+    assert {
+        "buntime:http:request",
+        "buntime:worker:output",
+        "buntime:worker:request-error",
+    } <= set(kinds)
+    out = io.StringIO()
+    render_tasks(out.write, tasks_from_iterable(messages))
+    tree = out.getvalue()
+    assert tree.startswith(f"{task}\n└── buntime:http:request/1 ⇒ started")
+    assert re.findall(r"^\S+$", tree, re.MULTILINE) == [task]  # one tree: one root
+    assert "buntime:worker:request-error/" in tree and "RuntimeError: failed quince" in tree
+    assert "⇒ succeeded" in tree
+    assert "formatting exception" not in tree

@@ -441,10 +441,11 @@ def test_a_forked_child_draws_new_ids():
 
 
 def test_request_actions_log_their_start_only_when_debug_is_taken(eliot_logger):
+    """Unless a JSON log takes it (see test_json_logs_hold_every_action_whole)."""
     import buntime._logging as logging_module
     from buntime._logging import REQUEST_ACTION, request_action
 
-    service = LoggingService(clock=Clock(), level="info", stream=io.StringIO())
+    service = LoggingService(clock=Clock(), level="info", fmt="pretty", stream=io.StringIO())
     service.startService()
     try:
         action = request_action("r-1", "GET", "/x")
@@ -617,3 +618,25 @@ def test_lines_are_written_at_the_end_of_the_turn_as_they_were_when_logged():
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["message"] == "one" and first["n"] is None  # NaN: JSON has no such number
     assert second["items"] == ["a"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "pretty"])
+def test_json_logs_hold_every_action_whole(fmt):
+    """At info, a JSON log has a request's start too, so eliot-tree renders it; pretty does not."""
+    from buntime._logging import request_action
+
+    stream = io.StringIO()
+    service = LoggingService(clock=Clock(), level="info", fmt=fmt, stream=stream)
+    service.startService()
+    try:
+        request_action("r-1", "GET", "/x").finish()
+        log("debug", "buntime:test:chatter", "not at info")
+    finally:
+        service.stopService()
+    text = stream.getvalue()
+    assert "not at info" not in text
+    if fmt == "pretty":
+        assert "GET /x" not in text
+        return
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [r.get("action_status") for r in records] == ["started", "succeeded"]

@@ -28,8 +28,8 @@ CHUNK_SIZE = 60 * 1024
 """Largest body chunk in one AMP value (AMP's limit is 64 KiB minus a bit)."""
 
 
-RequestHead = tuple[str, str, str, list[list[str]], str, str, bool, str]
-"""C{(method, path, base, headers, remote, task, more, local)}: see L{StartRequest}."""
+RequestHead = tuple[str, str, str, list[list[str]], str, bool, str]
+"""C{(method, path, base, headers, remote, more, local)}: see L{StartRequest}."""
 
 
 def address(host: str | None, port: int | None) -> str:
@@ -47,20 +47,19 @@ def request_head(
     base: str,
     headers: Iterable[tuple[str, str]],
     remote: str,
-    task: str,
     more: bool,
     local: str = "",
 ) -> str:
     """The C{head} of a L{StartRequest}: a JSON array of its fields in this order."""
     if not isinstance(headers, list | tuple):
         headers = list(headers)
-    return dumps([method, path, base, headers, remote, task, more, local])
+    return dumps([method, path, base, headers, remote, more, local])
 
 
 def parse_request_head(head: str) -> RequestHead:
     """The fields of a L{StartRequest} C{head}."""
-    method, path, base, headers, remote, task, more, local = loads(head)
-    return method, path, base, headers, remote, task, bool(more), local
+    method, path, base, headers, remote, more, local = loads(head)
+    return method, path, base, headers, remote, bool(more), local
 
 
 class StartRequest(amp.Command):
@@ -69,8 +68,7 @@ class StartRequest(amp.Command):
     (one AMP key rather than seven: every key costs on both sides of every
     request; see L{request_head}): the method, the path with the app's base
     stripped and the query string kept, the base, the headers as
-    C{[name, value]} pairs, the client address (see L{address}), the
-    serialized eliot task id the worker continues (may be empty), C{more},
+    C{[name, value]} pairs, the client address (see L{address}), C{more},
     true when body chunks follow, and the address the runtime accepted the
     connection on (may be empty).  C{body} is the first chunk of the body (often all of it).
     """

@@ -259,6 +259,14 @@ class Assembler:
         else:
             self._hold(key, pending)
 
+    def flush_request(self, request_id: str) -> None:
+        """
+        Emit now what waits of request C{request_id}: it is over, and what
+        its app wrote belongs in the log before its end.
+        """
+        for key in [key for key in self._pending if key[1] == request_id]:
+            self._send(key)
+
     def flush(self) -> None:
         """Send every record held back (the process is gone: nothing more comes)."""
         for key in list(self._pending):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import signal
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
 from typing import Any
 
 from attrs import define, field
-from eliot import current_action
+from eliot import Action, current_action
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -72,6 +73,8 @@ EARLY_FLUSH = 4
 """Requests the runtime sends a worker before it writes them out, even mid-turn."""
 KILL_WAIT = 5.0
 """Seconds to wait for a process to go away after SIGKILL before giving up on it."""
+RECENT_ACTIONS = 64
+"""Finished requests per worker whose eliot actions late app output still finds."""
 
 
 class StartupError(Exception):
@@ -215,6 +218,8 @@ class Exchange:
     outcome: str | None = None  # ok, error, cancelled, timeout, gone
     elapsed: float = 0.0
     request_id: str | None = None
+    action: Action | None = None
+    """The request's eliot action: what the worker says of it is logged there."""
 
 
 class WorkerProtocol(FastAMP):
@@ -318,6 +323,8 @@ class Worker:
     _ready_timer: IDelayedCall | None = field(default=None, repr=False)
     _capture: list[str] | None = field(default=None, repr=False)
     _output: Assembler = field(init=False, repr=False)
+    _recent: OrderedDict[str, Action] = field(factory=OrderedDict, repr=False)
+    """The eliot actions of requests lately finished, by request id (what the app says late)."""
     _connected: bool = False
     _expiry: IDelayedCall | None = field(default=None, repr=False)
 
@@ -562,10 +569,9 @@ class Worker:
         exchange.deadline = now + timeout
         if self._expiry is None:
             self._expiry = self.clock.callLater(timeout, self._expire)
-        action = current_action()
-        task = action.serialize_task_id() if action is not None else b""
+        exchange.action = current_action()
         try:
-            rest = self._start(exchange, request, base, task)
+            rest = self._start(exchange, request, base)
         except Exception:
             self._send_failed(Failure(), exchange)
             return response
@@ -574,7 +580,7 @@ class Worker:
             sending.addErrback(self._send_failed, exchange)
         return response
 
-    def _start(self, exchange: Exchange, request: Request, base: str, task: bytes) -> Any:
+    def _start(self, exchange: Exchange, request: Request, base: str) -> Any:
         """
         Send L{StartRequest} with the first chunk of the body; what is left
         to send (a view of the bytes or the stream), or C{None} if nothing.
@@ -598,7 +604,6 @@ class Worker:
             base,
             request.headers.items(),
             address(request.remote_addr, request.remote_port),
-            task.decode("ascii"),
             rest is not None,
             address(*request.local_addr) if request.local_addr is not None else "",
         )
@@ -674,6 +679,14 @@ class Worker:
         exchange.elapsed = now - exchange.started_at
         exchange.deadline = float("inf")
         self._exchanges.pop(exchange.rid, None)
+        request_id = exchange.request_id
+        if request_id is not None:
+            if exchange.action is not None:
+                recent = self._recent
+                recent[request_id] = exchange.action
+                if len(recent) > RECENT_ACTIONS:
+                    recent.popitem(last=False)
+            self._output.flush_request(request_id)  # in the log before the request's end
         self.last_used = now
         if not self._exchanges and self._drained is not None:
             drained, self._drained = self._drained, None
@@ -749,16 +762,17 @@ class Worker:
         if exchange is None:
             return
         self.error_count += 1
-        log(
-            "error",
-            "buntime:worker:request-error",
-            f"App {self.label} failed on a request",
-            **self.tags(),
-            request_id=exchange.request_id,
-            method=exchange.method,
-            path=exchange.path,
-            error=error,
-        )
+        with exchange.action.context() if exchange.action is not None else nullcontext():
+            log(
+                "error",
+                "buntime:worker:request-error",
+                f"App {self.label} failed on a request",
+                **self.tags(),
+                request_id=exchange.request_id,
+                method=exchange.method,
+                path=exchange.path,
+                error=error,
+            )
         self._finish(exchange, "error")
         if exchange.stream is not None:
             exchange.stream.fail(AppError(error))
@@ -792,15 +806,29 @@ class Worker:
             fields["request_id"] = record.request_id
         if record.continued:
             fields["continued"] = True
-        log(
-            "warn" if record.stream == "stderr" else "info",
-            "buntime:worker:output",
-            record.text,
-            context=self.context,
-            **self.tags(),
-            stream=record.stream,
-            **fields,
-        )
+        with self._told_of(record.request_id):
+            log(
+                "warn" if record.stream == "stderr" else "info",
+                "buntime:worker:output",
+                record.text,
+                context=self.context,
+                **self.tags(),
+                stream=record.stream,
+                **fields,
+            )
+
+    def _told_of(self, request_id: str | None) -> AbstractContextManager[object]:
+        """
+        The eliot context of request C{request_id} (in flight, or lately
+        finished): what the worker says of a request sits in its task.
+        """
+        action = self._recent.get(request_id) if request_id is not None else None
+        if request_id is not None and action is None:
+            for exchange in self._exchanges.values():
+                if exchange.request_id == request_id:
+                    action = exchange.action
+                    break
+        return action.context() if action is not None else nullcontext()
 
     # -- stats -------------------------------------------------------------
 

@@ -128,7 +128,7 @@ class WorkerProtocol(FastAMP):
     @responder(commands.StartRequest)
     def start_request(self, rid: int, head: str, body: bytes) -> dict:
         try:
-            method, path, base, pairs, remote, _, more, local = commands.parse_request_head(head)
+            method, path, base, pairs, remote, more, local = commands.parse_request_head(head)
         except (ValueError, TypeError):
             ResponseWriter(self, rid).fail(f"malformed request head: {head[:200]!r}")
             return {}

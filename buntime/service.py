@@ -21,17 +21,17 @@ from buntime._logging import LoggingService, log
 from buntime.apps.discovery import AppCatalog
 from buntime.config import RuntimeConfig
 from buntime.http import AppInfo
-from buntime.plugins.api import PluginsAPI
 from buntime.plugins.service import PluginService
 from buntime.pool.launch import ForkLauncher, SpawnLauncher
 from buntime.pool.pool import PoolConfig, WorkerPool
 from buntime.pool.service import PoolService
-from buntime.web.api import CoreAPI
-from buntime.web.api_apps import AppsAPI
+from buntime.web.api.apps import AppsAPI
+from buntime.web.api.core import CoreAPI
+from buntime.web.api.openapi import openapi_document
+from buntime.web.api.plugins import PluginsAPI
 from buntime.web.apps import AppStep
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
-from buntime.web.openapi import openapi_document
 from buntime.web.plugins import PluginSteps
 from buntime.web.server import WebService
 from buntime.web.state import RuntimeState

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock, deferLater
 
 from buntime.apps.discovery import AppCatalog
-from buntime.web.api_apps import AppsAPI
+from buntime.web.api.apps import AppsAPI
 
 BASE = "http://runtime.test"
 MANIFEST = b"name: hello\nversion: 1.0.0\n"

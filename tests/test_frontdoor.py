@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from buntime import __version__
 from buntime._logging import REQUEST_ACTION
 from buntime.http import AppInfo, Request, Response
-from buntime.web.api import CoreAPI
+from buntime.web.api.core import CoreAPI
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.http1.head import request_id_for

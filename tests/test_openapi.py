@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from klein import Klein
 
-from buntime.web.api import CoreAPI
-from buntime.web.api_apps import AppsAPI
-from buntime.web.openapi import describe, docs_page, openapi_document
+from buntime.web.api.apps import AppsAPI
+from buntime.web.api.core import CoreAPI
+from buntime.web.api.openapi import describe, docs_page, openapi_document
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 

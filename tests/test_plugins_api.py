@@ -23,8 +23,8 @@ from test_plugins_service import make_service
 from test_plugins_support import RECORDING_PLUGIN, write_plugin
 from treq.testing import StubTreq
 
-from buntime.plugins.api import PluginsAPI
 from buntime.plugins.discovery import BUILTINS_DIR
+from buntime.web.api.plugins import PluginsAPI
 
 BASE = "http://localhost"
 

@@ -38,7 +38,7 @@ from buntime.http import Request, Response
 from buntime.interfaces import IBuntimePlugin
 from buntime.plugins.discovery import PluginSource
 from buntime.plugins.registry import PluginRegistry, websocket_endpoints
-from buntime.web.api import CoreAPI
+from buntime.web.api.core import CoreAPI
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.state import RuntimeState

@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from buntime.http import Request, Response
 from buntime.service import SHUTDOWN_CAP, RuntimeService
-from buntime.web.api import CoreAPI
+from buntime.web.api.core import CoreAPI
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.server import WebService

@@ -25,7 +25,7 @@ from buntime._logging import finish_request, log, new_id, request_action, reques
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
-from buntime.web.api import CoreAPI
+from buntime.web.api.core import CoreAPI
 from buntime.web.http1 import Exchange, HandedOver
 from buntime.web.http1.head import client_request_id
 from buntime.web.state import RuntimeState

@@ -29,15 +29,15 @@ from buntime.plugins.install import (
 from buntime.plugins.manifest import PluginError
 from buntime.plugins.registry import PluginRegistry
 from buntime.plugins.service import PluginService
-from buntime.web.api import (
+from buntime.web.api.core import (
     disk_error,
     install_refused,
     json_body,
     json_error,
     standard_errors,
 )
-from buntime.web.openapi import describe
-from buntime.web.uploads import UPLOAD_BODY, uploaded_file
+from buntime.web.api.openapi import describe
+from buntime.web.api.uploads import UPLOAD_BODY, uploaded_file
 
 _LOADED_SCHEMA = {
     "type": "array",

@@ -22,14 +22,14 @@ from buntime._logging import log
 from buntime.apps.install import InstalledApp, install_archive
 from buntime.apps.remove import remove_app
 from buntime.archive import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
-from buntime.web.api import (
+from buntime.web.api.core import (
     disk_error,
     install_refused,
     json_body,
     standard_errors,
 )
-from buntime.web.openapi import describe
-from buntime.web.uploads import UPLOAD_BODY, uploaded_file
+from buntime.web.api.openapi import describe
+from buntime.web.api.uploads import UPLOAD_BODY, uploaded_file
 
 _ERROR_RESPONSES: dict[int | str, str | dict[str, Any]] = {
     400: "`NO_FILE_PROVIDED`, `INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, `PATH_TRAVERSAL`, "

@@ -15,7 +15,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from buntime import __version__
 from buntime._logging import log
-from buntime.web.openapi import describe, docs_page
+from buntime.web.api.openapi import describe, docs_page
 from buntime.web.state import RuntimeState
 
 

@@ -17,10 +17,11 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from buntime import __version__
-from buntime._logging import LoggingService, log
 from buntime.apps.discovery import AppCatalog
 from buntime.config import RuntimeConfig
 from buntime.http import AppInfo
+from buntime.logs import log
+from buntime.logs.service import LoggingService
 from buntime.plugins.service import PluginService
 from buntime.pool.launch import ForkLauncher, SpawnLauncher
 from buntime.pool.pool import PoolConfig, WorkerPool

@@ -12,7 +12,7 @@ from twisted.python import usage
 
 from buntime.config import ConfigError, load_config, read_dotenv
 
-TWISTD_OBSERVER = "buntime._logging.twistd_observer"
+TWISTD_OBSERVER = "buntime.logs.service.twistd_observer"
 
 
 class Options(usage.Options):

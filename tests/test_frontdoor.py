@@ -20,8 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from buntime import __version__
-from buntime._logging import REQUEST_ACTION
 from buntime.http import AppInfo, Request, Response
+from buntime.logs.requests import REQUEST_ACTION
 from buntime.web.api.core import CoreAPI
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits

@@ -17,22 +17,11 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger
 from zope.interface.verify import verifyObject
 
-from buntime._logging import (
-    REDACTED,
-    STREAM_BUFFER,
-    FileDestination,
-    LoggingService,
-    StreamDestination,
-    TwistedToEliot,
-    format_json,
-    format_pretty,
-    level_enabled,
-    log,
-    redact_headers,
-    to_record,
-    twistd_observer,
-)
 from buntime.http import Headers
+from buntime.logs import REDACTED, level_enabled, log, redact_headers
+from buntime.logs.destinations import STREAM_BUFFER, FileDestination, StreamDestination
+from buntime.logs.render import format_json, format_pretty, to_record
+from buntime.logs.service import LoggingService, TwistedToEliot, twistd_observer
 
 
 class Collected:
@@ -413,7 +402,7 @@ def test_stream_destination_writes_a_full_buffer_at_once():
 def test_new_ids_are_uuid4_text_and_differ():
     import uuid
 
-    from buntime._logging import new_id
+    from buntime.logs import new_id
 
     ids = [new_id() for _ in range(600)]  # more than one draw of randomness
     assert len(set(ids)) == len(ids)
@@ -425,7 +414,7 @@ def test_new_ids_are_uuid4_text_and_differ():
 def test_a_forked_child_draws_new_ids():
     import os
 
-    from buntime._logging import new_id
+    from buntime.logs import new_id
 
     new_id()  # randomness drawn before the fork
     read, write = os.pipe()
@@ -442,8 +431,8 @@ def test_a_forked_child_draws_new_ids():
 
 def test_request_actions_log_their_start_only_when_debug_is_taken(eliot_logger):
     """Unless a JSON log takes it (see test_json_logs_hold_every_action_whole)."""
-    import buntime._logging as logging_module
-    from buntime._logging import REQUEST_ACTION, request_action
+    import buntime.logs.requests as logging_module
+    from buntime.logs.requests import REQUEST_ACTION, request_action
 
     service = LoggingService(clock=Clock(), level="info", fmt="pretty", stream=io.StringIO())
     service.startService()
@@ -477,7 +466,7 @@ def _as_json(value: object) -> object:
 
 
 def test_json_lines_hold_the_record_with_credentials_replaced():
-    from buntime._logging import format_json, to_record
+    from buntime.logs.render import format_json, to_record
 
     message = {
         "timestamp": 1.5,
@@ -496,7 +485,7 @@ def test_json_lines_hold_the_record_with_credentials_replaced():
 
 
 def test_a_line_s_own_fields_are_never_raw_values():
-    from buntime._logging import format_json
+    from buntime.logs.render import format_json
 
     record = json.loads(
         format_json({"message": ["a"], "message_type": "x", "level": object(), "timestamp": 1.0})
@@ -505,14 +494,14 @@ def test_a_line_s_own_fields_are_never_raw_values():
 
 
 def test_a_line_written_by_the_fallback_has_null_for_nan():
-    from buntime._logging import format_json
+    from buntime.logs.render import format_json
 
     line = format_json({"level": "info", "message": "m", "n": float("nan"), "big": 2**70})
     assert json.loads(line)["n"] is None and json.loads(line)["big"] == 2**70
 
 
 def test_a_line_with_a_lone_surrogate_is_still_written():
-    from buntime._logging import format_json
+    from buntime.logs.render import format_json
 
     line = format_json({"level": "info", "message": "bad \ud800 text", "timestamp": 1.0})
     assert json.loads(line)["message"] == "bad \ud800 text"
@@ -542,7 +531,7 @@ _plain_values = st.one_of(
     st.floats(min_value=0, max_value=4e9),
 )
 def test_json_lines_are_the_record_of_any_message(message, level, when):
-    from buntime._logging import format_json, to_record
+    from buntime.logs.render import format_json, to_record
 
     message = {"level": level, "timestamp": when, **message}
     line = format_json(message)
@@ -552,7 +541,7 @@ def test_json_lines_are_the_record_of_any_message(message, level, when):
 
 
 def test_a_request_line():
-    from buntime._logging import format_json
+    from buntime.logs.render import format_json
 
     message = {
         "level": "info",
@@ -574,7 +563,7 @@ def test_a_request_line():
 
 
 def test_finishing_a_request_logs_what_eliot_would():
-    from buntime._logging import finish_request, request_action
+    from buntime.logs.requests import finish_request, request_action
 
     seen: list[dict] = []
     eliot.add_destinations(seen.append)
@@ -597,7 +586,7 @@ def test_finishing_a_request_logs_what_eliot_would():
 
 
 def test_a_finished_request_reaches_a_swapped_in_logger(eliot_logger):
-    from buntime._logging import finish_request, request_action
+    from buntime.logs.requests import finish_request, request_action
 
     finish_request(request_action("rid", "GET", "/a"), {"level": "info", "message": "m"})
     [message] = [m for m in eliot_logger.messages if m.get("action_status") == "succeeded"]
@@ -623,7 +612,7 @@ def test_lines_are_written_at_the_end_of_the_turn_as_they_were_when_logged():
 @pytest.mark.parametrize("fmt", ["json", "pretty"])
 def test_json_logs_hold_every_action_whole(fmt):
     """At info, a JSON log has a request's start too, so eliot-tree renders it; pretty does not."""
-    from buntime._logging import request_action
+    from buntime.logs.requests import request_action
 
     stream = io.StringIO()
     service = LoggingService(clock=Clock(), level="info", fmt=fmt, stream=stream)
@@ -640,3 +629,24 @@ def test_json_logs_hold_every_action_whole(fmt):
         return
     records = [json.loads(line) for line in text.splitlines()]
     assert [r.get("action_status") for r in records] == ["started", "succeeded"]
+
+
+def test_the_eliot_internals_request_actions_use_are_there():
+    """
+    buntime.logs.requests makes and finishes request actions through eliot's
+    internals (see its docstring); this fails loudly when an eliot release
+    changes them, before anything subtler breaks.
+    """
+    import inspect
+
+    from eliot._action import Action, TaskLevel
+
+    parameters = list(inspect.signature(Action.__init__).parameters)
+    assert parameters[:5] == ["self", "logger", "task_uuid", "task_level", "action_type"]
+    for name in ("_start", "_nextTaskLevel", "serialize_task_id"):
+        assert callable(getattr(Action, name)), name
+    action = Action(None, "uuid", TaskLevel(level=[]), "buntime:test")
+    for name in ("_finished", "_identification", "_logger"):
+        assert hasattr(action, name), name
+    assert hasattr(eliot.Logger, "_destinations") or hasattr(eliot.Logger(), "_destinations")
+    assert callable(eliot.Logger._destinations.send)

@@ -33,9 +33,9 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from buntime._logging import REQUEST_ACTION
 from buntime.http import Request, Response
 from buntime.interfaces import IBuntimePlugin
+from buntime.logs.requests import REQUEST_ACTION
 from buntime.plugins.discovery import PluginSource
 from buntime.plugins.registry import PluginRegistry, websocket_endpoints
 from buntime.web.api.core import CoreAPI

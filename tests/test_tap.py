@@ -9,8 +9,8 @@ from twisted.application.service import IService, IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.scripts.twistd import ServerOptions
 
-from buntime._logging import twistd_observer
 from buntime.config import RuntimeConfig
+from buntime.logs.service import twistd_observer
 from buntime.service import GC_THRESHOLD, settle_memory
 from buntime.tap import TWISTD_OBSERVER, Options, makeService
 
@@ -123,7 +123,7 @@ def test_the_plugin_is_found():
 def test_foreground_twistd_logs_through_eliot(clean_environ):
     options = twistd(["-n", "buntime", "-w", "apps"])
     # twistd resolves the dotted name it was given
-    assert TWISTD_OBSERVER == "buntime._logging.twistd_observer"
+    assert TWISTD_OBSERVER == "buntime.logs.service.twistd_observer"
     assert options["logger"] is twistd_observer
     assert isinstance(options.subOptions.config, RuntimeConfig)
 

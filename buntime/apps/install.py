@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 
 from attrs import frozen
 
-from buntime._logging import log
 from buntime.apps.discovery import LATEST
 from buntime.apps.versions import is_version
 from buntime.archive import (
@@ -29,6 +28,7 @@ from buntime.archive import (
     Source,
     unpack,
 )
+from buntime.logs import log
 from buntime.manifest import MANIFEST_FILES, PYPROJECT, ManifestError, find_manifest, read_document
 
 _INSTALL_NAME = re.compile(r"\A(?:@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*\Z")

@@ -10,11 +10,11 @@ import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 
-from buntime._logging import log
 from buntime.apps.discovery import LATEST, NAME, AppVersion, scan_worker_dir
 from buntime.apps.install import looks_like_traversal
 from buntime.apps.versions import is_version
 from buntime.archive import InstallError
+from buntime.logs import log
 from buntime.manifest import MANIFEST_FILES, PYPROJECT
 
 

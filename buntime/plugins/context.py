@@ -8,8 +8,8 @@ from typing import Any, Protocol
 from attrs import define, field, frozen
 from zope.interface import implementer
 
-from buntime._logging import log
 from buntime.interfaces import IPluginContext, IPluginLogger
+from buntime.logs import log
 
 PLUGIN_LOG = "buntime:plugin:log"
 

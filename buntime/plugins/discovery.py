@@ -27,8 +27,8 @@ import yaml
 from attrs import define, evolve, field, frozen
 from twisted.plugin import getPlugins
 
-from buntime._logging import log
 from buntime.interfaces import IBuntimePlugin
+from buntime.logs import log
 from buntime.manifest import interpolate
 from buntime.plugins.manifest import DEFAULT_ENTRY, manifest_name
 

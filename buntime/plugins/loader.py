@@ -35,8 +35,8 @@ from zope.interface.exceptions import (
 )
 from zope.interface.verify import verifyObject
 
-from buntime._logging import log
 from buntime.interfaces import IBuntimePlugin
+from buntime.logs import log
 from buntime.plugins.context import PluginContext, PluginLogger, PoolView, ServiceRegistry
 from buntime.plugins.discovery import PluginSource
 from buntime.plugins.hooks import bounded, call

@@ -17,8 +17,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from buntime._logging import log
 from buntime.http import AppInfo, Request, Response
+from buntime.logs import log
 from buntime.plugins.context import PluginContext, ServiceRegistry
 from buntime.plugins.hooks import as_deferred, call, when_answered
 from buntime.plugins.manifest import PluginManifest

@@ -14,7 +14,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.python.failure import Failure
 
-from buntime._logging import log
+from buntime.logs import log
 from buntime.plugins.context import PoolView
 from buntime.plugins.discovery import BUILTINS_DIR, PluginSource, discover
 from buntime.plugins.loader import Loader

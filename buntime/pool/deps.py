@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from buntime._logging import log
+from buntime.logs import log
 
 REQUIREMENTS = "requirements.txt"
 DEPS_DIR = ".deps"

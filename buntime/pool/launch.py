@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 import buntime
-from buntime._logging import log
+from buntime.logs import log
 from buntime.pool.output import OUTPUT_FD, FrameReader, Write
 
 CHILD_MODULE = "buntime.pool.child"

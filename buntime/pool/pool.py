@@ -32,8 +32,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from buntime._logging import log, request_fields
 from buntime.http import Request, Response
+from buntime.logs import log, request_fields
 from buntime.pool.deps import DependencyInstaller, InstallError
 from buntime.pool.launch import ILauncher, LauncherUnavailable
 from buntime.pool.worker import (

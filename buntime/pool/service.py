@@ -6,7 +6,7 @@ from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
-from buntime._logging import log
+from buntime.logs import log
 from buntime.pool.launch import ILauncher
 from buntime.pool.pool import WorkerPool
 

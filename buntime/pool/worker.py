@@ -25,8 +25,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from buntime._logging import log
 from buntime.http import Request, Response
+from buntime.logs import log
 from buntime.pool.commands import (
     CHUNK_SIZE,
     CancelRequest,

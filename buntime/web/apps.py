@@ -18,11 +18,11 @@ from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from buntime._logging import log
 from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
 from buntime.apps.resolve import EntrypointError, resolve
 from buntime.apps.versions import InvalidRange
 from buntime.http import AppInfo, Headers, Request, Response
+from buntime.logs import log
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
 from buntime.pool.environment import build_worker_env
 from buntime.pool.pool import PoolApp, WorkerPool

@@ -21,8 +21,9 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from buntime import __version__
-from buntime._logging import finish_request, log, new_id, request_action, request_fields
 from buntime.http import AppInfo, Headers, Request, Response
+from buntime.logs import log, new_id, request_fields
+from buntime.logs.requests import finish_request, request_action
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
 from buntime.web.api.core import CoreAPI

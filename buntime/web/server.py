@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 
-from buntime._logging import log
+from buntime.logs import log
 from buntime.web.http1 import HTTP1Factory
 from buntime.web.state import RuntimeState
 

@@ -32,8 +32,8 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from buntime._logging import log
 from buntime.http import Headers, Request, Response
+from buntime.logs import log
 from buntime.pool.websocket import WorkerSocket
 from buntime.web.http1 import Exchange, HandedOver
 

@@ -18,10 +18,10 @@ from twisted.internet.defer import DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
-from buntime._logging import log
 from buntime.apps.install import InstalledApp, install_archive
 from buntime.apps.remove import remove_app
 from buntime.archive import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
+from buntime.logs import log
 from buntime.web.api.core import (
     disk_error,
     install_refused,

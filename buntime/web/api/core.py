@@ -14,7 +14,7 @@ from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from buntime import __version__
-from buntime._logging import log
+from buntime.logs import log
 from buntime.web.api.openapi import describe, docs_page
 from buntime.web.state import RuntimeState
 

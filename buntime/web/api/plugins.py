@@ -18,8 +18,8 @@ from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
-from buntime._logging import log
 from buntime.archive import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
+from buntime.logs import log
 from buntime.plugins.install import (
     Staged,
     find_removable,

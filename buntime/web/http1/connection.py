@@ -37,9 +37,9 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from buntime._logging import log
 from buntime._turn import EndOfTurn, send_now
 from buntime.http import Response
+from buntime.logs import log
 from buntime.web.http1.exchange import Exchange
 from buntime.web.http1.head import Head, Refusal, judge, request_id_for
 from buntime.web.http1.limits import Limits

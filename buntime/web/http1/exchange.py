@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.python.failure import Failure
 
-from buntime._logging import log
 from buntime.http import Response
+from buntime.logs import log
 from buntime.web.http1.head import Head
 
 if TYPE_CHECKING:

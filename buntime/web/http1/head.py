@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from attrs import define
 
-from buntime._logging import new_id
+from buntime.logs import new_id
 
 _TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
 """Origin form: visible ASCII (the parser refuses the rest already; this is the contract)."""

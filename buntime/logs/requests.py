@@ -1,0 +1,77 @@
+"""
+The eliot action of an HTTP request, made and finished without eliot's
+per-message costs on the hot path.
+
+This is the one module that reaches into eliot's internals (C{Action}'s
+constructor, C{_start}, C{_finished}, C{_nextTaskLevel}, a logger's
+C{_destinations}): eliot's version is bounded in C{pyproject.toml}, and
+C{tests/test_logging.py} fails loudly when they change.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import eliot
+from eliot._action import Action, TaskLevel
+
+from buntime.logs import new_id
+
+REQUEST_ACTION = "buntime:http:request"
+
+_start_messages = True
+"""
+Whether request actions log their start message (debug).  JSON logs keep
+every action whole, start included, whatever their level (so C{eliot-tree}
+renders them); the logging service turns it off while its only destination
+is a pretty console above debug: the message would only be made to be
+dropped.
+"""
+
+
+def request_action(request_id: str, method: str, path: str, task_uuid: str | None = None) -> Action:
+    """
+    The eliot action of one HTTP request (L{REQUEST_ACTION}), a new task
+    (C{task_uuid}, or a new one): C{start_action} without its costs on the
+    hot path (a C{uuid4} system call, and a start message that no
+    destination takes unless one logs debug).
+    """
+    action = Action(None, task_uuid or new_id(), TaskLevel(level=[]), REQUEST_ACTION)
+    if _start_messages:
+        action._start(
+            {
+                "level": "debug",
+                "message": f"{method} {path}",
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+            }
+        )
+    return action
+
+
+def finish_request(action: Action, fields: dict[str, Any]) -> None:
+    """
+    C{action.add_success_fields(**fields); action.finish()} for a request's
+    action (see L{request_action}): the same message, without eliot's copies
+    of it on the way to the destinations.  C{fields} becomes the message.
+    """
+    if action._finished:
+        return
+    action._finished = True
+    fields["action_status"] = "succeeded"
+    fields["timestamp"] = time.time()
+    fields.update(action._identification)
+    fields["task_level"] = action._nextTaskLevel().as_list()
+    logger = action._logger
+    if type(logger) is eliot.Logger:
+        logger._destinations.send(fields, logger)
+    else:  # a test's MemoryLogger, say
+        logger.write(fields)
+
+
+def take_start_messages(taken: bool) -> None:
+    """Whether request actions log their start message from now on (see L{_start_messages})."""
+    global _start_messages
+    _start_messages = taken

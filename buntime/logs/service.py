@@ -1,0 +1,142 @@
+"""
+The logging service: eliot's destinations while the runtime runs, and
+C{twisted.logger} events forwarded into eliot.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import IO, Any
+
+import eliot
+from attrs import define, field
+from eliot import log_message
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import ILogObserver, LoggingFile, LogLevel, formatEvent
+from zope.interface import implementer
+
+from buntime.logs import level_enabled
+from buntime.logs.destinations import FileDestination, StreamDestination
+from buntime.logs.requests import take_start_messages
+
+_TWISTED_LEVELS = {
+    LogLevel.debug: "debug",
+    LogLevel.info: "info",
+    LogLevel.warn: "warn",
+    LogLevel.error: "error",
+    LogLevel.critical: "error",
+}
+
+
+# Twisted namespaces whose info messages are per-connection chatter.
+_CHATTY = ("twisted.protocols.amp",)
+
+
+@implementer(ILogObserver)
+class TwistedToEliot:
+    """A C{twisted.logger} observer that re-logs every event as an eliot message."""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = _TWISTED_LEVELS.get(event.get("log_level", LogLevel.info), "info")
+        if level == "info" and event.get("log_namespace", "").startswith(_CHATTY):
+            level = "debug"
+        if event.get("isError"):
+            level = "error"
+        text = formatEvent(event)
+        fields: dict[str, Any] = {}
+        failure = event.get("log_failure")
+        if failure is not None:
+            fields["traceback"] = failure.getTraceback()
+            level = "error"
+        log_message(
+            message_type="twisted:log",
+            level=level,
+            message=text,
+            context="twisted",
+            namespace=event.get("log_namespace", ""),
+            **fields,
+        )
+
+
+_forwarding = False
+
+
+def twistd_observer() -> TwistedToEliot:
+    """
+    The observer factory buntime hands to twistd's C{--logger}: Twisted's own
+    log events go into eliot, and the L{LoggingService} decides where they end.
+    """
+    global _forwarding
+    _forwarding = True
+    return TwistedToEliot()
+
+
+def console() -> IO[str]:
+    """
+    Where log lines go, looked up when logging starts.  twistd has replaced
+    C{sys.stdout} with a writer into Twisted's log by then: in the foreground
+    (Twisted's log forwarded into eliot) that would loop, so the real stdout
+    is used; daemonized, Twisted's log is C{twistd.log}, and lines go there.
+    """
+    stream = sys.stdout
+    if isinstance(stream, LoggingFile) and _forwarding and sys.__stdout__ is not None:
+        return sys.__stdout__
+    return stream
+
+
+@define(eq=False)
+class LoggingService(Service):
+    """
+    Adds the eliot destinations on start and removes them on stop.  Lines
+    to a terminal are flushed one by one; to a pipe or file they are
+    buffered and written once per reactor turn (so a busy runtime does not
+    pay a system call per line), the log file every second, and both on
+    stop.
+    """
+
+    clock: IReactorTime
+    level: str = "info"
+    fmt: str = "json"
+    file_path: str | None = None
+    stream: IO[str] | None = None  # default: sys.stdout as it is when the service starts
+    _destinations: list[Callable[[dict[str, Any]], None]] = field(factory=list)
+    _file: FileDestination | None = None
+    _flusher: LoopingCall | None = None
+    _console: StreamDestination | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.stream is None:
+            self.stream = console()
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        colour = self.fmt == "pretty" and tty
+        self._console = StreamDestination(
+            self.stream, self.level, self.fmt, colour, flush_each=tty, clock=self.clock
+        )
+        self._destinations = [self._console]
+        if self.file_path:
+            self._file = FileDestination(self.file_path, self.level)
+            self._destinations.append(self._file)
+            self._flusher = LoopingCall(self._file.flush)
+            self._flusher.clock = self.clock
+            self._flusher.start(1.0, now=False)
+        eliot.add_destinations(*self._destinations)
+        take_start_messages(
+            level_enabled(self.level, "debug") or self.fmt == "json" or self._file is not None
+        )
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        if self._console is not None:
+            self._console.flush()
+        for destination in self._destinations:
+            eliot.remove_destination(destination)
+        take_start_messages(True)
+        if self._file is not None:
+            self._file.close()
+        self._destinations = []

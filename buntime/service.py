@@ -23,7 +23,8 @@ from buntime.http import AppInfo
 from buntime.logs import log
 from buntime.logs.service import LoggingService
 from buntime.plugins.service import PluginService
-from buntime.pool.launch import ForkLauncher, SpawnLauncher
+from buntime.pool.launch.fork import ForkLauncher
+from buntime.pool.launch.spawn import SpawnLauncher
 from buntime.pool.pool import PoolConfig, WorkerPool
 from buntime.pool.service import PoolService
 from buntime.web.api.apps import AppsAPI

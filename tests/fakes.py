@@ -47,7 +47,7 @@ from buntime.pool.events import (
     WebSocketSend,
     response_head,
 )
-from buntime.pool.launch import ILauncher, LauncherUnavailable, LaunchSpec
+from buntime.pool.launch.launcher import ILauncher, LauncherUnavailable, LaunchSpec
 from buntime.pool.output import Write
 
 STACK = [

@@ -22,15 +22,15 @@ from zope.interface.verify import verifyObject
 
 import buntime
 from buntime.pool import commands
-from buntime.pool.launch import (
+from buntime.pool.launch.fork import ForkLauncher
+from buntime.pool.launch.launcher import (
     UNKNOWN_EXIT,
-    ForkLauncher,
     ILauncher,
     LaunchedProcess,
     LauncherUnavailable,
     LaunchSpec,
-    SpawnLauncher,
 )
+from buntime.pool.launch.spawn import SpawnLauncher
 from buntime.pool.output import Write
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
@@ -304,7 +304,7 @@ def test_the_template_freezes_what_it_preloads_for_its_forks():
 
     probe = (
         "import gc\n"
-        "from buntime.pool.template import preload\n"
+        "from buntime.pool.launch.template import preload\n"
         "from twisted.internet.asyncioreactor import AsyncioSelectorReactor\n"
         "preload()\n"
         "print(gc.get_freeze_count() > 1000, '__implemented__' in vars(AsyncioSelectorReactor))\n"

@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from buntime.http import Request
 from buntime.pool.commands import CHUNK_SIZE, StartRequest
 from buntime.pool.events import ResponseStart
-from buntime.pool.launch import ILauncher
+from buntime.pool.launch.launcher import ILauncher
 from buntime.pool.output import QUIET, Write
 from buntime.pool.worker import (
     ACTIVE,

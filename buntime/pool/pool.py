@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from buntime.http import Request, Response
 from buntime.logs import log, request_fields
 from buntime.pool.deps import DependencyInstaller, InstallError
-from buntime.pool.launch import ILauncher, LauncherUnavailable
+from buntime.pool.launch.launcher import ILauncher, LauncherUnavailable
 from buntime.pool.worker import (
     READY,
     STARTING,

@@ -7,7 +7,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
 from buntime.logs import log
-from buntime.pool.launch import ILauncher
+from buntime.pool.launch.launcher import ILauncher
 from buntime.pool.pool import WorkerPool
 
 

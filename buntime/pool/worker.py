@@ -49,7 +49,7 @@ from buntime.pool.events import (
     WebSocketSend,
     response_start,
 )
-from buntime.pool.launch import ILauncher, LaunchedProcess, LaunchSpec
+from buntime.pool.launch.launcher import ILauncher, LaunchedProcess, LaunchSpec
 from buntime.pool.output import Assembler, Record, Write
 from buntime.pool.websocket import WorkerSocket
 from buntime.pool.wire import FastAMP, responder

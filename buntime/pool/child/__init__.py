@@ -1,6 +1,6 @@
 """
 The worker process: C{python -m buntime.pool.child} (or forked from the
-template, L{buntime.pool.template}).
+template, L{buntime.pool.launch.template}).
 
 It loads one app (L{loader}), speaks AMP with the runtime on fds 3 and 4
 (L{protocol}) and serves each request through the adapter for the app's kind:

@@ -1,15 +1,6 @@
 """
-How worker processes are started, on the runtime side.
-
-A launcher starts one worker process for a L{LaunchSpec}, connects the given
-runtime-side AMP protocol to it, and reports what the process writes as
-L{Write}s: each write to C{sys.stdout}/C{sys.stderr} from its output channel
-(fd 5), and the raw lines of fds 1 and 2.
-L{SpawnLauncher} starts a fresh interpreter per worker
-(C{python -m buntime.pool.child}, ~250 ms with Twisted);
-L{ForkLauncher} asks a pre-started template process
-(L{buntime.pool.template}) to fork one, so a cold start costs a fork and the
-app's import.
+L{ForkLauncher}: workers forked from a pre-started template process
+(L{buntime.pool.launch.template}), so a cold start costs a fork and the app's import.
 """
 
 from __future__ import annotations
@@ -22,248 +13,31 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import define, field, frozen
+from attrs import define, field
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.protocols import amp
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 import buntime
 from buntime.logs import log
+from buntime.pool.launch.launcher import (
+    MAX_RESTART_DELAY,
+    STOP_GRACE,
+    TEMPLATE_MODULE,
+    UNKNOWN_EXIT,
+    ILauncher,
+    LaunchedProcess,
+    LauncherUnavailable,
+    LaunchSpec,
+    LineSplitter,
+    exit_code,
+    output_readers,
+)
 from buntime.pool.output import OUTPUT_FD, FrameReader, Write
-
-CHILD_MODULE = "buntime.pool.child"
-TEMPLATE_MODULE = "buntime.pool.template"
-TO_CHILD, FROM_CHILD = 3, 4
-"""The AMP channel as the worker sees it: it reads fd 3 and writes fd 4."""
-WORKER_FDS = {0: "w", 1: "r", 2: "r", TO_CHILD: "w", FROM_CHILD: "r", OUTPUT_FD: "r"}
-MAX_LINE = 64 * 1024
-"""A line of output longer than this is reported in pieces."""
-UNKNOWN_EXIT = 255
-"""Exit code reported for a forked worker whose template died before it did."""
-MAX_RESTART_DELAY = 30.0
-"""Longest wait before restarting a template that keeps dying before it is ready."""
-STOP_GRACE = 5.0
-"""Seconds the template has to exit after its control channel closes."""
-
-
-@frozen
-class LaunchSpec:
-    """What to start: which worker, for which app directory, with which environment."""
-
-    worker_id: str
-    app_dir: str
-    env: Mapping[str, str]
-
-
-@define(eq=False)
-class LaunchedProcess:
-    """A started worker process; C{exited} fires with its exit code (negative: a signal)."""
-
-    pid: int
-    exited: Deferred
-    _send: Callable[[int], None] = field(default=lambda signum: None, repr=False)
-
-    def signal(self, signum: int) -> None:
-        """Send C{signum} to the process (nothing if it has exited)."""
-        if not self.exited.called:
-            self._send(signum)
-
-
-class ILauncher(Interface):
-    """Starts worker processes."""
-
-    def start() -> Deferred:
-        """Get ready to launch (e.g. start the template process)."""
-
-    def stop() -> Deferred:
-        """Stop whatever C{start} started."""
-
-    def launch(
-        spec: LaunchSpec,
-        protocol: amp.AMP,
-        on_output: Callable[[Write], None],
-    ) -> Deferred:
-        """
-        Start a worker; fires with a L{LaunchedProcess} once the channel is
-        connected.  C{on_output} gets what the worker writes.
-        """
-
-
-class LauncherUnavailable(Exception):
-    """The launcher cannot start workers right now (its template is down)."""
-
-
-@define(eq=False)
-class LineSplitter:
-    """Cuts a byte stream into decoded lines for C{on_output(stream, line)}."""
-
-    stream: str
-    on_output: Callable[[str, str], None]
-    _buffer: bytes = b""
-
-    def feed(self, data: bytes) -> None:
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        while len(self._buffer) > MAX_LINE:
-            lines.append(self._buffer[:MAX_LINE])
-            self._buffer = self._buffer[MAX_LINE:]
-        for line in lines:
-            self._emit(line)
-
-    def flush(self) -> None:
-        if self._buffer:
-            line, self._buffer = self._buffer, b""
-            self._emit(line)
-
-    def _emit(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        try:
-            self.on_output(self.stream, text)
-        except Exception as error:
-            log("error", "buntime:launch:output-failed", f"on_output failed: {error!r}")
-
-
-def output_readers(on_output: Callable[[Write], None]) -> dict[int, LineSplitter | FrameReader]:
-    """What reads a worker's output fds: raw lines from 1 and 2, frames from L{OUTPUT_FD}."""
-
-    def raw(stream: str, line: str) -> None:
-        on_output(Write(stream, line + "\n", raw=True))
-
-    def framed(write: Write) -> None:
-        try:
-            on_output(write)
-        except Exception as error:
-            log("error", "buntime:launch:output-failed", f"on_output failed: {error!r}")
-
-    return {
-        1: LineSplitter("stdout", raw),
-        2: LineSplitter("stderr", raw),
-        OUTPUT_FD: FrameReader(framed),
-    }
-
-
-def exit_code(reason: Failure) -> int:
-    """The exit code in a C{processEnded} reason (negative: killed by that signal)."""
-    value = reason.value
-    signal_number = getattr(value, "signal", None)
-    if signal_number:
-        return -int(signal_number)
-    code = getattr(value, "exitCode", None)
-    return int(code) if code is not None else 0
-
-
-# -- spawn ------------------------------------------------------------------
-
-
-@define(eq=False)
-class _ChildWriter:
-    """The transport AMP writes to: the worker's fd 3 (pattern of ampoule's AMPConnector)."""
-
-    process: Any
-    disconnecting: bool = False
-
-    def write(self, data: bytes) -> None:
-        self.process.writeToChild(TO_CHILD, data)
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        self.write(b"".join(data))
-
-    def loseConnection(self) -> None:
-        self.disconnecting = True
-        self.process.closeChildFD(TO_CHILD)
-        self.process.closeChildFD(FROM_CHILD)
-
-    abortConnection = loseConnection
-
-    def getPeer(self) -> tuple[str, ...]:
-        return ("subprocess",)
-
-    def getHost(self) -> tuple[str, ...]:
-        return ("runtime",)
-
-
-class _WorkerProcess(ProcessProtocol):
-    """A spawned worker: AMP on fds 3/4, its output from fds 1, 2 and 5, exit code."""
-
-    def __init__(self, protocol: amp.AMP, on_output: Callable[[Write], None]) -> None:
-        self.amp = protocol
-        self.exited: Deferred = Deferred()
-        self.lines = output_readers(on_output)
-        self._amp_lost = False
-
-    def connectionMade(self) -> None:
-        self.amp.makeConnection(_ChildWriter(self.transport))
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == FROM_CHILD:
-            self.amp.dataReceived(data)
-        elif childFD in self.lines:
-            self.lines[childFD].feed(data)
-
-    def childConnectionLost(self, childFD: int) -> None:
-        if childFD == FROM_CHILD:
-            self._lose_amp(Failure(ConnectionError("the worker closed its channel")))
-        elif childFD in self.lines:
-            self.lines[childFD].flush()
-
-    def processExited(self, reason: Failure) -> None:
-        self._lose_amp(reason)
-        if not self.exited.called:
-            self.exited.callback(exit_code(reason))
-
-    def processEnded(self, reason: Failure) -> None:
-        for splitter in self.lines.values():
-            splitter.flush()
-        self.processExited(reason)
-
-    def _lose_amp(self, reason: Failure) -> None:
-        if not self._amp_lost:
-            self._amp_lost = True
-            self.amp.connectionLost(reason)
-
-
-@implementer(ILauncher)
-@define(eq=False)
-class SpawnLauncher:
-    """Starts each worker as C{sys.executable -m buntime.pool.child} in its app dir."""
-
-    reactor: IReactorProcess
-
-    def start(self) -> Deferred:
-        return succeed(None)
-
-    def stop(self) -> Deferred:
-        return succeed(None)
-
-    def launch(
-        self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[Write], None]
-    ) -> Deferred:
-        process = _WorkerProcess(protocol, on_output)
-        try:
-            transport = self.reactor.spawnProcess(
-                process,
-                sys.executable,
-                [sys.executable, "-m", CHILD_MODULE],
-                env=dict(spec.env),
-                path=spec.app_dir,
-                childFDs=WORKER_FDS,
-            )
-        except Exception:
-            return fail()
-
-        def send(signum: int) -> None:
-            try:
-                transport.signalProcess(signum)
-            except ProcessExitedAlready:
-                pass
-
-        return succeed(LaunchedProcess(transport.pid, process.exited, send))
-
-
-# -- fork -------------------------------------------------------------------
 
 
 class _Lines(Protocol):
@@ -391,7 +165,7 @@ class _TemplateProcess(ProcessProtocol):
 @define(eq=False)
 class ForkLauncher:
     """
-    Forks workers from a template process (C{python -m buntime.pool.template})
+    Forks workers from a template process (C{python -m buntime.pool.launch.template})
     started by L{start}.  Per launch it makes four socketpairs (AMP, stdout,
     stderr, output channel) and passes the worker's ends to the template with the
     environment; the template forks and reports the pid, later the exit

@@ -1,5 +1,5 @@
 """
-The fork template: C{python -m buntime.pool.template}, started once by
+The fork template: C{python -m buntime.pool.launch.template}, started once by
 L{buntime.pool.launch.ForkLauncher}.
 
 It imports what every worker needs (Twisted's AMP, stdio, web and asyncio

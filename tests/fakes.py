@@ -345,6 +345,15 @@ def read_all(launcher: FakeLauncher, body: Body) -> bytes:
     return result_of(d)
 
 
-def logged(logger: Any, message_type: str) -> list[dict]:
-    """The messages of one type a L{eliot.MemoryLogger} captured."""
+def logged(logger: Any, message_type: str, status: str | None = None) -> list[dict]:
+    """
+    The messages of one type a L{eliot.MemoryLogger} captured; with
+    C{status}, the C{started}, C{succeeded} or C{failed} messages of an action type.
+    """
+    if status is not None:
+        return [
+            m
+            for m in logger.messages
+            if m.get("action_type") == message_type and m.get("action_status") == status
+        ]
     return [m for m in logger.messages if m.get("message_type") == message_type]

@@ -267,8 +267,17 @@ class RuntimeProcess:
             raise RuntimeError("the runtime has not reported its port yet")
         return f"http://127.0.0.1:{self.port}"
 
-    def messages(self, message_type: str) -> list[dict[str, Any]]:
-        """The log records so far with this C{message_type}."""
+    def messages(self, message_type: str, status: str | None = None) -> list[dict[str, Any]]:
+        """
+        The log records so far with this C{message_type}; with C{status},
+        the C{started}, C{succeeded} or C{failed} records of that action type.
+        """
+        if status is not None:
+            return [
+                line
+                for line in self.lines
+                if line.get("action_type") == message_type and line.get("action_status") == status
+            ]
         return [line for line in self.lines if line.get("message_type") == message_type]
 
     def wait_for_log(

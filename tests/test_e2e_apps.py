@@ -200,7 +200,11 @@ async def get_text(proc: Any, path: str) -> str:
 
 
 def ready_lines(proc: Any, app: str) -> list[dict[str, Any]]:
-    return [line for line in proc.messages("buntime:pool:ready") if line.get("app") == app]
+    return [
+        line
+        for line in proc.messages("buntime:worker:start", "succeeded")
+        if line.get("app") == app
+    ]
 
 
 # -- app kinds ------------------------------------------------------------------
@@ -399,7 +403,9 @@ async def test_app_output_is_logged_with_app_and_worker_and_never_corrupts_the_c
         assert {key: err[key] for key in tags} == tags
         assert (out["stream"], err["stream"]) == ("stdout", "stderr")
     assert shared.unparsed == []
-    assert not [line for line in shared.messages("buntime:pool:crash") if line["app"] == "printer"]
+    assert not [
+        line for line in shared.messages("buntime:worker:crash") if line["app"] == "printer"
+    ]
 
 
 # -- bodies and streams -----------------------------------------------------------

@@ -148,7 +148,11 @@ async def pid_of(proc: Any, path: str) -> int:
 
 
 def ready_pids(proc: Any, app: str) -> list[int]:
-    return [line["pid"] for line in proc.messages("buntime:pool:ready") if line["app"] == app]
+    return [
+        line["pid"]
+        for line in proc.messages("buntime:worker:start", "succeeded")
+        if line["app"] == app
+    ]
 
 
 async def gone(pids: set[int] | list[int], timeout: float = 5.0) -> set[int]:
@@ -258,7 +262,11 @@ async def test_app_crashing_at_import_answers_502_naming_the_app(shared):
         response = await shared.get("/crashy@1/")
         assert response.code == 502
         assert "crashy@1.0.0" in (await shared.json(response))["error"]["message"]
-    spawned = [line for line in shared.messages("buntime:pool:spawn") if line["app"] == "crashy"]
+    spawned = [
+        line
+        for line in shared.messages("buntime:worker:start", "started")
+        if line["app"] == "crashy"
+    ]
     assert 1 <= len(spawned) <= 4, f"{len(spawned)} workers started for 7 requests"
     # The runtime itself is fine.
     response = await shared.get("/keep@1/")

@@ -225,9 +225,13 @@ def test_idle_hook_then_idle_retirement(eliot_logger):
     assert process.child.terminates == 1
     h.advance(0.1)
     assert h.launcher.live == []
-    assert [m["reason"] for m in logged(eliot_logger, "buntime:pool:retire")] == [
+    assert [m["reason"] for m in logged(eliot_logger, "buntime:worker:retire", "started")] == [
         "idleTimeout reached"
     ]
+    [ready] = logged(eliot_logger, "buntime:worker:start", "succeeded")
+    assert ready["message"] == "Worker for hello@1.0.0 is ready" and ready["kind"] == "fake"
+    assert len(logged(eliot_logger, "buntime:worker:retire", "succeeded")) == 1
+    eliot_logger.validate()  # every message as its declared type says (buntime.logs.types)
 
 
 def test_use_keeps_a_worker_from_idling_out():
@@ -316,11 +320,16 @@ def test_ephemeral_timeout_dumps_stack_then_kills(eliot_logger):
 # -- failures ----------------------------------------------------------------
 
 
-def test_startup_failure_502_respawn_and_backoff():
+def test_startup_failure_502_respawn_and_backoff(eliot_logger):
     h = Harness(startup="fail")
     app = h.app()
     status, code, message = error_of(h.get(app))
     assert (status, code) == (502, "WORKER_START_FAILED")
+    [why] = logged(eliot_logger, "buntime:worker:start-failed")
+    assert why["error"].startswith("ImportError") and why["detail"]
+    [failed] = logged(eliot_logger, "buntime:worker:start", "failed")
+    assert failed["task_level"][:-1] == why["task_level"][:-1]  # the reason, inside the action
+    eliot_logger.validate()
     assert "hello@1.0.0" in message and "ImportError" in message
     error_of(h.get(app))  # the next request tries again at once
     assert len(h.processes) == 2
@@ -719,7 +728,7 @@ def test_app_update_keeps_workers():
     assert len(h.processes) == 1
 
 
-def test_stop_while_workers_start():
+def test_stop_while_workers_start(eliot_logger):
     h = Harness(startup="hang")
     ephemeral = h.send(h.app("e", ttl=0))
     persistent = h.send(h.app("p"))
@@ -729,6 +738,9 @@ def test_stop_while_workers_start():
     assert result_of(ephemeral).status == 502
     assert error_of(result_of(persistent))[:2] == (503, "SHUTTING_DOWN")
     assert h.launcher.live == []
+    stopped_early = logged(eliot_logger, "buntime:worker:start", "succeeded")
+    assert {m["message"] for m in stopped_early} == {"Stopped before it was ready"}
+    eliot_logger.validate()
 
 
 def test_each_request_times_out_at_its_own_deadline():

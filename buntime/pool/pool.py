@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from uuid import uuid4
 
 from attrs import define, field, frozen
+from eliot import Action
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -34,6 +35,7 @@ from twisted.python.failure import Failure
 
 from buntime.http import Request, Response
 from buntime.logs import log, request_fields
+from buntime.logs.types import WORKER_CRASH, WORKER_RETIRE, WORKER_START, WORKER_START_FAILED
 from buntime.pool.deps import DependencyInstaller, InstallError
 from buntime.pool.launch.launcher import ILauncher, LauncherUnavailable
 from buntime.pool.worker import (
@@ -570,62 +572,73 @@ class WorkerPool:
         self._counts["created"] += 1
         worker.on_finished.append(partial(self._request_finished, state))
         worker.on_gone.append(partial(self._worker_gone, state))
-        log(
-            "info",
-            "buntime:pool:spawn",
-            f"Starting a worker for {app.label}",
-            **worker.tags(),
+        starting = WORKER_START(
+            level="info",
+            message=f"Starting a worker for {app.label}",
             ephemeral=ephemeral,
+            **worker.tags(),
         )
         env = {**app.env, "WORKER_ID": worker.id}
         worker.launch(self._launcher, app.dir, env, self._config.ready_timeout)
         started = self._reactor.seconds()
         worker.ready.addCallbacks(
-            lambda _: self._worker_ready(state, worker, started),
-            lambda failure: self._worker_failed_start(state, worker, failure),
+            lambda _: self._worker_ready(state, worker, started, starting),
+            lambda failure: self._worker_failed_start(state, worker, failure, started, starting),
         )
         return worker
 
-    def _worker_ready(self, state: _AppState, worker: Worker, started: float) -> None:
+    def _worker_ready(
+        self, state: _AppState, worker: Worker, started: float, starting: Action
+    ) -> None:
         elapsed = round((self._reactor.seconds() - started) * 1000)
-        log(
-            "info",
-            "buntime:pool:ready",
-            f"Worker for {state.app.label} is ready",
-            **worker.tags(),
+        starting.add_success_fields(
+            level="info",
+            message=f"Worker for {state.app.label} is ready",
             kind=worker.kind,
             startup_ms=elapsed,
+            **worker.tags(),
         )
+        starting.finish()
         self._notify(self.on_worker_spawn, worker, state.app)
         if not worker.ephemeral:
             self._pump(state)
 
-    def _worker_failed_start(self, state: _AppState, worker: Worker, failure: Failure) -> None:
+    def _worker_failed_start(
+        self, state: _AppState, worker: Worker, failure: Failure, started: float, starting: Action
+    ) -> None:
         if worker not in state.workers:
+            starting.add_success_fields(
+                level="info",
+                message="Stopped before it was ready",
+                kind=worker.kind,
+                startup_ms=round((self._reactor.seconds() - started) * 1000),
+                **worker.tags(),
+            )
+            starting.finish()
             return  # stopped on purpose while it was starting
         error = failure.value
         text = error.error if isinstance(error, StartupError) else failure.getErrorMessage()
         detail = error.detail if isinstance(error, StartupError) else ""
-        log(
-            "error",
-            "buntime:pool:crash",
-            f"Worker for {state.app.label} failed to start",
-            **worker.tags(),
-            error=text,
-            detail=detail,
-        )
+        with starting.context():
+            WORKER_START_FAILED.log(
+                level="error",
+                message=f"Worker for {state.app.label} failed to start",
+                error=text,
+                detail=detail,
+                **worker.tags(),
+            )
+        starting.finish(failure.value)
         message = self._detail(f"App {state.app.label} failed to start", text)
         self._worker_failed(state, worker, Response.error(502, "WORKER_START_FAILED", message))
 
     def _worker_gone(self, state: _AppState, worker: Worker, reason: str) -> None:
         if worker not in state.workers:
             return  # retired or already counted as failed
-        log(
-            "error",
-            "buntime:pool:crash",
-            f"Worker for {state.app.label} {reason}",
-            **worker.tags(),
+        WORKER_CRASH.log(
+            level="error",
+            message=f"Worker for {state.app.label} {reason}",
             reason=reason,
+            **worker.tags(),
         )
         if isinstance(worker.launch_error, LauncherUnavailable):
             # The fork template is down: not the app's fault, and soon over.
@@ -680,13 +693,13 @@ class WorkerPool:
             return succeed(None)  # already stopped
         state.workers.remove(worker)
         self._counts["failed" if failed else "retired"] += 1
+        retiring = None
         if not worker.ephemeral or failed:
-            log(
-                "info",
-                "buntime:pool:retire",
-                f"Retiring a worker of {state.app.label}: {reason}",
-                **worker.tags(),
+            retiring = WORKER_RETIRE(
+                level="info",
+                message=f"Retiring a worker of {state.app.label}: {reason}",
                 reason=reason,
+                **worker.tags(),
             )
         self._notify(self.on_worker_terminate, worker, state.app)
         if kill:
@@ -696,6 +709,12 @@ class WorkerPool:
 
         def stopped_now(_: object) -> None:
             self._stopping.pop(worker, None)
+            if retiring is not None:
+                label = state.app.label
+                retiring.add_success_fields(
+                    level="info", message=f"A worker of {label} is gone", **worker.tags()
+                )
+                retiring.finish()
 
         stopped.addBoth(stopped_now)
         if worker in self._ephemeral_holders:

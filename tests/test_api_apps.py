@@ -278,7 +278,7 @@ async def test_a_failing_retire_is_logged_not_fatal(setup: Setup, eliot_logger) 
     status, _ = await setup.upload("a.zip", make_zip({"manifest.yaml": MANIFEST}))
     assert status == 200
     messages = [m for m in eliot_logger.messages if m.get("message_type", "").startswith("bun")]
-    failed = [m for m in messages if m["message_type"] == "buntime:apps:retire-failed"]
+    failed = [m for m in messages if m.get("message_type") == "buntime:apps:retire-failed"]
     assert len(failed) == 1
     assert "pool is gone" in failed[0]["message"]
 

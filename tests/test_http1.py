@@ -521,7 +521,7 @@ def test_a_shorter_body_than_declared_is_sent_then_the_connection_closes():
 def test_an_apps_wrong_length_is_logged(eliot_logger):
     answers_to(Response(200, {"content-length": "3"}, b"abcdef"), get(b"/x")).received()
     [logged] = [
-        m for m in eliot_logger.messages if m["message_type"] == "buntime:http:wrong-length"
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:wrong-length"
     ]
     assert (logged["level"], logged["declared"]) == ("warn", 3)
     assert "/x" in logged["message"]
@@ -684,7 +684,7 @@ def test_a_failing_stream_aborts_the_connection(eliot_logger):
     assert client.transport.aborted
     assert isinstance(ends[0], Failure)
     [logged] = [
-        m for m in eliot_logger.messages if m["message_type"] == "buntime:http:stream-failed"
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:stream-failed"
     ]
     assert "boom" in logged["error"]
 

@@ -602,3 +602,28 @@ def test_replacing_a_version_uses_the_atomic_exchange(site, monkeypatch):
     target = Path(worker_dir, "hello", "1.0.0")
     assert (target / "v.txt").read_text() == "2"
     assert not any(Path(worker_dir).glob(".*tmp*"))  # the old copy went with the scratch dir
+
+
+def test_an_install_is_one_eliot_action(site: Path, eliot_logger) -> None:
+    """Installed: an action ending with the app; refused: one failing at warn with the code."""
+    install_archive(
+        tgz_files({"manifest.yaml": b"name: logged\nversion: 1.0.0\n"}), "a.tgz", str(site / "apps")
+    )
+    refused(site, b"not an archive", "b.tgz")
+    ends = [
+        m
+        for m in eliot_logger.messages
+        if m.get("action_type") == "buntime:apps:install" and m["action_status"] != "started"
+    ]
+    installed, failed = ends
+    assert (installed["action_status"], installed["app"], installed["version"]) == (
+        "succeeded",
+        "logged",
+        "1.0.0",
+    )
+    assert (failed["action_status"], failed["level"], failed["code"]) == (
+        "failed",
+        "warn",
+        "INVALID_ARCHIVE",
+    )
+    eliot_logger.validate()

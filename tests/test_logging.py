@@ -309,7 +309,7 @@ def test_twisted_events_become_eliot_messages(eliot_logger):
         1 / 0  # noqa: B018
     except ZeroDivisionError:
         logger.failure("it broke")
-    messages = [m for m in eliot_logger.messages if m["message_type"] == "twisted:log"]
+    messages = [m for m in eliot_logger.messages if m.get("message_type") == "twisted:log"]
     assert [(m["level"], m["message"]) for m in messages] == [
         ("info", "hello world"),
         ("warn", "careful"),

@@ -95,7 +95,7 @@ def test_earlier_plugin_dir_wins(tmp_path, eliot_logger):
     )
     assert source.path == first
     warnings = [
-        m for m in eliot_logger.messages if m["message_type"] == "buntime:plugins:duplicate"
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:plugins:duplicate"
     ]
     assert len(warnings) == 1
 

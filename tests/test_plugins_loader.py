@@ -301,7 +301,7 @@ async def test_import_errors(tmp_path, eliot_logger):
         " No module named 'does_not_exist_anywhere'"
     )
     [logged] = [
-        m for m in eliot_logger.messages if m["message_type"] == "buntime:plugins:import-failed"
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:plugins:import-failed"
     ]
     assert "does_not_exist_anywhere" in logged["traceback"]
 
@@ -548,17 +548,27 @@ async def test_context(tmp_path, eliot_logger):
     assert ctx.data_dir == "/data"
     assert second.found == "store"
     assert registry.services.get("kv") == "other"
-    logged = [m for m in eliot_logger.messages if m["message_type"] == PLUGIN_LOG]
+    logged = [m for m in eliot_logger.messages if m.get("message_type") == PLUGIN_LOG]
     assert [(m["level"], m["message"], m["context"]) for m in logged] == [
         ("info", "Request processed", "plugin:keyval"),
         ("warn", "careful", "plugin:keyval"),
     ]
     assert logged[0]["duration"] == 45
     assert logged[0]["plugin"] == "@acme/plugin-keyval"
+    # each plugin's start is one action, and the plugin's own lines sit in it
+    loads = [m for m in eliot_logger.messages if m.get("action_type") == "buntime:plugins:load"]
+    assert [(m["action_status"], m["plugin"]) for m in loads] == [
+        ("started", "@acme/plugin-keyval"),
+        ("succeeded", "@acme/plugin-keyval"),
+        ("started", "user"),
+        ("succeeded", "user"),
+    ]
+    assert loads[1]["message"] == 'Plugin "@acme/plugin-keyval" loaded at /kv'
+    assert logged[0]["task_uuid"] == loads[0]["task_uuid"]
     [overwrite] = [
         m
         for m in eliot_logger.messages
-        if m["message_type"] == "buntime:plugins:service-overwritten"
+        if m.get("message_type") == "buntime:plugins:service-overwritten"
     ]
     assert overwrite["level"] == "warn"
     assert overwrite["message"] == (
@@ -591,7 +601,9 @@ async def test_shutdown_runs_in_reverse_order_and_survives_errors(tmp_path, cloc
     await loader.shutdown(registry.plugins)
     assert EVENTS == [("shutdown", "b"), ("shutdown", "a")]
     [failed] = [
-        m for m in eliot_logger.messages if m["message_type"] == "buntime:plugins:shutdown-failed"
+        m
+        for m in eliot_logger.messages
+        if m.get("message_type") == "buntime:plugins:shutdown-failed"
     ]
     assert failed["message"] == 'Plugin "c" on_shutdown failed: RuntimeError: boom'
 
@@ -620,7 +632,7 @@ async def test_shutdown_is_bounded(tmp_path, clock, eliot_logger):
     clock.advance(10)
     await stopping
     assert any(
-        m["message_type"] == "buntime:plugins:shutdown-timeout" for m in eliot_logger.messages
+        m.get("message_type") == "buntime:plugins:shutdown-timeout" for m in eliot_logger.messages
     )
 
 

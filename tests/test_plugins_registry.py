@@ -117,7 +117,7 @@ async def test_failing_on_request_answers_500(eliot_logger):
         "error": {"code": "PLUGIN_ERROR", "message": 'Plugin "guard" failed to handle the request'}
     }
     [logged] = [
-        m for m in eliot_logger.messages if m["message_type"] == "buntime:plugins:hook-failed"
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:plugins:hook-failed"
     ]
     assert logged["message"] == 'Plugin "guard" on_request failed: RuntimeError: broken guard'
 

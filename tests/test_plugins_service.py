@@ -68,7 +68,9 @@ async def test_a_failed_start_is_one_line(tmp_path, eliot_logger):
     )
     assert service.failed == reason
     assert service.registry.plugins == ()
-    [logged] = [m for m in eliot_logger.messages if m["message_type"] == "buntime:plugins:failed"]
+    [logged] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:plugins:failed"
+    ]
     assert (logged["level"], logged["message"]) == ("error", reason)
     await service.stopService()
 

@@ -103,7 +103,7 @@ def test_ready_once_started_and_listening(eliot_logger):
     assert (port, interface) == (0, "127.0.0.1")
     assert tree.state.ready
     assert tree.state.status == "ready"
-    [ready] = [m for m in eliot_logger.messages if m["message_type"] == "buntime:runtime:ready"]
+    [ready] = [m for m in eliot_logger.messages if m.get("message_type") == "buntime:runtime:ready"]
     assert ready["level"] == "info"
 
 
@@ -167,7 +167,7 @@ def test_a_child_that_fails_to_stop_does_not_stop_the_others(eliot_logger):
     assert stopped.called
     assert tree.journal[-2:] == ["stop pool", "stop logging"]
     [failed] = [
-        m for m in eliot_logger.messages if m["message_type"] == "buntime:runtime:stop-failed"
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:runtime:stop-failed"
     ]
     assert "pool cannot stop" in failed["message"]
     assert failed["level"] == "error"
@@ -188,7 +188,9 @@ def test_stop_waits_for_in_flight_requests(eliot_logger):
     tree.state.request_finished()
     assert tree.journal == ["stop logging"]
     assert stopped.called
-    [draining] = [m for m in eliot_logger.messages if m["message_type"] == "buntime:web:draining"]
+    [draining] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:web:draining"
+    ]
     assert draining["in_flight"] == 2
 
 
@@ -203,7 +205,9 @@ def test_the_30s_cap_forces_exit_1(eliot_logger):
     assert tree.exits == [1]
     assert SHUTDOWN_CAP == 30.0
     [timeout] = [
-        m for m in eliot_logger.messages if m["message_type"] == "buntime:runtime:shutdown-timeout"
+        m
+        for m in eliot_logger.messages
+        if m.get("message_type") == "buntime:runtime:shutdown-timeout"
     ]
     assert timeout["level"] == "error"
 

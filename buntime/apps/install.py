@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from attrs import frozen
+from eliot import register_exception_extractor
 
 from buntime.apps.discovery import LATEST
 from buntime.apps.versions import is_version
@@ -28,7 +29,7 @@ from buntime.archive import (
     Source,
     unpack,
 )
-from buntime.logs import log
+from buntime.logs.types import APP_INSTALL
 from buntime.manifest import MANIFEST_FILES, PYPROJECT, ManifestError, find_manifest, read_document
 
 _INSTALL_NAME = re.compile(r"\A(?:@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*\Z")
@@ -127,6 +128,14 @@ def _has_manifest(directory: str) -> bool:
     return find_manifest(directory) is not None
 
 
+def _refusal(error: InstallError) -> dict[str, str]:
+    """What a failed install's eliot action says: a refusal the client can fix, at warn."""
+    return {"level": "warn", "message": f"Refused the archive: {error.message}", "code": error.code}
+
+
+register_exception_extractor(InstallError, _refusal)
+
+
 def install_archive(
     data: Source,
     filename: str,
@@ -145,7 +154,7 @@ def install_archive(
         C{PATH_TRAVERSAL}, C{MISSING_PARAMS} (400) or C{PAYLOAD_TOO_LARGE}
         (413); nothing on disk has changed then.
     """
-    try:
+    with APP_INSTALL(level="info", message=f"Installing {filename!r}", filename=filename) as act:
         unpacked = unpack(data, filename, worker_dir, Budget(max_total_bytes, max_files))
         try:
             app_root = unpacked.root(_has_manifest)
@@ -157,22 +166,12 @@ def install_archive(
             unpacked.move_into_place(app_root, target, worker_dir)
         finally:
             unpacked.discard()
-    except InstallError as e:
-        log(
-            "warn",
-            "buntime:apps:install-refused",
-            f"Refused app archive {filename!r}: {e.message}",
-            code=e.code,
-            filename=filename,
+        act.add_success_fields(
+            level="info",
+            message=f"Installed {name}@{version}",
+            app=name,
+            version=version,
+            path=target,
         )
-        raise
     installed_at = datetime.fromtimestamp(now(), UTC).isoformat(timespec="milliseconds")
-    log(
-        "info",
-        "buntime:apps:installed",
-        f"Installed {name}@{version}",
-        app=name,
-        version=version,
-        path=target,
-    )
     return InstalledApp(name, version, target, installed_at.replace("+00:00", "Z"))

@@ -73,3 +73,24 @@ WORKER_CRASH = MessageType(
     [*_SAID, *_WORKER, REASON],
     "A worker gone before it was asked to go.",
 )
+
+# -- installs and plugins -----------------------------------------------------------
+
+FILENAME = Field.for_types("filename", [str], "The uploaded archive's name.")
+TARGET = Field.for_types("path", [str], "Where it was installed.")
+PLUGIN = Field.for_types("plugin", [str], "The plugin's name.")
+BASE = Field.for_types("base", [str, None], "Where the plugin is mounted.")
+
+APP_INSTALL = ActionType(
+    "buntime:apps:install",
+    [*_SAID, FILENAME],
+    [*_SAID, APP, VERSION, TARGET],
+    "An app archive unpacked into a worker dir (it fails with the refusal: its code, at warn).",
+)
+
+PLUGIN_LOAD = ActionType(
+    "buntime:plugins:load",
+    [*_SAID, PLUGIN],
+    [*_SAID, PLUGIN, BASE],
+    "A plugin started: its on_init run and its routes mounted.",
+)

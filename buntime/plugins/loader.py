@@ -37,6 +37,7 @@ from zope.interface.verify import verifyObject
 
 from buntime.interfaces import IBuntimePlugin
 from buntime.logs import log
+from buntime.logs.types import PLUGIN_LOAD
 from buntime.plugins.context import PluginContext, PluginLogger, PoolView, ServiceRegistry
 from buntime.plugins.discovery import PluginSource
 from buntime.plugins.hooks import bounded, call
@@ -403,16 +404,24 @@ class Loader:
                 if id(item.provider) in old:
                     restarted.append(old[id(item.provider)])
                     await self.shutdown([old[id(item.provider)]])
-                await self._init(plugin)
+                loading = PLUGIN_LOAD(
+                    level="debug", message=f'Loading plugin "{plugin.name}"', plugin=plugin.name
+                )
+                with loading.context():
+                    try:
+                        await self._init(plugin)
+                    except BaseException as error:
+                        loading.finish(error)
+                        raise
                 started.append(plugin)
                 where = f" at {plugin.base}" if plugin.base else ""
-                log(
-                    "info",
-                    "buntime:plugins:loaded",
-                    f'Plugin "{plugin.name}" loaded{where}',
+                loading.add_success_fields(
+                    level="info",
+                    message=f'Plugin "{plugin.name}" loaded{where}',
                     plugin=plugin.name,
                     base=plugin.base,
                 )
+                loading.finish()
         except PluginError:
             await self.shutdown(started)
             for plugin in restarted:

@@ -194,11 +194,20 @@ def body_limit(config: RuntimeConfig, apps: AppStep) -> Callable[[str], int]:
     return limit
 
 
-def make_runtime(config: RuntimeConfig, reactor: Any) -> RuntimeService:
-    """Wire the runtime for C{config}."""
+def make_runtime(
+    config: RuntimeConfig, reactor: Any, console_path: str | None = None
+) -> RuntimeService:
+    """
+    Wire the runtime for C{config}; C{console_path}: write the console's log
+    lines to this file (twistd's log file, when daemonized).
+    """
     state = RuntimeState()
     logging = LoggingService(
-        clock=reactor, level=config.log_level, fmt=config.log_format, file_path=config.log_file
+        clock=reactor,
+        level=config.log_level,
+        fmt=config.log_format,
+        file_path=config.log_file,
+        console_path=console_path,
     )
     logging.setName("logging")
     pool = make_pool(config, reactor)

@@ -19,6 +19,8 @@ class Options(usage.Options):
     """C{twistd buntime} options; each one also has an environment variable."""
 
     synopsis = "[options]"
+    console_path: str | None = None
+    """Where log lines go when twistd daemonizes (its log file)."""
     longdesc = (
         "Run the buntime multi-app runtime. Every option has an environment "
         "variable (see docs/configuration.md); the command line wins over the "
@@ -49,12 +51,14 @@ class Options(usage.Options):
             sys.stderr.flush()
             raise SystemExit(2) from None
         parent: Any = getattr(self, "parent", None)
-        if (
-            parent is not None
-            and parent.get("nodaemon")
-            and parent.get("logger") is None
-            and parent.get("logfile") in (None, "-")
-        ):
+        if parent is None or parent.get("logger") is not None:
+            return  # twistd's log is the user's to set
+        if not parent.get("nodaemon"):
+            # Daemonized: twistd's log file holds our lines alone, in our format
+            # (not each one behind a twistd prefix and a second timestamp).
+            self.console_path = os.path.abspath(parent.get("logfile") or "twistd.log")
+            parent["logger"] = TWISTD_OBSERVER
+        elif parent.get("logfile") in (None, "-"):
             # Twisted's own log events go into eliot, formatted like ours.
             parent["logger"] = TWISTD_OBSERVER
 
@@ -64,6 +68,6 @@ def makeService(options: Options) -> Any:
 
     from buntime.service import make_runtime, settle_memory
 
-    runtime = make_runtime(options.config, reactor)
+    runtime = make_runtime(options.config, reactor, options.console_path)
     runtime.on_serving.append(settle_memory)
     return runtime

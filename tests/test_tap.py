@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
 
 import pytest
 from twisted.application.service import IService, IServiceMaker
+from twisted.internet.task import Clock
 from twisted.plugin import getPlugins
 from twisted.scripts.twistd import ServerOptions
 
 from buntime.config import RuntimeConfig
-from buntime.logs.service import twistd_observer
+from buntime.logs import log
+from buntime.logs.service import LoggingService, twistd_observer
 from buntime.service import GC_THRESHOLD, settle_memory
 from buntime.tap import TWISTD_OBSERVER, Options, makeService
 
@@ -128,10 +132,30 @@ def test_foreground_twistd_logs_through_eliot(clean_environ):
     assert isinstance(options.subOptions.config, RuntimeConfig)
 
 
+def test_daemonized_twistd_writes_our_lines_alone_to_its_log_file(clean_environ, tmp_path):
+    """One format in twistd.log: no twistd prefix and second timestamp in front of ours."""
+    options = twistd(["--logfile", str(tmp_path / "runtime.log"), "buntime", "-w", "apps"])
+    assert options["logger"] is twistd_observer
+    assert options.subOptions.console_path == str(tmp_path / "runtime.log")
+    default = twistd(["buntime", "-w", "apps"])
+    assert default.subOptions.console_path == os.path.abspath("twistd.log")
+
+
+def test_a_daemon_s_log_lines_go_to_its_console_path(tmp_path):
+    path = tmp_path / "runtime.log"
+    service = LoggingService(clock=Clock(), level="info", fmt="json", console_path=str(path))
+    service.startService()
+    try:
+        log("info", "buntime:test:daemon", "to the file")
+    finally:
+        service.stopService()
+    [line] = path.read_text().splitlines()
+    assert json.loads(line)["message"] == "to the file"
+
+
 @pytest.mark.parametrize(
     "argv",
     [
-        ["buntime", "-w", "apps"],  # daemonized: twistd's own log file
         ["-n", "--logger", "twisted.logger.textFileLogObserver", "buntime", "-w", "apps"],
         ["-n", "--logfile", "twistd.log", "buntime", "-w", "apps"],
     ],

@@ -102,6 +102,9 @@ class LoggingService(Service):
     fmt: str = "json"
     file_path: str | None = None
     stream: IO[str] | None = None  # default: sys.stdout as it is when the service starts
+    console_path: str | None = None
+    """Where console lines go instead of a stream: twistd's log file when daemonized."""
+    _opened: IO[str] | None = None
     _destinations: list[Callable[[dict[str, Any]], None]] = field(factory=list)
     _file: FileDestination | None = None
     _flusher: LoopingCall | None = None
@@ -109,7 +112,9 @@ class LoggingService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        if self.stream is None:
+        if self.console_path is not None:
+            self.stream = self._opened = open(self.console_path, "a", encoding="utf-8")
+        elif self.stream is None:
             self.stream = console()
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         colour = self.fmt == "pretty" and tty
@@ -139,4 +144,7 @@ class LoggingService(Service):
         take_start_messages(True)
         if self._file is not None:
             self._file.close()
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
         self._destinations = []

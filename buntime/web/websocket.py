@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from buntime.http import Headers, Request, Response
 from buntime.logs import log
+from buntime.pool.stream import fit_text
 from buntime.pool.websocket import WorkerSocket
 from buntime.web.http1 import Exchange, HandedOver
 
@@ -244,12 +245,12 @@ class _AppSocket(WebSocketServerProtocol):
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
         # The client's close (or its answer to ours): the app hears it now, with its code,
         # before autobahn answers it and drops the connection (which may end it at once).
-        if code is None:
-            code = NO_STATUS
-        elif not _sendable(code):
-            code = PROTOCOL_ERROR  # a code no close frame may carry: autobahn fails the socket
-        reason = (reasonRaw or b"").decode("utf-8", "replace")
-        self._socket.client_closed(code, reason)
+        heard = code
+        if heard is None:
+            heard = NO_STATUS
+        elif not _sendable(heard):
+            heard = PROTOCOL_ERROR  # a code no close frame may carry: autobahn fails the socket
+        self._socket.client_closed(heard, (reasonRaw or b"").decode("utf-8", "replace"))
         return super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -275,7 +276,7 @@ class _AppSocket(WebSocketServerProtocol):
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
             code = code if _sendable(code) else INTERNAL_ERROR
-            self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+            self.sendCloseFrame(code, fit_text(reason, 123).encode("utf-8"))
 
     def writable(self, paused: bool = False) -> None:
         """The client's socket buffer is full (C{paused}) or has room again."""

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from buntime.http import Request, Response
 from buntime.logs import log
+from buntime.once import Once
 from buntime.pool.commands import (
     CHUNK_SIZE,
     CancelRequest,
@@ -96,37 +97,6 @@ class WorkerGone(Exception):
 
 class RequestTimedOut(Exception):
     """The worker did not start answering within the request's timeout."""
-
-
-@define(eq=False)
-class _Once:
-    """A result many parties can wait for (a Deferred runs only one callback chain)."""
-
-    fired: bool = False
-    _result: Any = None
-    _waiters: list[Deferred] = field(factory=list)
-
-    def fire(self, result: Any) -> None:
-        if self.fired:
-            return
-        self.fired, self._result = True, result
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            self._deliver(waiter)
-
-    def wait(self) -> Deferred:
-        waiter: Deferred = Deferred()
-        if self.fired:
-            self._deliver(waiter)
-        else:
-            self._waiters.append(waiter)
-        return waiter
-
-    def _deliver(self, waiter: Deferred) -> None:
-        if isinstance(self._result, Failure):
-            waiter.errback(self._result)
-        else:
-            waiter.callback(self._result)
 
 
 @define(eq=False)
@@ -315,9 +285,9 @@ class Worker:
     healthy: bool = True
     on_finished: list[Callable[[Worker, Exchange], object]] = field(factory=list, repr=False)
     on_gone: list[Callable[[Worker, str], object]] = field(factory=list, repr=False)
-    _ready: _Once = field(factory=_Once, repr=False)
-    _exited: _Once = field(factory=_Once, repr=False)
-    _drained: _Once | None = field(default=None, repr=False)
+    _ready: Once = field(factory=Once, repr=False)
+    _exited: Once = field(factory=Once, repr=False)
+    _drained: Once | None = field(default=None, repr=False)
     _exchanges: dict[int, Exchange] = field(factory=dict, repr=False)
     _next_rid: int = 1
     _ready_timer: IDelayedCall | None = field(default=None, repr=False)
@@ -520,7 +490,7 @@ class Worker:
 
     def _drain_waiter(self) -> Deferred:
         if self._drained is None:
-            self._drained = _Once()
+            self._drained = Once()
         return self._drained.wait()
 
     def dump_stack(self, wait: float) -> Deferred:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import signal
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 from attrs import define, field
 from eliot import Action, current_action
@@ -54,6 +55,7 @@ from buntime.pool.launch.launcher import ILauncher, LaunchedProcess, LaunchSpec
 from buntime.pool.output import Assembler, Record, Write
 from buntime.pool.websocket import WorkerSocket
 from buntime.pool.wire import FastAMP, responder
+from buntime.stream import PushedStream
 
 
 class WorkerStatus(StrEnum):
@@ -100,76 +102,17 @@ class RequestTimedOut(Exception):
 
 
 @define(eq=False)
-class ResponseStream:
+class ResponseStream(PushedStream):
     """
-    A streamed response body: an async iterator fed by L{ResponseBody} chunks.
+    A streamed response body: a L{PushedStream} fed by L{ResponseBody} chunks.
 
-    Each chunk's AMP answer fires only when the consumer takes the chunk, so
-    the worker produces no faster than the client reads.  Call L{aclose} when
-    the client goes away: the worker is told to stop.
+    Each chunk's AMP answer is its C{ack}: it fires only when the consumer
+    takes the chunk, so the worker produces no faster than the client reads.
+    Call L{aclose} when the client goes away: the worker is told to stop.
     """
 
-    _on_close: Callable[[], None]
-    _chunks: deque[tuple[bytes, Deferred | None]] = field(factory=deque)
-    _waiting: Deferred | None = None
-    _ended: bool = False
-    _closed: bool = False
-    _error: BaseException | None = None
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while True:
-            if self._chunks:
-                data, ack = self._chunks.popleft()
-                if ack is not None:
-                    ack.callback({})
-                return data
-            if self._error is not None:
-                raise self._error
-            if self._ended or self._closed:
-                raise StopAsyncIteration
-            self._waiting = Deferred(lambda _: self._abandon())
-            await self._waiting
-
-    async def aclose(self) -> None:
-        """The consumer is done early: answer pending chunks and cancel the request."""
-        self._abandon()
-
-    def feed(self, data: bytes, ack: Deferred | None = None) -> None:
-        """One more chunk; C{ack} fires once the consumer has taken it."""
-        if self._closed:
-            if ack is not None:
-                ack.callback({})
-            return
-        self._chunks.append((data, ack))
-        self._wake()
-
-    def end(self) -> None:
-        self._ended = True
-        self._wake()
-
-    def fail(self, error: BaseException) -> None:
-        """The response broke after it started: the consumer's next read raises."""
-        self._error = error
-        self._wake()
-
-    def _abandon(self) -> None:
-        if self._closed or self._ended or self._error is not None:
-            return
-        self._closed = True
-        chunks, self._chunks = self._chunks, deque()
-        for _, ack in chunks:
-            if ack is not None:
-                ack.callback({})
-        self._waiting = None
-        self._on_close()
-
-    def _wake(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
+    taken: ClassVar[object] = MappingProxyType({})
+    """The (empty) AMP answer; AMP copies it, so one read-only mapping does for all."""
 
 
 @define(eq=False)

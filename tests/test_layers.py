@@ -20,7 +20,16 @@ import buntime
 PACKAGE = Path(buntime.__file__).parent
 
 VALUE_TYPES = {"buntime.http", "buntime.interfaces", "buntime.units", "buntime._json"}
-LOW = {"buntime", "buntime._libc", "buntime.manifest", "buntime.archive", *VALUE_TYPES}
+MECHANISMS = {"buntime.once", "buntime.stream", "buntime.memchannel", "buntime.forms"}
+"""Small Twisted helpers any layer may use; they import nothing of buntime."""
+LOW = {
+    "buntime",
+    "buntime._libc",
+    "buntime.manifest",
+    "buntime.archive",
+    *VALUE_TYPES,
+    *MECHANISMS,
+}
 
 
 def _name(path: Path) -> str:
@@ -73,6 +82,7 @@ def _within(module: str, prefixes: set[str]) -> bool:
 RULES = [
     # (who, what it may import of buntime)
     ("value types", VALUE_TYPES, VALUE_TYPES | {"buntime"}),
+    ("mechanisms", MECHANISMS, {"buntime"}),
     ("logs", {"buntime.logs"}, {"buntime.logs"} | LOW),
     ("apps", {"buntime.apps"}, {"buntime.apps", "buntime.logs"} | LOW),
     (

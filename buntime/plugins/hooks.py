@@ -9,7 +9,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
+
+from buntime.once import relay
 
 
 async def call(hook: Callable[..., Any], *args: Any) -> Any:
@@ -31,20 +32,10 @@ def as_deferred(result: Any) -> Deferred[Any]:
     for whoever else waits on it), the awaitable awaited, or fired with it.
     """
     if isinstance(result, Deferred):
-        mine: Deferred[Any] = Deferred()
-        result.addBoth(_relay, mine)
-        return mine
+        return relay(result)
     if inspect.isawaitable(result):
         return ensureDeferred(awaited(result))
     return succeed(result)
-
-
-def _relay(value: Any, mine: Deferred[Any]) -> Any:
-    if isinstance(value, Failure):
-        mine.errback(value)
-        return None  # handled: it went on to the caller
-    mine.callback(value)
-    return value
 
 
 def when_answered(

@@ -12,8 +12,6 @@ abandoning the stream tells the resource the client went away.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import AsyncIterator
 from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,8 +26,9 @@ from twisted.web.server import Request as WebRequest
 from twisted.web.server import Site
 
 from buntime.http import Headers, Request, Response, read_body
+from buntime.memchannel import MemoryChannel
+from buntime.stream import PushedStream
 
-_HIGH_WATER = 256 * 1024
 _DROPPED = frozenset({"content-length", "date", "server", "transfer-encoding", "connection"})
 
 
@@ -54,45 +53,25 @@ def _address(host_header: str | None, remote: str | None) -> tuple[IPv4Address, 
     return IPv4Address("TCP", remote or "127.0.0.1", 0), IPv4Address("TCP", host, port)
 
 
-class _Channel:
-    """Just enough of an C{HTTPChannel} for one request: it records what is written."""
+class _Channel(MemoryChannel):
+    """
+    The channel of one rendered request: what is written waits until the
+    status and headers are out, then goes to the response's L{PushedStream},
+    each chunk acked when its reader takes it (which paces a producer).
+    """
 
     def __init__(
         self, site: Site, peer: IPv4Address, host: IPv4Address, clock: IReactorTime | None
     ) -> None:
-        self.site = site
+        super().__init__(site, peer, host)
         self._clock = clock
         self._head: tuple[int, list[tuple[str, str]]] | None = None
         self._start_call: Any = None
-        self.factory = None
-        self.transport = None
         self.started: Deferred[tuple[int, list[tuple[str, str]]]] = Deferred()
-        self.chunks: deque[bytes] = deque()
-        self.queued = 0
-        self.done = False
-        self.producer: Any = None
-        self.streaming = True
-        self._paused = False
-        self._waiter: Deferred[None] | None = None
-        self._peer = peer
-        self._host = host
+        self.stream: PushedStream | None = None
 
-    def getPeer(self) -> IPv4Address:
-        return self._peer
-
-    def getHost(self) -> IPv4Address:
-        return self._host
-
-    def isSecure(self) -> bool:
-        return False
-
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        pairs = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, values in headers.getAllRawHeaders()
-            for value in values
-        ]
-        self._head = (int(code), pairs)
+    def head_written(self, status: int, pairs: list[tuple[str, str]], reason: str | None) -> None:
+        self._head = (status, pairs)
         if self._clock is None:
             self._start()
         else:
@@ -105,78 +84,50 @@ class _Channel:
         if self._head is not None and not self.started.called:
             self.started.callback(self._head)
 
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        self.chunks.append(bytes(data))
-        self.queued += len(data)
-        if self.producer is not None and self.streaming and self.queued > _HIGH_WATER:
-            self._paused = True
-            self.producer.pauseProducing()
-        self._wake()
+    def written(self) -> None:
+        if self.stream is not None:
+            self._send(self.stream)
+        elif not self.queued:
+            self.demand()  # a pull producer's first piece brings the status and headers
 
-    def writeSequence(self, data: list[bytes]) -> None:
-        for chunk in data:
-            self.write(chunk)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer, self.streaming = producer, bool(streaming)
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-    def requestDone(self, request: Any) -> None:
-        self.done = True
+    def request_done(self) -> None:
         self._start()
-        self._wake()
+        if self.stream is not None:
+            self._send(self.stream)
 
-    def loseConnection(self) -> None:
-        self.done = True
-        self._start()
-        self._wake()
+    def connection_lost(self, reason: Failure) -> None:
+        # The resource closed the connection: its response ends with what it wrote.
+        self.requestDone(None)
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # What twisted.web asks of a channel when a form body cannot be parsed.
-        if self._head is None:
-            self._head = (400, [("content-type", "text/plain")])
-            self.chunks.append(b"Bad Request")
-        self.loseConnection()
+    def streamed(self, request: WebRequest) -> PushedStream:
+        """The rest of the body, as it is written; abandoning it tells C{request}."""
+        stream = self.stream = PushedStream(lambda: self._abandoned(request))
+        self._send(stream)
+        return stream
 
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
+    def _send(self, stream: PushedStream) -> None:
+        queue = self.queue
+        while queue:
+            data = queue.popleft()
+            ack: Deferred[object] = Deferred()
+            ack.addCallback(self._taken, len(data))
+            stream.feed(bytes(data), ack)
+        if self.finished:
+            stream.end()
+        elif not self.queued:
+            self.demand()
 
-    def take(self) -> bytes:
-        """Everything written so far, resuming a paused producer."""
-        data = b"".join(self.chunks)
-        self.chunks.clear()
-        self.queued = 0
-        if self._paused and self.producer is not None:
-            self._paused = False
-            self.producer.resumeProducing()
-        return data
+    def _taken(self, _: object, size: int) -> None:
+        if self.stream is None or self.stream.closed:
+            return  # nobody reads any more: the producer is not asked for more
+        self.queued -= size
+        if not self.queued:
+            self.caught_up()
+            self.demand()
 
-    def wait(self) -> Deferred[None]:
-        """Fires when more is written or the response ends."""
-        self._waiter = Deferred()
-        if self.producer is not None and not self.streaming:
-            self.producer.resumeProducing()
-        return self._waiter
-
-
-async def _stream(channel: _Channel, request: WebRequest) -> AsyncIterator[bytes]:
-    try:
-        while True:
-            if channel.chunks:
-                yield channel.take()
-                continue
-            if channel.done:
-                return
-            await channel.wait()
-    finally:
-        if not channel.done:
-            channel.done = True
+    def _abandoned(self, request: WebRequest) -> None:
+        self.closed = True
+        if not self.finished:
             request.connectionLost(Failure(ConnectionDone("the client went away")))
 
 
@@ -199,6 +150,6 @@ async def render(site: Site, request: Request, clock: IReactorTime | None = None
     web_request.requestReceived(request.method.encode("ascii"), uri.encode("latin-1"), b"HTTP/1.0")
     status, pairs = await channel.started
     headers = Headers([(n, v) for n, v in pairs if n.lower() not in _DROPPED])
-    if channel.done:
+    if channel.finished:
         return Response(status, headers, channel.take())
-    return Response(status, headers, _stream(channel, web_request))
+    return Response(status, headers, channel.streamed(web_request))

@@ -11,10 +11,11 @@ from typing import Any
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.python.failure import Failure
 
 from buntime.logs import log
+from buntime.once import Once
 from buntime.plugins.context import PoolView
 from buntime.plugins.discovery import BUILTINS_DIR, PluginSource, discover
 from buntime.plugins.loader import Loader
@@ -45,7 +46,7 @@ class PluginService(Service):
     _server: Any = None
     _lock: DeferredLock = field(factory=DeferredLock)
     _loaded: Deferred[None] | None = None
-    _waiting: list[Deferred[PluginRegistry | None]] = field(factory=list)
+    _waiting: Once | None = None
 
     def __attrs_post_init__(self) -> None:
         self.setName("plugins")
@@ -102,20 +103,20 @@ class PluginService(Service):
                     f"{len(names)} plugin(s) loaded" + (": " + ", ".join(names) if names else ""),
                     plugins=names,
                 )
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            waiter.callback(None if self.failed else self.registry)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.fire(None if self.failed else self.registry)
 
     def when_loaded(self) -> Deferred[PluginRegistry | None]:
         """
         Fires once the first load is over: with the registry, or C{None}
         when it failed (then C{failed} says why).  Never fails.
         """
-        waiter: Deferred[PluginRegistry | None] = Deferred()
         if self._loaded is not None and self._loaded.called:
-            waiter.callback(None if self.failed else self.registry)
-        else:
-            self._waiting.append(waiter)
+            return succeed(None if self.failed else self.registry)
+        if self._waiting is None:
+            self._waiting = Once()
+        waiter: Deferred[PluginRegistry | None] = self._waiting.wait()
         return waiter
 
     async def server_started(self, server: Any) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import signal
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 from attrs import define, field
 from eliot import Action, current_action
@@ -27,6 +28,7 @@ from twisted.python.failure import Failure
 
 from buntime.http import Request, Response
 from buntime.logs import log
+from buntime.once import Once
 from buntime.pool.commands import (
     CHUNK_SIZE,
     CancelRequest,
@@ -53,6 +55,7 @@ from buntime.pool.launch.launcher import ILauncher, LaunchedProcess, LaunchSpec
 from buntime.pool.output import Assembler, Record, Write
 from buntime.pool.websocket import WorkerSocket
 from buntime.pool.wire import FastAMP, responder
+from buntime.stream import PushedStream
 
 
 class WorkerStatus(StrEnum):
@@ -99,107 +102,17 @@ class RequestTimedOut(Exception):
 
 
 @define(eq=False)
-class _Once:
-    """A result many parties can wait for (a Deferred runs only one callback chain)."""
-
-    fired: bool = False
-    _result: Any = None
-    _waiters: list[Deferred] = field(factory=list)
-
-    def fire(self, result: Any) -> None:
-        if self.fired:
-            return
-        self.fired, self._result = True, result
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            self._deliver(waiter)
-
-    def wait(self) -> Deferred:
-        waiter: Deferred = Deferred()
-        if self.fired:
-            self._deliver(waiter)
-        else:
-            self._waiters.append(waiter)
-        return waiter
-
-    def _deliver(self, waiter: Deferred) -> None:
-        if isinstance(self._result, Failure):
-            waiter.errback(self._result)
-        else:
-            waiter.callback(self._result)
-
-
-@define(eq=False)
-class ResponseStream:
+class ResponseStream(PushedStream):
     """
-    A streamed response body: an async iterator fed by L{ResponseBody} chunks.
+    A streamed response body: a L{PushedStream} fed by L{ResponseBody} chunks.
 
-    Each chunk's AMP answer fires only when the consumer takes the chunk, so
-    the worker produces no faster than the client reads.  Call L{aclose} when
-    the client goes away: the worker is told to stop.
+    Each chunk's AMP answer is its C{ack}: it fires only when the consumer
+    takes the chunk, so the worker produces no faster than the client reads.
+    Call L{aclose} when the client goes away: the worker is told to stop.
     """
 
-    _on_close: Callable[[], None]
-    _chunks: deque[tuple[bytes, Deferred | None]] = field(factory=deque)
-    _waiting: Deferred | None = None
-    _ended: bool = False
-    _closed: bool = False
-    _error: BaseException | None = None
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while True:
-            if self._chunks:
-                data, ack = self._chunks.popleft()
-                if ack is not None:
-                    ack.callback({})
-                return data
-            if self._error is not None:
-                raise self._error
-            if self._ended or self._closed:
-                raise StopAsyncIteration
-            self._waiting = Deferred(lambda _: self._abandon())
-            await self._waiting
-
-    async def aclose(self) -> None:
-        """The consumer is done early: answer pending chunks and cancel the request."""
-        self._abandon()
-
-    def feed(self, data: bytes, ack: Deferred | None = None) -> None:
-        """One more chunk; C{ack} fires once the consumer has taken it."""
-        if self._closed:
-            if ack is not None:
-                ack.callback({})
-            return
-        self._chunks.append((data, ack))
-        self._wake()
-
-    def end(self) -> None:
-        self._ended = True
-        self._wake()
-
-    def fail(self, error: BaseException) -> None:
-        """The response broke after it started: the consumer's next read raises."""
-        self._error = error
-        self._wake()
-
-    def _abandon(self) -> None:
-        if self._closed or self._ended or self._error is not None:
-            return
-        self._closed = True
-        chunks, self._chunks = self._chunks, deque()
-        for _, ack in chunks:
-            if ack is not None:
-                ack.callback({})
-        self._waiting = None
-        self._on_close()
-
-    def _wake(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
+    taken: ClassVar[object] = MappingProxyType({})
+    """The (empty) AMP answer; AMP copies it, so one read-only mapping does for all."""
 
 
 @define(eq=False)
@@ -315,9 +228,9 @@ class Worker:
     healthy: bool = True
     on_finished: list[Callable[[Worker, Exchange], object]] = field(factory=list, repr=False)
     on_gone: list[Callable[[Worker, str], object]] = field(factory=list, repr=False)
-    _ready: _Once = field(factory=_Once, repr=False)
-    _exited: _Once = field(factory=_Once, repr=False)
-    _drained: _Once | None = field(default=None, repr=False)
+    _ready: Once = field(factory=Once, repr=False)
+    _exited: Once = field(factory=Once, repr=False)
+    _drained: Once | None = field(default=None, repr=False)
     _exchanges: dict[int, Exchange] = field(factory=dict, repr=False)
     _next_rid: int = 1
     _ready_timer: IDelayedCall | None = field(default=None, repr=False)
@@ -520,7 +433,7 @@ class Worker:
 
     def _drain_waiter(self) -> Deferred:
         if self._drained is None:
-            self._drained = _Once()
+            self._drained = Once()
         return self._drained.wait()
 
     def dump_stack(self, wait: float) -> Deferred:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from attrs import define, field
+from attrs import define
 from twisted.internet.defer import Deferred, succeed
+
+from buntime.once import Once
 
 
 @define
@@ -16,7 +18,7 @@ class RuntimeState:
     started: bool = False
     stopping: bool = False
     in_flight: int = 0
-    _drained: list[Deferred[None]] = field(factory=list)
+    _drained: Once | None = None
 
     @property
     def ready(self) -> bool:
@@ -33,15 +35,14 @@ class RuntimeState:
 
     def request_finished(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0:
-            waiters, self._drained = self._drained, []
-            for waiter in waiters:
-                waiter.callback(None)
+        if self.in_flight == 0 and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.fire(None)
 
     def drained(self) -> Deferred[None]:
         """Fires once no request is in flight."""
         if self.in_flight == 0:
             return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._drained.append(waiter)
-        return waiter
+        if self._drained is None:
+            self._drained = Once()
+        return self._drained.wait()

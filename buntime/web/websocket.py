@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from buntime.http import Headers, Request, Response
 from buntime.logs import log
+from buntime.once import Once
 from buntime.pool.stream import fit_text
 from buntime.pool.websocket import WorkerSocket
 from buntime.web.http1 import Exchange, HandedOver
@@ -210,7 +211,7 @@ class _AppSocket(WebSocketServerProtocol):
         self._behind = 0
         self._reading_paused = False
         self._writing_paused = False
-        self._room: list[Deferred[None]] = []
+        self._room: Once | None = None
 
     # autobahn writes each value of a list as its own header line (Set-Cookie twice, say)
     def onConnect(self, request: Any) -> tuple[str | None, dict[str, list[str]]]:  # type: ignore[override]
@@ -269,8 +270,9 @@ class _AppSocket(WebSocketServerProtocol):
         self.sendMessage(data, isBinary=binary)
         if not self._writing_paused:
             return None
-        waiting: Deferred[None] = Deferred()
-        self._room.append(waiting)
+        if self._room is None:
+            self._room = Once()
+        waiting: Deferred[None] = self._room.wait()
         return waiting
 
     def close(self, code: int, reason: str) -> None:
@@ -282,9 +284,9 @@ class _AppSocket(WebSocketServerProtocol):
         """The client's socket buffer is full (C{paused}) or has room again."""
         self._writing_paused = paused
         if not paused:
-            room, self._room = self._room, []
-            for waiting in room:
-                waiting.callback(None)
+            room, self._room = self._room, None
+            if room is not None:
+                room.fire(None)
 
 
 @implementer(IPushProducer)

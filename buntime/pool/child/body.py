@@ -20,6 +20,8 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 
+from buntime.once import Once
+
 HIGH_WATER = 1024 * 1024
 """Bytes buffered before the runtime has to wait with the next chunk."""
 
@@ -42,8 +44,9 @@ class BodyReader:
     _aborted: bool = False
     _buffered: int = 0
     _readers: list[Deferred] = field(factory=list)
-    _paused: list[Deferred] = field(factory=list)
-    _closed: list[Deferred] = field(factory=list)
+    _paused: Once | None = None
+    """The feeder's wait for the reader to catch up."""
+    _closed: Once | None = None
     _over: bool = False
     _cond: threading.Condition = field(factory=threading.Condition)
 
@@ -86,9 +89,9 @@ class BodyReader:
             self._cond.notify_all()
             if self._buffered <= HIGH_WATER:
                 return None
-            waiting: Deferred = Deferred()
-            self._paused.append(waiting)
-            return waiting
+            if self._paused is None:
+                self._paused = Once()
+            return self._paused.wait()
 
     def finish(self) -> None:
         """The last chunk has arrived."""
@@ -118,17 +121,17 @@ class BodyReader:
         """The request is over: fire L{when_closed} waiters and release the feeder."""
         self._over = True
         self._release()
-        closed, self._closed = self._closed, []
-        for waiter in closed:
-            waiter.callback(None)
+        closed, self._closed = self._closed, None
+        if closed is not None:
+            closed.fire(None)
 
     def when_closed(self) -> Deferred:
         """Fires once the request is over or cancelled (ASGI's C{http.disconnect})."""
         if self._over:
             return succeed(None)
-        waiter: Deferred = Deferred()
-        self._closed.append(waiter)
-        return waiter
+        if self._closed is None:
+            self._closed = Once()
+        return self._closed.wait()
 
     # -- reading with Deferreds (reactor thread) -----------------------------
 
@@ -193,7 +196,7 @@ class BodyReader:
         return chunk
 
     def _maybe_release(self, in_reactor: bool) -> None:
-        if not self._paused or self._buffered > HIGH_WATER:
+        if self._paused is None or self._buffered > HIGH_WATER:
             return
         if in_reactor or self._reactor is None:
             self._release()
@@ -201,9 +204,9 @@ class BodyReader:
             self._reactor.callFromThread(self._release)
 
     def _release(self) -> None:
-        paused, self._paused = self._paused, []
-        for waiting in paused:
-            waiting.callback(None)
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.fire(None)
 
 
 class _RawBody(io.RawIOBase):

@@ -27,6 +27,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
+from buntime.once import Once
 from buntime.pool import commands, events
 from buntime.pool.child.adapter import call
 from buntime.pool.child.body import BodyClosed, BodyReader
@@ -108,7 +109,7 @@ class WorkerProtocol(FastAMP):
         self._on_lost = on_lost
         self._on_terminated = on_terminated
         self._requests: dict[int, _InFlight] = {}
-        self._settled: list[Deferred] = []
+        self._settled: Once | None = None
 
     # -- startup -------------------------------------------------------------------
 
@@ -217,10 +218,9 @@ class WorkerProtocol(FastAMP):
     def _finished(self, result: object, rid: int, inflight: _InFlight) -> None:
         if self._requests.get(rid) is inflight:
             del self._requests[rid]
-            if not self._requests and self._settled:
-                settled, self._settled = self._settled, []
-                for waiter in settled:
-                    waiter.callback(None)
+            if not self._requests and self._settled is not None:
+                settled, self._settled = self._settled, None
+                settled.fire(None)
         inflight.body.close()
         if isinstance(result, Failure):
             if inflight.cancelled and result.check(CancelledError, RequestCancelled, BodyClosed):
@@ -245,9 +245,9 @@ class WorkerProtocol(FastAMP):
         """Fires once no call to the app is in flight (work after a response included)."""
         if not self._requests:
             return succeed(None)
-        waiter: Deferred = Deferred()
-        self._settled.append(waiter)
-        return waiter
+        if self._settled is None:
+            self._settled = Once()
+        return self._settled.wait()
 
     @commands.Terminate.responder
     def terminate(self) -> Deferred:

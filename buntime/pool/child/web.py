@@ -1,7 +1,8 @@
 """
 Klein apps and twisted.web resources, rendered against an in-memory
 twisted.web request: a real L{twisted.web.server.Request} whose channel
-hands the response to the worker's L{ResponseWriter} instead of a socket.
+(a L{buntime.memchannel.MemoryChannel}) hands the response to the worker's
+L{ResponseWriter} instead of a socket.
 
 The app's base is the request's C{prepath} (so C{prePathURL()}, Klein's
 C{url_for} and session cookies point at the right place) and the path
@@ -13,7 +14,6 @@ runtime.  An unhandled error becomes a C{ResponseError}, not a 500 page.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from attrs import define, field
@@ -22,10 +22,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.web import resource, server
-from twisted.web.http import RESPONSES
-from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from buntime.memchannel import MemoryChannel
 from buntime.pool.child.adapter import IAdapter
 from buntime.pool.child.request import IncomingRequest
 from buntime.pool.child.writer import ResponseWriter
@@ -87,100 +86,35 @@ class _Site(server.Site):
         return resource.getChildForRequest(self.resource, request)
 
 
-@define(eq=False)
-class _Transport:
-    """What C{request.transport} offers the app: addresses, and closing (= failing)."""
-
-    channel: _Channel
-    disconnecting: bool = False
-
-    def getPeer(self) -> Any:
-        return self.channel.getPeer()
-
-    def getHost(self) -> Any:
-        return self.channel.getHost()
-
-    def loseConnection(self) -> None:
-        self.channel.loseConnection()
-
-    abortConnection = loseConnection
-
-
-@define(eq=False)
-class _Channel:
+class _Channel(MemoryChannel):
     """The connection one request writes to, feeding C{writer} in order."""
 
-    site: _Site
-    writer: ResponseWriter
-    reactor: Any
-    peer: Any
-    host: Any
-    secure: bool
-    done: Deferred = field(init=False)
-    transport: _Transport = field(init=False)
-    request: _Request | None = None
-    _queue: deque[bytes] = field(factory=deque)
-    _queued: int = 0
-    _finished: bool = False
-    _busy: bool = False
-    _scheduled: bool = False
-    _producer: Any = None
-    _streaming: bool = False
-    _paused: bool = False
+    high_water = HIGH_WATER
 
-    def __attrs_post_init__(self) -> None:
-        self.done = Deferred(self._cancel)
-        self.transport = _Transport(self)
+    def __init__(
+        self, site: _Site, writer: ResponseWriter, reactor: Any, peer: Any, host: Any, secure: bool
+    ) -> None:
+        super().__init__(site, peer, host, secure)
+        self.writer = writer
+        self.reactor = reactor
+        self.done: Deferred = Deferred(self._cancel)
+        self.request: _Request | None = None
+        self._busy = False
+        self._scheduled = False
 
-    # -- what twisted.web.server.Request calls -------------------------------
+    # -- what the request writes -----------------------------------------------
 
-    def getPeer(self) -> Any:
-        return self.peer
+    def head_written(self, status: int, pairs: list[tuple[str, str]], reason: str | None) -> None:
+        self.writer.start(status, pairs, reason)
 
-    def getHost(self) -> Any:
-        return self.host
-
-    def isSecure(self) -> bool:
-        return self.secure
-
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
-        pairs = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, values in headers.getAllRawHeaders()
-            for value in values
-        ]
-        # the app's own phrase (setResponseCode(code, message)), not Twisted's default
-        own = reason != RESPONSES.get(int(code), b"Unknown Status")
-        self.writer.start(int(code), pairs, reason.decode("latin-1") if own else None)
-
-    def write(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        self._queue.append(data)
-        self._queued += len(data)
-        if self._producer is not None and self._streaming and self._queued > HIGH_WATER:
-            self._paused = True
-            self._producer.pauseProducing()
+    def written(self) -> None:
         self._schedule()
 
-    def writeSequence(self, data: list[bytes]) -> None:
-        self.write(b"".join(data))
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._producer, self._streaming, self._paused = producer, streaming, False
+    def request_done(self) -> None:
         self._schedule()
 
-    def unregisterProducer(self) -> None:
-        self._producer = None
-
-    def requestDone(self, request: _Request) -> None:
-        self._finished = True
-        self._schedule()
-
-    def loseConnection(self) -> None:
-        """The app closed the connection before finishing: the response is broken."""
-        if not self._finished:
-            self.app_failed(Failure(ConnectionDone("the app closed the connection")))
+    def connection_lost(self, reason: Failure) -> None:
+        self.app_failed(reason)
 
     # -- failures and cancels -------------------------------------------------
 
@@ -194,10 +128,7 @@ class _Channel:
         self._stop(Failure(ConnectionDone("the request was cancelled")))
 
     def _stop(self, reason: Failure) -> None:
-        self._queue.clear()
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.stopProducing()
+        self.stop_producing()
         request, self.request = self.request, None
         if request is not None and not request.finished:
             request.connectionLost(reason)
@@ -213,27 +144,24 @@ class _Channel:
         self._scheduled = False
         if self._busy or self.done.called:
             return
-        data = b"".join(self._queue)
-        self._queue.clear()
-        self._queued = 0
-        if self._finished:
+        data = self.take()
+        if self.finished:
             self._busy = True
             self.writer.end(data).addCallbacks(self._ended, self._send_failed)
         elif data:
             self._busy = True
             self.writer.write(data).addCallbacks(self._sent, self._send_failed)
-        elif self._producer is not None and not self._streaming:
-            self._producer.resumeProducing()
+        else:
+            self.demand()
 
     def _sent(self, _: object) -> None:
         self._busy = False
-        if self._paused and self._producer is not None:
-            self._paused = False
-            self._producer.resumeProducing()
-        if self._queue or self._finished or (self._producer is not None and not self._streaming):
+        self.caught_up()
+        if self.queue or self.finished or (self.producer is not None and not self.streaming):
             self._schedule()
 
     def _ended(self, _: object) -> None:
+        self.closed = True
         self.request = None
         if not self.done.called:
             self.done.callback(None)

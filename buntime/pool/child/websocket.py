@@ -17,6 +17,7 @@ from collections import deque
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
 
+from buntime.once import Once
 from buntime.pool.child.body import HIGH_WATER
 
 GONE = 1006
@@ -62,7 +63,7 @@ class SocketInbox:
     _buffered: int = 0
     _closed: tuple[int, str] | None = None
     _reader: Deferred | None = None
-    _room: list[Deferred] = field(factory=list)
+    _room: Once | None = None
 
     @property
     def closed(self) -> tuple[int, str] | None:
@@ -89,9 +90,9 @@ class SocketInbox:
                 self._messages.append(message)
         if self._buffered <= HIGH_WATER:
             return None
-        waiting: Deferred = Deferred()
-        self._room.append(waiting)
-        return waiting
+        if self._room is None:
+            self._room = Once()
+        return self._room.wait()
 
     def disconnect(self, code: int, reason: str = "") -> None:
         """The client closed with C{code} (1006: it went away without closing)."""
@@ -125,6 +126,6 @@ class SocketInbox:
             self._reader = None
 
     def _release(self) -> None:
-        room, self._room = self._room, []
-        for waiting in room:
-            waiting.callback(None)
+        room, self._room = self._room, None
+        if room is not None:
+            room.fire(None)

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 import buntime
 from buntime.logs import log
+from buntime.once import Once
 from buntime.pool.launch.launcher import (
     MAX_RESTART_DELAY,
     STOP_GRACE,
@@ -184,7 +185,7 @@ class ForkLauncher:
     _transport: Any = None
     _control: socket.socket | None = None
     _reader: _Control | None = None
-    _ready: Deferred | None = None
+    _ready: Once | None = None
     _ready_now: bool = False
     _stopping: bool = False
     _stopped: Deferred | None = None
@@ -194,7 +195,8 @@ class ForkLauncher:
     _pending: dict[str, tuple[Deferred, list[socket.socket], Any, Callable]] = field(factory=dict)
     _workers: dict[int, _Forked] = field(factory=dict)
     _started: bool = False
-    _waiting: list[Deferred] = field(factory=list)
+    _waiting: Once = field(factory=Once)
+    """Launches waiting for the template to be ready (again)."""
 
     def start(self) -> Deferred:
         """Start the template; fires once it has imported everything and is listening."""
@@ -203,18 +205,14 @@ class ForkLauncher:
         if self._ready is None:
             self._spawn_template()
         assert self._ready is not None
-        waiter: Deferred = Deferred()
-        self._ready.addBoth(_relay, waiter)
-        return waiter
+        return self._ready.wait()
 
     def stop(self) -> Deferred:
         """Close the control channel (the template exits); fires once it has."""
         self._stopping = True
         self._started = False
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            if not waiter.called:
-                waiter.errback(LauncherUnavailable("the fork template is stopping"))
+        waiting, self._waiting = self._waiting, Once()
+        waiting.fire(Failure(LauncherUnavailable("the fork template is stopping")))
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
         self._restart = None
@@ -234,8 +232,7 @@ class ForkLauncher:
         if not self._started:
             return fail(LauncherUnavailable("the fork template is not running (not started)"))
         # Starting or restarting: wait for it, up to launch_timeout.
-        waiter: Deferred = Deferred()
-        self._waiting.append(waiter)
+        waiter = self._waiting.wait()
 
         def gave_up(result: object, timeout: float) -> Failure:
             return Failure(
@@ -271,7 +268,7 @@ class ForkLauncher:
     # -- the template process ---------------------------------------------------
 
     def _spawn_template(self) -> None:
-        self._ready = Deferred()
+        self._ready = Once()
         self._ready_now = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = _TemplateProcess(self)
@@ -288,7 +285,7 @@ class ForkLauncher:
             ours.close()
             theirs.close()
             ready, self._ready = self._ready, None
-            ready.errback()
+            ready.fire(Failure())
             return
         theirs.close()
         self._process = process
@@ -312,12 +309,10 @@ class ForkLauncher:
             log(
                 "info", "buntime:launch:template-ready", "Fork template ready", pid=message["ready"]
             )
-            if self._ready is not None and not self._ready.called:
-                self._ready.callback(None)
-            waiting, self._waiting = self._waiting, []
-            for waiter in waiting:
-                if not waiter.called:
-                    waiter.callback(None)
+            if self._ready is not None:
+                self._ready.fire(None)
+            waiting, self._waiting = self._waiting, Once()
+            waiting.fire(None)
         elif "worker_id" in message:
             self._forked(message)
         elif "exited" in message:
@@ -387,8 +382,8 @@ class ForkLauncher:
         self._close_control()
         ready, self._ready = self._ready, None
         unavailable = LauncherUnavailable(f"the fork template exited with code {code}")
-        if ready is not None and not ready.called:
-            ready.errback(unavailable)
+        if ready is not None:
+            ready.fire(Failure(unavailable))
         pending, self._pending = self._pending, {}
         for launched, ours, _, _ in pending.values():
             for sock in ours:
@@ -421,16 +416,6 @@ class ForkLauncher:
         self._restart = None
         if not self._stopping:
             self._spawn_template()
-            assert self._ready is not None
-            self._ready.addErrback(lambda _: None)
-
-
-def _relay(result: object, waiter: Deferred) -> object:
-    if isinstance(result, Failure):
-        waiter.errback(result)
-        return None
-    waiter.callback(result)
-    return result
 
 
 def _template_env() -> dict[str, str]:

@@ -17,6 +17,10 @@ from collections.abc import Callable
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from twisted.python.failure import Failure
+
+from buntime.logs import log
+
 _TURNS: WeakKeyDictionary[Any, EndOfTurn] = WeakKeyDictionary()
 
 
@@ -36,15 +40,27 @@ class EndOfTurn:
         return turn
 
     def add(self, call: Callable[[], object]) -> None:
-        """Call C{call()} at the end of this turn, after what was added before."""
+        """
+        Call C{call()} at the end of this turn, after what was added before;
+        one that raises is logged, and the others are called all the same.
+        """
         if not self._calls:
             self._clock.callLater(0, self._run)
         self._calls.append(call)
 
     def _run(self) -> None:
+        # one connection's failing call must not keep the others' data unsent
         calls, self._calls = self._calls, []
         for call in calls:
-            call()
+            try:
+                call()
+            except Exception:
+                log(
+                    "error",
+                    "buntime:turn:call-failed",
+                    f"A call at the end of the reactor turn failed: {call!r}",
+                    traceback=Failure().getTraceback(),
+                )
 
 
 def send_now(transport: Any, sock: Any, data: bytes) -> None:

@@ -452,6 +452,8 @@ async def test_routes_answer_a_malformed_multipart_form_with_400():
     response = await registry.route(request)
     assert (response.status, response.body) == (400, b"Bad Request")
     assert response.headers.get("content-type") == "text/plain"
+    empty = request.with_body(b"")  # no form at all, as in twisted.web
+    assert (await registry.route(empty)).status == 200
 
 
 @pytest_twisted.ensureDeferred

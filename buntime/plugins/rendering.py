@@ -9,17 +9,13 @@ reactor turn); a body complete by then is bytes, one still being written
 becomes a stream (so Server-Sent Events work) paced by its reader, and
 abandoning the stream tells the resource the client went away.
 
-A form POSTed to a resource is parsed here into C{request.args}, as
-twisted.web would: its own parsing is off, since it answers a malformed
-C{multipart/form-data} body through the channel's private methods.
+A form POSTed to a resource is parsed by L{buntime.forms}.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator
-from email import message_from_bytes
-from email.message import EmailMessage, Message
 from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,11 +25,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.http import parse_qs
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request as WebRequest
 from twisted.web.server import Site
 
+from buntime.forms import FormRequest
 from buntime.http import Headers, Request, Response, read_body
 
 _HIGH_WATER = 256 * 1024
@@ -165,52 +160,7 @@ class _Channel:
         return self._waiter
 
 
-Form = dict[bytes, list[bytes]]
-
-
-def _form(method: str, content_type: str | None, body: bytes) -> Form | None:
-    """
-    The fields of a form C{body}, as twisted.web puts them in C{request.args}
-    (a POST with a URL-encoded or multipart body; else none).  C{None}: the
-    body is not the multipart it says it is.
-    """
-    if method != "POST" or not content_type or not body:
-        return {}
-    kind = EmailMessage()
-    kind["content-type"] = content_type
-    if kind.get_content_type() == "application/x-www-form-urlencoded":
-        return parse_qs(body, 1)
-    if kind.get_content_type() != "multipart/form-data":
-        return {}
-    head = f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n".encode("latin-1")
-    message = message_from_bytes(head + body)
-    if not message.is_multipart():
-        return None
-    fields: Form = {}
-    for part in message.get_payload():
-        assert isinstance(part, Message)
-        name = part.get_param("name", header="content-disposition")
-        if name and isinstance(name, str):
-            payload = part.get_payload(decode=True)
-            fields.setdefault(name.encode("utf-8"), []).append(payload)  # type: ignore[arg-type]
-    return fields
-
-
-class _FormRequest(WebRequest):
-    """A twisted.web request whose form fields (L{_form}) are added to C{args}."""
-
-    def __init__(self, channel: _Channel, form: Form) -> None:
-        super().__init__(channel, parsePOSTFormSubmission=False)
-        self.form = form
-
-    def process(self) -> None:
-        args = self.args
-        assert args is not None  # requestReceived has set it to the query's
-        args.update(self.form)  # as twisted.web does: the body's fields win over the query's
-        super().process()
-
-
-async def _stream(channel: _Channel, request: WebRequest) -> AsyncIterator[bytes]:
+async def _stream(channel: _Channel, request: FormRequest) -> AsyncIterator[bytes]:
     try:
         while True:
             if channel.chunks:
@@ -232,16 +182,12 @@ async def render(site: Site, request: Request, clock: IReactorTime | None = None
     (with a C{clock}: by the end of the reactor turn that wrote the headers),
     else a stream.
     """
-    body = await read_body(request.body)
-    form = _form(request.method, request.headers.get("content-type"), body)
-    if form is None:
-        return Response(400, Headers([("content-type", "text/plain")]), b"Bad Request")
     peer, host = _address(request.headers.get("host"), request.remote_addr)
     channel = _Channel(site, peer, host, clock)
-    web_request = _FormRequest(channel, form)
+    web_request = FormRequest(channel)
     for name, value in request.headers.items():
         web_request.requestHeaders.addRawHeader(name, value)
-    content = BytesIO(body)
+    content = BytesIO(await read_body(request.body))
     content.seek(0, 2)
     web_request.content = content  # type: ignore[assignment]  # twisted.web types it as None
     uri = request.path + ("?" + request.query if request.query else "")

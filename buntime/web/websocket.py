@@ -166,9 +166,9 @@ class _Hooks(WebSocketServerProtocol):
 
 def _hooked(cls: type[_P]) -> type[_P]:
     """
-    A subclass of C{cls} (a handler's protocol class) that adds L{_Hooks}:
-    made per connection, it goes with the connection (a cache would keep a
-    reloaded plugin's classes alive).
+    A new subclass of C{cls} (a plugin handler's protocol class) that adds
+    L{_Hooks}.  One is made per connection and goes with it: a cache would
+    keep a reloaded plugin's classes alive.
     """
     return type(cls.__name__, (_Hooks, cls), {"__module__": cls.__module__})
 
@@ -296,6 +296,10 @@ class _AppSocket(WebSocketServerProtocol):
                 waiting.callback(None)
 
 
+class _HookedAppSocket(_Hooks, _AppSocket):  # type: ignore[misc]  # autobahn bases disagree
+    """An L{_AppSocket} with buntime's part of the handshake (L{_Hooks})."""
+
+
 @implementer(IPushProducer)
 class _Pacer:
     """Tells an L{_AppSocket} when the client's socket buffer fills and drains."""
@@ -408,7 +412,7 @@ class WebSockets(Service):
                 refusal = Response.error(502, "BAD_GATEWAY", "The app switched protocols unasked")
             exchange.respond(refusal)
             return
-        protocol = _hooked(_AppSocket)(body, response.headers)
+        protocol = _HookedAppSocket(body, response.headers)
         protocol.factory = self._relays
         socket = _Socket(
             protocol,
@@ -418,7 +422,7 @@ class WebSockets(Service):
             request.path,
             self.clock.seconds(),
         )
-        cast(_Hooks, protocol).buntime_socket = socket
+        protocol.buntime_socket = socket
         self._sockets.add(socket)
         protocol.is_closed.addBoth(lambda _: self._closed(socket))
         exchange.hand_over(protocol, _head(request))

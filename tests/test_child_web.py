@@ -130,6 +130,24 @@ async def test_klein_form_post() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_klein_multipart_form_post() -> None:
+    body = b'--XyZ\r\nContent-Disposition: form-data; name="a"\r\n\r\n3\r\n--XyZ--\r\n'
+    headers = [["Content-Type", "multipart/form-data; boundary=XyZ"]]
+    sender = await serve(app, "POST", "/form?a=1", body, headers=headers)
+    assert sender.response()[2] == b"3 " + body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_multipart_form_is_answered_400() -> None:
+    headers = [["Content-Type", "multipart/form-data; boundary=XyZ"]]
+    status, headers_out, body = (
+        await serve(app, "POST", "/form", b"junk", headers=headers)
+    ).response()
+    assert (status, body) == (400, b"Bad Request")
+    assert headers_out["content-type"] == "text/plain"
+
+
+@pytest_twisted.ensureDeferred
 async def test_klein_deferred_and_not_found() -> None:
     assert (await serve(app, "GET", "/later")).response()[2] == b"later"
     assert (await serve(app, "GET", "/nowhere")).response()[0] == 404

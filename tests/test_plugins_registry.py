@@ -415,6 +415,48 @@ async def test_routes_see_the_path_without_base():
 
 
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("application/x-www-form-urlencoded", b"a=3&b=&c=4"),
+        (
+            "multipart/form-data; boundary=XyZ",
+            b"--XyZ\r\n"
+            b'Content-Disposition: form-data; name="a"\r\n\r\n3\r\n'
+            b"--XyZ\r\n"
+            b'Content-Disposition: form-data; name="b"\r\n\r\n\r\n'
+            b"--XyZ\r\n"
+            b'Content-Disposition: form-data; name="c"; filename="c.txt"\r\n'
+            b"Content-Type: text/plain\r\n\r\n4\r\n"
+            b"--XyZ--\r\n",
+        ),
+    ],
+    ids=["urlencoded", "multipart"],
+)
+async def test_routes_see_a_posted_form_in_args_as_twisted_web_parses_it(content_type, body):
+    registry = await registry_of(({"name": "web", "base": "/web"}, Web()))
+    request = Request("POST", "/web/api/info?a=1&q=2", {"content-type": content_type}, body)
+    response = await registry.route(request)
+    assert response.status == 200
+    seen = json.loads(response.body)
+    assert seen["args"] == {"a": ["3"], "b": [""], "c": ["4"], "q": ["2"]}  # the body's a wins
+    assert seen["body"] == body.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_routes_answer_a_malformed_multipart_form_with_400():
+    registry = await registry_of(({"name": "web", "base": "/web"}, Web()))
+    request = Request(
+        "POST", "/web/api/info", {"content-type": "multipart/form-data; boundary=XyZ"}, b"junk"
+    )
+    response = await registry.route(request)
+    assert (response.status, response.body) == (400, b"Bad Request")
+    assert response.headers.get("content-type") == "text/plain"
+    empty = request.with_body(b"")  # no form at all, as in twisted.web
+    assert (await registry.route(empty)).status == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_routes_404_falls_through_and_other_paths_are_not_looked_at():
     registry = await registry_of(({"name": "web", "base": "/web"}, Web()))
     assert await registry.route(Request("GET", "/web/nothing")) is None

@@ -312,6 +312,31 @@ def messages(logger: Any, message_type: str) -> list[dict[str, Any]]:
     return [m for m in logger.messages if m.get("message_type") == message_type]
 
 
+class Numbering(WebSocketServerFactory):
+    """A factory whose own C{buildProtocol} gives each protocol a number."""
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        protocol.number = len(self.built) + 1
+        return protocol
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_handler_is_what_its_factory_built_with_the_runtime_s_hooks_added(harness):
+    factory = Numbering(reactor=reactor)
+    factory.protocol, factory.seen, factory.built = Echo, [], []
+    factory.answer = lambda request: None
+    registry = await registry_of(({"name": "echo", "base": "/echo"}, Sockets({"/ws": factory})))
+    served = await harness.serve(registry)
+    client = await harness.connect(served, "/echo/ws", {"x-request-id": "n-1"})
+    assert (await within(client.opened)).headers["x-request-id"] == "n-1"
+    [handler] = factory.built
+    assert handler.number == 1  # built by the factory's buildProtocol
+    assert isinstance(handler, Echo) and type(handler).__name__ == "Echo"
+    assert type(handler) is not Echo  # the plugin's class itself is left as it is
+    assert "onOpen" not in vars(handler) and "onConnect" not in vars(handler)
+
+
 @pytest_twisted.ensureDeferred
 async def test_echo_round_trip_with_a_101_action_and_no_request_in_flight(harness, eliot_logger):
     factory = echo_factory()

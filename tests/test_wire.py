@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import tcp
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test import iosim
@@ -211,7 +212,7 @@ class Socket:
         return len(taken)
 
 
-class SocketTransport:
+class SocketTransport(tcp.Connection):
     """What L{FastAMP} reads of a Twisted socket transport: its buffer and socket."""
 
     connected = True
@@ -225,6 +226,9 @@ class SocketTransport:
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+
+    def getHandle(self) -> Any:
+        return self.socket
 
     def getPeer(self) -> str:
         return "peer"

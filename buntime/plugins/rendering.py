@@ -8,6 +8,8 @@ returned once its headers are written (with a clock: at the end of that
 reactor turn); a body complete by then is bytes, one still being written
 becomes a stream (so Server-Sent Events work) paced by its reader, and
 abandoning the stream tells the resource the client went away.
+
+A form POSTed to a resource is parsed by L{buntime.forms}.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request as WebRequest
 from twisted.web.server import Site
 
+from buntime.forms import FormRequest
 from buntime.http import Headers, Request, Response, read_body
 from buntime.memchannel import MemoryChannel
 from buntime.stream import PushedStream
@@ -99,7 +101,7 @@ class _Channel(MemoryChannel):
         # The resource closed the connection: its response ends with what it wrote.
         self.requestDone(None)
 
-    def streamed(self, request: WebRequest) -> PushedStream:
+    def streamed(self, request: FormRequest) -> PushedStream:
         """The rest of the body, as it is written; abandoning it tells C{request}."""
         stream = self.stream = PushedStream(lambda: self._abandoned(request))
         self._send(stream)
@@ -125,7 +127,7 @@ class _Channel(MemoryChannel):
             self.caught_up()
             self.demand()
 
-    def _abandoned(self, request: WebRequest) -> None:
+    def _abandoned(self, request: FormRequest) -> None:
         self.closed = True
         if not self.finished:
             request.connectionLost(Failure(ConnectionDone("the client went away")))
@@ -140,7 +142,7 @@ async def render(site: Site, request: Request, clock: IReactorTime | None = None
     """
     peer, host = _address(request.headers.get("host"), request.remote_addr)
     channel = _Channel(site, peer, host, clock)
-    web_request = WebRequest(channel)
+    web_request = FormRequest(channel)
     for name, value in request.headers.items():
         web_request.requestHeaders.addRawHeader(name, value)
     content = BytesIO(await read_body(request.body))

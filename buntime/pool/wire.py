@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from buntime._turn import EndOfTurn, send_now
+from buntime._turn import EndOfTurn, direct_socket, send_now
 
 _SIMPLE = (amp.Integer, amp.String, amp.Unicode, amp.Boolean)
 _COMMAND, _ASK = b"_command", b"_ask"
@@ -223,7 +223,7 @@ class FastAMP(amp.AMP):
         data = b"".join(out)
         out.clear()
         transport: Any = self.transport
-        send_now(transport, getattr(transport, "socket", None), data)
+        send_now(transport, direct_socket(transport), data)
 
     def sendBox(self, box: amp.AmpBox) -> None:
         self.send_waiting()  # in order

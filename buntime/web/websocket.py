@@ -21,7 +21,7 @@ what the app accepted (subprotocol, headers) and relays messages both ways.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from attrs import define, field
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -96,47 +96,6 @@ class _Socket:
     refused: int | None = None
     closed: Deferred[None] = field(factory=Deferred)
 
-    def instrument(self) -> None:
-        """
-        Wrap the handler's handshake callbacks on this one protocol object:
-        autobahn takes a 101's extra headers only from C{onConnect}'s result
-        (so C{x-request-id} is added there), writes its refusals itself in
-        C{failHandshake} (their status is noted there), and has sent the 101
-        when it calls C{onOpen} (the HTTP request ends there, before the
-        handler's own C{onOpen} runs, whatever that does).
-        """
-        protocol = self.protocol
-        connect, fail, opened = protocol.onConnect, protocol.failHandshake, protocol.onOpen
-
-        def onConnect(request: Any) -> Deferred[Any]:
-            answer = maybeDeferred(connect, request)
-            return answer.addCallback(_with_request_id, self.request_id)
-
-        def failHandshake(reason: str, code: int = 400, responseHeaders: Any = None) -> Any:
-            self.refused = code
-            headers = [*(responseHeaders or []), ("x-request-id", self.request_id)]
-            return fail(reason, code, headers)
-
-        def onOpen() -> None:
-            self.decided(101)
-            try:
-                opened()
-            except Exception:
-                log(
-                    "error",
-                    "buntime:websocket:handler-failed",
-                    f"WebSocket onOpen of {self.owner} failed; closing with 1011",
-                    request_id=self.request_id,
-                    **self.owner,
-                    traceback=Failure().getTraceback(),
-                )
-                protocol.sendCloseFrame(INTERNAL_ERROR, b"internal error")
-
-        # Wrapped on this one object, not its class; autobahn also takes a Deferred from onConnect.
-        protocol.onConnect = onConnect  # type: ignore[method-assign,assignment]
-        protocol.failHandshake = failHandshake  # type: ignore[method-assign]
-        protocol.onOpen = onOpen  # type: ignore[method-assign]
-
     def decided(self, status: int) -> None:
         """The handshake is answered: the HTTP request ends with C{status}."""
         if self.status is None:
@@ -163,6 +122,57 @@ class _Socket:
     def abort(self) -> None:
         if self.protocol.state != WebSocketServerProtocol.STATE_CLOSED:
             self.protocol.dropConnection(abort=True)
+
+
+_P = TypeVar("_P", bound=WebSocketServerProtocol)
+
+
+class _Hooks(WebSocketServerProtocol):
+    """
+    buntime's part of every WebSocket handshake, in overrides of autobahn's
+    own callbacks (as its users write them) around the handler's: autobahn
+    takes a 101's extra headers only from C{onConnect}'s result (so
+    C{x-request-id} is added there), writes its refusals itself in
+    C{failHandshake} (their status is noted there), and has sent the 101
+    when it calls C{onOpen} (the HTTP request ends there, before the
+    handler's own C{onOpen} runs, whatever that does).
+    """
+
+    buntime_socket: _Socket  # set before the connection is handed over
+
+    def onConnect(self, request: Any) -> Deferred[Any]:  # type: ignore[override]
+        answer = maybeDeferred(super().onConnect, request)
+        return answer.addCallback(_with_request_id, self.buntime_socket.request_id)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> Any:
+        self.buntime_socket.refused = code
+        headers = [*(responseHeaders or []), ("x-request-id", self.buntime_socket.request_id)]
+        return super().failHandshake(reason, code, headers)
+
+    def onOpen(self) -> None:
+        socket = self.buntime_socket
+        socket.decided(101)
+        try:
+            super().onOpen()
+        except Exception:
+            log(
+                "error",
+                "buntime:websocket:handler-failed",
+                f"WebSocket onOpen of {socket.owner} failed; closing with 1011",
+                request_id=socket.request_id,
+                **socket.owner,
+                traceback=Failure().getTraceback(),
+            )
+            self.sendCloseFrame(INTERNAL_ERROR, b"internal error")
+
+
+def _hooked(cls: type[_P]) -> type[_P]:
+    """
+    A new subclass of C{cls} (a plugin handler's protocol class) that adds
+    L{_Hooks}.  One is made per connection and goes with it: a cache would
+    keep a reloaded plugin's classes alive.
+    """
+    return type(cls.__name__, (_Hooks, cls), {"__module__": cls.__module__})
 
 
 _NOT_FORWARDED = frozenset(
@@ -289,6 +299,10 @@ class _AppSocket(WebSocketServerProtocol):
                 room.fire(None)
 
 
+class _HookedAppSocket(_Hooks, _AppSocket):  # type: ignore[misc]  # autobahn bases disagree
+    """An L{_AppSocket} with buntime's part of the handshake (L{_Hooks})."""
+
+
 @implementer(IPushProducer)
 class _Pacer:
     """Tells an L{_AppSocket} when the client's socket buffer fills and drains."""
@@ -371,7 +385,9 @@ class WebSockets(Service):
             incoming.path,
             self.clock.seconds(),
         )
-        socket.instrument()
+        # built as the plugin's factory builds it, then given buntime's hooks
+        protocol.__class__ = _hooked(type(protocol))
+        cast(_Hooks, protocol).buntime_socket = socket
         self._sockets.add(socket)
         protocol.is_closed.addBoth(lambda _: self._closed(socket))
         exchange.hand_over(protocol, _head(incoming))
@@ -399,7 +415,7 @@ class WebSockets(Service):
                 refusal = Response.error(502, "BAD_GATEWAY", "The app switched protocols unasked")
             exchange.respond(refusal)
             return
-        protocol = _AppSocket(body, response.headers)
+        protocol = _HookedAppSocket(body, response.headers)
         protocol.factory = self._relays
         socket = _Socket(
             protocol,
@@ -409,7 +425,7 @@ class WebSockets(Service):
             request.path,
             self.clock.seconds(),
         )
-        socket.instrument()
+        protocol.buntime_socket = socket
         self._sockets.add(socket)
         protocol.is_closed.addBoth(lambda _: self._closed(socket))
         exchange.hand_over(protocol, _head(request))

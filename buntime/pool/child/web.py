@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from buntime.forms import FormRequest
 from buntime.memchannel import MemoryChannel
 from buntime.pool.child.adapter import IAdapter
 from buntime.pool.child.request import IncomingRequest
@@ -47,7 +48,7 @@ def _address(host: str, port: int) -> IPv4Address | IPv6Address:
     return IPv4Address("TCP", host or "127.0.0.1", port)
 
 
-class _Request(server.Request):
+class _Request(FormRequest):
     """A twisted.web request whose response goes to the worker's writer."""
 
     channel: _Channel | None  # type: ignore[assignment]  # twisted.web types it HTTPChannel

@@ -151,7 +151,7 @@ def _routes(klein_app: Klein) -> Iterable[tuple[Any, Callable[..., Any]]]:
     for rule in klein_app.url_map.iter_rules():
         handler = klein_app.endpoints.get(rule.endpoint)
         if handler is not None:
-            yield rule, getattr(handler, "__original__", handler)
+            yield rule, getattr(handler, "__wrapped__", handler)  # klein wraps it (functools.wraps)
 
 
 def openapi_document(

@@ -29,7 +29,6 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from httptools import HttpParserUpgrade, HttpRequestParser
-from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IProtocol, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
@@ -37,7 +36,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from buntime._turn import EndOfTurn, send_now
+from buntime._turn import EndOfTurn, direct_socket, send_now
 from buntime.http import Response
 from buntime.logs import log
 from buntime.web.http1.exchange import Exchange
@@ -181,13 +180,7 @@ class HTTP1Connection(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        if (
-            isinstance(transport, tcp.Connection)
-            and not getattr(transport, "TLS", False)
-            and hasattr(transport, "dataBuffer")  # what buntime._turn.send_now reads
-            and hasattr(transport, "_tempDataLen")
-        ):
-            self._socket = transport.socket
+        self._socket = direct_socket(transport)
         if ITCPTransport.providedBy(transport):
             # answers (and a WebSocket handed over) go out as written, not after
             # the client's delayed ACK (twisted.web does the same)

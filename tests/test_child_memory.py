@@ -20,7 +20,7 @@ from buntime.pool.child.memory import (
     release_memory,
     settle,
 )
-from buntime.pool.child.protocol import WorkerProtocol
+from buntime.pool.child.protocol import ChildProtocol
 
 
 def test_low_memory_read_from_worker_config() -> None:
@@ -43,7 +43,7 @@ async def test_idle_releases_memory_only_in_low_memory_mode(monkeypatch, frugal)
 
     released: list[bool] = []
     monkeypatch.setattr(protocol_module, "release_memory", lambda: released.append(True))
-    runtime, worker = RuntimeSide(), WorkerProtocol(reactor)
+    runtime, worker = RuntimeSide(), ChildProtocol(reactor)
     worker.low_memory = frugal
     closed = loopbackAsync(worker, runtime)
     await worker.serve(LoadedApp(types.ModuleType("idle"), Unhurried()))

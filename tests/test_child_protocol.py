@@ -26,7 +26,7 @@ from buntime.pool import commands, events
 from buntime.pool.child.adapter import IAdapter
 from buntime.pool.child.body import HIGH_WATER, BodyReader
 from buntime.pool.child.loader import LoadedApp, load
-from buntime.pool.child.protocol import WorkerProtocol
+from buntime.pool.child.protocol import ChildProtocol
 from buntime.pool.child.request import IncomingRequest
 from buntime.pool.child.writer import ResponseWriter
 from buntime.pool.stream import CHUNK_SIZE, chunks
@@ -225,7 +225,7 @@ def write_app(folder: Path, source: str, name: str = "app.py") -> Path:
 @define(eq=False)
 class Connected:
     runtime: RuntimeSide
-    worker: WorkerProtocol
+    worker: ChildProtocol
     closed: Deferred
     terminated: list = field(factory=list)
     lost: list = field(factory=list)
@@ -234,7 +234,7 @@ class Connected:
 async def connect(app_dir: Path, entrypoint: str = "", loop: object = None) -> Connected:
     """Load the app of C{app_dir} in-process and connect it to a L{RuntimeSide}; wait for Ready."""
     connected = Connected(RuntimeSide(), None, None)  # type: ignore[arg-type]
-    worker = WorkerProtocol(
+    worker = ChildProtocol(
         reactor,
         loop,  # type: ignore[arg-type]
         on_lost=lambda: connected.lost.append(True),
@@ -437,7 +437,7 @@ class Unhurried:
 @pytest_twisted.ensureDeferred
 async def test_request_body_backpressure() -> None:
     """The answer to RequestBody waits while the app has not read enough."""
-    runtime, worker = RuntimeSide(), WorkerProtocol(reactor)
+    runtime, worker = RuntimeSide(), ChildProtocol(reactor)
     closed = loopbackAsync(worker, runtime)
     adapter = Unhurried()
     await worker.serve(LoadedApp(types.ModuleType("unhurried"), adapter))
@@ -488,7 +488,7 @@ class WorksAfterAnswering:
 @pytest_twisted.ensureDeferred
 async def test_terminate_waits_for_work_after_the_response() -> None:
     """Terminate lets an app call finish what it does after its response, then shuts down."""
-    runtime, worker = RuntimeSide(), WorkerProtocol(reactor)
+    runtime, worker = RuntimeSide(), ChildProtocol(reactor)
     closed = loopbackAsync(worker, runtime)
     adapter = WorksAfterAnswering()
     await worker.serve(LoadedApp(types.ModuleType("background"), adapter))

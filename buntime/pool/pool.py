@@ -42,10 +42,10 @@ from buntime.pool.worker import (
     READY,
     STARTING,
     AppError,
-    Exchange,
     RequestTimedOut,
     StartupError,
     Worker,
+    WorkerExchange,
     WorkerGone,
 )
 
@@ -743,7 +743,7 @@ class WorkerPool:
 
     # -- finished requests, timeouts, periodic checks ----------------------------
 
-    def _request_finished(self, state: _AppState, worker: Worker, exchange: Exchange) -> None:
+    def _request_finished(self, state: _AppState, worker: Worker, exchange: WorkerExchange) -> None:
         timeout = state.app.manifest.timeout
         if worker.ephemeral:
             if exchange.outcome == "timeout":
@@ -775,7 +775,7 @@ class WorkerPool:
             self._pump(state)
 
     def _explain_timeout(
-        self, state: _AppState, worker: Worker, exchange: Exchange, action: str
+        self, state: _AppState, worker: Worker, exchange: WorkerExchange, action: str
     ) -> Deferred:
         """Read the worker's stack, then log one error line that explains the kill."""
         elapsed_ms = round(exchange.elapsed * 1000)

@@ -3,7 +3,7 @@ One worker process as the runtime sees it: the AMP protocol that answers the
 worker's events, and the state the pool keeps about it (status, counters,
 requests in flight).
 
-A request is one L{Exchange}: L{Worker.request} sends it and fires with a
+A request is one L{WorkerExchange}: L{Worker.request} sends it and fires with a
 L{Response} as soon as the worker starts answering; a streamed body is a
 L{ResponseStream} whose consumer paces the worker (backpressure).
 """
@@ -116,7 +116,7 @@ class ResponseStream(PushedStream):
 
 
 @define(eq=False)
-class Exchange:
+class WorkerExchange:
     """One request in flight on a worker; C{outcome} is set when it is finished."""
 
     rid: int
@@ -135,7 +135,7 @@ class Exchange:
     """The request's eliot action: what the worker says of it is logged there."""
 
 
-class WorkerProtocol(FastAMP):
+class WorkerChannel(FastAMP):
     """
     The runtime's end of a worker's AMP channel: answers L{buntime.pool.events}.
     Requests go out in fours at the latest: the worker starts on them while
@@ -202,7 +202,7 @@ class Worker:
     One worker process and what the pool knows about it.  C{ready} fires when
     the app is loaded (or fails with L{StartupError}); C{exited} with the exit
     code once the process is gone.  Listeners in C{on_finished} hear about
-    every finished L{Exchange}, those in C{on_gone} about the worker's end.
+    every finished L{WorkerExchange}, those in C{on_gone} about the worker's end.
     """
 
     id: str
@@ -216,7 +216,7 @@ class Worker:
     launch_error: BaseException | None = None
     kind: str | None = None
     process: LaunchedProcess | None = field(default=None, repr=False)
-    protocol: WorkerProtocol = field(init=False, repr=False)
+    protocol: WorkerChannel = field(init=False, repr=False)
     created_at: float = field(init=False)
     last_used: float = field(init=False)
     request_count: int = 0
@@ -226,12 +226,12 @@ class Worker:
     consecutive_timeouts: int = 0
     idle_sent: bool = False
     healthy: bool = True
-    on_finished: list[Callable[[Worker, Exchange], object]] = field(factory=list, repr=False)
+    on_finished: list[Callable[[Worker, WorkerExchange], object]] = field(factory=list, repr=False)
     on_gone: list[Callable[[Worker, str], object]] = field(factory=list, repr=False)
     _ready: Once = field(factory=Once, repr=False)
     _exited: Once = field(factory=Once, repr=False)
     _drained: Once | None = field(default=None, repr=False)
-    _exchanges: dict[int, Exchange] = field(factory=dict, repr=False)
+    _exchanges: dict[int, WorkerExchange] = field(factory=dict, repr=False)
     _next_rid: int = 1
     _ready_timer: IDelayedCall | None = field(default=None, repr=False)
     _capture: list[str] | None = field(default=None, repr=False)
@@ -242,7 +242,7 @@ class Worker:
     _expiry: IDelayedCall | None = field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self.protocol = WorkerProtocol(self)
+        self.protocol = WorkerChannel(self)
         self.created_at = self.last_used = self.clock.seconds()
         self._output = Assembler(self.clock, self._log_output)
 
@@ -466,7 +466,7 @@ class Worker:
         now = self.clock.seconds()
         rid, self._next_rid = self._next_rid, self._next_rid + 1
         response: Deferred = Deferred(lambda _: self._abandon(rid))
-        exchange = Exchange(
+        exchange = WorkerExchange(
             rid, request.method, request.path, now, response, request_id=request.request_id
         )
         if self.status in (STOPPING, OFFLINE, STARTING) or not self._connected:
@@ -493,7 +493,7 @@ class Worker:
             sending.addErrback(self._send_failed, exchange)
         return response
 
-    def _start(self, exchange: Exchange, request: Request, base: str) -> Any:
+    def _start(self, exchange: WorkerExchange, request: Request, base: str) -> Any:
         """
         Send L{StartRequest} with the first chunk of the body; what is left
         to send (a view of the bytes or the stream), or C{None} if nothing.
@@ -523,7 +523,7 @@ class Worker:
         self.protocol.callRemote(StartRequest, rid=exchange.rid, head=head, body=first)
         return rest
 
-    async def _send_rest(self, exchange: Exchange, rest: Any) -> None:
+    async def _send_rest(self, exchange: WorkerExchange, rest: Any) -> None:
         if isinstance(rest, memoryview):
             await self._send_chunks(exchange, rest)
         else:
@@ -533,7 +533,7 @@ class Worker:
         if exchange.outcome is None:
             self.protocol.callRemote(RequestBodyEnd, rid=exchange.rid)
 
-    async def _send_chunks(self, exchange: Exchange, data: memoryview) -> bool:
+    async def _send_chunks(self, exchange: WorkerExchange, data: memoryview) -> bool:
         for offset in range(0, len(data), CHUNK_SIZE):
             if exchange.outcome is not None:
                 return False
@@ -541,7 +541,7 @@ class Worker:
             await self.protocol.callRemote(RequestBody, rid=exchange.rid, data=piece)
         return exchange.outcome is None
 
-    def _send_failed(self, failure: Failure, exchange: Exchange) -> None:
+    def _send_failed(self, failure: Failure, exchange: WorkerExchange) -> None:
         """The request body could not be delivered (client upload broke, channel closed)."""
         if exchange.outcome is not None:
             return
@@ -563,7 +563,7 @@ class Worker:
         if upcoming is not None and upcoming != float("inf"):
             self._expiry = self.clock.callLater(max(0.0, upcoming - now), self._expire)
 
-    def _timed_out(self, exchange: Exchange) -> None:
+    def _timed_out(self, exchange: WorkerExchange) -> None:
         exchange.deadline = float("inf")
         if exchange.outcome is not None:
             return
@@ -584,7 +584,7 @@ class Worker:
             self.protocol.callRemote(CancelRequest, rid=rid)
         self._finish(exchange, "cancelled")
 
-    def _finish(self, exchange: Exchange, outcome: str) -> None:
+    def _finish(self, exchange: WorkerExchange, outcome: str) -> None:
         if exchange.outcome is not None:
             return
         now = self.clock.seconds()

@@ -33,7 +33,7 @@ RESERVED_NAMES = frozenset({"api", "health", ".well-known"})
 
 
 @frozen
-class LoadedApp:
+class ResolvedApp:
     """An app version with its manifest read and its entrypoint found."""
 
     version: AppVersion
@@ -113,13 +113,13 @@ class AppStep:
     """First path segments that never name an app (the core API's, /health, /.well-known)."""
     clock: IReactorTime | None = None
     recheck_seconds: float = 1.0
-    _apps: dict[str, LoadedApp] = field(factory=dict)
+    _apps: dict[str, ResolvedApp] = field(factory=dict)
     _checked: dict[str, float] = field(factory=dict)
-    _pool_apps: dict[str, tuple[LoadedApp, PoolApp]] = field(factory=dict)
-    _infos: dict[str, tuple[LoadedApp, AppInfo]] = field(factory=dict)
+    _pool_apps: dict[str, tuple[ResolvedApp, PoolApp]] = field(factory=dict)
+    _infos: dict[str, tuple[ResolvedApp, AppInfo]] = field(factory=dict)
     _warned: set[str] = field(factory=set)
 
-    def load(self, version: AppVersion) -> LoadedApp:
+    def load(self, version: AppVersion) -> ResolvedApp:
         """
         The app at C{version}, its manifest re-read only when it changed
         (looked at no more than once every C{recheck_seconds}).
@@ -149,17 +149,17 @@ class AppStep:
         for warning in warnings:
             log("warn", "buntime:apps:manifest-warning", warning, app=label)
         entrypoint, attr = resolve(version.dir, manifest.entrypoint)
-        loaded = LoadedApp(version, manifest, entrypoint, attr, stamp)
+        loaded = ResolvedApp(version, manifest, entrypoint, attr, stamp)
         self._apps[version.dir] = loaded
         return loaded
 
     @staticmethod
-    def _deps_dir(loaded: LoadedApp) -> str | None:
+    def _deps_dir(loaded: ResolvedApp) -> str | None:
         """C{<app>/.deps}, where autoInstall puts the app's requirements."""
         deps = os.path.join(loaded.version.dir, ".deps")
         return deps if loaded.manifest.auto_install or os.path.isdir(deps) else None
 
-    def _cached_pool_app(self, loaded: LoadedApp) -> PoolApp:
+    def _cached_pool_app(self, loaded: ResolvedApp) -> PoolApp:
         """The pool's view of C{loaded}, built once per manifest version."""
         cached = self._pool_apps.get(loaded.version.dir)
         if cached is not None and cached[0] is loaded:
@@ -168,7 +168,7 @@ class AppStep:
         self._pool_apps[loaded.version.dir] = (loaded, app)
         return app
 
-    def _pool_app(self, loaded: LoadedApp) -> PoolApp:
+    def _pool_app(self, loaded: ResolvedApp) -> PoolApp:
         version = loaded.version
         label = f"{version.name}@{version.version}"
         entry = loaded.entrypoint + (f":{loaded.attr}" if loaded.attr else "")

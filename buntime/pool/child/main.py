@@ -39,7 +39,7 @@ from buntime.pool.child.lifeline import die_with_parent
 from buntime.pool.child.loader import LoadError, load
 from buntime.pool.child.memory import LOW_MEMORY_THREADS, limit_arenas, low_memory, settle
 from buntime.pool.child.output import install as frame_output
-from buntime.pool.child.protocol import WorkerProtocol, one_line
+from buntime.pool.child.protocol import ChildProtocol, one_line
 
 CHANNEL_IN, CHANNEL_OUT = 3, 4
 STARTUP_FAILED = 3
@@ -49,17 +49,17 @@ EXIT_GRACE = 5
 
 
 @define(eq=False)
-class Worker:
+class WorkerMain:
     """One worker's life: load, report, serve, exit when the channel closes."""
 
     reactor: Any
     loop: asyncio.AbstractEventLoop
     environ: Mapping[str, str]
     exit_code: int = 0
-    protocol: WorkerProtocol = field(init=False)
+    protocol: ChildProtocol = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.protocol = WorkerProtocol(
+        self.protocol = ChildProtocol(
             self.reactor, self.loop, on_lost=self._channel_lost, on_terminated=self._terminated
         )
 
@@ -156,7 +156,7 @@ def main(parent: int | None = None) -> None:
     globalLogBeginner.beginLoggingTo([errors], redirectStandardIO=False)
     code = 1
     try:
-        code = Worker(reactor, loop, os.environ).run()
+        code = WorkerMain(reactor, loop, os.environ).run()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

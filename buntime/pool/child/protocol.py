@@ -87,7 +87,7 @@ WEBSOCKET_UNSUPPORTED = (
 )
 
 
-class WorkerProtocol(FastAMP):
+class ChildProtocol(FastAMP):
     """
     Serves C{app} (set with L{serve} once loaded) to the runtime.
     C{on_lost} runs when the channel closes (the worker then exits),

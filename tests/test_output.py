@@ -197,6 +197,25 @@ def test_held_traceback_goes_out_after_a_quiet_moment() -> None:
     assert len(records) == 1
 
 
+def test_a_finished_request_s_whole_traceback_goes_out_at_once() -> None:
+    """flush_request: what could end now goes out; a traceback still arriving waits."""
+    clock = Clock()
+    records: list[Record] = []
+    assembler = Assembler(clock, records.append)
+    writes = print_exc_writes()
+    half = len(writes) // 2
+    for write in stderr(writes[:half]):
+        assembler.feed(write)
+    assembler.flush_request("r-1")  # frames still arriving: not cut in two
+    assert records == []
+    for write in stderr(writes[half:]):
+        assembler.feed(write)
+    assembler.flush_request("r-2")  # another request's end: not this one's
+    assert records == []
+    assembler.flush_request("r-1")
+    assert [record.text for record in records] == ["".join(writes).rstrip("\n")]
+
+
 def test_concurrent_requests_keep_their_own_records() -> None:
     """Two requests' tracebacks, written piece by piece in turn, stay apart."""
     writes = print_exc_writes()

@@ -261,11 +261,14 @@ class Assembler:
 
     def flush_request(self, request_id: str) -> None:
         """
-        Emit now what waits of request C{request_id}: it is over, and what
-        its app wrote belongs in the log before its end.
+        Emit now what waits of request C{request_id} and could end where it
+        is (a whole traceback, a whole line): the request is over, and what
+        its app wrote belongs in the log before its end.  A record cut in
+        the middle (its frames still arriving) is left to finish.
         """
-        for key in [key for key in self._pending if key[1] == request_id]:
-            self._send(key)
+        for key, pending in list(self._pending.items()):
+            if key[1] == request_id and pending.ended and pending.state in (PLAIN, DONE):
+                self._send(key)
 
     def flush(self) -> None:
         """Send every record held back (the process is gone: nothing more comes)."""

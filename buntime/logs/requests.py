@@ -39,14 +39,16 @@ def request_action(request_id: str, method: str, path: str, task_uuid: str | Non
     """
     action = Action(None, task_uuid or new_id(), TaskLevel(level=[]), REQUEST_ACTION)
     if _start_messages:
-        action._start(
+        _write(
+            action,
             {
                 "level": "debug",
                 "message": f"{method} {path}",
                 "request_id": request_id,
                 "method": method,
                 "path": path,
-            }
+                "action_status": "started",
+            },
         )
     return action
 
@@ -61,6 +63,11 @@ def finish_request(action: Action, fields: dict[str, Any]) -> None:
         return
     action._finished = True
     fields["action_status"] = "succeeded"
+    _write(action, fields)
+
+
+def _write(action: Action, fields: dict[str, Any]) -> None:
+    """Log C{fields} as the next message of C{action}, straight to the destinations."""
     fields["timestamp"] = time.time()
     fields.update(action._identification)
     fields["task_level"] = action._nextTaskLevel().as_list()

@@ -10,6 +10,7 @@ from twisted.protocols import amp
 
 from buntime._json import dumps, loads
 from buntime.http import Headers
+from buntime.pool.commands import WebSocketDisconnect, WebSocketReceive
 
 
 class Ready(amp.Command):
@@ -133,12 +134,7 @@ class WebSocketSend(amp.Command):
     The runtime answers once the client can take more (backpressure).
     """
 
-    arguments = [
-        (b"rid", amp.Integer()),
-        (b"data", amp.String()),
-        (b"binary", amp.Boolean()),
-        (b"final", amp.Boolean()),
-    ]
+    arguments = WebSocketReceive.arguments  # the same piece of a message, the other way
     response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
@@ -148,5 +144,5 @@ class WebSocketClose(amp.Command):
     C{reason}; a L{ResponseEnd} follows once the app's call returns.
     """
 
-    arguments = [(b"rid", amp.Integer()), (b"code", amp.Integer()), (b"reason", amp.Unicode())]
+    arguments = WebSocketDisconnect.arguments  # a close, the other way
     requiresAnswer = False

@@ -266,6 +266,8 @@ class Assembler:
         its app wrote belongs in the log before its end.  A record cut in
         the middle (its frames still arriving) is left to finish.
         """
+        if not self._pending:
+            return  # the usual: nothing waits
         for key, pending in list(self._pending.items()):
             if key[1] == request_id and pending.ended and pending.state in (PLAIN, DONE):
                 self._send(key)

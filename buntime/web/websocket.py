@@ -320,6 +320,12 @@ class _Pacer:
         self._socket.writable()
 
 
+_SHUTTING_DOWN = Response.error(
+    503, "SHUTTING_DOWN", "The runtime is shutting down", {"retry-after": "1"}
+)
+"""The answer to an upgrade once the service is stopping."""
+
+
 @define(eq=False)
 class WebSockets(Service):
     """
@@ -366,31 +372,16 @@ class WebSockets(Service):
         fields["app"] = f"plugin:{plugin.name}"
         fields["upgrade"] = "websocket"
         if self.closing:
-            exchange.respond(
-                Response.error(
-                    503, "SHUTTING_DOWN", "The runtime is shutting down", {"retry-after": "1"}
-                )
-            )
+            exchange.respond(_SHUTTING_DOWN)
             return True
         # autobahn leaves its Factory base unparameterized
         protocol = cast("WebSocketServerProtocol | None", factory.buildProtocol(exchange.peer()))
         if protocol is None:
             exchange.respond(Response.error(500, "INTERNAL_ERROR", "No WebSocket handler"))
             return True
-        socket = _Socket(
-            protocol,
-            exchange,
-            incoming.request_id or "",
-            {"plugin": plugin.name},
-            incoming.path,
-            self.clock.seconds(),
-        )
         # built as the plugin's factory builds it, then given buntime's hooks
         protocol.__class__ = _hooked(type(protocol))
-        cast(_Hooks, protocol).buntime_socket = socket
-        self._sockets.add(socket)
-        protocol.is_closed.addBoth(lambda _: self._closed(socket))
-        exchange.hand_over(protocol, _head(incoming))
+        self._hand_over(exchange, cast(_Hooks, protocol), incoming, {"plugin": plugin.name})
         return True
 
     def relay(
@@ -408,20 +399,25 @@ class WebSockets(Service):
         if self.closing or not exchange.head.upgrade:
             ensureDeferred(body.aclose())
             if self.closing:
-                refusal = Response.error(
-                    503, "SHUTTING_DOWN", "The runtime is shutting down", {"retry-after": "1"}
-                )
+                exchange.respond(_SHUTTING_DOWN)
             else:
-                refusal = Response.error(502, "BAD_GATEWAY", "The app switched protocols unasked")
-            exchange.respond(refusal)
+                exchange.respond(
+                    Response.error(502, "BAD_GATEWAY", "The app switched protocols unasked")
+                )
             return
         protocol = _HookedAppSocket(body, response.headers)
         protocol.factory = self._relays
+        self._hand_over(exchange, protocol, request, {"app": str(fields.get("app", ""))})
+
+    def _hand_over(
+        self, exchange: Exchange, protocol: _Hooks, request: Request, owner: dict[str, str]
+    ) -> None:
+        """Give C{exchange}'s connection to C{protocol}, tracked until it closes."""
         socket = _Socket(
             protocol,
             exchange,
             request.request_id or "",
-            {"app": str(fields.get("app", ""))},
+            owner,
             request.path,
             self.clock.seconds(),
         )

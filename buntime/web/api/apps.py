@@ -16,7 +16,6 @@ from attrs import field, frozen
 from klein import Klein
 from twisted.internet.defer import DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
 
 from buntime.apps.install import InstalledApp, install_archive
 from buntime.apps.remove import remove_app
@@ -29,7 +28,7 @@ from buntime.web.api.core import (
     standard_errors,
 )
 from buntime.web.api.openapi import describe
-from buntime.web.api.uploads import UPLOAD_BODY, uploaded_file
+from buntime.web.api.uploads import UPLOAD_BODY, off_the_reactor, uploaded_file
 
 _ERROR_RESPONSES: dict[int | str, str | dict[str, Any]] = {
     400: "`NO_FILE_PROVIDED`, `INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, `PATH_TRAVERSAL`, "
@@ -79,10 +78,7 @@ class AppsAPI:
     async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call C{function} in the thread pool when there is one, serialized."""
         async with self._lock:
-            if self.threads is None:
-                return function(*args, **kwargs)
-            pool = self.threads.getThreadPool()
-            return await deferToThreadPool(self.threads, pool, function, *args, **kwargs)
+            return await off_the_reactor(self.threads, function, *args, **kwargs)
 
     def _changed(self, app_dirs: Sequence[str]) -> None:
         self.catalog.invalidate()

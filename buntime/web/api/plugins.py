@@ -16,7 +16,6 @@ from attrs import field, frozen
 from klein import Klein
 from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
 
 from buntime.archive import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
 from buntime.logs import log
@@ -37,7 +36,7 @@ from buntime.web.api.core import (
     standard_errors,
 )
 from buntime.web.api.openapi import describe
-from buntime.web.api.uploads import UPLOAD_BODY, uploaded_file
+from buntime.web.api.uploads import UPLOAD_BODY, off_the_reactor, uploaded_file
 
 _LOADED_SCHEMA = {
     "type": "array",
@@ -81,10 +80,7 @@ class PluginsAPI:
     app = Klein()
 
     async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.threads is None:
-            return function(*args, **kwargs)
-        pool = self.threads.getThreadPool()
-        return await deferToThreadPool(self.threads, pool, function, *args, **kwargs)
+        return await off_the_reactor(self.threads, function, *args, **kwargs)
 
     async def _reload_or_undo(self, staged: Staged) -> PluginRegistry:
         """Reload; keep the staged change when that works, else undo it."""

@@ -7,9 +7,12 @@ anyway), so the body is parsed here with the C{multipart} package.
 
 from __future__ import annotations
 
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 from multipart import MultipartError, MultipartParser, parse_options_header
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
 
 from buntime.archive import InstallError
 
@@ -67,3 +70,12 @@ def uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]
     except MultipartError as e:
         raise InstallError("NO_FILE_PROVIDED", f"Malformed multipart body: {e}") from None
     raise InstallError("NO_FILE_PROVIDED", f"No file in the multipart field {UPLOAD_FIELD!r}")
+
+
+async def off_the_reactor(
+    threads: IReactorThreads | None, function: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
+    """Call C{function} (disk work of an install) in the reactor's thread pool when there is one."""
+    if threads is None:
+        return function(*args, **kwargs)
+    return await deferToThreadPool(threads, threads.getThreadPool(), function, *args, **kwargs)

@@ -576,12 +576,12 @@ def test_finishing_a_request_logs_what_eliot_would():
         theirs.finish()
     finally:
         eliot.remove_destination(seen.append)
-    finished = [m for m in seen if m.get("action_status") == "succeeded"]
+    finished = [dict(to_record(m)) for m in seen if m.get("action_status") == "succeeded"]
     assert len(finished) == 2
-    for message in finished:
-        message.pop("timestamp")
-        message.pop("task_uuid")
-    assert finished[0] == finished[1]
+    for record in finished:
+        record.pop("timestamp")
+        record.pop("task_uuid")
+    assert finished[0] == finished[1]  # the same line in the log
     assert finished[0]["task_level"] == [2] and finished[0]["status"] == 200
 
 
@@ -650,3 +650,22 @@ def test_the_eliot_internals_request_actions_use_are_there():
         assert hasattr(action, name), name
     assert hasattr(eliot.Logger, "_destinations") or hasattr(eliot.Logger(), "_destinations")
     assert callable(eliot.Logger._destinations.send)
+
+
+def test_a_request_record_is_written_as_the_generic_formatter_would():
+    """L{Record}s skip L{to_record}: the line must be the one it would make of the same fields."""
+    from buntime.logs import Record
+    from buntime.logs.requests import request_record
+
+    record = request_record("info", "GET /a 200 0.5ms")
+    record.update(request_id="r", status=200, aborted=False, app="a@1.0.0")
+    record.update(action_status="succeeded", task_uuid="u", task_level=[2])
+    plain = {k: v for k, v in record.items() if k != "context"}
+    assert to_record(record) is record and type(record) is Record
+    stream = io.StringIO()
+    destination = StreamDestination(stream, min_level="error")  # actions pass any level
+    destination(record)
+    destination(plain)
+    ours, generic = stream.getvalue().splitlines()
+    assert ours == generic
+    assert list(json.loads(ours))[:4] == ["level", "message", "timestamp", "context"]

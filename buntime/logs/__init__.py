@@ -32,6 +32,19 @@ SENSITIVE_HEADERS = frozenset(
 REDACTED = "[redacted]"
 
 
+class Record(dict[str, Any]):
+    """
+    An eliot message that is already its own JSON record (see
+    L{buntime.logs.render.to_record}): C{level}, C{message}, C{timestamp}
+    and C{context} first, then its fields, every value plain (text, numbers,
+    booleans, C{None}, the task level's list of ints) and nothing to
+    redact.  The formatters write it as it is.  A request's start and end
+    lines are made this way (L{buntime.logs.requests}).
+    """
+
+    __slots__ = ()
+
+
 def log(level: str, message_type: str, message: str, **fields: object) -> None:
     """
     Log one eliot message.  C{message_type} is C{buntime:<subsystem>:<event>},

@@ -10,8 +10,9 @@ from typing import IO, Any
 from attrs import define, field
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from buntime.logs import level_enabled
-from buntime.logs.render import _level_of, format_json, format_pretty
+from buntime._json import dumps
+from buntime.logs import Record, level_enabled
+from buntime.logs.render import _json_text, _level_of, format_json, format_pretty
 
 STREAM_BUFFER = 256
 """Buffered lines after which a stream destination writes without waiting for L{flush}."""
@@ -40,15 +41,20 @@ class StreamDestination:
     _scheduled: IDelayedCall | None = None
 
     def __call__(self, message: dict[str, Any]) -> None:
-        level = _level_of(message)
-        if not level_enabled(self.min_level, level) and not (
-            self.fmt == "json" and "action_status" in message
-        ):
-            return
-        if self.fmt == "json":
-            line = format_json(message)
+        if type(message) is Record and self.fmt == "json" and "action_status" in message:
+            # a request's line: an action's, written whatever its level
+            level = message["level"]
+            line = dumps(message, _json_text)
         else:
-            line = format_pretty(message, self.colour)
+            level = _level_of(message)
+            if not level_enabled(self.min_level, level) and not (
+                self.fmt == "json" and "action_status" in message
+            ):
+                return
+            if self.fmt == "json":
+                line = format_json(message)
+            else:
+                line = format_pretty(message, self.colour)
         if self.flush_each:
             self._write(line + "\n")
             return

@@ -12,7 +12,7 @@ from typing import Any
 
 from buntime._json import dumps
 from buntime.http import Headers
-from buntime.logs import _RANK, REDACTED, SENSITIVE_HEADERS, redact_headers
+from buntime.logs import _RANK, REDACTED, SENSITIVE_HEADERS, Record, redact_headers
 
 # Keys of an eliot message that the formatters place themselves.
 _OWN_KEYS = {"level", "message", "timestamp", "context"}
@@ -88,8 +88,10 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     The JSON object for one eliot message: C{level}, C{message},
     C{timestamp} (epoch seconds), C{context}, the message's own fields, and
     eliot's task fields.  Credentials in dicts, header pairs and L{Headers}
-    are replaced.
+    are replaced.  A L{Record} is its own record.
     """
+    if type(message) is Record:
+        return message
     level, text, timestamp, context = _own_fields(message)
     record: dict[str, Any] = {"level": level, "message": text, "timestamp": timestamp}
     record["context"] = context
@@ -118,7 +120,7 @@ _ABBREV = {"debug": "DBG", "info": "INF", "warn": "WRN", "error": "ERR"}
 
 def format_pretty(message: dict[str, Any], colour: bool = False) -> str:
     """C{12:34:56.789 INF [plugin:keyval] Request processed {"duration": 45}}."""
-    record = to_record(message)
+    record = dict(to_record(message))
     stamp = datetime.fromtimestamp(_timestamp_of(message)).strftime("%H:%M:%S.%f")
     level = record.pop("level")
     text = record.pop("message")

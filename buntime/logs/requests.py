@@ -16,7 +16,8 @@ from typing import Any
 import eliot
 from eliot._action import Action, TaskLevel
 
-from buntime.logs import new_id
+from buntime.logs import Record, new_id
+from buntime.logs.render import to_record
 
 REQUEST_ACTION = "buntime:http:request"
 
@@ -41,41 +42,51 @@ def request_action(request_id: str, method: str, path: str, task_uuid: str | Non
     if _start_messages:
         _write(
             action,
-            {
-                "level": "debug",
-                "message": f"{method} {path}",
-                "request_id": request_id,
-                "method": method,
-                "path": path,
-                "action_status": "started",
-            },
+            Record(
+                level="debug",
+                message=f"{method} {path}",
+                timestamp=time.time(),
+                context="runtime",
+                request_id=request_id,
+                method=method,
+                path=path,
+                action_status="started",
+            ),
         )
     return action
+
+
+def request_record(level: str, text: str) -> Record:
+    """The start of a request's end message: its C{level}, C{message} and the time now."""
+    return Record(level=level, message=text, timestamp=time.time(), context="runtime")
 
 
 def finish_request(action: Action, fields: dict[str, Any]) -> None:
     """
     C{action.add_success_fields(**fields); action.finish()} for a request's
     action (see L{request_action}): the same message, without eliot's copies
-    of it on the way to the destinations.  C{fields} becomes the message.
+    of it on the way to the destinations.  C{fields} becomes the message: a
+    L{Record} (made by L{request_record}, its fields all plain) as it is,
+    any other dict as L{buntime.logs.render.to_record} makes it one.
     """
     if action._finished:
         return
     action._finished = True
+    if type(fields) is not Record:
+        fields = Record(to_record(fields))
     fields["action_status"] = "succeeded"
     _write(action, fields)
 
 
-def _write(action: Action, fields: dict[str, Any]) -> None:
-    """Log C{fields} as the next message of C{action}, straight to the destinations."""
-    fields["timestamp"] = time.time()
-    fields.update(action._identification)
-    fields["task_level"] = action._nextTaskLevel().as_list()
+def _write(action: Action, record: Record) -> None:
+    """Log C{record} as the next message of C{action}, straight to the destinations."""
+    record.update(action._identification)
+    record["task_level"] = action._nextTaskLevel().as_list()
     logger = action._logger
     if type(logger) is eliot.Logger:
-        logger._destinations.send(fields, logger)
+        logger._destinations.send(record, logger)
     else:  # a test's MemoryLogger, say
-        logger.write(fields)
+        logger.write(record)
 
 
 def take_start_messages(taken: bool) -> None:

@@ -23,7 +23,7 @@ from twisted.web.server import Site
 from buntime import __version__
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.logs import log, new_id, request_fields
-from buntime.logs.requests import finish_request, request_action
+from buntime.logs.requests import finish_request, request_action, request_record
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
 from buntime.web.api.core import CoreAPI
@@ -174,21 +174,18 @@ class _Tracked:
         duration = int((self._clock.seconds() - self._started) * 1_000_000 + 0.5) / 1000
         # an upgraded request ends by handing its connection over: not aborted
         aborted = isinstance(result, Failure) and not result.check(HandedOver)
-        finish_request(
-            self.action,
-            {
-                "level": "error" if status >= 500 else "info",
-                "message": f"{method} {path} {status} {duration}ms",
-                # the start message is debug: repeat what names the request
-                "request_id": request_id,
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": duration,
-                "aborted": aborted,
-                **self.fields,
-            },
+        record = request_record(
+            "error" if status >= 500 else "info", f"{method} {path} {status} {duration}ms"
         )
+        # the start message is debug: repeat what names the request
+        record["request_id"] = request_id
+        record["method"] = method
+        record["path"] = path
+        record["status"] = status
+        record["duration_ms"] = duration
+        record["aborted"] = aborted
+        record.update(self.fields)  # plain values only (the app, the worker id)
+        finish_request(self.action, record)
         self._state.request_finished()
         running = self.running
         if aborted and running is not None:

@@ -21,18 +21,11 @@ from zope.interface.verify import verifyObject
 from buntime.http import Request
 from buntime.pool.commands import CHUNK_SIZE, StartRequest
 from buntime.pool.events import ResponseStart
+from buntime.pool.inflight import AppError, RequestTimedOut, WorkerGone
 from buntime.pool.launch.launcher import ILauncher
 from buntime.pool.output import QUIET, Write
-from buntime.pool.worker import (
-    ACTIVE,
-    OFFLINE,
-    STOPPING,
-    AppError,
-    RequestTimedOut,
-    StartupError,
-    Worker,
-    WorkerGone,
-)
+from buntime.pool.status import ACTIVE, OFFLINE, STOPPING
+from buntime.pool.worker import StartupError, Worker
 
 MB = 1024 * 1024
 

@@ -37,17 +37,10 @@ from buntime.http import Request, Response
 from buntime.logs import log, request_fields
 from buntime.logs.types import WORKER_CRASH, WORKER_RETIRE, WORKER_START, WORKER_START_FAILED
 from buntime.pool.deps import DependencyInstaller, InstallError
+from buntime.pool.inflight import AppError, RequestTimedOut, WorkerExchange, WorkerGone
 from buntime.pool.launch.launcher import ILauncher, LauncherUnavailable
-from buntime.pool.worker import (
-    READY,
-    STARTING,
-    AppError,
-    RequestTimedOut,
-    StartupError,
-    Worker,
-    WorkerExchange,
-    WorkerGone,
-)
+from buntime.pool.status import READY, STARTING
+from buntime.pool.worker import StartupError, Worker
 
 TIMEOUT_STRIKES = 3
 """Timeouts in a row after which a persistent worker is recycled."""

@@ -1,11 +1,8 @@
 """
-One worker process as the runtime sees it: the AMP protocol that answers the
-worker's events, and the state the pool keeps about it (status, counters,
-requests in flight).
-
-A request is one L{WorkerExchange}: L{Worker.request} sends it and fires with a
-L{Response} as soon as the worker starts answering; a streamed body is a
-L{ResponseStream} whose consumer paces the worker (backpressure).
+One worker process as the runtime sees it: its life (launch, ready,
+retirement, death), what it writes, and its numbers.  Its requests are the
+L{InFlight} side (L{buntime.pool.inflight}); its channel is a
+L{WorkerChannel} (L{buntime.pool.channel}).
 """
 
 from __future__ import annotations
@@ -15,69 +12,40 @@ import signal
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from enum import StrEnum
-from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any
 
 from attrs import define, field
-from eliot import Action, current_action
+from eliot import Action
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from buntime.http import Request, Response
 from buntime.logs import log
 from buntime.once import Once
-from buntime.pool.commands import (
-    CHUNK_SIZE,
-    CancelRequest,
-    Idle,
-    RequestBody,
-    RequestBodyEnd,
-    StartRequest,
-    Terminate,
-    address,
-    request_head,
-)
-from buntime.pool.events import (
-    Ready,
-    ResponseBody,
-    ResponseEnd,
-    ResponseError,
-    ResponseStart,
-    StartupFailed,
-    WebSocketClose,
-    WebSocketSend,
-    response_start,
+from buntime.pool.channel import WorkerChannel
+from buntime.pool.commands import Idle, Terminate
+from buntime.pool.inflight import (
+    InFlight,
+    WorkerExchange,
+    WorkerGone,
+    _listener_failed,
 )
 from buntime.pool.launch.launcher import ILauncher, LaunchedProcess, LaunchSpec
 from buntime.pool.output import Assembler, Record, Write
+from buntime.pool.status import (
+    ACTIVE,
+    EPHEMERAL,
+    IDLE,
+    OFFLINE,
+    READY,
+    STARTING,
+    STOPPING,
+    WorkerStatus,
+)
 from buntime.pool.websocket import WorkerSocket
-from buntime.pool.wire import FastAMP, responder
-from buntime.stream import PushedStream
 
-
-class WorkerStatus(StrEnum):
-    """Where a worker is in its life: its C{status} in the pool's stats."""
-
-    STARTING = "starting"
-    ACTIVE = "active"
-    IDLE = "idle"
-    EPHEMERAL = "ephemeral"
-    STOPPING = "stopping"
-    OFFLINE = "offline"
-
-
-STARTING, ACTIVE, IDLE, EPHEMERAL, STOPPING, OFFLINE = WorkerStatus
-READY = frozenset({ACTIVE, IDLE, EPHEMERAL})
-"""The states of a worker that takes requests."""
-EARLY_FLUSH = 4
-"""Requests the runtime sends a worker before it writes them out, even mid-turn."""
 KILL_WAIT = 5.0
 """Seconds to wait for a process to go away after SIGKILL before giving up on it."""
-RECENT_ACTIONS = 64
-"""Finished requests per worker whose eliot actions late app output still finds."""
 
 
 class StartupError(Exception):
@@ -89,115 +57,8 @@ class StartupError(Exception):
         self.detail = detail
 
 
-class AppError(Exception):
-    """The app failed on a request (the worker sent L{ResponseError})."""
-
-
-class WorkerGone(Exception):
-    """The worker process died (or its channel closed) with the request in flight."""
-
-
-class RequestTimedOut(Exception):
-    """The worker did not start answering within the request's timeout."""
-
-
 @define(eq=False)
-class ResponseStream(PushedStream):
-    """
-    A streamed response body: a L{PushedStream} fed by L{ResponseBody} chunks.
-
-    Each chunk's AMP answer is its C{ack}: it fires only when the consumer
-    takes the chunk, so the worker produces no faster than the client reads.
-    Call L{aclose} when the client goes away: the worker is told to stop.
-    """
-
-    taken: ClassVar[object] = MappingProxyType({})
-    """The (empty) AMP answer; AMP copies it, so one read-only mapping does for all."""
-
-
-@define(eq=False)
-class WorkerExchange:
-    """One request in flight on a worker; C{outcome} is set when it is finished."""
-
-    rid: int
-    method: str
-    path: str
-    started_at: float
-    response: Deferred = field(repr=False)
-    stream: ResponseStream | WorkerSocket | None = None
-    deadline: float = float("inf")
-    """When the request times out if its response has not started (see L{Worker._expire})."""
-    started: bool = False
-    outcome: str | None = None  # ok, error, cancelled, timeout, gone
-    elapsed: float = 0.0
-    request_id: str | None = None
-    action: Action | None = None
-    """The request's eliot action: what the worker says of it is logged there."""
-
-
-class WorkerChannel(FastAMP):
-    """
-    The runtime's end of a worker's AMP channel: answers L{buntime.pool.events}.
-    Requests go out in fours at the latest: the worker starts on them while
-    the runtime reads more.
-    """
-
-    flush_every = EARLY_FLUSH
-
-    def __init__(self, worker: Worker) -> None:
-        super().__init__()
-        self.worker = worker
-        self.clock = worker.clock
-
-    @Ready.responder
-    def got_ready(self, pid: int, kind: str) -> dict:
-        self.worker.ready_received(pid, kind)
-        return {}
-
-    @StartupFailed.responder
-    def got_startup_failed(self, error: str, detail: str) -> dict:
-        self.worker.startup_failed(error, detail)
-        return {}
-
-    @responder(ResponseStart)
-    def got_response_start(self, rid: int, head: str, body: bytes) -> dict:
-        self.worker.response_started(rid, head, body)
-        return {}
-
-    @ResponseBody.responder
-    def got_response_body(self, rid: int, data: bytes) -> Deferred:
-        return self.worker.response_body(rid, data)
-
-    @WebSocketSend.responder
-    def got_websocket_send(self, rid: int, data: bytes, binary: bool, final: bool) -> Deferred:
-        return self.worker.socket_message(rid, data, binary, final)
-
-    @responder(WebSocketClose)
-    def got_websocket_close(self, rid: int, code: int, reason: str) -> dict:
-        self.worker.socket_closed(rid, code, reason)
-        return {}
-
-    @responder(ResponseEnd)
-    def got_response_end(self, rid: int) -> dict:
-        self.worker.response_ended(rid)
-        return {}
-
-    @responder(ResponseError)
-    def got_response_error(self, rid: int, error: str) -> dict:
-        self.worker.response_failed(rid, error)
-        return {}
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.worker.channel_made()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
-        self.worker.channel_lost(reason)
-
-
-@define(eq=False)
-class Worker:
+class Worker(InFlight):
     """
     One worker process and what the pool knows about it.  C{ready} fires when
     the app is loaded (or fails with L{StartupError}); C{exited} with the exit
@@ -454,244 +315,6 @@ class Worker:
         self.clock.callLater(wait, collected)
         return done
 
-    # -- requests --------------------------------------------------------
-
-    def request(self, request: Request, base: str, timeout: float) -> Deferred:
-        """
-        Send C{request} (its URL is the path inside the app, base stripped).
-        Fires with the L{Response} once the worker starts answering; fails with
-        L{AppError}, L{WorkerGone} or, after C{timeout} seconds without an
-        answer, L{RequestTimedOut}.  Cancelling it cancels the request.
-        """
-        now = self.clock.seconds()
-        rid, self._next_rid = self._next_rid, self._next_rid + 1
-        response: Deferred = Deferred(lambda _: self._abandon(rid))
-        exchange = WorkerExchange(
-            rid, request.method, request.path, now, response, request_id=request.request_id
-        )
-        if self.status in (STOPPING, OFFLINE, STARTING) or not self._connected:
-            response.errback(WorkerGone(f"worker {self.label} is {self.status}"))
-            return response
-        self._exchanges[rid] = exchange
-        self.request_count += 1
-        self.last_used = now
-        self.idle_sent = False
-        if self.status == IDLE:
-            self.status = ACTIVE
-        # One timer per worker, for the earliest deadline, rather than one per request.
-        exchange.deadline = now + timeout
-        if self._expiry is None:
-            self._expiry = self.clock.callLater(timeout, self._expire)
-        exchange.action = current_action()
-        try:
-            rest = self._start(exchange, request, base)
-        except Exception:
-            self._send_failed(Failure(), exchange)
-            return response
-        if rest is not None:
-            sending = Deferred.fromCoroutine(self._send_rest(exchange, rest))
-            sending.addErrback(self._send_failed, exchange)
-        return response
-
-    def _start(self, exchange: WorkerExchange, request: Request, base: str) -> Any:
-        """
-        Send L{StartRequest} with the first chunk of the body; what is left
-        to send (a view of the bytes or the stream), or C{None} if nothing.
-        """
-        query = request.query
-        body = request.body
-        first, rest = b"", None  # type: tuple[bytes, Any]
-        if type(body) is bytes and len(body) <= CHUNK_SIZE:  # the usual
-            first = body
-        elif isinstance(body, bytes | bytearray | memoryview):
-            if len(body) <= CHUNK_SIZE:
-                first = bytes(body)
-            else:
-                whole = memoryview(bytes(body))
-                first, rest = whole[:CHUNK_SIZE].tobytes(), whole[CHUNK_SIZE:]
-        else:
-            rest = body
-        head = request_head(
-            request.method,
-            request.path + ("?" + query if query else ""),
-            base,
-            request.headers.items(),
-            address(request.remote_addr, request.remote_port),
-            rest is not None,
-            address(*request.local_addr) if request.local_addr is not None else "",
-        )
-        self.protocol.callRemote(StartRequest, rid=exchange.rid, head=head, body=first)
-        return rest
-
-    async def _send_rest(self, exchange: WorkerExchange, rest: Any) -> None:
-        if isinstance(rest, memoryview):
-            await self._send_chunks(exchange, rest)
-        else:
-            async for chunk in rest:
-                if not await self._send_chunks(exchange, memoryview(bytes(chunk))):
-                    return
-        if exchange.outcome is None:
-            self.protocol.callRemote(RequestBodyEnd, rid=exchange.rid)
-
-    async def _send_chunks(self, exchange: WorkerExchange, data: memoryview) -> bool:
-        for offset in range(0, len(data), CHUNK_SIZE):
-            if exchange.outcome is not None:
-                return False
-            piece = data[offset : offset + CHUNK_SIZE].tobytes()
-            await self.protocol.callRemote(RequestBody, rid=exchange.rid, data=piece)
-        return exchange.outcome is None
-
-    def _send_failed(self, failure: Failure, exchange: WorkerExchange) -> None:
-        """The request body could not be delivered (client upload broke, channel closed)."""
-        if exchange.outcome is not None:
-            return
-        self.protocol.callRemote(CancelRequest, rid=exchange.rid)
-        self.error_count += 1
-        self._finish(exchange, "error")
-        if exchange.stream is not None:
-            exchange.stream.fail(AppError(failure.getErrorMessage()))
-        else:
-            exchange.response.errback(AppError(f"sending the request: {failure.getErrorMessage()}"))
-
-    def _expire(self) -> None:
-        """Time out the requests past their deadline; wait for the next deadline."""
-        self._expiry = None
-        now = self.clock.seconds()
-        for exchange in [e for e in self._exchanges.values() if e.deadline <= now]:
-            self._timed_out(exchange)
-        upcoming = min((e.deadline for e in self._exchanges.values()), default=None)
-        if upcoming is not None and upcoming != float("inf"):
-            self._expiry = self.clock.callLater(max(0.0, upcoming - now), self._expire)
-
-    def _timed_out(self, exchange: WorkerExchange) -> None:
-        exchange.deadline = float("inf")
-        if exchange.outcome is not None:
-            return
-        self.protocol.callRemote(CancelRequest, rid=exchange.rid)
-        self.error_count += 1
-        self.consecutive_timeouts += 1
-        self._finish(exchange, "timeout")
-        exchange.response.errback(
-            RequestTimedOut(f"no response within {exchange.elapsed * 1000:.0f} ms")
-        )
-
-    def _abandon(self, rid: int) -> None:
-        """The client went away: stop the worker's work on C{rid}."""
-        exchange = self._exchanges.get(rid)
-        if exchange is None:
-            return
-        if self._connected:
-            self.protocol.callRemote(CancelRequest, rid=rid)
-        self._finish(exchange, "cancelled")
-
-    def _finish(self, exchange: WorkerExchange, outcome: str) -> None:
-        if exchange.outcome is not None:
-            return
-        now = self.clock.seconds()
-        exchange.outcome = outcome
-        exchange.elapsed = now - exchange.started_at
-        exchange.deadline = float("inf")
-        self._exchanges.pop(exchange.rid, None)
-        request_id = exchange.request_id
-        if request_id is not None:
-            if exchange.action is not None:
-                recent = self._recent
-                recent[request_id] = exchange.action
-                if len(recent) > RECENT_ACTIONS:
-                    recent.popitem(last=False)
-            self._output.flush_request(request_id)  # in the log before the request's end
-        self.last_used = now
-        if not self._exchanges and self._drained is not None:
-            drained, self._drained = self._drained, None
-            drained.fire(None)
-        for listener in list(self.on_finished):
-            try:
-                listener(self, exchange)
-            except Exception as error:
-                _listener_failed(error)
-
-    def response_started(self, rid: int, head: str, body: bytes) -> None:
-        exchange = self._exchanges.get(rid)
-        if exchange is None or exchange.started:
-            return
-        try:
-            status, parsed, end, reason = response_start(head)
-        except (ValueError, TypeError):
-            self.response_failed(rid, f"malformed response head: {head[:200]!r}")
-            return
-        exchange.started = True
-        exchange.deadline = float("inf")
-        self.consecutive_timeouts = 0
-        self.responded += 1
-        self.total_response_time += self.clock.seconds() - exchange.started_at
-        if end:
-            self._finish(exchange, "ok")
-            exchange.response.callback(Response(status, parsed, body, reason))
-            return
-        if status == 101:  # the app accepted a WebSocket
-            socket = WorkerSocket(self.protocol.callRemote, rid, lambda: self._abandon(rid))
-            exchange.stream = socket
-            exchange.response.callback(Response(status, parsed, socket, reason))
-            return
-        stream = ResponseStream(lambda: self._abandon(rid))
-        if body:
-            stream.feed(body)
-        exchange.stream = stream
-        exchange.response.callback(Response(status, parsed, stream, reason))
-
-    def response_body(self, rid: int, data: bytes) -> Deferred:
-        exchange = self._exchanges.get(rid)
-        stream = exchange.stream if exchange is not None else None
-        if type(stream) is not ResponseStream or not data:
-            return succeed({})
-        ack: Deferred = Deferred()
-        stream.feed(data, ack)
-        return ack
-
-    def socket_message(self, rid: int, data: bytes, binary: bool, final: bool) -> Deferred:
-        """A piece of the app's message on its WebSocket, answered once the client can take more."""
-        exchange = self._exchanges.get(rid)
-        socket = exchange.stream if exchange is not None else None
-        if type(socket) is not WorkerSocket:
-            return succeed({})
-        return socket.app_message(data, binary, final)
-
-    def socket_closed(self, rid: int, code: int, reason: str) -> None:
-        """The app closes its WebSocket."""
-        exchange = self._exchanges.get(rid)
-        socket = exchange.stream if exchange is not None else None
-        if type(socket) is WorkerSocket:
-            socket.app_closed(code, reason)
-
-    def response_ended(self, rid: int) -> None:
-        exchange = self._exchanges.get(rid)
-        if exchange is None or exchange.stream is None:
-            return
-        self._finish(exchange, "ok")
-        exchange.stream.end()
-
-    def response_failed(self, rid: int, error: str) -> None:
-        exchange = self._exchanges.get(rid)
-        if exchange is None:
-            return
-        self.error_count += 1
-        with exchange.action.context() if exchange.action is not None else nullcontext():
-            log(
-                "error",
-                "buntime:worker:request-error",
-                f"App {self.label} failed on a request",
-                **self.tags(),
-                request_id=exchange.request_id,
-                method=exchange.method,
-                path=exchange.path,
-                error=error,
-            )
-        self._finish(exchange, "error")
-        if exchange.stream is not None:
-            exchange.stream.fail(AppError(error))
-        else:
-            exchange.response.errback(AppError(error))
-
     # -- output and logs ---------------------------------------------------
 
     @property
@@ -783,7 +406,3 @@ def _call(listener: Callable[..., object], *args: object) -> None:
         listener(*args)
     except Exception as error:
         _listener_failed(error)
-
-
-def _listener_failed(error: Exception) -> None:
-    log("error", "buntime:worker:listener", "A worker listener failed", error=repr(error))

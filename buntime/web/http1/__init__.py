@@ -10,8 +10,9 @@ with the framing it owes the client.  The one hand-over is a WebSocket
 upgrade (L{Exchange.hand_over}).
 """
 
-from buntime.web.http1.connection import HTTP1Connection, HTTP1Factory
+from buntime.web.http1.connection import HTTP1Connection
 from buntime.web.http1.exchange import Exchange, HandedOver
+from buntime.web.http1.factory import HTTP1Factory
 from buntime.web.http1.head import Head, Refusal
 from buntime.web.http1.limits import Limits
 

@@ -9,11 +9,9 @@ one being answered (pipelining) wait in order; reading stops while too many
 wait, while the client does not read what is written to it (the transport
 paused this producer), and after a request that closes the connection.
 
-Answering: the front door (L{Handler.answer}) gets one L{Exchange} at a time
-and answers it through L{HTTP1Connection.write_response}, which frames the
-answer (C{content-length}, chunks, or the end of the connection for an
-HTTP/1.0 stream), never lets an app's wrong C{Content-Length} or interim
-status desynchronise the connection, and streams bodies with backpressure.
+Answering: the front door (L{buntime.web.http1.factory.Handler}) gets one
+L{Exchange} at a time and answers it through C{write_response}
+(L{buntime.web.http1.writing}).
 
 Timing: one timer per connection ticks every half of the shorter of the
 head and idle timeouts; a head not complete within C{header_timeout} gets
@@ -24,110 +22,35 @@ does not read for that long (or does not take its last answer) is aborted.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
-from typing import Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserUpgrade, HttpRequestParser
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.interfaces import IProtocol, IPushProducer, IReactorTime, ITCPTransport
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IPushProducer, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from buntime._turn import EndOfTurn, direct_socket, send_now
-from buntime.http import Response
+from buntime._turn import EndOfTurn, direct_socket
 from buntime.logs import log
 from buntime.web.http1.exchange import Exchange
 from buntime.web.http1.head import Head, Refusal, judge, request_id_for
-from buntime.web.http1.limits import Limits
-from buntime.web.http1.response import (
-    NO_BODY,
-    header_lines,
-    reason_phrase,
-    refusal_bytes,
-    status_line,
-)
+from buntime.web.http1.response import refusal_bytes
+from buntime.web.http1.writing import AnswerWriting
+
+if TYPE_CHECKING:
+    from buntime.web.http1.factory import HTTP1Factory
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-UNSENT_MOST = 64 * 1024
-"""The most bytes of whole answers kept for the end of the turn (see C{_write_soon})."""
-
-
-class Handler(TypingProtocol):
-    """What a connection asks of the front door."""
-
-    def answer(self, exchange: Exchange) -> None:
-        """Answer C{exchange} (through C{exchange.respond} or C{exchange.hand_over})."""
-
-    def body_limit(self, path: str) -> int:
-        """The most bytes of request body taken for C{path}."""
 
 
 class _Stop(Exception):
     """Raised in a parser callback: read nothing more on this connection."""
 
 
-class HTTP1Factory(ServerFactory):
-    """
-    Builds an L{HTTP1Connection} per client for C{handler}; past
-    C{limits.max_connections} open connections, a new one gets 503 and is
-    closed.  C{state} (a L{buntime.web.state.RuntimeState}) counts request
-    bodies still arriving as in flight.
-    """
-
-    noisy = False
-
-    def __init__(
-        self, handler: Handler, clock: IReactorTime, limits: Limits | None = None, state: Any = None
-    ) -> None:
-        self.handler = handler
-        self.clock = clock
-        self.limits = limits or Limits()
-        self.state = state
-        self.connections = 0
-        self._warned = float("-inf")
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        if self.connections >= self.limits.max_connections:
-            now = self.clock.seconds()
-            if now - self._warned >= 1.0:
-                self._warned = now
-                log(
-                    "warn",
-                    "buntime:http:too-many-connections",
-                    f"Refusing connections past RUNTIME_MAX_CONNECTIONS "
-                    f"({self.limits.max_connections}) with 503",
-                    limit=self.limits.max_connections,
-                )
-            return _Busy(self.clock)
-        self.connections += 1
-        return HTTP1Connection(self)
-
-    def connection_closed(self) -> None:
-        self.connections -= 1
-
-
-class _Busy(Protocol):
-    """A connection past the limit: 503, then closed."""
-
-    transport: Any
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-
-    def connectionMade(self) -> None:
-        refusal = Refusal(503, "Too many connections")
-        now = self._clock.seconds()
-        self.transport.write(
-            refusal_bytes(refusal, now, request_id_for(None), b"retry-after: 1\r\n")
-        )
-        self.transport.loseConnection()
-
-
 @implementer(IPushProducer)
-class HTTP1Connection(Protocol):
+class HTTP1Connection(AnswerWriting, Protocol):
     """One client connection (see the module's docstring)."""
 
     transport: Any  # a TCP or TLS transport: its producer and write-buffer sides are used
@@ -514,162 +437,6 @@ class HTTP1Connection(Protocol):
         held, self._held = self._held or [], None
         protocol.dataReceived(head + exchange.body + b"".join(held))
 
-    # -- writing answers -------------------------------------------------------
-
-    def write_response(self, exchange: Exchange, response: Response) -> Deferred[None] | None:
-        """
-        Write C{response} for C{exchange}: a C{None} once a body of bytes is
-        written, or a Deferred that fires when a stream is.  A response that
-        cannot be written (a broken header, say) is logged and the
-        connection aborted: the exchange then ends, never hangs.
-        """
-        try:
-            return self._write_response(exchange, response)
-        except Exception as error:
-            log(
-                "error",
-                "buntime:http:write-failed",
-                "Response could not be written",
-                error=repr(error),
-            )
-            exchange.written = True
-            self._closed = True
-            self._send_unsent()  # the answers before this one
-            self.transport.abortConnection()  # connectionLost ends the exchange
-            return None
-
-    def _write_response(self, exchange: Exchange, response: Response) -> Deferred[None] | None:
-        status = response.status
-        if not 200 <= status <= 999:
-            response = _not_final(exchange, response)
-            status = response.status
-        exchange.status = status
-        exchange.written = True
-        head = exchange.head
-        lines, given = header_lines(response.headers)
-        reason = None if response.reason is None else reason_phrase(response.reason)
-        lines.insert(0, status_line(status, self._clock.seconds(), exchange.request_id, reason))
-        body = response.body
-        no_body = status in NO_BODY
-        silent = no_body or head.method == "HEAD"
-        close = exchange.close
-        if isinstance(body, bytes | bytearray):
-            if not no_body:
-                length = len(body)
-                if given is not None and given != length:
-                    if not silent:  # send what was declared (or less), then close
-                        _wrong_length(exchange, given, length)
-                        close = True
-                        body = body[:given]
-                    length = given
-                lines.append(b"content-length: %d" % length)
-            lines.append(self._connection_line(exchange, close))
-            self._write_soon(b"\r\n".join(lines) + (b"" if silent else bytes(body)))
-            exchange.done()
-            return None
-        chunked = False
-        if not no_body:
-            if given is not None:
-                lines.append(b"content-length: %d" % given)
-            elif silent:
-                pass
-            elif head.version == "1.1":
-                lines.append(b"transfer-encoding: chunked")
-                chunked = True
-            else:  # HTTP/1.0: the body ends with the connection
-                close = True
-        lines.append(self._connection_line(exchange, close))
-        self._write(b"\r\n".join(lines))
-        declared = None if no_body or silent else given
-        return ensureDeferred(self._stream(exchange, body, chunked, silent, declared))
-
-    @staticmethod
-    def _connection_line(exchange: Exchange, close: bool) -> bytes:
-        """The end of the head: C{connection} as it will be after this answer."""
-        exchange.close = close
-        if close:
-            return b"connection: close\r\n\r\n"
-        if exchange.head.keep_alive:
-            return b"connection: keep-alive\r\n\r\n"
-        return b"\r\n"
-
-    async def _stream(
-        self, exchange: Exchange, body: Any, chunked: bool, silent: bool, length: int | None
-    ) -> None:
-        iterator: AsyncIterator[bytes] = body.__aiter__()
-        write = self.transport.write  # nothing waits for the end of the turn now (see _write)
-        sent = 0
-        over = False
-        try:
-            if not silent:
-                async for chunk in iterator:
-                    if exchange.gone:
-                        break
-                    if length is not None and sent + len(chunk) > length:
-                        chunk = chunk[: length - sent]  # send what was declared, no more
-                        over = True
-                    if chunk:
-                        sent += len(chunk)
-                        write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-                    if over:
-                        break
-                    waiter = self._writes_paused
-                    if waiter is not None:
-                        await waiter
-        except Exception as error:
-            if not isinstance(error, CancelledError):  # cancelled: the client left
-                log(
-                    "error",
-                    "buntime:http:stream-failed",
-                    "Response stream failed",
-                    error=str(error),
-                )
-            exchange.gone = True
-            self._closed = True
-            self.transport.abortConnection()  # connectionLost ends the exchange
-            return
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None and (exchange.gone or silent or over):
-                await aclose()
-        if exchange.gone:
-            return
-        if length is not None and (over or sent != length):
-            _wrong_length(exchange, length, None if over else sent)
-            exchange.close = True  # the client got what was declared, or less: no reuse
-        if chunked:
-            write(b"0\r\n\r\n")
-        exchange.done()
-
-    def _write_soon(self, data: bytes) -> None:
-        """
-        Write a whole answer at the end of the reactor turn (see
-        L{buntime._turn}); at once when what waits passes C{UNSENT_MOST},
-        so that a client that does not read pauses the answers (many
-        pipelined requests answered in one turn) before they pile up.
-        """
-        unsent = self._unsent
-        if not unsent:
-            self._turn.add(self._send_unsent)
-        unsent.append(data)
-        self._unsent_size += len(data)
-        if self._unsent_size > UNSENT_MOST:
-            self._send_unsent()
-
-    def _write(self, data: bytes) -> None:
-        """C{transport.write(data)}, after what waits for the end of the turn."""
-        self._send_unsent()
-        self.transport.write(data)
-
-    def _send_unsent(self) -> None:
-        unsent = self._unsent
-        if not unsent or self._handed:
-            return
-        data = unsent[0] if len(unsent) == 1 else b"".join(unsent)
-        unsent.clear()
-        self._unsent_size = 0
-        send_now(self.transport, self._socket, data)
-
     # -- IPushProducer: the transport says when the client does not read -------
 
     def pauseProducing(self) -> None:
@@ -691,33 +458,3 @@ class HTTP1Connection(Protocol):
         if self._current is not None:
             self._current.gone = True
         self.resumeProducing()
-
-
-def _not_final(exchange: Exchange, response: Response) -> Response:
-    """An app's interim (1xx) or impossible status is no answer: 502, and the body closed."""
-    log(
-        "error",
-        "buntime:http:not-final",
-        f"The app answered {exchange.head.path} with status {response.status}, "
-        "not a final status; answering 502",
-        request_id=exchange.request_id,
-        status=response.status,
-    )
-    aclose = getattr(response.body, "aclose", None)
-    if aclose is not None:
-        ensureDeferred(aclose()).addErrback(lambda _: None)
-    return Response.error(
-        502, "BAD_GATEWAY", f"The app answered with status {response.status}, not a final answer"
-    )
-
-
-def _wrong_length(exchange: Exchange, declared: int, sent: int | None) -> None:
-    log(
-        "warn",
-        "buntime:http:wrong-length",
-        f"The answer to {exchange.head.path} declared Content-Length {declared} but had "
-        + ("more" if sent is None else f"{sent} bytes")
-        + "; sent what was declared and closed the connection",
-        request_id=exchange.request_id,
-        declared=declared,
-    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from eliot import current_action
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
@@ -22,14 +21,14 @@ from twisted.web.server import Site
 
 from buntime import __version__
 from buntime.http import AppInfo, Headers, Request, Response
-from buntime.logs import log, new_id, request_fields
+from buntime.logs import log, request_fields
 from buntime.logs.requests import finish_request, request_action, request_record
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
 from buntime.web.api.core import CoreAPI
 from buntime.web.http1 import Exchange, HandedOver
-from buntime.web.http1.head import client_request_id
 from buntime.web.state import RuntimeState
+from buntime.web.trust import csrf_refusal, request_ids, trusted, without_forwarded
 from buntime.web.websocket import WebSockets
 
 if TYPE_CHECKING:
@@ -44,74 +43,6 @@ answer (C{None} for "not mine after all").  An C{async def} step is one.
 A step whose awaitable is never C{None} says so with a false C{may_decline}
 attribute (the walk then need not look at its answer).
 """
-
-
-def _ids(header: bytes | None) -> tuple[str, str | None]:
-    """
-    A request's id (the client's C{x-request-id} when it is sane, else a new
-    uuid4) and the uuid of its eliot task: the same new uuid when the client
-    sent no id (one uuid made, not two), else C{None} for a new one (a
-    client's id need not be unique).
-    """
-    given = client_request_id(header)
-    if given is not None:
-        return given, None
-    made = new_id()
-    return made, made
-
-
-def _trusted(remote: str | None, allowed: frozenset[str]) -> bool:
-    """Whether the peer C{remote} may tell where a request came from (C{X-Forwarded-*})."""
-    if remote in allowed:
-        return True
-    if remote is not None and remote.startswith("::ffff:"):  # an IPv4 peer of a dual-stack port
-        return remote[7:] in allowed
-    return False
-
-
-def _without_forwarded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    """C{headers} without C{X-Forwarded-*} and C{Forwarded}: an untrusted peer's claims."""
-    kept = tuple(
-        (name, value)
-        for name, value in headers
-        if not (name.lower().startswith("x-forwarded-") or name.lower() == "forwarded")
-    )
-    return kept if len(kept) != len(headers) else headers
-
-
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-
-
-def csrf_refusal(request: Request) -> Response | None:
-    """
-    SPEC §4 CSRF rule for the core API: a state-changing request needs an
-    C{Origin} with an http(s) scheme, no credentials, and the C{Host}'s
-    host:port; C{x-buntime-internal: true} is exempt.  C{None} means allowed.
-    """
-    if request.method in _SAFE_METHODS:
-        return None
-    headers = request.headers
-    if (headers.get("x-buntime-internal") or "").lower() == "true":
-        return None
-    origin = headers.get("origin")
-    if not origin:
-        return Response.error(403, "FORBIDDEN", "Forbidden - Origin required")
-    try:
-        parsed = urlsplit(origin)
-        host = (headers.get("host") or "").lower()
-        allowed = (
-            parsed.scheme in ("http", "https")
-            and parsed.username is None
-            and parsed.password is None
-            and "@" not in parsed.netloc
-            and parsed.netloc.lower() == host
-            and host != ""
-        )
-    except ValueError:
-        allowed = False
-    if not allowed:
-        return Response.error(403, "FORBIDDEN", "Forbidden")
-    return None
 
 
 def _log_crash(failure: Failure) -> None:
@@ -249,12 +180,12 @@ class FrontDoor:
     def answer(self, exchange: Exchange) -> None:
         """Answer C{exchange}: its id, its log action, then L{handle}."""
         head = exchange.head
-        request_id, task_uuid = _ids(head.request_id)
+        request_id, task_uuid = request_ids(head.request_id)
         exchange.request_id = request_id
         headers = head.headers
         allowed = self._forwarded_allow
-        if allowed is not None and not _trusted(exchange.remote, allowed):
-            headers = _without_forwarded(headers)
+        if allowed is not None and not trusted(exchange.remote, allowed):
+            headers = without_forwarded(headers)
         incoming = Request(
             head.method,
             head.target,

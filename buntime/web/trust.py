@@ -1,0 +1,81 @@
+"""
+Who may say what about a request: its id (a client's sane C{x-request-id}),
+where it came from (C{X-Forwarded-*}, only from trusted proxies), and the
+CSRF rule of the core API (SPEC §4).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from buntime.http import Request, Response
+from buntime.logs import new_id
+from buntime.web.http1.head import client_request_id
+
+
+def request_ids(header: bytes | None) -> tuple[str, str | None]:
+    """
+    A request's id (the client's C{x-request-id} when it is sane, else a new
+    uuid4) and the uuid of its eliot task: the same new uuid when the client
+    sent no id (one uuid made, not two), else C{None} for a new one (a
+    client's id need not be unique).
+    """
+    given = client_request_id(header)
+    if given is not None:
+        return given, None
+    made = new_id()
+    return made, made
+
+
+def trusted(remote: str | None, allowed: frozenset[str]) -> bool:
+    """Whether the peer C{remote} may tell where a request came from (C{X-Forwarded-*})."""
+    if remote in allowed:
+        return True
+    if remote is not None and remote.startswith("::ffff:"):  # an IPv4 peer of a dual-stack port
+        return remote[7:] in allowed
+    return False
+
+
+def without_forwarded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """C{headers} without C{X-Forwarded-*} and C{Forwarded}: an untrusted peer's claims."""
+    kept = tuple(
+        (name, value)
+        for name, value in headers
+        if not (name.lower().startswith("x-forwarded-") or name.lower() == "forwarded")
+    )
+    return kept if len(kept) != len(headers) else headers
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def csrf_refusal(request: Request) -> Response | None:
+    """
+    SPEC §4 CSRF rule for the core API: a state-changing request needs an
+    C{Origin} with an http(s) scheme, no credentials, and the C{Host}'s
+    host:port; C{x-buntime-internal: true} is exempt.  C{None} means allowed.
+    """
+    if request.method in _SAFE_METHODS:
+        return None
+    headers = request.headers
+    if (headers.get("x-buntime-internal") or "").lower() == "true":
+        return None
+    origin = headers.get("origin")
+    if not origin:
+        return Response.error(403, "FORBIDDEN", "Forbidden - Origin required")
+    try:
+        parsed = urlsplit(origin)
+        host = (headers.get("host") or "").lower()
+        allowed = (
+            parsed.scheme in ("http", "https")
+            and parsed.username is None
+            and parsed.password is None
+            and "@" not in parsed.netloc
+            and parsed.netloc.lower() == host
+            and host != ""
+        )
+    except ValueError:
+        allowed = False
+    if not allowed:
+        return Response.error(403, "FORBIDDEN", "Forbidden")
+    return None

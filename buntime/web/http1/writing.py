@@ -128,25 +128,10 @@ class AnswerWriting:
         self, exchange: Exchange, body: Any, chunked: bool, silent: bool, length: int | None
     ) -> None:
         iterator: AsyncIterator[bytes] = body.__aiter__()
-        write = self.transport.write  # nothing waits for the end of the turn now (see _write)
-        sent = 0
-        over = False
+        sent, over = 0, False
         try:
             if not silent:
-                async for chunk in iterator:
-                    if exchange.gone:
-                        break
-                    if length is not None and sent + len(chunk) > length:
-                        chunk = chunk[: length - sent]  # send what was declared, no more
-                        over = True
-                    if chunk:
-                        sent += len(chunk)
-                        write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-                    if over:
-                        break
-                    waiter = self._writes_paused
-                    if waiter is not None:
-                        await waiter
+                sent, over = await self._copy(exchange, iterator, chunked, length)
         except Exception as error:
             if not isinstance(error, CancelledError):  # cancelled: the client left
                 log(
@@ -169,8 +154,37 @@ class AnswerWriting:
             _wrong_length(exchange, length, None if over else sent)
             exchange.close = True  # the client got what was declared, or less: no reuse
         if chunked:
-            write(b"0\r\n\r\n")
+            self.transport.write(b"0\r\n\r\n")
         exchange.done()
+
+    async def _copy(
+        self,
+        exchange: Exchange,
+        iterator: AsyncIterator[bytes],
+        chunked: bool,
+        length: int | None,
+    ) -> tuple[int, bool]:
+        """
+        Write the body's chunks while the client reads them: the bytes sent,
+        and whether the body had more than C{length} (cut there).
+        """
+        write = self.transport.write  # nothing waits for the end of the turn now (see _write)
+        sent = 0
+        async for chunk in iterator:
+            if exchange.gone:
+                break
+            over = False
+            if length is not None and sent + len(chunk) > length:
+                chunk, over = chunk[: length - sent], True  # send what was declared, no more
+            if chunk:
+                sent += len(chunk)
+                write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if over:
+                return sent, True
+            waiter = self._writes_paused
+            if waiter is not None:
+                await waiter
+        return sent, False
 
     def _write_soon(self, data: bytes) -> None:
         """

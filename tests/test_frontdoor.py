@@ -424,6 +424,26 @@ def test_one_request_action_per_request(eliot_logger):
         assert secret not in logged
 
 
+def test_request_messages_are_what_their_declared_type_says(eliot_logger):
+    """The hot path logs requests without eliot's serializers: they must still fit HTTP_REQUEST."""
+    from buntime.logs.types import HTTP_REQUEST
+
+    door = Door()
+    door.get("/api/health")
+    door.get("/nope")
+    actions = LoggedAction.of_type(eliot_logger.messages, HTTP_REQUEST.action_type)
+    assert len(actions) == 2
+    serializers = HTTP_REQUEST._serializers
+    for action in actions:
+        for message, serializer in (
+            (action.start_message, serializers.start),
+            (action.end_message, serializers.success),
+        ):
+            for name, declared in serializer.fields.items():
+                assert name in message, name
+                declared.validate(message[name])
+
+
 def test_request_duration_follows_the_clock(eliot_logger):
     gate: Deferred[None] = Deferred()
 

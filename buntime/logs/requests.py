@@ -18,8 +18,10 @@ from eliot._action import Action, TaskLevel
 
 from buntime.logs import Record, new_id
 from buntime.logs.render import to_record
+from buntime.logs.types import HTTP_REQUEST
 
-REQUEST_ACTION = "buntime:http:request"
+REQUEST_ACTION = HTTP_REQUEST.action_type
+"""The action type of a request (its fields: L{buntime.logs.types.HTTP_REQUEST})."""
 
 _start_messages = True
 """

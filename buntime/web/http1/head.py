@@ -143,7 +143,54 @@ def judge(method: bytes, target: bytes, version: str, lines: list[tuple[bytes, b
         raise Refusal(505, f"HTTP/{version} is not supported")
     if method == b"CONNECT":
         raise Refusal(501, "CONNECT is not supported")
-    found: dict[int, list[bytes]] = {}  # the values of the headers judged, by kind
+    headers, found = _sorted_out(lines)
+    none: list[bytes] = []
+    lengths = found.get(_LENGTH, none)
+    length = _content_length(lengths[0]) if lengths else None  # the parser refuses two
+    text = _origin_form(method, target)
+    _check_host(found.get(_HOST, none), version)
+    if not text:  # absolute form (RFC 9112 §3.2.2): its authority stands for the Host
+        text, headers = _from_absolute(target, headers)
+    codings = found.get(_CODINGS, none)
+    chunked = bool(codings) and _chunked(codings, version)
+    if codings:
+        length = None
+    expect = found.get(_EXPECT, none)
+    wants = _tokens(expect) if expect else []
+    if wants and wants != [b"100-continue"]:
+        raise Refusal(417, "Only Expect: 100-continue is supported")
+    connection = found.get(_CONNECTION, none)
+    options = _tokens(connection) if connection else []
+    if version == "1.1":
+        close, keep_alive = b"close" in options, False
+    else:
+        keep_alive = b"keep-alive" in options and b"close" not in options
+        close = not keep_alive
+    ids = found.get(_REQUEST_ID_HEADER, none)
+    return Head(
+        method.decode("ascii"),
+        text,
+        version,
+        tuple(headers),
+        ids[-1] if ids else None,
+        length,
+        chunked,
+        close,
+        keep_alive,
+        bool(wants),
+        bool(found.get(_UPGRADE)) and b"upgrade" in options,
+    )
+
+
+def _sorted_out(
+    lines: list[tuple[bytes, bytes]],
+) -> tuple[list[tuple[str, str]], dict[int, list[bytes]]]:
+    """
+    The headers that go to the app (as text; C{x-request-id} left out: the
+    front door gives the request its own), and the values of those L{judge}
+    looks at, by kind.
+    """
+    found: dict[int, list[bytes]] = {}
     headers: list[tuple[str, str]] = []
     special = _SPECIAL
     for name, value in lines:
@@ -154,33 +201,31 @@ def judge(method: bytes, target: bytes, version: str, lines: list[tuple[bytes, b
             else:
                 found[kind] = [value]
             if kind == _REQUEST_ID_HEADER:
-                continue  # the front door gives the request its own
+                continue
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
-    none: list[bytes] = []
-    hosts = found.get(_HOST, none)
-    codings = found.get(_CODINGS, none)
-    lengths = found.get(_LENGTH, none)
-    connection = found.get(_CONNECTION, none)
-    expect = found.get(_EXPECT, none)
-    upgrade = found.get(_UPGRADE, none)
-    ids = found.get(_REQUEST_ID_HEADER, none)
-    request_id = ids[-1] if ids else None
-    length = None
-    if lengths:  # the parser refuses two
-        value = lengths[0]
-        if not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
-            raise Refusal(400, "Invalid Content-Length")
-        length = int(value)
+    return headers, found
+
+
+def _content_length(value: bytes) -> int:
+    if not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+        raise Refusal(400, "Invalid Content-Length")
+    return int(value)
+
+
+def _origin_form(method: bytes, target: bytes) -> str:
+    """The target as text; empty for the absolute form (read once the Host is judged)."""
     if target == b"*":
         if method != b"OPTIONS":
             raise Refusal(400, "Invalid request target")
-        text = "*"
-    elif _TARGET.match(target):
-        text = target.decode("ascii")
-    elif _ABSOLUTE.match(target):
-        text = ""  # below, once the Host lines are judged
-    else:
-        raise Refusal(400, "Invalid request target")
+        return "*"
+    if _TARGET.match(target):
+        return target.decode("ascii")
+    if _ABSOLUTE.match(target):
+        return ""
+    raise Refusal(400, "Invalid request target")
+
+
+def _check_host(hosts: list[bytes], version: str) -> None:
     if len(hosts) > 1:
         raise Refusal(400, "More than one Host header")
     if not hosts:
@@ -188,47 +233,30 @@ def judge(method: bytes, target: bytes, version: str, lines: list[tuple[bytes, b
             raise Refusal(400, "Missing Host header")
     elif not _VALID_HOST.match(hosts[0]):
         raise Refusal(400, "Invalid Host header")
-    if not text:
-        # absolute form (RFC 9112 §3.2.2): its authority stands for the Host
-        parts = urlsplit(target.decode("ascii"))
-        text = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if (
-            not parts.netloc
-            or not _TARGET.match(text.encode("ascii"))
-            or not _VALID_HOST.match(parts.netloc.encode("ascii"))
-        ):
-            raise Refusal(400, "Invalid request target")
-        headers = [(n, v) for n, v in headers if n.lower() != "host"]
-        headers.append(("host", parts.netloc))
-    chunked = False
-    if codings:
-        given = _tokens(codings)
-        if given == [b"chunked"] and version == "1.1":
-            chunked = True
-        elif given and given[-1] == b"chunked" and version == "1.1":
-            raise Refusal(501, "Transfer codings other than chunked are not supported")
-        else:
-            raise Refusal(400, "Invalid Transfer-Encoding")
-        length = None
-    wants = _tokens(expect) if expect else []
-    if wants and wants != [b"100-continue"]:
-        raise Refusal(417, "Only Expect: 100-continue is supported")
-    options = _tokens(connection) if connection else []
-    if version == "1.1":
-        close, keep_alive = b"close" in options, False
-    else:
-        keep_alive = b"keep-alive" in options and b"close" not in options
-        close = not keep_alive
-    return Head(
-        method.decode("ascii"),
-        text,
-        version,
-        tuple(headers),
-        request_id,
-        length,
-        chunked,
-        close,
-        keep_alive,
-        bool(wants),
-        bool(upgrade) and b"upgrade" in options,
-    )
+
+
+def _from_absolute(
+    target: bytes, headers: list[tuple[str, str]]
+) -> tuple[str, list[tuple[str, str]]]:
+    """An absolute-form target's path and query, and the headers with its authority as Host."""
+    parts = urlsplit(target.decode("ascii"))
+    text = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if (
+        not parts.netloc
+        or not _TARGET.match(text.encode("ascii"))
+        or not _VALID_HOST.match(parts.netloc.encode("ascii"))
+    ):
+        raise Refusal(400, "Invalid request target")
+    headers = [(n, v) for n, v in headers if n.lower() != "host"]
+    headers.append(("host", parts.netloc))
+    return text, headers
+
+
+def _chunked(codings: list[bytes], version: str) -> bool:
+    """C{True} for a lone final C{chunked}; any other transfer coding is refused."""
+    given = _tokens(codings)
+    if given == [b"chunked"] and version == "1.1":
+        return True
+    if given and given[-1] == b"chunked" and version == "1.1":
+        raise Refusal(501, "Transfer codings other than chunked are not supported")
+    raise Refusal(400, "Invalid Transfer-Encoding")

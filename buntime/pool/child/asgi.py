@@ -225,69 +225,87 @@ class AsgiAdapter:
         Run the app for one WebSocket (the ASGI C{websocket} scope).  Accepting
         is a 101 response, closing before that a 403 (as uvicorn answers).
         """
-        loop = self.loop
-        connected = accepted = closed = False
-
-        async def receive() -> dict:
-            nonlocal connected
-            if not connected:
-                connected = True
-                return {"type": "websocket.connect"}
-            message = await on_loop(socket.next(), loop)
-            if isinstance(message, int):
-                reason = socket.closed[1] if socket.closed is not None else ""
-                return {"type": "websocket.disconnect", "code": message, "reason": reason}
-            binary, data = message
-            if binary:
-                return {"type": "websocket.receive", "bytes": data}
-            return {"type": "websocket.receive", "text": data.decode("utf-8")}
-
-        async def send(message: dict) -> None:
-            nonlocal accepted, closed
-            kind = message["type"]
-            if closed or socket.closed is not None:
-                if kind == "websocket.close":
-                    return  # closing what the client closed: nothing to do
-                raise SocketClosed(f"cannot send {kind!r}: the WebSocket is closed")
-            if kind == "websocket.accept":
-                if accepted:
-                    raise RuntimeError("the WebSocket is already accepted")
-                headers = [
-                    (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
-                    for name, value in message.get("headers") or ()
-                ]
-                subprotocol = message.get("subprotocol")
-                if subprotocol is not None:
-                    headers.append(("sec-websocket-protocol", subprotocol))
-                writer.start(101, headers)
-                await on_loop(writer.write(b""), loop)
-                accepted = True
-            elif kind == "websocket.send":
-                if not accepted:
-                    raise RuntimeError("websocket.send before websocket.accept")
-                text = message.get("text")
-                if text is not None:
-                    await on_loop(writer.send_message(text.encode("utf-8"), False), loop)
-                else:
-                    await on_loop(writer.send_message(bytes(message["bytes"]), True), loop)
-            elif kind == "websocket.close":
-                closed = True
-                if accepted:
-                    code = int(message.get("code") or 1000)
-                    writer.close_socket(code, message.get("reason") or "")
-                else:
-                    await on_loop(writer.respond(403, [], b""), loop)
-            else:
-                raise ValueError(f"unsupported ASGI message type {kind!r}")
-
+        session = _AsgiSocket(self.loop, socket, writer)
         try:
-            await self.app(self.websocket_scope(request), receive, send)
+            await self.app(self.websocket_scope(request), session.receive, session.send)
         except SocketClosed:
             pass  # the client left while the app was sending: not the app's fault
-        if not accepted:
-            if not closed:
+        if not session.accepted:
+            if not session.closed:
                 raise RuntimeError("ASGI app returned without accepting or closing the WebSocket")
             return
-        if not closed and socket.closed is None:
+        if not session.closed and socket.closed is None:
             writer.close_socket(1000, "")
-        await on_loop(writer.end(), loop)
+        await on_loop(writer.end(), self.loop)
+
+
+class _AsgiSocket:
+    """One WebSocket as an ASGI app's C{receive} and C{send} see it."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, socket: SocketInbox, writer: ResponseWriter
+    ) -> None:
+        self.loop = loop
+        self.socket = socket
+        self.writer = writer
+        self.connected = self.accepted = self.closed = False
+
+    async def receive(self) -> dict:
+        if not self.connected:
+            self.connected = True
+            return {"type": "websocket.connect"}
+        socket = self.socket
+        message = await on_loop(socket.next(), self.loop)
+        if isinstance(message, int):
+            reason = socket.closed[1] if socket.closed is not None else ""
+            return {"type": "websocket.disconnect", "code": message, "reason": reason}
+        binary, data = message
+        if binary:
+            return {"type": "websocket.receive", "bytes": data}
+        return {"type": "websocket.receive", "text": data.decode("utf-8")}
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if self.closed or self.socket.closed is not None:
+            if kind == "websocket.close":
+                return  # closing what the client closed: nothing to do
+            raise SocketClosed(f"cannot send {kind!r}: the WebSocket is closed")
+        if kind == "websocket.accept":
+            await self._accept(message)
+        elif kind == "websocket.send":
+            await self._send(message)
+        elif kind == "websocket.close":
+            await self._close(message)
+        else:
+            raise ValueError(f"unsupported ASGI message type {kind!r}")
+
+    async def _accept(self, message: dict) -> None:
+        if self.accepted:
+            raise RuntimeError("the WebSocket is already accepted")
+        headers = [
+            (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
+            for name, value in message.get("headers") or ()
+        ]
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None:
+            headers.append(("sec-websocket-protocol", subprotocol))
+        self.writer.start(101, headers)
+        await on_loop(self.writer.write(b""), self.loop)
+        self.accepted = True
+
+    async def _send(self, message: dict) -> None:
+        if not self.accepted:
+            raise RuntimeError("websocket.send before websocket.accept")
+        text = message.get("text")
+        if text is not None:
+            await on_loop(self.writer.send_message(text.encode("utf-8"), False), self.loop)
+        else:
+            await on_loop(self.writer.send_message(bytes(message["bytes"]), True), self.loop)
+
+    async def _close(self, message: dict) -> None:
+        self.closed = True
+        if self.accepted:
+            code = int(message.get("code") or 1000)
+            self.writer.close_socket(code, message.get("reason") or "")
+        else:
+            await on_loop(self.writer.respond(403, [], b""), self.loop)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import field, frozen
@@ -134,38 +134,65 @@ def coerce(text: str, kind: object, example: object = None) -> Any:
     @raise ValueError: the text does not fit the type.
     """
     if kind is None:
-        kind = {bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}
-        kind = kind.get(type(example), "string")
-    kind = str(kind).lower()
-    stripped = text.strip()
-    if kind in ("boolean", "bool"):
-        if stripped.lower() in _TRUE | _FALSE:
-            return stripped.lower() in _TRUE
-        raise ValueError(f'must be true or false, not "{text}"')
-    if kind in ("integer", "int"):
+        kind = _KIND_OF.get(type(example), "string")
+    reader = _READERS.get(str(kind).lower())
+    return text if reader is None else reader(text, text.strip())
+
+
+_KIND_OF = {bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}
+
+
+def _boolean(text: str, stripped: str) -> bool:
+    if stripped.lower() in _TRUE | _FALSE:
+        return stripped.lower() in _TRUE
+    raise ValueError(f'must be true or false, not "{text}"')
+
+
+def _integer(text: str, stripped: str) -> int:
+    try:
+        return int(stripped)
+    except ValueError:
+        raise ValueError(f'must be an integer, not "{text}"') from None
+
+
+def _number(text: str, stripped: str) -> int | float:
+    try:
+        number = float(stripped)
+    except ValueError:
+        raise ValueError(f'must be a number, not "{text}"') from None
+    return int(number) if number.is_integer() and "." not in stripped else number
+
+
+def _array(text: str, stripped: str) -> list[Any]:
+    if stripped.startswith("["):
         try:
-            return int(stripped)
+            return list(json.loads(stripped))
         except ValueError:
-            raise ValueError(f'must be an integer, not "{text}"') from None
-    if kind in ("number", "float"):
-        try:
-            number = float(stripped)
-        except ValueError:
-            raise ValueError(f'must be a number, not "{text}"') from None
-        return int(number) if number.is_integer() and "." not in stripped else number
-    if kind in ("array", "list"):
-        if stripped.startswith("["):
-            try:
-                return list(json.loads(stripped))
-            except ValueError:
-                raise ValueError(f'must be a JSON list or comma-separated, not "{text}"') from None
-        return [item.strip() for item in stripped.split(",") if item.strip()]
-    if kind in ("object", "json", "map"):
-        try:
-            return json.loads(stripped)
-        except ValueError:
-            raise ValueError("must be JSON") from None
-    return text
+            raise ValueError(f'must be a JSON list or comma-separated, not "{text}"') from None
+    return [item.strip() for item in stripped.split(",") if item.strip()]
+
+
+def _object(text: str, stripped: str) -> Any:
+    try:
+        return json.loads(stripped)
+    except ValueError:
+        raise ValueError("must be JSON") from None
+
+
+_READERS: dict[str, Callable[[str, str], Any]] = {
+    "boolean": _boolean,
+    "bool": _boolean,
+    "integer": _integer,
+    "int": _integer,
+    "number": _number,
+    "float": _number,
+    "array": _array,
+    "list": _array,
+    "object": _object,
+    "json": _object,
+    "map": _object,
+}
+"""How C{coerce} reads each type a setting's schema may name (anything else: the text)."""
 
 
 def resolve_settings(

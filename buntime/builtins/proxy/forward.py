@@ -12,17 +12,11 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-import treq
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers as TwistedHeaders
 
+from buntime.builtins.proxy.client import UpstreamPool
 from buntime.builtins.proxy.rules import Rule
-from buntime.http import Request, Response
-from buntime.stream import PushedStream
+from buntime.http import Request, Response, read_body
 
 HOP_BY_HOP = frozenset(
     {
@@ -39,9 +33,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 """Headers about one connection (RFC 9110 §7.6.1): never passed on by a proxy."""
-
-HIGH_WATER = 4
-"""Chunks waiting for the client after which the upstream connection is paused."""
 
 
 def _hop_by_hop(pairs: Iterable[tuple[str, str]]) -> frozenset[str]:
@@ -75,44 +66,28 @@ def outgoing_headers(request: Request, rule: Rule) -> list[tuple[str, str]]:
 class Forwarder:
     """Sends requests upstream over kept-alive connections (one pool for every rule)."""
 
-    def __init__(self, reactor: Any, timeout: float, connections_per_host: int = 32) -> None:
+    def __init__(self, reactor: Any, timeout: float, connections_per_upstream: int = 32) -> None:
         self.reactor = reactor
         self.timeout = timeout
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = connections_per_host
-        self.pool.retryAutomatically = False  # a request is sent once (it may not be idempotent)
+        self.pool = UpstreamPool(reactor, connections_per_upstream)
 
     async def forward(self, request: Request, rule: Rule, path: str) -> Response:
         """The upstream's answer to C{request} (asked for C{path}), or the 502/504 error."""
-        query = request.query
-        url = rule.target + path + (f"?{query}" if query else "")
-        headers = TwistedHeaders()
-        for name, value in outgoing_headers(request, rule):
-            headers.addRawHeader(name, value)
-        body = (
-            request.body
-            if isinstance(request.body, bytes)
-            else b"".join([bytes(chunk) async for chunk in request.body])
-        )
-        asked: Deferred[Any] = treq.request(
-            request.method,
-            url,
-            headers=headers,
-            data=body or None,
-            reactor=self.reactor,
-            pool=self.pool,
-            unbuffered=True,
-            allow_redirects=False,
+        body = request.body if isinstance(request.body, bytes) else await read_body(request.body)
+        asking = Deferred.fromCoroutine(
+            self.pool.request(
+                rule.upstream, request.method, _request_bytes(request, rule, path, body)
+            )
         )
         timed_out: list[bool] = []
 
         def give_up() -> None:
             timed_out.append(True)
-            asked.cancel()
+            asking.cancel()
 
         timer = self.reactor.callLater(self.timeout, give_up)
         try:
-            upstream = await asked
+            answer = await asking
         except Exception as error:
             if timed_out:
                 return _error(504, "GATEWAY_TIMEOUT", f"{rule.target} did not answer in time")
@@ -122,83 +97,32 @@ class Forwarder:
         finally:
             if timer.active():
                 timer.cancel()
-        return _answer(request, upstream)
+        dropped = _hop_by_hop(answer.headers)
+        headers = [(name, value) for name, value in answer.headers if name.lower() not in dropped]
+        return Response(answer.status, headers, answer.body, answer.reason)
 
-    def close(self) -> Deferred[None]:
-        """Close the kept-alive upstream connections."""
-        return self.pool.closeCachedConnections()
+    def close(self) -> None:
+        """Close the upstream connections."""
+        self.pool.close()
+
+
+def _request_bytes(request: Request, rule: Rule, path: str, body: bytes) -> bytes:
+    """The request as it goes upstream: its head and its body, in one piece."""
+    query = request.query
+    lines = [f"{request.method} {path}{'?' + query if query else ''} HTTP/1.1"]
+    lines.extend(f"{name}: {value}" for name, value in outgoing_headers(request, rule))
+    if body or request.method in _BODY_METHODS:
+        lines.append(f"content-length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+"""Methods whose requests say their length even when it is 0 (RFC 9110 §8.6)."""
 
 
 def _why(error: BaseException) -> str:
-    reasons = getattr(error, "reasons", None)  # ResponseNeverReceived, RequestTransmissionFailed
-    if reasons:
-        return "; ".join(str(reason.value) for reason in reasons)
     return str(error) or error.__class__.__name__
 
 
 def _error(status: int, code: str, message: str) -> Response:
     return Response.error(status, code, message, {"x-buntime-proxy": "error"})
-
-
-def _answer(request: Request, upstream: Any) -> Response:
-    pairs = [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, values in upstream.headers.getAllRawHeaders()
-        for value in values
-    ]
-    dropped = _hop_by_hop(pairs)
-    headers = [(name, value) for name, value in pairs if name.lower() not in dropped]
-    reason = upstream.phrase.decode("latin-1") if upstream.phrase else None
-    if request.method == "HEAD" or upstream.code in (204, 304) or 100 <= upstream.code < 200:
-        upstream.deliverBody(_Discard())
-        return Response(upstream.code, headers, b"", reason)
-    receiver = _Receiver()
-    upstream.deliverBody(receiver)
-    return Response(upstream.code, headers, receiver.stream, reason)
-
-
-class _Discard(Protocol):
-    """Takes a body nobody wants (so the upstream connection can be used again)."""
-
-
-class _Receiver(Protocol):
-    """
-    An upstream body as a L{PushedStream}: the upstream connection pauses
-    while more than L{HIGH_WATER} chunks wait for the client, and is
-    dropped when the client goes away.
-    """
-
-    transport: Any  # the response's producer side (pause, resume, stop)
-
-    def __init__(self) -> None:
-        self.stream = PushedStream(self._client_gone)
-        self._waiting = 0
-        self._paused = False
-        self._done = False
-
-    def dataReceived(self, data: bytes) -> None:
-        ack: Deferred[object] = Deferred()
-        ack.addCallback(self._taken)
-        self._waiting += 1
-        self.stream.feed(data, ack)
-        if self._waiting > HIGH_WATER and not self._paused and not self._done:
-            self._paused = True
-            self.transport.pauseProducing()
-
-    def _taken(self, _: object) -> None:
-        self._waiting -= 1
-        if self._paused and self._waiting <= HIGH_WATER // 2 and not self._done:
-            self._paused = False
-            self.transport.resumeProducing()
-
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        self._done = True
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.stream.end()
-        else:
-            self.stream.fail(ConnectionError(f"the upstream's answer broke off: {reason.value}"))
-
-    def _client_gone(self) -> None:
-        if not self._done:
-            self._done = True
-            self.transport.stopProducing()

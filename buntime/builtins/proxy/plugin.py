@@ -78,8 +78,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         self.rules = rules
         ctx.logger.info(f"Proxy ready with {len(rules)} rule(s)", rules=len(rules))
 
-    def on_shutdown(self) -> Deferred[None] | None:
-        return self.forwarder.close() if self.forwarder is not None else None
+    def on_shutdown(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.close()
 
     # -- requests -------------------------------------------------------------
 

@@ -55,6 +55,8 @@ class Rule:
     ws: bool = False
     base: str = ""
     source: str = "api"  # or "manifest": those are not changed through the API
+    upstream: tuple[str, str, int] = ("http", "", 80)
+    """The target's scheme, host and port."""
 
     def upstream_path(self, path: str) -> str | None:
         """
@@ -142,7 +144,14 @@ def parse_rule(
         ws=bool(data.get("ws", False)),
         base=base,
         source=source,
+        upstream=_upstream(target),
     )
+
+
+def _upstream(target: str) -> tuple[str, str, int]:
+    parts = urlsplit(target)
+    secure = parts.scheme == "https"
+    return parts.scheme, parts.hostname or "", parts.port or (443 if secure else 80)
 
 
 def _check_groups(rewrite: str, pattern: re.Pattern[str]) -> None:

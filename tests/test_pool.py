@@ -160,6 +160,18 @@ def test_persistent_worker_is_reused_and_cold_start_queues():
     assert (metrics["hits"], metrics["misses"], metrics["hitRate"]) == (1, 2, 33.33)
 
 
+def test_the_caller_is_told_which_worker_serves_its_request():
+    h = Harness()
+    app = h.app()
+    ids: list[str] = []
+    cold = h.pool.handle(app, Request("GET", "/a"), "/hello", ids.append)  # queued
+    h.launcher.settle()
+    warm = h.pool.handle(app, Request("GET", "/b"), "/hello", ids.append)  # sent at once
+    h.launcher.settle()
+    assert result_of(cold).status == result_of(warm).status == 200
+    assert ids == [h.processes[0].spec.worker_id] * 2
+
+
 def test_lru_eviction():
     h = Harness(pool_size=2)
     a, b, c = h.app("a"), h.app("b"), h.app("c")

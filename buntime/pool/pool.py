@@ -34,7 +34,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from buntime.http import Request, Response
-from buntime.logs import log, request_fields
+from buntime.logs import log
 from buntime.logs.types import WORKER_CRASH, WORKER_RETIRE, WORKER_START, WORKER_START_FAILED
 from buntime.pool.deps import DependencyInstaller, InstallError
 from buntime.pool.launch.launcher import ILauncher, LauncherUnavailable
@@ -58,6 +58,9 @@ BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0
 NEAR_FULL = 0.8
 """Share of C{maxConcurrency} in use at which another instance is started."""
 RETRY_AFTER = "1"
+
+Served = Callable[[str], object]
+"""Told the id of the worker a request is sent to (for the request's log line)."""
 
 
 @frozen
@@ -223,12 +226,15 @@ class WorkerPool:
 
     # -- requests --------------------------------------------------------------
 
-    def handle(self, app: PoolApp, request: Request, base: str) -> Deferred:
+    def handle(
+        self, app: PoolApp, request: Request, base: str, served: Served | None = None
+    ) -> Deferred:
         """
         Run C{request} (URL relative to the app, C{base} stripped) on a
         worker of C{app}; fires with a L{Response}, an error one included.
         Cancel it when the client goes away.  The worker gives the app
-        C{base} as its C{x-base} header (a client's own is dropped).
+        C{base} as its C{x-base} header (a client's own is dropped).  C{served}
+        is called with the id of the worker the request is sent to.
 
         A request for a warm worker with a free slot is sent before this
         returns, with no coroutine in between (the hot path).
@@ -244,12 +250,12 @@ class WorkerPool:
             if manifest.ttl > 0 and (state.installed or not manifest.auto_install):
                 worker = self._warm_worker(state)
                 if worker is not None:  # a warm worker with a free slot: no waiting
-                    answer = self._send(state, worker, request, base)
+                    answer = self._send(state, worker, request, base, served)
                     sent = state
                 else:
-                    answer = Deferred.fromCoroutine(self._queued(state, request, base))
+                    answer = Deferred.fromCoroutine(self._queued(state, request, base, served))
             else:
-                answer = Deferred.fromCoroutine(self._prepared(state, request, base))
+                answer = Deferred.fromCoroutine(self._prepared(state, request, base, served))
         except Exception:
             answer = fail()
         return answer.addBoth(self._answered, app, arrived, sent)
@@ -283,13 +289,15 @@ class WorkerPool:
         self._response_times.append((self._reactor.seconds() - arrived) * 1000)
         return result
 
-    async def _prepared(self, state: _AppState, request: Request, base: str) -> Response:
+    async def _prepared(
+        self, state: _AppState, request: Request, base: str, served: Served | None
+    ) -> Response:
         """The paths that wait first: installing dependencies, ephemeral workers."""
         if state.app.manifest.auto_install and not state.installed:
             await self._install(state)
         if state.app.manifest.ttl <= 0:
-            return await self._ephemeral(state, request, base)
-        return await self._persistent(state, request, base)
+            return await self._ephemeral(state, request, base, served)
+        return await self._persistent(state, request, base, served)
 
     def _enter(self, app: PoolApp) -> _AppState:
         """The app's state (made on first use), after the name@version collision check."""
@@ -332,11 +340,13 @@ class WorkerPool:
             raise _Refused(Response.error(500, "INSTALL_FAILED", message)) from None
         state.installed = True
 
-    def _persistent(self, state: _AppState, request: Request, base: str) -> Deferred:
+    def _persistent(
+        self, state: _AppState, request: Request, base: str, served: Served | None
+    ) -> Deferred:
         worker = self._warm_worker(state)
         if worker is not None:
-            return self._run(state, worker, request, base)
-        return Deferred.fromCoroutine(self._queued(state, request, base))
+            return self._run(state, worker, request, base, served)
+        return Deferred.fromCoroutine(self._queued(state, request, base, served))
 
     def _warm_worker(self, state: _AppState) -> Worker | None:
         """
@@ -354,11 +364,15 @@ class WorkerPool:
                 raise _Refused(state.last_failure)  # the worker could not even be launched
         return survey.free
 
-    async def _queued(self, state: _AppState, request: Request, base: str) -> Response:
+    async def _queued(
+        self, state: _AppState, request: Request, base: str, served: Served | None
+    ) -> Response:
         worker = await self._wait(state)
-        return await self._run(state, worker, request, base)
+        return await self._run(state, worker, request, base, served)
 
-    async def _ephemeral(self, state: _AppState, request: Request, base: str) -> Response:
+    async def _ephemeral(
+        self, state: _AppState, request: Request, base: str, served: Served | None
+    ) -> Response:
         self._refuse_if_failing(state)
         self._counts["misses"] += 1
         await self._ephemeral_slot(state)
@@ -376,18 +390,24 @@ class WorkerPool:
             self._discard(state, worker, "request ended early", grace=0)
             raise
         # From here on, the worker's finished request (or its death) stops it.
-        return await self._run(state, worker, request, base)
+        return await self._run(state, worker, request, base, served)
 
-    def _run(self, state: _AppState, worker: Worker, request: Request, base: str) -> Deferred:
+    def _run(
+        self, state: _AppState, worker: Worker, request: Request, base: str, served: Served | None
+    ) -> Deferred:
         """Send C{request} to C{worker}; fires with its response, or the error response."""
-        return self._send(state, worker, request, base).addBoth(self._ran, state)
+        return self._send(state, worker, request, base, served).addBoth(self._ran, state)
 
-    def _send(self, state: _AppState, worker: Worker, request: Request, base: str) -> Deferred:
-        """Send C{request} to C{worker}: L{Worker.request}, and a retirement at C{maxRequests}."""
+    def _send(
+        self, state: _AppState, worker: Worker, request: Request, base: str, served: Served | None
+    ) -> Deferred:
+        """
+        Send C{request} to C{worker}: L{Worker.request}, and a retirement at
+        C{maxRequests}; C{served} learns the worker's id.
+        """
         manifest = state.app.manifest
-        fields = request_fields.get()
-        if fields is not None:
-            fields["worker_id"] = worker.id  # for the request's log line
+        if served is not None:
+            served(worker.id)
         pending = worker.request(request, base, manifest.timeout)
         if not worker.ephemeral and worker.request_count >= manifest.max_requests:
             self._discard(state, worker, "maxRequests reached", grace=manifest.timeout)

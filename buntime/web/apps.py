@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, ClassVar
 
 from attrs import define, field, frozen
@@ -227,7 +228,7 @@ class AppStep:
             return succeed(found)
         version, base, rest = found
         fields["app"] = f"{version.name}@{version.version}"
-        answer = self._answer(version, request, base, rest)
+        answer = self._answer(version, request, base, rest, fields)
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
@@ -265,14 +266,27 @@ class AppStep:
         return cached[1], parts[3]
 
     def serve(
-        self, version: AppVersion, request: Request, base: str, rest: str
+        self,
+        version: AppVersion,
+        request: Request,
+        base: str,
+        rest: str,
+        fields: dict[str, Any] | None = None,
     ) -> Deferred[Response]:
-        """Answer C{request} from the app at C{version} mounted at C{base} (a Deferred)."""
-        answer = self._answer(version, request, base, rest)
+        """
+        Answer C{request} from the app at C{version} mounted at C{base} (a
+        Deferred); the worker's id goes into the log C{fields}.
+        """
+        answer = self._answer(version, request, base, rest, fields)
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def _answer(
-        self, version: AppVersion, request: Request, base: str, rest: str
+        self,
+        version: AppVersion,
+        request: Request,
+        base: str,
+        rest: str,
+        fields: dict[str, Any] | None,
     ) -> Response | Deferred[Response]:
         """L{serve}: an answer known at once (an error, a static file), or the pool's Deferred."""
         try:
@@ -294,7 +308,8 @@ class AppStep:
             )
         # the worker gives the app its x-base (see buntime.pool.child.protocol)
         inner = request.with_path(rest)
-        response = self.pool.handle(self._cached_pool_app(loaded), inner, base)
+        served = None if fields is None else partial(fields.__setitem__, "worker_id")
+        response = self.pool.handle(self._cached_pool_app(loaded), inner, base, served)
         if loaded.manifest.inject_base:  # apps with code: only when the manifest asks
             response.addCallback(_with_base, base)
         return response

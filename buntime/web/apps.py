@@ -10,7 +10,6 @@ C{<base href>}.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, ClassVar
@@ -25,7 +24,7 @@ from buntime.apps.versions import InvalidRange
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.logs import log
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
-from buntime.pool.environment import build_worker_env
+from buntime.pool.environment import PoolApps
 from buntime.pool.pool import PoolApp, WorkerPool
 from buntime.web.static import inject_base_href, serve_static
 
@@ -118,7 +117,11 @@ class AppStep:
     _checked: dict[str, float] = field(factory=dict)
     _pool_apps: dict[str, tuple[ResolvedApp, PoolApp]] = field(factory=dict)
     _infos: dict[str, tuple[ResolvedApp, AppInfo]] = field(factory=dict)
-    _warned: set[str] = field(factory=set)
+    _builder: PoolApps = field(init=False)
+
+    @_builder.default
+    def _make_builder(self) -> PoolApps:
+        return PoolApps(self.environ, self.runtime_env)
 
     def load(self, version: AppVersion) -> ResolvedApp:
         """
@@ -154,52 +157,21 @@ class AppStep:
         self._apps[version.dir] = loaded
         return loaded
 
-    @staticmethod
-    def _deps_dir(loaded: ResolvedApp) -> str | None:
-        """C{<app>/.deps}, where autoInstall puts the app's requirements."""
-        deps = os.path.join(loaded.version.dir, ".deps")
-        return deps if loaded.manifest.auto_install or os.path.isdir(deps) else None
-
     def _cached_pool_app(self, loaded: ResolvedApp) -> PoolApp:
         """The pool's view of C{loaded}, built once per manifest version."""
         cached = self._pool_apps.get(loaded.version.dir)
         if cached is not None and cached[0] is loaded:
             return cached[1]
-        app = self._pool_app(loaded)
-        self._pool_apps[loaded.version.dir] = (loaded, app)
-        return app
-
-    def _pool_app(self, loaded: ResolvedApp) -> PoolApp:
         version = loaded.version
-        label = f"{version.name}@{version.version}"
-        entry = loaded.entrypoint + (f":{loaded.attr}" if loaded.attr else "")
-        env, blocked = build_worker_env(
-            app_dir=version.dir,
-            entrypoint=entry,
-            worker_id=str(uuid.uuid4()),
-            manifest=loaded.manifest,
-            runtime_env=self.environ,
-            runtime=self.runtime_env(),
-            deps_dir=self._deps_dir(loaded),
-        )
-        if blocked and label not in self._warned:
-            self._warned.add(label)
-            log(
-                "warn",
-                "buntime:apps:env-blocked",
-                f"Blocked sensitive variables from the environment of {label}: "
-                + ", ".join(sorted(blocked)),
-                app=label,
-                blocked=sorted(blocked),
-            )
-        return PoolApp(
-            key=version.dir,
+        app = self._builder.build(
+            dir=version.dir,
             name=version.name,
             version=version.version,
-            dir=version.dir,
             manifest=loaded.manifest,
-            env=env,
+            entrypoint=loaded.entrypoint + (f":{loaded.attr}" if loaded.attr else ""),
         )
+        self._pool_apps[loaded.version.dir] = (loaded, app)
+        return app
 
     def body_limit_for(self, path: str) -> int:
         """The request body limit for C{path}: its app's C{maxBodySize}, else the default."""

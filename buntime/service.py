@@ -25,8 +25,9 @@ from buntime.logs.service import LoggingService
 from buntime.plugins.service import PluginService
 from buntime.pool.launch.fork import ForkLauncher
 from buntime.pool.launch.spawn import SpawnLauncher
-from buntime.pool.pool import PoolConfig, WorkerPool
+from buntime.pool.pool import WorkerPool
 from buntime.pool.service import PoolService
+from buntime.pool.state import PoolConfig
 from buntime.web.api.apps import AppsAPI
 from buntime.web.api.core import CoreAPI
 from buntime.web.api.openapi import openapi_document

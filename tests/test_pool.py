@@ -17,7 +17,8 @@ from twisted.internet.testing import MemoryReactorClock
 from buntime.http import Request, Response
 from buntime.manifest import AppManifest
 from buntime.pool.deps import InstallError
-from buntime.pool.pool import PoolApp, PoolConfig, WorkerPool
+from buntime.pool.pool import WorkerPool
+from buntime.pool.state import PoolApp, PoolConfig
 
 METRICS = {
     "activeWorkers",

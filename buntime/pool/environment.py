@@ -22,7 +22,7 @@ import buntime
 from buntime.logs import log
 from buntime.manifest import AppManifest
 from buntime.pool.deps import DEPS_DIR
-from buntime.pool.pool import PoolApp
+from buntime.pool.state import PoolApp
 
 SENSITIVE_PATTERNS = tuple(
     re.compile(pattern, re.IGNORECASE)

@@ -25,7 +25,8 @@ from buntime.http import AppInfo, Headers, Request, Response
 from buntime.logs import log
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
 from buntime.pool.environment import PoolApps
-from buntime.pool.pool import PoolApp, WorkerPool
+from buntime.pool.pool import WorkerPool
+from buntime.pool.state import PoolApp
 from buntime.web.static import inject_base_href, serve_static
 
 _HEAD_SCAN_LIMIT = 64 * 1024

@@ -15,6 +15,8 @@ from typing import Any
 from attrs import define, field, frozen
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import ILogObserver
+from twisted.python.components import Componentized
 
 from buntime import __version__
 from buntime.apps.discovery import AppCatalog
@@ -71,6 +73,17 @@ class RuntimeService(MultiService):
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Under twistd C{parent} is the application: twistd's own log observer
+        becomes the logging service's L{TwistdLog}, so that Twisted's events
+        are written once, by the logging service (a C{--logger} still wins).
+        """
+        MultiService.setServiceParent(self, parent)
+        if isinstance(parent, Componentized):
+            logging = self.getServiceNamed("logging")
+            parent.setComponent(ILogObserver, logging.twistd_log)
 
     def startService(self) -> None:
         MultiService.startService(self)

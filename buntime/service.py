@@ -15,6 +15,8 @@ from typing import Any
 from attrs import define, field, frozen
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import ILogObserver
+from twisted.python.components import Componentized
 
 from buntime import __version__
 from buntime.apps.discovery import AppCatalog
@@ -25,8 +27,9 @@ from buntime.logs.service import LoggingService
 from buntime.plugins.service import PluginService
 from buntime.pool.launch.fork import ForkLauncher
 from buntime.pool.launch.spawn import SpawnLauncher
-from buntime.pool.pool import PoolConfig, WorkerPool
+from buntime.pool.pool import WorkerPool
 from buntime.pool.service import PoolService
+from buntime.pool.state import PoolConfig
 from buntime.web.api.apps import AppsAPI
 from buntime.web.api.core import CoreAPI
 from buntime.web.api.openapi import openapi_document
@@ -70,6 +73,17 @@ class RuntimeService(MultiService):
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Under twistd C{parent} is the application: twistd's own log observer
+        becomes the logging service's L{TwistdLog}, so that Twisted's events
+        are written once, by the logging service (a C{--logger} still wins).
+        """
+        MultiService.setServiceParent(self, parent)
+        if isinstance(parent, Componentized):
+            logging = self.getServiceNamed("logging")
+            parent.setComponent(ILogObserver, logging.twistd_log)
 
     def startService(self) -> None:
         MultiService.startService(self)

@@ -12,15 +12,13 @@ from twisted.python import usage
 
 from buntime.config import ConfigError, load_config, read_dotenv
 
-TWISTD_OBSERVER = "buntime.logs.service.twistd_observer"
-
 
 class Options(usage.Options):
     """C{twistd buntime} options; each one also has an environment variable."""
 
     synopsis = "[options]"
     console_path: str | None = None
-    """Where log lines go when twistd daemonizes (its log file)."""
+    """Where log lines go when twistd writes a log file (daemonized: always)."""
     longdesc = (
         "Run the buntime multi-app runtime. Every option has an environment "
         "variable (see docs/configuration.md); the command line wins over the "
@@ -53,14 +51,11 @@ class Options(usage.Options):
         parent: Any = getattr(self, "parent", None)
         if parent is None or parent.get("logger") is not None:
             return  # twistd's log is the user's to set
-        if not parent.get("nodaemon"):
-            # Daemonized: twistd's log file holds our lines alone, in our format
-            # (not each one behind a twistd prefix and a second timestamp).
-            self.console_path = os.path.abspath(parent.get("logfile") or "twistd.log")
-            parent["logger"] = TWISTD_OBSERVER
-        elif parent.get("logfile") in (None, "-"):
-            # Twisted's own log events go into eliot, formatted like ours.
-            parent["logger"] = TWISTD_OBSERVER
+        logfile = parent.get("logfile")
+        if not parent.get("nodaemon") or logfile not in (None, "-"):
+            # twistd's log file holds our lines alone, in our format (Twisted's
+            # events included: see buntime.logs.service.TwistdLog).
+            self.console_path = os.path.abspath(logfile or "twistd.log")
 
 
 def makeService(options: Options) -> Any:

@@ -26,7 +26,9 @@ LOW = {
     "buntime",
     "buntime._libc",
     "buntime.manifest",
+    "buntime.manifest_fields",
     "buntime.archive",
+    "buntime.unpacked",
     *VALUE_TYPES,
     *MECHANISMS,
 }

@@ -22,8 +22,9 @@ from twisted.internet.defer import ensureDeferred
 
 from buntime.plugins.context import PLUGIN_LOG
 from buntime.plugins.discovery import PluginSource
-from buntime.plugins.loader import NoCode, order, plan, verify
+from buntime.plugins.loader import order, plan
 from buntime.plugins.manifest import PluginError, parse_plugin_manifest
+from buntime.plugins.provider import NoCode, verify
 
 
 def manifests(*documents):

@@ -21,7 +21,7 @@ from twisted.web.server import Site
 
 from buntime import __version__
 from buntime.http import AppInfo, Headers, Request, Response, Takeover
-from buntime.logs import log, request_fields
+from buntime.logs import log
 from buntime.logs.requests import finish_request, request_action, request_record
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
@@ -84,16 +84,13 @@ class _Tracked:
 
     def run(self, function: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
         """
-        C{function(*args)} in the request's log context (its eliot action, and
-        C{fields} for the log line): the work to cancel if the client leaves.
+        C{function(*args)} in the request's eliot action: the work to cancel
+        if the client leaves.
         """
-        token = request_fields.set(self.fields)
         try:
             done = self.action.run(function, *args)
         except Exception:
             done = fail()
-        finally:
-            request_fields.reset(token)
         self.running = done
         return done
 

@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+import pytest_twisted
 from twisted.internet.task import Clock
 
 from buntime.builtins.proxy.forward import outgoing_headers
@@ -148,3 +149,96 @@ def test_the_hook_answers_only_matching_requests_and_never_its_own_api(tmp_path)
     empty = ProxyPlugin({})
     empty.on_init(Context(tmp_path / "other", {}))
     assert empty.on_request(Request("GET", "/anything"), None) is None
+
+
+# -- the upstream client ----------------------------------------------------------
+
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+from buntime.builtins.proxy.client import Answer, UpstreamLost, UpstreamPool, _Connection  # noqa: E402
+
+KEY = ("http", "127.0.0.1", 9)
+
+
+def connection(done=None) -> _Connection:
+    made = _Connection(KEY, done or (lambda connection, reusable: None))
+    made.makeConnection(StringTransport())
+    return made
+
+
+def answer_of(deferred) -> Answer:
+    results: list = []
+    deferred.addBoth(results.append)
+    [result] = results
+    if isinstance(result, Exception) or hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+def test_a_whole_answer_in_one_read_comes_as_bytes_and_the_connection_is_kept():
+    kept: list = []
+    upstream = connection(lambda c, reusable: kept.append(reusable))
+    sent = upstream.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", "GET")
+    assert upstream.transport.value().startswith(b"GET / HTTP/1.1")
+    upstream.dataReceived(b"HTTP/1.1 201 Made\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nok")
+    answer = answer_of(sent)
+    assert (answer.status, answer.reason, answer.body) == (201, "Made", b"ok")
+    assert ("x-a", "1") in answer.headers
+    assert kept == [True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_over_several_reads_is_a_stream_and_the_next_one_follows():
+    upstream = connection()
+    first = upstream.send(b"GET /1 HTTP/1.1\r\n\r\n", "GET")
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    answer = answer_of(first)
+    upstream.dataReceived(b"2\r\nde\r\n0\r\n\r\n")
+    assert [chunk async for chunk in answer.body] == [b"abc", b"de"]
+    second = upstream.send(b"GET /2 HTTP/1.1\r\n\r\n", "GET")
+    upstream.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+    empty = answer_of(second)
+    assert (empty.status, empty.body) == (204, b"")
+
+
+def test_a_head_answer_has_no_body_and_the_connection_is_not_used_again():
+    closed: list = []
+    upstream = connection(lambda c, reusable: closed.append(reusable))
+    sent = upstream.send(b"HEAD / HTTP/1.1\r\n\r\n", "HEAD")
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n")
+    assert answer_of(sent).body == b""
+    assert upstream.transport.disconnecting
+
+
+class FakePool(UpstreamPool):
+    """An UpstreamPool whose new connections are in-memory ones, answered by C{reply}."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__(Clock())
+        self.reply = reply
+        self.made: list[_Connection] = []
+
+    async def _connect(self, key):
+        made = connection(self._done)
+        self._all.add(made)
+        self.made.append(made)
+        made.transport.write = lambda data, made=made: made.dataReceived(self.reply)
+        return made
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_connection_the_upstream_closed_is_retried_for_idempotent_methods_only():
+    from twisted.python.failure import Failure
+
+    pool = FakePool(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nk")
+    assert (await pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")).body == b"k"
+    [kept] = pool.made
+    # the upstream closes the kept connection just as it is used again
+    kept.transport.write = lambda data: kept.connectionLost(Failure(ConnectionError("closed")))
+    assert (await pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")).body == b"k"
+    assert len(pool.made) == 2
+    second = pool.made[1]
+    second.transport.write = lambda data: second.connectionLost(Failure(ConnectionError("gone")))
+    with pytest.raises(UpstreamLost):
+        await pool.request(KEY, "POST", b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+    assert len(pool.made) == 2  # a POST is not sent twice

@@ -3,9 +3,11 @@ The proxy's HTTP/1.1 client: kept-alive connections to each upstream, one
 request at a time on each, answers read by llhttp (C{httptools}, the parser
 the runtime reads requests with) and their bodies handed on as they arrive.
 
-A request goes out as one write (head and body); its answer's head fires
-the request's Deferred with an L{Answer} whose C{body} is bytes (no body) or
-a L{PushedStream} that pauses the connection while the reader is behind.
+A request goes out as one write (head and body); its answer fires the
+request's Deferred with an L{Answer} whose C{body} is bytes when the whole
+answer came in the read that brought its head (most small answers), else a
+L{PushedStream} of the body that pauses the connection while the reader is
+behind.
 A connection is used again once its answer has been read to the end and
 the upstream keeps it open; a request on a kept connection that the
 upstream had closed meanwhile is sent once more on a new one when its
@@ -140,6 +142,8 @@ class _Connection(Protocol):
         self._headers: list[tuple[str, str]] = []
         self._unread = 0
         self._paused = False
+        self._answer: Answer | None = None  # read, not yet given (see dataReceived)
+        self._early: list[bytes] = []
 
     def connectionMade(self) -> None:
         self.open = True
@@ -174,17 +178,16 @@ class _Connection(Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             return  # an interim answer: the final one follows
-        bodiless = self._head_only or status in (204, 304)
-        if not bodiless:
-            self._stream = PushedStream(self._reader_gone)
-        answer = Answer(status, self._reason, self._headers, self._stream or b"")
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(answer)
+        self._answer = Answer(status, self._reason, self._headers, b"")
+        self._early = []
         if self._head_only:  # llhttp would wait for the body a HEAD answer does not have
+            self._give()
             self._finish(reusable=False)
 
     def on_body(self, data: bytes) -> None:
+        if self._answer is not None:  # what came with the head: given with it
+            self._early.append(data)
+            return
         stream = self._stream
         if stream is None:
             return
@@ -199,10 +202,32 @@ class _Connection(Protocol):
     def on_message_complete(self) -> None:
         if 100 <= self._parser.get_status_code() < 200:
             return
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            stream.end()
+        answer = self._answer
+        if answer is not None:  # the whole answer in one read: its body as bytes
+            answer.body = b"".join(self._early)
+            self._give()
+        else:
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                stream.end()
         self._finish(reusable=self._parser.should_keep_alive() and not self._paused)
+
+    def _give(self) -> None:
+        """Fire the request's Deferred with the answer read."""
+        answer, self._answer, self._early = self._answer, None, []
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and answer is not None:
+            waiting.callback(answer)
+
+    def _give_streamed(self) -> None:
+        """The answer's head is read and its body goes on: a stream, with what came so far."""
+        answer = self._answer
+        assert answer is not None
+        early = self._early
+        self._stream = answer.body = PushedStream(self._reader_gone)
+        self._give()
+        for chunk in early:
+            self.on_body(chunk)
 
     # -- the connection -------------------------------------------------------
 
@@ -213,6 +238,9 @@ class _Connection(Protocol):
         except Exception as error:  # an answer that is no HTTP/1.1
             self._broke(UpstreamLost(f"the upstream's answer is malformed: {error}"))
             self.transport.abortConnection()
+            return
+        if self._answer is not None:  # its body goes on past this read
+            self._give_streamed()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.open = False
@@ -223,6 +251,7 @@ class _Connection(Protocol):
         self._done(self, False)
 
     def _broke(self, error: Exception) -> None:
+        self._answer = None
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.errback(error)

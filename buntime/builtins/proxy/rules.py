@@ -57,6 +57,8 @@ class Rule:
     source: str = "api"  # or "manifest": those are not changed through the API
     upstream: tuple[str, str, int] = ("http", "", 80)
     """The target's scheme, host and port."""
+    template: str | None = None
+    """C{rewrite} as C{re}'s expansion template."""
 
     def upstream_path(self, path: str) -> str | None:
         """
@@ -72,7 +74,7 @@ class Rule:
             return None
         if self.rewrite is None:
             return path
-        rewritten = found.expand(_as_template(self.rewrite))
+        rewritten = found.expand(self.template or _as_template(self.rewrite))
         return rewritten if rewritten.startswith("/") else "/" + rewritten
 
     def describe(self) -> dict[str, Any]:
@@ -145,6 +147,7 @@ def parse_rule(
         base=base,
         source=source,
         upstream=_upstream(target),
+        template=None if rewrite is None else _as_template(rewrite),
     )
 
 

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
 from buntime.builtins.proxy.forward import outgoing_headers
@@ -218,12 +219,12 @@ class FakePool(UpstreamPool):
         self.reply = reply
         self.made: list[_Connection] = []
 
-    async def _connect(self, key):
+    def _connect(self, key):
         made = connection(self._done)
         self._all.add(made)
         self.made.append(made)
         made.transport.write = lambda data, made=made: made.dataReceived(self.reply)
-        return made
+        return succeed(made)
 
 
 @pytest_twisted.ensureDeferred

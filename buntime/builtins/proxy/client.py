@@ -72,34 +72,44 @@ class UpstreamPool:
         self._idle: dict[Key, list[_Connection]] = {}
         self._all: set[_Connection] = set()
 
-    async def request(self, key: Key, method: str, data: bytes) -> Answer:
+    def request(self, key: Key, method: str, data: bytes) -> Deferred[Answer]:
         """
         Send C{data} (a whole request: head and body) to the upstream
-        C{key}; the answer once its head is read.  Fails with
-        L{UpstreamLost}, or what connecting raised.
+        C{key}; fires with the answer once it is read (its body may go on),
+        or fails with L{UpstreamLost} or what connecting raised.
+        Cancelling it drops the connection.
         """
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
             if connection.open:
-                try:
-                    return await connection.send(data, method)
-                except UpstreamLost as lost:
-                    if not lost.retryable or method not in IDEMPOTENT:
-                        raise
-                    # the upstream closed the kept connection as it was used: once more
-                    break
-        connection = await self._connect(key)
-        return await connection.send(data, method)
+                sent = connection.send(data, method)
+                if method in IDEMPOTENT:
+                    sent.addErrback(self._again, key, method, data)
+                return sent
+        return self._fresh(key, method, data)
 
-    async def _connect(self, key: Key) -> _Connection:
+    def _again(self, failure: Failure, key: Key, method: str, data: bytes) -> object:
+        """A kept connection the upstream closed as it was used: once more, on a new one."""
+        if failure.check(UpstreamLost) and failure.value.retryable:
+            return self._fresh(key, method, data)
+        return failure
+
+    def _fresh(self, key: Key, method: str, data: bytes) -> Deferred[Answer]:
+        connecting = self._connect(key)
+        return connecting.addCallback(lambda connection: connection.send(data, method))
+
+    def _connect(self, key: Key) -> Deferred[_Connection]:
         scheme, host, port = key
         endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
         if scheme == "https":
             endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
-        connection: _Connection = await endpoint.connect(
+        connecting: Deferred[_Connection] = endpoint.connect(
             Factory.forProtocol(lambda: _Connection(key, self._done))
         )
+        return connecting.addCallback(self._made)
+
+    def _made(self, connection: _Connection) -> _Connection:
         self._all.add(connection)
         return connection
 

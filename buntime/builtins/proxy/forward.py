@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 
-from buntime.builtins.proxy.client import UpstreamPool
+from buntime.builtins.proxy.client import Answer, UpstreamPool
 from buntime.builtins.proxy.rules import Rule
 from buntime.http import Request, Response, read_body
 
@@ -46,21 +46,35 @@ def _hop_by_hop(pairs: Iterable[tuple[str, str]]) -> frozenset[str]:
     return HOP_BY_HOP | named if named else HOP_BY_HOP
 
 
+_NOT_PASSED = HOP_BY_HOP | {"host", "content-length"}
+
+
 def outgoing_headers(request: Request, rule: Rule) -> list[tuple[str, str]]:
     """The headers the upstream gets: the client's less hop-by-hop, C{X-Forwarded-*}, the rule's."""
-    pairs = list(request.headers.items())
-    dropped = _hop_by_hop(pairs) | {"host", "content-length"}
-    kept = [(name, value) for name, value in pairs if name.lower() not in dropped]
-    host = request.headers.get("host") or ""
-    forwarded_for = request.headers.get("x-forwarded-for")
+    kept: list[tuple[str, str, str]] = []
+    forwarded: dict[str, str] = {}
+    named: set[str] = set()
+    host = ""
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in _NOT_PASSED:
+            if lower == "host":
+                host = host or value
+            elif lower == "connection":
+                named.update(token.strip().lower() for token in value.split(","))
+        elif lower.startswith("x-forwarded-"):
+            forwarded.setdefault(lower, value)
+        else:
+            kept.append((name, value, lower))
+    headers = [(name, value) for name, value, lower in kept if lower not in named]
+    given_for = forwarded.get("x-forwarded-for")
     client = request.remote_addr or ""
-    kept = [(n, v) for n, v in kept if not n.lower().startswith("x-forwarded-")]
-    kept.append(("x-forwarded-for", f"{forwarded_for}, {client}" if forwarded_for else client))
-    kept.append(("x-forwarded-proto", request.headers.get("x-forwarded-proto") or "http"))
-    kept.append(("x-forwarded-host", request.headers.get("x-forwarded-host") or host))
-    kept.append(("host", urlsplit(rule.target).netloc if rule.change_origin else host))
-    kept.extend(rule.headers)
-    return kept
+    headers.append(("x-forwarded-for", f"{given_for}, {client}" if given_for else client))
+    headers.append(("x-forwarded-proto", forwarded.get("x-forwarded-proto") or "http"))
+    headers.append(("x-forwarded-host", forwarded.get("x-forwarded-host") or host))
+    headers.append(("host", rule.authority if rule.change_origin else host))
+    headers.extend(rule.headers)
+    return headers
 
 
 class Forwarder:
@@ -71,35 +85,34 @@ class Forwarder:
         self.timeout = timeout
         self.pool = UpstreamPool(reactor, connections_per_upstream)
 
-    async def forward(self, request: Request, rule: Rule, path: str) -> Response:
+    def forward(self, request: Request, rule: Rule, path: str) -> Deferred[Response]:
         """The upstream's answer to C{request} (asked for C{path}), or the 502/504 error."""
-        body = request.body if isinstance(request.body, bytes) else await read_body(request.body)
-        asking = Deferred.fromCoroutine(
-            self.pool.request(
-                rule.upstream, request.method, _request_bytes(request, rule, path, body)
-            )
-        )
-        timed_out: list[bool] = []
+        body = request.body
+        if not isinstance(body, bytes):  # a stream: read it whole first
+            return Deferred.fromCoroutine(self._forward_stream(request, rule, path))
+        data = _request_bytes(request, rule, path, body)
+        asking = self.pool.request(rule.upstream, request.method, data)
+        late = self.reactor.callLater(self.timeout, _give_up, asking)
+        return asking.addBoth(self._answered, rule, late)
 
-        def give_up() -> None:
-            timed_out.append(True)
-            asking.cancel()
+    async def _forward_stream(self, request: Request, rule: Rule, path: str) -> Response:
+        body = await read_body(request.body)
+        answer: Response = await self.forward(request.with_body(body), rule, path)
+        return answer
 
-        timer = self.reactor.callLater(self.timeout, give_up)
-        try:
-            answer = await asking
-        except Exception as error:
-            if timed_out:
-                return _error(504, "GATEWAY_TIMEOUT", f"{rule.target} did not answer in time")
-            if isinstance(error, CancelledError):
-                raise  # the client went away
-            return _error(502, "BAD_GATEWAY", f"{rule.target} cannot be reached: {_why(error)}")
-        finally:
-            if timer.active():
-                timer.cancel()
-        dropped = _hop_by_hop(answer.headers)
-        headers = [(name, value) for name, value in answer.headers if name.lower() not in dropped]
-        return Response(answer.status, headers, answer.body, answer.reason)
+    def _answered(self, result: Answer | Failure, rule: Rule, late: Any) -> Response | Failure:
+        if late.active():
+            late.cancel()
+        elif isinstance(result, Failure):  # the timer cancelled the request
+            return _error(504, "GATEWAY_TIMEOUT", f"{rule.target} did not answer in time")
+        if isinstance(result, Failure):
+            if result.check(CancelledError):
+                return result  # the client went away
+            message = f"{rule.target} cannot be reached: {_why(result.value)}"
+            return _error(502, "BAD_GATEWAY", message)
+        dropped = _hop_by_hop(result.headers)
+        headers = [(name, value) for name, value in result.headers if name.lower() not in dropped]
+        return Response(result.status, headers, result.body, result.reason)
 
     def close(self) -> None:
         """Close the upstream connections."""
@@ -118,6 +131,11 @@ def _request_bytes(request: Request, rule: Rule, path: str, body: bytes) -> byte
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 """Methods whose requests say their length even when it is 0 (RFC 9110 §8.6)."""
+
+
+def _give_up(asking: Deferred[Answer]) -> None:
+    """The upstream took too long to answer: drop the request (L{Forwarder._answered} says 504)."""
+    asking.cancel()
 
 
 def _why(error: BaseException) -> str:

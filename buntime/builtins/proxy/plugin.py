@@ -101,7 +101,7 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
                     return Deferred.fromCoroutine(_refused_upgrade())
                 return Deferred.fromCoroutine(tunnel(self.reactor, request, rule, upstream_path))
             assert self.forwarder is not None
-            return Deferred.fromCoroutine(self.forwarder.forward(request, rule, upstream_path))
+            return self.forwarder.forward(request, rule, upstream_path)
         return None
 
     # -- the API ----------------------------------------------------------------

@@ -57,8 +57,10 @@ class Rule:
     source: str = "api"  # or "manifest": those are not changed through the API
     upstream: tuple[str, str, int] = ("http", "", 80)
     """The target's scheme, host and port."""
-    template: str | None = None
-    """C{rewrite} as C{re}'s expansion template."""
+    authority: str = ""
+    """The target's C{host[:port]}, as a C{Host} header names it."""
+    template: tuple[tuple[bool, str | int], ...] = ()
+    """C{rewrite} in parts: C{(False, text)} and C{(True, group)} (a number or a name)."""
 
     def upstream_path(self, path: str) -> str | None:
         """
@@ -74,7 +76,9 @@ class Rule:
             return None
         if self.rewrite is None:
             return path
-        rewritten = found.expand(self.template or _as_template(self.rewrite))
+        rewritten = "".join(
+            (found.group(part) or "") if group else str(part) for group, part in self.template
+        )
         return rewritten if rewritten.startswith("/") else "/" + rewritten
 
     def describe(self) -> dict[str, Any]:
@@ -93,12 +97,23 @@ class Rule:
         }
 
 
-def _as_template(rewrite: str) -> str:
-    """C{$1}, C{${1}}, C{$<name>} as C{re}'s C{\\g<1>}, C{\\g<name>}; backslashes literal."""
-    escaped = rewrite.replace("\\", "\\\\")
-    escaped = re.sub(r"\$\{(\w+)\}", r"\\g<\1>", escaped)
-    escaped = re.sub(r"\$<(\w+)>", r"\\g<\1>", escaped)
-    return re.sub(r"\$(\d+)", r"\\g<\1>", escaped)
+_GROUP = re.compile(r"\$(?:(\d+)|\{(\w+)\}|<(\w+)>)")
+"""C{$1}, C{${1}} or C{${name}}, C{$<name>}: a group of the pattern in a C{rewrite}."""
+
+
+def _template(rewrite: str) -> tuple[tuple[bool, str | int], ...]:
+    """C{rewrite} as text and groups (a number, or a name), in order (see L{Rule.template})."""
+    parts: list[tuple[bool, str | int]] = []
+    at = 0
+    for found in _GROUP.finditer(rewrite):
+        if found.start() > at:
+            parts.append((False, rewrite[at : found.start()]))
+        group = found.group(1) or found.group(2) or found.group(3)
+        parts.append((True, int(group) if group.isdigit() else group))
+        at = found.end()
+    if at < len(rewrite):
+        parts.append((False, rewrite[at:]))
+    return tuple(parts)
 
 
 def parse_rule(
@@ -147,7 +162,8 @@ def parse_rule(
         base=base,
         source=source,
         upstream=_upstream(target),
-        template=None if rewrite is None else _as_template(rewrite),
+        authority=urlsplit(target).netloc,
+        template=() if rewrite is None else _template(rewrite),
     )
 
 
@@ -159,10 +175,12 @@ def _upstream(target: str) -> tuple[str, str, int]:
 
 def _check_groups(rewrite: str, pattern: re.Pattern[str]) -> None:
     """Every C{$n} and C{$<name>} of C{rewrite} is a group of C{pattern}."""
-    for group in re.findall(r"\\g<(\w+)>", _as_template(rewrite)):
-        known = int(group) <= pattern.groups if group.isdigit() else group in pattern.groupindex
+    for group, part in _template(rewrite):
+        if not group:
+            continue
+        known = part <= pattern.groups if type(part) is int else part in pattern.groupindex
         if not known:
-            raise RuleError(f"rewrite refers to ${group}, a group the pattern does not have")
+            raise RuleError(f"rewrite refers to ${part}, a group the pattern does not have")
 
 
 def _compiled(pattern: object) -> re.Pattern[str]:

@@ -99,7 +99,10 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
             if _upgrade(request):
                 if not rule.ws:
                     return Deferred.fromCoroutine(_refused_upgrade())
-                return Deferred.fromCoroutine(tunnel(self.reactor, request, rule, upstream_path))
+                timeout = self.forwarder.timeout if self.forwarder is not None else 30.0
+                return Deferred.fromCoroutine(
+                    tunnel(self.reactor, request, rule, upstream_path, timeout)
+                )
             assert self.forwarder is not None
             return self.forwarder.forward(request, rule, upstream_path)
         return None

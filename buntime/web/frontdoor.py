@@ -110,7 +110,12 @@ def csrf_refusal(request: Request) -> Response | None:
     except ValueError:
         allowed = False
     if not allowed:
-        return Response.error(403, "FORBIDDEN", "Forbidden")
+        expected = f"http://{host} or https://{host}" if host else "one naming the Host header"
+        return Response.error(
+            403,
+            "FORBIDDEN",
+            f"Forbidden - Origin {origin} is not this runtime's: expected {expected}",
+        )
     return None
 
 

@@ -132,7 +132,10 @@ async def test_missing_worker_dirs_exits_2_with_one_line(runtimes):
     proc = runtimes.spawn(worker_dirs=None)
     status = await proc.wait_exit()
     assert status == 2
-    assert proc.stderr == ["buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"]
+    assert proc.stderr == [
+        "buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"
+        " (or pass -w/--worker-dirs)"
+    ]
     assert proc.lines == [] and proc.unparsed == []
 
 

@@ -209,7 +209,8 @@ class ReloadService(Service):
     """
     Watches the worker and plugin directories: C{retire(app_dir)} for each
     app a change touched (a no-op for directories that are no app), and
-    C{reload_plugins()} once for any change among the plugins.
+    C{reload_plugins()} once for any change among the plugins; C{invalidate()}
+    once for any change among the apps.
     """
 
     clock: IReactorTime
@@ -217,6 +218,8 @@ class ReloadService(Service):
     plugin_dirs: Sequence[str]
     retire: Callable[[str], Any]
     reload_plugins: Callable[[], Any]
+    invalidate: Callable[[], None] = lambda: None
+    """Forget cached app lookups (new or removed apps and versions are seen at once)."""
     make_watcher: Callable[..., Any] = watcher
     _watcher: Any = None
     _debouncer: Debouncer | None = None
@@ -250,12 +253,11 @@ class ReloadService(Service):
                 if path.startswith(root + os.sep):
                     apps.update(_owners(path, root))
             plugins = plugins or any(path.startswith(root + os.sep) for root in self.plugin_dirs)
+        if apps:
+            log("info", "buntime:reload:apps", "App files changed", paths=sorted(paths))
+            self.invalidate()
         for app_dir in sorted(apps):
             maybeDeferred(self.retire, app_dir).addErrback(self._failed, app_dir)
-        if apps:
-            log(
-                "info", "buntime:reload:apps", "Files changed; workers retired", paths=sorted(paths)
-            )
         if plugins:
             log("info", "buntime:reload:plugins", "Plugin files changed; reloading plugins")
             maybeDeferred(self.reload_plugins).addErrback(self._failed, "plugins")

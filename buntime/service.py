@@ -349,6 +349,7 @@ def make_runtime(
             plugin_dirs=config.plugin_dirs,
             retire=pool.pool.retire_app,
             reload_plugins=lambda: Deferred.fromCoroutine(plugins.reload()),
+            invalidate=apps.catalog.invalidate,
         )
         reload.setName("reload")
         reload.setServiceParent(runtime)

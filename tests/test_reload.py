@@ -99,12 +99,14 @@ def test_changes_retire_their_app_and_reload_plugins_once(clock, tmp_path, eliot
     os.makedirs(plugins)
     retired: list[str] = []
     reloads: list[int] = []
+    invalidated: list[int] = []
     service = ReloadService(
         clock=clock,
         worker_dirs=[apps],
         plugin_dirs=[plugins],
         retire=retired.append,
         reload_plugins=lambda: reloads.append(1),
+        invalidate=lambda: invalidated.append(1),
         make_watcher=FakeWatcher,
     )
     service.startService()
@@ -122,5 +124,6 @@ def test_changes_retire_their_app_and_reload_plugins_once(clock, tmp_path, eliot
         os.path.join(apps, "shop", "1.0.0", "templates"),
     ]
     assert reloads == [1]
+    assert invalidated == [1]
     service.stopService()
     assert not watcher.running

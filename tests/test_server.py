@@ -8,7 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory
 
-from buntime.service import _api_url
+from buntime.service import _api_url, report_empty
 from buntime.web.server import WebService, scheme
 from buntime.web.state import RuntimeState
 
@@ -52,3 +52,32 @@ def test_a_port_in_use_says_how_to_pick_another():
         "; another process holds that port: stop it, or choose another port"
         " with PORT=8001 (or --port 8001, or --listen tcp:8001)"
     )
+
+
+class FakeListeningPort:
+    def getHost(self):
+        return IPv4Address("TCP", "127.0.0.1", 8443)
+
+
+def test_an_ssl_endpoint_is_logged_as_https(eliot_logger):
+    web = WebService(
+        reactor=reactor,
+        description="ssl:8443:privateKey=key.pem",
+        site=Factory(),
+        state=RuntimeState(),
+        fatal=lambda reason: None,
+    )
+    web._listened(FakeListeningPort())
+    [line] = [m for m in eliot_logger.messages if m["message_type"] == "buntime:web:listening"]
+    assert line["message"] == "Listening on https://127.0.0.1:8443"
+
+
+def test_an_app_directory_without_apps_is_reported_at_info(eliot_logger, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full" / "site").mkdir(parents=True)
+    (tmp_path / "full" / "site" / "manifest.yaml").write_text("")
+    report_empty([str(tmp_path / "empty"), str(tmp_path / "full")])
+    lines = [m for m in eliot_logger.messages if m["message_type"] == "buntime:apps:empty-dir"]
+    assert [(m["level"], m["message"]) for m in lines] == [
+        ("info", f"No apps in {tmp_path / 'empty'} yet")
+    ]

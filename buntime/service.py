@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import define, field, frozen
@@ -19,7 +19,7 @@ from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 
 from buntime import __version__
-from buntime.apps.discovery import AppCatalog
+from buntime.apps.discovery import AppCatalog, scan_worker_dir
 from buntime.config import RuntimeConfig
 from buntime.http import AppInfo
 from buntime.logs import log
@@ -30,6 +30,7 @@ from buntime.pool.launch.spawn import SpawnLauncher
 from buntime.pool.pool import WorkerPool
 from buntime.pool.service import PoolService
 from buntime.pool.state import PoolConfig
+from buntime.reload import ReloadService
 from buntime.web.api.apps import AppsAPI
 from buntime.web.api.core import CoreAPI
 from buntime.web.api.openapi import openapi_document
@@ -38,7 +39,7 @@ from buntime.web.apps import AppStep
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.plugins import PluginSteps
-from buntime.web.server import WebService
+from buntime.web.server import WebService, scheme
 from buntime.web.state import RuntimeState
 from buntime.web.websocket import WebSockets
 
@@ -147,7 +148,7 @@ def fatal_exit(reason: str) -> None:
     exit_now(1)
 
 
-def _api_url(port: Any) -> str:
+def _api_url(port: Any, scheme: str = "http") -> str:
     address = port.getHost()
     host = getattr(address, "host", "127.0.0.1")
     if host in ("0.0.0.0", ""):
@@ -156,7 +157,7 @@ def _api_url(port: Any) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{getattr(address, 'port', 0)}"
+    return f"{scheme}://{host}:{getattr(address, 'port', 0)}"
 
 
 @frozen
@@ -175,6 +176,13 @@ def _plugins_loaded(registry: Any, plugins: PluginService) -> None:
     """Startup order: plugins are initialized before the port listens; failing ones stop it."""
     if plugins.failed:
         exit_now(1)  # the plugin service has logged the one-line reason
+
+
+def report_empty(worker_dirs: Sequence[str]) -> None:
+    """Say so (at info) for each app directory that holds no app yet."""
+    for path in worker_dirs:
+        if not scan_worker_dir(path):
+            log("info", "buntime:apps:empty-dir", f"No apps in {path} yet", dir=path)
 
 
 def make_pool(config: RuntimeConfig, reactor: Any) -> PoolService:
@@ -334,11 +342,12 @@ def make_runtime(
     runtime = RuntimeService(reactor=reactor, state=state, web=web)
 
     def listening(port: Any) -> Any:
-        runtime_env["RUNTIME_API_URL"] = _api_url(port)
+        runtime_env["RUNTIME_API_URL"] = _api_url(port, scheme(config.listen))
         return port
 
     web.listening.addCallback(listening)
     runtime.on_serving.append(lambda: pool.launcher_ready)
+    runtime.on_serving.append(lambda: report_empty(config.worker_dirs))
     runtime.on_serving.append(
         lambda: Deferred.fromCoroutine(
             plugins.server_started(ServerInfo(url=runtime_env["RUNTIME_API_URL"], config=config))
@@ -347,6 +356,17 @@ def make_runtime(
     logging.setServiceParent(runtime)
     pool.setServiceParent(runtime)
     plugins.setServiceParent(runtime)
+    if config.reload:
+        reload = ReloadService(
+            clock=reactor,
+            worker_dirs=config.worker_dirs,
+            plugin_dirs=config.plugin_dirs,
+            retire=pool.pool.retire_app,
+            reload_plugins=lambda: Deferred.fromCoroutine(plugins.reload()),
+            invalidate=apps.catalog.invalidate,
+        )
+        reload.setName("reload")
+        reload.setServiceParent(runtime)
     websockets.setServiceParent(runtime)  # websocket: stops right after web (its drain)
     web.setServiceParent(runtime)
     return runtime

@@ -132,8 +132,23 @@ async def test_missing_worker_dirs_exits_2_with_one_line(runtimes):
     proc = runtimes.spawn(worker_dirs=None)
     status = await proc.wait_exit()
     assert status == 2
-    assert proc.stderr == ["buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"]
+    assert proc.stderr == [
+        "buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"
+        " (or pass -w/--worker-dirs)"
+    ]
     assert proc.lines == [] and proc.unparsed == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_dir_that_does_not_exist_exits_2_naming_it(runtimes, tmp_path):
+    missing = tmp_path / "nonexistent"
+    proc = runtimes.spawn(worker_dirs=[str(tmp_path), str(missing)])
+    assert await proc.wait_exit() == 2
+    assert proc.stderr == [
+        f"buntime: RUNTIME_WORKER_DIRS (or --worker-dirs): the app directory {missing}"
+        " does not exist; create it (mkdir -p) or fix the path"
+    ]
+    assert proc.messages("buntime:runtime:ready") == []
 
 
 @pytest_twisted.ensureDeferred

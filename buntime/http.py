@@ -108,6 +108,18 @@ class Headers(Mapping[str, str]):
                 break
         return Headers._of((*kept, _pair(name, value)))
 
+    def set_many(self, pairs: Iterable[tuple[str, str]]) -> Headers:
+        """
+        A copy where each name of C{pairs} has exactly the values C{pairs}
+        give it (in one copy: cheaper than a L{set} per header).
+        """
+        added = _pairs(pairs)
+        if not added:
+            return self
+        names = {key.lower() for key, _ in added}
+        kept = tuple(pair for pair in self._items if pair[0].lower() not in names)
+        return Headers._of(kept + added)
+
     def add(self, name: str, value: str) -> Headers:
         """A copy with one more value for C{name}."""
         return Headers._of((*self._items, _pair(name, value)))
@@ -291,6 +303,10 @@ class Response:
 
     def with_header(self, name: str, value: str) -> Response:
         return type(self)(self.status, self.headers.set(name, value), self.body, self.reason)
+
+    def with_headers(self, pairs: Iterable[tuple[str, str]]) -> Response:
+        """A copy with each header of C{pairs} set (see L{Headers.set_many})."""
+        return type(self)(self.status, self.headers.set_many(pairs), self.body, self.reason)
 
     def with_status(self, status: int) -> Response:
         """A copy with another status (and its standard reason phrase)."""

@@ -124,10 +124,22 @@ async def test_list_plugins(setup: Setup):
     assert status == 200
     assert body == [
         {
+            "name": "@buntime/plugin-gateway",
+            "path": os.path.join(BUILTINS_DIR, "gateway"),
+            "source": "builtin",
+            "enabled": False,
+        },
+        {
             "name": "@buntime/plugin-metrics",
             "path": os.path.join(BUILTINS_DIR, "metrics"),
             "source": "builtin",
             "enabled": True,
+        },
+        {
+            "name": "@buntime/plugin-vhosts",
+            "path": os.path.join(BUILTINS_DIR, "vhosts"),
+            "source": "builtin",
+            "enabled": False,
         },
         {"name": "a", "path": str(setup.plugins / "a"), "source": "dir", "enabled": True},
     ]

@@ -68,13 +68,13 @@ def test_requests_per_window_then_a_fresh_window(clock: Clock):
     assert [limiter.hit("a") for _ in range(4)] == [2, 1, 0, -1]
     assert limiter.hit("b") == 2  # each client has its own count
     assert limiter.limited == 1
-    assert limiter.remaining("a") == 0
+    assert limiter.remaining("a") == (0, 30)
     assert limiter.reset_in() == 30
     clock.advance(29.5)
     assert limiter.reset_in() == 1
     assert limiter.hit("a") == -2
     clock.advance(0.5)  # the next window
-    assert limiter.remaining("a") == 3
+    assert limiter.remaining("a") == (3, 60)
     assert limiter.hit("a") == 2
     assert limiter.reset_in() == 60
 
@@ -86,8 +86,8 @@ def test_memory_is_bounded_with_100000_clients(clock: Clock):
     assert limiter.clients == 10_000
     assert limiter.forgotten == 90_000
     # the most recent clients are still counted; the first ones were forgotten
-    assert limiter.remaining("client-99999") == 4
-    assert limiter.remaining("client-0") == 5
+    assert limiter.remaining("client-99999")[0] == 4
+    assert limiter.remaining("client-0")[0] == 5
     clock.advance(60)
     assert limiter.clients == 0
 
@@ -380,6 +380,11 @@ def test_the_hooks_limit_and_label_every_answer(clock: Clock):
     plain = found.on_response(Response.text("ok"), None, get("/health"))
     assert "x-ratelimit-limit" not in plain.headers
     assert plain.headers["vary"] == "Origin"  # the answer depends on the origin all the same
+    # an answer to a request the hooks did not see (a public route) in a new window
+    clock.advance(60)
+    public = found.on_response(Response.text("ok"), None, get("/public"))
+    assert public.headers["x-ratelimit-remaining"] == "2"
+    assert public.headers["x-ratelimit-reset"] == "7"
     # a response without its request (an older caller) is left as it is
     assert found.on_response(plain, None) is plain
 
@@ -440,6 +445,19 @@ async def test_off_by_default(tmp_path):
     service.startService()
     await service.when_loaded()
     assert service.registry.get(GATEWAY) is None
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_enabled_by_its_variable(tmp_path):
+    service = make_service(builtins_dir=BUILTINS_DIR, environ={"GATEWAY_ENABLED": "true"})
+    service.startService()
+    registry = await service.when_loaded()
+    assert registry.get(GATEWAY) is not None
+    stats = await registry.route(Request("GET", "/gateway/api/stats"))
+    assert json.loads(stats.body) == {
+        "enabled": {"rateLimit": False, "cors": False, "cache": False, "shell": None}
+    }
     await service.stopService()
 
 

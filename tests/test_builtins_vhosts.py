@@ -84,6 +84,16 @@ def test_bad_hosts(hosts, message):
 
 
 @pytest_twisted.ensureDeferred
+async def test_enabled_by_its_variable():
+    service = make_service(builtins_dir=BUILTINS_DIR, environ={"VHOSTS_ENABLED": "yes"})
+    service.startService()
+    registry = await service.when_loaded()
+    assert registry.get(VHOSTS) is not None
+    assert registry.request_hooks(Request("GET", "/", {"host": "a.test"}), None, None).path == "/"
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_off_by_default_and_on_through_a_manifest(tmp_path):
     service = make_service(builtins_dir=BUILTINS_DIR)
     service.startService()

@@ -83,6 +83,8 @@ class Cors:
     settings: CorsSettings
     preflights: int = 0
     refused: int = 0
+    varies: bool = field(init=False)
+    """Whether answers depend on the request's C{Origin} (C{Vary: Origin} on each)."""
     _any: bool = field(init=False)
     _allowed: frozenset[str] = field(init=False)
     _pairs: dict[str, tuple[tuple[str, str], ...]] = field(factory=dict, init=False)
@@ -91,6 +93,7 @@ class Cors:
     def __attrs_post_init__(self) -> None:
         settings = self.settings
         self._any = settings.origins == ("*",)
+        self.varies = not self._any or settings.credentials
         self._allowed = frozenset(settings.origins)
         preflight = [
             ("access-control-allow-methods", ", ".join(settings.methods)),
@@ -99,11 +102,6 @@ class Cors:
         if settings.headers:
             preflight.append(("access-control-allow-headers", ", ".join(settings.headers)))
         self._preflight = tuple(preflight)
-
-    @property
-    def varies(self) -> bool:
-        """Whether answers depend on the request's C{Origin} (C{Vary: Origin} on each)."""
-        return not self._any or self.settings.credentials
 
     def headers(self, origin: str) -> tuple[tuple[str, str], ...] | None:
         """The CORS headers of an answer to C{origin}; C{None}: not an allowed origin."""

@@ -21,7 +21,7 @@ from attrs import define, field, frozen
 from klein import Klein
 from zope.interface import implementer
 
-from buntime.builtins._paths import NO_PATHS, PathSet
+from buntime.builtins._paths import PathSet
 from buntime.builtins.gateway.cache import CacheSettings, ResponseCache
 from buntime.builtins.gateway.cors import Cors, CorsSettings
 from buntime.builtins.gateway.ratelimit import (
@@ -85,7 +85,9 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
     shell: Shell | None = None
     _key: Callable[[Request], str] = client_ip
     _limit: tuple[str, str] = ("x-ratelimit-limit", "0")
-    _rate_exclude: PathSet = NO_PATHS
+    _rate_exclude: PathSet | None = None
+    """The paths rate limiting leaves alone (C{None}: none, so not even a look)."""
+    _cors_exclude: PathSet | None = None
 
     routes = Klein()
 
@@ -96,9 +98,10 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
             self.limiter = RateLimiter(rate.requests, rate.window, clock, rate.max_clients)
             self._key = key_function(rate.key_by)
             self._limit = ("x-ratelimit-limit", str(rate.requests))
-            self._rate_exclude = rate.exclude
+            self._rate_exclude = rate.exclude or None
         if settings.cors is not None:
             self.cors = Cors(settings.cors)
+            self._cors_exclude = settings.cors.exclude or None
         if settings.cache is not None:
             self.cache = ResponseCache(settings.cache, clock)
         if settings.shell is not None:
@@ -115,7 +118,8 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
             if answer is not None:
                 return answer
         limiter = self.limiter
-        if limiter is not None and request.path not in self._rate_exclude:
+        excluded = self._rate_exclude
+        if limiter is not None and (excluded is None or request.path not in excluded):
             if limiter.hit(self._key(request)) < 0:
                 return self._too_many(limiter, request)
         changed = None
@@ -168,12 +172,15 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
         pairs: list[tuple[str, str]] = []
         path = request.path
         limiter = self.limiter
-        if limiter is not None and path not in self._rate_exclude:
+        excluded = self._rate_exclude
+        if limiter is not None and (excluded is None or path not in excluded):
+            left, reset = limiter.remaining(self._key(request))
             pairs.append(self._limit)
-            pairs.append(("x-ratelimit-remaining", str(limiter.remaining(self._key(request)))))
-            pairs.append(("x-ratelimit-reset", str(limiter.reset_in())))
+            pairs.append(("x-ratelimit-remaining", str(left)))
+            pairs.append(("x-ratelimit-reset", str(reset)))
         cors = self.cors
-        if cors is not None and path not in cors.settings.exclude:
+        excluded = self._cors_exclude
+        if cors is not None and (excluded is None or path not in excluded):
             origin = request.headers.get("origin")
             if origin is not None and (allowed := cors.headers(origin)) is not None:
                 pairs.extend(allowed)
@@ -260,12 +267,15 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
         return _json(request, {"invalidated": self.cache.invalidate(pattern), "pattern": pattern})
 
 
+_VARY_ORIGIN = ("vary", "Origin")
+
+
 def _vary_origin(response: Response) -> tuple[str, str]:
     """C{Vary} with C{Origin} added to what the answer varies on already."""
-    existing = response.headers.getall("vary")
-    if not existing:
-        return ("vary", "Origin")
-    joined = ", ".join(existing)
+    headers = response.headers
+    if headers.get("vary") is None:  # the usual: one look, no list
+        return _VARY_ORIGIN
+    joined = ", ".join(headers.getall("vary"))
     if "origin" in joined.lower():
         return ("vary", joined)
     return ("vary", joined + ", Origin")

@@ -137,15 +137,20 @@ class RateLimiter:
             self.limited += 1
         return remaining
 
-    def remaining(self, key: str) -> int:
-        """How many more requests C{key} may make in this window (0 at least)."""
-        if self.clock.seconds() >= self._ends:
-            return self.requests
-        return max(0, self.requests - self._counts.get(key, 0))
+    def remaining(self, key: str) -> tuple[int, int]:
+        """
+        How many more requests C{key} may make in this window (0 at least),
+        and the whole seconds until the window ends (1 at least).
+        """
+        now = self.clock.seconds()
+        if now >= self._ends:
+            self._roll(now)
+        left = self.requests - self._counts.get(key, 0)
+        return (left if left > 0 else 0), math.ceil(self._ends - now) or 1
 
     def reset_in(self) -> int:
         """Whole seconds until the current window ends (1 at least)."""
-        return max(1, math.ceil(self._ends - self.clock.seconds()))
+        return self.remaining("")[1]
 
     def _roll(self, now: float) -> None:
         start = (now // self.window) * self.window

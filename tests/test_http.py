@@ -316,5 +316,6 @@ def test_headers_set_many_in_one_copy():
     changed = headers.set_many([("vary", "c"), ("y", "2"), ("y", "3")])
     assert changed.items() == [("x", "1"), ("vary", "c"), ("y", "2"), ("y", "3")]
     assert headers.set_many([]) is headers
+    assert headers.set_many([(b"X", 1)]).items()[-1] == ("X", "1")  # converted as Headers does
     response = Response.text("x").with_headers([("X-A", "1")])
     assert response.headers["x-a"] == "1" and response.body == b"x"

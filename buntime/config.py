@@ -44,6 +44,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "forwarded_allow_ips": ("RUNTIME_FORWARDED_ALLOW_IPS",),
     "reload": ("RUNTIME_RELOAD",),
     "drain_delay": ("RUNTIME_DRAIN_DELAY",),
+    "api_token": ("RUNTIME_API_TOKEN",),
     "shutdown_timeout": ("RUNTIME_SHUTDOWN_TIMEOUT",),
 }
 
@@ -101,6 +102,8 @@ class RuntimeConfig:
     max_connections: int = 4096
     forwarded_allow_ips: Peers | None = Peers(frozenset({"127.0.0.1", "::1"}))
     """Peers whose C{X-Forwarded-*} and C{Forwarded} headers are passed on; C{None}: any."""
+    api_token: str | None = field(default=None, repr=False)
+    """C{RUNTIME_API_TOKEN}: the bearer token core API changes need (C{None}: loopback only)."""
     drain_delay: float = 0.0
     """Seconds a stopping runtime goes on serving (readiness 503) before it stops listening."""
     shutdown_timeout: float = 30.0
@@ -337,6 +340,14 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+def _api_token(given: _Given) -> str | None:
+    """C{RUNTIME_API_TOKEN}, at least 16 characters when set (a guessable token is no lock)."""
+    token = given.get("api_token") or None
+    if token is not None and len(token.strip()) < 16:
+        raise ConfigError(f"{given.label('api_token')} must be at least 16 characters long")
+    return token.strip() if token is not None else None
+
+
 def _duration(given: _Given, name: str, default: str, positive: bool = False) -> float:
     """
     Setting C{name} as seconds (C{default} when not given).
@@ -428,6 +439,7 @@ def load_config(
         header_timeout=header_timeout,
         drain_delay=drain_delay,
         shutdown_timeout=shutdown_timeout,
+        api_token=_api_token(given),
         max_connections=max_connections,
         forwarded_allow_ips=forwarded_allow_ips,
         reload=reload,

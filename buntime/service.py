@@ -372,6 +372,7 @@ def make_runtime(
         websockets=websockets,
         body_limit=body_limit(config, apps),
         forwarded_allow=config.forwarded_allow_ips,
+        api_token=config.api_token,
     )
     limits = Limits(header_timeout=config.header_timeout, max_connections=config.max_connections)
     web = WebService(

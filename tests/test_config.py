@@ -143,6 +143,13 @@ EACH = [
         Peers(frozenset({"10.0.0.1", "::1"})),
     ),
     ("drain_delay", "RUNTIME_DRAIN_DELAY", "2s", "drain_delay", 2.0),
+    (
+        "api_token",
+        "RUNTIME_API_TOKEN",
+        "s3cret-token-0123456789",
+        "api_token",
+        "s3cret-token-0123456789",
+    ),
     ("drain_delay", "RUNTIME_DRAIN_DELAY", "0", "drain_delay", 0.0),
     ("shutdown_timeout", "RUNTIME_SHUTDOWN_TIMEOUT", "1m", "shutdown_timeout", 60.0),
     ("forwarded_allow_ips", "RUNTIME_FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", None),
@@ -374,6 +381,13 @@ def test_trusted_peers_may_be_networks():
     allowed = peers.forwarded_allow_ips
     assert "10.42.3.9" in allowed and "192.168.1.7" in allowed and "fd00::5" in allowed
     assert "11.0.0.1" not in allowed and "192.168.1.8" not in allowed and "nonsense" not in allowed
+
+
+def test_the_api_token_is_long_enough_and_never_shown():
+    assert config().api_token is None
+    assert "RUNTIME_API_TOKEN" in error_of(env={"RUNTIME_API_TOKEN": "short"})
+    made = config(env={"RUNTIME_API_TOKEN": "a-long-enough-secret-token"})
+    assert "a-long-enough-secret-token" not in repr(made)
 
 
 def test_drain_and_shutdown_defaults_follow_the_environment():

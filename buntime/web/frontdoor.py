@@ -28,7 +28,7 @@ from buntime.pool.websocket import WorkerSocket
 from buntime.web.api.core import CoreAPI
 from buntime.web.http1 import Exchange, HandedOver
 from buntime.web.state import RuntimeState
-from buntime.web.trust import csrf_refusal, request_ids, trusted, without_forwarded
+from buntime.web.trust import api_refusal, request_ids, trusted, without_forwarded
 from buntime.web.websocket import WebSockets
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ class FrontDoor:
         websockets: WebSockets | None = None,
         body_limit: Callable[[str], int] | None = None,
         forwarded_allow: Container[str] | None = None,
+        api_token: str | None = None,
     ) -> None:
         self._clock = clock
         self._state = state
@@ -157,6 +158,7 @@ class FrontDoor:
         self._websockets = websockets
         self._body_limit = body_limit
         self._forwarded_allow = forwarded_allow
+        self._api_token = api_token
         # (route prefix, a site for its Klein resource), longest prefix first; the core API last.
         mounted = [(prefix, obj.app.resource()) for prefix, obj in apis]
         mounted.sort(key=lambda pair: len(pair[0]), reverse=True)
@@ -261,7 +263,7 @@ class FrontDoor:
         path = request.path
         is_api = self._is_api(path)
         if is_api:
-            refusal = csrf_refusal(request)
+            refusal = api_refusal(request, self._api_token, self._forwarded_allow)
             if refusal is not None:
                 return succeed(refusal)
         registry = self._registry()

@@ -72,6 +72,8 @@ class AppManifest:
     inject_base: bool | None = None
     """C{None}: not given (static apps get the base, apps with code do not)."""
     env: Mapping[str, str] = field(factory=dict)
+    env_allow: frozenset[str] = frozenset()
+    """Sensitive-looking C{env} names the operator means to pass (upper case)."""
     public_routes: Mapping[str, tuple[str, ...]] | None = None
     max_concurrency: int = 100
     max_instances: int = 1

@@ -102,6 +102,20 @@ def _env(value: object) -> dict[str, str]:
     return env
 
 
+def _names(value: object) -> frozenset[str]:
+    """A list of environment variable names (compared without case)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of variable names, not {_kind(value)}")
+    names = set()
+    for item in value:
+        if not isinstance(item, str) or not item or "=" in item or "\0" in item:
+            raise ValueError(f"invalid variable name {_show(item)}")
+        names.add(item.upper())
+    return frozenset(names)
+
+
 def _route_list(value: object, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -154,6 +168,7 @@ FIELDS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "autoInstall": ("auto_install", _bool),
     "injectBase": ("inject_base", _bool),
     "env": ("env", _env),
+    "envAllow": ("env_allow", _names),
     "publicRoutes": ("public_routes", _public_routes),
     "maxConcurrency": ("max_concurrency", _positive_int),
     "maxInstances": ("max_instances", _positive_int),

@@ -71,6 +71,18 @@ def build(manifest=None, runtime_env=RUNTIME_ENV, deps_dir=None):
         "OPENAI_API_KEY",
         "ANTHROPIC_BASE",
         "STRIPE_PUBLIC",
+        # a secret's words anywhere in the name (issue 18)
+        "MY_API_KEY",
+        "PAYMENTS_SECRET",
+        "DB_PASS",
+        "SMTP_PASS",
+        "MAILER_PASSWORD_FILE",
+        "SERVICE_CREDENTIALS",
+        "GCP_CREDENTIAL_JSON",
+        "SIGNING_KEY",
+        "TOKEN_COUNT",  # a false alarm: envAllow passes it on
+        "ACCESS_KEY_ID",
+        "LDAP_PASSWD",
     ],
 )
 def test_sensitive_names(name):
@@ -79,10 +91,15 @@ def test_sensitive_names(name):
 
 @pytest.mark.parametrize(
     "name",
-    ["GREETING", "DEBUG", "MY_DB_NAME", "TOKEN_COUNT", "PASSWORD_HINT_URL", "SECRETARY", "KEYS"],
+    ["GREETING", "DEBUG", "MY_DB_NAME", "SECRETARY", "KEYS", "PASSPORT_URL", "MONKEY", "TOKENIZER"],
 )
 def test_harmless_names(name):
     assert not is_sensitive(name)
+
+
+def test_the_manifest_may_allow_names_it_means_to_pass():
+    assert not is_sensitive("TOKEN_COUNT", frozenset({"TOKEN_COUNT"}))
+    assert is_sensitive("MY_API_KEY", frozenset({"TOKEN_COUNT"}))
 
 
 def test_nothing_is_inherited_but_what_python_needs():
@@ -177,3 +194,20 @@ def test_worker_config_handles_yaml_types():
 
     env, _ = build(AppManifest(raw={"released": datetime.date(2024, 1, 2)}))
     assert json.loads(env["WORKER_CONFIG"]) == {"released": "2024-01-02"}
+
+
+def test_envallow_in_a_manifest_passes_a_sensitive_looking_name_on(tmp_path):
+    from buntime.manifest import load_app_manifest
+
+    (tmp_path / "manifest.yaml").write_text(
+        "env:\n  TOKEN_COUNT: '3'\n  STRIPE_SECRET: sk\n  WORKER_ID: x\n"
+        "envAllow: [token_count, WORKER_ID]\n"
+    )
+    manifest, _ = load_app_manifest(
+        str(tmp_path), environ={}, body_size_default=1024, body_size_max=2048, app_label="a@1"
+    )
+    assert manifest.env_allow == frozenset({"TOKEN_COUNT", "WORKER_ID"})
+    env, blocked = build(manifest)
+    assert env["TOKEN_COUNT"] == "3"
+    assert blocked == ["STRIPE_SECRET", "WORKER_ID"]  # a reserved name is never allowed
+    assert "STRIPE_SECRET" not in env["WORKER_CONFIG"]

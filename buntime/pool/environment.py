@@ -28,10 +28,8 @@ SENSITIVE_PATTERNS = tuple(
     re.compile(pattern, re.IGNORECASE)
     for pattern in (
         r"^(DATABASE|DB)_",
-        r"^(API|AUTH|SECRET|PRIVATE)_?KEY",
-        r"_TOKEN$",
-        r"_SECRET$",
-        r"_PASSWORD$",
+        r"(^|_)(API|AUTH|SECRET|PRIVATE|ACCESS)_?KEY",
+        r"(^|_)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS|CREDENTIALS?)($|_)",
         r"^AWS_",
         r"^GITHUB_",
         r"^OPENAI_",
@@ -39,7 +37,11 @@ SENSITIVE_PATTERNS = tuple(
         r"^STRIPE_",
     )
 )
-"""Names a worker never gets from a manifest's C{env} (SPEC §2)."""
+"""
+Names a worker never gets from a manifest's C{env} (SPEC §2) unless its
+C{envAllow} names them: a secret's usual words (C{MY_API_KEY},
+C{STRIPE_SECRET}, C{DB_PASS}, C{GH_TOKEN}, C{SERVICE_CREDENTIALS}).
+"""
 
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 """The only variables copied from the runtime's environment (when set)."""
@@ -67,9 +69,12 @@ RESERVED = frozenset(
 """Names buntime sets itself; a manifest's C{env} cannot override them."""
 
 
-def is_sensitive(name: str) -> bool:
-    """Whether the variable C{name} may carry a secret (matched case-insensitively)."""
-    return any(pattern.search(name) for pattern in SENSITIVE_PATTERNS)
+def is_sensitive(name: str, allowed: frozenset[str] = frozenset()) -> bool:
+    """
+    Whether the variable C{name} may carry a secret (matched without case),
+    and is not one of the C{allowed} names (upper case) the operator means to pass.
+    """
+    return name.upper() not in allowed and any(p.search(name) for p in SENSITIVE_PATTERNS)
 
 
 def _package_root() -> str:
@@ -85,7 +90,10 @@ def worker_config(manifest: AppManifest) -> str:
     config = dict(manifest.raw)
     env = config.get("env")
     if isinstance(env, Mapping):
-        config["env"] = {key: value for key, value in env.items() if not is_sensitive(str(key))}
+        allowed = manifest.env_allow
+        config["env"] = {
+            key: value for key, value in env.items() if not is_sensitive(str(key), allowed)
+        }
     return json.dumps(config, default=str, sort_keys=True)
 
 
@@ -118,7 +126,7 @@ def build_worker_env(
 
     blocked = []
     for name, value in manifest.env.items():
-        if is_sensitive(name) or name.upper() in RESERVED:
+        if is_sensitive(name, manifest.env_allow) or name.upper() in RESERVED:
             blocked.append(name)
         else:
             env[name] = value

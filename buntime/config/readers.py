@@ -1,6 +1,7 @@
 """
-The runtime's configuration: command-line options beat environment variables,
-which beat a C{.env} file in the working directory, which beats defaults.
+How each setting is read: from the command line, the environment or a
+C{.env} file (L{_Given}), parsed and checked, with a line naming the
+variable when it is wrong (L{buntime.config.values.ConfigError}).
 """
 
 from __future__ import annotations
@@ -10,115 +11,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from attrs import field, frozen
+from attrs import frozen
 
+from buntime.config.values import ENV_NAMES, LOG_FORMATS, LOG_LEVELS, ConfigError, Peers
 from buntime.units import parse_duration, parse_size
-
-ENVIRONMENTS = ("development", "staging", "production", "test")
-LOG_LEVELS = ("debug", "info", "warn", "error")
-LOG_FORMATS = ("pretty", "json")
-
-POOL_SIZE_DEFAULTS = {"development": 10, "staging": 50, "production": 500, "test": 5}
-
-# option name -> environment variable(s), first set wins
-ENV_NAMES: dict[str, tuple[str, ...]] = {
-    "port": ("PORT",),
-    "listen": ("RUNTIME_LISTEN",),
-    "env": ("RUNTIME_ENV", "NODE_ENV"),
-    "worker_dirs": ("RUNTIME_WORKER_DIRS",),
-    "plugin_dirs": ("RUNTIME_PLUGIN_DIRS",),
-    "pool_size": ("RUNTIME_POOL_SIZE",),
-    "log_level": ("RUNTIME_LOG_LEVEL",),
-    "log_format": ("RUNTIME_LOG_FORMAT",),
-    "log_file": ("RUNTIME_LOG_FILE",),
-    "body_size_default": ("BODY_SIZE_DEFAULT",),
-    "body_size_max": ("BODY_SIZE_MAX",),
-    "api_prefix": ("RUNTIME_API_PREFIX",),
-    "ephemeral_concurrency": ("RUNTIME_EPHEMERAL_CONCURRENCY",),
-    "delay_ms": ("DELAY_MS",),
-    "data_dir": ("RUNTIME_DATA_DIR",),
-    "homepage": ("RUNTIME_HOMEPAGE",),
-    "worker_mode": ("RUNTIME_WORKER_MODE",),
-    "header_timeout": ("RUNTIME_HEADER_TIMEOUT",),
-    "max_connections": ("RUNTIME_MAX_CONNECTIONS",),
-    "forwarded_allow_ips": ("RUNTIME_FORWARDED_ALLOW_IPS",),
-    "reload": ("RUNTIME_RELOAD",),
-    "drain_delay": ("RUNTIME_DRAIN_DELAY",),
-    "api_token": ("RUNTIME_API_TOKEN",),
-    "shutdown_timeout": ("RUNTIME_SHUTDOWN_TIMEOUT",),
-}
-
-
-@frozen
-class Peers:
-    """
-    Some peers by address: C{remote in peers} for an address as text (the
-    usual, an exact address, costs one set lookup; networks are looked at
-    only when there are some).
-    """
-
-    addresses: frozenset[str] = frozenset()
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-
-    def __contains__(self, remote: object) -> bool:
-        if remote in self.addresses:
-            return True
-        if not self.networks or not isinstance(remote, str):
-            return False
-        try:
-            address = ipaddress.ip_address(remote)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
-
-
-class ConfigError(Exception):
-    """A user error in the configuration; its message is one line for the terminal."""
-
-
-@frozen
-class RuntimeConfig:
-    """Everything the runtime was told, parsed and validated."""
-
-    listen: str
-    port: int | None
-    env: str
-    worker_dirs: tuple[str, ...]
-    plugin_dirs: tuple[str, ...]
-    pool_size: int
-    log_level: str
-    log_format: str
-    log_file: str | None
-    body_size_default: int
-    body_size_max: int
-    api_prefix: str
-    ephemeral_concurrency: int
-    delay: float
-    data_dir: str
-    homepage: str | None
-    worker_mode: str
-    environ: Mapping[str, str] = field(repr=False)  # values may be secrets
-    header_timeout: float = 10.0
-    max_connections: int = 4096
-    forwarded_allow_ips: Peers | None = Peers(frozenset({"127.0.0.1", "::1"}))
-    """Peers whose C{X-Forwarded-*} and C{Forwarded} headers are passed on; C{None}: any."""
-    api_token: str | None = field(default=None, repr=False)
-    """C{RUNTIME_API_TOKEN}: the bearer token core API changes need (C{None}: loopback only)."""
-    drain_delay: float = 0.0
-    """Seconds a stopping runtime goes on serving (readiness 503) before it stops listening."""
-    shutdown_timeout: float = 30.0
-    """Seconds in-flight requests get to finish once the runtime stops listening."""
-    reload: bool = False
-    """Retire an app's workers when its files change, reload plugins when theirs do."""
-
-    @property
-    def production(self) -> bool:
-        return self.env == "production"
-
-    @property
-    def api_base(self) -> str:
-        """Where the core API is mounted: C{{prefix}/api}."""
-        return f"{self.api_prefix}/api"
 
 
 def read_dotenv(path: str) -> dict[str, str]:
@@ -383,83 +279,6 @@ def _log_file(given: _Given) -> str | None:
             f"{given.label('log_file')} cannot be written: {log_file!r} ({error.strerror})"
         ) from None
     return log_file
-
-
-def load_config(
-    options: Mapping[str, Any],
-    environ: Mapping[str, str],
-    dotenv: Mapping[str, str] | None = None,
-) -> RuntimeConfig:
-    """
-    Build a L{RuntimeConfig} from command-line C{options} (C{None} = not
-    given), the process environment and the C{.env} variables.
-
-    @raise ConfigError: naming the variable and the bad value.
-    """
-    merged_env = {**(dotenv or {}), **environ}
-    given = _Given.read(options, merged_env)
-    env = given.choice("env", "development", ENVIRONMENTS)
-    worker_dirs, plugin_dirs = _directories(given)
-    listen, port = _listening(given)
-    pool_size = given.integer("pool_size", POOL_SIZE_DEFAULTS[env], 1)
-    log_level, log_format = _logging(given, env)
-    body_size_default, body_size_max = _body_sizes(given)
-    api_prefix = _api_prefix(given)
-    ephemeral_concurrency = given.integer("ephemeral_concurrency", _per_cpu(8), 1)
-    delay = _delay(given)
-    worker_mode = given.choice("worker_mode", "fork", ("fork", "spawn"))
-    header_timeout = _duration(given, "header_timeout", "10s", positive=True)
-    max_connections = given.integer("max_connections", 4096, 1)
-    forwarded_allow_ips = _addresses(
-        given.label("forwarded_allow_ips"), given.get("forwarded_allow_ips") or "127.0.0.1,::1"
-    )
-    log_file = _log_file(given)
-    reload = _reload(given, env)
-    drain_delay = _duration(given, "drain_delay", "5s" if env == "production" else "0s")
-    shutdown_timeout = _duration(given, "shutdown_timeout", "30s", positive=True)
-    return RuntimeConfig(
-        listen=listen,
-        port=port,
-        env=env,
-        worker_dirs=worker_dirs,
-        plugin_dirs=plugin_dirs,
-        pool_size=pool_size,
-        log_level=log_level,
-        log_format=log_format,
-        log_file=log_file,
-        body_size_default=body_size_default,
-        body_size_max=body_size_max,
-        api_prefix=api_prefix,
-        ephemeral_concurrency=ephemeral_concurrency,
-        delay=delay,
-        data_dir=os.path.abspath(given.get("data_dir") or "./.buntime"),
-        homepage=given.get("homepage") or None,
-        worker_mode=worker_mode,
-        environ=dict(merged_env),
-        header_timeout=header_timeout,
-        drain_delay=drain_delay,
-        shutdown_timeout=shutdown_timeout,
-        api_token=_api_token(given),
-        max_connections=max_connections,
-        forwarded_allow_ips=forwarded_allow_ips,
-        reload=reload,
-    )
-
-
-def check_directories(config: RuntimeConfig) -> None:
-    """
-    Refuse app directories that do not exist (a typo would otherwise serve
-    nothing but 404s, silently).
-
-    @raise ConfigError: naming the first such directory.
-    """
-    for path in config.worker_dirs:
-        if not os.path.isdir(path):
-            what = "is not a directory" if os.path.exists(path) else "does not exist"
-            raise ConfigError(
-                f"RUNTIME_WORKER_DIRS (or --worker-dirs): the app directory {path} {what};"
-                " create it (mkdir -p) or fix the path"
-            )
 
 
 def _addresses(name: str, value: str) -> Peers | None:

@@ -66,6 +66,8 @@ class RuntimeService(MultiService):
     web: WebService
     exit: Callable[[int], None] = exit_now
     on_serving: list[Callable[[], Any]] = field(factory=list)
+    on_stopping: list[Callable[[], object]] = field(factory=list)
+    """Called when stopping begins, before any child stops (web's drain included)."""
     _deadline: Any = None
 
     def __attrs_post_init__(self) -> None:
@@ -87,6 +89,8 @@ class RuntimeService(MultiService):
     def stopService(self) -> Deferred[None]:
         self.state.stopping = True
         log("info", "buntime:runtime:stopping", "Shutting down")
+        for hook in self.on_stopping:
+            hook()
         self._deadline = self.reactor.callLater(SHUTDOWN_CAP, self._too_slow)
         Service.stopService(self)
         return Deferred.fromCoroutine(self._stop_children())
@@ -306,6 +310,7 @@ def make_runtime(
         websockets=websockets,
         body_limit=body_limit(config, apps),
         forwarded_allow=config.forwarded_allow_ips,
+        outcomes=plugins.requests,
     )
     limits = Limits(header_timeout=config.header_timeout, max_connections=config.max_connections)
     web = WebService(
@@ -325,6 +330,7 @@ def make_runtime(
 
     web.listening.addCallback(listening)
     runtime.on_serving.append(lambda: pool.launcher_ready)
+    runtime.on_stopping.append(plugins.runtime_stopping)
     runtime.on_serving.append(
         lambda: Deferred.fromCoroutine(
             plugins.server_started(ServerInfo(url=runtime_env["RUNTIME_API_URL"], config=config))

@@ -20,7 +20,13 @@ import buntime
 PACKAGE = Path(buntime.__file__).parent
 
 VALUE_TYPES = {"buntime.http", "buntime.interfaces", "buntime.units", "buntime._json"}
-MECHANISMS = {"buntime.once", "buntime.stream", "buntime.memchannel", "buntime.forms"}
+MECHANISMS = {
+    "buntime.once",
+    "buntime.stream",
+    "buntime.memchannel",
+    "buntime.forms",
+    "buntime.sse",
+}
 """Small Twisted helpers any layer may use; they import nothing of buntime."""
 LOW = {
     "buntime",
@@ -106,6 +112,8 @@ RULES = [
         {"buntime.pool", "buntime.logs", "buntime._turn", "buntime.apps.resolve"} | LOW,
     ),
     ("plugins", {"buntime.plugins"}, {"buntime.plugins", "buntime.logs"} | LOW),
+    # built-in plugins use the public plugin API only (the context reaches the rest)
+    ("built-ins", {"buntime.builtins"}, {"buntime.builtins"} | VALUE_TYPES | MECHANISMS),
     (
         "web",
         {"buntime.web"},

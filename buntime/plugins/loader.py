@@ -21,7 +21,7 @@ from collections.abc import Set as AbstractSet
 from types import MappingProxyType
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from toposort import CircularDependencyError, toposort
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -38,6 +38,7 @@ from zope.interface.verify import verifyObject
 from buntime.interfaces import IBuntimePlugin
 from buntime.logs import log
 from buntime.logs.types import PLUGIN_LOAD
+from buntime.once import Once
 from buntime.plugins.context import PluginContext, PluginLogger, PoolView, ServiceRegistry
 from buntime.plugins.discovery import PluginSource
 from buntime.plugins.hooks import bounded, call
@@ -48,6 +49,7 @@ from buntime.plugins.manifest import (
     parse_plugin_manifest,
     reserved_bases,
 )
+from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.registry import LoadedPlugin, PluginRegistry
 from buntime.plugins.rendering import mount
 
@@ -322,6 +324,8 @@ class Loader:
     reactor: Any
     data_dir: str
     api_prefix: str = ""
+    requests: RequestOutcomes = field(factory=RequestOutcomes)
+    stopping: Once = field(factory=Once)
     init_timeout: float = INIT_TIMEOUT
     shutdown_timeout: float = SHUTDOWN_TIMEOUT
 
@@ -351,6 +355,8 @@ class Loader:
             services=services,
             data_dir=self.data_dir,
             reactor=self.reactor,
+            requests=self.requests,
+            stopping=self.stopping,
         )
 
     async def _init(self, plugin: LoadedPlugin) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, NamedTuple
@@ -160,6 +160,7 @@ class WorkerPool:
         self._counts = dict.fromkeys(
             ("hits", "misses", "evictions", "requests", "created", "failed", "retired"), 0
         )
+        self._events: Counter[tuple[str, str, str]] = Counter()
         self.on_worker_spawn: list[Callable[[Worker, PoolApp], object]] = []
         self.on_worker_terminate: list[Callable[[Worker, PoolApp], object]] = []
 
@@ -592,6 +593,7 @@ class WorkerPool:
             **worker.tags(),
         )
         starting.finish()
+        self._events[state.app.label, "started", ""] += 1
         self._notify(self.on_worker_spawn, worker, state.app)
         if not worker.ephemeral:
             self._pump(state)
@@ -621,6 +623,7 @@ class WorkerPool:
                 **worker.tags(),
             )
         starting.finish(failure.value)
+        self._events[state.app.label, "start_failed", ""] += 1
         message = self._detail(f"App {state.app.label} failed to start", text)
         self._worker_failed(state, worker, Response.error(502, "WORKER_START_FAILED", message))
 
@@ -633,6 +636,8 @@ class WorkerPool:
             reason=reason,
             **worker.tags(),
         )
+        # "exited with code 1", "closed its channel", "could not be launched: ..."
+        self._events[state.app.label, "crashed", reason.split(" with ")[0].split(":")[0]] += 1
         if isinstance(worker.launch_error, LauncherUnavailable):
             # The fork template is down: not the app's fault, and soon over.
             response = Response.error(
@@ -686,6 +691,8 @@ class WorkerPool:
             return succeed(None)  # already stopped
         state.workers.remove(worker)
         self._counts["failed" if failed else "retired"] += 1
+        if not failed:  # a failure is counted as the crash or start failure it was
+            self._events[state.app.label, "retired", reason] += 1
         retiring = None
         if not worker.ephemeral or failed:
             retiring = WORKER_RETIRE(
@@ -869,3 +876,13 @@ class WorkerPool:
     def worker_stats(self) -> list[dict[str, object]]:
         """Per-worker numbers (SPEC section 3), with app, version, id and key."""
         return [worker.stats() for worker in self._all_workers()]
+
+    def worker_events(self) -> list[dict[str, object]]:
+        """
+        Workers started, failed to start, crashed and retired so far, by app
+        and reason: C{[{"app", "event", "reason", "count"}]}.
+        """
+        return [
+            {"app": app, "event": event, "reason": reason, "count": count}
+            for (app, event, reason), count in sorted(self._events.items())
+        ]

@@ -245,6 +245,16 @@ def test_request_outcomes_bound_their_labels():
     assert (row.app, row.method, row.status_class, row.count) == ("unknown", "OTHER", 4, 3)
 
 
+def test_request_outcomes_past_max_rows_share_one_app(monkeypatch):
+    monkeypatch.setattr("buntime.plugins.outcomes.MAX_ROWS", 2)
+    outcomes = RequestOutcomes()
+    for index in range(5):
+        outcomes.record(f"app{index}@1.0.0", "GET", 200, 1.0)
+    outcomes.record("app0@1.0.0", "GET", 200, 1.0)
+    counts = {row.app: row.count for row in outcomes.rows()}
+    assert counts == {"app0@1.0.0": 2, "app1@1.0.0": 1, "other": 3}
+
+
 # -- the event stream --------------------------------------------------------------
 
 

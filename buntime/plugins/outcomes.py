@@ -29,7 +29,7 @@ OTHER_METHOD = "OTHER"
 UNKNOWN_APP = "unknown"
 OTHER_APP = "other"
 MAX_ROWS = 5000
-"""Distinct (app, method, status class) rows kept before new apps share L{OTHER_APP}."""
+"""Distinct (app, method, status) rows kept before new apps share L{OTHER_APP}."""
 
 
 @frozen
@@ -47,42 +47,55 @@ class Outcome:
 
 @frozen
 class RequestOutcomes:
-    """Per (app, method, status class): C{[count, sum_ms, bucket counts..., over the last]}."""
+    """
+    Per (app, method, status): C{[sum_ms, bucket counts..., over the last]}
+    (the count is the buckets' sum).  Rows are grouped by status class when
+    read, so a request pays one lookup, one bisection and two increments.
+    """
 
     bounds_ms: tuple[float, ...] = BUCKETS_MS
     _rows: dict[tuple[Any, str, int], list[Any]] = field(factory=dict)
 
     def record(self, app: str | None, method: str, status: int, duration_ms: float) -> None:
         """One finished request (C{app}: what the request log line names, or C{None})."""
-        if method not in STANDARD_METHODS:
-            method = OTHER_METHOD
-        key = (app, method, status // 100)
-        row = self._rows.get(key)
+        row = self._rows.get((app, method, status))
         if row is None:
-            row = self._new_row(key)
-        row[0] += 1
-        row[1] += duration_ms
-        row[2 + bisect_left(self.bounds_ms, duration_ms)] += 1
+            row = self._new_row(app, method, status)
+        row[0] += duration_ms
+        row[1 + bisect_left(self.bounds_ms, duration_ms)] += 1
 
-    def _new_row(self, key: tuple[Any, str, int]) -> list[Any]:
+    def _new_row(self, app: str | None, method: str, status: int) -> list[Any]:
+        """
+        The row of a new key.  A method outside L{STANDARD_METHODS}, or an app
+        past L{MAX_ROWS}, gets a shared row and is not kept as a key of its
+        own: such requests come back here (rare, and bounded).
+        """
         rows = self._rows
-        if len(rows) >= MAX_ROWS:  # not kept: each such request comes back here
-            _, method, status_class = key
-            key = (OTHER_APP, method, status_class)
-            if key in rows:
-                return rows[key]
-        row = rows[key] = [0, 0.0] + [0] * (len(self.bounds_ms) + 1)
+        key = (app, method, status)
+        if method not in STANDARD_METHODS:
+            key = (app, OTHER_METHOD, status)
+        if len(rows) >= MAX_ROWS:
+            key = (OTHER_APP, key[1], status)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = [0.0] + [0] * (len(self.bounds_ms) + 1)
         return row
 
     def rows(self) -> Iterator[Outcome]:
-        """Every row, with cumulative bucket counts."""
-        for (app, method, status_class), row in list(self._rows.items()):
-            cumulative, total = [], 0
-            for count in row[2:]:
-                total += count
-                cumulative.append(total)
+        """Every (app, method, status class) row, with cumulative bucket counts."""
+        grouped: dict[tuple[str, str, int], list[Any]] = {}
+        for (app, method, status), row in list(self._rows.items()):
             label = UNKNOWN_APP if app is None else str(app)
-            yield Outcome(label, method, status_class, row[0], row[1], tuple(cumulative))
+            total = grouped.setdefault((label, method, status // 100), [0.0] + [0] * (len(row) - 1))
+            total[0] += row[0]
+            for index in range(1, len(row)):
+                total[index] += row[index]
+        for (app, method, status_class), row in grouped.items():
+            cumulative, count = [], 0
+            for bucket in row[1:]:
+                count += bucket
+                cumulative.append(count)
+            yield Outcome(app, method, status_class, count, row[0], tuple(cumulative))
 
     def clear(self) -> None:
         """Forget every count (for tests)."""

@@ -124,6 +124,12 @@ async def test_list_plugins(setup: Setup):
     assert status == 200
     assert body == [
         {
+            "name": "@buntime/plugin-logs",
+            "path": os.path.join(BUILTINS_DIR, "logs"),
+            "source": "builtin",
+            "enabled": True,
+        },
+        {
             "name": "@buntime/plugin-metrics",
             "path": os.path.join(BUILTINS_DIR, "metrics"),
             "source": "builtin",
@@ -137,8 +143,8 @@ async def test_list_plugins(setup: Setup):
 async def test_loaded_plugins(setup: Setup):
     status, body = await setup.call("GET", "/api/plugins/loaded")
     assert status == 200
-    assert [p["name"] for p in body] == ["@buntime/plugin-metrics", "a"]
-    assert body[0] == {
+    assert [p["name"] for p in body] == ["@buntime/plugin-logs", "@buntime/plugin-metrics", "a"]
+    assert body[1] == {
         "name": "@buntime/plugin-metrics",
         "base": "/metrics",
         "dependencies": [],
@@ -166,12 +172,13 @@ async def test_reload(setup: Setup):
     assert body == {
         "ok": True,
         "plugins": [
+            {"name": "@buntime/plugin-logs", "base": "/logs"},
             {"name": "@buntime/plugin-metrics", "base": "/metrics"},
             {"name": "a", "base": "/a"},
             {"name": "b", "base": "/b"},
         ],
     }
-    assert setup.loaded() == ["@buntime/plugin-metrics", "a", "b"]
+    assert setup.loaded() == ["@buntime/plugin-logs", "@buntime/plugin-metrics", "a", "b"]
 
 
 @pytest_twisted.ensureDeferred

@@ -80,7 +80,7 @@ async def test_builtins_load_by_default(tmp_path):
     service = make_service(tmp_path, builtins_dir=BUILTINS_DIR)
     service.startService()
     registry = await service.when_loaded()
-    assert [p.name for p in registry.plugins] == ["@buntime/plugin-metrics"]
+    assert [p.name for p in registry.plugins] == ["@buntime/plugin-logs", "@buntime/plugin-metrics"]
     await service.stopService()
 
 

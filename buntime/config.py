@@ -42,6 +42,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "header_timeout": ("RUNTIME_HEADER_TIMEOUT",),
     "max_connections": ("RUNTIME_MAX_CONNECTIONS",),
     "forwarded_allow_ips": ("RUNTIME_FORWARDED_ALLOW_IPS",),
+    "reload": ("RUNTIME_RELOAD",),
 }
 
 
@@ -75,6 +76,8 @@ class RuntimeConfig:
     max_connections: int = 4096
     forwarded_allow_ips: frozenset[str] | None = frozenset({"127.0.0.1", "::1"})
     """Peers whose C{X-Forwarded-*} and C{Forwarded} headers are passed on; C{None}: any."""
+    reload: bool = False
+    """Retire an app's workers when its files change, reload plugins when theirs do."""
 
     @property
     def production(self) -> bool:
@@ -193,7 +196,9 @@ def _directories(given: _Given) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """
     worker_dirs = _split_dirs(given.get("worker_dirs") or "")
     if not worker_dirs:
-        raise ConfigError("workerDirs is required: set RUNTIME_WORKER_DIRS env var")
+        raise ConfigError(
+            "workerDirs is required: set RUNTIME_WORKER_DIRS env var (or pass -w/--worker-dirs)"
+        )
     return worker_dirs, _split_dirs(given.get("plugin_dirs") or "./plugins")
 
 
@@ -297,6 +302,30 @@ def _header_timeout(given: _Given) -> float:
     return seconds
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _reload(given: _Given, env: str) -> bool:
+    """
+    Whether to reload on file changes: on by default in development only,
+    and never in production.
+
+    @raise ConfigError: for a value that is no boolean, or reload in production.
+    """
+    value = given.get("reload")
+    if value is None:
+        return env == "development"
+    lowered = value.strip().lower()
+    if lowered not in _TRUE + _FALSE:
+        raise ConfigError(f"{given.label('reload')} must be 1 or 0 (true or false), got {value!r}")
+    if lowered in _TRUE and env == "production":
+        raise ConfigError(
+            f"{given.label('reload')} is for development: it cannot be on in production"
+        )
+    return lowered in _TRUE
+
+
 def _log_file(given: _Given) -> str | None:
     """
     The absolute path of the JSON log file, if any, made when missing.
@@ -346,6 +375,7 @@ def load_config(
         given.label("forwarded_allow_ips"), given.get("forwarded_allow_ips") or "127.0.0.1,::1"
     )
     log_file = _log_file(given)
+    reload = _reload(given, env)
     return RuntimeConfig(
         listen=listen,
         port=port,
@@ -368,7 +398,24 @@ def load_config(
         header_timeout=header_timeout,
         max_connections=max_connections,
         forwarded_allow_ips=forwarded_allow_ips,
+        reload=reload,
     )
+
+
+def check_directories(config: RuntimeConfig) -> None:
+    """
+    Refuse app directories that do not exist (a typo would otherwise serve
+    nothing but 404s, silently).
+
+    @raise ConfigError: naming the first such directory.
+    """
+    for path in config.worker_dirs:
+        if not os.path.isdir(path):
+            what = "is not a directory" if os.path.exists(path) else "does not exist"
+            raise ConfigError(
+                f"RUNTIME_WORKER_DIRS (or --worker-dirs): the app directory {path} {what};"
+                " create it (mkdir -p) or fix the path"
+            )
 
 
 def _addresses(name: str, value: str) -> frozenset[str] | None:

@@ -8,7 +8,7 @@ All of them are immutable: every "change" returns a new value.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -298,6 +298,21 @@ class Response:
 
     def with_body(self, body: Body) -> Response:
         return evolve(self, body=body)
+
+
+@frozen
+class Takeover:
+    """
+    The body of a C{101} answer that takes the client's connection over
+    (a plugin's tunnel, say): the runtime writes nothing of the answer and
+    hands the connection, as it is, to the protocol C{build()} makes (a
+    Twisted C{IProtocol}), which then writes the 101 itself and owns the
+    connection until it closes.  Bytes the client sent after its request
+    reach the protocol's C{dataReceived}.  For a request that asked for no
+    upgrade, the client gets a 502 instead.
+    """
+
+    build: Callable[[], Any]
 
 
 @frozen

@@ -5,8 +5,9 @@ An app's settings live in C{manifest.yaml} (or C{manifest.yml}) in its
 directory, or, when there is none, in C{[tool.buntime]} of its
 C{pyproject.toml} (with C{name} and C{version} taken from C{[project]}).
 Every field is optional.  C{${VAR}} in any string value is replaced from the
-runtime's environment before validation.  Plugin manifests share the reading
-and interpolation helpers here.
+runtime's environment before validation (each field's parser is in
+L{buntime.manifest_fields}).  Plugin manifests share the reading and
+interpolation helpers here.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 from attrs import evolve, field, frozen
 
-from buntime.units import format_size, parse_duration, parse_size
+from buntime.manifest_fields import FIELDS
+from buntime.units import format_size
 
 MANIFEST_FILES = ("manifest.yaml", "manifest.yml")
 """Manifest file names, in order of preference."""
@@ -29,9 +31,6 @@ PYPROJECT = "pyproject.toml"
 
 DEFAULT_BODY_SIZE = 10 * 1024 * 1024
 """C{BODY_SIZE_DEFAULT} when the environment sets none (10mb)."""
-
-HTTP_METHODS = ("ALL", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-"""Keys a C{publicRoutes} map may use; C{ALL} matches every method."""
 
 
 class ManifestError(Exception):
@@ -170,156 +169,6 @@ def _pyproject_settings(data: bytes, app_label: str) -> dict[str, Any]:
     return settings
 
 
-# -- field parsers (each raises ValueError with a message for the user) ------
-
-
-def _show(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-def _string(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise ValueError(f"must be a string, not {_kind(value)}")
-
-
-def _entrypoint(value: object) -> str:
-    text = _string(value).strip()
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def _duration(value: object) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError:
-        raise ValueError(
-            f"invalid duration: {_show(value)} (a non-negative number of seconds, "
-            'or a string like "500ms", "30s", "5m", "2h", "1d")'
-        ) from None
-
-
-def _size(value: object) -> int:
-    try:
-        return parse_size(value)
-    except ValueError:
-        raise ValueError(
-            f'invalid size: {_show(value)} (a number of bytes, or a string like "512kb", "10mb")'
-        ) from None
-
-
-def _positive_int(value: object) -> int:
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
-        number = int(value.strip())
-    if number is None or number <= 0:
-        raise ValueError(f"must be a positive integer, not {_show(value)}")
-    return number
-
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"must be true or false, not {_show(value)}")
-
-
-def _env(value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"must be a map of NAME: value, not {_kind(value)}")
-    env = {}
-    for key, item in value.items():
-        name = str(key)
-        if not name or "=" in name or "\0" in name:
-            raise ValueError(f"invalid variable name {_show(name)}")
-        if item is None:
-            text = ""
-        elif isinstance(item, bool):
-            text = "true" if item else "false"
-        elif isinstance(item, str | int | float):
-            text = str(item)
-        else:
-            raise ValueError(f'the value of "{name}" must be a string, not {_kind(item)}')
-        if "\0" in text:
-            raise ValueError(f'the value of "{name}" contains a NUL character')
-        env[name] = text
-    return env
-
-
-def _route_list(value: object, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"{where}must be a list of path patterns, not {_kind(value)}")
-    for pattern in value:
-        if not isinstance(pattern, str) or not pattern.startswith("/"):
-            raise ValueError(
-                f"{where}each pattern must be a path starting with /: {_show(pattern)}"
-            )
-    return tuple(value)
-
-
-def _public_routes(value: object) -> dict[str, tuple[str, ...]]:
-    if isinstance(value, Mapping):
-        routes = {}
-        for key, patterns in value.items():
-            method = str(key).upper()
-            if method not in HTTP_METHODS:
-                raise ValueError(f"unknown method {_show(key)} (use {', '.join(HTTP_METHODS)})")
-            routes[method] = _route_list(patterns, f"{method}: ")
-        return routes
-    return {"ALL": _route_list(value, "")}
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, Mapping):
-        return "a map"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return type(value).__name__
-
-
-_FIELDS: dict[str, tuple[str, Callable[[object], Any]]] = {
-    "name": ("name", _string),
-    "version": ("version", _string),
-    "entrypoint": ("entrypoint", _entrypoint),
-    "timeout": ("timeout", _duration),
-    "ttl": ("ttl", _duration),
-    "idleTimeout": ("idle_timeout", _duration),
-    "maxRequests": ("max_requests", _positive_int),
-    "maxBodySize": ("max_body_size", _size),
-    "lowMemory": ("low_memory", _bool),
-    "autoInstall": ("auto_install", _bool),
-    "injectBase": ("inject_base", _bool),
-    "env": ("env", _env),
-    "publicRoutes": ("public_routes", _public_routes),
-    "maxConcurrency": ("max_concurrency", _positive_int),
-    "maxInstances": ("max_instances", _positive_int),
-    "maxQueue": ("max_queue", _positive_int),
-}
-"""Manifest key -> (AppManifest attribute, parser).  Other keys stay in C{raw}."""
-
-
 def _format_duration(seconds: float) -> str:
     if 0 < seconds < 1:
         return f"{seconds * 1000:g}ms"
@@ -340,7 +189,7 @@ def parse_app_manifest(
     Validate an (already interpolated) settings map; see L{load_app_manifest}.
     """
     values: dict[str, Any] = {"max_body_size": body_size_default, "raw": dict(document)}
-    for key, (attribute, parse) in _FIELDS.items():
+    for key, (attribute, parse) in FIELDS.items():
         value = document.get(key)
         if value is None:
             continue

@@ -9,15 +9,17 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import define, field, frozen
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import ILogObserver
+from twisted.python.components import Componentized
 
 from buntime import __version__
-from buntime.apps.discovery import AppCatalog
+from buntime.apps.discovery import AppCatalog, scan_worker_dir
 from buntime.config import RuntimeConfig
 from buntime.http import AppInfo
 from buntime.logs import log
@@ -25,8 +27,10 @@ from buntime.logs.service import LoggingService
 from buntime.plugins.service import PluginService
 from buntime.pool.launch.fork import ForkLauncher
 from buntime.pool.launch.spawn import SpawnLauncher
-from buntime.pool.pool import PoolConfig, WorkerPool
+from buntime.pool.pool import WorkerPool
 from buntime.pool.service import PoolService
+from buntime.pool.state import PoolConfig
+from buntime.reload import ReloadService
 from buntime.web.api.apps import AppsAPI
 from buntime.web.api.core import CoreAPI
 from buntime.web.api.openapi import openapi_document
@@ -35,7 +39,7 @@ from buntime.web.apps import AppStep
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.plugins import PluginSteps
-from buntime.web.server import WebService
+from buntime.web.server import WebService, scheme
 from buntime.web.state import RuntimeState
 from buntime.web.websocket import WebSockets
 
@@ -72,6 +76,17 @@ class RuntimeService(MultiService):
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Under twistd C{parent} is the application: twistd's own log observer
+        becomes the logging service's L{TwistdLog}, so that Twisted's events
+        are written once, by the logging service (a C{--logger} still wins).
+        """
+        MultiService.setServiceParent(self, parent)
+        if isinstance(parent, Componentized):
+            logging = self.getServiceNamed("logging")
+            parent.setComponent(ILogObserver, logging.twistd_log)
 
     def startService(self) -> None:
         MultiService.startService(self)
@@ -137,7 +152,7 @@ def fatal_exit(reason: str) -> None:
     exit_now(1)
 
 
-def _api_url(port: Any) -> str:
+def _api_url(port: Any, scheme: str = "http") -> str:
     address = port.getHost()
     host = getattr(address, "host", "127.0.0.1")
     if host in ("0.0.0.0", ""):
@@ -146,7 +161,7 @@ def _api_url(port: Any) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{getattr(address, 'port', 0)}"
+    return f"{scheme}://{host}:{getattr(address, 'port', 0)}"
 
 
 @frozen
@@ -165,6 +180,13 @@ def _plugins_loaded(registry: Any, plugins: PluginService) -> None:
     """Startup order: plugins are initialized before the port listens; failing ones stop it."""
     if plugins.failed:
         exit_now(1)  # the plugin service has logged the one-line reason
+
+
+def report_empty(worker_dirs: Sequence[str]) -> None:
+    """Say so (at info) for each app directory that holds no app yet."""
+    for path in worker_dirs:
+        if not scan_worker_dir(path):
+            log("info", "buntime:apps:empty-dir", f"No apps in {path} yet", dir=path)
 
 
 def make_pool(config: RuntimeConfig, reactor: Any) -> PoolService:
@@ -325,11 +347,12 @@ def make_runtime(
     runtime = RuntimeService(reactor=reactor, state=state, web=web)
 
     def listening(port: Any) -> Any:
-        runtime_env["RUNTIME_API_URL"] = _api_url(port)
+        runtime_env["RUNTIME_API_URL"] = _api_url(port, scheme(config.listen))
         return port
 
     web.listening.addCallback(listening)
     runtime.on_serving.append(lambda: pool.launcher_ready)
+    runtime.on_serving.append(lambda: report_empty(config.worker_dirs))
     runtime.on_stopping.append(plugins.runtime_stopping)
     runtime.on_serving.append(
         lambda: Deferred.fromCoroutine(
@@ -339,6 +362,17 @@ def make_runtime(
     logging.setServiceParent(runtime)
     pool.setServiceParent(runtime)
     plugins.setServiceParent(runtime)
+    if config.reload:
+        reload = ReloadService(
+            clock=reactor,
+            worker_dirs=config.worker_dirs,
+            plugin_dirs=config.plugin_dirs,
+            retire=pool.pool.retire_app,
+            reload_plugins=lambda: Deferred.fromCoroutine(plugins.reload()),
+            invalidate=apps.catalog.invalidate,
+        )
+        reload.setName("reload")
+        reload.setServiceParent(runtime)
     websockets.setServiceParent(runtime)  # websocket: stops right after web (its drain)
     web.setServiceParent(runtime)
     return runtime

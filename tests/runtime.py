@@ -97,6 +97,7 @@ def child_environment(
         if name not in RUNTIME_VARIABLES and not name.startswith("RUNTIME_")
     }
     clean["RUNTIME_LOG_FORMAT"] = "json"
+    clean["RUNTIME_RELOAD"] = "0"  # tests that want reload ask for it
     if worker_dirs is not None:
         clean["RUNTIME_WORKER_DIRS"] = os.pathsep.join(worker_dirs)
     clean.update(env or {})

@@ -1,7 +1,7 @@
 """
-Archive handling shared by app and plugin installs (L{buntime.archive}):
-entry checks, budgets, extraction into a scratch directory, and putting the
-result in place atomically.
+Archive handling shared by app and plugin installs (L{buntime.archive},
+L{buntime.unpacked}): entry checks, budgets, extraction into a scratch
+directory, and putting the result in place atomically.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import pytest
 
 from buntime import archive
 from buntime.apps.install import install_archive
-from buntime.archive import Budget, InstallError, entry_parts, exchange_paths, unpack
+from buntime.archive import Budget, InstallError, entry_parts
 from buntime.plugins.install import stage_plugin
+from buntime.unpacked import exchange_paths, unpack
 
 # -- entry names ----------------------------------------------------------------
 

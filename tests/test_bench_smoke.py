@@ -95,3 +95,12 @@ def test_instructions_refuses_scenarios_it_cannot_count(tmp_path):
         timeout=60,
     )
     assert finished.returncode == 2 and "--instructions measures" in finished.stderr
+
+
+def test_help_is_plain_text_about_this_repository():
+    from buntime.bench.cli import parser
+
+    text = parser().format_help()
+    for markup in ("C{", "L{", "I{", "SPEC", "STYLE"):
+        assert markup not in text
+    assert "docs/performance.md" in text

@@ -143,6 +143,8 @@ EACH = [
         frozenset({"10.0.0.1", "::1"}),
     ),
     ("forwarded_allow_ips", "RUNTIME_FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", None),
+    ("reload", "RUNTIME_RELOAD", "1", "reload", True),
+    ("reload", "RUNTIME_RELOAD", "off", "reload", False),
 ]
 
 
@@ -231,7 +233,10 @@ def test_cli_none_means_not_given():
 def test_missing_worker_dirs():
     with pytest.raises(ConfigError) as caught:
         load_config({}, {})
-    assert str(caught.value) == "workerDirs is required: set RUNTIME_WORKER_DIRS env var"
+    assert (
+        str(caught.value)
+        == "workerDirs is required: set RUNTIME_WORKER_DIRS env var (or pass -w/--worker-dirs)"
+    )
 
 
 @pytest.mark.parametrize("value", ["", ":", " : "])

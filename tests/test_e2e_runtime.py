@@ -132,8 +132,23 @@ async def test_missing_worker_dirs_exits_2_with_one_line(runtimes):
     proc = runtimes.spawn(worker_dirs=None)
     status = await proc.wait_exit()
     assert status == 2
-    assert proc.stderr == ["buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"]
+    assert proc.stderr == [
+        "buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"
+        " (or pass -w/--worker-dirs)"
+    ]
     assert proc.lines == [] and proc.unparsed == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_dir_that_does_not_exist_exits_2_naming_it(runtimes, tmp_path):
+    missing = tmp_path / "nonexistent"
+    proc = runtimes.spawn(worker_dirs=[str(tmp_path), str(missing)])
+    assert await proc.wait_exit() == 2
+    assert proc.stderr == [
+        f"buntime: RUNTIME_WORKER_DIRS (or --worker-dirs): the app directory {missing}"
+        " does not exist; create it (mkdir -p) or fix the path"
+    ]
+    assert proc.messages("buntime:runtime:ready") == []
 
 
 @pytest_twisted.ensureDeferred
@@ -203,6 +218,17 @@ async def test_slow_request_finishes_during_shutdown(runtimes, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_in_the_foreground_twisted_s_log_is_written_once_in_buntime_s_format(
+    runtimes, tmp_path
+):
+    """twistd's own lines (its start-up among them) are JSON lines like ours, not twistd's."""
+    proc = await runtimes.start(worker_dirs=[str(tmp_path)], env={"RUNTIME_ENV": "production"})
+    twisted = [line for line in proc.lines if line.get("message_type") == "twisted:log"]
+    assert any("starting up" in line["message"] for line in twisted), proc.lines
+    assert_log_lines_well_formed(proc)
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_helper_reports_a_runtime_that_cannot_start(runtimes):
     with pytest.raises(RuntimeExited) as caught:
         await runtimes.start(worker_dirs=None)
@@ -247,6 +273,11 @@ def test_daemon_mode_logs_to_the_twistd_log(tmp_path):
                 break
             time.sleep(0.05)
         assert "Runtime ready" in logfile.read_text()
+        # one format: every line is one of ours, Twisted's own events included
+        records = [json.loads(line) for line in logfile.read_text().splitlines()]
+        assert any(r.get("message_type") == "buntime:runtime:ready" for r in records)
+        twisted = [r for r in records if r.get("message_type") == "twisted:log"]
+        assert any("starting up" in r["message"] for r in twisted), records
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGTERM)

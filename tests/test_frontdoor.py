@@ -717,3 +717,24 @@ def test_forwarded_headers_reach_apps_only_from_trusted_peers(allowed, passed_on
     assert (request.headers.get("x-forwarded-for") is not None) is passed_on
     assert (request.headers.get("x-forwarded-host") is not None) is passed_on
     assert request.headers.get("x-other") == "kept"
+
+
+def test_a_takeover_gets_the_connection_only_for_an_upgrade_request():
+    """A plugin's 101 with a L{Takeover} body: the connection is handed over, as it is."""
+    from twisted.internet.protocol import Protocol
+
+    from buntime.http import Takeover
+
+    class Raw(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\nraw")
+
+    async def step(request: Request, fields: dict) -> Response:
+        return Response(101, body=Takeover(Raw))  # type: ignore[arg-type]
+
+    door = Door(steps=[step])
+    plain = door.fetch("GET", "/x")
+    assert plain.status == 502
+    client = door.start("GET", "/x", headers={"connection": "upgrade", "upgrade": "websocket"})
+    assert client.received().endswith(b"\r\n\r\nraw")
+    assert client.received().startswith(b"HTTP/1.1 101 ")

@@ -20,7 +20,8 @@ import pytest
 
 from buntime.apps.install import install_archive
 from buntime.apps.remove import remove_app
-from buntime.archive import InstallError, exchange_paths
+from buntime.archive import InstallError
+from buntime.unpacked import exchange_paths
 
 MANIFEST = b"name: hello\nversion: 1.0.0\n"
 
@@ -392,7 +393,7 @@ def test_replacement_renames_the_old_version_aside_then_the_new_one_in(
         real_rename(source, destination)
 
     monkeypatch.setattr(os, "rename", spy)
-    monkeypatch.setattr("buntime.archive.exchange_paths", lambda a, b: False)  # the fallback path
+    monkeypatch.setattr("buntime.unpacked.exchange_paths", lambda a, b: False)  # the fallback path
     install_archive(make_zip({"manifest.yaml": MANIFEST, "new.txt": b"2"}), "a.zip", worker_dir)
     (old_from, old_to, old_files), (new_from, new_to, new_files) = renames
     assert (old_from, old_files) == (target, ["manifest.yaml", "old.txt"])
@@ -416,7 +417,7 @@ def test_failed_swap_puts_the_old_version_back(site: Path, monkeypatch: pytest.M
         real_rename(source, destination)
 
     monkeypatch.setattr(os, "rename", failing)
-    monkeypatch.setattr("buntime.archive.exchange_paths", lambda a, b: False)  # the fallback path
+    monkeypatch.setattr("buntime.unpacked.exchange_paths", lambda a, b: False)  # the fallback path
     with pytest.raises(OSError):
         install_archive(make_zip({"manifest.yaml": MANIFEST, "new.txt": b"2"}), "a.zip", worker_dir)
     monkeypatch.undo()
@@ -592,7 +593,7 @@ def test_replacing_a_version_uses_the_atomic_exchange(site, monkeypatch):
     calls: list[tuple[str, str]] = []
     real = exchange_paths
     monkeypatch.setattr(
-        "buntime.archive.exchange_paths", lambda a, b: calls.append((a, b)) or real(a, b)
+        "buntime.unpacked.exchange_paths", lambda a, b: calls.append((a, b)) or real(a, b)
     )
     worker_dir = str(site / "apps")
     install_archive(make_zip({"manifest.yaml": MANIFEST, "v.txt": b"1"}), "a.zip", worker_dir)

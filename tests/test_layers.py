@@ -26,13 +26,16 @@ MECHANISMS = {
     "buntime.memchannel",
     "buntime.forms",
     "buntime.sse",
+    "buntime.fresh",
 }
 """Small Twisted helpers any layer may use; they import nothing of buntime."""
 LOW = {
     "buntime",
     "buntime._libc",
     "buntime.manifest",
+    "buntime.manifest_fields",
     "buntime.archive",
+    "buntime.unpacked",
     *VALUE_TYPES,
     *MECHANISMS,
 }

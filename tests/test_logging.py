@@ -14,14 +14,14 @@ from eliot import start_action
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from buntime.http import Headers
 from buntime.logs import REDACTED, level_enabled, log, redact_headers
 from buntime.logs.destinations import STREAM_BUFFER, FileDestination, StreamDestination
 from buntime.logs.render import format_json, format_pretty, to_record
-from buntime.logs.service import LoggingService, TwistedToEliot, twistd_observer
+from buntime.logs.service import LoggingService, TwistdLog, TwistedToEliot
 
 
 class Collected:
@@ -116,6 +116,17 @@ def test_pretty_format(collected):
     assert PRETTY.match(line), line
     assert line.endswith('Request processed {"duration": 45}')
     assert "task_uuid" not in line and "message_type" not in line
+
+
+def test_pretty_prints_non_ascii_as_is():
+    message = {
+        "timestamp": 0.0,
+        "level": "info",
+        "message": "Café ☕",
+        "context": "runtime",
+        "path": "/café/日本",
+    }
+    assert format_pretty(message).endswith('Café ☕ {"path": "/café/日本"}')
 
 
 def test_pretty_without_fields_and_levels():
@@ -329,10 +340,34 @@ def test_legacy_twisted_errors_are_errors(eliot_logger):
     assert (message["level"], message["message"]) == ("error", "old style")
 
 
-def test_twistd_observer():
-    observer = twistd_observer()
-    assert isinstance(observer, TwistedToEliot)
-    assert verifyObject(ILogObserver, observer)
+def test_twistd_log_writes_nothing_and_keeps_early_events_for_the_service():
+    twistd_log = TwistdLog()
+    assert verifyObject(ILogObserver, twistd_log)
+    Logger(namespace="twistd", observer=twistd_log).info("starting up")
+    seen: list[dict] = []
+    twistd_log.replay_to(seen.append)
+    assert [e["log_format"] for e in seen] == ["starting up"]
+    Logger(namespace="twistd", observer=twistd_log).info("later")
+    twistd_log.replay_to(seen.append)  # nothing kept after the replay
+    assert len(seen) == 1
+
+
+def test_the_service_forwards_twisted_s_log_into_its_destinations_while_it_runs():
+    """Twisted's events, early ones first, are written once, in buntime's format."""
+    stream = io.StringIO()
+    service = LoggingService(clock=Clock(), level="info", fmt="json", stream=stream)
+    Logger(namespace="twistd", observer=service.twistd_log).info("twistd starting up")
+    service.startService()
+    try:
+        Logger(namespace="buntime.test", observer=globalLogPublisher).info("while running")
+    finally:
+        service.stopService()
+    Logger(namespace="buntime.test", observer=globalLogPublisher).info("after the stop")
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["message_type"], r["message"]) for r in records] == [
+        ("twisted:log", "twistd starting up"),
+        ("twisted:log", "while running"),
+    ]
 
 
 def test_the_console_is_looked_up_when_the_service_starts(monkeypatch) -> None:

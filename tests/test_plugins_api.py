@@ -122,19 +122,27 @@ def setup(tmp_path: Path, eliot_logger):
 async def test_list_plugins(setup: Setup):
     status, body = await setup.call("GET", "/api/plugins")
     assert status == 200
-    assert body == [
-        {
-            "name": "@buntime/plugin-logs",
-            "path": os.path.join(BUILTINS_DIR, "logs"),
-            "source": "builtin",
-            "enabled": True,
-        },
-        {
-            "name": "@buntime/plugin-metrics",
-            "path": os.path.join(BUILTINS_DIR, "metrics"),
-            "source": "builtin",
-            "enabled": True,
-        },
+    builtins = [plugin for plugin in body if plugin["source"] == "builtin"]
+    assert body[: len(builtins)] == builtins  # the built-ins first, on or off
+    assert {
+        "name": "@buntime/plugin-metrics",
+        "path": os.path.join(BUILTINS_DIR, "metrics"),
+        "source": "builtin",
+        "enabled": True,
+    } in builtins
+    assert {
+        "name": "@buntime/plugin-logs",
+        "path": os.path.join(BUILTINS_DIR, "logs"),
+        "source": "builtin",
+        "enabled": True,
+    } in builtins
+    assert {
+        "name": "@buntime/plugin-proxy",
+        "path": os.path.join(BUILTINS_DIR, "proxy"),
+        "source": "builtin",
+        "enabled": False,
+    } in builtins
+    assert body[len(builtins) :] == [
         {"name": "a", "path": str(setup.plugins / "a"), "source": "dir", "enabled": True},
     ]
 

@@ -32,8 +32,8 @@ from buntime.interfaces import IBuntimePlugin, IPluginContext
 from buntime.plugins.context import PluginContext, PluginLogger, ServiceRegistry
 from buntime.plugins.discovery import BUILTINS_DIR, scan_builtins, scan_dir
 from buntime.plugins.hooks import call
-from buntime.plugins.loader import NoCode, make_provider, routes_site, verify
 from buntime.plugins.manifest import PluginError, parse_plugin_manifest
+from buntime.plugins.provider import NoCode, make_provider, routes_site, verify
 from buntime.plugins.registry import LoadedPlugin, PluginRegistry
 
 Make = Callable[[], Awaitable[tuple[dict[str, Any], object]]]

@@ -17,7 +17,8 @@ from twisted.internet.testing import MemoryReactorClock
 from buntime.http import Request, Response
 from buntime.manifest import AppManifest
 from buntime.pool.deps import InstallError
-from buntime.pool.pool import PoolApp, PoolConfig, WorkerPool
+from buntime.pool.pool import WorkerPool
+from buntime.pool.state import PoolApp, PoolConfig
 
 METRICS = {
     "activeWorkers",
@@ -158,6 +159,18 @@ def test_persistent_worker_is_reused_and_cold_start_queues():
     assert spec.env["WORKER_ID"] == spec.worker_id
     metrics = h.pool.metrics()
     assert (metrics["hits"], metrics["misses"], metrics["hitRate"]) == (1, 2, 33.33)
+
+
+def test_the_caller_is_told_which_worker_serves_its_request():
+    h = Harness()
+    app = h.app()
+    ids: list[str] = []
+    cold = h.pool.handle(app, Request("GET", "/a"), "/hello", ids.append)  # queued
+    h.launcher.settle()
+    warm = h.pool.handle(app, Request("GET", "/b"), "/hello", ids.append)  # sent at once
+    h.launcher.settle()
+    assert result_of(cold).status == result_of(warm).status == 200
+    assert ids == [h.processes[0].spec.worker_id] * 2
 
 
 def test_lru_eviction():

@@ -1,7 +1,7 @@
 """
 The runtime's end of an app's WebSocket: the pool's L{WorkerSocket} over a
 real AMP connection to a fake worker, and the front door's relay protocol
-(L{buntime.web.websocket._AppSocket}) speaking real WebSocket frames to a
+(L{buntime.web.appsocket.AppSocket}) speaking real WebSocket frames to a
 client over a string transport.
 """
 
@@ -22,7 +22,8 @@ from twisted.python.failure import Failure
 from buntime.http import Headers, Request
 from buntime.pool.commands import CHUNK_SIZE
 from buntime.pool.websocket import WorkerSocket
-from buntime.web.websocket import RELAY_HIGH_WATER, WebSockets, _AppSocket
+from buntime.web.appsocket import RELAY_HIGH_WATER, AppSocket
+from buntime.web.websocket import WebSockets
 
 ACCEPTED = [("sec-websocket-protocol", "chat"), ("x-app", "1")]
 
@@ -229,9 +230,9 @@ class RecordingSocket:
 
 def relay(
     accepted: list[tuple[str, str]] = ACCEPTED,
-) -> tuple[_AppSocket, RecordingSocket, StringTransport]:
+) -> tuple[AppSocket, RecordingSocket, StringTransport]:
     socket = RecordingSocket()
-    protocol = _AppSocket(socket, Headers(accepted))  # type: ignore[arg-type]
+    protocol = AppSocket(socket, Headers(accepted))  # type: ignore[arg-type]
     protocol.factory = WebSockets(clock=MemoryReactorClock())._relays
     transport = StringTransport()
     protocol.makeConnection(transport)

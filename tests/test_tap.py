@@ -7,16 +7,17 @@ import json
 import os
 
 import pytest
-from twisted.application.service import IService, IServiceMaker
+from twisted.application.service import Application, IService, IServiceMaker
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver
 from twisted.plugin import getPlugins
 from twisted.scripts.twistd import ServerOptions
 
 from buntime.config import RuntimeConfig
 from buntime.logs import log
-from buntime.logs.service import LoggingService, twistd_observer
+from buntime.logs.service import LoggingService
 from buntime.service import GC_THRESHOLD, settle_memory
-from buntime.tap import TWISTD_OBSERVER, Options, makeService
+from buntime.tap import Options, makeService
 
 
 def parse(argv: list[str]) -> Options:
@@ -79,7 +80,12 @@ def test_options_read_the_environment_and_dotenv(clean_environ, monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "env", "line"),
     [
-        ([], {}, "buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"),
+        (
+            [],
+            {},
+            "buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"
+            " (or pass -w/--worker-dirs)",
+        ),
         (["-w", "a", "--port", "abc"], {}, "buntime: --port must be an integer, got 'abc'"),
         (["-w", "a"], {"PORT": "abc"}, "buntime: PORT must be an integer, got 'abc'"),
         (
@@ -124,21 +130,33 @@ def test_the_plugin_is_found():
     assert makers["buntime"].makeService is makeService
 
 
-def test_foreground_twistd_logs_through_eliot(clean_environ):
+def test_foreground_twistd_logs_to_stdout_and_leaves_twistd_s_logger_alone(clean_environ):
     options = twistd(["-n", "buntime", "-w", "apps"])
-    # twistd resolves the dotted name it was given
-    assert TWISTD_OBSERVER == "buntime.logs.service.twistd_observer"
-    assert options["logger"] is twistd_observer
+    assert options["logger"] is None
+    assert options.subOptions.console_path is None
     assert isinstance(options.subOptions.config, RuntimeConfig)
 
 
 def test_daemonized_twistd_writes_our_lines_alone_to_its_log_file(clean_environ, tmp_path):
     """One format in twistd.log: no twistd prefix and second timestamp in front of ours."""
     options = twistd(["--logfile", str(tmp_path / "runtime.log"), "buntime", "-w", "apps"])
-    assert options["logger"] is twistd_observer
+    assert options["logger"] is None
     assert options.subOptions.console_path == str(tmp_path / "runtime.log")
     default = twistd(["buntime", "-w", "apps"])
     assert default.subOptions.console_path == os.path.abspath("twistd.log")
+    foreground = twistd(["-n", "--logfile", "runtime.log", "buntime", "-w", "apps"])
+    assert foreground.subOptions.console_path == os.path.abspath("runtime.log")
+
+
+def test_twistd_s_own_log_observer_is_the_logging_service_s(clean_environ):
+    """twistd takes the application's ILogObserver: it writes nothing, the service does."""
+    os.makedirs("apps")  # (cwd: an empty temporary directory)
+    runtime = makeService(parse(["-w", "apps", "--listen", "tcp:0:interface=127.0.0.1"]))
+    application = Application("buntime")
+    runtime.setServiceParent(application)
+    logging = runtime.getServiceNamed("logging")
+    assert application.getComponent(ILogObserver) is logging.twistd_log
+    assert runtime in list(IService(application))
 
 
 def test_a_daemon_s_log_lines_go_to_its_console_path(tmp_path):
@@ -157,15 +175,17 @@ def test_a_daemon_s_log_lines_go_to_its_console_path(tmp_path):
     "argv",
     [
         ["-n", "--logger", "twisted.logger.textFileLogObserver", "buntime", "-w", "apps"],
-        ["-n", "--logfile", "twistd.log", "buntime", "-w", "apps"],
+        ["--logger", "twisted.logger.textFileLogObserver", "buntime", "-w", "apps"],
     ],
 )
-def test_an_explicit_or_daemon_logger_is_left_alone(clean_environ, argv):
+def test_an_explicit_logger_is_left_alone(clean_environ, argv):
     options = twistd(argv)
-    assert options["logger"] is not twistd_observer
+    assert options["logger"] is not None
+    assert options.subOptions.console_path is None
 
 
 def test_make_service(clean_environ):
+    os.mkdir("apps")
     service = makeService(parse(["-w", "apps", "--listen", "tcp:0:interface=127.0.0.1"]))
     assert IService.providedBy(service)
     children = [child.name for child in service]
@@ -185,3 +205,41 @@ def test_settle_memory_freezes_what_exists_and_collects_less_often():
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_make_service_refuses_an_app_directory_that_does_not_exist(clean_environ, capsys):
+    options = parse(["-w", "apps:nonexistent"])
+    os.mkdir("apps")
+    with pytest.raises(SystemExit) as caught:
+        makeService(options)
+    assert caught.value.code == 2
+    missing = os.path.abspath("nonexistent")
+    assert capsys.readouterr().err == (
+        f"buntime: RUNTIME_WORKER_DIRS (or --worker-dirs): the app directory {missing}"
+        " does not exist; create it (mkdir -p) or fix the path\n"
+    )
+
+
+def test_reload_flag(clean_environ, monkeypatch):
+    assert parse(["-w", "apps"]).config.reload is True  # development, the default
+    assert parse(["-w", "apps", "--env", "test"]).config.reload is False
+    assert parse(["-w", "apps", "--env", "test", "--reload"]).config.reload is True
+    monkeypatch.setenv("RUNTIME_RELOAD", "0")
+    assert parse(["-w", "apps"]).config.reload is False
+    assert parse(["-w", "apps", "--reload"]).config.reload is True
+
+
+def test_reload_is_refused_in_production(clean_environ, capsys):
+    with pytest.raises(SystemExit):
+        parse(["-w", "apps", "--env", "production", "--reload"])
+    assert capsys.readouterr().err == (
+        "buntime: --reload is for development: it cannot be on in production\n"
+    )
+
+
+def test_foreground_twistd_writes_no_pidfile_unless_asked(clean_environ):
+    assert twistd(["-n", "buntime", "-w", "apps"])["pidfile"] == ""
+    asked = twistd(["-n", "--pidfile", "run/buntime.pid", "buntime", "-w", "apps"])
+    assert asked["pidfile"] == os.path.abspath("run/buntime.pid")
+    daemon = twistd(["buntime", "-w", "apps"])
+    assert daemon["pidfile"] == os.path.abspath("twistd.pid")

@@ -27,10 +27,10 @@ from buntime.archive import (
     Budget,
     InstallError,
     Source,
-    unpack,
 )
 from buntime.logs.types import APP_INSTALL
 from buntime.manifest import MANIFEST_FILES, PYPROJECT, ManifestError, find_manifest, read_document
+from buntime.unpacked import unpack
 
 _INSTALL_NAME = re.compile(r"\A(?:@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*\Z")
 

@@ -5,6 +5,7 @@ plugin, and the wrk Lua scripts, written into a temporary directory per run.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import textwrap
@@ -173,6 +174,18 @@ def write_plugin(root: str) -> str:
     """Generate the bench-hooks plugin in a plugin dir under C{root}: that dir."""
     plugin_dir = os.path.join(root, "bench-plugins")
     write_files(os.path.join(plugin_dir, "bench-hooks"), _PLUGIN)
+    return plugin_dir
+
+
+def write_proxy_plugin(root: str, upstream: str) -> str:
+    """
+    A plugin dir under C{root} turning the built-in proxy on, with one rule
+    sending C{/proxied/...} to C{upstream} (the baseline server): that dir.
+    """
+    plugin_dir = os.path.join(root, "proxy-plugins")
+    rule = {"id": "bench", "pattern": "^/proxied/(.*)", "target": upstream, "rewrite": "/$1"}
+    manifest = {"name": "@buntime/plugin-proxy", "enabled": True, "rules": [rule]}
+    write_files(os.path.join(plugin_dir, "proxy"), {"manifest.yaml": json.dumps(manifest)})
     return plugin_dir
 
 

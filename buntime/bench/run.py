@@ -13,12 +13,17 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from buntime.bench.apps import write_plugin
+from buntime.bench.apps import write_plugin, write_proxy_plugin
 from buntime.bench.load import python_load, run_wrk, stream_rss, time_to_first_byte
 from buntime.bench.proc import cpu_split, descendants, rss_mb
 from buntime.bench.report import median_round
-from buntime.bench.scenarios import PLUGIN_SCENARIOS, SCENARIOS, VARIED_SCENARIOS
-from buntime.bench.servers import baseline, fetch_header, fetch_json, runtime
+from buntime.bench.scenarios import (
+    PLUGIN_SCENARIOS,
+    PROXY_SCENARIOS,
+    SCENARIOS,
+    VARIED_SCENARIOS,
+)
+from buntime.bench.servers import baseline, fetch_header, fetch_json, fetch_status, runtime
 
 Load = Callable[[str, str, float], dict[str, Any]]
 """Drive a scenario (by name) at a server's base URL for some seconds: its result."""
@@ -81,7 +86,10 @@ def run_scenarios(
         hooked = [name for name in wanted if name in PLUGIN_SCENARIOS]
         if hooked:
             _serve_hooked(servers, hooked, options, workdir, where, report)
-            loads = [name for name in loads if name in where]
+        proxied = [name for name in wanted if name in PROXY_SCENARIOS]
+        if proxied:
+            _serve_proxied(servers, proxied, options, workdir, base[0], where, report)
+        loads = [name for name in loads if name in where]
         if "cold-start" in wanted:
             report["results"]["cold-start"] = {"ttfb_ms": time_to_first_byte(url + "/cold/")}
         samples = _rounds(loads, where, base, options, load)
@@ -122,6 +130,32 @@ def _serve_hooked(
                 "hooks_ran": False,
                 "error": "no x-bench: 1 on a response: the plugin's hooks did not run",
             }
+
+
+def _serve_proxied(
+    servers: ExitStack,
+    proxied: list[str],
+    options: argparse.Namespace,
+    workdir: str,
+    upstream: str,
+    where: dict[str, tuple[str, int]],
+    report: dict[str, Any],
+) -> None:
+    """
+    Start a runtime with the built-in proxy in front of C{upstream} (the
+    baseline) for the C{proxied} scenarios; one whose request does not come
+    back through the proxy is reported as such and left out of C{where}.
+    """
+    plugin_dir = write_proxy_plugin(workdir, upstream)
+    proxy_at = servers.enter_context(
+        runtime(workdir, options.worker_mode, options.log_level, plugin_dir=plugin_dir)
+    )
+    for name in proxied:
+        if fetch_status(proxy_at[0] + SCENARIOS[name][0]) == 200:
+            where[name] = proxy_at
+        else:
+            del where[name]
+            report["results"][name] = {"error": "the proxy did not answer from the baseline"}
 
 
 def _rounds(

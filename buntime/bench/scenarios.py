@@ -14,6 +14,7 @@ SCENARIOS = {
     "ephemeral-noop": ("/ephemeral/", "GET", 10, None),
     "warm-noop-varied": ("/noop-asgi/", "GET", 50, "baseline-varied"),
     "warm-noop-plugin": ("/noop-asgi/", "GET", 50, "baseline-noop"),
+    "proxy-1kb": ("/proxied/echo", "POST", 50, "baseline-echo"),
     "baseline-noop": ("/", "GET", 50, None),
     "baseline-echo": ("/echo", "POST", 50, None),
     "baseline-varied": ("/", "GET", 50, None),
@@ -24,8 +25,11 @@ EXTRA_CHECKS = ("cold-start", "stream-100mb")
 VARIED_SCENARIOS = ("warm-noop-varied", "baseline-varied")
 # Served by a runtime of their own, started with the bench-hooks plugin.
 PLUGIN_SCENARIOS = ("warm-noop-plugin",)
+# Served by a runtime of their own with the built-in proxy in front of the baseline.
+PROXY_SCENARIOS = ("proxy-1kb",)
 GOALS = {
     # name: ((the scenario whose req/s it is compared with, the least ratio), ...)
     "warm-noop-plugin": (("warm-noop", 0.9),),
     "warm-noop-varied": (("warm-noop", 0.9), ("baseline-varied", 0.7)),
+    "proxy-1kb": (("baseline-echo", 0.5),),
 }

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from contextvars import ContextVar
 from typing import Any
 
 from eliot import log_message
@@ -22,9 +21,6 @@ from eliot import log_message
 LEVELS = ("debug", "info", "warn", "error")
 _RANK = {name: rank for rank, name in enumerate(LEVELS)}
 
-
-request_fields: ContextVar[dict[str, Any] | None] = ContextVar("request_fields", default=None)
-"""Extra fields for the current request's log line (the pool adds C{worker_id})."""
 
 SENSITIVE_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}

@@ -1,6 +1,12 @@
 """
 The logging service: eliot's destinations while the runtime runs, and
-C{twisted.logger} events forwarded into eliot.
+C{twisted.logger} events forwarded into eliot (as tahoe-lafs's
+C{_EliotLogging} does).
+
+Under twistd, twistd's own log observer is the service's L{TwistdLog} (set
+on the application by L{buntime.service.RuntimeService}): it writes nothing
+itself, so Twisted's events are written once, by the service's destinations
+in buntime's format, in the foreground as in twistd's log file.
 """
 
 from __future__ import annotations
@@ -15,7 +21,14 @@ from eliot import log_message
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogObserver, LoggingFile, LogLevel, formatEvent
+from twisted.logger import (
+    ILogObserver,
+    LimitedHistoryLogObserver,
+    LoggingFile,
+    LogLevel,
+    formatEvent,
+    globalLogPublisher,
+)
 from zope.interface import implementer
 
 from buntime.logs import level_enabled
@@ -61,28 +74,45 @@ class TwistedToEliot:
         )
 
 
-_forwarding = False
+EARLY_EVENTS = 1000
+"""Twisted events kept from before the logging service starts."""
 
 
-def twistd_observer() -> TwistedToEliot:
+@implementer(ILogObserver)
+@define(eq=False)
+class TwistdLog:
     """
-    The observer factory buntime hands to twistd's C{--logger}: Twisted's own
-    log events go into eliot, and the L{LoggingService} decides where they end.
+    twistd's own log observer when buntime runs under twistd.  It writes
+    nothing: the L{LoggingService} forwards Twisted's events into eliot.  It
+    keeps the last L{EARLY_EVENTS} events from before the service started
+    (twistd's start-up lines among them) for the service to replay, and
+    none after.
     """
-    global _forwarding
-    _forwarding = True
-    return TwistedToEliot()
+
+    _early: LimitedHistoryLogObserver | None = field(
+        factory=lambda: LimitedHistoryLogObserver(EARLY_EVENTS)
+    )
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self._early is not None:
+            self._early(event)
+
+    def replay_to(self, observer: ILogObserver) -> None:
+        """Give the events kept so far to C{observer}, and keep no more."""
+        early, self._early = self._early, None
+        if early is not None:
+            early.replayTo(observer)
 
 
 def console() -> IO[str]:
     """
     Where log lines go, looked up when logging starts.  twistd has replaced
-    C{sys.stdout} with a writer into Twisted's log by then: in the foreground
-    (Twisted's log forwarded into eliot) that would loop, so the real stdout
-    is used; daemonized, Twisted's log is C{twistd.log}, and lines go there.
+    C{sys.stdout} with a writer into Twisted's log by then; since Twisted's
+    log is forwarded into eliot, writing there would loop, so the real stdout
+    is used (a daemon writes to twistd's log file: C{console_path}).
     """
     stream = sys.stdout
-    if isinstance(stream, LoggingFile) and _forwarding and sys.__stdout__ is not None:
+    if isinstance(stream, LoggingFile) and sys.__stdout__ is not None:
         return sys.__stdout__
     return stream
 
@@ -90,7 +120,8 @@ def console() -> IO[str]:
 @define(eq=False)
 class LoggingService(Service):
     """
-    Adds the eliot destinations on start and removes them on stop.  Lines
+    Adds the eliot destinations and forwards C{twisted.logger}'s events into
+    eliot on start (first those L{twistd_log} kept); undoes both on stop.  Lines
     to a terminal are flushed one by one; to a pipe or file they are
     buffered and written once per reactor turn (so a busy runtime does not
     pay a system call per line), the log file every second, and both on
@@ -109,6 +140,9 @@ class LoggingService(Service):
     _file: FileDestination | None = None
     _flusher: LoopingCall | None = None
     _console: StreamDestination | None = None
+    twistd_log: TwistdLog = field(factory=TwistdLog)
+    """twistd's own observer while buntime runs under twistd (see L{TwistdLog})."""
+    _twisted: TwistedToEliot = field(factory=TwistedToEliot)
 
     def startService(self) -> None:
         Service.startService(self)
@@ -129,12 +163,15 @@ class LoggingService(Service):
             self._flusher.clock = self.clock
             self._flusher.start(1.0, now=False)
         eliot.add_destinations(*self._destinations)
+        globalLogPublisher.addObserver(self._twisted)
+        self.twistd_log.replay_to(self._twisted)
         take_start_messages(
             level_enabled(self.level, "debug") or self.fmt == "json" or self._file is not None
         )
 
     def stopService(self) -> None:
         Service.stopService(self)
+        globalLogPublisher.removeObserver(self._twisted)
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
         if self._console is not None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import contextvars
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
+from buntime.logs import log
 from buntime.once import relay
+
+if TYPE_CHECKING:
+    from buntime.plugins.registry import LoadedPlugin
 
 
 async def call(hook: Callable[..., Any], *args: Any) -> Any:
@@ -75,3 +80,15 @@ def bounded(
     done = ensureDeferred(call(hook, *args))
     done.addTimeout(seconds, clock)
     return done
+
+
+def plugin_error(plugin: LoadedPlugin, hook: str, error: BaseException) -> None:
+    """Log a plugin's failing C{hook} with its traceback."""
+    log(
+        "error",
+        "buntime:plugins:hook-failed",
+        f'Plugin "{plugin.name}" {hook} failed: {type(error).__name__}: {error}',
+        plugin=plugin.name,
+        hook=hook,
+        traceback=Failure(error).getTraceback(),
+    )

@@ -26,9 +26,9 @@ from buntime.archive import (
     Budget,
     InstallError,
     Source,
-    unpack,
 )
 from buntime.plugins.discovery import DIR, MANIFEST_FILES, PluginSource, read_manifest
+from buntime.unpacked import unpack
 
 _NAME = re.compile(r"\A(?:@[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 

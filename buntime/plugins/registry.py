@@ -14,13 +14,13 @@ from attrs import define, field, frozen
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from buntime.http import AppInfo, Request, Response
 from buntime.logs import log
+from buntime.plugins.chains import request_chain, response_chain
 from buntime.plugins.context import PluginContext, ServiceRegistry
-from buntime.plugins.hooks import as_deferred, call, when_answered
+from buntime.plugins.hooks import as_deferred, call, plugin_error
 from buntime.plugins.manifest import PluginManifest
 from buntime.plugins.publicroutes import PublicRoutes
 from buntime.plugins.rendering import render
@@ -59,30 +59,6 @@ def _first_segment(path: str) -> str:
     """C{/a} of C{/a/b} (and of C{/a})."""
     end = path.find("/", 1)
     return path if end < 0 else path[:end]
-
-
-def _hook_failed(plugin: LoadedPlugin, hook: str, error: BaseException) -> Response:
-    """A failing request hook: logged, and a 500 (a broken guard must not let requests through)."""
-    _plugin_error(plugin, hook, error)
-    return Response.error(
-        500, "PLUGIN_ERROR", f'Plugin "{plugin.name}" failed to handle the request'
-    )
-
-
-def _hook_failed_late(failure: Failure, plugin: LoadedPlugin, *_: object) -> Response:
-    """An awaited C{on_request} answer that failed (see L{_hook_failed})."""
-    return _hook_failed(plugin, "on_request", failure.value)
-
-
-def _plugin_error(plugin: LoadedPlugin, hook: str, error: BaseException) -> None:
-    log(
-        "error",
-        "buntime:plugins:hook-failed",
-        f'Plugin "{plugin.name}" {hook} failed: {type(error).__name__}: {error}',
-        plugin=plugin.name,
-        hook=hook,
-        traceback=Failure(error).getTraceback(),
-    )
 
 
 def websocket_endpoints(
@@ -260,58 +236,7 @@ class PluginRegistry:
         hooks = self.hooks("on_request")
         if not hooks or self.is_public(request.method, request.path, app, app_path):
             return request
-        return self._requested(hooks, 0, request, app)
-
-    def _requested(
-        self,
-        hooks: tuple[tuple[LoadedPlugin, Any], ...],
-        start: int,
-        request: Request,
-        app: AppInfo | None,
-    ) -> Request | Response | Deferred[Request | Response]:
-        """The C{on_request} hooks from C{start} on (see L{request_hooks})."""
-        for index in range(start, len(hooks)):
-            plugin, hook = hooks[index]
-            try:
-                result = hook(request, app)
-            except Exception as error:
-                return _hook_failed(plugin, "on_request", error)
-            if result is not None and not isinstance(result, Request | Response):
-                # an awaitable: the hooks after it wait for its answer
-                return when_answered(
-                    result,
-                    self._request_hooked,
-                    _hook_failed_late,
-                    plugin,
-                    hooks,
-                    index,
-                    request,
-                    app,
-                )
-            if isinstance(result, Response):
-                return result
-            if result is not None:
-                request = result
-        return request
-
-    def _request_hooked(
-        self,
-        result: object,
-        plugin: LoadedPlugin,
-        hooks: tuple[tuple[LoadedPlugin, Any], ...],
-        index: int,
-        request: Request,
-        app: AppInfo | None,
-    ) -> Request | Response | Deferred[Request | Response]:
-        """An awaited C{on_request} answer; then the hooks after it."""
-        if isinstance(result, Response):
-            return result
-        if isinstance(result, Request):
-            request = result
-        elif result is not None:
-            error = TypeError(f"returned {type(result).__name__}")
-            return _hook_failed(plugin, "on_request", error)
-        return self._requested(hooks, index + 1, request, app)
+        return request_chain(hooks, 0, request, app)
 
     def on_response(self, response: Response, app: AppInfo | None) -> Deferred[Response]:
         """Run C{on_response} hooks in load order; a failing hook leaves the response as it was."""
@@ -321,61 +246,7 @@ class PluginRegistry:
         self, response: Response, app: AppInfo | None
     ) -> Response | Deferred[Response]:
         """L{on_response}, answered at once (not as a Deferred) when every hook answers at once."""
-        return self._responded(self.hooks("on_response"), 0, response, app)
-
-    def _responded(
-        self,
-        hooks: tuple[tuple[LoadedPlugin, Any], ...],
-        start: int,
-        response: Response,
-        app: AppInfo | None,
-    ) -> Response | Deferred[Response]:
-        """The C{on_response} hooks from C{start} on (see L{response_hooks})."""
-        for index in range(start, len(hooks)):
-            plugin, hook = hooks[index]
-            try:
-                result = hook(response, app)
-            except Exception as error:
-                _plugin_error(plugin, "on_response", error)
-                continue
-            if result is not None and not isinstance(result, Response):
-                return when_answered(
-                    result,
-                    self._response_hooked,
-                    self._response_hooked,
-                    plugin,
-                    hooks,
-                    index,
-                    response,
-                    app,
-                )
-            response = self._hooked_response(plugin, result, response)
-        return response
-
-    @staticmethod
-    def _hooked_response(plugin: LoadedPlugin, result: object, response: Response) -> Response:
-        """The response after an C{on_response} hook answered C{result}."""
-        if isinstance(result, Response):
-            return result
-        if result is not None:
-            _plugin_error(plugin, "on_response", TypeError(f"returned {type(result).__name__}"))
-        return response
-
-    def _response_hooked(
-        self,
-        result: object,
-        plugin: LoadedPlugin,
-        hooks: tuple[tuple[LoadedPlugin, Any], ...],
-        index: int,
-        response: Response,
-        app: AppInfo | None,
-    ) -> Response | Deferred[Response]:
-        """An awaited C{on_response} answer (a failure keeps the response), then the rest."""
-        if isinstance(result, Failure):
-            _plugin_error(plugin, "on_response", result.value)
-        else:
-            response = self._hooked_response(plugin, result, response)
-        return self._responded(hooks, index + 1, response, app)
+        return response_chain(self.hooks("on_response"), 0, response, app)
 
     async def server_fetch(self, request: Request) -> Response | None:
         """The first C{server_fetch} answer that is not a 404 (or C{None}: nobody's)."""
@@ -383,7 +254,7 @@ class PluginRegistry:
             try:
                 result = await call(hook, request)
             except Exception as error:
-                _plugin_error(plugin, "server_fetch", error)
+                plugin_error(plugin, "server_fetch", error)
                 return Response.error(
                     500, "PLUGIN_ERROR", f'Plugin "{plugin.name}" failed to handle the request'
                 )
@@ -461,7 +332,7 @@ class PluginRegistry:
             try:
                 await call(hook, *args)
             except Exception as error:
-                _plugin_error(plugin, hook_name, error)
+                plugin_error(plugin, hook_name, error)
 
     async def worker_spawned(self, worker: Any, app: Any) -> None:
         """C{on_worker_spawn} hooks (errors are logged)."""

@@ -1,6 +1,7 @@
 """
 What a worker process starts with: its environment (the entrypoint it is
-given is found by L{buntime.apps.resolve}).
+given is found by L{buntime.apps.resolve}), and each app version as the
+pool runs it (L{PoolApps}).
 
 Workers do not inherit the runtime's environment (it may hold secrets); they
 get what Python needs, buntime's own variables, and the app manifest's
@@ -12,10 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
+
+from attrs import define, field
 
 import buntime
+from buntime.logs import log
 from buntime.manifest import AppManifest
+from buntime.pool.deps import DEPS_DIR
+from buntime.pool.state import PoolApp
 
 SENSITIVE_PATTERNS = tuple(
     re.compile(pattern, re.IGNORECASE)
@@ -136,3 +143,49 @@ def build_worker_env(
         if name in runtime:
             env[name] = str(runtime[name])
     return env, sorted(blocked)
+
+
+@define
+class PoolApps:
+    """
+    Builds the pool's view of an app version (L{PoolApp}): its worker
+    environment from the runtime's own (C{environ}, C{runtime_env} for the
+    C{RUNTIME_*} values) and its manifest.  Names blocked from a manifest's
+    C{env} are logged once per app.
+    """
+
+    environ: Mapping[str, str]
+    runtime_env: Callable[[], Mapping[str, str]]
+    _warned: set[str] = field(factory=set)
+
+    def build(
+        self, *, dir: str, name: str, version: str, manifest: AppManifest, entrypoint: str
+    ) -> PoolApp:
+        """The app at C{dir}; C{entrypoint} is resolved (C{file[:attr]})."""
+        label = f"{name}@{version}"
+        env, blocked = build_worker_env(
+            app_dir=dir,
+            entrypoint=entrypoint,
+            worker_id=str(uuid.uuid4()),
+            manifest=manifest,
+            runtime_env=self.environ,
+            runtime=self.runtime_env(),
+            deps_dir=_deps_dir(dir, manifest),
+        )
+        if blocked and label not in self._warned:
+            self._warned.add(label)
+            log(
+                "warn",
+                "buntime:apps:env-blocked",
+                f"Blocked sensitive variables from the environment of {label}: "
+                + ", ".join(sorted(blocked)),
+                app=label,
+                blocked=sorted(blocked),
+            )
+        return PoolApp(key=dir, name=name, version=version, dir=dir, manifest=manifest, env=env)
+
+
+def _deps_dir(app_dir: str, manifest: AppManifest) -> str | None:
+    """C{<app>/.deps}, where autoInstall puts the app's requirements."""
+    deps = os.path.join(app_dir, DEPS_DIR)
+    return deps if manifest.auto_install or os.path.isdir(deps) else None

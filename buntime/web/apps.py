@@ -10,22 +10,23 @@ C{<base href>}.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, ClassVar
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
+from buntime.apps.discovery import AppCatalog, AppVersion, ordered_versions, split_app_path
 from buntime.apps.resolve import EntrypointError, resolve
 from buntime.apps.versions import InvalidRange
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.logs import log
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
-from buntime.pool.environment import build_worker_env
-from buntime.pool.pool import PoolApp, WorkerPool
+from buntime.pool.environment import PoolApps
+from buntime.pool.pool import WorkerPool
+from buntime.pool.state import PoolApp
 from buntime.web.static import inject_base_href, serve_static
 
 _HEAD_SCAN_LIMIT = 64 * 1024
@@ -117,7 +118,11 @@ class AppStep:
     _checked: dict[str, float] = field(factory=dict)
     _pool_apps: dict[str, tuple[ResolvedApp, PoolApp]] = field(factory=dict)
     _infos: dict[str, tuple[ResolvedApp, AppInfo]] = field(factory=dict)
-    _warned: set[str] = field(factory=set)
+    _builder: PoolApps = field(init=False)
+
+    @_builder.default
+    def _make_builder(self) -> PoolApps:
+        return PoolApps(self.environ, self.runtime_env)
 
     def load(self, version: AppVersion) -> ResolvedApp:
         """
@@ -153,52 +158,21 @@ class AppStep:
         self._apps[version.dir] = loaded
         return loaded
 
-    @staticmethod
-    def _deps_dir(loaded: ResolvedApp) -> str | None:
-        """C{<app>/.deps}, where autoInstall puts the app's requirements."""
-        deps = os.path.join(loaded.version.dir, ".deps")
-        return deps if loaded.manifest.auto_install or os.path.isdir(deps) else None
-
     def _cached_pool_app(self, loaded: ResolvedApp) -> PoolApp:
         """The pool's view of C{loaded}, built once per manifest version."""
         cached = self._pool_apps.get(loaded.version.dir)
         if cached is not None and cached[0] is loaded:
             return cached[1]
-        app = self._pool_app(loaded)
-        self._pool_apps[loaded.version.dir] = (loaded, app)
-        return app
-
-    def _pool_app(self, loaded: ResolvedApp) -> PoolApp:
         version = loaded.version
-        label = f"{version.name}@{version.version}"
-        entry = loaded.entrypoint + (f":{loaded.attr}" if loaded.attr else "")
-        env, blocked = build_worker_env(
-            app_dir=version.dir,
-            entrypoint=entry,
-            worker_id=str(uuid.uuid4()),
-            manifest=loaded.manifest,
-            runtime_env=self.environ,
-            runtime=self.runtime_env(),
-            deps_dir=self._deps_dir(loaded),
-        )
-        if blocked and label not in self._warned:
-            self._warned.add(label)
-            log(
-                "warn",
-                "buntime:apps:env-blocked",
-                f"Blocked sensitive variables from the environment of {label}: "
-                + ", ".join(sorted(blocked)),
-                app=label,
-                blocked=sorted(blocked),
-            )
-        return PoolApp(
-            key=version.dir,
+        app = self._builder.build(
+            dir=version.dir,
             name=version.name,
             version=version.version,
-            dir=version.dir,
             manifest=loaded.manifest,
-            env=env,
+            entrypoint=loaded.entrypoint + (f":{loaded.attr}" if loaded.attr else ""),
         )
+        self._pool_apps[loaded.version.dir] = (loaded, app)
+        return app
 
     def body_limit_for(self, path: str) -> int:
         """The request body limit for C{path}: its app's C{maxBodySize}, else the default."""
@@ -227,7 +201,7 @@ class AppStep:
             return succeed(found)
         version, base, rest = found
         fields["app"] = f"{version.name}@{version.version}"
-        answer = self._answer(version, request, base, rest)
+        answer = self._answer(version, request, base, rest, fields)
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
@@ -243,8 +217,21 @@ class AppStep:
         except InvalidRange as error:
             return Response.error(400, "INVALID_VERSION_RANGE", str(error))
         if version is None:
-            return None
+            return self._no_such_version(name, spec)
         return version, base, rest
+
+    def _no_such_version(self, name: str, spec: str | None) -> Response | None:
+        """A 404 listing the versions of C{name} that exist, when some do (else C{None})."""
+        existing = self.catalog.versions(name)
+        if spec is None or not existing:
+            return None
+        listed = ", ".join(ordered_versions(existing))
+        return Response.error(
+            404,
+            "VERSION_NOT_FOUND",
+            f"No version of {name} matches {spec!r}; versions that exist: {listed}",
+            {"x-not-found": "true"},
+        )
 
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""
@@ -265,14 +252,27 @@ class AppStep:
         return cached[1], parts[3]
 
     def serve(
-        self, version: AppVersion, request: Request, base: str, rest: str
+        self,
+        version: AppVersion,
+        request: Request,
+        base: str,
+        rest: str,
+        fields: dict[str, Any] | None = None,
     ) -> Deferred[Response]:
-        """Answer C{request} from the app at C{version} mounted at C{base} (a Deferred)."""
-        answer = self._answer(version, request, base, rest)
+        """
+        Answer C{request} from the app at C{version} mounted at C{base} (a
+        Deferred); the worker's id goes into the log C{fields}.
+        """
+        answer = self._answer(version, request, base, rest, fields)
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def _answer(
-        self, version: AppVersion, request: Request, base: str, rest: str
+        self,
+        version: AppVersion,
+        request: Request,
+        base: str,
+        rest: str,
+        fields: dict[str, Any] | None,
     ) -> Response | Deferred[Response]:
         """L{serve}: an answer known at once (an error, a static file), or the pool's Deferred."""
         try:
@@ -294,7 +294,8 @@ class AppStep:
             )
         # the worker gives the app its x-base (see buntime.pool.child.protocol)
         inner = request.with_path(rest)
-        response = self.pool.handle(self._cached_pool_app(loaded), inner, base)
+        served = None if fields is None else partial(fields.__setitem__, "worker_id")
+        response = self.pool.handle(self._cached_pool_app(loaded), inner, base, served)
         if loaded.manifest.inject_base:  # apps with code: only when the manifest asks
             response.addCallback(_with_base, base)
         return response

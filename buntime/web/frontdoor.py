@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from buntime import __version__
-from buntime.http import AppInfo, Headers, Request, Response
-from buntime.logs import log, request_fields
+from buntime.http import AppInfo, Headers, Request, Response, Takeover
+from buntime.logs import log
 from buntime.logs.requests import finish_request, request_action, request_record
 from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.rendering import render
@@ -97,16 +97,13 @@ class _Tracked:
 
     def run(self, function: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
         """
-        C{function(*args)} in the request's log context (its eliot action, and
-        C{fields} for the log line): the work to cancel if the client leaves.
+        C{function(*args)} in the request's eliot action: the work to cancel
+        if the client leaves.
         """
-        token = request_fields.set(self.fields)
         try:
             done = self.action.run(function, *args)
         except Exception:
             done = fail()
-        finally:
-            request_fields.reset(token)
         self.running = done
         return done
 
@@ -232,15 +229,27 @@ class FrontDoor:
         fields: dict[str, Any],
     ) -> None:
         """Write the answer (never raises: one it cannot write aborts the connection)."""
-        if (
-            response is not None
-            and response.status == 101
-            and type(response.body) is WorkerSocket
-            and self._websockets is not None
-        ):
-            self._websockets.relay(exchange, request, response, fields)  # a worker app's WebSocket
-            return
+        if response is not None and response.status == 101:
+            body = response.body
+            if type(body) is WorkerSocket and self._websockets is not None:
+                self._websockets.relay(exchange, request, response, fields)  # an app's WebSocket
+                return
+            if type(body) is Takeover:  # a plugin takes the connection (a proxy's tunnel)
+                self._take_over(exchange, body, fields)
+                return
         exchange.respond(response)
+
+    def _take_over(self, exchange: Exchange, takeover: Takeover, fields: dict[str, Any]) -> None:
+        if not exchange.head.upgrade or (self._websockets and self._websockets.closing):
+            exchange.respond(
+                Response.error(502, "BAD_GATEWAY", "A plugin switched protocols unasked")
+                if not exchange.head.upgrade
+                else Response.error(503, "SHUTTING_DOWN", "The runtime is stopping")
+            )
+            return
+        fields["upgrade"] = "tunnel"
+        exchange.status = 101
+        exchange.hand_over(takeover.build(), b"")
 
     def _crashed(self, failure: Failure, exchange: Exchange) -> None:
         if failure.check(CancelledError):

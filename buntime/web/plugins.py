@@ -66,4 +66,4 @@ class PluginSteps:
         plugin, base, rest = app
         fields["app"] = f"plugin:{plugin.name}"
         version = AppVersion(plugin.name, "plugin", plugin.path, "plugin")
-        return await self.apps.serve(version, request, base, rest)
+        return await self.apps.serve(version, request, base, rest, fields)

@@ -63,9 +63,9 @@ def csrf_refusal(request: Request) -> Response | None:
     origin = headers.get("origin")
     if not origin:
         return Response.error(403, "FORBIDDEN", "Forbidden - Origin required")
+    host = (headers.get("host") or "").lower()
     try:
         parsed = urlsplit(origin)
-        host = (headers.get("host") or "").lower()
         allowed = (
             parsed.scheme in ("http", "https")
             and parsed.username is None
@@ -77,5 +77,10 @@ def csrf_refusal(request: Request) -> Response | None:
     except ValueError:
         allowed = False
     if not allowed:
-        return Response.error(403, "FORBIDDEN", "Forbidden")
+        expected = f"http://{host} or https://{host}" if host else "one naming the Host header"
+        return Response.error(
+            403,
+            "FORBIDDEN",
+            f"Forbidden - Origin {origin} is not this runtime's: expected {expected}",
+        )
     return None

@@ -16,8 +16,7 @@ from typing import Any
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -25,6 +24,7 @@ from zope.interface import implementer
 import buntime
 from buntime.logs import log
 from buntime.once import Once
+from buntime.pool.launch.forked import ForkedWorker, OutputSocket, adopt
 from buntime.pool.launch.launcher import (
     MAX_RESTART_DELAY,
     STOP_GRACE,
@@ -38,83 +38,7 @@ from buntime.pool.launch.launcher import (
     exit_code,
     output_readers,
 )
-from buntime.pool.output import OUTPUT_FD, FrameReader, Write
-
-
-class _Lines(Protocol):
-    """An adopted output socket of a forked worker."""
-
-    def __init__(self, splitter: LineSplitter | FrameReader, closed: Deferred) -> None:
-        self.splitter = splitter
-        self.closed = closed
-
-    def dataReceived(self, data: bytes) -> None:
-        self.splitter.feed(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.splitter.flush()
-        if not self.closed.called:
-            self.closed.callback(None)
-
-
-class _Given(Factory):
-    """A factory handing out one protocol made beforehand (for an adopted socket)."""
-
-    def __init__(self, protocol: Protocol) -> None:
-        self.protocol_instance = protocol
-
-    def buildProtocol(self, addr: object) -> Protocol:
-        return self.protocol_instance
-
-
-def _adopt(reactor: Any, sock: socket.socket, protocol: Protocol) -> None:
-    """Hand C{sock} to the reactor with C{protocol}; C{sock} itself is closed."""
-    sock.setblocking(False)
-    reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, _Given(protocol))
-    sock.close()
-
-
-@define(eq=False)
-class _Forked:
-    """A worker the template forked: its pid, exit, and the output sockets' ends."""
-
-    pid: int
-    exited: Deferred
-    outputs: list[Deferred]
-    code: int | None = None
-
-    def report_exit(self, code: int, reactor: IReactorTime) -> None:
-        """The template saw it exit: fire C{exited} once its output is read (1 s at most)."""
-        if self.code is not None:
-            return
-        self.code = code
-        pending = [d for d in self.outputs if not d.called]
-        if not pending:
-            self._fire()
-            return
-        timer = reactor.callLater(1.0, self._fire)
-        remaining = [len(pending)]
-
-        def closed(_: object) -> None:
-            remaining[0] -= 1
-            if remaining[0] == 0 and timer.active():
-                timer.cancel()
-                self._fire()
-
-        for d in pending:
-            d.addCallback(closed)
-
-    def _fire(self) -> None:
-        if not self.exited.called:
-            self.exited.callback(self.code)
-
-    def send_signal(self, signum: int) -> None:
-        """Signal the process, unless it is known to have exited (its pid may be reused)."""
-        if self.code is None:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
+from buntime.pool.output import OUTPUT_FD, Write
 
 
 class _Control(Protocol):
@@ -193,7 +117,7 @@ class ForkLauncher:
     _failures: int = 0
     _restart: Any = None
     _pending: dict[str, tuple[Deferred, list[socket.socket], Any, Callable]] = field(factory=dict)
-    _workers: dict[int, _Forked] = field(factory=dict)
+    _workers: dict[int, ForkedWorker] = field(factory=dict)
     _started: bool = False
     _waiting: Once = field(factory=Once)
     """Launches waiting for the template to be ready (again)."""
@@ -203,7 +127,9 @@ class ForkLauncher:
         self._stopping = False
         self._started = True
         if self._ready is None:
-            self._spawn_template()
+            failed = self._spawn_template()
+            if failed is not None:  # the template process could not even be started
+                return fail(failed)
         assert self._ready is not None
         return self._ready.wait()
 
@@ -267,7 +193,8 @@ class ForkLauncher:
 
     # -- the template process ---------------------------------------------------
 
-    def _spawn_template(self) -> None:
+    def _spawn_template(self) -> Failure | None:
+        """Start the template process; the failure when it cannot be started."""
         self._ready = Once()
         self._ready_now = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -284,16 +211,18 @@ class ForkLauncher:
         except Exception:
             ours.close()
             theirs.close()
+            failure = Failure()
             ready, self._ready = self._ready, None
-            ready.fire(Failure())
-            return
+            ready.fire(failure)
+            return failure
         theirs.close()
         self._process = process
         self._control = ours
         control = socket.socket(fileno=os.dup(ours.fileno()))
         self._reader = _Control(self)
-        _adopt(self.reactor, control, self._reader)
+        adopt(self.reactor, control, self._reader)
         ours.settimeout(2.0)
+        return None
 
     def _send(self, message: dict, fds: list[int]) -> None:
         assert self._control is not None
@@ -337,9 +266,9 @@ class ForkLauncher:
         outputs: list[Deferred] = []
         for fd, sock in zip((1, 2, OUTPUT_FD), streams, strict=True):
             outputs.append(Deferred())
-            _adopt(self.reactor, sock, _Lines(readers[fd], outputs[-1]))
-        _adopt(self.reactor, channel, protocol)
-        worker = _Forked(pid, Deferred(), outputs)
+            adopt(self.reactor, sock, OutputSocket(readers[fd], outputs[-1]))
+        adopt(self.reactor, channel, protocol)
+        worker = ForkedWorker(pid, Deferred(), outputs)
         self._workers[pid] = worker
         launched.callback(LaunchedProcess(pid, worker.exited, worker.send_signal))
 

@@ -1,0 +1,289 @@
+"""
+The proxy's HTTP/1.1 client: kept-alive connections to each upstream, one
+request at a time on each, answers read by llhttp (C{httptools}, the parser
+the runtime reads requests with) and their bodies handed on as they arrive.
+
+A request goes out as one write (head and body); its answer fires the
+request's Deferred with an L{Answer} whose C{body} is bytes when the whole
+answer came in the read that brought its head (most small answers), else a
+L{PushedStream} of the body that pauses the connection while the reader is
+behind.
+A connection is used again once its answer has been read to the end and
+the upstream keeps it open; a request on a kept connection that the
+upstream had closed meanwhile is sent once more on a new one when its
+method is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define
+from httptools import HttpResponseParser
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.python.failure import Failure
+
+from buntime.stream import PushedStream
+
+HIGH_WATER = 4
+"""Chunks waiting for the reader after which the upstream connection is paused."""
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+Key = tuple[str, str, int]
+"""An upstream: scheme, host, port."""
+
+
+class UpstreamLost(Exception):
+    """
+    The connection ended before the answer was read; C{retryable}: a kept
+    connection the upstream closed before answering anything.
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@define
+class Answer:
+    """An upstream's answer, once its head is read."""
+
+    status: int
+    reason: str | None
+    headers: list[tuple[str, str]]
+    body: bytes | PushedStream
+
+
+class UpstreamPool:
+    """
+    Connections to upstreams, kept alive between requests: at most
+    C{per_upstream} idle ones each (more are made when all are busy, and
+    closed after their answer).
+    """
+
+    def __init__(self, reactor: Any, per_upstream: int = 32, connect_timeout: float = 10) -> None:
+        self.reactor = reactor
+        self.per_upstream = per_upstream
+        self.connect_timeout = connect_timeout
+        self._idle: dict[Key, list[_Connection]] = {}
+        self._all: set[_Connection] = set()
+
+    def request(self, key: Key, method: str, data: bytes) -> Deferred[Answer]:
+        """
+        Send C{data} (a whole request: head and body) to the upstream
+        C{key}; fires with the answer once it is read (its body may go on),
+        or fails with L{UpstreamLost} or what connecting raised.
+        Cancelling it drops the connection.
+        """
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if connection.open:
+                sent = connection.send(data, method)
+                if method in IDEMPOTENT:
+                    sent.addErrback(self._again, key, method, data)
+                return sent
+        return self._fresh(key, method, data)
+
+    def _again(self, failure: Failure, key: Key, method: str, data: bytes) -> object:
+        """A kept connection the upstream closed as it was used: once more, on a new one."""
+        if failure.check(UpstreamLost) and failure.value.retryable:
+            return self._fresh(key, method, data)
+        return failure
+
+    def _fresh(self, key: Key, method: str, data: bytes) -> Deferred[Answer]:
+        connecting = self._connect(key)
+        return connecting.addCallback(lambda connection: connection.send(data, method))
+
+    def _connect(self, key: Key) -> Deferred[_Connection]:
+        scheme, host, port = key
+        endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+        if scheme == "https":
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        connecting: Deferred[_Connection] = endpoint.connect(
+            Factory.forProtocol(lambda: _Connection(key, self._done))
+        )
+        return connecting.addCallback(self._made)
+
+    def _made(self, connection: _Connection) -> _Connection:
+        self._all.add(connection)
+        return connection
+
+    def _done(self, connection: _Connection, reusable: bool) -> None:
+        """C{connection}'s answer is read (or it broke): keep it for the next request, or not."""
+        if not reusable:
+            self._all.discard(connection)
+            return
+        idle = self._idle.setdefault(connection.key, [])
+        if len(idle) < self.per_upstream:
+            idle.append(connection)
+        else:
+            self._all.discard(connection)
+            connection.transport.loseConnection()
+
+    def close(self) -> None:
+        """Close every connection (idle ones at once, busy ones too)."""
+        self._idle.clear()
+        for connection in list(self._all):
+            connection.transport.loseConnection()
+        self._all.clear()
+
+
+class _Connection(Protocol):
+    """One connection to an upstream (see the module's docstring)."""
+
+    transport: Any
+
+    def __init__(self, key: Key, done: Callable[[_Connection, bool], None]) -> None:
+        self.key = key
+        self._done = done
+        self.open = False
+        self._parser = HttpResponseParser(self)
+        self._waiting: Deferred[Answer] | None = None
+        self._stream: PushedStream | None = None
+        self._used = 0
+        self._read_any = False
+        self._head_only = False
+        self._reason: str | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._unread = 0
+        self._paused = False
+        self._answer: Answer | None = None  # read, not yet given (see dataReceived)
+        self._early: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.open = True
+
+    def send(self, data: bytes, method: str) -> Deferred[Answer]:
+        """Send a request; its answer's head fires the Deferred."""
+        self._used += 1
+        self._read_any = False
+        self._head_only = method == "HEAD"
+        waiting: Deferred[Answer] = Deferred(self._cancelled)
+        self._waiting = waiting
+        self.transport.write(data)
+        return waiting
+
+    def _cancelled(self, _: Deferred[Answer]) -> None:
+        self._waiting = None
+        self.transport.abortConnection()  # the client went away: nothing more to read here
+
+    # -- llhttp's callbacks -------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = None
+
+    def on_status(self, status: bytes) -> None:
+        self._reason = status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            return  # an interim answer: the final one follows
+        self._answer = Answer(status, self._reason, self._headers, b"")
+        self._early = []
+        if self._head_only:  # llhttp would wait for the body a HEAD answer does not have
+            self._give()
+            self._finish(reusable=False)
+
+    def on_body(self, data: bytes) -> None:
+        if self._answer is not None:  # what came with the head: given with it
+            self._early.append(data)
+            return
+        stream = self._stream
+        if stream is None:
+            return
+        ack: Deferred[object] = Deferred()
+        ack.addCallback(self._taken)
+        self._unread += 1
+        stream.feed(data, ack)
+        if self._unread > HIGH_WATER and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200:
+            return
+        answer = self._answer
+        if answer is not None:  # the whole answer in one read: its body as bytes
+            answer.body = b"".join(self._early)
+            self._give()
+        else:
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                stream.end()
+        self._finish(reusable=self._parser.should_keep_alive() and not self._paused)
+
+    def _give(self) -> None:
+        """Fire the request's Deferred with the answer read."""
+        answer, self._answer, self._early = self._answer, None, []
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and answer is not None:
+            waiting.callback(answer)
+
+    def _give_streamed(self) -> None:
+        """The answer's head is read and its body goes on: a stream, with what came so far."""
+        answer = self._answer
+        assert answer is not None
+        early = self._early
+        self._stream = answer.body = PushedStream(self._reader_gone)
+        self._give()
+        for chunk in early:
+            self.on_body(chunk)
+
+    # -- the connection -------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._read_any = True
+        try:
+            self._parser.feed_data(data)
+        except Exception as error:  # an answer that is no HTTP/1.1
+            self._broke(UpstreamLost(f"the upstream's answer is malformed: {error}"))
+            self.transport.abortConnection()
+            return
+        if self._answer is not None:  # its body goes on past this read
+            self._give_streamed()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.open = False
+        if self._stream is not None or self._waiting is not None:
+            retryable = self._used > 1 and not self._read_any and self._stream is None
+            message = f"the upstream closed the connection: {reason.value}"
+            self._broke(UpstreamLost(message, retryable))
+        self._done(self, False)
+
+    def _broke(self, error: Exception) -> None:
+        self._answer = None
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(error)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.fail(ConnectionError(f"the upstream's answer broke off: {error}"))
+
+    def _finish(self, reusable: bool) -> None:
+        if reusable:
+            self._done(self, True)  # llhttp reads the next answer on from here
+        else:
+            self.open = False
+            self.transport.loseConnection()
+
+    def _taken(self, _: object) -> None:
+        self._unread -= 1
+        if self._paused and self._unread <= HIGH_WATER // 2:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _reader_gone(self) -> None:
+        """The client went away mid-body: this connection cannot be used again."""
+        self._stream = None
+        self.open = False
+        self.transport.abortConnection()

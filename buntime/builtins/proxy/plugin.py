@@ -1,0 +1,245 @@
+"""
+C{@buntime/plugin-proxy}: a reverse proxy in front of the apps.
+
+Its rules (L{buntime.builtins.proxy.rules}) come from the manifest's
+C{rules:} and from its API at C{/redirects/api/rules}; the API's are kept
+under C{RUNTIME_DATA_DIR} and survive a restart.  Every request is tried
+against the rules in order in C{on_request}, so a rule wins over the apps;
+a match is answered by the upstream (L{buntime.builtins.proxy.forward}),
+WebSocket upgrades too when the rule says C{ws: true}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from importlib.resources import files
+from typing import Any
+
+from attrs import define, field
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from zope.interface import implementer
+
+from buntime.builtins.proxy.forward import Forwarder
+from buntime.builtins.proxy.rules import Rule, RuleError, RuleStore, parse_rule
+from buntime.builtins.proxy.tunnel import tunnel
+from buntime.http import AppInfo, Request, Response
+from buntime.interfaces import IBuntimePlugin, IPluginContext
+from buntime.units import parse_duration
+
+WATCH_SECONDS = 1.0
+"""How often the stored rules are looked at for another replica's change."""
+
+
+def _json(request: Any, obj: object, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(obj).encode("utf-8")
+
+
+def _error(request: Any, status: int, code: str, message: str) -> bytes:
+    return _json(request, {"error": {"code": code, "message": message}}, status)
+
+
+@implementer(IBuntimePlugin)
+@define
+class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optional
+    """The rules, the upstream connections, and the API that edits the rules."""
+
+    config: Mapping[str, Any] = field(factory=dict)
+    rules: list[Rule] = field(factory=list)
+    own_base: str = "/redirects"
+    forwarder: Forwarder | None = None
+    store: RuleStore | None = None
+    allow_link_local: bool = False
+    logger: Any = None
+    reactor: Any = None
+    manifest_rules: list[Rule] = field(factory=list)
+    watch: LoopingCall | None = None
+    _stamp: tuple[int, int, int] | None = None
+
+    routes = Klein()
+
+    def on_init(self, ctx: IPluginContext) -> None:
+        config = ctx.config
+        self.reactor = ctx.reactor
+        self.logger = ctx.logger
+        self.own_base = ctx.base or ""
+        self.allow_link_local = bool(config.get("allowLinkLocal", False))
+        timeout = parse_duration(config.get("timeout", "30s"))
+        self.forwarder = Forwarder(ctx.reactor, timeout)
+        rules = [
+            parse_rule(item, source="manifest", rule_id=_manifest_id(item, index))
+            for index, item in enumerate(config.get("rules") or [])
+        ]
+        self.manifest_rules = rules
+        self.store = RuleStore(os.path.join(ctx.data_dir, "proxy"))
+        self._reload()
+        ctx.logger.info(f"Proxy ready with {len(self.rules)} rule(s)", rules=len(self.rules))
+        # Replicas sharing RUNTIME_DATA_DIR see each other's API changes.
+        self.watch = LoopingCall(self._reload_if_changed)
+        self.watch.clock = ctx.reactor
+        self.watch.start(WATCH_SECONDS, now=False)
+
+    def on_shutdown(self) -> None:
+        if self.watch is not None and self.watch.running:
+            self.watch.stop()
+        if self.forwarder is not None:
+            self.forwarder.close()
+
+    def _reload(self) -> None:
+        """The manifest's rules, then the stored ones (read again)."""
+        assert self.store is not None
+        self._stamp = self.store.stamp()
+        stored, problems = self.store.load(self.allow_link_local)
+        for problem in problems:
+            self.logger.warn(f"A stored proxy rule was left out: {problem}")
+        taken = {rule.id for rule in self.manifest_rules}
+        self.rules = [*self.manifest_rules, *(rule for rule in stored if rule.id not in taken)]
+
+    def _reload_if_changed(self) -> None:
+        if self.store is not None and self.store.stamp() != self._stamp:
+            self._reload()
+            self.logger.info(
+                "Proxy rules changed on disk (another replica?): reloaded", rules=len(self.rules)
+            )
+
+    # -- requests -------------------------------------------------------------
+
+    def on_request(self, request: Request, app: AppInfo | None) -> Deferred[Response] | None:
+        """The upstream's answer when a rule matches C{request}'s path; C{None} otherwise."""
+        if not self.rules:
+            return None
+        path = request.path
+        own = self.own_base
+        if own and (path == own or path.startswith(own + "/")):
+            return None  # the proxy's own API and page are never proxied
+        for rule in self.rules:
+            upstream_path = rule.upstream_path(path)
+            if upstream_path is None:
+                continue
+            if _upgrade(request):
+                if not rule.ws:
+                    return Deferred.fromCoroutine(_refused_upgrade())
+                timeout = self.forwarder.timeout if self.forwarder is not None else 30.0
+                return Deferred.fromCoroutine(
+                    tunnel(self.reactor, request, rule, upstream_path, timeout)
+                )
+            assert self.forwarder is not None
+            return self.forwarder.forward(request, rule, upstream_path)
+        return None
+
+    # -- the API ----------------------------------------------------------------
+
+    @routes.route("/", methods=["GET", "HEAD"])
+    def page(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return files("buntime.builtins.proxy").joinpath("index.html").read_bytes()
+
+    @routes.route("/api/rules", methods=["GET", "HEAD"])
+    def list_rules(self, request: Any) -> bytes:
+        return _json(request, {"rules": [rule.describe() for rule in self.rules]})
+
+    @routes.route("/api/rules", methods=["POST"])
+    def add_rule(self, request: Any) -> bytes:
+        data = _body(request)
+        if isinstance(data, bytes):
+            return data
+        try:
+            rule = parse_rule(data, allow_link_local=self.allow_link_local)
+        except RuleError as error:
+            return _error(request, 400, "INVALID_RULE", str(error))
+        if any(existing.id == rule.id for existing in self.rules):
+            return _error(request, 409, "RULE_EXISTS", f"A rule with id {rule.id} exists")
+        self._save([*self.rules, rule])
+        return _json(request, rule.describe(), 201)
+
+    @routes.route("/api/rules/<rule_id>", methods=["GET", "HEAD"])
+    def get_rule(self, request: Any, rule_id: str) -> bytes:
+        found = self._find(rule_id)
+        if found is None:
+            return _error(request, 404, "RULE_NOT_FOUND", f"No rule {rule_id}")
+        return _json(request, found.describe())
+
+    @routes.route("/api/rules/<rule_id>", methods=["PUT"])
+    def put_rule(self, request: Any, rule_id: str) -> bytes:
+        found = self._find(rule_id)
+        refusal = self._unchangeable(request, found, rule_id)
+        if refusal is not None:
+            return refusal
+        data = _body(request)
+        if isinstance(data, bytes):
+            return data
+        if isinstance(data, dict):
+            data = {**data, "id": rule_id}
+        try:
+            rule = parse_rule(data, allow_link_local=self.allow_link_local, rule_id=rule_id)
+        except RuleError as error:
+            return _error(request, 400, "INVALID_RULE", str(error))
+        self._save([rule if existing is found else existing for existing in self.rules])
+        return _json(request, rule.describe())
+
+    @routes.route("/api/rules/<rule_id>", methods=["DELETE"])
+    def delete_rule(self, request: Any, rule_id: str) -> bytes:
+        found = self._find(rule_id)
+        refusal = self._unchangeable(request, found, rule_id)
+        if refusal is not None:
+            return refusal
+        self._save([existing for existing in self.rules if existing is not found])
+        request.setResponseCode(204)
+        return b""
+
+    def _find(self, rule_id: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+    def _unchangeable(self, request: Any, found: Rule | None, rule_id: str) -> bytes | None:
+        if found is None:
+            return _error(request, 404, "RULE_NOT_FOUND", f"No rule {rule_id}")
+        if found.source == "manifest":
+            return _error(
+                request,
+                409,
+                "MANIFEST_RULE",
+                f"Rule {rule_id} comes from the manifest: edit it there",
+            )
+        return None
+
+    def _save(self, rules: list[Rule]) -> None:
+        """Keep C{rules} (on disk first: a rule is in use only once it is saved)."""
+        assert self.store is not None
+        self.store.save(rules)
+        self._stamp = self.store.stamp()
+        self.rules = rules
+
+
+def _manifest_id(item: object, index: int) -> str:
+    given = item.get("id") if isinstance(item, Mapping) else None
+    return given if isinstance(given, str) else f"manifest-{index + 1}"
+
+
+def _body(request: Any) -> Any:
+    """The request's JSON body, or the 400 answer (bytes) when it is not JSON."""
+    try:
+        return json.loads(request.content.read() or b"null")
+    except ValueError as error:
+        return _error(request, 400, "INVALID_JSON", f"The body is not JSON: {error}")
+
+
+def _upgrade(request: Request) -> bool:
+    connection = (request.headers.get("connection") or "").lower()
+    return "upgrade" in connection and request.headers.get("upgrade") is not None
+
+
+async def _refused_upgrade() -> Response:
+    return Response.error(
+        501, "UPGRADE_NOT_PROXIED", "This proxy rule does not pass WebSocket upgrades (ws: false)"
+    )
+
+
+def plugin(config: Mapping[str, Any]) -> ProxyPlugin:
+    """The factory the loader calls with the manifest's settings."""
+    return ProxyPlugin(config)

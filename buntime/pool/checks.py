@@ -1,0 +1,140 @@
+"""
+When a worker retires besides crashing: after a request (an ephemeral
+worker's is done; a persistent one has timed out C{TIMEOUT_STRIKES} times in
+a row), and on a timer (C{ttl}, C{idleTimeout}, C{maxRequests}; C{on_idle}
+sent after half of C{idleTimeout}).  A timeout that kills a worker is
+explained in one error line with the worker's stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+from buntime.logs import log
+from buntime.pool.inflight import WorkerExchange
+from buntime.pool.state import _AppState
+from buntime.pool.worker import Worker
+
+TIMEOUT_STRIKES = 3
+"""Timeouts in a row after which a persistent worker is recycled."""
+STACK_WAIT = 0.2
+"""Seconds to collect a worker's stack dump from stderr before killing it."""
+
+
+@frozen
+class WorkerChecks:
+    """
+    The checks of the pool's workers; C{discard} retires a worker (as
+    L{buntime.pool.lifecycle.WorkerLifecycle._discard}), C{pump} gives freed
+    slots to queued requests.
+    """
+
+    clock: IReactorTime
+    discard: Callable[..., Deferred]
+    pump: Callable[[_AppState], None]
+
+    def request_finished(self, state: _AppState, worker: Worker, exchange: WorkerExchange) -> None:
+        """After a request: an ephemeral worker goes; a persistent one after timeouts."""
+        timeout = state.app.manifest.timeout
+        if worker.ephemeral:
+            if exchange.outcome == "timeout":
+                self._explain_timeout(state, worker, exchange, "killing the worker").addCallback(
+                    lambda _: self.discard(state, worker, "timed out", grace=0, kill=True)
+                )
+            elif exchange.outcome != "gone":
+                self.discard(state, worker, "ephemeral request done", grace=timeout)
+            return
+        if exchange.outcome == "timeout":
+            if worker.consecutive_timeouts >= TIMEOUT_STRIKES and worker.healthy:
+                worker.healthy = False  # no new requests while its stack is read
+                self._explain_timeout(state, worker, exchange, "recycling the worker").addCallback(
+                    lambda _: self.discard(state, worker, "timeouts", grace=timeout)
+                )
+            else:
+                log(
+                    "warn",
+                    "buntime:pool:timeout",
+                    f"{exchange.method} {exchange.path} on {state.app.label} timed out after "
+                    f"{exchange.elapsed * 1000:.0f} ms ({worker.consecutive_timeouts} in a row)",
+                    **worker.tags(),
+                    request_id=exchange.request_id,
+                    method=exchange.method,
+                    path=exchange.path,
+                    elapsed_ms=round(exchange.elapsed * 1000),
+                )
+        if state.queue:
+            self.pump(state)
+
+    def _explain_timeout(
+        self, state: _AppState, worker: Worker, exchange: WorkerExchange, action: str
+    ) -> Deferred:
+        """Read the worker's stack, then log one error line that explains the kill."""
+        elapsed_ms = round(exchange.elapsed * 1000)
+
+        def report(stack: str) -> None:
+            log(
+                "error",
+                "buntime:pool:timeout",
+                f"{exchange.method} {exchange.path} on {state.app.label} timed out after "
+                f"{elapsed_ms} ms; {action} (pid {worker.pid})",
+                **worker.tags(),
+                request_id=exchange.request_id,
+                method=exchange.method,
+                path=exchange.path,
+                elapsed_ms=elapsed_ms,
+                stack=stack,
+            )
+
+        return worker.dump_stack(STACK_WAIT).addCallback(report)
+
+    def start(self, state: _AppState) -> None:
+        """Check the app's workers every half of its shorter of ttl and idleTimeout."""
+        manifest = state.app.manifest
+        interval = min(manifest.idle_timeout, manifest.ttl) / 2
+        if manifest.ttl <= 0 or interval <= 0 or state.checker is not None:
+            return
+        state.checker = LoopingCall(self._check, state)
+        state.checker.clock = self.clock
+        state.checker.start(interval, now=False).addErrback(
+            lambda f: log(
+                "error", "buntime:pool:check", "Worker checks stopped", error=f.getErrorMessage()
+            )
+        )
+
+    def stop(self, state: _AppState) -> None:
+        if state.checker is not None and state.checker.running:
+            state.checker.stop()
+        state.checker = None
+
+    def _check(self, state: _AppState) -> None:
+        """Retire workers past ttl, idleTimeout or maxRequests; tell idle ones so."""
+        manifest = state.app.manifest
+        now = self.clock.seconds()
+        idle_after = manifest.idle_timeout / 2
+        for worker in list(state.workers):
+            if worker.ephemeral or not worker.is_ready:
+                continue
+            idle = now - worker.last_used if worker.in_flight == 0 else 0.0
+            reason = None
+            if now - worker.created_at >= manifest.ttl:
+                reason = "ttl reached"
+            elif worker.in_flight == 0 and idle >= manifest.idle_timeout:
+                reason = "idleTimeout reached"
+            elif worker.request_count >= manifest.max_requests:
+                reason = "maxRequests reached"
+            if reason is not None:
+                self.discard(state, worker, reason, grace=manifest.timeout)
+            elif worker.in_flight == 0 and not worker.idle_sent and idle >= idle_after:
+                log(
+                    "debug",
+                    "buntime:pool:idle",
+                    f"Worker of {state.app.label} is idle",
+                    **worker.tags(),
+                    idle_ms=round(idle * 1000),
+                )
+                worker.send_idle()

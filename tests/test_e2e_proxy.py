@@ -1,0 +1,337 @@
+"""
+The proxy plugin end to end: a real C{twistd -n buntime} with the built-in
+proxy turned on by a manifest, in front of real upstream servers on
+127.0.0.1 (twisted.web and an autobahn WebSocket echo, in this process).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import pytest
+import pytest_twisted
+import treq
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from test_e2e_websocket import connect, within
+from test_plugins_support import write_plugin
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+pytestmark = pytest.mark.e2e
+
+MB = 1024 * 1024
+BIG = 50 * MB
+
+
+class Echo(Resource):
+    """What the upstream was asked: method, path, headers and body, as JSON."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setHeader(b"x-upstream", b"yes")
+        request.setHeader(b"keep-alive", b"timeout=5")  # hop-by-hop: never passed on
+        return json.dumps(
+            {
+                "method": request.method.decode(),
+                "uri": request.uri.decode(),
+                "headers": [
+                    [name.decode().lower(), value.decode()]
+                    for name, values in request.requestHeaders.getAllRawHeaders()
+                    for value in values
+                ],
+                "body": request.content.read().decode(),
+            }
+        ).encode()
+
+
+class Big(Resource):
+    """C{BIG} bytes, written only as fast as the reader takes them."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> int:
+        request.setHeader(b"content-length", str(BIG).encode())
+        chunk = b"x" * (64 * 1024)
+        state = {"left": BIG}
+
+        class Producer:
+            def resumeProducing(self) -> None:
+                if state["left"] <= 0:
+                    request.unregisterProducer()
+                    request.finish()
+                    return
+                state["left"] -= len(chunk)
+                request.write(chunk)
+
+            def pauseProducing(self) -> None:
+                pass
+
+            def stopProducing(self) -> None:
+                state["left"] = 0
+
+        request.registerProducer(Producer(), False)
+        return NOT_DONE_YET
+
+
+class Slow(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> int:
+        return NOT_DONE_YET  # never answers
+
+
+class EchoSocket(WebSocketServerProtocol):
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.sendMessage(b"upstream:" + payload, isBinary)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def upstream():
+    root = Resource()
+    root.putChild(b"echo", Echo())
+    root.putChild(b"big", Big())
+    root.putChild(b"slow", Slow())
+    site = Site(root)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    sockets = WebSocketServerFactory(reactor=reactor)
+    sockets.protocol = EchoSocket
+    ws_port = reactor.listenTCP(0, sockets, interface="127.0.0.1")
+    yield port.getHost().port, ws_port.getHost().port
+    port.stopListening()
+    ws_port.stopListening()
+
+
+async def start_proxy(runtimes: Any, tmp_path: Any, rules: list[dict[str, Any]], **settings: Any):
+    plugins = tmp_path / "plugins"
+    manifest = {"name": "@buntime/plugin-proxy", "enabled": True, "rules": rules, **settings}
+    write_plugin(plugins, "proxy", manifest)
+    apps = tmp_path / "apps"
+    apps.mkdir(exist_ok=True)
+    env = {"RUNTIME_PLUGIN_DIRS": str(plugins), "RUNTIME_DATA_DIR": str(tmp_path / "data")}
+    return await runtimes.start(worker_dirs=[str(apps)], env=env)
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_go_upstream_and_come_back_as_a_proxy_sends_them(
+    runtimes, tmp_path, upstream
+):
+    port, _ = upstream
+    proc = await start_proxy(
+        runtimes,
+        tmp_path,
+        [
+            {
+                "id": "up",
+                "pattern": "^/up/(.*)",
+                "target": f"http://127.0.0.1:{port}",
+                "rewrite": "/$1",
+                "headers": {"x-from-rule": "1"},
+            },
+            {"id": "dead", "pattern": "^/dead", "target": f"http://127.0.0.1:{closed_port()}"},
+            {"id": "slow", "pattern": "^/slow", "target": f"http://127.0.0.1:{port}"},
+        ],
+        timeout="1s",
+    )
+    answer = await proc.request(
+        "POST",
+        "/up/echo?q=1",
+        data=b"payload",
+        headers={"connection": "keep-alive, x-hop", "x-hop": "secret", "x-keep": "kept"},
+    )
+    assert answer.code == 200
+    assert answer.headers.getRawHeaders("x-upstream") == ["yes"]
+    assert answer.headers.getRawHeaders("keep-alive") is None
+    seen = json.loads(await answer.content())
+    assert (seen["method"], seen["uri"], seen["body"]) == ("POST", "/echo?q=1", "payload")
+    headers = dict(seen["headers"])
+    assert "x-hop" not in headers and headers["x-keep"] == "kept"
+    assert headers["x-from-rule"] == "1"
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-host"] == headers["host"] == f"127.0.0.1:{proc.port}"
+    assert headers["x-request-id"]  # the request's id goes upstream too
+
+    refused = await proc.get("/dead/x")
+    assert refused.code == 502
+    assert (await refused.json())["error"]["code"] == "BAD_GATEWAY"
+
+    started = reactor.seconds()
+    late = await proc.get("/slow")
+    assert late.code == 504
+    assert (await late.json())["error"]["code"] == "GATEWAY_TIMEOUT"
+    assert reactor.seconds() - started < 5
+
+    # Apps and the runtime's own routes are not in the way of each other.
+    assert (await proc.get("/api/health")).code == 200
+    assert (await proc.get("/nothing-here")).code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_download_streams_through_without_being_held(runtimes, tmp_path, upstream):
+    port, _ = upstream
+    proc = await start_proxy(
+        runtimes, tmp_path, [{"pattern": "^/big$", "target": f"http://127.0.0.1:{port}"}]
+    )
+    before = rss_mb(proc.pid)
+    answer = await proc.get("/big")
+    assert answer.code == 200
+    received = 0
+    peak = before
+
+    def count(data: bytes) -> None:
+        nonlocal received, peak
+        received += len(data)
+        if received % (8 * MB) < len(data):
+            peak = max(peak, rss_mb(proc.pid))
+
+    await treq.collect(answer, count)
+    assert received == BIG
+    assert peak - before < 25, f"the runtime grew by {peak - before:.0f} MB for a 50 MB body"
+
+
+@pytest_twisted.ensureDeferred
+async def test_rules_from_the_api_are_checked_kept_and_survive_a_restart(
+    runtimes, tmp_path, upstream
+):
+    port, _ = upstream
+    proc = await start_proxy(
+        runtimes,
+        tmp_path,
+        [{"id": "fixed", "pattern": "^/fixed", "target": f"http://127.0.0.1:{port}"}],
+    )
+    api = "/redirects/api/rules"
+
+    async def post(rule: dict[str, Any]) -> Any:
+        return await proc.request("POST", api, data=json.dumps(rule).encode())
+
+    bad = await post({"pattern": "(", "target": f"http://127.0.0.1:{port}"})
+    assert bad.code == 400 and (await bad.json())["error"]["code"] == "INVALID_RULE"
+    metadata = await post({"pattern": "^/m", "target": "http://169.254.169.254"})
+    assert metadata.code == 400 and "link-local" in (await metadata.json())["error"]["message"]
+    made = await post(
+        {
+            "id": "added",
+            "pattern": "^/added/(.*)",
+            "target": f"http://127.0.0.1:{port}",
+            "rewrite": "/$1",
+        }
+    )
+    assert made.code == 201
+    assert (await post({"id": "added", "pattern": "^/x", "target": "http://h"})).code == 409
+    assert (await proc.get("/added/echo")).code == 200
+    assert (await proc.request("DELETE", f"{api}/fixed")).code == 409  # the manifest's
+    page = await proc.get("/redirects/")
+    assert page.code == 200 and b"Proxy rules" in await page.content()
+
+    await proc.stop()
+    again = await start_proxy(
+        runtimes,
+        tmp_path,
+        [{"id": "fixed", "pattern": "^/fixed", "target": f"http://127.0.0.1:{port}"}],
+    )
+    listed = await (await again.get(api)).json()
+    assert [(r["id"], r["source"]) for r in listed["rules"]] == [
+        ("fixed", "manifest"),
+        ("added", "api"),
+    ]
+    assert (await again.get("/added/echo")).code == 200
+    changed = await again.request(
+        "PUT",
+        f"{api}/added",
+        data=json.dumps(
+            {"pattern": "^/moved/(.*)", "target": f"http://127.0.0.1:{port}", "rewrite": "/$1"}
+        ).encode(),
+    )
+    assert changed.code == 200
+    assert (await again.get("/moved/echo")).code == 200
+    assert (await again.get("/added/echo")).code == 404
+    assert (await again.request("DELETE", f"{api}/added")).code == 204
+    assert (await again.get("/moved/echo")).code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_websockets_pass_through_a_ws_rule(runtimes, tmp_path, upstream):
+    port, ws_port = upstream
+    proc = await start_proxy(
+        runtimes,
+        tmp_path,
+        [
+            {"pattern": "^/live", "target": f"http://127.0.0.1:{ws_port}", "ws": True},
+            {"pattern": "^/flat", "target": f"http://127.0.0.1:{ws_port}"},
+            {"pattern": "^/(echo)", "target": f"http://127.0.0.1:{port}", "ws": True},
+            {"pattern": "^/gone", "target": f"http://127.0.0.1:{closed_port()}", "ws": True},
+        ],
+    )
+    client = await connect(proc, "/live", {})
+    await within(client.opened)
+    client.sendMessage(b"hello")
+    assert await within(client.received.get()) == b"upstream:hello"
+    client.sendMessage(b"x" * 200_000, True)
+    assert await within(client.received.get()) == b"upstream:" + b"x" * 200_000
+    client.sendClose(1000)
+    assert (await within(client.closed))[1] == 1000
+
+    refused = await connect(proc, "/flat", {})
+    _, _, reason = await within(refused.closed)
+    assert not refused.opened.called and "501" in reason
+
+    # An upstream that does not switch protocols answers as it would; one that is down, 502.
+    plain = await connect(proc, "/echo", {})
+    _, _, reason = await within(plain.closed)
+    assert not plain.opened.called and "200" in reason
+    down = await connect(proc, "/gone", {})
+    _, _, reason = await within(down.closed)
+    assert not down.opened.called and "502" in reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_does_not_read_pauses_the_upstream(runtimes, tmp_path, upstream):
+    """While the client reads nothing, the runtime holds a few chunks, not the body."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.protocol import Factory, Protocol
+
+    port, _ = upstream
+    proc = await start_proxy(
+        runtimes, tmp_path, [{"pattern": "^/big$", "target": f"http://127.0.0.1:{port}"}]
+    )
+
+    class Slow(Protocol):
+        received = 0
+
+        def connectionMade(self) -> None:
+            self.transport.write(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+
+        def dataReceived(self, data: bytes) -> None:
+            self.received += len(data)
+            if self.received > 2 * MB:
+                self.transport.pauseProducing()  # read no more
+
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proc.port)
+    client = await endpoint.connect(Factory.forProtocol(Slow))
+    before = rss_mb(proc.pid)
+    for _ in range(20):  # a second for the upstream to fill whatever is not paced
+        wait: Deferred[None] = Deferred()
+        reactor.callLater(0.05, wait.callback, None)
+        await wait
+    assert 2 * MB < client.received < 20 * MB
+    assert rss_mb(proc.pid) - before < 20
+    client.transport.abortConnection()

@@ -1,0 +1,267 @@
+"""
+The proxy plugin's parts without a network: its rules (matching, rewriting,
+the SSRF guard), the rules kept on disk, the headers it sends upstream, and
+its hook and API driven as the runtime drives them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+
+from buntime.builtins.proxy.forward import outgoing_headers
+from buntime.builtins.proxy.plugin import ProxyPlugin
+from buntime.builtins.proxy.rules import Rule, RuleError, RuleStore, parse_rule
+from buntime.http import Request
+from buntime.plugins.loader import verify
+
+
+def rule(**fields: object) -> Rule:
+    return parse_rule({"pattern": "^/api/(.*)", "target": "http://127.0.0.1:9000", **fields})
+
+
+def test_a_rule_matches_and_rewrites_with_its_groups():
+    assert rule().upstream_path("/api/x/y") == "/api/x/y"  # no rewrite: the path as it came
+    assert rule(rewrite="/v2/$1").upstream_path("/api/x/y") == "/v2/x/y"
+    assert rule(rewrite="${1}/z").upstream_path("/api/x") == "/x/z"
+    named = parse_rule({"pattern": r"^/u/(?P<who>\w+)", "target": "http://h", "rewrite": "/$<who>"})
+    assert named.upstream_path("/u/ada") == "/ada"
+    assert rule().upstream_path("/other") is None
+    based = rule(base="/edge", pattern="^/(.*)", rewrite="/$1")
+    assert based.upstream_path("/edge/a") == "/a"
+    assert based.upstream_path("/edges/a") is None
+    assert rule(rewrite=r"/a\1").upstream_path("/api/x") == r"/a\1"  # backslashes are literal
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"pattern": "(unclosed"}, "not a valid regular expression"),
+        ({"pattern": ""}, "pattern is required"),
+        ({"target": "ftp://h"}, "http:// or https://"),
+        ({"target": "http://user:pw@h"}, "credentials"),
+        ({"target": "http://h:99999"}, "not a URL"),
+        ({"rewrite": "/$2"}, "$2"),
+        ({"headers": {"bad name": "x"}}, "not a token"),
+        ({"headers": {"x": "a\r\nb"}}, "one line"),
+        ({"ws": "yes"}, "ws must be true or false"),
+        ({"base": "/a/"}, "base must be a path"),
+        ({"id": "a b"}, "id must be"),
+        ({"nope": 1}, "unknown field"),
+    ],
+)
+def test_a_bad_rule_is_refused_with_what_is_wrong(fields, says):
+    with pytest.raises(RuleError) as raised:
+        rule(**fields)
+    assert says in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://169.254.169.254/latest",
+        "http://[fe80::1]:80",
+        "http://[::ffff:169.254.169.254]",
+        "http://metadata.google.internal",
+        "http://[fd00:ec2::254]",
+    ],
+)
+def test_rules_from_the_api_may_not_reach_metadata_services(target):
+    with pytest.raises(RuleError, match="link-local or metadata"):
+        parse_rule({"pattern": "^/", "target": target}, allow_link_local=False)
+    assert parse_rule({"pattern": "^/", "target": target}).target  # the manifest may
+
+
+def test_stored_rules_survive_and_a_broken_file_loses_nothing(tmp_path):
+    store = RuleStore(str(tmp_path / "proxy"))
+    assert store.load(False) == ([], [])
+    kept = rule(id="a", rewrite="/$1", headers={"x-k": "v"}, changeOrigin=True)
+    store.save([kept])
+    [loaded], problems = store.load(False)
+    assert problems == []
+    assert loaded.describe() == kept.describe()
+    assert os.listdir(tmp_path / "proxy") == ["rules.json"]  # no temporary file left
+    (tmp_path / "proxy" / "rules.json").write_text("{not json")
+    rules, problems = store.load(False)
+    assert rules == [] and "cannot be read" in problems[0]
+    (tmp_path / "proxy" / "rules.json").write_text(
+        json.dumps([{"pattern": "^/", "target": "http://169.254.169.254"}, kept.describe()])
+    )
+    rules, problems = store.load(False)
+    assert len(problems) == 2 and "link-local" in problems[0] and "source" in problems[1]
+    assert rules == []  # each bad one left out, with a line saying why
+
+
+def test_the_upstream_gets_no_hop_by_hop_headers_and_is_told_where_the_request_came_from():
+    request = Request(
+        "GET",
+        "/api/x",
+        [
+            ("host", "front.example:8000"),
+            ("connection", "keep-alive, x-private-hop"),
+            ("x-private-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("accept", "text/plain"),
+        ],
+        remote_addr="127.0.0.1",
+    )
+    sent = dict(outgoing_headers(request, rule(headers={"x-added": "yes"})))
+    for hop in ("connection", "x-private-hop", "keep-alive", "te", "upgrade"):
+        assert hop not in sent
+    assert sent["accept"] == "text/plain" and sent["x-added"] == "yes"
+    assert sent["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+    assert sent["x-forwarded-host"] == "front.example:8000"
+    assert sent["x-forwarded-proto"] == "http"
+    assert sent["host"] == "front.example:8000"
+    assert dict(outgoing_headers(request, rule(changeOrigin=True)))["host"] == "127.0.0.1:9000"
+
+
+class Context:
+    def __init__(self, tmp_path, config):
+        self.config = config
+        self.reactor = Clock()
+        self.base = "/redirects"
+        self.data_dir = str(tmp_path)
+        self.logger = self
+        self.warned: list[str] = []
+
+    def info(self, message, **fields):
+        pass
+
+    def warn(self, message, **fields):
+        self.warned.append(message)
+
+
+def test_the_hook_answers_only_matching_requests_and_never_its_own_api(tmp_path):
+    proxy = ProxyPlugin({})
+    verify(proxy, "@buntime/plugin-proxy")
+    proxy.on_init(Context(tmp_path, {"rules": [{"pattern": ".*", "target": "http://127.0.0.1:1"}]}))
+    assert [r.source for r in proxy.rules] == ["manifest"]
+    assert proxy.on_request(Request("GET", "/redirects/api/rules"), None) is None
+    assert proxy.on_request(Request("GET", "/redirects"), None) is None
+    empty = ProxyPlugin({})
+    empty.on_init(Context(tmp_path / "other", {}))
+    assert empty.on_request(Request("GET", "/anything"), None) is None
+
+
+# -- the upstream client ----------------------------------------------------------
+
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+from buntime.builtins.proxy.client import Answer, UpstreamLost, UpstreamPool, _Connection  # noqa: E402
+
+KEY = ("http", "127.0.0.1", 9)
+
+
+def connection(done=None) -> _Connection:
+    made = _Connection(KEY, done or (lambda connection, reusable: None))
+    made.makeConnection(StringTransport())
+    return made
+
+
+def answer_of(deferred) -> Answer:
+    results: list = []
+    deferred.addBoth(results.append)
+    [result] = results
+    if isinstance(result, Exception) or hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+def test_a_whole_answer_in_one_read_comes_as_bytes_and_the_connection_is_kept():
+    kept: list = []
+    upstream = connection(lambda c, reusable: kept.append(reusable))
+    sent = upstream.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", "GET")
+    assert upstream.transport.value().startswith(b"GET / HTTP/1.1")
+    upstream.dataReceived(b"HTTP/1.1 201 Made\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nok")
+    answer = answer_of(sent)
+    assert (answer.status, answer.reason, answer.body) == (201, "Made", b"ok")
+    assert ("x-a", "1") in answer.headers
+    assert kept == [True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_over_several_reads_is_a_stream_and_the_next_one_follows():
+    upstream = connection()
+    first = upstream.send(b"GET /1 HTTP/1.1\r\n\r\n", "GET")
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    answer = answer_of(first)
+    upstream.dataReceived(b"2\r\nde\r\n0\r\n\r\n")
+    assert [chunk async for chunk in answer.body] == [b"abc", b"de"]
+    second = upstream.send(b"GET /2 HTTP/1.1\r\n\r\n", "GET")
+    upstream.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+    empty = answer_of(second)
+    assert (empty.status, empty.body) == (204, b"")
+
+
+def test_a_head_answer_has_no_body_and_the_connection_is_not_used_again():
+    closed: list = []
+    upstream = connection(lambda c, reusable: closed.append(reusable))
+    sent = upstream.send(b"HEAD / HTTP/1.1\r\n\r\n", "HEAD")
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n")
+    assert answer_of(sent).body == b""
+    assert upstream.transport.disconnecting
+
+
+class FakePool(UpstreamPool):
+    """An UpstreamPool whose new connections are in-memory ones, answered by C{reply}."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__(Clock())
+        self.reply = reply
+        self.made: list[_Connection] = []
+
+    def _connect(self, key):
+        made = connection(self._done)
+        self._all.add(made)
+        self.made.append(made)
+        made.transport.write = lambda data, made=made: made.dataReceived(self.reply)
+        return succeed(made)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_connection_the_upstream_closed_is_retried_for_idempotent_methods_only():
+    from twisted.python.failure import Failure
+
+    pool = FakePool(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nk")
+    assert (await pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")).body == b"k"
+    [kept] = pool.made
+    # the upstream closes the kept connection just as it is used again
+    kept.transport.write = lambda data: kept.connectionLost(Failure(ConnectionError("closed")))
+    assert (await pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")).body == b"k"
+    assert len(pool.made) == 2
+    second = pool.made[1]
+    second.transport.write = lambda data: second.connectionLost(Failure(ConnectionError("gone")))
+    with pytest.raises(UpstreamLost):
+        await pool.request(KEY, "POST", b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+    assert len(pool.made) == 2  # a POST is not sent twice
+
+
+def test_replicas_sharing_a_data_dir_see_each_others_rules(tmp_path):
+    """A rule added through one replica's API is used by the others within a second."""
+    from buntime.builtins.proxy.plugin import WATCH_SECONDS
+
+    first, second = ProxyPlugin({}), ProxyPlugin({})
+    contexts = [Context(tmp_path, {}), Context(tmp_path, {})]
+    first.on_init(contexts[0])
+    second.on_init(contexts[1])
+    first._save([*first.rules, rule(id="shared")])
+    assert [r.id for r in second.rules] == []
+    contexts[1].reactor.advance(WATCH_SECONDS)
+    assert [r.id for r in second.rules] == ["shared"]
+    first._save([])
+    contexts[1].reactor.advance(WATCH_SECONDS)
+    assert second.rules == []
+    contexts[0].reactor.advance(WATCH_SECONDS)  # its own change: nothing to reload
+    assert first.rules == []
+    for plugin in (first, second):
+        plugin.on_shutdown()
+        assert not plugin.watch.running

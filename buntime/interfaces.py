@@ -104,7 +104,8 @@ class IPluginContext(Interface):
 
     def when_stopping() -> Deferred[None]:
         """
-        Fires when the runtime begins to stop, before it waits for the
+        Fires when the runtime's drain begins (after its drain delay, during
+        which it still serves), before it stops listening and waits for the
         requests in flight: end never-ending answers (event streams) then.
         """
 

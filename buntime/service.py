@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from attrs import define, field, frozen
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 
@@ -60,9 +62,12 @@ def exit_now(code: int) -> None:
 class RuntimeService(MultiService):
     """
     The whole runtime.  Ready (for C{/api/health/ready}) once every child
-    started and the port listens; stopping walks the children in reverse,
-    each finishing before the next, and C{exit} forces code 1 after
-    L{SHUTDOWN_CAP} seconds.
+    started and the port listens.  Stopping: readiness turns 503 at once,
+    the runtime goes on serving for C{drain_delay} seconds (so a load
+    balancer takes it out of rotation first), then walks the children in
+    reverse, each finishing before the next (the web side stops listening
+    and waits for the requests in flight); C{exit} forces code 1 when that
+    takes more than C{shutdown_timeout} seconds.
     """
 
     reactor: Any
@@ -71,8 +76,13 @@ class RuntimeService(MultiService):
     exit: Callable[[int], None] = exit_now
     on_serving: list[Callable[[], Any]] = field(factory=list)
     on_stopping: list[Callable[[], object]] = field(factory=list)
-    """Called when stopping begins, before any child stops (web's drain included)."""
+    """Called when the drain begins (after C{drain_delay}), before any child stops."""
+    drain_delay: float = 0.0
+    shutdown_timeout: float = SHUTDOWN_CAP
+    take_signals: bool = False
+    """Handle SIGTERM and SIGINT itself (under twistd): a graceful stop, then exit 0."""
     _deadline: Any = None
+    _signalled: bool = False
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
@@ -91,6 +101,29 @@ class RuntimeService(MultiService):
     def startService(self) -> None:
         MultiService.startService(self)
         self.web.listening.addCallback(self._serving)
+        if self.take_signals:
+            self.reactor.callWhenRunning(self._take_signals)
+
+    def _take_signals(self) -> None:
+        """
+        After the reactor's own handlers: a stop by signal is the graceful
+        stop (drain included) ending in exit 0, as for any other stop; a
+        second signal while stopping leaves at once (status 1).
+        """
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._stop_on_signal, signal.Signals(signum).name)
+
+    def _stop_on_signal(self, name: str) -> None:
+        if self._signalled:
+            log("warn", "buntime:runtime:signal-again", f"{name} again while stopping: exiting now")
+            self.exit(1)
+            return
+        self._signalled = True
+        log("info", "buntime:runtime:signal", f"{name}: stopping gracefully", signal=name)
+        self.reactor.stop()
 
     async def _serve(self) -> None:
         for hook in self.on_serving:
@@ -102,13 +135,24 @@ class RuntimeService(MultiService):
         return Deferred.fromCoroutine(self._serve()).addCallback(lambda _: port)
 
     def stopService(self) -> Deferred[None]:
-        self.state.stopping = True
+        self.state.stopping = True  # readiness answers 503 from now on
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self.drain_delay > 0:
+            log(
+                "info",
+                "buntime:runtime:draining",
+                f"Stopping: not ready any more, still serving for {self.drain_delay:g}s",
+                drain_delay=self.drain_delay,
+            )
+            await deferLater(self.reactor, self.drain_delay)
         log("info", "buntime:runtime:stopping", "Shutting down")
         for hook in self.on_stopping:
             hook()
-        self._deadline = self.reactor.callLater(SHUTDOWN_CAP, self._too_slow)
-        Service.stopService(self)
-        return Deferred.fromCoroutine(self._stop_children())
+        self._deadline = self.reactor.callLater(self.shutdown_timeout, self._too_slow)
+        await self._stop_children()
 
     async def _stop_children(self) -> None:
         for child in reversed(list(self)):
@@ -123,7 +167,7 @@ class RuntimeService(MultiService):
         log(
             "error",
             "buntime:runtime:shutdown-timeout",
-            f"Shutdown took longer than {SHUTDOWN_CAP:.0f}s; forcing exit",
+            f"Shutdown took longer than {self.shutdown_timeout:g}s; forcing exit",
         )
         self.exit(1)
 
@@ -344,7 +388,14 @@ def make_runtime(
         wait_for=lambda: plugins.when_loaded().addCallback(_plugins_loaded, plugins),
     )
     web.setName("web")
-    runtime = RuntimeService(reactor=reactor, state=state, web=web)
+    runtime = RuntimeService(
+        reactor=reactor,
+        state=state,
+        web=web,
+        drain_delay=config.drain_delay,
+        shutdown_timeout=config.shutdown_timeout,
+        take_signals=True,
+    )
 
     def listening(port: Any) -> Any:
         runtime_env["RUNTIME_API_URL"] = _api_url(port, scheme(config.listen))

@@ -97,6 +97,9 @@ def child_environment(
         if name not in RUNTIME_VARIABLES and not name.startswith("RUNTIME_")
     }
     clean["RUNTIME_LOG_FORMAT"] = "json"
+    clean["RUNTIME_DRAIN_DELAY"] = (
+        "0s"  # a production runtime stops at once in tests (unless given)
+    )
     clean["RUNTIME_RELOAD"] = "0"  # tests that want reload ask for it
     if worker_dirs is not None:
         clean["RUNTIME_WORKER_DIRS"] = os.pathsep.join(worker_dirs)

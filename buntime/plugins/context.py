@@ -106,7 +106,7 @@ class PluginContext:
     reactor: Any
     requests: RequestOutcomes = field(factory=RequestOutcomes)
     stopping: Once = field(factory=Once)
-    """Fired by the plugin service when the runtime begins to stop."""
+    """Fired by the plugin service when the runtime's drain begins."""
 
     def register_service(self, name: str, service: object) -> None:
         self.services.register(name, service, self.name)

@@ -126,7 +126,7 @@ class PluginService(Service):
         return waiter
 
     def runtime_stopping(self) -> None:
-        """The runtime begins to stop: fire every context's C{when_stopping()}."""
+        """The runtime's drain begins: fire every context's C{when_stopping()}."""
         self._stopping.fire(None)
 
     async def server_started(self, server: Any) -> None:

@@ -10,7 +10,7 @@ resulting L{buntime.http.Response} back to the connection to write.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eliot import current_action
@@ -163,7 +163,7 @@ class FrontDoor:
         identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
         websockets: WebSockets | None = None,
         body_limit: Callable[[str], int] | None = None,
-        forwarded_allow: frozenset[str] | None = None,
+        forwarded_allow: Container[str] | None = None,
         outcomes: RequestOutcomes | None = None,
     ) -> None:
         self._clock = clock

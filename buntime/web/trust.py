@@ -6,6 +6,7 @@ CSRF rule of the core API (SPEC §4).
 
 from __future__ import annotations
 
+from collections.abc import Container
 from urllib.parse import urlsplit
 
 from buntime.http import Request, Response
@@ -27,7 +28,7 @@ def request_ids(header: bytes | None) -> tuple[str, str | None]:
     return made, made
 
 
-def trusted(remote: str | None, allowed: frozenset[str]) -> bool:
+def trusted(remote: str | None, allowed: Container[str]) -> bool:
     """Whether the peer C{remote} may tell where a request came from (C{X-Forwarded-*})."""
     if remote in allowed:
         return True

@@ -75,6 +75,10 @@ class IPluginContext(Interface):
         " cumulative latency buckets bounded by C{requests.bounds_ms}.  Counting costs"
         " requests nothing a hook would; read it when asked (a scrape, a timer)."
     )
+    plugin_bases = Attribute(
+        "The bases of every plugin of the plugin set being loaded (this one's included),"
+        " longest first, then alphabetically: C{('/metrics', '/logs')}."
+    )
 
     def register_service(name: str, service: object) -> None:
         """
@@ -168,6 +172,10 @@ class IBuntimePlugin(IPlugin):
         Called, in load order, with every response produced by plugin
         handlers, plugin routes, plugin apps and worker apps.  Return the
         response (changed or not); C{None} keeps it unchanged.
+
+        A hook that declares one more parameter named C{request} (with a
+        default: C{on_response(self, response, app, request=None)}) is given
+        the request the response answers, as the C{on_request} hooks left it.
         """
 
     def server_fetch(request: Request) -> object:

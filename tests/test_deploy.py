@@ -252,3 +252,14 @@ async def test_the_zipapp_runs_the_runtime_with_the_same_options(runtimes, insta
         env={**os.environ, "SHIV_ROOT": str(tmp_path / "shiv")},
     )
     assert version.stdout.startswith("buntime ")
+
+
+def test_the_systemd_unit_in_the_docs_is_the_one_shipped():
+    """docs/buntime.service is the unit docs/deployment.md shows, and it stops gracefully."""
+    unit = (ROOT / "docs" / "buntime.service").read_text()
+    shown = (ROOT / "docs" / "deployment.md").read_text()
+    body = [line for line in unit.splitlines() if not line.startswith("#")]
+    assert "\n".join(body).strip() in shown
+    assert "KillSignal=SIGTERM" in unit and "--nodaemon" in unit
+    timeout = int(next(line for line in body if line.startswith("TimeoutStopSec=")).split("=")[1])
+    assert timeout > 30 + 5  # RUNTIME_SHUTDOWN_TIMEOUT + the production drain delay

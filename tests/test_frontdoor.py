@@ -566,8 +566,9 @@ class Plugins:
         hook = self._hooks["on_request"]
         return request if hook is None else hook(request)
 
-    def response_hooks(self, response: Response, app: Any) -> Any:
+    def response_hooks(self, response: Response, app: Any, request: Any = None) -> Any:
         self.seen.append(("on_response", response.status, app))
+        self.answered = request
         hook = self._hooks["on_response"]
         return response if hook is None else hook(response)
 
@@ -630,6 +631,8 @@ def test_on_request_changes_what_the_app_sees_and_on_response_what_the_client_ge
         ("on_request", "/todos/items", TODOS, "/items"),
         ("on_response", 200, TODOS),
     ]
+    # on_response hooks that take it are given the request the hooks left
+    assert plugins.answered is request
 
 
 def test_hooks_run_on_answers_no_app_gives():

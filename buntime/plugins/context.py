@@ -107,6 +107,7 @@ class PluginContext:
     requests: RequestOutcomes = field(factory=RequestOutcomes)
     stopping: Once = field(factory=Once)
     """Fired by the plugin service when the runtime's drain begins."""
+    plugin_bases: tuple[str, ...] = ()
 
     def register_service(self, name: str, service: object) -> None:
         self.services.register(name, service, self.name)

@@ -184,7 +184,9 @@ class Loader:
             prepared.append(Prepared(source, manifest, provider, routes_site(provider, manifest)))
         return prepared
 
-    def context(self, item: Prepared, services: ServiceRegistry) -> PluginContext:
+    def context(
+        self, item: Prepared, services: ServiceRegistry, bases: tuple[str, ...] = ()
+    ) -> PluginContext:
         manifest = item.manifest
         return PluginContext(
             name=manifest.name,
@@ -199,6 +201,7 @@ class Loader:
             reactor=self.reactor,
             requests=self.requests,
             stopping=self.stopping,
+            plugin_bases=bases,
         )
 
     async def _init(self, plugin: LoadedPlugin) -> None:
@@ -236,6 +239,12 @@ class Loader:
             initialized before it were shut down.
         """
         services = ServiceRegistry()
+        bases = tuple(
+            sorted(
+                {p.manifest.base for p in prepared if p.manifest.base},
+                key=lambda base: (-len(base), base),
+            )
+        )
         old = {id(p.provider): p for p in (previous.plugins if previous else ())}
         restarted: list[LoadedPlugin] = []
         started: list[LoadedPlugin] = []
@@ -246,7 +255,7 @@ class Loader:
                     provider=item.provider,
                     path=item.source.path,
                     origin=item.source.origin,
-                    context=self.context(item, services),
+                    context=self.context(item, services, bases),
                     site=item.site,
                 )
                 if id(item.provider) in old:

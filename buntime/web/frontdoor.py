@@ -324,6 +324,8 @@ class FrontDoor:
             return succeed(None)
         if hooks is not None and not hooks.registry.hooks("on_response"):
             hooks = None
+        elif hooks is not None:
+            hooks.request = outcome  # for on_response hooks that take it
         answer: Deferred[Any] = self.dispatch(outcome, fields, hooks)
         return answer
 
@@ -402,21 +404,25 @@ def _built_in(request: Request) -> Response:
 
 
 class _Hooks:
-    """A request's plugin hooks: the registry, the app it is for, its eliot action."""
+    """
+    A request's plugin hooks: the registry, the app it is for, its eliot
+    action, and the request as the C{on_request} hooks left it.
+    """
 
-    __slots__ = ("action", "app", "app_path", "registry")
+    __slots__ = ("action", "app", "app_path", "registry", "request")
 
     def __init__(self, registry: PluginRegistry, action: Action | None) -> None:
         self.registry = registry
         self.action = action
         self.app: AppInfo | None = None
         self.app_path: str | None = None
+        self.request: Request | None = None
 
     def responded(self, response: Response) -> Response | Deferred[Response]:
         """The C{on_response} hooks on C{response}, in the request's eliot action."""
         if self.action is None:
-            return self.registry.response_hooks(response, self.app)
-        return self.action.run(self.registry.response_hooks, response, self.app)
+            return self.registry.response_hooks(response, self.app, self.request)
+        return self.action.run(self.registry.response_hooks, response, self.app, self.request)
 
 
 def _site(resource: Any) -> Site:

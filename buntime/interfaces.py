@@ -19,6 +19,11 @@ from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from twisted.internet.defer import Deferred
+
     from buntime.http import AppInfo, Request, Response
 
 
@@ -57,10 +62,19 @@ class IPluginContext(Interface):
     )
     logger = Attribute("An L{IPluginLogger} scoped to this plugin.")
     pool = Attribute(
-        "The worker pool: C{pool.metrics()} and C{pool.worker_stats()} give its numbers."
+        "The worker pool: C{pool.metrics()} and C{pool.worker_stats()} give its numbers,"
+        " C{pool.worker_events()} the workers started, failed to start, crashed and retired"
+        " by app and reason."
     )
     data_dir = Attribute("A directory where the plugin may keep state (under RUNTIME_DATA_DIR).")
     reactor = Attribute("The reactor (for timers: C{reactor.callLater}); never import it.")
+    requests = Attribute(
+        "Every request the runtime answered, counted by app, method and status class"
+        " (C{buntime.plugins.outcomes.RequestOutcomes}): C{requests.rows()} gives"
+        " C{Outcome(app, method, status_class, count, sum_ms, buckets)} rows, the"
+        " cumulative latency buckets bounded by C{requests.bounds_ms}.  Counting costs"
+        " requests nothing a hook would; read it when asked (a scrape, a timer)."
+    )
     plugin_bases = Attribute(
         "The bases of every plugin of the plugin set being loaded (this one's included),"
         " longest first, then alphabetically: C{('/metrics', '/logs')}."
@@ -74,6 +88,30 @@ class IPluginContext(Interface):
 
     def get_service(name: str) -> object | None:
         """The service registered under C{name}, or C{None}."""
+
+    def add_log_destination(destination: Callable[[dict[str, Any]], None]) -> None:
+        """
+        Give C{destination} every log message from now on (runtime, plugins,
+        workers), at every level, as eliot's message dict: do little with it
+        (it runs in the code that logged), never mutate it, never raise.
+        Remove it in C{on_shutdown}.
+        """
+
+    def remove_log_destination(destination: Callable[[dict[str, Any]], None]) -> None:
+        """Stop giving C{destination} log messages (nothing happens if it was not added)."""
+
+    def log_record(message: Mapping[str, Any]) -> dict[str, Any]:
+        """
+        The JSON record of a log message, as the runtime writes it: C{level},
+        C{message}, C{timestamp}, C{context}, its fields, credentials redacted.
+        """
+
+    def when_stopping() -> Deferred[None]:
+        """
+        Fires when the runtime's drain begins (after its drain delay, during
+        which it still serves), before it stops listening and waits for the
+        requests in flight: end never-ending answers (event streams) then.
+        """
 
 
 class IBuntimePlugin(IPlugin):

@@ -75,6 +75,8 @@ class RuntimeService(MultiService):
     web: WebService
     exit: Callable[[int], None] = exit_now
     on_serving: list[Callable[[], Any]] = field(factory=list)
+    on_stopping: list[Callable[[], object]] = field(factory=list)
+    """Called when the drain begins (after C{drain_delay}), before any child stops."""
     drain_delay: float = 0.0
     shutdown_timeout: float = SHUTDOWN_CAP
     take_signals: bool = False
@@ -147,6 +149,8 @@ class RuntimeService(MultiService):
             )
             await deferLater(self.reactor, self.drain_delay)
         log("info", "buntime:runtime:stopping", "Shutting down")
+        for hook in self.on_stopping:
+            hook()
         self._deadline = self.reactor.callLater(self.shutdown_timeout, self._too_slow)
         await self._stop_children()
 
@@ -373,6 +377,7 @@ def make_runtime(
         body_limit=body_limit(config, apps),
         forwarded_allow=config.forwarded_allow_ips,
         api_token=config.api_token,
+        outcomes=plugins.requests,
     )
     limits = Limits(header_timeout=config.header_timeout, max_connections=config.max_connections)
     web = WebService(
@@ -400,6 +405,7 @@ def make_runtime(
     web.listening.addCallback(listening)
     runtime.on_serving.append(lambda: pool.launcher_ready)
     runtime.on_serving.append(lambda: report_empty(config.worker_dirs))
+    runtime.on_stopping.append(plugins.runtime_stopping)
     runtime.on_serving.append(
         lambda: Deferred.fromCoroutine(
             plugins.server_started(ServerInfo(url=runtime_env["RUNTIME_API_URL"], config=config))

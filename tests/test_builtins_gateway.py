@@ -470,7 +470,7 @@ async def test_enabled_by_a_manifest_with_its_stats_page_and_api(tmp_path):
     registry = service.registry
     loaded = registry.get(GATEWAY)
     assert loaded is not None and loaded.base == "/gateway"
-    assert loaded.context.plugin_bases == ("/gateway", "/metrics")
+    assert loaded.context.plugin_bases == ("/gateway", "/metrics", "/logs")
     page = await registry.route(Request("GET", "/gateway/"))
     assert page.status == 200
     assert page.headers["content-type"].startswith("text/html")

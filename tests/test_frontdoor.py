@@ -22,6 +22,8 @@ from twisted.internet.task import Clock
 from buntime import __version__
 from buntime.http import AppInfo, Request, Response
 from buntime.logs.requests import REQUEST_ACTION
+from buntime.plugins.outcomes import RequestOutcomes
+from buntime.stream import PushedStream
 from buntime.web.api.core import CoreAPI
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
@@ -43,6 +45,7 @@ class Door:
     ) -> None:
         self.clock = Clock()
         self.state = RuntimeState()
+        self.outcomes = RequestOutcomes()
         api = CoreAPI(state=self.state, api_base=f"{api_prefix}/api")
         self.door = FrontDoor(
             clock=self.clock,
@@ -54,6 +57,7 @@ class Door:
             plugins=None if plugins is None else lambda: plugins,
             identify=identify,
             forwarded_allow=forwarded_allow,
+            outcomes=self.outcomes,
         )
         self.factory = HTTP1Factory(self.door, self.clock, Limits(), self.state)
 
@@ -465,6 +469,32 @@ def test_request_duration_follows_the_clock(eliot_logger):
     assert end["app"] == "todos"
 
 
+def test_every_finished_request_is_counted_for_plugins():
+    """C{ctx.requests}: by app (or none), method and status class, with the clock's duration."""
+    gate: Deferred[None] = Deferred()
+
+    async def slow(request: Request, fields: dict) -> Response | None:
+        if request.path != "/todos/":
+            return None
+        await gate
+        fields["app"] = "todos@1.0.0"
+        return Response(201)
+
+    door = Door(steps=[slow])
+    client = door.start("GET", "/todos/")
+    door.clock.advance(0.03)
+    gate.callback(None)
+    assert client.answers()[0].status == 201
+    door.get("/missing")
+    door.fetch("PROPFIND", "/missing")
+    rows = {(r.app, r.method, r.status_class): r for r in door.outcomes.rows()}
+    assert set(rows) == {("todos@1.0.0", "GET", 2), ("unknown", "GET", 4), ("unknown", "OTHER", 4)}
+    todos = rows["todos@1.0.0", "GET", 2]
+    assert (todos.count, todos.sum_ms) == (1, 30.0)
+    assert todos.buckets[:4] == (0, 0, 0, 1)  # 5, 10, 25 ms: no; 50 ms: yes
+    assert todos.buckets[-1] == 1
+
+
 def test_client_disconnect_cancels_the_work(eliot_logger) -> None:
     """A client that goes away cancels what answers it (the pool drops or cancels it)."""
     cancelled: list[bool] = []
@@ -482,6 +512,24 @@ def test_client_disconnect_cancels_the_work(eliot_logger) -> None:
     assert client.answers() == []
     [action] = LoggedAction.of_type(eliot_logger.messages, REQUEST_ACTION)
     assert action.end_message["aborted"] is True
+
+
+def test_a_client_leaving_a_quiet_stream_lets_go_of_it_at_once() -> None:
+    """A quiet stream (events, a slow worker) is abandoned now, not at its next chunk."""
+    abandoned: list[bool] = []
+    stream = PushedStream(lambda: abandoned.append(True))
+    stream.feed(b"data: first\n\n")
+
+    async def step(request: Request, fields: dict) -> Response | None:
+        return Response(200, {"content-type": "text/event-stream"}, stream)
+
+    door = Door(steps=[step])
+    client = door.start("GET", "/events")
+    assert b"data: first" in client.received()
+    assert abandoned == [] and door.state.in_flight == 1
+    client.transport.loseConnection()
+    assert abandoned == [True] and stream.closed
+    assert door.state.in_flight == 0
 
 
 # -- plugin hooks -------------------------------------------------------------------------

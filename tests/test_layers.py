@@ -25,6 +25,7 @@ MECHANISMS = {
     "buntime.stream",
     "buntime.memchannel",
     "buntime.forms",
+    "buntime.sse",
     "buntime.fresh",
 }
 """Small Twisted helpers any layer may use; they import nothing of buntime."""
@@ -114,6 +115,8 @@ RULES = [
         {"buntime.pool", "buntime.logs", "buntime._turn", "buntime.apps.resolve"} | LOW,
     ),
     ("plugins", {"buntime.plugins"}, {"buntime.plugins", "buntime.logs"} | LOW),
+    # built-in plugins use the public plugin API only (the context reaches the rest)
+    ("built-ins", {"buntime.builtins"}, {"buntime.builtins"} | VALUE_TYPES | MECHANISMS),
     (
         "web",
         {"buntime.web"},

@@ -126,6 +126,7 @@ async def test_list_plugins(setup: Setup):
     assert body[: len(builtins)] == builtins  # the built-ins first, on or off
     for name, enabled in (
         ("metrics", True),
+        ("logs", True),
         ("proxy", False),
         ("gateway", False),
         ("vhosts", False),
@@ -145,8 +146,8 @@ async def test_list_plugins(setup: Setup):
 async def test_loaded_plugins(setup: Setup):
     status, body = await setup.call("GET", "/api/plugins/loaded")
     assert status == 200
-    assert [p["name"] for p in body] == ["@buntime/plugin-metrics", "a"]
-    assert body[0] == {
+    assert [p["name"] for p in body] == ["@buntime/plugin-logs", "@buntime/plugin-metrics", "a"]
+    assert body[1] == {
         "name": "@buntime/plugin-metrics",
         "base": "/metrics",
         "dependencies": [],
@@ -174,12 +175,13 @@ async def test_reload(setup: Setup):
     assert body == {
         "ok": True,
         "plugins": [
+            {"name": "@buntime/plugin-logs", "base": "/logs"},
             {"name": "@buntime/plugin-metrics", "base": "/metrics"},
             {"name": "a", "base": "/a"},
             {"name": "b", "base": "/b"},
         ],
     }
-    assert setup.loaded() == ["@buntime/plugin-metrics", "a", "b"]
+    assert setup.loaded() == ["@buntime/plugin-logs", "@buntime/plugin-metrics", "a", "b"]
 
 
 @pytest_twisted.ensureDeferred

@@ -1,31 +1,57 @@
-"""The metrics built-in: on by default, its JSON routes, and switching it off."""
+"""
+The metrics built-in: on by default, its JSON routes, the Prometheus
+exposition (parsed with prometheus_client's own parser), the event stream
+driven by a clock, its page, and switching it off.
+"""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import pytest_twisted
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 from test_plugins_service import make_service
 from test_plugins_support import FakePool, write_plugin
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
 
 from buntime.http import Request
 from buntime.plugins.discovery import BUILTINS_DIR
+from buntime.plugins.outcomes import RequestOutcomes
 
 METRICS = "@buntime/plugin-metrics"
 
 
 async def started(tmp_path, **kwargs):
+    kwargs.setdefault("reactor", Clock())
     service = make_service(tmp_path, builtins_dir=BUILTINS_DIR, **kwargs)
     service.startService()
     await service.when_loaded()
     return service
 
 
+def metrics_plugin(service):
+    [plugin] = [p for p in service.registry.plugins if p.name == METRICS]
+    return plugin
+
+
+def families(text: str) -> dict:
+    """Metric families by name, from the exposition text."""
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def samples(family, name: str) -> dict:
+    """C{{frozenset(labels): value}} of the samples called C{name}."""
+    return {frozenset(s.labels.items()): s.value for s in family.samples if s.name == name}
+
+
 @pytest_twisted.ensureDeferred
 async def test_enabled_by_default_at_metrics(tmp_path):
     service = await started(tmp_path)
-    [plugin] = service.registry.plugins
-    assert (plugin.name, plugin.base) == (METRICS, "/metrics")
+    plugin = metrics_plugin(service)
+    assert plugin.base == "/metrics"
     assert plugin.context.logger.context == "plugin:metrics"
     await service.stopService()
 
@@ -49,10 +75,20 @@ async def test_stats(tmp_path):
     pool = FakePool()
     pool.workers.append({"status": "idle"})
     service = await started(tmp_path, pool=pool)
+    service.requests.record("hello@1.0.0", "GET", 200, 4.0)
+    service.requests.record("hello@1.0.0", "POST", 503, 8.0)
+    service.requests.record(None, "GET", 404, 3.0)
     response = await service.registry.route(Request("GET", "/metrics/api/stats"))
     assert json.loads(response.body) == {
         "pool": pool.metrics(),
         "workers": {"total": 3, "byStatus": {"active": 1, "idle": 2}},
+        "http": {
+            "total": 3,
+            "avgMs": 5.0,
+            "byStatus": {"2xx": 1, "4xx": 1, "5xx": 1},
+            "byApp": {"hello@1.0.0": 2, "unknown": 1},
+        },
+        "sseClients": 0,
     }
     await service.stopService()
 
@@ -75,6 +111,11 @@ async def test_without_a_pool(tmp_path):
     response = await service.registry.route(Request("GET", "/metrics/api/"))
     assert response.status == 503
     assert json.loads(response.body)["error"]["code"] == "NO_POOL"
+    service.requests.record("a@1.0.0", "GET", 200, 1.0)
+    response = await service.registry.route(Request("GET", "/metrics/api/prometheus"))
+    found = families(response.body.decode())
+    assert "buntime_pool_active_workers" not in found
+    assert "buntime_http_requests" in found
     await service.stopService()
 
 
@@ -90,7 +131,8 @@ async def test_unknown_paths_fall_through(tmp_path):
 async def test_switched_off_by_an_override_manifest(tmp_path):
     write_plugin(tmp_path, "metrics", {"name": METRICS, "enabled": False})
     service = await started(tmp_path)
-    assert service.registry.plugins == ()
+    assert METRICS not in [p.name for p in service.registry.plugins]
+    assert await service.registry.route(Request("GET", "/metrics/api/")) is None
     await service.stopService()
 
 
@@ -102,3 +144,184 @@ async def test_moved_by_an_override_manifest(tmp_path):
     assert response.status == 200
     assert await service.registry.route(Request("GET", "/metrics/api/")) is None
     await service.stopService()
+
+
+# -- the page ----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page(tmp_path):
+    service = await started(tmp_path)
+    response = await service.registry.route(Request("GET", "/metrics/"))
+    assert response.status == 200
+    assert response.headers.get("content-type") == "text/html; charset=utf-8"
+    page = response.body.decode()
+    assert "<!doctype html>" in page and "EventSource" in page and "/api/sse" in page
+    assert "src=" not in page and "<link" not in page  # self-contained
+    menu = await service.registry.route(Request("GET", "/metrics", {"host": "rt.test"}))
+    assert menu.status in (301, 308)
+    assert menu.headers.get("location").endswith("/metrics/")
+    await service.stopService()
+
+
+# -- Prometheus --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_prometheus_exposition_parses(tmp_path):
+    service = await started(tmp_path)
+    requests = service.requests
+    requests.record("hello@1.0.0", "GET", 200, 3.0)
+    requests.record("hello@1.0.0", "GET", 201, 30.0)
+    requests.record("hello@1.0.0", "GET", 500, 20_000.0)
+    requests.record(None, "GET", 404, 1.0)
+    requests.record(None, "BREW", 404, 1.0)
+    response = await service.registry.route(Request("GET", "/metrics/api/prometheus"))
+    assert response.status == 200
+    assert response.headers.get("content-type").startswith("text/plain; version=0.0.4")
+    found = families(response.body.decode())
+
+    counted = samples(found["buntime_http_requests"], "buntime_http_requests_total")
+    hello = {("app", "hello@1.0.0"), ("method", "GET")}
+    assert counted == {
+        frozenset({*hello, ("status", "2xx")}): 2,
+        frozenset({*hello, ("status", "5xx")}): 1,
+        frozenset({("app", "unknown"), ("method", "GET"), ("status", "4xx")}): 1,
+        frozenset({("app", "unknown"), ("method", "OTHER"), ("status", "4xx")}): 1,
+    }
+    latency = found["buntime_http_request_duration_seconds"]
+    assert latency.type == "histogram"
+    ok = frozenset({*hello, ("status", "2xx")})
+    buckets = samples(latency, "buntime_http_request_duration_seconds_bucket")
+    ok_buckets = {le: buckets[ok | {("le", le)}] for le in ("0.005", "0.025", "0.05", "+Inf")}
+    assert ok_buckets == {"0.005": 1, "0.025": 1, "0.05": 2, "+Inf": 2}
+    sums = samples(latency, "buntime_http_request_duration_seconds_sum")
+    assert sums[ok] == pytest.approx(0.033)
+    slow = frozenset({*hello, ("status", "5xx")})
+    assert buckets[slow | {("le", "10.0")}] == 0
+    assert buckets[slow | {("le", "+Inf")}] == 1
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_prometheus_pool_and_worker_events(tmp_path):
+    pool = FakePool()
+    pool.numbers.update(memoryUsageMB=2, hits=5, uptimeMs=1500)
+    service = await started(tmp_path, pool=pool)
+    response = await service.registry.route(Request("GET", "/metrics/api/prometheus"))
+    found = families(response.body.decode())
+    assert found["buntime_pool_active_workers"].type == "gauge"
+    assert found["buntime_pool_active_workers"].samples[0].value == 1
+    assert found["buntime_pool_memory_bytes"].samples[0].value == 2 * 1024 * 1024
+    assert found["buntime_pool_uptime_seconds"].samples[0].value == 1.5
+    assert found["buntime_pool_hits"].type == "counter"
+    assert found["buntime_pool_requests"].samples[0].value == 7
+    workers = samples(found["buntime_pool_workers"], "buntime_pool_workers")
+    assert workers == {frozenset({("status", "active")}): 1, frozenset({("status", "idle")}): 1}
+    app = ("app", "hello@1.0.0")
+    starts = samples(found["buntime_worker_starts"], "buntime_worker_starts_total")
+    assert starts == {frozenset({app}): 2}
+    crashes = samples(found["buntime_worker_crashes"], "buntime_worker_crashes_total")
+    assert crashes == {frozenset({app, ("reason", "exited")}): 1}
+    retired = samples(found["buntime_worker_retirements"], "buntime_worker_retirements_total")
+    assert retired == {frozenset({app, ("reason", "ttl reached")}): 1}
+    assert found["buntime_worker_start_failures"].samples == []
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_prometheus_uses_a_registry_of_its_own(tmp_path):
+    service = await started(tmp_path)
+    await service.registry.route(Request("GET", "/metrics/api/prometheus"))
+    assert REGISTRY.get_sample_value("buntime_pool_active_workers") is None
+    await service.stopService()
+
+
+def test_request_outcomes_bound_their_labels():
+    outcomes = RequestOutcomes()
+    for index in range(3):
+        outcomes.record(None, f"M{index}", 404, 1.0)
+    [row] = outcomes.rows()
+    assert (row.app, row.method, row.status_class, row.count) == ("unknown", "OTHER", 4, 3)
+
+
+def test_request_outcomes_past_max_rows_share_one_app(monkeypatch):
+    monkeypatch.setattr("buntime.plugins.outcomes.MAX_ROWS", 2)
+    outcomes = RequestOutcomes()
+    for index in range(5):
+        outcomes.record(f"app{index}@1.0.0", "GET", 200, 1.0)
+    outcomes.record("app0@1.0.0", "GET", 200, 1.0)
+    counts = {row.app: row.count for row in outcomes.rows()}
+    assert counts == {"app0@1.0.0": 2, "app1@1.0.0": 1, "other": 3}
+
+
+# -- the event stream --------------------------------------------------------------
+
+
+async def open_stream(service, path="/metrics/api/sse"):
+    """The streamed response of C{path} and an iterator over its chunks."""
+    pending = ensureDeferred(service.registry.route(Request("GET", path)))
+    service.reactor.advance(0)
+    response = await pending
+    return response, response.body.__aiter__()
+
+
+async def next_event(chunks) -> dict:
+    """The next event's data, skipping comments."""
+    while True:
+        chunk = (await chunks.__anext__()).decode()
+        if chunk.startswith("data: "):
+            return json.loads(chunk[len("data: ") :])
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_sends_a_snapshot_every_interval(tmp_path):
+    write_plugin(tmp_path, "metrics", {"name": METRICS, "sseInterval": 250})
+    service = await started(tmp_path)
+    clock = service.reactor
+    response, chunks = await open_stream(service)
+    assert response.status == 200
+    assert response.headers.get("content-type") == "text/event-stream; charset=utf-8"
+    first = await next_event(chunks)
+    assert first["sseClients"] == 1 and first["http"]["total"] == 0
+    waiting = ensureDeferred(next_event(chunks))
+    clock.advance(0.2)
+    assert not waiting.called
+    service.requests.record("a@1.0.0", "GET", 200, 1.0)
+    clock.advance(0.05)
+    assert (await waiting)["http"]["total"] == 1
+    await chunks.aclose()  # the client goes away
+    assert metrics_plugin(service).provider.streams == set()
+    assert clock.getDelayedCalls() == []  # no timer left running
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_interval_from_the_environment(tmp_path):
+    service = await started(tmp_path, environ={"METRICS_SSE_INTERVAL": "2000"})
+    assert metrics_plugin(service).provider.sse_interval == 2.0
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_streams_end_when_the_runtime_stops(tmp_path):
+    service = await started(tmp_path)
+    _, chunks = await open_stream(service)
+    await next_event(chunks)
+    service.runtime_stopping()
+    with pytest.raises(StopAsyncIteration):
+        while True:
+            await chunks.__anext__()
+    assert service.reactor.getDelayedCalls() == []
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_streams_end_on_shutdown(tmp_path):
+    service = await started(tmp_path)
+    _, chunks = await open_stream(service)
+    await next_event(chunks)
+    await service.stopService()
+    with pytest.raises(StopAsyncIteration):
+        while True:
+            await chunks.__anext__()

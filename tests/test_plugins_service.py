@@ -80,7 +80,7 @@ async def test_builtins_load_by_default(tmp_path):
     service = make_service(tmp_path, builtins_dir=BUILTINS_DIR)
     service.startService()
     registry = await service.when_loaded()
-    assert [p.name for p in registry.plugins] == ["@buntime/plugin-metrics"]
+    assert [p.name for p in registry.plugins] == ["@buntime/plugin-logs", "@buntime/plugin-metrics"]
     await service.stopService()
 
 
@@ -183,4 +183,60 @@ async def test_api_prefix_from_global_config(tmp_path):
     service.startService()
     await service.when_loaded()
     assert service.failed.startswith('Plugin "a" cannot use reserved path "/admin"')
+    await service.stopService()
+
+
+# -- what the context offers the built-ins --------------------------------------------
+
+CONTEXT_PLUGIN = """
+from zope.interface import implementer
+from buntime.interfaces import IBuntimePlugin
+
+@implementer(IBuntimePlugin)
+class Keeper:
+    def on_init(self, ctx):
+        self.ctx = ctx
+
+def plugin(config):
+    return Keeper()
+"""
+
+
+async def context_of(tmp_path):
+    write_plugin(tmp_path, "keeper", {"name": "keeper"}, code=CONTEXT_PLUGIN)
+    service = make_service(tmp_path)
+    service.startService()
+    registry = await service.when_loaded()
+    [plugin] = registry.plugins
+    return service, plugin.provider.ctx
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_context_gives_request_outcomes_and_the_runtime_stopping(tmp_path):
+    service, ctx = await context_of(tmp_path)
+    assert ctx.requests is service.requests
+    before = ctx.when_stopping()
+    assert not before.called
+    service.runtime_stopping()
+    assert before.called
+    assert ctx.when_stopping().called  # asked after: at once
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_context_adds_and_removes_log_destinations(tmp_path):
+    from buntime.logs import log
+
+    service, ctx = await context_of(tmp_path)
+    seen: list[dict] = []
+    ctx.add_log_destination(seen.append)
+    log("info", "test:context:one", "to the destination", headers={"cookie": "s3cret"})
+    ctx.remove_log_destination(seen.append)
+    ctx.remove_log_destination(seen.append)  # twice: nothing happens
+    log("info", "test:context:two", "not any more")
+    [message] = [m for m in seen if m.get("message_type", "").startswith("test:context")]
+    record = ctx.log_record(message)
+    assert record["message"] == "to the destination" and record["context"] == "runtime"
+    assert record["headers"] == {"cookie": "[redacted]"}
+    assert message["headers"] == {"cookie": "s3cret"}  # the message itself is left alone
     await service.stopService()

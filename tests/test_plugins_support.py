@@ -73,7 +73,7 @@ EVENTS: list[tuple[str, str]] = []
 
 @define
 class FakePool:
-    """What plugins see of the pool: C{metrics()} and C{worker_stats()}."""
+    """What plugins see of the pool: C{metrics()}, C{worker_stats()}, C{worker_events()}."""
 
     numbers: dict[str, Any] = field(factory=lambda: {"totalRequests": 7, "activeWorkers": 1})
     workers: list[dict[str, Any]] = field(
@@ -82,12 +82,22 @@ class FakePool:
             {"status": "idle", "pid": 11, "requestCount": 4},
         ]
     )
+    events: list[dict[str, Any]] = field(
+        factory=lambda: [
+            {"app": "hello@1.0.0", "event": "started", "reason": "", "count": 2},
+            {"app": "hello@1.0.0", "event": "crashed", "reason": "exited", "count": 1},
+            {"app": "hello@1.0.0", "event": "retired", "reason": "ttl reached", "count": 1},
+        ]
+    )
 
     def metrics(self) -> dict[str, Any]:
         return dict(self.numbers)
 
     def worker_stats(self) -> list[dict[str, Any]]:
         return [dict(w) for w in self.workers]
+
+    def worker_events(self) -> list[dict[str, Any]]:
+        return [dict(e) for e in self.events]
 
 
 @implementer(IBuntimePlugin)

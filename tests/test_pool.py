@@ -209,6 +209,8 @@ def test_ttl_retires_after_draining():
     h.advance(0.1)
     assert process.exit_code == 0
     assert h.pool.metrics()["totalWorkersRetired"] == 1
+    retired = {"app": "hello@1.0.0", "event": "retired", "reason": "ttl reached", "count": 1}
+    assert retired in h.pool.worker_events()
 
 
 def test_drain_is_bounded_by_timeout():
@@ -358,6 +360,8 @@ def test_startup_failure_502_respawn_and_backoff(eliot_logger):
     h.advance(0.5)
     assert h.get(app).status == 200
     assert h.pool.metrics()["totalWorkersFailed"] == 3
+    events = {(e["event"], e["reason"]): e["count"] for e in h.pool.worker_events()}
+    assert events == {("start_failed", ""): 3, ("started", ""): 1}
 
 
 def test_launcher_unavailable_answers_503_at_once():
@@ -408,6 +412,10 @@ def test_death_mid_request_is_502_and_next_request_respawns():
     assert len(h.processes) == 2
     metrics = h.pool.metrics()
     assert (metrics["totalWorkersFailed"], metrics["totalWorkersCreated"]) == (1, 2)
+    assert h.pool.worker_events() == [
+        {"app": "hello@1.0.0", "event": "crashed", "reason": "exited", "count": 1},
+        {"app": "hello@1.0.0", "event": "started", "reason": "", "count": 2},
+    ]
 
 
 def test_app_error_is_500():

@@ -233,6 +233,19 @@ def test_a_stop_is_not_ready_at_once_but_serves_through_the_drain_delay(eliot_lo
     assert draining["drain_delay"] == 5.0
 
 
+def test_on_stopping_hooks_run_when_the_drain_begins(eliot_logger):
+    """Plugins' C{ctx.when_stopping()}: after the drain delay, before any child stops."""
+    tree = make_tree("pool")
+    tree.runtime.drain_delay = 5.0
+    tree.runtime.on_stopping.append(lambda: tree.journal.append("stopping"))
+    tree.runtime.startService()
+    tree.runtime.stopService()
+    tree.reactor.advance(4.9)
+    assert tree.journal == ["start pool"]
+    tree.reactor.advance(0.1)
+    assert tree.journal == ["start pool", "stopping", "stop pool"]
+
+
 def test_the_shutdown_timeout_counts_from_the_end_of_the_drain(eliot_logger):
     never: Deferred[None] = Deferred()
     tree = make_tree("pool", pool=never)

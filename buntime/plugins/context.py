@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import eliot
 from attrs import define, field, frozen
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from buntime.interfaces import IPluginContext, IPluginLogger
 from buntime.logs import log
+from buntime.logs.render import to_record
+from buntime.once import Once
+from buntime.plugins.outcomes import RequestOutcomes
 
 PLUGIN_LOG = "buntime:plugin:log"
 
@@ -80,6 +85,9 @@ class PoolView(Protocol):
     def worker_stats(self) -> list[dict[str, object]]:
         """Per-worker numbers (SPEC section 3), with app, version, id and key."""
 
+    def worker_events(self) -> list[dict[str, object]]:
+        """Workers started, failed to start, crashed, retired: C{[{app, event, reason, count}]}."""
+
 
 @implementer(IPluginContext)
 @define
@@ -96,6 +104,9 @@ class PluginContext:
     services: ServiceRegistry
     data_dir: str
     reactor: Any
+    requests: RequestOutcomes = field(factory=RequestOutcomes)
+    stopping: Once = field(factory=Once)
+    """Fired by the plugin service when the runtime's drain begins."""
     plugin_bases: tuple[str, ...] = ()
 
     def register_service(self, name: str, service: object) -> None:
@@ -103,3 +114,19 @@ class PluginContext:
 
     def get_service(self, name: str) -> object | None:
         return self.services.get(name)
+
+    def add_log_destination(self, destination: Callable[[dict[str, Any]], None]) -> None:
+        eliot.add_destinations(destination)
+
+    def remove_log_destination(self, destination: Callable[[dict[str, Any]], None]) -> None:
+        try:
+            eliot.remove_destination(destination)
+        except ValueError:
+            pass  # not added, or removed already
+
+    def log_record(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(to_record(dict(message)))
+
+    def when_stopping(self) -> Deferred[None]:
+        waiting: Deferred[None] = self.stopping.wait()
+        return waiting

@@ -15,13 +15,14 @@ from collections.abc import Set as AbstractSet
 from types import MappingProxyType
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from toposort import CircularDependencyError, toposort
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from buntime.logs import log
 from buntime.logs.types import PLUGIN_LOAD
+from buntime.once import Once
 from buntime.plugins.context import PluginContext, PluginLogger, PoolView, ServiceRegistry
 from buntime.plugins.discovery import PluginSource
 from buntime.plugins.hooks import bounded
@@ -32,6 +33,7 @@ from buntime.plugins.manifest import (
     parse_plugin_manifest,
     reserved_bases,
 )
+from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.provider import make_provider, routes_site, verify
 from buntime.plugins.registry import LoadedPlugin, PluginRegistry
 
@@ -164,6 +166,8 @@ class Loader:
     reactor: Any
     data_dir: str
     api_prefix: str = ""
+    requests: RequestOutcomes = field(factory=RequestOutcomes)
+    stopping: Once = field(factory=Once)
     init_timeout: float = INIT_TIMEOUT
     shutdown_timeout: float = SHUTDOWN_TIMEOUT
 
@@ -195,6 +199,8 @@ class Loader:
             services=services,
             data_dir=self.data_dir,
             reactor=self.reactor,
+            requests=self.requests,
+            stopping=self.stopping,
             plugin_bases=bases,
         )
 

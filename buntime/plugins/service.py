@@ -20,6 +20,7 @@ from buntime.plugins.context import PoolView
 from buntime.plugins.discovery import BUILTINS_DIR, PluginSource, discover
 from buntime.plugins.loader import Loader
 from buntime.plugins.manifest import PluginError
+from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.registry import PluginRegistry
 
 
@@ -41,12 +42,15 @@ class PluginService(Service):
     builtins_dir: str | None = BUILTINS_DIR
     package: ModuleType | None = None
     packages: bool = True
+    requests: RequestOutcomes = field(factory=RequestOutcomes)
+    """What every request became, for C{ctx.requests}."""
     registry: PluginRegistry = field(factory=PluginRegistry)
     failed: str | None = None
     _server: Any = None
     _lock: DeferredLock = field(factory=DeferredLock)
     _loaded: Deferred[None] | None = None
     _waiting: Once | None = None
+    _stopping: Once = field(factory=Once)
 
     def __attrs_post_init__(self) -> None:
         self.setName("plugins")
@@ -61,6 +65,8 @@ class PluginService(Service):
             reactor=self.reactor,
             data_dir=self.data_dir,
             api_prefix=str(prefix),
+            requests=self.requests,
+            stopping=self._stopping,
         )
 
     def discover(self) -> list[PluginSource]:
@@ -118,6 +124,10 @@ class PluginService(Service):
             self._waiting = Once()
         waiter: Deferred[PluginRegistry | None] = self._waiting.wait()
         return waiter
+
+    def runtime_stopping(self) -> None:
+        """The runtime's drain begins: fire every context's C{when_stopping()}."""
+        self._stopping.fire(None)
 
     async def server_started(self, server: Any) -> None:
         """Run the C{on_server_start} hooks (again for every reloaded set)."""

@@ -73,6 +73,7 @@ class WorkerLifecycle:
         # the request path counts through these two directly
         self._counts = self._numbers.counts
         self._response_times = self._numbers.response_times
+        self._events = self._numbers.events
         self._checks = WorkerChecks(reactor, self._discard, self._pump)
         self.on_worker_spawn: list[Callable[[Worker, PoolApp], object]] = []
         self.on_worker_terminate: list[Callable[[Worker, PoolApp], object]] = []
@@ -186,6 +187,7 @@ class WorkerLifecycle:
             **worker.tags(),
         )
         starting.finish()
+        self._events[state.app.label, "started", ""] += 1
         self._notify(self.on_worker_spawn, worker, state.app)
         if not worker.ephemeral:
             self._pump(state)
@@ -215,6 +217,7 @@ class WorkerLifecycle:
                 **worker.tags(),
             )
         starting.finish(failure.value)
+        self._events[state.app.label, "start_failed", ""] += 1
         message = self._detail(f"App {state.app.label} failed to start", text)
         self._worker_failed(state, worker, Response.error(502, "WORKER_START_FAILED", message))
 
@@ -227,6 +230,8 @@ class WorkerLifecycle:
             reason=reason,
             **worker.tags(),
         )
+        # "exited with code 1", "closed its channel", "could not be launched: ..."
+        self._events[state.app.label, "crashed", reason.split(" with ")[0].split(":")[0]] += 1
         if isinstance(worker.launch_error, LauncherUnavailable):
             # The fork template is down: not the app's fault, and soon over.
             response = Response.error(
@@ -280,6 +285,8 @@ class WorkerLifecycle:
             return succeed(None)  # already stopped
         state.workers.remove(worker)
         self._counts["failed" if failed else "retired"] += 1
+        if not failed:  # a failure is counted as the crash or start failure it was
+            self._events[state.app.label, "retired", reason] += 1
         retiring = None
         if not worker.ephemeral or failed:
             retiring = WORKER_RETIRE(

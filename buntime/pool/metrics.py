@@ -5,7 +5,7 @@ counts as requests come and workers go, and their summary.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 
 from attrs import define, field
 
@@ -16,11 +16,22 @@ COUNTED = ("hits", "misses", "evictions", "requests", "created", "failed", "reti
 
 @define
 class PoolNumbers:
-    """Counts by name (L{COUNTED}), the last 100 response times (ms), the start time."""
+    """
+    Counts by name (L{COUNTED}), the last 100 response times (ms), the start
+    time, and workers' lifecycle events by (app, event, reason).
+    """
 
     counts: dict[str, int] = field(factory=lambda: dict.fromkeys(COUNTED, 0))
     response_times: deque[float] = field(factory=lambda: deque(maxlen=100))
     started_at: float | None = None
+    events: Counter[tuple[str, str, str]] = field(factory=Counter)
+
+    def worker_events(self) -> list[dict[str, object]]:
+        """C{[{"app", "event", "reason", "count"}]}: see L{WorkerPool.worker_events}."""
+        return [
+            {"app": app, "event": event, "reason": reason, "count": count}
+            for (app, event, reason), count in sorted(self.events.items())
+        ]
 
     def summary(
         self, now: float, workers: list[Worker], ephemeral_queue_depth: int

@@ -361,3 +361,10 @@ class WorkerPool(WorkerLifecycle):
     def worker_stats(self) -> list[dict[str, object]]:
         """Per-worker numbers (SPEC section 3), with app, version, id and key."""
         return [worker.stats() for worker in self._all_workers()]
+
+    def worker_events(self) -> list[dict[str, object]]:
+        """
+        Workers started, failed to start, crashed and retired so far, by app
+        and reason: C{[{"app", "event", "reason", "count"}]}.
+        """
+        return self._numbers.worker_events()

@@ -23,6 +23,7 @@ from buntime import __version__
 from buntime.http import AppInfo, Headers, Request, Response, Takeover
 from buntime.logs import log
 from buntime.logs.requests import finish_request, request_action, request_record
+from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
 from buntime.web.api.core import CoreAPI
@@ -59,10 +60,20 @@ class _Tracked:
     """
     One request's eliot action, its place in the in-flight count, and the
     work to cancel (C{running}) when the client goes away before the answer.
-    C{fields} are added to the log line (the app, the worker id).
+    C{fields} are added to the log line (the app, the worker id); the
+    request's outcome is counted in C{outcomes} (for C{ctx.requests}).
     """
 
-    __slots__ = ("_clock", "_line", "_started", "_state", "action", "fields", "running")
+    __slots__ = (
+        "_clock",
+        "_line",
+        "_outcomes",
+        "_started",
+        "_state",
+        "action",
+        "fields",
+        "running",
+    )
 
     def __init__(
         self,
@@ -72,9 +83,11 @@ class _Tracked:
         method: str,
         path: str,
         task_uuid: str | None = None,
+        outcomes: RequestOutcomes | None = None,
     ) -> None:
         self._clock = clock
         self._state = state
+        self._outcomes = outcomes
         self._line = (request_id, method, path)
         self.fields: dict[str, Any] = {}
         self.running: Deferred[Any] | None = None
@@ -115,6 +128,8 @@ class _Tracked:
         record.update(self.fields)  # plain values only (the app, the worker id)
         finish_request(self.action, record)
         self._state.request_finished()
+        if self._outcomes is not None:
+            self._outcomes.record(self.fields.get("app"), method, status, duration)
         running = self.running
         if aborted and running is not None:
             # The client went away: stop the work (a queued request is
@@ -132,7 +147,7 @@ class FrontDoor:
     homepage); C{apis} the Klein apps mounted under the core API;
     C{plugins} gives the current plugin registry, C{identify} the app a
     path addresses (for plugin hooks), C{body_limit} the request body limit
-    of a path.
+    of a path; C{outcomes} counts every finished request.
     """
 
     def __init__(
@@ -150,8 +165,10 @@ class FrontDoor:
         body_limit: Callable[[str], int] | None = None,
         forwarded_allow: Container[str] | None = None,
         api_token: str | None = None,
+        outcomes: RequestOutcomes | None = None,
     ) -> None:
         self._clock = clock
+        self.outcomes = outcomes
         self._state = state
         self._plugins = plugins
         self._identify = identify
@@ -194,7 +211,9 @@ class FrontDoor:
             exchange.remote_port,
             exchange.local,
         )
-        tracked = _Tracked(self._clock, self._state, request_id, head.method, head.path, task_uuid)
+        tracked = _Tracked(
+            self._clock, self._state, request_id, head.method, head.path, task_uuid, self.outcomes
+        )
         exchange.on_end(tracked.finished, exchange)
         done = tracked.run(self.handle, incoming, tracked.fields, exchange)
         done.addCallbacks(

@@ -1,1 +1,1 @@
-"""The metrics built-in plugin: pool metrics and per-worker stats as JSON."""
+"""The metrics built-in plugin: pool and HTTP numbers as JSON, Prometheus text and a live page."""

@@ -1,23 +1,42 @@
 """
-C{@buntime/plugin-metrics}: the worker pool's numbers as JSON.
+C{@buntime/plugin-metrics}: the runtime's numbers as JSON, as Prometheus
+text, as a live event stream, and on a page.
 
 C{GET /metrics/api/} answers C{{"pool": pool.metrics(), "workers":
-pool.worker_stats()}}; C{GET /metrics/api/stats} a summary (pool metrics and
-the number of workers by status).
+pool.worker_stats()}}; C{GET /metrics/api/stats} a summary (pool metrics,
+workers by status, HTTP requests by status class and app);
+C{GET /metrics/api/prometheus} the Prometheus exposition;
+C{GET /metrics/api/sse} the summary every C{sseInterval} ms as Server-Sent
+Events; C{GET /metrics/} the page showing that stream.  Nothing is counted
+per request here: the numbers are read from the pool and C{ctx.requests}
+when asked.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from attrs import define, field
 from klein import Klein
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from buntime.builtins.metrics.prometheus import (
+    CONTENT_TYPE,
+    exposition,
+    registry_for,
+    status_label,
+    worker_list,
+)
 from buntime.interfaces import IBuntimePlugin, IPluginContext
+from buntime.sse import EventStream
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui", "index.html")
+MIN_SSE_INTERVAL_MS = 100
 
 
 def _json(request: Any, obj: object, status: int = 200) -> bytes:
@@ -27,29 +46,86 @@ def _json(request: Any, obj: object, status: int = 200) -> bytes:
     return json.dumps(obj, default=str).encode("utf-8")
 
 
-def _workers(stats: Mapping[str, Any] | Iterable[Any] | None) -> list[Mapping[str, Any]]:
-    if isinstance(stats, Mapping):
-        return [s for s in stats.values() if isinstance(s, Mapping)]
-    return [s for s in stats or () if isinstance(s, Mapping)]
+def http_summary(requests: Any) -> dict[str, Any]:
+    """Requests answered so far: in all, by status class, by app, and their mean time."""
+    total, time_ms = 0, 0.0
+    by_status: Counter[str] = Counter()
+    by_app: Counter[str] = Counter()
+    for row in requests.rows() if requests is not None else ():
+        total += row.count
+        time_ms += row.sum_ms
+        by_status[status_label(row.status_class)] += row.count
+        by_app[row.app] += row.count
+    return {
+        "total": total,
+        "avgMs": round(time_ms / total, 3) if total else 0.0,
+        "byStatus": dict(sorted(by_status.items())),
+        "byApp": dict(sorted(by_app.items())),
+    }
 
 
 @implementer(IBuntimePlugin)
 @define
 class MetricsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optional
-    """Reads C{ctx.pool} on every request; keeps no state of its own."""
+    """Reads C{ctx.pool} and C{ctx.requests} when asked; keeps only its open streams."""
 
     config: Mapping[str, Any] = field(factory=dict)
     pool: Any = None
+    requests: Any = None
+    clock: Any = None
+    streams: set[EventStream] = field(factory=set)
+    _registry: Any = None
 
     routes = Klein()
 
+    @property
+    def sse_interval(self) -> float:
+        """Seconds between two events of C{/api/sse} (the C{sseInterval} setting, in ms)."""
+        try:
+            interval = float(self.config.get("sseInterval", 1000))
+        except (TypeError, ValueError):
+            interval = 1000.0
+        return max(interval, MIN_SSE_INTERVAL_MS) / 1000
+
     def on_init(self, ctx: IPluginContext) -> None:
+        self.config = ctx.config
         self.pool = ctx.pool
+        self.requests = ctx.requests
+        self.clock = ctx.reactor
+        self._registry = registry_for(self.pool, self.requests)
+        ctx.when_stopping().addCallback(lambda _: self.close_streams())
+
+    def on_shutdown(self) -> None:
+        self.close_streams()
+
+    def close_streams(self) -> None:
+        """End every open event stream (the runtime stops, or the plugin is replaced)."""
+        for stream in list(self.streams):
+            stream.close()
+
+    def summary(self) -> dict[str, Any]:
+        """What C{/api/stats} answers and C{/api/sse} sends."""
+        found: dict[str, Any] = {}
+        if self.pool is not None:
+            workers = worker_list(self.pool.worker_stats())
+            by_status = Counter(str(w.get("status", "unknown")) for w in workers)
+            found["pool"] = self.pool.metrics()
+            found["workers"] = {"total": len(workers), "byStatus": dict(sorted(by_status.items()))}
+        found["http"] = http_summary(self.requests)
+        found["sseClients"] = len(self.streams)
+        return found
 
     def _no_pool(self, request: Any) -> bytes:
         return _json(
             request, {"error": {"code": "NO_POOL", "message": "No worker pool"}}, status=503
         )
+
+    @routes.route("/", methods=["GET", "HEAD"])
+    def page(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        with open(PAGE, "rb") as page:
+            return page.read()
 
     @routes.route("/api/", methods=["GET", "HEAD"])
     def snapshot(self, request: Any) -> bytes:
@@ -61,15 +137,22 @@ class MetricsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
     def stats(self, request: Any) -> bytes:
         if self.pool is None:
             return self._no_pool(request)
-        workers = _workers(self.pool.worker_stats())
-        by_status = Counter(str(w.get("status", "unknown")) for w in workers)
-        return _json(
-            request,
-            {
-                "pool": self.pool.metrics(),
-                "workers": {"total": len(workers), "byStatus": dict(sorted(by_status.items()))},
-            },
-        )
+        return _json(request, self.summary())
+
+    @routes.route("/api/prometheus", methods=["GET", "HEAD"])
+    def prometheus(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        registry = self._registry or registry_for(self.pool, self.requests)
+        return exposition(registry)
+
+    @routes.route("/api/sse", methods=["GET"])
+    def sse(self, request: Any) -> Deferred[None]:
+        stream = EventStream(request, self.clock)
+        self.streams.add(stream)
+        stream.on_close.append(lambda: self.streams.discard(stream))
+        stream.every(self.sse_interval, lambda: json.dumps(self.summary(), default=str))
+        return stream.open()
 
 
 def plugin(config: Mapping[str, Any]) -> MetricsPlugin:

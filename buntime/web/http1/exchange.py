@@ -36,6 +36,7 @@ class Exchange:
         "_connection",
         "_ends",
         "_result",
+        "_writing",
         "body",
         "close",
         "ended",
@@ -71,6 +72,7 @@ class Exchange:
         self.written = False
         self.ended = False
         self._result: Failure | None = None
+        self._writing: Deferred[None] | None = None
         self._ends: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
 
     def on_end(self, callback: Callable[..., object], *args: Any) -> None:
@@ -121,6 +123,7 @@ class Exchange:
             written = self._connection.write_response(self, response)
         if written is not None:
             written.addErrback(_stream_failed)
+            self._writing = written
         return written
 
     def hand_over(self, protocol: IProtocol, head: bytes) -> None:
@@ -138,8 +141,16 @@ class Exchange:
         return self._connection.transport.getPeer()
 
     def lost(self, reason: Failure) -> None:
-        """The connection went away (or was handed over) before the answer was written."""
+        """
+        The connection went away (or was handed over) before the answer was
+        written.  A body still streaming is told at once (its read is
+        cancelled), not at its next chunk: a quiet stream (events, a
+        worker's slow answer) lets go of what feeds it now.
+        """
         self.gone = True
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.cancel()
         self._end(reason)
 
     def done(self) -> None:

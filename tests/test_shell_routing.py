@@ -128,3 +128,13 @@ def test_other_paths_and_methods_go_on():
     assert answer(FrameModules(), request("/.well-known/buntime")) is None
     assert answer(FrameModules(), request("/metrics/")) is None
     assert answer(FrameModules(), request(f"{UI_PATH}/z-frame.js", "POST")) is None
+
+
+def test_the_homepage_fallback_is_for_pages_not_for_frames(routing):
+    """A frame's page that nothing serves is a 404: never the shell inside its own frame."""
+    apps = routing.apps
+    top = answer(apps.serve_homepage, request("/nowhere", **NAVIGATE))
+    assert top is not None and b"the shell" in top.body
+    framed = {"sec-fetch-mode": "navigate", "sec-fetch-dest": "iframe", "accept": "text/html"}
+    assert answer(apps.serve_homepage, request("/nowhere", **framed)) is None
+    assert answer(apps.serve_homepage, request("/nowhere", accept="text/html")) is not None

@@ -258,7 +258,20 @@ async function health() {
   }
 }
 
+/** Whether this page is inside another shell's frame (a plugin page that was not found). */
+function nested() {
+  try {
+    return window.parent !== window && Boolean(window.parent.cpanel);
+  } catch {
+    return false; // another origin's page frames this one
+  }
+}
+
 async function start() {
+  if (nested()) {
+    document.body.replaceChildren(h("p", { class: "nested" }, "Nothing to show here."));
+    return;
+  }
   wire();
   const info = await runtimeInfo;
   state.version = info.version;

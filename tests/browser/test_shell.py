@@ -198,6 +198,23 @@ def test_a_link_inside_the_frame_updates_the_shell_address(page: Any) -> None:
     page.wait_for_url(re.compile(r".*/cpanel/$"))
 
 
+def test_a_plugin_page_that_never_connects_shows_an_error_in_the_shell(page: Any) -> None:
+    page.goto("/cpanel/demo/missing")  # the demo plugin answers 404 there
+    page.wait_for_function(
+        "document.querySelector('z-frame')?.getAttribute('state') === 'error'", timeout=20_000
+    )
+    alert = page.locator("z-frame [role=alert]")
+    assert "This page is not responding" in alert.inner_text()
+    assert alert.get_by_role("link", name="Open it alone").get_attribute("href") == "/demo/missing"
+    # the frame holds the plugin's 404, not a second shell
+    assert (
+        page.evaluate(
+            "document.querySelector('z-frame').iframe.contentDocument.querySelector('#sidebar')"
+        )
+        is None
+    )
+
+
 def test_unknown_paths_show_the_404_page(page: Any) -> None:
     page.goto("/cpanel/no/such/page")
     shell_ready(page)

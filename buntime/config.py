@@ -42,7 +42,34 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "header_timeout": ("RUNTIME_HEADER_TIMEOUT",),
     "max_connections": ("RUNTIME_MAX_CONNECTIONS",),
     "forwarded_allow_ips": ("RUNTIME_FORWARDED_ALLOW_IPS",),
+    "reload": ("RUNTIME_RELOAD",),
+    "drain_delay": ("RUNTIME_DRAIN_DELAY",),
+    "api_token": ("RUNTIME_API_TOKEN",),
+    "shutdown_timeout": ("RUNTIME_SHUTDOWN_TIMEOUT",),
 }
+
+
+@frozen
+class Peers:
+    """
+    Some peers by address: C{remote in peers} for an address as text (the
+    usual, an exact address, costs one set lookup; networks are looked at
+    only when there are some).
+    """
+
+    addresses: frozenset[str] = frozenset()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def __contains__(self, remote: object) -> bool:
+        if remote in self.addresses:
+            return True
+        if not self.networks or not isinstance(remote, str):
+            return False
+        try:
+            address = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
 
 
 class ConfigError(Exception):
@@ -73,8 +100,16 @@ class RuntimeConfig:
     environ: Mapping[str, str] = field(repr=False)  # values may be secrets
     header_timeout: float = 10.0
     max_connections: int = 4096
-    forwarded_allow_ips: frozenset[str] | None = frozenset({"127.0.0.1", "::1"})
+    forwarded_allow_ips: Peers | None = Peers(frozenset({"127.0.0.1", "::1"}))
     """Peers whose C{X-Forwarded-*} and C{Forwarded} headers are passed on; C{None}: any."""
+    api_token: str | None = field(default=None, repr=False)
+    """C{RUNTIME_API_TOKEN}: the bearer token core API changes need (C{None}: loopback only)."""
+    drain_delay: float = 0.0
+    """Seconds a stopping runtime goes on serving (readiness 503) before it stops listening."""
+    shutdown_timeout: float = 30.0
+    """Seconds in-flight requests get to finish once the runtime stops listening."""
+    reload: bool = False
+    """Retire an app's workers when its files change, reload plugins when theirs do."""
 
     @property
     def production(self) -> bool:
@@ -193,7 +228,9 @@ def _directories(given: _Given) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """
     worker_dirs = _split_dirs(given.get("worker_dirs") or "")
     if not worker_dirs:
-        raise ConfigError("workerDirs is required: set RUNTIME_WORKER_DIRS env var")
+        raise ConfigError(
+            "workerDirs is required: set RUNTIME_WORKER_DIRS env var (or pass -w/--worker-dirs)"
+        )
     return worker_dirs, _split_dirs(given.get("plugin_dirs") or "./plugins")
 
 
@@ -279,21 +316,52 @@ def _delay(given: _Given) -> float:
         ) from None
 
 
-def _header_timeout(given: _Given) -> float:
+def _reload(given: _Given, env: str) -> bool:
     """
-    The deadline, in seconds, for a request head to arrive.
+    Whether to reload on file changes: on by default in development only,
+    and never in production.
 
-    @raise ConfigError: unless it is a positive duration.
+    @raise ConfigError: for a value that is no boolean, or reload in production.
     """
-    value = given.get("header_timeout") or "10s"
+    value = given.get("reload")
+    if value is None:
+        return env == "development"
+    lowered = value.strip().lower()
+    if lowered not in _TRUE + _FALSE:
+        raise ConfigError(f"{given.label('reload')} must be 1 or 0 (true or false), got {value!r}")
+    if lowered in _TRUE and env == "production":
+        raise ConfigError(
+            f"{given.label('reload')} is for development: it cannot be on in production"
+        )
+    return lowered in _TRUE
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _api_token(given: _Given) -> str | None:
+    """C{RUNTIME_API_TOKEN}, at least 16 characters when set (a guessable token is no lock)."""
+    token = given.get("api_token") or None
+    if token is not None and len(token.strip()) < 16:
+        raise ConfigError(f"{given.label('api_token')} must be at least 16 characters long")
+    return token.strip() if token is not None else None
+
+
+def _duration(given: _Given, name: str, default: str, positive: bool = False) -> float:
+    """
+    Setting C{name} as seconds (C{default} when not given).
+
+    @raise ConfigError: unless it is a non-negative (C{positive}: positive) duration.
+    """
+    value = given.get(name) or default
     try:
         seconds = parse_duration(value)
     except ValueError:
         seconds = -1.0
-    if seconds <= 0:
-        raise ConfigError(
-            f"{given.label('header_timeout')} must be a positive duration (like 10s), got {value!r}"
-        )
+    if seconds < 0 or (positive and seconds == 0):
+        kind = "positive" if positive else "non-negative"
+        raise ConfigError(f"{given.label(name)} must be a {kind} duration (like 5s), got {value!r}")
     return seconds
 
 
@@ -340,12 +408,15 @@ def load_config(
     ephemeral_concurrency = given.integer("ephemeral_concurrency", _per_cpu(8), 1)
     delay = _delay(given)
     worker_mode = given.choice("worker_mode", "fork", ("fork", "spawn"))
-    header_timeout = _header_timeout(given)
+    header_timeout = _duration(given, "header_timeout", "10s", positive=True)
     max_connections = given.integer("max_connections", 4096, 1)
     forwarded_allow_ips = _addresses(
         given.label("forwarded_allow_ips"), given.get("forwarded_allow_ips") or "127.0.0.1,::1"
     )
     log_file = _log_file(given)
+    reload = _reload(given, env)
+    drain_delay = _duration(given, "drain_delay", "5s" if env == "production" else "0s")
+    shutdown_timeout = _duration(given, "shutdown_timeout", "30s", positive=True)
     return RuntimeConfig(
         listen=listen,
         port=port,
@@ -366,22 +437,49 @@ def load_config(
         worker_mode=worker_mode,
         environ=dict(merged_env),
         header_timeout=header_timeout,
+        drain_delay=drain_delay,
+        shutdown_timeout=shutdown_timeout,
+        api_token=_api_token(given),
         max_connections=max_connections,
         forwarded_allow_ips=forwarded_allow_ips,
+        reload=reload,
     )
 
 
-def _addresses(name: str, value: str) -> frozenset[str] | None:
-    """A comma-separated list of IP addresses as their canonical text; C{*}: any (C{None})."""
+def check_directories(config: RuntimeConfig) -> None:
+    """
+    Refuse app directories that do not exist (a typo would otherwise serve
+    nothing but 404s, silently).
+
+    @raise ConfigError: naming the first such directory.
+    """
+    for path in config.worker_dirs:
+        if not os.path.isdir(path):
+            what = "is not a directory" if os.path.exists(path) else "does not exist"
+            raise ConfigError(
+                f"RUNTIME_WORKER_DIRS (or --worker-dirs): the app directory {path} {what};"
+                " create it (mkdir -p) or fix the path"
+            )
+
+
+def _addresses(name: str, value: str) -> Peers | None:
+    """
+    A comma-separated list of IP addresses and networks (C{10.0.0.0/8});
+    C{*}: any peer (C{None}).
+    """
     items = [item.strip() for item in value.split(",") if item.strip()]
     if items == ["*"]:
         return None
-    found = set()
+    addresses, networks = set(), []
     for item in items:
         try:
-            found.add(str(ipaddress.ip_address(item)))
+            if "/" in item:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            else:
+                addresses.add(str(ipaddress.ip_address(item)))
         except ValueError:
             raise ConfigError(
-                f"{name} must be IP addresses separated by commas, or *; got {item!r}"
+                f"{name} must be IP addresses or networks (10.0.0.0/8) separated by commas,"
+                f" or *; got {item!r}"
             ) from None
-    return frozenset(found)
+    return Peers(frozenset(addresses), tuple(networks))

@@ -61,6 +61,10 @@ class IPluginContext(Interface):
     )
     data_dir = Attribute("A directory where the plugin may keep state (under RUNTIME_DATA_DIR).")
     reactor = Attribute("The reactor (for timers: C{reactor.callLater}); never import it.")
+    plugin_bases = Attribute(
+        "The bases of every plugin of the plugin set being loaded (this one's included),"
+        " longest first, then alphabetically: C{('/metrics', '/logs')}."
+    )
 
     def register_service(name: str, service: object) -> None:
         """
@@ -130,6 +134,10 @@ class IBuntimePlugin(IPlugin):
         Called, in load order, with every response produced by plugin
         handlers, plugin routes, plugin apps and worker apps.  Return the
         response (changed or not); C{None} keeps it unchanged.
+
+        A hook that declares one more parameter named C{request} (with a
+        default: C{on_response(self, response, app, request=None)}) is given
+        the request the response answers, as the C{on_request} hooks left it.
         """
 
     def server_fetch(request: Request) -> object:

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import define, field, frozen
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 
 from buntime import __version__
-from buntime.apps.discovery import AppCatalog
+from buntime.apps.discovery import AppCatalog, scan_worker_dir
 from buntime.config import RuntimeConfig
 from buntime.http import AppInfo
 from buntime.logs import log
@@ -30,6 +32,7 @@ from buntime.pool.launch.spawn import SpawnLauncher
 from buntime.pool.pool import WorkerPool
 from buntime.pool.service import PoolService
 from buntime.pool.state import PoolConfig
+from buntime.reload import ReloadService
 from buntime.web.api.apps import AppsAPI
 from buntime.web.api.core import CoreAPI
 from buntime.web.api.openapi import openapi_document
@@ -38,7 +41,7 @@ from buntime.web.apps import AppStep
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.plugins import PluginSteps
-from buntime.web.server import WebService
+from buntime.web.server import WebService, scheme
 from buntime.web.shell import FrameModules, ShellRouting
 from buntime.web.state import RuntimeState
 from buntime.web.websocket import WebSockets
@@ -60,9 +63,12 @@ def exit_now(code: int) -> None:
 class RuntimeService(MultiService):
     """
     The whole runtime.  Ready (for C{/api/health/ready}) once every child
-    started and the port listens; stopping walks the children in reverse,
-    each finishing before the next, and C{exit} forces code 1 after
-    L{SHUTDOWN_CAP} seconds.
+    started and the port listens.  Stopping: readiness turns 503 at once,
+    the runtime goes on serving for C{drain_delay} seconds (so a load
+    balancer takes it out of rotation first), then walks the children in
+    reverse, each finishing before the next (the web side stops listening
+    and waits for the requests in flight); C{exit} forces code 1 when that
+    takes more than C{shutdown_timeout} seconds.
     """
 
     reactor: Any
@@ -70,7 +76,12 @@ class RuntimeService(MultiService):
     web: WebService
     exit: Callable[[int], None] = exit_now
     on_serving: list[Callable[[], Any]] = field(factory=list)
+    drain_delay: float = 0.0
+    shutdown_timeout: float = SHUTDOWN_CAP
+    take_signals: bool = False
+    """Handle SIGTERM and SIGINT itself (under twistd): a graceful stop, then exit 0."""
     _deadline: Any = None
+    _signalled: bool = False
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
@@ -89,6 +100,29 @@ class RuntimeService(MultiService):
     def startService(self) -> None:
         MultiService.startService(self)
         self.web.listening.addCallback(self._serving)
+        if self.take_signals:
+            self.reactor.callWhenRunning(self._take_signals)
+
+    def _take_signals(self) -> None:
+        """
+        After the reactor's own handlers: a stop by signal is the graceful
+        stop (drain included) ending in exit 0, as for any other stop; a
+        second signal while stopping leaves at once (status 1).
+        """
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._stop_on_signal, signal.Signals(signum).name)
+
+    def _stop_on_signal(self, name: str) -> None:
+        if self._signalled:
+            log("warn", "buntime:runtime:signal-again", f"{name} again while stopping: exiting now")
+            self.exit(1)
+            return
+        self._signalled = True
+        log("info", "buntime:runtime:signal", f"{name}: stopping gracefully", signal=name)
+        self.reactor.stop()
 
     async def _serve(self) -> None:
         for hook in self.on_serving:
@@ -100,11 +134,22 @@ class RuntimeService(MultiService):
         return Deferred.fromCoroutine(self._serve()).addCallback(lambda _: port)
 
     def stopService(self) -> Deferred[None]:
-        self.state.stopping = True
-        log("info", "buntime:runtime:stopping", "Shutting down")
-        self._deadline = self.reactor.callLater(SHUTDOWN_CAP, self._too_slow)
+        self.state.stopping = True  # readiness answers 503 from now on
         Service.stopService(self)
-        return Deferred.fromCoroutine(self._stop_children())
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self.drain_delay > 0:
+            log(
+                "info",
+                "buntime:runtime:draining",
+                f"Stopping: not ready any more, still serving for {self.drain_delay:g}s",
+                drain_delay=self.drain_delay,
+            )
+            await deferLater(self.reactor, self.drain_delay)
+        log("info", "buntime:runtime:stopping", "Shutting down")
+        self._deadline = self.reactor.callLater(self.shutdown_timeout, self._too_slow)
+        await self._stop_children()
 
     async def _stop_children(self) -> None:
         for child in reversed(list(self)):
@@ -119,7 +164,7 @@ class RuntimeService(MultiService):
         log(
             "error",
             "buntime:runtime:shutdown-timeout",
-            f"Shutdown took longer than {SHUTDOWN_CAP:.0f}s; forcing exit",
+            f"Shutdown took longer than {self.shutdown_timeout:g}s; forcing exit",
         )
         self.exit(1)
 
@@ -148,7 +193,7 @@ def fatal_exit(reason: str) -> None:
     exit_now(1)
 
 
-def _api_url(port: Any) -> str:
+def _api_url(port: Any, scheme: str = "http") -> str:
     address = port.getHost()
     host = getattr(address, "host", "127.0.0.1")
     if host in ("0.0.0.0", ""):
@@ -157,7 +202,7 @@ def _api_url(port: Any) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{getattr(address, 'port', 0)}"
+    return f"{scheme}://{host}:{getattr(address, 'port', 0)}"
 
 
 @frozen
@@ -176,6 +221,13 @@ def _plugins_loaded(registry: Any, plugins: PluginService) -> None:
     """Startup order: plugins are initialized before the port listens; failing ones stop it."""
     if plugins.failed:
         exit_now(1)  # the plugin service has logged the one-line reason
+
+
+def report_empty(worker_dirs: Sequence[str]) -> None:
+    """Say so (at info) for each app directory that holds no app yet."""
+    for path in worker_dirs:
+        if not scan_worker_dir(path):
+            log("info", "buntime:apps:empty-dir", f"No apps in {path} yet", dir=path)
 
 
 def make_pool(config: RuntimeConfig, reactor: Any) -> PoolService:
@@ -323,6 +375,7 @@ def make_runtime(
         websockets=websockets,
         body_limit=body_limit(config, apps),
         forwarded_allow=config.forwarded_allow_ips,
+        api_token=config.api_token,
     )
     limits = Limits(header_timeout=config.header_timeout, max_connections=config.max_connections)
     web = WebService(
@@ -334,14 +387,22 @@ def make_runtime(
         wait_for=lambda: plugins.when_loaded().addCallback(_plugins_loaded, plugins),
     )
     web.setName("web")
-    runtime = RuntimeService(reactor=reactor, state=state, web=web)
+    runtime = RuntimeService(
+        reactor=reactor,
+        state=state,
+        web=web,
+        drain_delay=config.drain_delay,
+        shutdown_timeout=config.shutdown_timeout,
+        take_signals=True,
+    )
 
     def listening(port: Any) -> Any:
-        runtime_env["RUNTIME_API_URL"] = _api_url(port)
+        runtime_env["RUNTIME_API_URL"] = _api_url(port, scheme(config.listen))
         return port
 
     web.listening.addCallback(listening)
     runtime.on_serving.append(lambda: pool.launcher_ready)
+    runtime.on_serving.append(lambda: report_empty(config.worker_dirs))
     runtime.on_serving.append(
         lambda: Deferred.fromCoroutine(
             plugins.server_started(ServerInfo(url=runtime_env["RUNTIME_API_URL"], config=config))
@@ -350,6 +411,17 @@ def make_runtime(
     logging.setServiceParent(runtime)
     pool.setServiceParent(runtime)
     plugins.setServiceParent(runtime)
+    if config.reload:
+        reload = ReloadService(
+            clock=reactor,
+            worker_dirs=config.worker_dirs,
+            plugin_dirs=config.plugin_dirs,
+            retire=pool.pool.retire_app,
+            reload_plugins=lambda: Deferred.fromCoroutine(plugins.reload()),
+            invalidate=apps.catalog.invalidate,
+        )
+        reload.setName("reload")
+        reload.setServiceParent(runtime)
     websockets.setServiceParent(runtime)  # websocket: stops right after web (its drain)
     web.setServiceParent(runtime)
     return runtime

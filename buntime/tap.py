@@ -6,11 +6,21 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.python import usage
 
-from buntime.config import ConfigError, load_config, read_dotenv
+from buntime.config import ConfigError, check_directories, load_config, read_dotenv
+
+DEFAULT_PIDFILE = "twistd.pid"
+"""twistd's default pidfile, written in the working directory."""
+
+
+def refuse(error: ConfigError) -> NoReturn:
+    """Leave with status 2 and the user error as one line on stderr."""
+    sys.stderr.write(f"buntime: {error}\n")
+    sys.stderr.flush()
+    raise SystemExit(2) from None
 
 
 class Options(usage.Options):
@@ -36,20 +46,34 @@ class Options(usage.Options):
         ["worker-mode", None, None, "fork (default) or spawn [env: RUNTIME_WORKER_MODE]"],
     ]
 
+    optFlags = [
+        [
+            "reload",
+            None,
+            "retire an app's workers when its files change [env: RUNTIME_RELOAD,"
+            " default: on in development]",
+        ],
+    ]
+
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint string, e.g. tcp:8000:interface=127.0.0.1."""
         self["listen"] = description
 
     def postOptions(self) -> None:
         given = {key.replace("-", "_"): value for key, value in self.items()}
+        given["reload"] = "1" if self["reload"] else None
         try:
             self.config = load_config(given, os.environ, read_dotenv(".env"))
         except ConfigError as error:
-            sys.stderr.write(f"buntime: {error}\n")
-            sys.stderr.flush()
-            raise SystemExit(2) from None
+            refuse(error)
         parent: Any = getattr(self, "parent", None)
-        if parent is None or parent.get("logger") is not None:
+        if parent is None:
+            return
+        if parent.get("nodaemon") and parent.get("pidfile") == DEFAULT_PIDFILE:
+            # In the foreground a pidfile only stops a second runtime started
+            # from the same directory; --pidfile=PATH still writes one.
+            parent["pidfile"] = ""
+        if parent.get("logger") is not None:
             return  # twistd's log is the user's to set
         logfile = parent.get("logfile")
         if not parent.get("nodaemon") or logfile not in (None, "-"):
@@ -63,6 +87,10 @@ def makeService(options: Options) -> Any:
 
     from buntime.service import make_runtime, settle_memory
 
+    try:
+        check_directories(options.config)  # here, not in postOptions: only to run
+    except ConfigError as error:
+        refuse(error)
     runtime = make_runtime(options.config, reactor, options.console_path)
     runtime.on_serving.append(settle_memory)
     return runtime

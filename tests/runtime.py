@@ -97,6 +97,10 @@ def child_environment(
         if name not in RUNTIME_VARIABLES and not name.startswith("RUNTIME_")
     }
     clean["RUNTIME_LOG_FORMAT"] = "json"
+    clean["RUNTIME_DRAIN_DELAY"] = (
+        "0s"  # a production runtime stops at once in tests (unless given)
+    )
+    clean["RUNTIME_RELOAD"] = "0"  # tests that want reload ask for it
     if worker_dirs is not None:
         clean["RUNTIME_WORKER_DIRS"] = os.pathsep.join(worker_dirs)
     clean.update(env or {})
@@ -179,16 +183,23 @@ class RuntimeProcess:
         args: Iterable[str] = (),
         listen: str | None = "tcp:0:interface=127.0.0.1",
         cwd: str | None = None,
+        command: Sequence[str] | None = None,
+        twistd: bool = True,
     ) -> RuntimeProcess:
         """
         Start the process and return at once (for runtimes expected to fail
         at startup: C{await proc.wait_exit()}).  C{worker_dirs=None} leaves
         C{RUNTIME_WORKER_DIRS} unset; C{listen=None} passes no C{--listen}.
+        C{command} runs twistd another way (another install, another user);
+        with C{twistd} false it is the whole command (the C{buntime} script,
+        a zipapp), given only the runtime's options.
         """
         owns = cwd is None
         workdir = tempfile.mkdtemp(prefix="buntime-e2e-") if cwd is None else cwd
         proc = cls(reactor, workdir, owns)
-        argv = [*twistd_command(), "--pidfile=", "-n", "buntime"]
+        argv = [*(command or twistd_command())]
+        if twistd:
+            argv += ["--pidfile=", "-n", "buntime"]
         if listen is not None:
             argv.append(f"--listen={listen}")
         argv.extend(args)

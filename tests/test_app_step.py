@@ -6,6 +6,7 @@ body limit of a path.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from attrs import define, field
@@ -110,3 +111,22 @@ def test_the_body_limit_is_the_app_s_else_the_default(tmp_path):
     assert step.body_limit_for("/upload/files") == 5 * 1024
     assert step.body_limit_for("/missing/") == 1000
     assert step.body_limit_for("/upload@nonsense!/") == 1000
+
+
+def test_a_version_that_does_not_exist_answers_404_listing_those_that_do(tmp_path):
+    static_app(tmp_path, "myapp", "1.2.0", "one")
+    static_app(tmp_path, "myapp", "2.0.1", "two")
+    static_app(tmp_path, "hello", None, "simple", layout="simple")
+    step, _ = step_over(tmp_path, Clock())
+    for path, message in [
+        ("/myapp@3/", "No version of myapp matches '3'; versions that exist: 2.0.1, 1.2.0"),
+        ("/hello@1/x", "No version of hello matches '1'; versions that exist: latest"),
+    ]:
+        response = answer(step, path)
+        assert response is not None and response.status == 404
+        assert response.headers.get("x-not-found") == "true"
+        assert json.loads(response.body)["error"] == {
+            "code": "VERSION_NOT_FOUND",
+            "message": message,
+        }
+    assert answer(step, "/nothing@1/") is None  # no such app: the next step's to answer

@@ -37,6 +37,7 @@ def test_benchmark_smoke(tmp_path):
         "warm-noop",
         "warm-noop-varied",
         "warm-noop-plugin",
+        "warm-noop-gateway",
         "echo-1kb",
         "ephemeral-noop",
     )
@@ -53,8 +54,10 @@ def test_benchmark_smoke(tmp_path):
     assert results["warm-noop"]["ratio_to_baseline"] > 0
     assert len(results["warm-noop"]["rps_rounds"]) == 2  # measured in turn with the others
     assert results["warm-noop-plugin"]["hooks_ran"] is True  # its responses had x-bench: 1
+    assert results["warm-noop-gateway"]["hooks_ran"] is True  # ... and the gateway's headers
     compared = {
         "warm-noop-plugin": ["warm-noop"],
+        "warm-noop-gateway": ["warm-noop"],
         "warm-noop-varied": ["warm-noop", "baseline-varied"],
     }
     for name, others in compared.items():
@@ -62,6 +65,7 @@ def test_benchmark_smoke(tmp_path):
         assert [goal["compared_with"] for goal in goals] == others, (name, goals)
         assert all(goal["ratio"] > 0 and goal["met"] in (True, False) for goal in goals), goals
     assert "goal ≥ 0.7x baseline-varied" in output  # printed beside the result
+    assert "goal ≥ 0.85x warm-noop" in output
     assert results["cold-start"]["ttfb_ms"] > 0
     assert report["runtime_rss_mb"] > 0
     assert report["pool"]["totalRequests"] > 0  # pool metrics from the metrics plugin
@@ -95,3 +99,12 @@ def test_instructions_refuses_scenarios_it_cannot_count(tmp_path):
         timeout=60,
     )
     assert finished.returncode == 2 and "--instructions measures" in finished.stderr
+
+
+def test_help_is_plain_text_about_this_repository():
+    from buntime.bench.cli import parser
+
+    text = parser().format_help()
+    for markup in ("C{", "L{", "I{", "SPEC", "STYLE"):
+        assert markup not in text
+    assert "docs/performance.md" in text

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.internet import reactor
 
-from buntime.pool.child.loader import NO_APP, LoadError, load
+from buntime.pool.child.loader import NO_APP, LoadError, import_file, load, missing_module_hint
 
 
 def write(folder: Path, name: str, source: str) -> Path:
@@ -159,3 +159,28 @@ def test_hooks(tmp_path: Path, loop) -> None:
     app = load(str(tmp_path), "", reactor=reactor, loop=loop)
     assert app.hook("on_idle") is app.module.on_idle
     assert app.hook("on_terminate") is None
+
+
+def test_an_entry_file_rewritten_within_the_same_second_is_imported_afresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    entry = tmp_path / "app.py"
+    entry.write_text("version = 1\n")
+    first = import_file(str(entry)).version
+    entry.write_text("version = 2\n")  # same size, same second: a .pyc would match
+    assert (first, import_file(str(entry)).version) == (1, 2)
+
+
+def test_a_missing_module_says_how_to_provide_it(tmp_path):
+    try:
+        import does_not_exist_anywhere  # noqa: F401
+    except ModuleNotFoundError as error:
+        hint = missing_module_hint(error, str(tmp_path))
+    deps = tmp_path / ".deps"
+    assert hint == (
+        "ModuleNotFoundError: No module named 'does_not_exist_anywhere'. Provide"
+        " 'does_not_exist_anywhere' in one of three ways: list it (pinned, with hashes) in the"
+        " app's requirements.txt and set autoInstall: true in its manifest; or install it into"
+        f" {deps} (pip install --target {deps} does_not_exist_anywhere); or install it into the"
+        f" runtime's own environment ({sys.executable} -m pip install does_not_exist_anywhere)."
+        " See docs/apps.md, 'Dependencies'."
+    )

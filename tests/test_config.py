@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from buntime.config import ConfigError, RuntimeConfig, load_config, read_dotenv
+from buntime.config import ConfigError, Peers, RuntimeConfig, load_config, read_dotenv
 
 BASE = {"RUNTIME_WORKER_DIRS": "/srv/apps"}
 
@@ -140,9 +140,21 @@ EACH = [
         "RUNTIME_FORWARDED_ALLOW_IPS",
         "10.0.0.1, ::0001",
         "forwarded_allow_ips",
-        frozenset({"10.0.0.1", "::1"}),
+        Peers(frozenset({"10.0.0.1", "::1"})),
     ),
+    ("drain_delay", "RUNTIME_DRAIN_DELAY", "2s", "drain_delay", 2.0),
+    (
+        "api_token",
+        "RUNTIME_API_TOKEN",
+        "s3cret-token-0123456789",
+        "api_token",
+        "s3cret-token-0123456789",
+    ),
+    ("drain_delay", "RUNTIME_DRAIN_DELAY", "0", "drain_delay", 0.0),
+    ("shutdown_timeout", "RUNTIME_SHUTDOWN_TIMEOUT", "1m", "shutdown_timeout", 60.0),
     ("forwarded_allow_ips", "RUNTIME_FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", None),
+    ("reload", "RUNTIME_RELOAD", "1", "reload", True),
+    ("reload", "RUNTIME_RELOAD", "off", "reload", False),
 ]
 
 
@@ -231,7 +243,10 @@ def test_cli_none_means_not_given():
 def test_missing_worker_dirs():
     with pytest.raises(ConfigError) as caught:
         load_config({}, {})
-    assert str(caught.value) == "workerDirs is required: set RUNTIME_WORKER_DIRS env var"
+    assert (
+        str(caught.value)
+        == "workerDirs is required: set RUNTIME_WORKER_DIRS env var (or pass -w/--worker-dirs)"
+    )
 
 
 @pytest.mark.parametrize("value", ["", ":", " : "])
@@ -358,10 +373,42 @@ def test_head_deadline_and_connection_cap_defaults():
 
 
 def test_forwarded_headers_are_trusted_from_loopback_by_default():
-    assert config().forwarded_allow_ips == frozenset({"127.0.0.1", "::1"})
+    assert config().forwarded_allow_ips == Peers(frozenset({"127.0.0.1", "::1"}))
 
 
-@pytest.mark.parametrize("value", ["10.0.0.0/8", "proxy.local", "127.0.0.1,*"])
+def test_trusted_peers_may_be_networks():
+    peers = config(env={"RUNTIME_FORWARDED_ALLOW_IPS": "10.0.0.0/8, fd00::/8, 192.168.1.7"})
+    allowed = peers.forwarded_allow_ips
+    assert "10.42.3.9" in allowed and "192.168.1.7" in allowed and "fd00::5" in allowed
+    assert "11.0.0.1" not in allowed and "192.168.1.8" not in allowed and "nonsense" not in allowed
+
+
+def test_the_api_token_is_long_enough_and_never_shown():
+    assert config().api_token is None
+    assert "RUNTIME_API_TOKEN" in error_of(env={"RUNTIME_API_TOKEN": "short"})
+    made = config(env={"RUNTIME_API_TOKEN": "a-long-enough-secret-token"})
+    assert "a-long-enough-secret-token" not in repr(made)
+
+
+def test_drain_and_shutdown_defaults_follow_the_environment():
+    assert (config().drain_delay, config().shutdown_timeout) == (0.0, 30.0)
+    production = config(env={"RUNTIME_ENV": "production"})
+    assert production.drain_delay == 5.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RUNTIME_DRAIN_DELAY", "-1s"),
+        ("RUNTIME_DRAIN_DELAY", "soon"),
+        ("RUNTIME_SHUTDOWN_TIMEOUT", "0"),
+    ],
+)
+def test_a_bad_drain_or_shutdown_setting_names_the_variable(name, value):
+    assert name in error_of(env={name: value})
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "proxy.local", "127.0.0.1,*"])
 def test_a_bad_forwarded_allow_list_names_the_variable(value):
     message = error_of(env={"RUNTIME_FORWARDED_ALLOW_IPS": value})
     assert "RUNTIME_FORWARDED_ALLOW_IPS" in message

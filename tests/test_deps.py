@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from buntime.pool.deps import (
     INSTALL_TIMEOUT,
+    LOCK_RECIPE,
     MARKER,
     DependencyInstaller,
     InstallError,
@@ -141,7 +142,7 @@ def test_installed_once_for_the_same_requirements(app_dir):
     assert sorted(os.listdir(app_dir)) == [".deps", "requirements.txt"]
 
 
-def test_failure_leaves_nothing_and_is_retried_on_demand(app_dir):
+def test_failure_leaves_nothing_and_is_answered_until_the_requirements_change(app_dir):
     reactor = ProcessReactor()
     installer = DependencyInstaller(reactor)
     d = installer.ensure(app_dir)
@@ -152,18 +153,50 @@ def test_failure_leaves_nothing_and_is_retried_on_demand(app_dir):
     )
     with pytest.raises(InstallError) as info:
         result_of(d)
-    assert str(info.value) == (
-        "ERROR: Could not find a version that satisfies the requirement attrs==23.1.0 "
+    why = (
+        "ERROR: Could not find a version that satisfies the requirement attrs==23.1.0\n"
         "ERROR: No matching distribution found for attrs==23.1.0"
     )
+    assert str(info.value) == why
     assert os.listdir(app_dir) == ["requirements.txt"]  # staging removed, no .deps
     assert len(reactor.spawned) == 1  # no retry loop
     reactor.advance(60)
+    for _ in range(3):  # later requests get the same answer, without pip
+        with pytest.raises(InstallError) as info:
+            result_of(installer.ensure(app_dir))
+        assert str(info.value) == why
     assert len(reactor.spawned) == 1
-    d = installer.ensure(app_dir)  # the next request tries again
+    requirements = os.path.join(app_dir, "requirements.txt")
+    stat = os.stat(requirements)
+    os.utime(requirements, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    d = installer.ensure(app_dir)  # touched: pip runs again
     assert len(reactor.spawned) == 2
     reactor.pip_succeeds()
     assert result_of(d) is None
+
+
+HASHES_MISSING = b"""Collecting six==1.16.0
+  Downloading six-1.16.0-py2.py3-none-any.whl (11 kB)
+ERROR: Hashes are required in --require-hashes mode, but they are missing from some requirements. \
+Here is a list of those requirements along with the hashes their downloaded archives actually had. \
+You can add lines like these to your requirements.txt to satisfy the requirement:
+    six==1.16.0 --hash=sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254
+"""
+
+
+def test_a_lock_without_hashes_gets_pip_s_whole_explanation_and_the_recipe(app_dir):
+    reactor = ProcessReactor()
+    d = DependencyInstaller(reactor).ensure(app_dir)
+    reactor.pip_fails(HASHES_MISSING)
+    with pytest.raises(InstallError) as info:
+        result_of(d)
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("ERROR: Hashes are required in --require-hashes mode")
+    assert lines[1] == (
+        "    six==1.16.0"
+        " --hash=sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
+    )
+    assert lines[2] == LOCK_RECIPE
 
 
 def test_failed_reinstall_keeps_the_previous_packages(app_dir):
@@ -204,8 +237,8 @@ def test_pip_that_hangs_is_killed(app_dir):
 
 def test_summarize():
     assert summarize(b"", 2) == "pip exited with code 2"
-    assert summarize(b"one\ntwo\n\nthree\nfour\n", 1) == "two three four"
-    assert len(summarize(b"ERROR: " + b"x" * 1000, 1)) == 500
+    assert summarize(b"one\ntwo\n\nthree\nfour\nfive\nsix\n", 1) == "two\nthree\nfour\nfive\nsix"
+    assert len(summarize(b"ERROR: " + b"x" * 10_000, 1)) == 8000
 
 
 @pytest_twisted.ensureDeferred

@@ -159,13 +159,24 @@ async def test_version_resolution(shared, path, expected):
     assert title(body) == expected
 
 
-@pytest.mark.parametrize("path", ["/ver@latest/", "/ver@9/", "/ver@1.4.3/", "/nope/", "/nope@1/"])
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/ver@latest/", "VERSION_NOT_FOUND"),
+        ("/ver@9/", "VERSION_NOT_FOUND"),
+        ("/ver@1.4.3/", "VERSION_NOT_FOUND"),
+        ("/nope/", "NOT_FOUND"),
+        ("/nope@1/", "NOT_FOUND"),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_no_matching_app_or_version_is_404_with_x_not_found(shared, path):
+async def test_no_matching_app_or_version_is_404_with_x_not_found(shared, path, code):
     status, headers, body = await raw_get(shared, path)
     assert status == 404, (path, body[:300])
     assert headers.get("x-not-found") == "true"
-    assert b'"NOT_FOUND"' in body
+    assert json.loads(body)["error"]["code"] == code
+    if code == "VERSION_NOT_FOUND":
+        assert b"versions that exist: 2.0.0, 1.10.0, 1.4.5, 1.4.2, 1.0.0" in body
 
 
 @pytest.mark.parametrize("path", ["/ver@not!valid/", "/ver@%3E%3Dbanana/", "/ver@1.2.3.4.5/"])
@@ -389,7 +400,11 @@ async def test_csrf_origin_rules_on_the_core_api(shared):
         "null",
     ):
         status, answer = await call("POST", "/api/plugins/reload", {"Origin": foreign})
-        assert (status, answer["error"]["message"]) == (403, "Forbidden"), foreign
+        assert (status, answer["error"]["message"]) == (
+            403,
+            f"Forbidden - Origin {foreign} is not this runtime's:"
+            f" expected http://127.0.0.1:{port} or https://127.0.0.1:{port}",
+        ), foreign
 
     # The runtime's own origin, or the internal header, pass.
     status, answer = await call("POST", "/api/plugins/reload", origin(shared))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ from e2e_frameworks import (
 )
 from runtime import Runtimes
 from treq.client import HTTPClient
-from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -83,7 +83,7 @@ class Browser:
     def __init__(self, proc: Any) -> None:
         self.proc = proc
         pool = HTTPConnectionPool(reactor_(), persistent=False)
-        self.http = HTTPClient(Agent(reactor_(), pool=pool), cookiejar=IndexableCookieJar())
+        self.http = HTTPClient(Agent(reactor_(), pool=pool), cookiejar=CookieJar())
 
     def url(self, path: str) -> str:
         return self.proc.url + path

@@ -107,6 +107,13 @@ def build_apps(root: Path) -> None:
     )
     write_app(root, "crashy", "1.0.0", manifest=PERSISTENT, files={"app.py": CRASH_AT_IMPORT})
     write_app(root, "dies", "1.0.0", manifest=PERSISTENT, files={"app.py": DIES})
+    write_app(
+        root,
+        "needs",
+        "1.0.0",
+        manifest=PERSISTENT,
+        files={"app.py": "import not_installed_anywhere\n"},
+    )
     write_app(root, "slow", "1.0.0", manifest=PERSISTENT, files={"app.py": SLOW_ASYNC})
     write_app(
         root,
@@ -272,6 +279,27 @@ async def test_app_crashing_at_import_answers_502_naming_the_app(shared):
     response = await shared.get("/keep@1/")
     assert response.code == 200
     await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_missing_module_answers_502_saying_how_to_provide_it(shared, worker_dir):
+    response = await shared.get("/needs@1/")
+    assert response.code == 502
+    message = (await shared.json(response))["error"]["message"]
+    deps = worker_dir / "needs@1.0.0" / ".deps"
+    for advice in (
+        "No module named 'not_installed_anywhere'",
+        "autoInstall: true",
+        f"pip install --target {deps} not_installed_anywhere",
+        "-m pip install not_installed_anywhere",
+    ):
+        assert advice in message
+    await shared.wait_for_log(
+        lambda line: (
+            line.get("message_type") == "buntime:worker:start-failed"
+            and f"pip install --target {deps}" in str(line)
+        )
+    )
 
 
 @pytest_twisted.ensureDeferred

@@ -270,13 +270,15 @@ async def test_rules_from_the_api_are_checked_kept_and_survive_a_restart(
 
 @pytest_twisted.ensureDeferred
 async def test_websockets_pass_through_a_ws_rule(runtimes, tmp_path, upstream):
-    _, ws_port = upstream
+    port, ws_port = upstream
     proc = await start_proxy(
         runtimes,
         tmp_path,
         [
             {"pattern": "^/live", "target": f"http://127.0.0.1:{ws_port}", "ws": True},
             {"pattern": "^/flat", "target": f"http://127.0.0.1:{ws_port}"},
+            {"pattern": "^/(echo)", "target": f"http://127.0.0.1:{port}", "ws": True},
+            {"pattern": "^/gone", "target": f"http://127.0.0.1:{closed_port()}", "ws": True},
         ],
     )
     client = await connect(proc, "/live", {})
@@ -291,6 +293,14 @@ async def test_websockets_pass_through_a_ws_rule(runtimes, tmp_path, upstream):
     refused = await connect(proc, "/flat", {})
     _, _, reason = await within(refused.closed)
     assert not refused.opened.called and "501" in reason
+
+    # An upstream that does not switch protocols answers as it would; one that is down, 502.
+    plain = await connect(proc, "/echo", {})
+    _, _, reason = await within(plain.closed)
+    assert not plain.opened.called and "200" in reason
+    down = await connect(proc, "/gone", {})
+    _, _, reason = await within(down.closed)
+    assert not down.opened.called and "502" in reason
 
 
 @pytest_twisted.ensureDeferred

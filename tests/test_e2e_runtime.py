@@ -132,8 +132,23 @@ async def test_missing_worker_dirs_exits_2_with_one_line(runtimes):
     proc = runtimes.spawn(worker_dirs=None)
     status = await proc.wait_exit()
     assert status == 2
-    assert proc.stderr == ["buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"]
+    assert proc.stderr == [
+        "buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"
+        " (or pass -w/--worker-dirs)"
+    ]
     assert proc.lines == [] and proc.unparsed == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_dir_that_does_not_exist_exits_2_naming_it(runtimes, tmp_path):
+    missing = tmp_path / "nonexistent"
+    proc = runtimes.spawn(worker_dirs=[str(tmp_path), str(missing)])
+    assert await proc.wait_exit() == 2
+    assert proc.stderr == [
+        f"buntime: RUNTIME_WORKER_DIRS (or --worker-dirs): the app directory {missing}"
+        " does not exist; create it (mkdir -p) or fix the path"
+    ]
+    assert proc.messages("buntime:runtime:ready") == []
 
 
 @pytest_twisted.ensureDeferred
@@ -203,6 +218,32 @@ async def test_slow_request_finishes_during_shutdown(runtimes, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_sigterm_turns_readiness_off_and_serves_through_the_drain_delay(runtimes, tmp_path):
+    """
+    What Kubernetes needs: at SIGTERM the readiness probe fails at once, but
+    requests (new connections too) are served for RUNTIME_DRAIN_DELAY; then
+    the port closes, the requests in flight finish, and the exit is 0.
+    """
+    proc = await runtimes.start(
+        worker_dirs=[str(tmp_path)],
+        env={"RUNTIME_ENV": "production", "RUNTIME_DRAIN_DELAY": "1500ms"},
+    )
+    assert (await proc.get("/api/health/ready")).code == 200
+    proc.signal("TERM")
+    await proc.wait_for_message("buntime:runtime:draining")
+    ready = await proc.get("/api/health/ready")
+    assert ready.code == 503 and (await ready.json())["status"] == "stopping"
+    assert (await proc.get("/api/health/live")).code == 200  # not dead: still serving
+    assert (await proc.get("/")).code == 200
+    await proc.wait_for_message("buntime:runtime:stopping")
+    assert await proc.wait_exit() == 0
+    draining, stopping = (
+        proc.messages(name)[0] for name in ("buntime:runtime:draining", "buntime:runtime:stopping")
+    )
+    assert stopping["timestamp"] - draining["timestamp"] >= 1.4
+
+
+@pytest_twisted.ensureDeferred
 async def test_in_the_foreground_twisted_s_log_is_written_once_in_buntime_s_format(
     runtimes, tmp_path
 ):
@@ -234,6 +275,7 @@ def test_daemon_mode_logs_to_the_twistd_log(tmp_path):
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
         "RUNTIME_ENV": "production",
+        "RUNTIME_DRAIN_DELAY": "0s",
         "RUNTIME_WORKER_DIRS": str(tmp_path),
         "RUNTIME_PLUGIN_DIRS": str(tmp_path / "plugins"),
     }

@@ -518,8 +518,9 @@ class Plugins:
         hook = self._hooks["on_request"]
         return request if hook is None else hook(request)
 
-    def response_hooks(self, response: Response, app: Any) -> Any:
+    def response_hooks(self, response: Response, app: Any, request: Any = None) -> Any:
         self.seen.append(("on_response", response.status, app))
+        self.answered = request
         hook = self._hooks["on_response"]
         return response if hook is None else hook(response)
 
@@ -582,6 +583,8 @@ def test_on_request_changes_what_the_app_sees_and_on_response_what_the_client_ge
         ("on_request", "/todos/items", TODOS, "/items"),
         ("on_response", 200, TODOS),
     ]
+    # on_response hooks that take it are given the request the hooks left
+    assert plugins.answered is request
 
 
 def test_hooks_run_on_answers_no_app_gives():
@@ -690,3 +693,71 @@ def test_a_takeover_gets_the_connection_only_for_an_upgrade_request():
     client = door.start("GET", "/x", headers={"connection": "upgrade", "upgrade": "websocket"})
     assert client.received().endswith(b"\r\n\r\nraw")
     assert client.received().startswith(b"HTTP/1.1 101 ")
+
+
+# -- who may change apps and plugins ------------------------------------------------------
+
+TOKEN = "a-long-enough-secret-token"
+
+
+def change(remote: str, **headers: str) -> Request:
+    return Request(
+        "POST",
+        "/api/apps/upload",
+        [("host", "rt:8000"), *headers.items()],
+        remote_addr=remote,
+    )
+
+
+@pytest.mark.parametrize("remote", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_without_a_token_this_machine_may_change_things_with_the_csrf_proof(remote):
+    from buntime.web.trust import api_refusal
+
+    assert api_refusal(change(remote, origin="http://rt:8000"), None, None) is None
+    assert api_refusal(change(remote, **{"x-buntime-internal": "true"}), None, None) is None
+    refused = api_refusal(change(remote), None, None)
+    assert refused is not None and refused.status == 403  # no Origin: the CSRF rule
+
+
+@pytest.mark.parametrize(
+    "remote", ["10.1.2.3", "192.168.0.9", "::ffff:10.0.0.1", "2001:db8::1", None]
+)
+def test_without_a_token_no_other_peer_may_change_anything(remote):
+    from buntime.web.trust import api_refusal
+
+    refused = api_refusal(change(remote, origin="http://rt:8000"), None, None)
+    assert refused is not None and refused.status == 403
+    assert b"RUNTIME_API_TOKEN" in refused.body
+    assert api_refusal(Request("GET", "/api/apps", remote_addr=remote), None, None) is None
+
+
+def test_with_a_token_a_change_needs_it_and_it_is_enough():
+    from buntime.web.trust import api_refusal
+
+    for remote in ("127.0.0.1", "10.1.2.3"):
+        missing = api_refusal(change(remote, origin="http://rt:8000"), TOKEN, None)
+        assert missing is not None and missing.status == 401
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        wrong = api_refusal(change(remote, authorization=f"Bearer {TOKEN}x"), TOKEN, None)
+        assert wrong is not None and wrong.status == 401
+        right = api_refusal(change(remote, authorization=f"bearer {TOKEN}"), TOKEN, None)
+        assert right is None  # no Origin needed: a browser never sends the token on its own
+
+
+def test_only_this_machine_and_trusted_proxies_may_claim_to_be_internal():
+    from buntime.config import Peers
+    from buntime.web.trust import csrf_refusal, loopback, trusted
+
+    proxies = Peers(frozenset({"10.0.0.5"}))
+    claim = change("127.0.0.1", **{"x-buntime-internal": "true"})
+    assert csrf_refusal(claim, internal_allowed=False) is not None
+    assert csrf_refusal(claim, internal_allowed=True) is None
+    assert loopback("127.0.0.1") and not loopback("10.0.0.5")
+    assert trusted("10.0.0.5", proxies) and not trusted("10.0.0.6", proxies)
+
+
+def test_the_front_door_applies_the_api_rules_before_anything_else():
+    door = Door()
+    door.door._api_token = TOKEN
+    refused = door.fetch("POST", "/api/plugins/reload", body=b"{}", headers={"origin": "x"})
+    assert refused.status == 401

@@ -309,3 +309,13 @@ def test_an_app_s_reason_phrase_stays_with_its_status():
     assert response.with_header("x-a", "1").reason == "Custom Thing"
     assert response.with_body(b"other").reason == "Custom Thing"
     assert response.with_status(200).reason is None  # another status: its standard phrase
+
+
+def test_headers_set_many_in_one_copy():
+    headers = Headers([("vary", "a"), ("x", "1"), ("vary", "b")])
+    changed = headers.set_many([("vary", "c"), ("y", "2"), ("y", "3")])
+    assert changed.items() == [("x", "1"), ("vary", "c"), ("y", "2"), ("y", "3")]
+    assert headers.set_many([]) is headers
+    assert headers.set_many([(b"X", 1)]).items()[-1] == ("X", "1")  # converted as Headers does
+    response = Response.text("x").with_headers([("X-A", "1")])
+    assert response.headers["x-a"] == "1" and response.body == b"x"

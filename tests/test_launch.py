@@ -314,3 +314,16 @@ def test_the_template_freezes_what_it_preloads_for_its_forks():
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["True", "True"]
+
+
+def test_a_template_that_cannot_be_started_fails_the_start_with_its_reason():
+    class NoProcesses(Clock):
+        def spawnProcess(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", "/venv/bin/python")
+
+    launcher = ForkLauncher(NoProcesses())
+    failures: list = []
+    launcher.start().addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(PermissionError)
+    assert "Permission denied" in failure.getErrorMessage()

@@ -20,7 +20,13 @@ import buntime
 PACKAGE = Path(buntime.__file__).parent
 
 VALUE_TYPES = {"buntime.http", "buntime.interfaces", "buntime.units", "buntime._json"}
-MECHANISMS = {"buntime.once", "buntime.stream", "buntime.memchannel", "buntime.forms"}
+MECHANISMS = {
+    "buntime.once",
+    "buntime.stream",
+    "buntime.memchannel",
+    "buntime.forms",
+    "buntime.fresh",
+}
 """Small Twisted helpers any layer may use; they import nothing of buntime."""
 LOW = {
     "buntime",

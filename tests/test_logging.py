@@ -118,6 +118,17 @@ def test_pretty_format(collected):
     assert "task_uuid" not in line and "message_type" not in line
 
 
+def test_pretty_prints_non_ascii_as_is():
+    message = {
+        "timestamp": 0.0,
+        "level": "info",
+        "message": "Café ☕",
+        "context": "runtime",
+        "path": "/café/日本",
+    }
+    assert format_pretty(message).endswith('Café ☕ {"path": "/café/日本"}')
+
+
 def test_pretty_without_fields_and_levels():
     base = {"timestamp": 0.0, "message": "hi", "message_type": "t", "task_uuid": "u"}
     for level, tag in [("debug", "DBG"), ("info", "INF"), ("warn", "WRN"), ("error", "ERR")]:

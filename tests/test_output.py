@@ -129,7 +129,9 @@ def test_print_exc_is_one_record() -> None:
 
 def test_excepthook_in_pieces_is_one_record(monkeypatch: pytest.MonkeyPatch) -> None:
     writes = excepthook_writes(monkeypatch)
-    assert len(writes) > 30  # the exception line alone comes in four
+    # Many pieces: over 30 up to Python 3.12 (the exception line alone comes in
+    # four), about a dozen from 3.13 on (its traceback printer writes whole lines).
+    assert len(writes) > 10
     [record] = assembled(stderr(writes))
     assert record.text == "".join(writes).rstrip("\n")
     assert record.text.count("Traceback (most recent call last):") == 3

@@ -124,18 +124,18 @@ async def test_list_plugins(setup: Setup):
     assert status == 200
     builtins = [plugin for plugin in body if plugin["source"] == "builtin"]
     assert body[: len(builtins)] == builtins  # the built-ins first, on or off
-    assert {
-        "name": "@buntime/plugin-metrics",
-        "path": os.path.join(BUILTINS_DIR, "metrics"),
-        "source": "builtin",
-        "enabled": True,
-    } in builtins
-    assert {
-        "name": "@buntime/plugin-proxy",
-        "path": os.path.join(BUILTINS_DIR, "proxy"),
-        "source": "builtin",
-        "enabled": False,
-    } in builtins
+    for name, enabled in (
+        ("metrics", True),
+        ("proxy", False),
+        ("gateway", False),
+        ("vhosts", False),
+    ):
+        assert {
+            "name": f"@buntime/plugin-{name}",
+            "path": os.path.join(BUILTINS_DIR, name),
+            "source": "builtin",
+            "enabled": enabled,
+        } in builtins
     assert body[len(builtins) :] == [
         {"name": "a", "path": str(setup.plugins / "a"), "source": "dir", "enabled": True},
     ]

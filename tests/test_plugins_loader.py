@@ -6,6 +6,7 @@ importing, C{verifyObject}, C{on_init} (30 s limit) and the plugin context.
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 import pytest_twisted
@@ -318,7 +319,11 @@ async def test_module_without_factory_or_provider(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_each_load_imports_the_code_afresh(tmp_path):
+async def test_each_load_imports_the_code_afresh(tmp_path, monkeypatch):
+    # With bytecode caching on (tox does not pass PYTHONDONTWRITEBYTECODE on),
+    # a .pyc of the first version matches the second's size and whole-second
+    # mtime: it must not be used.
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
     code = """
     from zope.interface import implementer
     from buntime.interfaces import IBuntimePlugin

@@ -196,6 +196,50 @@ async def test_on_response_chain(eliot_logger):
     assert log[0][3] is APP
 
 
+@implementer(IBuntimePlugin)
+class Answering:
+    """An on_response hook that takes the request too (and may wait before answering)."""
+
+    def __init__(self, waits: bool = False) -> None:
+        self.waits = waits
+        self.given: list[Any] = []
+
+    def on_response(self, response: Response, app: Any, request: Request | None = None) -> Any:
+        self.given.append(request)
+        changed = response.with_header("x-for", request.path if request else "-")
+        return succeed(changed) if self.waits else changed
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_response_hooks_that_declare_request_are_given_it():
+    first, second = Answering(waits=True), Answering()
+    registry = await registry_of(
+        ({"name": "a"}, first),
+        ({"name": "b"}, Hooks("b", response=lambda r: r.with_header("x-b", "1"))),
+        ({"name": "c"}, second),
+    )
+    request = Request("GET", "/todos/x")
+    result = await registry.on_response(Response.text("hi"), APP, request)
+    assert result.headers["x-for"] == "/todos/x"
+    assert result.headers["x-b"] == "1"
+    assert first.given == [request] and second.given == [request]  # after a pending hook too
+    # a caller that has no request gives None
+    await registry.on_response(Response.text("hi"), APP)
+    assert first.given[-1] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_context_knows_the_bases_of_the_plugin_set():
+    registry = await registry_of(
+        ({"name": "a", "base": "/a"}, Hooks("a")),
+        ({"name": "b"}, Hooks("b")),
+        ({"name": "c", "base": "/longer"}, Hooks("c")),
+    )
+    for plugin in registry.plugins:
+        assert plugin.context is not None
+        assert plugin.context.plugin_bases == ("/longer", "/a")
+
+
 @pytest_twisted.ensureDeferred
 async def test_hooks_that_answer_at_once_run_at_once_and_a_pending_one_holds_the_rest(
     eliot_logger,

@@ -243,3 +243,25 @@ async def test_a_kept_connection_the_upstream_closed_is_retried_for_idempotent_m
     with pytest.raises(UpstreamLost):
         await pool.request(KEY, "POST", b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
     assert len(pool.made) == 2  # a POST is not sent twice
+
+
+def test_replicas_sharing_a_data_dir_see_each_others_rules(tmp_path):
+    """A rule added through one replica's API is used by the others within a second."""
+    from buntime.builtins.proxy.plugin import WATCH_SECONDS
+
+    first, second = ProxyPlugin({}), ProxyPlugin({})
+    contexts = [Context(tmp_path, {}), Context(tmp_path, {})]
+    first.on_init(contexts[0])
+    second.on_init(contexts[1])
+    first._save([*first.rules, rule(id="shared")])
+    assert [r.id for r in second.rules] == []
+    contexts[1].reactor.advance(WATCH_SECONDS)
+    assert [r.id for r in second.rules] == ["shared"]
+    first._save([])
+    contexts[1].reactor.advance(WATCH_SECONDS)
+    assert second.rules == []
+    contexts[0].reactor.advance(WATCH_SECONDS)  # its own change: nothing to reload
+    assert first.rules == []
+    for plugin in (first, second):
+        plugin.on_shutdown()
+        assert not plugin.watch.running

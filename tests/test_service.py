@@ -212,6 +212,40 @@ def test_the_30s_cap_forces_exit_1(eliot_logger):
     assert timeout["level"] == "error"
 
 
+def test_a_stop_is_not_ready_at_once_but_serves_through_the_drain_delay(eliot_logger):
+    """Kubernetes' order: readiness 503 first, the port open a while, then the drain."""
+    tree = make_tree("pool")
+    tree.runtime.drain_delay = 5.0
+    tree.runtime.startService()
+    web = tree.runtime.web
+    stopped = tree.runtime.stopService()
+    assert not tree.state.ready and tree.state.status == "stopping"
+    tree.reactor.advance(4.9)
+    assert web.running  # its port still open: accepting and serving
+    assert tree.journal == ["start pool"]
+    tree.reactor.advance(0.1)
+    assert not web.running  # listening no more
+    assert tree.journal == ["start pool", "stop pool"]
+    assert stopped.called and tree.exits == []
+    [draining] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:runtime:draining"
+    ]
+    assert draining["drain_delay"] == 5.0
+
+
+def test_the_shutdown_timeout_counts_from_the_end_of_the_drain(eliot_logger):
+    never: Deferred[None] = Deferred()
+    tree = make_tree("pool", pool=never)
+    tree.runtime.drain_delay, tree.runtime.shutdown_timeout = 2.0, 10.0
+    tree.runtime.startService()
+    tree.runtime.stopService()
+    tree.reactor.advance(2)  # the drain
+    tree.reactor.advance(10 - 0.001)
+    assert tree.exits == []
+    tree.reactor.advance(0.001)
+    assert tree.exits == [1]
+
+
 def test_a_stop_within_the_cap_does_not_exit(eliot_logger):
     slow: Deferred[None] = Deferred()
     tree = make_tree("pool", pool=slow)
@@ -308,3 +342,15 @@ async def test_shutdown_stops_listening_and_finishes_the_in_flight_request(eliot
     finally:
         if not gate.called:
             gate.callback(None)
+
+
+def test_a_signal_stops_gracefully_and_a_second_one_leaves_at_once(eliot_logger):
+    tree = make_tree("pool")
+    tree.runtime.startService()
+    tree.runtime._stop_on_signal("SIGTERM")
+    assert tree.reactor.hasStopped  # the reactor stops: the services stop, drain included
+    assert tree.exits == []
+    tree.runtime._stop_on_signal("SIGINT")
+    assert tree.exits == [1]
+    names = [m.get("message_type") for m in eliot_logger.messages]
+    assert "buntime:runtime:signal" in names and "buntime:runtime:signal-again" in names

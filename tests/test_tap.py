@@ -80,7 +80,12 @@ def test_options_read_the_environment_and_dotenv(clean_environ, monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "env", "line"),
     [
-        ([], {}, "buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"),
+        (
+            [],
+            {},
+            "buntime: workerDirs is required: set RUNTIME_WORKER_DIRS env var"
+            " (or pass -w/--worker-dirs)",
+        ),
         (["-w", "a", "--port", "abc"], {}, "buntime: --port must be an integer, got 'abc'"),
         (["-w", "a"], {"PORT": "abc"}, "buntime: PORT must be an integer, got 'abc'"),
         (
@@ -145,6 +150,7 @@ def test_daemonized_twistd_writes_our_lines_alone_to_its_log_file(clean_environ,
 
 def test_twistd_s_own_log_observer_is_the_logging_service_s(clean_environ):
     """twistd takes the application's ILogObserver: it writes nothing, the service does."""
+    os.makedirs("apps")  # (cwd: an empty temporary directory)
     runtime = makeService(parse(["-w", "apps", "--listen", "tcp:0:interface=127.0.0.1"]))
     application = Application("buntime")
     runtime.setServiceParent(application)
@@ -179,6 +185,7 @@ def test_an_explicit_logger_is_left_alone(clean_environ, argv):
 
 
 def test_make_service(clean_environ):
+    os.mkdir("apps")
     service = makeService(parse(["-w", "apps", "--listen", "tcp:0:interface=127.0.0.1"]))
     assert IService.providedBy(service)
     children = [child.name for child in service]
@@ -198,3 +205,41 @@ def test_settle_memory_freezes_what_exists_and_collects_less_often():
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_make_service_refuses_an_app_directory_that_does_not_exist(clean_environ, capsys):
+    options = parse(["-w", "apps:nonexistent"])
+    os.mkdir("apps")
+    with pytest.raises(SystemExit) as caught:
+        makeService(options)
+    assert caught.value.code == 2
+    missing = os.path.abspath("nonexistent")
+    assert capsys.readouterr().err == (
+        f"buntime: RUNTIME_WORKER_DIRS (or --worker-dirs): the app directory {missing}"
+        " does not exist; create it (mkdir -p) or fix the path\n"
+    )
+
+
+def test_reload_flag(clean_environ, monkeypatch):
+    assert parse(["-w", "apps"]).config.reload is True  # development, the default
+    assert parse(["-w", "apps", "--env", "test"]).config.reload is False
+    assert parse(["-w", "apps", "--env", "test", "--reload"]).config.reload is True
+    monkeypatch.setenv("RUNTIME_RELOAD", "0")
+    assert parse(["-w", "apps"]).config.reload is False
+    assert parse(["-w", "apps", "--reload"]).config.reload is True
+
+
+def test_reload_is_refused_in_production(clean_environ, capsys):
+    with pytest.raises(SystemExit):
+        parse(["-w", "apps", "--env", "production", "--reload"])
+    assert capsys.readouterr().err == (
+        "buntime: --reload is for development: it cannot be on in production\n"
+    )
+
+
+def test_foreground_twistd_writes_no_pidfile_unless_asked(clean_environ):
+    assert twistd(["-n", "buntime", "-w", "apps"])["pidfile"] == ""
+    asked = twistd(["-n", "--pidfile", "run/buntime.pid", "buntime", "-w", "apps"])
+    assert asked["pidfile"] == os.path.abspath("run/buntime.pid")
+    daemon = twistd(["buntime", "-w", "apps"])
+    assert daemon["pidfile"] == os.path.abspath("twistd.pid")

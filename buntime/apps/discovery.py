@@ -128,6 +128,11 @@ def _ordered(versions: Sequence[str]) -> list[str]:
     return ([LATEST] if LATEST in versions else []) + semver
 
 
+def ordered_versions(versions: Iterable[str]) -> list[str]:
+    """C{versions} as users read them: C{latest} first, then the highest first."""
+    return _ordered(list(versions))
+
+
 def _dir_tuple(dirs: Iterable[str]) -> tuple[str, ...]:
     return tuple(dirs)
 

@@ -12,6 +12,8 @@ import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from buntime.bench.scenarios import GATEWAY_LIMIT
+
 _APPS = {
     "noop-asgi@1.0.0": (
         "ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n",
@@ -170,10 +172,29 @@ def write_apps(root: str) -> None:
         write_files(os.path.join(root, name), {"manifest.yaml": manifest, "app.py": code})
 
 
-def write_plugin(root: str) -> str:
-    """Generate the bench-hooks plugin in a plugin dir under C{root}: that dir."""
-    plugin_dir = os.path.join(root, "bench-plugins")
-    write_files(os.path.join(plugin_dir, "bench-hooks"), _PLUGIN)
+# warm-noop-gateway: the built-in gateway switched on by a manifest, with
+# CORS and a rate limit no run reaches (metrics and logs on, as by default).
+_GATEWAY = {
+    "manifest.yaml": f"""
+        name: "@buntime/plugin-gateway"
+        enabled: true
+        rateLimit: {{requests: {GATEWAY_LIMIT}, window: 1m}}
+        cors: {{origins: ["https://bench.example"], credentials: true}}
+        """,
+}
+
+
+def write_plugin_dir(root: str, scenario: str) -> str:
+    """
+    Generate the plugin dir of C{scenario} (one of C{PLUGIN_SCENARIOS}) under
+    C{root}: the bench-hooks plugin, or the gateway's manifest; that dir.
+    """
+    name, files = {
+        "warm-noop-plugin": ("bench-hooks", _PLUGIN),
+        "warm-noop-gateway": ("gateway", _GATEWAY),
+    }[scenario]
+    plugin_dir = os.path.join(root, f"{scenario}-plugins")
+    write_files(os.path.join(plugin_dir, name), files)
     return plugin_dir
 
 

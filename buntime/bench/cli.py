@@ -9,7 +9,6 @@ import argparse
 import shutil
 from typing import Any
 
-import buntime.bench
 from buntime.bench.apps import temporary_workdir
 from buntime.bench.instructions import run_instructions
 from buntime.bench.report import add_ratios, check_goals, print_report, save_report
@@ -17,11 +16,21 @@ from buntime.bench.run import loader, run_scenarios
 from buntime.bench.scenarios import DEFAULT_SCENARIOS, EXTRA_CHECKS, SCENARIOS
 from buntime.bench.servers import serve_baseline
 
+DESCRIPTION = (
+    "Start the runtime on a free loopback port with generated apps, drive each"
+    " scenario with wrk (or, clearly labelled, a small Python load generator when"
+    " wrk is missing), run a bare twisted.web baseline in the same run, and print"
+    " requests/s, latency percentiles, errors, the ratio to the baseline, pool"
+    " metrics and memory."
+)
+
 
 def parser() -> argparse.ArgumentParser:
     """The benchmark's command-line options."""
     parser = argparse.ArgumentParser(
-        prog="python -m buntime.bench", description=buntime.bench.__doc__
+        prog="python -m buntime.bench",
+        description=DESCRIPTION,
+        epilog="Scenarios, goals and the latest results: docs/performance.md.",
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
     parser.add_argument(

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from buntime.bench.apps import temporary_workdir, write_plugin
+from buntime.bench.apps import temporary_workdir, write_plugin_dir
 from buntime.bench.load import run_wrk, time_to_first_byte
 from buntime.bench.report import add_ratios, save_report
 from buntime.bench.scenarios import PLUGIN_SCENARIOS, SCENARIOS, VARIED_SCENARIOS
@@ -25,6 +25,7 @@ INSTRUCTION_SCENARIOS = (
     "echo-1kb",
     "warm-noop-varied",
     "warm-noop-plugin",
+    "warm-noop-gateway",
 )
 INSTRUCTION_CLIENTS = 10
 
@@ -103,15 +104,13 @@ def measure_instructions(
         with runtime(workdir, "spawn", log_level, callgrind(output), startup=300) as (url, pid):
             for name in plain:
                 measured(pid, output, url, name)
-    hooked = [name for name in wanted if name in PLUGIN_SCENARIOS]
-    if hooked:
-        output = os.path.join(workdir, "hooked.callgrind")
-        plugin_dir = write_plugin(workdir)
+    for name in (name for name in wanted if name in PLUGIN_SCENARIOS):
+        output = os.path.join(workdir, f"{name}.callgrind")
+        plugin_dir = write_plugin_dir(workdir, name)
         with runtime(
             workdir, "spawn", log_level, callgrind(output), startup=300, plugin_dir=plugin_dir
         ) as (url, pid):
-            for name in hooked:
-                measured(pid, output, url, name)
+            measured(pid, output, url, name)
     add_ratios(results, "instructions_per_request", "instructions_ratio")
     return results
 

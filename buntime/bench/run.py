@@ -13,11 +13,12 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from buntime.bench.apps import write_plugin, write_proxy_plugin
+from buntime.bench.apps import write_plugin_dir, write_proxy_plugin
 from buntime.bench.load import python_load, run_wrk, stream_rss, time_to_first_byte
 from buntime.bench.proc import cpu_split, descendants, rss_mb
 from buntime.bench.report import median_round
 from buntime.bench.scenarios import (
+    PLUGIN_PROOF,
     PLUGIN_SCENARIOS,
     PROXY_SCENARIOS,
     SCENARIOS,
@@ -112,23 +113,24 @@ def _serve_hooked(
     report: dict[str, Any],
 ) -> None:
     """
-    Start a runtime with the bench-hooks plugin for the C{hooked} scenarios,
+    Start a runtime with its plugin dir for each of the C{hooked} scenarios,
     and send each there in C{where}; one whose hooks do not run is reported
     as such and left out of C{where}.
     """
-    plugin_dir = write_plugin(workdir)
-    hooked_at = servers.enter_context(
-        runtime(workdir, options.worker_mode, options.log_level, plugin_dir=plugin_dir)
-    )
     for name in hooked:
-        # Proof that the hooks run, before any load: on_response's header.
-        if fetch_header(hooked_at[0] + SCENARIOS[name][0], "x-bench") == "1":
+        plugin_dir = write_plugin_dir(workdir, name)
+        hooked_at = servers.enter_context(
+            runtime(workdir, options.worker_mode, options.log_level, plugin_dir=plugin_dir)
+        )
+        # Proof that the hooks run, before any load: a header on_response adds.
+        header, value = PLUGIN_PROOF[name]
+        if fetch_header(hooked_at[0] + SCENARIOS[name][0], header) == value:
             where[name] = hooked_at
         else:
             del where[name]
             report["results"][name] = {
                 "hooks_ran": False,
-                "error": "no x-bench: 1 on a response: the plugin's hooks did not run",
+                "error": f"no {header}: {value} on a response: the plugin's hooks did not run",
             }
 
 

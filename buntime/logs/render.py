@@ -128,7 +128,7 @@ def format_pretty(message: dict[str, Any], colour: bool = False) -> str:
     record.pop("timestamp")
     for key in _TASK_KEYS:
         record.pop(key, None)
-    extra = " " + json.dumps(record, default=repr) if record else ""
+    extra = " " + json.dumps(record, default=repr, ensure_ascii=False) if record else ""
     tag = _ABBREV[level]
     if colour:
         tag = f"{_COLOURS[level]}{tag}\x1b[0m"

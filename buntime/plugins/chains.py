@@ -96,15 +96,22 @@ def response_chain(
     start: int,
     response: Response,
     app: AppInfo | None,
+    request: Request | None = None,
+    given: frozenset[LoadedPlugin] = frozenset(),
 ) -> Response | Deferred[Response]:
     """
     The C{on_response} hooks from C{start} on (a failing hook leaves the
     response as it was), answered at once when every hook answers at once.
+    The hooks of the plugins in C{given} (those declaring a C{request}
+    parameter) are given C{request} too.
     """
     for index in range(start, len(hooks)):
         plugin, hook = hooks[index]
         try:
-            result = hook(response, app)
+            if plugin in given:
+                result = hook(response, app, request)
+            else:
+                result = hook(response, app)
         except Exception as error:
             plugin_error(plugin, "on_response", error)
             continue
@@ -118,6 +125,8 @@ def response_chain(
                 index,
                 response,
                 app,
+                request,
+                given,
             )
         response = _hooked_response(plugin, result, response)
     return response
@@ -139,10 +148,12 @@ def _response_hooked(
     index: int,
     response: Response,
     app: AppInfo | None,
+    request: Request | None = None,
+    given: frozenset[LoadedPlugin] = frozenset(),
 ) -> Response | Deferred[Response]:
     """An awaited C{on_response} answer (a failure keeps the response), then the rest."""
     if isinstance(result, Failure):
         plugin_error(plugin, "on_response", result.value)
     else:
         response = _hooked_response(plugin, result, response)
-    return response_chain(hooks, index + 1, response, app)
+    return response_chain(hooks, index + 1, response, app, request, given)

@@ -96,6 +96,7 @@ class PluginContext:
     services: ServiceRegistry
     data_dir: str
     reactor: Any
+    plugin_bases: tuple[str, ...] = ()
 
     def register_service(self, name: str, service: object) -> None:
         self.services.register(name, service, self.name)

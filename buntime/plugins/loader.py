@@ -180,7 +180,9 @@ class Loader:
             prepared.append(Prepared(source, manifest, provider, routes_site(provider, manifest)))
         return prepared
 
-    def context(self, item: Prepared, services: ServiceRegistry) -> PluginContext:
+    def context(
+        self, item: Prepared, services: ServiceRegistry, bases: tuple[str, ...] = ()
+    ) -> PluginContext:
         manifest = item.manifest
         return PluginContext(
             name=manifest.name,
@@ -193,6 +195,7 @@ class Loader:
             services=services,
             data_dir=self.data_dir,
             reactor=self.reactor,
+            plugin_bases=bases,
         )
 
     async def _init(self, plugin: LoadedPlugin) -> None:
@@ -230,6 +233,12 @@ class Loader:
             initialized before it were shut down.
         """
         services = ServiceRegistry()
+        bases = tuple(
+            sorted(
+                {p.manifest.base for p in prepared if p.manifest.base},
+                key=lambda base: (-len(base), base),
+            )
+        )
         old = {id(p.provider): p for p in (previous.plugins if previous else ())}
         restarted: list[LoadedPlugin] = []
         started: list[LoadedPlugin] = []
@@ -240,7 +249,7 @@ class Loader:
                     provider=item.provider,
                     path=item.source.path,
                     origin=item.source.origin,
-                    context=self.context(item, services),
+                    context=self.context(item, services, bases),
                     site=item.site,
                 )
                 if id(item.provider) in old:

@@ -27,6 +27,7 @@ from zope.interface.exceptions import (
 )
 from zope.interface.verify import verifyObject
 
+from buntime.fresh import spec_from_source
 from buntime.interfaces import IBuntimePlugin
 from buntime.logs import log
 from buntime.plugins.discovery import PluginSource
@@ -73,7 +74,7 @@ def import_entry(source: PluginSource, manifest: PluginManifest) -> types.Module
     package = types.ModuleType(package_name)
     package.__path__ = [os.path.dirname(path)]
     module_name = f"{package_name}.{os.path.basename(path)[:-3]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
+    spec = spec_from_source(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f'Plugin "{manifest.name}": cannot import {path}')
     module = importlib.util.module_from_spec(spec)

@@ -7,6 +7,7 @@ builds a new one.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -102,6 +103,14 @@ async def _discard(response: Response) -> None:
         await aclose()
 
 
+def takes_request(hook: Any) -> bool:
+    """Whether an C{on_response} hook declares a C{request} parameter (it is then given it)."""
+    try:
+        return "request" in inspect.signature(hook).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
+
+
 def _plugin_tuple(plugins: Iterable[LoadedPlugin]) -> tuple[LoadedPlugin, ...]:
     """The plugins as a tuple (a typed converter: mypy cannot type C{converter=tuple})."""
     return tuple(plugins)
@@ -128,6 +137,12 @@ class PluginRegistry:
         init=False
     )
     _public: tuple[PublicRoutes, ...] = field(init=False)
+    _given_request: frozenset[LoadedPlugin] = field(init=False)
+    """The plugins whose C{on_response} takes the request (L{takes_request})."""
+
+    @_given_request.default
+    def _response_hooks_taking_requests(self) -> frozenset[LoadedPlugin]:
+        return frozenset(p for p, hook in self.hooks("on_response") if takes_request(hook))
 
     @_public.default
     def _plugin_public_routes(self) -> tuple[PublicRoutes, ...]:
@@ -238,15 +253,23 @@ class PluginRegistry:
             return request
         return request_chain(hooks, 0, request, app)
 
-    def on_response(self, response: Response, app: AppInfo | None) -> Deferred[Response]:
-        """Run C{on_response} hooks in load order; a failing hook leaves the response as it was."""
-        return as_deferred(self.response_hooks(response, app))
+    def on_response(
+        self, response: Response, app: AppInfo | None, request: Request | None = None
+    ) -> Deferred[Response]:
+        """
+        Run C{on_response} hooks in load order; a failing hook leaves the
+        response as it was.  A hook that declares a C{request} parameter is
+        given C{request} (the request as the C{on_request} hooks left it).
+        """
+        return as_deferred(self.response_hooks(response, app, request))
 
     def response_hooks(
-        self, response: Response, app: AppInfo | None
+        self, response: Response, app: AppInfo | None, request: Request | None = None
     ) -> Response | Deferred[Response]:
         """L{on_response}, answered at once (not as a Deferred) when every hook answers at once."""
-        return response_chain(self.hooks("on_response"), 0, response, app)
+        return response_chain(
+            self.hooks("on_response"), 0, response, app, request, self._given_request
+        )
 
     async def server_fetch(self, request: Request) -> Response | None:
         """The first C{server_fetch} answer that is not a 404 (or C{None}: nobody's)."""

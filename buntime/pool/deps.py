@@ -38,7 +38,7 @@ _PIP_ENV |= {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy
 
 
 class InstallError(Exception):
-    """pip failed; the message summarizes its error in a line or two."""
+    """pip failed; the message is pip's explanation (L{summarize})."""
 
 
 class _PipProtocol(ProcessProtocol):
@@ -63,15 +63,29 @@ class _PipProtocol(ProcessProtocol):
         self.done.callback(-1 if code is None else code)
 
 
+LOCK_RECIPE = (
+    "Every requirement must be pinned with its hashes: make the lock with"
+    " pip-compile --generate-hashes (see docs/apps.md, 'Dependencies and autoInstall')."
+)
+_EXPLANATION_LIMIT = 8000
+
+
 def summarize(output: bytes, code: int) -> str:
-    """pip's error in a line: its last C{ERROR:} lines, else its last lines."""
-    lines = [line.strip() for line in output.decode("utf-8", "replace").splitlines()]
-    lines = [line for line in lines if line]
-    errors = [line for line in lines if line.startswith("ERROR:")]
-    summary = " ".join((errors or lines)[-3:])
-    if not summary:
-        summary = f"pip exited with code {code}"
-    return summary if len(summary) <= 500 else summary[:497] + "..."
+    """
+    pip's explanation: its output from the first C{ERROR:} line on (a hash
+    error lists the lines to add), else its last lines; with the lock recipe
+    when hashes are what failed.
+    """
+    lines = [line.rstrip() for line in output.decode("utf-8", "replace").splitlines()]
+    lines = [line for line in lines if line.strip()]
+    first = next((i for i, line in enumerate(lines) if line.startswith("ERROR:")), None)
+    kept = lines[first:] if first is not None else lines[-5:]
+    explanation = "\n".join(kept) or f"pip exited with code {code}"
+    if len(explanation) > _EXPLANATION_LIMIT:
+        explanation = explanation[: _EXPLANATION_LIMIT - 3] + "..."
+    if "hash" in explanation.lower():
+        explanation += "\n" + LOCK_RECIPE
+    return explanation
 
 
 def _pip_env() -> dict[str, str]:
@@ -87,12 +101,15 @@ class DependencyInstaller:
     python: str = sys.executable
     timeout: float = INSTALL_TIMEOUT
     _running: dict[str, list[Deferred]] = field(factory=dict)
+    _failed: dict[str, tuple[tuple[str, int], str]] = field(factory=dict)
+    """Per app: the requirements (digest, mtime) that failed, and why."""
 
     def ensure(self, app_dir: str) -> Deferred:
         """
         Fire once C{app_dir}'s dependencies are installed (at once when there
         is no C{requirements.txt} or it was installed already); fail with
-        L{InstallError}.  A failure is not retried until C{ensure} is called again.
+        L{InstallError}.  A failure is answered again, without running pip,
+        until C{requirements.txt} changes (or is touched).
         """
         waiter: Deferred = Deferred()
         if app_dir in self._running:
@@ -114,11 +131,15 @@ class DependencyInstaller:
         try:
             with open(requirements, "rb") as lock:
                 digest = hashlib.sha256(lock.read()).hexdigest()
+                stamp = (digest, os.fstat(lock.fileno()).st_mtime_ns)
         except FileNotFoundError:
             return
         target = os.path.join(app_dir, DEPS_DIR)
         if _read(os.path.join(target, MARKER)) == digest:
             return
+        failed = self._failed.get(app_dir)
+        if failed is not None and failed[0] == stamp:
+            raise InstallError(failed[1])
         staging = tempfile.mkdtemp(prefix=DEPS_DIR + "-", dir=app_dir)
         log("info", "buntime:deps:install", "Installing app dependencies", app_dir=app_dir)
         try:
@@ -135,9 +156,11 @@ class DependencyInstaller:
                 app_dir=app_dir,
                 error=str(error),
             )
+            self._failed[app_dir] = (stamp, str(error))
             if isinstance(error, Exception) and not isinstance(error, InstallError):
                 raise InstallError(str(error)) from error
             raise
+        self._failed.pop(app_dir, None)
         log("info", "buntime:deps:installed", "App dependencies installed", app_dir=app_dir)
 
     async def _pip(self, app_dir: str, requirements: str, target: str) -> None:

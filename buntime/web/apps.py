@@ -18,7 +18,7 @@ from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from buntime.apps.discovery import AppCatalog, AppVersion, split_app_path
+from buntime.apps.discovery import AppCatalog, AppVersion, ordered_versions, split_app_path
 from buntime.apps.resolve import EntrypointError, resolve
 from buntime.apps.versions import InvalidRange
 from buntime.http import AppInfo, Headers, Request, Response
@@ -217,8 +217,21 @@ class AppStep:
         except InvalidRange as error:
             return Response.error(400, "INVALID_VERSION_RANGE", str(error))
         if version is None:
-            return None
+            return self._no_such_version(name, spec)
         return version, base, rest
+
+    def _no_such_version(self, name: str, spec: str | None) -> Response | None:
+        """A 404 listing the versions of C{name} that exist, when some do (else C{None})."""
+        existing = self.catalog.versions(name)
+        if spec is None or not existing:
+            return None
+        listed = ", ".join(ordered_versions(existing))
+        return Response.error(
+            404,
+            "VERSION_NOT_FOUND",
+            f"No version of {name} matches {spec!r}; versions that exist: {listed}",
+            {"x-not-found": "true"},
+        )
 
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""

@@ -10,7 +10,7 @@ resulting L{buntime.http.Response} back to the connection to write.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eliot import current_action
@@ -28,7 +28,7 @@ from buntime.pool.websocket import WorkerSocket
 from buntime.web.api.core import CoreAPI
 from buntime.web.http1 import Exchange, HandedOver
 from buntime.web.state import RuntimeState
-from buntime.web.trust import csrf_refusal, request_ids, trusted, without_forwarded
+from buntime.web.trust import api_refusal, request_ids, trusted, without_forwarded
 from buntime.web.websocket import WebSockets
 
 if TYPE_CHECKING:
@@ -148,7 +148,8 @@ class FrontDoor:
         identify: Callable[[str], tuple[AppInfo, str] | None] | None = None,
         websockets: WebSockets | None = None,
         body_limit: Callable[[str], int] | None = None,
-        forwarded_allow: frozenset[str] | None = None,
+        forwarded_allow: Container[str] | None = None,
+        api_token: str | None = None,
     ) -> None:
         self._clock = clock
         self._state = state
@@ -157,6 +158,7 @@ class FrontDoor:
         self._websockets = websockets
         self._body_limit = body_limit
         self._forwarded_allow = forwarded_allow
+        self._api_token = api_token
         # (route prefix, a site for its Klein resource), longest prefix first; the core API last.
         mounted = [(prefix, obj.app.resource()) for prefix, obj in apis]
         mounted.sort(key=lambda pair: len(pair[0]), reverse=True)
@@ -261,7 +263,7 @@ class FrontDoor:
         path = request.path
         is_api = self._is_api(path)
         if is_api:
-            refusal = csrf_refusal(request)
+            refusal = api_refusal(request, self._api_token, self._forwarded_allow)
             if refusal is not None:
                 return succeed(refusal)
         registry = self._registry()
@@ -305,6 +307,8 @@ class FrontDoor:
             return succeed(None)
         if hooks is not None and not hooks.registry.hooks("on_response"):
             hooks = None
+        elif hooks is not None:
+            hooks.request = outcome  # for on_response hooks that take it
         answer: Deferred[Any] = self.dispatch(outcome, fields, hooks)
         return answer
 
@@ -383,21 +387,25 @@ def _built_in(request: Request) -> Response:
 
 
 class _Hooks:
-    """A request's plugin hooks: the registry, the app it is for, its eliot action."""
+    """
+    A request's plugin hooks: the registry, the app it is for, its eliot
+    action, and the request as the C{on_request} hooks left it.
+    """
 
-    __slots__ = ("action", "app", "app_path", "registry")
+    __slots__ = ("action", "app", "app_path", "registry", "request")
 
     def __init__(self, registry: PluginRegistry, action: Action | None) -> None:
         self.registry = registry
         self.action = action
         self.app: AppInfo | None = None
         self.app_path: str | None = None
+        self.request: Request | None = None
 
     def responded(self, response: Response) -> Response | Deferred[Response]:
         """The C{on_response} hooks on C{response}, in the request's eliot action."""
         if self.action is None:
-            return self.registry.response_hooks(response, self.app)
-        return self.action.run(self.registry.response_hooks, response, self.app)
+            return self.registry.response_hooks(response, self.app, self.request)
+        return self.action.run(self.registry.response_hooks, response, self.app, self.request)
 
 
 def _site(resource: Any) -> Site:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -10,11 +11,23 @@ from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
 from buntime.logs import log
 from buntime.web.http1 import HTTP1Factory
 from buntime.web.state import RuntimeState
+
+
+def scheme(description: str) -> str:
+    """The URL scheme of an endpoint string: C{https} for C{ssl:}, else C{http}."""
+    return "https" if description.split(":", 1)[0].lower() == "ssl" else "http"
+
+
+def _in_use(error: CannotListenError) -> bool:
+    """Whether listening failed because another socket holds the address."""
+    cause = error.socketError
+    return getattr(cause, "errno", None) == errno.EADDRINUSE or "in use" in str(cause)
 
 
 @define(eq=False)
@@ -58,7 +71,7 @@ class WebService(Service):
             log(
                 "info",
                 "buntime:web:listening",
-                f"Listening on http://{address.host}:{address.port}",
+                f"Listening on {scheme(self.description)}://{address.host}:{address.port}",
                 host=address.host,
                 port=address.port,
             )
@@ -67,7 +80,13 @@ class WebService(Service):
         self.listening.callback(port)
 
     def _failed(self, failure: Any) -> None:
-        self.fatal(f"Cannot listen on {self.description}: {failure.getErrorMessage()}")
+        reason = f"Cannot listen on {self.description}: {failure.getErrorMessage()}"
+        if isinstance(failure.value, CannotListenError) and _in_use(failure.value):
+            reason += (
+                "; another process holds that port: stop it, or choose another port"
+                " with PORT=8001 (or --port 8001, or --listen tcp:8001)"
+            )
+        self.fatal(reason)
 
     async def _stop(self) -> None:
         if self.port is not None:

@@ -20,6 +20,7 @@ from typing import Any
 from attrs import define, field
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from buntime.builtins.proxy.forward import Forwarder
@@ -28,6 +29,9 @@ from buntime.builtins.proxy.tunnel import tunnel
 from buntime.http import AppInfo, Request, Response
 from buntime.interfaces import IBuntimePlugin, IPluginContext
 from buntime.units import parse_duration
+
+WATCH_SECONDS = 1.0
+"""How often the stored rules are looked at for another replica's change."""
 
 
 def _json(request: Any, obj: object, status: int = 200) -> bytes:
@@ -54,6 +58,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
     allow_link_local: bool = False
     logger: Any = None
     reactor: Any = None
+    manifest_rules: list[Rule] = field(factory=list)
+    watch: LoopingCall | None = None
+    _stamp: tuple[int, int, int] | None = None
 
     routes = Klein()
 
@@ -69,18 +76,37 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
             parse_rule(item, source="manifest", rule_id=_manifest_id(item, index))
             for index, item in enumerate(config.get("rules") or [])
         ]
+        self.manifest_rules = rules
         self.store = RuleStore(os.path.join(ctx.data_dir, "proxy"))
-        stored, problems = self.store.load(self.allow_link_local)
-        for problem in problems:
-            ctx.logger.warn(f"A stored proxy rule was left out: {problem}")
-        taken = {rule.id for rule in rules}
-        rules.extend(rule for rule in stored if rule.id not in taken)
-        self.rules = rules
-        ctx.logger.info(f"Proxy ready with {len(rules)} rule(s)", rules=len(rules))
+        self._reload()
+        ctx.logger.info(f"Proxy ready with {len(self.rules)} rule(s)", rules=len(self.rules))
+        # Replicas sharing RUNTIME_DATA_DIR see each other's API changes.
+        self.watch = LoopingCall(self._reload_if_changed)
+        self.watch.clock = ctx.reactor
+        self.watch.start(WATCH_SECONDS, now=False)
 
     def on_shutdown(self) -> None:
+        if self.watch is not None and self.watch.running:
+            self.watch.stop()
         if self.forwarder is not None:
             self.forwarder.close()
+
+    def _reload(self) -> None:
+        """The manifest's rules, then the stored ones (read again)."""
+        assert self.store is not None
+        self._stamp = self.store.stamp()
+        stored, problems = self.store.load(self.allow_link_local)
+        for problem in problems:
+            self.logger.warn(f"A stored proxy rule was left out: {problem}")
+        taken = {rule.id for rule in self.manifest_rules}
+        self.rules = [*self.manifest_rules, *(rule for rule in stored if rule.id not in taken)]
+
+    def _reload_if_changed(self) -> None:
+        if self.store is not None and self.store.stamp() != self._stamp:
+            self._reload()
+            self.logger.info(
+                "Proxy rules changed on disk (another replica?): reloaded", rules=len(self.rules)
+            )
 
     # -- requests -------------------------------------------------------------
 
@@ -99,7 +125,10 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
             if _upgrade(request):
                 if not rule.ws:
                     return Deferred.fromCoroutine(_refused_upgrade())
-                return Deferred.fromCoroutine(tunnel(self.reactor, request, rule, upstream_path))
+                timeout = self.forwarder.timeout if self.forwarder is not None else 30.0
+                return Deferred.fromCoroutine(
+                    tunnel(self.reactor, request, rule, upstream_path, timeout)
+                )
             assert self.forwarder is not None
             return self.forwarder.forward(request, rule, upstream_path)
         return None
@@ -183,6 +212,7 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         """Keep C{rules} (on disk first: a rule is in use only once it is saved)."""
         assert self.store is not None
         self.store.save(rules)
+        self._stamp = self.store.stamp()
         self.rules = rules
 
 

@@ -251,6 +251,14 @@ class RuleStore:
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, "rules.json")
 
+    def stamp(self) -> tuple[int, int, int] | None:
+        """What changes when the file does (another replica wrote it): C{None} if none."""
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size, found.st_ino
+
     def load(self, allow_link_local: bool) -> tuple[list[Rule], list[str]]:
         """The stored rules, and a line for each one that can no longer be used."""
         try:

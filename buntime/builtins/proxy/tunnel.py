@@ -10,7 +10,6 @@ An upstream that answers anything else is answered as usual.
 from __future__ import annotations
 
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from httptools import HttpParserUpgrade, HttpResponseParser
 from twisted.internet.defer import Deferred
@@ -35,23 +34,20 @@ async def tunnel(
     (L{Takeover}) joins the client's connection to the upstream's, or the
     upstream's refusal, or a 502/504 error.
     """
-    target = urlsplit(rule.target)
-    secure = target.scheme == "https"
-    host = target.hostname or ""
-    endpoint: Any = HostnameEndpoint(reactor, host, target.port or (443 if secure else 80))
-    if secure:
+    scheme, host, port = rule.upstream
+    endpoint: Any = HostnameEndpoint(reactor, host, port)
+    if scheme == "https":
         endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
     upstream = _Upstream(_head(request, rule, path))
     connecting = endpoint.connect(Factory.forProtocol(lambda: upstream))
-    timer = reactor.callLater(timeout, upstream.give_up)
+    timer = reactor.callLater(timeout, upstream.give_up, connecting)
     try:
         await connecting
-    except Exception as error:
-        if timer.active():
-            timer.cancel()
-        return Response.error(502, "BAD_GATEWAY", f"{rule.target} cannot be reached: {error}")
-    try:
         return await upstream.answered
+    except Exception as error:
+        if upstream.answered.called:
+            return await upstream.answered  # the timer's 504
+        return Response.error(502, "BAD_GATEWAY", f"{rule.target} cannot be reached: {error}")
     finally:
         if timer.active():
             timer.cancel()
@@ -86,12 +82,17 @@ class _Upstream(Protocol):
     def connectionMade(self) -> None:
         self.transport.write(self.head)
 
-    def give_up(self) -> None:
-        if not self.answered.called:
-            self.answered.callback(
-                Response.error(504, "GATEWAY_TIMEOUT", "The upstream did not answer the upgrade")
-            )
+    def give_up(self, connecting: Deferred[Any]) -> None:
+        """No answer in time: 504, and the connection (or the connecting) dropped."""
+        if self.answered.called:
+            return
+        self.answered.callback(
+            Response.error(504, "GATEWAY_TIMEOUT", "The upstream did not answer the upgrade")
+        )
+        if self.transport is not None:
             self.transport.abortConnection()
+        else:
+            connecting.cancel()
 
     # the answer's head, read by llhttp
 

@@ -24,6 +24,7 @@ from attrs import frozen
 from twisted.web.resource import IResource
 
 from buntime.apps.resolve import EntrypointError, resolve
+from buntime.fresh import spec_from_source
 from buntime.pool.child.adapter import IAdapter
 from buntime.pool.child.asgi import AsgiAdapter, is_asgi
 from buntime.pool.child.routes import RoutesAdapter
@@ -63,7 +64,7 @@ def import_file(path: str) -> ModuleType:
     stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
     digest = hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:10]
     name = f"buntime_app_{stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = spec_from_source(name, path)
     if spec is None or spec.loader is None:
         raise LoadError(f"Cannot import {path}")
     module = importlib.util.module_from_spec(spec)
@@ -74,6 +75,25 @@ def import_file(path: str) -> ModuleType:
         sys.modules.pop(name, None)
         raise
     return module
+
+
+def missing_module_hint(error: ModuleNotFoundError, app_dir: str) -> str:
+    """
+    What to do about a module the app imports and nobody provides: the three
+    places an app's imports are found (docs/apps.md, "Dependencies").
+    """
+    name = (error.name or "").split(".")[0]
+    if not name:
+        return str(error)
+    deps = os.path.join(app_dir, ".deps")
+    return (
+        f"ModuleNotFoundError: {error}. Provide {name!r} in one of three ways: list it"
+        f" (pinned, with hashes) in the app's requirements.txt and set autoInstall: true"
+        f" in its manifest;"
+        f" or install it into {deps} (pip install --target {deps} {name});"
+        f" or install it into the runtime's own environment"
+        f" ({sys.executable} -m pip install {name}). See docs/apps.md, 'Dependencies'."
+    )
 
 
 def find_app(module: ModuleType, attr: str | None) -> object | None:

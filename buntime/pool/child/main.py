@@ -36,7 +36,7 @@ from twisted.logger import (
 )
 
 from buntime.pool.child.lifeline import die_with_parent
-from buntime.pool.child.loader import LoadError, load
+from buntime.pool.child.loader import LoadError, load, missing_module_hint
 from buntime.pool.child.memory import LOW_MEMORY_THREADS, limit_arenas, low_memory, settle
 from buntime.pool.child.output import install as frame_output
 from buntime.pool.child.protocol import ChildProtocol, one_line
@@ -97,6 +97,8 @@ class WorkerMain:
         except (Exception, SystemExit) as error:
             detail = traceback.format_exc()
             message = str(error) if isinstance(error, LoadError) else one_line(error)
+            if isinstance(error, ModuleNotFoundError):
+                message = missing_module_hint(error, self.environ.get("APP_DIR") or os.getcwd())
             print(f"The app could not be loaded: {message}\n{detail}", file=sys.stderr)
             reported = self.protocol.startup_failed(message, detail)
             reported.addTimeout(EXIT_GRACE, self.reactor)

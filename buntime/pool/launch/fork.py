@@ -127,7 +127,9 @@ class ForkLauncher:
         self._stopping = False
         self._started = True
         if self._ready is None:
-            self._spawn_template()
+            failed = self._spawn_template()
+            if failed is not None:  # the template process could not even be started
+                return fail(failed)
         assert self._ready is not None
         return self._ready.wait()
 
@@ -191,7 +193,8 @@ class ForkLauncher:
 
     # -- the template process ---------------------------------------------------
 
-    def _spawn_template(self) -> None:
+    def _spawn_template(self) -> Failure | None:
+        """Start the template process; the failure when it cannot be started."""
         self._ready = Once()
         self._ready_now = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -208,9 +211,10 @@ class ForkLauncher:
         except Exception:
             ours.close()
             theirs.close()
+            failure = Failure()
             ready, self._ready = self._ready, None
-            ready.fire(Failure())
-            return
+            ready.fire(failure)
+            return failure
         theirs.close()
         self._process = process
         self._control = ours
@@ -218,6 +222,7 @@ class ForkLauncher:
         self._reader = _Control(self)
         adopt(self.reactor, control, self._reader)
         ours.settimeout(2.0)
+        return None
 
     def _send(self, message: dict, fds: list[int]) -> None:
         assert self._control is not None

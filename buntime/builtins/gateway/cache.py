@@ -1,0 +1,169 @@
+"""
+The GET response cache: whole answers of status 200 kept for C{ttl} (or
+less, as C{Cache-Control: max-age} says), at most C{maxEntries} of them,
+the least recently used dropped first.  An answer marked C{no-store},
+C{private} or C{no-cache}, with a C{Set-Cookie}, or with C{Vary: *} is not
+kept; one with C{Vary} is served only to requests with the same values of
+those headers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.interfaces import IReactorTime
+
+from buntime.builtins._paths import NO_PATHS, PathSet
+from buntime.http import Request, Response
+from buntime.units import parse_duration, parse_size
+
+Key = tuple[str, str]
+"""C{(host, url)}: one resource of one virtual host."""
+
+
+@frozen
+class CacheSettings:
+    """C{cache:} of the gateway's manifest."""
+
+    ttl: float
+    max_entries: int = 1000
+    max_entry_size: int = 1024 * 1024
+    exclude: PathSet = NO_PATHS
+
+    @classmethod
+    def parse(cls, value: Mapping[str, Any] | None) -> CacheSettings | None:
+        """The settings, or C{None} when the cache is off (no C{ttl})."""
+        if not value or not value.get("ttl"):
+            return None
+        ttl = parse_duration(value["ttl"])
+        max_entries = value.get("maxEntries", 1000)
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"cache.maxEntries must be a positive integer, not {max_entries!r}")
+        return cls(
+            ttl=ttl,
+            max_entries=max_entries,
+            max_entry_size=parse_size(value.get("maxEntrySize", "1mb")),
+            exclude=PathSet.parse(value.get("excludePaths"), "cache.excludePaths"),
+        )
+
+
+@frozen
+class _Entry:
+    response: Response
+    stored: float
+    expires: float
+    vary: tuple[tuple[str, str | None], ...]
+    """The C{Vary} headers and the values the stored answer was made for."""
+
+
+def _directives(value: str | None) -> dict[str, str]:
+    if not value:
+        return {}
+    found = {}
+    for part in value.lower().split(","):
+        name, _, argument = part.strip().partition("=")
+        found[name] = argument.strip('" ')
+    return found
+
+
+def _lifetime(response: Response, ttl: float) -> float:
+    """How long C{response} may be kept (0: not at all)."""
+    headers = response.headers
+    if "set-cookie" in headers:
+        return 0.0
+    control = _directives(headers.get("cache-control"))
+    if "no-store" in control or "private" in control or "no-cache" in control:
+        return 0.0
+    for name in ("s-maxage", "max-age"):
+        if name in control:
+            try:
+                return min(ttl, float(control[name]))
+            except ValueError:
+                return 0.0
+    return ttl
+
+
+@define
+class ResponseCache:
+    """L{lookup} and L{store} answers by C{(host, url)}, LRU, on C{clock}."""
+
+    settings: CacheSettings
+    clock: IReactorTime
+    hits: int = 0
+    misses: int = 0
+    stores: int = 0
+    evictions: int = 0
+    invalidated: int = 0
+    _entries: OrderedDict[Key, _Entry] = field(factory=OrderedDict, init=False)
+
+    def applies(self, request: Request) -> bool:
+        """Whether C{request} is the cache's: a GET, not excluded, no credentials."""
+        return (
+            request.method == "GET"
+            and request.path not in self.settings.exclude
+            and "authorization" not in request.headers
+        )
+
+    @staticmethod
+    def key(request: Request) -> Key:
+        return (request.headers.get("host") or "", request.url)
+
+    def lookup(self, request: Request) -> Response | None:
+        """The kept answer to C{request} (with C{X-Cache: HIT} and its C{Age}), or C{None}."""
+        if "no-cache" in (request.headers.get("cache-control") or ""):
+            self.misses += 1
+            return None
+        key = self.key(request)
+        entry = self._entries.get(key)
+        now = self.clock.seconds()
+        if entry is not None and entry.expires <= now:
+            del self._entries[key]
+            entry = None
+        if entry is None or any(request.headers.get(n) != v for n, v in entry.vary):
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        age = str(int(now - entry.stored))
+        return entry.response.with_headers((("x-cache", "HIT"), ("age", age)))
+
+    def store(self, request: Request, response: Response) -> bool:
+        """Keep C{response} to C{request} if it may be kept; whether it was."""
+        body = response.body
+        if (
+            response.status != 200
+            or not isinstance(body, bytes)
+            or len(body) > self.settings.max_entry_size
+            or "no-store" in (request.headers.get("cache-control") or "")
+        ):
+            return False
+        lifetime = _lifetime(response, self.settings.ttl)
+        vary = [n.strip().lower() for n in (response.headers.get("vary") or "").split(",")]
+        if lifetime <= 0 or "*" in vary:
+            return False
+        now = self.clock.seconds()
+        varied = tuple((name, request.headers.get(name)) for name in vary if name)
+        entries = self._entries
+        key = self.key(request)
+        entries[key] = _Entry(response, now, now + lifetime, varied)
+        entries.move_to_end(key)
+        self.stores += 1
+        while len(entries) > self.settings.max_entries:
+            entries.popitem(last=False)
+            self.evictions += 1
+        return True
+
+    def invalidate(self, pattern: str) -> int:
+        """Drop the answers whose path (with its query) matches the glob C{pattern}: how many."""
+        doomed = [key for key in self._entries if fnmatch.fnmatchcase(key[1], pattern)]
+        for key in doomed:
+            del self._entries[key]
+        self.invalidated += len(doomed)
+        return len(doomed)
+
+    def __len__(self) -> int:
+        return len(self._entries)

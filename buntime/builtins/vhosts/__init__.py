@@ -1,0 +1,1 @@
+"""The vhosts built-in plugin: serve an app at a host name."""

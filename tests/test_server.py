@@ -1,0 +1,83 @@
+"""The listening side: URL schemes, and what a port already in use says."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory
+
+from buntime.service import _api_url, report_empty
+from buntime.web.server import WebService, scheme
+from buntime.web.state import RuntimeState
+
+
+def test_scheme_follows_the_endpoint():
+    assert scheme("tcp:8000") == "http"
+    assert scheme("ssl:8443:privateKey=key.pem:certKey=cert.pem") == "https"
+    assert scheme("unix:/run/buntime.sock") == "http"
+
+
+class FakePort:
+    def getHost(self):
+        return IPv4Address("TCP", "0.0.0.0", 8443)
+
+
+def test_workers_get_the_api_url_with_the_endpoint_s_scheme():
+    assert _api_url(FakePort(), scheme("ssl:8443")) == "https://127.0.0.1:8443"
+    assert _api_url(FakePort()) == "http://127.0.0.1:8443"
+
+
+def test_a_port_in_use_says_how_to_pick_another():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    reasons: list[str] = []
+    web = WebService(
+        reactor=reactor,
+        description=f"tcp:{port}:interface=127.0.0.1",
+        site=Factory(),
+        state=RuntimeState(),
+        fatal=reasons.append,
+    )
+    try:
+        web._listen()  # a TCP listen fails at once
+    finally:
+        taken.close()
+    [reason] = reasons
+    assert reason.startswith(f"Cannot listen on tcp:{port}:interface=127.0.0.1: ")
+    assert reason.endswith(
+        "; another process holds that port: stop it, or choose another port"
+        " with PORT=8001 (or --port 8001, or --listen tcp:8001)"
+    )
+
+
+class FakeListeningPort:
+    def getHost(self):
+        return IPv4Address("TCP", "127.0.0.1", 8443)
+
+
+def test_an_ssl_endpoint_is_logged_as_https(eliot_logger):
+    web = WebService(
+        reactor=reactor,
+        description="ssl:8443:privateKey=key.pem",
+        site=Factory(),
+        state=RuntimeState(),
+        fatal=lambda reason: None,
+    )
+    web._listened(FakeListeningPort())
+    [line] = [m for m in eliot_logger.messages if m["message_type"] == "buntime:web:listening"]
+    assert line["message"] == "Listening on https://127.0.0.1:8443"
+
+
+def test_an_app_directory_without_apps_is_reported_at_info(eliot_logger, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full" / "site").mkdir(parents=True)
+    (tmp_path / "full" / "site" / "manifest.yaml").write_text("")
+    report_empty([str(tmp_path / "empty"), str(tmp_path / "full")])
+    lines = [m for m in eliot_logger.messages if m["message_type"] == "buntime:apps:empty-dir"]
+    assert [(m["level"], m["message"]) for m in lines] == [
+        ("info", f"No apps in {tmp_path / 'empty'} yet")
+    ]

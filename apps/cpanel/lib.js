@@ -34,16 +34,67 @@ async function fail(response) {
   } catch {
     // not JSON: keep the status line
   }
-  if (response.status === 401) message = "The runtime wants an API token (RUNTIME_API_TOKEN) for this.";
   throw new ApiError(response.status, code, message);
 }
 
-/** `fetch` of a core API path ("/apps") as JSON; an ApiError for any non-2xx. */
+const TOKEN_KEY = "buntime.apiToken";
+
+/** The API token this tab was given (RUNTIME_API_TOKEN), kept for the session only. */
+export const apiToken = {
+  get: () => sessionStorage.getItem(TOKEN_KEY),
+  set: (token) => (token ? sessionStorage.setItem(TOKEN_KEY, token) : sessionStorage.removeItem(TOKEN_KEY)),
+};
+
+/**
+ * `fetch` of a core API path ("/apps") as JSON; an ApiError for any non-2xx.
+ * Changes carry the session's API token, when one was given.
+ */
 export async function api(path, options = {}) {
   await runtimeInfo;
-  const response = await fetch(apiBase + path, { ...options, headers: { accept: "application/json", ...(options.headers || {}) } });
+  const headers = { accept: "application/json", ...(options.headers || {}) };
+  const token = apiToken.get();
+  if (token && options.method && options.method !== "GET") headers.authorization = `Bearer ${token}`;
+  const response = await fetch(apiBase + path, { ...options, headers });
   if (!response.ok) await fail(response);
   return response.status === 204 ? null : response.json();
+}
+
+/**
+ * `change()` (an API call that changes something); when the runtime wants its
+ * API token (401), ask for it once and try again.
+ */
+export async function withToken(change) {
+  try {
+    return await change();
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 401) throw error;
+    const token = await tokenDialog(apiToken.get() ? "That token was refused." : "");
+    if (!token) throw error;
+    apiToken.set(token);
+    return withToken(change);
+  }
+}
+
+function tokenDialog(problem) {
+  return new Promise((resolve) => {
+    const input = h("input", { type: "password", name: "token", class: "input", autocomplete: "off", required: true, "aria-label": "API token" });
+    const dialog = h("dialog", { class: "dialog", "aria-labelledby": "token-title" },
+      h("form", { method: "dialog" },
+        h("h2", { id: "token-title" }, "API token needed"),
+        h("p", { class: "muted" }, "This runtime lets apps be changed only with its API token (RUNTIME_API_TOKEN). It is kept for this tab only."),
+        problem ? h("p", { class: "form-error" }, problem) : null,
+        input,
+        h("div", { class: "dialog-actions" },
+          h("button", { class: "button", value: "cancel", type: "submit", formnovalidate: true }, "Cancel"),
+          h("button", { class: "button primary", value: "use", type: "submit" }, "Use token"))));
+    document.body.append(dialog);
+    dialog.addEventListener("close", () => {
+      resolve(dialog.returnValue === "use" ? input.value.trim() : null);
+      dialog.remove();
+    });
+    dialog.showModal();
+    input.focus();
+  });
 }
 
 /** GET a JSON URL outside the core API (a plugin's); null when it is not there. */

@@ -207,7 +207,10 @@ function markActive(route) {
   if (!best) return;
   best.setAttribute("aria-current", "page");
   for (let item = best.closest(".nav-item"); item; item = item.parentElement.closest(".nav-item")) {
-    if (item.classList.contains("has-children") && item.querySelector(":scope > .nav-sub .nav-link[aria-current]")) item.classList.add("open");
+    if (item.classList.contains("has-children") && item.querySelector(":scope > .nav-sub .nav-link[aria-current]")) {
+      item.classList.add("open");
+      item.querySelector(":scope > .nav-toggle").setAttribute("aria-expanded", "true");
+    }
   }
 }
 

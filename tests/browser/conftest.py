@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import DESKTOP, HERE, REPO, BrowserRuntime, launch, missing
+from harness import DESKTOP, BrowserRuntime, launch, missing, shell_runtime
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +38,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def runtime(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserRuntime]:
-    root = tmp_path_factory.mktemp("shell")
-    uploads = root / "uploads"
-    uploads.mkdir()
-    plugins = root / "plugins"
-    (plugins / "proxy").mkdir(parents=True)
-    proxy = 'name: "@buntime/plugin-proxy"\nenabled: true\n'
-    (plugins / "proxy" / "manifest.yaml").write_text(proxy)
-    started = BrowserRuntime(
-        [str(uploads), str(REPO / "apps"), str(HERE / "apps")],
-        {
-            "RUNTIME_HOMEPAGE": "cpanel",
-            "RUNTIME_PLUGIN_DIRS": f"{plugins}:{HERE / 'plugins'}",
-            "RUNTIME_DATA_DIR": str(root / "data"),
-            "RUNTIME_ENV": "test",
-        },
-    )
-    started.uploads = uploads  # type: ignore[attr-defined]
+    started = shell_runtime(tmp_path_factory.mktemp("shell"))
     try:
         yield started
     finally:

@@ -13,6 +13,7 @@ C{buntime:web:listening} log line names.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,7 @@ class BrowserRuntime:
         self.lines: list[str] = []
         self._listening = threading.Event()
         self.port: int | None = None
+        self.uploads: Path | None = None
         argv = [*twistd_command(), "--pidfile=", "-n", "buntime"]
         argv.append("--listen=tcp:0:interface=127.0.0.1")
         self.process = subprocess.Popen(
@@ -144,3 +147,38 @@ class BrowserRuntime:
                 self.process.wait()
         self._reader.join(5)
         shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+def shell_runtime(root: Path, env: Mapping[str, str] | None = None) -> BrowserRuntime:
+    """
+    A runtime with the shell as its homepage, the repository's apps, the
+    frame protocol's test pages, the proxy built-in and the demo plugin;
+    uploads go to C{root/uploads} (its C{uploads} attribute).
+    """
+    uploads = root / "uploads"
+    uploads.mkdir()
+    plugins = root / "plugins"
+    (plugins / "proxy").mkdir(parents=True)
+    proxy = 'name: "@buntime/plugin-proxy"\nenabled: true\n'
+    (plugins / "proxy" / "manifest.yaml").write_text(proxy)
+    started = BrowserRuntime(
+        [str(uploads), str(REPO / "apps"), str(HERE / "apps")],
+        {
+            "RUNTIME_HOMEPAGE": "cpanel",
+            "RUNTIME_PLUGIN_DIRS": f"{plugins}:{HERE / 'plugins'}",
+            "RUNTIME_DATA_DIR": str(root / "data"),
+            "RUNTIME_ENV": "test",
+            **(env or {}),
+        },
+    )
+    started.uploads = uploads
+    return started
+
+
+def archive(name: str, version: str) -> bytes:
+    """A zip of a static app named C{name} at C{version}."""
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as zipped:
+        zipped.writestr(f"{name}/manifest.yaml", f"name: {name}\nversion: {version}\n")
+        zipped.writestr(f"{name}/index.html", f"<!doctype html><h1>{name} {version}</h1>")
+    return data.getvalue()

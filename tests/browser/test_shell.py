@@ -7,12 +7,10 @@ the screenshots in C{docs/images/}.
 
 from __future__ import annotations
 
-import io
 import re
-import zipfile
 from typing import Any
 
-from harness import PHONE, REPO
+from harness import PHONE, REPO, archive
 
 IMAGES = REPO / "docs" / "images"
 FRAME = "z-frame"
@@ -31,15 +29,6 @@ def shell_ready(page: Any) -> None:
 def nav(page: Any, title: str) -> Any:
     text = page.locator(".nav-text", has_text=re.compile(f"^{title}$"))
     return page.locator("#sidebar .nav-link").filter(has=text)
-
-
-def archive(name: str, version: str) -> bytes:
-    """A zip of a static app named C{name} at C{version}."""
-    data = io.BytesIO()
-    with zipfile.ZipFile(data, "w") as zipped:
-        zipped.writestr(f"{name}/manifest.yaml", f"name: {name}\nversion: {version}\n")
-        zipped.writestr(f"{name}/index.html", f"<!doctype html><h1>{name} {version}</h1>")
-    return data.getvalue()
 
 
 # -- navigation ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 // DELETE /api/apps/:scope/:name/:version); workers come from the metrics
 // plugin's snapshot when it is loaded.
 
-import { api, confirmDialog, count, duration, every, getJson, h, icon, toast } from "../lib.js";
+import { api, confirmDialog, count, duration, every, getJson, h, icon, toast, withToken } from "../lib.js";
 
 const METRICS = "@buntime/plugin-metrics";
 const ARCHIVE = /\.(zip|tgz|tar\.gz)$/i;
@@ -129,7 +129,7 @@ export function appsPage(container, { plugins, shellApp }) {
     dropStatus.className = "drop-status";
     dropStatus.replaceChildren(h("span", { class: "progress" }), `Uploading ${file.name}…`);
     try {
-      const answer = await api("/apps/upload", { method: "POST", body });
+      const answer = await withToken(() => api("/apps/upload", { method: "POST", body }));
       const installed = answer.data.app;
       fresh = `${installed.name}@${installed.version}`;
       dropStatus.className = "drop-status success";
@@ -156,7 +156,7 @@ export function appsPage(container, { plugins, shellApp }) {
     });
     if (!confirmed) return;
     try {
-      await api(versionPath(app.name, version), { method: "DELETE" });
+      await withToken(() => api(versionPath(app.name, version), { method: "DELETE" }));
       toast(`Deleted ${label}`, "success");
       await refresh();
     } catch (error) {

@@ -42,6 +42,7 @@ from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.plugins import PluginSteps
 from buntime.web.server import WebService, scheme
+from buntime.web.shell import FrameModules, ShellRouting
 from buntime.web.state import RuntimeState
 from buntime.web.websocket import WebSockets
 
@@ -366,6 +367,8 @@ def make_runtime(
         api=api,
         api_prefix=config.api_prefix,
         steps=[
+            FrameModules(),
+            ShellRouting(registry=lambda: plugins.registry, apps=apps),
             plugin_steps,
             apps,
             apps.serve_homepage,

@@ -93,4 +93,4 @@ async def test_every_bundled_app_answers_200(runtimes, tmp_path):
         await response.content()
         answers[app] = response.code
     assert answers == {app: 200 for app in BUNDLED}
-    assert len(BUNDLED) == 6
+    assert len(BUNDLED) == 7  # the six demo apps and the shell (cpanel)

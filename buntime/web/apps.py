@@ -309,8 +309,11 @@ class AppStep:
         """
         if self.homepage is None or request.method not in ("GET", "HEAD"):
             return None
-        navigation = request.headers.get("sec-fetch-mode") == "navigate" or (
-            "text/html" in (request.headers.get("accept") or "")
+        headers = request.headers
+        # a frame's missing page gets the 404, not the home page (a shell inside a shell)
+        navigation = headers.get("sec-fetch-dest") in (None, "document") and (
+            headers.get("sec-fetch-mode") == "navigate"
+            or "text/html" in (headers.get("accept") or "")
         )
         if request.path != "/" and not navigation:
             return None

@@ -55,6 +55,7 @@ def haproxy_config(front: int, backends: list[int]) -> str:
           timeout connect 1s
           timeout client 20s
           timeout server 20s
+          timeout check 2s
           retries 3
           option redispatch
           retry-on conn-failure empty-response
@@ -66,7 +67,7 @@ def haproxy_config(front: int, backends: list[int]) -> str:
           option httpchk GET /api/health/ready
           http-check expect status 200
           option http-server-close
-          default-server inter 100ms fall 1 rise 1
+          default-server inter 100ms fall 3 rise 1
         """
         )
         + servers
@@ -97,7 +98,7 @@ class Cluster:
             "RUNTIME_ENV": "production",
             "RUNTIME_PLUGIN_DIRS": str(tmp_path / "plugins"),
             "RUNTIME_DATA_DIR": str(tmp_path / "data"),
-            "RUNTIME_DRAIN_DELAY": "1s",
+            "RUNTIME_DRAIN_DELAY": "2s",
             "RUNTIME_POOL_SIZE": "10",
         }
         (tmp_path / "plugins").mkdir()

@@ -354,3 +354,30 @@ async def read_body(body: Body) -> bytes:
         return bytes(body)
     chunks = [bytes(chunk) async for chunk in body]
     return b"".join(chunks)
+
+
+# -- answers from a plugin's Klein routes ---------------------------------------------------
+
+
+def json_answer(request: Any, obj: object, status: int = 200) -> bytes:
+    """
+    For a plugin's Klein route: C{obj} as a JSON answer with C{status}
+    (C{request} is the route's twisted.web request), never cached.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(obj).encode("utf-8")
+
+
+def json_error(request: Any, status: int, code: str, message: str) -> bytes:
+    """For a plugin's Klein route: an error in buntime's format (see L{Response.error})."""
+    return json_answer(request, {"error": {"code": code, "message": message}}, status)
+
+
+def page_answer(request: Any, path: str) -> bytes:
+    """For a plugin's Klein route: the HTML page at C{path}, checked again on every load."""
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-cache")
+    with open(path, "rb") as page:
+        return page.read()

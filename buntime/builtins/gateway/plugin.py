@@ -31,7 +31,7 @@ from buntime.builtins.gateway.ratelimit import (
     key_function,
 )
 from buntime.builtins.gateway.shell import Shell, ShellSettings
-from buntime.http import AppInfo, Request, Response
+from buntime.http import AppInfo, Request, Response, json_answer, json_error, page_answer
 from buntime.interfaces import IBuntimePlugin, IPluginContext
 
 _UI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui", "index.html")
@@ -60,17 +60,6 @@ class GatewaySettings:
             cache=CacheSettings.parse(section("cache")),
             shell=ShellSettings.parse(section("shell")),
         )
-
-
-def _json(request: Any, obj: object, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(obj).encode("utf-8")
-
-
-def _error(request: Any, status: int, code: str, message: str) -> bytes:
-    return _json(request, {"error": {"code": code, "message": message}}, status)
 
 
 @implementer(IBuntimePlugin)
@@ -239,32 +228,32 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
 
     @routes.route("/", methods=["GET", "HEAD"])
     def page(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        with open(_UI, "rb") as page:
-            return page.read()
+        return page_answer(request, _UI)
 
     @routes.route("/api/stats", methods=["GET", "HEAD"])
     def stats_route(self, request: Any) -> bytes:
-        return _json(request, self.stats())
+        return json_answer(request, self.stats())
 
     @routes.route("/api/cache/invalidate", methods=["POST"])
     def invalidate(self, request: Any) -> bytes:
         kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
         if kind != b"application/json":
             # a browser cannot send this cross-site without a preflight
-            return _error(request, 415, "UNSUPPORTED_MEDIA_TYPE", 'Send JSON: {"pattern": ...}')
+            return json_error(request, 415, "UNSUPPORTED_MEDIA_TYPE", 'Send JSON: {"pattern": ...}')
         try:
             body = json.loads(request.content.read() or b"{}")
         except ValueError:
-            return _error(request, 400, "INVALID_JSON", "The body is not JSON")
+            return json_error(request, 400, "INVALID_JSON", "The body is not JSON")
         pattern = body.get("pattern") if isinstance(body, dict) else None
         if not isinstance(pattern, str) or not pattern:
-            return _error(
+            return json_error(
                 request, 400, "MISSING_PARAMS", 'Give a "pattern" (a glob like /app/*, or *)'
             )
         if self.cache is None:
-            return _error(request, 409, "CACHE_DISABLED", "The gateway's cache is off")
-        return _json(request, {"invalidated": self.cache.invalidate(pattern), "pattern": pattern})
+            return json_error(request, 409, "CACHE_DISABLED", "The gateway's cache is off")
+        return json_answer(
+            request, {"invalidated": self.cache.invalidate(pattern), "pattern": pattern}
+        )
 
 
 _VARY_ORIGIN = ("vary", "Origin")

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from buntime.builtins.logs.ring import LEVELS, Filter, LogRing
+from buntime.http import json_answer, page_answer
 from buntime.interfaces import IBuntimePlugin, IPluginContext
 from buntime.sse import EventStream, event
 
@@ -41,13 +42,6 @@ class _Refused(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-
-
-def _json(request: Any, obj: object, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(obj, default=str).encode("utf-8")
 
 
 def _arg(request: Any, name: str) -> str | None:
@@ -144,16 +138,13 @@ class LogsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is option
     @routes.handle_errors(_Refused)
     def refused(self, request: Any, failure: Any) -> bytes:
         error = failure.value
-        return _json(
+        return json_answer(
             request, {"error": {"code": error.code, "message": error.message}}, error.status
         )
 
     @routes.route("/", methods=["GET", "HEAD"])
     def page(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
-        with open(PAGE, "rb") as page:
-            return page.read()
+        return page_answer(request, PAGE)
 
     @routes.route("/api/", methods=["GET", "HEAD"])
     def entries(self, request: Any) -> bytes:
@@ -165,11 +156,13 @@ class LogsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is option
             raise _Refused(400, "INVALID_LIMIT", "limit must be a whole number") from None
         limit = min(max(limit, 1), max(len(self.ring), 1))
         found = self.ring.query(wanted, limit)
-        return _json(request, {"entries": found, "count": len(found), "total": self.ring.total})
+        return json_answer(
+            request, {"entries": found, "count": len(found), "total": self.ring.total}
+        )
 
     @routes.route("/api/stats", methods=["GET", "HEAD"])
     def stats(self, request: Any) -> bytes:
-        return _json(request, {**self.ring.stats(), "sseClients": len(self.streams)})
+        return json_answer(request, {**self.ring.stats(), "sseClients": len(self.streams)})
 
     @routes.route("/api/", methods=["POST"])
     def add(self, request: Any) -> bytes:
@@ -184,12 +177,12 @@ class LogsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is option
         log = getattr(self.context.logger, level)
         log(message, source=source, fields=fields)  # the ring has it now: its newest
         self.ring.sync()
-        return _json(request, {"ok": True, "id": self.ring.total}, status=201)
+        return json_answer(request, {"ok": True, "id": self.ring.total}, status=201)
 
     @routes.route("/api/clear", methods=["POST"])
     def clear(self, request: Any) -> bytes:
         _same_origin(request)
-        return _json(request, {"ok": True, "cleared": self.ring.clear()})
+        return json_answer(request, {"ok": True, "cleared": self.ring.clear()})
 
     @routes.route("/api/sse", methods=["GET"])
     def sse(self, request: Any) -> Deferred[None]:

@@ -32,18 +32,12 @@ from buntime.builtins.metrics.prometheus import (
     status_label,
     worker_list,
 )
+from buntime.http import json_answer, page_answer
 from buntime.interfaces import IBuntimePlugin, IPluginContext
 from buntime.sse import EventStream
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui", "index.html")
 MIN_SSE_INTERVAL_MS = 100
-
-
-def _json(request: Any, obj: object, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(obj, default=str).encode("utf-8")
 
 
 def http_summary(requests: Any) -> dict[str, Any]:
@@ -116,28 +110,27 @@ class MetricsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
         return found
 
     def _no_pool(self, request: Any) -> bytes:
-        return _json(
+        return json_answer(
             request, {"error": {"code": "NO_POOL", "message": "No worker pool"}}, status=503
         )
 
     @routes.route("/", methods=["GET", "HEAD"])
     def page(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
-        with open(PAGE, "rb") as page:
-            return page.read()
+        return page_answer(request, PAGE)
 
     @routes.route("/api/", methods=["GET", "HEAD"])
     def snapshot(self, request: Any) -> bytes:
         if self.pool is None:
             return self._no_pool(request)
-        return _json(request, {"pool": self.pool.metrics(), "workers": self.pool.worker_stats()})
+        return json_answer(
+            request, {"pool": self.pool.metrics(), "workers": self.pool.worker_stats()}
+        )
 
     @routes.route("/api/stats", methods=["GET", "HEAD"])
     def stats(self, request: Any) -> bytes:
         if self.pool is None:
             return self._no_pool(request)
-        return _json(request, self.summary())
+        return json_answer(request, self.summary())
 
     @routes.route("/api/prometheus", methods=["GET", "HEAD"])
     def prometheus(self, request: Any) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from importlib.resources import files
 from typing import Any
 
 from attrs import define, field
@@ -26,23 +25,14 @@ from zope.interface import implementer
 from buntime.builtins.proxy.forward import Forwarder
 from buntime.builtins.proxy.rules import Rule, RuleError, RuleStore, parse_rule
 from buntime.builtins.proxy.tunnel import tunnel
-from buntime.http import AppInfo, Request, Response
+from buntime.http import AppInfo, Request, Response, json_answer, json_error, page_answer
 from buntime.interfaces import IBuntimePlugin, IPluginContext
 from buntime.units import parse_duration
 
+PAGE = os.path.join(os.path.dirname(__file__), "index.html")
+"""The rules' page."""
 WATCH_SECONDS = 1.0
 """How often the stored rules are looked at for another replica's change."""
-
-
-def _json(request: Any, obj: object, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(obj).encode("utf-8")
-
-
-def _error(request: Any, status: int, code: str, message: str) -> bytes:
-    return _json(request, {"error": {"code": code, "message": message}}, status)
 
 
 @implementer(IBuntimePlugin)
@@ -137,12 +127,11 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
 
     @routes.route("/", methods=["GET", "HEAD"])
     def page(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return files("buntime.builtins.proxy").joinpath("index.html").read_bytes()
+        return page_answer(request, PAGE)
 
     @routes.route("/api/rules", methods=["GET", "HEAD"])
     def list_rules(self, request: Any) -> bytes:
-        return _json(request, {"rules": [rule.describe() for rule in self.rules]})
+        return json_answer(request, {"rules": [rule.describe() for rule in self.rules]})
 
     @routes.route("/api/rules", methods=["POST"])
     def add_rule(self, request: Any) -> bytes:
@@ -152,18 +141,18 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         try:
             rule = parse_rule(data, allow_link_local=self.allow_link_local)
         except RuleError as error:
-            return _error(request, 400, "INVALID_RULE", str(error))
+            return json_error(request, 400, "INVALID_RULE", str(error))
         if any(existing.id == rule.id for existing in self.rules):
-            return _error(request, 409, "RULE_EXISTS", f"A rule with id {rule.id} exists")
+            return json_error(request, 409, "RULE_EXISTS", f"A rule with id {rule.id} exists")
         self._save([*self.rules, rule])
-        return _json(request, rule.describe(), 201)
+        return json_answer(request, rule.describe(), 201)
 
     @routes.route("/api/rules/<rule_id>", methods=["GET", "HEAD"])
     def get_rule(self, request: Any, rule_id: str) -> bytes:
         found = self._find(rule_id)
         if found is None:
-            return _error(request, 404, "RULE_NOT_FOUND", f"No rule {rule_id}")
-        return _json(request, found.describe())
+            return json_error(request, 404, "RULE_NOT_FOUND", f"No rule {rule_id}")
+        return json_answer(request, found.describe())
 
     @routes.route("/api/rules/<rule_id>", methods=["PUT"])
     def put_rule(self, request: Any, rule_id: str) -> bytes:
@@ -179,9 +168,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         try:
             rule = parse_rule(data, allow_link_local=self.allow_link_local, rule_id=rule_id)
         except RuleError as error:
-            return _error(request, 400, "INVALID_RULE", str(error))
+            return json_error(request, 400, "INVALID_RULE", str(error))
         self._save([rule if existing is found else existing for existing in self.rules])
-        return _json(request, rule.describe())
+        return json_answer(request, rule.describe())
 
     @routes.route("/api/rules/<rule_id>", methods=["DELETE"])
     def delete_rule(self, request: Any, rule_id: str) -> bytes:
@@ -198,9 +187,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
 
     def _unchangeable(self, request: Any, found: Rule | None, rule_id: str) -> bytes | None:
         if found is None:
-            return _error(request, 404, "RULE_NOT_FOUND", f"No rule {rule_id}")
+            return json_error(request, 404, "RULE_NOT_FOUND", f"No rule {rule_id}")
         if found.source == "manifest":
-            return _error(
+            return json_error(
                 request,
                 409,
                 "MANIFEST_RULE",
@@ -226,7 +215,7 @@ def _body(request: Any) -> Any:
     try:
         return json.loads(request.content.read() or b"null")
     except ValueError as error:
-        return _error(request, 400, "INVALID_JSON", f"The body is not JSON: {error}")
+        return json_error(request, 400, "INVALID_JSON", f"The body is not JSON: {error}")
 
 
 def _upgrade(request: Request) -> bool:

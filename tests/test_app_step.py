@@ -130,3 +130,17 @@ def test_a_version_that_does_not_exist_answers_404_listing_those_that_do(tmp_pat
             "message": message,
         }
     assert answer(step, "/nothing@1/") is None  # no such app: the next step's to answer
+
+
+def test_a_request_its_hooks_let_through_is_routed_once(tmp_path):
+    """The front door asks identify() for plugin hooks; the app step then reuses that answer."""
+    static_app(tmp_path, "site", "1.0.0", "one")
+    step, asked = step_over(tmp_path, Clock())
+    request = get("/site/page")
+    found = step.identify(request.path)
+    assert found is not None and found[0].name == "site" and found[1] == "/page"
+    pending = step(request, {})
+    assert pending is not None and result_of(ensureDeferred(pending)).status in (200, 404)
+    assert asked == [("site", None)]  # once for both
+    step(get("/site/page"), {})  # another request (another path object): routed afresh
+    assert asked == [("site", None), ("site", None)]

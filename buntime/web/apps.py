@@ -118,6 +118,8 @@ class AppStep:
     _checked: dict[str, float] = field(factory=dict)
     _pool_apps: dict[str, tuple[ResolvedApp, PoolApp]] = field(factory=dict)
     _infos: dict[str, tuple[ResolvedApp, AppInfo]] = field(factory=dict)
+    _identified: tuple[str, tuple[AppVersion, str, str] | Response | None] | None = None
+    """The last path L{identify} looked at (the object itself) and what it found."""
     _builder: PoolApps = field(init=False)
 
     @_builder.default
@@ -194,7 +196,7 @@ class AppStep:
         C{None} at once when C{request} names no app, else an awaitable of
         the app's answer (or of a 400 for a bad version range).
         """
-        found = self._find(request.path)
+        found = self._found(request.path)
         if found is None:
             return None
         if isinstance(found, Response):
@@ -233,23 +235,34 @@ class AppStep:
             {"x-not-found": "true"},
         )
 
+    def _found(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
+        """
+        L{_find} for C{path}, or what L{identify} found for the very same
+        path object a moment ago (the request its plugin hooks let through
+        unchanged): a request's app is worked out once, hooks or not.
+        """
+        made = self._identified
+        if made is not None and made[0] is path:
+            self._identified = None
+            return made[1]
+        return self._find(path)
+
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""
-        parts = split_app_path(path)
-        if parts is None or parts[0] in self.reserved:
+        found = self._find(path)
+        self._identified = (path, found)  # for the app step of the same request (L{_found})
+        if found is None or isinstance(found, Response):
             return None
+        version, _, rest = found
         try:
-            version = self.catalog.resolve(parts[0], parts[1])
-            if version is None:
-                return None
             loaded = self.load(version)
-        except (InvalidRange, ManifestError, EntrypointError):
+        except (ManifestError, EntrypointError):
             return None
         cached = self._infos.get(version.dir)
         if cached is None or cached[0] is not loaded:
             info = AppInfo(version.name, version.version, version.dir, loaded.manifest.raw)
             cached = self._infos[version.dir] = (loaded, info)
-        return cached[1], parts[3]
+        return cached[1], rest
 
     def serve(
         self,

@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from buntime.logs import log
 from buntime.once import relay
+from buntime.plugins.manifest import PluginError
 
 if TYPE_CHECKING:
     from buntime.plugins.registry import LoadedPlugin
@@ -92,3 +93,18 @@ def plugin_error(plugin: LoadedPlugin, hook: str, error: BaseException) -> None:
         hook=hook,
         traceback=Failure(error).getTraceback(),
     )
+
+
+def plugin_failed(name: str, what: str, message_type: str, error: BaseException) -> PluginError:
+    """
+    Log that plugin C{name} C{what} (C{failed to load}, C{on_init failed})
+    with the traceback of C{error}; the L{PluginError} to raise, naming it.
+    """
+    log(
+        "error",
+        message_type,
+        f'Plugin "{name}" {what}',
+        plugin=name,
+        traceback=Failure(error).getTraceback(),
+    )
+    return PluginError(f'Plugin "{name}" {what}: {type(error).__name__}: {error}')

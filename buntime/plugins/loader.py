@@ -25,7 +25,7 @@ from buntime.logs.types import PLUGIN_LOAD
 from buntime.once import Once
 from buntime.plugins.context import PluginContext, PluginLogger, PoolView, ServiceRegistry
 from buntime.plugins.discovery import PluginSource
-from buntime.plugins.hooks import bounded
+from buntime.plugins.hooks import bounded, plugin_failed
 from buntime.plugins.manifest import (
     PluginError,
     PluginManifest,
@@ -215,16 +215,8 @@ class Loader:
                 f'Plugin "{plugin.name}" on_init timed out after {self.init_timeout:g}s'
             ) from None
         except Exception as error:
-            log(
-                "error",
-                "buntime:plugins:init-failed",
-                f'Plugin "{plugin.name}" on_init failed',
-                plugin=plugin.name,
-                traceback=Failure(error).getTraceback(),
-            )
-            raise PluginError(
-                f'Plugin "{plugin.name}" on_init failed: {type(error).__name__}: {error}'
-            ) from None
+            failed = "buntime:plugins:init-failed"
+            raise plugin_failed(plugin.name, "on_init failed", failed, error) from None
 
     async def start(
         self, prepared: Sequence[Prepared], previous: PluginRegistry | None = None

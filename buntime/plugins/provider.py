@@ -16,7 +16,6 @@ import sys
 import types
 from typing import Any
 
-from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from zope.interface import implementer
 from zope.interface.exceptions import (
@@ -29,9 +28,8 @@ from zope.interface.verify import verifyObject
 
 from buntime.fresh import spec_from_source
 from buntime.interfaces import IBuntimePlugin
-from buntime.logs import log
 from buntime.plugins.discovery import PluginSource
-from buntime.plugins.hooks import call
+from buntime.plugins.hooks import call, plugin_failed
 from buntime.plugins.manifest import PluginError, PluginManifest
 from buntime.plugins.rendering import mount
 
@@ -108,16 +106,8 @@ async def make_provider(source: PluginSource, manifest: PluginManifest) -> objec
     except PluginError:
         raise
     except Exception as error:
-        log(
-            "error",
-            "buntime:plugins:import-failed",
-            f'Plugin "{manifest.name}" failed to load',
-            plugin=manifest.name,
-            traceback=Failure(error).getTraceback(),
-        )
-        raise PluginError(
-            f'Plugin "{manifest.name}" failed to load: {type(error).__name__}: {error}'
-        ) from None
+        failed = "buntime:plugins:import-failed"
+        raise plugin_failed(manifest.name, "failed to load", failed, error) from None
     if hasattr(module, "provider"):
         return module.provider
     raise PluginError(

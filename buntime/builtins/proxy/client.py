@@ -58,6 +58,15 @@ class Answer:
     body: bytes | PushedStream
 
 
+def endpoint_to(reactor: Any, key: Key, timeout: float = 10) -> Any:
+    """The client endpoint of the upstream C{key}: TCP, with TLS for C{https}."""
+    scheme, host, port = key
+    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if scheme == "https":
+        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+    return endpoint
+
+
 class UpstreamPool:
     """
     Connections to upstreams, kept alive between requests: at most
@@ -100,10 +109,7 @@ class UpstreamPool:
         return connecting.addCallback(lambda connection: connection.send(data, method))
 
     def _connect(self, key: Key) -> Deferred[_Connection]:
-        scheme, host, port = key
-        endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
-        if scheme == "https":
-            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        endpoint = endpoint_to(self.reactor, key, self.connect_timeout)
         connecting: Deferred[_Connection] = endpoint.connect(
             Factory.forProtocol(lambda: _Connection(key, self._done))
         )

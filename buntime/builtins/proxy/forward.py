@@ -90,7 +90,7 @@ class Forwarder:
         body = request.body
         if not isinstance(body, bytes):  # a stream: read it whole first
             return Deferred.fromCoroutine(self._forward_stream(request, rule, path))
-        data = _request_bytes(request, rule, path, body)
+        data = request_bytes(request, rule, path, body)
         asking = self.pool.request(rule.upstream, request.method, data)
         late = self.reactor.callLater(self.timeout, _give_up, asking)
         return asking.addBoth(self._answered, rule, late)
@@ -119,11 +119,17 @@ class Forwarder:
         self.pool.close()
 
 
-def _request_bytes(request: Request, rule: Rule, path: str, body: bytes) -> bytes:
-    """The request as it goes upstream: its head and its body, in one piece."""
+def request_bytes(
+    request: Request, rule: Rule, path: str, body: bytes, extra: Iterable[str] = ()
+) -> bytes:
+    """
+    The request as it goes upstream: its head (with the C{extra} header
+    lines) and its body, in one piece.
+    """
     query = request.query
     lines = [f"{request.method} {path}{'?' + query if query else ''} HTTP/1.1"]
     lines.extend(f"{name}: {value}" for name, value in outgoing_headers(request, rule))
+    lines.extend(extra)
     if body or request.method in _BODY_METHODS:
         lines.append(f"content-length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body

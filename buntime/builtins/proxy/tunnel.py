@@ -13,12 +13,11 @@ from typing import Any, cast
 
 from httptools import HttpParserUpgrade, HttpResponseParser
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 
-from buntime.builtins.proxy.forward import outgoing_headers
+from buntime.builtins.proxy.client import endpoint_to
+from buntime.builtins.proxy.forward import request_bytes
 from buntime.builtins.proxy.rules import Rule
 from buntime.http import Request, Response, Takeover
 
@@ -34,11 +33,10 @@ async def tunnel(
     (L{Takeover}) joins the client's connection to the upstream's, or the
     upstream's refusal, or a 502/504 error.
     """
-    scheme, host, port = rule.upstream
-    endpoint: Any = HostnameEndpoint(reactor, host, port)
-    if scheme == "https":
-        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
-    upstream = _Upstream(_head(request, rule, path))
+    endpoint = endpoint_to(reactor, rule.upstream)
+    upgrade = ("connection: upgrade", f"upgrade: {request.headers.get('upgrade') or 'websocket'}")
+    body = request.body if isinstance(request.body, bytes) else b""
+    upstream = _Upstream(request_bytes(request, rule, path, body, upgrade))
     connecting = endpoint.connect(Factory.forProtocol(lambda: upstream))
     timer = reactor.callLater(timeout, upstream.give_up, connecting)
     try:
@@ -51,16 +49,6 @@ async def tunnel(
     finally:
         if timer.active():
             timer.cancel()
-
-
-def _head(request: Request, rule: Rule, path: str) -> bytes:
-    query = request.query
-    lines = [f"{request.method} {path}{'?' + query if query else ''} HTTP/1.1"]
-    lines.extend(f"{name}: {value}" for name, value in outgoing_headers(request, rule))
-    lines.append("connection: upgrade")
-    lines.append(f"upgrade: {request.headers.get('upgrade') or 'websocket'}")
-    body = request.body if isinstance(request.body, bytes) else b""
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 class _Upstream(Protocol):

@@ -86,6 +86,12 @@ async def connect(proc: Any, path: str, headers: dict[str, str]) -> Client:
     factory = WebSocketClientFactory(
         f"ws://127.0.0.1:{proc.port}{path}", headers=headers, reactor=reactor
     )
+    # autobahn's close timers (1 s by default) as patient as the tests' C{within}
+    factory.setProtocolOptions(
+        openHandshakeTimeout=TIMEOUT,
+        closeHandshakeTimeout=TIMEOUT,
+        serverConnectionDropTimeout=TIMEOUT,
+    )
     factory.protocol = Client
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proc.port)
     return await within(endpoint.connect(factory))

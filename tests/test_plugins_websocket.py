@@ -46,6 +46,9 @@ from buntime.web.websocket import WebSockets
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins")
 TIMEOUT = 5.0
+PATIENT = {"openHandshakeTimeout": TIMEOUT, "closeHandshakeTimeout": TIMEOUT}
+"""autobahn's handshake timers (1 s for a close by default) as patient as the
+tests, so a stalled machine fails a test by C{within}, not by an unclean close."""
 
 
 def within(deferred: Deferred, seconds: float = TIMEOUT) -> Deferred:
@@ -71,6 +74,7 @@ class Echo(WebSocketServerProtocol):
 def echo_factory(answer: Callable[[Any], Any] = lambda request: None) -> WebSocketServerFactory:
     """An echo factory whose C{onConnect} answers with C{answer(request)}."""
     factory = WebSocketServerFactory(reactor=reactor)
+    factory.setProtocolOptions(**PATIENT)
     factory.protocol = Echo
     factory.seen = []
     factory.built = []
@@ -268,6 +272,7 @@ class Harness:
         factory = WebSocketClientFactory(
             served.url(path).replace("http", "ws", 1), headers=headers or {}, reactor=reactor
         )
+        factory.setProtocolOptions(**PATIENT, serverConnectionDropTimeout=TIMEOUT)
         factory.protocol = Client
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", served.number)
         client = await within(endpoint.connect(factory))
@@ -363,8 +368,8 @@ async def test_echo_round_trip_with_a_101_action_and_no_request_in_flight(harnes
     assert seen.headers["x-request-id"] == "ws-1"
 
     client.sendClose(1000, "bye")
-    was_clean, code, _ = await within(client.closed)
-    assert (was_clean, code) == (True, 1000)
+    was_clean, code, reason = await within(client.closed)
+    assert (was_clean, code) == (True, 1000), reason
     [closed] = messages(eliot_logger, "buntime:websocket:closed")
     await within(served.sockets.close_all())
     assert served.sockets.open == 0

@@ -113,6 +113,28 @@ class IPluginContext(Interface):
         requests in flight: end never-ending answers (event streams) then.
         """
 
+    def refuse_change(request: Any) -> Any:
+        """
+        The runtime's trust rule for a request that changes state (docs/api.md,
+        "Who may change what"; the core API applies the same): C{None} when
+        C{request} may go on (safe methods always may), else the refusal, a
+        401 C{UNAUTHORIZED} (C{RUNTIME_API_TOKEN} is set and the request does
+        not bear it) or a 403 C{FORBIDDEN} (another machine's peer without a
+        token set, or a browser's request from another origin) JSON error.
+
+        C{request} is a Klein route's twisted.web request (the refusal is
+        then written on it, status and headers, and its body returned as
+        bytes: return them) or a L{buntime.http.Request} in a hook (the
+        refusal is then a L{buntime.http.Response}: return it)::
+
+            @routes.route("/api/items", methods=["POST"])
+            def add(self, request):
+                refused = self.ctx.refuse_change(request)
+                if refused is not None:
+                    return refused
+                ...
+        """
+
 
 class IBuntimePlugin(IPlugin):
     """

@@ -33,6 +33,7 @@ from buntime.pool.pool import WorkerPool
 from buntime.pool.service import PoolService
 from buntime.pool.state import PoolConfig
 from buntime.reload import ReloadService
+from buntime.trust import ChangeRule
 from buntime.web.api.apps import AppsAPI
 from buntime.web.api.core import CoreAPI
 from buntime.web.api.openapi import openapi_document
@@ -315,6 +316,7 @@ def make_runtime(
         environ=config.environ,
         reactor=reactor,
         data_dir=config.data_dir,
+        change_rule=ChangeRule(config.api_token, config.forwarded_allow_ips),
     )
     plugins.setName("plugins")
     pool.pool.on_worker_spawn.append(

@@ -488,7 +488,13 @@ async def test_enabled_by_a_manifest_with_its_stats_page_and_api(tmp_path):
 
     async def invalidate(body: bytes, kind: str = "application/json") -> tuple[int, dict]:
         answer = await registry.route(
-            Request("POST", "/gateway/api/cache/invalidate", {"content-type": kind}, body)
+            Request(
+                "POST",
+                "/gateway/api/cache/invalidate",
+                {"content-type": kind, "x-buntime-internal": "true"},
+                body,
+                remote_addr="127.0.0.1",
+            )
         )
         return answer.status, json.loads(answer.body)
 
@@ -512,8 +518,9 @@ async def test_invalidating_without_a_cache(tmp_path):
         Request(
             "POST",
             "/gateway/api/cache/invalidate",
-            {"content-type": "application/json"},
+            {"content-type": "application/json", "x-buntime-internal": "true"},
             b'{"pattern": "*"}',
+            remote_addr="127.0.0.1",
         )
     )
     assert answer.status == 409

@@ -759,7 +759,7 @@ def change(remote: str, **headers: str) -> Request:
 
 @pytest.mark.parametrize("remote", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
 def test_without_a_token_this_machine_may_change_things_with_the_csrf_proof(remote):
-    from buntime.web.trust import api_refusal
+    from buntime.trust import api_refusal
 
     assert api_refusal(change(remote, origin="http://rt:8000"), None, None) is None
     assert api_refusal(change(remote, **{"x-buntime-internal": "true"}), None, None) is None
@@ -771,7 +771,7 @@ def test_without_a_token_this_machine_may_change_things_with_the_csrf_proof(remo
     "remote", ["10.1.2.3", "192.168.0.9", "::ffff:10.0.0.1", "2001:db8::1", None]
 )
 def test_without_a_token_no_other_peer_may_change_anything(remote):
-    from buntime.web.trust import api_refusal
+    from buntime.trust import api_refusal
 
     refused = api_refusal(change(remote, origin="http://rt:8000"), None, None)
     assert refused is not None and refused.status == 403
@@ -780,7 +780,7 @@ def test_without_a_token_no_other_peer_may_change_anything(remote):
 
 
 def test_with_a_token_a_change_needs_it_and_it_is_enough():
-    from buntime.web.trust import api_refusal
+    from buntime.trust import api_refusal
 
     for remote in ("127.0.0.1", "10.1.2.3"):
         missing = api_refusal(change(remote, origin="http://rt:8000"), TOKEN, None)
@@ -794,7 +794,7 @@ def test_with_a_token_a_change_needs_it_and_it_is_enough():
 
 def test_only_this_machine_and_trusted_proxies_may_claim_to_be_internal():
     from buntime.config import Peers
-    from buntime.web.trust import csrf_refusal, loopback, trusted
+    from buntime.trust import csrf_refusal, loopback, trusted
 
     proxies = Peers(frozenset({"10.0.0.5"}))
     claim = change("127.0.0.1", **{"x-buntime-internal": "true"})

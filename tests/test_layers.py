@@ -19,7 +19,13 @@ import buntime
 
 PACKAGE = Path(buntime.__file__).parent
 
-VALUE_TYPES = {"buntime.http", "buntime.interfaces", "buntime.units", "buntime._json"}
+VALUE_TYPES = {
+    "buntime.http",
+    "buntime.interfaces",
+    "buntime.units",
+    "buntime._json",
+    "buntime.trust",
+}
 MECHANISMS = {
     "buntime.once",
     "buntime.stream",

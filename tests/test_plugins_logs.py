@@ -135,7 +135,9 @@ def logs_plugin(service):
 
 
 async def call(service, method, path, headers=None, body=b""):
-    response = await service.registry.route(Request(method, path, headers or {}, body))
+    # from this machine, as the runtime's front door sees a local client
+    request = Request(method, path, headers or {}, body, remote_addr="127.0.0.1")
+    response = await service.registry.route(request)
     return response.status, json.loads(response.body)
 
 
@@ -208,7 +210,7 @@ async def test_add_stats_and_clear(tmp_path):
     status, stats = await call(service, "GET", "/logs/api/stats")
     assert stats["byLevel"]["warn"] == 1 and stats["maxEntries"] == 1000
     assert stats["sseClients"] == 0 and stats["entries"] == stats["total"]
-    status, body = await call(service, "POST", "/logs/api/clear", {"host": "rt.test"})
+    status, body = await call(service, "POST", "/logs/api/clear", {"x-buntime-internal": "true"})
     assert status == 200 and body == {"ok": True, "cleared": stats["entries"]}
     status, found = await call(service, "GET", "/logs/api/?search=browser")
     assert found["entries"] == []
@@ -218,7 +220,13 @@ async def test_add_stats_and_clear(tmp_path):
 @pytest.mark.parametrize(
     ("headers", "body", "status", "code"),
     [
-        ({"host": "rt.test"}, b'{"message": "x"}', 415, "UNSUPPORTED_MEDIA_TYPE"),
+        (
+            {**SAME_ORIGIN, "content-type": "text/plain"},
+            b'{"message": "x"}',
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        ({"host": "rt.test"}, b'{"message": "x"}', 403, "FORBIDDEN"),  # no Origin: no proof
         (SAME_ORIGIN, b"{nope", 400, "INVALID_JSON"),
         (SAME_ORIGIN, b"[1]", 400, "INVALID_ENTRY"),
         (SAME_ORIGIN, b'{"message": ""}', 400, "INVALID_ENTRY"),

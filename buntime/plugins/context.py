@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import eliot
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from buntime.http import Headers, Request, Response
 from buntime.interfaces import IPluginContext, IPluginLogger
 from buntime.logs import log
 from buntime.logs.render import to_record
 from buntime.once import Once
 from buntime.plugins.outcomes import RequestOutcomes
+from buntime.trust import ChangeRule
 
 PLUGIN_LOG = "buntime:plugin:log"
 
@@ -108,6 +110,8 @@ class PluginContext:
     stopping: Once = field(factory=Once)
     """Fired by the plugin service when the runtime's drain begins."""
     plugin_bases: tuple[str, ...] = ()
+    change_rule: ChangeRule = field(factory=ChangeRule)
+    """The runtime's rule for changes (its API token, its trusted proxies)."""
 
     def register_service(self, name: str, service: object) -> None:
         self.services.register(name, service, self.name)
@@ -130,3 +134,39 @@ class PluginContext:
     def when_stopping(self) -> Deferred[None]:
         waiting: Deferred[None] = self.stopping.wait()
         return waiting
+
+    @overload
+    def refuse_change(self, request: Request) -> Response | None: ...
+
+    @overload
+    def refuse_change(self, request: Any) -> bytes | None: ...
+
+    def refuse_change(self, request: Any) -> Response | bytes | None:
+        what = f"what {self.name} keeps"
+        if isinstance(request, Request):
+            return self.change_rule.refusal(request, what)
+        refused = self.change_rule.refusal(_seen(request), what)
+        if refused is None:
+            return None
+        request.setResponseCode(refused.status)
+        for name, value in refused.headers.items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        request.setHeader(b"cache-control", b"no-store")
+        body = refused.body
+        assert isinstance(body, bytes)  # Response.error's JSON
+        return body
+
+
+def _seen(request: Any) -> Request:
+    """What the trust rule reads of a twisted.web request: its method, headers and peer."""
+    headers = Headers._of(
+        tuple(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, values in request.requestHeaders.getAllRawHeaders()
+            for value in values
+        )
+    )
+    peer = getattr(request.getClientAddress(), "host", None)
+    return Request(
+        request.method.decode("latin-1"), request.uri.decode("latin-1"), headers, b"", peer
+    )

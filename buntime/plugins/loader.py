@@ -36,6 +36,7 @@ from buntime.plugins.manifest import (
 from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.provider import make_provider, routes_site, verify
 from buntime.plugins.registry import LoadedPlugin, PluginRegistry
+from buntime.trust import ChangeRule
 
 INIT_TIMEOUT = 30.0
 """Seconds an C{on_init} may take."""
@@ -168,6 +169,7 @@ class Loader:
     api_prefix: str = ""
     requests: RequestOutcomes = field(factory=RequestOutcomes)
     stopping: Once = field(factory=Once)
+    change_rule: ChangeRule = field(factory=ChangeRule)
     init_timeout: float = INIT_TIMEOUT
     shutdown_timeout: float = SHUTDOWN_TIMEOUT
 
@@ -202,6 +204,7 @@ class Loader:
             requests=self.requests,
             stopping=self.stopping,
             plugin_bases=bases,
+            change_rule=self.change_rule,
         )
 
     async def _init(self, plugin: LoadedPlugin) -> None:

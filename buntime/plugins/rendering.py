@@ -43,8 +43,16 @@ def mount(base: str, resource: IResource) -> Site:
     return site
 
 
+UNKNOWN_PEER = "0.0.0.0"
+"""The client address a resource sees when the runtime knows none (never this machine's)."""
+
+
 def _address(host_header: str | None, remote: str | None) -> tuple[IPv4Address, IPv4Address]:
-    """The client's and the server's addresses, as far as the request tells them."""
+    """
+    The client's and the server's addresses, as far as the request tells
+    them: the client's exactly (a route's trust rule reads it), the server's
+    from C{Host}.
+    """
     host, port = "127.0.0.1", 80
     if host_header:
         try:
@@ -52,7 +60,7 @@ def _address(host_header: str | None, remote: str | None) -> tuple[IPv4Address, 
             host, port = parsed.hostname or host, parsed.port or port
         except ValueError:
             pass
-    return IPv4Address("TCP", remote or "127.0.0.1", 0), IPv4Address("TCP", host, port)
+    return IPv4Address("TCP", remote or UNKNOWN_PEER, 0), IPv4Address("TCP", host, port)
 
 
 class _Channel(MemoryChannel):

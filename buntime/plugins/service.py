@@ -22,6 +22,7 @@ from buntime.plugins.loader import Loader
 from buntime.plugins.manifest import PluginError
 from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.registry import PluginRegistry
+from buntime.trust import ChangeRule
 
 
 @define(eq=False, kw_only=True)
@@ -44,6 +45,8 @@ class PluginService(Service):
     packages: bool = True
     requests: RequestOutcomes = field(factory=RequestOutcomes)
     """What every request became, for C{ctx.requests}."""
+    change_rule: ChangeRule = field(factory=ChangeRule)
+    """Who may change what (C{ctx.refuse_change}): the runtime's API token and trusted proxies."""
     registry: PluginRegistry = field(factory=PluginRegistry)
     failed: str | None = None
     _server: Any = None
@@ -67,6 +70,7 @@ class PluginService(Service):
             api_prefix=str(prefix),
             requests=self.requests,
             stopping=self._stopping,
+            change_rule=self.change_rule,
         )
 
     def discover(self) -> list[PluginSource]:

@@ -26,10 +26,11 @@ from buntime.logs.requests import finish_request, request_action, request_record
 from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
+from buntime.trust import api_refusal, trusted
 from buntime.web.api.core import CoreAPI
 from buntime.web.http1 import Exchange, HandedOver
 from buntime.web.state import RuntimeState
-from buntime.web.trust import api_refusal, request_ids, trusted, without_forwarded
+from buntime.web.trust import request_ids, without_forwarded
 from buntime.web.websocket import WebSockets
 
 if TYPE_CHECKING:

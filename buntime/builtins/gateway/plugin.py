@@ -77,10 +77,12 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
     _rate_exclude: PathSet | None = None
     """The paths rate limiting leaves alone (C{None}: none, so not even a look)."""
     _cors_exclude: PathSet | None = None
+    context: IPluginContext | None = None
 
     routes = Klein()
 
     def on_init(self, ctx: IPluginContext) -> None:
+        self.context = ctx
         settings = self.settings
         clock = ctx.reactor
         if (rate := settings.rate_limit) is not None:
@@ -236,6 +238,10 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
 
     @routes.route("/api/cache/invalidate", methods=["POST"])
     def invalidate(self, request: Any) -> bytes:
+        assert self.context is not None
+        refused: bytes | None = self.context.refuse_change(request)
+        if refused is not None:
+            return refused
         kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
         if kind != b"application/json":
             # a browser cannot send this cross-site without a preflight

@@ -49,6 +49,7 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
     logger: Any = None
     reactor: Any = None
     manifest_rules: list[Rule] = field(factory=list)
+    context: IPluginContext | None = None
     watch: LoopingCall | None = None
     _stamp: tuple[int, int, int] | None = None
 
@@ -56,6 +57,7 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
 
     def on_init(self, ctx: IPluginContext) -> None:
         config = ctx.config
+        self.context = ctx
         self.reactor = ctx.reactor
         self.logger = ctx.logger
         self.own_base = ctx.base or ""
@@ -135,6 +137,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
 
     @routes.route("/api/rules", methods=["POST"])
     def add_rule(self, request: Any) -> bytes:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         data = _body(request)
         if isinstance(data, bytes):
             return data
@@ -156,6 +161,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
 
     @routes.route("/api/rules/<rule_id>", methods=["PUT"])
     def put_rule(self, request: Any, rule_id: str) -> bytes:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         found = self._find(rule_id)
         refusal = self._unchangeable(request, found, rule_id)
         if refusal is not None:
@@ -174,6 +182,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
 
     @routes.route("/api/rules/<rule_id>", methods=["DELETE"])
     def delete_rule(self, request: Any, rule_id: str) -> bytes:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         found = self._find(rule_id)
         refusal = self._unchangeable(request, found, rule_id)
         if refusal is not None:
@@ -181,6 +192,12 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         self._save([existing for existing in self.rules if existing is not found])
         request.setResponseCode(204)
         return b""
+
+    def _refused(self, request: Any) -> bytes | None:
+        """The runtime's trust rule for a change of the rules (C{ctx.refuse_change})."""
+        assert self.context is not None
+        refused: bytes | None = self.context.refuse_change(request)
+        return refused
 
     def _find(self, rule_id: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.id == rule_id), None)

@@ -2,9 +2,11 @@
 Static apps (entrypoint C{index.html}), served by the runtime itself.
 
 Files come only from inside the app directory: any path that could reach
-outside it (C{..}, encoded slashes or dots, backslashes, NUL, symlinks that
-resolve elsewhere) is refused with 403 before the filesystem is touched.
-Unknown paths without a file extension get C{index.html} (SPA fallback).
+outside it (C{..}, encoded slashes or dots, backslashes, NUL) is refused
+with 403 before the filesystem is touched, and a symlink in the app that
+resolves outside it (into another app, say) is not served: 404, and a
+warning logged once per link.  Unknown paths without a file extension get
+C{index.html} (SPA fallback).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote
 
 from buntime.http import Headers, Response
+from buntime.logs import log
 
 INDEX = "index.html"
 STREAM_THRESHOLD = 1024 * 1024
@@ -66,6 +69,11 @@ _HTML = re.compile(rb"<html(?:\s[^>]*)?>", re.IGNORECASE)
 _BASE = re.compile(rb"<base[\s/>]", re.IGNORECASE)
 _HEAD_END = re.compile(rb"</head\s*>|<body[\s>]", re.IGNORECASE)
 _DRIVE = re.compile(r"\A[A-Za-z]:\Z")
+OUTSIDE = "buntime:static:outside"
+"""The message type of the warning about a symlink that leads out of its app."""
+_WARNED: set[tuple[str, str]] = set()
+"""The (app dir, link) pairs warned about already: each once per process."""
+_MAX_WARNED = 4096
 
 
 def content_type(path: str) -> str:
@@ -107,6 +115,34 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _leads_out(root: str, candidate: str, real: str) -> Response:
+    """The 404 for C{candidate}, a path in the app dir C{root} that resolves to C{real} outside."""
+    link = _first_link_out(root, candidate)
+    shown = os.path.relpath(link, root)
+    key = (root, shown)
+    if key not in _WARNED and len(_WARNED) < _MAX_WARNED:
+        _WARNED.add(key)
+        log(
+            "warn",
+            OUTSIDE,
+            f"Not serving {shown} of {root}: a symlink leads outside the app's directory",
+            app_dir=root,
+            path=shown,
+            target=os.path.realpath(link),
+        )
+    return _not_found()
+
+
+def _first_link_out(root: str, candidate: str) -> str:
+    """The first symlink on the way from C{root} to C{candidate} that leads out of C{root}."""
+    path = root
+    for part in os.path.relpath(candidate, root).split(os.sep):
+        path = os.path.join(path, part)
+        if os.path.islink(path) and not _inside(root, os.path.realpath(path)):
+            return path
+    return candidate
+
+
 def _segments(path: str) -> list[str] | None:
     """The decoded path segments, or C{None} if the path is unsafe."""
     path = path.split("?", 1)[0].split("#", 1)[0]
@@ -136,8 +172,9 @@ def serve_static(
     C{<base href>} when C{inject_base}.  With C{request_headers}, a
     matching C{If-None-Match}/C{If-Modified-Since} answers 304.
 
-    403 for anything that could leave C{app_dir}; 404 for missing files with
-    an extension, hidden files, and the app's own configuration files.
+    403 for a path that could leave C{app_dir}; 404 for missing files with
+    an extension, hidden files, the app's own configuration files, and
+    symlinks that lead out of C{app_dir} (logged once each).
     """
     try:
         segments = _segments(path)
@@ -151,8 +188,9 @@ def serve_static(
         return _not_found()
     root = os.path.realpath(app_dir)
     candidate = os.path.join(root, *segments)
-    if not _inside(root, os.path.realpath(candidate)):
-        return _forbidden()
+    real = os.path.realpath(candidate)
+    if not _inside(root, real):
+        return _leads_out(root, candidate, real)
     if os.path.isdir(candidate):
         candidate = os.path.join(candidate, INDEX)
     if not os.path.isfile(candidate):
@@ -164,7 +202,7 @@ def serve_static(
             return _not_found()
     real = os.path.realpath(candidate)
     if not _inside(root, real):
-        return _forbidden()
+        return _leads_out(root, candidate, real)
     return _file_response(real, base if inject_base else None, request_headers or Headers())
 
 

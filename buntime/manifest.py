@@ -32,6 +32,24 @@ PYPROJECT = "pyproject.toml"
 DEFAULT_BODY_SIZE = 10 * 1024 * 1024
 """C{BODY_SIZE_DEFAULT} when the environment sets none (10mb)."""
 
+MAX_DEPTH = 64
+"""Deepest nesting of maps and lists a manifest may have (a real one has a few levels)."""
+MAX_VALUES = 100_000
+"""Most values a manifest may hold, YAML aliases counted each time they are used."""
+MAX_INTEGER_BITS = 64
+"""Largest integer a manifest may hold (YAML reads hex of any length)."""
+
+
+class DocumentError(ValueError):
+    """
+    A manifest file that is not a usable document: C{str()} says why in one
+    line; C{line} is where its syntax broke (1-based), when known.
+    """
+
+    def __init__(self, problem: str, line: int | None = None) -> None:
+        super().__init__(problem)
+        self.line = line
+
 
 class ManifestError(Exception):
     """
@@ -135,14 +153,62 @@ def read_document(path: str, app_label: str) -> dict[str, Any]:
     if filename == PYPROJECT:
         return _pyproject_settings(data, app_label)
     try:
-        document = yaml.safe_load(data)
-    except yaml.YAMLError as e:
-        raise ManifestError(app_label, None, f"{filename}: {_yaml_problem(e)}") from None
+        document = parse_yaml(data)
+    except DocumentError as e:
+        raise ManifestError(app_label, None, f"{filename}: {e}") from None
     if document is None:
         return {}
     if not isinstance(document, dict):
         raise ManifestError(app_label, None, f"{filename}: the top level must be a map of settings")
     return document
+
+
+def parse_yaml(data: bytes | str) -> Any:
+    """
+    The data of one YAML document (safe tags only), checked to be a
+    manifest's size: at most L{MAX_DEPTH} levels, L{MAX_VALUES} values (so an
+    alias bomb or a self-referencing alias is refused, not expanded), and
+    integers of at most L{MAX_INTEGER_BITS} bits.
+
+    @raise DocumentError: bad syntax, a value PyYAML cannot build (a date
+        like 2020-13-45, an integer of thousands of digits), or too big.
+    """
+    try:
+        document = yaml.safe_load(data)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DocumentError(_yaml_problem(e), None if mark is None else mark.line + 1) from None
+    except RecursionError:
+        raise DocumentError(f"invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, OverflowError) as e:  # PyYAML's constructors: int(), datetime()
+        raise DocumentError(f"invalid YAML: {e}") from None
+    check_shape(document)
+    return document
+
+
+def check_shape(document: object) -> None:
+    """
+    @raise DocumentError: C{document} nests deeper than L{MAX_DEPTH}, holds
+        more than L{MAX_VALUES} values (keys and shared ones counted each
+        time) or an integer over L{MAX_INTEGER_BITS} bits.
+    """
+    values = 0
+    stack: list[tuple[object, int]] = [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        values += 1
+        if values > MAX_VALUES:
+            raise DocumentError(f"more than {MAX_VALUES} values: not a manifest")
+        if isinstance(value, int) and value.bit_length() > MAX_INTEGER_BITS:
+            raise DocumentError(f"a number larger than {MAX_INTEGER_BITS} bits")
+        if isinstance(value, dict | list | tuple | set):
+            if depth >= MAX_DEPTH:
+                raise DocumentError(f"nested more than {MAX_DEPTH} levels deep")
+            if isinstance(value, dict):
+                stack.extend((key, depth + 1) for key in value)
+                stack.extend((item, depth + 1) for item in value.values())
+            else:
+                stack.extend((item, depth + 1) for item in value)
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -156,7 +222,11 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 def _pyproject_settings(data: bytes, app_label: str) -> dict[str, Any]:
     try:
         document = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        check_shape(document)
+    except RecursionError:
+        problem = f"nested more than {MAX_DEPTH} levels deep"
+        raise ManifestError(app_label, None, f"{PYPROJECT}: invalid TOML: {problem}") from None
+    except ValueError as e:  # TOMLDecodeError, UnicodeDecodeError, int(), DocumentError
         raise ManifestError(app_label, None, f"{PYPROJECT}: invalid TOML: {e}") from None
     tool = document.get("tool", {})
     settings = tool.get("buntime", {}) if isinstance(tool, dict) else {}

@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from buntime.units import parse_duration, parse_size
+from buntime.units import parse_duration, parse_size, shown
 
 HTTP_METHODS = ("ALL", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 """Keys a C{publicRoutes} map may use; C{ALL} matches every method."""
 
 
 def _show(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) <= 60 else f'"{value[:57]}..."'
+    return shown(value)
 
 
 def _string(value: object) -> str:

@@ -33,19 +33,30 @@ def _split(value: str) -> tuple[float, str] | None:
 def _parse(value: object, units: dict[str, float], default: str, kind: str, hint: str) -> float:
     """C{value} in the base unit of C{units} (a number is already in C{default})."""
     if isinstance(value, bool):
-        raise ValueError(f"invalid {kind}: {value!r}")
+        raise ValueError(f"invalid {kind}: {shown(value)}")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            number = float("inf") if value > 0 else float("-inf")
     elif isinstance(value, str):
         parts = _split(value)
         if parts is None or (parts[1] and parts[1] not in units):
-            raise ValueError(f"invalid {kind}: {value!r} (use e.g. {hint})")
+            raise ValueError(f"invalid {kind}: {shown(value)} (use e.g. {hint})")
         number = parts[0] * units[parts[1] or default]
     else:
-        raise ValueError(f"invalid {kind}: {value!r}")
+        raise ValueError(f"invalid {kind}: {shown(value)}")
     if number < 0 or number != number or number == float("inf"):
-        raise ValueError(f"invalid {kind}: {value!r} (must be a non-negative number)")
+        raise ValueError(f"invalid {kind}: {shown(value)} (must be a non-negative number)")
     return number
+
+
+def shown(value: object) -> str:
+    """C{value} as an error line shows it: its repr, cut short (a number of 5000 digits too)."""
+    if isinstance(value, int) and abs(value).bit_length() > 64:
+        return "a number of more than 64 bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_duration(value: object) -> float:

@@ -23,13 +23,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-import yaml
 from attrs import define, evolve, field, frozen
 from twisted.plugin import getPlugins
 
 from buntime.interfaces import IBuntimePlugin
 from buntime.logs import log
-from buntime.manifest import interpolate
+from buntime.manifest import DocumentError, interpolate, parse_yaml
 from buntime.plugins.manifest import DEFAULT_ENTRY, manifest_name
 
 MANIFEST_FILES = ("manifest.yaml", "manifest.yml")
@@ -93,12 +92,11 @@ def read_manifest(
     label = os.path.dirname(manifest_path)
     try:
         with open(manifest_path, "rb") as f:
-            document = yaml.safe_load(f.read())
+            document = parse_yaml(f.read())
     except OSError as e:
         return {}, f'Plugin "{label}" manifest cannot be read: {e.strerror}'
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
+    except DocumentError as e:
+        where = f" at line {e.line}" if e.line is not None else f": {e}"
         return {}, f'Plugin "{label}" manifest is not valid YAML{where}'
     if document is None:
         document = {}

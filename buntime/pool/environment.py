@@ -94,7 +94,29 @@ def worker_config(manifest: AppManifest) -> str:
         config["env"] = {
             key: value for key, value in env.items() if not is_sensitive(str(key), allowed)
         }
-    return json.dumps(config, default=str, sort_keys=True)
+    return json.dumps(_with_text_keys(config), default=str, sort_keys=True)
+
+
+def _with_text_keys(value: object) -> object:
+    """
+    C{value} with every map's keys as JSON names them (YAML also allows
+    numbers, booleans, null and dates as keys, which would not sort together),
+    sets as lists.
+    """
+    if isinstance(value, Mapping):
+        return {
+            key if isinstance(key, str) else _key_text(key): _with_text_keys(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_with_text_keys(item) for item in value]
+    return value
+
+
+def _key_text(key: object) -> str:
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)
+    return str(key)
 
 
 def build_worker_env(

@@ -192,7 +192,8 @@ def _zip_entries(archive: zipfile.ZipFile, budget: Budget) -> list[_Entry]:
             )
         if info.flag_bits & 0x1:
             raise InstallError("INVALID_ARCHIVE", f"Archive entry {info.filename!r} is encrypted")
-        is_dir = info.is_dir() or kind == stat.S_IFDIR
+        # not info.is_dir(): it fails on an empty name
+        is_dir = info.filename.endswith("/") or kind == stat.S_IFDIR
         budget.entry(info.filename, 0 if is_dir else info.file_size)
         executable = bool((info.external_attr >> 16) & 0o111)
         entries.append(

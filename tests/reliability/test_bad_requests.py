@@ -1,0 +1,178 @@
+"""
+Garbled requests at the front door: well-formed requests (health, a static
+app by version range, an upload, a chunked POST) mutated byte by byte
+(flips, hostile insertions, deletions, duplicated lines, cuts), sent in
+random pieces to the real connection layer and the real front door, each
+followed by a well-formed probe.  Every answer is a clean one (4xx, or 501
+and 505 where HTTP says so; never a 500 or a traceback), nothing is left
+hanging once the connection's timeouts have run, and a connection that is
+kept answers the probe correctly.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+
+import pytest
+from e2e_apps import static_app
+from http1_client import connect
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from buntime.apps.discovery import AppCatalog
+from buntime.web.api.core import CoreAPI
+from buntime.web.apps import AppStep
+from buntime.web.frontdoor import FrontDoor
+from buntime.web.http1 import HTTP1Factory, Limits
+from buntime.web.state import RuntimeState
+
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+PROBE = b"GET /api/health HTTP/1.1\r\nHost: rt\r\n\r\n"
+ALLOWED = {501, 505}
+"""The 5xx answers HTTP asks for: an unknown transfer coding, an HTTP version not served."""
+
+BASE = [
+    b"GET /api/health HTTP/1.1\r\nHost: rt\r\nAccept: */*\r\n\r\n",
+    b'GET /site@%5E1.0.0/index.html?x=1 HTTP/1.1\r\nHost: rt\r\nIf-None-Match: "x"\r\n\r\n',
+    b"GET /site@~1.0/../site/ HTTP/1.1\r\nHost: rt\r\nCookie: a=b\r\n\r\n",
+    b"POST /api/apps/upload HTTP/1.1\r\nHost: rt\r\nOrigin: http://rt\r\n"
+    b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 44\r\n\r\n"
+    b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--",
+    b"POST /site/form HTTP/1.1\r\nHost: rt\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n",
+    b"DELETE /api/apps/_/site/1.0.0 HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n\r\n",
+    b"GET /.well-known/buntime HTTP/1.1\r\nHost: rt\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+]
+HOSTILE = st.sampled_from(
+    [
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"\x00",
+        b" ",
+        b"\t",
+        b":",
+        b"%",
+        b"%00",
+        b"..",
+        b"\xff",
+        b"\x80",
+        b"\r\n\r\n",
+        b"Content-Length: 5\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"@",
+        b"9" * 30,
+        b"Host: other\r\n",
+        b"\xc3\x28",
+        b"/../",
+        b"\\",
+    ]
+) | st.binary(min_size=1, max_size=4)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(BASE)))
+    for _ in range(draw(st.integers(1, 4))):
+        how = draw(st.sampled_from(["flip", "insert", "delete", "duplicate", "cut"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if how == "flip" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif how == "insert":
+            data[at:at] = draw(HOSTILE)
+        elif how == "delete":
+            del data[at : at + draw(st.integers(1, 8))]
+        elif how == "duplicate":
+            end = data.find(b"\r\n", at)
+            start = data.rfind(b"\r\n", 0, at)
+            if 0 <= start < end:
+                data[end:end] = data[start:end]
+        elif how == "cut":
+            del data[at:]
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory):
+    """The real front door (core API, a static app's step) on the real connection layer."""
+    apps = tmp_path_factory.mktemp("apps")
+    static_app(apps, "site", "1.0.0", "site one")
+    clock = Clock()
+    state = RuntimeState(started=True)
+    step = AppStep(
+        catalog=AppCatalog([str(apps)], clock),
+        pool=None,  # type: ignore[arg-type]  # static apps only
+        environ={},
+        runtime_env=dict,
+        body_size_default=1000,
+        body_size_max=10_000,
+        clock=clock,
+    )
+    door = FrontDoor(
+        clock=clock,
+        state=state,
+        api=CoreAPI(state=state, api_base="/api"),
+        steps=[step],
+        identify=step.identify,
+        body_limit=step.body_limit_for,
+    )
+    return HTTP1Factory(door, clock, Limits(), state)
+
+
+@FUZZ
+@given(request=mutated(), cuts=st.lists(st.integers(0, 400), max_size=6))
+def test_a_garbled_request_gets_a_clean_answer_and_the_connection_stays_right(
+    factory, eliot_logger, request, cuts
+):
+    client = connect(factory=factory)
+    data = request + PROBE
+    bounds = sorted({0, len(data), *(cut for cut in cuts if cut < len(data))})
+    client.send(*(data[start:end] for start, end in pairwise(bounds)))
+    answers = client.answers()
+    waited = 0.0
+    while not client.closed and not _probed(answers) and waited < 3 * Limits().idle_timeout:
+        client.later(5.0)  # the head timeout, then the idle one: nothing waits forever
+        waited += 5.0
+        answers = client.answers()
+    assert client.closed or _probed(answers), "neither answered nor closed"
+    kept = "kept" if not client.closed else f"closed after {waited:g}s"
+    event(f"answers {sorted({a.status for a in answers})}, {kept}")
+    for answer in answers:
+        assert answer.status < 500 or answer.status in ALLOWED, (answer.status, answer.body)
+        assert b"Traceback" not in answer.body and b'File "' not in answer.body
+        if answer.status >= 400 and answer.headers.get("content-type") == "application/json":
+            assert set(json.loads(answer.body)["error"]) == {"code", "message"}
+    if not client.closed:  # kept: the probe was answered last, and right
+        assert _probed(answers), answers
+    crashes = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:internal-error"
+    ]
+    assert crashes == []
+
+
+def _probed(answers: list) -> bool:
+    """Whether the last answer is the probe's: the health document."""
+    if not answers or answers[-1].status != 200:
+        return False
+    try:
+        return json.loads(answers[-1].body).get("status") == "healthy"
+    except ValueError:
+        return False
+
+
+def test_a_body_that_never_arrives_does_not_hold_the_connection_forever(factory):
+    """A declared body cut short (the probe taken as part of it) is dropped at the idle timeout."""
+    client = connect(factory=factory)
+    client.send(b"POST /site/x HTTP/1.1\r\nHost: rt\r\nContent-Length: 500\r\n\r\nabc" + PROBE)
+    waited = 0.0
+    while not client.closed and waited < 600:
+        client.later(5.0)
+        waited += 5.0
+    assert client.closed and waited <= Limits().idle_timeout + 5

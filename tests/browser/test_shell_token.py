@@ -68,3 +68,29 @@ def test_cancelling_the_token_dialog_shows_the_refusal(page: Any) -> None:
     upload(page, "3.0.0")
     page.locator("dialog.dialog").get_by_role("button", name="Cancel").click()
     page.locator(".drop-status.error", has_text="RUNTIME_API_TOKEN").wait_for()
+
+
+def test_a_plugin_page_in_the_shell_sends_the_tabs_token(
+    page: Any, runtime: BrowserRuntime
+) -> None:
+    """The proxy's page changes rules with the token the shell keeps for the tab, if any."""
+    from test_shell import FRAME, frame_ready
+
+    rule = {"id": "legacy", "pattern": "^/legacy/(.*)", "target": "http://127.0.0.1:9"}
+    runtime.request("POST", "/redirects/api/rules", rule, authorization=f"Bearer {TOKEN}")
+    try:
+        page.goto("/cpanel/redirects")
+        frame_ready(page)
+        inner = page.frame_locator(FRAME + " >> iframe")
+        delete = inner.locator("tr[data-rule=legacy] button", has_text="Delete")
+        delete.click()  # no token in this tab yet: the runtime's refusal is shown
+        inner.locator("#error", has_text="RUNTIME_API_TOKEN").wait_for()
+        page.evaluate(f"sessionStorage.setItem('buntime.apiToken', '{TOKEN}')")
+        delete.click()
+        page.locator(".toast", has_text="Deleted the rule legacy").wait_for()
+    finally:
+        rules = runtime.request("GET", "/redirects/api/rules")["rules"]
+        if any(r["id"] == "legacy" for r in rules):
+            runtime.request(
+                "DELETE", "/redirects/api/rules/legacy", authorization=f"Bearer {TOKEN}"
+            )

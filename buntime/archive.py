@@ -49,7 +49,9 @@ _ARCHIVE_ERRORS = (
     lzma.LZMAError,
     EOFError,
     NotImplementedError,
-    UnicodeError,
+    ValueError,  # zipfile's seek to a corrupt offset, UnicodeError among them
+    OverflowError,
+    struct.error,
 )
 _CONFLICT_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError)
 

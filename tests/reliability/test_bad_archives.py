@@ -202,6 +202,9 @@ def _no_scratch(directory: str) -> bool:
 @given(spec=ARCHIVES)
 @example(spec=("zip", None, [("file", "", b"", "")], False, False, None, None))  # was IndexError
 @example(
+    spec=("zip", None, [("file", "a", b"\0\0\0", "")], False, False, None, b"\1")
+)  # ValueError
+@example(
     spec=(
         "tar",
         b"name: fuzz\nversion: 1.0.0\n",

@@ -14,18 +14,23 @@ from __future__ import annotations
 import json
 from itertools import pairwise
 
-import pytest
+import pytest_twisted
 from e2e_apps import static_app
-from http1_client import connect
+from http1_client import Transport, connect
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_plugins_service import make_service
+from test_plugins_support import write_plugin
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
 from buntime.apps.discovery import AppCatalog
+from buntime.plugins.discovery import BUILTINS_DIR
 from buntime.web.api.core import CoreAPI
 from buntime.web.apps import AppStep
 from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
+from buntime.web.plugins import PluginSteps
 from buntime.web.state import RuntimeState
 
 FUZZ = settings(
@@ -33,22 +38,60 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+HOME = IPv4Address("TCP", "127.0.0.1", 40000)
+"""A client on this machine: changes pass the trust rule with their proof, and go deeper."""
+ELSEWHERE = IPv4Address("TCP", "192.0.2.7", 40000)
 PROBE = b"GET /api/health HTTP/1.1\r\nHost: rt\r\n\r\n"
 ALLOWED = {501, 505}
 """The 5xx answers HTTP asks for: an unknown transfer coding, an HTTP version not served."""
 
+
+def _request(head: bytes, body: bytes = b"") -> bytes:
+    """C{head} (request line and header lines) with C{body} and its Content-Length."""
+    length = b"Content-Length: %d\r\n" % len(body) if body else b""
+    return head + length + b"\r\n" + body
+
+
 BASE = [
-    b"GET /api/health HTTP/1.1\r\nHost: rt\r\nAccept: */*\r\n\r\n",
-    b'GET /site@%5E1.0.0/index.html?x=1 HTTP/1.1\r\nHost: rt\r\nIf-None-Match: "x"\r\n\r\n',
-    b"GET /site@~1.0/../site/ HTTP/1.1\r\nHost: rt\r\nCookie: a=b\r\n\r\n",
-    b"POST /api/apps/upload HTTP/1.1\r\nHost: rt\r\nOrigin: http://rt\r\n"
-    b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 44\r\n\r\n"
-    b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--",
+    _request(b"GET /api/health HTTP/1.1\r\nHost: rt\r\nAccept: */*\r\n"),
+    _request(b'GET /site@%5E1.0.0/index.html?x=1 HTTP/1.1\r\nHost: rt\r\nIf-None-Match: "x"\r\n'),
+    _request(b"GET /site@~1.0/../site/ HTTP/1.1\r\nHost: rt\r\nCookie: a=b\r\n"),
+    _request(
+        b"POST /api/apps/upload HTTP/1.1\r\nHost: rt\r\nOrigin: http://rt\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n",
+        b"--b\r\nContent-Disposition: form-data; name=file; filename=a.zip\r\n\r\nPK\r\n--b--\r\n",
+    ),
     b"POST /site/form HTTP/1.1\r\nHost: rt\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"5\r\nhello\r\n0\r\n\r\n",
-    b"DELETE /api/apps/_/site/1.0.0 HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n\r\n",
-    b"GET /.well-known/buntime HTTP/1.1\r\nHost: rt\r\nUpgrade: websocket\r\n"
-    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    _request(b"DELETE /api/apps/_/site/9.9.9 HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n"),
+    _request(
+        b"GET /.well-known/buntime HTTP/1.1\r\nHost: rt\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    ),
+    # the built-in plugins' routes (twisted.web requests, forms, JSON bodies)
+    _request(
+        b"POST /logs/api/ HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n"
+        b"Content-Type: application/json\r\n",
+        b'{"message": "fuzz", "level": "warn", "fields": {"a": [1, 2]}}',
+    ),
+    _request(
+        b"POST /redirects/api/rules HTTP/1.1\r\nHost: rt\r\nOrigin: http://rt\r\n"
+        b"Content-Type: application/json\r\n",
+        b'{"id": "r1", "pattern": "^/not-sent/(.*)", "target": "http://127.0.0.1:9", '
+        b'"rewrite": "/$1"}',
+    ),
+    _request(
+        b"PUT /redirects/api/rules/r1 HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n",
+        b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\ny\r\n--b--\r\n",
+    ),
+    _request(
+        b"POST /gateway/api/cache/invalidate HTTP/1.1\r\nHost: rt\r\nOrigin: http://rt\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n",
+        b"pattern=%2A&b=%",
+    ),
+    _request(b"GET /logs/api/?level=warn&limit=5&search=%ff HTTP/1.1\r\nHost: rt\r\n"),
+    _request(b"GET /metrics/api/prometheus HTTP/1.1\r\nHost: rt\r\nAccept: text/plain\r\n"),
 ]
 HOSTILE = st.sampled_from(
     [
@@ -77,11 +120,51 @@ HOSTILE = st.sampled_from(
 ) | st.binary(min_size=1, max_size=4)
 
 
+BODIES = (
+    st.binary(max_size=200)
+    | st.sampled_from(
+        [
+            b"",
+            b"null",
+            b"[]",
+            b'{"message": null}',
+            b'{"message": "x", "level": "debug", "fields": {"": {"": []}}}',
+            b'{"id": "../../x", "pattern": "(", "target": "file:///etc/passwd"}',
+            b'{"pattern": ' + b"[" * 5000 + b"}",
+            b'{"pattern": "' + b"*" * 5000 + b'"}',
+            b'{"pattern": "\\ud800"}',
+            b"--b\r\nContent-Disposition: form-data; name=\r\n\r\n--b",
+            b"--b--",
+            b"a=%zz&b=%00&&=&" + b"c" * 300,
+            b"\xff\xfe{}",
+        ]
+    )
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=10,
+    ).map(lambda value: json.dumps(value).encode())
+)
+
+
+def _with_body(data: bytes, body: bytes) -> bytes:
+    """The request C{data} with another body (and the Content-Length that says so)."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    lines = [
+        line for line in head.split(b"\r\n") if not line.lower().startswith(b"content-length:")
+    ]
+    if any(line.lower().startswith(b"transfer-encoding:") for line in lines):
+        return data
+    return b"\r\n".join(lines) + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
     data = bytearray(draw(st.sampled_from(BASE)))
+    if draw(st.booleans()):  # a well-framed request with a hostile body
+        return _with_body(bytes(data), draw(BODIES))
     for _ in range(draw(st.integers(1, 4))):
-        how = draw(st.sampled_from(["flip", "insert", "delete", "duplicate", "cut"]))
+        how = draw(st.sampled_from(["flip", "insert", "delete", "duplicate", "cut", "body"]))
         at = draw(st.integers(0, max(len(data) - 1, 0)))
         if how == "flip" and data:
             data[at] = draw(st.integers(0, 255))
@@ -96,15 +179,35 @@ def mutated(draw: st.DrawFn) -> bytes:
                 data[end:end] = data[start:end]
         elif how == "cut":
             del data[at:]
+        elif how == "body":
+            data = bytearray(_with_body(bytes(data), draw(BODIES)))
     return bytes(data)
 
 
-@pytest.fixture(scope="module")
-def factory(tmp_path_factory):
-    """The real front door (core API, a static app's step) on the real connection layer."""
+@pytest_twisted.async_yield_fixture(scope="module")
+async def factory(tmp_path_factory):
+    """
+    The real front door (core API, the built-in plugins with the proxy on, a
+    static app's step) on the real connection layer.
+    """
     apps = tmp_path_factory.mktemp("apps")
     static_app(apps, "site", "1.0.0", "site one")
+    plugins = tmp_path_factory.mktemp("plugins")
+    write_plugin(plugins, "proxy", {"name": "@buntime/plugin-proxy", "enabled": True})
+    write_plugin(
+        plugins,
+        "gateway",
+        {"name": "@buntime/plugin-gateway", "enabled": True, "cache": {"ttl": "1m"}},
+    )
     clock = Clock()
+    service = make_service(
+        plugins,
+        builtins_dir=BUILTINS_DIR,
+        reactor=clock,
+        data_dir=str(tmp_path_factory.mktemp("data")),
+    )
+    service.startService()
+    await service.when_loaded()
     state = RuntimeState(started=True)
     step = AppStep(
         catalog=AppCatalog([str(apps)], clock),
@@ -119,19 +222,23 @@ def factory(tmp_path_factory):
         clock=clock,
         state=state,
         api=CoreAPI(state=state, api_base="/api"),
-        steps=[step],
+        steps=[PluginSteps(registry=lambda: service.registry, apps=step), step],
+        plugins=lambda: service.registry,
         identify=step.identify,
         body_limit=step.body_limit_for,
     )
-    return HTTP1Factory(door, clock, Limits(), state)
+    try:
+        yield HTTP1Factory(door, clock, Limits(), state)
+    finally:
+        await service.stopService()
 
 
 @FUZZ
-@given(request=mutated(), cuts=st.lists(st.integers(0, 400), max_size=6))
+@given(request=mutated(), cuts=st.lists(st.integers(0, 400), max_size=6), local=st.booleans())
 def test_a_garbled_request_gets_a_clean_answer_and_the_connection_stays_right(
-    factory, eliot_logger, request, cuts
+    factory, eliot_logger, request, cuts, local
 ):
-    client = connect(factory=factory)
+    client = connect(factory=factory, transport=_from(HOME if local else ELSEWHERE))
     data = request + PROBE
     bounds = sorted({0, len(data), *(cut for cut in cuts if cut < len(data))})
     client.send(*(data[start:end] for start, end in pairwise(bounds)))
@@ -167,6 +274,21 @@ def _probed(answers: list) -> bool:
         return False
 
 
+def test_the_requests_are_answered_as_meant_before_they_are_garbled(factory):
+    forget = (
+        b"DELETE /redirects/api/rules/r1 HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n\r\n"
+    )
+    connect(factory=factory, transport=_from(HOME)).send(forget)  # a fuzzed request's, if any
+    statuses = []
+    for data in BASE:
+        client = connect(factory=factory, transport=_from(HOME))
+        client.send(data + PROBE)
+        answers = client.answers()
+        assert _probed(answers), data
+        statuses.append(answers[0].status)
+    assert statuses == [200, 200, 403, 404, 405, 404, 200, 201, 201, 400, 415, 200, 200]
+
+
 def test_a_body_that_never_arrives_does_not_hold_the_connection_forever(factory):
     """A declared body cut short (the probe taken as part of it) is dropped at the idle timeout."""
     client = connect(factory=factory)
@@ -176,3 +298,9 @@ def test_a_body_that_never_arrives_does_not_hold_the_connection_forever(factory)
         client.later(5.0)
         waited += 5.0
     assert client.closed and waited <= Limits().idle_timeout + 5
+
+
+def _from(peer: IPv4Address) -> Transport:
+    transport = Transport()
+    transport.peerAddr = peer
+    return transport

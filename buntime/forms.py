@@ -73,3 +73,18 @@ class FormRequest(Request):
             assert args is not None  # requestReceived has set it to the query's
             args.update(form)  # as twisted.web does: the body's fields over the query's
         super().process()
+
+    def getRequestHostname(self) -> bytes:
+        """
+        The C{Host} header's name when it is a name resources can route by
+        (Klein binds werkzeug's routes with it, as IDNA, and failed with a
+        500 on C{Host: ..rt}), else the address the request came to, else
+        C{localhost}.
+        """
+        for name in (super().getRequestHostname(), str(self.getHost().host).encode("latin-1")):
+            try:
+                name.decode("ascii").encode("idna")
+            except UnicodeError:
+                continue
+            return name
+        return b"localhost"

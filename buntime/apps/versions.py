@@ -239,6 +239,8 @@ def parse_range(text: str) -> Range:
 
 def _reason(error: Exception) -> str:
     message = str(error)
+    if len(message) > 100:  # node-semver repeats the whole text: the line shows it once already
+        message = message[:97] + "..."
     if message.startswith("invalid version "):
         return message + " (expected e.g. 1, 1.4, 1.4.2, ^1.0.0, ~1.4.0, >=1 <2, 1.x, *)"
     return message or "not a version range"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from buntime.apps.versions import (
@@ -67,6 +67,7 @@ VERSIONS = st.lists(
 
 @FUZZ
 @given(text=TEXT, versions=VERSIONS)
+@example(text="9" * 30 + "-" + "a" * 200 + " - ", versions=[])  # a 404-character line before
 def test_any_range_text_is_a_range_or_one_clear_error(text, versions):
     started = time.monotonic()
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from itertools import pairwise
 
+import pytest
 import pytest_twisted
 from e2e_apps import static_app
 from http1_client import Transport, connect
@@ -304,3 +305,18 @@ def _from(peer: IPv4Address) -> Transport:
     transport = Transport()
     transport.peerAddr = peer
     return transport
+
+
+@pytest.mark.parametrize(
+    "host", [b"..rt", b"a..b:80", b".", b"x" * 64 + b".example", b"[::1", b"rt:"]
+)
+@pytest.mark.parametrize(
+    "path",
+    [b"/api/health", b"/api/openapi.json", b"/logs/api/stats", b"/metrics/api/", b"/gateway/"],
+)
+def test_a_host_name_routes_cannot_use_is_no_500(factory, host, path):
+    """Klein binds its routes with the Host's name as IDNA: one that is not was a 500."""
+    client = connect(factory=factory, transport=_from(HOME))
+    client.send(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host))
+    [answer] = client.answers()
+    assert answer.status < 500, (host, path, answer.body)

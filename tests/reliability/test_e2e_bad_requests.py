@@ -61,6 +61,10 @@ async def test_garbled_heads_get_clean_answers_and_the_runtime_keeps_serving(run
         status, _, _ = parse_reply(reply)
         statuses[status] = statuses.get(status, 0) + 1
         assert status < 500 or status in (501, 505), reply[:300]
+    for path in (b"/api/health", b"/logs/api/stats", b"/metrics/api/"):  # Host names Klein refused
+        request = b"GET %s HTTP/1.1\r\nHost: ..rt\r\nConnection: close\r\n\r\n" % path
+        status, _, _ = parse_reply(await raw_request(reactor, proc.port, request, timeout=20))
+        assert status == 200, path
     assert (await proc.get("/api/health")).code == 200
     assert proc.messages("buntime:http:internal-error") == []
     assert statuses.get(0, 0) < COUNT  # most got an answer

@@ -76,7 +76,7 @@ function showStats(summary) {
   const { rate, http } = summary;
   const workers = summary.workers || { total: 0, byState: {} };
   if (rate) {
-    stat("stat-rps", shortNumber(rate.rps), "", `${rate.requests} in the last ${rate.seconds} s · ${http.total} in all`);
+    stat("stat-rps", shortNumber(rate.rps), "", `${rate.requests} in the last ${+rate.seconds.toFixed(1)} s · ${http.total} in all`);
     const p = rate.latencyMs;
     const note = p.p50 === null ? "no request in this interval" : `p50 ${ms(p.p50)} · p99 ${ms(p.p99)}`;
     stat("stat-latency", p.p95 === null ? "–" : ms(p.p95), "", note);
@@ -88,10 +88,6 @@ function showStats(summary) {
   }
   const states = Object.entries(workers.byState || {}).map(([state, count]) => `${count} ${state}`);
   stat("stat-workers", workers.total, "", states.join(" · ") || "none running");
-}
-
-function stateChips(byState) {
-  return el("span", { class: "states" }, ...Object.entries(byState).map(([state, count]) => el("span", { class: `state state-${state}` }, `${count} ${state}`)));
 }
 
 function workerRow(worker) {
@@ -110,36 +106,44 @@ function workerRow(worker) {
   );
 }
 
+const cards = new Map(); // app name -> its card's parts, kept across updates (clicks land)
+
+function appCard(name) {
+  const head = el("tr", {}, ...["Worker", "Version", "State", "In flight", "Requests", "Errors", "Mean", "Memory"].map((text, index) =>
+    el("th", { class: `${index >= 3 ? "n" : ""} ${[1, 5, 6, 7].includes(index) ? "hide-phone" : ""}`.trim() }, text)));
+  const parts = { chips: el("span", { class: "states" }), served: el("span", { class: "app-served" }), rows: el("tbody") };
+  parts.card = el(
+    "div",
+    { class: "card app", "data-app": name },
+    el("div", { class: "app-head", role: "button", tabindex: "0", onclick: () => select(name), onkeydown: (event) => event.key === "Enter" && select(name) },
+      el("span", { class: "app-name" }, name), parts.chips, parts.served),
+    el("table", {}, el("thead", {}, head), parts.rows),
+  );
+  return parts;
+}
+
 function showApps(summary) {
   const apps = (summary.workers && summary.workers.byApp) || {};
   const served = (summary.http && summary.http.byApp) || {};
   const names = Object.keys(apps);
   $("workers-note").textContent = names.length ? `${names.length} app${names.length > 1 ? "s" : ""} with workers` : "";
+  for (const [name, parts] of cards) if (!(name in apps)) cards.delete(name) && parts.card.remove();
   if (!names.length) {
     $("apps").replaceChildren(el("div", { class: "card empty" }, "No worker is running: a request to an app starts one."));
     return;
   }
-  const head = el("tr", {}, ...["Worker", "Version", "State", "In flight", "Requests", "Errors", "Mean", "Memory"].map((text, index) =>
-    el("th", { class: `${index >= 3 ? "n" : ""} ${[1, 5, 6, 7].includes(index) ? "hide-phone" : ""}`.trim() }, text)));
-  $("apps").replaceChildren(
-    ...names.map((name) => {
-      const app = apps[name];
-      const total = Object.entries(served).filter(([key]) => key.split("@")[0] === name).reduce((sum, [, count]) => sum + count, 0);
-      const card = el(
-        "div",
-        { class: `card app${selected === name ? " selected" : ""}`, "data-app": name },
-        el(
-          "div",
-          { class: "app-head", role: "button", tabindex: "0", onclick: () => select(name), onkeydown: (event) => event.key === "Enter" && select(name) },
-          el("span", { class: "app-name" }, name),
-          stateChips(app.byState),
-          el("span", { class: "app-served" }, `${total} request${total === 1 ? "" : "s"} answered`),
-        ),
-        el("table", {}, el("thead", {}, head.cloneNode(true)), el("tbody", {}, ...app.workers.map(workerRow))),
-      );
-      return card;
-    }),
-  );
+  $("apps").querySelector(".empty")?.remove();
+  for (const name of names) {
+    if (!cards.has(name)) cards.set(name, appCard(name));
+    const parts = cards.get(name);
+    const app = apps[name];
+    const total = Object.entries(served).filter(([key]) => key.split("@")[0] === name).reduce((sum, [, count]) => sum + count, 0);
+    parts.card.classList.toggle("selected", selected === name);
+    parts.chips.replaceChildren(...Object.entries(app.byState).map(([state, count]) => el("span", { class: `state state-${state}` }, `${count} ${state}`)));
+    parts.served.textContent = `${total} request${total === 1 ? "" : "s"} answered`;
+    parts.rows.replaceChildren(...app.workers.map(workerRow));
+    $("apps").append(parts.card); // in order; a card already there just moves
+  }
 }
 
 function bars(id, mapping, classOf = () => "") {

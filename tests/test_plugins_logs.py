@@ -381,6 +381,22 @@ async def test_sse_streams_new_messages_every_interval(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_sse_goes_on_after_what_a_query_saw(tmp_path):
+    service = await started(tmp_path)
+    log("info", "test:logs:n", "seen by the query")
+    _, body = await call(service, "GET", "/logs/api/?search=test")
+    log("info", "test:logs:n", "between the query and the stream")
+    _, chunks = await open_stream(service, f"/logs/api/sse?after={body['total']}")
+    waiting = ensureDeferred(next_events(chunks))
+    service.reactor.advance(0.5)
+    assert waiting.called  # (without ?after= the stream starts now, and it would wait)
+    [(_, record)] = await waiting
+    assert record["message"] == "between the query and the stream"
+    await chunks.aclose()
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_sse_follows_one_task(tmp_path):
     service = await started(tmp_path)
     with start_action(action_type="test:logs:request") as action:

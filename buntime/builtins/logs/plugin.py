@@ -201,7 +201,9 @@ class LogsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is option
     @routes.route("/api/sse", methods=["GET"])
     def sse(self, request: Any) -> Deferred[None]:
         wanted = _filter(request, self.ring.min_level)
-        last = request.getHeader("last-event-id")
+        # where to go on from: a reconnecting EventSource's Last-Event-ID, else the
+        # page's ?after= (the total its query saw: nothing is lost in between), else now
+        last = request.getHeader("last-event-id") or _arg(request, "after")
         self.ring.sync()
         try:
             after = int(last) if last is not None else self.ring.total

@@ -96,13 +96,15 @@ function closeStream() {
   source = null;
 }
 
-function openStream() {
+function openStream(after) {
   closeStream();
   if (state.paused) {
     live("paused", "Paused");
     return;
   }
-  source = new EventSource(`${base}/api/sse?${params()}`);
+  const query = params();
+  if (after !== undefined) query.set("after", String(after)); // what the query saw: no gap
+  source = new EventSource(`${base}/api/sse?${query}`);
   source.onopen = () => live("live", "Live");
   source.onmessage = (event) => add([JSON.parse(event.data)], true);
   source.onerror = () => live("down", "Reconnecting…");
@@ -120,7 +122,7 @@ function load() {
       if (mine !== generation) return;
       body.replaceChildren();
       add(data.entries || []);
-      openStream();
+      openStream(data.total);
     })
     .catch((error) => {
       if (mine === generation) live("down", `Could not read the logs: ${error.message}`);

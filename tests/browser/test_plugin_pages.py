@@ -205,6 +205,32 @@ def test_metrics_dashboard_opened_alone(page: Any, runtime: BrowserRuntime) -> N
     assert page.locator("#stat-rps .stat-value").inner_text() != "\N{EN DASH}"  # a number
 
 
+def test_the_chart_module(page: Any, runtime: BrowserRuntime) -> None:
+    """The dashboard's own SVG chart code: the y axis, the points and the path with gaps."""
+    alone(page, "/metrics/")
+    found = page.evaluate(
+        """async () => {
+            const chart = await import('/metrics/ui/chart.js');
+            const found = chart.points([null, 10, 5, null, 0], 100, 10, 10, 5);
+            return {
+                axes: [0, 1, 33, 250, 0.3].map((value) => chart.axis(value)),
+                path: chart.linePath(found),
+                labels: [0, 2.5, 12.4, 1234, 2500000, null].map(chart.shortNumber),
+            };
+        }"""
+    )
+    assert found["axes"] == [
+        {"step": 0.25, "max": 1},
+        {"step": 0.25, "max": 1},
+        {"step": 10, "max": 40},
+        {"step": 100, "max": 300},
+        {"step": 0.1, "max": 0.3},
+    ]
+    # the newest value at the right edge; a gap starts a new line
+    assert found["path"] == "M25.0,0.0L50.0,5.0M100.0,10.0"
+    assert found["labels"] == ["0", "2.5", "12", "1.2k", "2.5M", "\N{EN DASH}"]
+
+
 # -- the log viewer -------------------------------------------------------------------------
 
 

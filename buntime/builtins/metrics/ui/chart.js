@@ -21,7 +21,7 @@ export function axis(value, ticks = 4) {
   const rough = value / ticks;
   const power = 10 ** Math.floor(Math.log10(rough));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= rough);
-  return { step, max: step * Math.max(1, Math.ceil(value / step - 1e-9)) };
+  return { step, max: +(step * Math.max(1, Math.ceil(value / step - 1e-9))).toPrecision(12) };
 }
 
 /** A short label for a number: 1.2k, 35, 0.4. */
@@ -34,23 +34,22 @@ export function shortNumber(value) {
   return String(+value.toFixed(size >= 1 ? 1 : 2));
 }
 
-/** The SVG path of `values` (null leaves a gap) in a box of `width` x `height` up to `max`. */
-export function linePath(values, width, height, max, slots) {
+/** Where each of `values` goes in a box of `width` x `height` up to `max` ({x, y}, or null: a gap). */
+export function points(values, width, height, max, slots) {
   const step = slots > 1 ? width / (slots - 1) : 0;
   const offset = slots - values.length; // the newest value sits at the right edge
-  let path = "";
-  let drawing = false;
-  values.forEach((value, index) => {
-    if (value === null || value === undefined || Number.isNaN(value)) {
-      drawing = false;
-      return;
-    }
-    const x = (offset + index) * step;
-    const y = height - (Math.min(value, max) / max) * height;
-    path += `${drawing ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`;
-    drawing = true;
-  });
-  return path;
+  return values.map((value, index) =>
+    typeof value === "number" && !Number.isNaN(value)
+      ? { x: (offset + index) * step, y: height - (Math.min(value, max) / max) * height }
+      : null,
+  );
+}
+
+/** The SVG path through `found` (from points()), broken at its gaps. */
+export function linePath(found) {
+  return found
+    .map((point, index) => (point ? `${found[index - 1] ? "L" : "M"}${point.x.toFixed(1)},${point.y.toFixed(1)}` : ""))
+    .join("");
 }
 
 /**
@@ -88,15 +87,19 @@ export function lineChart(element, options) {
     const first = node("text", { class: "tick", x: 0, y: inner.height + 16 }, plot);
     first.textContent = `${slots} samples ago`;
     series.forEach((one, index) => {
-      const path = linePath(data[index], inner.width, inner.height, max, slots);
+      const found = points(data[index], inner.width, inner.height, max, slots);
+      const path = linePath(found);
       if (!path) return;
       if (one.area) {
-        const last = path.match(/[ML]([\d.]+),[\d.]+$/);
-        const start = path.match(/^M([\d.]+)/);
-        const area = `${path}L${last[1]},${inner.height}L${start[1]},${inner.height}Z`;
+        const drawn = found.filter(Boolean);
+        const area = `${path}L${drawn[drawn.length - 1].x},${inner.height}L${drawn[0].x},${inner.height}Z`;
         node("path", { class: "area", d: area, style: `fill: ${one.color}` }, plot);
       }
       node("path", { class: "line", d: path, style: `stroke: ${one.color}`, "data-series": one.name }, plot);
+      found.forEach((point, at) => {
+        // a point with no neighbour draws no line: a dot shows it
+        if (point && !found[at - 1] && !found[at + 1]) node("circle", { class: "dot", cx: point.x, cy: point.y, r: 3, style: `fill: ${one.color}` }, plot);
+      });
     });
     legend.replaceChildren(
       ...series.map((one, index) => {

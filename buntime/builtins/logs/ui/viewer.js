@@ -231,6 +231,7 @@ $("clear-view").addEventListener("click", () => {
   counted();
 });
 $("clear-log").addEventListener("click", async () => {
+  if (!confirm("Forget every log message the runtime keeps? Other viewers lose them too.")) return;
   await fetch(`${base}/api/clear`, { method: "POST" });
   load();
 });

@@ -5,6 +5,8 @@ recycled once its in-flight requests are done (a fake RSS source, a clock).
 
 from __future__ import annotations
 
+import signal
+
 from fakes import logged, result_of
 from test_pool import Harness
 
@@ -98,4 +100,51 @@ def test_a_vanished_process_is_not_retired_for_memory():
     for step in range(3):
         assert h.get(app, f"/{step}").status == 200
         h.advance(0.1)
+    assert len(h.processes) == 1
+
+
+# -- a WSGI call that cannot be stopped -------------------------------------------
+
+
+def test_a_timed_out_wsgi_call_recycles_its_worker_at_once_with_its_stack(eliot_logger):
+    """
+    A WSGI request runs in a thread that a cancel cannot stop: at its first
+    timeout the worker takes no more requests, its stack is logged, its other
+    requests finish, and it is killed without C{on_terminate} (which would
+    wait for the stuck call).
+    """
+    h = Harness()
+    h.launcher.kind = "wsgi"
+    app = h.app(timeout=2)
+    stuck = h.send(app, "/hang")
+    h.advance(1)
+    other = h.send(app, "/wait/a")  # times out a second after the stuck one
+    h.advance(1)
+    assert result_of(stuck).status == 504
+    worker = h.processes[0]
+    assert worker.signals == [signal.SIGUSR1]
+    waiting = h.send(app, "/meanwhile")  # not for the stuck worker
+    h.advance(0.2)
+    [line] = [m for m in logged(eliot_logger, "buntime:pool:timeout") if m["level"] == "error"]
+    assert "line 7 in handler" in line["stack"] and line["pid"] == worker.pid
+    assert "wsgi call" in line["message"]
+    assert result_of(waiting).body == b"GET /meanwhile|"
+    assert len(h.processes) == 2
+    assert worker.exit_code is None, "its other request is still running"
+    h.gates.open("a")
+    h.advance(0.5)
+    assert result_of(other).body == b"done /wait/a"
+    assert worker.exit_code is not None and worker.child.terminates == 0
+    [retire] = logged(eliot_logger, "buntime:worker:retire", "started")
+    assert retire["reason"] == "timed out"
+
+
+def test_other_kinds_keep_their_worker_after_one_timeout(eliot_logger):
+    h = Harness()
+    h.launcher.kind = "asgi"
+    app = h.app(timeout=2)
+    stuck = h.send(app, "/hang")
+    h.advance(2)
+    assert result_of(stuck).status == 504
+    assert h.get(app, "/after").body == b"GET /after|"
     assert len(h.processes) == 1

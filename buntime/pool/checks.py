@@ -1,7 +1,8 @@
 """
 When a worker retires besides crashing: after a request (an ephemeral
 worker's is done; a persistent one has timed out C{TIMEOUT_STRIKES} times in
-a row, or its RSS is past C{maxMemory}), and on a timer (C{ttl},
+a row, or once for a WSGI app, whose call cannot be cancelled, or its RSS is
+past C{maxMemory}), and on a timer (C{ttl},
 C{idleTimeout}, C{maxRequests}, C{maxMemory}; C{on_idle} sent after half of
 C{idleTimeout}).  A timeout that kills a worker is explained in one error
 line with the worker's stack.
@@ -24,6 +25,8 @@ from buntime.pool.worker import Worker
 
 TIMEOUT_STRIKES = 3
 """Timeouts in a row after which a persistent worker is recycled."""
+UNSTOPPABLE = frozenset({"wsgi"})
+"""Workers whose timed-out call cannot be cancelled (it runs in a thread): recycled at once."""
 STACK_WAIT = 0.2
 """Seconds to collect a worker's stack dump from stderr before killing it."""
 
@@ -53,7 +56,18 @@ class WorkerChecks:
                 self.discard(state, worker, "ephemeral request done", grace=timeout)
             return
         if exchange.outcome == "timeout":
-            if worker.consecutive_timeouts >= TIMEOUT_STRIKES and worker.healthy:
+            if worker.kind in UNSTOPPABLE and worker.healthy:
+                # The thread running the call goes on (a loop, a hung read):
+                # the worker takes no more requests, drains the others, and is
+                # killed without waiting for that call (as gunicorn's sync workers).
+                worker.healthy = False
+                action = f"killing the worker after its other requests ({worker.kind} call)"
+                self._explain_timeout(state, worker, exchange, action).addCallback(
+                    lambda _: self.discard(
+                        state, worker, "timed out", grace=timeout, terminate=False
+                    )
+                )
+            elif worker.consecutive_timeouts >= TIMEOUT_STRIKES and worker.healthy:
                 worker.healthy = False  # no new requests while its stack is read
                 self._explain_timeout(state, worker, exchange, "recycling the worker").addCallback(
                     lambda _: self.discard(state, worker, "timeouts", grace=timeout)

@@ -280,11 +280,13 @@ class WorkerLifecycle:
         failed: bool = False,
         kill: bool = False,
         replace: bool = True,
+        terminate: bool = True,
     ) -> Deferred:
         """
         Take C{worker} out of service and stop it: drain for up to C{grace}
-        seconds, or SIGKILL it at once with C{kill}.  With C{replace}, requests
-        queued for the app get another worker.
+        seconds, or SIGKILL it at once with C{kill}; without C{terminate} it
+        gets no C{on_terminate} (it is killed after its drain and DELAY_MS).
+        With C{replace}, requests queued for the app get another worker.
         """
         if worker in self._stopping:
             return self._stopping[worker]
@@ -305,7 +307,7 @@ class WorkerLifecycle:
         self._notify(self.on_worker_terminate, worker, state.app)
         if kill:
             worker.kill()
-        stopped = Deferred.fromCoroutine(worker.stop(self._config.delay, grace))
+        stopped = Deferred.fromCoroutine(worker.stop(self._config.delay, grace, terminate))
         self._stopping[worker] = stopped
 
         def stopped_now(_: object) -> None:

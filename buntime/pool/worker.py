@@ -257,11 +257,13 @@ class Worker(InFlight):
         self.status = IDLE
         self.protocol.callRemote(Idle).addErrback(lambda _: None)
 
-    async def stop(self, delay: float, grace: float) -> None:
+    async def stop(self, delay: float, grace: float, terminate: bool = True) -> None:
         """
         Retire gracefully: let requests in flight finish (at most C{grace}
-        seconds), send L{Terminate} (C{on_terminate}; at most C{grace}), close
-        the channel, and SIGKILL the process if it is still there after C{delay}.
+        seconds), send L{Terminate} (C{on_terminate}; at most C{grace}; not
+        without C{terminate}: the app is stuck in a call it would wait for),
+        close the channel, and SIGKILL the process if it is still there after
+        C{delay}.
         """
         if self.status != OFFLINE:
             self._fail_startup(StartupError("worker was stopped before it was ready"))
@@ -272,7 +274,7 @@ class Worker(InFlight):
                     exchange.stream.retire()  # its client closes, then the app's call ends
             if self._exchanges:
                 await self._bounded(self._drain_waiter(), grace)
-            if was_ready and self._connected and self.status == STOPPING:
+            if terminate and was_ready and self._connected and self.status == STOPPING:
                 await self._bounded(self.protocol.callRemote(Terminate), grace)
             self._close_channel()
         if self.process is None or await self._bounded(self._exited.wait(), delay):

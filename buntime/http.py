@@ -8,6 +8,7 @@ All of them are immutable: every "change" returns a new value.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -119,12 +120,18 @@ class Headers(Mapping[str, str]):
         added = tuple(pairs)
         if not added:
             return self
+        names = set()
         for name, value in added:
             if type(name) is not str or type(value) is not str:
                 added = _pairs(added)  # bytes or other values: converted as Headers does
+                names = {key.lower() for key, _ in added}
                 break
-        names = {key.lower() for key, _ in added}
-        kept = tuple([pair for pair in self._items if pair[0].lower() not in names])
+            names.add(name.lower())
+        kept = self._items
+        for key, _ in kept:
+            if key.lower() in names:  # set already: without its values
+                kept = tuple([pair for pair in kept if pair[0].lower() not in names])
+                break
         return Headers._of(kept + added)
 
     def add(self, name: str, value: str) -> Headers:
@@ -381,3 +388,31 @@ def page_answer(request: Any, path: str) -> bytes:
     request.setHeader(b"cache-control", b"no-cache")
     with open(path, "rb") as page:
         return page.read()
+
+
+ASSET_TYPES = {
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".svg": b"image/svg+xml",
+}
+"""What L{asset_answer} serves, by file name ending."""
+
+
+def asset_answer(request: Any, directory: str, name: str) -> bytes:
+    """
+    For a plugin's Klein route: the file C{name} of C{directory} (a page's
+    script, stylesheet or icon), revalidated on every load; a 404 for a
+    name with a path in it, an ending outside L{ASSET_TYPES}, or no file.
+    """
+    kind = ASSET_TYPES.get(os.path.splitext(name)[1])
+    path = os.path.join(directory, name)
+    if kind is None or name != os.path.basename(name) or name.startswith("."):
+        return json_error(request, 404, "NOT_FOUND", f"No file {name!r} here")
+    try:
+        with open(path, "rb") as asset:
+            data = asset.read()
+    except OSError:
+        return json_error(request, 404, "NOT_FOUND", f"No file {name!r} here")
+    request.setHeader(b"content-type", kind)
+    request.setHeader(b"cache-control", b"no-cache")
+    return data

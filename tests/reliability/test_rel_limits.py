@@ -1,18 +1,20 @@
 """
 Limits that hold, through a real runtime: C{maxMemory} recycles a worker
-that grew, after its in-flight request, and a crash-looping app keeps
-answering at once while it backs off, for a few percent of one core.
+that grew, after its in-flight request; a crash-looping app keeps
+answering at once while it backs off, for a few percent of one core; an
+oversized request target or header section is refused (414, 431).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e_apps import pid_alive, wait_until, within, write_app
+from e2e_apps import parse_reply, pid_alive, raw_request, wait_until, within, write_app
 from reliability_procs import cpu_seconds, own_cpu_seconds, sleep
 
 LIMIT_MB = 150
@@ -49,6 +51,8 @@ CRASH_ON_REQUEST = """
 
     routes = {"/": die}
 """
+
+FIELDS = "REQUEST_HEADER_FIELDS_TOO_LARGE"
 
 WINDOW = 6.0
 """Seconds the crash-loop client runs while the CPU is measured."""
@@ -151,3 +155,27 @@ async def test_a_crash_looping_app_answers_at_once_and_costs_little_cpu(
     assert slowest < 3.0, "answers come at once while the app backs off"
     assert starts <= 8, f"{starts} workers started in {wall:.0f} s: the backoff does not hold"
     assert share < 0.05, f"the crash loop costs {share * 100:.1f} % of a core"
+
+
+@pytest.mark.parametrize(
+    "head,status,code",
+    [
+        (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "URI_TOO_LONG"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 20_000 + b"\r\n\r\n", 431, FIELDS),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Many: y\r\n" * 600 + b"\r\n", 431, FIELDS),
+    ],
+    ids=["target", "header-bytes", "header-lines"],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_head_is_refused_and_the_runtime_goes_on(
+    runtimes, tmp_path: Path, head: bytes, status: int, code: str | None
+):
+    reactor = reactor_()
+    proc = await runtimes.start(worker_dirs=[str(tmp_path)], env={"RUNTIME_ENV": "test"})
+    answer, headers, body = parse_reply(await raw_request(reactor, proc.port, head, timeout=15))
+    assert answer == status
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"]["code"] == code
+    response = await within(reactor, proc.get("/api/health"), 15)
+    assert response.code == 200
+    await response.content()

@@ -135,7 +135,8 @@ async def settled(pid: int, pool: int) -> dict[str, Any]:
     while True:
         await sleep(reactor, 1.0)
         now = snapshot(pid)
-        workers = now["live"] - (1 if now["template_rss_kb"] is not None else 0)
+        # the template, and the spare it keeps forked ahead, are not the pool's workers
+        workers = now["live"] - (2 if now["template_rss_kb"] is not None else 0)
         if (workers <= pool and not now["zombies"]) or reactor.seconds() > deadline:
             return now
 

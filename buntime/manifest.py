@@ -85,6 +85,8 @@ class AppManifest:
     idle_timeout: float = 60.0
     max_requests: int = 1000
     max_body_size: int = DEFAULT_BODY_SIZE
+    max_memory: int | None = None
+    """Resident memory (bytes) past which a worker is recycled; C{None}: no limit."""
     low_memory: bool = False
     auto_install: bool = False
     inject_base: bool | None = None

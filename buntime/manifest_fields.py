@@ -55,6 +55,23 @@ def _size(value: object) -> int:
         ) from None
 
 
+MIN_MEMORY = 1024 * 1024
+"""The least C{maxMemory} (1mb): a smaller number is a unit left out."""
+
+
+def _memory(value: object) -> int | None:
+    """C{maxMemory}: a size (a bare number is bytes); C{0} means no limit."""
+    size = _size(value)
+    if size == 0:
+        return None
+    if size < MIN_MEMORY:
+        raise ValueError(
+            f"too small: {_show(value)} is {size} bytes; give a unit, "
+            'like "256mb" or "1gb" (the least is 1mb, 0 turns the limit off)'
+        )
+    return size
+
+
 def _positive_int(value: object) -> int:
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -166,6 +183,7 @@ FIELDS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "idleTimeout": ("idle_timeout", _duration),
     "maxRequests": ("max_requests", _positive_int),
     "maxBodySize": ("max_body_size", _size),
+    "maxMemory": ("max_memory", _memory),
     "lowMemory": ("low_memory", _bool),
     "autoInstall": ("auto_install", _bool),
     "injectBase": ("inject_base", _bool),

@@ -156,7 +156,7 @@ class FakeChild(amp.AMP):
     def connectionMade(self) -> None:
         super().connectionMade()
         if self.startup == "ready":
-            self.callRemote(Ready, pid=self.process.pid, kind="fake")
+            self.callRemote(Ready, pid=self.process.pid, kind=self.process.launcher.kind)
         elif self.startup == "fail":
             self.callRemote(
                 StartupFailed, error="ImportError: no module named app", detail="Traceback: ..."
@@ -271,6 +271,8 @@ class FakeLauncher:
     processes: list[FakeProcess] = field(factory=list)
     next_pid: int = 1000
     running: bool = False
+    kind: str = "fake"
+    """What the workers say they run (C{wsgi}, C{asgi} ...)."""
 
     def start(self) -> Deferred:
         self.running = True

@@ -70,6 +70,7 @@ ttl: 5m
 idleTimeout: 1m
 maxRequests: 50
 maxBodySize: 2mb
+maxMemory: 256MB
 lowMemory: true
 autoInstall: yes
 injectBase: false
@@ -93,6 +94,7 @@ custom:
     assert (manifest.timeout, manifest.ttl, manifest.idle_timeout) == (10.0, 300.0, 60.0)
     assert manifest.max_requests == 50
     assert manifest.max_body_size == 2 * MB
+    assert manifest.max_memory == 256 * MB
     assert manifest.low_memory and manifest.auto_install and not manifest.inject_base
     assert manifest.env == {"GREETING": "hi", "COUNT": "3", "DEBUG": "true", "EMPTY": ""}
     assert manifest.public_routes == {"ALL": ("/health", "/api/public/**")}
@@ -107,6 +109,17 @@ def test_numbers_are_seconds_and_bytes(tmp_path):
     manifest, _ = load(tmp_path)
     assert (manifest.timeout, manifest.ttl, manifest.idle_timeout) == (1.5, 60.0, 2.0)
     assert manifest.max_body_size == 1024
+
+
+@pytest.mark.parametrize(
+    "text,size",
+    [("1gb", 1024 * MB), ("64mb", 64 * MB), ("1048576", MB), ("0", None), ("'0mb'", None)],
+)
+def test_max_memory_is_a_size_and_zero_is_no_limit(tmp_path, text, size):
+    write(tmp_path, f"maxMemory: {text}\n")
+    assert load(tmp_path)[0].max_memory == size
+    write(tmp_path, "timeout: 1s\n")
+    assert load(tmp_path)[0].max_memory is None  # the default: no limit
 
 
 def test_public_routes_map(tmp_path):
@@ -224,6 +237,10 @@ def test_error_message_format(tmp_path):
         ("idleTimeout: [1]", "idleTimeout", "invalid duration"),
         ("ttl: true", "ttl", "invalid duration"),
         ("maxBodySize: huge", "maxBodySize", "invalid size"),
+        ("maxMemory: lots", "maxMemory", "invalid size"),
+        ("maxMemory: -1mb", "maxMemory", "invalid size"),
+        ("maxMemory: 256", "maxMemory", 'give a unit, like "256mb"'),
+        ("maxMemory: 500kb", "maxMemory", "the least is 1mb"),
         ("maxRequests: 0", "maxRequests", "positive integer"),
         ("maxRequests: -3", "maxRequests", "positive integer"),
         ("maxRequests: 1.5", "maxRequests", "positive integer"),

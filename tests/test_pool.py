@@ -78,8 +78,12 @@ class Gates:
 
 
 class Harness:
+    """A pool of fake workers; C{memory} is their RSS in bytes by pid (a worker not in it: 0)."""
+
     def __init__(self, production: bool = False, startup: str = "ready", **config) -> None:
         self.clock = MemoryReactorClock()
+        self.memory: dict[int, int | None] = {}
+        self.memory_reads: list[int] = []
         self.gates = Gates()
         self.launcher = FakeLauncher(self.clock, handler=self.gates, startup=startup)
         settings = dict(
@@ -90,8 +94,12 @@ class Harness:
             production=production,
         )
         settings.update(config)
-        self.pool = WorkerPool(self.clock, PoolConfig(**settings), self.launcher)
+        self.pool = WorkerPool(self.clock, PoolConfig(**settings), self.launcher, rss=self._rss)
         self.pool.start()
+
+    def _rss(self, pid: int) -> int | None:
+        self.memory_reads.append(pid)
+        return self.memory.get(pid, 0)
 
     def app(self, name: str = "hello", version: str = "1.0.0", dir: str | None = None, **manifest):
         manifest.setdefault("ttl", 60.0)

@@ -31,6 +31,7 @@ from buntime.pool.checks import WorkerChecks
 from buntime.pool.launch.launcher import ILauncher, LauncherUnavailable
 from buntime.pool.metrics import PoolNumbers
 from buntime.pool.queues import WaitQueue, _Refused
+from buntime.pool.rss import RssSource, read_rss
 from buntime.pool.state import PoolApp, PoolConfig, _AppState
 from buntime.pool.status import READY, STARTING
 from buntime.pool.worker import StartupError, Worker
@@ -60,7 +61,13 @@ class WorkerLifecycle:
     C{(worker, app)}.
     """
 
-    def __init__(self, reactor: IReactorTime, config: PoolConfig, launcher: ILauncher) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        config: PoolConfig,
+        launcher: ILauncher,
+        rss: RssSource = read_rss,
+    ) -> None:
         self._reactor = reactor
         self._config = config
         self._launcher = launcher
@@ -74,7 +81,7 @@ class WorkerLifecycle:
         self._counts = self._numbers.counts
         self._response_times = self._numbers.response_times
         self._events = self._numbers.events
-        self._checks = WorkerChecks(reactor, self._discard, self._pump)
+        self._checks = WorkerChecks(reactor, self._discard, self._pump, rss)
         self.on_worker_spawn: list[Callable[[Worker, PoolApp], object]] = []
         self.on_worker_terminate: list[Callable[[Worker, PoolApp], object]] = []
 
@@ -273,11 +280,13 @@ class WorkerLifecycle:
         failed: bool = False,
         kill: bool = False,
         replace: bool = True,
+        terminate: bool = True,
     ) -> Deferred:
         """
         Take C{worker} out of service and stop it: drain for up to C{grace}
-        seconds, or SIGKILL it at once with C{kill}.  With C{replace}, requests
-        queued for the app get another worker.
+        seconds, or SIGKILL it at once with C{kill}; without C{terminate} it
+        gets no C{on_terminate} (it is killed after its drain and DELAY_MS).
+        With C{replace}, requests queued for the app get another worker.
         """
         if worker in self._stopping:
             return self._stopping[worker]
@@ -298,7 +307,7 @@ class WorkerLifecycle:
         self._notify(self.on_worker_terminate, worker, state.app)
         if kill:
             worker.kill()
-        stopped = Deferred.fromCoroutine(worker.stop(self._config.delay, grace))
+        stopped = Deferred.fromCoroutine(worker.stop(self._config.delay, grace, terminate))
         self._stopping[worker] = stopped
 
         def stopped_now(_: object) -> None:

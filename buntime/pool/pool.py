@@ -34,6 +34,7 @@ from buntime.pool.inflight import AppError, RequestTimedOut, WorkerGone
 from buntime.pool.launch.launcher import ILauncher
 from buntime.pool.lifecycle import WorkerLifecycle
 from buntime.pool.queues import _Refused
+from buntime.pool.rss import RssSource, read_rss
 from buntime.pool.state import PoolApp, PoolConfig, _AppState
 from buntime.pool.worker import StartupError, Worker
 
@@ -61,8 +62,9 @@ class WorkerPool(WorkerLifecycle):
         config: PoolConfig,
         launcher: ILauncher,
         installer: DependencyInstaller | None = None,
+        rss: RssSource = read_rss,
     ) -> None:
-        super().__init__(reactor, config, launcher)
+        super().__init__(reactor, config, launcher, rss)
         self._installer = installer or DependencyInstaller(reactor)  # type: ignore[arg-type]
         self._names: dict[str, str] = {}
         self._running = False

@@ -7,7 +7,6 @@ L{WorkerChannel} (L{buntime.pool.channel}).
 
 from __future__ import annotations
 
-import os
 import signal
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from buntime.pool.inflight import (
 )
 from buntime.pool.launch.launcher import ILauncher, LaunchedProcess, LaunchSpec
 from buntime.pool.output import Assembler, Record, Write
+from buntime.pool.rss import read_rss
 from buntime.pool.status import (
     ACTIVE,
     EPHEMERAL,
@@ -85,6 +85,8 @@ class Worker(InFlight):
     responded: int = 0
     total_response_time: float = 0.0
     consecutive_timeouts: int = 0
+    memory_checked_at: float = float("-inf")
+    """When the pool last read its RSS against C{maxMemory} (see L{buntime.pool.rss})."""
     idle_sent: bool = False
     healthy: bool = True
     on_finished: list[Callable[[Worker, WorkerExchange], object]] = field(factory=list, repr=False)
@@ -255,11 +257,13 @@ class Worker(InFlight):
         self.status = IDLE
         self.protocol.callRemote(Idle).addErrback(lambda _: None)
 
-    async def stop(self, delay: float, grace: float) -> None:
+    async def stop(self, delay: float, grace: float, terminate: bool = True) -> None:
         """
         Retire gracefully: let requests in flight finish (at most C{grace}
-        seconds), send L{Terminate} (C{on_terminate}; at most C{grace}), close
-        the channel, and SIGKILL the process if it is still there after C{delay}.
+        seconds), send L{Terminate} (C{on_terminate}; at most C{grace}; not
+        without C{terminate}: the app is stuck in a call it would wait for),
+        close the channel, and SIGKILL the process if it is still there after
+        C{delay}.
         """
         if self.status != OFFLINE:
             self._fail_startup(StartupError("worker was stopped before it was ready"))
@@ -270,7 +274,7 @@ class Worker(InFlight):
                     exchange.stream.retire()  # its client closes, then the app's call ends
             if self._exchanges:
                 await self._bounded(self._drain_waiter(), grace)
-            if was_ready and self._connected and self.status == STOPPING:
+            if terminate and was_ready and self._connected and self.status == STOPPING:
                 await self._bounded(self.protocol.callRemote(Terminate), grace)
             self._close_channel()
         if self.process is None or await self._bounded(self._exited.wait(), delay):
@@ -372,12 +376,8 @@ class Worker(InFlight):
         """Resident memory of the process in MB (0 when unknown)."""
         if self.pid is None or self.status == OFFLINE:
             return 0.0
-        try:
-            with open(f"/proc/{self.pid}/statm") as statm:
-                pages = int(statm.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            return 0.0
-        return round(pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024), 2)
+        size = read_rss(self.pid)
+        return round(size / (1024 * 1024), 2) if size is not None else 0.0
 
     def stats(self) -> dict[str, object]:
         """Per-worker numbers as SPEC section 3 names them."""

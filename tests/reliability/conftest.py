@@ -1,7 +1,9 @@
 """
-The reliability suite (C{tests/reliability/}): limits, worker faults and a
-soak, each against real C{twistd -n buntime} processes on 127.0.0.1, with
-what it measured printed (run with C{-s} to see the figures) and asserted.
+The reliability suite (C{tests/reliability/}): trust, bad input (hypothesis)
+and the sandbox, in process and against real runtimes; limits, worker
+faults and a soak, each against real C{twistd -n buntime} processes on
+127.0.0.1, with what it measured printed (run with C{-s} to see the figures)
+and asserted.
 Shared tools are in C{reliability_procs.py}; the C{runtimes} fixture comes
 from C{tests/conftest.py}.
 """

@@ -1,0 +1,115 @@
+"""
+Which app gives way when the pool is full: a frequency-aware choice in the
+manner of W-TinyLFU (Einziger, Friedman and Manes, "TinyLFU: A Highly
+Efficient Cache Admission Policy", 2017) instead of plain least recently used.
+
+Every request counts its app in a small count-min sketch (L{FrequencySketch})
+whose counters are halved every so many requests, so that the counts follow
+what is popular now.  The apps whose workers started last form the admission
+window (a few of them): a new app always gets its worker and enters the
+window, pushing the window's oldest out.  That one then competes with the
+least recently used of the other apps: whichever was asked for less often
+lately gives way.  A burst of apps asked for once therefore retires itself
+instead of the steady popular ones, which plain LRU retires in its turn.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+_ROWS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
+"""One odd multiplier per row of the sketch, each spreading a key's hash differently."""
+_MASK64 = (1 << 64) - 1
+COUNTER_MAX = 15
+"""A counter stops here (4 bits in the paper): enough to tell hot from cold."""
+
+
+class FrequencySketch:
+    """
+    How often each key was added lately, estimated: a count-min sketch of
+    len(L{_ROWS}) rows of C{width} counters (a power of two), every counter
+    halved once C{sample} adds have been made since the last halving.  An
+    estimate is never below the true count since the last halving (but by
+    collisions).
+    """
+
+    def __init__(self, width: int, sample: int) -> None:
+        self._mask = (1 << max(4, (width - 1).bit_length())) - 1
+        self._rows = [[0] * (self._mask + 1) for _ in _ROWS]
+        self._sample = sample
+        self._added = 0
+
+    def _slots(self, key: str) -> list[int]:
+        """The counter of C{key} in each row."""
+        spread = hash(key) & _MASK64
+        return [((spread * odd) & _MASK64) >> 40 & self._mask for odd in _ROWS]
+
+    def add(self, key: str) -> None:
+        """Count one more use of C{key}; halve every counter when the sample is full."""
+        for row, slot in zip(self._rows, self._slots(key), strict=True):
+            if row[slot] < COUNTER_MAX:
+                row[slot] += 1
+        self._added += 1
+        if self._added >= self._sample:
+            self._halve()
+
+    def estimate(self, key: str) -> int:
+        """How often C{key} was added lately: the least of its counters."""
+        return min(row[slot] for row, slot in zip(self._rows, self._slots(key), strict=True))
+
+    def _halve(self) -> None:
+        """Age every count: halve them all, so that old popularity fades."""
+        for row in self._rows:
+            row[:] = [count >> 1 for count in row]
+        self._added //= 2
+
+
+class FrequencyEviction:
+    """
+    The pool's eviction policy for at most C{capacity} resident keys (apps
+    with a live worker).  The pool calls L{record} for every request,
+    L{admitted} when a key's worker starts, and L{victim} when it is full.
+    """
+
+    def __init__(self, capacity: int, window: float = 0.01) -> None:
+        capacity = max(1, capacity)
+        # A longer sample than the paper's 10 x capacity: with a few hundred
+        # apps, the counts of the less popular ones are otherwise mostly 0 or
+        # 1.  On the benchmark's Zipf traffic (200 apps, s = 1.1, 50 workers)
+        # 10 x misses 22 %, 50 x 19.6 %; LRU 26.8 %, the floor 18.5 %.
+        self._sketch = FrequencySketch(width=8 * capacity, sample=50 * capacity)
+        self._window: deque[str] = deque(maxlen=max(1, round(capacity * window)))
+
+    def record(self, key: str) -> None:
+        """A request for C{key}."""
+        self._sketch.add(key)
+
+    def admitted(self, key: str) -> None:
+        """C{key} got a worker: it enters the admission window."""
+        if key in self._window:
+            self._window.remove(key)
+        self._window.append(key)
+
+    def frequency(self, key: str) -> int:
+        """How often C{key} was asked for lately (estimated)."""
+        return self._sketch.estimate(key)
+
+    def victim(self, residents: Sequence[str]) -> str | None:
+        """
+        Of C{residents} (least recently used first; not the key that needs
+        room), the one to give way: the window's oldest when the window is
+        full and it was asked for no more often than the least recently used
+        of the rest, else that one.  C{None} when there are no residents.
+        """
+        if not residents:
+            return None
+        present = set(residents)
+        window = [key for key in self._window if key in present]
+        main = [key for key in residents if key not in window]
+        if not main:
+            return window[0]
+        if len(window) < (self._window.maxlen or 1):
+            return main[0]
+        candidate, lru = window[0], main[0]
+        return candidate if self.frequency(candidate) <= self.frequency(lru) else lru

@@ -64,15 +64,31 @@ def test_a_burst_of_new_keys_does_not_retire_the_popular_ones():
         resident.remove(victim)
         resident.append(key)
         policy.admitted(key)
-    assert {"a", "b", "c"} <= set(resident)  # LRU would hold the last four scanned
+    # One of the four made room for the first scanned; LRU would hold the last four scanned.
+    assert resident[:3] == ["b", "c", "d"]
 
 
-def test_victim_is_the_lru_while_the_window_is_not_full_or_when_it_is_alone():
+def test_the_least_recently_used_of_equals_goes_and_the_window_is_kept():
     policy = FrequencyEviction(100, window=0.02)  # a window of 2
     assert policy.victim([]) is None
+    for key in ("older", "old", "new"):
+        policy.record(key)
     policy.admitted("new")
-    assert policy.victim(["old", "new"]) == "old"  # one in the window: room for the next
-    assert policy.victim(["new"]) == "new"
+    assert policy.victim(["older", "old", "new"]) == "older"
+    assert policy.victim(["new"]) == "new"  # alone: the window is no shelter
+
+
+def test_apps_still_starting_are_spared_while_others_can_go():
+    policy = FrequencyEviction(20)  # a window of 1
+    for _ in range(5):
+        policy.record("hot")
+    policy.record("cold")
+    policy.admitted("new")
+    residents = ["hot", "cold", "new"]
+    assert policy.victim(residents) == "cold"  # asked for less often
+    assert policy.victim(residents, spare={"cold"}) == "hot"  # but still starting
+    assert policy.victim(residents, spare={"hot", "cold"}) == "new"
+    assert policy.victim(residents, spare=set(residents)) == "hot"  # none can be spared
 
 
 def test_sketch_counts_saturate_and_halve():

@@ -144,7 +144,10 @@ class WorkerLifecycle:
             for key, other in self._apps.items()  # least recently used first
             if other is not state and any(not w.ephemeral for w in other.workers)
         ]
-        chosen = self._eviction.victim(residents)
+        # An app still starting its worker for requests that wait gives way
+        # only when no other can: they would wait until the app's next request.
+        starting = {key for key in residents if not self._settled(self._apps[key])}
+        chosen = self._eviction.victim(residents, starting)
         if chosen is None:
             return False
         other = self._apps[chosen]
@@ -154,6 +157,10 @@ class WorkerLifecycle:
         grace = other.app.manifest.timeout
         self._discard(other, victim, "evicted (pool full)", grace=grace, replace=False)
         return True
+
+    def _settled(self, state: _AppState) -> bool:
+        """No request of the app waits, and none of its workers is starting."""
+        return not state.queue and all(w.status != STARTING for w in state.workers)
 
     # -- starting, failing and retiring workers --------------------------------
 

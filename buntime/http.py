@@ -119,12 +119,18 @@ class Headers(Mapping[str, str]):
         added = tuple(pairs)
         if not added:
             return self
+        names = set()
         for name, value in added:
             if type(name) is not str or type(value) is not str:
                 added = _pairs(added)  # bytes or other values: converted as Headers does
+                names = {key.lower() for key, _ in added}
                 break
-        names = {key.lower() for key, _ in added}
-        kept = tuple([pair for pair in self._items if pair[0].lower() not in names])
+            names.add(name.lower())
+        kept = self._items
+        for key, _ in kept:
+            if key.lower() in names:  # set already: without its values
+                kept = tuple([pair for pair in kept if pair[0].lower() not in names])
+                break
         return Headers._of(kept + added)
 
     def add(self, name: str, value: str) -> Headers:

@@ -317,5 +317,8 @@ def test_headers_set_many_in_one_copy():
     assert changed.items() == [("x", "1"), ("vary", "c"), ("y", "2"), ("y", "3")]
     assert headers.set_many([]) is headers
     assert headers.set_many([(b"X", 1)]).items()[-1] == ("X", "1")  # converted as Headers does
+    # names compare without case, converted names too: each set name keeps only its new values
+    assert headers.set_many([(b"X", 1), ("VARY", "d")]).items() == [("X", "1"), ("VARY", "d")]
+    assert headers.set_many([("Y", "2")]).items() == [*headers.items(), ("Y", "2")]
     response = Response.text("x").with_headers([("X-A", "1")])
     assert response.headers["x-a"] == "1" and response.body == b"x"

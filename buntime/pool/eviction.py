@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection, Sequence
 
-_ROWS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
-"""One odd multiplier per row of the sketch, each spreading a key's hash differently."""
+ROWS = 4
+"""Rows of the sketch: each key has a counter in each, at a different slice of its hash."""
+_SLICE = 16
 _MASK64 = (1 << 64) - 1
 COUNTER_MAX = 15
 """A counter stops here (4 bits in the paper): enough to tell hot from cold."""
@@ -32,22 +33,24 @@ COUNTER_MAX = 15
 class FrequencySketch:
     """
     How often each key was added lately, estimated: a count-min sketch of
-    len(L{_ROWS}) rows of C{width} counters (a power of two), every counter
-    halved once C{sample} adds have been made since the last halving.  An
-    estimate is never below the true count since the last halving (but by
-    collisions).
+    L{ROWS} rows of C{width} counters (a power of two, at most 2^16), every
+    counter halved once C{sample} adds have been made since the last
+    halving.  A key's counter in row n is at bits 16n and up of its
+    (64-bit) hash.  An estimate is never below the true count since the
+    last halving (but by collisions).
     """
 
     def __init__(self, width: int, sample: int) -> None:
-        self._mask = (1 << max(4, (width - 1).bit_length())) - 1
-        self._rows = [[0] * (self._mask + 1) for _ in _ROWS]
+        bits = min(_SLICE, max(4, (width - 1).bit_length()))
+        self._mask = (1 << bits) - 1
+        self._rows = [[0] * (self._mask + 1) for _ in range(ROWS)]
         self._sample = sample
         self._added = 0
 
     def _slots(self, key: str) -> list[int]:
         """The counter of C{key} in each row."""
-        spread = hash(key) & _MASK64
-        return [((spread * odd) & _MASK64) >> 40 & self._mask for odd in _ROWS]
+        spread, mask = hash(key) & _MASK64, self._mask
+        return [spread >> (_SLICE * row) & mask for row in range(ROWS)]
 
     def add(self, key: str) -> None:
         """Count one more use of C{key}; halve every counter when the sample is full."""
@@ -60,7 +63,7 @@ class FrequencySketch:
 
     def estimate(self, key: str) -> int:
         """How often C{key} was added lately: the least of its counters."""
-        return min(row[slot] for row, slot in zip(self._rows, self._slots(key), strict=True))
+        return min(map(list.__getitem__, self._rows, self._slots(key)))
 
     def _halve(self) -> None:
         """Age every count: halve them all, so that old popularity fades."""

@@ -185,7 +185,7 @@ def density(
     elapsed = time.monotonic() - started
     time.sleep(idle)
     template = _template_pid(pid)
-    workers = [p for p in descendants(template) if template] if template else descendants(pid)
+    workers = descendants(template) if template else descendants(pid)  # spawned: no template
     measured = [m for m in map(_memory_mb, workers) if m is not None]
     runtime = _memory_mb(pid) or (0.0, 0.0)
     template_memory = (_memory_mb(template) if template else None) or (0.0, 0.0)

@@ -8,6 +8,7 @@ All of them are immutable: every "change" returns a new value.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -387,3 +388,31 @@ def page_answer(request: Any, path: str) -> bytes:
     request.setHeader(b"cache-control", b"no-cache")
     with open(path, "rb") as page:
         return page.read()
+
+
+ASSET_TYPES = {
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".svg": b"image/svg+xml",
+}
+"""What L{asset_answer} serves, by file name ending."""
+
+
+def asset_answer(request: Any, directory: str, name: str) -> bytes:
+    """
+    For a plugin's Klein route: the file C{name} of C{directory} (a page's
+    script, stylesheet or icon), revalidated on every load; a 404 for a
+    name with a path in it, an ending outside L{ASSET_TYPES}, or no file.
+    """
+    kind = ASSET_TYPES.get(os.path.splitext(name)[1])
+    path = os.path.join(directory, name)
+    if kind is None or name != os.path.basename(name) or name.startswith("."):
+        return json_error(request, 404, "NOT_FOUND", f"No file {name!r} here")
+    try:
+        with open(path, "rb") as asset:
+            data = asset.read()
+    except OSError:
+        return json_error(request, 404, "NOT_FOUND", f"No file {name!r} here")
+    request.setHeader(b"content-type", kind)
+    request.setHeader(b"cache-control", b"no-cache")
+    return data

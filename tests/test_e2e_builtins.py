@@ -19,10 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 
 pytestmark = pytest.mark.e2e
 
 HELLO = """
+    import asyncio
+
+    gate = asyncio.Event()
+
     def hello(request):
         print("hello from the worker", flush=True)
         return {"hello": "world"}
@@ -30,7 +35,15 @@ HELLO = """
     def broken(request):
         raise RuntimeError("broken on purpose")
 
-    routes = {"/": hello, "/broken": broken}
+    async def hold(request):
+        await asyncio.wait_for(gate.wait(), 60)
+        return {"held": True}
+
+    async def release(request):
+        gate.set()
+        return {"released": True}
+
+    routes = {"/": hello, "/broken": broken, "/hold": hold, "/release": release}
 """
 
 
@@ -134,6 +147,67 @@ async def test_prometheus_after_real_requests(runtimes, apps):
 
 
 @pytest_twisted.ensureDeferred
+async def test_stats_show_a_busy_worker_and_latency_percentiles(runtimes, apps):
+    from twisted.internet import reactor
+
+    proc = await start(runtimes, apps)
+    await text(await proc.get("/hello/"))
+
+    async def hello_workers() -> dict:
+        found = await proc.json(await proc.get("/metrics/api/stats"))
+        return found["workers"]["byApp"].get("hello", {})
+
+    held = proc.get("/hello/hold")  # stays in flight until released
+    busy: dict = {}
+    for _ in range(200):
+        busy = await hello_workers()
+        if busy.get("byState") == {"busy": 1}:
+            break
+        await deferLater(reactor, 0.05, lambda: None)
+    assert busy["byState"] == {"busy": 1}
+    [worker] = busy["workers"]
+    assert (worker["state"], worker["status"], worker["inFlight"]) == ("busy", "active", 1)
+    assert worker["version"] == "1.0.0" and "key" not in worker
+    await text(await proc.get("/hello/release"))
+    assert (await proc.json(await within(reactor, held, 30))) == {"held": True}
+    ready = await hello_workers()
+    assert ready["byState"] == {"ready": 1} and ready["workers"][0]["inFlight"] == 0
+
+    http = (await proc.json(await proc.get("/metrics/api/stats")))["http"]
+    assert http["byApp"]["hello@1.0.0"] == 3  # /, /hold, /release
+    latency = http["latencyMs"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_requests_task_holds_the_runtime_and_the_worker_lines(runtimes, apps):
+    from twisted.internet import reactor
+
+    proc = await start(runtimes, apps)
+    response = await proc.get("/hello/", headers={"x-request-id": ["e2e-follow-1"]})
+    await text(response)
+
+    async def entries(query: str) -> list[dict]:
+        return (await proc.json(await proc.get(f"/logs/api/?{query}")))["entries"]
+
+    found: list[dict] = []
+    for _ in range(200):  # the worker's output arrives on its own channel
+        found = await entries("request_id=e2e-follow-1")
+        if any(e["context"].startswith("worker:") for e in found):
+            break
+        await deferLater(reactor, 0.05, lambda: None)
+    [task] = {e["task_uuid"] for e in found}  # one task across runtime and worker
+    in_task = await entries(f"task={task}")
+    contexts = {e["context"] for e in in_task}
+    assert contexts == {"runtime", "worker:hello@1.0.0"}
+    messages = [e["message"] for e in in_task]
+    assert "hello from the worker" in messages
+    assert any(m.startswith("GET /hello/ 200") for m in messages)
+    assert any(e["level"] == "debug" for e in in_task)  # a task shows all its levels
+    assert await entries("task=no-such-task") == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_pages_are_html(runtimes, apps):
     proc = await start(runtimes, apps)
     for path in ("/metrics/", "/logs/", "/metrics", "/logs"):
@@ -141,6 +215,14 @@ async def test_pages_are_html(runtimes, apps):
         assert response.code == 200, path
         assert response.headers.getRawHeaders("content-type") == ["text/html; charset=utf-8"]
         assert "<!doctype html>" in await text(response)
+    for path, kind in (
+        ("/metrics/ui/chart.js", "text/javascript"),
+        ("/logs/ui/viewer.css", "text/css"),
+    ):
+        response = await proc.get(path)
+        assert response.code == 200, path
+        assert response.headers.getRawHeaders("content-type")[0].startswith(kind)
+        await text(response)
 
 
 @pytest_twisted.ensureDeferred

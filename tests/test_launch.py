@@ -16,7 +16,7 @@ import pytest
 import pytest_twisted
 from test_child_protocol import RuntimeSide
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock, deferLater
 from zope.interface.verify import verifyObject
 
@@ -331,3 +331,92 @@ def test_a_template_that_cannot_be_started_fails_the_start_with_its_reason():
     [failure] = failures
     assert failure.check(PermissionError)
     assert "Permission denied" in failure.getErrorMessage()
+
+
+# -- the spare the template forks ahead ------------------------------------------------
+
+
+def children_of(pid: int) -> set[int]:
+    """The live (not zombie) child processes of C{pid}, from C{/proc}."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+@pytest_twisted.async_yield_fixture
+async def forking():
+    launcher = ForkLauncher(reactor)
+    await bounded(launcher.start())
+    harness = Harness(launcher)
+    try:
+        yield harness
+    finally:
+        await harness.close()
+
+
+async def spare_of(harness: Harness, besides: set[int] = frozenset()) -> int:
+    """The template's spare: its one child that is no worker (waiting for it to be forked)."""
+    template = harness.launcher._transport.pid
+    workers = {process.pid for process in harness.processes} | besides
+    await until(lambda: len(children_of(template) - workers) == 1)
+    [spare] = children_of(template) - workers
+    return spare
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cold_start_takes_the_spare_the_template_forked_ahead(forking: Harness) -> None:
+    spare = await spare_of(forking)
+    runtime, process = await forking.ready(APPS / "routes-demo")
+    assert process.pid == spare  # the launch did not wait for a fork
+    assert (await bounded(runtime.request(path="/health").done)).status == 200
+    following = await spare_of(forking)  # and the next one is forked once the template is idle
+    assert following != spare
+    second, process = await forking.ready(APPS / "routes-demo")
+    assert process.pid == following
+    assert (await bounded(second.request(path="/health").done)).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spare_that_dies_is_replaced(forking: Harness) -> None:
+    spare = await spare_of(forking)
+    os.kill(spare, signal.SIGKILL)
+    replacement = await spare_of(forking, besides={spare})
+    assert replacement != spare
+    runtime, process = await forking.ready(APPS / "routes-demo")
+    assert process.pid == replacement
+    assert (await bounded(runtime.request(path="/health").done)).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_launches_forks_past_the_one_spare(forking: Harness) -> None:
+    await spare_of(forking)
+    started = await bounded(
+        DeferredList(
+            [Deferred.fromCoroutine(forking.ready(APPS / "routes-demo")) for _ in range(4)],
+            fireOnOneErrback=True,
+            consumeErrors=True,
+        )
+    )
+    pids = {process.pid for _, (_, process) in started}
+    assert len(pids) == 4
+    for _, (runtime, _) in started:
+        assert (await bounded(runtime.request(path="/health").done)).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_spare_goes_with_the_template() -> None:
+    launcher = ForkLauncher(reactor)
+    await bounded(launcher.start())
+    harness = Harness(launcher)
+    spare = await spare_of(harness)
+    await bounded(launcher.stop())
+    await until(lambda: spare not in children_of(1) and not os.path.exists(f"/proc/{spare}/stat"))

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import pytest_twisted
+from eliot import start_action
 from test_plugins_service import make_service
 from test_plugins_support import write_plugin
 from twisted.internet.defer import ensureDeferred
@@ -118,6 +119,21 @@ def test_queries_by_level_text_and_limit():
     }
 
 
+def test_queries_by_task_and_request_id():
+    ring = LogRing()
+    ring.take(message("GET /a", "debug", task_uuid="t1", request_id="r1"))
+    ring.take(message("hello from the app", task_uuid="t1", request_id="r1", context="worker:a"))
+    ring.take(message("routed", task_uuid="t1"))
+    ring.take(message("GET /b", task_uuid="t2", request_id="r2"))
+    ring.take(message("no task at all"))
+    in_t1 = [r["message"] for r in ring.query(Filter(task="t1"), 10)]
+    assert in_t1 == ["GET /a", "hello from the app", "routed"]
+    by_id = [r["message"] for r in ring.query(Filter(request_id="r1", level="info"), 10)]
+    assert by_id == ["hello from the app"]
+    assert ring.query(Filter(task="t1", request_id="r2"), 10) == []
+    assert [r["message"] for r in ring.since(2, Filter(task="t2"))] == ["GET /b"]
+
+
 # -- the plugin -------------------------------------------------------------------------
 
 
@@ -189,6 +205,33 @@ async def test_query_limits_and_refusals(tmp_path):
     assert (status, body["error"]["code"]) == (400, "INVALID_LEVEL")
     status, body = await call(service, "GET", "/logs/api/?limit=many")
     assert (status, body["error"]["code"]) == (400, "INVALID_LIMIT")
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_query_by_task_shows_every_level_of_it(tmp_path):
+    service = await started(tmp_path)
+    with start_action(action_type="test:logs:request") as action:
+        log("debug", "test:logs:in", "a detail of the request", request_id="rq-1")
+        log("info", "test:logs:in", "the request's answer", request_id="rq-1")
+    log("info", "test:logs:out", "another request's line", request_id="rq-2")
+    task = action.task_uuid
+    status, body = await call(service, "GET", f"/logs/api/?task={task}")
+    assert status == 200
+    found = [e["message"] for e in body["entries"] if "message_type" in e]
+    assert found == ["a detail of the request", "the request's answer"]
+    assert {e["task_uuid"] for e in body["entries"]} == {task}
+    # a level, when named, still holds
+    status, body = await call(service, "GET", f"/logs/api/?task={task}&level=info")
+    assert [e["message"] for e in body["entries"]] == ["the request's answer"]
+    status, body = await call(service, "GET", "/logs/api/?request_id=rq-1")
+    assert [e["message"] for e in body["entries"]] == [
+        "a detail of the request",
+        "the request's answer",
+    ]
+    assert body["entries"][0]["task_uuid"] == task
+    status, body = await call(service, "GET", "/logs/api/?request_id=nobody")
+    assert (status, body["entries"]) == (200, [])
     await service.stopService()
 
 
@@ -275,8 +318,15 @@ async def test_the_page(tmp_path):
     assert response.status == 200
     assert response.headers.get("content-type") == "text/html; charset=utf-8"
     page = response.body.decode()
-    assert "EventSource" in page and "/api/sse" in page and "/api/clear" in page
-    assert "src=" not in page and "<link" not in page  # self-contained
+    assert "viewer.js" in page and "viewer.css" in page
+    assert "//" not in page.replace("://www.w3.org", "")  # nothing from another host
+    script = await service.registry.route(Request("GET", "/logs/ui/viewer.js"))
+    assert script.status == 200
+    assert script.headers.get("content-type") == "text/javascript; charset=utf-8"
+    code = script.body.decode()
+    assert "/api/sse" in code and "/api/clear" in code and "frameSDK" in code
+    # a 404 from a plugin's routes lets the request go on (to apps): nothing answers here
+    assert await service.registry.route(Request("GET", "/logs/ui/plugin.py")) is None
     await service.stopService()
 
 
@@ -327,6 +377,39 @@ async def test_sse_streams_new_messages_every_interval(tmp_path):
     await chunks.aclose()  # the client goes away
     assert logs_plugin(service).streams == set()
     assert clock.getDelayedCalls() == []  # no timer left running
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_goes_on_after_what_a_query_saw(tmp_path):
+    service = await started(tmp_path)
+    log("info", "test:logs:n", "seen by the query")
+    _, body = await call(service, "GET", "/logs/api/?search=test")
+    log("info", "test:logs:n", "between the query and the stream")
+    _, chunks = await open_stream(service, f"/logs/api/sse?after={body['total']}")
+    waiting = ensureDeferred(next_events(chunks))
+    service.reactor.advance(0.5)
+    assert waiting.called  # (without ?after= the stream starts now, and it would wait)
+    [(_, record)] = await waiting
+    assert record["message"] == "between the query and the stream"
+    await chunks.aclose()
+    await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_follows_one_task(tmp_path):
+    service = await started(tmp_path)
+    with start_action(action_type="test:logs:request") as action:
+        pass
+    _, chunks = await open_stream(service, f"/logs/api/sse?task={action.task_uuid}")
+    assert (await chunks.__anext__()).startswith(b":")
+    log("info", "test:logs:other", "not in the task")
+    with action.context():
+        log("debug", "test:logs:in", "later in the task")
+    service.reactor.advance(0.5)
+    [(_, record)] = await next_events(chunks)
+    assert (record["message"], record["task_uuid"]) == ("later in the task", action.task_uuid)
+    await chunks.aclose()
     await service.stopService()
 
 

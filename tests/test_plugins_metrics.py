@@ -17,6 +17,7 @@ from test_plugins_support import FakePool, write_plugin
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
+from buntime.builtins.metrics.snapshot import Window, http_numbers, quantile
 from buntime.http import Request
 from buntime.plugins.discovery import BUILTINS_DIR
 from buntime.plugins.outcomes import RequestOutcomes
@@ -79,18 +80,86 @@ async def test_stats(tmp_path):
     service.requests.record("hello@1.0.0", "POST", 503, 8.0)
     service.requests.record(None, "GET", 404, 3.0)
     response = await service.registry.route(Request("GET", "/metrics/api/stats"))
-    assert json.loads(response.body) == {
-        "pool": pool.metrics(),
-        "workers": {"total": 3, "byStatus": {"active": 1, "idle": 2}},
-        "http": {
-            "total": 3,
-            "avgMs": 5.0,
-            "byStatus": {"2xx": 1, "4xx": 1, "5xx": 1},
-            "byApp": {"hello@1.0.0": 2, "unknown": 1},
-        },
-        "sseClients": 0,
+    found = json.loads(response.body)
+    assert found["pool"] == pool.metrics()
+    assert found["sseClients"] == 0
+    assert found["workers"]["total"] == 3
+    assert found["workers"]["byStatus"] == {"active": 1, "idle": 2}
+    http = found["http"]
+    assert {k: http[k] for k in ("total", "avgMs", "byStatus", "byApp", "errors")} == {
+        "total": 3,
+        "avgMs": 5.0,
+        "byStatus": {"2xx": 1, "4xx": 1, "5xx": 1},
+        "byApp": {"hello@1.0.0": 2, "unknown": 1},
+        "errors": 1,
     }
+    assert http["errorRate"] == pytest.approx(1 / 3, abs=1e-4)
+    assert http["boundsMs"] == list(service.requests.bounds_ms)
+    assert http["buckets"][0] == 2 and http["buckets"][1] == 3 and http["buckets"][-1] == 3
+    # 3 requests: 2 under 5 ms, 1 in (5, 10]; interpolated in their bucket
+    assert http["latencyMs"] == {"p50": 3.75, "p95": 9.25, "p99": 9.85}
     await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stats_show_each_apps_workers_with_their_state(tmp_path):
+    pool = FakePool()
+    pool.workers = [
+        {"id": "w1", "app": "hello", "version": "1.0.0", "status": "active", "inFlight": 2},
+        {"id": "w2", "app": "hello", "version": "1.0.0", "status": "active", "inFlight": 0},
+        {"id": "w3", "app": "hello", "version": "0.9.0", "status": "stopping", "inFlight": 1},
+        {"id": "w4", "app": "todo", "version": "2.0.0", "status": "starting", "key": "/srv"},
+        {"id": "w5", "app": "todo", "version": "2.0.0", "status": "idle", "inFlight": 0},
+        {"id": "w6", "app": "once", "version": "1.0.0", "status": "ephemeral", "inFlight": 1},
+    ]
+    service = await started(tmp_path, pool=pool)
+    response = await service.registry.route(Request("GET", "/metrics/api/stats"))
+    workers = json.loads(response.body)["workers"]
+    assert workers["byState"] == {"busy": 2, "idle": 1, "ready": 1, "retiring": 1, "starting": 1}
+    hello = workers["byApp"]["hello"]
+    assert hello["total"] == 3
+    assert hello["byState"] == {"busy": 1, "ready": 1, "retiring": 1}
+    assert [(w["id"], w["state"]) for w in hello["workers"]] == [
+        ("w3", "retiring"),
+        ("w1", "busy"),
+        ("w2", "ready"),
+    ]
+    todo = workers["byApp"]["todo"]["workers"]
+    assert todo[0] == {"id": "w4", "version": "2.0.0", "state": "starting", "status": "starting"}
+    assert "key" not in todo[0]  # a worker's directory is not shown
+    assert workers["byApp"]["once"]["byState"] == {"busy": 1}
+    await service.stopService()
+
+
+def test_quantiles_from_cumulative_buckets():
+    bounds = (10.0, 100.0)
+    assert quantile(bounds, [0, 0, 0], 0.5) is None
+    assert quantile(bounds, [10, 10, 10], 0.5) == 5.0
+    assert quantile(bounds, [0, 10, 10], 0.5) == 55.0
+    assert quantile(bounds, [5, 5, 10], 0.99) == 100.0  # past the last bound: that bound
+    assert quantile(bounds, [1, 2, 2], 0.99) == pytest.approx(98.2)
+
+
+def test_a_window_gives_the_rates_between_two_summaries():
+    window = Window()
+    outcomes = RequestOutcomes()
+    assert window.rates(10.0, http_numbers(outcomes)) is None
+    for _ in range(18):
+        outcomes.record("a@1", "GET", 200, 3.0)
+    outcomes.record("a@1", "GET", 500, 300.0)
+    outcomes.record("a@1", "GET", 500, 300.0)
+    rates = window.rates(12.0, http_numbers(outcomes))
+    assert rates == {
+        "seconds": 2.0,
+        "requests": 20,
+        "rps": 10.0,
+        "errors": 2,
+        "errorRate": 0.1,
+        "latencyMs": {"p50": pytest.approx(2.778, abs=1e-3), "p95": 375.0, "p99": 475.0},
+    }
+    # nothing in the next window: no rate, no percentiles
+    quiet = window.rates(13.0, http_numbers(outcomes))
+    assert quiet["rps"] == 0.0 and quiet["latencyMs"] == {"p50": None, "p95": None, "p99": None}
 
 
 @pytest_twisted.ensureDeferred
@@ -101,7 +170,8 @@ async def test_worker_stats_as_a_mapping(tmp_path):
 
     service = await started(tmp_path, pool=MappingPool())
     response = await service.registry.route(Request("GET", "/metrics/api/stats"))
-    assert json.loads(response.body)["workers"] == {"total": 2, "byStatus": {"active": 2}}
+    workers = json.loads(response.body)["workers"]
+    assert (workers["total"], workers["byStatus"]) == (2, {"active": 2})
     await service.stopService()
 
 
@@ -156,8 +226,16 @@ async def test_the_page(tmp_path):
     assert response.status == 200
     assert response.headers.get("content-type") == "text/html; charset=utf-8"
     page = response.body.decode()
-    assert "<!doctype html>" in page and "EventSource" in page and "/api/sse" in page
-    assert "src=" not in page and "<link" not in page  # self-contained
+    assert "<!doctype html>" in page and "dashboard.js" in page
+    assert "//" not in page.replace("://www.w3.org", "")  # nothing from another host
+    script = await service.registry.route(Request("GET", "/metrics/ui/dashboard.js"))
+    assert script.status == 200
+    assert script.headers.get("content-type") == "text/javascript; charset=utf-8"
+    assert "/api/sse" in script.body.decode() and "frameSDK" in script.body.decode()
+    style = await service.registry.route(Request("GET", "/metrics/ui/dashboard.css"))
+    assert style.headers.get("content-type") == "text/css; charset=utf-8"
+    for missing in ("/metrics/ui/nope.js", "/metrics/ui/index.html", "/metrics/ui/..%2Fplugin.py"):
+        assert await service.registry.route(Request("GET", missing)) is None, missing
     menu = await service.registry.route(Request("GET", "/metrics", {"host": "rt.test"}))
     assert menu.status in (301, 308)
     assert menu.headers.get("location").endswith("/metrics/")
@@ -284,12 +362,16 @@ async def test_sse_sends_a_snapshot_every_interval(tmp_path):
     assert response.headers.get("content-type") == "text/event-stream; charset=utf-8"
     first = await next_event(chunks)
     assert first["sseClients"] == 1 and first["http"]["total"] == 0
+    assert first["rate"] is None  # no window before the second event
     waiting = ensureDeferred(next_event(chunks))
     clock.advance(0.2)
     assert not waiting.called
     service.requests.record("a@1.0.0", "GET", 200, 1.0)
     clock.advance(0.05)
-    assert (await waiting)["http"]["total"] == 1
+    second = await waiting
+    assert second["http"]["total"] == 1
+    assert second["rate"]["requests"] == 1 and second["rate"]["rps"] == 4.0
+    assert second["rate"]["latencyMs"]["p50"] == 2.5  # one request under 5 ms
     await chunks.aclose()  # the client goes away
     assert metrics_plugin(service).provider.streams == set()
     assert clock.getDelayedCalls() == []  # no timer left running

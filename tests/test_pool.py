@@ -44,6 +44,7 @@ WORKER_STATS = {
     "avgResponseTimeMs",
     "totalResponseTimeMs",
     "status",
+    "inFlight",
     "pid",
     "rssMB",
 }

@@ -395,6 +395,7 @@ class Worker(InFlight):
             "avgResponseTimeMs": round(total_ms / self.responded, 2) if self.responded else 0.0,
             "totalResponseTimeMs": round(total_ms, 2),
             "status": self.status,
+            "inFlight": len(self._exchanges),
             "pid": self.pid,
             "rssMB": self.rss_mb(),
         }

@@ -4,12 +4,13 @@ C{@buntime/plugin-logs}: the runtime's recent log messages, in memory.
 Every log message (runtime, plugins, workers) goes into a ring of
 C{maxEntries} (an eliot destination added in C{on_init} and removed in
 C{on_shutdown}); reads show C{minLevel} and up unless they ask for another
-level.  C{GET /logs/api/?level=&search=&limit=} reads
-it (newest last), C{GET /logs/api/stats} counts it, C{GET /logs/api/sse}
+level.  C{GET /logs/api/?level=&search=&task=&request_id=&limit=} reads
+it (newest last; C{task} is an eliot task, one per request across the
+runtime and its worker), C{GET /logs/api/stats} counts it, C{GET /logs/api/sse}
 streams new messages, C{POST /logs/api/} logs an entry, C{POST
-/logs/api/clear} empties the ring, and C{GET /logs/} is a page over all of
-it.  Records are made when read, with the runtime's redaction of
-credentials.
+/logs/api/clear} empties the ring, and C{GET /logs/} is a live viewer over
+all of it (its script and stylesheet under C{/logs/ui/}).  Records are
+made when read, with the runtime's redaction of credentials.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from buntime.builtins.logs.ring import LEVELS, Filter, LogRing
-from buntime.http import json_answer, page_answer
+from buntime.http import asset_answer, json_answer, page_answer
 from buntime.interfaces import IBuntimePlugin, IPluginContext
 from buntime.sse import EventStream, event
 
-PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui", "index.html")
+UI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
+PAGE = os.path.join(UI, "index.html")
 DEFAULT_LIMIT = 100
 MAX_MESSAGE = 8 * 1024
 """Characters of an entry's message added through the API."""
@@ -57,10 +59,18 @@ def _setting(config: Mapping[str, Any], name: str, default: int) -> int:
 
 
 def _filter(request: Any, default_level: str) -> Filter:
+    """
+    The query's filter.  Asking for a task or a request id shows all of it,
+    every level, unless a level is named too.
+    """
+    task, request_id = _arg(request, "task") or None, _arg(request, "request_id") or None
+    if task or request_id:
+        default_level = "debug"
     level = (_arg(request, "level") or "").lower() or default_level
     if level not in LEVELS:
         raise _Refused(400, "INVALID_LEVEL", f"level must be one of {', '.join(LEVELS)}")
-    return Filter(level=level, search=_arg(request, "search") or None)
+    search = _arg(request, "search") or None
+    return Filter(level=level, search=search, task=task, request_id=request_id)
 
 
 def _same_origin(request: Any) -> None:
@@ -146,6 +156,10 @@ class LogsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is option
     def page(self, request: Any) -> bytes:
         return page_answer(request, PAGE)
 
+    @routes.route("/ui/<name>", methods=["GET", "HEAD"])
+    def asset(self, request: Any, name: str) -> bytes:
+        return asset_answer(request, UI, name)
+
     @routes.route("/api/", methods=["GET", "HEAD"])
     def entries(self, request: Any) -> bytes:
         wanted = _filter(request, self.ring.min_level)
@@ -187,7 +201,9 @@ class LogsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is option
     @routes.route("/api/sse", methods=["GET"])
     def sse(self, request: Any) -> Deferred[None]:
         wanted = _filter(request, self.ring.min_level)
-        last = request.getHeader("last-event-id")
+        # where to go on from: a reconnecting EventSource's Last-Event-ID, else the
+        # page's ?after= (the total its query saw: nothing is lost in between), else now
+        last = request.getHeader("last-event-id") or _arg(request, "after")
         self.ring.sync()
         try:
             after = int(last) if last is not None else self.ring.total

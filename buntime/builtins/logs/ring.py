@@ -33,13 +33,23 @@ def level_of(message: Mapping[str, Any]) -> str:
 
 @define(eq=False)
 class Filter:
-    """What a reader asked for: a least level and a text to find (case-insensitive)."""
+    """
+    What a reader asked for: a least level, a text to find (case-insensitive),
+    the eliot task (C{task_uuid}: one per request, across runtime and worker)
+    and the request id the records must have.
+    """
 
     level: str | None = None
     search: str | None = None
+    task: str | None = None
+    request_id: str | None = None
 
     def matches(self, record: Mapping[str, Any]) -> bool:
         if self.level is not None and RANK.get(record.get("level", ""), 0) < RANK[self.level]:
+            return False
+        if self.task is not None and record.get("task_uuid") != self.task:
+            return False
+        if self.request_id is not None and record.get("request_id") != self.request_id:
             return False
         if self.search:
             text = json.dumps(record, default=str, ensure_ascii=False).lower()

@@ -4,19 +4,19 @@ text, as a live event stream, and on a page.
 
 C{GET /metrics/api/} answers C{{"pool": pool.metrics(), "workers":
 pool.worker_stats()}}; C{GET /metrics/api/stats} a summary (pool metrics,
-workers by status, HTTP requests by status class and app);
-C{GET /metrics/api/prometheus} the Prometheus exposition;
-C{GET /metrics/api/sse} the summary every C{sseInterval} ms as Server-Sent
-Events; C{GET /metrics/} the page showing that stream.  Nothing is counted
-per request here: the numbers are read from the pool and C{ctx.requests}
-when asked.
+workers by status and state and per app, HTTP requests by status class and
+app with latency percentiles and errors); C{GET /metrics/api/prometheus}
+the Prometheus exposition; C{GET /metrics/api/sse} the summary every
+C{sseInterval} ms as Server-Sent Events, with the rates since the previous
+event; C{GET /metrics/} the dashboard showing that stream (its script and
+stylesheet under C{/metrics/ui/}).  Nothing is counted per request here:
+the numbers are read from the pool and C{ctx.requests} when asked.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,33 +29,16 @@ from buntime.builtins.metrics.prometheus import (
     CONTENT_TYPE,
     exposition,
     registry_for,
-    status_label,
     worker_list,
 )
-from buntime.http import json_answer, page_answer
+from buntime.builtins.metrics.snapshot import Window, http_numbers, workers_by_app
+from buntime.http import asset_answer, json_answer, page_answer
 from buntime.interfaces import IBuntimePlugin, IPluginContext
 from buntime.sse import EventStream
 
-PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui", "index.html")
+UI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
+PAGE = os.path.join(UI, "index.html")
 MIN_SSE_INTERVAL_MS = 100
-
-
-def http_summary(requests: Any) -> dict[str, Any]:
-    """Requests answered so far: in all, by status class, by app, and their mean time."""
-    total, time_ms = 0, 0.0
-    by_status: Counter[str] = Counter()
-    by_app: Counter[str] = Counter()
-    for row in requests.rows() if requests is not None else ():
-        total += row.count
-        time_ms += row.sum_ms
-        by_status[status_label(row.status_class)] += row.count
-        by_app[row.app] += row.count
-    return {
-        "total": total,
-        "avgMs": round(time_ms / total, 3) if total else 0.0,
-        "byStatus": dict(sorted(by_status.items())),
-        "byApp": dict(sorted(by_app.items())),
-    }
 
 
 @implementer(IBuntimePlugin)
@@ -101,11 +84,9 @@ class MetricsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
         """What C{/api/stats} answers and C{/api/sse} sends."""
         found: dict[str, Any] = {}
         if self.pool is not None:
-            workers = worker_list(self.pool.worker_stats())
-            by_status = Counter(str(w.get("status", "unknown")) for w in workers)
             found["pool"] = self.pool.metrics()
-            found["workers"] = {"total": len(workers), "byStatus": dict(sorted(by_status.items()))}
-        found["http"] = http_summary(self.requests)
+            found["workers"] = workers_by_app(worker_list(self.pool.worker_stats()))
+        found["http"] = http_numbers(self.requests)
         found["sseClients"] = len(self.streams)
         return found
 
@@ -117,6 +98,10 @@ class MetricsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
     @routes.route("/", methods=["GET", "HEAD"])
     def page(self, request: Any) -> bytes:
         return page_answer(request, PAGE)
+
+    @routes.route("/ui/<name>", methods=["GET", "HEAD"])
+    def asset(self, request: Any, name: str) -> bytes:
+        return asset_answer(request, UI, name)
 
     @routes.route("/api/", methods=["GET", "HEAD"])
     def snapshot(self, request: Any) -> bytes:
@@ -142,10 +127,17 @@ class MetricsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
     @routes.route("/api/sse", methods=["GET"])
     def sse(self, request: Any) -> Deferred[None]:
         stream = EventStream(request, self.clock)
+        window = Window()
         self.streams.add(stream)
         stream.on_close.append(lambda: self.streams.discard(stream))
-        stream.every(self.sse_interval, lambda: json.dumps(self.summary(), default=str))
+        stream.every(self.sse_interval, lambda: self._event(window))
         return stream.open()
+
+    def _event(self, window: Window) -> str:
+        """The summary, with the rates since the previous event (C{rate}; null at first)."""
+        summary = self.summary()
+        summary["rate"] = window.rates(self.clock.seconds(), summary["http"])
+        return json.dumps(summary, default=str)
 
 
 def plugin(config: Mapping[str, Any]) -> MetricsPlugin:

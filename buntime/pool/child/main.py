@@ -132,10 +132,12 @@ class WorkerMain:
                 pass  # already stopping (a failed start, then the channel closing)
 
 
-def main(parent: int | None = None) -> None:
+def prepare(parent: int | None = None) -> tuple[asyncio.AbstractEventLoop, Any]:
     """
-    Run one worker (C{python -m buntime.pool.child}); never returns.
-    C{parent} is the pid it must not outlive (default: its parent now).
+    The part of a worker's start that needs no app: tie its life to
+    C{parent} (default: its parent now), install the asyncio reactor, and
+    ignore group signals.  The fork template's spare does this before it
+    is given an app (L{buntime.pool.launch.template}).  The loop and reactor.
     """
     die_with_parent(parent if parent is not None else os.getppid())
     loop = asyncio.new_event_loop()
@@ -147,6 +149,14 @@ def main(parent: int | None = None) -> None:
     # sent to the whole process group must not cut in-flight requests.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return loop, reactor
+
+
+def serve(loop: asyncio.AbstractEventLoop, reactor: Any) -> None:
+    """
+    Run a L{prepare}d worker on its channel and output fds (3, 4 and 5, and
+    1 and 2) and its environment, already in place; never returns.
+    """
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a TextIOWrapper
@@ -163,3 +173,11 @@ def main(parent: int | None = None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def main(parent: int | None = None) -> None:
+    """
+    Run one worker (C{python -m buntime.pool.child}); never returns.
+    C{parent} is the pid it must not outlive (default: its parent now).
+    """
+    serve(*prepare(parent))

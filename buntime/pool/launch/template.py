@@ -12,12 +12,21 @@ directory and C{sys.path}, and runs the worker's C{main()}.  The template
 answers C{{"worker_id", "pid"}} after each fork and C{{"pid", "exited"}}
 when a child ends, and exits when the control socket closes.
 
+A cold start does not wait for the fork: the template keeps one I{spare}
+forked ahead, which has done every step of a worker's start that needs no
+app (its reactor installed, see L{buntime.pool.child.main.prepare}) and
+waits on a socket of its own.  A launch hands the message and its fds to
+the spare, which becomes the worker; the next spare is forked once no
+launch has come for L{SPARE_DELAY} (not while that worker starts).  A
+launch that finds no spare (a burst) forks as before.
+
 Third-party libraries an app might pin itself (Flask, Starlette...) are not
 pre-imported: the app must get the version on its own C{PYTHONPATH}.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import importlib
 import json
@@ -27,6 +36,8 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Set
+from typing import NoReturn
 
 from buntime.pool.output import OUTPUT_FD
 
@@ -48,6 +59,8 @@ PRELOAD = (
     "buntime.pool.child.main",
 )
 """Modules imported before any fork, so workers start with them loaded."""
+SPARE_DELAY = 0.1
+"""Seconds without a launch before the template forks its next spare."""
 
 
 def preload() -> None:
@@ -121,6 +134,8 @@ class Template:
         self.old_path = [entry for entry in old.split(os.pathsep) if entry]
         # sys.path[0] is the directory the template was started in: not the app's.
         self.base_path = [entry for entry in sys.path[1:] if entry not in self.old_path]
+        self.spare: tuple[int, socket.socket] | None = None
+        """The spare forked ahead (its pid, and the socket it waits on), if any."""
 
     def run(self) -> None:
         self.own_pid = os.getpid()
@@ -135,17 +150,26 @@ class Template:
         selector = selectors.DefaultSelector()
         selector.register(self.control, selectors.EVENT_READ, "control")
         selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self._fork_spare()
         _send(self.control, {"ready": os.getpid()})
         try:
             while True:
-                for key, _ in selector.select():
+                # The next spare is forked once no launch came for SPARE_DELAY:
+                # not while the worker that took the last one is starting.
+                quiet = None if self.spare is not None else SPARE_DELAY
+                events = selector.select(quiet)
+                for key, _ in events:
                     if key.data == "wake":
                         self._drain_wakeups()
                     elif not self._read_control():
                         return
                 self._reap()
+                if not events and self.spare is None:
+                    self._fork_spare()
         finally:
             selector.close()
+            if self.spare is not None:
+                self.spare[1].close()  # it reads the end of its socket and exits
 
     def _drain_wakeups(self) -> None:
         try:
@@ -174,20 +198,56 @@ class Template:
         if len(fds) != 4:
             _send(self.control, {"worker_id": worker_id, "error": "file descriptors missing"})
             return
-        sys.stdout.flush()
-        sys.stderr.flush()
         try:
-            pid = os.fork()
+            pid = self._hand_to_spare(message, fds)
+            if pid is None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    self._become_worker(message, fds)
+                self.children.add(pid)
         except OSError as error:
             _send(self.control, {"worker_id": worker_id, "error": str(error)})
         else:
-            if pid == 0:
-                self._become_worker(message, fds)
-            self.children.add(pid)
             _send(self.control, {"worker_id": worker_id, "pid": pid})
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _hand_to_spare(self, message: dict, fds: list[int]) -> int | None:
+        """Give a launch to the spare: its pid, or C{None} when there is none (or it is gone)."""
+        if self.spare is None:
+            return None
+        (pid, waiting), self.spare = self.spare, None
+        try:
+            data = json.dumps(message).encode("utf-8") + b"\n"
+            sent = socket.send_fds(waiting, [data], fds)
+            if sent < len(data):
+                waiting.sendall(data[sent:])
+        except OSError:
+            return None  # it died while it waited: reaped and not reported, as it never worked
+        finally:
+            waiting.close()
+        return pid
+
+    def _fork_spare(self) -> None:
+        """Fork the next spare (none when the fork fails: launches then fork themselves)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            ours.close()
+            self._become_spare(theirs)
+        theirs.close()
+        self.children.add(pid)
+        self.spare = (pid, ours)
 
     def _reap(self) -> None:
         while self.children:
@@ -199,38 +259,62 @@ class Template:
             if pid == 0:
                 return
             self.children.discard(pid)
+            if self.spare is not None and self.spare[0] == pid:
+                self.spare[1].close()  # a spare that died unused: no worker of the runtime's
+                self.spare = None
+                continue
             _send(self.control, {"pid": pid, "exited": os.waitstatus_to_exitcode(status)})
 
-    def _become_worker(self, message: dict, fds: list[int]) -> None:
+    def _leave(self) -> None:
+        """In a forked child: drop what is the template's (its signals and sockets)."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.control.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def _take(self, message: dict, fds: list[int], keep: Set[int] = frozenset()) -> None:
+        """
+        In the worker: take its fds (closing every other one but C{keep}),
+        environment, directory and path.
+        """
+        # out of the way of 0 to 5 first: in a spare they may have any number
+        channel, stdout, stderr, output = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        os.dup2(channel, 3)
+        os.dup2(channel, 4)
+        os.dup2(output, OUTPUT_FD)
+        start = OUTPUT_FD + 1
+        for kept in sorted(keep):
+            os.closerange(start, kept)
+            start = max(start, kept + 1)
+        os.closerange(start, os.sysconf("SC_OPEN_MAX"))
+        env = {str(k): str(v) for k, v in message["env"].items()}
+        app_dir = message["app_dir"]
+        os.chdir(app_dir)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.path[:] = _python_path(env, app_dir, self.base_path, self.old_path)
+        importlib.invalidate_caches()
+        from buntime.pool.child import main as child
+
+        sys.argv = [child.__file__ or "buntime.pool.child"]
+
+    def _become_worker(self, message: dict, fds: list[int]) -> NoReturn:
         """In the forked child: take the worker's fds, environment and path; run it."""
         code = 70
         try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            self.control.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            channel, stdout, stderr, output = fds
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(stdout, 1)
-            os.dup2(stderr, 2)
-            os.dup2(channel, 3)
-            os.dup2(channel, 4)
-            os.dup2(output, OUTPUT_FD)
-            os.closerange(OUTPUT_FD + 1, os.sysconf("SC_OPEN_MAX"))
-            env = {str(k): str(v) for k, v in message["env"].items()}
-            app_dir = message["app_dir"]
-            os.chdir(app_dir)
-            os.environ.clear()
-            os.environ.update(env)
-            sys.path[:] = _python_path(env, app_dir, self.base_path, self.old_path)
-            importlib.invalidate_caches()
+            self._leave()
+            self._take(message, fds)
             from buntime.pool.child import main as child
 
-            sys.argv = [child.__file__ or "buntime.pool.child"]
             child.main(parent=self.own_pid)
         except SystemExit as exit:
             code = exit.code if isinstance(exit.code, int) else 1
@@ -240,6 +324,65 @@ class Template:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+
+    def _become_spare(self, waiting: socket.socket) -> NoReturn:
+        """
+        In the forked spare: start a worker as far as it goes without an app,
+        wait on C{waiting} for a launch (or its end: exit), then become it.
+        """
+        code = 70
+        try:
+            self._leave()
+            from buntime.pool.child import main as child
+
+            # The reactor's fds (its epoll, its wakers) must stay clear of the
+            # worker's 0 to 5 and be kept when the worker closes the rest.
+            for low in range(3, OUTPUT_FD + 1):
+                os.dup2(0, low)
+            before = _open_fds()
+            prepared = child.prepare(parent=self.own_pid)
+            reactors = _open_fds() - before
+            found = _receive_launch(waiting)
+            if found is None:
+                raise SystemExit(0)  # the template closed its end: no launch will come
+            waiting.close()
+            self._take(*found, keep=reactors)
+            child.serve(*prepared)
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+
+def _open_fds(below: int = 256) -> set[int]:
+    """The fds under C{below} this process has open (asked one by one: listing opens one)."""
+    found = set()
+    for fd in range(below):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            continue
+        found.add(fd)
+    return found
+
+
+def _receive_launch(waiting: socket.socket) -> tuple[dict, list[int]] | None:
+    """A spare's launch: its message and four fds (C{None}: the template is gone)."""
+    data = b""
+    fds: list[int] = []
+    while not data.endswith(b"\n"):
+        chunk, got, _, _ = socket.recv_fds(waiting, 65536, 4)
+        fds.extend(got)
+        if not chunk:
+            return None
+        data += chunk
+    if len(fds) != 4:
+        return None
+    return json.loads(data), fds
 
 
 def main() -> None:

@@ -17,6 +17,7 @@
 
 export const PROTOCOL = 1;
 const FUNCTION_MARK = "__zframeFunction";
+const MAX_OUTBOX = 100; // events kept for a shell that has not connected yet
 
 /** An Error rebuilt from what the other side sent ({name, message, stack}). */
 export function toError(sent) {
@@ -72,7 +73,7 @@ function createSDK(win) {
 
   function send(message) {
     if (port) port.postMessage(message);
-    else outbox.push(message);
+    else if (inFrame && outbox.length < MAX_OUTBOX) outbox.push(message); // alone: nobody to tell
   }
 
   function proxy(id) {
@@ -237,7 +238,7 @@ function createSDK(win) {
       }
       return ready;
     },
-    /** Tell the shell something happened (a CUSTOM_EVENT); queued until connected. */
+    /** Tell the shell something happened (a CUSTOM_EVENT); queued until connected, dropped alone. */
     emit(name, detail) {
       send({ type: "CUSTOM_EVENT", name: String(name), detail });
     },

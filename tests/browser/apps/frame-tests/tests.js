@@ -104,6 +104,21 @@ test("an event the frame emits before READY arrives after it", async () => {
   element.remove();
 });
 
+test("events emitted before READY are kept up to a bound, the first ones first", async () => {
+  const element = document.createElement("z-frame");
+  const got = [];
+  element.on("n", (n) => got.push(n));
+  const ready = waitFor(element, "ready");
+  element.setAttribute("src", "burst.html");
+  element.style.height = "60px";
+  document.body.append(element);
+  await ready;
+  await sleep(100); // the queued events follow READY on the same port
+  equal(got.length, 100, "kept");
+  equal([got[0], got[99]], [0, 99], "first and last");
+  element.remove();
+});
+
 test("a frame that calls initialize() late still gets the INIT sent at load", async () => {
   const element = await frame("late.html");
   equal(await element.call("where"), "late");

@@ -159,36 +159,32 @@ def _memory_mb(pid: int) -> tuple[float, float] | None:
     return fields["Pss"] / 1024, private / 1024
 
 
-def _template_pid(pid: int) -> int | None:
-    """The fork template among the runtime C{pid}'s children, if there is one."""
-    for child in descendants(pid):
-        try:
-            with open(f"/proc/{child}/cmdline", "rb") as cmdline:
-                if b"buntime.pool.launch.template" in cmdline.read():
-                    return child
-        except OSError:
-            continue
-    return None
-
-
 def density(
-    url: str, pid: int, count: int, first_byte: Callable[[str], float], idle: float = 2.0
+    url: str,
+    pid: int,
+    count: int,
+    first_byte: Callable[[str], float],
+    fetch_json: Callable[[str], Any],
+    idle: float = 2.0,
 ) -> dict[str, Any]:
     """
     Start C{count} many-apps once each (one request), let them idle for
-    C{idle} seconds, then read the memory of the runtime C{pid}, its fork
-    template and each worker from C{/proc/<pid>/smaps_rollup}.
+    C{idle} seconds, then read the memory of the runtime C{pid}, its
+    workers (their pids from the metrics API) and its other descendants
+    (the fork template and the spare it keeps forked ahead) from
+    C{/proc/<pid>/smaps_rollup}.
     """
     started = time.monotonic()
     for number in range(count):
         first_byte(f"{url}/{app_name(number)}/")
     elapsed = time.monotonic() - started
     time.sleep(idle)
-    template = _template_pid(pid)
-    workers = descendants(template) if template else descendants(pid)  # spawned: no template
-    measured = [m for m in map(_memory_mb, workers) if m is not None]
+    answer = fetch_json(url + "/metrics/api/") or {}
+    workers = {w["pid"] for w in answer.get("workers", ()) if w.get("pid")}
+    measured = [m for m in map(_memory_mb, sorted(workers)) if m is not None]
+    others = [_memory_mb(child) for child in descendants(pid) if child not in workers]
     runtime = _memory_mb(pid) or (0.0, 0.0)
-    template_memory = (_memory_mb(template) if template else None) or (0.0, 0.0)
+    template = sum(m[0] for m in others if m is not None)
     pss = [m[0] for m in measured]
     private = [m[1] for m in measured]
     return {
@@ -197,6 +193,6 @@ def density(
         "pss_per_worker_mb": round(statistics.mean(pss), 2) if pss else None,
         "private_per_worker_mb": round(statistics.mean(private), 2) if private else None,
         "runtime_pss_mb": round(runtime[0], 1),
-        "template_pss_mb": round(template_memory[0], 1),
-        "total_pss_mb": round(runtime[0] + template_memory[0] + sum(pss), 1),
+        "template_pss_mb": round(template, 1),
+        "total_pss_mb": round(runtime[0] + template + sum(pss), 1),
     }

@@ -214,7 +214,7 @@ def _serve_many(
     if "density" in many:
         idle = min(DENSITY_APPS, count)
         with runtime(workdir, mode, level, pool_size=idle + 10, apps=apps) as (url, pid):
-            report["results"]["density"] = density(url, pid, idle, time_to_first_byte)
+            report["results"]["density"] = density(url, pid, idle, time_to_first_byte, fetch_json)
     sizes = {"many-apps-warm": count + 10, "many-apps-churn": max(1, count // 4)}
     for name in many:
         if name not in MANY_SCENARIOS:

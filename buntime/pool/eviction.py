@@ -47,23 +47,27 @@ class FrequencySketch:
         self._sample = sample
         self._added = 0
 
-    def _slots(self, key: str) -> list[int]:
-        """The counter of C{key} in each row."""
-        spread, mask = hash(key) & _MASK64, self._mask
-        return [spread >> (_SLICE * row) & mask for row in range(ROWS)]
-
     def add(self, key: str) -> None:
         """Count one more use of C{key}; halve every counter when the sample is full."""
-        for row, slot in zip(self._rows, self._slots(key), strict=True):
+        # Every request of the pool comes here: a plain loop, no lists made.
+        spread, mask = hash(key) & _MASK64, self._mask
+        for row in self._rows:
+            slot = spread & mask
             if row[slot] < COUNTER_MAX:
                 row[slot] += 1
+            spread >>= _SLICE
         self._added += 1
         if self._added >= self._sample:
             self._halve()
 
     def estimate(self, key: str) -> int:
         """How often C{key} was added lately: the least of its counters."""
-        return min(map(list.__getitem__, self._rows, self._slots(key)))
+        spread, mask = hash(key) & _MASK64, self._mask
+        least = COUNTER_MAX
+        for row in self._rows:
+            least = min(least, row[spread & mask])
+            spread >>= _SLICE
+        return least
 
     def _halve(self) -> None:
         """Age every count: halve them all, so that old popularity fades."""

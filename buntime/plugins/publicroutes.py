@@ -82,6 +82,11 @@ class PublicRoutes:
     def __bool__(self) -> bool:
         return any(self.patterns.values())
 
+    @property
+    def any(self) -> bool:
+        """Whether any path is public (C{False}: L{matches} is always C{False})."""
+        return bool(self._compiled)
+
     def matches(self, method: str, path: str) -> bool:
         """Whether C{method} and C{path} (no query string) are public."""
         if not self._compiled:

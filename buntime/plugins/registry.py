@@ -228,7 +228,8 @@ class PluginRegistry:
             if routes.matches(method, path):
                 return True
         if app is not None and app_path is not None:
-            return self._routes_of(app).matches(method, app_path.split("?", 1)[0])
+            routes = self._routes_of(app)
+            return routes.matches(method, app_path.split("?", 1)[0]) if routes.any else False
         return False
 
     # -- hooks ------------------------------------------------------------------

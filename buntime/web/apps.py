@@ -118,7 +118,9 @@ class AppStep:
     _checked: dict[str, float] = field(factory=dict)
     _pool_apps: dict[str, tuple[ResolvedApp, PoolApp]] = field(factory=dict)
     _infos: dict[str, tuple[ResolvedApp, AppInfo]] = field(factory=dict)
-    _identified: tuple[str, tuple[AppVersion, str, str] | Response | None] | None = None
+    _identified: (
+        tuple[str, tuple[AppVersion, str, str] | Response | None, ResolvedApp | None] | None
+    ) = None
     """The last path L{identify} looked at (the object itself) and what it found."""
     _builder: PoolApps = field(init=False)
 
@@ -196,14 +198,14 @@ class AppStep:
         C{None} at once when C{request} names no app, else an awaitable of
         the app's answer (or of a 400 for a bad version range).
         """
-        found = self._found(request.path)
+        found, loaded = self._found(request.path)
         if found is None:
             return None
         if isinstance(found, Response):
             return succeed(found)
         version, base, rest = found
         fields["app"] = f"{version.name}@{version.version}"
-        answer = self._answer(version, request, base, rest, fields)
+        answer = self._answer(version, request, base, rest, fields, loaded)
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
@@ -235,22 +237,24 @@ class AppStep:
             {"x-not-found": "true"},
         )
 
-    def _found(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
+    def _found(
+        self, path: str
+    ) -> tuple[tuple[AppVersion, str, str] | Response | None, ResolvedApp | None]:
         """
-        L{_find} for C{path}, or what L{identify} found for the very same
-        path object a moment ago (the request its plugin hooks let through
-        unchanged): a request's app is worked out once, hooks or not.
+        L{_find} for C{path}, or what L{identify} found (and loaded) for the
+        very same path object a moment ago (the request its plugin hooks let
+        through unchanged): a request's app is worked out once, hooks or not.
         """
         made = self._identified
         if made is not None and made[0] is path:
             self._identified = None
-            return made[1]
-        return self._find(path)
+            return made[1], made[2]
+        return self._find(path), None
 
     def identify(self, path: str) -> tuple[AppInfo, str] | None:
         """The app C{path} addresses and the path inside it, for plugin hooks."""
         found = self._find(path)
-        self._identified = (path, found)  # for the app step of the same request (L{_found})
+        self._identified = (path, found, None)  # for the app step of the same request (L{_found})
         if found is None or isinstance(found, Response):
             return None
         version, _, rest = found
@@ -258,6 +262,7 @@ class AppStep:
             loaded = self.load(version)
         except (ManifestError, EntrypointError):
             return None
+        self._identified = (path, found, loaded)
         cached = self._infos.get(version.dir)
         if cached is None or cached[0] is not loaded:
             info = AppInfo(version.name, version.version, version.dir, loaded.manifest.raw)
@@ -286,10 +291,15 @@ class AppStep:
         base: str,
         rest: str,
         fields: dict[str, Any] | None,
+        loaded: ResolvedApp | None = None,
     ) -> Response | Deferred[Response]:
-        """L{serve}: an answer known at once (an error, a static file), or the pool's Deferred."""
+        """
+        L{serve}: an answer known at once (an error, a static file), or the
+        pool's Deferred (C{loaded}: the app at C{version}, when just loaded).
+        """
         try:
-            loaded = self.load(version)
+            if loaded is None:
+                loaded = self.load(version)
         except ManifestError as error:
             return Response.error(500, "INVALID_MANIFEST", str(error))
         except EntrypointError as error:

@@ -71,6 +71,49 @@ def test_benchmark_smoke(tmp_path):
     assert report["pool"]["totalRequests"] > 0  # pool metrics from the metrics plugin
 
 
+def test_many_apps_smoke(tmp_path):
+    scenarios = "warm-noop,many-apps-warm,many-apps-churn,density,cold-start,ephemeral-noop"
+    output, report = bench(
+        tmp_path, *("--apps", "8", "--duration", "1", "--rounds", "1", "--scenarios", scenarios)
+    )
+    results = report["results"]
+    assert set(results) == set(scenarios.split(","))
+    for name in ("many-apps-warm", "many-apps-churn"):
+        result = results[name]
+        assert result["requests"] > 0, (name, result)
+        assert {"rps", "p50_ms", "p95_ms", "p99_ms", "errors", "non2xx"} <= set(result)
+        assert {"pool_hit_rate", "pool_miss_rate", "cold_starts", "cold_starts_per_s"} <= set(
+            result
+        )
+        assert result["goals"][0]["compared_with"] == "warm-noop"
+        assert result["goals"][0]["ratio"] > 0
+    warm, churn = results["many-apps-warm"], results["many-apps-churn"]
+    assert warm["errors"] == 0 and warm["non2xx"] == 0, warm
+    assert warm["cold_starts"] == 0 and warm["pool_hit_rate"] == 100.0  # all warmed up first
+    assert churn["cold_starts"] > 0 and churn["evictions"] > 0  # a pool of 2 for 8 apps
+    assert {goal.get("measure") for goal in churn["goals"]} >= {"errors", "non2xx"}
+    assert "goal p99_ms ≤ 20" in output and "pool_hit_rate" in output
+    dense = results["density"]
+    assert dense["workers"] == 8  # one idle worker per app
+    assert 0 < dense["private_per_worker_mb"] <= dense["pss_per_worker_mb"]
+    assert dense["total_pss_mb"] > dense["runtime_pss_mb"] > 0
+    assert dense["goals"][0]["measure"] == "pss_per_worker_mb"
+    assert results["cold-start"]["ttfb_ms"] > 0 and len(results["cold-start"]["ttfb_each_ms"]) == 5
+    assert [goal["measure"] for goal in results["ephemeral-noop"]["goals"]] == ["rps", "p95_ms"]
+
+
+def test_zipf_paths_favour_the_first_apps():
+    from itertools import islice
+
+    from buntime.bench.many import zipf_paths
+
+    drawn = list(islice(zipf_paths(200), 20000))
+    assert drawn == list(islice(zipf_paths(200), 20000))  # seeded
+    share = drawn.count("/app-000/") / len(drawn)
+    assert 0.19 < share < 0.24  # 1 / sum(1 / k ** 1.1 for k in 1..200) = 0.21
+    assert len(set(drawn)) > 150
+
+
 @pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("valgrind", "callgrind_control", "wrk")),
     reason="needs valgrind and wrk (.ci/run installs them)",

@@ -306,14 +306,18 @@ def test_the_template_freezes_what_it_preloads_for_its_forks():
         "import gc\n"
         "from buntime.pool.launch.template import preload\n"
         "from twisted.internet.asyncioreactor import AsyncioSelectorReactor\n"
+        "collections = [generation['collections'] for generation in gc.get_stats()]\n"
         "preload()\n"
         "print(gc.get_freeze_count() > 1000, '__implemented__' in vars(AsyncioSelectorReactor))\n"
+        "# no collection (which would leave holes for the workers to fill), gc back on\n"
+        "print(collections == [generation['collections'] for generation in gc.get_stats()])\n"
+        "print(gc.isenabled())\n"
     )
     env = {**os.environ, "PYTHONPATH": ROOT}
     result = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
-    assert result.stdout.split() == ["True", "True"]
+    assert result.stdout.split() == ["True", "True", "True", "True"]
 
 
 def test_a_template_that_cannot_be_started_fails_the_start_with_its_reason():

@@ -198,6 +198,22 @@ def test_lru_eviction():
     assert h.pool.metrics()["totalWorkersRetired"] == 1
 
 
+def test_eviction_keeps_an_app_asked_for_often():
+    h = Harness(pool_size=2)
+    hot, once, newer, newest = h.app("hot"), h.app("once"), h.app("newer"), h.app("newest")
+    for _ in range(5):
+        h.get(hot)
+    h.advance(1)
+    h.get(once)
+    h.get(newer)  # plain LRU would retire hot, the least recently used
+    h.advance(1)
+    assert [p.spec.app_dir for p in h.launcher.live] == [hot.dir, newer.dir]
+    h.get(newest)  # newer, asked for once, gives way again
+    h.advance(1)
+    assert [p.spec.app_dir for p in h.launcher.live] == [hot.dir, newest.dir]
+    assert h.pool.metrics()["evictions"] == 2
+
+
 def test_ttl_retires_after_draining():
     h = Harness()
     app = h.app(ttl=10, idle_timeout=10, timeout=5)

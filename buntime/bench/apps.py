@@ -12,7 +12,8 @@ import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from buntime.bench.scenarios import GATEWAY_LIMIT
+from buntime.bench.many import WRK_ZIPF
+from buntime.bench.scenarios import COLD_APPS, GATEWAY_LIMIT
 
 _APPS = {
     "noop-asgi@1.0.0": (
@@ -71,12 +72,10 @@ _APPS = {
         routes = {"/": "ok"}
         """,
     ),
-    "cold@1.0.0": (
-        "ttl: 5m\n",
-        """
-        routes = {"/": "ok"}
-        """,
-    ),
+    **{
+        f"cold-{number}@1.0.0": ("ttl: 5m\n", 'routes = {"/": "ok"}\n')
+        for number in range(COLD_APPS)
+    },
     "stream@1.0.0": (
         "ttl: 10m\nidleTimeout: 5m\ntimeout: 5m\n",
         """
@@ -214,8 +213,14 @@ def write_proxy_plugin(root: str, upstream: str) -> str:
 def temporary_workdir() -> Iterator[tuple[str, str, str]]:
     """
     A temporary directory for one run, and the wrk scripts in it: the plain
-    one, and the one of C{VARIED_SCENARIOS}.
+    one, and the one of C{VARIED_SCENARIOS}; beside them C{zipf.lua}, that of
+    C{MANY_SCENARIOS}.
     """
     with tempfile.TemporaryDirectory(prefix="buntime-bench-") as workdir:
-        write_files(workdir, {"report.lua": _WRK_SCRIPT, "varied.lua": _WRK_SCRIPT + _WRK_VARIED})
+        scripts = {
+            "report.lua": _WRK_SCRIPT,
+            "varied.lua": _WRK_SCRIPT + _WRK_VARIED,
+            "zipf.lua": _WRK_SCRIPT + WRK_ZIPF,
+        }
+        write_files(workdir, scripts)
         yield workdir, os.path.join(workdir, "report.lua"), os.path.join(workdir, "varied.lua")

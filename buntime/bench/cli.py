@@ -45,6 +45,12 @@ def parser() -> argparse.ArgumentParser:
         default=",".join([*DEFAULT_SCENARIOS, *EXTRA_CHECKS]),
         help="comma-separated: " + ", ".join([*SCENARIOS, *EXTRA_CHECKS]),
     )
+    parser.add_argument(
+        "--apps",
+        type=int,
+        default=200,
+        help="how many small apps the many-apps scenarios serve (density starts up to 100)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--worker-mode", default="fork", choices=("fork", "spawn"))
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
@@ -81,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": {},
     }
     with temporary_workdir() as (workdir, script, varied_script):
-        run_scenarios(report, wanted, options, workdir, loader(use_wrk, script, varied_script))
+        load = loader(use_wrk, script, varied_script, options.apps)
+        run_scenarios(report, wanted, options, workdir, load)
     add_ratios(report["results"], "rps", "ratio_to_baseline")
     check_goals(report["results"])
     print_report(report)

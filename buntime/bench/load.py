@@ -16,13 +16,24 @@ import socket
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from buntime.bench.proc import hwm_mb, rss_mb
 
 
-def run_wrk(url: str, method: str, clients: int, duration: float, script: str) -> dict[str, Any]:
-    """Drive C{url} with wrk and C{script} (which prints C{BENCH_JSON}): its result."""
+def run_wrk(
+    url: str,
+    method: str,
+    clients: int,
+    duration: float,
+    script: str,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """
+    Drive C{url} with wrk and C{script} (which prints C{BENCH_JSON}), with
+    C{env} added to its environment: its result.
+    """
     threads = min(2, clients)
     output = subprocess.run(
         [
@@ -36,7 +47,7 @@ def run_wrk(url: str, method: str, clients: int, duration: float, script: str) -
             script,
             url,
         ],
-        env={**os.environ, "BENCH_METHOD": method},
+        env={**os.environ, "BENCH_METHOD": method, **(env or {})},
         capture_output=True,
         text=True,
         check=False,
@@ -52,11 +63,17 @@ def run_wrk(url: str, method: str, clients: int, duration: float, script: str) -
 
 
 async def python_load(
-    url: str, method: str, clients: int, duration: float, varied: bool = False
+    url: str,
+    method: str,
+    clients: int,
+    duration: float,
+    varied: bool = False,
+    paths: Iterator[str] | None = None,
 ) -> dict[str, Any]:
     """
     Drive C{url} with C{clients} keep-alive connections for C{duration}
-    seconds from this process: the fallback when wrk is missing.
+    seconds from this process: the fallback when wrk is missing.  With
+    C{paths}, each request takes the next path from it instead of C{url}'s.
     """
     host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
     path = "/" + url.split("//", 1)[1].split("/", 1)[1] if "/" in url.split("//", 1)[1] else "/"
@@ -66,6 +83,8 @@ async def python_load(
 
     def request() -> bytes:
         """The next request: with headers of its own when C{varied} (as C{varied.lua})."""
+        if paths is not None:
+            return f"{method} {next(paths)} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
         if not varied:
             return (head + "\r\n").encode() + body
         n = f"1.{next(sent)}"  # one thread, as wrk numbers them

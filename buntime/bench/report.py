@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from buntime.bench.scenarios import GOALS, SCENARIOS
+from buntime.bench.scenarios import GOALS, LIMITS, SCENARIOS
 
 
 def median_round(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -39,7 +39,9 @@ def check_goals(results: dict[str, Any]) -> None:
     """
     Each scenario's req/s against those its L{GOALS} name, as C{goals}: a
     list of C{{"compared_with", "least", "ratio", "met"}} (C{ratio} and
-    C{met} are C{None} when the other scenario was not measured).
+    C{met} are C{None} when the other scenario was not measured); then its
+    L{LIMITS}: C{{"measure", "limit", "at", "value", "met"}} (C{at} is
+    C{"at most"} or C{"at least"}).
     """
     for name, goals in GOALS.items():
         if name not in results:
@@ -51,17 +53,42 @@ def check_goals(results: dict[str, Any]) -> None:
             results[name]["goals"].append(
                 {"compared_with": other, "least": least, "ratio": ratio, "met": met}
             )
+    for name, limits in LIMITS.items():
+        if name not in results:
+            continue
+        for measure, at, limit in limits:
+            value = results[name].get(measure)
+            met = None if value is None else (value <= limit if at == "at most" else value >= limit)
+            results[name].setdefault("goals", []).append(
+                {"measure": measure, "at": at, "limit": limit, "value": value, "met": met}
+            )
 
 
 def _goals_text(result: dict[str, Any]) -> str:
     """The goals of a scenario's result and whether it met them, for the report."""
     verdicts = {True: "met", False: "NOT MET", None: "not measured"}
-    return "; ".join(
-        f"goal ≥ {goal['least']}x {goal['compared_with']}: "
-        + ("" if goal["ratio"] is None else f"{goal['ratio']}x ")
-        + verdicts[goal["met"]]
-        for goal in result.get("goals", ())
-    )
+    texts = []
+    for goal in result.get("goals", ()):
+        if "compared_with" in goal:
+            texts.append(
+                f"goal ≥ {goal['least']}x {goal['compared_with']}: "
+                + ("" if goal["ratio"] is None else f"{goal['ratio']}x ")
+                + verdicts[goal["met"]]
+            )
+        else:
+            sign = "≤" if goal["at"] == "at most" else "≥"
+            texts.append(
+                f"goal {goal['measure']} {sign} {goal['limit']:g}: "
+                + ("" if goal["value"] is None else f"{goal['value']} ")
+                + verdicts[goal["met"]]
+            )
+    return "; ".join(texts)
+
+
+def _pool_part(result: dict[str, Any]) -> dict[str, Any]:
+    """What a many-apps scenario's pool did, for the report."""
+    names = ("pool_hit_rate", "pool_miss_rate", "cold_starts", "cold_starts_per_s", "evictions")
+    return {name: result[name] for name in names if name in result}
 
 
 def save_report(report: dict[str, Any], path: str | None) -> None:
@@ -101,8 +128,11 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{result.get('runtime_cpu_us', ''):>7} {result.get('workers_cpu_us', ''):>7}"
                 f"  {_goals_text(result)}".rstrip()
             )
+            if "pool_hit_rate" in result:
+                print(f"{'':<16} pool: {json.dumps(_pool_part(result))}")
         else:
-            print(f"{name:<16} {json.dumps(result)}")
+            shown = {k: v for k, v in result.items() if k != "goals"}
+            print(f"{name:<16} {json.dumps(shown)}  {_goals_text(result)}".rstrip())
     generators = {r.get("generator") for r in report["results"].values() if "generator" in r}
     print(f"\nload generator: {', '.join(sorted(g for g in generators if g))}")
     print(f"runtime RSS: {report.get('runtime_rss_mb')} MB; workers: {report.get('worker_rss_mb')}")

@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
 from buntime.bench.apps import write_plugin_dir, write_proxy_plugin
 from buntime.bench.load import python_load, run_wrk, stream_rss, time_to_first_byte
+from buntime.bench.many import (
+    app_name,
+    density,
+    pool_change,
+    pool_counts,
+    write_many_apps,
+    zipf_paths,
+)
 from buntime.bench.proc import cpu_split, descendants, rss_mb
 from buntime.bench.report import median_round
 from buntime.bench.scenarios import (
+    COLD_APPS,
+    DENSITY_APPS,
+    MANY_SCENARIOS,
     PLUGIN_PROOF,
     PLUGIN_SCENARIOS,
     PROXY_SCENARIOS,
@@ -30,20 +44,26 @@ Load = Callable[[str, str, float], dict[str, Any]]
 """Drive a scenario (by name) at a server's base URL for some seconds: its result."""
 
 
-def loader(use_wrk: bool, script: str, varied_script: str) -> Load:
+def loader(use_wrk: bool, script: str, varied_script: str, apps: int = 200) -> Load:
     """
     The L{Load} of this run: wrk with C{script} (C{varied_script} for
-    L{VARIED_SCENARIOS}), or the Python load generator.
+    L{VARIED_SCENARIOS}, C{zipf.lua} beside them over C{apps} apps for
+    L{MANY_SCENARIOS}), or the Python load generator.
     """
 
     def load(url: str, name: str, seconds: float) -> dict[str, Any]:
         """Drive scenario C{name} at C{url} (the server's base) for C{seconds}."""
         path, method, clients, _ = SCENARIOS[name]
         varied = name in VARIED_SCENARIOS
+        many = name in MANY_SCENARIOS
+        if use_wrk and many:
+            zipf = os.path.join(os.path.dirname(script), "zipf.lua")
+            return run_wrk(url + path, method, clients, seconds, zipf, {"BENCH_APPS": str(apps)})
         if use_wrk:
             chosen = varied_script if varied else script
             return run_wrk(url + path, method, clients, seconds, chosen)
-        return asyncio.run(python_load(url + path, method, clients, seconds, varied))
+        paths = zipf_paths(apps) if many else None
+        return asyncio.run(python_load(url + path, method, clients, seconds, varied, paths))
 
     return load
 
@@ -55,11 +75,17 @@ def measure(
     Drive runtime scenario C{name} in round C{number}, warm (but
     ephemeral-noop), timing the CPU of the runtime C{pid} and its workers.
     """
-    if name != "ephemeral-noop" and number == 0:
+    many = name in MANY_SCENARIOS  # warmed up as they start (_serve_many)
+    if name != "ephemeral-noop" and not many and number == 0:
         time_to_first_byte(url + SCENARIOS[name][0])  # warm it up
+    counts = pool_counts(fetch_json, url) if many else None
     before = cpu_split(pid)
+    began = time.monotonic()
     result = load(url, name, seconds)
+    elapsed = time.monotonic() - began
     after = cpu_split(pid)
+    if counts is not None:
+        result.update(pool_change(counts, pool_counts(fetch_json, url), elapsed))
     if result.get("requests"):
         # CPU time per request: steadier than req/s on a busy machine
         # (exited ephemeral workers are not counted)
@@ -90,9 +116,16 @@ def run_scenarios(
         proxied = [name for name in wanted if name in PROXY_SCENARIOS]
         if proxied:
             _serve_proxied(servers, proxied, options, workdir, base[0], where, report)
+        many = [name for name in wanted if name in MANY_SCENARIOS or name == "density"]
+        if many:
+            _serve_many(servers, many, options, workdir, where, report)
         loads = [name for name in loads if name in where]
         if "cold-start" in wanted:
-            report["results"]["cold-start"] = {"ttfb_ms": time_to_first_byte(url + "/cold/")}
+            firsts = [time_to_first_byte(f"{url}/cold-{n}/") for n in range(COLD_APPS)]
+            report["results"]["cold-start"] = {
+                "ttfb_ms": statistics.median(firsts),
+                "ttfb_each_ms": firsts,
+            }
         samples = _rounds(loads, where, base, options, load)
         for name in loads:
             report["results"][name] = median_round(samples[name])
@@ -158,6 +191,39 @@ def _serve_proxied(
         else:
             del where[name]
             report["results"][name] = {"error": "the proxy did not answer from the baseline"}
+
+
+def _serve_many(
+    servers: ExitStack,
+    many: list[str],
+    options: argparse.Namespace,
+    workdir: str,
+    where: dict[str, tuple[str, int]],
+    report: dict[str, Any],
+) -> None:
+    """
+    Generate C{options.apps} small apps; measure C{density} in a runtime of
+    its own (stopped after), and start a runtime for each of the
+    L{MANY_SCENARIOS} in C{many}, warmed up: every app for many-apps-warm
+    (its pool holds them all), the most popular quarter for many-apps-churn
+    (a pool of that size).
+    """
+    count = max(1, options.apps)
+    apps = write_many_apps(workdir, count)
+    mode, level = options.worker_mode, options.log_level
+    if "density" in many:
+        idle = min(DENSITY_APPS, count)
+        with runtime(workdir, mode, level, pool_size=idle + 10, apps=apps) as (url, pid):
+            report["results"]["density"] = density(url, pid, idle, time_to_first_byte, fetch_json)
+    sizes = {"many-apps-warm": count + 10, "many-apps-churn": max(1, count // 4)}
+    for name in many:
+        if name not in MANY_SCENARIOS:
+            continue
+        size = sizes[name]
+        url, pid = servers.enter_context(runtime(workdir, mode, level, pool_size=size, apps=apps))
+        for number in range(min(size, count)):
+            time_to_first_byte(f"{url}/{app_name(number)}/")
+        where[name] = (url, pid)
 
 
 def _rounds(

@@ -54,15 +54,20 @@ def runtime(
     wrap: Sequence[str] = (),
     startup: float = 30,
     plugin_dir: str | None = None,
+    pool_size: int = 50,
+    apps: str | None = None,
 ) -> Iterator[tuple[str, int]]:
     """
     A runtime process on a free loopback port: yields (base url, pid).
     C{wrap} goes before its command (valgrind, say), which then takes up
     to C{startup} seconds to answer.  Its plugins are those of C{plugin_dir}
-    (none by default: the dir does not exist).
+    (none by default: the dir does not exist), its apps those in C{apps}
+    (by default the generated apps of L{write_apps}), its C{RUNTIME_POOL_SIZE}
+    C{pool_size}.
     """
-    apps = os.path.join(workdir, "apps")
-    write_apps(apps)
+    if apps is None:
+        apps = os.path.join(workdir, "apps")
+        write_apps(apps)
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     command = [twistd] if os.path.exists(twistd) else [sys.executable, "-m", "twisted", "twistd"]
     env = {
@@ -73,7 +78,7 @@ def runtime(
         "RUNTIME_LOG_FORMAT": "json",
         "RUNTIME_LOG_LEVEL": log_level,
         "RUNTIME_WORKER_MODE": worker_mode,
-        "RUNTIME_POOL_SIZE": "50",
+        "RUNTIME_POOL_SIZE": str(pool_size),
         "RUNTIME_DATA_DIR": os.path.join(workdir, "data"),
     }
     # A free port chosen here (not tcp:0): readiness is then asked over HTTP,

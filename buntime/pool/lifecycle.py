@@ -1,6 +1,7 @@
 """
 The workers of each app: starting one more when all are near full (under
-C{maxInstances} and the pool size, the least recently used app giving way),
+C{maxInstances} and the pool size, an app chosen by L{buntime.pool.eviction}
+giving way),
 readiness, crashes and the crash-loop backoff, retiring (drain, then stop),
 and the hooks told when a worker comes and goes.
 
@@ -28,6 +29,7 @@ from buntime.http import Response
 from buntime.logs import log
 from buntime.logs.types import WORKER_CRASH, WORKER_RETIRE, WORKER_START, WORKER_START_FAILED
 from buntime.pool.checks import WorkerChecks
+from buntime.pool.eviction import FrequencyEviction
 from buntime.pool.launch.launcher import ILauncher, LauncherUnavailable
 from buntime.pool.metrics import PoolNumbers
 from buntime.pool.queues import WaitQueue, _Refused
@@ -71,7 +73,8 @@ class WorkerLifecycle:
         self._reactor = reactor
         self._config = config
         self._launcher = launcher
-        self._apps: OrderedDict[str, _AppState] = OrderedDict()
+        self._apps: OrderedDict[str, _AppState] = OrderedDict()  # least recently used first
+        self._eviction = FrequencyEviction(config.pool_size)
         self._stopping: dict[Worker, Deferred] = {}
         self._ephemeral_running = 0
         self._ephemeral_holders: set[Worker] = set()
@@ -136,20 +139,35 @@ class WorkerLifecycle:
         self._spawn(state, ephemeral=False)
 
     def _make_room(self, state: _AppState) -> bool:
-        """Keep within C{pool_size}: retire a worker of the least recently used app."""
+        """
+        Keep within C{pool_size}: retire a worker of the app the eviction
+        policy (L{buntime.pool.eviction}) chooses among those with workers.
+        """
         alive = sum(1 for s in self._apps.values() for w in s.workers if not w.ephemeral)
         if alive < self._config.pool_size:
             return True
-        for other in self._apps.values():  # least recently used first
-            victims = [w for w in other.workers if not w.ephemeral]
-            if other is state or not victims:
-                continue
-            victim = min(victims, key=lambda w: (not w.is_ready, w.in_flight > 0, w.last_used))
-            self._counts["evictions"] += 1
-            grace = other.app.manifest.timeout
-            self._discard(other, victim, "evicted (pool full)", grace=grace, replace=False)
-            return True
-        return False
+        residents = [
+            key
+            for key, other in self._apps.items()  # least recently used first
+            if other is not state and any(not w.ephemeral for w in other.workers)
+        ]
+        # An app still starting its worker for requests that wait gives way
+        # only when no other can: they would wait until the app's next request.
+        starting = {key for key in residents if not self._settled(self._apps[key])}
+        chosen = self._eviction.victim(residents, starting)
+        if chosen is None:
+            return False
+        other = self._apps[chosen]
+        victims = [w for w in other.workers if not w.ephemeral]
+        victim = min(victims, key=lambda w: (not w.is_ready, w.in_flight > 0, w.last_used))
+        self._counts["evictions"] += 1
+        grace = other.app.manifest.timeout
+        self._discard(other, victim, "evicted (pool full)", grace=grace, replace=False)
+        return True
+
+    def _settled(self, state: _AppState) -> bool:
+        """No request of the app waits, and none of its workers is starting."""
+        return not state.queue and all(w.status != STARTING for w in state.workers)
 
     # -- starting, failing and retiring workers --------------------------------
 
@@ -165,6 +183,8 @@ class WorkerLifecycle:
         )
         state.workers.append(worker)
         self._counts["created"] += 1
+        if not ephemeral:
+            self._eviction.admitted(app.key)
         worker.on_finished.append(partial(self._checks.request_finished, state))
         worker.on_gone.append(partial(self._worker_gone, state))
         starting = WORKER_START(

@@ -7,7 +7,8 @@ C{ephemeral_concurrency} with a bounded queue.  Other apps keep up to
 C{maxInstances} workers, each serving up to C{maxConcurrency} requests at
 once, with a bounded per-app queue that also holds requests while a worker
 cold-starts; at most C{pool_size} such workers live at once, the least
-recently used app giving way.
+recently used app giving way unless it is asked for more often than the
+newest apps (L{buntime.pool.eviction}).
 
 C{timeout} bounds the time until the response starts (a stream may then
 run on), a choice the spec leaves open.  This module is the requests' side:
@@ -198,6 +199,7 @@ class WorkerPool(WorkerLifecycle):
 
     def _enter(self, app: PoolApp) -> _AppState:
         """The app's state (made on first use), after the name@version collision check."""
+        self._eviction.record(app.key)
         label = app.label
         owner = self._names.get(label)
         if owner == app.key:  # the usual: this directory has the name

@@ -36,7 +36,7 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Set
+from collections.abc import Callable, Set
 from typing import NoReturn
 
 from buntime.pool.output import OUTPUT_FD
@@ -309,53 +309,54 @@ class Template:
 
     def _become_worker(self, message: dict, fds: list[int]) -> NoReturn:
         """In the forked child: take the worker's fds, environment and path; run it."""
-        code = 70
-        try:
-            self._leave()
-            self._take(message, fds)
-            from buntime.pool.child import main as child
+        _child_exits_after(lambda: self._work(message, fds))
 
-            child.main(parent=self.own_pid)
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+    def _work(self, message: dict, fds: list[int]) -> None:
+        self._leave()
+        self._take(message, fds)
+        from buntime.pool.child import main as child
+
+        child.main(parent=self.own_pid)
 
     def _become_spare(self, waiting: socket.socket) -> NoReturn:
         """
         In the forked spare: start a worker as far as it goes without an app,
         wait on C{waiting} for a launch (or its end: exit), then become it.
         """
-        code = 70
-        try:
-            self._leave()
-            from buntime.pool.child import main as child
+        _child_exits_after(lambda: self._wait_as_spare(waiting))
 
-            # The reactor's fds (its epoll, its wakers) must stay clear of the
-            # worker's 0 to 5 and be kept when the worker closes the rest.
-            for low in range(3, OUTPUT_FD + 1):
-                os.dup2(0, low)
-            before = _open_fds()
-            prepared = child.prepare(parent=self.own_pid)
-            reactors = _open_fds() - before
-            found = _receive_launch(waiting)
-            if found is None:
-                raise SystemExit(0)  # the template closed its end: no launch will come
-            waiting.close()
-            self._take(*found, keep=reactors)
-            child.serve(*prepared)
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+    def _wait_as_spare(self, waiting: socket.socket) -> None:
+        self._leave()
+        from buntime.pool.child import main as child
+
+        # The reactor's fds (its epoll, its wakers) must stay clear of the
+        # worker's 0 to 5 and be kept when the worker closes the rest.
+        for low in range(3, OUTPUT_FD + 1):
+            os.dup2(0, low)
+        before = _open_fds()
+        prepared = child.prepare(parent=self.own_pid)
+        reactors = _open_fds() - before
+        found = _receive_launch(waiting)
+        if found is None:
+            raise SystemExit(0)  # the template closed its end: no launch will come
+        waiting.close()
+        self._take(*found, keep=reactors)
+        child.serve(*prepared)
+
+
+def _child_exits_after(work: Callable[[], None]) -> NoReturn:
+    """In a forked child: run C{work}, then exit with its code (70 if it failed)."""
+    code = 70
+    try:
+        work()
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _open_fds(below: int = 256) -> set[int]:

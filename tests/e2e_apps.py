@@ -253,6 +253,15 @@ class _Collect(Protocol):
         self.done.callback(b"".join(self.received))
 
 
+async def pid_of(proc: Any, path: str, seconds: float = 30) -> int:
+    """The C{pid} a worker's JSON answer to C{GET path} names (asserting a 200)."""
+    from twisted.internet import reactor
+
+    response = await within(reactor, proc.get(path), seconds)
+    assert response.code == 200, (path, response.code, await response.text())
+    return (await proc.json(response))["pid"]
+
+
 async def raw_request(reactor: Any, port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send C{data} as is to the runtime and return every byte of its reply (until it closes)."""
     return (await raw_exchange(reactor, port, data, timeout))[0]

@@ -372,17 +372,20 @@ async def spare_of(harness: Harness, besides: set[int] = frozenset()) -> int:
     return spare
 
 
+async def launched_on(harness: Harness, pid: int) -> None:
+    """The next launch is the process C{pid}, and its worker answers."""
+    runtime, process = await harness.ready(APPS / "routes-demo")
+    assert process.pid == pid
+    assert (await bounded(runtime.request(path="/health").done)).status == 200
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_cold_start_takes_the_spare_the_template_forked_ahead(forking: Harness) -> None:
     spare = await spare_of(forking)
-    runtime, process = await forking.ready(APPS / "routes-demo")
-    assert process.pid == spare  # the launch did not wait for a fork
-    assert (await bounded(runtime.request(path="/health").done)).status == 200
+    await launched_on(forking, spare)  # the launch did not wait for a fork
     following = await spare_of(forking)  # and the next one is forked once the template is idle
     assert following != spare
-    second, process = await forking.ready(APPS / "routes-demo")
-    assert process.pid == following
-    assert (await bounded(second.request(path="/health").done)).status == 200
+    await launched_on(forking, following)
 
 
 @pytest_twisted.ensureDeferred
@@ -391,9 +394,7 @@ async def test_a_spare_that_dies_is_replaced(forking: Harness) -> None:
     os.kill(spare, signal.SIGKILL)
     replacement = await spare_of(forking, besides={spare})
     assert replacement != spare
-    runtime, process = await forking.ready(APPS / "routes-demo")
-    assert process.pid == replacement
-    assert (await bounded(runtime.request(path="/health").done)).status == 200
+    await launched_on(forking, replacement)
 
 
 @pytest_twisted.ensureDeferred

@@ -12,29 +12,12 @@ import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from buntime.bench.many import WRK_ZIPF
+from buntime.bench.many import NOOP_ASGI, NOOP_ROUTES, NOOP_WSGI, WRK_ZIPF
 from buntime.bench.scenarios import COLD_APPS, GATEWAY_LIMIT
 
 _APPS = {
-    "noop-asgi@1.0.0": (
-        "ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n",
-        """
-        async def app(scope, receive, send):
-            if scope["type"] != "http":
-                return
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
-            await send({"type": "http.response.body", "body": b"ok"})
-        """,
-    ),
-    "noop-wsgi@1.0.0": (
-        "ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n",
-        """
-        def app(environ, start_response):
-            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-            return [b"ok"]
-        """,
-    ),
+    "noop-asgi@1.0.0": ("ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n", NOOP_ASGI),
+    "noop-wsgi@1.0.0": ("ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n", NOOP_WSGI),
     "echo@1.0.0": (
         "ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n",
         """
@@ -66,16 +49,8 @@ _APPS = {
             await send({"type": "http.response.body", "body": b"ok"})
         """,
     ),
-    "ephemeral@1.0.0": (
-        "ttl: 0\ntimeout: 10s\n",
-        """
-        routes = {"/": "ok"}
-        """,
-    ),
-    **{
-        f"cold-{number}@1.0.0": ("ttl: 5m\n", 'routes = {"/": "ok"}\n')
-        for number in range(COLD_APPS)
-    },
+    "ephemeral@1.0.0": ("ttl: 0\ntimeout: 10s\n", NOOP_ROUTES),
+    **{f"cold-{number}@1.0.0": ("ttl: 5m\n", NOOP_ROUTES) for number in range(COLD_APPS)},
     "stream@1.0.0": (
         "ttl: 10m\nidleTimeout: 5m\ntimeout: 5m\n",
         """

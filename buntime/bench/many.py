@@ -21,28 +21,25 @@ ZIPF_S = 1.1
 SEED = 1
 """The Zipf draws' seed (each wrk thread adds its number to it)."""
 
-_KINDS = (
-    (
-        "asgi",
-        """
+NOOP_ASGI = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
-""",
-    ),
-    (
-        "wsgi",
-        """
+"""
+"""The no-op ASGI app of the benchmark (warm-noop's, and a third of the many apps)."""
+NOOP_WSGI = """
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
-""",
-    ),
-    ("routes", 'routes = {"/": "ok"}\n'),
-)
+"""
+"""The no-op WSGI app (warm-noop-wsgi's, and a third of the many apps)."""
+NOOP_ROUTES = 'routes = {"/": "ok"}\n'
+"""The no-op routes app (the cold-start apps', and a third of the many apps)."""
+
+_KINDS = (("asgi", NOOP_ASGI), ("wsgi", NOOP_WSGI), ("routes", NOOP_ROUTES))
 _MANIFEST = "ttl: 30m\nidleTimeout: 30m\nmaxRequests: 10000000\n"
 
 

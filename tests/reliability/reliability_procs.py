@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from e2e_apps import rss_kb  # noqa: F401  # read here with the rest of /proc
 from twisted.internet import task
 
 PROC = os.path.isdir("/proc/self/fd") and os.path.exists("/proc/self/stat")
@@ -87,15 +88,6 @@ def own_cpu_seconds(pid: int) -> float:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kb(pid: int) -> int:
-    """C{VmRSS} of C{pid} in KiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise ValueError(f"no VmRSS for pid {pid}")
 
 
 async def sleep(reactor: Any, seconds: float) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e_apps import parse_reply, pid_alive, raw_request, wait_until, within, write_app
+from e2e_apps import parse_reply, pid_alive, pid_of, raw_request, wait_until, within, write_app
 from reliability_procs import cpu_seconds, own_cpu_seconds, sleep
 
 LIMIT_MB = 150
@@ -64,12 +64,6 @@ def reactor_() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-async def pid_of(proc: Any, path: str) -> int:
-    response = await within(reactor_(), proc.get(path), 30)
-    assert response.code == 200, (path, response.code, await response.text())
-    return (await proc.json(response))["pid"]
 
 
 @pytest_twisted.ensureDeferred

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from e2e_apps import pid_alive, wait_until, within, write_app
+from e2e_apps import pid_alive, pid_of, wait_until, within, write_app
 from reliability_procs import sleep, tree
 from twisted.internet.defer import Deferred, gatherResults
 
@@ -58,12 +58,6 @@ def reactor_() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-async def pid_of(proc: Any, path: str) -> int:
-    response = await within(reactor_(), proc.get(path), 30)
-    assert response.code == 200, (path, response.code, await response.text())
-    return (await proc.json(response))["pid"]
 
 
 @attrs.define

@@ -361,7 +361,16 @@ class HTTP1Connection(AnswerWriting, Protocol):
                 self._reading_paused = False
                 self.transport.resumeProducing()
             return
-        transport.loseConnection()
+        self._lose()
+
+    def _lose(self) -> None:
+        """
+        Close the transport.  Nothing more is written, so this connection
+        stops being its producer first: TLS (C{--listen ssl:}) sends its
+        close and closes only once no producer is registered.
+        """
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _send_refusal(self, refusal: Refusal) -> None:
         request_id = request_id_for(refusal.request_id)
@@ -390,7 +399,7 @@ class HTTP1Connection(AnswerWriting, Protocol):
         if self._closed:
             if self._lingering:
                 self._lingering = False
-                self.transport.loseConnection()
+                self._lose()
             elif now - self._idle_since >= limits.idle_timeout:
                 self._abort("The client did not take its last answer")
                 return

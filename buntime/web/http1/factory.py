@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
+from zope.interface import implementer
 
 from buntime.logs import log
 from buntime.web.http1.connection import HTTP1Connection
@@ -32,12 +33,17 @@ class Handler(TypingProtocol):
         """The most bytes of request body taken for C{path}."""
 
 
+@implementer(IProtocolNegotiationFactory)
 class HTTP1Factory(ServerFactory):
     """
     Builds an L{HTTP1Connection} per client for C{handler}; past
     C{limits.max_connections} open connections, a new one gets 503 and is
     closed.  C{state} (a L{buntime.web.state.RuntimeState}) counts request
     bodies still arriving as in flight.
+
+    Behind C{--listen ssl:...} it offers C{http/1.1} over ALPN: without a
+    protocol to offer, Twisted's TLS answers a client that offers ALPN
+    (browsers, curl) with an C{internal error} alert instead of a handshake.
     """
 
     noisy = False
@@ -70,6 +76,10 @@ class HTTP1Factory(ServerFactory):
 
     def connection_closed(self) -> None:
         self.connections -= 1
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """The one protocol a TLS client may choose over ALPN: HTTP/1.1."""
+        return [b"http/1.1"]
 
 
 class _Busy(Protocol):

@@ -11,7 +11,7 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from buntime.logs import log
 from buntime.web.http1.connection import HTTP1Connection
@@ -33,7 +33,6 @@ class Handler(TypingProtocol):
         """The most bytes of request body taken for C{path}."""
 
 
-@implementer(IProtocolNegotiationFactory)
 class HTTP1Factory(ServerFactory):
     """
     Builds an L{HTTP1Connection} per client for C{handler}; past
@@ -41,9 +40,8 @@ class HTTP1Factory(ServerFactory):
     closed.  C{state} (a L{buntime.web.state.RuntimeState}) counts request
     bodies still arriving as in flight.
 
-    Behind C{--listen ssl:...} it offers C{http/1.1} over ALPN: without a
-    protocol to offer, Twisted's TLS answers a client that offers ALPN
-    (browsers, curl) with an C{internal error} alert instead of a handshake.
+    Behind C{--listen ssl:...} it offers C{http/1.1} over ALPN where Twisted
+    asks for it (L{offers_alpn}).
     """
 
     noisy = False
@@ -80,6 +78,26 @@ class HTTP1Factory(ServerFactory):
     def acceptableProtocols(self) -> list[bytes]:
         """The one protocol a TLS client may choose over ALPN: HTTP/1.1."""
         return [b"http/1.1"]
+
+
+def offers_alpn() -> bool:
+    """
+    Whether L{HTTP1Factory} offers ALPN protocols to Twisted's TLS: where
+    Twisted sets the ALPN callback once per TLS context and asks the factory
+    on each handshake (Twisted 26).  There, a factory offering none makes a
+    client that offers ALPN (browsers, curl) get an C{internal error} alert
+    instead of a handshake.  Older releases (25.5) set the protocols on the
+    shared context for each connection instead, which pyOpenSSL 25 and later
+    refuse (every handshake fails), and without protocols set no callback at
+    all (every client is served, without ALPN).
+    """
+    from twisted.internet import _sslverify
+
+    return hasattr(_sslverify, "setupForALPN")
+
+
+if offers_alpn():
+    classImplements(HTTP1Factory, IProtocolNegotiationFactory)
 
 
 class _Busy(Protocol):

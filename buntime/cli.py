@@ -1,7 +1,7 @@
 """
 The C{buntime} command: C{twistd -n buntime} with the same options, without
 a pidfile, found without Twisted's plugin discovery; C{buntime --version}
-prints the version.
+prints buntime's version (wherever C{--version} is among the options).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def twistd_argv(args: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["--version"], ["-V"]):
+    if "--version" in args or "-V" in args:  # anywhere: twistd's would print its own
         print(f"buntime {__version__}")
         return
     from twisted.application import app

@@ -13,6 +13,8 @@ from buntime.cli import main, twistd_argv
 def test_version(capsys):
     main(["--version"])
     assert capsys.readouterr().out == f"buntime {__version__}\n"
+    main(["-w", "apps", "--version"])  # not twistd's "Twisted version: ..."
+    assert capsys.readouterr().out == f"buntime {__version__}\n"
 
 
 def test_it_runs_twistd_in_the_foreground_without_a_pidfile():

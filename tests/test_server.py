@@ -48,9 +48,10 @@ def test_a_port_in_use_says_how_to_pick_another():
         taken.close()
     [reason] = reasons
     assert reason.startswith(f"Cannot listen on tcp:{port}:interface=127.0.0.1: ")
+    other = port + 1  # the next port, not a fixed one that may be the taken one
     assert reason.endswith(
         "; another process holds that port: stop it, or choose another port"
-        " with PORT=8001 (or --port 8001, or --listen tcp:8001)"
+        f" with PORT={other} (or --port {other}, or --listen tcp:{other})"
     )
 
 

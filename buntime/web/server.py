@@ -82,9 +82,11 @@ class WebService(Service):
     def _failed(self, failure: Any) -> None:
         reason = f"Cannot listen on {self.description}: {failure.getErrorMessage()}"
         if isinstance(failure.value, CannotListenError) and _in_use(failure.value):
+            taken = failure.value.port
+            other = taken + 1 if isinstance(taken, int) and 0 < taken < 65535 else 8001
             reason += (
                 "; another process holds that port: stop it, or choose another port"
-                " with PORT=8001 (or --port 8001, or --listen tcp:8001)"
+                f" with PORT={other} (or --port {other}, or --listen tcp:{other})"
             )
         self.fatal(reason)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -182,5 +183,22 @@ def test_a_missing_module_says_how_to_provide_it(tmp_path):
         " app's requirements.txt and set autoInstall: true in its manifest; or install it into"
         f" {deps} (pip install --target {deps} does_not_exist_anywhere); or install it into the"
         f" runtime's own environment ({sys.executable} -m pip install does_not_exist_anywhere)."
-        " See docs/apps.md, 'Dependencies'."
+        " See docs/apps.md, 'Dependencies and autoInstall'."
     )
+
+
+def test_the_hints_point_at_a_section_that_exists():
+    from buntime.pool.deps import LOCK_RECIPE
+
+    try:
+        import does_not_exist_anywhere  # noqa: F401
+    except ModuleNotFoundError as error:
+        hint = missing_module_hint(error, "/srv/app")
+    headings = {
+        line.lstrip("#").strip().replace("`", "")
+        for line in (Path(__file__).parent.parent / "docs" / "apps.md").read_text().splitlines()
+        if line.startswith("#")
+    }
+    for text in (hint, LOCK_RECIPE):
+        [section] = re.findall(r"docs/apps\.md, '([^']+)'", text)
+        assert section in headings

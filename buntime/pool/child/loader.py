@@ -80,7 +80,7 @@ def import_file(path: str) -> ModuleType:
 def missing_module_hint(error: ModuleNotFoundError, app_dir: str) -> str:
     """
     What to do about a module the app imports and nobody provides: the three
-    places an app's imports are found (docs/apps.md, "Dependencies").
+    places an app's imports are found (docs/apps.md, "Dependencies and autoInstall").
     """
     name = (error.name or "").split(".")[0]
     if not name:
@@ -92,7 +92,8 @@ def missing_module_hint(error: ModuleNotFoundError, app_dir: str) -> str:
         f" in its manifest;"
         f" or install it into {deps} (pip install --target {deps} {name});"
         f" or install it into the runtime's own environment"
-        f" ({sys.executable} -m pip install {name}). See docs/apps.md, 'Dependencies'."
+        f" ({sys.executable} -m pip install {name})."
+        " See docs/apps.md, 'Dependencies and autoInstall'."
     )
 
 

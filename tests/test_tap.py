@@ -223,6 +223,7 @@ def test_make_service_refuses_an_app_directory_that_does_not_exist(clean_environ
 def test_reload_flag(clean_environ, monkeypatch):
     assert parse(["-w", "apps"]).config.reload is True  # development, the default
     assert parse(["-w", "apps", "--env", "test"]).config.reload is False
+    assert parse(["-w", "apps", "--env", "production"]).config.reload is False
     assert parse(["-w", "apps", "--env", "test", "--reload"]).config.reload is True
     monkeypatch.setenv("RUNTIME_RELOAD", "0")
     assert parse(["-w", "apps"]).config.reload is False

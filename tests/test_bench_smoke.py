@@ -7,9 +7,11 @@ is never asserted here; that is the benchmark's job, not a test's.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -148,6 +150,9 @@ def test_help_is_plain_text_about_this_repository():
     from buntime.bench.cli import parser
 
     text = parser().format_help()
-    for markup in ("C{", "L{", "I{", "SPEC", "STYLE"):
+    for markup in ("C{", "L{", "I{", "B{", "U{", "@param", "SPEC", "STYLE"):
         assert markup not in text
     assert "docs/performance.md" in text
+    root = Path(__file__).resolve().parent.parent
+    for document in re.findall(r"[\w./-]+\.(?:md|txt|rst|yaml)\b", text):
+        assert (root / document).is_file(), f"--help names {document}, which is not in the repo"

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 import pytest_twisted
-from runtime import RuntimeExited
+from runtime import RuntimeExited, twistd_command
 
 from buntime import __version__
 
@@ -310,6 +310,22 @@ def test_daemon_mode_logs_to_the_twistd_log(tmp_path):
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
             while pidfile.exists() and time.monotonic() < deadline + 20:
                 time.sleep(0.05)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_foreground_runtimes_start_from_one_directory(runtimes, tmp_path):
+    """C{twistd -n buntime} as the README runs it writes no twistd.pid to stop a second one."""
+    readme_command = [*twistd_command(), "-n", "buntime"]  # no --pidfile=
+    started = []
+    for _ in range(2):
+        started.append(
+            await runtimes.start(
+                worker_dirs=[str(tmp_path)], cwd=str(tmp_path), command=readme_command, twistd=False
+            )
+        )
+    first, second = started
+    assert first.port != second.port
+    assert not (tmp_path / "twistd.pid").exists()
 
 
 @pytest_twisted.ensureDeferred

@@ -9,6 +9,7 @@ image's settings — serves the bundled apps and the probes.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
 import subprocess
@@ -49,7 +50,9 @@ def test_the_dockerfile_lints_clean():
 def test_the_image_runs_the_runtime_as_pid_1_without_root():
     text = (ROOT / "docker" / "Dockerfile").read_text()
     final = text.rsplit("\nFROM ", 1)[1]  # the runtime stage
-    assert "\nUSER 10001" in final  # numeric: runAsNonRoot can check it
+    # numeric, the UID useradd gave (runAsNonRoot can check it; k8s says 10001)
+    assert "\nARG BUNTIME_UID=10001\n" in final and '--uid "${BUNTIME_UID}"' in final
+    assert "\nUSER ${BUNTIME_UID}:${BUNTIME_UID}\n" in final
     assert 'CMD ["twistd", "--nodaemon", "--pidfile=", "buntime"]' in final
     assert "HEALTHCHECK" in final and "/api/health/live" in final
     assert "EXPOSE 8000" in final
@@ -250,6 +253,13 @@ def _as_unprivileged(argv: list[str]) -> list[str]:
     return [shutil.which("setpriv") or "setpriv", *DROP, *argv]
 
 
+def _healthcheck() -> list[str]:
+    """The Dockerfile's C{HEALTHCHECK} command (its exec form)."""
+    text = (ROOT / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    [line] = [line for line in text.splitlines() if line.startswith("HEALTHCHECK ")]
+    return list(json.loads(line.split(" CMD ", 1)[1]))
+
+
 def _owner(pid: int | None) -> int:
     """The real user id of process C{pid}."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -297,6 +307,12 @@ async def test_the_installed_wheel_serves_the_bundled_apps_and_the_probes(runtim
         answer = await proc.get(f"/{app}/")
         body = await answer.content()
         assert answer.code == 200, f"/{app}/ answered {answer.code}: {body[:300]!r}"
+    check = _healthcheck()
+    assert check[0] == "python"
+    healthy = subprocess.run(
+        [python, *check[1:]], env={**env, "PORT": str(proc.port)}, capture_output=True, text=True
+    )
+    assert healthy.returncode == 0, healthy.stderr  # the image's HEALTHCHECK, as Docker runs it
     assert proc.unparsed == []
     if os.geteuid() == 0 and _nobody_can_run(python):
         assert _owner(proc.pid) == 65534  # the runtime ran as nobody, not root

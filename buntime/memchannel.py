@@ -123,12 +123,6 @@ class MemoryChannel:
         if not self.finished:
             self.connection_lost(Failure(ConnectionDone("the app closed the connection")))
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # What twisted.web asks of a channel when a form body cannot be parsed.
-        self.head_written(400, [("content-type", "text/plain")], None)
-        self.write(b"Bad Request")
-        self.requestDone(None)
-
     # -- for subclasses ------------------------------------------------------------
 
     def head_written(self, status: int, pairs: list[tuple[str, str]], reason: str | None) -> None:

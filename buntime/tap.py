@@ -85,7 +85,8 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from buntime.service import make_runtime, settle_memory
+    from buntime.service import settle_memory
+    from buntime.wiring import make_runtime
 
     try:
         check_directories(options.config)  # here, not in postOptions: only to run

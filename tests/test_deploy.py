@@ -8,12 +8,15 @@ image's settings — serves the bundled apps and the probes.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,9 @@ def test_the_dockerfile_lints_clean():
 def test_the_image_runs_the_runtime_as_pid_1_without_root():
     text = (ROOT / "docker" / "Dockerfile").read_text()
     final = text.rsplit("\nFROM ", 1)[1]  # the runtime stage
-    assert "\nUSER 10001" in final  # numeric: runAsNonRoot can check it
+    # numeric, the UID useradd gave (runAsNonRoot can check it; k8s says 10001)
+    assert "\nARG BUNTIME_UID=10001\n" in final and '--uid "${BUNTIME_UID}"' in final
+    assert "\nUSER ${BUNTIME_UID}:${BUNTIME_UID}\n" in final
     assert 'CMD ["twistd", "--nodaemon", "--pidfile=", "buntime"]' in final
     assert "HEALTHCHECK" in final and "/api/health/live" in final
     assert "EXPOSE 8000" in final
@@ -57,6 +62,57 @@ def test_the_image_runs_the_runtime_as_pid_1_without_root():
     service = compose["services"]["buntime"]
     assert service["build"]["dockerfile"] == "docker/Dockerfile"
     assert "../apps:/data/apps" in service["volumes"]
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether C{path} (or a directory above it) matches a .dockerignore pattern."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: end + 1]) for end in range(len(parts))]
+    for pattern in patterns:
+        assert not pattern.startswith("!"), "exceptions: teach this test Docker's rules"
+        bare = pattern.removeprefix("**/")
+        for prefix in prefixes:
+            if fnmatch.fnmatchcase(prefix, pattern):
+                return True
+            if bare != pattern and any(
+                fnmatch.fnmatchcase("/".join(prefix.split("/")[start:]), bare)
+                for start in range(len(prefix.split("/")))
+            ):
+                return True
+    return False
+
+
+def test_the_dockerignore_applies_to_the_compose_build_and_keeps_what_the_image_copies():
+    """
+    compose builds with the repository as context, so the repository's
+    .dockerignore is the one used (no docker/Dockerfile.dockerignore beside
+    the Dockerfile overrides it): it leaves out the venv and the git
+    history, and none of the files the Dockerfile copies.
+    """
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    context = (ROOT / "docker" / compose["services"]["buntime"]["build"]["context"]).resolve()
+    assert context == ROOT
+    assert not (ROOT / "docker" / "Dockerfile.dockerignore").exists()
+    patterns = [
+        line.strip().strip("/")
+        for line in (context / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for heavy in (".git", ".venv", "tests", "apps/hello/.deps/x.py", "buntime/__pycache__/x.pyc"):
+        assert _ignored(heavy, patterns), heavy
+    sources = [
+        source
+        for line in (ROOT / "docker" / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in [word for word in line.split()[1:] if not word.startswith("--")][:-1]
+    ]
+    assert {"pyproject.toml", "README.md", "buntime", "twisted", "apps"} <= set(sources)
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *sources], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tracked
+    left_out = [path for path in tracked if _ignored(path, patterns)]
+    assert left_out == []
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
@@ -144,7 +200,7 @@ def installed() -> Any:
     )
     [wheel] = os.listdir(wheels)
     venv = os.path.join(home, "venv")
-    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([_python_for_anyone(), "-m", "venv", venv], check=True)
     python = os.path.join(venv, "bin", "python")
     subprocess.run(
         [python, "-m", "pip", "install", "-q", os.path.join(wheels, wheel) + _demo_extra()],
@@ -154,20 +210,60 @@ def installed() -> Any:
     shutil.rmtree(home, ignore_errors=True)
 
 
+DROP = ["--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+"""setpriv's arguments that make the rest run as C{nobody}."""
+
+
+def _nobody_can_run(python: str | None) -> bool:
+    """Whether C{nobody} can run C{python} (3.11+) and have it start itself again."""
+    setpriv = shutil.which("setpriv")
+    if python is None or setpriv is None:
+        return False
+    probe = (
+        "import subprocess, sys; assert sys.version_info >= (3, 11);"
+        " subprocess.run([sys.executable, '-c', ''], check=True)"
+    )
+    ran = subprocess.run([setpriv, *DROP, python, "-c", probe], capture_output=True)
+    return ran.returncode == 0
+
+
+def _python_for_anyone() -> str:
+    """
+    The Python the fresh venv is made from: this one, unless the tests run
+    as root from a Python that C{nobody} may not run (one under C{/root},
+    say), then the system's Python 3.11+ if C{nobody} may run that.
+    """
+    if os.geteuid() != 0:
+        return sys.executable
+    candidates = [sys.executable, shutil.which("python3.11"), "/usr/bin/python3"]
+    return next((python for python in candidates if _nobody_can_run(python)), sys.executable)
+
+
 def _as_unprivileged(argv: list[str]) -> list[str]:
     """
     C{argv} run as C{nobody} when the tests run as root (the image's user is
-    not root), if this machine lets C{nobody} start processes from that
-    Python (a sandbox may not: then as the current user).
+    not root), if this machine lets C{nobody} run that Python (a sandbox may
+    not: then as root, with a warning).
     """
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
+    if os.geteuid() != 0:
         return argv
-    drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-    probe = "import subprocess, sys; subprocess.run([sys.executable, '-c', ''], check=True)"
-    if subprocess.run([*drop, argv[0], "-c", probe], capture_output=True).returncode != 0:
+    if not _nobody_can_run(argv[0]):
+        warnings.warn("the installed wheel runs as root: nobody cannot run it here", stacklevel=2)
         return argv
-    return [*drop, *argv]
+    return [shutil.which("setpriv") or "setpriv", *DROP, *argv]
+
+
+def _healthcheck() -> list[str]:
+    """The Dockerfile's C{HEALTHCHECK} command (its exec form)."""
+    text = (ROOT / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    [line] = [line for line in text.splitlines() if line.startswith("HEALTHCHECK ")]
+    return list(json.loads(line.split(" CMD ", 1)[1]))
+
+
+def _owner(pid: int | None) -> int:
+    """The real user id of process C{pid}."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
 
 
 @pytest_twisted.ensureDeferred
@@ -182,6 +278,9 @@ async def test_the_installed_wheel_serves_the_bundled_apps_and_the_probes(runtim
     if os.geteuid() == 0:
         for path in [data, *data.rglob("*")]:
             os.chown(path, 65534, 65534)
+    # Kubernetes runs the image with a read-only root filesystem: /data (the
+    # home and working directory) is not writable, only its three volumes.
+    data.chmod(0o555)
     twistd = os.path.join(os.path.dirname(python), "twistd")
     env = {
         "RUNTIME_ENV": "production",
@@ -208,7 +307,17 @@ async def test_the_installed_wheel_serves_the_bundled_apps_and_the_probes(runtim
         answer = await proc.get(f"/{app}/")
         body = await answer.content()
         assert answer.code == 200, f"/{app}/ answered {answer.code}: {body[:300]!r}"
+    check = _healthcheck()
+    assert check[0] == "python"
+    healthy = subprocess.run(
+        [python, *check[1:]], env={**env, "PORT": str(proc.port)}, capture_output=True, text=True
+    )
+    assert healthy.returncode == 0, healthy.stderr  # the image's HEALTHCHECK, as Docker runs it
     assert proc.unparsed == []
+    if os.geteuid() == 0 and _nobody_can_run(python):
+        assert _owner(proc.pid) == 65534  # the runtime ran as nobody, not root
+    assert await proc.stop("TERM") == 0
+    data.chmod(0o755)
 
 
 @pytest_twisted.ensureDeferred

@@ -188,13 +188,18 @@ class Load:
         return self.codes
 
 
+SHARED_APP = {
+    "manifest.yaml": "name: shared\nversion: 1.0.0\nttl: 5m\n",
+    # app.py needs a module written after it in the archive, and padding
+    # makes the extraction take a while: a reader shown half an app fails.
+    "app.py": "from answer import ANSWER\nroutes = {'/': lambda request: ANSWER}\n",
+    **{f"padding/{index:03}.txt": "x" * 20_000 for index in range(150)},
+    "answer.py": "ANSWER = {'shared': True}\n",
+}
+
+
 async def _upload(proc: Any) -> None:
-    archive = zip_archive(
-        {
-            "manifest.yaml": "name: shared\nversion: 1.0.0\nttl: 5m\n",
-            "app.py": "routes = {'/': lambda request: {'shared': True}}\n",
-        }
-    )
+    archive = zip_archive(SHARED_APP)
     body, content_type = multipart("file", "shared.zip", archive)
     response = await proc.request(
         "POST",
@@ -203,6 +208,25 @@ async def _upload(proc: Any) -> None:
         headers={"Content-Type": content_type, "Origin": proc.url},
     )
     assert response.code == 200, await response.text()
+
+
+class Readers:
+    """One client per replica asking for C{path} over and over, until stopped."""
+
+    def __init__(self, cluster: Cluster, path: str) -> None:
+        self.running = True
+        self.codes: dict[int, list[int]] = {port: [] for port in cluster.ports}
+
+        async def read(port: int) -> None:
+            while self.running:
+                self.codes[port].append(await cluster.get(path, port))
+
+        self.done = DeferredList([Deferred.fromCoroutine(read(port)) for port in cluster.ports])
+
+    async def stop(self) -> dict[int, list[int]]:
+        self.running = False
+        await self.done
+        return self.codes
 
 
 async def _everywhere(cluster: Cluster, path: str, code: int, seconds: float = 1.0) -> None:
@@ -217,15 +241,36 @@ async def _everywhere(cluster: Cluster, path: str, code: int, seconds: float = 1
 async def test_an_app_uploaded_through_one_replica_is_served_by_all_and_deleted_everywhere(
     cluster,
 ):
+    """
+    While the app is uploaded through one replica, every replica is read
+    all the time: each answers 404 until it serves the whole app, then 200
+    for good (never an error from half an app, never a stale 404 after a
+    200), all three within a second of the upload's answer.
+    """
     first, second, _ = cluster.replicas
+    readers = Readers(cluster, "/shared/")
+    await deferLater(reactor, 0.2, lambda: None)
     await _upload(first)
     await _everywhere(cluster, "/shared/", 200)
-    assert await cluster.get("/shared/") == 200  # and through the balancer
+    await deferLater(reactor, 0.2, lambda: None)
+    for port, codes in (await readers.stop()).items():
+        assert set(codes) <= {404, 200} and 200 in codes, (port, codes)
+        served = codes.index(200)
+        assert codes[served:] == [200] * (len(codes) - served), (port, codes)
+    answer = await cluster.http.get(f"http://127.0.0.1:{cluster.front}/shared/")
+    assert await answer.json() == {"shared": True}  # and through the balancer
+
+    readers = Readers(cluster, "/shared/")
     deleted = await second.request(
         "DELETE", "/api/apps/_/shared/1.0.0", headers={"Origin": second.url}
     )
     assert deleted.code == 200
     await _everywhere(cluster, "/shared/", 404)
+    await deferLater(reactor, 0.2, lambda: None)
+    for port, codes in (await readers.stop()).items():
+        assert set(codes) <= {404, 200}, (port, codes)
+        gone = codes.index(404)
+        assert codes[gone:] == [404] * (len(codes) - gone), (port, codes)
 
 
 @pytest_twisted.ensureDeferred

@@ -214,7 +214,7 @@ async def test_slow_request_finishes_during_shutdown(runtimes, tmp_path):
     await proc.wait_for_message("buntime:runtime:stopping")
     response = await in_flight
     assert (response.code, await response.text()) == (200, "done")
-    assert await proc.wait_exit() in (0, -15)
+    assert await proc.wait_exit() == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -241,6 +241,71 @@ async def test_sigterm_turns_readiness_off_and_serves_through_the_drain_delay(ru
         proc.messages(name)[0] for name in ("buntime:runtime:draining", "buntime:runtime:stopping")
     )
     assert stopping["timestamp"] - draining["timestamp"] >= 1.4
+
+
+async def _refused(proc, seconds: float) -> bool:
+    """Whether new connections are refused within C{seconds} (the port closed)."""
+    from twisted.internet import reactor
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.task import deferLater
+
+    started = reactor.seconds()
+    while reactor.seconds() - started < seconds:
+        try:
+            await (await proc.get("/api/health/live")).content()
+        except ConnectionRefusedError:
+            return True
+        await deferLater(reactor, 0.05, lambda: None)
+    return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_with_a_request_in_flight_drains_in_kubernetes_order_and_exits_0(
+    runtimes, tmp_path
+):
+    """
+    The whole stop, end to end, with a request in flight that outlasts the
+    drain delay: readiness 503 at once while new connections are still
+    served; after RUNTIME_DRAIN_DELAY new connections are refused while the
+    request in flight goes on; it is answered in full within
+    RUNTIME_SHUTDOWN_TIMEOUT, and the exit status is 0.
+    """
+    app = tmp_path / "apps" / "slow"
+    app.mkdir(parents=True)
+    (app / "manifest.yaml").write_text("ttl: 60s\ntimeout: 30s\nidleTimeout: 60s\n")
+    (app / "app.py").write_text(SLOW_APP)
+    proc = await runtimes.start(
+        worker_dirs=[str(tmp_path / "apps")],
+        env={
+            "RUNTIME_ENV": "production",
+            "RUNTIME_DRAIN_DELAY": "1s",
+            "RUNTIME_SHUTDOWN_TIMEOUT": "10s",
+        },
+    )
+    response = await proc.get("/slow/ping")
+    assert (response.code, await response.text()) == (200, "pong")
+
+    in_flight = proc.get("/slow/wait?s=3", headers={"x-request-id": "drain-1"})
+    answered: list[object] = []
+    in_flight.addBoth(lambda result: answered.append(result) or result)
+    await proc.wait_for_log(
+        lambda line: line.get("request_id") == "drain-1" and line.get("action_status") == "started"
+    )
+    proc.signal("TERM")
+    await proc.wait_for_message("buntime:runtime:draining")
+    ready = await proc.get("/api/health/ready")
+    assert ready.code == 503 and (await ready.json())["status"] == "stopping"
+    live = await proc.get("/api/health/live")  # a new connection, still accepted
+    assert live.code == 200
+    assert answered == []
+
+    await proc.wait_for_message("buntime:runtime:stopping")
+    assert await _refused(proc, 1.0), "still accepting after the drain delay"
+    assert answered == []  # refusing new connections, still serving this one
+    response = await in_flight
+    assert (response.code, await response.text()) == (200, "done")
+    assert await proc.wait_exit() == 0
+    assert not proc.messages("buntime:runtime:shutdown-timeout")
 
 
 @pytest_twisted.ensureDeferred

@@ -11,6 +11,7 @@ left out: a type named for mypy is not a dependency at run time.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ PACKAGE = Path(buntime.__file__).parent
 
 VALUE_TYPES = {
     "buntime.http",
+    "buntime.headers",
     "buntime.interfaces",
     "buntime.units",
     "buntime._json",
@@ -153,3 +155,44 @@ def test_the_rules_cover_modules_that_exist():
     modules = imports()
     for _, members, _ in RULES:
         assert any(_within(module, members) for module in modules), members
+
+
+def test_nothing_of_the_runtime_imports_the_benchmark():
+    wrong = {
+        module: sorted(name for name in names if _within(name, {"buntime.bench"}))
+        for module, names in imports().items()
+        if not _within(module, {"buntime.bench"})
+    }
+    assert {module: names for module, names in wrong.items() if names} == {}
+
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def _layer_row(layer: str) -> set[str]:
+    """The modules the layer table of docs/architecture.md names for C{layer}."""
+    for line in ARCHITECTURE.read_text().splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) > 2 and cells[1] == layer:
+            return {f"buntime.{name}" for name in re.findall(r"`([\w.]+)`", cells[2])}
+    raise AssertionError(f"no {layer!r} row in {ARCHITECTURE}")
+
+
+def test_the_architecture_page_lists_the_layers_this_test_checks():
+    assert _layer_row("value types") == VALUE_TYPES
+    assert _layer_row("mechanisms") == MECHANISMS
+
+
+def test_every_module_the_architecture_page_names_exists():
+    named = set(re.findall(r"`((?:buntime/)?[\w/]+(?:\.py|/))`", ARCHITECTURE.read_text()))
+    assert len(named) > 40
+    files = {path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")}
+
+    def exists(name: str) -> bool:
+        if (PACKAGE.parent / name).exists() or (PACKAGE / name).exists():
+            return True
+        # a file the page names inside the folder it is describing: asgi.py of pool/child/
+        return "/" not in name and any(file.endswith("/" + name) for file in files)
+
+    missing = [name for name in sorted(named) if not exists(name)]
+    assert missing == []

@@ -101,13 +101,6 @@ def test_closing_before_the_end_is_a_lost_connection_after_it_nothing() -> None:
     ]
 
 
-def test_an_unparsable_form_is_a_400() -> None:
-    channel = Recording()
-    channel._respondToBadRequestAndDisconnect()
-    assert channel.seen == [(400, [("content-type", "text/plain")], None), "done"]
-    assert channel.take() == b"Bad Request"
-
-
 class PullResource(Resource):
     isLeaf = True
 

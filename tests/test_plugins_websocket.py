@@ -337,9 +337,41 @@ async def test_the_handler_is_what_its_factory_built_with_the_runtime_s_hooks_ad
     assert (await within(client.opened)).headers["x-request-id"] == "n-1"
     [handler] = factory.built
     assert handler.number == 1  # built by the factory's buildProtocol
-    assert isinstance(handler, Echo) and type(handler).__name__ == "Echo"
-    assert type(handler) is not Echo  # the plugin's class itself is left as it is
-    assert "onOpen" not in vars(handler) and "onConnect" not in vars(handler)
+    # built from the factory's protocol, now a subclass of Echo with the hooks:
+    # the plugin's class itself is left as it is, and no instance changes class
+    assert type(handler) is factory.protocol
+    assert issubclass(factory.protocol, Echo) and factory.protocol is not Echo
+    assert (factory.protocol.__name__, factory.protocol.__qualname__) == ("Echo", "Echo")
+    assert "onOpen" not in vars(Echo) and "onConnect" not in vars(handler)
+
+    second = await harness.connect(served, "/echo/ws", {"x-request-id": "n-2"})
+    await within(second.opened)
+    assert type(factory.built[1]) is type(handler)  # one hooked class per factory
+
+
+class Stranger(WebSocketServerFactory):
+    """A factory whose own C{buildProtocol} builds a class other than its C{protocol}."""
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = WebSocketServerProtocol()
+        protocol.factory = self
+        return protocol
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_factory_that_builds_no_instance_of_its_protocol_is_a_500(harness, eliot_logger):
+    factory = Stranger(reactor=reactor)
+    factory.protocol = Echo
+    registry = await registry_of(({"name": "odd", "base": "/odd"}, Sockets(factory)))
+    served = await harness.serve(registry)
+    client = await harness.connect(served, "/odd/ws", {"x-request-id": "odd-1"})
+    assert "500" in await refused(client)
+    assert served.sockets.open == 0
+    [error] = messages(eliot_logger, "buntime:websocket:handler-invalid")
+    assert (error["plugin"], error["request_id"], error["level"]) == ("odd", "odd-1", "error")
+    assert "must build self.protocol" in error["message"]
+    [action] = request_actions(eliot_logger)
+    assert action.end_message["status"] == 500
 
 
 @pytest_twisted.ensureDeferred

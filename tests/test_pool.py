@@ -10,6 +10,7 @@ import signal
 
 import pytest
 from attrs import evolve
+from eliot.testing import LoggedAction
 from fakes import ChildRequest, FakeLauncher, echo, hang, logged, read_all, result_of
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
@@ -424,7 +425,7 @@ def test_ready_timeout_is_a_failure():
     assert h.launcher.live == []
 
 
-def test_death_mid_request_is_502_and_next_request_respawns():
+def test_death_mid_request_is_502_and_next_request_respawns(eliot_logger):
     h = Harness()
     app = h.app()
     d = h.send(app, "/hang")
@@ -441,6 +442,14 @@ def test_death_mid_request_is_502_and_next_request_respawns():
         {"app": "hello@1.0.0", "event": "crashed", "reason": "exited", "count": 1},
         {"app": "hello@1.0.0", "event": "started", "reason": "", "count": 2},
     ]
+    # the crash is the first thing said in the retire action that follows it
+    [retiring] = LoggedAction.of_type(eliot_logger.messages, "buntime:worker:retire")
+    assert retiring.start_message["reason"] == "unhealthy" and retiring.succeeded
+    [crash] = retiring.children
+    assert crash.message["message_type"] == "buntime:worker:crash"
+    assert crash.message["reason"] == "exited with code -9" and crash.message["level"] == "error"
+    assert crash.message["pid"] == retiring.start_message["pid"]
+    eliot_logger.validate()
 
 
 def test_app_error_is_500():

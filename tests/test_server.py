@@ -8,9 +8,9 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory
 
-from buntime.service import _api_url, report_empty
 from buntime.web.server import WebService, scheme
 from buntime.web.state import RuntimeState
+from buntime.wiring import _api_url, report_empty
 
 
 def test_scheme_follows_the_endpoint():

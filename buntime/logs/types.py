@@ -71,7 +71,7 @@ WORKER_RETIRE = ActionType(
 WORKER_CRASH = MessageType(
     "buntime:worker:crash",
     [*_SAID, *_WORKER, REASON],
-    "A worker gone before it was asked to go.",
+    "A worker gone before it was asked to go (inside the retire action that follows).",
 )
 
 # -- installs and plugins -----------------------------------------------------------

@@ -251,12 +251,6 @@ class WorkerLifecycle:
     def _worker_gone(self, state: _AppState, worker: Worker, reason: str) -> None:
         if worker not in state.workers:
             return  # retired or already counted as failed
-        WORKER_CRASH.log(
-            level="error",
-            message=f"Worker for {state.app.label} {reason}",
-            reason=reason,
-            **worker.tags(),
-        )
         # "exited with code 1", "closed its channel", "could not be launched: ..."
         self._events[state.app.label, "crashed", reason.split(" with ")[0].split(":")[0]] += 1
         if isinstance(worker.launch_error, LauncherUnavailable):
@@ -269,10 +263,16 @@ class WorkerLifecycle:
             )
         else:
             response = self._crash_response(state, f"worker {reason}")
-        self._worker_failed(state, worker, response)
+        self._worker_failed(state, worker, response, crash=reason)
 
-    def _worker_failed(self, state: _AppState, worker: Worker, response: Response) -> None:
-        """A critical error: count it, back off, and answer waiting requests if none is left."""
+    def _worker_failed(
+        self, state: _AppState, worker: Worker, response: Response, crash: str | None = None
+    ) -> None:
+        """
+        A critical error: count it, back off, and answer waiting requests if
+        none is left.  C{crash}: why the worker died unasked (logged in its
+        retire action).
+        """
         if worker not in state.workers:
             return
         worker.healthy = False
@@ -280,7 +280,7 @@ class WorkerLifecycle:
         delay = 0.0 if state.failures <= 1 else BACKOFF_BASE * 2 ** (state.failures - 2)
         state.retry_at = self._reactor.seconds() + min(delay, BACKOFF_MAX)
         state.last_failure = response
-        self._discard(state, worker, "unhealthy", grace=0, failed=True, replace=False)
+        self._discard(state, worker, "unhealthy", grace=0, failed=True, replace=False, crash=crash)
         if not any(not w.ephemeral for w in state.workers):
             state.queue.refuse(response)
 
@@ -301,12 +301,15 @@ class WorkerLifecycle:
         kill: bool = False,
         replace: bool = True,
         terminate: bool = True,
+        crash: str | None = None,
     ) -> Deferred:
         """
         Take C{worker} out of service and stop it: drain for up to C{grace}
         seconds, or SIGKILL it at once with C{kill}; without C{terminate} it
         gets no C{on_terminate} (it is killed after its drain and DELAY_MS).
         With C{replace}, requests queued for the app get another worker.
+        C{crash}: the worker died unasked, this is why (the first message
+        of its retire action).
         """
         if worker in self._stopping:
             return self._stopping[worker]
@@ -324,6 +327,14 @@ class WorkerLifecycle:
                 reason=reason,
                 **worker.tags(),
             )
+            if crash is not None:
+                with retiring.context():
+                    WORKER_CRASH.log(
+                        level="error",
+                        message=f"Worker for {state.app.label} {crash}",
+                        reason=crash,
+                        **worker.tags(),
+                    )
         self._notify(self.on_worker_terminate, worker, state.app)
         if kill:
             worker.kill()

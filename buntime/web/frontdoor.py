@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eliot import current_action
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -22,14 +22,14 @@ from twisted.web.server import Site
 from buntime import __version__
 from buntime.http import AppInfo, Headers, Request, Response, Takeover
 from buntime.logs import log
-from buntime.logs.requests import finish_request, request_action, request_record
 from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
 from buntime.trust import api_refusal, trusted
 from buntime.web.api.core import CoreAPI
-from buntime.web.http1 import Exchange, HandedOver
+from buntime.web.http1 import Exchange
 from buntime.web.state import RuntimeState
+from buntime.web.tracked import TrackedRequest
 from buntime.web.trust import request_ids, without_forwarded
 from buntime.web.websocket import WebSockets
 
@@ -55,89 +55,6 @@ def _log_crash(failure: Failure) -> None:
         error=failure.getErrorMessage(),
         traceback=failure.getTraceback(),
     )
-
-
-class _Tracked:
-    """
-    One request's eliot action, its place in the in-flight count, and the
-    work to cancel (C{running}) when the client goes away before the answer.
-    C{fields} are added to the log line (the app, the worker id); the
-    request's outcome is counted in C{outcomes} (for C{ctx.requests}).
-    """
-
-    __slots__ = (
-        "_clock",
-        "_line",
-        "_outcomes",
-        "_started",
-        "_state",
-        "action",
-        "fields",
-        "running",
-    )
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        state: RuntimeState,
-        request_id: str,
-        method: str,
-        path: str,
-        task_uuid: str | None = None,
-        outcomes: RequestOutcomes | None = None,
-    ) -> None:
-        self._clock = clock
-        self._state = state
-        self._outcomes = outcomes
-        self._line = (request_id, method, path)
-        self.fields: dict[str, Any] = {}
-        self.running: Deferred[Any] | None = None
-        self.action = request_action(request_id, method, path, task_uuid)
-        self._started = clock.seconds()
-        state.request_started()
-
-    def run(self, function: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
-        """
-        C{function(*args)} in the request's eliot action: the work to cancel
-        if the client leaves.
-        """
-        try:
-            done = self.action.run(function, *args)
-        except Exception:
-            done = fail()
-        self.running = done
-        return done
-
-    def finished(self, result: object, exchange: Exchange) -> None:
-        """The answer is written (C{result} C{None}), or the connection was lost first."""
-        request_id, method, path = self._line
-        status = exchange.status
-        # milliseconds to the microsecond: round(..., 3) at half the cost
-        duration = int((self._clock.seconds() - self._started) * 1_000_000 + 0.5) / 1000
-        # an upgraded request ends by handing its connection over: not aborted
-        aborted = isinstance(result, Failure) and not result.check(HandedOver)
-        record = request_record(
-            "error" if status >= 500 else "info", f"{method} {path} {status} {duration}ms"
-        )
-        # the start message is debug: repeat what names the request
-        record["request_id"] = request_id
-        record["method"] = method
-        record["path"] = path
-        record["status"] = status
-        record["duration_ms"] = duration
-        record["aborted"] = aborted
-        record.update(self.fields)  # plain values only (the app, the worker id)
-        finish_request(self.action, record)
-        self._state.request_finished()
-        if self._outcomes is not None:
-            self._outcomes.record(self.fields.get("app"), method, status, duration)
-        running = self.running
-        if aborted and running is not None:
-            # The client went away: stop the work (a queued request is
-            # dropped, a worker is told to cancel).  A Deferred that fired
-            # but waits on another (a chain of steps) cancels that one; a
-            # finished one ignores it.
-            running.cancel()
 
 
 class FrontDoor:
@@ -212,7 +129,7 @@ class FrontDoor:
             exchange.remote_port,
             exchange.local,
         )
-        tracked = _Tracked(
+        tracked = TrackedRequest(
             self._clock, self._state, request_id, head.method, head.path, task_uuid, self.outcomes
         )
         exchange.on_end(tracked.finished, exchange)

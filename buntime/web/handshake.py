@@ -7,10 +7,10 @@ answered, with its status.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from attrs import define, field
-from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
@@ -82,9 +82,6 @@ class TrackedSocket:
             self.protocol.dropConnection(abort=True)
 
 
-_P = TypeVar("_P", bound=WebSocketServerProtocol)
-
-
 class HandshakeHooks(WebSocketServerProtocol):
     """
     buntime's part of every WebSocket handshake, in overrides of autobahn's
@@ -124,10 +121,20 @@ class HandshakeHooks(WebSocketServerProtocol):
             self.sendCloseFrame(INTERNAL_ERROR, b"internal error")
 
 
-def hooked(cls: type[_P]) -> type[_P]:
+def give_hooks(factory: WebSocketServerFactory) -> None:
     """
-    A new subclass of C{cls} (a plugin handler's protocol class) that adds
-    L{HandshakeHooks}.  One is made per connection and goes with it: a cache would
-    keep a reloaded plugin's classes alive.
+    Make C{factory} (a plugin's autobahn factory) build its protocols with
+    L{HandshakeHooks}: its C{protocol} becomes a subclass (of the same name)
+    of the class the plugin gave, made once and kept on the factory, so a
+    reloaded plugin's classes go with its factory.  The factory's own
+    C{buildProtocol}, Twisted's or the plugin's, builds it as before.
     """
-    return type(cls.__name__, (HandshakeHooks, cls), {"__module__": cls.__module__})
+    given = factory.protocol
+    if isinstance(given, type) and not issubclass(given, HandshakeHooks):
+        factory.protocol = _hooked(given)
+
+
+def _hooked(cls: type[Any]) -> type[Any]:
+    """A subclass of C{cls} that adds L{HandshakeHooks}, named and placed as C{cls} is."""
+    names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (HandshakeHooks, cls), names)

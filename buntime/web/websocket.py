@@ -21,10 +21,10 @@ what the app accepted (subprotocol, headers) and relays messages both ways.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from attrs import define, field
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -33,7 +33,7 @@ from buntime.http import Request, Response
 from buntime.logs import log
 from buntime.pool.websocket import WorkerSocket
 from buntime.web.appsocket import MAX_MESSAGE, PING_INTERVAL, AppSocket, HookedAppSocket
-from buntime.web.handshake import HandshakeHooks, TrackedSocket, hooked
+from buntime.web.handshake import HandshakeHooks, TrackedSocket, give_hooks
 from buntime.web.http1 import Exchange
 
 CLOSE_GRACE = 5.0
@@ -107,14 +107,22 @@ class WebSockets(Service):
         if self.closing:
             exchange.respond(_SHUTTING_DOWN)
             return True
-        # autobahn leaves its Factory base unparameterized
-        protocol = cast("WebSocketServerProtocol | None", factory.buildProtocol(exchange.peer()))
-        if protocol is None:
+        give_hooks(factory)
+        # built as the plugin's factory builds it, from its protocol with buntime's hooks
+        protocol = factory.buildProtocol(exchange.peer())
+        if not isinstance(protocol, HandshakeHooks):
+            log(
+                "error",
+                "buntime:websocket:handler-invalid",
+                f"The WebSocket factory of plugin {plugin.name} built {protocol!r},"
+                " not an instance of its protocol: a buildProtocol of its own must"
+                " build self.protocol",
+                request_id=incoming.request_id or "",
+                plugin=plugin.name,
+            )
             exchange.respond(Response.error(500, "INTERNAL_ERROR", "No WebSocket handler"))
             return True
-        # built as the plugin's factory builds it, then given buntime's hooks
-        protocol.__class__ = hooked(type(protocol))
-        self._hand_over(exchange, cast(HandshakeHooks, protocol), incoming, {"plugin": plugin.name})
+        self._hand_over(exchange, protocol, incoming, {"plugin": plugin.name})
         return True
 
     def relay(

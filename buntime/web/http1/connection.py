@@ -1,10 +1,9 @@
 """
 One client connection: requests read by llhttp, answered one at a time.
 
-Reading: the parser's callbacks gather a head (bounded: L{Limits}), judge it
-(L{buntime.web.http1.head.judge}), check the body limit the front door gives
-for its path (413 before a byte of body is read, or as soon as a chunked
-body passes it), and queue the complete request.  Requests read ahead of the
+Reading (L{buntime.web.http1.reading}): the parser's callbacks gather and
+judge a head, check the body limit of its path, and queue the complete
+request.  Requests read ahead of the
 one being answered (pipelining) wait in order; reading stops while too many
 wait, while the client does not read what is written to it (the transport
 paused this producer), and after a request that closes the connection.
@@ -24,7 +23,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from httptools import HttpParserUpgrade, HttpRequestParser
+from httptools import HttpRequestParser
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
@@ -35,22 +34,17 @@ from zope.interface import implementer
 from buntime._turn import EndOfTurn, direct_socket
 from buntime.logs import log
 from buntime.web.http1.exchange import Exchange
-from buntime.web.http1.head import Head, Refusal, judge, request_id_for
+from buntime.web.http1.head import Head, Refusal, request_id_for
+from buntime.web.http1.reading import CONTINUE, RequestReading
 from buntime.web.http1.response import refusal_bytes
 from buntime.web.http1.writing import AnswerWriting
 
 if TYPE_CHECKING:
     from buntime.web.http1.factory import HTTP1Factory
 
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class _Stop(Exception):
-    """Raised in a parser callback: read nothing more on this connection."""
-
 
 @implementer(IPushProducer)
-class HTTP1Connection(AnswerWriting, Protocol):
+class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
     """One client connection (see the module's docstring)."""
 
     transport: Any  # a TCP or TLS transport: its producer and write-buffer sides are used
@@ -143,109 +137,6 @@ class HTTP1Connection(AnswerWriting, Protocol):
         self._idle_since = self._clock.seconds()
         self._feed(data)
         self._pump()
-
-    def _feed(self, data: bytes) -> None:
-        """Parse C{data}: complete requests wait their turn, refusals too."""
-        try:
-            self._parser.feed_data(data)
-        except HttpParserUpgrade as upgrade:
-            self._held = [data[upgrade.args[0] :]] if upgrade.args else []
-        except _Stop:
-            pass
-        except Exception as error:
-            refusal = error.__context__ if isinstance(error.__context__, Refusal) else None
-            if isinstance(error.__context__, _Stop):
-                pass
-            elif refusal is not None:
-                self._refuse(refusal)
-            elif "HTTP version" in str(error):  # llhttp's word for a version it does not know
-                self._refuse(Refusal(505, str(error)))
-            else:
-                self._refuse(Refusal(400, str(error) or "Malformed request"))
-        else:
-            if self._head_since is not None:  # a head still open after this read
-                # begun in this read (-1): its bytes so far are no more than the read's,
-                # and the callbacks counted them; from the next read on, count reads
-                self._head_bytes = 0 if self._head_bytes < 0 else self._head_bytes + len(data)
-                limits = self._limits
-                if self._head_bytes > limits.max_target + limits.max_head + 1024:
-                    self._refuse(Refusal(431, "The request head is too large"))
-
-    # -- parser callbacks ------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._done_reading:
-            raise _Stop()
-        self._head_since = self._idle_since  # the time of this read
-        self._head_bytes = -1
-        self._target = []
-        self._target_size = 0
-        self._lines = []
-        self._head_size = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._target_size += len(url)
-        if self._target_size > self._limits.max_target:
-            raise Refusal(414, f"The request target is longer than {self._limits.max_target} bytes")
-        self._target.append(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # judged whole in on_headers_complete; a head spread over reads is
-        # bounded read by read (see _feed), one read by its size
-        self._lines.append((name, value))
-        self._head_size += len(name) + len(value)
-
-    def on_headers_complete(self) -> None:
-        limits = self._limits
-        count = len(self._lines)
-        if self._head_size + 4 * count > limits.max_head or count > limits.max_headers:
-            raise Refusal(
-                431,
-                f"The header section is over {limits.max_head} bytes or {limits.max_headers} lines",
-            )
-        parser = self._parser
-        target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
-        head = judge(parser.get_method(), target, parser.get_http_version(), self._lines)
-        self._head_since = None
-        self._lines = []
-        self._head = head
-        if not head.has_body:
-            return
-        limit = self._limit = self._handler.body_limit(head.path)
-        if head.length is not None and head.length > limit:
-            raise Refusal(413, f"Request body of {head.length} bytes exceeds the limit of {limit}")
-        state = self.factory.state
-        if state is not None:  # a shutdown waits for a body that is still arriving
-            state.request_started()
-            self._uploading = True
-        self._continued = False
-        if head.expect and self._current is None and not self._waiting:
-            self._continued = True
-            self._write(CONTINUE)
-
-    def on_body(self, data: bytes) -> None:
-        self._body_size += len(data)
-        if self._body_size > self._limit:
-            raise Refusal(413, f"Request body exceeds the limit of {self._limit} bytes")
-        self._body.append(data)
-
-    def on_message_complete(self) -> None:
-        head = self._head
-        if head is None:  # the parser ends a message it refused: nothing to answer
-            return
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._head, self._body, self._body_size = None, [], 0
-        self._uploaded()
-        self._waiting.append(
-            Exchange(self, head, body, self._remote, self._remote_port, self._local)
-        )
-        if head.close:
-            self._done_reading = True  # what follows this request is never read
-
-    def _uploaded(self) -> None:
-        if self._uploading:
-            self._uploading = False
-            self.factory.state.request_finished()
 
     # -- answering in order ----------------------------------------------------
 

@@ -1,0 +1,170 @@
+"""
+Reading requests on a client connection: llhttp's callbacks gather a head
+(bounded: L{buntime.web.http1.limits.Limits}), judge it
+(L{buntime.web.http1.head.judge}), check the body limit the front door gives
+for its path (413 before a byte of body is read, or as soon as a chunked
+body passes it), and queue the complete request as an L{Exchange} (or a
+L{Refusal}) for its turn.  The L{RequestReading} side of an
+L{buntime.web.http1.connection.HTTP1Connection}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from httptools import HttpParserUpgrade, HttpRequestParser
+
+from buntime.web.http1.exchange import Exchange
+from buntime.web.http1.head import Head, Refusal, judge
+
+if TYPE_CHECKING:
+    from buntime.web.http1.connection import HTTP1Connection
+    from buntime.web.http1.factory import Handler, HTTP1Factory
+    from buntime.web.http1.limits import Limits
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: read nothing more on this connection."""
+
+
+class RequestReading:
+    """
+    The reading side of an L{HTTP1Connection}: a mixin working on the
+    connection's state (declared below for the type checker).
+    """
+
+    if TYPE_CHECKING:
+        factory: HTTP1Factory
+        _handler: Handler
+        _limits: Limits
+        _parser: HttpRequestParser
+        _remote: str | None
+        _remote_port: int | None
+        _local: tuple[str, int] | None
+        _target: list[bytes]
+        _target_size: int
+        _lines: list[tuple[bytes, bytes]]
+        _head_size: int
+        _head_since: float | None
+        _head_bytes: int
+        _idle_since: float
+        _head: Head | None
+        _body: list[bytes]
+        _body_size: int
+        _limit: int
+        _uploading: bool
+        _continued: bool
+        _waiting: deque[Exchange | Refusal]
+        _current: Exchange | None
+        _held: list[bytes] | None
+        _done_reading: bool
+
+        def _refuse(self, refusal: Refusal) -> None: ...
+        def _write(self, data: bytes) -> None: ...
+
+    def _feed(self, data: bytes) -> None:
+        """Parse C{data}: complete requests wait their turn, refusals too."""
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._held = [data[upgrade.args[0] :]] if upgrade.args else []
+        except _Stop:
+            pass
+        except Exception as error:
+            refusal = error.__context__ if isinstance(error.__context__, Refusal) else None
+            if isinstance(error.__context__, _Stop):
+                pass
+            elif refusal is not None:
+                self._refuse(refusal)
+            elif "HTTP version" in str(error):  # llhttp's word for a version it does not know
+                self._refuse(Refusal(505, str(error)))
+            else:
+                self._refuse(Refusal(400, str(error) or "Malformed request"))
+        else:
+            if self._head_since is not None:  # a head still open after this read
+                # begun in this read (-1): its bytes so far are no more than the read's,
+                # and the callbacks counted them; from the next read on, count reads
+                self._head_bytes = 0 if self._head_bytes < 0 else self._head_bytes + len(data)
+                limits = self._limits
+                if self._head_bytes > limits.max_target + limits.max_head + 1024:
+                    self._refuse(Refusal(431, "The request head is too large"))
+
+    # -- parser callbacks ------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._done_reading:
+            raise _Stop()
+        self._head_since = self._idle_since  # the time of this read
+        self._head_bytes = -1
+        self._target = []
+        self._target_size = 0
+        self._lines = []
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._target_size += len(url)
+        if self._target_size > self._limits.max_target:
+            raise Refusal(414, f"The request target is longer than {self._limits.max_target} bytes")
+        self._target.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # judged whole in on_headers_complete; a head spread over reads is
+        # bounded read by read (see _feed), one read by its size
+        self._lines.append((name, value))
+        self._head_size += len(name) + len(value)
+
+    def on_headers_complete(self) -> None:
+        limits = self._limits
+        count = len(self._lines)
+        if self._head_size + 4 * count > limits.max_head or count > limits.max_headers:
+            raise Refusal(
+                431,
+                f"The header section is over {limits.max_head} bytes or {limits.max_headers} lines",
+            )
+        parser = self._parser
+        target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
+        head = judge(parser.get_method(), target, parser.get_http_version(), self._lines)
+        self._head_since = None
+        self._lines = []
+        self._head = head
+        if not head.has_body:
+            return
+        limit = self._limit = self._handler.body_limit(head.path)
+        if head.length is not None and head.length > limit:
+            raise Refusal(413, f"Request body of {head.length} bytes exceeds the limit of {limit}")
+        state = self.factory.state
+        if state is not None:  # a shutdown waits for a body that is still arriving
+            state.request_started()
+            self._uploading = True
+        self._continued = False
+        if head.expect and self._current is None and not self._waiting:
+            self._continued = True
+            self._write(CONTINUE)
+
+    def on_body(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self._body_size > self._limit:
+            raise Refusal(413, f"Request body exceeds the limit of {self._limit} bytes")
+        self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        head = self._head
+        if head is None:  # the parser ends a message it refused: nothing to answer
+            return
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._head, self._body, self._body_size = None, [], 0
+        self._uploaded()
+        connection = cast("HTTP1Connection", self)  # the mixin is always one's
+        self._waiting.append(
+            Exchange(connection, head, body, self._remote, self._remote_port, self._local)
+        )
+        if head.close:
+            self._done_reading = True  # what follows this request is never read
+
+    def _uploaded(self) -> None:
+        if self._uploading:
+            self._uploading = False
+            self.factory.state.request_finished()

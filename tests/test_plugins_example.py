@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 
 import pytest
 import pytest_twisted
+import yaml
 from test_plugins_service import make_service
 
 from buntime.http import AppInfo, Request, Response
@@ -88,3 +91,20 @@ async def test_greetings_are_public(eliot_logger):
     stats = Request("GET", "/hello/api/stats", {"x-hello-block": "yes"})
     assert (await service.registry.on_request(stats, None, None)).status == 403
     await service.stopService()
+
+
+def test_the_packaging_example_in_the_docs_collides_with_no_bundled_plugin():
+    root = os.path.dirname(EXAMPLES)
+    with open(os.path.join(root, "docs", "plugins.md")) as docs:
+        text = docs.read()
+    section = text[text.index("## Packaging a plugin") :]
+    [name] = re.findall(r'"name": "([^"]+)"', section)
+    [base] = re.findall(r'"base": "([^"]+)"', section)
+    bundled = glob.glob(os.path.join(root, "plugins", "*", "manifest.yaml"))
+    bundled += glob.glob(os.path.join(root, "buntime", "builtins", "*", "manifest.yaml"))
+    assert bundled
+    for path in bundled:
+        with open(path) as file:
+            manifest = yaml.safe_load(file)
+        assert base != manifest.get("base"), f"{path} has the docs example's base {base}"
+        assert name != manifest["name"]

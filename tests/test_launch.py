@@ -421,3 +421,28 @@ async def test_the_spare_goes_with_the_template() -> None:
     spare = await spare_of(harness)
     await bounded(launcher.stop())
     await until(lambda: spare not in children_of(1) and not os.path.exists(f"/proc/{spare}/stat"))
+
+
+def test_a_forked_worker_s_environment_is_exactly_the_one_it_was_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from buntime.pool.launch.template import _set_environment
+
+    monkeypatch.setenv("BUNTIME_TEST_KEPT", "same")
+    monkeypatch.setenv("BUNTIME_TEST_CHANGED", "old")
+    monkeypatch.setenv("BUNTIME_TEST_SECRET", "the template's")
+    before = dict(os.environ)
+    wanted = {
+        **{k: v for k, v in before.items() if k != "BUNTIME_TEST_SECRET"},
+        "BUNTIME_TEST_CHANGED": "new",
+        "BUNTIME_TEST_ADDED": "added",
+    }
+    try:
+        _set_environment(wanted)
+        assert dict(os.environ) == wanted
+        assert os.getenv("BUNTIME_TEST_SECRET") is None  # gone from the C environment too
+        _set_environment({"ONLY": "this"})
+        assert dict(os.environ) == {"ONLY": "this"}
+    finally:
+        os.environ.clear()
+        os.environ.update(before)

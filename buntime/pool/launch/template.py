@@ -109,6 +109,19 @@ def _send(control: socket.socket, message: dict) -> None:
     control.sendall(json.dumps(message).encode("utf-8") + b"\n")
 
 
+def _set_environment(env: dict[str, str]) -> None:
+    """
+    Make C{os.environ} exactly C{env}, changing only what differs (a
+    worker's differs from the template's in a few variables: clearing and
+    refilling it cost a cold start about 1 ms).
+    """
+    for name in [name for name in os.environ if name not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
 def _python_path(env: dict[str, str], app_dir: str, base: list[str], old: list[str]) -> list[str]:
     """The child's C{sys.path}: app dir, its C{PYTHONPATH}, the interpreter's, the template's."""
     new = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
@@ -299,10 +312,12 @@ class Template:
         env = {str(k): str(v) for k, v in message["env"].items()}
         app_dir = message["app_dir"]
         os.chdir(app_dir)
-        os.environ.clear()
-        os.environ.update(env)
+        _set_environment(env)
         sys.path[:] = _python_path(env, app_dir, self.base_path, self.old_path)
-        importlib.invalidate_caches()
+        # No importlib.invalidate_caches(): the app's own directories are new
+        # entries with new finders, and a finder the template made notices a
+        # changed directory by its mtime; invalidating every one (and listing
+        # each directory again on the next import) cost a cold start 0.6 ms.
         from buntime.pool.child import main as child
 
         sys.argv = [child.__file__ or "buntime.pool.child"]

@@ -65,16 +65,25 @@ class WorkerMain:
 
     def run(self) -> int:
         """Serve until the channel closes; the exit code."""
+        self._listen()
+        self.reactor.callWhenRunning(ignore_group_signals)
+        self.reactor.callLater(0, self._start)
+        self.reactor.run()
+        return self.exit_code
+
+    def begin(self) -> None:
+        """
+        L{run}'s start in a reactor already running (a spare's): serve on
+        the channel and load the app now.  The reactor stops at the end.
+        """
+        self._listen()
+        self._start()
+
+    def _listen(self) -> None:
         # mypy reads twisted.internet.stdio's Windows branch, whose StandardIO has no stdin/stdout.
         StandardIO(  # type: ignore[call-arg]
             self.protocol, stdin=CHANNEL_IN, stdout=CHANNEL_OUT, reactor=self.reactor
         )
-        # The reactor installs its own SIGINT/SIGTERM handlers while starting: undo that.
-        self.reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
-        self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, signal.SIG_IGN)
-        self.reactor.callLater(0, self._start)
-        self.reactor.run()
-        return self.exit_code
 
     def _start(self) -> None:
         Deferred.fromCoroutine(self._load()).addErrback(self._crashed)
@@ -167,11 +176,29 @@ def prepare(parent: int | None = None) -> tuple[asyncio.AbstractEventLoop, Any]:
     asyncioreactor.install(loop)
     from twisted.internet import reactor
 
-    # The runtime ends a worker over its channel (or with SIGKILL); signals
-    # sent to the whole process group must not cut in-flight requests.
+    ignore_group_signals()
+    return loop, reactor
+
+
+def ignore_group_signals() -> None:
+    """
+    Undo the SIGINT and SIGTERM handlers a reactor installs while starting:
+    the runtime ends a worker over its channel (or with SIGKILL), and
+    signals sent to the whole process group must not cut in-flight requests.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return loop, reactor
+
+
+def begin(loop: asyncio.AbstractEventLoop, reactor: Any) -> WorkerMain:
+    """
+    Start a L{prepare}d worker whose reactor is already running (a spare's),
+    its fds and environment in place; the reactor stops when it ends.
+    """
+    frame_output()  # faulthandler (see L{prepare}) keeps writing to fd 2 itself
+    worker = WorkerMain(reactor, loop, os.environ)
+    worker.begin()
+    return worker
 
 
 def serve(loop: asyncio.AbstractEventLoop, reactor: Any) -> None:

@@ -14,9 +14,10 @@ when a child ends, and exits when the control socket closes.
 
 A cold start does not wait for the fork: the template keeps one I{spare}
 forked ahead, which has done every step of a worker's start that needs no
-app (its reactor installed, see L{buntime.pool.child.main.prepare}) and
-waits on a socket of its own.  A launch hands the message and its fds to
-the spare, which becomes the worker; the next spare is forked once no
+app (its reactor installed and running, see L{buntime.pool.child.main.prepare})
+and waits in that reactor on a socket of its own.  A launch hands the
+message and its fds to the spare, which becomes the worker in the same
+reactor (L{buntime.pool.child.main.begin}); the next spare is forked once no
 launch has come for L{SPARE_DELAY} (not while that worker starts).  A
 launch that finds no spare (a burst) forks as before.
 
@@ -37,7 +38,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Set
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from buntime.pool.output import OUTPUT_FD
 
@@ -349,14 +350,79 @@ class Template:
         for low in range(3, OUTPUT_FD + 1):
             os.dup2(0, low)
         before = _open_fds()
-        prepared = child.prepare(parent=self.own_pid)
-        reactors = _open_fds() - before
-        found = _receive_launch(waiting)
-        if found is None:
-            raise SystemExit(0)  # the template closed its end: no launch will come
-        waiting.close()
-        self._take(*found, keep=reactors)
-        child.serve(*prepared)
+        loop, reactor = child.prepare(parent=self.own_pid)
+        spare = _Spare(self, waiting, before, loop, reactor)
+        reactor.callWhenRunning(spare.wait)
+        reactor.run()
+        raise SystemExit(spare.exit_code())
+
+
+class _Spare:
+    """
+    A spare's running reactor waiting on C{waiting} for its launch (an
+    C{IReadDescriptor}): the launch's fds, environment and path taken, the
+    worker starts in that reactor, which is then its own.  The template
+    closing its end (no launch will come) stops the reactor.
+    """
+
+    def __init__(
+        self, template: Template, waiting: socket.socket, before: set[int], loop: Any, reactor: Any
+    ) -> None:
+        self.template, self.waiting, self.before = template, waiting, before
+        self.loop, self.reactor = loop, reactor
+        self.reactors: set[int] = set()
+        self.data = b""
+        self.fds: list[int] = []
+        self.worker: Any = None
+        self.failed = False
+
+    def wait(self) -> None:
+        """Once the reactor runs: note its fds (kept by the worker), and wait."""
+        from buntime.pool.child.main import ignore_group_signals
+
+        ignore_group_signals()
+        self.reactors = _open_fds() - self.before - {self.waiting.fileno()}
+        self.waiting.setblocking(False)
+        self.reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.waiting.fileno()
+
+    def logPrefix(self) -> str:
+        return "spare"
+
+    def connectionLost(self, reason: object) -> None:
+        pass
+
+    def doRead(self) -> None:
+        try:
+            chunk, got, _, _ = socket.recv_fds(self.waiting, 65536, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        self.fds.extend(got)
+        self.data += chunk
+        if chunk and not self.data.endswith(b"\n"):
+            return  # more of the launch to come
+        self.reactor.removeReader(self)
+        if not chunk or len(self.fds) != 4:
+            self.reactor.stop()  # the template closed its end: no launch will come
+            return
+        self.waiting.close()
+        try:
+            self.template._take(json.loads(self.data), self.fds, keep=self.reactors)
+            from buntime.pool.child.main import begin
+
+            self.worker = begin(self.loop, self.reactor)
+        except BaseException:
+            traceback.print_exc()
+            self.failed = True
+            self.reactor.stop()
+
+    def exit_code(self) -> int:
+        """The exit code once the reactor stopped: the worker's (0 without one)."""
+        if self.failed:
+            return 70
+        return 0 if self.worker is None else int(self.worker.exit_code)
 
 
 def _child_exits_after(work: Callable[[], None]) -> NoReturn:
@@ -384,21 +450,6 @@ def _open_fds(below: int = 256) -> set[int]:
             continue
         found.add(fd)
     return found
-
-
-def _receive_launch(waiting: socket.socket) -> tuple[dict, list[int]] | None:
-    """A spare's launch: its message and four fds (C{None}: the template is gone)."""
-    data = b""
-    fds: list[int] = []
-    while not data.endswith(b"\n"):
-        chunk, got, _, _ = socket.recv_fds(waiting, 65536, 4)
-        fds.extend(got)
-        if not chunk:
-            return None
-        data += chunk
-    if len(fds) != 4:
-        return None
-    return json.loads(data), fds
 
 
 def main() -> None:

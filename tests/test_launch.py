@@ -31,6 +31,7 @@ from buntime.pool.launch.launcher import (
     LaunchSpec,
 )
 from buntime.pool.launch.spawn import SpawnLauncher
+from buntime.pool.launch.template import SPARE_RETRY
 from buntime.pool.output import Write
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
@@ -389,9 +390,23 @@ async def test_a_cold_start_takes_the_spare_the_template_forked_ahead(forking: H
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_spare_that_dies_is_replaced(forking: Harness) -> None:
+async def test_the_next_spare_is_forked_as_soon_as_a_launch_takes_one(forking: Harness) -> None:
+    spare = await spare_of(forking)
+    await launched_on(forking, spare)
+    # no wait for a quiet moment: the next cold start of a burst finds a spare too
+    template = forking.launcher._transport.pid
+    workers = {process.pid for process in forking.processes}
+    assert len(children_of(template) - workers) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spare_that_dies_is_replaced_a_while_later(forking: Harness) -> None:
     spare = await spare_of(forking)
     os.kill(spare, signal.SIGKILL)
+    # not at once: a spare that cannot live must not make the template fork in a loop
+    await deferLater(reactor, SPARE_RETRY / 3, lambda: None)
+    template = forking.launcher._transport.pid
+    assert children_of(template) == set()
     replacement = await spare_of(forking, besides={spare})
     assert replacement != spare
     await launched_on(forking, replacement)

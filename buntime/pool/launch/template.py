@@ -17,9 +17,10 @@ forked ahead, which has done every step of a worker's start that needs no
 app (its reactor installed and running, see L{buntime.pool.child.main.prepare})
 and waits in that reactor on a socket of its own.  A launch hands the
 message and its fds to the spare, which becomes the worker in the same
-reactor (L{buntime.pool.child.main.begin}); the next spare is forked once no
-launch has come for L{SPARE_DELAY} (not while that worker starts).  A
-launch that finds no spare (a burst) forks as before.
+reactor (L{buntime.pool.child.main.begin}); the next spare is forked at
+once, so the next cold start of a burst finds one too (a spare that died
+unused is replaced after L{SPARE_RETRY}).  Launches that come together
+(read at once) fork the ones the spare cannot take.
 
 Third-party libraries an app might pin itself (Flask, Starlette...) are not
 pre-imported: the app must get the version on its own C{PYTHONPATH}.
@@ -36,6 +37,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Set
 from typing import Any, NoReturn
@@ -60,8 +62,8 @@ PRELOAD = (
     "buntime.pool.child.main",
 )
 """Modules imported before any fork, so workers start with them loaded."""
-SPARE_DELAY = 0.1
-"""Seconds without a launch before the template forks its next spare."""
+SPARE_RETRY = 1.0
+"""Seconds the template waits before forking a spare again after one died unused."""
 
 
 def preload() -> None:
@@ -149,6 +151,7 @@ class Template:
         # sys.path[0] is the directory the template was started in: not the app's.
         self.base_path = [entry for entry in sys.path[1:] if entry not in self.old_path]
         self.spare: tuple[int, socket.socket] | None = None
+        self.spare_due = 0.0  # when the next spare may be forked (time.monotonic())
         """The spare forked ahead (its pid, and the socket it waits on), if any."""
 
     def run(self) -> None:
@@ -168,17 +171,20 @@ class Template:
         _send(self.control, {"ready": os.getpid()})
         try:
             while True:
-                # The next spare is forked once no launch came for SPARE_DELAY:
-                # not while the worker that took the last one is starting.
-                quiet = None if self.spare is not None else SPARE_DELAY
-                events = selector.select(quiet)
+                # The next spare is forked as soon as a launch took the last
+                # one (a burst of cold starts finds it), SPARE_RETRY after
+                # one died unused.
+                wait = None
+                if self.spare is None:
+                    wait = max(0.0, self.spare_due - time.monotonic())
+                events = selector.select(wait)
                 for key, _ in events:
                     if key.data == "wake":
                         self._drain_wakeups()
                     elif not self._read_control():
                         return
                 self._reap()
-                if not events and self.spare is None:
+                if self.spare is None and time.monotonic() >= self.spare_due:
                     self._fork_spare()
         finally:
             selector.close()
@@ -276,6 +282,7 @@ class Template:
             if self.spare is not None and self.spare[0] == pid:
                 self.spare[1].close()  # a spare that died unused: no worker of the runtime's
                 self.spare = None
+                self.spare_due = time.monotonic() + SPARE_RETRY
                 continue
             _send(self.control, {"pid": pid, "exited": os.waitstatus_to_exitcode(status)})
 

@@ -390,3 +390,43 @@ async def test_sigterm_lets_the_in_flight_request_finish_then_exits_cleanly(runt
     assert await gone(below) == set(), "workers must be gone once the runtime has stopped"
     assert proc.messages("buntime:runtime:stopping")
     assert not proc.messages("buntime:runtime:shutdown-timeout")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_package_installed_after_the_runtime_started_is_importable_by_a_new_worker(
+    runtimes: Runtimes, tmp_path: Path
+) -> None:
+    # The fork template filled its import caches when it started; a worker
+    # forked later finds what was installed since (pip install into the venv
+    # of a running runtime), without the template being restarted.
+    import site
+    import uuid
+
+    packages = Path(site.getsitepackages()[0])
+    if not os.access(packages, os.W_OK):
+        pytest.skip(f"{packages} is not writable")
+    module = f"buntime_late_{uuid.uuid4().hex}"
+    write_app(
+        tmp_path,
+        "late",
+        manifest={"entrypoint": "app.py"},
+        files={
+            "app.py": f"""
+                import {module}
+
+                def app(environ, start_response):
+                    start_response("200 OK", [("Content-Type", "text/plain")])
+                    return [{module}.ANSWER]
+            """
+        },
+    )
+    proc = await runtimes.start(worker_dirs=[str(tmp_path)])
+    first = await proc.get("/late/")
+    assert first.code == 502  # not installed yet
+    installed = packages / f"{module}.py"
+    installed.write_text('ANSWER = b"installed later"\n')
+    try:
+        answer = await proc.get("/late/")
+        assert (answer.code, await answer.content()) == (200, b"installed later")
+    finally:
+        installed.unlink()

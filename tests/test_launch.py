@@ -31,6 +31,7 @@ from buntime.pool.launch.launcher import (
     LaunchSpec,
 )
 from buntime.pool.launch.spawn import SpawnLauncher
+from buntime.pool.launch.template import SPARE_RETRY
 from buntime.pool.output import Write
 
 APPS = Path(__file__).resolve().parent.parent / "apps"
@@ -389,9 +390,23 @@ async def test_a_cold_start_takes_the_spare_the_template_forked_ahead(forking: H
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_spare_that_dies_is_replaced(forking: Harness) -> None:
+async def test_the_next_spare_is_forked_as_soon_as_a_launch_takes_one(forking: Harness) -> None:
+    spare = await spare_of(forking)
+    await launched_on(forking, spare)
+    # no wait for a quiet moment: the next cold start of a burst finds a spare too
+    template = forking.launcher._transport.pid
+    workers = {process.pid for process in forking.processes}
+    assert len(children_of(template) - workers) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spare_that_dies_is_replaced_a_while_later(forking: Harness) -> None:
     spare = await spare_of(forking)
     os.kill(spare, signal.SIGKILL)
+    # not at once: a spare that cannot live must not make the template fork in a loop
+    await deferLater(reactor, SPARE_RETRY / 3, lambda: None)
+    template = forking.launcher._transport.pid
+    assert children_of(template) == set()
     replacement = await spare_of(forking, besides={spare})
     assert replacement != spare
     await launched_on(forking, replacement)
@@ -421,3 +436,28 @@ async def test_the_spare_goes_with_the_template() -> None:
     spare = await spare_of(harness)
     await bounded(launcher.stop())
     await until(lambda: spare not in children_of(1) and not os.path.exists(f"/proc/{spare}/stat"))
+
+
+def test_a_forked_worker_s_environment_is_exactly_the_one_it_was_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from buntime.pool.launch.template import _set_environment
+
+    monkeypatch.setenv("BUNTIME_TEST_KEPT", "same")
+    monkeypatch.setenv("BUNTIME_TEST_CHANGED", "old")
+    monkeypatch.setenv("BUNTIME_TEST_SECRET", "the template's")
+    before = dict(os.environ)
+    wanted = {
+        **{k: v for k, v in before.items() if k != "BUNTIME_TEST_SECRET"},
+        "BUNTIME_TEST_CHANGED": "new",
+        "BUNTIME_TEST_ADDED": "added",
+    }
+    try:
+        _set_environment(wanted)
+        assert dict(os.environ) == wanted
+        assert os.getenv("BUNTIME_TEST_SECRET") is None  # gone from the C environment too
+        _set_environment({"ONLY": "this"})
+        assert dict(os.environ) == {"ONLY": "this"}
+    finally:
+        os.environ.clear()
+        os.environ.update(before)

@@ -20,7 +20,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any, cast
 
 from attrs import define, field
 from twisted.internet import asyncioreactor
@@ -65,16 +65,25 @@ class WorkerMain:
 
     def run(self) -> int:
         """Serve until the channel closes; the exit code."""
+        self._listen()
+        self.reactor.callWhenRunning(ignore_group_signals)
+        self.reactor.callLater(0, self._start)
+        self.reactor.run()
+        return self.exit_code
+
+    def begin(self) -> None:
+        """
+        L{run}'s start in a reactor already running (a spare's): serve on
+        the channel and load the app now.  The reactor stops at the end.
+        """
+        self._listen()
+        self._start()
+
+    def _listen(self) -> None:
         # mypy reads twisted.internet.stdio's Windows branch, whose StandardIO has no stdin/stdout.
         StandardIO(  # type: ignore[call-arg]
             self.protocol, stdin=CHANNEL_IN, stdout=CHANNEL_OUT, reactor=self.reactor
         )
-        # The reactor installs its own SIGINT/SIGTERM handlers while starting: undo that.
-        self.reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
-        self.reactor.callWhenRunning(signal.signal, signal.SIGTERM, signal.SIG_IGN)
-        self.reactor.callLater(0, self._start)
-        self.reactor.run()
-        return self.exit_code
 
     def _start(self) -> None:
         Deferred.fromCoroutine(self._load()).addErrback(self._crashed)
@@ -132,24 +141,64 @@ class WorkerMain:
                 pass  # already stopping (a failed start, then the channel closing)
 
 
+class _StandardError:
+    """C{sys.stderr} as it is when written to (L{serve} replaces it)."""
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def prepare(parent: int | None = None) -> tuple[asyncio.AbstractEventLoop, Any]:
     """
     The part of a worker's start that needs no app: tie its life to
-    C{parent} (default: its parent now), install the asyncio reactor, and
-    ignore group signals.  The fork template's spare does this before it
-    is given an app (L{buntime.pool.launch.template}).  The loop and reactor.
+    C{parent} (default: its parent now), install the asyncio reactor,
+    ignore group signals, and set up what writes to fds 1 and 2 (their
+    numbers: the fds themselves may come later).  The fork template's
+    spare does this before it is given an app
+    (L{buntime.pool.launch.template}).  The loop and reactor.
     """
     die_with_parent(parent if parent is not None else os.getppid())
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a TextIOWrapper
+    # Twisted's own warnings and errors (unhandled Deferred errors...) go to
+    # stderr too: whatever C{sys.stderr} is when they come (framed by L{serve}).
+    errors = FilteringLogObserver(
+        textFileLogObserver(cast(IO[Any], _StandardError())),
+        [LogLevelFilterPredicate(LogLevel.warn)],
+    )
+    globalLogBeginner.beginLoggingTo([errors], redirectStandardIO=False)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     asyncioreactor.install(loop)
     from twisted.internet import reactor
 
-    # The runtime ends a worker over its channel (or with SIGKILL); signals
-    # sent to the whole process group must not cut in-flight requests.
+    ignore_group_signals()
+    return loop, reactor
+
+
+def ignore_group_signals() -> None:
+    """
+    Undo the SIGINT and SIGTERM handlers a reactor installs while starting:
+    the runtime ends a worker over its channel (or with SIGKILL), and
+    signals sent to the whole process group must not cut in-flight requests.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return loop, reactor
+
+
+def begin(loop: asyncio.AbstractEventLoop, reactor: Any) -> WorkerMain:
+    """
+    Start a L{prepare}d worker whose reactor is already running (a spare's),
+    its fds and environment in place; the reactor stops when it ends.
+    """
+    frame_output()  # faulthandler (see L{prepare}) keeps writing to fd 2 itself
+    worker = WorkerMain(reactor, loop, os.environ)
+    worker.begin()
+    return worker
 
 
 def serve(loop: asyncio.AbstractEventLoop, reactor: Any) -> None:
@@ -157,15 +206,7 @@ def serve(loop: asyncio.AbstractEventLoop, reactor: Any) -> None:
     Run a L{prepare}d worker on its channel and output fds (3, 4 and 5, and
     1 and 2) and its environment, already in place; never returns.
     """
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
-    for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a TextIOWrapper
-    frame_output()  # faulthandler above keeps writing to fd 2 itself
-    # Twisted's own warnings and errors (unhandled Deferred errors...) go to stderr too.
-    errors = FilteringLogObserver(
-        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)]
-    )
-    globalLogBeginner.beginLoggingTo([errors], redirectStandardIO=False)
+    frame_output()  # faulthandler (see L{prepare}) keeps writing to fd 2 itself
     code = 1
     try:
         code = WorkerMain(reactor, loop, os.environ).run()

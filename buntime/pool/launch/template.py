@@ -14,11 +14,13 @@ when a child ends, and exits when the control socket closes.
 
 A cold start does not wait for the fork: the template keeps one I{spare}
 forked ahead, which has done every step of a worker's start that needs no
-app (its reactor installed, see L{buntime.pool.child.main.prepare}) and
-waits on a socket of its own.  A launch hands the message and its fds to
-the spare, which becomes the worker; the next spare is forked once no
-launch has come for L{SPARE_DELAY} (not while that worker starts).  A
-launch that finds no spare (a burst) forks as before.
+app (its reactor installed and running, see L{buntime.pool.child.main.prepare})
+and waits in that reactor on a socket of its own.  A launch hands the
+message and its fds to the spare, which becomes the worker in the same
+reactor (L{buntime.pool.child.main.begin}); the next spare is forked at
+once, so the next cold start of a burst finds one too (a spare that died
+unused is replaced after L{SPARE_RETRY}).  Launches that come together
+(read at once) fork the ones the spare cannot take.
 
 Third-party libraries an app might pin itself (Flask, Starlette...) are not
 pre-imported: the app must get the version on its own C{PYTHONPATH}.
@@ -35,9 +37,10 @@ import selectors
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Set
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from buntime.pool.output import OUTPUT_FD
 
@@ -59,8 +62,8 @@ PRELOAD = (
     "buntime.pool.child.main",
 )
 """Modules imported before any fork, so workers start with them loaded."""
-SPARE_DELAY = 0.1
-"""Seconds without a launch before the template forks its next spare."""
+SPARE_RETRY = 1.0
+"""Seconds the template waits before forking a spare again after one died unused."""
 
 
 def preload() -> None:
@@ -109,6 +112,19 @@ def _send(control: socket.socket, message: dict) -> None:
     control.sendall(json.dumps(message).encode("utf-8") + b"\n")
 
 
+def _set_environment(env: dict[str, str]) -> None:
+    """
+    Make C{os.environ} exactly C{env}, changing only what differs (a
+    worker's differs from the template's in a few variables: clearing and
+    refilling it cost a cold start about 1 ms).
+    """
+    for name in [name for name in os.environ if name not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
 def _python_path(env: dict[str, str], app_dir: str, base: list[str], old: list[str]) -> list[str]:
     """The child's C{sys.path}: app dir, its C{PYTHONPATH}, the interpreter's, the template's."""
     new = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
@@ -135,6 +151,7 @@ class Template:
         # sys.path[0] is the directory the template was started in: not the app's.
         self.base_path = [entry for entry in sys.path[1:] if entry not in self.old_path]
         self.spare: tuple[int, socket.socket] | None = None
+        self.spare_due = 0.0  # when the next spare may be forked (time.monotonic())
         """The spare forked ahead (its pid, and the socket it waits on), if any."""
 
     def run(self) -> None:
@@ -154,17 +171,20 @@ class Template:
         _send(self.control, {"ready": os.getpid()})
         try:
             while True:
-                # The next spare is forked once no launch came for SPARE_DELAY:
-                # not while the worker that took the last one is starting.
-                quiet = None if self.spare is not None else SPARE_DELAY
-                events = selector.select(quiet)
+                # The next spare is forked as soon as a launch took the last
+                # one (a burst of cold starts finds it), SPARE_RETRY after
+                # one died unused.
+                wait = None
+                if self.spare is None:
+                    wait = max(0.0, self.spare_due - time.monotonic())
+                events = selector.select(wait)
                 for key, _ in events:
                     if key.data == "wake":
                         self._drain_wakeups()
                     elif not self._read_control():
                         return
                 self._reap()
-                if not events and self.spare is None:
+                if self.spare is None and time.monotonic() >= self.spare_due:
                     self._fork_spare()
         finally:
             selector.close()
@@ -262,6 +282,7 @@ class Template:
             if self.spare is not None and self.spare[0] == pid:
                 self.spare[1].close()  # a spare that died unused: no worker of the runtime's
                 self.spare = None
+                self.spare_due = time.monotonic() + SPARE_RETRY
                 continue
             _send(self.control, {"pid": pid, "exited": os.waitstatus_to_exitcode(status)})
 
@@ -299,10 +320,12 @@ class Template:
         env = {str(k): str(v) for k, v in message["env"].items()}
         app_dir = message["app_dir"]
         os.chdir(app_dir)
-        os.environ.clear()
-        os.environ.update(env)
+        _set_environment(env)
         sys.path[:] = _python_path(env, app_dir, self.base_path, self.old_path)
-        importlib.invalidate_caches()
+        # No importlib.invalidate_caches(): the app's own directories are new
+        # entries with new finders, and a finder the template made notices a
+        # changed directory by its mtime; invalidating every one (and listing
+        # each directory again on the next import) cost a cold start 0.6 ms.
         from buntime.pool.child import main as child
 
         sys.argv = [child.__file__ or "buntime.pool.child"]
@@ -334,14 +357,79 @@ class Template:
         for low in range(3, OUTPUT_FD + 1):
             os.dup2(0, low)
         before = _open_fds()
-        prepared = child.prepare(parent=self.own_pid)
-        reactors = _open_fds() - before
-        found = _receive_launch(waiting)
-        if found is None:
-            raise SystemExit(0)  # the template closed its end: no launch will come
-        waiting.close()
-        self._take(*found, keep=reactors)
-        child.serve(*prepared)
+        loop, reactor = child.prepare(parent=self.own_pid)
+        spare = _Spare(self, waiting, before, loop, reactor)
+        reactor.callWhenRunning(spare.wait)
+        reactor.run()
+        raise SystemExit(spare.exit_code())
+
+
+class _Spare:
+    """
+    A spare's running reactor waiting on C{waiting} for its launch (an
+    C{IReadDescriptor}): the launch's fds, environment and path taken, the
+    worker starts in that reactor, which is then its own.  The template
+    closing its end (no launch will come) stops the reactor.
+    """
+
+    def __init__(
+        self, template: Template, waiting: socket.socket, before: set[int], loop: Any, reactor: Any
+    ) -> None:
+        self.template, self.waiting, self.before = template, waiting, before
+        self.loop, self.reactor = loop, reactor
+        self.reactors: set[int] = set()
+        self.data = b""
+        self.fds: list[int] = []
+        self.worker: Any = None
+        self.failed = False
+
+    def wait(self) -> None:
+        """Once the reactor runs: note its fds (kept by the worker), and wait."""
+        from buntime.pool.child.main import ignore_group_signals
+
+        ignore_group_signals()
+        self.reactors = _open_fds() - self.before - {self.waiting.fileno()}
+        self.waiting.setblocking(False)
+        self.reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.waiting.fileno()
+
+    def logPrefix(self) -> str:
+        return "spare"
+
+    def connectionLost(self, reason: object) -> None:
+        pass
+
+    def doRead(self) -> None:
+        try:
+            chunk, got, _, _ = socket.recv_fds(self.waiting, 65536, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        self.fds.extend(got)
+        self.data += chunk
+        if chunk and not self.data.endswith(b"\n"):
+            return  # more of the launch to come
+        self.reactor.removeReader(self)
+        if not chunk or len(self.fds) != 4:
+            self.reactor.stop()  # the template closed its end: no launch will come
+            return
+        self.waiting.close()
+        try:
+            self.template._take(json.loads(self.data), self.fds, keep=self.reactors)
+            from buntime.pool.child.main import begin
+
+            self.worker = begin(self.loop, self.reactor)
+        except BaseException:
+            traceback.print_exc()
+            self.failed = True
+            self.reactor.stop()
+
+    def exit_code(self) -> int:
+        """The exit code once the reactor stopped: the worker's (0 without one)."""
+        if self.failed:
+            return 70
+        return 0 if self.worker is None else int(self.worker.exit_code)
 
 
 def _child_exits_after(work: Callable[[], None]) -> NoReturn:
@@ -369,21 +457,6 @@ def _open_fds(below: int = 256) -> set[int]:
             continue
         found.add(fd)
     return found
-
-
-def _receive_launch(waiting: socket.socket) -> tuple[dict, list[int]] | None:
-    """A spare's launch: its message and four fds (C{None}: the template is gone)."""
-    data = b""
-    fds: list[int] = []
-    while not data.endswith(b"\n"):
-        chunk, got, _, _ = socket.recv_fds(waiting, 65536, 4)
-        fds.extend(got)
-        if not chunk:
-            return None
-        data += chunk
-    if len(fds) != 4:
-        return None
-    return json.loads(data), fds
 
 
 def main() -> None:

@@ -461,3 +461,30 @@ def test_a_forked_worker_s_environment_is_exactly_the_one_it_was_given(
     finally:
         os.environ.clear()
         os.environ.update(before)
+
+
+def test_a_spare_that_cannot_be_forked_is_tried_again_a_while_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import time
+
+    from buntime.pool.launch import template
+
+    control, other = socket.socketpair()
+    try:
+        made = template.Template(control)
+
+        def refuse() -> int:
+            raise BlockingIOError("fork: resource temporarily unavailable")
+
+        monkeypatch.setattr(template.os, "fork", refuse)
+        made._fork_spare()
+        assert made.spare is None
+        # the template's loop waits until then, not forking in a loop
+        assert made.spare_due >= time.monotonic() + template.SPARE_RETRY / 2
+        os.close(made.wake_r)
+        os.close(made.wake_w)
+    finally:
+        control.close()
+        other.close()

@@ -151,8 +151,9 @@ class Template:
         # sys.path[0] is the directory the template was started in: not the app's.
         self.base_path = [entry for entry in sys.path[1:] if entry not in self.old_path]
         self.spare: tuple[int, socket.socket] | None = None
-        self.spare_due = 0.0  # when the next spare may be forked (time.monotonic())
         """The spare forked ahead (its pid, and the socket it waits on), if any."""
+        self.spare_due = 0.0
+        """When the next spare may be forked (C{time.monotonic()})."""
 
     def run(self) -> None:
         self.own_pid = os.getpid()
@@ -261,6 +262,7 @@ class Template:
         except OSError:
             ours.close()
             theirs.close()
+            self.spare_due = time.monotonic() + SPARE_RETRY  # not again at once
             return
         if pid == 0:
             ours.close()

@@ -156,3 +156,28 @@ def test_help_is_plain_text_about_this_repository():
     root = Path(__file__).resolve().parent.parent
     for document in re.findall(r"[\w./-]+\.(?:md|txt|rst|yaml)\b", text):
         assert (root / document).is_file(), f"--help names {document}, which is not in the repo"
+
+
+def test_the_cpu_of_workers_that_ended_is_counted():
+    # An ephemeral or evicted worker ends during a scenario: its CPU time
+    # must still count (in the process that waited for it), or "wk µs" of
+    # churn and ephemeral scenarios comes out too small, even negative.
+    from buntime.bench.proc import cpu_split
+
+    script = (
+        "import subprocess, sys\n"
+        "subprocess.run([sys.executable, '-c', 'x = 0\\nfor i in range(4_000_000): x += i'])\n"
+        "print('ended', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        before = cpu_split(parent.pid)[1]  # the busy child may not even have started
+        assert parent.stdout.readline() == "ended\n"  # the child ended and was waited for
+        after = cpu_split(parent.pid)[1]
+        assert after - before >= 0.05  # four million additions take longer than that
+    finally:
+        parent.stdin.close()
+        parent.wait()

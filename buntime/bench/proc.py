@@ -31,19 +31,34 @@ def hwm_mb(pid: int) -> float | None:
     return None
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of C{pid} so far, 0 when it is gone."""
+def _cpu_seconds(pid: int, own: bool = True, reaped: bool = False) -> float:
+    """
+    User plus system CPU time so far of C{pid} (C{own}) and of its children
+    that ended and were waited for (C{reaped}); 0 when it is gone.
+    """
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = 0
+    if own:
+        ticks += int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
-    """CPU seconds of the runtime C{pid} and of all its descendants (living ones)."""
-    return _cpu_seconds(pid), sum(_cpu_seconds(child) for child in descendants(pid))
+    """
+    CPU seconds of the runtime C{pid}, and of everything below it: its
+    living descendants and those that ended (an ephemeral or evicted worker
+    is counted in the process that waited for it, the runtime or the fork
+    template).
+    """
+    below = _cpu_seconds(pid, own=False, reaped=True)
+    below += sum(_cpu_seconds(child, reaped=True) for child in descendants(pid))
+    return _cpu_seconds(pid), below
 
 
 def descendants(pid: int) -> list[int]:

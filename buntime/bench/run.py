@@ -88,7 +88,6 @@ def measure(
         result.update(pool_change(counts, pool_counts(fetch_json, url), elapsed))
     if result.get("requests"):
         # CPU time per request: steadier than req/s on a busy machine
-        # (exited ephemeral workers are not counted)
         result["runtime_cpu_us"] = round((after[0] - before[0]) * 1e6 / result["requests"], 1)
         result["workers_cpu_us"] = round((after[1] - before[1]) * 1e6 / result["requests"], 1)
     return result

@@ -60,8 +60,13 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
-def get_over_tls(port: int, path: str, alpn: list[str]) -> tuple[str | None, bytes]:
-    """The protocol ALPN chose and the whole response of a C{GET path}, as a browser asks."""
+def get_over_tls(
+    port: int, path: str, alpn: list[str], head: str | None = None
+) -> tuple[str | None, bytes]:
+    """
+    The protocol ALPN chose and the whole response of a C{GET path}, as a
+    browser asks (or of the request C{head}).
+    """
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -69,7 +74,8 @@ def get_over_tls(port: int, path: str, alpn: list[str]) -> tuple[str | None, byt
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
         with context.wrap_socket(raw) as tls:
             chosen = tls.selected_alpn_protocol()
-            head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            if head is None:
+                head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
             tls.sendall(head.encode())
             chunks = []
             while chunk := tls.recv(65536):
@@ -97,3 +103,12 @@ async def test_an_ssl_listener_serves_clients_that_offer_alpn(runtimes, tmp_path
         head, _, body = response.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 "), response
         assert body == f"https://127.0.0.1:{proc.port}".encode()
+
+    # a refused request: answered, and the connection closed without an error
+    # (TLS cannot half-close as TCP does while the client's rest is read)
+    refused = "POST /env/ HTTP/1.1\r\nHost: a\r\nContent-Length: 999999999999\r\n\r\n" + "x" * 70000
+    _, response = await threads.deferToThread(get_over_tls, proc.port, "/", [], refused)
+    assert response.startswith(b"HTTP/1.1 413 "), response
+    await threads.deferToThread(get_over_tls, proc.port, "/env/", [])  # a turn later
+    errors = [m for m in proc.messages("twisted:log") if m.get("level") == "error"]
+    assert errors == []

@@ -247,7 +247,8 @@ class Template:
             if sent < len(data):
                 waiting.sendall(data[sent:])
         except OSError:
-            return None  # it died while it waited: reaped and not reported, as it never worked
+            # it died while it waited (its exit is reported; the runtime ignores an unknown pid)
+            return None
         finally:
             waiting.close()
         return pid
@@ -389,10 +390,14 @@ class _Spare:
         """Once the reactor runs: note its fds (kept by the worker), and wait."""
         from buntime.pool.child.main import ignore_group_signals
 
-        ignore_group_signals()
-        self.reactors = _open_fds() - self.before - {self.waiting.fileno()}
-        self.waiting.setblocking(False)
-        self.reactor.addReader(self)
+        try:
+            ignore_group_signals()
+            self.reactors = _open_fds() - self.before - {self.waiting.fileno()}
+            self.waiting.setblocking(False)
+            self.reactor.addReader(self)
+        except BaseException:
+            traceback.print_exc()
+            self._give_up()
 
     def fileno(self) -> int:
         return self.waiting.fileno()
@@ -401,12 +406,25 @@ class _Spare:
         return "spare"
 
     def connectionLost(self, reason: object) -> None:
-        pass
+        # the reactor dropped the socket (an error it logged): no launch can
+        # come, so end rather than be handed one that would never start
+        if self.worker is None:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        self.failed = True
+        if self.reactor.running:
+            self.reactor.stop()
 
     def doRead(self) -> None:
         try:
             chunk, got, _, _ = socket.recv_fds(self.waiting, 65536, 4)
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            traceback.print_exc()
+            self.reactor.removeReader(self)
+            self._give_up()
             return
         self.fds.extend(got)
         self.data += chunk
@@ -424,8 +442,7 @@ class _Spare:
             self.worker = begin(self.loop, self.reactor)
         except BaseException:
             traceback.print_exc()
-            self.failed = True
-            self.reactor.stop()
+            self._give_up()
 
     def exit_code(self) -> int:
         """The exit code once the reactor stopped: the worker's (0 without one)."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from httptools import HttpRequestParser
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocol, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IProtocol, IPushProducer, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -245,7 +245,13 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         self._idle_since = self._clock.seconds()
         self._send_unsent()
         transport = self.transport
-        if linger and ITCPTransport.providedBy(transport):
+        # TLS cannot half-close: its transport provides ITCPTransport but passes
+        # loseWriteConnection to the TCP socket under it
+        if (
+            linger
+            and ITCPTransport.providedBy(transport)
+            and not ISSLTransport.providedBy(transport)
+        ):
             self._lingering = True
             transport.loseWriteConnection()
             if self._reading_paused:

@@ -148,7 +148,9 @@ async def test_a_crash_looping_app_answers_at_once_and_costs_little_cpu(
     assert all("crashy@1.0.0" in message for _, message, _ in answers)
     assert slowest < 3.0, "answers come at once while the app backs off"
     assert starts <= 8, f"{starts} workers started in {wall:.0f} s: the backoff does not hold"
-    assert share < 0.05, f"the crash loop costs {share * 100:.1f} % of a core"
+    # A loop that does not back off costs most of a core; this one measures
+    # 1 to 5 % (answering the requests included), and a loaded CI machine adds noise.
+    assert share < 0.10, f"the crash loop costs {share * 100:.1f} % of a core"
 
 
 @pytest.mark.parametrize(

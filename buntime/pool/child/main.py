@@ -142,7 +142,7 @@ class WorkerMain:
 
 
 class _StandardError:
-    """C{sys.stderr} as it is when written to (L{serve} replaces it)."""
+    """C{sys.stderr} as it is when written to (framed once the worker starts: C{frame_output})."""
 
     def write(self, text: str) -> None:
         sys.stderr.write(text)

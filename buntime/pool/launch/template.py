@@ -42,6 +42,10 @@ import traceback
 from collections.abc import Callable, Set
 from typing import Any, NoReturn
 
+from attrs import define, field
+from twisted.internet.interfaces import IReadDescriptor
+from zope.interface import implementer
+
 from buntime.pool.output import OUTPUT_FD
 
 CONTROL_FD = 3
@@ -367,24 +371,27 @@ class Template:
         raise SystemExit(spare.exit_code())
 
 
+@implementer(IReadDescriptor)
+@define(eq=False)
 class _Spare:
     """
-    A spare's running reactor waiting on C{waiting} for its launch (an
-    C{IReadDescriptor}): the launch's fds, environment and path taken, the
-    worker starts in that reactor, which is then its own.  The template
-    closing its end (no launch will come) stops the reactor.
+    A spare's running reactor waiting on C{waiting} for its launch: the
+    launch's fds, environment and path taken, the worker starts in that
+    reactor, which is then its own.  The template closing its end (no
+    launch will come) stops the reactor.  C{before}: the fds open before
+    the reactor was made (the worker closes them, keeping the reactor's).
     """
 
-    def __init__(
-        self, template: Template, waiting: socket.socket, before: set[int], loop: Any, reactor: Any
-    ) -> None:
-        self.template, self.waiting, self.before = template, waiting, before
-        self.loop, self.reactor = loop, reactor
-        self.reactors: set[int] = set()
-        self.data = b""
-        self.fds: list[int] = []
-        self.worker: Any = None
-        self.failed = False
+    template: Template
+    waiting: socket.socket
+    before: set[int]
+    loop: Any
+    reactor: Any
+    reactors: set[int] = field(factory=set)
+    data: bytes = b""
+    fds: list[int] = field(factory=list)
+    worker: Any = None
+    failed: bool = False
 
     def wait(self) -> None:
         """Once the reactor runs: note its fds (kept by the worker), and wait."""

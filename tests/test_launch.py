@@ -162,6 +162,36 @@ async def test_sigusr1_dumps_the_stack(harness: Harness) -> None:
     assert not process.exited.called
 
 
+@pytest_twisted.ensureDeferred
+async def test_twisted_s_own_errors_in_a_worker_reach_its_stderr(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """
+    An error Twisted logs in a worker (here an unhandled error in a
+    Deferred) is written to the worker's stderr, framed as the app's own
+    output: set up once in the fork template and inherited by its workers.
+    """
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent(
+            """
+            import gc
+            from twisted.internet.defer import fail
+
+            def lost(request):
+                fail(ValueError("nobody handled this"))  # garbage with an unhandled error
+                gc.collect()
+                return "ok"
+
+            routes = {"/": lost}
+            """
+        )
+    )
+    runtime, _ = await harness.ready(tmp_path)
+    assert (await bounded(runtime.request(path="/").done)).status == 200
+    await until(lambda: any("nobody handled this" in line for line in harness.lines("stderr")))
+    assert any("Unhandled error in Deferred" in line for line in harness.lines("stderr", False))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest_twisted.ensureDeferred
 async def test_group_signals_are_ignored(harness: Harness, signum: int) -> None:
@@ -319,6 +349,36 @@ def test_the_template_freezes_what_it_preloads_for_its_forks():
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_the_template_sets_up_and_warms_what_its_workers_share():
+    """
+    What every worker sets up the same way (the stack dump on SIGUSR1,
+    Twisted's error log) is done once in the template, and what each does
+    itself is run there first (warmed, so that workers copy fewer pages):
+    no reactor installed, no fd left open.
+    """
+    import subprocess
+    import sys
+
+    probe = (
+        "import faulthandler, os, signal, sys\n"
+        "fds = set(os.listdir('/proc/self/fd'))\n"
+        "from buntime.pool.launch.template import preload\n"
+        "path = list(sys.path)\n"
+        "preload()\n"
+        "from buntime.pool.child import main as child\n"
+        "print(child._inherited, faulthandler.unregister(signal.SIGUSR1))\n"
+        "print('twisted.internet.reactor' not in sys.modules)\n"
+        "print(set(os.listdir('/proc/self/fd')) == fds)\n"
+        "# the rehearsed apps are gone: the path and modules are as they were\n"
+        "print(sys.path == path, not [m for m in sys.modules if m.startswith('buntime_app_')])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True"] * 6
 
 
 def test_a_template_that_cannot_be_started_fails_the_start_with_its_reason():

@@ -151,26 +151,49 @@ class _StandardError:
         sys.stderr.flush()
 
 
-def prepare(parent: int | None = None) -> tuple[asyncio.AbstractEventLoop, Any]:
+_inherited = False
+"""Whether L{inherit} ran in this process (or the fork template it was forked from)."""
+
+
+def inherit() -> None:
     """
-    The part of a worker's start that needs no app: tie its life to
-    C{parent} (default: its parent now), install the asyncio reactor,
-    ignore group signals, and set up what writes to fds 1 and 2 (their
-    numbers: the fds themselves may come later).  The fork template's
-    spare does this before it is given an app
-    (L{buntime.pool.launch.template}).  The loop and reactor.
+    The part of a worker's start that a forked child inherits as it is, done
+    once: SIGUSR1 dumps every thread's stack (to whatever fd 2 is then), and
+    Twisted's own warnings and errors (unhandled Deferred errors...) go to
+    stderr (whatever C{sys.stderr} is when they come: framed by L{serve}).
+    The fork template does it before it forks, so that no worker pays for
+    it (the pages it writes are shared: L{buntime.pool.launch.warm}).
+    Idempotent.
     """
-    die_with_parent(parent if parent is not None else os.getppid())
+    global _inherited
+    if _inherited:
+        return
+    _inherited = True
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
-    for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a TextIOWrapper
-    # Twisted's own warnings and errors (unhandled Deferred errors...) go to
-    # stderr too: whatever C{sys.stderr} is when they come (framed by L{serve}).
-    errors = FilteringLogObserver(
+    globalLogBeginner.beginLoggingTo([error_observer()], redirectStandardIO=False)
+
+
+def error_observer() -> FilteringLogObserver:
+    """A Twisted log observer writing warnings and errors to C{sys.stderr} as it is then."""
+    return FilteringLogObserver(
         textFileLogObserver(cast(IO[Any], _StandardError())),
         [LogLevelFilterPredicate(LogLevel.warn)],
     )
-    globalLogBeginner.beginLoggingTo([errors], redirectStandardIO=False)
+
+
+def prepare(parent: int | None = None) -> tuple[asyncio.AbstractEventLoop, Any]:
+    """
+    The part of a worker's start that needs no app: tie its life to
+    C{parent} (default: its parent now), L{inherit} (unless its template
+    did), install the asyncio reactor, ignore group signals, and set up
+    what writes to fds 1 and 2 (their numbers: the fds themselves may come
+    later).  The fork template's spare does this before it is given an app
+    (L{buntime.pool.launch.template}).  The loop and reactor.
+    """
+    die_with_parent(parent if parent is not None else os.getppid())
+    inherit()
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a TextIOWrapper
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     asyncioreactor.install(loop)

@@ -3,8 +3,10 @@ The fork template: C{python -m buntime.pool.launch.template}, started once by
 L{buntime.pool.launch.ForkLauncher}.
 
 It imports what every worker needs (Twisted's AMP, stdio, web and asyncio
-reactor modules, the worker code) but installs no reactor and starts no
-thread, then waits on its control socket (fd 3) for JSON lines
+reactor modules, the worker code), sets up what workers inherit as it is
+and rehearses what each runs at its start (L{buntime.pool.launch.warm}:
+workers then copy fewer of its pages), but installs no reactor and starts
+no thread, then waits on its control socket (fd 3) for JSON lines
 C{{"worker_id", "app_dir", "env"}}, each sent with four file descriptors
 (SCM_RIGHTS): the worker's AMP channel, stdout, stderr and output channel.
 For each it forks; the child puts the fds on 3+4, 1, 2 and 5, takes the given environment,
@@ -64,6 +66,7 @@ PRELOAD = (
     "twisted.web.resource",
     "buntime.http",
     "buntime.pool.child.main",
+    "buntime.pool.launch.warm",
 )
 """Modules imported before any fork, so workers start with them loaded."""
 SPARE_RETRY = 1.0
@@ -87,6 +90,11 @@ def preload() -> None:
         if "twisted.internet.reactor" in sys.modules:
             raise RuntimeError("the fork template must not import twisted.internet.reactor")
         _declare_interfaces()
+        from buntime.pool.child.main import inherit
+        from buntime.pool.launch.warm import warm_up
+
+        inherit()
+        warm_up()
         gc.freeze()
     finally:
         if enabled:

@@ -381,6 +381,35 @@ def test_the_template_sets_up_and_warms_what_its_workers_share():
     assert result.stdout.split() == ["True"] * 6
 
 
+def test_the_template_s_rehearsal_serves_as_a_worker_does():
+    """
+    The rehearsal runs a worker's real paths (warming error paths instead
+    would be of no use): each app says Ready, answers each request 200
+    and answers Terminate, and nothing is written to stderr.
+    """
+    import subprocess
+    import sys
+
+    probe = (
+        "import json\n"
+        "from twisted.protocols.amp import parseString\n"
+        "from buntime.pool.launch import warm\n"
+        "written = []\n"
+        "warm._Discard.write = lambda self, data: written.append(data)\n"
+        "warm.warm_up(1)\n"
+        "for box in parseString(b''.join(written)):\n"
+        "    head = json.loads(box.get(b'head', b'[null]'))\n"
+        "    print(box.get(b'_command', b'answer').decode(), head[0])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stderr == ""
+    served = ["Ready None", "ResponseStart 200", "ResponseStart 200", "answer None"]
+    assert result.stdout.splitlines() == served * 2
+
+
 def test_a_template_that_cannot_be_started_fails_the_start_with_its_reason():
     class NoProcesses(Clock):
         def spawnProcess(self, *args, **kwargs):

@@ -21,11 +21,17 @@ import asyncio
 import os
 import sys
 import tempfile
+from typing import Any
 
 from twisted.internet import asyncioreactor
+from twisted.internet.error import ConnectionDone
+from twisted.protocols import amp
+from twisted.python.failure import Failure
 
-from buntime.pool.child.loader import load
+from buntime.pool import commands
+from buntime.pool.child.loader import LoadedApp, load
 from buntime.pool.child.main import error_observer
+from buntime.pool.child.protocol import ChildProtocol
 
 ROUNDS = 10
 """How often each step runs: Python 3.11 specialises a function's code from its eighth run."""
@@ -33,19 +39,44 @@ ROUNDS = 10
 _APPS = {
     "routes": 'async def item(request, params):\n    return {"id": params["id"]}\n\n'
     'routes = {"/": lambda request: "ok", "/items/:id": item}\n',
-    "asgi": "async def app(scope, receive, send):\n    pass\n",
+    "asgi": "async def app(scope, receive, send):\n"
+    '    if scope["type"] == "http":\n'
+    '        await send({"type": "http.response.start", "status": 200, "headers": []})\n'
+    '        await send({"type": "http.response.body", "body": b"ok"})\n',
 }
-"""The apps whose loading is rehearsed: one of each kind loaded without threads."""
+"""The apps whose start is rehearsed: one of each kind that needs no thread."""
+_PATHS = ("/", "/items/7?q=1")
+"""The requests each rehearsed app serves."""
+
+
+class _Discard:
+    """A transport that drops what is written to it."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+    def getPeer(self) -> None:
+        return None
+
+    def getHost(self) -> None:
+        return None
 
 
 def warm_up(rounds: int = ROUNDS) -> None:
     """
     Run C{rounds} times what a worker runs while it starts, and throw it
     away: a log observer, an event loop and an asyncio reactor on it
-    (started and stopped, not installed, without signal handlers), and the
-    loading of a routes and an ASGI app (imported, their adapters made,
-    not started).  Leaves no fd open, and C{sys.path} and C{sys.modules}
-    as they were.
+    (started and stopped, not installed, without signal handlers), and a
+    routes and an ASGI app loaded, started, made to serve a request or two
+    and terminated over a worker's channel whose runtime end drops what it
+    is sent.
+    Leaves no fd open, and C{sys.path} and C{sys.modules} as they were.
     """
     saved_path = list(sys.path)
     saved_modules = set(sys.modules)
@@ -75,8 +106,31 @@ def _one_round(folders: list[str]) -> None:
             reactor.callWhenRunning(reactor.stop)
             reactor.run(installSignalHandlers=False)
             for folder in folders:
-                load(folder, "", reactor=reactor, loop=loop)
+                _serve(load(folder, "", reactor=reactor, loop=loop), reactor, loop)
         finally:
             reactor.waker.connectionLost(None)
     finally:
         loop.close()
+
+
+def _serve(app: LoadedApp, reactor: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Start C{app}, have it serve L{_PATHS} and terminate it, over a channel to nowhere."""
+    protocol = ChildProtocol(reactor, loop)
+    protocol.makeConnection(_Discard())
+    _settle(loop, app.adapter.startup())
+    protocol.serve(app).addErrback(lambda _: None)  # no runtime will answer Ready
+    for rid, path in enumerate(_PATHS, 1):
+        headers = [("host", "localhost"), ("x-request-id", f"warm-{rid}")]
+        head = commands.request_head("GET", path, "/warm", headers, "127.0.0.1:1", False)
+        box = amp.AmpBox(_command=b"StartRequest", rid=b"%d" % rid, head=head.encode(), body=b"")
+        protocol.dataReceived(box.serialize())
+    _settle(loop)
+    protocol.dataReceived(amp.AmpBox(_command=b"Terminate", _ask=b"1").serialize())
+    _settle(loop)
+    protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def _settle(loop: asyncio.AbstractEventLoop, *waiting: Any) -> None:
+    """Run C{loop} a few turns: the coroutines of an app started or served (C{waiting} dropped)."""
+    for _ in range(3):
+        loop.run_until_complete(asyncio.sleep(0))

@@ -384,8 +384,9 @@ def test_the_template_sets_up_and_warms_what_its_workers_share():
 def test_the_template_s_rehearsal_serves_as_a_worker_does():
     """
     The rehearsal runs a worker's real paths (warming error paths instead
-    would be of no use): each app says Ready, answers each request 200
-    and answers Terminate, and nothing is written to stderr.
+    would be of no use): over its channel, each app says Ready, answers
+    each request 200 and answers Terminate, and nothing is written to
+    stderr.
     """
     import subprocess
     import sys
@@ -395,7 +396,13 @@ def test_the_template_s_rehearsal_serves_as_a_worker_does():
         "from twisted.protocols.amp import parseString\n"
         "from buntime.pool.launch import warm\n"
         "written = []\n"
-        "warm._Discard.write = lambda self, data: written.append(data)\n"
+        "def drain(channel):\n"
+        "    try:\n"
+        "        while data := channel.recv(65536):\n"
+        "            written.append(data)\n"
+        "    except BlockingIOError:\n"
+        "        pass\n"
+        "warm._drain = drain\n"
         "warm.warm_up(1)\n"
         "for box in parseString(b''.join(written)):\n"
         "    head = json.loads(box.get(b'head', b'[null]'))\n"
@@ -408,6 +415,28 @@ def test_the_template_s_rehearsal_serves_as_a_worker_does():
     assert result.stderr == ""
     served = ["Ready None", "ResponseStart 200", "ResponseStart 200", "answer None"]
     assert result.stdout.splitlines() == served * 2
+
+
+def test_a_rehearsal_that_fails_leaves_the_template_working():
+    import subprocess
+    import sys
+
+    probe = (
+        "import gc\n"
+        "from buntime.pool.launch import warm\n"
+        "def broken(folders):\n"
+        "    raise RuntimeError('the rehearsal broke')\n"
+        "warm._one_round = broken\n"
+        "from buntime.pool.launch.template import preload\n"
+        "preload()\n"
+        "print(gc.get_freeze_count() > 1000)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True"]
+    assert "RuntimeError: the rehearsal broke" in result.stderr
 
 
 def test_a_template_that_cannot_be_started_fails_the_start_with_its_reason():

@@ -94,7 +94,10 @@ def preload() -> None:
         from buntime.pool.launch.warm import warm_up
 
         inherit()
-        warm_up()
+        try:
+            warm_up()
+        except Exception:  # workers are then only colder: the template goes on
+            traceback.print_exc()
         gc.freeze()
     finally:
         if enabled:

@@ -18,15 +18,16 @@ whatever the template did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sys
 import tempfile
 from typing import Any
 
 from twisted.internet import asyncioreactor
-from twisted.internet.error import ConnectionDone
+from twisted.internet.stdio import StandardIO
 from twisted.protocols import amp
-from twisted.python.failure import Failure
 
 from buntime.pool import commands
 from buntime.pool.child.loader import LoadedApp, load
@@ -47,25 +48,8 @@ _APPS = {
 """The apps whose start is rehearsed: one of each kind that needs no thread."""
 _PATHS = ("/", "/items/7?q=1")
 """The requests each rehearsed app serves."""
-
-
-class _Discard:
-    """A transport that drops what is written to it."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def writeSequence(self, data: list[bytes]) -> None:
-        pass
-
-    def loseConnection(self) -> None:
-        pass
-
-    def getPeer(self) -> None:
-        return None
-
-    def getHost(self) -> None:
-        return None
+_TURNS = 6
+"""Turns of the loop that serve the requests (reads, the app's coroutines, writes)."""
 
 
 def warm_up(rounds: int = ROUNDS) -> None:
@@ -74,8 +58,7 @@ def warm_up(rounds: int = ROUNDS) -> None:
     away: a log observer, an event loop and an asyncio reactor on it
     (started and stopped, not installed, without signal handlers), and a
     routes and an ASGI app loaded, started, made to serve a request or two
-    and terminated over a worker's channel whose runtime end drops what it
-    is sent.
+    and terminated over a channel like a worker's (L{_serve}).
     Leaves no fd open, and C{sys.path} and C{sys.modules} as they were.
     """
     saved_path = list(sys.path)
@@ -114,23 +97,45 @@ def _one_round(folders: list[str]) -> None:
 
 
 def _serve(app: LoadedApp, reactor: Any, loop: asyncio.AbstractEventLoop) -> None:
-    """Start C{app}, have it serve L{_PATHS} and terminate it, over a channel to nowhere."""
-    protocol = ChildProtocol(reactor, loop)
-    protocol.makeConnection(_Discard())
-    _settle(loop, app.adapter.startup())
-    protocol.serve(app).addErrback(lambda _: None)  # no runtime will answer Ready
-    for rid, path in enumerate(_PATHS, 1):
-        headers = [("host", "localhost"), ("x-request-id", f"warm-{rid}")]
-        head = commands.request_head("GET", path, "/warm", headers, "127.0.0.1:1", False)
-        box = amp.AmpBox(_command=b"StartRequest", rid=b"%d" % rid, head=head.encode(), body=b"")
-        protocol.dataReceived(box.serialize())
-    _settle(loop)
-    protocol.dataReceived(amp.AmpBox(_command=b"Terminate", _ask=b"1").serialize())
-    _settle(loop)
-    protocol.connectionLost(Failure(ConnectionDone()))
+    """
+    Start C{app}, have it serve L{_PATHS} and terminate it, over a channel
+    like a worker's (a socket pair, the worker's end read and written by
+    C{StandardIO}) whose runtime end sends the boxes and drops the answers.
+    """
+    ours, theirs = socket.socketpair()
+    with theirs:
+        ends = [os.dup(theirs.fileno()), os.dup(theirs.fileno())]
+    try:
+        protocol = ChildProtocol(reactor, loop)
+        StandardIO(protocol, stdin=ends[0], stdout=ends[1], reactor=reactor)  # type: ignore[call-arg]
+        with ours:
+            ours.setblocking(False)
+            _settle(loop, app.adapter.startup())
+            protocol.serve(app).addErrback(lambda _: None)  # no runtime will answer Ready
+            boxes = []
+            for rid, path in enumerate(_PATHS, 1):
+                headers = [("host", "localhost"), ("x-request-id", f"warm-{rid}")]
+                head = commands.request_head("GET", path, "/warm", headers, "127.0.0.1:1", False)
+                fields = {"rid": b"%d" % rid, "head": head.encode(), "body": b""}
+                boxes.append(amp.AmpBox(_command=b"StartRequest", **fields))
+            boxes.append(amp.AmpBox(_command=b"Terminate", _ask=b"1"))
+            ours.sendall(b"".join(box.serialize() for box in boxes))
+            _settle(loop)
+            _drain(ours)
+        _settle(loop)  # the channel closed: the worker's end sees it close
+    finally:
+        for fd in ends:  # a worker's channel fds close with it; these are closed here
+            os.close(fd)
+
+
+def _drain(channel: socket.socket) -> None:
+    """Read and drop what the rehearsed worker wrote (see L{warm_up}'s test)."""
+    with contextlib.suppress(BlockingIOError):
+        while channel.recv(65536):
+            pass
 
 
 def _settle(loop: asyncio.AbstractEventLoop, *waiting: Any) -> None:
-    """Run C{loop} a few turns: the coroutines of an app started or served (C{waiting} dropped)."""
-    for _ in range(3):
+    """Run C{loop} a few turns: the reads, writes and coroutines of an app at work."""
+    for _ in range(_TURNS):
         loop.run_until_complete(asyncio.sleep(0))

@@ -439,6 +439,23 @@ def test_a_rehearsal_that_fails_leaves_the_template_working():
     assert "RuntimeError: the rehearsal broke" in result.stderr
 
 
+def test_a_spare_finds_exactly_the_fds_it_has_open():
+    """What a spare keeps for its reactor is worked out from the fds it has open."""
+    from buntime.pool.launch.template import _open_fds
+
+    read, write = os.pipe()
+    high = os.dup2(read, 300)
+    try:
+        found = _open_fds()
+        assert {0, 1, 2, read, write} <= found
+        assert 300 not in found  # only those under 256
+        assert 300 in _open_fds(below=301)
+    finally:
+        for fd in (read, write, high):
+            os.close(fd)
+    assert not {read, write} & _open_fds()
+
+
 def test_a_template_that_cannot_be_started_fails_the_start_with_its_reason():
     class NoProcesses(Clock):
         def spawnProcess(self, *args, **kwargs):

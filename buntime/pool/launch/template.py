@@ -41,7 +41,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from typing import Any, NoReturn
 
 from attrs import define, field
@@ -485,9 +485,20 @@ def _child_exits_after(work: Callable[[], None]) -> NoReturn:
 
 
 def _open_fds(below: int = 256) -> set[int]:
-    """The fds under C{below} this process has open (asked one by one: listing opens one)."""
+    """
+    The fds under C{below} this process has open: those C{/proc/self/fd}
+    lists that are still open once the listing is done (the listing's own
+    is closed by then), else (no C{/proc}) each asked for one by one (a
+    system call and an exception per closed fd: some 0.15 ms).
+    """
+    try:
+        candidates: Iterable[int] = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        candidates = range(below)
     found = set()
-    for fd in range(below):
+    for fd in candidates:
+        if fd >= below:
+            continue
         try:
             fcntl.fcntl(fd, fcntl.F_GETFD)
         except OSError:

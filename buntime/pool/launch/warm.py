@@ -59,12 +59,12 @@ def warm_up(rounds: int = ROUNDS) -> None:
     (started and stopped, not installed, without signal handlers), and a
     routes and an ASGI app loaded, started, made to serve a request or two
     and terminated over a channel like a worker's (L{_serve}).
-    Leaves no fd open, and C{sys.path} and C{sys.modules} as they were.
+    Leaves no fd open, C{sys.path} as it was and the rehearsed apps' modules
+    out of C{sys.modules}.
     """
     saved_path = list(sys.path)
-    saved_modules = set(sys.modules)
-    try:
-        with tempfile.TemporaryDirectory(prefix="buntime-warm-") as root:
+    with tempfile.TemporaryDirectory(prefix="buntime-warm-") as root:
+        try:
             folders = []
             for kind, source in _APPS.items():
                 folder = os.path.join(root, kind)
@@ -74,10 +74,11 @@ def warm_up(rounds: int = ROUNDS) -> None:
                 folders.append(folder)
             for _ in range(rounds):
                 _one_round(folders)
-    finally:
-        sys.path[:] = saved_path
-        for name in set(sys.modules) - saved_modules:
-            del sys.modules[name]
+        finally:
+            sys.path[:] = saved_path
+            for name, module in list(sys.modules.items()):
+                if (getattr(module, "__file__", None) or "").startswith(root + os.sep):
+                    del sys.modules[name]  # the rehearsed apps (what they imported stays)
 
 
 def _one_round(folders: list[str]) -> None:
@@ -110,7 +111,8 @@ def _serve(app: LoadedApp, reactor: Any, loop: asyncio.AbstractEventLoop) -> Non
         StandardIO(protocol, stdin=ends[0], stdout=ends[1], reactor=reactor)  # type: ignore[call-arg]
         with ours:
             ours.setblocking(False)
-            _settle(loop, app.adapter.startup())
+            app.adapter.startup()
+            _settle(loop)
             protocol.serve(app).addErrback(lambda _: None)  # no runtime will answer Ready
             boxes = []
             for rid, path in enumerate(_PATHS, 1):
@@ -135,7 +137,7 @@ def _drain(channel: socket.socket) -> None:
             pass
 
 
-def _settle(loop: asyncio.AbstractEventLoop, *waiting: Any) -> None:
+def _settle(loop: asyncio.AbstractEventLoop) -> None:
     """Run C{loop} a few turns: the reads, writes and coroutines of an app at work."""
     for _ in range(_TURNS):
         loop.run_until_complete(asyncio.sleep(0))

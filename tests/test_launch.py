@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -328,11 +330,16 @@ async def test_fork_template_restarts() -> None:
         await harness.close()
 
 
+def _probe(code: str) -> subprocess.CompletedProcess[str]:
+    """Run C{code} in a fresh Python (no reactor installed) with buntime on its path."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+
+
 def test_the_template_freezes_what_it_preloads_for_its_forks():
     """Workers must not copy the template's pages by collecting its objects."""
-    import subprocess
-    import sys
-
     probe = (
         "import gc\n"
         "from buntime.pool.launch.template import preload\n"
@@ -344,10 +351,7 @@ def test_the_template_freezes_what_it_preloads_for_its_forks():
         "print(collections == [generation['collections'] for generation in gc.get_stats()])\n"
         "print(gc.isenabled())\n"
     )
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    result = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-    )
+    result = _probe(probe)
     assert result.stdout.split() == ["True", "True", "True", "True"]
 
 
@@ -358,9 +362,6 @@ def test_the_template_sets_up_and_warms_what_its_workers_share():
     itself is run there first (warmed, so that workers copy fewer pages):
     no reactor installed, no fd left open.
     """
-    import subprocess
-    import sys
-
     probe = (
         "import faulthandler, os, signal, sys\n"
         "fds = set(os.listdir('/proc/self/fd'))\n"
@@ -374,10 +375,7 @@ def test_the_template_sets_up_and_warms_what_its_workers_share():
         "# the rehearsed apps are gone: the path and modules are as they were\n"
         "print(sys.path == path, not [m for m in sys.modules if m.startswith('buntime_app_')])\n"
     )
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    result = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-    )
+    result = _probe(probe)
     assert result.stdout.split() == ["True"] * 6
 
 
@@ -388,9 +386,6 @@ def test_the_template_s_rehearsal_serves_as_a_worker_does():
     each request 200 and answers Terminate, and nothing is written to
     stderr.
     """
-    import subprocess
-    import sys
-
     probe = (
         "import json\n"
         "from twisted.protocols.amp import parseString\n"
@@ -408,19 +403,13 @@ def test_the_template_s_rehearsal_serves_as_a_worker_does():
         "    head = json.loads(box.get(b'head', b'[null]'))\n"
         "    print(box.get(b'_command', b'answer').decode(), head[0])\n"
     )
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    result = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-    )
+    result = _probe(probe)
     assert result.stderr == ""
     served = ["Ready None", "ResponseStart 200", "ResponseStart 200", "answer None"]
     assert result.stdout.splitlines() == served * 2
 
 
 def test_a_rehearsal_that_fails_leaves_the_template_working():
-    import subprocess
-    import sys
-
     probe = (
         "import gc\n"
         "from buntime.pool.launch import warm\n"
@@ -431,10 +420,7 @@ def test_a_rehearsal_that_fails_leaves_the_template_working():
         "preload()\n"
         "print(gc.get_freeze_count() > 1000)\n"
     )
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    result = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-    )
+    result = _probe(probe)
     assert result.stdout.split() == ["True"]
     assert "RuntimeError: the rehearsal broke" in result.stderr
 

@@ -87,8 +87,6 @@ def preload() -> None:
     try:
         for name in PRELOAD:
             importlib.import_module(name)
-        if "twisted.internet.reactor" in sys.modules:
-            raise RuntimeError("the fork template must not import twisted.internet.reactor")
         _declare_interfaces()
         from buntime.pool.child.main import inherit
         from buntime.pool.launch.warm import warm_up
@@ -98,6 +96,8 @@ def preload() -> None:
             warm_up()
         except Exception:  # workers are then only colder: the template goes on
             traceback.print_exc()
+        if "twisted.internet.reactor" in sys.modules:
+            raise RuntimeError("the fork template must not import twisted.internet.reactor")
         gc.freeze()
     finally:
         if enabled:

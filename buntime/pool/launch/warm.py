@@ -118,9 +118,8 @@ def _serve(app: LoadedApp, reactor: Any, loop: asyncio.AbstractEventLoop) -> Non
             for rid, path in enumerate(_PATHS, 1):
                 headers = [("host", "localhost"), ("x-request-id", f"warm-{rid}")]
                 head = commands.request_head("GET", path, "/warm", headers, "127.0.0.1:1", False)
-                fields = {"rid": b"%d" % rid, "head": head.encode(), "body": b""}
-                boxes.append(amp.AmpBox(_command=b"StartRequest", **fields))
-            boxes.append(amp.AmpBox(_command=b"Terminate", _ask=b"1"))
+                boxes.append(_box(commands.StartRequest, rid=rid, head=head, body=b""))
+            boxes.append(_box(commands.Terminate, ask=1))
             ours.sendall(b"".join(box.serialize() for box in boxes))
             _settle(loop)
             _drain(ours)
@@ -130,8 +129,17 @@ def _serve(app: LoadedApp, reactor: Any, loop: asyncio.AbstractEventLoop) -> Non
             os.close(fd)
 
 
+def _box(command: type[amp.Command], ask: int | None = None, **arguments: Any) -> amp.AmpBox:
+    """The box the runtime sends for C{command} (encoded by its own argument schema)."""
+    box = command.makeArguments(arguments, None)
+    box[b"_command"] = command.commandName
+    if ask is not None:
+        box[b"_ask"] = b"%d" % ask
+    return box
+
+
 def _drain(channel: socket.socket) -> None:
-    """Read and drop what the rehearsed worker wrote (see L{warm_up}'s test)."""
+    """Read and drop what the rehearsed worker wrote."""
     with contextlib.suppress(BlockingIOError):
         while channel.recv(65536):
             pass

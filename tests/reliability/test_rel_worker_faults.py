@@ -28,12 +28,18 @@ CLIENTS = 20
 BUSY = """
     import asyncio
     import os
-
     async def work(request):
         await asyncio.sleep(0.2)
         return {"pid": os.getpid()}
 
-    routes = {"/": work}
+    async def hold(request):
+        # Says which worker holds it, then stays in flight for a while.
+        with open(request.headers["x-holder-file"], "w") as file:
+            file.write(str(os.getpid()))
+        await asyncio.sleep(10)
+        return {"pid": os.getpid()}
+
+    routes = {"/": work, "/hold": hold}
 """
 
 SPIN_WSGI = """
@@ -62,62 +68,66 @@ def reactor_() -> Any:
 
 @attrs.define
 class Outcome:
-    """One request of a load client: wall-clock times, status and JSON body."""
+    """One request of a load client: its path, wall-clock times, status and JSON body."""
 
+    path: str
     sent: float
     done: float = 0.0
     status: int | str = "pending"
     body: Any = None
 
 
+async def request_once(proc: Any, path: str, log: list[Outcome], **kwargs: Any) -> None:
+    """Request C{path} once and log its outcome; a hang is C{"hang"}."""
+    outcome = Outcome(path, time.time())
+    log.append(outcome)
+    try:
+        response = await within(reactor_(), proc.get(path, **kwargs), 15)
+        text = await within(reactor_(), response.text(), 15)
+        outcome.status = response.code
+        outcome.body = json.loads(text)
+    except Exception as error:
+        outcome.status = "hang" if "Timeout" in type(error).__name__ else repr(error)
+    outcome.done = time.time()
+
+
 async def client(proc: Any, path: str, running: list[bool], log: list[Outcome]) -> None:
-    """Request C{path} back to back until C{running[0]} is false; a hang is C{"hang"}."""
+    """Request C{path} back to back until C{running[0]} is false."""
     while running[0]:
-        outcome = Outcome(time.time())
-        log.append(outcome)
-        try:
-            response = await within(reactor_(), proc.get(path), 15)
-            text = await within(reactor_(), response.text(), 15)
-            outcome.status = response.code
-            outcome.body = json.loads(text)
-        except Exception as error:
-            outcome.status = "hang" if "Timeout" in type(error).__name__ else repr(error)
-        outcome.done = time.time()
+        await request_once(proc, path, log)
 
 
-async def _busiest_worker(proc: Any, app: str) -> int:
-    """The pid of C{app}'s worker with the most requests in flight (waiting for one)."""
-    for _ in range(100):
-        workers = (await proc.json(await proc.get("/metrics/api/")))["workers"]
-        serving = [w for w in workers if w.get("app") == app and w.get("inFlight")]
-        if serving:
-            return int(max(serving, key=lambda w: w["inFlight"])["pid"])
-        await sleep(reactor_(), 0.02)
-    raise AssertionError(f"no worker of {app} had a request in flight")
+async def _holder(path: Path) -> int:
+    """The pid of the worker serving C{/hold}, once its handler has written it."""
+    assert await wait_until(reactor_(), path.exists, 15), "the hold request never started"
+    return int(path.read_text())
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_worker_killed_under_load_costs_only_its_in_flight_requests(
-    runtimes, tmp_path: Path
+    runtimes, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ):
     reactor = reactor_()
     write_app(tmp_path, "busy", "1.0.0", manifest=PERSISTENT, files={"app.py": BUSY})
     proc = await runtimes.start(worker_dirs=[str(tmp_path)], env={"RUNTIME_ENV": "test"})
-    victim = await pid_of(proc, "/busy@1/")
+    await pid_of(proc, "/busy@1/")  # a worker is up before the load
 
     running, log = [True], []
     clients = [
         Deferred.fromCoroutine(client(proc, "/busy@1/", running, log)) for _ in range(CLIENTS)
     ]
     await sleep(reactor, 1.5)
-    # The victim is the worker with the most requests in flight now, as the
-    # runtime counts them (the one that answered last may be idle by then).
-    victim = await _busiest_worker(proc, "busy")
+    # The victim is the worker that holds a long request: whatever the
+    # timing of the short ones, it has one in flight when it is killed.
+    holder = tmp_path_factory.mktemp("hold") / "holder"
+    headers = {"x-holder-file": str(holder)}
+    held = Deferred.fromCoroutine(request_once(proc, "/busy@1/hold", log, headers=headers))
+    victim = await _holder(holder)
     killed_at = time.time()
     os.kill(victim, signal.SIGKILL)
     await sleep(reactor, 2.5)
     running[0] = False
-    await within(reactor, gatherResults(clients), 40)
+    await within(reactor, gatherResults([*clients, held]), 40)
 
     crash = await proc.wait_for_log(
         lambda m: m.get("message_type") == "buntime:worker:crash" and m.get("pid") == victim,
@@ -137,7 +147,8 @@ async def test_a_worker_killed_under_load_costs_only_its_in_flight_requests(
         assert outcome.body["error"]["code"] == "WORKER_CRASHED"
         assert "busy@1.0.0" in outcome.body["error"]["message"]
         assert outcome.sent <= noticed, "only requests sent to the dead worker fail"
-    assert 1 <= len(failed) <= len(in_flight) <= CLIENTS
+    assert 1 <= len(failed) <= len(in_flight) <= CLIENTS + 1
+    assert [o.status for o in log if o.path == "/busy@1/hold"] == [502], "the held one fails"
     after = [o for o in log if o.sent > noticed]
     assert after and all(o.status == 200 for o in after)
     assert {o.body["pid"] for o in after} - {victim}, "a fresh worker serves after the kill"

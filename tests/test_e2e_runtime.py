@@ -248,6 +248,7 @@ async def _refused(proc, seconds: float) -> bool:
     from twisted.internet import reactor
     from twisted.internet.error import ConnectionRefusedError
     from twisted.internet.task import deferLater
+    from twisted.web.client import ResponseNeverReceived
 
     started = reactor.seconds()
     while reactor.seconds() - started < seconds:
@@ -255,6 +256,10 @@ async def _refused(proc, seconds: float) -> bool:
             await (await proc.get("/api/health/live")).content()
         except ConnectionRefusedError:
             return True
+        except ResponseNeverReceived:
+            # accepted by the kernel as the port closed, then reset unanswered:
+            # the next connection finds it closed
+            continue
         await deferLater(reactor, 0.05, lambda: None)
     return False
 

@@ -20,13 +20,13 @@ from urllib.parse import unquote_to_bytes
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+from twisted.internet.threads import blockingCallFromThread
 from zope.interface import implementer
 
 from buntime import __version__
 from buntime.pool.child.adapter import IAdapter
 from buntime.pool.child.request import IncomingRequest
+from buntime.pool.child.threads import CallThreads
 from buntime.pool.child.writer import ResponseWriter
 
 THREADS = 10
@@ -135,19 +135,18 @@ def _send(
 @implementer(IAdapter)
 @define(eq=False)
 class WsgiAdapter:
-    """Runs a WSGI app in a thread pool of C{threads} threads."""
+    """Runs a WSGI app in a pool of C{threads} threads."""
 
     app: Callable[..., Any]
     reactor: Any
     threads: int = THREADS
     kind: str = "wsgi"
-    _pool: ThreadPool = field(init=False)
+    _pool: CallThreads = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._pool = ThreadPool(minthreads=0, maxthreads=self.threads, name="buntime-wsgi")
+        self._pool = CallThreads(self.reactor, self.threads, "buntime-wsgi")
 
     def startup(self) -> Deferred:
-        self._pool.start()
         return succeed(None)
 
     def shutdown(self) -> Deferred:
@@ -161,7 +160,7 @@ class WsgiAdapter:
         environ = build_environ(request)
         # The thread runs in the request's context: what the app prints carries its id.
         context = copy_context()
-        d = deferToThreadPool(self.reactor, self._pool, context.run, self._call, environ, writer)
+        d = self._pool.call(context.run, self._call, environ, writer)
         d.addCallback(self._respond, writer)
         return d
 

@@ -249,8 +249,17 @@ def timed(protocol: FastAMP, transport: Any) -> Clock:
     return clock
 
 
-def test_without_a_clock_every_box_is_written_at_once() -> None:
+def test_without_a_clock_every_box_goes_out_at_once_in_one_send() -> None:
+    """A worker's side: no batching, and no write through Twisted's buffer when it is empty."""
     protocol, transport = Fast(), SocketTransport()
+    protocol.makeConnection(transport)
+    protocol.callRemote(Note, rid=1, text="", data=b"", end=True)
+    protocol.callRemote(Note, rid=2, text="", data=b"", end=True)
+    assert transport.socket.sent == [note(1), note(2)] and transport.written == []
+
+
+def test_without_a_clock_a_box_waits_behind_what_the_transport_holds() -> None:
+    protocol, transport = Fast(), SocketTransport(waiting=b"earlier")
     protocol.makeConnection(transport)
     protocol.callRemote(Note, rid=1, text="", data=b"", end=True)
     assert transport.written == [note(1)] and transport.socket.sent == []

@@ -151,6 +151,8 @@ class FastAMP(amp.AMP):
     when that is set (the peer starts on the first commands of a busy turn
     while this side still makes the rest), straight to the socket (see
     L{buntime._turn}).  Every other box waits until those are written.
+    Without one (a worker's side), each such box goes out at once, with one
+    C{send()} when nothing waits in the transport's buffer.
     """
 
     flush_every: ClassVar[int] = 0
@@ -198,7 +200,8 @@ class FastAMP(amp.AMP):
         parts.append(b"\x00\x00")
         box = b"".join(parts)
         if self.clock is None:
-            self.transport.write(box)
+            transport: Any = self.transport
+            send_now(transport, direct_socket(transport), box)
             return None
         out = self._out
         if out is None:

@@ -17,6 +17,8 @@ import asyncio
 import faulthandler
 import os
 import signal
+import socket
+import stat
 import sys
 import traceback
 from collections.abc import Mapping
@@ -26,6 +28,7 @@ from attrs import define, field
 from twisted.internet import asyncioreactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
+from twisted.internet.protocol import Factory
 from twisted.internet.stdio import StandardIO
 from twisted.logger import (
     FilteringLogObserver,
@@ -80,10 +83,7 @@ class WorkerMain:
         self._start()
 
     def _listen(self) -> None:
-        # mypy reads twisted.internet.stdio's Windows branch, whose StandardIO has no stdin/stdout.
-        StandardIO(  # type: ignore[call-arg]
-            self.protocol, stdin=CHANNEL_IN, stdout=CHANNEL_OUT, reactor=self.reactor
-        )
+        listen(self.protocol, self.reactor)
 
     def _start(self) -> None:
         Deferred.fromCoroutine(self._load()).addErrback(self._crashed)
@@ -139,6 +139,27 @@ class WorkerMain:
                 self.reactor.stop()
             except ReactorNotRunning:
                 pass  # already stopping (a failed start, then the channel closing)
+
+
+def listen(protocol: Any, reactor: Any, fds: tuple[int, int] = (CHANNEL_IN, CHANNEL_OUT)) -> None:
+    """
+    Connect C{protocol} to the channel on C{fds} (in, out: 3 and 4).  One
+    socket on both (a forked worker's) is adopted as a socket connection:
+    its writes then go out with one C{send()} when nothing waits
+    (L{buntime._turn.send_now}), where a pipe's writer costs the event loop
+    two C{epoll_ctl} calls a write.  Two pipes (a spawned worker's) are
+    read and written as standard I/O.
+    """
+    inbound, outbound = os.fstat(fds[0]), os.fstat(fds[1])
+    if stat.S_ISSOCK(inbound.st_mode) and (inbound.st_dev, inbound.st_ino) == (
+        outbound.st_dev,
+        outbound.st_ino,
+    ):
+        factory = Factory.forProtocol(lambda: protocol)
+        reactor.adoptStreamConnection(fds[0], socket.AF_UNIX, factory)  # a dup of it
+        return
+    # mypy reads twisted.internet.stdio's Windows branch, whose StandardIO has no stdin/stdout.
+    StandardIO(protocol, stdin=fds[0], stdout=fds[1], reactor=reactor)  # type: ignore[call-arg]
 
 
 class _StandardError:

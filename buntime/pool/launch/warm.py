@@ -26,12 +26,11 @@ import tempfile
 from typing import Any
 
 from twisted.internet import asyncioreactor
-from twisted.internet.stdio import StandardIO
 from twisted.protocols import amp
 
 from buntime.pool import commands
 from buntime.pool.child.loader import LoadedApp, load
-from buntime.pool.child.main import error_observer
+from buntime.pool.child.main import error_observer, listen
 from buntime.pool.child.protocol import ChildProtocol
 
 ROUNDS = 10
@@ -100,15 +99,16 @@ def _one_round(folders: list[str]) -> None:
 def _serve(app: LoadedApp, reactor: Any, loop: asyncio.AbstractEventLoop) -> None:
     """
     Start C{app}, have it serve L{_PATHS} and terminate it, over a channel
-    like a worker's (a socket pair, the worker's end read and written by
-    C{StandardIO}) whose runtime end sends the boxes and drops the answers.
+    like a worker's (a socket pair, the worker's end on two fds taken as a
+    worker takes them: L{buntime.pool.child.main.listen}) whose runtime end
+    sends the boxes and drops the answers.
     """
     ours, theirs = socket.socketpair()
     with theirs:
         ends = [os.dup(theirs.fileno()), os.dup(theirs.fileno())]
     try:
         protocol = ChildProtocol(reactor, loop)
-        StandardIO(protocol, stdin=ends[0], stdout=ends[1], reactor=reactor)  # type: ignore[call-arg]
+        listen(protocol, reactor, (ends[0], ends[1]))
         with ours:
             ours.setblocking(False)
             app.adapter.startup()

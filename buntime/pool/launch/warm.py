@@ -105,10 +105,10 @@ def _serve(app: LoadedApp, reactor: Any, loop: asyncio.AbstractEventLoop) -> Non
     """
     ours, theirs = socket.socketpair()
     with theirs:
-        ends = [os.dup(theirs.fileno()), os.dup(theirs.fileno())]
+        ends = (os.dup(theirs.fileno()), os.dup(theirs.fileno()))
     try:
         protocol = ChildProtocol(reactor, loop)
-        listen(protocol, reactor, (ends[0], ends[1]))
+        listen(protocol, reactor, ends)
         with ours:
             ours.setblocking(False)
             app.adapter.startup()

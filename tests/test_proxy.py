@@ -245,6 +245,74 @@ async def test_a_kept_connection_the_upstream_closed_is_retried_for_idempotent_m
     assert len(pool.made) == 2  # a POST is not sent twice
 
 
+class HeldPool(UpstreamPool):
+    """An UpstreamPool whose new connections are in-memory ones that hold their requests."""
+
+    def __init__(self, clock: Clock, **settings) -> None:
+        super().__init__(clock, **settings)
+        self.made: list[_Connection] = []
+
+    def _connect(self, key):
+        made = connection(self._done)
+        self._all.add(made)
+        self.made.append(made)
+        return succeed(made)
+
+
+def answer_all(pool: HeldPool, connections) -> None:
+    for held in connections:
+        held.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nk")
+
+
+def test_as_many_connections_as_clients_are_kept_so_steady_load_connects_no_more():
+    """
+    Fifty requests at a time (a load of fifty clients) keep fifty idle
+    connections for the next fifty: before, 32 were kept and each request
+    past them connected anew (a handshake and an accept on both sides).
+    """
+    pool = HeldPool(Clock())
+    for _ in range(3):
+        [pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n") for _ in range(50)]
+        answer_all(pool, pool.made)
+    assert len(pool.made) == 50
+    assert not any(made.transport.disconnecting for made in pool.made)
+
+
+def test_idle_connections_past_the_cap_close_and_the_rest_close_after_the_idle_timeout():
+    clock = Clock()
+    pool = HeldPool(clock, per_upstream=3, idle_timeout=60)
+    [pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n") for _ in range(5)]
+    answer_all(pool, pool.made)
+    closed = [made.transport.disconnecting for made in pool.made]
+    assert closed == [False, False, False, True, True]  # three kept, the cap
+    clock.advance(59)
+    reused = pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")
+    answer_all(pool, pool.made[2:3])  # the one last put back idle is used first
+    assert answer_of(reused).body == b"k"
+    clock.advance(1)  # the two not used for 60 s close, the one just used stays
+    assert [made.transport.disconnecting for made in pool.made[:3]] == [True, True, False]
+    clock.advance(58)
+    assert not pool.made[2].transport.disconnecting
+    clock.advance(1)
+    assert pool.made[2].transport.disconnecting
+    assert clock.getDelayedCalls() == []  # nothing idle, no timer left
+    pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")
+    assert len(pool.made) == 6  # a closed connection is never used again
+
+
+def test_the_proxy_reads_its_connection_settings_from_the_manifest(tmp_path):
+    plugin = ProxyPlugin({})
+    plugin.on_init(Context(tmp_path, {"maxIdleConnections": 4, "idleTimeout": "2m"}))
+    pool = plugin.forwarder.pool
+    assert (pool.per_upstream, pool.idle_timeout) == (4, 120.0)
+    plugin.on_shutdown()
+    defaults = ProxyPlugin({})
+    defaults.on_init(Context(tmp_path / "other", {}))
+    pool = defaults.forwarder.pool
+    assert (pool.per_upstream, pool.idle_timeout) == (256, 60.0)
+    defaults.on_shutdown()
+
+
 def test_replicas_sharing_a_data_dir_see_each_others_rules(tmp_path):
     """A rule added through one replica's API is used by the others within a second."""
     from buntime.builtins.proxy.plugin import WATCH_SECONDS

@@ -11,7 +11,11 @@ behind.
 A connection is used again once its answer has been read to the end and
 the upstream keeps it open; a request on a kept connection that the
 upstream had closed meanwhile is sent once more on a new one when its
-method is idempotent.
+method is idempotent.  Idle connections are kept up to a cap per upstream
+(above the clients' concurrency, or each request past it would connect
+anew: a TCP handshake and an accept for both sides) and closed once idle
+for C{idle_timeout} seconds, as nginx's C{keepalive} and
+C{keepalive_timeout} do.
 """
 
 from __future__ import annotations
@@ -67,19 +71,35 @@ def endpoint_to(reactor: Any, key: Key, timeout: float = 10) -> Any:
     return endpoint
 
 
+MAX_IDLE = 256
+"""Idle connections kept per upstream by default."""
+IDLE_TIMEOUT = 60.0
+"""Seconds an idle upstream connection is kept by default."""
+
+
 class UpstreamPool:
     """
     Connections to upstreams, kept alive between requests: at most
     C{per_upstream} idle ones each (more are made when all are busy, and
-    closed after their answer).
+    closed after their answer), each closed once idle for C{idle_timeout}
+    seconds.
     """
 
-    def __init__(self, reactor: Any, per_upstream: int = 32, connect_timeout: float = 10) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        per_upstream: int = MAX_IDLE,
+        connect_timeout: float = 10,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         self.reactor = reactor
         self.per_upstream = per_upstream
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        # each upstream's idle connections, the longest idle first (taken from the end)
         self._idle: dict[Key, list[_Connection]] = {}
         self._all: set[_Connection] = set()
+        self._sweep: Any = None  # the timer of the next look for connections idle too long
 
     def request(self, key: Key, method: str, data: bytes) -> Deferred[Answer]:
         """
@@ -126,13 +146,41 @@ class UpstreamPool:
             return
         idle = self._idle.setdefault(connection.key, [])
         if len(idle) < self.per_upstream:
+            connection.idle_since = self.reactor.seconds()
             idle.append(connection)
+            if self._sweep is None:
+                self._sweep = self.reactor.callLater(self.idle_timeout, self._close_stale)
         else:
             self._all.discard(connection)
             connection.transport.loseConnection()
 
+    def _close_stale(self) -> None:
+        """Close the connections idle for C{idle_timeout}; look again when the next one will be."""
+        self._sweep = None
+        stale_before = self.reactor.seconds() - self.idle_timeout
+        next_due: float | None = None
+        for key, idle in list(self._idle.items()):
+            fresh = 0
+            while fresh < len(idle) and idle[fresh].idle_since <= stale_before:
+                fresh += 1
+            for connection in idle[:fresh]:
+                self._all.discard(connection)
+                connection.open = False
+                connection.transport.loseConnection()
+            del idle[:fresh]
+            if not idle:
+                del self._idle[key]
+            elif next_due is None or idle[0].idle_since < next_due:
+                next_due = idle[0].idle_since
+        if next_due is not None:
+            delay = max(0.0, next_due + self.idle_timeout - self.reactor.seconds())
+            self._sweep = self.reactor.callLater(delay, self._close_stale)
+
     def close(self) -> None:
         """Close every connection (idle ones at once, busy ones too)."""
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
         self._idle.clear()
         for connection in list(self._all):
             connection.transport.loseConnection()
@@ -148,6 +196,7 @@ class _Connection(Protocol):
         self.key = key
         self._done = done
         self.open = False
+        self.idle_since = 0.0  # when it was last put back idle (the pool's clock)
         self._parser = HttpResponseParser(self)
         self._waiting: Deferred[Answer] | None = None
         self._stream: PushedStream | None = None

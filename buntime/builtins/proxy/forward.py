@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
-from buntime.builtins.proxy.client import Answer, UpstreamPool
+from buntime.builtins.proxy.client import IDLE_TIMEOUT, MAX_IDLE, Answer, UpstreamPool
 from buntime.builtins.proxy.rules import Rule
 from buntime.http import Request, Response, read_body
 
@@ -80,10 +80,16 @@ def outgoing_headers(request: Request, rule: Rule) -> list[tuple[str, str]]:
 class Forwarder:
     """Sends requests upstream over kept-alive connections (one pool for every rule)."""
 
-    def __init__(self, reactor: Any, timeout: float, connections_per_upstream: int = 32) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        timeout: float,
+        max_idle: int = MAX_IDLE,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         self.reactor = reactor
         self.timeout = timeout
-        self.pool = UpstreamPool(reactor, connections_per_upstream)
+        self.pool = UpstreamPool(reactor, max_idle, idle_timeout=idle_timeout)
 
     def forward(self, request: Request, rule: Rule, path: str) -> Deferred[Response]:
         """The upstream's answer to C{request} (asked for C{path}), or the 502/504 error."""

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
+from buntime.builtins.proxy.client import MAX_IDLE
 from buntime.builtins.proxy.forward import Forwarder
 from buntime.builtins.proxy.rules import Rule, RuleError, RuleStore, parse_rule
 from buntime.builtins.proxy.tunnel import tunnel
@@ -63,7 +64,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         self.own_base = ctx.base or ""
         self.allow_link_local = bool(config.get("allowLinkLocal", False))
         timeout = parse_duration(config.get("timeout", "30s"))
-        self.forwarder = Forwarder(ctx.reactor, timeout)
+        max_idle = int(config.get("maxIdleConnections", MAX_IDLE))
+        idle_timeout = parse_duration(config.get("idleTimeout", "60s"))
+        self.forwarder = Forwarder(ctx.reactor, timeout, max_idle, idle_timeout)
         rules = [
             parse_rule(item, source="manifest", rule_id=_manifest_id(item, index))
             for index, item in enumerate(config.get("rules") or [])

@@ -279,6 +279,17 @@ def test_cache_applies_to_gets_not_excluded_without_credentials(clock: Clock):
     assert cache.lookup(get(headers={"cache-control": "no-cache"})) is None
 
 
+@pytest.mark.parametrize(
+    "asked", ["no-cache", "no-store", "No-Cache", "NO-STORE", "max-age=0, no-store"]
+)
+def test_a_request_asking_for_a_fresh_answer_is_never_served_from_the_cache(clock: Clock, asked):
+    cache = cache_of(clock)
+    cache.store(get(), Response.text("kept"))
+    assert cache.lookup(get(headers={"cache-control": asked})) is None
+    assert not cache.store(get(headers={"cache-control": "No-Store"}), Response.text("x"))
+    assert cache.lookup(get()) is not None  # the kept answer is still there for others
+
+
 def test_cache_invalidation_by_pattern(clock: Clock):
     cache = cache_of(clock)
     for path in ("/app/a", "/app/b?x=1", "/other/c"):

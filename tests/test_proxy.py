@@ -11,7 +11,7 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import succeed
+from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 
 from buntime.builtins.proxy.forward import outgoing_headers
@@ -69,6 +69,12 @@ def test_a_bad_rule_is_refused_with_what_is_wrong(fields, says):
         "http://[::ffff:169.254.169.254]",
         "http://metadata.google.internal",
         "http://[fd00:ec2::254]",
+        # the same address as the resolver also reads it
+        "http://2852039166",
+        "http://0xa9fea9fe",
+        "http://0251.0376.0251.0376",
+        "http://169.254.43518",
+        "http://METADATA.google.internal.",
     ],
 )
 def test_rules_from_the_api_may_not_reach_metadata_services(target):
@@ -298,6 +304,69 @@ def test_idle_connections_past_the_cap_close_and_the_rest_close_after_the_idle_t
     assert clock.getDelayedCalls() == []  # nothing idle, no timer left
     pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")
     assert len(pool.made) == 6  # a closed connection is never used again
+
+
+def test_a_guarded_rule_never_sends_to_an_upstream_that_turns_out_link_local():
+    """
+    A name the SSRF guard let through (it is no address) may resolve to a
+    link-local one: the guard looks again at the address connected to, and
+    sends nothing there for a rule from the API; the manifest's rules may.
+    """
+    from twisted.internet.address import IPv4Address
+
+    from buntime.builtins.proxy.client import UpstreamRefused
+
+    class MetadataPool(HeldPool):
+        def _connect(self, key):
+            made = _Connection(key, self._done)
+            made.makeConnection(
+                StringTransport(peerAddress=IPv4Address("TCP", "169.254.169.254", 80))
+            )
+            self._all.add(made)
+            self.made.append(made)
+            return succeed(made)
+
+    pool = MetadataPool(Clock())
+    refused = pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n", guarded=True)
+    with pytest.raises(UpstreamRefused, match=r"169\.254\.169\.254"):
+        answer_of(refused)
+    [made] = pool.made
+    assert made.transport.value() == b""  # not a byte sent
+    allowed = pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")  # a manifest rule's
+    assert made.transport.value().startswith(b"GET / HTTP/1.1")
+    answer_all(pool, [made])
+    assert answer_of(allowed).body == b"k"
+
+
+def test_the_guard_answers_502_with_what_it_refused():
+    from buntime.builtins.proxy.client import UpstreamRefused
+    from buntime.builtins.proxy.forward import Forwarder
+
+    forwarder = Forwarder(Clock(), 30)
+    forwarder.pool.request = lambda *args: fail(UpstreamRefused("169.254.169.254"))
+    guarded = parse_rule(
+        {"pattern": "^/", "target": "http://internal.example"}, allow_link_local=False
+    )
+    assert guarded.guarded and not rule().guarded
+    answer = answer_of(forwarder.forward(Request("GET", "/x"), guarded, "/x"))
+    assert answer.status == 502
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "LINK_LOCAL_REFUSED" and "169.254.169.254" in error["message"]
+
+
+def test_a_guarded_websocket_tunnel_sends_nothing_to_a_link_local_upstream():
+    from twisted.internet.address import IPv6Address
+
+    from buntime.builtins.proxy.tunnel import _Upstream
+
+    guarded = parse_rule({"pattern": "^/", "target": "http://ws.example"}, allow_link_local=False)
+    upstream = _Upstream(b"GET / HTTP/1.1\r\n\r\n", guarded)
+    upstream.makeConnection(StringTransport(peerAddress=IPv6Address("TCP", "fe80::1", 80)))
+    assert upstream.transport.value() == b""
+    assert answer_of(upstream.answered).status == 502
+    allowed = _Upstream(b"GET / HTTP/1.1\r\n\r\n", rule())
+    allowed.makeConnection(StringTransport(peerAddress=IPv6Address("TCP", "fe80::1", 80)))
+    assert allowed.transport.value() == b"GET / HTTP/1.1\r\n\r\n"
 
 
 def test_the_proxy_reads_its_connection_settings_from_the_manifest(tmp_path):

@@ -70,6 +70,12 @@ def _directives(value: str | None) -> dict[str, str]:
     return found
 
 
+def _bypasses(control: str) -> bool:
+    """Whether a request's C{Cache-Control} asks for a fresh answer: C{no-cache} or C{no-store}."""
+    directives = _directives(control)
+    return "no-cache" in directives or "no-store" in directives
+
+
 def _lifetime(response: Response, ttl: float) -> float:
     """How long C{response} may be kept (0: not at all)."""
     headers = response.headers
@@ -114,7 +120,8 @@ class ResponseCache:
 
     def lookup(self, request: Request) -> Response | None:
         """The kept answer to C{request} (with C{X-Cache: HIT} and its C{Age}), or C{None}."""
-        if "no-cache" in (request.headers.get("cache-control") or ""):
+        asked = request.headers.get("cache-control")
+        if asked is not None and _bypasses(asked):
             self.misses += 1
             return None
         key = self.key(request)
@@ -138,7 +145,7 @@ class ResponseCache:
             response.status != 200
             or not isinstance(body, bytes)
             or len(body) > self.settings.max_entry_size
-            or "no-store" in (request.headers.get("cache-control") or "")
+            or "no-store" in _directives(request.headers.get("cache-control"))
         ):
             return False
         lifetime = _lifetime(response, self.settings.ttl)

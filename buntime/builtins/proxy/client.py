@@ -25,12 +25,13 @@ from typing import Any
 
 from attrs import define
 from httptools import HttpResponseParser
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 
+from buntime.builtins.proxy.rules import link_local
 from buntime.stream import PushedStream
 
 HIGH_WATER = 4
@@ -50,6 +51,10 @@ class UpstreamLost(Exception):
     def __init__(self, message: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class UpstreamRefused(Exception):
+    """A guarded rule's upstream is at a link-local address (the SSRF guard): nothing was sent."""
 
 
 @define
@@ -101,32 +106,43 @@ class UpstreamPool:
         self._all: set[_Connection] = set()
         self._sweep: Any = None  # the timer of the next look for connections idle too long
 
-    def request(self, key: Key, method: str, data: bytes) -> Deferred[Answer]:
+    def request(
+        self, key: Key, method: str, data: bytes, guarded: bool = False
+    ) -> Deferred[Answer]:
         """
         Send C{data} (a whole request: head and body) to the upstream
         C{key}; fires with the answer once it is read (its body may go on),
-        or fails with L{UpstreamLost} or what connecting raised.
+        or fails with L{UpstreamLost}, L{UpstreamRefused} (C{guarded}: the
+        upstream is at a link-local address) or what connecting raised.
         Cancelling it drops the connection.
         """
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
             if connection.open:
-                sent = connection.send(data, method)
+                sent = self._send(connection, data, method, guarded)
                 if method in IDEMPOTENT:
-                    sent.addErrback(self._again, key, method, data)
+                    sent.addErrback(self._again, key, method, data, guarded)
                 return sent
-        return self._fresh(key, method, data)
+        return self._fresh(key, method, data, guarded)
 
-    def _again(self, failure: Failure, key: Key, method: str, data: bytes) -> object:
+    def _again(self, failure: Failure, key: Key, method: str, data: bytes, guarded: bool) -> object:
         """A kept connection the upstream closed as it was used: once more, on a new one."""
         if failure.check(UpstreamLost) and failure.value.retryable:
-            return self._fresh(key, method, data)
+            return self._fresh(key, method, data, guarded)
         return failure
 
-    def _fresh(self, key: Key, method: str, data: bytes) -> Deferred[Answer]:
+    def _fresh(self, key: Key, method: str, data: bytes, guarded: bool) -> Deferred[Answer]:
         connecting = self._connect(key)
-        return connecting.addCallback(lambda connection: connection.send(data, method))
+        return connecting.addCallback(self._send, data, method, guarded)
+
+    def _send(
+        self, connection: _Connection, data: bytes, method: str, guarded: bool
+    ) -> Deferred[Answer]:
+        if guarded and connection.link_local:
+            self._done(connection, True)  # still good for the manifest's rules
+            return fail(UpstreamRefused(connection.peer))
+        return connection.send(data, method)
 
     def _connect(self, key: Key) -> Deferred[_Connection]:
         endpoint = endpoint_to(self.reactor, key, self.connect_timeout)
@@ -196,6 +212,8 @@ class _Connection(Protocol):
         self.key = key
         self._done = done
         self.open = False
+        self.peer = ""  # the upstream's IP address, once connected
+        self.link_local = False  # whether it is link-local (see UpstreamPool.request's guarded)
         self.idle_since = 0.0  # when it was last put back idle (the pool's clock)
         self._parser = HttpResponseParser(self)
         self._waiting: Deferred[Answer] | None = None
@@ -212,6 +230,8 @@ class _Connection(Protocol):
 
     def connectionMade(self) -> None:
         self.open = True
+        self.peer = str(getattr(self.transport.getPeer(), "host", ""))
+        self.link_local = link_local(self.peer)
 
     def send(self, data: bytes, method: str) -> Deferred[Answer]:
         """Send a request; its answer's head fires the Deferred."""

@@ -14,7 +14,13 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
-from buntime.builtins.proxy.client import IDLE_TIMEOUT, MAX_IDLE, Answer, UpstreamPool
+from buntime.builtins.proxy.client import (
+    IDLE_TIMEOUT,
+    MAX_IDLE,
+    Answer,
+    UpstreamPool,
+    UpstreamRefused,
+)
 from buntime.builtins.proxy.rules import Rule
 from buntime.http import Request, Response, read_body
 
@@ -97,7 +103,7 @@ class Forwarder:
         if not isinstance(body, bytes):  # a stream: read it whole first
             return Deferred.fromCoroutine(self._forward_stream(request, rule, path))
         data = request_bytes(request, rule, path, body)
-        asking = self.pool.request(rule.upstream, request.method, data)
+        asking = self.pool.request(rule.upstream, request.method, data, rule.guarded)
         late = self.reactor.callLater(self.timeout, _give_up, asking)
         return asking.addBoth(self._answered, rule, late)
 
@@ -114,6 +120,8 @@ class Forwarder:
         if isinstance(result, Failure):
             if result.check(CancelledError):
                 return result  # the client went away
+            if result.check(UpstreamRefused):
+                return _error(502, "LINK_LOCAL_REFUSED", link_local_refusal(rule, result.value))
             message = f"{rule.target} cannot be reached: {_why(result.value)}"
             return _error(502, "BAD_GATEWAY", message)
         dropped = _hop_by_hop(result.headers)
@@ -148,6 +156,14 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 def _give_up(asking: Deferred[Answer]) -> None:
     """The upstream took too long to answer: drop the request (L{Forwarder._answered} says 504)."""
     asking.cancel()
+
+
+def link_local_refusal(rule: Rule, address: object) -> str:
+    """Why a guarded rule's request was not sent (the SSRF guard)."""
+    return (
+        f"{rule.target} resolves to the link-local address {address}, which rules added"
+        " through the API may not reach (the manifest's allowLinkLocal allows it)"
+    )
 
 
 def _why(error: BaseException) -> str:

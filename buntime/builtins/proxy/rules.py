@@ -19,6 +19,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -55,6 +56,8 @@ class Rule:
     ws: bool = False
     base: str = ""
     source: str = "api"  # or "manifest": those are not changed through the API
+    guarded: bool = False
+    """Whether the SSRF guard holds it: it may not reach link-local addresses (L{link_local})."""
     upstream: tuple[str, str, int] = ("http", "", 80)
     """The target's scheme, host and port."""
     authority: str = ""
@@ -121,8 +124,10 @@ def parse_rule(
 ) -> Rule:
     """
     A L{Rule} from its JSON/YAML form.  With C{allow_link_local} false, a
-    target on a link-local address or a cloud metadata name is refused (the
-    SSRF guard for rules that come through the API).
+    target on a link-local address or a cloud metadata name is refused, and
+    the rule is C{guarded}: a target whose name resolves to such an address
+    is refused when it is connected to (the SSRF guard for rules that come
+    through the API).
 
     @raise RuleError: a field is missing, of the wrong type, or invalid.
     """
@@ -161,6 +166,7 @@ def parse_rule(
         ws=bool(data.get("ws", False)),
         base=base,
         source=source,
+        guarded=not allow_link_local,
         upstream=_upstream(target),
         authority=urlsplit(target).netloc,
         template=() if rewrite is None else _template(rewrite),
@@ -213,17 +219,35 @@ def _target(target: object, allow_link_local: bool) -> str:
 
 
 def _is_link_local(host: str) -> bool:
-    """A link-local address (the metadata services live there) or a metadata service's name."""
+    """
+    A metadata service's name, or a link-local address written in any form
+    the resolver reads (C{169.254.169.254}, C{2852039166}, C{0xa9fea9fe},
+    C{0251.0376.0251.0376}, C{[::ffff:169.254.169.254]}...).  A name that
+    resolves to one is caught when its connection is made (L{link_local}).
+    """
     name = host.strip("[]").lower().rstrip(".")
     if name in METADATA_HOSTS:
         return True
     try:
-        address = ipaddress.ip_address(name)
+        found = socket.getaddrinfo(name, None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):
+        return False  # a name, not an address
+    return any(link_local(info[4][0]) for info in found)
+
+
+def link_local(address: str) -> bool:
+    """
+    Whether the IP C{address} (as a socket reports it) is link-local, where
+    cloud metadata services answer: C{169.254.0.0/16}, C{fe80::/10}, those
+    mapped into IPv6, and AWS's C{fd00:ec2::254}.
+    """
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_link_local or str(address) == "fd00:ec2::254"
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    return parsed.is_link_local or str(parsed) == "fd00:ec2::254"
 
 
 def _headers(value: object) -> tuple[tuple[str, str], ...]:

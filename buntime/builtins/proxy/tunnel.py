@@ -17,8 +17,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from buntime.builtins.proxy.client import endpoint_to
-from buntime.builtins.proxy.forward import request_bytes
-from buntime.builtins.proxy.rules import Rule
+from buntime.builtins.proxy.forward import link_local_refusal, request_bytes
+from buntime.builtins.proxy.rules import Rule, link_local
 from buntime.http import Request, Response, Takeover
 
 MAX_HEAD = 64 * 1024
@@ -36,7 +36,7 @@ async def tunnel(
     endpoint = endpoint_to(reactor, rule.upstream)
     upgrade = ("connection: upgrade", f"upgrade: {request.headers.get('upgrade') or 'websocket'}")
     body = request.body if isinstance(request.body, bytes) else b""
-    upstream = _Upstream(request_bytes(request, rule, path, body, upgrade))
+    upstream = _Upstream(request_bytes(request, rule, path, body, upgrade), rule)
     connecting = endpoint.connect(Factory.forProtocol(lambda: upstream))
     timer = reactor.callLater(timeout, upstream.give_up, connecting)
     try:
@@ -56,8 +56,9 @@ class _Upstream(Protocol):
 
     transport: Any
 
-    def __init__(self, head: bytes) -> None:
+    def __init__(self, head: bytes, rule: Rule) -> None:
         self.head = head
+        self.rule = rule
         self.answered: Deferred[Response] = Deferred()
         self.client: _Client | None = None
         self._parser = HttpResponseParser(self)
@@ -68,6 +69,11 @@ class _Upstream(Protocol):
         self._switched = False
 
     def connectionMade(self) -> None:
+        peer = str(getattr(self.transport.getPeer(), "host", ""))
+        if self.rule.guarded and link_local(peer):  # the SSRF guard: nothing is sent
+            refused = link_local_refusal(self.rule, peer)
+            self._answer(Response.error(502, "LINK_LOCAL_REFUSED", refused))
+            return
         self.transport.write(self.head)
 
     def give_up(self, connecting: Deferred[Any]) -> None:

@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from e2e_apps import static_app
 from test_e2e_websocket import connect, within
 from test_plugins_support import write_plugin
 from twisted.internet import reactor
@@ -139,6 +140,9 @@ async def test_requests_go_upstream_and_come_back_as_a_proxy_sends_them(
     runtimes, tmp_path, upstream
 ):
     port, _ = upstream
+    # an app at the rule's path: the rule wins (the proxy answers in on_request)
+    static_app(tmp_path / "apps", "up", None, "the up app", layout="simple")
+    static_app(tmp_path / "apps", "other", None, "the other app", layout="simple")
     proc = await start_proxy(
         runtimes,
         tmp_path,
@@ -186,6 +190,23 @@ async def test_requests_go_upstream_and_come_back_as_a_proxy_sends_them(
     # Apps and the runtime's own routes are not in the way of each other.
     assert (await proc.get("/api/health")).code == 200
     assert (await proc.get("/nothing-here")).code == 404
+    assert b"the other app" in await (await proc.get("/other/")).content()
+    assert (await proc.get("/up/echo")).headers.getRawHeaders("x-upstream") == ["yes"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_proxy_is_off_until_a_manifest_turns_it_on(runtimes, tmp_path):
+    apps = tmp_path / "apps"
+    static_app(apps, "up", None, "the up app", layout="simple")
+    proc = await runtimes.start(
+        worker_dirs=[str(apps)], env={"RUNTIME_DATA_DIR": str(tmp_path / "data")}
+    )
+    assert (await proc.get("/redirects/api/rules")).code == 404
+    found = {plugin["name"]: plugin for plugin in await (await proc.get("/api/plugins")).json()}
+    assert found["@buntime/plugin-proxy"]["enabled"] is False
+    loaded = [plugin["name"] for plugin in await (await proc.get("/api/plugins/loaded")).json()]
+    assert "@buntime/plugin-proxy" not in loaded and "@buntime/plugin-metrics" in loaded
+    assert b"the up app" in await (await proc.get("/up/")).content()
 
 
 @pytest_twisted.ensureDeferred

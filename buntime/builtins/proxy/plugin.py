@@ -30,7 +30,7 @@ from buntime.http import AppInfo, Request, Response, json_answer, json_error, pa
 from buntime.interfaces import IBuntimePlugin, IPluginContext
 from buntime.units import parse_duration
 
-PAGE = os.path.join(os.path.dirname(__file__), "index.html")
+PAGE = os.path.join(os.path.dirname(__file__), "ui", "index.html")
 """The rules' page."""
 WATCH_SECONDS = 1.0
 """How often the stored rules are looked at for another replica's change."""

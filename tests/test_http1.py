@@ -25,6 +25,7 @@ from http1_client import (
     post,
     serve,
 )
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
@@ -139,12 +140,121 @@ def test_a_chunked_upload_reaches_the_door_whole_and_de_chunked():
     assert client.answers()[0].body == b"POST /up:abc0123456789"
 
 
-def test_a_large_body_arrives_whole():
-    body = bytes(range(256)) * 4000
+def test_a_body_up_to_the_upload_size_arrives_whole():
+    body = bytes(range(256)) * 1024  # 256 KiB: Limits.stream_body_over
     client = connect(Door(limit=len(body)))
     data = post(b"/up", body)
     client.send(*(data[at : at + 65536] for at in range(0, len(data), 65536)))
     assert client.door.seen[0].body == body
+
+
+# -- uploads: bodies over Limits.stream_body_over are answered as they arrive ----------------
+
+UPLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+def upload_client(reply=None, **limits) -> Client:
+    return connect(Door(reply or holding("/up"), limit=10 * len(UPLOAD)), Limits(**limits))
+
+
+def reading(stream) -> tuple[list[bytes], list[object]]:
+    """Read C{stream} as its reader would: the chunks taken, and how it ended."""
+    chunks: list[bytes] = []
+    ended: list[object] = []
+
+    async def read() -> None:
+        try:
+            async for chunk in stream:
+                chunks.append(chunk)
+        except Exception as error:
+            ended.append(error)
+        else:
+            ended.append("end")
+
+    ensureDeferred(read())
+    return chunks, ended
+
+
+def test_an_upload_is_answered_as_it_arrives_and_the_connection_goes_on():
+    client = upload_client()
+    data = post(b"/up", UPLOAD)
+    client.send(data[:100_000])
+    [exchange] = client.door.seen  # before the body is all here
+    assert not isinstance(exchange.body, bytes)
+    chunks, ended = reading(exchange.body)
+    client.send(*(data[at : at + 65536] for at in range(100_000, len(data), 65536)))
+    assert b"".join(chunks) == UPLOAD and ended == ["end"]
+    exchange.respond(Response(200, {}, b"got it"))
+    client.send(get(b"/next"))
+    first, second = client.answers()
+    assert (first.body, "close" in first.headers.get("connection", "")) == (b"got it", False)
+    assert second.body == b"GET /next:"
+
+
+def test_an_upload_no_one_reads_stops_the_reading_until_it_is_taken():
+    client = upload_client()
+    data = post(b"/up", UPLOAD)
+    client.send(*(data[at : min(at + 65536, 600_000)] for at in range(0, 600_000, 65536)))
+    assert client.transport.producerState == "paused"  # over 256 KiB wait, unread
+    chunks, ended = reading(client.door.seen[0].body)
+    assert client.transport.producerState == "producing"
+    client.send(data[600_000:])
+    assert b"".join(chunks) == UPLOAD and ended == ["end"]
+
+
+def test_an_upload_answered_before_it_all_came_closes_the_connection_after_its_answer():
+    client = upload_client(always(Response(401, {}, b"who are you?")))
+    data = post(b"/up", UPLOAD)
+    client.send(data[:100_000])
+    _chunks, ended = reading(client.door.seen[0].body)
+    [answer] = client.answers()
+    assert (answer.status, answer.headers["connection"]) == (401, "close")
+    assert isinstance(ended[0], ConnectionError)  # its reader learns the rest will not come
+    client.send(data[100_000:200_000] + get(b"/ignored"))  # read and dropped
+    assert len(client.door.seen) == 1
+
+
+def test_an_upload_answered_unread_once_it_all_came_keeps_the_connection_going():
+    """Its untaken chunks no longer hold the reading back once its exchange has ended."""
+    client = upload_client()
+    client.send(post(b"/up", UPLOAD) + get(b"/next"))
+    assert client.transport.producerState == "paused"  # no one reads the upload
+    client.door.seen[0].respond(Response(200, {}, b"did not read it"))
+    assert client.transport.producerState == "producing"
+    first, second = client.answers()
+    assert first.headers.get("connection") != "close"
+    assert (first.body, second.body) == (b"did not read it", b"GET /next:")
+
+
+def test_a_client_that_leaves_during_its_upload_fails_the_upload_for_its_reader():
+    client = upload_client()
+    client.send(post(b"/up", UPLOAD)[:100_000])
+    _chunks, ended = reading(client.door.seen[0].body)
+    client.transport.loseConnection()
+    assert isinstance(ended[-1], ConnectionError)
+
+
+def test_an_upload_that_stops_arriving_is_aborted_after_the_idle_timeout():
+    client = upload_client(header_timeout=10, idle_timeout=60)
+    client.send(post(b"/up", UPLOAD)[:100_000])
+    _chunks, ended = reading(client.door.seen[0].body)
+    client.later(55)
+    assert ended == [] and not client.closed
+    client.later(10)
+    assert isinstance(ended[-1], TimeoutError) and client.transport.aborted
+
+
+def test_an_upload_behind_another_request_gets_its_100_continue_in_its_turn():
+    client = upload_client(holding("/first", "/up"))
+    head = post(b"/up", UPLOAD, b"Expect: 100-continue")[: -len(UPLOAD)]
+    client.send(get(b"/first") + head)
+    assert b"100 Continue" not in client.received()  # the client holds its body back
+    client.door.seen[0].respond(Response(200, {}, b"first"))
+    assert client.received().count(b"100 Continue") == 1
+    assert client.door.paths == ["/first", "/up"]
+    chunks, ended = reading(client.door.seen[1].body)
+    client.send(UPLOAD)
+    assert b"".join(chunks) == UPLOAD and ended == ["end"]
 
 
 def test_pipelined_requests_are_answered_in_order_one_at_a_time():

@@ -33,9 +33,15 @@ from zope.interface import implementer
 
 from buntime._turn import EndOfTurn, direct_socket
 from buntime.logs import log
+from buntime.stream import PushedStream
 from buntime.web.http1.exchange import Exchange
 from buntime.web.http1.head import Head, Refusal, request_id_for
-from buntime.web.http1.reading import CONTINUE, RequestReading
+from buntime.web.http1.reading import (
+    CONTINUE,
+    UPLOAD_HIGH_WATER,
+    UPLOAD_LOW_WATER,
+    RequestReading,
+)
 from buntime.web.http1.response import refusal_bytes
 from buntime.web.http1.writing import AnswerWriting
 
@@ -72,6 +78,9 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         self._body_size = 0
         self._limit = 0
         self._uploading = False
+        self._upload: PushedStream | None = None  # the body being read, its request answered
+        self._counted: PushedStream | None = None  # the last upload, until its exchange ends
+        self._upload_unread = 0  # bytes of it read and not yet taken by its reader
         self._continued = False
         # requests read and waiting their turn, then the one being answered
         self._waiting: deque[Exchange | Refusal] = deque()
@@ -122,6 +131,9 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         self._stop_timer()
         self.factory.connection_closed()
         self._uploaded()
+        upload, self._upload = self._upload, None
+        if upload is not None:  # its reader learns that the rest will not come
+            upload.fail(ConnectionError("The client went away during its upload"))
         self._waiting.clear()
         current, self._current = self._current, None
         if current is not None:
@@ -171,6 +183,9 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
                         self._send_refusal(item)
                         return
                     self._current = item
+                    if item.body is self._upload and item.head.expect and not self._continued:
+                        self._continued = True  # an upload that waited for its turn
+                        self._write(CONTINUE)
                     self._handler.answer(item)
                     if item.ended and not self._ended(item):
                         return
@@ -209,7 +224,18 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         if self._current is not exchange:
             return False
         self._current = None
+        if exchange.body is self._counted:  # what its reader left untaken holds nothing back
+            self._counted = None
+            self._upload_unread = 0
         if self._closed:
+            return False
+        upload = self._upload
+        if upload is not None and exchange.body is upload:
+            # answered before its upload all came: the rest is not read
+            self._upload = None
+            self._done_reading = True
+            upload.fail(ConnectionError("The request was answered before its body arrived"))
+            self._close(linger=True)
             return False
         if exchange.close or exchange.gone:
             self._close()
@@ -220,9 +246,11 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         """Read while there is room for what is read; stop while the client does not read."""
         if self._closed:
             return
+        unread_most = UPLOAD_LOW_WATER if self._reading_paused else UPLOAD_HIGH_WATER
         stop = (
             self._writes_paused is not None
             or len(self._waiting) >= self._limits.max_pipeline
+            or self._upload_unread > unread_most
             or self._held is not None
             or self._done_reading
         )
@@ -293,6 +321,15 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         if self._writes_paused is not None and now - self._paused_since >= limits.idle_timeout:
             self._abort("The client did not read its answer")
             return
+        if (
+            self._upload is not None
+            and not self._reading_paused
+            and now - self._idle_since >= limits.idle_timeout
+        ):
+            self._upload.fail(TimeoutError("The request body stopped arriving"))
+            self._upload = None
+            self._abort("The request body stopped arriving")
+            return
         if self._closed:
             if self._lingering:
                 self._lingering = False
@@ -341,7 +378,8 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
             self._reading_paused = False
             transport.resumeProducing()
         held, self._held = self._held or [], None
-        protocol.dataReceived(head + exchange.body + b"".join(held))
+        body = exchange.body if isinstance(exchange.body, bytes) else b""  # never an upload
+        protocol.dataReceived(head + body + b"".join(held))
 
     # -- IPushProducer: the transport says when the client does not read -------
 

@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 
 from buntime.http import Response
 from buntime.logs import log
+from buntime.stream import PushedStream
 from buntime.web.http1.head import Head
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ class HandedOver(Exception):
 
 class Exchange:
     """
-    A request as the front door takes it: its L{Head}, its whole C{body},
+    A request as the front door takes it: its L{Head}, its C{body} (whole,
+    or the stream of an upload still arriving),
     the client's C{remote} address and port, the C{local} address and port
     the connection came in on; L{respond} writes the answer and
     L{hand_over} gives the connection to another protocol.  It ends (see
@@ -54,7 +56,7 @@ class Exchange:
         self,
         connection: HTTP1Connection,
         head: Head,
-        body: bytes,
+        body: bytes | PushedStream,
         remote: str | None,
         remote_port: int | None = None,
         local: tuple[str, int] | None = None,

@@ -16,7 +16,9 @@ class Limits:
     its answer, before it is closed (aborted for the peer that does not
     read); C{max_connections}: connections served at once (503 past it);
     C{max_pipeline}: complete requests read ahead of the one being
-    answered before reading stops.
+    answered before reading stops; C{stream_body_over}: a request body
+    whose C{Content-Length} is over it is handed on as it arrives (an
+    upload), not read whole first.
     """
 
     max_target: int = 16 * 1024
@@ -26,3 +28,4 @@ class Limits:
     idle_timeout: float = 60.0
     max_connections: int = 4096
     max_pipeline: int = 16
+    stream_body_over: int = 256 * 1024

@@ -6,6 +6,12 @@ for its path (413 before a byte of body is read, or as soon as a chunked
 body passes it), and queue the complete request as an L{Exchange} (or a
 L{Refusal}) for its turn.  The L{RequestReading} side of an
 L{buntime.web.http1.connection.HTTP1Connection}.
+
+An upload (a body whose C{Content-Length} is over the limits'
+C{stream_body_over}) is queued as soon as its head is read, its body a
+L{PushedStream} fed as it arrives: whoever answers it (a worker app, the
+proxy) reads it as it comes, and the connection stops reading while more
+than L{UPLOAD_HIGH_WATER} bytes of it wait to be taken.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserUpgrade, HttpRequestParser
+from twisted.internet.defer import Deferred
 
+from buntime.stream import PushedStream
 from buntime.web.http1.exchange import Exchange
 from buntime.web.http1.head import Head, Refusal, judge
 
@@ -24,6 +32,10 @@ if TYPE_CHECKING:
     from buntime.web.http1.limits import Limits
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+UPLOAD_HIGH_WATER = 256 * 1024
+"""Bytes of an upload read and not yet taken by its reader past which reading stops."""
+UPLOAD_LOW_WATER = UPLOAD_HIGH_WATER // 2
+"""... and at or under which it goes on."""
 
 
 class _Stop(Exception):
@@ -56,6 +68,9 @@ class RequestReading:
         _body_size: int
         _limit: int
         _uploading: bool
+        _upload: PushedStream | None
+        _counted: PushedStream | None
+        _upload_unread: int
         _continued: bool
         _waiting: deque[Exchange | Refusal]
         _current: Exchange | None
@@ -64,6 +79,7 @@ class RequestReading:
 
         def _refuse(self, refusal: Refusal) -> None: ...
         def _write(self, data: bytes) -> None: ...
+        def _flow(self) -> None: ...
 
     def _feed(self, data: bytes) -> None:
         """Parse C{data}: complete requests wait their turn, refusals too."""
@@ -143,8 +159,23 @@ class RequestReading:
         if head.expect and self._current is None and not self._waiting:
             self._continued = True
             self._write(CONTINUE)
+        if head.length is not None and head.length > limits.stream_body_over and not head.upgrade:
+            # an upload: answered while it arrives (see the module's docstring)
+            upload = self._upload = self._counted = PushedStream(_ignore)
+            self._upload_unread = 0
+            self._queue(head, upload)
 
     def on_body(self, data: bytes) -> None:
+        upload = self._upload
+        if upload is not None:
+            size = len(data)
+            self._upload_unread += size
+            taken: Deferred[object] = Deferred()
+            taken.addCallback(self._upload_taken, size, upload)
+            upload.feed(data, taken)
+            if self._upload_unread > UPLOAD_HIGH_WATER:
+                self._flow()
+            return
         self._body_size += len(data)
         if self._body_size > self._limit:
             raise Refusal(413, f"Request body exceeds the limit of {self._limit} bytes")
@@ -154,17 +185,38 @@ class RequestReading:
         head = self._head
         if head is None:  # the parser ends a message it refused: nothing to answer
             return
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._head, self._body, self._body_size = None, [], 0
+        upload, self._upload = self._upload, None
+        if upload is not None:  # queued with its head; its reader now reads to the end
+            self._head = None
+            upload.end()
+        else:
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            self._head, self._body, self._body_size = None, [], 0
+            self._queue(head, body)
         self._uploaded()
+        if head.close:
+            self._done_reading = True  # what follows this request is never read
+
+    def _queue(self, head: Head, body: bytes | PushedStream) -> None:
+        """Queue the request of C{head} for its turn."""
         connection = cast("HTTP1Connection", self)  # the mixin is always one's
         self._waiting.append(
             Exchange(connection, head, body, self._remote, self._remote_port, self._local)
         )
-        if head.close:
-            self._done_reading = True  # what follows this request is never read
+
+    def _upload_taken(self, _: object, size: int, upload: PushedStream) -> None:
+        """The upload's reader took C{size} bytes: read on once it has room."""
+        if upload is not self._counted:
+            return  # its exchange has ended: it holds the connection back no more
+        self._upload_unread -= size
+        if self._upload_unread <= UPLOAD_LOW_WATER:
+            self._flow()
 
     def _uploaded(self) -> None:
         if self._uploading:
             self._uploading = False
             self.factory.state.request_finished()
+
+
+def _ignore() -> None:
+    """An upload's reader left early: what still comes is dropped (the connection closes after)."""

@@ -46,14 +46,19 @@ class AnswerWriting:
         _unsent_size: int
         _turn: EndOfTurn
         _writes_paused: Deferred[None] | None
+        _upload: Any
 
     def write_response(self, exchange: Exchange, response: Response) -> Deferred[None] | None:
         """
         Write C{response} for C{exchange}: a C{None} once a body of bytes is
         written, or a Deferred that fires when a stream is.  A response that
         cannot be written (a broken header, say) is logged and the
-        connection aborted: the exchange then ends, never hangs.
+        connection aborted: the exchange then ends, never hangs.  An answer
+        written before its upload has all arrived closes the connection
+        after it (what is left of the upload is not read).
         """
+        if self._upload is not None and exchange.body is self._upload:
+            exchange.close = True
         try:
             return self._write_response(exchange, response)
         except Exception as error:

@@ -6,6 +6,8 @@ proxy turned on by a manifest, in front of real upstream servers on
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import socket
 from typing import Any
@@ -19,6 +21,7 @@ from test_e2e_websocket import connect, within
 from test_plugins_support import write_plugin
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.web.client import FileBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -82,6 +85,56 @@ class Big(Resource):
         return NOT_DONE_YET
 
 
+class Sink(Resource):
+    """An upload's size, SHA-256 and chunked-or-not, as JSON."""
+
+    isLeaf = True
+
+    def render_POST(self, request: Any) -> bytes:
+        digest, size = hashlib.sha256(), 0
+        request.content.seek(0)
+        while chunk := request.content.read(MB):
+            digest.update(chunk)
+            size += len(chunk)
+        length = (request.getHeader(b"content-length") or b"").decode() or None
+        return json.dumps({"size": size, "sha256": digest.hexdigest(), "length": length}).encode()
+
+
+class Upload(io.RawIOBase):
+    """
+    C{BIG} bytes made as they are read (a file for C{FileBodyProducer}, so
+    the upload has a length), the runtime's RSS sampled every 8 MB.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.at = 0
+        self.peak = rss_mb(pid)
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.at
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.at = {0: offset, 1: self.at + offset, 2: BIG + offset}[whence]
+        return self.at
+
+    def read(self, size: int = -1) -> bytes:
+        size = min(BIG - self.at, 64 * 1024 if size < 0 else size)
+        chunk = bytes([self.at // MB % 256]) * size
+        if self.at // (8 * MB) != (self.at + size) // (8 * MB):
+            self.peak = max(self.peak, rss_mb(self.pid))
+        self.at += size
+        self.digest.update(chunk)
+        return chunk
+
+
 class Slow(Resource):
     isLeaf = True
 
@@ -114,6 +167,7 @@ def upstream():
     root.putChild(b"echo", Echo())
     root.putChild(b"big", Big())
     root.putChild(b"slow", Slow())
+    root.putChild(b"sink", Sink())
     site = Site(root)
     site.noisy = False
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -125,13 +179,23 @@ def upstream():
     ws_port.stopListening()
 
 
-async def start_proxy(runtimes: Any, tmp_path: Any, rules: list[dict[str, Any]], **settings: Any):
+async def start_proxy(
+    runtimes: Any,
+    tmp_path: Any,
+    rules: list[dict[str, Any]],
+    env: dict[str, str] | None = None,
+    **settings: Any,
+):
     plugins = tmp_path / "plugins"
     manifest = {"name": "@buntime/plugin-proxy", "enabled": True, "rules": rules, **settings}
     write_plugin(plugins, "proxy", manifest)
     apps = tmp_path / "apps"
     apps.mkdir(exist_ok=True)
-    env = {"RUNTIME_PLUGIN_DIRS": str(plugins), "RUNTIME_DATA_DIR": str(tmp_path / "data")}
+    env = {
+        "RUNTIME_PLUGIN_DIRS": str(plugins),
+        "RUNTIME_DATA_DIR": str(tmp_path / "data"),
+        **(env or {}),
+    }
     return await runtimes.start(worker_dirs=[str(apps)], env=env)
 
 
@@ -230,6 +294,25 @@ async def test_a_large_download_streams_through_without_being_held(runtimes, tmp
     await treq.collect(answer, count)
     assert received == BIG
     assert peak - before < 25, f"the runtime grew by {peak - before:.0f} MB for a 50 MB body"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_upload_streams_through_without_being_held(runtimes, tmp_path, upstream):
+    port, _ = upstream
+    proc = await start_proxy(
+        runtimes,
+        tmp_path,
+        [{"pattern": "^/sink$", "target": f"http://127.0.0.1:{port}"}],
+        env={"BODY_SIZE_DEFAULT": "100mb"},
+    )
+    before = rss_mb(proc.pid)
+    upload = Upload(proc.pid)
+    answer = await proc.request("POST", "/sink", data=FileBodyProducer(upload))
+    assert answer.code == 200
+    seen = await answer.json()
+    assert seen == {"size": BIG, "sha256": upload.digest.hexdigest(), "length": str(BIG)}
+    grown = upload.peak - before
+    assert grown < 25, f"the runtime grew by {grown:.0f} MB for a 50 MB upload"
 
 
 @pytest_twisted.ensureDeferred

@@ -11,7 +11,7 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 
 from buntime.builtins.proxy.forward import outgoing_headers
@@ -367,6 +367,97 @@ def test_a_guarded_websocket_tunnel_sends_nothing_to_a_link_local_upstream():
     allowed = _Upstream(b"GET / HTTP/1.1\r\n\r\n", rule())
     allowed.makeConnection(StringTransport(peerAddress=IPv6Address("TCP", "fe80::1", 80)))
     assert allowed.transport.value() == b"GET / HTTP/1.1\r\n\r\n"
+
+
+def upload_of(pool: HeldPool):
+    from buntime.stream import PushedStream
+
+    closed: list[bool] = []
+    body = PushedStream(lambda: closed.append(True))
+    answer = pool.upload(KEY, "POST", b"POST /up HTTP/1.1\r\ncontent-length: 6\r\n\r\n", body)
+    [made] = pool.made
+    return body, answer, made, closed
+
+
+def test_an_upload_goes_upstream_as_it_comes_no_faster_than_the_upstream_takes_it():
+    pool = HeldPool(Clock())
+    body, answer, made, _ = upload_of(pool)
+    assert made.transport.value().endswith(b"\r\n\r\n")  # the head at once
+    body.feed(b"ab")
+    assert made.transport.value().endswith(b"ab")
+    made.transport.producer.pauseProducing()  # the upstream's buffer is full
+    body.feed(b"cd")
+    body.feed(b"ef")
+    assert made.transport.value().endswith(b"cd")  # written, then waits
+    made.transport.producer.resumeProducing()
+    body.end()
+    assert made.transport.value().endswith(b"abcdef")
+    assert made.transport.producer is None  # done: the connection stops pacing it
+    made.dataReceived(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok")
+    assert answer_of(answer).status == 201
+    assert not made.transport.disconnecting  # all sent and answered: kept for the next
+
+
+def test_an_upstream_that_answers_before_the_upload_is_sent_gets_no_more_of_it():
+    pool = HeldPool(Clock())
+    body, answer, made, closed = upload_of(pool)
+    body.feed(b"ab")
+    made.dataReceived(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n")
+    assert answer_of(answer).status == 413
+    assert made.transport.disconnecting  # not used again: the request was cut short
+    body.feed(b"cd")
+    assert not made.transport.value().endswith(b"cd") and closed == [True]
+
+
+def test_an_upload_that_breaks_off_fails_the_request_and_drops_the_upstream_connection():
+    pool = HeldPool(Clock())
+    body, answer, made, _ = upload_of(pool)
+    body.feed(b"ab")
+    body.fail(ConnectionError("The client went away during its upload"))
+    with pytest.raises(UpstreamLost, match="broke off"):
+        answer_of(answer)
+    assert made.transport.disconnecting
+
+
+class UploadRecorder:
+    """A pool for a Forwarder that records an upload and reads its body when told."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.sent: list[bytes] = []
+        self.body = None
+        self.answer: Deferred = Deferred()
+
+    def upload(self, key, method, head, body, guarded=False):
+        self.head, self.body = head, body.__aiter__()
+        return self.answer
+
+    def take(self) -> None:
+        ensureDeferred(self.body.__anext__()).addCallback(self.sent.append)
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+def test_an_upload_is_framed_as_it_came_and_its_timeout_runs_between_chunks(sized):
+    from buntime.builtins.proxy.forward import Forwarder
+    from buntime.stream import PushedStream
+
+    clock = Clock()
+    forwarder = Forwarder(clock, 5)
+    forwarder.pool = pool = UploadRecorder()
+    body = PushedStream(lambda: None)
+    headers = [("content-length", "4")] if sized else []
+    answered = forwarder.forward(Request("POST", "/up", headers, body), rule(), "/up")
+    framing = b"content-length: 4" if sized else b"transfer-encoding: chunked"
+    assert framing in pool.head
+    for chunk in (b"ab", b"cd"):
+        clock.advance(4)
+        body.feed(chunk)
+        pool.take()
+    assert pool.sent == ([b"ab", b"cd"] if sized else [b"2\r\nab\r\n", b"2\r\ncd\r\n"])
+    clock.advance(4.9)  # 12.9 s since the upload began, 4.9 since its last chunk
+    assert not answered.called
+    clock.advance(0.2)
+    assert answer_of(answered).status == 504
 
 
 def test_the_proxy_reads_its_connection_settings_from_the_manifest(tmp_path):

@@ -3,11 +3,13 @@ The proxy's HTTP/1.1 client: kept-alive connections to each upstream, one
 request at a time on each, answers read by llhttp (C{httptools}, the parser
 the runtime reads requests with) and their bodies handed on as they arrive.
 
-A request goes out as one write (head and body); its answer fires the
-request's Deferred with an L{Answer} whose C{body} is bytes when the whole
-answer came in the read that brought its head (most small answers), else a
-L{PushedStream} of the body that pauses the connection while the reader is
-behind.
+A request goes out as one write (head and body), or, when its body is a
+stream (an upload, L{UpstreamPool.upload}), as its head and then each chunk
+as the client sends it, paced by the upstream (the stream is not read while
+the connection's buffer is full).  Its answer fires the request's Deferred
+with an L{Answer} whose C{body} is bytes when the whole answer came in the
+read that brought its head (most small answers), else a L{PushedStream} of
+the body that pauses the connection while the reader is behind.
 A connection is used again once its answer has been read to the end and
 the upstream keeps it open; a request on a kept connection that the
 upstream had closed meanwhile is sent once more on a new one when its
@@ -20,16 +22,18 @@ C{keepalive_timeout} do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 from attrs import define
 from httptools import HttpResponseParser
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from buntime.builtins.proxy.rules import link_local
 from buntime.stream import PushedStream
@@ -132,6 +136,37 @@ class UpstreamPool:
             return self._fresh(key, method, data, guarded)
         return failure
 
+    def upload(
+        self,
+        key: Key,
+        method: str,
+        head: bytes,
+        body: AsyncIterable[bytes],
+        guarded: bool = False,
+    ) -> Deferred[Answer]:
+        """
+        Send the request C{head}, then C{body} as it comes, to the upstream
+        C{key}, on a new connection (a kept one the upstream closed could
+        not be tried again: the body is read once); fires as L{request}
+        does, possibly before the body is all sent (an upstream may answer
+        early), and fails with L{UpstreamLost} when the body breaks off.
+        """
+        connecting = self._connect(key)
+        return connecting.addCallback(self._upload, method, head, body, guarded)
+
+    def _upload(
+        self,
+        connection: _Connection,
+        method: str,
+        head: bytes,
+        body: AsyncIterable[bytes],
+        guarded: bool,
+    ) -> Deferred[Answer]:
+        answered = self._send(connection, head, method, guarded)
+        if connection.open and not answered.called:
+            connection.send_body(body)
+        return answered
+
     def _fresh(self, key: Key, method: str, data: bytes, guarded: bool) -> Deferred[Answer]:
         connecting = self._connect(key)
         return connecting.addCallback(self._send, data, method, guarded)
@@ -226,6 +261,7 @@ class _Connection(Protocol):
         self._unread = 0
         self._paused = False
         self._answer: Answer | None = None  # read, not yet given (see dataReceived)
+        self._sending = False  # a body still going out (see send_body)
         self._early: list[bytes] = []
 
     def connectionMade(self) -> None:
@@ -242,6 +278,39 @@ class _Connection(Protocol):
         self._waiting = waiting
         self.transport.write(data)
         return waiting
+
+    def send_body(self, body: AsyncIterable[bytes]) -> None:
+        """
+        Send C{body} after the head L{send} wrote, chunk by chunk, no faster
+        than the upstream reads it; the connection is not used again unless
+        it is all sent by the end of the answer.
+        """
+        self._sending = True
+        ensureDeferred(self._send_body(body)).addErrback(self._body_broke)
+
+    async def _send_body(self, body: AsyncIterable[bytes]) -> None:
+        pacing = _Pacing()
+        self.transport.registerProducer(pacing, True)
+        try:
+            async for chunk in body:
+                if not self.open:  # the answer came and the connection closed, or it broke
+                    aclose = getattr(body, "aclose", None)
+                    if aclose is not None:  # what is left of the upload is not read
+                        await aclose()
+                    return
+                self.transport.write(chunk)
+                if pacing.paused is not None:
+                    await pacing.paused
+        finally:
+            self._sending = False
+            if self.open:
+                self.transport.unregisterProducer()
+
+    def _body_broke(self, failure: Failure) -> None:
+        """The client's upload broke off: the upstream's request cannot be finished."""
+        self._broke(UpstreamLost(f"the request body broke off: {failure.getErrorMessage()}"))
+        self.open = False
+        self.transport.abortConnection()
 
     def _cancelled(self, _: Deferred[Answer]) -> None:
         self._waiting = None
@@ -295,7 +364,8 @@ class _Connection(Protocol):
             stream, self._stream = self._stream, None
             if stream is not None:
                 stream.end()
-        self._finish(reusable=self._parser.should_keep_alive() and not self._paused)
+        reusable = self._parser.should_keep_alive() and not self._paused and not self._sending
+        self._finish(reusable=reusable)
 
     def _give(self) -> None:
         """Fire the request's Deferred with the answer read."""
@@ -349,6 +419,8 @@ class _Connection(Protocol):
             self._done(self, True)  # llhttp reads the next answer on from here
         else:
             self.open = False
+            if self._sending:  # answered before the body was all sent: nothing more to send
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def _taken(self, _: object) -> None:
@@ -362,3 +434,27 @@ class _Connection(Protocol):
         self._stream = None
         self.open = False
         self.transport.abortConnection()
+
+
+@implementer(IPushProducer)
+class _Pacing:
+    """
+    What an upload's sender registers on the upstream connection: the
+    transport pauses it while its buffer is full (C{paused} is then a
+    Deferred that fires when the sender may go on).
+    """
+
+    def __init__(self) -> None:
+        self.paused: Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:
+        if self.paused is None:
+            self.paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self.paused = self.paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()  # the sender finds the connection closed

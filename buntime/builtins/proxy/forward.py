@@ -3,12 +3,15 @@ Sending a request upstream and its answer back, as a reverse proxy does:
 hop-by-hop headers dropped both ways, C{X-Forwarded-For/Proto/Host} set,
 the answer's body streamed to the client as the upstream sends it (paced by
 the client: the upstream connection pauses while the client does not read),
-502 when the upstream cannot be reached, 504 when it does not answer in time.
+an upload's body streamed to the upstream as the client sends it (paced by
+the upstream), 502 when the upstream cannot be reached, 504 when it does
+not answer in time (for an upload: when the upload makes no progress, or
+the answer does not start after its end, in time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -22,7 +25,7 @@ from buntime.builtins.proxy.client import (
     UpstreamRefused,
 )
 from buntime.builtins.proxy.rules import Rule
-from buntime.http import Request, Response, read_body
+from buntime.http import Request, Response
 
 HOP_BY_HOP = frozenset(
     {
@@ -100,17 +103,19 @@ class Forwarder:
     def forward(self, request: Request, rule: Rule, path: str) -> Deferred[Response]:
         """The upstream's answer to C{request} (asked for C{path}), or the 502/504 error."""
         body = request.body
-        if not isinstance(body, bytes):  # a stream: read it whole first
-            return Deferred.fromCoroutine(self._forward_stream(request, rule, path))
-        data = request_bytes(request, rule, path, body)
-        asking = self.pool.request(rule.upstream, request.method, data, rule.guarded)
+        if isinstance(body, bytes):
+            data = request_bytes(request, rule, path, body)
+            asking = self.pool.request(rule.upstream, request.method, data, rule.guarded)
+        else:  # an upload: sent on as it arrives
+            length = _length(request)
+            head = request_head(request, rule, path, length, chunked=length is None)
+            timers: list[Any] = []
+            sent = _timed(body if length is not None else _chunked(body), timers, self.timeout)
+            asking = self.pool.upload(rule.upstream, request.method, head, sent, rule.guarded)
         late = self.reactor.callLater(self.timeout, _give_up, asking)
+        if not isinstance(body, bytes):
+            timers.append(late)
         return asking.addBoth(self._answered, rule, late)
-
-    async def _forward_stream(self, request: Request, rule: Rule, path: str) -> Response:
-        body = await read_body(request.body)
-        answer: Response = await self.forward(request.with_body(body), rule, path)
-        return answer
 
     def _answered(self, result: Answer | Failure, rule: Rule, late: Any) -> Response | Failure:
         if late.active():
@@ -140,13 +145,67 @@ def request_bytes(
     The request as it goes upstream: its head (with the C{extra} header
     lines) and its body, in one piece.
     """
+    length = len(body) if body or request.method in _BODY_METHODS else None
+    return request_head(request, rule, path, length, extra) + body
+
+
+def request_head(
+    request: Request,
+    rule: Rule,
+    path: str,
+    length: int | None,
+    extra: Iterable[str] = (),
+    chunked: bool = False,
+) -> bytes:
+    """
+    The request's head as it goes upstream, with the C{extra} header lines
+    and its body's C{length} (C{None}: no body, or C{chunked}: a body of
+    unknown length, sent in chunks).
+    """
     query = request.query
     lines = [f"{request.method} {path}{'?' + query if query else ''} HTTP/1.1"]
     lines.extend(f"{name}: {value}" for name, value in outgoing_headers(request, rule))
     lines.extend(extra)
-    if body or request.method in _BODY_METHODS:
-        lines.append(f"content-length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+    if length is not None:
+        lines.append(f"content-length: {length}")
+    elif chunked:
+        lines.append("transfer-encoding: chunked")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+def _length(request: Request) -> int | None:
+    """An upload's length, as its C{Content-Length} says (the HTTP layer held it to it)."""
+    given = request.headers.get("content-length")
+    return int(given) if given is not None and given.isdigit() else None
+
+
+async def _timed(
+    body: AsyncIterable[bytes], timers: list[Any], timeout: float
+) -> AsyncIterator[bytes]:
+    """
+    C{body}, its progress putting the C{timers} off by C{timeout}: an
+    upload's timeout runs from the last chunk that came from the client or
+    was taken by the upstream, then from its end to the start of the answer.
+    """
+
+    def progress() -> None:
+        for timer in timers:
+            if timer.active():
+                timer.reset(timeout)
+
+    async for chunk in body:
+        progress()
+        yield chunk
+        progress()
+    progress()
+
+
+async def _chunked(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """C{body} in HTTP/1.1 chunks, for a stream whose length is unknown."""
+    async for chunk in body:
+        if chunk:
+            yield b"%x\r\n%b\r\n" % (len(chunk), chunk)
+    yield b"0\r\n\r\n"
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

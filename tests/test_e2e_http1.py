@@ -27,6 +27,7 @@ from test_plugins_support import write_plugin
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.web.client import FileBodyProducer
 
 pytestmark = pytest.mark.e2e
 
@@ -56,6 +57,26 @@ ECHO = """
 Answers C{METHOD /path body}, prints the request ids it saw, and tells in
 C{x-saw-hook} what the plugin's C{on_request} hook added to the request.
 """
+
+SINK = """
+    import hashlib
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        digest, size, messages = hashlib.sha256(), 0, 0
+        while True:
+            message = await receive()
+            digest.update(message.get("body", b""))
+            size += len(message.get("body", b""))
+            messages += 1
+            if not message.get("more_body"):
+                break
+        answer = f"{size} {digest.hexdigest()} {messages}".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": answer})
+"""
+"""Answers the size and SHA-256 of the body it read, and in how many messages."""
 
 SLOW = """
     import asyncio
@@ -220,6 +241,7 @@ def worker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("http1-apps")
     apps = {
         "echo": ({"maxBodySize": "1kb"}, ECHO),
+        "sink": ({"maxBodySize": "100mb"}, SINK),
         "slow": ({}, SLOW),
         "big": ({}, BIG),
         "wrongwsgi": ({}, WRONG_WSGI),
@@ -626,6 +648,25 @@ async def test_a_client_that_never_reads_holds_bounded_memory(shared):
     assert parse_reply(meanwhile)[::2] == (200, b"GET /echo/meanwhile ")
     assert 0 < answered() < 2000
     assert (peak - before) < 50 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_upload_reaches_an_app_as_it_arrives_not_held_by_the_runtime(shared):
+    """
+    50 MB to an ASGI app: it reads the body in many messages as it comes,
+    and the runtime, which holds at most some 256 KiB of it, does not grow
+    by the upload's size.
+    """
+    from test_e2e_proxy import BIG, Upload
+
+    upload = Upload(shared.pid)
+    before = upload.peak
+    answer = await shared.request("POST", "/sink@1/", data=FileBodyProducer(upload))
+    size, digest, messages = (await answer.content()).decode().split()
+    assert (answer.code, int(size), digest) == (200, BIG, upload.digest.hexdigest())
+    assert int(messages) > 100
+    grown = upload.peak - before
+    assert grown < 25, f"the runtime grew by {grown:.0f} MB for a 50 MB upload"
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 C{--listen ssl:...} through a real runtime: a client that offers ALPN (as
 browsers and curl do) gets HTTP/1.1 over TLS (and C{http/1.1} chosen over
 ALPN where Twisted offers it), a C{Connection: close} answer closes the
-connection, the C{Listening on} line says C{https://}, and workers get an
-C{https://} C{RUNTIME_API_URL}.
+connection, the C{Listening on} line says C{https://}, workers get an
+C{https://} C{RUNTIME_API_URL}, and apps see their requests' scheme as
+C{https}.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ API_URL_APP = """
 import os
 
 routes = {"/": lambda request: os.environ["RUNTIME_API_URL"]}
+"""
+
+SCHEME_APP = """
+def app(environ, start_response):
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [environ["wsgi.url_scheme"].encode()]
 """
 
 
@@ -88,6 +95,7 @@ async def test_an_ssl_listener_serves_clients_that_offer_alpn(runtimes, tmp_path
     key, cert = self_signed(tmp_path)
     apps = tmp_path / "apps"
     write_app(apps, "env", layout="simple", files={"app.py": API_URL_APP})
+    write_app(apps, "scheme", layout="simple", files={"app.py": SCHEME_APP})
     proc = await runtimes.start(
         worker_dirs=[str(apps)],
         listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
@@ -103,6 +111,10 @@ async def test_an_ssl_listener_serves_clients_that_offer_alpn(runtimes, tmp_path
         head, _, body = response.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 "), response
         assert body == f"https://127.0.0.1:{proc.port}".encode()
+
+    # the app learns that its request came over TLS (as under gunicorn's TLS listener)
+    _, response = await threads.deferToThread(get_over_tls, proc.port, "/scheme/", [])
+    assert response.endswith(b"\r\n\r\nhttps"), response
 
     # a refused request: answered, and the connection closed without an error
     # (TLS cannot half-close as TCP does while the client's rest is read)

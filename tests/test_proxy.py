@@ -493,3 +493,12 @@ def test_replicas_sharing_a_data_dir_see_each_others_rules(tmp_path):
     for plugin in (first, second):
         plugin.on_shutdown()
         assert not plugin.watch.running
+
+
+def test_the_upstream_is_told_https_for_a_request_that_came_over_tls():
+    from buntime.web.trust import with_https
+
+    came = Request("GET", "/api/x", list(with_https((("host", "front"),))), remote_addr="10.0.0.9")
+    assert dict(outgoing_headers(came, rule()))["x-forwarded-proto"] == "https"
+    told = (("host", "front"), ("x-forwarded-proto", "http"))  # a trusted proxy in front said so
+    assert with_https(told) == told

@@ -30,7 +30,7 @@ from buntime.web.api.core import CoreAPI
 from buntime.web.http1 import Exchange
 from buntime.web.state import RuntimeState
 from buntime.web.tracked import TrackedRequest
-from buntime.web.trust import request_ids, without_forwarded
+from buntime.web.trust import request_ids, with_https, without_forwarded
 from buntime.web.websocket import WebSockets
 
 if TYPE_CHECKING:
@@ -120,6 +120,8 @@ class FrontDoor:
         allowed = self._forwarded_allow
         if allowed is not None and not trusted(exchange.remote, allowed):
             headers = without_forwarded(headers)
+        if exchange.secure:  # apps (and the proxy's upstreams) learn it came over TLS
+            headers = with_https(headers)
         incoming = Request(
             head.method,
             head.target,

@@ -32,3 +32,14 @@ def without_forwarded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, 
         if not (name.lower().startswith("x-forwarded-") or name.lower() == "forwarded")
     )
     return kept if len(kept) != len(headers) else headers
+
+
+def with_https(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """
+    C{headers} of a request that came over TLS: with C{x-forwarded-proto:
+    https} unless a trusted proxy in front said how it came (as gunicorn's
+    C{wsgi.url_scheme} is C{https} on its TLS listener).
+    """
+    if any(name.lower() == "x-forwarded-proto" for name, _ in headers):
+        return headers
+    return (*headers, ("x-forwarded-proto", "https"))

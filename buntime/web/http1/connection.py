@@ -64,6 +64,7 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         self._remote: str | None = None
         self._remote_port: int | None = None
         self._local: tuple[str, int] | None = None
+        self._secure = False  # over TLS (--listen ssl:)
         self._socket: Any = None
         # the head being read
         self._target: list[bytes] = []
@@ -107,6 +108,7 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         self._socket = direct_socket(transport)
+        self._secure = ISSLTransport.providedBy(transport)
         if ITCPTransport.providedBy(transport):
             # answers (and a WebSocket handed over) go out as written, not after
             # the client's delayed ACK (twisted.web does the same)

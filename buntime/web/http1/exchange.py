@@ -28,7 +28,7 @@ class Exchange:
     A request as the front door takes it: its L{Head}, its C{body} (whole,
     or the stream of an upload still arriving),
     the client's C{remote} address and port, the C{local} address and port
-    the connection came in on; L{respond} writes the answer and
+    the connection came in on, whether it is C{secure} (TLS); L{respond} writes the answer and
     L{hand_over} gives the connection to another protocol.  It ends (see
     L{on_end}) once the answer is written, or when the connection is lost
     (or handed over) first.
@@ -48,6 +48,7 @@ class Exchange:
         "remote",
         "remote_port",
         "request_id",
+        "secure",
         "status",
         "written",
     )
@@ -60,6 +61,7 @@ class Exchange:
         remote: str | None,
         remote_port: int | None = None,
         local: tuple[str, int] | None = None,
+        secure: bool = False,
     ) -> None:
         self._connection = connection
         self.head = head
@@ -67,6 +69,7 @@ class Exchange:
         self.remote = remote
         self.remote_port = remote_port
         self.local = local
+        self.secure = secure  # it came over TLS
         self.request_id = ""  # the front door gives it
         self.close = head.close  # the connection ends after this answer
         self.status = 200

@@ -56,6 +56,7 @@ class RequestReading:
         _remote: str | None
         _remote_port: int | None
         _local: tuple[str, int] | None
+        _secure: bool
         _target: list[bytes]
         _target_size: int
         _lines: list[tuple[bytes, bytes]]
@@ -201,7 +202,15 @@ class RequestReading:
         """Queue the request of C{head} for its turn."""
         connection = cast("HTTP1Connection", self)  # the mixin is always one's
         self._waiting.append(
-            Exchange(connection, head, body, self._remote, self._remote_port, self._local)
+            Exchange(
+                connection,
+                head,
+                body,
+                self._remote,
+                self._remote_port,
+                self._local,
+                self._secure,
+            )
         )
 
     def _upload_taken(self, _: object, size: int, upload: PushedStream) -> None:

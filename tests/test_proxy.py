@@ -409,6 +409,17 @@ def test_an_upstream_that_answers_before_the_upload_is_sent_gets_no_more_of_it()
     assert not made.transport.value().endswith(b"cd") and closed == [True]
 
 
+def test_an_upload_waiting_for_a_paused_upstream_ends_when_the_answer_closes_it():
+    pool = HeldPool(Clock())
+    body, answer, made, closed = upload_of(pool)
+    made.transport.producer.pauseProducing()
+    body.feed(b"ab")  # written; its sender now waits for the upstream to read
+    made.dataReceived(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n")
+    assert answer_of(answer).status == 413 and made.transport.producer is None
+    body.feed(b"cd")  # the sender went on, and left the rest unread
+    assert closed == [True] and not made.transport.value().endswith(b"cd")
+
+
 def test_an_upload_that_breaks_off_fails_the_request_and_drops_the_upstream_connection():
     pool = HeldPool(Clock())
     body, answer, made, _ = upload_of(pool)

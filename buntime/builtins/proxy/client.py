@@ -262,6 +262,7 @@ class _Connection(Protocol):
         self._paused = False
         self._answer: Answer | None = None  # read, not yet given (see dataReceived)
         self._sending = False  # a body still going out (see send_body)
+        self._pacing: _Pacing | None = None  # what the transport pauses while it goes out
         self._early: list[bytes] = []
 
     def connectionMade(self) -> None:
@@ -289,7 +290,7 @@ class _Connection(Protocol):
         ensureDeferred(self._send_body(body)).addErrback(self._body_broke)
 
     async def _send_body(self, body: AsyncIterable[bytes]) -> None:
-        pacing = _Pacing()
+        pacing = self._pacing = _Pacing()
         self.transport.registerProducer(pacing, True)
         try:
             async for chunk in body:
@@ -303,6 +304,7 @@ class _Connection(Protocol):
                     await pacing.paused
         finally:
             self._sending = False
+            self._pacing = None
             if self.open:
                 self.transport.unregisterProducer()
 
@@ -403,6 +405,8 @@ class _Connection(Protocol):
             retryable = self._used > 1 and not self._read_any and self._stream is None
             message = f"the upstream closed the connection: {reason.value}"
             self._broke(UpstreamLost(message, retryable))
+        if self._pacing is not None:  # an upload's sender, if it waits, finds it closed
+            self._pacing.resumeProducing()
         self._done(self, False)
 
     def _broke(self, error: Exception) -> None:
@@ -419,8 +423,9 @@ class _Connection(Protocol):
             self._done(self, True)  # llhttp reads the next answer on from here
         else:
             self.open = False
-            if self._sending:  # answered before the body was all sent: nothing more to send
+            if self._pacing is not None:  # answered before the body was all sent: no more of it
                 self.transport.unregisterProducer()
+                self._pacing.resumeProducing()  # its sender, if it waits, finds it closed
             self.transport.loseConnection()
 
     def _taken(self, _: object) -> None:

@@ -17,6 +17,7 @@ from http1_client import (
     Door,
     Lingering,
     Stream,
+    Transport,
     always,
     connect,
     echo,
@@ -224,6 +225,37 @@ def test_an_upload_answered_unread_once_it_all_came_keeps_the_connection_going()
     first, second = client.answers()
     assert first.headers.get("connection") != "close"
     assert (first.body, second.body) == (b"did not read it", b"GET /next:")
+
+
+def test_over_tls_an_upload_answered_early_reads_on_so_the_close_can_finish():
+    """TLS closes once the client's close_notify is read: the paused reading resumes."""
+    from twisted.internet.interfaces import ISSLTransport
+    from zope.interface import directlyProvides
+
+    transport = Transport()
+    directlyProvides(transport, ISSLTransport)
+    transport.setTcpNoDelay = lambda on: None
+    transport.loseConnection = lambda: setattr(transport, "disconnecting", True)
+    client = connect(Door(holding("/up"), limit=10 * len(UPLOAD)), Limits(), transport=transport)
+    data = post(b"/up", UPLOAD)
+    client.send(*(data[at : at + 65536] for at in range(0, 600_000, 65536)))
+    assert client.transport.producerState == "paused"
+    client.door.seen[0].respond(Response(401, {}, b"no"))
+    assert client.answers()[0].status == 401
+    assert client.transport.producerState == "producing" and client.transport.disconnecting
+    client.send(data[600_000:700_000] + get(b"/ignored"))  # dropped
+    assert len(client.door.seen) == 1
+
+
+def test_an_upload_waiting_for_its_turn_and_its_100_continue_is_not_timed_out():
+    client = upload_client(holding("/slow", "/up"), idle_timeout=60)
+    head = post(b"/up", UPLOAD, b"Expect: 100-continue")[: -len(UPLOAD)]
+    client.send(get(b"/slow") + head)
+    client.later(30)
+    client.later(35)
+    assert not client.transport.aborted and not client.closed
+    client.door.seen[0].respond(Response(200, {}, b"slow"))
+    assert client.received().count(b"100 Continue") == 1
 
 
 def test_a_client_that_leaves_during_its_upload_fails_the_upload_for_its_reader():

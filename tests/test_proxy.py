@@ -420,6 +420,26 @@ def test_an_upload_waiting_for_a_paused_upstream_ends_when_the_answer_closes_it(
     assert closed == [True] and not made.transport.value().endswith(b"cd")
 
 
+def test_an_upstream_connection_dropped_as_its_early_answer_is_read_is_not_kept_idle():
+    """The client's upload fails while the answer is handed on: the connection is gone."""
+    pool = HeldPool(Clock())
+    body, answer, made, _ = upload_of(pool)
+    body.feed(b"ab")
+    answer.addCallback(lambda given: body.fail(ConnectionError("answered early")) or given)
+    made.dataReceived(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n")
+    assert answer_of(answer).status == 413
+    assert made not in pool._idle.get(KEY, [])
+
+
+def test_a_closed_pool_keeps_no_connection_that_finishes_after():
+    clock = Clock()
+    pool = HeldPool(clock)
+    pool.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")
+    pool.close()
+    answer_all(pool, pool.made)
+    assert pool.made[0].transport.disconnecting and clock.getDelayedCalls() == []
+
+
 def test_an_upload_that_breaks_off_fails_the_request_and_drops_the_upstream_connection():
     pool = HeldPool(Clock())
     body, answer, made, _ = upload_of(pool)

@@ -37,9 +37,10 @@ def without_forwarded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, 
 def with_https(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """
     C{headers} of a request that came over TLS: with C{x-forwarded-proto:
-    https} unless a trusted proxy in front said how it came (as gunicorn's
+    https} unless a trusted proxy in front said how it came (in
+    C{X-Forwarded-Proto} or C{Forwarded}; as gunicorn's
     C{wsgi.url_scheme} is C{https} on its TLS listener).
     """
-    if any(name.lower() == "x-forwarded-proto" for name, _ in headers):
+    if any(name.lower() in ("x-forwarded-proto", "forwarded") for name, _ in headers):
         return headers
     return (*headers, ("x-forwarded-proto", "https"))

@@ -109,6 +109,7 @@ class UpstreamPool:
         self._idle: dict[Key, list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._sweep: Any = None  # the timer of the next look for connections idle too long
+        self._closed = False  # closed: connections that finish their answer close too
 
     def request(
         self, key: Key, method: str, data: bytes, guarded: bool = False
@@ -192,11 +193,11 @@ class UpstreamPool:
 
     def _done(self, connection: _Connection, reusable: bool) -> None:
         """C{connection}'s answer is read (or it broke): keep it for the next request, or not."""
-        if not reusable:
+        if not reusable or not connection.open:
             self._all.discard(connection)
             return
         idle = self._idle.setdefault(connection.key, [])
-        if len(idle) < self.per_upstream:
+        if not self._closed and len(idle) < self.per_upstream:
             connection.idle_since = self.reactor.seconds()
             idle.append(connection)
             if self._sweep is None:
@@ -229,6 +230,7 @@ class UpstreamPool:
 
     def close(self) -> None:
         """Close every connection (idle ones at once, busy ones too)."""
+        self._closed = True
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None
@@ -366,7 +368,12 @@ class _Connection(Protocol):
             stream, self._stream = self._stream, None
             if stream is not None:
                 stream.end()
-        reusable = self._parser.should_keep_alive() and not self._paused and not self._sending
+        reusable = (
+            self.open
+            and self._parser.should_keep_alive()
+            and not self._paused
+            and not self._sending
+        )
         self._finish(reusable=reusable)
 
     def _give(self) -> None:

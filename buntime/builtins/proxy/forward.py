@@ -193,19 +193,32 @@ async def _timed(
             if timer.active():
                 timer.reset(timeout)
 
-    async for chunk in body:
+    try:
+        async for chunk in body:
+            progress()
+            yield chunk
+            progress()
         progress()
-        yield chunk
-        progress()
-    progress()
+    finally:
+        await _close(body)
 
 
 async def _chunked(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """C{body} in HTTP/1.1 chunks, for a stream whose length is unknown."""
-    async for chunk in body:
-        if chunk:
-            yield b"%x\r\n%b\r\n" % (len(chunk), chunk)
-    yield b"0\r\n\r\n"
+    try:
+        async for chunk in body:
+            if chunk:
+                yield b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        yield b"0\r\n\r\n"
+    finally:
+        await _close(body)
+
+
+async def _close(body: AsyncIterable[bytes]) -> None:
+    """Tell C{body}'s producer that it is read no more (when it can be told)."""
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

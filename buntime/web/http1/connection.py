@@ -261,6 +261,7 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
             if stop:
                 self.transport.pauseProducing()
             else:
+                self._idle_since = self._clock.seconds()  # the client's silence counts from now
                 self.transport.resumeProducing()
 
     def _close(self, linger: bool = False) -> None:
@@ -288,6 +289,10 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
                 self._reading_paused = False
                 self.transport.resumeProducing()
             return
+        self._done_reading = True  # what still comes is dropped
+        if self._reading_paused:  # TLS reads the client's close_notify to finish its close
+            self._reading_paused = False
+            transport.resumeProducing()
         self._lose()
 
     def _lose(self) -> None:
@@ -325,6 +330,8 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
             return
         if (
             self._upload is not None
+            and self._current is not None
+            and self._current.body is self._upload  # its turn came: the client was told to send
             and not self._reading_paused
             and now - self._idle_since >= limits.idle_timeout
         ):

@@ -258,6 +258,27 @@ def test_an_upload_waiting_for_its_turn_and_its_100_continue_is_not_timed_out():
     assert client.received().count(b"100 Continue") == 1
 
 
+def test_an_upload_answered_as_its_last_byte_is_read_makes_no_second_request():
+    """A reader that answers inside the read that ends the body: one exchange, one answer."""
+    client = upload_client()
+    data = post(b"/up", UPLOAD)
+    client.send(data[:100_000])
+    [exchange] = client.door.seen
+
+    async def read_then_answer() -> None:
+        size = 0
+        async for chunk in exchange.body:
+            size += len(chunk)
+            if size == len(UPLOAD):
+                exchange.respond(Response(200, {}, b"all of it"))
+                return
+
+    ensureDeferred(read_then_answer())
+    client.send(data[100_000:])
+    assert [answer.body for answer in client.answers()] == [b"all of it"]
+    assert len(client.door.seen) == 1 and list(client.connection._waiting) == []
+
+
 def test_a_client_that_leaves_during_its_upload_fails_the_upload_for_its_reader():
     client = upload_client()
     client.send(post(b"/up", UPLOAD)[:100_000])

@@ -235,6 +235,7 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         if upload is not None and exchange.body is upload:
             # answered before its upload all came: the rest is not read
             self._upload = None
+            self._head = None  # (its reader may answer in on_body: no message follows)
             self._done_reading = True
             upload.fail(ConnectionError("The request was answered before its body arrived"))
             self._close(linger=True)

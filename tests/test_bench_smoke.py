@@ -101,6 +101,7 @@ def test_many_apps_smoke(tmp_path):
     assert dense["total_pss_mb"] > dense["runtime_pss_mb"] > 0
     assert dense["goals"][0]["measure"] == "pss_per_worker_mb"
     assert results["cold-start"]["ttfb_ms"] > 0 and len(results["cold-start"]["ttfb_each_ms"]) == 5
+    assert isinstance(results["cold-start"]["quiet"], bool)
     assert [goal["measure"] for goal in results["ephemeral-noop"]["goals"]] == ["rps", "p95_ms"]
 
 
@@ -181,3 +182,42 @@ def test_the_cpu_of_workers_that_ended_is_counted():
     finally:
         parent.stdin.close()
         parent.wait()
+
+
+def test_cold_starts_wait_until_the_machine_is_quiet_but_not_for_ever():
+    """
+    The many-apps runtimes start hundreds of workers just before cold-start
+    is measured: it waits for two quiet windows in a row, and gives up (and
+    says so) when the machine never gets quiet.
+    """
+    from buntime.bench.proc import wait_until_quiet
+
+    def machine(busy_fractions):
+        now = [0.0]
+        ticks = [0, 0]
+        fractions = iter(busy_fractions)
+
+        def sample():
+            return tuple(ticks)
+
+        def sleep(seconds):
+            now[0] += seconds
+            ticks[0] += int(100 * next(fractions))
+            ticks[1] += 100
+
+        return sample, sleep, lambda: now[0]
+
+    sample, sleep, clock = machine([0.9, 0.9, 0.1, 0.8, 0.05, 0.1, 0.9])
+    assert wait_until_quiet(5, 0.25, 0.15, sample, sleep, clock)
+    assert clock() == 1.5  # after the 5th and 6th windows, the first two quiet ones in a row
+    sample, sleep, clock = machine([0.9] * 100)
+    assert not wait_until_quiet(5, 0.25, 0.15, sample, sleep, clock)
+    assert clock() == 5.0
+
+
+def test_cpu_jiffies_reads_the_machines_busy_and_total_time(tmp_path):
+    from buntime.bench.proc import cpu_jiffies
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 50 800 20 0 5 0 0 0\ncpu0 1 2 3 4\n")
+    assert cpu_jiffies(str(stat)) == (160, 980)

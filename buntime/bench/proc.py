@@ -5,6 +5,8 @@ Memory and CPU time of processes and of their descendants, read from C{/proc}.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 
 def rss_mb(pid: int) -> float | None:
@@ -79,3 +81,39 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def cpu_jiffies(path: str = "/proc/stat") -> tuple[int, int]:
+    """The machine's busy and total CPU time so far, in ticks (C{/proc/stat}'s C{cpu} line)."""
+    with open(path) as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_until_quiet(
+    most: float = 10.0,
+    window: float = 0.25,
+    busy_at_most: float = 0.15,
+    sample: Callable[[], tuple[int, int]] = cpu_jiffies,
+    sleep: Callable[[float], object] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """
+    Wait until the machine's CPUs were busy for at most C{busy_at_most} of
+    two C{window}s in a row (the runtimes a run has started settle: their
+    templates fork spares, their workers start), for at most C{most}
+    seconds; whether it got that quiet.
+    """
+    deadline = clock() + most
+    quiet_windows = 0
+    before = sample()
+    while clock() < deadline:
+        sleep(window)
+        after = sample()
+        busy, total = after[0] - before[0], after[1] - before[1]
+        before = after
+        quiet_windows = quiet_windows + 1 if total > 0 and busy <= busy_at_most * total else 0
+        if quiet_windows >= 2:
+            return True
+    return False

@@ -26,7 +26,7 @@ from buntime.bench.many import (
     write_many_apps,
     zipf_paths,
 )
-from buntime.bench.proc import cpu_split, descendants, rss_mb
+from buntime.bench.proc import cpu_split, descendants, rss_mb, wait_until_quiet
 from buntime.bench.report import median_round
 from buntime.bench.scenarios import (
     COLD_APPS,
@@ -120,10 +120,13 @@ def run_scenarios(
             _serve_many(servers, many, options, workdir, where, report)
         loads = [name for name in loads if name in where]
         if "cold-start" in wanted:
+            # the many-apps runtimes just started hundreds of workers: let them settle
+            quiet = wait_until_quiet()
             firsts = [time_to_first_byte(f"{url}/cold-{n}/") for n in range(COLD_APPS)]
             report["results"]["cold-start"] = {
                 "ttfb_ms": statistics.median(firsts),
                 "ttfb_each_ms": firsts,
+                "quiet": quiet,
             }
         samples = _rounds(loads, where, base, options, load)
         for name in loads:

@@ -232,7 +232,7 @@ def _is_link_local(host: str) -> bool:
         found = socket.getaddrinfo(name, None, flags=socket.AI_NUMERICHOST)
     except (OSError, UnicodeError, ValueError):
         return False  # a name, not an address
-    return any(link_local(info[4][0]) for info in found)
+    return any(link_local(str(info[4][0])) for info in found)
 
 
 def link_local(address: str) -> bool:

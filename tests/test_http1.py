@@ -255,6 +255,7 @@ def test_an_upload_waiting_for_its_turn_and_its_100_continue_is_not_timed_out():
     client.later(35)
     assert not client.transport.aborted and not client.closed
     client.door.seen[0].respond(Response(200, {}, b"slow"))
+    reading(client.door.seen[1].body)  # its reader asks: the client may send
     assert client.received().count(b"100 Continue") == 1
 
 
@@ -297,17 +298,29 @@ def test_an_upload_that_stops_arriving_is_aborted_after_the_idle_timeout():
     assert isinstance(ended[-1], TimeoutError) and client.transport.aborted
 
 
-def test_an_upload_behind_another_request_gets_its_100_continue_in_its_turn():
+def test_an_upload_gets_its_100_continue_when_its_reader_first_asks_for_it():
+    """As uvicorn sends it at the app's first receive(): behind other requests too."""
     client = upload_client(holding("/first", "/up"))
     head = post(b"/up", UPLOAD, b"Expect: 100-continue")[: -len(UPLOAD)]
     client.send(get(b"/first") + head)
     assert b"100 Continue" not in client.received()  # the client holds its body back
     client.door.seen[0].respond(Response(200, {}, b"first"))
-    assert client.received().count(b"100 Continue") == 1
     assert client.door.paths == ["/first", "/up"]
+    assert b"100 Continue" not in client.received()  # its turn, but no one reads it yet
+    client.later(65)
+    assert not client.transport.aborted  # waiting for its 100 Continue is no stall
     chunks, ended = reading(client.door.seen[1].body)
+    assert client.received().count(b"100 Continue") == 1
     client.send(UPLOAD)
     assert b"".join(chunks) == UPLOAD and ended == ["end"]
+
+
+def test_an_upload_refused_before_it_is_read_gets_no_100_continue():
+    """A hook's 401 answers an upload that asked first: the client never sends its body."""
+    client = upload_client(always(Response(401, {}, b"who are you?")))
+    client.send(post(b"/up", UPLOAD, b"Expect: 100-continue")[: -len(UPLOAD)])
+    received = client.received()
+    assert b"100 Continue" not in received and received.startswith(b"HTTP/1.1 401 ")
 
 
 def test_pipelined_requests_are_answered_in_order_one_at_a_time():

@@ -185,9 +185,6 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
                         self._send_refusal(item)
                         return
                     self._current = item
-                    if item.body is self._upload and item.head.expect and not self._continued:
-                        self._continued = True  # an upload that waited for its turn
-                        self._write(CONTINUE)
                     self._handler.answer(item)
                     if item.ended and not self._ended(item):
                         return
@@ -332,7 +329,8 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         if (
             self._upload is not None
             and self._current is not None
-            and self._current.body is self._upload  # its turn came: the client was told to send
+            and self._current.body is self._upload  # its turn came
+            and (self._continued or not self._current.head.expect)  # and the client may send
             and not self._reading_paused
             and now - self._idle_since >= limits.idle_timeout
         ):

@@ -17,8 +17,10 @@ than L{UPLOAD_HIGH_WATER} bytes of it wait to be taken.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from attrs import define
 from httptools import HttpParserUpgrade, HttpRequestParser
 from twisted.internet.defer import Deferred
 
@@ -157,12 +159,16 @@ class RequestReading:
             state.request_started()
             self._uploading = True
         self._continued = False
-        if head.expect and self._current is None and not self._waiting:
+        uploaded = (
+            head.length is not None and head.length > limits.stream_body_over and not head.upgrade
+        )
+        if head.expect and not uploaded and self._current is None and not self._waiting:
             self._continued = True
             self._write(CONTINUE)
-        if head.length is not None and head.length > limits.stream_body_over and not head.upgrade:
-            # an upload: answered while it arrives (see the module's docstring)
-            upload = self._upload = self._counted = PushedStream(_ignore)
+        if uploaded:
+            # an upload: answered while it arrives (see the module's docstring); its
+            # 100 Continue goes out when its reader first asks for it, as uvicorn's does
+            upload = self._upload = self._counted = Upload(_ignore, wanted=self._upload_wanted)
             self._upload_unread = 0
             self._queue(head, upload)
 
@@ -213,6 +219,19 @@ class RequestReading:
             )
         )
 
+    def _upload_wanted(self) -> None:
+        """The upload's reader asks for its body: the client may send it now."""
+        head = self._head
+        if (
+            self._upload is not None
+            and head is not None
+            and head.expect
+            and not self._continued
+            and not self._done_reading
+        ):
+            self._continued = True
+            self._write(CONTINUE)
+
     def _upload_taken(self, _: object, size: int, upload: PushedStream) -> None:
         """The upload's reader took C{size} bytes: read on once it has room."""
         if upload is not self._counted:
@@ -225,6 +244,19 @@ class RequestReading:
         if self._uploading:
             self._uploading = False
             self.factory.state.request_finished()
+
+
+@define(eq=False)
+class Upload(PushedStream):
+    """An upload's body: L{PushedStream}, telling C{wanted} when its reader first asks."""
+
+    _wanted: Callable[[], None] | None = None
+
+    async def __anext__(self) -> bytes:
+        wanted, self._wanted = self._wanted, None
+        if wanted is not None:
+            wanted()
+        return await PushedStream.__anext__(self)
 
 
 def _ignore() -> None:

@@ -97,3 +97,10 @@ class PushedStream:
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.callback(None)
+
+
+async def close_body(body: object) -> None:
+    """Tell a body's producer that it is read no more (when it can be told: C{aclose})."""
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -25,6 +25,7 @@ from buntime.plugins.hooks import as_deferred, call, plugin_error
 from buntime.plugins.manifest import PluginManifest
 from buntime.plugins.publicroutes import PublicRoutes
 from buntime.plugins.rendering import render
+from buntime.stream import close_body
 
 
 @frozen(eq=False)
@@ -98,9 +99,7 @@ def websocket_endpoints(
 
 
 async def _discard(response: Response) -> None:
-    aclose = getattr(response.body, "aclose", None)
-    if aclose is not None:
-        await aclose()
+    await close_body(response.body)
 
 
 def takes_request(hook: Any) -> bool:

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from buntime.builtins.proxy.rules import link_local
-from buntime.stream import PushedStream
+from buntime.stream import PushedStream, close_body
 
 HIGH_WATER = 4
 """Chunks waiting for the reader after which the upstream connection is paused."""
@@ -297,9 +297,7 @@ class _Connection(Protocol):
         try:
             async for chunk in body:
                 if not self.open:  # the answer came and the connection closed, or it broke
-                    aclose = getattr(body, "aclose", None)
-                    if aclose is not None:  # what is left of the upload is not read
-                        await aclose()
+                    await close_body(body)  # what is left of the upload is not read
                     return
                 self.transport.write(chunk)
                 if pacing.paused is not None:

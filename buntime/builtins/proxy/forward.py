@@ -26,6 +26,7 @@ from buntime.builtins.proxy.client import (
 )
 from buntime.builtins.proxy.rules import Rule
 from buntime.http import Request, Response
+from buntime.stream import close_body
 
 HOP_BY_HOP = frozenset(
     {
@@ -200,7 +201,7 @@ async def _timed(
             progress()
         progress()
     finally:
-        await _close(body)
+        await close_body(body)
 
 
 async def _chunked(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
@@ -211,14 +212,7 @@ async def _chunked(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
                 yield b"%x\r\n%b\r\n" % (len(chunk), chunk)
         yield b"0\r\n\r\n"
     finally:
-        await _close(body)
-
-
-async def _close(body: AsyncIterable[bytes]) -> None:
-    """Tell C{body}'s producer that it is read no more (when it can be told)."""
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()
+        await close_body(body)
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

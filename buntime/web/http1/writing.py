@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from buntime._turn import EndOfTurn, send_now
 from buntime.http import Response
 from buntime.logs import log
+from buntime.stream import PushedStream
 from buntime.web.http1.exchange import Exchange
 from buntime.web.http1.response import (
     NO_BODY,
@@ -46,7 +47,7 @@ class AnswerWriting:
         _unsent_size: int
         _turn: EndOfTurn
         _writes_paused: Deferred[None] | None
-        _upload: Any
+        _upload: PushedStream | None
 
     def write_response(self, exchange: Exchange, response: Response) -> Deferred[None] | None:
         """

@@ -14,6 +14,14 @@ from attrs import define, field
 from twisted.internet.defer import Deferred
 
 
+class BodyTooLarge(Exception):
+    """
+    What reading a request body raises when the client sends more than its
+    path's limit allows (a chunked upload, counted as it arrives): the
+    client is answered 413 by the runtime.
+    """
+
+
 @define(eq=False)
 class PushedStream:
     """

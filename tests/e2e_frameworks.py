@@ -27,6 +27,7 @@ STREAM_SECOND = b"b" * 1000
 """The two chunks of Flask's C{/drip}: together well under one AMP chunk (60 KiB)."""
 
 FLASK = """
+    import hashlib
     import itertools
     import os
     import time
@@ -63,6 +64,15 @@ FLASK = """
         return "<!doctype html><html><head><title>flask</title></head><body>hi</body></html>"
 
 
+    @app.post("/upload")
+    def upload():
+        digest, size = hashlib.sha256(), 0
+        while chunk := request.stream.read(65536):
+            digest.update(chunk)
+            size += len(chunk)
+        return {"size": size, "sha256": digest.hexdigest()}
+
+
     @app.get("/drip")
     def drip():
         @stream_with_context
@@ -80,13 +90,16 @@ FLASK = """
 """
 """
 Flask: C{?seen} anywhere answers C{SCRIPT_NAME}/C{PATH_INFO}; C{/hits}
-counts in memory; C{/custom} has its own reason phrase; C{/drip} streams
+counts in memory; C{/custom} has its own reason phrase; C{POST /upload}
+answers the size and SHA-256 of the body it read from C{request.stream};
+C{/drip} streams
 two chunks with a C{Content-Length}, the second once the file named by
 C{?release} exists.
 """
 
 FASTAPI = """
     import asyncio
+    import hashlib
     import itertools
     import os
     from pathlib import Path
@@ -124,6 +137,15 @@ FASTAPI = """
         return {"pid": os.getpid()}
 
 
+    @app.post("/upload")
+    async def upload(request: Request):
+        digest, size = hashlib.sha256(), 0
+        async for chunk in request.stream():
+            digest.update(chunk)
+            size += len(chunk)
+        return {"size": size, "sha256": digest.hexdigest()}
+
+
     @app.get("/{rest:path}")
     async def seen(rest: str, request: Request):
         return {
@@ -135,7 +157,9 @@ FASTAPI = """
 """
 FastAPI: C{/hits} counts in memory; C{/items/abc} is a validation error;
 C{/later?target=...} answers, then a background task writes C{target}
-0.5 s later; any other path answers C{root_path} and C{path}.
+0.5 s later; C{POST /upload} answers the size and SHA-256 of the body it
+read from C{request.stream()}; any other path answers C{root_path} and
+C{path}.
 """
 
 DJANGO_SETTINGS = """

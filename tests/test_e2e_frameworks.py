@@ -12,6 +12,8 @@ their own. The Django database is made once for the module.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import urllib.parse
 from http.cookiejar import CookieJar
@@ -248,6 +250,29 @@ async def test_small_flask_stream_reaches_the_client_as_yielded(shared, tmp_path
     release.write_text("go")
     await within(reactor, done, 10)
     assert b"".join(received) == STREAM_FIRST + STREAM_SECOND
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize("framework", ["flask", "fastapi"])
+@pytest_twisted.ensureDeferred
+async def test_an_upload_reaches_flask_and_fastapi_whole_with_or_without_a_length(
+    shared, framework, framing
+):
+    """
+    3 MB (an upload: streamed to the worker as it arrives), with its
+    C{Content-Length} or chunked: Flask's C{request.stream} and FastAPI's
+    C{request.stream()} read all of it, as under gunicorn and uvicorn.
+    """
+    from test_e2e_proxy import Chunked
+    from twisted.web.client import FileBodyProducer
+
+    data = bytes(range(256)) * (3 * 4096)
+    source = io.BytesIO(data)
+    body = FileBodyProducer(source if framing == "length" else Chunked(source))
+    response = await shared.request("POST", f"/{framework}-app/upload", data=body)
+    assert response.code == 200
+    seen = await shared.json(response)
+    assert seen == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 # -- forwarded headers ------------------------------------------------------------

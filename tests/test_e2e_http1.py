@@ -27,7 +27,6 @@ from test_plugins_support import write_plugin
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.web.client import FileBodyProducer
 
 pytestmark = pytest.mark.e2e
 
@@ -242,6 +241,7 @@ def worker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     apps = {
         "echo": ({"maxBodySize": "1kb"}, ECHO),
         "sink": ({"maxBodySize": "100mb"}, SINK),
+        "smallsink": ({"maxBodySize": "1mb"}, SINK),
         "slow": ({}, SLOW),
         "big": ({}, BIG),
         "wrongwsgi": ({}, WRONG_WSGI),
@@ -501,6 +501,31 @@ async def test_a_body_over_the_app_limit_is_refused_before_it_is_sent(shared, ex
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_chunked_upload_is_refused_as_it_passes_the_app_limit(shared):
+    """
+    smallsink's limit is 1 MB: a chunked upload of 3 MB, which the app reads
+    as it comes, gets 413 once past the limit, and the app goes on serving.
+    """
+    request_id = f"chunked-{token()}"
+    connection = await connect(shared)
+    try:
+        connection.transport.write(
+            b"POST /smallsink@1/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            + f"X-Request-Id: {request_id}\r\n\r\n".encode()
+        )
+        for _ in range(48):
+            connection.transport.write(b"10000\r\n" + b"x" * 65536 + b"\r\n")
+        [(status, headers, body)] = await replies(connection, 1)
+    finally:
+        connection.transport.loseConnection()
+    assert status == 413 and headers["connection"] == "close"
+    assert headers["x-request-id"] == request_id
+    assert b'"PAYLOAD_TOO_LARGE"' in body
+    answer = await shared.request("POST", "/smallsink@1/", data=b"abc")
+    assert answer.code == 200 and (await answer.content()).split()[0] == b"3"
+
+
+@pytest_twisted.ensureDeferred
 async def test_head_gets_headers_only(shared):
     reply = await send(shared, b"HEAD /echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head, _, rest = reply.partition(b"\r\n\r\n")
@@ -650,18 +675,19 @@ async def test_a_client_that_never_reads_holds_bounded_memory(shared):
     assert (peak - before) < 50 * 1024, f"RSS grew by {(peak - before) // 1024} MiB"
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
 @pytest_twisted.ensureDeferred
-async def test_a_large_upload_reaches_an_app_as_it_arrives_not_held_by_the_runtime(shared):
+async def test_a_large_upload_reaches_an_app_as_it_arrives_not_held_by_the_runtime(shared, framing):
     """
-    50 MB to an ASGI app: it reads the body in many messages as it comes,
-    and the runtime, which holds at most some 256 KiB of it, does not grow
-    by the upload's size.
+    50 MB to an ASGI app, with a C{Content-Length} or chunked: it reads the
+    body in many messages as it comes, and the runtime, which holds at most
+    some 256 KiB of it, does not grow by the upload's size.
     """
-    from test_e2e_proxy import BIG, Upload
+    from test_e2e_proxy import BIG, Upload, producer
 
     upload = Upload(shared.pid)
     before = upload.peak
-    answer = await shared.request("POST", "/sink@1/", data=FileBodyProducer(upload))
+    answer = await shared.request("POST", "/sink@1/", data=producer(upload, framing))
     size, digest, messages = (await answer.content()).decode().split()
     assert (answer.code, int(size), digest) == (200, BIG, upload.digest.hexdigest())
     assert int(messages) > 100

@@ -135,6 +135,21 @@ class Upload(io.RawIOBase):
         return chunk
 
 
+class Chunked:
+    """A body of no known length (an L{Upload}, say): treq sends it chunked."""
+
+    def __init__(self, source: Any) -> None:
+        self.read = source.read
+
+    def close(self) -> None:
+        pass
+
+
+def producer(upload: Upload, framing: str) -> FileBodyProducer:
+    """C{upload} as a body: with its C{Content-Length}, or C{chunked}."""
+    return FileBodyProducer(upload if framing == "length" else Chunked(upload))
+
+
 class Slow(Resource):
     isLeaf = True
 
@@ -296,8 +311,11 @@ async def test_a_large_download_streams_through_without_being_held(runtimes, tmp
     assert peak - before < 25, f"the runtime grew by {peak - before:.0f} MB for a 50 MB body"
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
 @pytest_twisted.ensureDeferred
-async def test_a_large_upload_streams_through_without_being_held(runtimes, tmp_path, upstream):
+async def test_a_large_upload_streams_through_without_being_held(
+    runtimes, tmp_path, upstream, framing
+):
     port, _ = upstream
     proc = await start_proxy(
         runtimes,
@@ -307,10 +325,11 @@ async def test_a_large_upload_streams_through_without_being_held(runtimes, tmp_p
     )
     before = rss_mb(proc.pid)
     upload = Upload(proc.pid)
-    answer = await proc.request("POST", "/sink", data=FileBodyProducer(upload))
+    answer = await proc.request("POST", "/sink", data=producer(upload, framing))
     assert answer.code == 200
     seen = await answer.json()
-    assert seen == {"size": BIG, "sha256": upload.digest.hexdigest(), "length": str(BIG)}
+    length = str(BIG) if framing == "length" else None  # a chunked upload goes on chunked
+    assert seen == {"size": BIG, "sha256": upload.digest.hexdigest(), "length": length}
     grown = upload.peak - before
     assert grown < 25, f"the runtime grew by {grown:.0f} MB for a 50 MB upload"
 

@@ -323,6 +323,97 @@ def test_an_upload_refused_before_it_is_read_gets_no_100_continue():
     assert b"100 Continue" not in received and received.startswith(b"HTTP/1.1 401 ")
 
 
+# -- chunked uploads: streamed once past Limits.stream_body_over, refused past the limit ----
+
+
+def chunked_head(path: bytes = b"/up", *lines: bytes) -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n%s\r\n" % (
+        path,
+        b"".join(line + b"\r\n" for line in lines),
+    )
+
+
+def chunks(data: bytes, size: int = 65536) -> list[bytes]:
+    """C{data} in chunks of the chunked coding (no last chunk)."""
+    return [b"%x\r\n%s\r\n" % (len(part), part) for part in _pieces(data, size)]
+
+
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[at : at + size] for at in range(0, len(data), size)]
+
+
+def test_a_chunked_upload_is_answered_as_it_arrives_once_past_the_upload_size():
+    client = upload_client()
+    framed = chunks(UPLOAD)
+    client.send(chunked_head(), *framed[:4])  # 256 KiB: not yet an upload
+    assert client.door.seen == []
+    client.send(framed[4])
+    [exchange] = client.door.seen  # before the body is all here
+    assert (exchange.head.chunked, isinstance(exchange.body, bytes)) == (True, False)
+    got, ended = reading(exchange.body)
+    client.send(*framed[5:], b"0\r\n\r\n" + get(b"/next"))
+    assert b"".join(got) == UPLOAD and ended == ["end"]
+    exchange.respond(Response(200, {}, b"got it"))
+    first, second = client.answers()
+    assert (first.body, first.headers.get("connection")) == (b"got it", None)
+    assert second.body == b"GET /next:"
+    assert client.state.in_flight == 0
+
+
+def test_a_chunked_upload_no_one_reads_stops_the_reading_until_it_is_taken():
+    client = upload_client()
+    client.send(chunked_head(), *chunks(UPLOAD)[:10])
+    assert client.transport.producerState == "paused"
+    reading(client.door.seen[0].body)
+    assert client.transport.producerState == "producing"
+
+
+def test_a_chunked_upload_past_its_limit_fails_for_its_reader_and_the_client_gets_413():
+    client = connect(Door(holding("/up"), limit=len(UPLOAD) // 2), Limits())
+    framed = chunks(UPLOAD)
+    client.send(chunked_head(), *framed[:6])
+    [exchange] = client.door.seen
+    got, ended = reading(exchange.body)
+    client.send(*framed[6:9])  # past 512 KiB
+    assert type(ended[-1]).__name__ == "BodyTooLarge"
+    assert sum(map(len, got)) <= len(UPLOAD) // 2
+    [answer] = client.answers()
+    assert (answer.status, answer.headers["connection"]) == (413, "close")
+    assert answer.error["code"] == "PAYLOAD_TOO_LARGE"
+    assert answer.headers["x-request-id"] == "rid-1"
+    exchange.respond(Response(500, {}, b"the app's answer to a broken body"))  # dropped
+    client.send(*framed[9:], b"0\r\n\r\n" + get(b"/ignored"))
+    assert len(client.answers()) == 1 and len(client.door.seen) == 1
+    assert client.state.in_flight == 0
+
+
+def test_a_chunked_upload_past_its_limit_while_waiting_its_turn_is_refused_in_its_turn():
+    client = connect(Door(holding("/first", "/up"), limit=300 * 1024), Limits())
+    client.send(get(b"/first") + chunked_head(), *chunks(UPLOAD)[:5])
+    assert client.door.paths == ["/first"]
+    client.door.seen[0].respond(Response(200, {}, b"first"))
+    first, refusal = client.answers()
+    assert (first.body, refusal.status) == (b"first", 413)
+    assert client.door.paths == ["/first"]  # the upload never reached the door
+
+
+def test_a_chunked_upload_past_its_limit_after_its_answer_began_closes_after_that_answer():
+    client = connect(Door(holding("/up"), limit=len(UPLOAD) // 2), Limits())
+    framed = chunks(UPLOAD)
+    client.send(chunked_head(), *framed[:6])
+    [exchange] = client.door.seen
+    _got, ended = reading(exchange.body)
+    body = Stream()
+    exchange.respond(Response(200, {}, body))
+    body.give(b"started")
+    client.send(*framed[6:9])
+    assert type(ended[-1]).__name__ == "BodyTooLarge"
+    body.give(None)
+    [answer] = client.answers()
+    assert (answer.status, answer.body, answer.headers["connection"]) == (200, b"started", "close")
+    assert client.closed
+
+
 def test_pipelined_requests_are_answered_in_order_one_at_a_time():
     client = connect(Door(holding("/one", "/two")))
     client.send(get(b"/one") + get(b"/two") + get(b"/three"))

@@ -11,7 +11,10 @@ An upload (a body whose C{Content-Length} is over the limits'
 C{stream_body_over}) is queued as soon as its head is read, its body a
 L{PushedStream} fed as it arrives: whoever answers it (a worker app, the
 proxy) reads it as it comes, and the connection stops reading while more
-than L{UPLOAD_HIGH_WATER} bytes of it wait to be taken.
+than L{UPLOAD_HIGH_WATER} bytes of it wait to be taken.  A chunked body
+becomes an upload once more than C{stream_body_over} bytes of it have come
+(a smaller one is queued whole); past its limit it fails with
+L{BodyTooLarge} and the client gets 413, unless its answer has begun.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from attrs import define
 from httptools import HttpParserUpgrade, HttpRequestParser
 from twisted.internet.defer import Deferred
 
-from buntime.stream import PushedStream
+from buntime.stream import BodyTooLarge, PushedStream
 from buntime.web.http1.exchange import Exchange
 from buntime.web.http1.head import Head, Refusal, judge
 
@@ -81,6 +84,7 @@ class RequestReading:
         _done_reading: bool
 
         def _refuse(self, refusal: Refusal) -> None: ...
+        def _send_refusal(self, refusal: Refusal) -> None: ...
         def _write(self, data: bytes) -> None: ...
         def _flow(self) -> None: ...
 
@@ -174,19 +178,75 @@ class RequestReading:
 
     def on_body(self, data: bytes) -> None:
         upload = self._upload
+        size = len(data)
         if upload is not None:
-            size = len(data)
-            self._upload_unread += size
-            taken: Deferred[object] = Deferred()
-            taken.addCallback(self._upload_taken, size, upload)
-            upload.feed(data, taken)
-            if self._upload_unread > UPLOAD_HIGH_WATER:
-                self._flow()
+            if self._head is not None and self._head.length is None:  # chunked: counted here
+                self._body_size += size
+                if self._body_size > self._limit:
+                    self._too_large(upload)
+            self._feed_upload(upload, data)
             return
-        self._body_size += len(data)
+        if self._done_reading:  # answered early from within this read: the rest is dropped
+            raise _Stop()
+        self._body_size += size
         if self._body_size > self._limit:
             raise Refusal(413, f"Request body exceeds the limit of {self._limit} bytes")
         self._body.append(data)
+        head = self._head
+        if (
+            self._body_size > self._limits.stream_body_over
+            and head is not None
+            and not head.upgrade
+        ):
+            # a chunked body this large: an upload from now on
+            upload = self._upload = self._counted = Upload(_ignore, wanted=self._upload_wanted)
+            self._upload_unread = 0
+            body, self._body = self._body, []
+            self._queue(head, upload)
+            self._feed_upload(upload, b"".join(body))
+
+    def _feed_upload(self, upload: PushedStream, data: bytes) -> None:
+        size = len(data)
+        self._upload_unread += size
+        taken: Deferred[object] = Deferred()
+        taken.addCallback(self._upload_taken, size, upload)
+        upload.feed(data, taken)
+        if self._upload_unread > UPLOAD_HIGH_WATER:
+            self._flow()
+
+    def _too_large(self, upload: PushedStream) -> None:
+        """
+        A chunked upload passed its limit: its reader gets L{BodyTooLarge},
+        the client 413 (unless its answer has begun: the connection then
+        closes after it), and nothing more is read.
+        """
+        message = f"Request body exceeds the limit of {self._limit} bytes"
+        self._upload = None
+        self._head = None
+        self._body_size = 0
+        self._done_reading = True
+        self._uploaded()
+        refusal = Refusal(413, message)
+        current = self._current
+        waiting = [
+            item for item in self._waiting if isinstance(item, Exchange) and item.body is upload
+        ]
+        exchange = waiting[0] if waiting else current
+        if exchange is not None and exchange.body is upload:
+            refusal.request_id, refusal.path = exchange.head.request_id, exchange.head.path
+            if waiting:  # not its turn yet: the refusal takes its place
+                self._waiting.remove(exchange)
+                self._waiting.append(refusal)
+            elif exchange.written:  # its answer has begun: the connection closes after it
+                exchange.close = True
+            else:  # its answer, when it comes, is dropped
+                refusal.request_id = exchange.request_id.encode() or refusal.request_id
+                exchange.status, exchange.written = 413, True
+                self._current = None
+                self._send_refusal(refusal)
+                exchange.done()
+        upload.fail(BodyTooLarge(message))
+        raise _Stop()
 
     def on_message_complete(self) -> None:
         head = self._head
@@ -194,7 +254,7 @@ class RequestReading:
             return
         upload, self._upload = self._upload, None
         if upload is not None:  # queued with its head; its reader now reads to the end
-            self._head = None
+            self._head, self._body_size = None, 0
             upload.end()
         else:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)

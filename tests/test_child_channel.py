@@ -11,8 +11,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.stdio import StandardIO
 
-from buntime._turn import direct_socket
 from buntime.pool.child.main import listen
+from buntime.sockets import direct_socket
 
 
 class Echo(Protocol):

@@ -35,6 +35,7 @@ MECHANISMS = {
     "buntime.forms",
     "buntime.sse",
     "buntime.fresh",
+    "buntime.sockets",
 }
 """Small Twisted helpers any layer may use; they import nothing of buntime."""
 LOW = {

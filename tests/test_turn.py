@@ -1,4 +1,7 @@
-"""Calls at the end of the reactor turn (L{buntime._turn.EndOfTurn})."""
+"""
+Calls at the end of the reactor turn (L{buntime._turn.EndOfTurn}), and
+writes straight to the socket (L{buntime.sockets}).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
-from buntime._turn import EndOfTurn, direct_socket, send_now
+from buntime._turn import EndOfTurn
+from buntime.sockets import direct_socket, send_now
 
 
 def test_calls_wait_for_the_end_of_the_turn_and_run_in_order() -> None:

@@ -20,7 +20,8 @@ from typing import Any, ClassVar, TypeVar
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from buntime._turn import EndOfTurn, direct_socket, send_now
+from buntime._turn import EndOfTurn
+from buntime.sockets import direct_socket, send_now
 
 _SIMPLE = (amp.Integer, amp.String, amp.Unicode, amp.Boolean)
 _COMMAND, _ASK = b"_command", b"_ask"

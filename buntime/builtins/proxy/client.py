@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from buntime.builtins.proxy.rules import link_local
+from buntime.sockets import direct_socket, send_now
 from buntime.stream import PushedStream, close_body
 
 HIGH_WATER = 4
@@ -266,9 +267,11 @@ class _Connection(Protocol):
         self._sending = False  # a body still going out (see send_body)
         self._pacing: _Pacing | None = None  # what the transport pauses while it goes out
         self._early: list[bytes] = []
+        self._socket: Any = None  # for send_now, once connected (None over TLS)
 
     def connectionMade(self) -> None:
         self.open = True
+        self._socket = direct_socket(self.transport)
         self.peer = str(getattr(self.transport.getPeer(), "host", ""))
         self.link_local = link_local(self.peer)
 
@@ -279,7 +282,7 @@ class _Connection(Protocol):
         self._head_only = method == "HEAD"
         waiting: Deferred[Answer] = Deferred(self._cancelled)
         self._waiting = waiting
-        self.transport.write(data)
+        send_now(self.transport, self._socket, data)  # no wait for the socket to say it may
         return waiting
 
     def send_body(self, body: AsyncIterable[bytes]) -> None:

@@ -146,7 +146,7 @@ def listen(protocol: Any, reactor: Any, fds: tuple[int, int] = (CHANNEL_IN, CHAN
     Connect C{protocol} to the channel on C{fds} (in, out: 3 and 4).  One
     socket on both (a forked worker's) is adopted as a socket connection:
     its writes then go out with one C{send()} when nothing waits
-    (L{buntime._turn.send_now}), where a pipe's writer costs the event loop
+    (L{buntime.sockets.send_now}), where a pipe's writer costs the event loop
     two C{epoll_ctl} calls a write.  Two pipes (a spawned worker's) are
     read and written as standard I/O.
     """

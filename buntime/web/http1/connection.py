@@ -31,8 +31,9 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from buntime._turn import EndOfTurn, direct_socket
+from buntime._turn import EndOfTurn
 from buntime.logs import log
+from buntime.sockets import direct_socket
 from buntime.stream import PushedStream
 from buntime.web.http1.exchange import Exchange
 from buntime.web.http1.head import Head, Refusal, request_id_for

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
-from buntime._turn import EndOfTurn, send_now
+from buntime._turn import EndOfTurn
 from buntime.http import Response
 from buntime.logs import log
+from buntime.sockets import send_now
 from buntime.stream import PushedStream
 from buntime.web.http1.exchange import Exchange
 from buntime.web.http1.response import (

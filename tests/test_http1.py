@@ -27,8 +27,10 @@ from http1_client import (
     serve,
 )
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import alsoProvides
 
 from buntime.http import Response
 from buntime.web.http1 import HTTP1Connection, Limits
@@ -412,6 +414,60 @@ def test_a_chunked_upload_past_its_limit_after_its_answer_began_closes_after_tha
     [answer] = client.answers()
     assert (answer.status, answer.body, answer.headers["connection"]) == (200, b"started", "close")
     assert client.closed
+
+
+class TcpTransport(Transport):
+    """A TCP transport: a close while the client still sends lingers (half-closes)."""
+
+    half_closed = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        alsoProvides(self, ITCPTransport)
+
+    def setTcpNoDelay(self, on: bool) -> None:
+        pass
+
+    def loseWriteConnection(self) -> None:
+        self.half_closed = True
+
+
+def test_a_chunked_upload_past_its_limit_after_its_answer_began_lingers_over_tcp():
+    """The client is still sending: a plain close could reset the answer (RFC 9112 §9.6)."""
+    transport = TcpTransport()
+    client = connect(Door(holding("/up"), limit=len(UPLOAD) // 2), Limits(), transport=transport)
+    framed = chunks(UPLOAD)
+    client.send(chunked_head(), *framed[:6])
+    [exchange] = client.door.seen
+    reading(exchange.body)
+    body = Stream()
+    exchange.respond(Response(200, {}, body))
+    body.give(b"started")
+    client.send(*framed[6:9])
+    body.give(None)
+    assert transport.half_closed
+
+
+def test_malformed_chunks_of_an_upload_being_answered_fail_it_and_get_400():
+    client = upload_client(header_timeout=10, idle_timeout=60)
+    client.send(chunked_head(), *chunks(UPLOAD)[:5])  # 320 KiB: an upload
+    [exchange] = client.door.seen
+    _got, ended = reading(exchange.body)
+    client.send(b"zz\r\n")  # an invalid chunk size
+    assert isinstance(ended[-1], ConnectionError)
+    [answer] = client.answers()
+    assert (answer.status, answer.headers["connection"]) == (400, "close")
+    assert answer.headers["x-request-id"] == "rid-1"
+    assert client.state.in_flight == 0
+
+
+def test_malformed_chunks_of_an_upload_waiting_its_turn_are_refused_in_its_turn():
+    client = connect(Door(holding("/first", "/up"), limit=10 * len(UPLOAD)), Limits())
+    client.send(get(b"/first") + chunked_head(), *chunks(UPLOAD)[:5])
+    client.send(b"zz\r\n")
+    client.door.seen[0].respond(Response(200, {}, b"first"))
+    assert client.door.paths == ["/first"]  # a request known broken never reaches the door
+    assert [answer.status for answer in client.answers()] == [200, 400]
 
 
 def test_pipelined_requests_are_answered_in_order_one_at_a_time():

@@ -91,6 +91,7 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         self._pumping = False
         # the connection
         self._done_reading = False  # a refusal, or a request that closes: nothing more is read
+        self._linger = False  # the last answer closes, but the client may still be sending
         self._closed = False
         self._lost = False
         self._lingering = False  # written all, reading what the client still sends
@@ -157,6 +158,11 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
 
     def _refuse(self, refusal: Refusal) -> None:
         """Answer C{refusal} in its turn and close; nothing more is read."""
+        upload = self._upload
+        if upload is not None:  # malformed chunks of an upload already being answered
+            error = ConnectionError(f"The request body is malformed: {refusal.message}")
+            self._break_upload(upload, refusal, error)
+            return
         head = self._head
         if head is not None:
             refusal.request_id, refusal.path = head.request_id, head.path
@@ -239,7 +245,7 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
             self._close(linger=True)
             return False
         if exchange.close or exchange.gone:
-            self._close()
+            self._close(linger=self._linger and not exchange.gone)
             return False
         return True
 

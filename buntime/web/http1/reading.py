@@ -82,6 +82,7 @@ class RequestReading:
         _current: Exchange | None
         _held: list[bytes] | None
         _done_reading: bool
+        _linger: bool
 
         def _refuse(self, refusal: Refusal) -> None: ...
         def _send_refusal(self, refusal: Refusal) -> None: ...
@@ -215,18 +216,23 @@ class RequestReading:
             self._flow()
 
     def _too_large(self, upload: PushedStream) -> None:
-        """
-        A chunked upload passed its limit: its reader gets L{BodyTooLarge},
-        the client 413 (unless its answer has begun: the connection then
-        closes after it), and nothing more is read.
-        """
+        """A chunked upload passed its limit: L{BodyTooLarge} and 413 (see L{_break_upload})."""
         message = f"Request body exceeds the limit of {self._limit} bytes"
+        self._break_upload(upload, Refusal(413, message), BodyTooLarge(message))
+        raise _Stop()
+
+    def _break_upload(self, upload: PushedStream, refusal: Refusal, error: Exception) -> None:
+        """
+        The upload being read ends badly (past its limit, or its chunks
+        malformed): its reader gets C{error}, the client C{refusal} in its
+        turn (unless its answer has begun: the connection then closes after
+        that answer), and nothing more is read.
+        """
         self._upload = None
         self._head = None
         self._body_size = 0
         self._done_reading = True
         self._uploaded()
-        refusal = Refusal(413, message)
         current = self._current
         waiting = [
             item for item in self._waiting if isinstance(item, Exchange) and item.body is upload
@@ -239,14 +245,14 @@ class RequestReading:
                 self._waiting.append(refusal)
             elif exchange.written:  # its answer has begun: the connection closes after it
                 exchange.close = True
+                self._linger = True  # the client may still be sending
             else:  # its answer, when it comes, is dropped
                 refusal.request_id = exchange.request_id.encode() or refusal.request_id
-                exchange.status, exchange.written = 413, True
+                exchange.status, exchange.written = refusal.status, True
                 self._current = None
                 self._send_refusal(refusal)
                 exchange.done()
-        upload.fail(BodyTooLarge(message))
-        raise _Stop()
+        upload.fail(error)
 
     def on_message_complete(self) -> None:
         head = self._head

@@ -143,6 +143,17 @@ def test_a_chunked_upload_reaches_the_door_whole_and_de_chunked():
     assert client.answers()[0].body == b"POST /up:abc0123456789"
 
 
+def test_a_trailer_section_is_bounded_like_a_head_and_kept_by_no_one():
+    client = connect()
+    client.send(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+    )
+    for _ in range(20):  # 2 MB of trailer fields, and no end
+        client.send((b"X-T: " + b"v" * 1000 + b"\r\n") * 100)
+    assert refusal(client).status == 431
+    assert client.connection._lines == []
+
+
 def test_a_body_up_to_the_upload_size_arrives_whole():
     body = bytes(range(256)) * 1024  # 256 KiB: Limits.stream_body_over
     client = connect(Door(limit=len(body)))
@@ -468,6 +479,15 @@ def test_malformed_chunks_of_an_upload_waiting_its_turn_are_refused_in_its_turn(
     client.door.seen[0].respond(Response(200, {}, b"first"))
     assert client.door.paths == ["/first"]  # a request known broken never reaches the door
     assert [answer.status for answer in client.answers()] == [200, 400]
+
+
+def test_a_trailer_section_too_large_after_a_streamed_upload_fails_it_and_gets_431():
+    client = upload_client()
+    client.send(chunked_head(), *chunks(UPLOAD)[:5], b"0\r\n")
+    _got, ended = reading(client.door.seen[0].body)
+    client.send((b"X-T: " + b"v" * 1000 + b"\r\n") * 20)
+    assert isinstance(ended[-1], ConnectionError)
+    assert [answer.status for answer in client.answers()] == [431]
 
 
 def test_pipelined_requests_are_answered_in_order_one_at_a_time():

@@ -135,6 +135,11 @@ class RequestReading:
         self._target.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head is not None:  # a trailer field, after a chunked body: counted, dropped
+            self._head_size += len(name) + len(value) + 4
+            if self._head_size > self._limits.max_head:
+                raise Refusal(431, f"The trailer section is over {self._limits.max_head} bytes")
+            return
         # judged whole in on_headers_complete; a head spread over reads is
         # bounded read by read (see _feed), one read by its size
         self._lines.append((name, value))
@@ -153,6 +158,7 @@ class RequestReading:
         head = judge(parser.get_method(), target, parser.get_http_version(), self._lines)
         self._head_since = None
         self._lines = []
+        self._head_size = 0  # from now on, the trailer section's (see on_header)
         self._head = head
         if not head.has_body:
             return

@@ -13,12 +13,14 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from buntime.builtins.proxy.forward import outgoing_headers
 from buntime.builtins.proxy.plugin import ProxyPlugin
 from buntime.builtins.proxy.rules import Rule, RuleError, RuleStore, parse_rule
-from buntime.http import Request
+from buntime.http import Request, read_body
 from buntime.plugins.loader import verify
+from buntime.stream import PushedStream
 
 
 def rule(**fields: object) -> Rule:
@@ -420,6 +422,49 @@ def test_an_upload_waiting_for_a_paused_upstream_ends_when_the_answer_closes_it(
     assert closed == [True] and not made.transport.value().endswith(b"cd")
 
 
+def test_an_upstream_that_stops_reading_the_upload_after_answering_loses_the_connection():
+    """As nginx's proxy_send_timeout: once the answer has begun, the forwarder's 504 cannot come."""
+    clock = Clock()
+    pool = HeldPool(clock)
+    body = PushedStream(lambda: None)
+    head = b"POST /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+    answer = pool.upload(KEY, "POST", head, body, send_timeout=30)
+    [made] = pool.made
+    made.transport.producer.pauseProducing()  # the upstream reads no more of it
+    body.feed(b"ab")
+    clock.advance(40)  # no answer yet: the forwarder's timeout (504) is the one that counts
+    assert not made.transport.disconnecting
+    made.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n")
+    streamed = answer_of(answer).body
+    clock.advance(29)
+    assert not made.transport.disconnecting
+    clock.advance(2)
+    assert made.transport.disconnecting
+    failed: list[Failure] = []
+    ensureDeferred(read_body(streamed)).addErrback(failed.append)
+    assert failed and failed[0].check(ConnectionError)
+    assert clock.getDelayedCalls() == []
+
+
+def test_an_upload_the_upstream_goes_on_reading_is_not_cut_by_the_send_timeout():
+    clock = Clock()
+    pool = HeldPool(clock)
+    body = PushedStream(lambda: None)
+    head = b"POST /up HTTP/1.1\r\ncontent-length: 4\r\n\r\n"
+    answer = pool.upload(KEY, "POST", head, body, send_timeout=30)
+    [made] = pool.made
+    made.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n")
+    answer_of(answer)
+    for chunk in (b"ab", b"cd"):
+        made.transport.producer.pauseProducing()
+        body.feed(chunk)
+        clock.advance(25)
+        made.transport.producer.resumeProducing()  # read, within the timeout each time
+    body.end()
+    assert not made.transport.disconnecting and made.transport.value().endswith(b"abcd")
+    assert clock.getDelayedCalls() == []
+
+
 def test_an_upstream_connection_dropped_as_its_early_answer_is_read_is_not_kept_idle():
     """The client's upload fails while the answer is handed on: the connection is gone."""
     pool = HeldPool(Clock())
@@ -459,7 +504,7 @@ class UploadRecorder:
         self.body = None
         self.answer: Deferred = Deferred()
 
-    def upload(self, key, method, head, body, guarded=False):
+    def upload(self, key, method, head, body, guarded=False, send_timeout=None):
         self.head, self.body = head, body.__aiter__()
         return self.answer
 

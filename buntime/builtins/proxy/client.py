@@ -145,6 +145,7 @@ class UpstreamPool:
         head: bytes,
         body: AsyncIterable[bytes],
         guarded: bool = False,
+        send_timeout: float | None = None,
     ) -> Deferred[Answer]:
         """
         Send the request C{head}, then C{body} as it comes, to the upstream
@@ -152,9 +153,12 @@ class UpstreamPool:
         not be tried again: the body is read once); fires as L{request}
         does, possibly before the body is all sent (an upstream may answer
         early), and fails with L{UpstreamLost} when the body breaks off.
+        Once the answer has begun, an upstream that reads none of the body
+        for C{send_timeout} seconds loses the connection (its answer then
+        breaks off), as nginx's C{proxy_send_timeout} has it.
         """
         connecting = self._connect(key)
-        return connecting.addCallback(self._upload, method, head, body, guarded)
+        return connecting.addCallback(self._upload, method, head, body, guarded, send_timeout)
 
     def _upload(
         self,
@@ -163,10 +167,11 @@ class UpstreamPool:
         head: bytes,
         body: AsyncIterable[bytes],
         guarded: bool,
+        send_timeout: float | None,
     ) -> Deferred[Answer]:
         answered = self._send(connection, head, method, guarded)
         if connection.open and not answered.called:
-            connection.send_body(body)
+            connection.send_body(body, self.reactor, send_timeout)
         return answered
 
     def _fresh(self, key: Key, method: str, data: bytes, guarded: bool) -> Deferred[Answer]:
@@ -268,6 +273,7 @@ class _Connection(Protocol):
         self._pacing: _Pacing | None = None  # what the transport pauses while it goes out
         self._early: list[bytes] = []
         self._socket: Any = None  # for send_now, once connected (None over TLS)
+        self._stall: Any = None  # while an upload waits for the upstream to read: its timer
 
     def connectionMade(self) -> None:
         self.open = True
@@ -285,16 +291,22 @@ class _Connection(Protocol):
         send_now(self.transport, self._socket, data)  # no wait for the socket to say it may
         return waiting
 
-    def send_body(self, body: AsyncIterable[bytes]) -> None:
+    def send_body(
+        self, body: AsyncIterable[bytes], clock: Any = None, timeout: float | None = None
+    ) -> None:
         """
         Send C{body} after the head L{send} wrote, chunk by chunk, no faster
         than the upstream reads it; the connection is not used again unless
-        it is all sent by the end of the answer.
+        it is all sent by the end of the answer.  An upstream that reads
+        none of it for C{timeout} seconds (on C{clock}) once its answer has
+        begun loses the connection.
         """
         self._sending = True
-        ensureDeferred(self._send_body(body)).addErrback(self._body_broke)
+        ensureDeferred(self._send_body(body, clock, timeout)).addErrback(self._body_broke)
 
-    async def _send_body(self, body: AsyncIterable[bytes]) -> None:
+    async def _send_body(
+        self, body: AsyncIterable[bytes], clock: Any, timeout: float | None
+    ) -> None:
         pacing = self._pacing = _Pacing()
         self.transport.registerProducer(pacing, True)
         try:
@@ -304,12 +316,34 @@ class _Connection(Protocol):
                     return
                 self.transport.write(chunk)
                 if pacing.paused is not None:
-                    await pacing.paused
+                    if clock is not None and timeout is not None:
+                        self._stall = clock.callLater(timeout, self._send_stalled, clock, timeout)
+                    try:
+                        await pacing.paused
+                    finally:
+                        stall, self._stall = self._stall, None
+                        if stall is not None and stall.active():
+                            stall.cancel()
         finally:
             self._sending = False
             self._pacing = None
             if self.open:
                 self.transport.unregisterProducer()
+
+    def _send_stalled(self, clock: Any, timeout: float) -> None:
+        """
+        The upstream has read none of the body for C{timeout} seconds: if
+        its answer has begun, drop the connection (before that, the
+        forwarder's own timeout answers 504); else look again later.
+        """
+        if self._pacing is None or self._pacing.paused is None:
+            return
+        if self._waiting is not None:
+            self._stall = clock.callLater(timeout, self._send_stalled, clock, timeout)
+            return
+        self._broke(UpstreamLost("the upstream stopped reading the request body"))
+        self.open = False
+        self.transport.abortConnection()
 
     def _body_broke(self, failure: Failure) -> None:
         """The client's upload broke off: the upstream's request cannot be finished."""

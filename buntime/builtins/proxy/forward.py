@@ -112,7 +112,9 @@ class Forwarder:
             head = request_head(request, rule, path, length, chunked=length is None)
             timers: list[Any] = []
             sent = _timed(body if length is not None else _chunked(body), timers, self.timeout)
-            asking = self.pool.upload(rule.upstream, request.method, head, sent, rule.guarded)
+            asking = self.pool.upload(
+                rule.upstream, request.method, head, sent, rule.guarded, send_timeout=self.timeout
+            )
         late = self.reactor.callLater(self.timeout, _give_up, asking)
         if not isinstance(body, bytes):
             timers.append(late)

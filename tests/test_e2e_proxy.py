@@ -335,6 +335,26 @@ async def test_a_large_upload_streams_through_without_being_held(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_chunked_upload_past_the_limit_is_refused_midway_and_the_proxy_goes_on(
+    runtimes, tmp_path, upstream
+):
+    """BODY_SIZE_DEFAULT 1mb: 3 MB chunked, sent on as it came until it passed 1 MB, gets 413."""
+    port, _ = upstream
+    proc = await start_proxy(
+        runtimes,
+        tmp_path,
+        [{"pattern": "^/sink$", "target": f"http://127.0.0.1:{port}"}],
+        env={"BODY_SIZE_DEFAULT": "1mb"},
+    )
+    source = io.BytesIO(b"x" * (3 * MB))
+    answer = await proc.request("POST", "/sink", data=FileBodyProducer(Chunked(source)))
+    assert answer.code == 413
+    assert (await answer.json())["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    after = await proc.request("POST", "/sink", data=b"abc")
+    assert (after.code, (await after.json())["size"]) == (200, 3)
+
+
+@pytest_twisted.ensureDeferred
 async def test_rules_from_the_api_are_checked_kept_and_survive_a_restart(
     runtimes, tmp_path, upstream
 ):

@@ -154,6 +154,25 @@ def test_a_trailer_section_is_bounded_like_a_head_and_kept_by_no_one():
     assert client.connection._lines == []
 
 
+def test_one_trailer_field_spread_over_reads_is_bounded_like_a_head():
+    """llhttp gathers an unfinished field: the trailer section is bounded read by read too."""
+    client = connect()
+    client.send(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: "
+    )
+    client.send(*[b"v" * 100_000] * 20)  # 2 MB of one field's value, and no end
+    assert refusal(client).status == 431
+
+
+def test_a_chunked_body_in_many_reads_is_not_taken_for_a_trailer_section():
+    body = UPLOAD[:200_000]
+    client = connect(Door(limit=len(body)))
+    framed = b"".join(chunks(body, 1000)) + b"0\r\n\r\n"
+    client.send(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    client.send(*(framed[at : at + 997] for at in range(0, len(framed), 997)))
+    assert client.door.seen[0].body == body and not client.closed
+
+
 def test_a_body_up_to_the_upload_size_arrives_whole():
     body = bytes(range(256)) * 1024  # 256 KiB: Limits.stream_body_over
     client = connect(Door(limit=len(body)))
@@ -488,6 +507,26 @@ def test_a_trailer_section_too_large_after_a_streamed_upload_fails_it_and_gets_4
     client.send((b"X-T: " + b"v" * 1000 + b"\r\n") * 20)
     assert isinstance(ended[-1], ConnectionError)
     assert [answer.status for answer in client.answers()] == [431]
+
+
+def test_trailers_after_an_upload_answered_within_their_read_are_not_kept():
+    client = upload_client()
+    framed = chunks(UPLOAD)
+    client.send(chunked_head(), *framed[:5])
+    [exchange] = client.door.seen
+
+    async def read_then_answer() -> None:
+        size = 0
+        async for chunk in exchange.body:
+            size += len(chunk)
+            if size > 5 * 65536:  # in the next read: answered from within on_body
+                exchange.respond(Response(200, {}, b"enough"))
+                return
+
+    ensureDeferred(read_then_answer())
+    client.send(framed[5] + b"0\r\n" + (b"X-T: " + b"v" * 1000 + b"\r\n") * 1000)
+    assert client.answers()[0].status == 200
+    assert client.connection._lines == []
 
 
 def test_pipelined_requests_are_answered_in_order_one_at_a_time():

@@ -465,6 +465,65 @@ def test_an_upload_the_upstream_goes_on_reading_is_not_cut_by_the_send_timeout()
     assert clock.getDelayedCalls() == []
 
 
+def test_an_upstream_the_proxy_itself_stopped_reading_is_not_blamed_for_a_stalled_upload():
+    """Its client reads the answer slowly, so the upstream, blocked writing, reads no more."""
+    clock = Clock()
+    pool = HeldPool(clock)
+    body = PushedStream(lambda: None)
+    head = b"POST /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+    answer = pool.upload(KEY, "POST", head, body, send_timeout=30)
+    [made] = pool.made
+    made.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    answer_of(answer)  # its body: a stream no one reads for now
+    for _ in range(5):
+        made.dataReceived(b"2\r\nhi\r\n")
+    assert made.transport.producerState == "paused"  # the proxy reads no more of it
+    made.transport.producer.pauseProducing()
+    body.feed(b"2\r\nab\r\n")
+    clock.advance(31)
+    assert not made.transport.disconnecting
+
+
+class TcpLike(StringTransport):
+    """Aborts as TCP does: connectionLost a turn later; each abort counted."""
+
+    def __init__(self, clock: Clock, protocol: _Connection) -> None:
+        super().__init__()
+        self.clock, self.protocol, self.aborts = clock, protocol, 0
+
+    def abortConnection(self) -> None:
+        self.aborts += 1
+        if not self.disconnecting:
+            self.disconnecting = True
+            self.clock.callLater(0, self.protocol.connectionLost, Failure(ConnectionAbortedError()))
+
+
+def test_an_upload_s_504_drops_its_upstream_connection_once():
+    """The forwarder's timer and the upload's stall timer come due together."""
+    from buntime.builtins.proxy.forward import Forwarder
+
+    clock = Clock()
+
+    class Pool(HeldPool):
+        def _connect(self, key):
+            made = _Connection(key, self._done)
+            made.makeConnection(TcpLike(clock, made))
+            self.made.append(made)
+            return succeed(made)
+
+    forwarder = Forwarder(clock, 30)
+    forwarder.pool = pool = Pool(clock)
+    body = PushedStream(lambda: None)
+    answered = forwarder.forward(Request("POST", "/up", [], body), rule(), "/up")
+    [made] = pool.made
+    made.transport.producer.pauseProducing()  # reads no more, and does not answer
+    body.feed(b"ab")
+    clock.advance(30)
+    clock.advance(0)
+    assert answer_of(answered).status == 504
+    assert made.transport.aborts == 1
+
+
 def test_an_upstream_connection_dropped_as_its_early_answer_is_read_is_not_kept_idle():
     """The client's upload fails while the answer is handed on: the connection is gone."""
     pool = HeldPool(Clock())

@@ -333,12 +333,14 @@ class _Connection(Protocol):
     def _send_stalled(self, clock: Any, timeout: float) -> None:
         """
         The upstream has read none of the body for C{timeout} seconds: if
-        its answer has begun, drop the connection (before that, the
-        forwarder's own timeout answers 504); else look again later.
+        its answer has begun, drop the connection; else (or while the proxy
+        itself does not read the answer) look again later.
         """
-        if self._pacing is None or self._pacing.paused is None:
+        if not self.open or self._pacing is None or self._pacing.paused is None:
             return
-        if self._waiting is not None:
+        if self._waiting is not None or self._paused:
+            # no answer yet (the forwarder's timeout answers 504), or the proxy itself
+            # stopped reading the answer (its client does not read): not the upstream's stall
             self._stall = clock.callLater(timeout, self._send_stalled, clock, timeout)
             return
         self._broke(UpstreamLost("the upstream stopped reading the request body"))
@@ -353,6 +355,7 @@ class _Connection(Protocol):
 
     def _cancelled(self, _: Deferred[Answer]) -> None:
         self._waiting = None
+        self.open = False
         self.transport.abortConnection()  # the client went away: nothing more to read here
 
     # -- llhttp's callbacks -------------------------------------------------

@@ -74,6 +74,7 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         self._head_size = 0
         self._head_since: float | None = None  # when its first byte came; None: no head open
         self._head_bytes = 0
+        self._trailer_bytes: int | None = None  # bytes read since a last chunk's header, or None
         # the body being read
         self._head: Head | None = None
         self._body: list[bytes] = []

@@ -68,6 +68,7 @@ class RequestReading:
         _head_size: int
         _head_since: float | None
         _head_bytes: int
+        _trailer_bytes: int | None
         _idle_since: float
         _head: Head | None
         _body: list[bytes]
@@ -108,6 +109,12 @@ class RequestReading:
             else:
                 self._refuse(Refusal(400, str(error) or "Malformed request"))
         else:
+            trailing = self._trailer_bytes
+            if trailing is not None:  # after a last chunk: a trailer section may be arriving
+                # as a head's (below): from the read after the one its chunk header came in
+                self._trailer_bytes = 0 if trailing < 0 else trailing + len(data)
+                if self._trailer_bytes > self._limits.max_head + 1024:
+                    self._refuse(Refusal(431, "The trailer section is too large"))
             if self._head_since is not None:  # a head still open after this read
                 # begun in this read (-1): its bytes so far are no more than the read's,
                 # and the callbacks counted them; from the next read on, count reads
@@ -135,6 +142,8 @@ class RequestReading:
         self._target.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._done_reading:  # answered early from within this read: the rest is dropped
+            raise _Stop()
         if self._head is not None:  # a trailer field, after a chunked body: counted, dropped
             self._head_size += len(name) + len(value) + 4
             if self._head_size > self._limits.max_head:
@@ -183,7 +192,14 @@ class RequestReading:
             self._upload_unread = 0
             self._queue(head, upload)
 
+    def on_chunk_header(self) -> None:
+        # the next bytes are the chunk's, or (after the last chunk) its trailer
+        # section's, which llhttp gathers field by field: bounded read by read
+        # until a chunk's body comes (see _feed)
+        self._trailer_bytes = -1
+
     def on_body(self, data: bytes) -> None:
+        self._trailer_bytes = None
         upload = self._upload
         size = len(data)
         if upload is not None:
@@ -261,6 +277,7 @@ class RequestReading:
         upload.fail(error)
 
     def on_message_complete(self) -> None:
+        self._trailer_bytes = None
         head = self._head
         if head is None:  # the parser ends a message it refused: nothing to answer
             return

@@ -422,19 +422,28 @@ def test_an_upload_waiting_for_a_paused_upstream_ends_when_the_answer_closes_it(
     assert closed == [True] and not made.transport.value().endswith(b"cd")
 
 
-def test_an_upstream_that_stops_reading_the_upload_after_answering_loses_the_connection():
-    """As nginx's proxy_send_timeout: once the answer has begun, the forwarder's 504 cannot come."""
+STREAMED_ANSWER = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def timed_upload(length: bytes = b"transfer-encoding: chunked"):
+    """An upload with a 30 s send timeout on a held pool: clock, body, answer, connection."""
     clock = Clock()
     pool = HeldPool(clock)
     body = PushedStream(lambda: None)
-    head = b"POST /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+    head = b"POST /up HTTP/1.1\r\n%s\r\n\r\n" % length
     answer = pool.upload(KEY, "POST", head, body, send_timeout=30)
     [made] = pool.made
+    return clock, body, answer, made
+
+
+def test_an_upstream_that_stops_reading_the_upload_after_answering_loses_the_connection():
+    """As nginx's proxy_send_timeout: once the answer has begun, the forwarder's 504 cannot come."""
+    clock, body, answer, made = timed_upload()
     made.transport.producer.pauseProducing()  # the upstream reads no more of it
     body.feed(b"ab")
     clock.advance(40)  # no answer yet: the forwarder's timeout (504) is the one that counts
     assert not made.transport.disconnecting
-    made.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n")
+    made.dataReceived(STREAMED_ANSWER + b"2\r\nhi\r\n")
     streamed = answer_of(answer).body
     clock.advance(29)
     assert not made.transport.disconnecting
@@ -447,13 +456,8 @@ def test_an_upstream_that_stops_reading_the_upload_after_answering_loses_the_con
 
 
 def test_an_upload_the_upstream_goes_on_reading_is_not_cut_by_the_send_timeout():
-    clock = Clock()
-    pool = HeldPool(clock)
-    body = PushedStream(lambda: None)
-    head = b"POST /up HTTP/1.1\r\ncontent-length: 4\r\n\r\n"
-    answer = pool.upload(KEY, "POST", head, body, send_timeout=30)
-    [made] = pool.made
-    made.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n")
+    clock, body, answer, made = timed_upload(b"content-length: 4")
+    made.dataReceived(STREAMED_ANSWER + b"2\r\nhi\r\n")
     answer_of(answer)
     for chunk in (b"ab", b"cd"):
         made.transport.producer.pauseProducing()
@@ -467,13 +471,8 @@ def test_an_upload_the_upstream_goes_on_reading_is_not_cut_by_the_send_timeout()
 
 def test_an_upstream_the_proxy_itself_stopped_reading_is_not_blamed_for_a_stalled_upload():
     """Its client reads the answer slowly, so the upstream, blocked writing, reads no more."""
-    clock = Clock()
-    pool = HeldPool(clock)
-    body = PushedStream(lambda: None)
-    head = b"POST /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
-    answer = pool.upload(KEY, "POST", head, body, send_timeout=30)
-    [made] = pool.made
-    made.dataReceived(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    clock, body, answer, made = timed_upload()
+    made.dataReceived(STREAMED_ANSWER)
     answer_of(answer)  # its body: a stream no one reads for now
     for _ in range(5):
         made.dataReceived(b"2\r\nhi\r\n")

@@ -311,6 +311,11 @@ async def test_a_large_download_streams_through_without_being_held(runtimes, tmp
     assert peak - before < 25, f"the runtime grew by {peak - before:.0f} MB for a 50 MB body"
 
 
+def sink_rule(port: int) -> dict[str, str]:
+    """The rule sending C{/sink} to the upstream's L{Sink}."""
+    return {"pattern": "^/sink$", "target": f"http://127.0.0.1:{port}"}
+
+
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 @pytest_twisted.ensureDeferred
 async def test_a_large_upload_streams_through_without_being_held(
@@ -320,7 +325,7 @@ async def test_a_large_upload_streams_through_without_being_held(
     proc = await start_proxy(
         runtimes,
         tmp_path,
-        [{"pattern": "^/sink$", "target": f"http://127.0.0.1:{port}"}],
+        [sink_rule(port)],
         env={"BODY_SIZE_DEFAULT": "100mb"},
     )
     before = rss_mb(proc.pid)
@@ -343,7 +348,7 @@ async def test_a_chunked_upload_past_the_limit_is_refused_midway_and_the_proxy_g
     proc = await start_proxy(
         runtimes,
         tmp_path,
-        [{"pattern": "^/sink$", "target": f"http://127.0.0.1:{port}"}],
+        [sink_rule(port)],
         env={"BODY_SIZE_DEFAULT": "1mb"},
     )
     source = io.BytesIO(b"x" * (3 * MB))

@@ -400,12 +400,22 @@ def test_a_chunked_upload_no_one_reads_stops_the_reading_until_it_is_taken():
     assert client.transport.producerState == "producing"
 
 
-def test_a_chunked_upload_past_its_limit_fails_for_its_reader_and_the_client_gets_413():
-    client = connect(Door(holding("/up"), limit=len(UPLOAD) // 2), Limits())
+def half_limit_upload(transport: Transport | None = None):
+    """
+    A chunked upload whose path's limit is half of it, dispatched and being
+    read: the client, its exchange, its framed chunks (the first 6 sent),
+    what its reader took and how its read ended.
+    """
+    client = connect(Door(holding("/up"), limit=len(UPLOAD) // 2), Limits(), transport=transport)
     framed = chunks(UPLOAD)
     client.send(chunked_head(), *framed[:6])
     [exchange] = client.door.seen
     got, ended = reading(exchange.body)
+    return client, exchange, framed, got, ended
+
+
+def test_a_chunked_upload_past_its_limit_fails_for_its_reader_and_the_client_gets_413():
+    client, exchange, framed, got, ended = half_limit_upload()
     client.send(*framed[6:9])  # past 512 KiB
     assert type(ended[-1]).__name__ == "BodyTooLarge"
     assert sum(map(len, got)) <= len(UPLOAD) // 2
@@ -430,11 +440,7 @@ def test_a_chunked_upload_past_its_limit_while_waiting_its_turn_is_refused_in_it
 
 
 def test_a_chunked_upload_past_its_limit_after_its_answer_began_closes_after_that_answer():
-    client = connect(Door(holding("/up"), limit=len(UPLOAD) // 2), Limits())
-    framed = chunks(UPLOAD)
-    client.send(chunked_head(), *framed[:6])
-    [exchange] = client.door.seen
-    _got, ended = reading(exchange.body)
+    client, exchange, framed, _got, ended = half_limit_upload()
     body = Stream()
     exchange.respond(Response(200, {}, body))
     body.give(b"started")
@@ -465,11 +471,7 @@ class TcpTransport(Transport):
 def test_a_chunked_upload_past_its_limit_after_its_answer_began_lingers_over_tcp():
     """The client is still sending: a plain close could reset the answer (RFC 9112 §9.6)."""
     transport = TcpTransport()
-    client = connect(Door(holding("/up"), limit=len(UPLOAD) // 2), Limits(), transport=transport)
-    framed = chunks(UPLOAD)
-    client.send(chunked_head(), *framed[:6])
-    [exchange] = client.door.seen
-    reading(exchange.body)
+    client, exchange, framed, _got, _ended = half_limit_upload(transport)
     body = Stream()
     exchange.respond(Response(200, {}, body))
     body.give(b"started")

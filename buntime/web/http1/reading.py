@@ -186,11 +186,7 @@ class RequestReading:
             self._continued = True
             self._write(CONTINUE)
         if uploaded:
-            # an upload: answered while it arrives (see the module's docstring); its
-            # 100 Continue goes out when its reader first asks for it, as uvicorn's does
-            upload = self._upload = self._counted = Upload(_ignore, wanted=self._upload_wanted)
-            self._upload_unread = 0
-            self._queue(head, upload)
+            self._start_upload(head)
 
     def on_chunk_header(self) -> None:
         # the next bytes are the chunk's, or (after the last chunk) its trailer
@@ -222,11 +218,19 @@ class RequestReading:
             and not head.upgrade
         ):
             # a chunked body this large: an upload from now on
-            upload = self._upload = self._counted = Upload(_ignore, wanted=self._upload_wanted)
-            self._upload_unread = 0
             body, self._body = self._body, []
-            self._queue(head, upload)
-            self._feed_upload(upload, b"".join(body))
+            self._feed_upload(self._start_upload(head), b"".join(body))
+
+    def _start_upload(self, head: Head) -> Upload:
+        """
+        Queue the request of C{head} with its body still to come (an upload,
+        answered while it arrives: see the module's docstring); its 100
+        Continue goes out when its reader first asks for it, as uvicorn's does.
+        """
+        upload = self._upload = self._counted = Upload(_ignore, wanted=self._upload_wanted)
+        self._upload_unread = 0
+        self._queue(head, upload)
+        return upload
 
     def _feed_upload(self, upload: PushedStream, data: bytes) -> None:
         size = len(data)

@@ -10,6 +10,8 @@ from typing import Any
 
 from attrs import field, frozen
 
+_new = object.__new__
+
 
 def _pairs(source: object) -> tuple[tuple[str, str], ...]:
     if source is None:
@@ -57,8 +59,8 @@ class Headers(Mapping[str, str]):
     @classmethod
     def _of(cls, items: tuple[tuple[str, str], ...]) -> Headers:
         """Headers holding C{items}, already text pairs (no conversion)."""
-        headers = object.__new__(cls)
-        object.__setattr__(headers, "_items", items)
+        headers = _new(cls)
+        _set_items(headers, items)
         return headers
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
@@ -97,12 +99,15 @@ class Headers(Mapping[str, str]):
     def set(self, name: str, value: str) -> Headers:
         """A copy where C{name} has exactly the one value C{value}."""
         wanted = name.lower()
+        size = len(wanted)
         kept = self._items
         for key, _ in kept:
-            if key.lower() == wanted:  # there: without it (or them)
+            if len(key) == size and key.lower() == wanted:  # there: without it (or them)
                 kept = tuple(pair for pair in kept if pair[0].lower() != wanted)
                 break
-        return Headers._of((*kept, _pair(name, value)))
+        headers = _new(Headers)
+        _set_items(headers, (*kept, _pair(name, value)))
+        return headers
 
     def set_many(self, pairs: Iterable[tuple[str, str]]) -> Headers:
         """
@@ -124,7 +129,9 @@ class Headers(Mapping[str, str]):
             if key.lower() in names:  # set already: without its values
                 kept = tuple([pair for pair in kept if pair[0].lower() not in names])
                 break
-        return Headers._of(kept + added)
+        headers = _new(Headers)
+        _set_items(headers, kept + added)
+        return headers
 
     def add(self, name: str, value: str) -> Headers:
         """A copy with one more value for C{name}."""
@@ -160,3 +167,11 @@ class Headers(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"Headers({list(self._items)!r})"
+
+
+_set_items = Headers.__dict__["_items"].__set__
+"""
+Sets the pairs of a L{Headers} just made (its slot, as attrs' frozen
+C{__init__} sets it, without looking the name up): the copies of L{set},
+L{set_many} and C{_of} are made on every request a plugin hooks.
+"""

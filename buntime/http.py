@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +17,8 @@ from urllib.parse import urlsplit
 from attrs import evolve, field, frozen
 
 from buntime.headers import Headers
+
+_new = object.__new__
 
 __all__ = [
     "AppInfo",
@@ -52,6 +55,21 @@ def _split_url(url: str) -> tuple[str, str]:
         return path, query
     parts = urlsplit(url)
     return parts.path, parts.query
+
+
+_SPLITS_A_PATH = re.compile(r"[?#\t\r\n]")
+"""What L{_split_url} would read out of a path (or drop from it)."""
+
+
+def _known_parts(path: str, query: str) -> tuple[str, str] | None:
+    """
+    The parts L{_split_url} would read from C{path} and C{query} joined,
+    when it is plain to see (a path starting with C{/} holding nothing it
+    splits at or drops); C{None}: leave it to L{_split_url}.
+    """
+    if path[:1] == "/" and _SPLITS_A_PATH.search(path) is None:
+        return path, query
+    return None
 
 
 @frozen
@@ -101,30 +119,61 @@ class Request:
         """The C{x-request-id} header, which the runtime always sets."""
         return self.headers.get("x-request-id")
 
+    @classmethod
+    def _of(
+        cls,
+        method: str,
+        url: str,
+        headers: Headers,
+        body: Body,
+        remote_addr: str | None,
+        remote_port: int | None,
+        local_addr: tuple[str, int] | None,
+        parts: tuple[str, str] | None = None,
+    ) -> Request:
+        """
+        A request of C{headers} that already are L{Headers} (C{parts}: its
+        path and query when known): its slots set as attrs' frozen
+        C{__init__} sets them, without the name lookups and the converter.
+        Every request is made so, and copied so on its way to an app.
+        """
+        if cls is not Request:  # a subclass may have more to set
+            return cls(method, url, headers, body, remote_addr, remote_port, local_addr)
+        made = _new(Request)
+        _set_method(made, method)
+        _set_url(made, url)
+        _set_request_headers(made, headers)
+        _set_request_body(made, body)
+        _set_remote_addr(made, remote_addr)
+        _set_remote_port(made, remote_port)
+        _set_local_addr(made, local_addr)
+        _set_parts(made, parts)
+        return made
+
     def with_header(self, name: str, value: str) -> Request:
-        headers = self.headers.set(name, value)
-        return type(self)(
+        return self._of(
             self.method,
             self.url,
-            headers,
+            self.headers.set(name, value),
             self.body,
             self.remote_addr,
             self.remote_port,
             self.local_addr,
+            self._parts,
         )
 
     def with_path(self, path: str) -> Request:
         """A copy with another path; the query string is kept."""
         query = self.query
-        url = path + ("?" + query if query else "")
-        return type(self)(
+        return self._of(
             self.method,
-            url,
+            path + ("?" + query if query else ""),
             self.headers,
             self.body,
             self.remote_addr,
             self.remote_port,
             self.local_addr,
+            _known_parts(path, query),
         )
 
     def with_body(self, body: Body) -> Request:
@@ -135,17 +184,16 @@ class Request:
         The request as an app mounted at C{base} sees it: C{path} (the query
         string kept) and an C{x-base} header: C{with_path(path).with_header("x-base", base)}.
         """
-        query = self._split()[1]
-        url = path + ("?" + query if query else "")
-        headers = self.headers.set("x-base", base)
-        return type(self)(
+        query = self.query
+        return self._of(
             self.method,
-            url,
-            headers,
+            path + ("?" + query if query else ""),
+            self.headers.set("x-base", base),
             self.body,
             self.remote_addr,
             self.remote_port,
             self.local_addr,
+            _known_parts(path, query),
         )
 
 
@@ -181,11 +229,11 @@ class Response:
         return cls.json({"error": {"code": code, "message": message}}, status, headers)
 
     def with_header(self, name: str, value: str) -> Response:
-        return type(self)(self.status, self.headers.set(name, value), self.body, self.reason)
+        return _with_response_headers(self, self.headers.set(name, value))
 
     def with_headers(self, pairs: Iterable[tuple[str, str]]) -> Response:
         """A copy with each header of C{pairs} set (see L{Headers.set_many})."""
-        return type(self)(self.status, self.headers.set_many(pairs), self.body, self.reason)
+        return _with_response_headers(self, self.headers.set_many(pairs))
 
     def with_status(self, status: int) -> Response:
         """A copy with another status (and its standard reason phrase)."""
@@ -193,6 +241,36 @@ class Response:
 
     def with_body(self, body: Body) -> Response:
         return evolve(self, body=body)
+
+
+_set_method = Request.__dict__["method"].__set__
+_set_url = Request.__dict__["url"].__set__
+_set_request_headers = Request.__dict__["headers"].__set__
+_set_request_body = Request.__dict__["body"].__set__
+_set_remote_addr = Request.__dict__["remote_addr"].__set__
+_set_remote_port = Request.__dict__["remote_port"].__set__
+_set_local_addr = Request.__dict__["local_addr"].__set__
+_set_parts = Request.__dict__["_parts"].__set__
+_set_status = Response.__dict__["status"].__set__
+_set_headers = Response.__dict__["headers"].__set__
+_set_body = Response.__dict__["body"].__set__
+_set_reason = Response.__dict__["reason"].__set__
+
+
+def _with_response_headers(response: Response, headers: Headers) -> Response:
+    """
+    A copy of C{response} with C{headers}: its slots set as attrs' frozen
+    C{__init__} sets them, without the name lookups and the converter (the
+    copy of every answer a plugin's C{on_response} hook changes).
+    """
+    if type(response) is not Response:  # a subclass may have more to set
+        return type(response)(response.status, headers, response.body, response.reason)
+    made = _new(Response)
+    _set_status(made, response.status)
+    _set_headers(made, headers)
+    _set_body(made, response.body)
+    _set_reason(made, response.reason)
+    return made
 
 
 @frozen

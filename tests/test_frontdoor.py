@@ -561,6 +561,9 @@ class Plugins:
     def requests_hooked(self) -> bool:
         return bool(self.hooks("on_request") or self.hooks("on_response"))
 
+    def responses_hooked(self) -> bool:
+        return bool(self.hooks("on_response"))
+
     def request_hooks(self, request: Request, app: Any, app_path: Any) -> Any:
         self.seen.append(("on_request", request.path, app, app_path))
         hook = self._hooks["on_request"]

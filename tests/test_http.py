@@ -322,3 +322,58 @@ def test_headers_set_many_in_one_copy():
     assert headers.set_many([("Y", "2")]).items() == [*headers.items(), ("Y", "2")]
     response = Response.text("x").with_headers([("X-A", "1")])
     assert response.headers["x-a"] == "1" and response.body == b"x"
+
+
+@given(st.text(), st.sampled_from(["", "q=1", "a?b", "a#b"]))
+def test_a_moved_request_s_path_and_query_are_what_its_url_reads(text, query):
+    """
+    C{with_path} and C{for_app} work out the copy's path and query at once
+    when they can: they are always what a request of the copy's URL reads.
+    """
+    request = Request("GET", "/orig?" + query if query else "/orig", {"a": "1"}, b"", "1.2.3.4")
+    for path in ("/" + text, text, "//" + text):
+        for moved in (request.with_path(path), request.for_app(path, "/base")):
+            fresh = Request("GET", moved.url, moved.headers, b"", "1.2.3.4")
+            assert (moved.path, moved.query) == (fresh.path, fresh.query)
+            assert moved == fresh
+
+
+def test_copies_are_made_as_the_constructor_makes_them():
+    request = Request("POST", "/a?x=1", {"h": "1"}, b"body", "1.2.3.4", 5, ("127.0.0.1", 80))
+    copies = (request.with_header("h", "2"), request.with_path("/b"), request.for_app("/b", "/a"))
+    for copy in copies:
+        assert type(copy) is Request
+        assert copy == Request(
+            copy.method,
+            copy.url,
+            copy.headers,
+            copy.body,
+            copy.remote_addr,
+            copy.remote_port,
+            copy.local_addr,
+        )
+        assert (copy.body, copy.remote_addr, copy.remote_port, copy.local_addr) == (
+            b"body",
+            "1.2.3.4",
+            5,
+            ("127.0.0.1", 80),
+        )
+    response = Response(299, {"a": "1"}, b"x", "Custom")
+    for changed in (response.with_header("b", "2"), response.with_headers([("b", "2")])):
+        assert type(changed) is Response
+        assert changed == Response(299, {"a": "1", "b": "2"}, b"x", "Custom")
+
+
+def test_a_subclass_s_copies_keep_its_class():
+    @attrs.frozen
+    class Tagged(Response):
+        tag: str = "t"
+
+    @attrs.frozen
+    class Routed(Request):
+        tag: str = "t"
+
+    assert type(Tagged(200, {}, b"").with_headers([("a", "1")])) is Tagged
+    assert type(Tagged(200, {}, b"").with_header("a", "1")) is Tagged
+    assert type(Routed("GET", "/a").with_path("/b")) is Routed
+    assert type(Routed("GET", "/a").for_app("/b", "/a")) is Routed

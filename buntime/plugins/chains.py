@@ -53,22 +53,24 @@ def request_chain(
             result = hook(request, app)
         except Exception as error:
             return _hook_failed(plugin, "on_request", error)
-        if result is not None and not isinstance(result, Request | Response):
-            # an awaitable: the hooks after it wait for its answer
-            return when_answered(
-                result,
-                _request_hooked,
-                _hook_failed_late,
-                plugin,
-                hooks,
-                index,
-                request,
-                app,
-            )
+        if result is None:
+            continue
         if isinstance(result, Response):
             return result
-        if result is not None:
+        if isinstance(result, Request):
             request = result
+            continue
+        # an awaitable: the hooks after it wait for its answer
+        return when_answered(
+            result,
+            _request_hooked,
+            _hook_failed_late,
+            plugin,
+            hooks,
+            index,
+            request,
+            app,
+        )
     return request
 
 
@@ -115,7 +117,9 @@ def response_chain(
         except Exception as error:
             plugin_error(plugin, "on_response", error)
             continue
-        if result is not None and not isinstance(result, Response):
+        if isinstance(result, Response):
+            response = result
+        elif result is not None:  # an awaitable (or a wrong answer: see L{_hooked_response})
             return when_answered(
                 result,
                 _response_hooked,
@@ -128,7 +132,6 @@ def response_chain(
                 request,
                 given,
             )
-        response = _hooked_response(plugin, result, response)
     return response
 
 

@@ -136,12 +136,23 @@ class PluginRegistry:
         init=False
     )
     _public: tuple[PublicRoutes, ...] = field(init=False)
+    _request_hooks: tuple[tuple[LoadedPlugin, Any], ...] = field(init=False)
+    _response_hooks: tuple[tuple[LoadedPlugin, Any], ...] = field(init=False)
     _given_request: frozenset[LoadedPlugin] = field(init=False)
     """The plugins whose C{on_response} takes the request (L{takes_request})."""
 
+    # the hooks every request a plugin hooks looks at, found once
+    @_request_hooks.default
+    def _find_request_hooks(self) -> tuple[tuple[LoadedPlugin, Any], ...]:
+        return self.hooks("on_request")
+
+    @_response_hooks.default
+    def _find_response_hooks(self) -> tuple[tuple[LoadedPlugin, Any], ...]:
+        return self.hooks("on_response")
+
     @_given_request.default
     def _response_hooks_taking_requests(self) -> frozenset[LoadedPlugin]:
-        return frozenset(p for p, hook in self.hooks("on_response") if takes_request(hook))
+        return frozenset(p for p, hook in self._response_hooks if takes_request(hook))
 
     @_public.default
     def _plugin_public_routes(self) -> tuple[PublicRoutes, ...]:
@@ -248,7 +259,7 @@ class PluginRegistry:
         self, request: Request, app: AppInfo | None, app_path: str | None
     ) -> Request | Response | Deferred[Request | Response]:
         """L{on_request}, answered at once (not as a Deferred) when every hook answers at once."""
-        hooks = self.hooks("on_request")
+        hooks = self._request_hooks
         if not hooks or self.is_public(request.method, request.path, app, app_path):
             return request
         return request_chain(hooks, 0, request, app)
@@ -267,9 +278,7 @@ class PluginRegistry:
         self, response: Response, app: AppInfo | None, request: Request | None = None
     ) -> Response | Deferred[Response]:
         """L{on_response}, answered at once (not as a Deferred) when every hook answers at once."""
-        return response_chain(
-            self.hooks("on_response"), 0, response, app, request, self._given_request
-        )
+        return response_chain(self._response_hooks, 0, response, app, request, self._given_request)
 
     async def server_fetch(self, request: Request) -> Response | None:
         """The first C{server_fetch} answer that is not a 404 (or C{None}: nobody's)."""
@@ -299,7 +308,11 @@ class PluginRegistry:
 
     def requests_hooked(self) -> bool:
         """Whether a plugin has an C{on_request} or C{on_response} hook."""
-        return bool(self.hooks("on_request") or self.hooks("on_response"))
+        return bool(self._request_hooks or self._response_hooks)
+
+    def responses_hooked(self) -> bool:
+        """Whether a plugin has an C{on_response} hook."""
+        return bool(self._response_hooks)
 
     def routes_under(self, path: str) -> bool:
         """Whether a plugin's Klein C{routes} are mounted at a base above C{path}."""

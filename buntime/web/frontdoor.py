@@ -122,7 +122,7 @@ class FrontDoor:
             headers = without_forwarded(headers)
         if exchange.secure:  # apps (and the proxy's upstreams) learn it came over TLS
             headers = with_https(headers)
-        incoming = Request(
+        incoming = Request._of(
             head.method,
             head.target,
             Headers._of((*headers, ("x-request-id", request_id))),
@@ -214,7 +214,7 @@ class FrontDoor:
             if found is not None:
                 hooks.app, hooks.app_path = found
         requested = registry.request_hooks(request, hooks.app, hooks.app_path)
-        if not isinstance(requested, Deferred):  # every hook answered at once
+        if isinstance(requested, Request | Response):  # every hook answered at once
             return self._requested(requested, path, is_api, hooks, fields, exchange)
         return requested.addCallback(self._requested, path, is_api, hooks, fields, exchange)
 
@@ -244,7 +244,7 @@ class FrontDoor:
             )
         ):
             return succeed(None)
-        if hooks is not None and not hooks.registry.hooks("on_response"):
+        if hooks is not None and not hooks.registry.responses_hooked():
             hooks = None
         elif hooks is not None:
             hooks.request = outcome  # for on_response hooks that take it

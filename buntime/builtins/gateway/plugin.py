@@ -160,18 +160,21 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
 
     def _headers(self, request: Request, response: Response) -> list[tuple[str, str]]:
         """The rate-limit and CORS headers of the answer C{response} to C{request}."""
-        pairs: list[tuple[str, str]] = []
-        path = request.path
+        pairs: list[tuple[str, str]]
         limiter = self.limiter
         excluded = self._rate_exclude
-        if limiter is not None and (excluded is None or path not in excluded):
+        if limiter is not None and (excluded is None or request.path not in excluded):
             left, reset = limiter.remaining(self._key(request))
-            pairs.append(self._limit)
-            pairs.append(("x-ratelimit-remaining", str(left)))
-            pairs.append(("x-ratelimit-reset", str(reset)))
+            pairs = [
+                self._limit,
+                ("x-ratelimit-remaining", str(left)),
+                ("x-ratelimit-reset", str(reset)),
+            ]
+        else:
+            pairs = []
         cors = self.cors
         excluded = self._cors_exclude
-        if cors is not None and (excluded is None or path not in excluded):
+        if cors is not None and (excluded is None or request.path not in excluded):
             origin = request.headers.get("origin")
             if origin is not None and (allowed := cors.headers(origin)) is not None:
                 pairs.extend(allowed)

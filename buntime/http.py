@@ -243,18 +243,31 @@ class Response:
         return evolve(self, body=body)
 
 
-_set_method = Request.__dict__["method"].__set__
-_set_url = Request.__dict__["url"].__set__
-_set_request_headers = Request.__dict__["headers"].__set__
-_set_request_body = Request.__dict__["body"].__set__
-_set_remote_addr = Request.__dict__["remote_addr"].__set__
-_set_remote_port = Request.__dict__["remote_port"].__set__
-_set_local_addr = Request.__dict__["local_addr"].__set__
-_set_parts = Request.__dict__["_parts"].__set__
-_set_status = Response.__dict__["status"].__set__
-_set_headers = Response.__dict__["headers"].__set__
-_set_body = Response.__dict__["body"].__set__
-_set_reason = Response.__dict__["reason"].__set__
+def _slot_setters(cls: type, *names: str) -> list[Any]:
+    """
+    The setters of C{names}' slots on C{cls}: they set a field of an
+    instance just made as attrs' frozen C{__init__} does, without looking
+    its name up (see L{Request._of} and L{_with_response_headers}).
+    """
+    return [cls.__dict__[name].__set__ for name in names]
+
+
+(
+    _set_method,
+    _set_url,
+    _set_request_headers,
+    _set_request_body,
+    _set_remote_addr,
+    _set_remote_port,
+    _set_local_addr,
+    _set_parts,
+) = _slot_setters(
+    Request,
+    *("method", "url", "headers", "body", "remote_addr", "remote_port", "local_addr", "_parts"),
+)
+_set_status, _set_headers, _set_body, _set_reason = _slot_setters(
+    Response, "status", "headers", "body", "reason"
+)
 
 
 def _with_response_headers(response: Response, headers: Headers) -> Response:

@@ -377,3 +377,13 @@ def test_a_subclass_s_copies_keep_its_class():
     assert type(Tagged(200, {}, b"").with_header("a", "1")) is Tagged
     assert type(Routed("GET", "/a").with_path("/b")) is Routed
     assert type(Routed("GET", "/a").for_app("/b", "/a")) is Routed
+
+
+def test_the_fast_copies_know_every_field():
+    """C{Request._of} and the response copies set each slot: a new field must be set there too."""
+    request_fields = [field.name for field in attrs.fields(Request)]
+    assert request_fields == [
+        *("method", "url", "headers", "body", "remote_addr", "remote_port", "local_addr", "_parts"),
+    ]
+    response_fields = [field.name for field in attrs.fields(Response)]
+    assert response_fields == ["status", "headers", "body", "reason"]

@@ -39,6 +39,15 @@ def _pair(name: object, value: object) -> tuple[str, str]:
     return _pairs([(name, str(value))])[0]
 
 
+def _compared_length(wanted: str) -> int:
+    """
+    The length a name must have to lower to C{wanted} (a lowered name): its
+    own, so that most names are told apart without lowering them; -1 (any)
+    when C{wanted} is not ASCII, as a name holding U+0130 grows when lowered.
+    """
+    return len(wanted) if wanted.isascii() else -1
+
+
 @frozen(eq=False)
 class Headers(Mapping[str, str]):
     """
@@ -66,10 +75,10 @@ class Headers(Mapping[str, str]):
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         """The first value of C{name}, or C{default}."""
         wanted = name.lower()
-        size = len(wanted)
+        size = _compared_length(wanted)
         for key, value in self._items:
             # lengths first: most names differ in length, and lower() makes a new string
-            if len(key) == size and key.lower() == wanted:
+            if (len(key) == size or size < 0) and key.lower() == wanted:
                 return value
         return default
 
@@ -83,8 +92,12 @@ class Headers(Mapping[str, str]):
     def getall(self, name: str) -> list[str]:
         """Every value of C{name}, in order (empty if absent)."""
         wanted = name.lower()
-        size = len(wanted)
-        return [value for key, value in self._items if len(key) == size and key.lower() == wanted]
+        size = _compared_length(wanted)
+        return [
+            value
+            for key, value in self._items
+            if (len(key) == size or size < 0) and key.lower() == wanted
+        ]
 
     get_all = getall
 
@@ -99,10 +112,11 @@ class Headers(Mapping[str, str]):
     def set(self, name: str, value: str) -> Headers:
         """A copy where C{name} has exactly the one value C{value}."""
         wanted = name.lower()
-        size = len(wanted)
+        size = _compared_length(wanted)
         kept = self._items
         for key, _ in kept:
-            if len(key) == size and key.lower() == wanted:  # there: without it (or them)
+            # there: without it (or them)
+            if (len(key) == size or size < 0) and key.lower() == wanted:
                 kept = tuple(pair for pair in kept if pair[0].lower() != wanted)
                 break
         headers = _new(Headers)

@@ -387,3 +387,11 @@ def test_the_fast_copies_know_every_field():
     ]
     response_fields = [field.name for field in attrs.fields(Response)]
     assert response_fields == ["status", "headers", "body", "reason"]
+
+
+def test_names_that_grow_when_lowered_are_found():
+    """U+0130 lowers to two characters: comparing lengths first must not miss it."""
+    headers = Headers([("İ", "1"), ("a", "2")])
+    assert headers.get("İ") == "1" and headers.getall("i̇") == ["1"]
+    assert headers.set("İ", "3").items() == [("a", "2"), ("İ", "3")]
+    assert headers.set("İ", "3").get("K") is None and Headers([("K", "4")]).get("k") == "4"

@@ -286,6 +286,10 @@ def _check_policy(
     warnings = []
     if manifest.timeout <= 0:
         raise ManifestError(app_label, "timeout", "must be greater than 0")
+    if manifest.max_body_size <= 0:
+        raise ManifestError(
+            app_label, "maxBodySize", "must be greater than 0 (BODY_SIZE_MAX caps it)"
+        )
     ttl, timeout, idle = manifest.ttl, manifest.timeout, manifest.idle_timeout
     if ttl > 0:
         # defaults never make a long timeout invalid: what was not given grows to it

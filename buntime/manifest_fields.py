@@ -6,6 +6,7 @@ C{ValueError} with a message for the user.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,8 +17,14 @@ HTTP_METHODS = ("ALL", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS
 
 
 def _show(value: object) -> str:
+    """
+    C{value} as an error line shows it: a string in double quotes, cut
+    short, with what is not printable (a line break, say) escaped as JSON
+    escapes it, so that the error stays one line.
+    """
     if isinstance(value, str):
-        return f'"{value}"' if len(value) <= 60 else f'"{value[:57]}..."'
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return json.dumps(text, ensure_ascii=not text.isprintable())
     return shown(value)
 
 

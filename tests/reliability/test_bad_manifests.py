@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from buntime.manifest import MAX_DEPTH, ManifestError, load_app_manifest
@@ -130,7 +130,8 @@ def _load_app(app_dir: str) -> None:
         )
     except ManifestError as error:
         line = str(error)
-        assert line.startswith('Invalid manifest for app "fuzz@1.0.0": ') and "\n" not in line
+        assert line.startswith('Invalid manifest for app "fuzz@1.0.0": ')
+        assert len(line.splitlines()) == 1  # no line break of any kind
     else:
         assert manifest.timeout > 0 and manifest.max_body_size > 0
         assert all(isinstance(w, str) and "\n" not in w for w in warnings)
@@ -154,6 +155,12 @@ def _dump(document: object) -> str:
 
 @FUZZ
 @given(document=DOCUMENTS)
+# found by this test: a line break in a value broke the error line; a body limit of 0
+@example(document={"lowMemory": "\n"})
+@example(document={"maxBodySize": "\n"})
+@example(document={"maxBodySize": 0})
+@example(document={"maxRequests": "\n"})
+@example(document={"timeout": "\u2028"})
 def test_any_document_shape_is_an_app_manifest_or_one_clear_error(tmp_path, document):
     _load_app(_app(tmp_path, _dump(document)))
 

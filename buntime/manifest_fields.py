@@ -6,11 +6,10 @@ C{ValueError} with a message for the user.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from buntime.units import parse_duration, parse_size, shown
+from buntime.units import parse_duration, parse_size, quoted, shown
 
 HTTP_METHODS = ("ALL", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 """Keys a C{publicRoutes} map may use; C{ALL} matches every method."""
@@ -23,8 +22,7 @@ def _show(value: object) -> str:
     escapes it, so that the error stays one line.
     """
     if isinstance(value, str):
-        text = value if len(value) <= 60 else value[:57] + "..."
-        return json.dumps(text, ensure_ascii=not text.isprintable())
+        return quoted(value if len(value) <= 60 else value[:57] + "...")
     return shown(value)
 
 

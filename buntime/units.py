@@ -7,6 +7,7 @@ A bare number is seconds (durations) or bytes (sizes); strings carry a unit:
 
 from __future__ import annotations
 
+import json
 import re
 
 _DURATION_UNITS = {
@@ -49,6 +50,15 @@ def _parse(value: object, units: dict[str, float], default: str, kind: str, hint
     if number < 0 or number != number or number == float("inf"):
         raise ValueError(f"invalid {kind}: {shown(value)} (must be a non-negative number)")
     return number
+
+
+def quoted(text: str) -> str:
+    """
+    C{text} in double quotes for an error line: as it is when it is all
+    printable, else with what is not (a line break, say) escaped as JSON
+    escapes it, so that the error stays one line.
+    """
+    return json.dumps(text, ensure_ascii=not text.isprintable())
 
 
 def shown(value: object) -> str:

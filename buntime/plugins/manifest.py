@@ -19,6 +19,7 @@ from typing import Any
 from attrs import field, frozen
 
 from buntime.plugins.publicroutes import PublicRoutes
+from buntime.units import quoted
 
 MANIFEST_FIELDS = frozenset(
     {
@@ -274,7 +275,9 @@ def parse_plugin_manifest(
     """
     name = manifest_name(document)
     if name is None:
-        raise PluginError(f'Plugin "{label}" manifest is missing required field: name')
+        raise PluginError(f"Plugin {quoted(label)} manifest is missing required field: name")
+    if not name.isprintable():  # it names the plugin in every line about it
+        raise PluginError(f"Plugin {quoted(name)} manifest: name must be printable (no line break)")
     where = f'Plugin "{name}" manifest'
     raw = resolve_settings(document, environ, where)
     base = _optional_string(raw.get("base"), "base", where)
@@ -317,11 +320,11 @@ def check_base(name: str, base: str | None, reserved: tuple[str, ...]) -> None:
         return
     if base in reserved or any(base.startswith(r + "/") for r in reserved):
         raise PluginError(
-            f'Plugin "{name}" cannot use reserved path "{base}". '
+            f"Plugin {quoted(name)} cannot use reserved path {quoted(base)}. "
             f"Reserved paths: {', '.join(reserved)}"
         )
     if not _BASE.match(base):
         raise PluginError(
-            f'Plugin "{name}" has an invalid base "{base}": it must be one path segment'
-            ' like "/metrics" (letters, digits, "_" and "-")'
+            f"Plugin {quoted(name)} has an invalid base {quoted(base)}: it must be one path"
+            ' segment like "/metrics" (letters, digits, "_" and "-")'
         )

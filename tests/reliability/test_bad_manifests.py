@@ -251,3 +251,16 @@ def test_any_plugin_manifest_is_a_plugin_or_one_clear_error(tmp_path, document, 
     else:
         assert isinstance(manifest.name, str) and isinstance(manifest.settings, dict)
     assert time.monotonic() - started < SECONDS
+
+
+@pytest.mark.parametrize(
+    ("document", "label"),
+    [({"name": "a\nb"}, "x"), ({"name": "p", "base": "/a\u2028b"}, "x"), ({}, "dir\nx")],
+    ids=["name", "base", "label"],
+)
+def test_a_plugin_manifest_error_with_a_line_break_in_it_stays_one_line(document, label):
+    with pytest.raises(PluginError) as raised:
+        manifest = parse_plugin_manifest(document, label=label, environ={})
+        check_base(manifest.name, manifest.base, reserved_bases())
+    line = str(raised.value)
+    assert line.startswith('Plugin "') and len(line.splitlines()) == 1

@@ -119,9 +119,7 @@ class Headers(Mapping[str, str]):
             if (len(key) == size or size < 0) and key.lower() == wanted:
                 kept = tuple(pair for pair in kept if pair[0].lower() != wanted)
                 break
-        headers = _new(Headers)
-        _set_items(headers, (*kept, _pair(name, value)))
-        return headers
+        return Headers._of((*kept, _pair(name, value)))
 
     def set_many(self, pairs: Iterable[tuple[str, str]]) -> Headers:
         """
@@ -143,9 +141,7 @@ class Headers(Mapping[str, str]):
             if key.lower() in names:  # set already: without its values
                 kept = tuple([pair for pair in kept if pair[0].lower() not in names])
                 break
-        headers = _new(Headers)
-        _set_items(headers, kept + added)
-        return headers
+        return Headers._of(kept + added)
 
     def add(self, name: str, value: str) -> Headers:
         """A copy with one more value for C{name}."""
@@ -186,6 +182,6 @@ class Headers(Mapping[str, str]):
 _set_items = Headers.__dict__["_items"].__set__
 """
 Sets the pairs of a L{Headers} just made (its slot, as attrs' frozen
-C{__init__} sets it, without looking the name up): the copies of L{set},
-L{set_many} and C{_of} are made on every request a plugin hooks.
+C{__init__} sets it, without looking the name up), in C{_of}: every copy
+is made there, on every request a plugin hooks.
 """

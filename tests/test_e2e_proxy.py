@@ -311,9 +311,11 @@ async def test_a_large_download_streams_through_without_being_held(runtimes, tmp
     assert peak - before < 25, f"the runtime grew by {peak - before:.0f} MB for a 50 MB body"
 
 
-def sink_rule(port: int) -> dict[str, str]:
-    """The rule sending C{/sink} to the upstream's L{Sink}."""
-    return {"pattern": "^/sink$", "target": f"http://127.0.0.1:{port}"}
+async def start_sink_proxy(runtimes: Any, tmp_path: Any, upstream: Any, body_size: str) -> Any:
+    """A runtime whose proxy sends C{/sink} to the upstream's L{Sink}, with C{BODY_SIZE_DEFAULT}."""
+    port, _ = upstream
+    rule = {"pattern": "^/sink$", "target": f"http://127.0.0.1:{port}"}
+    return await start_proxy(runtimes, tmp_path, [rule], env={"BODY_SIZE_DEFAULT": body_size})
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
@@ -321,13 +323,7 @@ def sink_rule(port: int) -> dict[str, str]:
 async def test_a_large_upload_streams_through_without_being_held(
     runtimes, tmp_path, upstream, framing
 ):
-    port, _ = upstream
-    proc = await start_proxy(
-        runtimes,
-        tmp_path,
-        [sink_rule(port)],
-        env={"BODY_SIZE_DEFAULT": "100mb"},
-    )
+    proc = await start_sink_proxy(runtimes, tmp_path, upstream, "100mb")
     before = rss_mb(proc.pid)
     upload = Upload(proc.pid)
     answer = await proc.request("POST", "/sink", data=producer(upload, framing))
@@ -344,13 +340,7 @@ async def test_a_chunked_upload_past_the_limit_is_refused_midway_and_the_proxy_g
     runtimes, tmp_path, upstream
 ):
     """BODY_SIZE_DEFAULT 1mb: 3 MB chunked, sent on as it came until it passed 1 MB, gets 413."""
-    port, _ = upstream
-    proc = await start_proxy(
-        runtimes,
-        tmp_path,
-        [sink_rule(port)],
-        env={"BODY_SIZE_DEFAULT": "1mb"},
-    )
+    proc = await start_sink_proxy(runtimes, tmp_path, upstream, "1mb")
     source = io.BytesIO(b"x" * (3 * MB))
     answer = await proc.request("POST", "/sink", data=FileBodyProducer(Chunked(source)))
     assert answer.code == 413

@@ -75,10 +75,15 @@ class Headers(Mapping[str, str]):
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         """The first value of C{name}, or C{default}."""
         wanted = name.lower()
-        size = _compared_length(wanted)
+        if wanted.isascii():  # L{_compared_length}, without a call: the hottest lookup
+            size = len(wanted)
+            for key, value in self._items:
+                # lengths first: most names differ in length, and lower() makes a new string
+                if len(key) == size and key.lower() == wanted:
+                    return value
+            return default
         for key, value in self._items:
-            # lengths first: most names differ in length, and lower() makes a new string
-            if (len(key) == size or size < 0) and key.lower() == wanted:
+            if key.lower() == wanted:
                 return value
         return default
 

@@ -127,7 +127,9 @@ class PluginRegistry:
     plugins: Sequence[LoadedPlugin] = field(default=(), converter=_plugin_tuple)
     services: ServiceRegistry = field(factory=ServiceRegistry)
     clock: IReactorTime | None = None
-    _app_routes: dict[str, tuple[object, PublicRoutes]] = field(factory=dict, init=False)
+    _app_routes: dict[str, tuple[AppInfo, object, PublicRoutes | None]] = field(
+        factory=dict, init=False
+    )
     _hooks: dict[str, tuple[tuple[LoadedPlugin, Any], ...]] = field(factory=dict, init=False)
     _by_base: tuple[LoadedPlugin, ...] = field(init=False)
     _first_segments: frozenset[str] = field(init=False)
@@ -215,17 +217,26 @@ class PluginRegistry:
 
     # -- public routes ----------------------------------------------------------
 
-    def _routes_of(self, app: AppInfo) -> PublicRoutes:
+    def _routes_of(self, app: AppInfo) -> PublicRoutes | None:
+        """
+        The public routes of C{app} (C{None}: it has none), parsed once per
+        value of its C{publicRoutes}; read again only for another C{AppInfo}
+        (the front door gives the same one to each request of an app).
+        """
+        cached = self._app_routes.get(app.dir)
+        if cached is not None and cached[0] is app:
+            return cached[2]
         config = app.config
         value = config.get("publicRoutes") if isinstance(config, dict | Mapping) else None
-        cached = self._app_routes.get(app.dir)
-        if cached is not None and (cached[0] is value or cached[0] == value):
-            return cached[1]
-        try:
-            routes = PublicRoutes.parse(value)
-        except ValueError:
-            routes = PublicRoutes()
-        self._app_routes[app.dir] = (value, routes)
+        if cached is not None and (cached[1] is value or cached[1] == value):
+            routes = cached[2]
+        else:
+            try:
+                parsed: PublicRoutes | None = PublicRoutes.parse(value)
+            except ValueError:
+                parsed = None
+            routes = parsed if parsed is not None and parsed.any else None
+        self._app_routes[app.dir] = (app, value, routes)
         return routes
 
     def is_public(self, method: str, path: str, app: AppInfo | None, app_path: str | None) -> bool:
@@ -237,10 +248,10 @@ class PluginRegistry:
         for routes in self._public:
             if routes.matches(method, path):
                 return True
-        if app is not None and app_path is not None:
-            routes = self._routes_of(app)
-            return routes.matches(method, app_path.split("?", 1)[0]) if routes.any else False
-        return False
+        if app is None or app_path is None:
+            return False
+        routes = self._routes_of(app)
+        return routes is not None and routes.matches(method, app_path.split("?", 1)[0])
 
     # -- hooks ------------------------------------------------------------------
 

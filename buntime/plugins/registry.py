@@ -250,8 +250,8 @@ class PluginRegistry:
                 return True
         if app is None or app_path is None:
             return False
-        routes = self._routes_of(app)
-        return routes is not None and routes.matches(method, app_path.split("?", 1)[0])
+        own = self._routes_of(app)
+        return own is not None and own.matches(method, app_path.split("?", 1)[0])
 
     # -- hooks ------------------------------------------------------------------
 

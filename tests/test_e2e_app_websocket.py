@@ -178,7 +178,7 @@ async def test_a_fastapi_websocket_end_to_end(apps: Path, runtimes: Runtimes) ->
     assert await in_thread(refused, proc.port, "/chat/deny") == (403, b"")
     status, body = await in_thread(refused, proc.port, "/pages/")
     assert status == 501
-    assert json.loads(body)["code"] == "WEBSOCKET_UNSUPPORTED"
+    assert json.loads(body)["error"]["code"] == "WEBSOCKET_UNSUPPORTED"
     page = await proc.get("/pages/")
     assert page.code == 200  # without an upgrade, the same path is a page
 

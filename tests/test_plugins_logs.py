@@ -205,8 +205,9 @@ async def test_query_limits_and_refusals(tmp_path):
     assert [e["message"] for e in body["entries"]] == ["number 1", "number 3"]
     status, body = await call(service, "GET", "/logs/api/?level=loud")
     assert (status, body["error"]["code"]) == (400, "INVALID_LEVEL")
-    status, body = await call(service, "GET", "/logs/api/?limit=many")
-    assert (status, body["error"]["code"]) == (400, "INVALID_LIMIT")
+    for wrong in ("many", "0", "-5", "1.5"):
+        status, body = await call(service, "GET", f"/logs/api/?limit={wrong}")
+        assert (status, body["error"]["code"]) == (400, "INVALID_LIMIT"), wrong
     await service.stopService()
 
 

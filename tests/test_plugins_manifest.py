@@ -27,10 +27,20 @@ def test_missing_name_names_the_directory():
     assert str(caught.value) == 'Plugin "/plugins/x" manifest is missing required field: name'
 
 
-@pytest.mark.parametrize("name", [None, "", "   ", 3])
-def test_blank_or_non_string_name_is_missing(name):
+@pytest.mark.parametrize("name", [None, "", "   "])
+def test_blank_name_is_missing(name):
     with pytest.raises(PluginError, match=re.escape("missing required field: name")):
         parse({"name": name})
+
+
+@pytest.mark.parametrize(("name", "shown"), [(3, "3"), (False, "False"), (["a"], "['a']")])
+def test_a_name_that_is_not_text_says_so(name, shown):
+    """YAML reads `name: off` as false and `name: 123` as a number: the name is there."""
+    with pytest.raises(PluginError) as caught:
+        parse({"name": name})
+    assert str(caught.value) == (
+        f'Plugin "/plugins/x" manifest: name must be a string, not {shown} (quote it in YAML)'
+    )
 
 
 def test_defaults():

@@ -275,6 +275,12 @@ def parse_plugin_manifest(
     """
     name = manifest_name(document)
     if name is None:
+        given = document.get("name")
+        if given is not None and not isinstance(given, str):  # YAML's `name: off` is False
+            raise PluginError(
+                f"Plugin {quoted(label)} manifest: name must be a string, not {given!r}"
+                " (quote it in YAML)"
+            )
         raise PluginError(f"Plugin {quoted(label)} manifest is missing required field: name")
     if not name.isprintable():  # it names the plugin in every line about it
         raise PluginError(f"Plugin {quoted(name)} manifest: name must be printable (no line break)")

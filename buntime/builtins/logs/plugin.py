@@ -152,8 +152,10 @@ class LogsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is option
         try:
             limit = DEFAULT_LIMIT if raw is None else int(raw)
         except ValueError:
-            raise _Refused(400, "INVALID_LIMIT", "limit must be a whole number") from None
-        limit = min(max(limit, 1), max(len(self.ring), 1))
+            limit = 0
+        if limit < 1:
+            raise _Refused(400, "INVALID_LIMIT", "limit must be a whole number, 1 or more")
+        limit = min(limit, max(len(self.ring), 1))
         found = self.ring.query(wanted, limit)
         return json_answer(
             request, {"entries": found, "count": len(found), "total": self.ring.total}

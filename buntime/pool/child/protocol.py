@@ -83,7 +83,8 @@ class _InFlight:
 
 
 WEBSOCKET_UNSUPPORTED = (
-    '{"error":"WebSockets need an ASGI app; this is a %s app","code":"WEBSOCKET_UNSUPPORTED"}'
+    '{"error":{"code":"WEBSOCKET_UNSUPPORTED",'
+    '"message":"WebSockets need an ASGI app; this is a %s app"}}'
 )
 
 

@@ -261,8 +261,10 @@ def make_runtime(
         )
     )
     logging.setServiceParent(runtime)
-    pool.setServiceParent(runtime)
+    # children stop in reverse: the pool retires its workers (each one's
+    # on_worker_terminate hooks) before the plugins' on_shutdown runs
     plugins.setServiceParent(runtime)
+    pool.setServiceParent(runtime)
     if config.reload:
         reload = ReloadService(
             clock=reactor,

@@ -422,3 +422,52 @@ async def test_listens_on_a_unix_socket(runtimes, tmp_path):
     assert response.code == 200
     assert (await response.json())["status"] == "healthy"
     assert await proc.stop("TERM") in (0, -15)
+
+
+HOOK_RECORDER = """
+import os
+
+from zope.interface import implementer
+
+from buntime.interfaces import IBuntimePlugin
+
+
+@implementer(IBuntimePlugin)
+class Recorder:
+    def _note(self, line):
+        with open(os.environ["HOOK_RECORD"], "a") as record:
+            record.write(line + "\\n")
+
+    def on_worker_terminate(self, worker, app):
+        self._note("terminate " + app.name)
+
+    def on_shutdown(self):
+        self._note("shutdown")
+
+
+def plugin(config):
+    return Recorder()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_retires_the_workers_before_the_plugins_shut_down(runtimes, tmp_path):
+    """
+    SIGTERM with a worker running: the plugins hear that worker end
+    (C{on_worker_terminate}), and only then shut down (docs/deployment.md).
+    """
+    apps = tmp_path / "apps"
+    (apps / "live").mkdir(parents=True)
+    (apps / "live" / "manifest.yaml").write_text("ttl: 5m\n")
+    (apps / "live" / "app.py").write_text('routes = {"/": "up"}\n')
+    recorder = tmp_path / "plugins" / "recorder"
+    recorder.mkdir(parents=True)
+    (recorder / "manifest.yaml").write_text('name: "recorder"\n')
+    (recorder / "plugin.py").write_text(HOOK_RECORDER)
+    record = tmp_path / "hooks.txt"
+    env = {"RUNTIME_PLUGIN_DIRS": str(tmp_path / "plugins"), "HOOK_RECORD": str(record)}
+    proc = await runtimes.start(worker_dirs=[str(apps)], env=env)
+    response = await proc.get("/live/")
+    assert await response.text() == "up"
+    assert await proc.stop("TERM") == 0
+    assert record.read_text().splitlines() == ["terminate live", "shutdown"]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from attrs import frozen
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 
 from buntime import __version__
@@ -44,6 +46,9 @@ from buntime.web.websocket import WebSockets
 
 def _api_url(port: Any, scheme: str = "http") -> str:
     address = port.getHost()
+    if isinstance(address, UNIXAddress):  # requests-unixsocket's and docker's form
+        path = address.name.decode() if isinstance(address.name, bytes) else str(address.name)
+        return f"{scheme}+unix://{quote(path, safe='')}"
     host = getattr(address, "host", "127.0.0.1")
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.protocol import Factory
 
 from buntime.web.server import WebService, scheme
@@ -27,6 +27,16 @@ class FakePort:
 def test_workers_get_the_api_url_with_the_endpoint_s_scheme():
     assert _api_url(FakePort(), scheme("ssl:8443")) == "https://127.0.0.1:8443"
     assert _api_url(FakePort()) == "http://127.0.0.1:8443"
+
+
+class FakeUnixPort:
+    def getHost(self):
+        return UNIXAddress(b"/run/buntime/b.sock")
+
+
+def test_workers_of_a_unix_socket_get_an_http_unix_url():
+    """requests-unixsocket's (and docker's) form: the socket's path percent-encoded."""
+    assert _api_url(FakeUnixPort()) == "http+unix://%2Frun%2Fbuntime%2Fb.sock"
 
 
 def test_a_port_in_use_says_how_to_pick_another():

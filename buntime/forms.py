@@ -51,7 +51,13 @@ def parse_form(content_type: bytes, body: bytes) -> Form | None:
 
 
 class FormRequest(Request):
-    """A twisted.web request whose POSTed form (L{parse_form}) buntime parses."""
+    """
+    A twisted.web request whose POSTed form (L{parse_form}) buntime parses.
+    A body that is not the multipart it says is answered 400 with
+    C{bad_form} (its content type and body): twisted.web's plain one here.
+    """
+
+    bad_form: tuple[bytes, bytes] = (b"text/plain", b"Bad Request")
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, parsePOSTFormSubmission=False, **kwargs)
@@ -64,9 +70,10 @@ class FormRequest(Request):
             form = parse_form(content_type[0], content.read())
             content.seek(0)
             if form is None:
+                kind, answer = self.bad_form
                 self.setResponseCode(400)
-                self.setHeader(b"content-type", b"text/plain")
-                self.write(b"Bad Request")
+                self.setHeader(b"content-type", kind)
+                self.write(answer)
                 self.finish()
                 return
             args = self.args

@@ -494,8 +494,11 @@ async def test_routes_answer_a_malformed_multipart_form_with_400():
         "POST", "/web/api/info", {"content-type": "multipart/form-data; boundary=XyZ"}, b"junk"
     )
     response = await registry.route(request)
-    assert (response.status, response.body) == (400, b"Bad Request")
-    assert response.headers.get("content-type") == "text/plain"
+    assert response.status == 400
+    assert json.loads(response.body) == {  # buntime's one error shape
+        "error": {"code": "BAD_REQUEST", "message": "The multipart body is malformed"}
+    }
+    assert response.headers.get("content-type") == "application/json"
     empty = request.with_body(b"")  # no form at all, as in twisted.web
     assert (await registry.route(empty)).status == 200
 

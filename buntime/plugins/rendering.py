@@ -34,6 +34,15 @@ from buntime.stream import PushedStream
 _DROPPED = frozenset({"content-length", "date", "server", "transfer-encoding", "connection"})
 
 
+class _RouteRequest(FormRequest):
+    """A request to a plugin's route: a malformed form gets buntime's JSON error."""
+
+    bad_form = (
+        b"application/json",
+        b'{"error": {"code": "BAD_REQUEST", "message": "The multipart body is malformed"}}',
+    )
+
+
 def mount(base: str, resource: IResource) -> Site:
     """A site serving C{resource} at C{base} (one segment, e.g. C{/metrics})."""
     root = Resource()
@@ -150,7 +159,7 @@ async def render(site: Site, request: Request, clock: IReactorTime | None = None
     """
     peer, host = _address(request.headers.get("host"), request.remote_addr)
     channel = _Channel(site, peer, host, clock)
-    web_request = FormRequest(channel)
+    web_request = _RouteRequest(channel)
     for name, value in request.headers.items():
         web_request.requestHeaders.addRawHeader(name, value)
     content = BytesIO(await read_body(request.body))

@@ -135,16 +135,19 @@ class Poller:
 
 @define(eq=False)
 class Notifier:
-    """Sees changes through inotify, one watch per directory (ignored ones left out)."""
+    """
+    Sees changes through inotify, one watch per directory (ignored ones left
+    out); a removed directory loses its watch and no other.
+    """
 
     roots: Sequence[str]
     changed: Callable[[str], None]
     _inotify: Any = None
 
     def start(self) -> None:
-        from twisted.internet import inotify
+        from buntime._inotify import INotify
 
-        self._inotify = inotify.INotify()
+        self._inotify = INotify()
         self._inotify.startReading()
         for root in self.roots:
             self._watch_tree(root)
@@ -173,6 +176,13 @@ class Notifier:
         from twisted.internet import inotify
 
         name = path.path if isinstance(path.path, str) else path.path.decode()
+        if mask & inotify.IN_DELETE_SELF and name in map(os.path.abspath, self.roots):
+            log(
+                "warn",
+                "buntime:reload:root-removed",
+                f"{name} was removed: changes there are no longer seen until a restart",
+                root=name,
+            )
         if not relevant(name, self.roots):
             return
         if mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO) and os.path.isdir(name):

@@ -81,8 +81,14 @@ async def test_an_edited_app_and_plugin_serve_their_new_code(runtimes, tmp_path)
     (app / ".app.py.swp").write_text("")
     assert not await wait_until(reactor, lambda: len(proc.messages("buntime:reload:apps")) > 1, 0.5)
 
+    # A removed directory leaves the others watched.
+    (apps / "other" / "sub").mkdir(parents=True)
+    assert await wait_until(reactor, lambda: len(proc.messages("buntime:reload:apps")) > 1, 2.0)
+    (apps / "other" / "sub").rmdir()
     write_plugin(plugins, "stamp", {"name": "stamp"}, code=PLUGIN % "b")
     assert await _sees(proc, "/live/", lambda seen: seen[2] == "b", 2.0)
+    (app / "app.py").write_text(ROUTES % 3)
+    assert await _sees(proc, "/live/", lambda seen: seen[1] == "version 3", 1.0)
 
 
 @pytest_twisted.ensureDeferred

@@ -5,8 +5,18 @@ from __future__ import annotations
 import os
 
 import pytest
+import pytest_twisted
+from e2e_apps import wait_until
+from twisted.internet import reactor
 
-from buntime.reload import QUIET, Debouncer, Poller, ReloadService, ignored, relevant
+from buntime.reload import QUIET, Debouncer, Notifier, Poller, ReloadService, ignored, relevant
+
+try:
+    from twisted.internet import inotify
+except ImportError:  # not Linux
+    inotify = None
+
+needs_inotify = pytest.mark.skipif(inotify is None, reason="Twisted has inotify on Linux only")
 
 
 @pytest.mark.parametrize(
@@ -80,6 +90,53 @@ def test_polling_sees_new_changed_and_removed_files_but_not_ignored_ones(clock, 
     (app / "app.py").write_text("three")
     clock.advance(5)
     assert len(changed) == 3
+
+
+@needs_inotify
+@pytest_twisted.ensureDeferred
+async def test_inotify_keeps_watching_after_a_directory_is_removed(tmp_path):
+    sub, app = tmp_path / "other" / "sub", tmp_path / "live" / "app.py"
+    app.parent.mkdir()
+    sub.mkdir(parents=True)
+    changed: list[str] = []
+    notifier = Notifier([str(tmp_path)], changed.append)
+    notifier.start()
+    try:
+        sub.rmdir()
+        assert await wait_until(reactor, lambda: str(sub) in changed, 5)
+        app.write_text("edited")
+        assert await wait_until(reactor, lambda: str(app) in changed, 5)
+        # A directory made later is watched, even where another was removed.
+        seen = len(changed)
+        sub.mkdir()
+        assert await wait_until(reactor, lambda: str(sub) in changed[seen:], 5)
+        page = sub / "page.html"
+        page.write_text("new")
+        assert await wait_until(reactor, lambda: str(page) in changed, 5)
+    finally:
+        notifier.stop()
+
+
+@needs_inotify
+@pytest_twisted.ensureDeferred
+async def test_inotify_says_when_a_watched_root_is_removed(tmp_path, eliot_logger):
+    apps, plugins = tmp_path / "apps", tmp_path / "plugins"
+    apps.mkdir()
+    plugins.mkdir()
+    changed: list[str] = []
+    notifier = Notifier([str(apps), f"{plugins}/"], changed.append)
+    notifier.start()
+    try:
+        plugins.rmdir()
+        assert await wait_until(reactor, lambda: len(eliot_logger.messages) > 0, 5)
+        [message] = eliot_logger.messages
+        assert message["message_type"] == "buntime:reload:root-removed"
+        assert message["level"] == "warn" and message["root"] == str(plugins)
+        # The other root is still watched.
+        (apps / "app.py").write_text("edited")
+        assert await wait_until(reactor, lambda: str(apps / "app.py") in changed, 5)
+    finally:
+        notifier.stop()
 
 
 class FakeWatcher:

@@ -147,9 +147,13 @@ def test_405_with_allow() -> None:
     assert (status, headers["allow"]) == (405, "POST")
 
 
-def test_head_has_no_body() -> None:
-    status, _, body = serve(adapter({"/": "text"}), None, "HEAD", "/").response()
-    assert (status, body) == (200, b"")
+@pytest.mark.parametrize("answer", ["text", Response(200, {"x-a": "1"}, b"bytes")])
+def test_head_gets_the_get_answer_for_the_runtime_to_measure(answer) -> None:
+    """The runtime's connection sends a HEAD answer's length, not its body (docs/http.md)."""
+    routes = adapter({"/": answer})
+    head = serve(routes, None, "HEAD", "/").response()
+    assert head == serve(routes, None, "GET", "/").response()
+    assert head[2] != b""
 
 
 def test_deferred_result() -> None:

@@ -90,6 +90,15 @@ class Pull(Resource):
         return NOT_DONE_YET
 
 
+class Hello(Resource):
+    """Renders GET only: twisted.web answers HEAD with its length."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"hello"
+
+
 class Broken(Resource):
     isLeaf = True
 
@@ -151,6 +160,16 @@ async def test_a_malformed_multipart_form_is_answered_400() -> None:
 async def test_klein_deferred_and_not_found() -> None:
     assert (await serve(app, "GET", "/later")).response()[2] == b"later"
     assert (await serve(app, "GET", "/nowhere")).response()[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(("root", "path"), [(app, "/hello/bob"), (app, "/later"), (Hello(), "/")])
+async def test_head_tells_the_runtime_the_length_of_the_get_answer(root, path) -> None:
+    """The runtime's connection sends a HEAD answer's length (given, or its body's), no body."""
+    status, headers, body = (await serve(root, "HEAD", path)).response()
+    got = (await serve(root, "GET", path)).response()[2]
+    assert status == 200
+    assert int(headers.get("content-length", len(body))) == len(got) > 0
 
 
 @pytest_twisted.ensureDeferred

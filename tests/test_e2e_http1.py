@@ -120,6 +120,17 @@ BIG = f"""
 """
 """A routes app answering 60 KiB to anything."""
 
+KLEIN = """
+    from klein import Klein
+
+    app = Klein()
+
+    @app.route("/hello/<name>")
+    def hello(request, name):
+        return f"Hello, {name}!"
+"""
+"""A Klein app."""
+
 WRONG_WSGI = """
     BODIES = {"/long": ("100", b"short"), "/short": ("3", b"hello world"), "/ok": ("2", b"ok")}
 
@@ -244,6 +255,7 @@ def worker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "smallsink": ({"maxBodySize": "1mb"}, SINK),
         "slow": ({}, SLOW),
         "big": ({}, BIG),
+        "klein": ({}, KLEIN),
         "wrongwsgi": ({}, WRONG_WSGI),
         "wrongroutes": ({}, WRONG_ROUTES),
     }
@@ -531,6 +543,18 @@ async def test_head_gets_headers_only(shared):
     head, _, rest = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and rest == b""
     assert b"content-length: 12" in head.lower()  # of the app's b"HEAD /echo/ ", not sent
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("path", ["/big/", "/klein/hello/x", "/api/health"])
+async def test_head_says_the_length_get_would_send(shared, path):
+    """A routes app, a Klein app and the core API: HEAD's length is GET's body's."""
+    request = "{} " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    status, _, got = parse_reply(await send(shared, request.format("GET").encode()))
+    reply = await send(shared, request.format("HEAD").encode())
+    head_status, headers, rest = parse_reply(reply)
+    assert status == head_status == 200 and rest == b""
+    assert int(headers["content-length"]) == len(got) > 0
 
 
 @pytest_twisted.ensureDeferred

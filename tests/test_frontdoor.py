@@ -141,9 +141,12 @@ def test_ready_is_503_until_started_and_again_while_stopping(door):
     assert door.get("/api/health/live").status == 200
 
 
-def test_head_health(door):
-    response = door.fetch("HEAD", "/api/health")
+@pytest.mark.parametrize("path", ["/api/health", "/api/health/live", "/api/openapi.json"])
+def test_head_says_the_length_get_would_send(door, path):
+    got = door.get(path)
+    response = door.fetch("HEAD", path)
     assert (response.status, response.body) == (200, b"")
+    assert int(response.headers["content-length"]) == len(got.body) > 0
 
 
 def test_well_known(door):

@@ -571,28 +571,38 @@ async def test_abandoning_a_stream_tells_the_handler():
     assert len(errors) == 1
 
 
+class Hello(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"hello " + b"/".join(request.postpath)
+
+
+@implementer(IBuntimePlugin)
+class Plain:
+    routes = Hello()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_plain_twisted_web_resource_as_routes():
-    class Hello(Resource):
-        isLeaf = True
-
-        def render_GET(self, request):
-            return b"hello " + b"/".join(request.postpath)
-
-    @implementer(IBuntimePlugin)
-    class Plain:
-        routes = Hello()
-
     registry = await registry_of(({"name": "plain", "base": "/plain"}, Plain()))
     response = await registry.route(Request("GET", "/plain/a/b"))
     assert response.body == b"hello a/b"
 
 
 @pytest_twisted.ensureDeferred
-async def test_head_requests_have_no_body():
-    registry = await registry_of(({"name": "web", "base": "/web"}, Web()))
-    response = await registry.route(Request("HEAD", "/web/"))
-    assert (response.status, response.body) == (200, b"")
+@pytest.mark.parametrize(("plugin", "path"), [(Web, "/web/"), (Plain, "/plain/a/b")])
+async def test_a_head_answer_tells_the_length_of_the_get_answer(plugin, path):
+    """
+    The connection sends a HEAD answer's length (its C{content-length}, else
+    its body's) and no body (L{buntime.web.http1.writing}).
+    """
+    base = path.split("/")[1]
+    registry = await registry_of(({"name": base, "base": "/" + base}, plugin()))
+    head = await registry.route(Request("HEAD", path))
+    got = await registry.route(Request("GET", path))
+    assert head.status == got.status == 200
+    assert int(head.headers.get("content-length") or len(head.body)) == len(got.body) > 0
 
 
 # -- plugin apps, menus, descriptions, notifications -------------------------------------------

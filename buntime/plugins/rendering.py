@@ -7,7 +7,9 @@ records the status, headers and body the resource writes.  The response is
 returned once its headers are written (with a clock: at the end of that
 reactor turn); a body complete by then is bytes, one still being written
 becomes a stream (so Server-Sent Events work) paced by its reader, and
-abandoning the stream tells the resource the client went away.
+abandoning the stream tells the resource the client went away.  An answer
+to C{HEAD} has the body a C{GET} would (L{buntime.forms.FormRequest}), or
+the resource's C{content-length}: the connection sends that length, no body.
 
 A form POSTed to a resource is parsed by L{buntime.forms}.
 """
@@ -31,7 +33,8 @@ from buntime.http import Headers, Request, Response, read_body
 from buntime.memchannel import MemoryChannel
 from buntime.stream import PushedStream
 
-_DROPPED = frozenset({"content-length", "date", "server", "transfer-encoding", "connection"})
+_DROPPED = frozenset({"date", "server", "transfer-encoding", "connection"})
+"""Headers the connection writes itself.  A C{content-length} is kept: a HEAD answer says it."""
 
 
 class _RouteRequest(FormRequest):

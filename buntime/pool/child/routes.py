@@ -30,9 +30,10 @@ may also return a Deferred.
 
 Matching: exact paths first, then patterns with C{:params} in the order
 written, then C{*} patterns, longest first; a trailing slash does not
-matter.  HEAD uses the GET handler.  A path that matches with another
-method answers 405 (with C{Allow}) unless there is a C{fetch}; nothing
-matching and no C{fetch} answers 404.
+matter.  HEAD uses the GET handler, whose answer goes to the runtime whole
+(its connection sends the length, not the body).  A path that matches with
+another method answers 405 (with C{Allow}) unless there is a C{fetch};
+nothing matching and no C{fetch} answers 404.
 """
 
 from __future__ import annotations
@@ -261,8 +262,6 @@ class RoutesAdapter:
                 incoming.local_addr,
             )
             response = to_response(await endpoint.call(request, params, self.loop))
-        if method == "HEAD":
-            response = response.with_body(b"")
         await self._send(response, writer)
 
     @staticmethod

@@ -260,6 +260,7 @@ def make_runtime(
     runtime.on_serving.append(lambda: pool.launcher_ready)
     runtime.on_serving.append(lambda: report_empty(config.worker_dirs))
     runtime.on_stopping.append(plugins.runtime_stopping)
+    runtime.on_stopping.append(websockets.close_tunnels)  # in flight: the drain waits on them
     runtime.on_serving.append(
         lambda: Deferred.fromCoroutine(
             plugins.server_started(ServerInfo(url=runtime_env["RUNTIME_API_URL"], config=config))

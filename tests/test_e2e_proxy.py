@@ -412,6 +412,11 @@ async def test_rules_from_the_api_are_checked_kept_and_survive_a_restart(
     assert (await again.get("/moved/echo")).code == 404
 
 
+def tunnel_ended(line: dict[str, Any]) -> bool:
+    """The end of a request to C{/live} (a tunnel's)."""
+    return line.get("path") == "/live" and line.get("action_status") == "succeeded"
+
+
 @pytest_twisted.ensureDeferred
 async def test_websockets_pass_through_a_ws_rule(runtimes, tmp_path, upstream):
     port, ws_port = upstream
@@ -433,6 +438,9 @@ async def test_websockets_pass_through_a_ws_rule(runtimes, tmp_path, upstream):
     assert await within(client.received.get()) == b"upstream:" + b"x" * 200_000
     client.sendClose(1000)
     assert (await within(client.closed))[1] == 1000
+    # the tunnel's request ends when it closes: logged with its 101
+    ended = await proc.wait_for_log(tunnel_ended)
+    assert (ended["status"], ended["upgrade"], ended["aborted"]) == (101, "tunnel", False)
 
     refused = await connect(proc, "/flat", {})
     _, _, reason = await within(refused.closed)
@@ -445,6 +453,13 @@ async def test_websockets_pass_through_a_ws_rule(runtimes, tmp_path, upstream):
     down = await connect(proc, "/gone", {})
     _, _, reason = await within(down.closed)
     assert not down.opened.called and "502" in reason
+
+    # an open tunnel is closed when the runtime stops, which does not wait for it
+    staying = await connect(proc, "/live", {})
+    await within(staying.opened)
+    assert await proc.stop(timeout=20) == 0
+    await within(staying.closed)
+    assert len([line for line in proc.lines if tunnel_ended(line)]) == 2
 
 
 @pytest_twisted.ensureDeferred

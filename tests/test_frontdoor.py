@@ -14,13 +14,15 @@ from typing import Any
 
 import pytest
 from eliot.testing import LoggedAction
-from http1_client import Answer, Client, connect, get, post
+from http1_client import Answer, Client, Lingering, Transport, connect, get, post
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from buntime import __version__
-from buntime.http import AppInfo, Request, Response
+from buntime.http import AppInfo, Request, Response, Takeover
 from buntime.logs.requests import REQUEST_ACTION
 from buntime.plugins.outcomes import RequestOutcomes
 from buntime.stream import PushedStream
@@ -29,6 +31,7 @@ from buntime.web.frontdoor import FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.http1.head import request_id_for
 from buntime.web.state import RuntimeState
+from buntime.web.websocket import CLOSE_GRACE, WebSockets
 
 
 class Door:
@@ -42,9 +45,11 @@ class Door:
         identify: Any = None,
         apis: Any = (),
         forwarded_allow: frozenset[str] | None = None,
+        websockets: bool = False,
     ) -> None:
         self.clock = Clock()
         self.state = RuntimeState()
+        self.websockets = WebSockets(clock=self.clock) if websockets else None
         self.outcomes = RequestOutcomes()
         api = CoreAPI(state=self.state, api_base=f"{api_prefix}/api")
         self.door = FrontDoor(
@@ -57,6 +62,7 @@ class Door:
             plugins=None if plugins is None else lambda: plugins,
             identify=identify,
             forwarded_allow=forwarded_allow,
+            websockets=self.websockets,
             outcomes=self.outcomes,
         )
         self.factory = HTTP1Factory(self.door, self.clock, Limits(), self.state)
@@ -747,6 +753,103 @@ def test_a_takeover_gets_the_connection_only_for_an_upgrade_request():
     client = door.start("GET", "/x", headers={"connection": "upgrade", "upgrade": "websocket"})
     assert client.received().endswith(b"\r\n\r\nraw")
     assert client.received().startswith(b"HTTP/1.1 101 ")
+
+
+class Tunnel(Protocol):
+    """A plugin's protocol for a taken-over connection: its 101, then an echo."""
+
+    def __init__(self) -> None:
+        self.lost: list[Failure] = []
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.append(reason)
+
+
+UPGRADE = {"connection": "upgrade", "upgrade": "websocket"}
+
+
+def tunnelling(tunnels: list[Tunnel]) -> Any:
+    """A step that answers every request with a L{Takeover} to a new L{Tunnel}."""
+
+    def build() -> Tunnel:
+        tunnels.append(Tunnel())
+        return tunnels[-1]
+
+    async def step(request: Request, fields: dict) -> Response:
+        fields["app"] = "plugin:proxy"
+        return Response(101, body=Takeover(build))  # type: ignore[arg-type]
+
+    return step
+
+
+def ended(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The end messages of the request actions logged so far."""
+    return [
+        message
+        for message in messages
+        if message.get("action_type") == REQUEST_ACTION
+        and message.get("action_status") != "started"
+    ]
+
+
+@pytest.mark.parametrize("closing", ["client", "tunnel"])
+def test_a_takeover_is_in_flight_until_its_connection_closes(eliot_logger, closing):
+    """
+    A tunnel's request ends when its connection does, whichever side closes:
+    logged then with its 101 and C{upgrade: tunnel}, and no longer in flight.
+    """
+    tunnels: list[Tunnel] = []
+    door = Door(steps=[tunnelling(tunnels)])
+    client = door.start("GET", "/live", headers=UPGRADE)
+    client.send(b"ping")
+    assert client.received() == b"HTTP/1.1 101 Switching Protocols\r\n\r\nping"
+    door.clock.advance(2)
+    assert door.state.in_flight == 1 and ended(eliot_logger.messages) == []
+    [tunnel] = tunnels
+    (client.transport if closing == "client" else tunnel.transport).loseConnection()
+    assert len(tunnel.lost) == 1
+    assert door.state.in_flight == 0
+    [end] = ended(eliot_logger.messages)
+    assert (end["status"], end["upgrade"], end["app"]) == (101, "tunnel", "plugin:proxy")
+    assert (end["aborted"], end["duration_ms"]) == (False, 2000)
+    assert [(r.app, r.status_class) for r in door.outcomes.rows()] == [("plugin:proxy", 1)]
+
+
+class Stuck(Lingering):
+    """A transport whose close never completes (the peer reads nothing): only an abort drops it."""
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        Transport.loseConnection(self)
+
+
+def test_stopping_closes_open_tunnels_and_refuses_new_ones(eliot_logger):
+    """
+    When the drain begins, open tunnels are closed (their requests end) and
+    new ones answer 503; one whose close does not complete is dropped after
+    the grace.
+    """
+    door = Door(steps=[tunnelling([])], websockets=True)
+    assert door.websockets is not None
+    closing = door.start("GET", "/live", headers=UPGRADE)
+    lingering = connect(factory=door.factory, transport=Stuck())
+    lingering.send(get(b"/live", b"connection: upgrade", b"upgrade: websocket"))
+    assert lingering.received().startswith(b"HTTP/1.1 101 ")
+    assert door.state.in_flight == 2
+
+    closed = door.websockets.close_tunnels()
+    assert closing.closed and door.state.in_flight == 1 and not closed.called
+    refused = door.fetch("GET", "/live", headers=UPGRADE)
+    assert refused.status == 503
+    door.clock.advance(CLOSE_GRACE)
+    assert lingering.transport.aborted and door.state.in_flight == 0 and closed.called
+    assert [end["status"] for end in ended(eliot_logger.messages)] == [101, 503, 101]
 
 
 # -- who may change apps and plugins ------------------------------------------------------

@@ -29,6 +29,7 @@ from buntime.trust import api_refusal, trusted
 from buntime.web.api.core import CoreAPI
 from buntime.web.http1 import Exchange
 from buntime.web.state import RuntimeState
+from buntime.web.takeover import TakenOver
 from buntime.web.tracked import TrackedRequest
 from buntime.web.trust import request_ids, with_https, without_forwarded
 from buntime.web.websocket import WebSockets
@@ -162,7 +163,13 @@ class FrontDoor:
         exchange.respond(response)
 
     def _take_over(self, exchange: Exchange, takeover: Takeover, fields: dict[str, Any]) -> None:
-        if not exchange.head.upgrade or (self._websockets and self._websockets.closing):
+        """
+        Hand C{exchange}'s connection to the protocol C{takeover} builds: the
+        request is in flight until that connection closes (then logged with
+        its 101), and the tunnel is closed when the runtime stops.
+        """
+        websockets = self._websockets
+        if not exchange.head.upgrade or (websockets and websockets.closing_tunnels):
             exchange.respond(
                 Response.error(502, "BAD_GATEWAY", "A plugin switched protocols unasked")
                 if not exchange.head.upgrade
@@ -171,7 +178,10 @@ class FrontDoor:
             return
         fields["upgrade"] = "tunnel"
         exchange.status = 101
-        exchange.hand_over(takeover.build(), b"")
+        tunnel = TakenOver(takeover.build(), exchange)
+        exchange.hand_over(tunnel, b"")
+        if websockets is not None and tunnel.transport is not None:  # handed over
+            websockets.tunnelled(tunnel)
 
     def _crashed(self, failure: Failure, exchange: Exchange) -> None:
         if failure.check(CancelledError):

@@ -17,10 +17,16 @@ accepts it, the answer is a 101 whose body is a
 L{buntime.pool.websocket.WorkerSocket}, and L{WebSockets.relay} hands the
 connection to an L{AppSocket} protocol that answers the handshake with
 what the app accepted (subprotocol, headers) and relays messages both ways.
+
+A connection a plugin takes over (L{buntime.web.takeover.TakenOver}, the
+proxy's tunnel) is tracked here too, but its request stays in flight until
+it closes: L{WebSockets.close_tunnels} closes open tunnels when the drain
+begins, so that the drain does not wait for them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from attrs import define, field
@@ -35,6 +41,7 @@ from buntime.pool.websocket import WorkerSocket
 from buntime.web.appsocket import MAX_MESSAGE, PING_INTERVAL, AppSocket, HookedAppSocket
 from buntime.web.handshake import HandshakeHooks, TrackedSocket, give_hooks
 from buntime.web.http1 import Exchange
+from buntime.web.takeover import TakenOver
 
 CLOSE_GRACE = 5.0
 """Seconds open WebSockets get to finish their closing handshake before they are dropped."""
@@ -62,15 +69,19 @@ _SHUTTING_DOWN = Response.error(
 @define(eq=False)
 class WebSockets(Service):
     """
-    The open WebSockets of plugins.  Stopping the service refuses new
-    upgrades (503), closes open sockets with 1001 "going away", and drops
-    those that have not closed after C{grace} seconds.
+    The open WebSockets of plugins and apps, and the connections plugins
+    took over (tunnels).  Stopping the service refuses new upgrades (503),
+    closes open sockets with 1001 "going away", and drops those that have
+    not closed after C{grace} seconds.  Tunnels are closed (L{close_tunnels})
+    as the drain begins, since their requests are in flight until they close.
     """
 
     clock: IReactorTime
     grace: float = CLOSE_GRACE
     closing: bool = False
+    closing_tunnels: bool = False
     _sockets: set[TrackedSocket] = field(factory=set)
+    _tunnels: set[TakenOver] = field(factory=set)
     _relays: WebSocketServerFactory = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -192,19 +203,35 @@ class WebSockets(Service):
             )
         socket.closed.callback(None)
 
+    def tunnelled(self, tunnel: TakenOver) -> None:
+        """Track C{tunnel} (a connection a plugin took over) until it closes."""
+        self._tunnels.add(tunnel)
+        tunnel.closed.addBoth(lambda _: self._tunnels.discard(tunnel))
+
+    def close_tunnels(self) -> Deferred[None]:
+        """
+        Refuse new tunnels (503) and close the open ones, as the drain begins
+        (their requests are in flight until they close), and fire once all
+        are closed (dropping those still open after C{grace} seconds).
+        """
+        self.closing_tunnels = True
+        return self._close(list(self._tunnels), "tunnel")
+
     def close_all(self) -> Deferred[None]:
         """
         Refuse new upgrades, close every open socket with 1001, and fire once
         all are closed (dropping those still open after C{grace} seconds).
         """
         self.closing = True
-        sockets = list(self._sockets)
+        return self._close(list(self._sockets), "WebSocket")
+
+    def _close(self, sockets: Sequence[TrackedSocket | TakenOver], what: str) -> Deferred[None]:
         if not sockets:
             return succeed(None)
         log(
             "info",
             "buntime:websocket:closing",
-            f"Closing {len(sockets)} WebSocket(s)",
+            f"Closing {len(sockets)} {what}(s)",
             count=len(sockets),
         )
         waiting = DeferredList([socket.closed for socket in sockets])
@@ -212,7 +239,7 @@ class WebSockets(Service):
             socket.go_away()
         if waiting.called:
             return succeed(None)
-        expiry = self.clock.callLater(self.grace, self._drop, sockets)
+        expiry = self.clock.callLater(self.grace, self._drop, sockets, what)
 
         def stop_expiry(_: object) -> None:
             if expiry.active():
@@ -220,12 +247,12 @@ class WebSockets(Service):
 
         return waiting.addCallback(stop_expiry)
 
-    def _drop(self, sockets: list[TrackedSocket]) -> None:
+    def _drop(self, sockets: Sequence[TrackedSocket | TakenOver], what: str) -> None:
         late = [socket for socket in sockets if not socket.closed.called]
         log(
             "warn",
             "buntime:websocket:dropped",
-            f"Dropping {len(late)} WebSocket(s) that did not close within {self.grace:g}s",
+            f"Dropping {len(late)} {what}(s) that did not close within {self.grace:g}s",
             count=len(late),
         )
         for socket in late:
@@ -233,4 +260,5 @@ class WebSockets(Service):
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        return self.close_all()
+        closed = DeferredList([self.close_tunnels(), self.close_all()])
+        return closed.addCallback(lambda _: None)

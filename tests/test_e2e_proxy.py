@@ -379,6 +379,15 @@ async def test_rules_from_the_api_are_checked_kept_and_survive_a_restart(
     assert made.code == 201
     assert (await post({"id": "added", "pattern": "^/x", "target": "http://h"})).code == 409
     assert (await proc.get("/added/echo")).code == 200
+    # a target's path prefixes what the upstream is asked for, rewritten or not
+    echo = f"http://127.0.0.1:{port}/echo"
+    assert (await post({"id": "p1", "pattern": "^/pfx1", "target": echo + "/"})).code == 201
+    rewritten = {"id": "p2", "pattern": "^/pfx2/(.*)", "target": echo, "rewrite": "/v1/$1"}
+    assert (await post(rewritten)).code == 201
+    assert (await (await proc.get("/pfx1/a?q=1")).json())["uri"] == "/echo/pfx1/a?q=1"
+    assert (await (await proc.get("/pfx2/a")).json())["uri"] == "/echo/v1/a"
+    for made_id in ("p1", "p2"):
+        assert (await proc.request("DELETE", f"{api}/{made_id}", headers=INTERNAL)).code == 204
     assert (
         await proc.request("DELETE", f"{api}/fixed", headers=INTERNAL)
     ).code == 409  # the manifest's

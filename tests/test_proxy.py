@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from buntime.builtins.proxy.forward import outgoing_headers
 from buntime.builtins.proxy.plugin import ProxyPlugin
 from buntime.builtins.proxy.rules import Rule, RuleError, RuleStore, parse_rule
-from buntime.http import Request, read_body
+from buntime.http import Request, Response, read_body
 from buntime.plugins.loader import verify
 from buntime.stream import PushedStream
 
@@ -38,6 +38,17 @@ def test_a_rule_matches_and_rewrites_with_its_groups():
     assert based.upstream_path("/edge/a") == "/a"
     assert based.upstream_path("/edges/a") is None
     assert rule(rewrite=r"/a\1").upstream_path("/api/x") == r"/a\1"  # backslashes are literal
+
+
+def test_a_target_s_path_prefixes_the_upstream_path():
+    prefixed = rule(target="http://127.0.0.1:9000/prefix/")
+    assert prefixed.upstream_path("/api/x") == "/prefix/api/x"
+    rewritten = rule(target="http://h/prefix", rewrite="/v1/$1")
+    assert rewritten.upstream_path("/api/a") == "/prefix/v1/a"
+    based = rule(target="http://h/p/q", base="/edge", pattern="^/(.*)", rewrite="$1")
+    assert based.upstream_path("/edge/a") == "/p/q/a"
+    assert rule(target="http://h/").upstream_path("/api/x") == "/api/x"  # "/" changes nothing
+    assert prefixed.upstream_path("/other") is None
 
 
 @pytest.mark.parametrize(
@@ -158,6 +169,32 @@ def test_the_hook_answers_only_matching_requests_and_never_its_own_api(tmp_path)
     empty = ProxyPlugin({})
     empty.on_init(Context(tmp_path / "other", {}))
     assert empty.on_request(Request("GET", "/anything"), None) is None
+
+
+def test_requests_and_websockets_go_to_the_target_s_prefix(tmp_path, monkeypatch):
+    sent: list[tuple[str, str]] = []
+
+    class Forwarder:
+        timeout = 1.0
+
+        def forward(self, request: Request, rule: Rule, path: str) -> Deferred:
+            sent.append(("http", path))
+            return succeed(Response.text("forwarded"))
+
+    async def tunnel(reactor, request: Request, rule: Rule, path: str, timeout: float = 30):
+        sent.append(("ws", path))
+        return Response.text("tunneled")
+
+    monkeypatch.setattr("buntime.builtins.proxy.plugin.tunnel", tunnel)
+    proxy = ProxyPlugin({})
+    target = "http://127.0.0.1:1/prefix"
+    rules = [{"pattern": "^/pfx/(.*)", "target": target, "rewrite": "/v1/$1", "ws": True}]
+    proxy.on_init(Context(tmp_path, {"rules": rules}))
+    proxy.forwarder = Forwarder()  # type: ignore[assignment]
+    proxy.on_request(Request("GET", "/pfx/a?q=1"), None)
+    upgrade = {"connection": "upgrade", "upgrade": "websocket"}
+    proxy.on_request(Request("GET", "/pfx/live", upgrade), None)
+    assert sent == [("http", "/prefix/v1/a"), ("ws", "/prefix/v1/live")]
 
 
 # -- the upstream client ----------------------------------------------------------

@@ -8,7 +8,8 @@ base}}: C{pattern} is a regular expression searched in the request's path
 (under C{base} when one is given, which is then taken off first);
 C{target} is the upstream's C{http(s)://host[:port][/prefix]}; C{rewrite}
 makes the upstream path from the match (C{$1}, C{$2}, C{$<name>}; without
-one, the path as it came); C{changeOrigin} sends the upstream's own
+one, the path as it came), which goes after the target's C{/prefix} (as
+nginx's C{proxy_pass http://host/prefix}); C{changeOrigin} sends the upstream's own
 C{Host}; C{headers} are added to the request; C{ws} lets WebSocket upgrades
 through.
 """
@@ -62,13 +63,16 @@ class Rule:
     """The target's scheme, host and port."""
     authority: str = ""
     """The target's C{host[:port]}, as a C{Host} header names it."""
+    prefix: str = ""
+    """The target's path, without a trailing slash: what every upstream path starts with."""
     template: tuple[tuple[bool, str | int], ...] = ()
     """C{rewrite} in parts: C{(False, text)} and C{(True, group)} (a number or a name)."""
 
     def upstream_path(self, path: str) -> str | None:
         """
-        The path to ask the upstream for, or C{None} when the rule does not
-        match C{path} (a request path without its query).
+        The path to ask the upstream for (the target's prefix, then the
+        path, rewritten if the rule says so), or C{None} when the rule does
+        not match C{path} (a request path without its query).
         """
         if self.base:
             if path != self.base and not path.startswith(self.base + "/"):
@@ -78,11 +82,11 @@ class Rule:
         if found is None:
             return None
         if self.rewrite is None:
-            return path
+            return self.prefix + path
         rewritten = "".join(
             (found.group(part) or "") if group else str(part) for group, part in self.template
         )
-        return rewritten if rewritten.startswith("/") else "/" + rewritten
+        return self.prefix + (rewritten if rewritten.startswith("/") else "/" + rewritten)
 
     def describe(self) -> dict[str, Any]:
         """The rule as the API shows it."""
@@ -169,6 +173,7 @@ def parse_rule(
         guarded=not allow_link_local,
         upstream=_upstream(target),
         authority=urlsplit(target).netloc,
+        prefix=urlsplit(target).path,
         template=() if rewrite is None else _template(rewrite),
     )
 

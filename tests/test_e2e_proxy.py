@@ -388,6 +388,14 @@ async def test_rules_from_the_api_are_checked_kept_and_survive_a_restart(
     assert (await (await proc.get("/pfx2/a")).json())["uri"] == "/echo/v1/a"
     for made_id in ("p1", "p2"):
         assert (await proc.request("DELETE", f"{api}/{made_id}", headers=INTERNAL)).code == 204
+    # the API's own 404 for a rule it does not have reaches the client
+    for method in ("GET", "PUT", "DELETE"):
+        data = json.dumps({"pattern": "^/x", "target": "http://h"}).encode()
+        missing = await proc.request(
+            method, f"{api}/p1", data=data if method == "PUT" else None, headers=INTERNAL
+        )
+        assert missing.code == 404
+        assert (await missing.json())["error"]["code"] == "RULE_NOT_FOUND", method
     assert (
         await proc.request("DELETE", f"{api}/fixed", headers=INTERNAL)
     ).code == 409  # the manifest's

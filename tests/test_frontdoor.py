@@ -13,23 +13,29 @@ import uuid
 from typing import Any
 
 import pytest
+import pytest_twisted
 from eliot.testing import LoggedAction
 from http1_client import Answer, Client, Lingering, Transport, connect, get, post
 from klein import Klein
+from test_plugins_support import make_loader
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from buntime import __version__
-from buntime.http import AppInfo, Request, Response, Takeover
+from buntime.http import AppInfo, Request, Response, Takeover, json_answer, json_error
+from buntime.interfaces import IBuntimePlugin
 from buntime.logs.requests import REQUEST_ACTION
+from buntime.plugins.discovery import PluginSource
 from buntime.plugins.outcomes import RequestOutcomes
 from buntime.stream import PushedStream
 from buntime.web.api.core import CoreAPI
-from buntime.web.frontdoor import FrontDoor
+from buntime.web.frontdoor import Declined, FrontDoor
 from buntime.web.http1 import HTTP1Factory, Limits
 from buntime.web.http1.head import request_id_for
+from buntime.web.plugins import PluginSteps
 from buntime.web.state import RuntimeState
 from buntime.web.websocket import CLOSE_GRACE, WebSockets
 
@@ -316,6 +322,137 @@ def test_in_flight_is_counted_until_the_response_is_done():
     assert response.body == b"late"
     assert door.state.in_flight == 0
     assert drained.called
+
+
+# -- a plugin route's 404 ----------------------------------------------------------------
+
+
+@implementer(IBuntimePlugin)
+class Items:
+    """Plugin routes that know item 1 and answer their own 404 for the others."""
+
+    routes = Klein()
+
+    def __init__(self) -> None:
+        self.finished: list[Deferred[None]] = []
+
+    @routes.route("/api/items/<item>", methods=["GET"])
+    def item(self, request: Any, item: str) -> bytes:
+        if item != "1":
+            request.setHeader(b"x-items", b"404")
+            return json_error(request, 404, "ITEM_NOT_FOUND", f"No item {item}")
+        return json_answer(request, {"id": item})
+
+    @routes.route("/api/gone", methods=["GET"])
+    def gone(self, request: Any) -> Deferred[None]:
+        """A 404 still being written: its body is a stream."""
+        request.setResponseCode(404)
+        request.write(b"not here")
+        self.finished.append(request.notifyFinish())
+        return Deferred()
+
+
+async def plugin_steps(clock: Clock, *bases: str) -> tuple[PluginSteps, list[Items]]:
+    """The plugin-routes step over a registry of an L{Items} plugin at each of C{bases}."""
+    providers = [Items() for _ in bases]
+    sources = [
+        PluginSource(
+            {"name": f"items{n}", "base": base}, f"/plugins/items{n}", "package", provider=p
+        )
+        for n, (base, p) in enumerate(zip(bases, providers, strict=True))
+    ]
+    registry, _ = await make_loader(clock).load(sources)
+    return PluginSteps(registry=lambda: registry, apps=None), providers  # type: ignore[arg-type]
+
+
+def answered(door: Door, path: str) -> Answer:
+    client = door.start("GET", path)
+    door.clock.advance(0)  # the plugin routes answer at the end of the reactor turn
+    [answer] = client.answers()
+    assert answer.complete
+    return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plugin_route_s_404_answers_when_no_later_step_takes_the_request():
+    calls: list[str] = []
+
+    async def later(request: Request, fields: dict) -> Response | None:
+        calls.append(request.path)
+        return None
+
+    door = Door()
+    routes, _ = await plugin_steps(door.clock, "/items")
+    door.door.steps = [routes, later]
+    missing = answered(door, "/items/api/items/9")
+    assert missing.status == 404
+    assert json.loads(missing.body)["error"] == {"code": "ITEM_NOT_FOUND", "message": "No item 9"}
+    assert missing.headers.get("x-items") == "404"
+    assert missing.headers.get("x-not-found") is None
+    assert calls == ["/items/api/items/9"]  # the request went on all the same
+    assert answered(door, "/items/api/items/1").status == 200
+    assert json.loads(answered(door, "/nothing").body)["error"]["code"] == "NOT_FOUND"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_later_step_s_answer_wins_and_the_plugin_route_s_404_is_closed():
+    async def later(request: Request, fields: dict) -> Response | None:
+        return Response.text("the app's")
+
+    door = Door()
+    routes, [items] = await plugin_steps(door.clock, "/items")
+    door.door.steps = [routes, later]
+    assert answered(door, "/items/api/items/9").body == b"the app's"
+    taken = answered(door, "/items/api/gone")
+    assert (taken.status, taken.body) == (200, b"the app's")
+    [finished] = items.finished
+    assert finished.called  # the route was told its 404 is read no more
+    finished.addErrback(lambda failure: None)
+
+
+def declining(closed: list[str], name: str, stream: bool = True) -> Any:
+    """A step that declines every request with its own 404 (a stream tells C{closed})."""
+
+    async def step(request: Request, fields: dict) -> Declined:
+        body = PushedStream(lambda: closed.append(name)) if stream else name.encode()
+        return Declined(Response(404, {"x-declined": name}, body))
+
+    return step
+
+
+def test_the_walk_s_first_declined_answer_stands_only_when_nothing_else_answers():
+    async def nothing(request: Request, fields: dict) -> None:
+        return None
+
+    async def answering(request: Request, fields: dict) -> Response:
+        return Response.text("taken")
+
+    async def failing(request: Request, fields: dict) -> Response:
+        raise RuntimeError("step bug")
+
+    async def always(request: Request, fields: dict) -> Response:
+        return Response.text("always")
+
+    always.may_decline = False  # type: ignore[attr-defined]
+    closed: list[str] = []
+    first = Door(steps=[declining(closed, "a", stream=False), declining(closed, "b"), nothing])
+    answer = first.get("/x")
+    assert (answer.status, answer.body, answer.headers["x-declined"]) == (404, b"a", "a")
+    assert closed == ["b"]  # a later declined answer is closed unread
+    for later, status in ((answering, 200), (always, 200), (failing, 500)):
+        closed.clear()
+        answer = Door(steps=[declining(closed, "a"), later]).get("/x")
+        assert (answer.status, closed) == (status, ["a"]), later
+    closed.clear()
+    assert Door(steps=[declining(closed, "a")]).get("/").status == 200  # a built-in answer
+    assert closed == ["a"]
+
+
+def test_on_response_hooks_see_the_declined_answer_that_is_sent():
+    plugins = Plugins(on_response=lambda response: response.with_header("x-seen", "yes"))
+    door = Door(steps=[declining([], "a", stream=False)], plugins=plugins)
+    answer = door.get("/x")
+    assert (answer.status, answer.headers["x-seen"], answer.body) == (404, "yes", b"a")
 
 
 # -- streaming ----------------------------------------------------------------------------

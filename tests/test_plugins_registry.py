@@ -514,6 +514,15 @@ async def test_routes_404_falls_through_and_other_paths_are_not_looked_at():
 
 
 @pytest_twisted.ensureDeferred
+async def test_routed_keeps_the_404_a_route_declined_with():
+    registry = await registry_of(({"name": "web", "base": "/web"}, Web()))
+    declined = await registry.routed(Request("GET", "/web/nothing"))
+    assert declined is not None and declined.status == 404  # the front door may still send it
+    assert await registry.routed(Request("GET", "/other")) is None
+    assert (await registry.routed(Request("GET", "/web/"))).status == 200
+
+
+@pytest_twisted.ensureDeferred
 async def test_routes_handler_errors_are_500_without_traceback(eliot_logger):
     registry = await registry_of(({"name": "web", "base": "/web"}, Web()))
     response = await registry.route(Request("GET", "/web/api/fail"))

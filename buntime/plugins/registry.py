@@ -337,16 +337,33 @@ class PluginRegistry:
         Plugin Klein C{routes} at their base, longest base first, the base
         stripped; a 404 falls through to the next (and finally to C{None}).
         """
+        response = await self.routed(request)
+        if response is not None and response.status == 404:
+            await _discard(response)
+            return None
+        return response
+
+    async def routed(self, request: Request) -> Response | None:
+        """
+        L{route}, but when every plugin routes at C{path} declined it (a
+        404), the first of those 404s (the others are discarded): it answers
+        the request if nothing after the plugin routes does.
+        """
         path = request.path
+        declined: Response | None = None
         for plugin in self._by_base:
             if plugin.site is None or plugin.base is None or not _under(path, plugin.base):
                 continue
             response = await render(plugin.site, request, self.clock)
-            if response.status == 404:
+            if response.status != 404:
+                if declined is not None:
+                    await _discard(declined)
+                return response
+            if declined is None:
+                declined = response
+            else:
                 await _discard(response)
-                continue
-            return response
-        return None
+        return declined
 
     def plugin_app_for(self, path: str) -> tuple[LoadedPlugin, str, str] | None:
         """The plugin whose C{entrypoint} app is served at C{path}: (plugin, base, rest)."""

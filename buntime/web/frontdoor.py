@@ -11,8 +11,9 @@ resulting L{buntime.http.Response} back to the connection to write.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Container, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from attrs import frozen
 from eliot import current_action
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -25,6 +26,7 @@ from buntime.logs import log
 from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
+from buntime.stream import close_body
 from buntime.trust import api_refusal, trusted
 from buntime.web.api.core import CoreAPI
 from buntime.web.http1 import Exchange
@@ -39,11 +41,27 @@ if TYPE_CHECKING:
 
     from buntime.plugins.registry import PluginRegistry
 
-Step = Callable[[Request, dict[str, Any]], Awaitable[Response | None] | None]
+_T = TypeVar("_T")
+
+
+@frozen
+class Declined:
+    """
+    A step's answer that lets the request go on (a plugin route's 404):
+    C{response} answers it in place of the built-in 404 when no later
+    step takes it, and is closed unread when one does.  The first one of
+    the walk counts.
+    """
+
+    response: Response
+
+
+Step = Callable[[Request, dict[str, Any]], Awaitable[Response | Declined | None] | None]
 """
 A dispatch step: C{None} at once for "not mine", else an awaitable of the
-answer (C{None} for "not mine after all").  An C{async def} step is one.
-A step whose awaitable is never C{None} says so with a false C{may_decline}
+answer (C{None} for "not mine after all", a L{Declined} for "not mine, but
+answer this if no later step does").  An C{async def} step is one.  A step
+whose awaitable is only ever an answer says so with a false C{may_decline}
 attribute (the walk then need not look at its answer).
 """
 
@@ -283,7 +301,8 @@ class FrontDoor:
         Steps 5 to 10 of the order of resolution (SPEC §4) for everything but
         the core API: C{/.well-known/buntime}, then each of C{steps} (plugin
         handlers, plugin routes, plugin apps, worker apps, the homepage),
-        then the built-in answers and the 404; the answer goes through the
+        then the built-in answers and the 404 (a plugin route's own 404, if
+        one declined the request); the answer goes through the
         C{on_response} C{hooks}, if any.
         """
         if request.path == "/.well-known/buntime":
@@ -292,9 +311,18 @@ class FrontDoor:
         return self._from_step(0, request, fields, hooks)
 
     def _from_step(
-        self, index: int, request: Request, fields: dict[str, Any], hooks: _Hooks | None
+        self,
+        index: int,
+        request: Request,
+        fields: dict[str, Any],
+        hooks: _Hooks | None,
+        declined: Response | None = None,
     ) -> Deferred[Any]:
-        """The answer of the first step from C{index} on that takes C{request}."""
+        """
+        The answer of the first step from C{index} on that takes C{request};
+        when none does, C{declined} (an earlier step's L{Declined} answer)
+        in place of the built-in 404.
+        """
         steps = self.steps
         while index < len(steps):
             pending = steps[index](request, fields)
@@ -302,27 +330,57 @@ class FrontDoor:
             if pending is not None:
                 waiting = pending if isinstance(pending, Deferred) else ensureDeferred(pending)  # type: ignore[arg-type]
                 if getattr(steps[index - 1], "may_decline", True):
-                    return waiting.addCallback(self._stepped, index, request, fields, hooks)
+                    if declined is not None:
+                        waiting.addErrback(_dropping, declined)  # the step failed
+                    return waiting.addCallback(
+                        self._stepped, index, request, fields, hooks, declined
+                    )
+                if declined is not None:
+                    waiting.addBoth(_dropping, declined)
                 return waiting if hooks is None else waiting.addCallback(hooks.responded)
         found = _built_in(request)
+        if declined is not None and found.status == 404:
+            found = declined
+        elif declined is not None:
+            _drop(declined)
         return _as_deferred(found if hooks is None else hooks.responded(found))
 
     def _stepped(
         self,
-        answer: Response | None,
+        answer: Response | Declined | None,
         index: int,
         request: Request,
         fields: dict[str, Any],
         hooks: _Hooks | None,
+        declined: Response | None,
     ) -> Response | Deferred[Any]:
         """A step's answer (through the hooks), or the next steps' when it was not the step's."""
+        if isinstance(answer, Declined):
+            if declined is None:
+                declined = answer.response
+            else:
+                _drop(answer.response)  # the walk's first one counts
+            return self._from_step(index, request, fields, hooks, declined)
         if answer is None:
-            return self._from_step(index, request, fields, hooks)
+            return self._from_step(index, request, fields, hooks, declined)
+        if declined is not None:
+            _drop(declined)
         return answer if hooks is None else hooks.responded(answer)
 
 
 def _as_deferred(answer: Response | Deferred[Response]) -> Deferred[Response]:
     return answer if isinstance(answer, Deferred) else succeed(answer)
+
+
+def _drop(declined: Response) -> None:
+    """Close a L{Declined} answer that will not be sent, unread (its producer is told)."""
+    ensureDeferred(close_body(declined.body)).addErrback(_log_crash)
+
+
+def _dropping(result: _T, declined: Response) -> _T:
+    """C{result}, once C{declined} is dropped (L{_drop}): a callback."""
+    _drop(declined)
+    return result
 
 
 def _built_in(request: Request) -> Response:

@@ -179,6 +179,15 @@ def test_root_answers_the_version(door):
     assert (response.status, response.body) == (200, b"")
 
 
+@pytest.mark.parametrize("path", ["/api//health", "/api/health//", "/api//apps"])
+def test_an_api_path_with_an_empty_segment_is_a_json_404_not_a_redirect(door, path):
+    """werkzeug would merge the slashes with an HTML 308: the API answers as documented."""
+    response = door.get(path)
+    assert response.status == 404
+    assert response.headers.get("content-type") == "application/json"
+    assert json.loads(response.body)["error"]["code"] == "NOT_FOUND"
+
+
 def test_favicon_is_204(door):
     response = door.get("/favicon.ico")
     assert (response.status, response.body) == (204, b"")

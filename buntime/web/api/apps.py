@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 from attrs import field, frozen
-from klein import Klein
 from twisted.internet.defer import DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
 
@@ -22,6 +21,7 @@ from buntime.apps.remove import remove_app
 from buntime.archive import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
 from buntime.logs import log
 from buntime.web.api.core import (
+    api_routes,
     disk_error,
     install_refused,
     json_body,
@@ -73,7 +73,7 @@ class AppsAPI:
     max_files: int = DEFAULT_MAX_FILES
     _lock: DeferredLock = field(factory=DeferredLock, init=False)
 
-    app = Klein()
+    app = api_routes()
 
     async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call C{function} in the thread pool when there is one, serialized."""

@@ -19,6 +19,17 @@ from buntime.web.api.openapi import describe, docs_page
 from buntime.web.state import RuntimeState
 
 
+def api_routes() -> Klein:
+    """
+    A Klein app for the core API: its paths are matched as sent, so that
+    C{/api//health} is a JSON 404 rather than werkzeug's HTML redirect to a
+    path with the empty segment merged (declare routes after this).
+    """
+    routes = Klein()
+    routes.url_map.merge_slashes = False
+    return routes
+
+
 def json_body(request: Any, obj: object, status: int = 200) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
@@ -86,7 +97,7 @@ class CoreAPI:
     api_base: str = "/api"
     openapi: Callable[[], dict[str, Any]] | None = None
 
-    app = Klein()
+    app = api_routes()
 
     def _health(self, request: Any, status: str, ok: bool = True) -> bytes:
         body = {"ok": ok, "status": status, "version": __version__}

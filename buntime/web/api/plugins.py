@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import unquote
 
 from attrs import field, frozen
-from klein import Klein
 from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorThreads
 
@@ -29,6 +28,7 @@ from buntime.plugins.manifest import PluginError
 from buntime.plugins.registry import PluginRegistry
 from buntime.plugins.service import PluginService
 from buntime.web.api.core import (
+    api_routes,
     disk_error,
     install_refused,
     json_body,
@@ -77,7 +77,7 @@ class PluginsAPI:
     max_files: int = DEFAULT_MAX_FILES
     _lock: DeferredLock = field(factory=DeferredLock, init=False)
 
-    app = Klein()
+    app = api_routes()
 
     async def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await off_the_reactor(self.threads, function, *args, **kwargs)

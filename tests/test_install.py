@@ -628,3 +628,31 @@ def test_an_install_is_one_eliot_action(site: Path, eliot_logger) -> None:
         "INVALID_ARCHIVE",
     )
     eliot_logger.validate()
+
+
+@pytest.mark.parametrize("layout", ["hello/1.0.0", "hello@1.0.0"])
+def test_a_version_another_worker_dir_holds_is_replaced_there(
+    site: Path, tmp_path: Path, layout: str
+) -> None:
+    """Installed into the first dir, it would make two dirs claim one version (a collision)."""
+    second = tmp_path / "more"
+    (second / layout).mkdir(parents=True)
+    (second / layout / "manifest.yaml").write_bytes(MANIFEST)
+    (second / layout / "old.py").write_bytes(b"old = 1\n")
+    upload = io.BytesIO(make_zip({"manifest.yaml": MANIFEST, "app.py": b"app = 2\n"}))
+    app = install_archive(upload, "hello.zip", str(site / "apps"), others=[str(second)])
+    assert app.path == str(second / layout)
+    assert sorted(os.listdir(app.path)) == ["app.py", "manifest.yaml"]
+    assert not (site / "apps" / "hello").exists()
+    assert leftovers(site / "apps") == [] and leftovers(second) == []
+
+
+def test_the_first_worker_dir_s_copy_wins_over_another_s(site: Path, tmp_path: Path) -> None:
+    second = tmp_path / "more"
+    for root in (site / "apps", second):
+        (root / "hello" / "1.0.0").mkdir(parents=True)
+        (root / "hello" / "1.0.0" / "manifest.yaml").write_bytes(MANIFEST)
+    data = make_zip({"manifest.yaml": MANIFEST, "app.py": b"app = 3\n"})
+    app = install_archive(data, "hello.zip", str(site / "apps"), others=[str(second)])
+    assert app.path == str(site / "apps" / "hello" / "1.0.0")
+    assert not (second / "hello" / "1.0.0" / "app.py").exists()

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from attrs import frozen
 from eliot import register_exception_extractor
 
-from buntime.apps.discovery import LATEST
+from buntime.apps.discovery import LATEST, AppVersion, scan_worker_dir
 from buntime.apps.versions import is_version
 from buntime.archive import (
     DEFAULT_MAX_FILES,
@@ -124,6 +124,21 @@ def _target(worker_dir: str, name: str, version: str) -> str:
     return os.path.join(level, bare, version)
 
 
+def _holder(name: str, version: str, worker_dir: str, others: Sequence[str]) -> str:
+    """
+    The worker dir that already holds C{name@version}: C{worker_dir} when
+    it does or no dir does, else the first of C{others} that does.
+    """
+    for candidate in (worker_dir, *others):
+        if any(found.name == name and found.version == version for found in _scanned(candidate)):
+            return candidate
+    return worker_dir
+
+
+def _scanned(worker_dir: str) -> list[AppVersion]:
+    return scan_worker_dir(worker_dir) if os.path.isdir(worker_dir) else []
+
+
 def _has_manifest(directory: str) -> bool:
     return find_manifest(directory) is not None
 
@@ -141,6 +156,7 @@ def install_archive(
     filename: str,
     worker_dir: str,
     *,
+    others: Sequence[str] = (),
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
     now: Callable[[], float] = time.time,
@@ -148,7 +164,9 @@ def install_archive(
     """
     Install the app archive C{data} (named C{filename}, whose suffix picks
     the format) into C{worker_dir} as C{<name>/<version>/}, replacing an
-    existing copy of that version atomically.
+    existing copy of that version atomically.  When one of C{others} (the
+    other worker dirs) holds that version instead, it is replaced there:
+    two dirs claiming one version would collide.
 
     @raise InstallError: with C{INVALID_FILE_TYPE}, C{INVALID_ARCHIVE},
         C{PATH_TRAVERSAL}, C{MISSING_PARAMS} (400) or C{PAYLOAD_TOO_LARGE}
@@ -162,6 +180,15 @@ def install_archive(
                 wanted = " or ".join((*MANIFEST_FILES, PYPROJECT))
                 raise InstallError("MISSING_PARAMS", f"Archive has no {wanted} at its root")
             name, version = _identity(app_root)
+            holder = _holder(name, version, worker_dir, others)
+            if holder != worker_dir:  # unpacked again beside it: a rename stays on one disk
+                unpacked.discard()
+                if hasattr(data, "seek"):
+                    data.seek(0)
+                unpacked = unpack(data, filename, holder, Budget(max_total_bytes, max_files))
+                app_root = unpacked.root(_has_manifest)
+                assert app_root is not None  # the same archive
+                worker_dir = holder
             target = _target(worker_dir, name, version)
             unpacked.move_into_place(app_root, target, worker_dir)
         finally:

@@ -136,7 +136,8 @@ class AppsAPI:
         `name` and `version` at its root or inside its single top-level
         directory. The app is installed into the first worker dir as
         `<name>/<version>/`; an existing copy of that version is replaced
-        atomically and its worker retired once its requests finish. A refused
+        atomically where it is (in whichever worker dir holds it) and its
+        worker retired once its requests finish. A refused
         archive changes nothing on disk.
         """
         if not self.worker_dirs:
@@ -158,6 +159,7 @@ class AppsAPI:
             upload,
             filename,
             self.worker_dirs[0],
+            others=self.worker_dirs[1:],
             max_total_bytes=self.max_total_bytes,
             max_files=self.max_files,
         )

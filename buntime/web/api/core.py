@@ -124,6 +124,15 @@ class CoreAPI:
         return self._health(request, "live")
 
     @app.route("/api/health/ready", methods=["GET", "HEAD"])
+    @describe(
+        responses={
+            503: {
+                "description": 'Not ready: `{"ok": false, "status": "starting"}` (or '
+                '`"stopping"`), the health shape, not an error',
+                "content": {"application/json": {"schema": {}}},
+            }
+        }
+    )
     def ready(self, request: Any) -> bytes:
         """
         Readiness probe.

@@ -205,8 +205,10 @@ def openapi_document(
             "description": (
                 f"The JSON API of the buntime runtime, served under `{base}`. "
                 'Errors answer `{"error": {"code": "...", "message": "..."}}`. '
-                "POST, PUT, PATCH and DELETE need an `Origin` header matching `Host` "
-                "(or `x-buntime-internal: true`)."
+                "POST, PUT, PATCH and DELETE need `Authorization: Bearer <token>` when "
+                "`RUNTIME_API_TOKEN` is set; without a token they are taken from this "
+                "machine only, with an `Origin` header matching `Host` (or "
+                "`x-buntime-internal: true`)."
             ),
         },
         "tags": [{"name": tag} for tag in tags],

@@ -193,7 +193,14 @@ class PluginsAPI:
         )
 
     @app.route("/api/plugins/<path:name>", methods=["DELETE"])
-    @describe(responses={200: "`{success: true, data: {name, removed}}`", **_ERRORS})
+    @describe(
+        responses={
+            200: "`{success: true, data: {name, removed}}`",
+            400: "`NO_PLUGIN_DIRS`, `PLUGIN_NOT_REMOVABLE` (a built-in or packaged plugin), or "
+            "`PLUGIN_LOAD_FAILED` (the plugins failed to load without it: it was put back)",
+            404: "`PLUGIN_NOT_FOUND`",
+        }
+    )
     async def delete(self, request: Any, name: str) -> bytes:
         """
         Remove a plugin.

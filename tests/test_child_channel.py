@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.internet.stdio import StandardIO
+from twisted.python.failure import Failure
 
-from buntime.pool.child.main import listen
+from buntime.pool.child.main import WorkerMain, listen
 from buntime.sockets import direct_socket
 
 
@@ -83,3 +86,29 @@ async def test_two_pipes_are_standard_io() -> None:
     os.close(feed)
     await protocol.lost
     os.close(drain)
+
+
+class _StoppableReactor:
+    running = True
+    stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+@pytest.mark.parametrize("lost", [ConnectionLost, ConnectionDone])
+def test_a_channel_closed_before_ready_is_answered_is_no_crash(capsys, lost) -> None:
+    """The runtime retired a starting worker: it exits quietly, not with a traceback."""
+    stoppable = _StoppableReactor()
+    main = WorkerMain(stoppable, None, {})
+    main._crashed(Failure(lost()))
+    assert (stoppable.stopped, main.exit_code) == (True, 0)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_failure_of_the_worker_itself_is_reported(capsys) -> None:
+    stoppable = _StoppableReactor()
+    main = WorkerMain(stoppable, None, {})
+    main._crashed(Failure(RuntimeError("boom")))
+    assert (stoppable.stopped, main.exit_code) == (True, 1)
+    assert "The worker failed" in capsys.readouterr().err

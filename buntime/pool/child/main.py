@@ -27,7 +27,7 @@ from typing import IO, Any, cast
 from attrs import define, field
 from twisted.internet import asyncioreactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ReactorNotRunning
+from twisted.internet.error import ConnectionDone, ConnectionLost, ReactorNotRunning
 from twisted.internet.protocol import Factory
 from twisted.internet.stdio import StandardIO
 from twisted.logger import (
@@ -123,6 +123,11 @@ class WorkerMain:
         self.reactor.callLater(EXIT_GRACE, self.exit, 0)
 
     def _crashed(self, failure: Any) -> None:
+        if failure.check(ConnectionLost, ConnectionDone):
+            # the runtime closed the channel before Ready was answered (it
+            # retired this worker while it started): no failure of ours
+            self.exit(self.exit_code)
+            return
         print(f"The worker failed: {failure.getTraceback()}", file=sys.stderr)
         self.exit(1)
 

@@ -124,6 +124,9 @@ def csrf_refusal(request: Request, internal_allowed: bool = True) -> Response | 
             and parsed.username is None
             and parsed.password is None
             and "@" not in parsed.netloc
+            and not parsed.path  # an origin is scheme://host[:port] (RFC 6454)
+            and "?" not in origin
+            and "#" not in origin
             and parsed.netloc.lower() == host
             and host != ""
         )

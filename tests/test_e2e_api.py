@@ -398,6 +398,10 @@ async def test_csrf_origin_rules_on_the_core_api(shared):
         f"http://user:pw@127.0.0.1:{port}",
         f"ftp://127.0.0.1:{port}",
         "null",
+        f"http://127.0.0.1:{port}/evil/path",  # an origin has no path, query or fragment
+        f"http://127.0.0.1:{port}/",
+        f"http://127.0.0.1:{port}?x",
+        f"http://127.0.0.1:{port}#x",
     ):
         status, answer = await call("POST", "/api/plugins/reload", {"Origin": foreign})
         assert (status, answer["error"]["message"]) == (

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from attrs import frozen
 from eliot import register_exception_extractor
 
-from buntime.apps.discovery import LATEST, AppVersion, scan_worker_dir
+from buntime.apps.discovery import LATEST, scan_worker_dir
 from buntime.apps.versions import is_version
 from buntime.archive import (
     DEFAULT_MAX_FILES,
@@ -129,14 +129,11 @@ def _holder(name: str, version: str, worker_dir: str, others: Sequence[str]) -> 
     The worker dir that already holds C{name@version}: C{worker_dir} when
     it does or no dir does, else the first of C{others} that does.
     """
-    for candidate in (worker_dir, *others):
-        if any(found.name == name and found.version == version for found in _scanned(candidate)):
+    for candidate in (worker_dir, *others):  # a missing dir scans as empty
+        found = scan_worker_dir(candidate)
+        if any(app.name == name and app.version == version for app in found):
             return candidate
     return worker_dir
-
-
-def _scanned(worker_dir: str) -> list[AppVersion]:
-    return scan_worker_dir(worker_dir) if os.path.isdir(worker_dir) else []
 
 
 def _has_manifest(directory: str) -> bool:

@@ -37,12 +37,18 @@ _DROPPED = frozenset({"date", "server", "transfer-encoding", "connection"})
 """Headers the connection writes itself.  A C{content-length} is kept: a HEAD answer says it."""
 
 
+def _error_bytes(status: int, code: str, message: str) -> bytes:
+    body = Response.error(status, code, message).body
+    assert isinstance(body, bytes)  # Response.error's JSON
+    return body
+
+
 class _RouteRequest(FormRequest):
     """A request to a plugin's route: a malformed form gets buntime's JSON error."""
 
     bad_form = (
         b"application/json",
-        b'{"error": {"code": "BAD_REQUEST", "message": "The multipart body is malformed"}}',
+        _error_bytes(400, "BAD_REQUEST", "The multipart body is malformed"),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from attrs import define, field
 from e2e_apps import static_app, write_app
 from fakes import result_of
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, succeed
 from twisted.internet.task import Clock
 
 from buntime.apps.discovery import AppCatalog
@@ -144,3 +144,122 @@ def test_a_request_its_hooks_let_through_is_routed_once(tmp_path):
     assert asked == [("site", None)]  # once for both
     step(get("/site/page"), {})  # another request (another path object): routed afresh
     assert asked == [("site", None), ("site", None)]
+
+
+def test_a_replaced_app_s_new_manifest_is_read_at_once(tmp_path):
+    """
+    A version replaced in place (new files, the catalog told) is served
+    from its new manifest by the next request, not after the manifest's
+    recheck interval: here it no longer wants its base injected.
+    """
+    static_app(tmp_path, "site", "1.0.0", "one")
+    clock = Clock()
+    step, _ = step_over(tmp_path, clock)
+    assert b"<base href" in answer(step, "/site/").body
+    replaced = tmp_path / "site@1.0.0"
+    for path in replaced.iterdir():
+        path.unlink()
+    replaced.rmdir()
+    write_app(
+        tmp_path,
+        "site",
+        "1.0.0",
+        manifest={"entrypoint": "index.html", "injectBase": False},
+        files={"index.html": "<!doctype html><html><head></head><body>two</body></html>"},
+    )
+    step.catalog.invalidate()  # as an upload or a reload does
+    response = answer(step, "/site/")
+    assert response is not None and response.status == 200
+    assert b"two" in response.body
+    assert b"<base href" not in response.body
+
+
+@define
+class RetiringPool:
+    """
+    A pool whose first request waits and is then retired (L{retire}), as
+    when its app is replaced; the requests after it are answered at once
+    with the manifest's C{env} they were given.
+    """
+
+    calls: list[tuple[str, Any, bool]] = field(factory=list)
+    waiting: list[Any] = field(factory=list)
+
+    def handle(self, app, request, base, served=None, again=False):
+        from twisted.internet.defer import Deferred
+
+        self.calls.append((app.version, dict(app.manifest.env), again))
+        if not self.waiting:
+            waiting: Deferred[Response] = Deferred()
+            self.waiting.append(waiting)
+            return waiting
+        return succeed(Response.json({"build": app.manifest.env.get("BUILD")}))
+
+    def retire(self) -> None:
+        from buntime.pool.queues import AppRetired
+
+        refusal = Response.error(503, "APP_RETIRED", "svc@1.0.0 was replaced or removed")
+        self.waiting[0].errback(AppRetired(refusal))
+
+
+def worker_app(root, build: str):
+    return write_app(
+        root,
+        "svc",
+        "1.0.0",
+        manifest={"env": {"BUILD": build}},
+        files={"app.py": "routes = {'/': 'ok'}\n"},
+    )
+
+
+def app_step(root, pool: RetiringPool) -> AppStep:
+    return AppStep(
+        catalog=AppCatalog([str(root)], Clock()),
+        pool=pool,  # type: ignore[arg-type]
+        environ={},
+        runtime_env=dict,
+        body_size_default=1000,
+        body_size_max=10_000,
+        clock=Clock(),
+    )
+
+
+def test_a_request_whose_app_is_replaced_while_it_waits_is_served_by_the_new_one(tmp_path):
+    """
+    The pool retires a replaced app's waiting requests (never sent to a
+    worker); the step resolves each again, and the new version answers
+    with its new manifest, instead of a 503 APP_RETIRED.
+    """
+    worker_app(tmp_path, "one")
+    pool = RetiringPool()
+    step = app_step(tmp_path, pool)
+    fields: dict[str, Any] = {}
+    pending = step(get("/svc/x"), fields)
+    assert pending is not None
+    worker_app(tmp_path, "two")  # a new manifest file: replaced
+    (tmp_path / "svc@1.0.0" / "manifest.yaml").unlink()
+    worker_app(tmp_path, "two")
+    step.catalog.invalidate()
+    pool.retire()
+    response = result_of(ensureDeferred(pending))
+    assert (response.status, json.loads(response.body)) == (200, {"build": "two"})
+    # resolved again once, and not again after that: no loop
+    assert pool.calls == [("1.0.0", {"BUILD": "one"}, True), ("1.0.0", {"BUILD": "two"}, False)]
+    assert fields["app"] == "svc@1.0.0"
+
+
+def test_a_request_whose_app_is_removed_while_it_waits_is_503_app_retired(tmp_path):
+    worker_app(tmp_path, "one")
+    pool = RetiringPool()
+    step = app_step(tmp_path, pool)
+    pending = step(get("/svc/x"), {})
+    assert pending is not None
+    for path in (tmp_path / "svc@1.0.0").iterdir():
+        path.unlink()
+    (tmp_path / "svc@1.0.0").rmdir()
+    step.catalog.invalidate()
+    pool.retire()
+    response = result_of(ensureDeferred(pending))
+    assert response.status == 503
+    assert json.loads(response.body)["error"]["code"] == "APP_RETIRED"
+    assert len(pool.calls) == 1

@@ -330,6 +330,85 @@ async def test_upload_serve_replace_delete(shared, dirs):
     assert await wait_until(reactor, lambda: not pid_alive(second["pid"]), 5.0), "retired"
 
 
+QUEUED_APP = """
+    import os
+    import time
+
+    def hold(request):
+        open(os.path.join(SIGNALS, "started"), "w").close()
+        release = os.path.join(SIGNALS, "release")
+        deadline = time.monotonic() + 20
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return {"build": BUILD, "held": True}
+
+    routes = {"/": lambda request: {"build": BUILD}, "/hold": hold}
+"""
+
+
+async def upload_queued(proc: Any, build: str, signals: Path) -> None:
+    """Upload C{queued@1.0.0}: one request at a time; C{/hold} waits for C{signals}/release."""
+    archive = zip_archive(
+        {
+            "manifest.yaml": "name: queued\nversion: 1.0.0\nttl: 5m\n"
+            "maxConcurrency: 1\nmaxInstances: 1\n",
+            "app.py": f"BUILD = {build!r}\nSIGNALS = {str(signals)!r}\n"
+            + textwrap.dedent(QUEUED_APP),
+        }
+    )
+    body, content_type = multipart("file", "queued.zip", archive)
+    response = await proc.request(
+        "POST",
+        "/api/apps/upload",
+        data=body,
+        headers={"Content-Type": content_type, **origin(proc)},
+    )
+    answer = await proc.json(response)
+    assert response.code == 200, answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_waiting_while_its_app_is_replaced_is_served_by_the_new_one(
+    shared, tmp_path
+):
+    """
+    A request queued for a busy app when an upload replaces the app is
+    served by the new version (it was never sent to the old one), not
+    refused with 503 APP_RETIRED; the request the old worker holds still
+    finishes there.
+    """
+    reactor = reactor_()
+    await upload_queued(shared, "first", tmp_path)
+    await served_within_a_second(shared, "/queued@1.0.0/", "first")
+    held = shared.get("/queued@1.0.0/hold")
+    assert await wait_until(reactor, (tmp_path / "started").exists, 10.0), "the hold began"
+
+    def started(line: dict[str, Any]) -> bool:
+        return (
+            line.get("action_type") == "buntime:http:request"
+            and line.get("action_status") == "started"
+            and line.get("path") == "/queued@1.0.0/"
+        )
+
+    before = len([line for line in shared.lines if started(line)])
+    seen: list[dict[str, Any]] = []
+
+    def queued(line: dict[str, Any]) -> bool:
+        if started(line):
+            seen.append(line)
+        return len(seen) > before
+
+    waiting = shared.get("/queued@1.0.0/")
+    await shared.wait_for_log(queued)  # it arrived, and waits behind the held request
+    await upload_queued(shared, "second", tmp_path)
+    response = await waiting
+    answer = await shared.json(response)
+    assert (response.code, answer) == (200, {"build": "second"})
+    (tmp_path / "release").touch()
+    response = await held
+    assert (response.code, await shared.json(response)) == (200, {"build": "first", "held": True})
+
+
 @pytest.mark.parametrize(
     ("entries", "symlinks"),
     [

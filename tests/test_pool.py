@@ -14,11 +14,13 @@ from eliot.testing import LoggedAction
 from fakes import ChildRequest, FakeLauncher, echo, hang, logged, read_all, result_of
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from buntime.http import Request, Response
 from buntime.manifest import AppManifest
 from buntime.pool.deps import InstallError
 from buntime.pool.pool import WorkerPool
+from buntime.pool.queues import AppRetired
 from buntime.pool.state import PoolApp, PoolConfig
 
 METRICS = {
@@ -664,6 +666,47 @@ def test_retire_app_drains_then_stops():
     assert result_of(pending).status == 200
     assert result_of(retired) is None
     assert h.launcher.live == []
+
+
+def test_a_request_waiting_for_a_retired_app_is_503_app_retired():
+    h = Harness()
+    app = h.app(max_concurrency=1, max_instances=1)
+    busy = h.send(app, "/wait/a")
+    waiting = h.send(app, "/x")
+    assert not waiting.called  # queued behind the busy worker
+    h.pool.retire_app(app.dir)
+    refusal = result_of(waiting)
+    status, code, message = error_of(refusal)
+    assert (status, code) == (503, "APP_RETIRED")
+    assert message == "hello@1.0.0 was replaced or removed"
+    assert refusal.headers.get("retry-after") == "1"
+    h.gates.open("a")
+    h.advance(0.1)
+    assert result_of(busy).status == 200  # the one sent finishes on the old worker
+
+
+def test_a_caller_resolving_again_gets_app_retired_for_a_waiting_request():
+    """
+    With C{again}, a request retired while it waited (never sent to a
+    worker) fails with L{AppRetired}, for the caller to resolve it again;
+    the one already sent still finishes on the old worker.
+    """
+    h = Harness()
+    app = h.app(max_concurrency=1, max_instances=1)
+    busy = h.pool.handle(app, Request("GET", "/wait/a"), "/hello", None, True)
+    h.launcher.settle()
+    waiting = h.pool.handle(app, Request("GET", "/x"), "/hello", None, True)
+    h.launcher.settle()
+    h.pool.retire_app(app.dir)
+    failures: list[Failure] = []
+    waiting.addErrback(failures.append)
+    (failure,) = failures
+    assert failure.check(AppRetired)
+    assert failure.value.response.status == 503
+    assert h.received() == ["/wait/a"]  # /x never reached a worker
+    h.gates.open("a")
+    h.advance(0.1)
+    assert result_of(busy).status == 200
 
 
 def test_auto_install_failure_is_500_and_retried():

@@ -152,6 +152,8 @@ class AppCatalog:
     _scanned_at: float = field(default=0.0, init=False)
     # resolve() answers for the current scan: (name, spec) -> version
     _resolved: dict[tuple[str, str | None], AppVersion | None] = field(factory=dict, init=False)
+    changes: int = field(default=0, init=False)
+    """How many times L{invalidate} was called: the runtime changed the apps' files."""
 
     def _current(self) -> dict[str, dict[str, AppVersion]]:
         now = self.clock.seconds()
@@ -162,8 +164,9 @@ class AppCatalog:
         return self._apps
 
     def invalidate(self) -> None:
-        """Forget the cached scan (after an install or a delete)."""
+        """Forget the cached scan (after an install or a delete), and count the change."""
         self._apps = None
+        self.changes += 1
 
     def versions(self, name: str) -> dict[str, AppVersion]:
         """Every version of C{name}: version -> L{AppVersion} (empty if unknown)."""

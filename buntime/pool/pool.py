@@ -34,7 +34,7 @@ from buntime.pool.deps import DependencyInstaller, InstallError
 from buntime.pool.inflight import AppError, RequestTimedOut, WorkerGone
 from buntime.pool.launch.launcher import ILauncher
 from buntime.pool.lifecycle import WorkerLifecycle
-from buntime.pool.queues import _Refused
+from buntime.pool.queues import AppRetired, _Refused
 from buntime.pool.rss import RssSource, read_rss
 from buntime.pool.state import PoolApp, PoolConfig, _AppState
 from buntime.pool.worker import StartupError, Worker
@@ -117,7 +117,8 @@ class WorkerPool(WorkerLifecycle):
         self._stop_checker(state)
         for label in [k for k, v in self._names.items() if v == app_dir]:
             del self._names[label]
-        state.queue.refuse(_busy("APP_RETIRED", f"{state.app.label} was replaced"))
+        retired = _busy("APP_RETIRED", f"{state.app.label} was replaced or removed")
+        state.queue.refuse(retired, AppRetired)
         grace = state.app.manifest.timeout
         stops = [self._discard(state, w, "app retired", grace=grace) for w in list(state.workers)]
         return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
@@ -125,14 +126,22 @@ class WorkerPool(WorkerLifecycle):
     # -- requests --------------------------------------------------------------
 
     def handle(
-        self, app: PoolApp, request: Request, base: str, served: Served | None = None
+        self,
+        app: PoolApp,
+        request: Request,
+        base: str,
+        served: Served | None = None,
+        again: bool = False,
     ) -> Deferred:
         """
         Run C{request} (URL relative to the app, C{base} stripped) on a
         worker of C{app}; fires with a L{Response}, an error one included.
         Cancel it when the client goes away.  The worker gives the app
         C{base} as its C{x-base} header (a client's own is dropped).  C{served}
-        is called with the id of the worker the request is sent to.
+        is called with the id of the worker the request is sent to.  With
+        C{again}, a request whose app is retired (replaced or removed) while
+        it waits fails with L{AppRetired} instead of answering 503
+        C{APP_RETIRED}: it was never sent, and the caller resolves it again.
 
         A request for a warm worker with a free slot is sent before this
         returns, with no coroutine in between (the hot path).
@@ -156,18 +165,26 @@ class WorkerPool(WorkerLifecycle):
                 answer = Deferred.fromCoroutine(self._prepared(state, request, base, served))
         except Exception:
             answer = fail()
-        return answer.addBoth(self._answered, app, arrived, sent)
+        return answer.addBoth(self._answered, app, arrived, sent, again)
 
     def _answered(
-        self, result: object, app: PoolApp, arrived: float, sent: _AppState | None = None
+        self,
+        result: object,
+        app: PoolApp,
+        arrived: float,
+        sent: _AppState | None = None,
+        again: bool = False,
     ) -> object:
         """
-        Every outcome as a response (but cancellation), and its time counted;
-        with C{sent}, first what L{_run} does with a worker's answer.
+        Every outcome as a response (but cancellation, and L{AppRetired}
+        when the caller resolves C{again}), and its time counted; with
+        C{sent}, first what L{_run} does with a worker's answer.
         """
         if sent is not None:
             result = self._ran(result, sent)
         if isinstance(result, Failure):
+            if again and result.check(AppRetired):
+                return result
             if result.check(_Refused):
                 result = result.value.response
             elif result.check(CancelledError) or not result.check(Exception):

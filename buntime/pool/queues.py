@@ -25,6 +25,14 @@ class _Refused(Exception):
         self.response = response
 
 
+class AppRetired(_Refused):
+    """
+    The request's app was retired (replaced or removed) while the request
+    waited for a worker: it was never sent, so it may be resolved again.
+    C{response} is the answer when it is not (503 C{APP_RETIRED}).
+    """
+
+
 @define(eq=False)
 class _Waiter:
     """A request waiting in a queue: fires with a worker (or C{None}: a slot)."""
@@ -74,9 +82,9 @@ class WaitQueue:
         waiter.deferred.callback(result)
         return True
 
-    def refuse(self, response: Response) -> None:
-        """Answer every waiting request with C{response}."""
+    def refuse(self, response: Response, refusal: type[_Refused] = _Refused) -> None:
+        """Answer every waiting request with C{response} (in a C{refusal})."""
         while self._waiters:
             waiter = self._waiters.popleft()
             self._forget(waiter)
-            waiter.deferred.errback(_Refused(response))
+            waiter.deferred.errback(refusal(response))

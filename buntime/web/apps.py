@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from buntime.apps.discovery import AppCatalog, AppVersion, ordered_versions, split_app_path
 from buntime.apps.resolve import EntrypointError, resolve
@@ -26,6 +27,7 @@ from buntime.logs import log
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
 from buntime.pool.environment import PoolApps
 from buntime.pool.pool import WorkerPool
+from buntime.pool.queues import AppRetired
 from buntime.pool.state import PoolApp
 from buntime.web.static import inject_base_href, serve_static
 
@@ -41,20 +43,29 @@ class ResolvedApp:
     manifest: AppManifest
     entrypoint: str
     attr: str | None
-    stamp: tuple[float, ...]
+    stamp: tuple[tuple[int, int, int] | None, ...]
+    changes: int = 0
+    """The catalog's L{AppCatalog.changes} when this was read."""
 
     @property
     def static(self) -> bool:
         return self.entrypoint.endswith(".html")
 
 
-def _manifest_stamp(app_dir: str) -> tuple[float, ...]:
-    stamps = []
+def _manifest_stamp(app_dir: str) -> tuple[tuple[int, int, int] | None, ...]:
+    """
+    What tells a changed manifest: each manifest file's inode, size and
+    modification time (a replaced app's files are new, even when an
+    archive gave them the old times).
+    """
+    stamps: list[tuple[int, int, int] | None] = []
     for name in ("manifest.yaml", "manifest.yml", "pyproject.toml"):
         try:
-            stamps.append(os.stat(os.path.join(app_dir, name)).st_mtime)
+            found = os.stat(os.path.join(app_dir, name))
         except OSError:
-            stamps.append(0.0)
+            stamps.append(None)
+        else:
+            stamps.append((found.st_ino, found.st_size, found.st_mtime_ns))
     return tuple(stamps)
 
 
@@ -131,10 +142,16 @@ class AppStep:
     def load(self, version: AppVersion) -> ResolvedApp:
         """
         The app at C{version}, its manifest re-read only when it changed
-        (looked at no more than once every C{recheck_seconds}).
+        (looked at no more than once every C{recheck_seconds}), or at once
+        when the runtime changed the apps' files (an upload, a delete, a
+        reload: the catalog counts them): a file's times alone cannot tell,
+        they are as coarse as the kernel's clock tick.
         """
         cached = self._apps.get(version.dir)
         now = self.clock.seconds() if self.clock is not None else None
+        changes = self.catalog.changes
+        if cached is not None and cached.changes != changes:
+            cached = None
         if (
             cached is not None
             and (cached.version is version or cached.version == version)
@@ -158,7 +175,7 @@ class AppStep:
         for warning in warnings:
             log("warn", "buntime:apps:manifest-warning", warning, app=label)
         entrypoint, attr = resolve(version.dir, manifest.entrypoint)
-        loaded = ResolvedApp(version, manifest, entrypoint, attr, stamp)
+        loaded = ResolvedApp(version, manifest, entrypoint, attr, stamp, changes)
         self._apps[version.dir] = loaded
         return loaded
 
@@ -205,8 +222,26 @@ class AppStep:
             return succeed(found)
         version, base, rest = found
         fields["app"] = f"{version.name}@{version.version}"
-        answer = self._answer(version, request, base, rest, fields, loaded)
+        answer = self._answer(version, request, base, rest, fields, loaded, again=True)
         return answer if isinstance(answer, Deferred) else succeed(answer)
+
+    def _again(
+        self, failure: Failure, request: Request, fields: dict[str, Any]
+    ) -> Response | Deferred[Response]:
+        """
+        C{request}, whose app was retired (replaced or removed) while it
+        waited for a worker, resolved again, once: the version there now
+        answers it, as it would a request that came now.  When none is
+        there any more, the 503 C{APP_RETIRED}.
+        """
+        failure.trap(AppRetired)
+        found = self._find(request.path)
+        if found is None or isinstance(found, Response):
+            refusal: Response = failure.value.response
+            return refusal
+        version, base, rest = found
+        fields["app"] = f"{version.name}@{version.version}"
+        return self._answer(version, request, base, rest, fields)
 
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
         """The app version C{path} names, its base and the rest; a 400 for a bad range."""
@@ -292,10 +327,13 @@ class AppStep:
         rest: str,
         fields: dict[str, Any] | None,
         loaded: ResolvedApp | None = None,
+        again: bool = False,
     ) -> Response | Deferred[Response]:
         """
         L{serve}: an answer known at once (an error, a static file), or the
         pool's Deferred (C{loaded}: the app at C{version}, when just loaded).
+        With C{again} (and C{fields}), a request whose app is retired while
+        it waits is resolved again (L{_again}).
         """
         try:
             if loaded is None:
@@ -318,9 +356,12 @@ class AppStep:
         # the worker gives the app its x-base (see buntime.pool.child.protocol)
         inner = request.with_path(rest)
         served = None if fields is None else partial(fields.__setitem__, "worker_id")
-        response = self.pool.handle(self._cached_pool_app(loaded), inner, base, served)
+        again = again and fields is not None
+        response = self.pool.handle(self._cached_pool_app(loaded), inner, base, served, again)
         if loaded.manifest.inject_base:  # apps with code: only when the manifest asks
             response.addCallback(_with_base, base)
+        if again and fields is not None:
+            response.addErrback(self._again, request, fields)
         return response
 
     def serve_homepage(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from attrs import define, field
 from e2e_apps import static_app, write_app
 from fakes import result_of
@@ -248,7 +249,13 @@ def test_a_request_whose_app_is_replaced_while_it_waits_is_served_by_the_new_one
     assert fields["app"] == "svc@1.0.0"
 
 
-def test_a_request_whose_app_is_removed_while_it_waits_is_503_app_retired(tmp_path):
+@pytest.mark.parametrize("told", [True, False], ids=["deleted", "removed-by-hand"])
+def test_a_request_whose_app_is_removed_while_it_waits_is_503_app_retired(tmp_path, told):
+    """
+    Removed through the API (the catalog told), or by hand (the catalog's
+    scan still lists it for up to a second): the request is not sent
+    anywhere, and answers 503 APP_RETIRED.
+    """
     worker_app(tmp_path, "one")
     pool = RetiringPool()
     step = app_step(tmp_path, pool)
@@ -257,7 +264,8 @@ def test_a_request_whose_app_is_removed_while_it_waits_is_503_app_retired(tmp_pa
     for path in (tmp_path / "svc@1.0.0").iterdir():
         path.unlink()
     (tmp_path / "svc@1.0.0").rmdir()
-    step.catalog.invalidate()
+    if told:
+        step.catalog.invalidate()
     pool.retire()
     response = result_of(ensureDeferred(pending))
     assert response.status == 503

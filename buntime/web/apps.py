@@ -235,11 +235,13 @@ class AppStep:
         there any more, the 503 C{APP_RETIRED}.
         """
         failure.trap(AppRetired)
+        refusal: Response = failure.value.response
         found = self._find(request.path)
         if found is None or isinstance(found, Response):
-            refusal: Response = failure.value.response
             return refusal
         version, base, rest = found
+        if not os.path.isdir(version.dir):  # removed by hand: the catalog has not looked yet
+            return refusal
         fields["app"] = f"{version.name}@{version.version}"
         return self._answer(version, request, base, rest, fields)
 

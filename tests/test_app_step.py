@@ -13,7 +13,7 @@ import pytest
 from attrs import define, field
 from e2e_apps import static_app, write_app
 from fakes import result_of
-from twisted.internet.defer import ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import Clock
 
 from buntime.apps.discovery import AppCatalog
@@ -179,28 +179,31 @@ def test_a_replaced_app_s_new_manifest_is_read_at_once(tmp_path):
 class RetiringPool:
     """
     A pool whose first request waits and is then retired (L{retire}), as
-    when its app is replaced; the requests after it are answered at once
-    with the manifest's C{env} they were given.
+    when its app is replaced: what it was given to do then (C{again}) is
+    done.  The requests after it are answered at once with the C{BUILD}
+    of the manifest they were given, and the path they were sent.
     """
 
     calls: list[tuple[str, Any, bool]] = field(factory=list)
     waiting: list[Any] = field(factory=list)
 
-    def handle(self, app, request, base, served=None, again=False):
-        from twisted.internet.defer import Deferred
-
-        self.calls.append((app.version, dict(app.manifest.env), again))
+    def handle(self, app, request, base, served=None, again=None):
+        self.calls.append((app.version, dict(app.manifest.env), again is not None))
         if not self.waiting:
             waiting: Deferred[Response] = Deferred()
-            self.waiting.append(waiting)
+            self.waiting.append((waiting, again, request, base, served))
             return waiting
-        return succeed(Response.json({"build": app.manifest.env.get("BUILD")}))
+        build = app.manifest.env.get("BUILD")
+        return succeed(Response.json({"build": build, "path": base + request.path}))
 
     def retire(self) -> None:
-        from buntime.pool.queues import AppRetired
-
+        waiting, again, request, base, served = self.waiting[0]
         refusal = Response.error(503, "APP_RETIRED", "svc@1.0.0 was replaced or removed")
-        self.waiting[0].errback(AppRetired(refusal))
+        answer = again(refusal, request, base, served) if again is not None else refusal
+        if isinstance(answer, Deferred):
+            answer.chainDeferred(waiting)
+        else:
+            waiting.callback(answer)
 
 
 def worker_app(root, build: str):
@@ -243,8 +246,11 @@ def test_a_request_whose_app_is_replaced_while_it_waits_is_served_by_the_new_one
     step.catalog.invalidate()
     pool.retire()
     response = result_of(ensureDeferred(pending))
-    assert (response.status, json.loads(response.body)) == (200, {"build": "two"})
-    # resolved again once, and not again after that: no loop
+    assert (response.status, json.loads(response.body)) == (
+        200,
+        {"build": "two", "path": "/svc/x"},
+    )
+    # routed anew once, and not again after that: no loop
     assert pool.calls == [("1.0.0", {"BUILD": "one"}, True), ("1.0.0", {"BUILD": "two"}, False)]
     assert fields["app"] == "svc@1.0.0"
 

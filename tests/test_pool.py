@@ -14,13 +14,11 @@ from eliot.testing import LoggedAction
 from fakes import ChildRequest, FakeLauncher, echo, hang, logged, read_all, result_of
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
 
 from buntime.http import Request, Response
 from buntime.manifest import AppManifest
 from buntime.pool.deps import InstallError
 from buntime.pool.pool import WorkerPool
-from buntime.pool.queues import AppRetired
 from buntime.pool.state import PoolApp, PoolConfig
 
 METRICS = {
@@ -685,28 +683,32 @@ def test_a_request_waiting_for_a_retired_app_is_503_app_retired():
     assert result_of(busy).status == 200  # the one sent finishes on the old worker
 
 
-def test_a_caller_resolving_again_gets_app_retired_for_a_waiting_request():
+def test_a_request_waiting_for_a_retired_app_is_answered_by_again():
     """
-    With C{again}, a request retired while it waited (never sent to a
-    worker) fails with L{AppRetired}, for the caller to resolve it again;
-    the one already sent still finishes on the old worker.
+    A request retired while it waited (never sent to a worker) is given to
+    the caller's C{again}, with the refusal it would get; the one already
+    sent still finishes on the old worker.
     """
     h = Harness()
     app = h.app(max_concurrency=1, max_instances=1)
-    busy = h.pool.handle(app, Request("GET", "/wait/a"), "/hello", None, True)
+    asked = []
+
+    def again(refusal, request, base, served):
+        asked.append((refusal.status, request.path, base, served))
+        return succeed(Response.text("routed anew"))
+
+    busy = h.pool.handle(app, Request("GET", "/wait/a"), "/hello", None, again)
     h.launcher.settle()
-    waiting = h.pool.handle(app, Request("GET", "/x"), "/hello", None, True)
+    waiting = h.pool.handle(app, Request("GET", "/x"), "/hello", print, again)
     h.launcher.settle()
     h.pool.retire_app(app.dir)
-    failures: list[Failure] = []
-    waiting.addErrback(failures.append)
-    (failure,) = failures
-    assert failure.check(AppRetired)
-    assert failure.value.response.status == 503
+    assert result_of(waiting).body == b"routed anew"
+    assert asked == [(503, "/x", "/hello", print)]
     assert h.received() == ["/wait/a"]  # /x never reached a worker
     h.gates.open("a")
     h.advance(0.1)
     assert result_of(busy).status == 200
+    assert len(asked) == 1
 
 
 def test_auto_install_failure_is_500_and_retried():

@@ -44,6 +44,13 @@ RETRY_AFTER = "1"
 Served = Callable[[str], object]
 """Told the id of the worker a request is sent to (for the request's log line)."""
 
+Again = Callable[[Response, Request, str, "Served | None"], "Response | Deferred[Response]"]
+"""
+Answers a request whose app was retired while it waited (see
+L{WorkerPool.handle}): given the refusal it would get, and the request,
+base and C{served} it came with.
+"""
+
 
 def _busy(code: str, message: str) -> Response:
     return Response.error(503, code, message, headers={"Retry-After": RETRY_AFTER})
@@ -131,17 +138,17 @@ class WorkerPool(WorkerLifecycle):
         request: Request,
         base: str,
         served: Served | None = None,
-        again: bool = False,
+        again: Again | None = None,
     ) -> Deferred:
         """
         Run C{request} (URL relative to the app, C{base} stripped) on a
         worker of C{app}; fires with a L{Response}, an error one included.
         Cancel it when the client goes away.  The worker gives the app
         C{base} as its C{x-base} header (a client's own is dropped).  C{served}
-        is called with the id of the worker the request is sent to.  With
-        C{again}, a request whose app is retired (replaced or removed) while
-        it waits fails with L{AppRetired} instead of answering 503
-        C{APP_RETIRED}: it was never sent, and the caller resolves it again.
+        is called with the id of the worker the request is sent to.  A
+        request whose app is retired (replaced or removed) while it waits
+        for a worker was never sent: C{again}, if given, answers it (the
+        caller routes it anew), else it answers 503 C{APP_RETIRED}.
 
         A request for a warm worker with a free slot is sent before this
         returns, with no coroutine in between (the hot path).
@@ -160,31 +167,25 @@ class WorkerPool(WorkerLifecycle):
                     answer = self._send(state, worker, request, base, served)
                     sent = state
                 else:
-                    answer = Deferred.fromCoroutine(self._queued(state, request, base, served))
+                    answer = Deferred.fromCoroutine(
+                        self._queued(state, request, base, served, again)
+                    )
             else:
-                answer = Deferred.fromCoroutine(self._prepared(state, request, base, served))
+                answer = Deferred.fromCoroutine(self._prepared(state, request, base, served, again))
         except Exception:
             answer = fail()
-        return answer.addBoth(self._answered, app, arrived, sent, again)
+        return answer.addBoth(self._answered, app, arrived, sent)
 
     def _answered(
-        self,
-        result: object,
-        app: PoolApp,
-        arrived: float,
-        sent: _AppState | None = None,
-        again: bool = False,
+        self, result: object, app: PoolApp, arrived: float, sent: _AppState | None = None
     ) -> object:
         """
-        Every outcome as a response (but cancellation, and L{AppRetired}
-        when the caller resolves C{again}), and its time counted; with
-        C{sent}, first what L{_run} does with a worker's answer.
+        Every outcome as a response (but cancellation), and its time counted;
+        with C{sent}, first what L{_run} does with a worker's answer.
         """
         if sent is not None:
             result = self._ran(result, sent)
         if isinstance(result, Failure):
-            if again and result.check(AppRetired):
-                return result
             if result.check(_Refused):
                 result = result.value.response
             elif result.check(CancelledError) or not result.check(Exception):
@@ -205,14 +206,19 @@ class WorkerPool(WorkerLifecycle):
         return result
 
     async def _prepared(
-        self, state: _AppState, request: Request, base: str, served: Served | None
+        self,
+        state: _AppState,
+        request: Request,
+        base: str,
+        served: Served | None,
+        again: Again | None = None,
     ) -> Response:
         """The paths that wait first: installing dependencies, ephemeral workers."""
         if state.app.manifest.auto_install and not state.installed:
             await self._install(state)
         if state.app.manifest.ttl <= 0:
             return await self._ephemeral(state, request, base, served)
-        return await self._persistent(state, request, base, served)
+        return await self._persistent(state, request, base, served, again)
 
     def _enter(self, app: PoolApp) -> _AppState:
         """The app's state (made on first use), after the name@version collision check."""
@@ -257,12 +263,17 @@ class WorkerPool(WorkerLifecycle):
         state.installed = True
 
     def _persistent(
-        self, state: _AppState, request: Request, base: str, served: Served | None
+        self,
+        state: _AppState,
+        request: Request,
+        base: str,
+        served: Served | None,
+        again: Again | None = None,
     ) -> Deferred:
         worker = self._warm_worker(state)
         if worker is not None:
             return self._run(state, worker, request, base, served)
-        return Deferred.fromCoroutine(self._queued(state, request, base, served))
+        return Deferred.fromCoroutine(self._queued(state, request, base, served, again))
 
     def _warm_worker(self, state: _AppState) -> Worker | None:
         """
@@ -281,9 +292,21 @@ class WorkerPool(WorkerLifecycle):
         return survey.free
 
     async def _queued(
-        self, state: _AppState, request: Request, base: str, served: Served | None
+        self,
+        state: _AppState,
+        request: Request,
+        base: str,
+        served: Served | None,
+        again: Again | None = None,
     ) -> Response:
-        worker = await self._wait(state)
+        try:
+            worker = await self._wait(state)
+        except AppRetired as retired:
+            if again is None:
+                raise
+            # never sent: the caller routes it anew (to the app's new copy)
+            answer = again(retired.response, request, base, served)
+            return await answer if isinstance(answer, Deferred) else answer
         return await self._run(state, worker, request, base, served)
 
     async def _ephemeral(

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from buntime.apps.discovery import AppCatalog, AppVersion, ordered_versions, split_app_path
 from buntime.apps.resolve import EntrypointError, resolve
@@ -26,8 +25,7 @@ from buntime.http import AppInfo, Headers, Request, Response
 from buntime.logs import log
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
 from buntime.pool.environment import PoolApps
-from buntime.pool.pool import WorkerPool
-from buntime.pool.queues import AppRetired
+from buntime.pool.pool import Served, WorkerPool
 from buntime.pool.state import PoolApp
 from buntime.web.static import inject_base_href, serve_static
 
@@ -226,24 +224,32 @@ class AppStep:
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def _again(
-        self, failure: Failure, request: Request, fields: dict[str, Any]
+        self, refusal: Response, request: Request, base: str, served: Served | None
     ) -> Response | Deferred[Response]:
         """
-        C{request}, whose app was retired (replaced or removed) while it
-        waited for a worker, resolved again, once: the version there now
-        answers it, as it would a request that came now.  When none is
-        there any more, the 503 C{APP_RETIRED}.
+        A request whose app was retired (replaced or removed) while it
+        waited for a worker (C{request} as the pool has it: the path inside
+        the app mounted at C{base}), routed anew, once: the app's copy there
+        now answers it, as it would a request that came now (its base
+        injected, or not, as the first copy's manifest said).  When there
+        is none, or it is no longer an app with workers: C{refusal}, the
+        503 C{APP_RETIRED}.
         """
-        failure.trap(AppRetired)
-        refusal: Response = failure.value.response
-        found = self._find(request.path)
+        found = self._find(base + request.path)
         if found is None or isinstance(found, Response):
             return refusal
         version, base, rest = found
         if not os.path.isdir(version.dir):  # removed by hand: the catalog has not looked yet
             return refusal
-        fields["app"] = f"{version.name}@{version.version}"
-        return self._answer(version, request, base, rest, fields)
+        try:
+            loaded = self.load(version)
+        except (ManifestError, EntrypointError):
+            return refusal
+        if loaded.static:
+            return refusal
+        return self.pool.handle(
+            self._cached_pool_app(loaded), request.with_path(rest), base, served
+        )
 
     def _find(self, path: str) -> tuple[AppVersion, str, str] | Response | None:
         """The app version C{path} names, its base and the rest; a 400 for a bad range."""
@@ -334,8 +340,8 @@ class AppStep:
         """
         L{serve}: an answer known at once (an error, a static file), or the
         pool's Deferred (C{loaded}: the app at C{version}, when just loaded).
-        With C{again} (and C{fields}), a request whose app is retired while
-        it waits is resolved again (L{_again}).
+        With C{again}, a request whose app is retired while it waits is
+        routed anew (L{_again}).
         """
         try:
             if loaded is None:
@@ -358,12 +364,11 @@ class AppStep:
         # the worker gives the app its x-base (see buntime.pool.child.protocol)
         inner = request.with_path(rest)
         served = None if fields is None else partial(fields.__setitem__, "worker_id")
-        again = again and fields is not None
-        response = self.pool.handle(self._cached_pool_app(loaded), inner, base, served, again)
+        response = self.pool.handle(
+            self._cached_pool_app(loaded), inner, base, served, self._again if again else None
+        )
         if loaded.manifest.inject_base:  # apps with code: only when the manifest asks
             response.addCallback(_with_base, base)
-        if again and fields is not None:
-            response.addErrback(self._again, request, fields)
         return response
 
     def serve_homepage(

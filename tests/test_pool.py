@@ -877,3 +877,25 @@ def test_a_request_answered_in_time_does_not_time_out_later_ones_early():
     assert result_of(late).body == b"done /wait/b"
     h.advance(10)  # nothing left to expire; the worker keeps serving
     assert result_of(h.send(app, "/x")).status == 200
+
+
+def test_changed_manifest_sets_the_checks_by_its_ttl_and_idle_timeout():
+    """
+    An app whose manifest changes (re-read from disk, same directory) is
+    checked by its new ttl and idleTimeout: from ephemeral to persistent,
+    and from a long idleTimeout to a short one.
+    """
+    h = Harness()
+    ephemeral = h.app(ttl=0.0, idle_timeout=60.0, timeout=1.0)
+    h.get(ephemeral)
+    kept = h.app(ttl=4.0, idle_timeout=2.0, timeout=1.0)
+    h.get(kept)
+    persistent = h.processes[-1]
+    h.advance(3)  # checks every 1 s: idle for 2 s, retired
+    assert persistent.child.terminates == 1
+    slow = h.app(name="slow", ttl=600.0, idle_timeout=60.0, timeout=1.0)
+    h.get(slow)
+    h.advance(1)  # the first check, at 30 s, is still far off
+    h.get(h.app(name="slow", ttl=600.0, idle_timeout=2.0, timeout=1.0))
+    h.advance(3)
+    assert h.processes[-1].child.terminates == 1

@@ -140,11 +140,19 @@ class WorkerChecks:
         return worker.dump_stack(STACK_WAIT).addCallback(report)
 
     def start(self, state: _AppState) -> None:
-        """Check the app's workers every half of its shorter of ttl and idleTimeout."""
+        """
+        Check the app's workers every half of its shorter of ttl and
+        idleTimeout; again after its manifest changed (a checker already
+        running at another interval is replaced).
+        """
         manifest = state.app.manifest
         interval = min(manifest.idle_timeout, manifest.ttl) / 2
-        if manifest.ttl <= 0 or interval <= 0 or state.checker is not None:
-            return
+        if manifest.ttl <= 0 or interval <= 0:
+            return  # a checker left running retires the persistent workers there were
+        if state.checker is not None:
+            if state.checker.interval == interval:
+                return
+            self.stop(state)
         state.checker = LoopingCall(self._check, state)
         state.checker.clock = self.clock
         state.checker.start(interval, now=False).addErrback(

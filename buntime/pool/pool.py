@@ -228,7 +228,8 @@ class WorkerPool(WorkerLifecycle):
         if owner == app.key:  # the usual: this directory has the name
             state = self._apps.get(app.key)
             if state is not None:
-                state.app = app
+                if state.app is not app:
+                    self._app_changed(state, app)
                 self._apps.move_to_end(app.key)  # the most recently used
                 return state
         if owner is not None and owner != app.key and not os.path.isdir(owner):
@@ -250,9 +251,15 @@ class WorkerPool(WorkerLifecycle):
             if self._running:
                 self._start_checker(state)
         else:
-            state.app = app
+            self._app_changed(state, app)
             self._apps.move_to_end(app.key)
         return state
+
+    def _app_changed(self, state: _AppState, app: PoolApp) -> None:
+        """The app's manifest was read again: its checks follow the new ttl and idleTimeout."""
+        state.app = app
+        if self._running:
+            self._start_checker(state)
 
     async def _install(self, state: _AppState) -> None:
         try:

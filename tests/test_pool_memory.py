@@ -70,6 +70,27 @@ def test_rss_is_read_at_most_every_100_ms_per_worker():
     assert len(h.memory_reads) == 2
 
 
+def test_a_read_skipped_within_100_ms_is_made_when_they_are_up():
+    """
+    A request that grows the worker right after another (its read falls in
+    the same 100 ms) is still seen: the next request goes to a fresh worker.
+    """
+    h = Harness()
+    app = h.app(max_memory=100 * MB)
+    assert h.get(app, "/warm").status == 200  # read: under the limit
+    first = h.processes[0]
+    h.advance(0.05)
+    h.memory[first.pid] = 150 * MB
+    assert h.get(app, "/grow").status == 200  # too soon for another read
+    assert len(h.memory_reads) == 1
+    h.advance(0.05)  # 100 ms after the last read: the skipped one is made
+    assert len(h.memory_reads) == 2
+    h.advance(0.2)
+    assert first.child.terminates == 1
+    assert h.get(app, "/next").body == b"GET /next|"
+    assert [r.path for r in h.processes[1].child.received] == ["/next"]
+
+
 def test_no_limit_no_reads_and_ephemeral_workers_are_not_read():
     h = Harness()
     for step in range(3):

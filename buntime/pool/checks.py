@@ -92,13 +92,20 @@ class WorkerChecks:
         """
         Retire C{worker} (reason C{memory}: after its in-flight requests) when
         its RSS is past the app's C{maxMemory}; read at most every
-        L{CHECK_INTERVAL} seconds.  C{True} when it was retired.
+        L{CHECK_INTERVAL} seconds (a read asked for sooner is made once they
+        are up, so a request that grew the worker is not missed).  C{True}
+        when it was retired.
         """
         limit = state.app.manifest.max_memory
         if limit is None or worker.ephemeral or worker.pid is None or not worker.healthy:
             return False
+        if worker not in state.workers:
+            return False
         now = self.clock.seconds()
-        if now - worker.memory_checked_at < CHECK_INTERVAL or worker not in state.workers:
+        wait = worker.memory_checked_at + CHECK_INTERVAL - now
+        if wait > 0:
+            if worker.memory_recheck is None:
+                worker.memory_recheck = self.clock.callLater(wait, self._recheck, state, worker)
             return False
         worker.memory_checked_at = now
         rss = self.rss(worker.pid)
@@ -116,6 +123,10 @@ class WorkerChecks:
         )
         self.discard(state, worker, "memory", grace=state.app.manifest.timeout)
         return True
+
+    def _recheck(self, state: _AppState, worker: Worker) -> None:
+        worker.memory_recheck = None
+        self.check_memory(state, worker)
 
     def _explain_timeout(
         self, state: _AppState, worker: Worker, exchange: WorkerExchange, action: str

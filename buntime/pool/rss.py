@@ -3,9 +3,9 @@ The resident memory of worker processes, for C{maxMemory}.
 
 The runtime reads C{/proc/<pid>/statm} itself (one small read, no help from
 the child); it does so when a request of the worker finishes, at most once
-every L{CHECK_INTERVAL} seconds per worker, and on the app's periodic
-checks, so a busy worker costs at most ten reads a second however many
-requests it serves.
+every L{CHECK_INTERVAL} seconds per worker (a read asked for sooner is made
+once that interval is up), and on the app's periodic checks, so a busy
+worker costs at most ten reads a second however many requests it serves.
 """
 
 from __future__ import annotations

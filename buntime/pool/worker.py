@@ -87,6 +87,8 @@ class Worker(InFlight):
     consecutive_timeouts: int = 0
     memory_checked_at: float = float("-inf")
     """When the pool last read its RSS against C{maxMemory} (see L{buntime.pool.rss})."""
+    memory_recheck: IDelayedCall | None = field(default=None, repr=False)
+    """The read put off until L{memory_checked_at} is L{buntime.pool.rss.CHECK_INTERVAL} old."""
     idle_sent: bool = False
     healthy: bool = True
     on_finished: list[Callable[[Worker, WorkerExchange], object]] = field(factory=list, repr=False)

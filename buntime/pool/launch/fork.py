@@ -96,9 +96,10 @@ class ForkLauncher:
     environment; the template forks and reports the pid, later the exit
     code.  A template that dies is restarted after C{restart_delay}
     seconds (doubling while it keeps dying before it is ready, up to
-    L{MAX_RESTART_DELAY}); launches fail with L{LauncherUnavailable}
-    meanwhile.  C{reactor} provides C{IReactorProcess}, C{IReactorSocket}
-    and C{IReactorTime}.
+    L{MAX_RESTART_DELAY}); launches wait for it meanwhile, and fail with
+    L{LauncherUnavailable} after C{launch_timeout} seconds (those it was
+    forking when it died fail at once).  C{reactor} provides
+    C{IReactorProcess}, C{IReactorSocket} and C{IReactorTime}.
     """
 
     reactor: Any

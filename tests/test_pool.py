@@ -899,3 +899,20 @@ def test_changed_manifest_sets_the_checks_by_its_ttl_and_idle_timeout():
     h.get(h.app(name="slow", ttl=600.0, idle_timeout=2.0, timeout=1.0))
     h.advance(3)
     assert h.processes[-1].child.terminates == 1
+
+
+def test_a_changed_manifest_ends_the_crash_backoff():
+    """
+    Fixing the manifest of a crash-looping app (say, the `env` its import
+    needs) is tried on the next request, not after the backoff.
+    """
+    h = Harness(startup="fail")
+    app = h.app()
+    h.get(app)
+    h.get(app)  # the second failure: backing off
+    assert error_of(h.get(app))[1] == "WORKER_START_FAILED"
+    assert len(h.processes) == 2
+    h.launcher.startup = "ready"
+    fixed = h.app(env={"NEEDED": "yes"})  # the manifest read again
+    assert h.get(fixed).status == 200
+    assert len(h.processes) == 3

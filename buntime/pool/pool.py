@@ -251,13 +251,19 @@ class WorkerPool(WorkerLifecycle):
             if self._running:
                 self._start_checker(state)
         else:
-            self._app_changed(state, app)
+            if state.app is not app:
+                self._app_changed(state, app)
             self._apps.move_to_end(app.key)
         return state
 
     def _app_changed(self, state: _AppState, app: PoolApp) -> None:
-        """The app's manifest was read again: its checks follow the new ttl and idleTimeout."""
+        """
+        The app's manifest was read again: its checks follow the new ttl and
+        idleTimeout, and a crash loop's backoff ends (the change may be the
+        fix: the next request starts a worker).
+        """
         state.app = app
+        state.failures, state.retry_at = 0, 0.0
         if self._running:
             self._start_checker(state)
 

@@ -10,6 +10,7 @@ API, and plugins reach it through C{ctx.refuse_change} (L{ChangeRule}).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Container
 from urllib.parse import urlsplit
 
@@ -28,6 +29,32 @@ def trusted(remote: str | None, allowed: Container[str]) -> bool:
     if remote is not None and remote.startswith("::ffff:"):  # an IPv4 peer of a dual-stack port
         return remote[7:] in allowed
     return False
+
+
+def names_this_machine(host: str) -> bool:
+    """
+    Whether a C{Host} header (C{name[:port]}) names this machine in a way no
+    other site can borrow: C{localhost}, a name under C{.localhost}, or an
+    IP address.  Any other name may be an attacker's, pointed at
+    C{127.0.0.1} once its page is loaded (DNS rebinding): the browser then
+    sends that page's requests from this machine, with an C{Origin} that
+    matches the C{Host}.
+    """
+    name = host.strip().lower()
+    if name.startswith("["):
+        name, closed, _ = name[1:].partition("]")
+        if not closed:
+            return False
+    elif ":" in name:
+        name = name.rpartition(":")[0]
+    name = name.removesuffix(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def loopback(remote: str | None) -> bool:
@@ -69,7 +96,9 @@ def api_refusal(
     change what"): with C{RUNTIME_API_TOKEN} (C{token}) set, it needs
     C{Authorization: Bearer <token>} (compared in constant time; a request
     bearing it needs no CSRF proof: browsers never add it on their own);
-    without one, only this machine's peers may change anything.  Then the
+    without one, only this machine's peers may change anything, and only
+    under a C{Host} that is this machine's own (L{names_this_machine}: not
+    another site's name pointed here by DNS rebinding).  Then the
     CSRF rule (L{csrf_refusal}), whose C{x-buntime-internal} exemption only
     this machine and the trusted proxies (C{allowed}; C{None}: any peer) may
     claim.  C{None} means allowed.
@@ -95,6 +124,15 @@ def api_refusal(
             403,
             "FORBIDDEN",
             f"Changing {what} is allowed from this machine only;"
+            " set RUNTIME_API_TOKEN to allow it with a bearer token",
+        )
+    host = request.headers.get("host") or ""
+    if host and not names_this_machine(host):  # (a browser always sends one)
+        return Response.error(
+            403,
+            "FORBIDDEN",
+            f"Changing {what} without RUNTIME_API_TOKEN needs a Host of localhost or an IP"
+            f" address, not {host[:100]!r} (another site's name may point here);"
             " set RUNTIME_API_TOKEN to allow it with a bearer token",
         )
     internal = local or allowed is None or trusted(remote, allowed)

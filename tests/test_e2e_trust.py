@@ -52,3 +52,37 @@ async def test_a_token_guards_every_change_and_reading_stays_open(runtimes, tmp_
     assert deleted.code == 200
     logged = " ".join(str(line) for line in proc.lines)
     assert TOKEN not in logged
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_token_another_sites_name_pointed_here_changes_nothing(runtimes, tmp_path):
+    """
+    DNS rebinding: a page of C{attacker.example}, whose name then resolves to
+    C{127.0.0.1}, sends its upload from this machine with an C{Origin} that
+    matches its C{Host}.  Only this machine's own names may change things.
+    """
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    proc = await runtimes.start(worker_dirs=[str(apps)])
+    port = proc.port
+    archive = zip_archive(
+        {"manifest.yaml": "name: rebound\nversion: 1.0.0\n", "index.html": "<p>hi</p>"}
+    )
+    body, content_type = multipart("file", "rebound.zip", archive)
+
+    async def upload(host: str) -> tuple[int, bytes]:
+        response = await proc.request(
+            "POST",
+            "/api/apps/upload",
+            data=body,
+            headers={"Content-Type": content_type, "Host": host, "Origin": f"http://{host}"},
+        )
+        return int(response.code), await response.content()
+
+    for host in (f"attacker.example:{port}", f"attacker.example.:{port}", f"rt:{port}"):
+        code, answer = await upload(host)
+        assert code == 403 and b"RUNTIME_API_TOKEN" in answer
+        assert not (apps / "rebound").exists()
+    assert (await proc.get("/api/apps")).code == 200
+    assert (await upload(f"localhost:{port}"))[0] == 200
+    assert (await proc.get("/rebound@1.0.0/")).code == 200

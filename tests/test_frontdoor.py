@@ -1007,7 +1007,7 @@ def change(remote: str, **headers: str) -> Request:
     return Request(
         "POST",
         "/api/apps/upload",
-        [("host", "rt:8000"), *headers.items()],
+        [("host", "rt.localhost:8000"), *headers.items()],
         remote_addr=remote,
     )
 
@@ -1016,7 +1016,7 @@ def change(remote: str, **headers: str) -> Request:
 def test_without_a_token_this_machine_may_change_things_with_the_csrf_proof(remote):
     from buntime.trust import api_refusal
 
-    assert api_refusal(change(remote, origin="http://rt:8000"), None, None) is None
+    assert api_refusal(change(remote, origin="http://rt.localhost:8000"), None, None) is None
     assert api_refusal(change(remote, **{"x-buntime-internal": "true"}), None, None) is None
     refused = api_refusal(change(remote), None, None)
     assert refused is not None and refused.status == 403  # no Origin: the CSRF rule
@@ -1028,7 +1028,7 @@ def test_without_a_token_this_machine_may_change_things_with_the_csrf_proof(remo
 def test_without_a_token_no_other_peer_may_change_anything(remote):
     from buntime.trust import api_refusal
 
-    refused = api_refusal(change(remote, origin="http://rt:8000"), None, None)
+    refused = api_refusal(change(remote, origin="http://rt.localhost:8000"), None, None)
     assert refused is not None and refused.status == 403
     assert b"RUNTIME_API_TOKEN" in refused.body
     assert api_refusal(Request("GET", "/api/apps", remote_addr=remote), None, None) is None
@@ -1038,7 +1038,7 @@ def test_with_a_token_a_change_needs_it_and_it_is_enough():
     from buntime.trust import api_refusal
 
     for remote in ("127.0.0.1", "10.1.2.3"):
-        missing = api_refusal(change(remote, origin="http://rt:8000"), TOKEN, None)
+        missing = api_refusal(change(remote, origin="http://rt.localhost:8000"), TOKEN, None)
         assert missing is not None and missing.status == 401
         assert missing.headers["www-authenticate"].startswith("Bearer")
         wrong = api_refusal(change(remote, authorization=f"Bearer {TOKEN}x"), TOKEN, None)
@@ -1064,3 +1064,53 @@ def test_the_front_door_applies_the_api_rules_before_anything_else():
     door.door._api_token = TOKEN
     refused = door.fetch("POST", "/api/plugins/reload", body=b"{}", headers={"origin": "x"})
     assert refused.status == 401
+
+
+@pytest.mark.parametrize(
+    "host", ["attacker.example:8000", "attacker.example", "localhost.evil.example", "rt", "[::1"]
+)
+def test_without_a_token_a_host_another_site_may_own_changes_nothing(host):
+    """DNS rebinding: another site's name, pointed at this machine, matching its Origin."""
+    from buntime.trust import api_refusal
+
+    request = Request(
+        "POST",
+        "/api/apps/upload",
+        [("host", host), ("origin", f"http://{host}"), ("x-buntime-internal", "true")],
+        remote_addr="127.0.0.1",
+    )
+    refused = api_refusal(request, None, None)
+    assert refused is not None and refused.status == 403
+    assert b"RUNTIME_API_TOKEN" in refused.body
+    with_token = Request(
+        "POST",
+        "/api/apps/upload",
+        [("host", host), ("authorization", f"Bearer {TOKEN}")],
+        remote_addr="127.0.0.1",
+    )
+    assert api_refusal(with_token, TOKEN, None) is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "LOCALHOST:8000",
+        "localhost.:8000",
+        "app.localhost:80",
+        "127.0.0.1:8000",
+        "10.0.0.7",
+        "[::1]:8000",
+        "[::1]",
+    ],
+)
+def test_without_a_token_this_machines_own_names_may_change_things(host):
+    from buntime.trust import api_refusal
+
+    request = Request(
+        "POST",
+        "/api/apps/upload",
+        [("host", host), ("x-buntime-internal", "true")],
+        remote_addr="127.0.0.1",
+    )
+    assert api_refusal(request, None, None) is None

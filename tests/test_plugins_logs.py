@@ -22,7 +22,11 @@ from buntime.logs import log
 from buntime.plugins.discovery import BUILTINS_DIR
 
 LOGS = "@buntime/plugin-logs"
-SAME_ORIGIN = {"host": "rt.test", "origin": "http://rt.test", "content-type": "application/json"}
+SAME_ORIGIN = {
+    "host": "rt.localhost",
+    "origin": "http://rt.localhost",
+    "content-type": "application/json",
+}
 
 
 def message(text: str, level: str = "info", **fields) -> dict:
@@ -270,7 +274,7 @@ async def test_add_stats_and_clear(tmp_path):
             415,
             "UNSUPPORTED_MEDIA_TYPE",
         ),
-        ({"host": "rt.test"}, b'{"message": "x"}', 403, "FORBIDDEN"),  # no Origin: no proof
+        ({"host": "rt.localhost"}, b'{"message": "x"}', 403, "FORBIDDEN"),  # no Origin: no proof
         (SAME_ORIGIN, b"{nope", 400, "INVALID_JSON"),
         (SAME_ORIGIN, b"[1]", 400, "INVALID_ENTRY"),
         (SAME_ORIGIN, b'{"message": ""}', 400, "INVALID_ENTRY"),
@@ -291,7 +295,7 @@ async def test_adding_refuses(tmp_path, headers, body, status, code):
 @pytest_twisted.ensureDeferred
 async def test_clearing_cross_site_is_refused(tmp_path):
     service = await started(tmp_path)
-    headers = {"host": "rt.test", "origin": "https://evil.test"}
+    headers = {"host": "rt.localhost", "origin": "https://evil.test"}
     status, body = await call(service, "POST", "/logs/api/clear", headers)
     assert (status, body["error"]["code"]) == (403, "FORBIDDEN")
     await service.stopService()

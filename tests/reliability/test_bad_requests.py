@@ -58,36 +58,40 @@ BASE = [
     _request(b'GET /site@%5E1.0.0/index.html?x=1 HTTP/1.1\r\nHost: rt\r\nIf-None-Match: "x"\r\n'),
     _request(b"GET /site@~1.0/../site/ HTTP/1.1\r\nHost: rt\r\nCookie: a=b\r\n"),
     _request(
-        b"POST /api/apps/upload HTTP/1.1\r\nHost: rt\r\nOrigin: http://rt\r\n"
+        b"POST /api/apps/upload HTTP/1.1\r\nHost: rt.localhost\r\nOrigin: http://rt.localhost\r\n"
         b"Content-Type: multipart/form-data; boundary=b\r\n",
         b"--b\r\nContent-Disposition: form-data; name=file; filename=a.zip\r\n\r\nPK\r\n--b--\r\n",
     ),
     b"POST /site/form HTTP/1.1\r\nHost: rt\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"5\r\nhello\r\n0\r\n\r\n",
-    _request(b"DELETE /api/apps/_/site/9.9.9 HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n"),
+    _request(
+        b"DELETE /api/apps/_/site/9.9.9 HTTP/1.1\r\nHost: rt.localhost\r\n"
+        b"x-buntime-internal: true\r\n"
+    ),
     _request(
         b"GET /.well-known/buntime HTTP/1.1\r\nHost: rt\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
     ),
     # the built-in plugins' routes (twisted.web requests, forms, JSON bodies)
     _request(
-        b"POST /logs/api/ HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n"
+        b"POST /logs/api/ HTTP/1.1\r\nHost: rt.localhost\r\nx-buntime-internal: true\r\n"
         b"Content-Type: application/json\r\n",
         b'{"message": "fuzz", "level": "warn", "fields": {"a": [1, 2]}}',
     ),
     _request(
-        b"POST /redirects/api/rules HTTP/1.1\r\nHost: rt\r\nOrigin: http://rt\r\n"
+        b"POST /redirects/api/rules HTTP/1.1\r\nHost: rt.localhost\r\nOrigin: http://rt.localhost\r\n"
         b"Content-Type: application/json\r\n",
         b'{"id": "r1", "pattern": "^/not-sent/(.*)", "target": "http://127.0.0.1:9", '
         b'"rewrite": "/$1"}',
     ),
     _request(
-        b"PUT /redirects/api/rules/r1 HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n"
+        b"PUT /redirects/api/rules/r1 HTTP/1.1\r\nHost: rt.localhost\r\n"
+        b"x-buntime-internal: true\r\n"
         b"Content-Type: multipart/form-data; boundary=b\r\n",
         b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\ny\r\n--b--\r\n",
     ),
     _request(
-        b"POST /gateway/api/cache/invalidate HTTP/1.1\r\nHost: rt\r\nOrigin: http://rt\r\n"
+        b"POST /gateway/api/cache/invalidate HTTP/1.1\r\nHost: rt.localhost\r\nOrigin: http://rt.localhost\r\n"
         b"Content-Type: application/x-www-form-urlencoded\r\n",
         b"pattern=%2A&b=%",
     ),
@@ -277,7 +281,8 @@ def _probed(answers: list) -> bool:
 
 def test_the_requests_are_answered_as_meant_before_they_are_garbled(factory):
     forget = (
-        b"DELETE /redirects/api/rules/r1 HTTP/1.1\r\nHost: rt\r\nx-buntime-internal: true\r\n\r\n"
+        b"DELETE /redirects/api/rules/r1 HTTP/1.1\r\nHost: rt.localhost\r\n"
+        b"x-buntime-internal: true\r\n\r\n"
     )
     connect(factory=factory, transport=_from(HOME)).send(forget)  # a fuzzed request's, if any
     statuses = []

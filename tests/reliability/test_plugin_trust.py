@@ -65,7 +65,7 @@ async def send(
     service, method: str, path: str, body: Any = None, remote: str | None = HOME, **headers: str
 ) -> tuple[int, Response, Any]:
     data = b"" if body is None else json.dumps(body).encode()
-    sent = {"host": "rt.test", "content-type": "application/json", **headers}
+    sent = {"host": "rt.localhost", "content-type": "application/json", **headers}
     request = Request(method, path, sent, data, remote_addr=remote)
     answer = await service.registry.route(request)
     assert answer is not None, f"{method} {path} found no route"
@@ -99,7 +99,7 @@ async def test_without_a_token_another_machine_changes_nothing(tmp_path):
     service = await loaded(tmp_path, ChangeRule())
     for method, path, body, _ in CHANGES:
         status, _, error = await send(
-            service, method, path, body, ELSEWHERE, origin="http://rt.test", **_internal()
+            service, method, path, body, ELSEWHERE, origin="http://rt.localhost", **_internal()
         )
         assert (status, error["error"]["code"]) == (403, "FORBIDDEN"), (method, path)
         message = error["error"]["message"]
@@ -120,7 +120,7 @@ async def test_without_a_token_this_machine_changes_with_proof_it_is_no_other_si
         assert status == 403 and "is not this runtime's" in error["error"]["message"]
     for index, (method, path, body, succeeds) in enumerate(CHANGES):
         # alternately a browser page of this runtime and a tool on this machine
-        proof = {"origin": "http://rt.test"} if index % 2 else _internal()
+        proof = {"origin": "http://rt.localhost"} if index % 2 else _internal()
         assert (await send(service, method, path, body, **proof))[0] == succeeds, (method, path)
     await service.stopService()
 
@@ -131,7 +131,7 @@ async def test_with_a_token_every_change_needs_it_from_anywhere(tmp_path):
     for method, path, body, _ in CHANGES:
         for peer in (HOME, ELSEWHERE):
             for headers in (
-                {"origin": "http://rt.test", **_internal()},
+                {"origin": "http://rt.localhost", **_internal()},
                 {"authorization": f"Bearer {TOKEN}x"},
                 {"authorization": TOKEN},
             ):

@@ -40,6 +40,10 @@ _DRIVE = re.compile(r"\A[A-Za-z]:")
 _CHUNK = 64 * 1024
 _DIRECTORY_ENTRY_BUDGET = 46 + 1024
 """Bytes of zip central directory allowed per permitted entry (header + name/extra)."""
+_TAR_HEADER_TYPES = frozenset(
+    (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE)
+) | {tarfile.SOLARIS_XHDTYPE}
+"""Tar headers whose data (a long name, pax records) C{tarfile} reads into memory whole."""
 _ARCHIVE_ERRORS = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
@@ -88,6 +92,7 @@ class Budget:
     files: int = 0
     declared: int = 0
     written: int = 0
+    headers: int = 0
 
     def entry(self, name: str, size: int) -> None:
         self.files += 1
@@ -98,6 +103,16 @@ class Budget:
             raise _too_large(
                 f"Archive unpacks to more than {self.max_total_bytes} bytes (at {name!r})"
             )
+
+    def header(self, size: int) -> None:
+        """
+        A tar header's own data (a long name, pax records), read into memory
+        before its entry is seen: as much in all as a zip's directory may be.
+        """
+        self.headers += max(size, 0)
+        limit = self.max_files * _DIRECTORY_ENTRY_BUDGET
+        if self.headers > limit:
+            raise _too_large(f"Archive's tar headers hold more than {limit} bytes")
 
     def wrote(self, count: int) -> None:
         self.written += count
@@ -231,6 +246,33 @@ def _tar_entries(archive: tarfile.TarFile, budget: Budget) -> list[_Entry]:
     return entries
 
 
+def _checked_tar_info(budget: Budget) -> type[tarfile.TarInfo]:
+    """
+    C{tarfile}'s C{TarInfo}, counting the headers C{tarfile} reads into
+    memory against C{budget} before it reads them (a long name header
+    claiming gigabytes of zeros is a few kilobytes gzipped), and refusing
+    GNU sparse files, whose maps it also reads whole.
+    """
+
+    class CheckedTarInfo(tarfile.TarInfo):
+        # tarfile's own hook for subclasses: called on every header read
+        def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+            if self.type == tarfile.GNUTYPE_SPARSE:
+                raise _sparse(self.name)
+            if self.type in _TAR_HEADER_TYPES:
+                budget.header(self.size)
+            return super()._proc_member(archive)  # type: ignore[misc]
+
+        def _proc_gnusparse_10(self, next: tarfile.TarInfo, *_: object) -> None:
+            raise _sparse(next.name)
+
+    return CheckedTarInfo
+
+
+def _sparse(name: str) -> InstallError:
+    return InstallError("INVALID_ARCHIVE", f"Archive entry {name!r} is a sparse file")
+
+
 def _copy(entry: _Entry, target: str, budget: Budget) -> None:
     """Write one file, counting real bytes against its header and the budget."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -281,7 +323,9 @@ def extract(source: Source, kind: str, into: str, budget: Budget) -> None:
                 archive: Any = stack.enter_context(zipfile.ZipFile(f))
                 entries = _zip_entries(archive, budget)
             else:
-                archive = stack.enter_context(tarfile.open(fileobj=f, mode="r:gz"))
+                archive = stack.enter_context(
+                    tarfile.open(fileobj=f, mode="r:gz", tarinfo=_checked_tar_info(budget))
+                )
                 entries = _tar_entries(archive, budget)
             _write(entries, into, budget)
         except _ARCHIVE_ERRORS as e:

@@ -180,3 +180,100 @@ def test_apps_and_plugins_share_the_checks(
         installer(data, "x.zip", str(target), max_total_bytes=1024)
     assert caught.value.code == code
     assert os.listdir(target) == []
+
+
+# -- tar headers tarfile reads into memory --------------------------------------
+
+
+def gzipped(*blocks: bytes, zeros: int = 0) -> bytes:
+    """A tar.gz of C{blocks}, then C{zeros} bytes of zeros (cheap once gzipped)."""
+    import gzip
+
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb") as out:
+        for block in blocks:
+            out.write(block)
+        chunk = b"\0" * 65536
+        while zeros > 0:
+            out.write(chunk[:zeros])
+            zeros -= len(chunk)
+    return raw.getvalue()
+
+
+def header(name: str, kind: bytes, size: int) -> bytes:
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+@pytest.mark.parametrize("kind", [b"L", b"K", b"x", b"g"])
+def test_a_tar_header_claiming_gigabytes_is_refused_before_it_is_read(tmp_path, kind) -> None:
+    """A long name or pax header of 128 MiB of zeros, 130 KB gzipped: nothing near it is read."""
+    import resource
+
+    size = 128 * 1024 * 1024
+    data = gzipped(header("././@LongLink", kind, size), zeros=size)
+    assert len(data) < 200_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InstallError) as refused:
+        archive.extract(data, "tar", str(tmp_path), Budget(64 * 1024, 100))
+    assert refused.value.code == "PAYLOAD_TOO_LARGE"
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 50 * 1024
+    assert os.listdir(tmp_path) == []
+
+
+def test_many_small_tar_headers_are_counted_together(tmp_path) -> None:
+    """Global pax headers, each small, add up in tarfile's memory: they count as a whole."""
+    import tarfile
+
+    blocks = []
+    for n in range(200):
+        info = tarfile.TarInfo("pax_global_header")
+        info.type = tarfile.XGLTYPE
+        info.pax_headers = {f"k{n}": "v" * 2000}
+        blocks.append(info.tobuf(format=tarfile.PAX_FORMAT))
+    with pytest.raises(InstallError) as refused:
+        archive.extract(gzipped(*blocks), "tar", str(tmp_path), Budget(64 * 1024, 100))
+    assert refused.value.code == "PAYLOAD_TOO_LARGE"
+
+
+def test_sparse_tar_entries_are_refused(tmp_path) -> None:
+    import tarfile
+
+    info = tarfile.TarInfo("big")
+    info.type = tarfile.GNUTYPE_SPARSE
+    data = gzipped(info.tobuf(format=tarfile.GNU_FORMAT), zeros=1024)
+    with pytest.raises(InstallError) as refused:
+        archive.extract(data, "tar", str(tmp_path), Budget(64 * 1024, 100))
+    assert refused.value.code == "INVALID_ARCHIVE"
+    pax = tarfile.TarInfo("big")
+    pax.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"}
+    map_block = b"99999999\n" + b"1\n" * 200
+    data = gzipped(pax.tobuf(format=tarfile.PAX_FORMAT), map_block, zeros=4096)
+    with pytest.raises(InstallError) as refused:
+        archive.extract(data, "tar", str(tmp_path), Budget(64 * 1024, 100))
+    assert refused.value.code == "INVALID_ARCHIVE"
+
+
+def test_pax_and_long_names_as_tools_write_them_still_install(tmp_path) -> None:
+    """GNU tar's long names, POSIX pax records, git archive's global comment."""
+    import tarfile
+
+    long_name = "app/" + "d" * 150 + "/index.html"
+    for form in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w:gz", format=form) as out:
+            if form == tarfile.PAX_FORMAT:
+                out.pax_headers = {"comment": "0123456789abcdef0123456789abcdef01234567"}
+            for name, content in (("app/manifest.yaml", b"name: a\n"), (long_name, b"hi")):
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                info.pax_headers = {"mtime": "1700000000.123456789"}
+                out.addfile(info, io.BytesIO(content))
+        into = tmp_path / str(form)
+        into.mkdir()
+        archive.extract(raw.getvalue(), "tar", str(into), Budget(64 * 1024, 100))
+        assert (into / long_name).read_bytes() == b"hi"

@@ -85,9 +85,13 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    from buntime._libc import hide_environment_values
+    from buntime.pool.environment import is_sensitive
     from buntime.service import settle_memory
     from buntime.wiring import make_runtime
 
+    # Workers run as our user: they could read our secrets in /proc/<pid>/environ.
+    hide_environment_values(is_sensitive)
     try:
         check_directories(options.config)  # here, not in postOptions: only to run
     except ConfigError as error:

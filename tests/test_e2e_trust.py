@@ -7,9 +7,11 @@ token; reading stays open.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_twisted
-from e2e_apps import multipart, zip_archive
+from e2e_apps import multipart, write_app, zip_archive
 
 pytestmark = pytest.mark.e2e
 
@@ -86,3 +88,50 @@ async def test_without_a_token_another_sites_name_pointed_here_changes_nothing(r
     assert (await proc.get("/api/apps")).code == 200
     assert (await upload(f"localhost:{port}"))[0] == 200
     assert (await proc.get("/rebound@1.0.0/")).code == 200
+
+
+SNOOP = """
+    import os
+
+    def app(environ, start_response):
+        # what a worker can read of its ancestors' environments (same user)
+        seen, pid = [], os.getppid()
+        while pid > 1:
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    seen.append(f.read())
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    pid = int(f.read().rpartition(b")")[2].split()[1])
+            except OSError:
+                break
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [b"\\n".join(seen)]
+"""
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+@pytest_twisted.ensureDeferred
+async def test_a_worker_cannot_read_the_token_in_the_runtimes_proc_environ(
+    runtimes, tmp_path, mode
+):
+    """Linux shows a process's first environment to its user's processes: not the token."""
+    if not os.path.exists("/proc/self/environ"):
+        pytest.skip("no /proc")
+    apps = tmp_path / "apps"
+    write_app(apps, "snoop", manifest={"entrypoint": "app.py"}, files={"app.py": SNOOP})
+    proc = await runtimes.start(
+        worker_dirs=[str(apps)],
+        env={"RUNTIME_API_TOKEN": TOKEN, "RUNTIME_WORKER_MODE": mode, "DB_PASSWORD": "hunter2-db"},
+    )
+    response = await proc.get("/snoop/")
+    seen = await response.content()
+    assert response.code == 200
+    assert b"RUNTIME_API_TOKEN=" in seen  # the runtime's own environment was read
+    assert TOKEN.encode() not in seen and b"hunter2-db" not in seen
+    # the runtime still has it
+    refused = await proc.request("POST", "/api/plugins/reload", headers={"Origin": proc.url})
+    assert refused.code == 401
+    reload = await proc.request(
+        "POST", "/api/plugins/reload", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert reload.code == 200

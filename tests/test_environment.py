@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 import buntime
 from buntime.manifest import AppManifest
-from buntime.pool.environment import build_worker_env, is_sensitive
+from buntime.pool.environment import _package_root, build_worker_env, is_sensitive
 
 RUNTIME = {
     "RUNTIME_API_URL": "http://127.0.0.1:8000",
@@ -211,3 +213,31 @@ def test_envallow_in_a_manifest_passes_a_sensitive_looking_name_on(tmp_path):
     assert env["TOKEN_COUNT"] == "3"
     assert blocked == ["STRIPE_SECRET", "WORKER_ID"]  # a reserved name is never allowed
     assert "STRIPE_SECRET" not in env["WORKER_CONFIG"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/environ")
+def test_secret_values_are_wiped_from_the_processs_first_environment():
+    """/proc/<pid>/environ (readable by the user's other processes) loses them; the process not."""
+    script = """
+import ctypes, os
+from buntime._libc import hide_environment_values, libc
+from buntime.pool.environment import is_sensitive
+print(hide_environment_values(is_sensitive))
+shown = open("/proc/self/environ", "rb").read()
+print(b"s3cret-value" in shown, b"PLAIN=kept" in shown, b"MY_TOKEN=" in shown)
+getenv = libc().getenv
+getenv.restype = ctypes.c_char_p
+print(getenv(b"MY_TOKEN").decode(), os.environ["MY_TOKEN"])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"MY_TOKEN": "s3cret-value", "PLAIN": "kept", "PYTHONPATH": _package_root()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.splitlines() == [
+        "['MY_TOKEN']",
+        "False True True",
+        "s3cret-value s3cret-value",
+    ]

@@ -277,3 +277,19 @@ def test_a_request_whose_app_is_removed_while_it_waits_is_503_app_retired(tmp_pa
     assert response.status == 503
     assert json.loads(response.body)["error"]["code"] == "APP_RETIRED"
     assert len(pool.calls) == 1
+
+
+def test_an_app_another_app_s_change_leaves_alone_stays_the_same(tmp_path):
+    """
+    After the runtime changes some app's files (the catalog told), an app
+    whose manifest is as it was stays the same object: what is made from
+    it once (its pool app: a crash loop's backoff, its checks) is kept.
+    """
+    static_app(tmp_path, "site", "1.0.0", "one")
+    step, _ = step_over(tmp_path, Clock())
+    version = step.catalog.resolve("site", None)
+    first = step.load(version)
+    static_app(tmp_path, "other", "1.0.0", "two")
+    step.catalog.invalidate()
+    again = step.load(step.catalog.resolve("site", None))
+    assert again is first

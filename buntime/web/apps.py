@@ -42,8 +42,6 @@ class ResolvedApp:
     entrypoint: str
     attr: str | None
     stamp: tuple[tuple[int, int, int] | None, ...]
-    changes: int = 0
-    """The catalog's L{AppCatalog.changes} when this was read."""
 
     @property
     def static(self) -> bool:
@@ -125,6 +123,8 @@ class AppStep:
     recheck_seconds: float = 1.0
     _apps: dict[str, ResolvedApp] = field(factory=dict)
     _checked: dict[str, float] = field(factory=dict)
+    _read_at: dict[str, int] = field(factory=dict)
+    """The catalog's L{AppCatalog.changes} when each app's manifest was last read."""
     _pool_apps: dict[str, tuple[ResolvedApp, PoolApp]] = field(factory=dict)
     _infos: dict[str, tuple[ResolvedApp, AppInfo]] = field(factory=dict)
     _identified: (
@@ -148,10 +148,10 @@ class AppStep:
         cached = self._apps.get(version.dir)
         now = self.clock.seconds() if self.clock is not None else None
         changes = self.catalog.changes
-        if cached is not None and cached.changes != changes:
-            cached = None
+        current = self._read_at.get(version.dir) == changes
         if (
-            cached is not None
+            current
+            and cached is not None
             and (cached.version is version or cached.version == version)
             and now is not None
             and now - self._checked.get(version.dir, float("-inf")) < self.recheck_seconds
@@ -160,7 +160,8 @@ class AppStep:
         stamp = _manifest_stamp(version.dir)
         if now is not None:
             self._checked[version.dir] = now
-        if cached is not None and cached.stamp == stamp and cached.version == version:
+        same = cached is not None and cached.stamp == stamp and cached.version == version
+        if current and same and cached is not None:
             return cached
         label = f"{version.name}@{version.version}"
         manifest, warnings = load_app_manifest(
@@ -170,10 +171,19 @@ class AppStep:
             body_size_max=self.body_size_max,
             app_label=label,
         )
+        entrypoint, attr = resolve(version.dir, manifest.entrypoint)
+        self._read_at[version.dir] = changes
+        if (
+            same
+            and cached is not None
+            and (cached.manifest, cached.entrypoint, cached.attr) == (manifest, entrypoint, attr)
+        ):
+            # another app changed, not this one: it stays the same object
+            # (and what is made from it once, its pool app say, too)
+            return cached
         for warning in warnings:
             log("warn", "buntime:apps:manifest-warning", warning, app=label)
-        entrypoint, attr = resolve(version.dir, manifest.entrypoint)
-        loaded = ResolvedApp(version, manifest, entrypoint, attr, stamp, changes)
+        loaded = ResolvedApp(version, manifest, entrypoint, attr, stamp)
         self._apps[version.dir] = loaded
         return loaded
 

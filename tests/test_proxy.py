@@ -673,3 +673,19 @@ def test_the_upstream_is_told_https_for_a_request_that_came_over_tls():
     assert dict(outgoing_headers(came, rule()))["x-forwarded-proto"] == "https"
     told = (("host", "front"), ("x-forwarded-proto", "http"))  # a trusted proxy in front said so
     assert with_https(told) == told
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "proto"),
+    [
+        ("for=203.0.113.9", "https"),  # says who, not how: it came over TLS
+        ("for=203.0.113.9;proto=http", "http"),
+        ('For="[2001:db8::1]";Proto="HTTPS", for=10.0.0.1;proto=http', "https"),  # the first's
+    ],
+)
+def test_over_tls_the_upstream_is_told_the_scheme_a_trusted_forwarded_gives(forwarded, proto):
+    from buntime.web.trust import with_https
+
+    headers = with_https((("host", "front"), ("forwarded", forwarded)))
+    came = Request("GET", "/api/x", list(headers), remote_addr="10.0.0.9")
+    assert dict(outgoing_headers(came, rule()))["x-forwarded-proto"] == proto

@@ -38,9 +38,27 @@ def with_https(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], .
     """
     C{headers} of a request that came over TLS: with C{x-forwarded-proto:
     https} unless a trusted proxy in front said how it came (in
-    C{X-Forwarded-Proto} or C{Forwarded}; as gunicorn's
-    C{wsgi.url_scheme} is C{https} on its TLS listener).
+    C{X-Forwarded-Proto}, or the C{proto} of its C{Forwarded}, which then
+    becomes the C{x-forwarded-proto} apps and upstreams read; as gunicorn's
+    C{wsgi.url_scheme} is C{https} on its TLS listener).  A C{Forwarded}
+    without C{proto} (C{for=...} alone) says nothing about the scheme.
     """
-    if any(name.lower() in ("x-forwarded-proto", "forwarded") for name, _ in headers):
-        return headers
-    return (*headers, ("x-forwarded-proto", "https"))
+    forwarded: str | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "x-forwarded-proto":
+            return headers
+        if lower == "forwarded" and forwarded is None:
+            forwarded = value  # the first proxy's: what the client used
+    proto = _forwarded_proto(forwarded) if forwarded is not None else None
+    return (*headers, ("x-forwarded-proto", proto or "https"))
+
+
+def _forwarded_proto(value: str) -> str | None:
+    """The C{proto} of a C{Forwarded} header's first element (RFC 7239), if it has one."""
+    first = value.split(",", 1)[0]
+    for pair in first.split(";"):
+        key, _, given = pair.partition("=")
+        if key.strip().lower() == "proto":
+            return given.strip().strip('"').lower() or None
+    return None

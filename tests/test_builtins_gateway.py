@@ -424,8 +424,11 @@ def test_the_hooks_route_navigations_to_the_shell(clock: Clock):
     found = gateway(clock, shell={"app": "cpanel"})
     routed = found.on_request(navigate("/metrics"), None)
     assert isinstance(routed, Request) and routed.path == "/cpanel/metrics"
-    assert found.on_request(navigate("/gateway"), None) is None  # its own page is not routed
-    assert found.stats()["shell"] == {"base": "/cpanel", "routed": 1}
+    # its own page too, as every plugin's (and as RUNTIME_HOMEPAGE's shell routing does)
+    routed = found.on_request(navigate("/gateway/"), None)
+    assert isinstance(routed, Request) and routed.path == "/cpanel/gateway/"
+    assert found.on_request(navigate("/gateway/api/stats"), None) is None
+    assert found.stats()["shell"] == {"base": "/cpanel", "routed": 2}
 
 
 def test_everything_off_by_default(clock: Clock):

@@ -96,8 +96,7 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
         if settings.cache is not None:
             self.cache = ResponseCache(settings.cache, clock)
         if settings.shell is not None:
-            bases = [b for b in ctx.plugin_bases if b != ctx.base]
-            self.shell = Shell.build(settings.shell, bases)
+            self.shell = Shell.build(settings.shell, ctx.plugin_bases)
         ctx.logger.info("Gateway ready", **self._summary())
 
     # -- the request hooks -------------------------------------------------------

@@ -129,7 +129,10 @@ class Cors:
         if allowed is None:
             self.refused += 1
             return Response.error(
-                403, "CORS_ORIGIN_DENIED", f"Origin {origin} may not call this server"
+                403,
+                "CORS_ORIGIN_DENIED",
+                f"Origin {origin} may not call this server",
+                [("vary", _PREFLIGHT_VARY)],  # another origin may get a 204 here
             )
         self.preflights += 1
         pairs = [*allowed, *self._preflight]

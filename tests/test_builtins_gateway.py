@@ -352,6 +352,10 @@ class Context:
         self.plugin_bases = bases
         self.logged: list[tuple[str, dict]] = []
         self.logger = self
+        self.services: dict[str, object] = {}
+
+    def register_service(self, name: str, service: object) -> None:
+        self.services[name] = service
 
     def info(self, message: str, **fields) -> None:
         self.logged.append((message, fields))
@@ -361,6 +365,20 @@ def gateway(clock: Clock, **config) -> GatewayPlugin:
     found = plugin(config)
     found.on_init(Context(clock))  # type: ignore[arg-type]
     return found
+
+
+def test_another_plugin_s_answer_is_labelled_through_the_gateway_service(clock: Clock):
+    context = Context(clock)
+    found = plugin({"rateLimit": {"requests": 2, "window": "10s"}, "cors": {"origins": "*"}})
+    found.on_init(context)  # type: ignore[arg-type]
+    assert context.services["gateway"] is found
+    request = get(headers={"origin": "https://a.example"})
+    assert found.on_request(request, None) is None  # counted; then the proxy answers it
+    answer = found.label(request, Response.text("from upstream"))
+    assert answer.headers["x-ratelimit-remaining"] == "1"
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert answer.body == b"from upstream"
+    assert "x-cache" not in answer.headers  # never kept: not the cache's
 
 
 def test_the_hooks_limit_and_label_every_answer(clock: Clock):

@@ -274,6 +274,49 @@ async def test_requests_go_upstream_and_come_back_as_a_proxy_sends_them(
 
 
 @pytest_twisted.ensureDeferred
+async def test_with_the_gateway_on_proxied_requests_are_limited_and_labelled(
+    runtimes, tmp_path, upstream
+):
+    # vhosts on too: the gateway then loads after it, and the proxy after the gateway
+    plugins = tmp_path / "plugins"
+    write_plugin(plugins, "vhosts", {"name": "@buntime/plugin-vhosts", "enabled": True})
+    gateway = {
+        "name": "@buntime/plugin-gateway",
+        "enabled": True,
+        "rateLimit": {
+            "requests": 2,
+            "window": "1h",
+            "keyBy": "header:x-client",
+            "excludePaths": ["/api"],
+        },
+        "cors": {"origins": ["https://app.example"]},
+    }
+    write_plugin(plugins, "gateway", gateway)
+    port, _ = upstream
+    target = f"http://127.0.0.1:{port}"
+    rules = [{"id": "up", "pattern": "^/up/(.*)", "target": target, "rewrite": "/$1"}]
+    proc = await start_proxy(runtimes, tmp_path, rules)
+    loaded = [plugin["name"] for plugin in await (await proc.get("/api/plugins/loaded")).json()]
+    assert loaded.index("@buntime/plugin-gateway") < loaded.index("@buntime/plugin-proxy")
+
+    origin = {"origin": "https://app.example", "x-client": "c1"}
+    refused = await proc.request(
+        "OPTIONS",
+        "/up/echo",
+        headers={"origin": "https://evil.example", "access-control-request-method": "PUT"},
+    )
+    assert refused.code == 403  # the gateway's answer: the preflight is not proxied
+    answers = [await proc.get("/up/echo", headers=origin) for _ in range(3)]
+    assert [answer.code for answer in answers] == [200, 200, 429]
+    for answer, left in zip(answers, ["1", "0", "0"], strict=True):
+        headers = answer.headers
+        assert headers.getRawHeaders("x-ratelimit-remaining") == [left]
+        assert headers.getRawHeaders("access-control-allow-origin") == ["https://app.example"]
+        assert "Origin" in headers.getRawHeaders("vary")[0]
+    assert answers[0].headers.getRawHeaders("x-upstream") == ["yes"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_proxy_is_off_until_a_manifest_turns_it_on(runtimes, tmp_path):
     apps = tmp_path / "apps"
     static_app(apps, "up", None, "the up app", layout="simple")

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import pytest_twisted
+from fakes import result_of
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -151,6 +152,10 @@ class Context:
         self.data_dir = str(tmp_path)
         self.logger = self
         self.warned: list[str] = []
+        self.services: dict[str, object] = {}
+
+    def get_service(self, name):
+        return self.services.get(name)
 
     def info(self, message, **fields):
         pass
@@ -195,6 +200,30 @@ def test_requests_and_websockets_go_to_the_target_s_prefix(tmp_path, monkeypatch
     upgrade = {"connection": "upgrade", "upgrade": "websocket"}
     proxy.on_request(Request("GET", "/pfx/live", upgrade), None)
     assert sent == [("http", "/prefix/v1/a"), ("ws", "/prefix/v1/live")]
+
+
+def test_with_the_gateway_on_its_headers_label_the_upstream_s_answers(tmp_path):
+    class Forwarder:
+        def forward(self, request: Request, rule: Rule, path: str) -> Deferred:
+            return succeed(Response.text("forwarded"))
+
+    class Gateway:
+        def label(self, request: Request, response: Response) -> Response:
+            return response.with_header("x-ratelimit-remaining", request.headers["x-left"])
+
+    context = Context(tmp_path, {"rules": [{"pattern": "^/up", "target": "http://127.0.0.1:1"}]})
+    proxy = ProxyPlugin({})
+    proxy.on_init(context)
+    proxy.forwarder = Forwarder()  # type: ignore[assignment]
+    asked = Request("GET", "/up/x", {"x-left": "7"})
+    plain = proxy.on_request(asked, None)
+    assert "x-ratelimit-remaining" not in result_of(plain).headers  # no gateway: as it came
+    context.services["gateway"] = Gateway()
+    labelled = result_of(proxy.on_request(asked, None))
+    assert (labelled.body, labelled.headers["x-ratelimit-remaining"]) == (b"forwarded", "7")
+    upgrade = Request("GET", "/up/ws", {"x-left": "3", "connection": "upgrade", "upgrade": "x"})
+    refused = result_of(proxy.on_request(upgrade, None))  # a rule without ws: 501, labelled
+    assert (refused.status, refused.headers["x-ratelimit-remaining"]) == (501, "3")
 
 
 # -- the upstream client ----------------------------------------------------------

@@ -97,7 +97,19 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
             self.cache = ResponseCache(settings.cache, clock)
         if settings.shell is not None:
             self.shell = Shell.build(settings.shell, ctx.plugin_bases)
+        # a plugin that answers in on_request (the proxy) labels its answers with it
+        ctx.register_service("gateway", self)
         ctx.logger.info("Gateway ready", **self._summary())
+
+    def label(self, request: Request, response: Response) -> Response:
+        """
+        C{response} with the rate-limit and CORS headers the gateway gives an
+        answer to C{request}: for a plugin loaded after the gateway whose
+        C{on_request} answers (the proxy), as no C{on_response} hook sees
+        such an answer.
+        """
+        pairs = self._headers(request, response)
+        return response.with_headers(pairs) if pairs else response
 
     # -- the request hooks -------------------------------------------------------
 

@@ -119,14 +119,26 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
                 continue
             if _upgrade(request):
                 if not rule.ws:
-                    return Deferred.fromCoroutine(_refused_upgrade())
+                    return self._labelled(request, Deferred.fromCoroutine(_refused_upgrade()))
                 timeout = self.forwarder.timeout if self.forwarder is not None else 30.0
                 return Deferred.fromCoroutine(
                     tunnel(self.reactor, request, rule, upstream_path, timeout)
                 )
             assert self.forwarder is not None
-            return self.forwarder.forward(request, rule, upstream_path)
+            return self._labelled(request, self.forwarder.forward(request, rule, upstream_path))
         return None
+
+    def _labelled(self, request: Request, answer: Deferred[Response]) -> Deferred[Response]:
+        """
+        C{answer} with the gateway's rate-limit and CORS headers when the
+        gateway is on: it runs first, but its C{on_response} hook does not
+        see an answer made in C{on_request}.
+        """
+        gateway = self.context.get_service("gateway") if self.context is not None else None
+        label = getattr(gateway, "label", None)
+        if label is None:
+            return answer
+        return answer.addCallback(lambda response: label(request, response))
 
     # -- the API ----------------------------------------------------------------
 

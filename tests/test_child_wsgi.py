@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -221,3 +222,17 @@ async def _later() -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, 0.001, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_whitespace_around_a_header_value_is_dropped(adapters) -> None:
+    """Django's cookies come as C{" a=1; Path=/"}: gunicorn sends C{Set-Cookie: a=1; Path=/}."""
+    sender = Sender()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Set-Cookie", " a=1; Path=/"), ("X-Tab", "\tv \t")])
+        return [b"ok"]
+
+    await adapters(app).handle(incoming(), ResponseWriter(sender, 1))
+    [start] = [sent for sent in sender.sent if sent[0] == "ResponseStart"]
+    assert json.loads(start[1]["headers"]) == [["Set-Cookie", "a=1; Path=/"], ["X-Tab", "v"]]

@@ -99,7 +99,9 @@ class _Exchange:
         code, _, reason = str(status).partition(" ")
         self.status = int(code)
         self.reason = reason  # the app's own phrase, passed on as given
-        self.headers = [(str(name), str(value)) for name, value in headers]
+        # without the whitespace around a value, as gunicorn sends it: Django
+        # gives each Set-Cookie as " name=value" (SimpleCookie's output)
+        self.headers = [(str(name), str(value).strip(" \t")) for name, value in headers]
         return self.write
 
     def write(self, data: bytes) -> None:

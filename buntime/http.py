@@ -80,7 +80,8 @@ class Request:
     C{url} is the path with its query string (C{/api/x?q=1}), or an absolute
     URL; C{path} and C{query} are read from it.  C{remote_addr} and
     C{remote_port} are the client's end of the connection, C{local_addr}
-    the C{(host, port)} the runtime accepted it on (C{None} when unknown).
+    the C{(host, port)} the runtime accepted it on (C{None} when unknown),
+    C{http_version} the client's (C{"1.1"} or C{"1.0"}).
     """
 
     method: str
@@ -90,6 +91,7 @@ class Request:
     remote_addr: str | None = None
     remote_port: int | None = None
     local_addr: tuple[str, int] | None = None
+    http_version: str = "1.1"
 
     _parts: tuple[str, str] | None = field(default=None, init=False, eq=False, repr=False)
     """The path (C{/} at least) and the query, split once (see L{path})."""
@@ -130,6 +132,7 @@ class Request:
         remote_port: int | None,
         local_addr: tuple[str, int] | None,
         parts: tuple[str, str] | None = None,
+        http_version: str = "1.1",
     ) -> Request:
         """
         A request of C{headers} that already are L{Headers} (C{parts}: its
@@ -138,7 +141,9 @@ class Request:
         Every request is made so, and copied so on its way to an app.
         """
         if cls is not Request:  # a subclass may have more to set
-            return cls(method, url, headers, body, remote_addr, remote_port, local_addr)
+            return cls(
+                method, url, headers, body, remote_addr, remote_port, local_addr, http_version
+            )
         made = _new(Request)
         _set_method(made, method)
         _set_url(made, url)
@@ -147,6 +152,7 @@ class Request:
         _set_remote_addr(made, remote_addr)
         _set_remote_port(made, remote_port)
         _set_local_addr(made, local_addr)
+        _set_http_version(made, http_version)
         _set_parts(made, parts)
         return made
 
@@ -160,6 +166,7 @@ class Request:
             self.remote_port,
             self.local_addr,
             self._parts,
+            self.http_version,
         )
 
     def with_path(self, path: str) -> Request:
@@ -174,6 +181,7 @@ class Request:
             self.remote_port,
             self.local_addr,
             _known_parts(path, query),
+            self.http_version,
         )
 
     def with_body(self, body: Body) -> Request:
@@ -194,6 +202,7 @@ class Request:
             self.remote_port,
             self.local_addr,
             _known_parts(path, query),
+            self.http_version,
         )
 
 
@@ -260,10 +269,21 @@ def _slot_setters(cls: type, *names: str) -> list[Any]:
     _set_remote_addr,
     _set_remote_port,
     _set_local_addr,
+    _set_http_version,
     _set_parts,
 ) = _slot_setters(
     Request,
-    *("method", "url", "headers", "body", "remote_addr", "remote_port", "local_addr", "_parts"),
+    *(
+        "method",
+        "url",
+        "headers",
+        "body",
+        "remote_addr",
+        "remote_port",
+        "local_addr",
+        "http_version",
+        "_parts",
+    ),
 )
 _set_status, _set_headers, _set_body, _set_reason = _slot_setters(
     Response, "status", "headers", "body", "reason"

@@ -168,7 +168,7 @@ class FakeChild(amp.AMP):
 
     @StartRequest.responder
     def start_request(self, rid, head, body):
-        method, path, base, headers, remote, more, _ = parse_request_head(head)
+        method, path, base, headers, remote, more, _, _ = parse_request_head(head)
         request = ChildRequest(self, rid, method, path, base, headers, remote)
         request.chunks.append(body)
         self.requests[rid] = request

@@ -1,7 +1,9 @@
 """
 What a WSGI and an ASGI app learn of the connection, through a real runtime:
 the client's port, and the server's name and port from the socket when the
-request has no C{Host} (PEP 3333; uvicorn gives ASGI the socket's always).
+request has no C{Host} (PEP 3333; uvicorn gives ASGI the socket's always),
+and the HTTP version the client spoke (as gunicorn's C{SERVER_PROTOCOL} and
+uvicorn's C{http_version} have it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ WSGI = """
     import json
 
     KEYS = ("SERVER_NAME", "SERVER_PORT", "REMOTE_ADDR", "REMOTE_PORT", "HTTP_HOST")
+    KEYS += ("SERVER_PROTOCOL",)
 
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/json")])
@@ -32,7 +35,9 @@ ASGI = """
     async def app(scope, receive, send):
         if scope["type"] != "http":
             raise RuntimeError("no lifespan")
-        body = json.dumps({"server": scope["server"], "client": scope["client"]}).encode()
+        seen = {"server": scope["server"], "client": scope["client"]}
+        seen["http_version"] = scope["http_version"]
+        body = json.dumps(seen).encode()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
 """
@@ -46,8 +51,11 @@ async def test_the_connection_as_apps_see_it(tmp_path: Path, runtimes: Runtimes)
     write_app(tmp_path, "asgi", manifest={"entrypoint": "app.py"}, files={"app.py": ASGI})
     proc = await runtimes.start(worker_dirs=[str(tmp_path)])
 
-    async def ask(path: str, host: str | None) -> tuple[dict, int]:
-        head = f"GET {path} HTTP/1.0\r\n" + (f"Host: {host}\r\n" if host else "") + "\r\n"
+    async def ask(path: str, host: str | None, version: str = "1.0") -> tuple[dict, int]:
+        head = f"GET {path} HTTP/{version}\r\n" + (f"Host: {host}\r\n" if host else "")
+        if version == "1.1":
+            head += "Connection: close\r\n"
+        head += "\r\n"
         reply, own_port = await raw_exchange(reactor, proc.port, head.encode())
         status, _, body = parse_reply(reply)
         assert status == 200, body
@@ -60,10 +68,19 @@ async def test_the_connection_as_apps_see_it(tmp_path: Path, runtimes: Runtimes)
         "REMOTE_ADDR": "127.0.0.1",
         "REMOTE_PORT": str(own_port),
         "HTTP_HOST": None,
+        "SERVER_PROTOCOL": "HTTP/1.0",
     }
     seen, _ = await ask("/wsgi/", "example.com:8080")
     assert (seen["SERVER_NAME"], seen["SERVER_PORT"]) == ("example.com", "8080")
     assert seen["HTTP_HOST"] == "example.com:8080"
+    seen, _ = await ask("/wsgi/", "example.com", "1.1")
+    assert seen["SERVER_PROTOCOL"] == "HTTP/1.1"
 
     seen, own_port = await ask("/asgi/", "example.com:8080")
-    assert seen == {"server": ["127.0.0.1", proc.port], "client": ["127.0.0.1", own_port]}
+    assert seen == {
+        "server": ["127.0.0.1", proc.port],
+        "client": ["127.0.0.1", own_port],
+        "http_version": "1.0",
+    }
+    seen, _ = await ask("/asgi/", "example.com", "1.1")
+    assert seen["http_version"] == "1.1"

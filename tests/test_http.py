@@ -383,8 +383,12 @@ def test_the_fast_copies_know_every_field():
     """C{Request._of} and the response copies set each slot: a new field must be set there too."""
     request_fields = [field.name for field in attrs.fields(Request)]
     assert request_fields == [
-        *("method", "url", "headers", "body", "remote_addr", "remote_port", "local_addr", "_parts"),
+        *("method", "url", "headers", "body", "remote_addr", "remote_port", "local_addr"),
+        *("http_version", "_parts"),
     ]
+    request = Request("GET", "/x", http_version="1.0")
+    copies = [request.with_header("a", "b"), request.with_path("/y"), request.for_app("/y", "/b")]
+    assert [copy.http_version for copy in copies] == ["1.0", "1.0", "1.0"]
     response_fields = [field.name for field in attrs.fields(Response)]
     assert response_fields == ["status", "headers", "body", "reason"]
 

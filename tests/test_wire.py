@@ -165,9 +165,11 @@ texts = st.text(max_size=30)
 pairs = st.lists(st.tuples(texts, texts), max_size=5)
 
 
-@given(texts, texts, texts, pairs, texts, st.booleans(), texts)
-def test_request_heads_round_trip(method, path, base, headers, remote, more, local) -> None:
-    head = request_head(method, path, base, headers, remote, more, local)
+@given(texts, texts, texts, pairs, texts, st.booleans(), texts, st.sampled_from(["1.0", "1.1"]))
+def test_request_heads_round_trip(
+    method, path, base, headers, remote, more, local, version
+) -> None:
+    head = request_head(method, path, base, headers, remote, more, local, version)
     assert parse_request_head(head) == (
         method,
         path,
@@ -176,6 +178,7 @@ def test_request_heads_round_trip(method, path, base, headers, remote, more, loc
         remote,
         more,
         local,
+        version,
     )
 
 

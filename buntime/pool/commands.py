@@ -28,8 +28,8 @@ CHUNK_SIZE = 60 * 1024
 """Largest body chunk in one AMP value (AMP's limit is 64 KiB minus a bit)."""
 
 
-RequestHead = tuple[str, str, str, list[list[str]], str, bool, str]
-"""C{(method, path, base, headers, remote, more, local)}: see L{StartRequest}."""
+RequestHead = tuple[str, str, str, list[list[str]], str, bool, str, str]
+"""C{(method, path, base, headers, remote, more, local, version)}: see L{StartRequest}."""
 
 
 def address(host: str | None, port: int | None) -> str:
@@ -49,28 +49,30 @@ def request_head(
     remote: str,
     more: bool,
     local: str = "",
+    version: str = "1.1",
 ) -> str:
     """The C{head} of a L{StartRequest}: a JSON array of its fields in this order."""
     if not isinstance(headers, list | tuple):
         headers = list(headers)
-    return dumps([method, path, base, headers, remote, more, local])
+    return dumps([method, path, base, headers, remote, more, local, version])
 
 
 def parse_request_head(head: str) -> RequestHead:
     """The fields of a L{StartRequest} C{head}."""
-    method, path, base, headers, remote, more, local = loads(head)
-    return method, path, base, headers, remote, bool(more), local
+    method, path, base, headers, remote, more, local, version = loads(head)
+    return method, path, base, headers, remote, bool(more), local, version
 
 
 class StartRequest(amp.Command):
     """
     Begin a request.  C{head} is everything but the body in one JSON value
-    (one AMP key rather than seven: every key costs on both sides of every
+    (one AMP key rather than eight: every key costs on both sides of every
     request; see L{request_head}): the method, the path with the app's base
     stripped and the query string kept, the base, the headers as
     C{[name, value]} pairs, the client address (see L{address}), C{more},
-    true when body chunks follow, and the address the runtime accepted the
-    connection on (may be empty).  C{body} is the first chunk of the body (often all of it).
+    true when body chunks follow, the address the runtime accepted the
+    connection on (may be empty) and the client's HTTP version (C{"1.1"},
+    C{"1.0"}).  C{body} is the first chunk of the body (often all of it).
     """
 
     arguments = [

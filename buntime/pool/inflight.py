@@ -189,6 +189,7 @@ class InFlight:
             address(request.remote_addr, request.remote_port),
             rest is not None,
             address(*request.local_addr) if request.local_addr is not None else "",
+            request.http_version,
         )
         self.protocol.callRemote(StartRequest, rid=exchange.rid, head=head, body=first)
         return rest

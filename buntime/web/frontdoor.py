@@ -149,6 +149,8 @@ class FrontDoor:
             exchange.remote,
             exchange.remote_port,
             exchange.local,
+            None,
+            head.version,
         )
         tracked = TrackedRequest(
             self._clock, self._state, request_id, head.method, head.path, task_uuid, self.outcomes

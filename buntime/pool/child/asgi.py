@@ -146,7 +146,7 @@ class AsgiAdapter:
         return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
+            "http_version": request.http_version,
             "method": request.method.upper(),
             "scheme": request.scheme,
             "path": unquote(path),

@@ -130,7 +130,9 @@ class ChildProtocol(FastAMP):
     @responder(commands.StartRequest)
     def start_request(self, rid: int, head: str, body: bytes) -> dict:
         try:
-            method, path, base, pairs, remote, more, local = commands.parse_request_head(head)
+            method, path, base, pairs, remote, more, local, version = commands.parse_request_head(
+                head
+            )
         except (ValueError, TypeError):
             ResponseWriter(self, rid).fail(f"malformed request head: {head[:200]!r}")
             return {}
@@ -156,7 +158,9 @@ class ChildProtocol(FastAMP):
         # the app's output, and the tasks and threads it starts, write for this request
         token = output_request_id.set(request_id)
         try:
-            request = IncomingRequest(method, path, base, pairs, reader, remote, socket, local)
+            request = IncomingRequest(
+                method, path, base, pairs, reader, remote, socket, local, version
+            )
             done = self.app.adapter.handle(request, writer)
         except Exception:
             done = Deferred()

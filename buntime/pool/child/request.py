@@ -34,7 +34,7 @@ class IncomingRequest:
     C{[name, value]} pairs as sent; C{remote} is the client address
     (C{"ip"}, C{"ip:port"} or C{"[ipv6]:port"}, possibly empty), C{local}
     the address the runtime accepted the connection on (the same forms, or
-    empty); C{socket}
+    empty), C{http_version} the client's (C{"1.1"} or C{"1.0"}); C{socket}
     is set for a WebSocket upgrade, and holds what the client sends once the
     app accepts it.
     """
@@ -47,6 +47,7 @@ class IncomingRequest:
     remote: str = ""
     socket: SocketInbox | None = None
     local: str = ""
+    http_version: str = "1.1"
 
     @property
     def path(self) -> str:

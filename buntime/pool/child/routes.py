@@ -260,6 +260,7 @@ class RoutesAdapter:
                 client[0] if client else None,
                 client[1] or None if client else None,
                 incoming.local_addr,
+                incoming.http_version,
             )
             response = to_response(await endpoint.call(request, params, self.loop))
         await self._send(response, writer)

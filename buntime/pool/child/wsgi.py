@@ -52,7 +52,7 @@ def build_environ(request: IncomingRequest) -> dict[str, Any]:
         "QUERY_STRING": request.query,
         "SERVER_NAME": host,
         "SERVER_PORT": str(port),
-        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_PROTOCOL": "HTTP/" + request.http_version,  # as the client sent it
         "SERVER_SOFTWARE": SERVER_SOFTWARE,  # some apps (httpbin) want it for chunked uploads
         "REMOTE_ADDR": client[0] if client else "",
         "wsgi.version": (1, 0),

@@ -254,3 +254,24 @@ def test_starlette_demo_app(loop) -> None:
     assert sender.response()[0] == 200
     assert sender.response()[2] == b"/app@1/where /app@1 /app@1/where"
     wait(loop, adapter.shutdown())
+
+
+def test_a_header_name_no_client_could_read_is_refused(loop) -> None:
+    """As uvicorn refuses it: C{send} raises, and nothing goes out."""
+    for name in (b"x a", b"x-a:", b"x\r\ny", b""):
+        refused: list[Exception] = []
+
+        async def app(scope, receive, send, name=name, refused=refused):
+            try:
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": [(name, b"v")]}
+                )
+            except ValueError as error:
+                refused.append(error)
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        sender = Sender()
+        wait(loop, AsgiAdapter(app, loop).handle(incoming(), ResponseWriter(sender, 1)))
+        assert "invalid HTTP header name" in str(refused[0])
+        assert sender.response()[0] == 500

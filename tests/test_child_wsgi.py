@@ -191,6 +191,21 @@ async def test_errors(adapters) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_header_name_no_client_could_read_is_an_error(adapters) -> None:
+    """gunicorn answers 500 rather than send C{x a: b}: so does the worker (APP_ERROR)."""
+    for body in ([b"x"], (b for b in [b"x", b"y"])):
+        sender = Sender()
+
+        def app(environ, start_response, body=body):
+            start_response("200 OK", [("X-Fine", "1"), ("x a", "b")])
+            return body
+
+        with pytest.raises(ValueError, match="invalid HTTP header name 'x a'"):
+            await adapters(app).handle(incoming(), ResponseWriter(sender, 1))
+        assert "ResponseStart" not in sender.names
+
+
+@pytest_twisted.ensureDeferred
 async def test_cancelled_request_stops_and_closes(adapters) -> None:
     closed = threading.Event()
     sender = Sender(hold=True)

@@ -9,6 +9,7 @@ call before the next); all methods run in the reactor thread.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from attrs import define
@@ -43,12 +44,22 @@ def _text(value: bytes | str) -> str:
     return value.decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header name (RFC 9110 C{token})."""
+
+
 def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> str:
     """
     Headers (names and values as text, or as bytes read as latin-1) as the
-    JSON list of C{[name, value]} pairs the runtime reads.
+    JSON list of C{[name, value]} pairs the runtime reads.  A name that is
+    not a token (a space, a colon, a line break in it) is refused, as
+    gunicorn and uvicorn refuse it: no client could read the head.
     """
-    text = dumps([[_text(name), _text(value)] for name, value in headers])
+    pairs = [[_text(name), _text(value)] for name, value in headers]
+    for name, _ in pairs:
+        if _TOKEN.fullmatch(name) is None:
+            raise ValueError(f"invalid HTTP header name {name!r}")
+    text = dumps(pairs)
     if len(text.encode("utf-8")) > MAX_VALUE_LENGTH - _HEAD_ROOM:
         raise ValueError(f"response headers too large ({len(text)} bytes; at most 64 KiB)")
     return text

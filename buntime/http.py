@@ -82,6 +82,14 @@ class Request:
     C{remote_port} are the client's end of the connection, C{local_addr}
     the C{(host, port)} the runtime accepted it on (C{None} when unknown),
     C{http_version} the client's (C{"1.1"} or C{"1.0"}).
+
+    C{mount} is where the client sees the app that serves the request
+    mounted, when a plugin routed it there from elsewhere (L{with_mount}):
+    a virtual host's app is at the root of its host (C{""}), though the
+    request reaches it as C{/<name>@<range>/...}.  The app is given it as
+    its base (C{x-base}, C{SCRIPT_NAME}, C{root_path}, a static app's
+    C{<base href>}), so the links it makes stay where the client is.
+    C{None}: the app's own base.
     """
 
     method: str
@@ -92,6 +100,7 @@ class Request:
     remote_port: int | None = None
     local_addr: tuple[str, int] | None = None
     http_version: str = "1.1"
+    mount: str | None = None
 
     _parts: tuple[str, str] | None = field(default=None, init=False, eq=False, repr=False)
     """The path (C{/} at least) and the query, split once (see L{path})."""
@@ -133,6 +142,7 @@ class Request:
         local_addr: tuple[str, int] | None,
         parts: tuple[str, str] | None = None,
         http_version: str = "1.1",
+        mount: str | None = None,
     ) -> Request:
         """
         A request of C{headers} that already are L{Headers} (C{parts}: its
@@ -142,7 +152,15 @@ class Request:
         """
         if cls is not Request:  # a subclass may have more to set
             return cls(
-                method, url, headers, body, remote_addr, remote_port, local_addr, http_version
+                method,
+                url,
+                headers,
+                body,
+                remote_addr,
+                remote_port,
+                local_addr,
+                http_version,
+                mount,
             )
         made = _new(Request)
         _set_method(made, method)
@@ -153,6 +171,7 @@ class Request:
         _set_remote_port(made, remote_port)
         _set_local_addr(made, local_addr)
         _set_http_version(made, http_version)
+        _set_mount(made, mount)
         _set_parts(made, parts)
         return made
 
@@ -167,6 +186,7 @@ class Request:
             self.local_addr,
             self._parts,
             self.http_version,
+            self.mount,
         )
 
     def with_path(self, path: str) -> Request:
@@ -182,10 +202,31 @@ class Request:
             self.local_addr,
             _known_parts(path, query),
             self.http_version,
+            self.mount,
         )
 
     def with_body(self, body: Body) -> Request:
         return evolve(self, body=body)
+
+    def with_mount(self, mount: str | None) -> Request:
+        """
+        A copy whose app is told it is mounted at C{mount} (C{""}: the
+        root), not at its own base (see L{mount}).
+        """
+        if mount and (mount[0] != "/" or mount[-1] == "/"):
+            raise ValueError(f"a mount is empty or a path without a trailing slash, not {mount!r}")
+        return self._of(
+            self.method,
+            self.url,
+            self.headers,
+            self.body,
+            self.remote_addr,
+            self.remote_port,
+            self.local_addr,
+            self._parts,
+            self.http_version,
+            mount,
+        )
 
     def for_app(self, path: str, base: str) -> Request:
         """
@@ -203,6 +244,7 @@ class Request:
             self.local_addr,
             _known_parts(path, query),
             self.http_version,
+            self.mount,
         )
 
 
@@ -270,6 +312,7 @@ def _slot_setters(cls: type, *names: str) -> list[Any]:
     _set_remote_port,
     _set_local_addr,
     _set_http_version,
+    _set_mount,
     _set_parts,
 ) = _slot_setters(
     Request,
@@ -282,6 +325,7 @@ def _slot_setters(cls: type, *names: str) -> list[Any]:
         "remote_port",
         "local_addr",
         "http_version",
+        "mount",
         "_parts",
     ),
 )

@@ -293,3 +293,31 @@ def test_an_app_another_app_s_change_leaves_alone_stays_the_same(tmp_path):
     step.catalog.invalidate()
     again = step.load(step.catalog.resolve("site", None))
     assert again is first
+
+
+def test_a_request_routed_with_a_mount_tells_the_app_that_base(tmp_path):
+    """
+    A plugin routed the request to the app from elsewhere (a virtual host:
+    the app at its host's root): the app is told that base, not its own
+    C{/name}, for its x-base and a static app's C{<base href>}.
+    """
+    static_app(tmp_path, "site", "1.0.0", "one")
+    worker_app(tmp_path, "one")
+    step, _ = step_over(tmp_path, Clock())
+    page = result_of(ensureDeferred(step(get("/site/").with_mount(""), {})))
+    assert b'<base href="/">' in page.body
+    page = result_of(ensureDeferred(step(get("/site/"), {})))
+    assert b'<base href="/site/">' in page.body
+
+    told = []
+
+    class Pool(RetiringPool):
+        def handle(self, app, request, base, served=None, again=None):
+            told.append((request.path, base, again))
+            return succeed(Response.text("ok"))
+
+    step = app_step(tmp_path, Pool())
+    result_of(ensureDeferred(step(get("/svc/x").with_mount(""), {})))
+    result_of(ensureDeferred(step(get("/svc/x"), {})))
+    assert [(path, base) for path, base, _ in told] == [("/x", ""), ("/x", "/svc")]
+    assert told[0][2] is None  # routed anew by path, it would not reach the app: not routed anew

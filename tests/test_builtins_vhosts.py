@@ -35,6 +35,7 @@ def test_an_exact_host_is_served_by_its_app_port_and_case_ignored():
     routed = on("www.example.com:8443")
     assert routed is not None
     assert routed.url == "/site/x?q=1"
+    assert routed.mount == ""  # the app is at the root of its host
     assert "x-vhost-tenant" not in routed.headers
     assert on("DOCS.example.com.").url == "/docs@%5E2/x?q=1"
 
@@ -43,6 +44,7 @@ def test_a_wildcard_captures_the_tenant_within_its_path_prefix():
     routed = on("acme.example.com", "/api/items")
     assert routed is not None
     assert routed.path == "/tenant@1/api/items"
+    assert routed.mount == ""  # the path unchanged: /api/items at the host's root
     assert routed.headers["x-vhost-tenant"] == "acme"
     assert on("acme.example.com", "/api").path == "/tenant@1/api"
     # outside the prefix the request goes on as it was

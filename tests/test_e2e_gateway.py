@@ -29,7 +29,8 @@ COUNTER = """
             return Response.json(seen)
         seen.append([request.method, request.path])
         tenant = request.headers.get("x-vhost-tenant")
-        return Response.text(f"n={len(seen)} path={request.path} tenant={tenant}")
+        base = request.headers.get("x-base")
+        return Response.text(f"n={len(seen)} path={request.path} tenant={tenant} base={base!r}")
 """
 
 ORIGIN = "https://app.example"
@@ -177,7 +178,8 @@ async def test_a_vhost_is_served_by_its_app_with_the_tenant(gateway):
     )
     body = (await treq.content(answer)).decode()
     assert answer.code == 200
-    assert "path=/hello tenant=acme" in body
+    # the app is at the host's root: the links it makes from its base stay there
+    assert "path=/hello tenant=acme base=''" in body
     # another host falls through: nothing at /hello
     missing = await gateway.get("/hello", headers={"x-client": "vhost"})
     await treq.content(missing)

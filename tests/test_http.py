@@ -384,11 +384,21 @@ def test_the_fast_copies_know_every_field():
     request_fields = [field.name for field in attrs.fields(Request)]
     assert request_fields == [
         *("method", "url", "headers", "body", "remote_addr", "remote_port", "local_addr"),
-        *("http_version", "_parts"),
+        *("http_version", "mount", "_parts"),
     ]
-    request = Request("GET", "/x", http_version="1.0")
-    copies = [request.with_header("a", "b"), request.with_path("/y"), request.for_app("/y", "/b")]
-    assert [copy.http_version for copy in copies] == ["1.0", "1.0", "1.0"]
+    request = Request("GET", "/x", http_version="1.0", mount="/m")
+    copies = [
+        request.with_header("a", "b"),
+        request.with_path("/y"),
+        request.for_app("/y", "/b"),
+        request.with_mount("/m").with_path("/z"),
+    ]
+    assert [copy.http_version for copy in copies] == ["1.0"] * 4
+    assert [copy.mount for copy in copies] == ["/m"] * 4
+    assert request.with_mount("").mount == "" and request.with_mount(None).mount is None
+    for wrong in ("m", "/m/", "/"):
+        with pytest.raises(ValueError):
+            request.with_mount(wrong)
     response_fields = [field.name for field in attrs.fields(Response)]
     assert response_fields == ["status", "headers", "body", "reason"]
 

@@ -351,8 +351,13 @@ class AppStep:
         L{serve}: an answer known at once (an error, a static file), or the
         pool's Deferred (C{loaded}: the app at C{version}, when just loaded).
         With C{again}, a request whose app is retired while it waits is
-        routed anew (L{_again}).
+        routed anew (L{_again}).  The app is told its base is the request's
+        C{mount} when a plugin gave one (a virtual host's app is at its
+        host's root), else C{base}.
         """
+        mount = request.mount
+        if mount is not None:
+            base, again = mount, False  # (routed anew, its path would not name the app)
         try:
             if loaded is None:
                 loaded = self.load(version)

@@ -106,7 +106,8 @@ class VhostsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opti
             path = request.path
             if vhost.paths is None or path in vhost.paths:
                 self.served += 1
-                routed = request.with_path(vhost.base + path)
+                # served at the host's root: the app's links stay on the host
+                routed = request.with_path(vhost.base + path).with_mount("")
                 if tenant is not None:
                     return routed.with_header(TENANT, tenant)
         if TENANT in headers:  # only this plugin says which tenant a request is for

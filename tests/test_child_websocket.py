@@ -283,6 +283,52 @@ def test_closing_before_accepting_is_a_403(loop) -> None:
     assert sender.response() == (403, {}, b"")
 
 
+def test_an_app_may_refuse_with_a_response_of_its_own(loop) -> None:
+    """
+    The C{websocket.http.response} extension, as uvicorn offers it: what
+    Starlette's C{send_denial_response} and FastAPI's C{HTTPException} in a
+    WebSocket route send.
+    """
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        await receive()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 401,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send(
+            {"type": "websocket.http.response.body", "body": b'{"detail":', "more_body": True}
+        )
+        await send({"type": "websocket.http.response.body", "body": b'"no token"}'})
+
+    sender = SocketSender()
+    done = serve(loop, app, upgrade_request(), sender)
+    turns(loop)
+    assert done.called and done.result is None
+    assert scopes[0]["extensions"] == {"websocket.http.response": {}}
+    assert sender.response() == (
+        401,
+        {"content-type": "application/json"},
+        b'{"detail":"no token"}',
+    )
+
+
+def test_a_denial_response_left_unfinished_fails(loop) -> None:
+    async def app(scope, receive, send):
+        await send({"type": "websocket.http.response.start", "status": 401})
+
+    done = serve(loop, app, upgrade_request(), SocketSender())
+    turns(loop)
+    failures = []
+    done.addErrback(failures.append)
+    assert "before completing its denial response" in str(failures[0].value)
+
+
 def test_returning_without_an_answer_fails(loop) -> None:
     async def app(scope, receive, send):
         await receive()

@@ -14,7 +14,10 @@ C{http.disconnect}.
 A WebSocket upgrade runs the app with the C{websocket} scope (ASGI spec
 2.4; C{root_path} is the base, C{subprotocols} what the client offered):
 C{websocket.accept} answers 101, C{websocket.close} before it 403, and the
-messages travel whole (see L{buntime.pool.child.websocket}).
+messages travel whole (see L{buntime.pool.child.websocket}).  As under
+uvicorn, the scope offers the C{websocket.http.response} extension: an app
+may refuse the handshake with a response of its own (Starlette's
+C{send_denial_response}, FastAPI's C{HTTPException} in a WebSocket route).
 """
 
 from __future__ import annotations
@@ -212,6 +215,7 @@ class AsgiAdapter:
         scope["type"] = "websocket"
         scope["asgi"] = {"version": "3.0", "spec_version": "2.4"}
         scope["scheme"] = "wss" if request.scheme == "https" else "ws"
+        scope["extensions"] = {"websocket.http.response": {}}
         offered = ",".join(
             value for name, value in request.headers if name.lower() == "sec-websocket-protocol"
         )
@@ -223,7 +227,8 @@ class AsgiAdapter:
     ) -> None:
         """
         Run the app for one WebSocket (the ASGI C{websocket} scope).  Accepting
-        is a 101 response, closing before that a 403 (as uvicorn answers).
+        is a 101 response, closing before that a 403 (as uvicorn answers), and
+        a C{websocket.http.response} before that the app's own response.
         """
         session = _AsgiSocket(self.loop, socket, writer)
         try:
@@ -231,6 +236,8 @@ class AsgiAdapter:
         except SocketClosed:
             pass  # the client left while the app was sending: not the app's fault
         if not session.accepted:
+            if session.responding and not session.closed:
+                raise RuntimeError("ASGI app returned before completing its denial response")
             if not session.closed:
                 raise RuntimeError("ASGI app returned without accepting or closing the WebSocket")
             return
@@ -248,7 +255,7 @@ class _AsgiSocket:
         self.loop = loop
         self.socket = socket
         self.writer = writer
-        self.connected = self.accepted = self.closed = False
+        self.connected = self.accepted = self.closed = self.responding = False
 
     async def receive(self) -> dict:
         if not self.connected:
@@ -276,12 +283,14 @@ class _AsgiSocket:
             await self._send(message)
         elif kind == "websocket.close":
             await self._close(message)
+        elif kind.startswith("websocket.http.response."):
+            await self._respond(message)
         else:
             raise ValueError(f"unsupported ASGI message type {kind!r}")
 
     async def _accept(self, message: dict) -> None:
-        if self.accepted:
-            raise RuntimeError("the WebSocket is already accepted")
+        if self.accepted or self.responding:
+            raise RuntimeError("the WebSocket is already accepted or answered")
         headers = [
             (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
             for name, value in message.get("headers") or ()
@@ -302,7 +311,34 @@ class _AsgiSocket:
         else:
             await on_loop(self.writer.send_message(bytes(message["bytes"]), True), self.loop)
 
+    async def _respond(self, message: dict) -> None:
+        """The app refuses the handshake with a response of its own (instead of accepting)."""
+        kind = message["type"]
+        if self.accepted:
+            raise RuntimeError(f"{kind} after websocket.accept")
+        if kind == "websocket.http.response.start":
+            if self.responding:
+                raise RuntimeError("the denial response has already started")
+            status = int(message["status"])
+            if status < 200:
+                raise ValueError(f"invalid status for a denial response: {status}")
+            self.writer.start(status, message.get("headers") or ())
+            self.responding = True
+        elif kind == "websocket.http.response.body":
+            if not self.responding:
+                raise RuntimeError("websocket.http.response.body before its start")
+            data = bytes(message.get("body", b""))
+            if message.get("more_body", False):
+                await on_loop(self.writer.write(data), self.loop)
+            else:
+                self.closed = True
+                await on_loop(self.writer.end(data), self.loop)
+        else:
+            raise ValueError(f"unsupported ASGI message type {kind!r}")
+
     async def _close(self, message: dict) -> None:
+        if self.responding:
+            raise RuntimeError("websocket.close during a denial response")
         self.closed = True
         if self.accepted:
             code = int(message.get("code") or 1000)

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from buntime.http import Headers, Request
 from buntime.pool.commands import CHUNK_SIZE
 from buntime.pool.websocket import WorkerSocket
-from buntime.web.appsocket import RELAY_HIGH_WATER, AppSocket
+from buntime.web.appsocket import MAX_MESSAGE, RELAY_HIGH_WATER, AppSocket
 from buntime.web.websocket import WebSockets
 
 ACCEPTED = [("sec-websocket-protocol", "chat"), ("x-app", "1")]
@@ -276,6 +276,39 @@ def test_app_messages_wait_while_the_client_s_buffer_is_full() -> None:
     assert waiting is not None and not waiting.called
     transport.producer.resumeProducing()
     assert waiting.called
+
+
+def test_an_app_message_over_the_client_s_limit_goes_out() -> None:
+    """
+    The 16 MiB limit is on what a client sends: a bigger message from the
+    app reaches the client whole (as under uvicorn), and the app's send
+    does not fail (that failure took the whole worker down).
+    """
+    protocol, _socket, transport = relay()
+    transport.clear()
+    big = b"b" * (MAX_MESSAGE + 1)
+    assert protocol.send_message(big, True) is None
+    assert protocol.send_message(b"after", False) is None
+    frames = parse_frames(transport.value())
+    assert frames[-1] == (True, 0x1, b"after")
+    assert frames[0][1] == 0x2
+    assert b"".join(payload for _, _, payload in frames[:-1]) == big
+    assert [fin for fin, _, _ in frames[:-1]] == [False] * (len(frames) - 2) + [True]
+
+
+def parse_frames(data: bytes) -> list[tuple[bool, int, bytes]]:
+    """The unmasked frames a server sent: C{(fin, opcode, payload)}."""
+    frames = []
+    while data:
+        fin, opcode, length = bool(data[0] & 0x80), data[0] & 0x0F, data[1] & 0x7F
+        start = 2
+        if length == 126:
+            (length,), start = struct.unpack("!H", data[2:4]), 4
+        elif length == 127:
+            (length,), start = struct.unpack("!Q", data[2:10]), 10
+        frames.append((fin, opcode, data[start : start + length]))
+        data = data[start + length :]
+    return frames
 
 
 def test_the_client_closing_reaches_the_app_with_its_code() -> None:

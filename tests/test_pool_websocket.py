@@ -252,6 +252,15 @@ def test_the_handshake_answers_as_the_app_accepted() -> None:
     assert socket.peer is protocol  # open: the app's messages now go to this client
 
 
+def test_a_subprotocol_the_client_did_not_offer_is_answered_as_the_app_chose() -> None:
+    """As uvicorn answers it (the client then judges), not left without an answer."""
+    protocol, socket, transport = relay([("sec-websocket-protocol", "other")])
+    head = transport.value().decode("latin-1")
+    assert head.startswith("HTTP/1.1 101 Switching Protocols\r\n")
+    assert "Sec-WebSocket-Protocol: other\r\n" in head
+    assert socket.peer is protocol
+
+
 def test_client_messages_reach_the_app_and_reading_pauses_while_it_is_behind() -> None:
     protocol, socket, transport = relay()
     protocol.dataReceived(client_frame("héllo".encode(), opcode=0x1))

@@ -86,6 +86,11 @@ class AppSocket(WebSocketServerProtocol):
                 subprotocol = value.strip() or None
             elif lowered not in _NOT_FORWARDED:
                 headers.setdefault(name, []).append(value)
+        if subprotocol is not None and subprotocol not in request.protocols:
+            # autobahn fails on a subprotocol the client did not offer, and the
+            # client never gets an answer; uvicorn sends it, and the client judges.
+            headers["Sec-WebSocket-Protocol"] = [subprotocol]
+            subprotocol = None
         return subprotocol, headers
 
     def onOpen(self) -> None:

@@ -330,6 +330,31 @@ def test_the_client_closing_reaches_the_app_with_its_code() -> None:
     protocol.connectionLost(Failure(ConnectionDone()))
 
 
+def test_a_message_over_the_limit_gets_a_1009_close_frame() -> None:
+    """
+    As from uvicorn: the client gets a close frame with 1009 (not a
+    connection dropped unanswered), then the closing handshake.
+    """
+    protocol, socket, transport = relay()
+    transport.clear()
+    mask = b"\x01\x02\x03\x04"
+    protocol.dataReceived(bytes([0x82, 0x80 | 127]) + struct.pack("!Q", MAX_MESSAGE + 1) + mask)
+    frame = transport.value()
+    assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4]) == (1009,)
+    assert not transport.disconnecting  # waiting for the client's answer
+    protocol.dataReceived(b"z" * 1000)  # the rest of the message is not kept
+    assert socket.messages == []
+
+
+def test_text_that_is_not_utf8_gets_a_1007_close_frame() -> None:
+    protocol, socket, transport = relay()
+    transport.clear()
+    protocol.dataReceived(client_frame(b"\xff\xfe", opcode=0x1))
+    frame = transport.value()
+    assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4]) == (1007,)
+    assert socket.messages == []
+
+
 def test_an_app_close_code_a_frame_cannot_carry_becomes_1011() -> None:
     protocol, _socket, transport = relay()
     transport.clear()

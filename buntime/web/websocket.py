@@ -91,6 +91,10 @@ class WebSockets(Service):
             maxMessagePayloadSize=MAX_MESSAGE,
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_INTERVAL,
+            # a client that breaks the rules (a message too big, text not UTF-8)
+            # gets a close frame with the reason's code (1009, 1007), as from
+            # uvicorn, and the closing handshake; autobahn's default drops it unanswered
+            failByDrop=False,
         )
 
     @property

@@ -11,6 +11,8 @@ import base64
 import os
 import struct
 
+import pytest
+import txaio
 from attrs import define, field
 from fakes import ChildRequest, FakeLauncher, result_of
 from test_worker import started
@@ -23,7 +25,7 @@ from buntime.http import Headers, Request
 from buntime.pool.commands import CHUNK_SIZE
 from buntime.pool.websocket import WorkerSocket
 from buntime.web.appsocket import MAX_MESSAGE, RELAY_HIGH_WATER, AppSocket
-from buntime.web.websocket import WebSockets
+from buntime.web.websocket import CLOSE_GRACE, WebSockets
 
 ACCEPTED = [("sec-websocket-protocol", "chat"), ("x-app", "1")]
 
@@ -229,11 +231,11 @@ class RecordingSocket:
 
 
 def relay(
-    accepted: list[tuple[str, str]] = ACCEPTED,
+    accepted: list[tuple[str, str]] = ACCEPTED, clock: MemoryReactorClock | None = None
 ) -> tuple[AppSocket, RecordingSocket, StringTransport]:
     socket = RecordingSocket()
     protocol = AppSocket(socket, Headers(accepted))  # type: ignore[arg-type]
-    protocol.factory = WebSockets(clock=MemoryReactorClock())._relays
+    protocol.factory = WebSockets(clock=clock or MemoryReactorClock())._relays
     transport = StringTransport()
     protocol.makeConnection(transport)
     protocol.dataReceived(handshake())
@@ -353,6 +355,19 @@ def test_text_that_is_not_utf8_gets_a_1007_close_frame() -> None:
     frame = transport.value()
     assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4]) == (1007,)
     assert socket.messages == []
+
+
+def test_a_client_has_seconds_to_answer_an_app_s_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """autobahn rounds its timers down to the second: a client is not cut off within one."""
+    clock = MemoryReactorClock()
+    monkeypatch.setattr(txaio.config, "loop", clock)  # autobahn's timers run on txaio's loop
+    clock.advance(0.9)
+    protocol, _socket, transport = relay(clock=clock)
+    protocol.close(1000, "bye")
+    clock.advance(1.0)
+    assert not transport.disconnecting
+    clock.advance(CLOSE_GRACE)
+    assert transport.disconnecting  # one that never answers is dropped
 
 
 def test_an_app_close_code_a_frame_cannot_carry_becomes_1011() -> None:

@@ -95,6 +95,9 @@ class WebSockets(Service):
             # gets a close frame with the reason's code (1009, 1007), as from
             # uvicorn, and the closing handshake; autobahn's default drops it unanswered
             failByDrop=False,
+            # autobahn rounds its timers down to the second: 1 s would give a
+            # client 0 to 1 s to answer a close before it is cut off
+            closeHandshakeTimeout=CLOSE_GRACE,
         )
 
     @property

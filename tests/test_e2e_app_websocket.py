@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e_apps import within, write_app
+from e2e_apps import parse_reply, raw_request, within, write_app
 from runtime import Runtimes
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
@@ -185,6 +185,21 @@ async def test_a_fastapi_websocket_end_to_end(apps: Path, runtimes: Runtimes) ->
     # a client that closes: the app hears its code and its call ends
     assert await in_thread(leave, proc.port, 1000) == "left"
     await proc.wait_for_log(client_left(1000))
+
+    # a handshake no WebSocket can follow is refused before the app runs, as uvicorn does
+    # (it was accepted by the app, then refused, or with version 8 answered 101)
+    from twisted.internet import reactor
+
+    for key, version in [(None, "13"), ("short", "13"), ("dGhlIHNhbXBsZSBub25jZQ==", "8")]:
+        head = "GET /chat/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        head += "Connection: Upgrade, close\r\n" + f"Sec-WebSocket-Version: {version}\r\n"
+        head += f"Sec-WebSocket-Key: {key}\r\n" if key else ""
+        status, headers, body = parse_reply(
+            await raw_request(reactor, proc.port, head.encode() + b"\r\n")
+        )
+        assert (status, headers["sec-websocket-version"]) == (400, "13"), (key, version)
+        assert json.loads(body)["error"]["code"] == "BAD_REQUEST"
+    assert not any(client_left(1006)(line) for line in proc.lines)
 
 
 @pytest_twisted.ensureDeferred

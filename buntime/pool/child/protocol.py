@@ -27,6 +27,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
+from buntime._json import dumps
 from buntime.once import Once
 from buntime.pool import commands, events
 from buntime.pool.child.adapter import call
@@ -36,7 +37,7 @@ from buntime.pool.child.memory import release_memory
 from buntime.pool.child.output import in_request
 from buntime.pool.child.output import request_id as output_request_id
 from buntime.pool.child.request import IncomingRequest
-from buntime.pool.child.websocket import GONE, SocketInbox, wants_websocket
+from buntime.pool.child.websocket import GONE, SocketInbox, handshake_error, wants_websocket
 from buntime.pool.child.writer import RequestCancelled, ResponseWriter
 from buntime.pool.stream import fit_text
 from buntime.pool.wire import FastAMP, responder
@@ -147,6 +148,12 @@ class ChildProtocol(FastAMP):
             if self.app.kind != "asgi":
                 body = (WEBSOCKET_UNSUPPORTED % self.app.kind).encode()
                 writer.respond(501, [("content-type", "application/json")], body)
+                return {}
+            refused = handshake_error(pairs)
+            if refused is not None:  # answered here, as uvicorn does: the app never sees it
+                body = dumps({"error": {"code": "BAD_REQUEST", "message": refused}}).encode()
+                headers = [("content-type", "application/json"), ("sec-websocket-version", "13")]
+                writer.respond(400, headers, body)
                 return {}
             socket = SocketInbox()
         inflight = _InFlight(reader, writer, request_id, socket=socket)

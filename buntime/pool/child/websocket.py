@@ -12,6 +12,7 @@ bytes wait for the app: the runtime then stops reading from the client.
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 
 from attrs import define, field
@@ -44,6 +45,27 @@ def wants_websocket(method: str, pairs: list[list[str]]) -> bool:
         and "websocket" in _tokens(pairs, "upgrade")
         and "upgrade" in _tokens(pairs, "connection")
     )
+
+
+def handshake_error(pairs: list[list[str]]) -> str | None:
+    """
+    Why a WebSocket handshake (its C{[name, value]} header pairs) cannot be
+    answered (RFC 6455 §4.2.1: a key of 16 bytes in base64, version 13), or
+    C{None}.  uvicorn refuses these with 400 before the app is called.
+    """
+    keys = [value.strip() for name, value in pairs if name.lower() == "sec-websocket-key"]
+    versions = [value.strip() for name, value in pairs if name.lower() == "sec-websocket-version"]
+    if len(keys) != 1:
+        return "Missing or repeated Sec-WebSocket-Key header"
+    try:
+        key = base64.b64decode(keys[0], validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 16:
+        return f"Invalid Sec-WebSocket-Key header: {keys[0][:64]!r}"
+    if versions != ["13"]:
+        return "Unsupported or missing Sec-WebSocket-Version header (13 is supported)"
+    return None
 
 
 Message = tuple[bool, bytes]

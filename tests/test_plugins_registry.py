@@ -374,6 +374,25 @@ async def test_server_fetch_failure_is_500(eliot_logger):
     assert (await registry.server_fetch(Request("GET", "/"))).status == 500
 
 
+@pytest_twisted.ensureDeferred
+async def test_server_fetch_wrong_answer_is_500(eliot_logger):
+    """
+    A hook answering neither a Response nor None is broken, as an
+    on_request hook answering so is: 500, logged, never "not mine".
+    """
+
+    @implementer(IBuntimePlugin)
+    class Wrong:
+        async def server_fetch(self, request):
+            return "not a response"
+
+    registry = await registry_of(({"name": "wrong"}, Wrong()), ({"name": "a"}, Fetcher("/")))
+    response = await registry.server_fetch(Request("GET", "/"))
+    assert (response.status, json.loads(response.body)["error"]["code"]) == (500, "PLUGIN_ERROR")
+    [failed] = [m for m in eliot_logger.messages if m.get("hook") == "server_fetch"]
+    assert failed["message"] == 'Plugin "wrong" server_fetch failed: TypeError: returned str'
+
+
 # -- Klein routes ------------------------------------------------------------------------------
 
 

@@ -292,16 +292,22 @@ class PluginRegistry:
         return response_chain(self._response_hooks, 0, response, app, request, self._given_request)
 
     async def server_fetch(self, request: Request) -> Response | None:
-        """The first C{server_fetch} answer that is not a 404 (or C{None}: nobody's)."""
+        """
+        The first C{server_fetch} answer that is not a 404 (or C{None}:
+        nobody's).  A hook that fails, or answers neither a C{Response} nor
+        C{None}, answers 500 (as a broken C{on_request} guard does).
+        """
         for plugin, hook in self.hooks("server_fetch"):
             try:
                 result = await call(hook, request)
+                if result is not None and not isinstance(result, Response):
+                    raise TypeError(f"returned {type(result).__name__}")
             except Exception as error:
                 plugin_error(plugin, "server_fetch", error)
                 return Response.error(
                     500, "PLUGIN_ERROR", f'Plugin "{plugin.name}" failed to handle the request'
                 )
-            if not isinstance(result, Response):
+            if result is None:
                 continue
             if result.status == 404:
                 await _discard(result)

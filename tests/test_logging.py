@@ -212,6 +212,30 @@ def test_header_pairs_and_headers_values_are_redacted():
     assert "*/*" in line
 
 
+def test_fields_named_as_credentials_are_redacted():
+    """
+    A message's own field named as a credential (as a plugin's
+    C{ctx.logger.info("login", authorization=...)} makes) is no more
+    written than the same header in a dict.
+    """
+    message = {
+        "message_type": "t",
+        "level": "info",
+        "message": "m",
+        "authorization": "Bearer s3cr3t",
+        "Cookie": "id=c00kie",
+        "x_api_key": "k3y",
+        "nested": {"proxy_authorization": "Basic s3cr3t"},
+        "method": "GET",
+    }
+    for line in (format_json(message), format_pretty(message)):
+        assert_no_secret(line)
+    record = to_record(message)
+    assert (record["authorization"], record["Cookie"], record["x_api_key"]) == (REDACTED,) * 3
+    assert record["method"] == "GET"
+    assert list(record)[5:] == ["authorization", "Cookie", "x_api_key", "nested", "method"]
+
+
 def test_redact_headers():
     assert redact_headers([("Cookie", "a=b"), ("accept", "x")]) == [
         ("Cookie", REDACTED),

@@ -45,6 +45,18 @@ def _is_pair(item: Any) -> bool:
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
+_CREDENTIALS = SENSITIVE_HEADERS | {name.replace("-", "_") for name in SENSITIVE_HEADERS}
+"""Names whose values are never written, as headers or keys: C{x-api-key}, C{x_api_key} ..."""
+
+_CREDENTIAL_FIELDS = frozenset(
+    spelling for name in _CREDENTIALS for spelling in (name, name.upper(), name.title())
+)
+"""
+A message's own fields never written (C{authorization=...}, C{Cookie=...}):
+looked up as the message's keys are, without lowering each one (a line's
+cost).
+"""
+
 
 def _scrub(value: Any) -> Any:
     """C{value} with credentials replaced, in dicts, header pairs and L{Headers}."""
@@ -52,8 +64,7 @@ def _scrub(value: Any) -> Any:
         return value
     if isinstance(value, dict):
         return {
-            k: (REDACTED if str(k).lower() in SENSITIVE_HEADERS else _scrub(v))
-            for k, v in value.items()
+            k: (REDACTED if str(k).lower() in _CREDENTIALS else _scrub(v)) for k, v in value.items()
         }
     if isinstance(value, Headers):
         return [list(pair) for pair in redact_headers(value.items())]
@@ -87,8 +98,10 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     """
     The JSON object for one eliot message: C{level}, C{message},
     C{timestamp} (epoch seconds), C{context}, the message's own fields, and
-    eliot's task fields.  Credentials in dicts, header pairs and L{Headers}
-    are replaced.  A L{Record} is its own record.
+    eliot's task fields.  Credentials are replaced: the message's own
+    fields of a credential's name (C{authorization}, C{cookie}, C{x_api_key}
+    ...), and those in dicts, header pairs and L{Headers}.  A L{Record} is
+    its own record.
     """
     if type(message) is Record:
         return message
@@ -101,6 +114,9 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     for key, value in message.items():
         if type(value) not in _PLAIN and key != "task_level" and key not in _OWN_KEYS:
             record[key] = _scrub(value)  # (eliot's task_level: a list of ints)
+    if not _CREDENTIAL_FIELDS.isdisjoint(message):
+        for key in _CREDENTIAL_FIELDS.intersection(message):
+            record[key] = REDACTED
     return record
 
 

@@ -543,10 +543,22 @@ async def test_routed_keeps_the_404_a_route_declined_with():
 
 @pytest_twisted.ensureDeferred
 async def test_routes_handler_errors_are_500_without_traceback(eliot_logger):
+    """
+    A route that raises is answered with buntime's JSON error (not
+    twisted.web's HTML page), and logged with a message saying what failed.
+    """
     registry = await registry_of(({"name": "web", "base": "/web"}, Web()))
     response = await registry.route(Request("GET", "/web/api/fail"))
     assert response.status == 500
-    assert b"handler bug" not in await read_body(response.body)
+    assert response.headers.get("content-type") == "application/json"
+    body = await read_body(response.body)
+    assert b"handler bug" not in body
+    assert json.loads(body)["error"]["code"] == "PLUGIN_ERROR"
+    [failed] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:plugins:route-failed"
+    ]
+    assert failed["message"] == "Plugin route GET /web/api/fail failed: RuntimeError: handler bug"
+    assert "handler bug" in failed["traceback"]
 
 
 @pytest_twisted.ensureDeferred

@@ -30,6 +30,7 @@ from twisted.web.server import Site
 
 from buntime.forms import FormRequest
 from buntime.http import Headers, Request, Response, read_body
+from buntime.logs import log
 from buntime.memchannel import MemoryChannel
 from buntime.stream import PushedStream
 
@@ -43,13 +44,46 @@ def _error_bytes(status: int, code: str, message: str) -> bytes:
     return body
 
 
+_ROUTE_FAILED = _error_bytes(500, "PLUGIN_ERROR", "A plugin route failed to handle the request")
+
+
 class _RouteRequest(FormRequest):
-    """A request to a plugin's route: a malformed form gets buntime's JSON error."""
+    """
+    A request to a plugin's route: a malformed form gets buntime's JSON
+    error, and so does a route that raises.
+    """
 
     bad_form = (
         b"application/json",
         _error_bytes(400, "BAD_REQUEST", "The multipart body is malformed"),
     )
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        """
+        A route that raised (Klein hands its failure here): logged with its
+        traceback, in the request's task, and answered 500 C{PLUGIN_ERROR}
+        as JSON (twisted.web's would be an HTML page, logged without a
+        message); an answer already begun just ends.
+        """
+        method = (self.method or b"").decode("latin-1")
+        path = (self.path or b"").decode("latin-1")
+        error = f"{reason.type.__name__}: {reason.getErrorMessage()}"
+        log(
+            "error",
+            "buntime:plugins:route-failed",
+            f"Plugin route {method} {path} failed: {error}",
+            method=method,
+            path=path,
+            traceback=reason.getTraceback(),
+        )
+        if not self.startedWriting:
+            self.setResponseCode(500)
+            self.setHeader(b"content-type", b"application/json")
+            self.setHeader(b"content-length", b"%d" % len(_ROUTE_FAILED))
+            self.write(_ROUTE_FAILED)
+        if not self.finished:
+            self.finish()
+        return reason
 
 
 def mount(base: str, resource: IResource) -> Site:

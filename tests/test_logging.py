@@ -357,6 +357,18 @@ def test_twisted_events_become_eliot_messages(eliot_logger):
     assert "ZeroDivisionError" in messages[-1]["traceback"]
 
 
+def test_a_twisted_failure_without_a_message_says_its_error(eliot_logger):
+    """twisted.web logs a failed request as C{log.failure("", ...)}: the line names the error."""
+    logger = Logger(namespace="twisted.web.server.Request", observer=TwistedToEliot())
+    try:
+        raise KeyError("gone")
+    except KeyError:
+        logger.failure("")
+    [message] = eliot_logger.messages
+    assert (message["level"], message["message"]) == ("error", "KeyError: 'gone'")
+    assert "KeyError" in message["traceback"]
+
+
 def test_legacy_twisted_errors_are_errors(eliot_logger):
     observer = TwistedToEliot()
     observer({"log_format": "old style", "isError": 1, "log_namespace": "legacy"})

@@ -64,6 +64,8 @@ class TwistedToEliot:
         if failure is not None:
             fields["traceback"] = failure.getTraceback()
             level = "error"
+            if not text:  # twisted.web's processingFailed says nothing but its failure
+                text = f"{failure.type.__name__}: {failure.getErrorMessage()}"
         log_message(
             message_type="twisted:log",
             level=level,

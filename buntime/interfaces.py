@@ -31,19 +31,21 @@ class IPluginLogger(Interface):
     """
     A logger scoped to one plugin: its lines carry C{context="plugin:<short
     name>"} (C{@buntime/plugin-keyval} logs as C{plugin:keyval}).  Fields are
-    structured data; never pass secrets.
+    structured data; never pass secrets.  A field named as one of the
+    line's own keys (C{level}, C{message}, C{context}, C{timestamp},
+    C{task_uuid} ...) is kept as C{<name>_}.
     """
 
-    def debug(message: str, **fields: object) -> None:
+    def debug(message: str, /, **fields: object) -> None:
         """Log C{message} at debug level."""
 
-    def info(message: str, **fields: object) -> None:
+    def info(message: str, /, **fields: object) -> None:
         """Log C{message} at info level."""
 
-    def warn(message: str, **fields: object) -> None:
+    def warn(message: str, /, **fields: object) -> None:
         """Log C{message} at warn level."""
 
-    def error(message: str, **fields: object) -> None:
+    def error(message: str, /, **fields: object) -> None:
         """Log C{message} at error level."""
 
 

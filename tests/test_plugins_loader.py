@@ -21,7 +21,7 @@ from test_plugins_support import (
 )
 from twisted.internet.defer import ensureDeferred
 
-from buntime.plugins.context import PLUGIN_LOG
+from buntime.plugins.context import PLUGIN_LOG, PluginLogger
 from buntime.plugins.discovery import PluginSource
 from buntime.plugins.loader import order, plan
 from buntime.plugins.manifest import PluginError, parse_plugin_manifest
@@ -518,6 +518,21 @@ async def test_on_init_error(tmp_path, eliot_logger):
         await load_dirs([tmp_path])
     assert str(caught.value) == 'Plugin "a" on_init failed: ValueError: no database'
     assert EVENTS == []
+
+
+def test_plugin_log_fields_named_as_the_line_s_own_keys_are_kept_aside(eliot_logger):
+    """
+    ctx.logger takes any field: one named as a key of the line itself
+    (level, message, context, timestamp, task_uuid ...) neither raises in
+    the plugin's code nor replaces the line's own; it is kept as <name>_.
+    """
+    logger = PluginLogger("@acme/plugin-zip", "zip")
+    logger.info("compressed", level=9, message="m", context="c", timestamp=1, task_uuid="t")
+    [line] = [m for m in eliot_logger.messages if m.get("message_type") == PLUGIN_LOG]
+    assert (line["level"], line["message"], line["context"]) == ("info", "compressed", "plugin:zip")
+    assert line["timestamp"] != 1 and line["task_uuid"] != "t"
+    assert (line["level_"], line["message_"], line["context_"]) == (9, "m", "c")
+    assert (line["timestamp_"], line["task_uuid_"]) == (1, "t")
 
 
 @pytest_twisted.ensureDeferred

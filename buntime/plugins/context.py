@@ -20,6 +20,21 @@ from buntime.trust import ChangeRule
 
 PLUGIN_LOG = "buntime:plugin:log"
 
+_LINE_KEYS = frozenset(
+    {
+        "level",
+        "message",
+        "context",
+        "timestamp",
+        "message_type",
+        "task_uuid",
+        "task_level",
+        "action_type",
+        "action_status",
+    }
+)
+"""A log line's own keys: a plugin's field of one of these names is kept as C{<name>_}."""
+
 
 @implementer(IPluginLogger)
 @frozen
@@ -34,21 +49,24 @@ class PluginLogger:
         return f"plugin:{self.short}"
 
     def _log(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        if not _LINE_KEYS.isdisjoint(fields):
+            # ctx.logger.info("saved", level=9) is a field, not the line's level
+            fields = {(f"{k}_" if k in _LINE_KEYS else k): v for k, v in fields.items()}
         fields.setdefault("plugin", self.plugin)
         log(level, PLUGIN_LOG, str(message), context=self.context, **fields)
 
-    def debug(self, message: str, **fields: Any) -> None:
+    def debug(self, message: str, /, **fields: Any) -> None:
         self._log("debug", message, fields)
 
-    def info(self, message: str, **fields: Any) -> None:
+    def info(self, message: str, /, **fields: Any) -> None:
         self._log("info", message, fields)
 
-    def warn(self, message: str, **fields: Any) -> None:
+    def warn(self, message: str, /, **fields: Any) -> None:
         self._log("warn", message, fields)
 
     warning = warn
 
-    def error(self, message: str, **fields: Any) -> None:
+    def error(self, message: str, /, **fields: Any) -> None:
         self._log("error", message, fields)
 
 

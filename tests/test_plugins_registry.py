@@ -557,7 +557,10 @@ async def test_routes_handler_errors_are_500_without_traceback(eliot_logger):
     [failed] = [
         m for m in eliot_logger.messages if m.get("message_type") == "buntime:plugins:route-failed"
     ]
-    assert failed["message"] == "Plugin route GET /web/api/fail failed: RuntimeError: handler bug"
+    assert failed["message"] == (
+        'Plugin "web" route GET /web/api/fail failed: RuntimeError: handler bug'
+    )
+    assert json.loads(body)["error"]["message"] == 'Plugin "web" failed to handle the request'
     assert "handler bug" in failed["traceback"]
 
 

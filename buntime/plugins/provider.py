@@ -156,10 +156,10 @@ def routes_site(provider: object, manifest: PluginManifest) -> Any:
     if manifest.base is None:
         raise PluginError(f'Plugin "{manifest.name}" has routes but no base to mount them at')
     if IResource.providedBy(routes):
-        return mount(manifest.base, routes)
+        return mount(manifest.base, routes, manifest.name)
     make_resource = getattr(routes, "resource", None)
     if not callable(make_resource):
         raise PluginError(
             f'Plugin "{manifest.name}": routes must be a klein.Klein app or a twisted.web resource'
         )
-    return mount(manifest.base, make_resource())
+    return mount(manifest.base, make_resource(), manifest.name)

@@ -44,7 +44,13 @@ def _error_bytes(status: int, code: str, message: str) -> bytes:
     return body
 
 
-_ROUTE_FAILED = _error_bytes(500, "PLUGIN_ERROR", "A plugin route failed to handle the request")
+class PluginSite(Site):
+    """The site of one plugin's routes: it knows whose they are, for its errors."""
+
+    def __init__(self, resource: IResource, plugin: str) -> None:
+        super().__init__(resource)
+        self.plugin = plugin
+        self.displayTracebacks = False
 
 
 class _RouteRequest(FormRequest):
@@ -65,34 +71,37 @@ class _RouteRequest(FormRequest):
         as JSON (twisted.web's would be an HTML page, logged without a
         message); an answer already begun just ends.
         """
+        plugin = getattr(getattr(self, "site", None), "plugin", "?")
         method = (self.method or b"").decode("latin-1")
         path = (self.path or b"").decode("latin-1")
         error = f"{reason.type.__name__}: {reason.getErrorMessage()}"
         log(
             "error",
             "buntime:plugins:route-failed",
-            f"Plugin route {method} {path} failed: {error}",
+            f'Plugin "{plugin}" route {method} {path} failed: {error}',
+            plugin=plugin,
             method=method,
             path=path,
             traceback=reason.getTraceback(),
         )
         if not self.startedWriting:
+            body = _error_bytes(
+                500, "PLUGIN_ERROR", f'Plugin "{plugin}" failed to handle the request'
+            )
             self.setResponseCode(500)
             self.setHeader(b"content-type", b"application/json")
-            self.setHeader(b"content-length", b"%d" % len(_ROUTE_FAILED))
-            self.write(_ROUTE_FAILED)
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
         if not self.finished:
             self.finish()
         return reason
 
 
-def mount(base: str, resource: IResource) -> Site:
-    """A site serving C{resource} at C{base} (one segment, e.g. C{/metrics})."""
+def mount(base: str, resource: IResource, plugin: str = "?") -> PluginSite:
+    """A site serving C{resource} at C{base} (one segment, e.g. C{/metrics}) for C{plugin}."""
     root = Resource()
     root.putChild(base.strip("/").encode("utf-8"), resource)
-    site = Site(root)
-    site.displayTracebacks = False
-    return site
+    return PluginSite(root, plugin)
 
 
 UNKNOWN_PEER = "0.0.0.0"

@@ -260,15 +260,9 @@ UPLOADED_APP = """
 """
 
 
-async def upload(proc: Any, build: str) -> dict[str, Any]:
-    """Upload C{uploaded@1.2.3}; its app answers C{build}."""
-    archive = zip_archive(
-        {
-            "manifest.yaml": "name: uploaded\nversion: 1.2.3\nttl: 5m\n",
-            "app.py": f"BUILD = {build!r}\n" + textwrap.dedent(UPLOADED_APP),
-        }
-    )
-    body, content_type = multipart("file", "uploaded.zip", archive)
+async def upload_files(proc: Any, files: dict[str, str]) -> dict[str, Any]:
+    """Upload an app of C{files} as a zip archive; its answer (200 expected)."""
+    body, content_type = multipart("file", "app.zip", zip_archive(files))
     response = await proc.request(
         "POST",
         "/api/apps/upload",
@@ -278,6 +272,17 @@ async def upload(proc: Any, build: str) -> dict[str, Any]:
     answer = await proc.json(response)
     assert response.code == 200, answer
     return answer
+
+
+async def upload(proc: Any, build: str) -> dict[str, Any]:
+    """Upload C{uploaded@1.2.3}; its app answers C{build}."""
+    return await upload_files(
+        proc,
+        {
+            "manifest.yaml": "name: uploaded\nversion: 1.2.3\nttl: 5m\n",
+            "app.py": f"BUILD = {build!r}\n" + textwrap.dedent(UPLOADED_APP),
+        },
+    )
 
 
 async def served_within_a_second(proc: Any, path: str, build: str) -> dict[str, Any]:
@@ -348,23 +353,15 @@ QUEUED_APP = """
 
 async def upload_queued(proc: Any, build: str, signals: Path) -> None:
     """Upload C{queued@1.0.0}: one request at a time; C{/hold} waits for C{signals}/release."""
-    archive = zip_archive(
+    await upload_files(
+        proc,
         {
             "manifest.yaml": "name: queued\nversion: 1.0.0\nttl: 5m\n"
             "maxConcurrency: 1\nmaxInstances: 1\n",
             "app.py": f"BUILD = {build!r}\nSIGNALS = {str(signals)!r}\n"
             + textwrap.dedent(QUEUED_APP),
-        }
+        },
     )
-    body, content_type = multipart("file", "queued.zip", archive)
-    response = await proc.request(
-        "POST",
-        "/api/apps/upload",
-        data=body,
-        headers={"Content-Type": content_type, **origin(proc)},
-    )
-    answer = await proc.json(response)
-    assert response.code == 200, answer
 
 
 @pytest_twisted.ensureDeferred

@@ -735,6 +735,56 @@ def test_auto_install_failure_is_500_and_retried():
     assert calls == [app.dir, app.dir]
 
 
+class HeldInstaller:
+    """An installer whose installs finish when the test says (C{done.callback(None)})."""
+
+    def __init__(self) -> None:
+        self.done: Deferred = Deferred()
+
+    def ensure(self, app_dir: str) -> Deferred:
+        return self.done
+
+
+def test_a_request_waiting_for_its_app_s_install_when_the_app_is_retired_is_routed_anew():
+    """
+    A request that waited for its app's dependencies while the app was
+    retired was never sent: C{again} answers it, as a queued one; no worker
+    of the retired copy is started (it would serve the old code, and no
+    check or stop would ever retire it).
+    """
+    h = Harness()
+    installer = h.pool._installer = HeldInstaller()
+    app = h.app(auto_install=True)
+    asked = []
+
+    def again(refusal, request, base, served):
+        asked.append((refusal.status, request.path, base))
+        return succeed(Response.text("routed anew"))
+
+    waiting = h.pool.handle(app, Request("GET", "/x"), "/hello", None, again)
+    plain = h.pool.handle(app, Request("GET", "/y"), "/hello")
+    h.pool.retire_app(app.dir)
+    installer.done.callback(None)
+    h.launcher.settle()
+    assert result_of(waiting).body == b"routed anew"
+    assert asked == [(503, "/x", "/hello")]
+    assert error_of(result_of(plain))[:2] == (503, "APP_RETIRED")
+    assert h.processes == []
+
+
+def test_a_request_waiting_for_its_app_s_install_when_the_pool_stops_starts_no_worker():
+    h = Harness()
+    installer = h.pool._installer = HeldInstaller()
+    app = h.app(auto_install=True)
+    waiting = h.pool.handle(app, Request("GET", "/x"), "/hello")
+    stopped = h.pool.stop(1.0)
+    installer.done.callback(None)
+    h.launcher.settle()
+    assert error_of(result_of(waiting))[:2] == (503, "SHUTTING_DOWN")
+    assert result_of(stopped) is None
+    assert h.processes == []
+
+
 # -- lifecycle, hooks, numbers ---------------------------------------------------------
 
 

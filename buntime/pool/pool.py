@@ -56,6 +56,10 @@ def _busy(code: str, message: str) -> Response:
     return Response.error(503, code, message, headers={"Retry-After": RETRY_AFTER})
 
 
+def _retired(state: _AppState) -> Response:
+    return _busy("APP_RETIRED", f"{state.app.label} was replaced or removed")
+
+
 class WorkerPool(WorkerLifecycle):
     """
     Runs requests on workers.  L{handle} never fails: every problem comes
@@ -124,8 +128,7 @@ class WorkerPool(WorkerLifecycle):
         self._stop_checker(state)
         for label in [k for k, v in self._names.items() if v == app_dir]:
             del self._names[label]
-        retired = _busy("APP_RETIRED", f"{state.app.label} was replaced or removed")
-        state.queue.refuse(retired, AppRetired)
+        state.queue.refuse(_retired(state), AppRetired)
         grace = state.app.manifest.timeout
         stops = [self._discard(state, w, "app retired", grace=grace) for w in list(state.workers)]
         return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
@@ -216,6 +219,12 @@ class WorkerPool(WorkerLifecycle):
         """The paths that wait first: installing dependencies, ephemeral workers."""
         if state.app.manifest.auto_install and not state.installed:
             await self._install(state)
+            # the app may have been retired (or the pool stopped) meanwhile: a
+            # worker started for it now would serve the old copy, and outlive it
+            if self._closing:
+                raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping"))
+            if self._apps.get(state.app.key) is not state:
+                return await self._anew(AppRetired(_retired(state)), request, base, served, again)
         if state.app.manifest.ttl <= 0:
             return await self._ephemeral(state, request, base, served)
         return await self._persistent(state, request, base, served, again)
@@ -315,12 +324,23 @@ class WorkerPool(WorkerLifecycle):
         try:
             worker = await self._wait(state)
         except AppRetired as retired:
-            if again is None:
-                raise
-            # never sent: the caller routes it anew (to the app's new copy)
-            answer = again(retired.response, request, base, served)
-            return await answer if isinstance(answer, Deferred) else answer
+            return await self._anew(retired, request, base, served, again)
         return await self._run(state, worker, request, base, served)
+
+    async def _anew(
+        self,
+        retired: AppRetired,
+        request: Request,
+        base: str,
+        served: Served | None,
+        again: Again | None,
+    ) -> Response:
+        """A request whose app was retired before it was sent: C{again}'s answer, else refused."""
+        if again is None:
+            raise retired
+        # never sent: the caller routes it anew (to the app's new copy)
+        answer = again(retired.response, request, base, served)
+        return await answer if isinstance(answer, Deferred) else answer
 
     async def _ephemeral(
         self, state: _AppState, request: Request, base: str, served: Served | None

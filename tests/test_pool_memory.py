@@ -91,6 +91,19 @@ def test_a_read_skipped_within_100_ms_is_made_when_they_are_up():
     assert [r.path for r in h.processes[1].child.received] == ["/next"]
 
 
+def test_a_read_put_off_is_dropped_with_its_worker():
+    """A retired worker's put-off read is cancelled: no timer holds it (and its app) on."""
+    h = Harness()
+    app = h.app(max_memory=100 * MB)
+    h.get(app, "/1")
+    h.get(app, "/2")  # within 100 ms of the first read: put off
+    [worker] = h.pool._apps[app.key].workers
+    assert worker.memory_recheck is not None and worker.memory_recheck.active()
+    h.pool.retire_app(app.key)
+    assert worker.memory_recheck is None
+    assert not [call for call in h.clock.getDelayedCalls() if call.func == h.pool._checks._recheck]
+
+
 def test_no_limit_no_reads_and_ephemeral_workers_are_not_read():
     h = Harness()
     for step in range(3):

@@ -316,6 +316,9 @@ class WorkerLifecycle:
         if worker not in state.workers:
             return succeed(None)  # already stopped
         state.workers.remove(worker)
+        if worker.memory_recheck is not None:  # a maxMemory read put off: no longer wanted
+            worker.memory_recheck.cancel()
+            worker.memory_recheck = None
         self._counts["failed" if failed else "retired"] += 1
         if not failed:  # a failure is counted as the crash or start failure it was
             self._events[state.app.label, "retired", reason] += 1

@@ -320,4 +320,22 @@ def test_a_request_routed_with_a_mount_tells_the_app_that_base(tmp_path):
     result_of(ensureDeferred(step(get("/svc/x").with_mount(""), {})))
     result_of(ensureDeferred(step(get("/svc/x"), {})))
     assert [(path, base) for path, base, _ in told] == [("/x", ""), ("/x", "/svc")]
-    assert told[0][2] is None  # routed anew by path, it would not reach the app: not routed anew
+
+
+def test_a_mounted_request_whose_app_is_replaced_while_it_waits_keeps_its_mount(tmp_path):
+    """
+    Routed anew (see above), a request a plugin mounted elsewhere is found
+    by its app's own base and told its mount again.
+    """
+    worker_app(tmp_path, "one")
+    pool = RetiringPool()
+    step = app_step(tmp_path, pool)
+    pending = step(get("/svc/x").with_mount(""), {})
+    assert pending is not None
+    (tmp_path / "svc@1.0.0" / "manifest.yaml").unlink()
+    worker_app(tmp_path, "two")
+    step.catalog.invalidate()
+    pool.retire()
+    response = result_of(ensureDeferred(pending))
+    assert json.loads(response.body) == {"build": "two", "path": "/x"}  # base "" + /x
+    assert [again for _, _, again in pool.calls] == [True, False]

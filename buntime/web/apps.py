@@ -25,7 +25,7 @@ from buntime.http import AppInfo, Headers, Request, Response
 from buntime.logs import log
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
 from buntime.pool.environment import PoolApps
-from buntime.pool.pool import Served, WorkerPool
+from buntime.pool.pool import Again, Served, WorkerPool
 from buntime.pool.state import PoolApp
 from buntime.web.static import inject_base_href, serve_static
 
@@ -234,21 +234,29 @@ class AppStep:
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def _again(
-        self, refusal: Response, request: Request, base: str, served: Served | None
+        self,
+        refusal: Response,
+        request: Request,
+        base: str,
+        served: Served | None,
+        own: str | None = None,
     ) -> Response | Deferred[Response]:
         """
         A request whose app was retired (replaced or removed) while it
         waited for a worker (C{request} as the pool has it: the path inside
-        the app mounted at C{base}), routed anew, once: the app's copy there
-        now answers it, as it would a request that came now (its base
+        the app mounted at C{base}; C{own}: the app's own base, when a
+        plugin mounted it elsewhere), routed anew, once: the app's copy
+        there now answers it, as it would a request that came now (its base
         injected, or not, as the first copy's manifest said).  When there
         is none, or it is no longer an app with workers: C{refusal}, the
         503 C{APP_RETIRED}.
         """
-        found = self._find(base + request.path)
+        found = self._find((base if own is None else own) + request.path)
         if found is None or isinstance(found, Response):
             return refusal
         version, base, rest = found
+        if request.mount is not None:
+            base = request.mount
         if not os.path.isdir(version.dir):  # removed by hand: the catalog has not looked yet
             return refusal
         try:
@@ -355,9 +363,9 @@ class AppStep:
         C{mount} when a plugin gave one (a virtual host's app is at its
         host's root), else C{base}.
         """
-        mount = request.mount
+        own, mount = base, request.mount
         if mount is not None:
-            base, again = mount, False  # (routed anew, its path would not name the app)
+            base = mount  # what the app is told (its own still finds it: L{_again})
         try:
             if loaded is None:
                 loaded = self.load(version)
@@ -379,9 +387,10 @@ class AppStep:
         # the worker gives the app its x-base (see buntime.pool.child.protocol)
         inner = request.with_path(rest)
         served = None if fields is None else partial(fields.__setitem__, "worker_id")
-        response = self.pool.handle(
-            self._cached_pool_app(loaded), inner, base, served, self._again if again else None
-        )
+        anew: Again | None = None
+        if again:
+            anew = self._again if mount is None else partial(self._again, own=own)
+        response = self.pool.handle(self._cached_pool_app(loaded), inner, base, served, anew)
         if loaded.manifest.inject_base:  # apps with code: only when the manifest asks
             response.addCallback(_with_base, base)
         return response

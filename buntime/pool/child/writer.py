@@ -46,6 +46,9 @@ def _text(value: bytes | str) -> str:
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """A header name (RFC 9110 C{token})."""
+_NAMES: set[str] = set()
+"""Header names found to be tokens (an app sends the same few: each is checked once)."""
+_MAX_NAMES = 1024
 
 
 def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> str:
@@ -57,8 +60,11 @@ def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> str:
     """
     pairs = [[_text(name), _text(value)] for name, value in headers]
     for name, _ in pairs:
-        if _TOKEN.fullmatch(name) is None:
-            raise ValueError(f"invalid HTTP header name {name!r}")
+        if name not in _NAMES:
+            if _TOKEN.fullmatch(name) is None:
+                raise ValueError(f"invalid HTTP header name {name!r}")
+            if len(_NAMES) < _MAX_NAMES:
+                _NAMES.add(name)
     text = dumps(pairs)
     if len(text.encode("utf-8")) > MAX_VALUE_LENGTH - _HEAD_ROOM:
         raise ValueError(f"response headers too large ({len(text)} bytes; at most 64 KiB)")

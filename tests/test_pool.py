@@ -711,6 +711,34 @@ def test_a_request_waiting_for_a_retired_app_is_answered_by_again():
     assert len(asked) == 1
 
 
+def test_an_ephemeral_request_waiting_for_a_slot_when_its_app_is_retired_is_routed_anew():
+    """
+    Waiting for one of the fresh workers' slots when its app is replaced,
+    a request of an ephemeral app is routed anew once a slot frees, not
+    served by a fresh worker of the old copy.
+    """
+    h = Harness(ephemeral_concurrency=1, ephemeral_queue=1)
+    app = h.app(ttl=0)
+    asked = []
+
+    def again(refusal, request, base, served):
+        asked.append((refusal.status, request.path))
+        return succeed(Response.text("routed anew"))
+
+    busy = h.pool.handle(app, Request("GET", "/wait/a"), "/hello", None, again)
+    h.launcher.settle()
+    waiting = h.pool.handle(app, Request("GET", "/x"), "/hello", None, again)
+    h.launcher.settle()
+    h.pool.retire_app(app.dir)
+    h.gates.open("a")
+    h.advance(0.1)
+    assert result_of(busy).status == 200
+    assert result_of(waiting).body == b"routed anew"
+    assert asked == [(503, "/x")]
+    assert len(h.processes) == 1 and h.received() == ["/wait/a"]
+    assert h.get(h.app(ttl=0)).status == 200  # the slot came back
+
+
 def test_auto_install_failure_is_500_and_retried():
     h = Harness()
     calls = []

@@ -226,7 +226,7 @@ class WorkerPool(WorkerLifecycle):
             if self._apps.get(state.app.key) is not state:
                 return await self._anew(AppRetired(_retired(state)), request, base, served, again)
         if state.app.manifest.ttl <= 0:
-            return await self._ephemeral(state, request, base, served)
+            return await self._ephemeral(state, request, base, served, again)
         return await self._persistent(state, request, base, served, again)
 
     def _enter(self, app: PoolApp) -> _AppState:
@@ -343,11 +343,20 @@ class WorkerPool(WorkerLifecycle):
         return await answer if isinstance(answer, Deferred) else answer
 
     async def _ephemeral(
-        self, state: _AppState, request: Request, base: str, served: Served | None
+        self,
+        state: _AppState,
+        request: Request,
+        base: str,
+        served: Served | None,
+        again: Again | None = None,
     ) -> Response:
         self._refuse_if_failing(state)
         self._counts["misses"] += 1
         await self._ephemeral_slot(state)
+        if self._apps.get(state.app.key) is not state:
+            # retired while it waited for a slot: a fresh worker of the old copy would serve it
+            self._release_ephemeral_slot()
+            return await self._anew(AppRetired(_retired(state)), request, base, served, again)
         try:
             worker = self._spawn(state, ephemeral=True)
         except BaseException:

@@ -94,7 +94,8 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def _bool(value: object) -> bool:
+def parse_bool(value: object) -> bool:
+    """A manifest bool: C{true/false}, C{yes/no}, C{on/off}, C{1/0}, strings in any case too."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -189,9 +190,9 @@ FIELDS: dict[str, tuple[str, Callable[[object], Any]]] = {
     "maxRequests": ("max_requests", _positive_int),
     "maxBodySize": ("max_body_size", _size),
     "maxMemory": ("max_memory", _memory),
-    "lowMemory": ("low_memory", _bool),
-    "autoInstall": ("auto_install", _bool),
-    "injectBase": ("inject_base", _bool),
+    "lowMemory": ("low_memory", parse_bool),
+    "autoInstall": ("auto_install", parse_bool),
+    "injectBase": ("inject_base", parse_bool),
     "env": ("env", _env),
     "envAllow": ("env_allow", _names),
     "publicRoutes": ("public_routes", _public_routes),

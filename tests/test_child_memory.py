@@ -31,6 +31,17 @@ def test_low_memory_read_from_worker_config() -> None:
     assert not low_memory({"WORKER_CONFIG": "not json"})
 
 
+@pytest.mark.parametrize("value", ["on", "On", "YES", "True", " 1 ", 1])
+def test_low_memory_honours_every_bool_the_manifest_accepts(value: object) -> None:
+    """What validation takes as true is true in the worker too (a quoted "on" was ignored)."""
+    assert low_memory({"WORKER_CONFIG": json.dumps({"lowMemory": value})})
+
+
+@pytest.mark.parametrize("value", ["off", "No", "0", 0, None, "maybe"])
+def test_low_memory_off_for_every_other_value(value: object) -> None:
+    assert not low_memory({"WORKER_CONFIG": json.dumps({"lowMemory": value})})
+
+
 def test_arena_limit_and_release_work_on_glibc() -> None:
     assert limit_arenas() is True
     release_memory()  # must not raise

@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 
 from buntime._libc import libc
+from buntime.manifest_fields import parse_bool
 
 LOW_MEMORY_THREADS = 2
 _M_ARENA_MAX = -8
@@ -26,7 +27,12 @@ def low_memory(environ: Mapping[str, str]) -> bool:
         config = json.loads(environ.get("WORKER_CONFIG") or "{}")
     except ValueError:
         return False
-    return isinstance(config, dict) and config.get("lowMemory") in (True, "true", "yes", "1")
+    if not isinstance(config, dict):
+        return False
+    try:  # read as the manifest's validation read it: "on", "Yes" and 1 too
+        return parse_bool(config.get("lowMemory", False))
+    except ValueError:
+        return False
 
 
 def limit_arenas() -> bool:

@@ -120,7 +120,9 @@ def _env(value: object) -> dict[str, str]:
         elif isinstance(item, str | int | float):
             text = str(item)
         else:
-            raise ValueError(f'the value of "{name}" must be a string, not {_kind(item)}')
+            raise ValueError(
+                f'the value of "{name}" must be a string, a number or a boolean, not {_kind(item)}'
+            )
         if "\0" in text:
             raise ValueError(f'the value of "{name}" contains a NUL character')
         env[name] = text

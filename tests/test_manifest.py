@@ -273,6 +273,12 @@ def test_invalid_fields(tmp_path, text, field, message):
     assert str(error).startswith(f'Invalid manifest for app "hello@1.0.0": {field}: ')
 
 
+def test_env_value_error_names_every_type_env_takes(tmp_path):
+    """Numbers and booleans are taken too, so the error does not ask for a string only."""
+    error = error_for(tmp_path, "env: {L: [1, 2]}\n")
+    assert 'env: the value of "L" must be a string, a number or a boolean, not a list' in str(error)
+
+
 def test_env_value_never_in_error(tmp_path):
     error = error_for(tmp_path, "env: {SECRET_TOKEN: {v: hunter2}}\n")
     assert "hunter2" not in str(error)

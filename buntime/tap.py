@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from twisted.python import usage
 
+from buntime import __version__
 from buntime.config import ConfigError, check_directories, load_config, read_dotenv
 
 DEFAULT_PIDFILE = "twistd.pid"
@@ -54,6 +55,12 @@ class Options(usage.Options):
             " default: on in development]",
         ],
     ]
+
+    def opt_version(self) -> NoReturn:
+        """Display buntime's version and exit."""
+        # Without this, twistd's Options answers "Twisted version: ..." here.
+        sys.stdout.write(f"buntime {__version__}\n")
+        raise SystemExit(0)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint string, e.g. tcp:8000:interface=127.0.0.1."""

@@ -6,8 +6,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from buntime import __version__
 from buntime.cli import main, twistd_argv
+
+
+def test_help_describes_version_as_buntime_s(capsys, monkeypatch):
+    """C{buntime --help} lists C{--version} as what it does: buntime's version, not Twisted's."""
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() sets it for twistd
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "Display buntime's version and exit." in out
+    assert "Twisted version" not in out
+
+
+def test_twistd_buntime_version_is_buntime_s(capsys):
+    """C{twistd -n buntime --version} prints buntime's version too."""
+    from buntime.tap import Options
+
+    with pytest.raises(SystemExit) as leaving:
+        Options().parseOptions(["--version"])
+    assert leaving.value.code == 0
+    assert capsys.readouterr().out == f"buntime {__version__}\n"
 
 
 def test_version(capsys):

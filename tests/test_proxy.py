@@ -6,6 +6,8 @@ its hook and API driven as the runtime drives them.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 
@@ -15,6 +17,7 @@ from fakes import result_of
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.web.test.requesthelper import DummyRequest
 
 from buntime.builtins.proxy.forward import outgoing_headers
 from buntime.builtins.proxy.plugin import ProxyPlugin
@@ -681,11 +684,11 @@ def test_replicas_sharing_a_data_dir_see_each_others_rules(tmp_path):
     contexts = [Context(tmp_path, {}), Context(tmp_path, {})]
     first.on_init(contexts[0])
     second.on_init(contexts[1])
-    first._save([*first.rules, rule(id="shared")])
+    first._save(None, [*first.rules, rule(id="shared")])
     assert [r.id for r in second.rules] == []
     contexts[1].reactor.advance(WATCH_SECONDS)
     assert [r.id for r in second.rules] == ["shared"]
-    first._save([])
+    first._save(None, [])
     contexts[1].reactor.advance(WATCH_SECONDS)
     assert second.rules == []
     contexts[0].reactor.advance(WATCH_SECONDS)  # its own change: nothing to reload
@@ -718,3 +721,52 @@ def test_over_tls_the_upstream_is_told_the_scheme_a_trusted_forwarded_gives(forw
     headers = with_https((("host", "front"), ("forwarded", forwarded)))
     came = Request("GET", "/api/x", list(headers), remote_addr="10.0.0.9")
     assert dict(outgoing_headers(came, rule()))["x-forwarded-proto"] == proto
+
+
+def api_request(method: bytes, body: bytes = b"") -> DummyRequest:
+    request = DummyRequest([b"redirects", b"api", b"rules"])
+    request.method = method
+    request.content = io.BytesIO(body)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("errno_", "status", "says"),
+    [(errno.ENOSPC, 507, "No space left on device"), (errno.EROFS, 500, "Read-only file system")],
+)
+def test_a_rule_the_disk_refuses_is_a_json_error_and_changes_nothing(
+    tmp_path, monkeypatch, errno_, status, says
+):
+    proxy = ProxyPlugin({})
+    context = Context(tmp_path, {})
+    context.refuse_change = lambda request: None
+    context.errors = []
+    context.error = lambda message, **fields: context.errors.append(message)
+    proxy.on_init(context)
+    proxy._save(None, [rule(id="kept")])
+
+    def refused(*args, **kwargs):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(os, "replace", refused)
+    request = api_request(b"POST", b'{"id": "new", "pattern": "^/n", "target": "http://h"}')
+    answer = json.loads(proxy.add_rule(request))
+    assert request.responseCode == status
+    assert answer["error"]["code"] == "RULES_NOT_SAVED" and says in answer["error"]["message"]
+    delete = api_request(b"DELETE")
+    assert b"RULES_NOT_SAVED" in proxy.delete_rule(delete, "kept")
+    assert [r.id for r in proxy.rules] == ["kept"]  # neither change is in use
+    assert os.listdir(tmp_path / "proxy") == ["rules.json"]  # no temporary file left
+    assert len(context.errors) == 2 and says in context.errors[0]
+    proxy.on_shutdown()
+
+
+def test_a_rules_file_that_is_a_fifo_is_a_warning_not_a_hang(tmp_path):
+    (tmp_path / "proxy").mkdir()
+    os.mkfifo(tmp_path / "proxy" / "rules.json")  # no writer: open() would wait for one for good
+    proxy = ProxyPlugin({})
+    context = Context(tmp_path, {})
+    proxy.on_init(context)
+    assert proxy.rules == []
+    assert "not a regular file" in context.warned[0]
+    proxy.on_shutdown()

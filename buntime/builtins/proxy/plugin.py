@@ -11,6 +11,7 @@ WebSocket upgrades too when the rule says C{ws: true}.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Mapping
@@ -164,7 +165,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
             return json_error(request, 400, "INVALID_RULE", str(error))
         if any(existing.id == rule.id for existing in self.rules):
             return json_error(request, 409, "RULE_EXISTS", f"A rule with id {rule.id} exists")
-        self._save([*self.rules, rule])
+        unsaved = self._save(request, [*self.rules, rule])
+        if unsaved is not None:
+            return unsaved
         return json_answer(request, rule.describe(), 201)
 
     @routes.route("/api/rules/<rule_id>", methods=["GET", "HEAD"])
@@ -192,7 +195,11 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
             rule = parse_rule(data, allow_link_local=self.allow_link_local, rule_id=rule_id)
         except RuleError as error:
             return json_error(request, 400, "INVALID_RULE", str(error))
-        self._save([rule if existing is found else existing for existing in self.rules])
+        unsaved = self._save(
+            request, [rule if existing is found else existing for existing in self.rules]
+        )
+        if unsaved is not None:
+            return unsaved
         return json_answer(request, rule.describe())
 
     @routes.route("/api/rules/<rule_id>", methods=["DELETE"])
@@ -204,7 +211,11 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         refusal = self._unchangeable(request, found, rule_id)
         if refusal is not None:
             return refusal
-        self._save([existing for existing in self.rules if existing is not found])
+        unsaved = self._save(
+            request, [existing for existing in self.rules if existing is not found]
+        )
+        if unsaved is not None:
+            return unsaved
         request.setResponseCode(204)
         return b""
 
@@ -229,12 +240,27 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
             )
         return None
 
-    def _save(self, rules: list[Rule]) -> None:
-        """Keep C{rules} (on disk first: a rule is in use only once it is saved)."""
+    def _save(self, request: Any, rules: list[Rule]) -> bytes | None:
+        """
+        Keep C{rules} (on disk first: a rule is in use only once it is saved);
+        C{None}, or the error answer when the disk refused (nothing changed).
+        """
         assert self.store is not None
-        self.store.save(rules)
+        try:
+            self.store.save(rules)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            self.logger.error(f"The proxy rules could not be saved in {self.store.path}: {reason}")
+            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+            return json_error(
+                request,
+                507 if full else 500,
+                "RULES_NOT_SAVED",
+                f"The rules could not be saved: {reason}; nothing changed",
+            )
         self._stamp = self.store.stamp()
         self.rules = rules
+        return None
 
 
 def _manifest_id(item: object, index: int) -> str:

@@ -16,11 +16,13 @@ through.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
 import re
 import socket
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -291,8 +293,7 @@ class RuleStore:
     def load(self, allow_link_local: bool) -> tuple[list[Rule], list[str]]:
         """The stored rules, and a line for each one that can no longer be used."""
         try:
-            with open(self.path, encoding="utf-8") as handle:
-                stored = json.load(handle)
+            stored = json.loads(_read_regular(self.path))
         except FileNotFoundError:
             return [], []
         except (OSError, ValueError) as error:
@@ -324,6 +325,18 @@ class RuleStore:
             except OSError:
                 pass
             raise
+
+
+def _read_regular(path: str) -> str:
+    """
+    The text of the file at C{path}; L{OSError} if it is not a regular file
+    (a FIFO would block the reactor for good, a device would never end).
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return handle.read().decode("utf-8")
 
 
 def _stored(rule: Rule) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
+import os
 import re
 import time
 
@@ -740,3 +742,30 @@ def test_a_request_record_is_written_as_the_generic_formatter_would():
     ours, generic = stream.getvalue().splitlines()
     assert ours == generic
     assert list(json.loads(ours))[:4] == ["level", "message", "timestamp", "context"]
+
+
+def test_a_full_disk_leaves_no_half_line_in_the_log_file(tmp_path, capsys, monkeypatch) -> None:
+    target = tmp_path / "buntime.log"
+    destination = FileDestination(str(target))
+    destination({"level": "info", "message": "before", "timestamp": 0.0})
+    destination.flush()
+    real_write = os.write
+    full = [True]
+
+    def write(descriptor: int, data: bytes) -> int:
+        if full[0]:
+            if len(data) > 10:  # the file system takes a part, then is full
+                return real_write(descriptor, data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(os, "write", write)
+    destination({"level": "info", "message": "lost", "timestamp": 0.0})
+    destination.flush()
+    full[0] = False
+    destination({"level": "info", "message": "after", "timestamp": 0.0})
+    destination.close()
+    lines = target.read_text().splitlines()
+    assert [json.loads(line)["message"] for line in lines] == ["before", "after"]
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "writing the log file" in err

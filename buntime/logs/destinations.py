@@ -4,6 +4,7 @@ The eliot destinations buntime writes to: a stream (the console) and a file.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import IO, Any
 
@@ -85,12 +86,16 @@ class StreamDestination:
 
 @define
 class FileDestination:
-    """JSON lines appended to a file, buffered; L{flush} writes them out."""
+    """
+    JSON lines appended to a file, buffered; L{flush} writes them out.  A
+    write the disk cuts short (full, quota) is taken back whole: the file
+    never keeps half a line, and lines go on where it ended once there is room.
+    """
 
     path: str
     min_level: str = "info"
     _buffer: list[str] = field(factory=list)
-    _file: IO[str] | None = None
+    _file: int | None = None
     _failed: bool = False
 
     def __call__(self, message: dict[str, Any]) -> None:
@@ -102,20 +107,42 @@ class FileDestination:
     def flush(self) -> None:
         if not self._buffer:
             return
+        data = "".join(self._buffer).encode("utf-8")
+        self._buffer.clear()
         try:
             if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8")
-            self._file.write("".join(self._buffer))
-            self._file.flush()
+                self._file = os.open(
+                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+                )
+            _append_whole(self._file, data)
         except OSError as error:
             # Never let the log file take the runtime down; say so once on stderr.
             if not self._failed:
                 self._failed = True
                 sys.stderr.write(f"buntime: cannot write the log file {self.path}: {error}\n")
-        self._buffer.clear()
+            return
+        if self._failed:
+            self._failed = False
+            sys.stderr.write(f"buntime: writing the log file {self.path} again\n")
 
     def close(self) -> None:
         self.flush()
         if self._file is not None:
-            self._file.close()
+            os.close(self._file)
             self._file = None
+
+
+def _append_whole(descriptor: int, data: bytes) -> None:
+    """Append all of C{data}, or, when the file system refuses part, none of it."""
+    start = os.fstat(descriptor).st_size
+    written = 0
+    try:
+        while written < len(data):
+            written += os.write(descriptor, data[written:])
+    except OSError:
+        if written:
+            try:
+                os.ftruncate(descriptor, start)
+            except OSError:
+                pass
+        raise

@@ -5,6 +5,7 @@ listing, uploading archives, deleting apps and versions, and the JSON errors.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -345,3 +346,23 @@ async def test_unknown_route_and_wrong_method(setup: Setup) -> None:
     assert (status, answer["error"]["code"]) == (405, "METHOD_NOT_ALLOWED")
     status, answer = await setup.call("DELETE", "/api/apps/_/hello/1.0.0/extra")
     assert (status, answer["error"]["code"]) == (404, "NOT_FOUND")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_on_a_full_disk_is_a_507_and_leaves_nothing(
+    setup: Setup, monkeypatch
+) -> None:
+    before = setup.snapshot()
+    real_mkdir = os.mkdir
+
+    def full(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).endswith("archive"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", full)
+    status, body = await setup.upload("hello-1.0.0.zip", make_zip({"manifest.yaml": MANIFEST}))
+    assert status == 507
+    assert body["error"]["code"] == "INSUFFICIENT_STORAGE"
+    assert "No space left on device" in body["error"]["message"]
+    assert setup.snapshot() == before

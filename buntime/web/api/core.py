@@ -5,6 +5,7 @@ app and plugin management.  A Klein app whose routes start at C{/api}.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -65,16 +66,28 @@ class ErrorHandler(Protocol):
 
 
 def disk_error(things: str) -> ErrorHandler:
-    """A 500 for a failed change on disk, logged with its traceback."""
+    """
+    A failed change on disk, logged: a full disk (or quota) is 507
+    C{INSUFFICIENT_STORAGE}, one line; anything else a 500 with its traceback.
+    Either answer says why.
+    """
 
     def handler(self: object, request: Any, failure: Any) -> bytes:
+        error = failure.value
+        reason = getattr(error, "strerror", None) or failure.getErrorMessage()
+        full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
         log(
             "error",
             f"buntime:{things}:disk-error",
             f"Changing {things} on disk failed: {failure.getErrorMessage()}",
-            traceback=failure.getTraceback(),
+            **({} if full else {"traceback": failure.getTraceback()}),
         )
-        return json_error(request, 500, "INTERNAL_ERROR", f"Changing {things} on disk failed")
+        if full:
+            message = f"Changing {things} on disk failed: {reason}; nothing changed"
+            return json_error(request, 507, "INSUFFICIENT_STORAGE", message)
+        return json_error(
+            request, 500, "INTERNAL_ERROR", f"Changing {things} on disk failed: {reason}"
+        )
 
     return handler
 

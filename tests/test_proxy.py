@@ -770,3 +770,21 @@ def test_a_rules_file_that_is_a_fifo_is_a_warning_not_a_hang(tmp_path):
     assert proxy.rules == []
     assert "not a regular file" in context.warned[0]
     proxy.on_shutdown()
+
+
+def test_a_rule_added_over_an_unreadable_rules_file_keeps_that_file_aside(tmp_path):
+    (tmp_path / "proxy").mkdir()
+    broken = '[{"id": "old", "pattern": "^/o", "target": "http://h"}'  # cut short
+    (tmp_path / "proxy" / "rules.json").write_text(broken)
+    proxy = ProxyPlugin({})
+    context = Context(tmp_path, {})
+    proxy.on_init(context)
+    assert proxy.rules == [] and "cannot be read" in context.warned[0]
+    assert proxy._save(None, [rule(id="new")]) is None
+    kept = tmp_path / "proxy" / "rules.json.unreadable"
+    assert kept.read_text() == broken  # the operator can still mend the old rules
+    assert "rules.json.unreadable" in context.warned[1]
+    assert [r.id for r in RuleStore(str(tmp_path / "proxy")).load(False)[0]] == ["new"]
+    proxy._save(None, [])  # the file is readable now: nothing more is kept aside
+    assert kept.read_text() == broken
+    proxy.on_shutdown()

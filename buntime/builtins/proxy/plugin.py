@@ -247,7 +247,7 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         """
         assert self.store is not None
         try:
-            self.store.save(rules)
+            kept = self.store.save(rules)
         except OSError as error:
             reason = error.strerror or str(error)
             self.logger.error(f"The proxy rules could not be saved in {self.store.path}: {reason}")
@@ -258,6 +258,8 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
                 "RULES_NOT_SAVED",
                 f"The rules could not be saved: {reason}; nothing changed",
             )
+        if kept is not None:
+            self.logger.warn(f"The unreadable proxy rules file was kept as {kept}")
         self._stamp = self.store.stamp()
         self.rules = rules
         return None

@@ -281,6 +281,8 @@ class RuleStore:
 
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, "rules.json")
+        self.unreadable = False
+        """The file was there but could not be read: the next save keeps it aside."""
 
     def stamp(self) -> tuple[int, int, int] | None:
         """What changes when the file does (another replica wrote it): C{None} if none."""
@@ -292,11 +294,13 @@ class RuleStore:
 
     def load(self, allow_link_local: bool) -> tuple[list[Rule], list[str]]:
         """The stored rules, and a line for each one that can no longer be used."""
+        self.unreadable = False
         try:
             stored = json.loads(_read_regular(self.path))
         except FileNotFoundError:
             return [], []
         except (OSError, ValueError) as error:
+            self.unreadable = True
             return [], [f"{self.path} cannot be read: {error}"]
         rules, problems = [], []
         for item in stored if isinstance(stored, list) else []:
@@ -308,7 +312,11 @@ class RuleStore:
                 )
         return rules, problems
 
-    def save(self, rules: Iterable[Rule]) -> None:
+    def save(self, rules: Iterable[Rule]) -> str | None:
+        """
+        Write C{rules}; an unreadable file found at load is not overwritten
+        but renamed to C{rules.json.unreadable} first: that name is returned.
+        """
         directory = os.path.dirname(self.path)
         os.makedirs(directory, exist_ok=True)
         document = [_stored(rule) for rule in rules if rule.source == "api"]
@@ -318,6 +326,10 @@ class RuleStore:
                 json.dump(document, out, indent=2)
                 out.flush()
                 os.fsync(out.fileno())
+            kept = None
+            if self.unreadable and os.path.lexists(self.path):
+                kept = self.path + ".unreadable"
+                os.replace(self.path, kept)
             os.replace(temporary, self.path)
         except BaseException:
             try:
@@ -325,6 +337,8 @@ class RuleStore:
             except OSError:
                 pass
             raise
+        self.unreadable = False
+        return kept
 
 
 def _read_regular(path: str) -> str:

@@ -143,6 +143,8 @@ class Notifier:
     roots: Sequence[str]
     changed: Callable[[str], None]
     _inotify: Any = None
+    _unwatched: int = 0
+    """Directories that could not be watched: the first is logged, then a count."""
 
     def start(self) -> None:
         from buntime._inotify import INotify
@@ -153,8 +155,16 @@ class Notifier:
             self._watch_tree(root)
 
     def _watch_tree(self, root: str) -> None:
+        before = self._unwatched
         for folder, _ in walk(root):
             self._watch(folder)
+        if self._unwatched - before > 1:
+            log(
+                "warn",
+                "buntime:reload:watch-failed",
+                f"{self._unwatched - before} directories under {root} cannot be watched",
+                count=self._unwatched - before,
+            )
 
     def _watch(self, folder: str) -> None:
         from twisted.internet import inotify
@@ -170,7 +180,16 @@ class Notifier:
         try:
             self._inotify.watch(FilePath(folder), mask, callbacks=[self._event])
         except Exception as error:  # a directory gone already, or the watch limit
-            log("warn", "buntime:reload:watch-failed", f"Cannot watch {folder}: {error}")
+            if not os.path.isdir(folder):
+                return  # gone already: nothing left to see there
+            self._unwatched += 1
+            if self._unwatched == 1:
+                log(
+                    "warn",
+                    "buntime:reload:watch-failed",
+                    f"Cannot watch {folder} ({error}): changes there are not seen; "
+                    "is the inotify watch limit reached (fs.inotify.max_user_watches)?",
+                )
 
     def _event(self, _: object, path: FilePath, mask: int) -> None:
         from twisted.internet import inotify
@@ -239,7 +258,16 @@ class ReloadService(Service):
         self._debouncer = Debouncer(self.clock, self._act)
         roots = [d for d in (*self.worker_dirs, *self.plugin_dirs) if os.path.isdir(d)]
         self._watcher = self.make_watcher(self.clock, roots, self._debouncer.changed)
-        self._watcher.start()
+        try:
+            self._watcher.start()
+        except Exception as error:  # no inotify instance left (fs.inotify.max_user_instances)
+            log(
+                "warn",
+                "buntime:reload:notifier-failed",
+                f"Cannot watch files with inotify ({error}): polling them instead",
+            )
+            self._watcher = Poller(self.clock, roots, self._debouncer.changed)
+            self._watcher.start()
         log(
             "info",
             "buntime:reload:watching",

@@ -184,3 +184,52 @@ def test_changes_retire_their_app_and_reload_plugins_once(clock, tmp_path, eliot
     assert invalidated == [1]
     service.stopService()
     assert not watcher.running
+
+
+@needs_inotify
+def test_past_the_inotify_watch_limit_one_line_says_so_not_one_per_directory(
+    tmp_path, eliot_logger, monkeypatch
+):
+    from twisted.python._inotify import INotifyError
+
+    from buntime._inotify import INotify
+
+    for number in range(50):
+        (tmp_path / f"app{number}").mkdir()
+    watched: list[str] = []
+
+    def watch(self, path, mask, autoAdd=False, callbacks=None, recursive=False):
+        if len(watched) >= 3:  # the limit: inotify_add_watch fails with ENOSPC
+            raise INotifyError(f"Failed to add watch on {path!r} - (-1)")
+        watched.append(path.path)
+
+    monkeypatch.setattr(INotify, "watch", watch)
+    notifier = Notifier([str(tmp_path)], lambda path: None)
+    notifier.start()
+    try:
+        first, summary = (m["message"] for m in eliot_logger.messages)
+        assert "max_user_watches" in first
+        assert summary == f"48 directories under {tmp_path} cannot be watched"
+    finally:
+        notifier.stop()
+
+
+def test_without_an_inotify_instance_files_are_polled(clock, tmp_path, eliot_logger):
+    class Refused(FakeWatcher):
+        def start(self):
+            raise OSError("INotify initialization error.")
+
+    service = ReloadService(
+        clock=clock,
+        worker_dirs=[str(tmp_path)],
+        plugin_dirs=[],
+        retire=lambda app_dir: None,
+        reload_plugins=lambda: None,
+        make_watcher=Refused,
+    )
+    service.startService()
+    try:
+        assert isinstance(service._watcher, Poller)
+        assert "polling them instead" in eliot_logger.messages[0]["message"]
+    finally:
+        service.stopService()

@@ -223,8 +223,8 @@ class WorkerPool(WorkerLifecycle):
             # worker started for it now would serve the old copy, and outlive it
             if self._closing:
                 raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping"))
-            if self._apps.get(state.app.key) is not state:
-                return await self._anew(AppRetired(_retired(state)), request, base, served, again)
+            if self._retired_since(state):
+                return await self._anew(_retired(state), request, base, served, again)
         if state.app.manifest.ttl <= 0:
             return await self._ephemeral(state, request, base, served, again)
         return await self._persistent(state, request, base, served, again)
@@ -324,22 +324,29 @@ class WorkerPool(WorkerLifecycle):
         try:
             worker = await self._wait(state)
         except AppRetired as retired:
-            return await self._anew(retired, request, base, served, again)
+            return await self._anew(retired.response, request, base, served, again)
         return await self._run(state, worker, request, base, served)
+
+    def _retired_since(self, state: _AppState) -> bool:
+        """Whether the app of C{state} was retired while a request of it waited."""
+        return self._apps.get(state.app.key) is not state
 
     async def _anew(
         self,
-        retired: AppRetired,
+        refusal: Response,
         request: Request,
         base: str,
         served: Served | None,
         again: Again | None,
     ) -> Response:
-        """A request whose app was retired before it was sent: C{again}'s answer, else refused."""
+        """
+        A request whose app was retired before it was sent: C{again}'s
+        answer (the caller routes it anew, to the app's new copy), else
+        C{refusal}.
+        """
         if again is None:
-            raise retired
-        # never sent: the caller routes it anew (to the app's new copy)
-        answer = again(retired.response, request, base, served)
+            return refusal
+        answer = again(refusal, request, base, served)
         return await answer if isinstance(answer, Deferred) else answer
 
     async def _ephemeral(
@@ -353,10 +360,10 @@ class WorkerPool(WorkerLifecycle):
         self._refuse_if_failing(state)
         self._counts["misses"] += 1
         await self._ephemeral_slot(state)
-        if self._apps.get(state.app.key) is not state:
-            # retired while it waited for a slot: a fresh worker of the old copy would serve it
+        if self._retired_since(state):
+            # a fresh worker of the old copy would serve it
             self._release_ephemeral_slot()
-            return await self._anew(AppRetired(_retired(state)), request, base, served, again)
+            return await self._anew(_retired(state), request, base, served, again)
         try:
             worker = self._spawn(state, ephemeral=True)
         except BaseException:

@@ -486,11 +486,16 @@ async def forking():
 
 
 async def spare_of(harness: Harness, besides: set[int] = frozenset()) -> int:
-    """The template's spare: its one child that is no worker (waiting for it to be forked)."""
-    template = harness.launcher._transport.pid
+    """
+    The template's spare: its one child that is no worker (waiting for it
+    to be forked, and for the launcher to hold it).
+    """
+    launcher = harness.launcher
+    template = launcher._transport.pid
     workers = {process.pid for process in harness.processes} | besides
     await until(lambda: len(children_of(template) - workers) == 1)
     [spare] = children_of(template) - workers
+    await until(lambda: launcher._spare is not None and launcher._spare[0] == spare)
     return spare
 
 
@@ -514,16 +519,64 @@ async def test_a_cold_start_takes_the_spare_the_template_forked_ahead(forking: H
 async def test_the_next_spare_is_forked_as_soon_as_a_launch_takes_one(forking: Harness) -> None:
     spare = await spare_of(forking)
     await launched_on(forking, spare)
-    # no wait for a quiet moment: the next cold start of a burst finds a spare too
+    # told the spare was taken, the template forks the next one at once and
+    # hands it over: the next cold start of a burst finds a spare too
     template = forking.launcher._transport.pid
     workers = {process.pid for process in forking.processes}
-    assert len(children_of(template) - workers) == 1
+    await until(lambda: forking.launcher._spare is not None, SPARE_RETRY / 4)
+    assert forking.launcher._spare[0] in children_of(template) - workers
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_launch_goes_straight_to_the_spare_the_runtime_holds(forking: Harness) -> None:
+    """No hop through the template: the launch is done when it is sent."""
+    spare = await spare_of(forking)
+    runtime = RuntimeSide()
+    app = APPS / "routes-demo"
+    spec = LaunchSpec(str(uuid.uuid4()), str(app), worker_env(app))
+    launched = forking.launcher.launch(spec, runtime, forking.output.append)
+    assert launched.called  # not waiting for the template's word
+    process = await launched
+    forking.processes.append(process)
+    assert process.pid == spare
+    assert (await bounded(runtime.ready))[0] == spare
+    assert (await bounded(runtime.request(path="/health").done)).status == 200
+    # its exit is still reported (by the template, its parent)
+    process.signal(signal.SIGKILL)
+    assert await bounded(process.exited) == -signal.SIGKILL
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_launch_to_a_spare_that_just_died_is_forked_by_the_template(
+    forking: Harness,
+) -> None:
+    spare = await spare_of(forking)
+    os.kill(spare, signal.SIGKILL)
+    # gone, and the reactor not yet told (no turn of it while we wait)
+    for _ in range(10_000):
+        if _gone(spare):
+            break
+        os.sched_yield()
+    assert _gone(spare)
+    assert forking.launcher._spare is not None
+    runtime, process = await forking.ready(APPS / "routes-demo")
+    assert process.pid != spare
+    assert (await bounded(runtime.request(path="/health").done)).status == 200
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_spare_that_dies_is_replaced_a_while_later(forking: Harness) -> None:
     spare = await spare_of(forking)
     os.kill(spare, signal.SIGKILL)
+    await until(lambda: forking.launcher._spare is None)  # its socket dropped when told
     # not at once: a spare that cannot live must not make the template fork in a loop
     await deferLater(reactor, SPARE_RETRY / 3, lambda: None)
     template = forking.launcher._transport.pid

@@ -16,6 +16,7 @@ from typing import Any
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -40,13 +41,29 @@ from buntime.pool.launch.launcher import (
 )
 from buntime.pool.output import OUTPUT_FD, Write
 
+SPARE_DELAY = 0.05
+"""
+Seconds after a launch took the spare before the template is told to fork
+the next: on a small machine that fork, done at once, took the CPU from the
+worker starting (cold starts 1 to 3 ms slower).  Launches meanwhile are
+forked by the template.
+"""
 
+
+@implementer(IFileDescriptorReceiver)
 class _Control(Protocol):
-    """The runtime's end of the template's control socket: JSON lines in."""
+    """
+    The runtime's end of the template's control socket: JSON lines in, and
+    with each C{{"spare": pid}} the socket that spare waits on.
+    """
 
     def __init__(self, launcher: ForkLauncher) -> None:
         self.launcher = launcher
         self.buffer = b""
+        self.fds: list[int] = []
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        self.fds.append(descriptor)  # before the data it came with
 
     def dataReceived(self, data: bytes) -> None:
         *lines, self.buffer = (self.buffer + data).split(b"\n")
@@ -56,10 +73,18 @@ class _Control(Protocol):
             except ValueError:
                 log("error", "buntime:launch:template-garbled", f"Bad template message {line!r}")
                 continue
-            if isinstance(message, dict):
+            if not isinstance(message, dict):
+                continue
+            if "spare" in message:
+                if self.fds:
+                    self.launcher._spare_arrived(int(message["spare"]), self.fds.pop(0))
+            else:
                 self.launcher._report(message)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        for descriptor in self.fds:
+            os.close(descriptor)
+        self.fds = []
         self.launcher._control_lost()
 
 
@@ -92,10 +117,12 @@ class ForkLauncher:
     """
     Forks workers from a template process (C{python -m buntime.pool.launch.template})
     started by L{start}.  Per launch it makes four socketpairs (AMP, stdout,
-    stderr, output channel) and passes the worker's ends to the template with the
-    environment; the template forks and reports the pid, later the exit
-    code.  A template that dies is restarted after C{restart_delay}
-    seconds (doubling while it keeps dying before it is ready, up to
+    stderr, output channel) and passes the worker's ends with the
+    environment to the spare the template forked ahead and handed over (the
+    worker is then that spare, at once), or else to the template, which
+    forks and reports the pid; the template reports the exit code.  A
+    template that dies is restarted after C{restart_delay} seconds
+    (doubling while it keeps dying before it is ready, up to
     L{MAX_RESTART_DELAY}); launches wait for it meanwhile, and fail with
     L{LauncherUnavailable} after C{launch_timeout} seconds (those it was
     forking when it died fail at once).  C{reactor} provides
@@ -122,6 +149,10 @@ class ForkLauncher:
     _started: bool = False
     _waiting: Once = field(factory=Once)
     """Launches waiting for the template to be ready (again)."""
+    _spare: tuple[int, socket.socket] | None = None
+    """The spare the template handed over: its pid and the socket it waits on."""
+    _telling: Any = None
+    """The call telling the template its spare was taken (after L{SPARE_DELAY})."""
 
     def start(self) -> Deferred:
         """Start the template; fires once it has imported everything and is listening."""
@@ -178,8 +209,12 @@ class ForkLauncher:
         ours = [pair[0] for pair in pairs]
         theirs = [pair[1] for pair in pairs]
         message = {"worker_id": spec.worker_id, "app_dir": spec.app_dir, "env": dict(spec.env)}
+        data = json.dumps(message).encode("utf-8") + b"\n"
+        fds = [sock.fileno() for sock in theirs]
         try:
-            self._send(message, [sock.fileno() for sock in theirs])
+            pid = self._hand_to_spare(data, fds)
+            if pid is None:
+                self._send(data, fds)
         except OSError as error:
             for sock in ours:
                 sock.close()
@@ -187,10 +222,59 @@ class ForkLauncher:
         finally:
             for sock in theirs:
                 sock.close()
+        if pid is not None:
+            return succeed(self._adopt(pid, ours, protocol, on_output))
         launched: Deferred = Deferred()
         self._pending[spec.worker_id] = (launched, ours, protocol, on_output)
         launched.addTimeout(self.launch_timeout, self.reactor, self._launch_timed_out(spec))
         return launched
+
+    def _hand_to_spare(self, data: bytes, fds: list[int]) -> int | None:
+        """
+        Send a launch straight to the spare, which becomes the worker: its
+        pid, or C{None} when there is none (or it died meanwhile).  The
+        template is told, and forks the next.
+        """
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        pid, waiting = spare
+        try:
+            sent = socket.send_fds(waiting, [data], fds)
+            if sent < len(data):
+                waiting.sendall(data[sent:])
+        except OSError:
+            return None  # it died unused (its exit is on its way): the template forks
+        finally:
+            waiting.close()
+        # (the template hands over no other spare until it is told)
+        self._telling = self.reactor.callLater(SPARE_DELAY, self._tell_taken, pid)
+        return pid
+
+    def _tell_taken(self, pid: int) -> None:
+        """Tell the template its spare C{pid} was taken: it forks the next."""
+        self._telling = None
+        if self._control is None:
+            return  # a template that ended forgot it; a new one forks its own
+        try:
+            self._send(json.dumps({"taken": pid}).encode("utf-8") + b"\n", [])
+        except OSError:
+            pass  # the template is gone, and its children with it: reported as it ends
+
+    def _spare_arrived(self, pid: int, descriptor: int) -> None:
+        """The template forked a spare and sent the socket it waits on."""
+        waiting = socket.socket(fileno=descriptor)
+        if self._control is None or self._stopping:
+            waiting.close()  # the spare reads the end and exits
+            return
+        waiting.settimeout(2.0)
+        self._drop_spare()
+        self._spare = (pid, waiting)
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare[1].close()
 
     # -- the template process ---------------------------------------------------
 
@@ -225,9 +309,9 @@ class ForkLauncher:
         ours.settimeout(2.0)
         return None
 
-    def _send(self, message: dict, fds: list[int]) -> None:
+    def _send(self, data: bytes, fds: list[int]) -> None:
+        """Send C{data} (JSON lines) and C{fds} to the template."""
         assert self._control is not None
-        data = json.dumps(message).encode("utf-8") + b"\n"
         sent = socket.send_fds(self._control, [data], fds)
         if sent < len(data):
             self._control.sendall(data[sent:])
@@ -246,7 +330,11 @@ class ForkLauncher:
         elif "worker_id" in message:
             self._forked(message)
         elif "exited" in message:
-            worker = self._workers.pop(int(message["pid"]), None)
+            pid = int(message["pid"])
+            if self._spare is not None and self._spare[0] == pid:
+                self._drop_spare()  # it died unused; the template forks another later
+                return
+            worker = self._workers.pop(pid, None)
             if worker is not None:
                 worker.report_exit(int(message["exited"]), self.reactor)
 
@@ -261,7 +349,16 @@ class ForkLauncher:
             if not launched.called:
                 launched.errback(LauncherUnavailable(f"fork failed: {message['error']}"))
             return
-        pid = int(message["pid"])
+        launched.callback(self._adopt(int(message["pid"]), ours, protocol, on_output))
+
+    def _adopt(
+        self,
+        pid: int,
+        ours: list[socket.socket],
+        protocol: amp.AMP,
+        on_output: Callable[[Write], None],
+    ) -> LaunchedProcess:
+        """Worker C{pid} is launched: read its channel and output on C{ours}."""
         channel, *streams = ours  # AMP, then fds 1, 2 and 5
         readers = output_readers(on_output)
         outputs: list[Deferred] = []
@@ -271,7 +368,7 @@ class ForkLauncher:
         adopt(self.reactor, channel, protocol)
         worker = ForkedWorker(pid, Deferred(), outputs)
         self._workers[pid] = worker
-        launched.callback(LaunchedProcess(pid, worker.exited, worker.send_signal))
+        return LaunchedProcess(pid, worker.exited, worker.send_signal)
 
     def _launch_timed_out(self, spec: LaunchSpec) -> Callable[..., Failure]:
         def timed_out(result: object, timeout: float) -> Failure:
@@ -290,6 +387,10 @@ class ForkLauncher:
         self._close_control()
 
     def _close_control(self) -> None:
+        self._drop_spare()
+        if self._telling is not None and self._telling.active():
+            self._telling.cancel()
+        self._telling = None
         control, self._control = self._control, None
         if control is not None:
             control.close()

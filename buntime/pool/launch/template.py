@@ -17,12 +17,15 @@ when a child ends, and exits when the control socket closes.
 A cold start does not wait for the fork: the template keeps one I{spare}
 forked ahead, which has done every step of a worker's start that needs no
 app (its reactor installed and running, see L{buntime.pool.child.main.prepare})
-and waits in that reactor on a socket of its own.  A launch hands the
-message and its fds to the spare, which becomes the worker in the same
-reactor (L{buntime.pool.child.main.begin}); the next spare is forked at
-once, so the next cold start of a burst finds one too (a spare that died
-unused is replaced after L{SPARE_RETRY}).  Launches that come together
-(read at once) fork the ones the spare cannot take.
+and waits in that reactor on a socket of its own.  The template hands the
+other end of that socket to the runtime (C{{"spare": pid}}, the socket sent
+with it), which sends a launch straight to the spare (no hop through the
+template) and then tells the template C{{"taken": pid}}; the spare becomes
+the worker in the same reactor (L{buntime.pool.child.main.begin}), and the
+template forks the next spare at once, so the next cold start of a burst
+finds one too.  A spare that died unused is reported like any child
+(C{{"pid", "exited"}}) and replaced after L{SPARE_RETRY}.  Launches sent to
+the template itself (the runtime held no spare) are forked there.
 
 Third-party libraries an app might pin itself (Flask, Starlette...) are not
 pre-imported: the app must get the version on its own C{PYTHONPATH}.
@@ -165,8 +168,8 @@ class Template:
         self.old_path = [entry for entry in old.split(os.pathsep) if entry]
         # sys.path[0] is the directory the template was started in: not the app's.
         self.base_path = [entry for entry in sys.path[1:] if entry not in self.old_path]
-        self.spare: tuple[int, socket.socket] | None = None
-        """The spare forked ahead (its pid, and the socket it waits on), if any."""
+        self.spare: int | None = None
+        """The pid of the spare forked ahead and handed to the runtime, until it is taken."""
         self.spare_due = 0.0
         """When the next spare may be forked (C{time.monotonic()})."""
 
@@ -203,9 +206,7 @@ class Template:
                 if self.spare is None and time.monotonic() >= self.spare_due:
                     self._fork_spare()
         finally:
-            selector.close()
-            if self.spare is not None:
-                self.spare[1].close()  # it reads the end of its socket and exits
+            selector.close()  # a spare left exits with us (and when the runtime closes its end)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -224,9 +225,19 @@ class Template:
             return False
         *lines, self.buffer = (self.buffer + data).split(b"\n")
         for line in lines:
-            if line.strip():
-                self._launch(json.loads(line))
+            if not line.strip():
+                continue
+            message = json.loads(line)
+            if "taken" in message:
+                self._taken(message["taken"])
+            else:
+                self._launch(message)
         return True
+
+    def _taken(self, pid: object) -> None:
+        """The runtime sent a launch to the spare C{pid}: it is a worker now; fork the next."""
+        if pid == self.spare:
+            self.spare = None
 
     def _launch(self, message: dict) -> None:
         fds, self.fds = self.fds[:4], self.fds[4:]
@@ -235,14 +246,12 @@ class Template:
             _send(self.control, {"worker_id": worker_id, "error": "file descriptors missing"})
             return
         try:
-            pid = self._hand_to_spare(message, fds)
-            if pid is None:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                pid = os.fork()
-                if pid == 0:
-                    self._become_worker(message, fds)
-                self.children.add(pid)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(message, fds)
+            self.children.add(pid)
         except OSError as error:
             _send(self.control, {"worker_id": worker_id, "error": str(error)})
         else:
@@ -251,25 +260,11 @@ class Template:
             for fd in fds:
                 os.close(fd)
 
-    def _hand_to_spare(self, message: dict, fds: list[int]) -> int | None:
-        """Give a launch to the spare: its pid, or C{None} when there is none (or it is gone)."""
-        if self.spare is None:
-            return None
-        (pid, waiting), self.spare = self.spare, None
-        try:
-            data = json.dumps(message).encode("utf-8") + b"\n"
-            sent = socket.send_fds(waiting, [data], fds)
-            if sent < len(data):
-                waiting.sendall(data[sent:])
-        except OSError:
-            # it died while it waited (its exit is reported; the runtime ignores an unknown pid)
-            return None
-        finally:
-            waiting.close()
-        return pid
-
     def _fork_spare(self) -> None:
-        """Fork the next spare (none when the fork fails: launches then fork themselves)."""
+        """
+        Fork the next spare and hand the runtime its socket (none when the
+        fork fails: launches then fork themselves).
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -285,7 +280,16 @@ class Template:
             self._become_spare(theirs)
         theirs.close()
         self.children.add(pid)
-        self.spare = (pid, ours)
+        try:
+            data = json.dumps({"spare": pid}).encode("utf-8") + b"\n"
+            sent = socket.send_fds(self.control, [data], [ours.fileno()])
+            if sent < len(data):
+                self.control.sendall(data[sent:])
+        except OSError:
+            pass  # the runtime is gone: the spare reads the end of its socket and exits
+        finally:
+            ours.close()
+        self.spare = pid
 
     def _reap(self) -> None:
         while self.children:
@@ -297,11 +301,9 @@ class Template:
             if pid == 0:
                 return
             self.children.discard(pid)
-            if self.spare is not None and self.spare[0] == pid:
-                self.spare[1].close()  # a spare that died unused: no worker of the runtime's
+            if self.spare == pid:  # died unused: the runtime drops its socket when told
                 self.spare = None
                 self.spare_due = time.monotonic() + SPARE_RETRY
-                continue
             _send(self.control, {"pid": pid, "exited": os.waitstatus_to_exitcode(status)})
 
     def _leave(self) -> None:
@@ -388,7 +390,7 @@ class _Spare:
     """
     A spare's running reactor waiting on C{waiting} for its launch: the
     launch's fds, environment and path taken, the worker starts in that
-    reactor, which is then its own.  The template closing its end (no
+    reactor, which is then its own.  The runtime closing its end (no
     launch will come) stops the reactor.  C{before}: the fds open before
     the reactor was made (the worker closes them, keeping the reactor's).
     """
@@ -450,7 +452,7 @@ class _Spare:
             return  # more of the launch to come
         self.reactor.removeReader(self)
         if not chunk or len(self.fds) != 4:
-            self.reactor.stop()  # the template closed its end: no launch will come
+            self.reactor.stop()  # the runtime closed its end: no launch will come
             return
         self.waiting.close()
         try:

@@ -196,6 +196,9 @@ class RetiringPool:
         build = app.manifest.env.get("BUILD")
         return succeed(Response.json({"build": build, "path": base + request.path}))
 
+    def reroute(self, app, request, base, served=None):
+        return self.handle(app, request, base, served)
+
     def retire(self) -> None:
         waiting, again, request, base, served = self.waiting[0]
         refusal = Response.error(503, "APP_RETIRED", "svc@1.0.0 was replaced or removed")

@@ -711,6 +711,41 @@ def test_a_request_waiting_for_a_retired_app_is_answered_by_again():
     assert len(asked) == 1
 
 
+def test_a_rerouted_request_is_counted_once():
+    """
+    A request routed anew (L{WorkerPool.reroute}) when its app is replaced
+    while it waits is one request in the numbers: the first pass counts it
+    (and the hit or miss it met) and times it from its arrival to the new
+    copy's answer; the second pass counts nothing.
+    """
+    h = Harness()
+    app = h.app(max_concurrency=1, max_instances=1)
+    newer = h.app(version="1.0.1", max_concurrency=1, max_instances=1)
+
+    def again(refusal, request, base, served):
+        return h.pool.reroute(newer, request, base, served)
+
+    busy = h.pool.handle(app, Request("GET", "/wait/a"), "/hello", None, again)
+    h.launcher.settle()
+    waiting = h.pool.handle(app, Request("GET", "/x"), "/hello", None, again)
+    h.launcher.settle()
+    before = h.pool.metrics()
+    assert before["totalRequests"] == 2 and before["hits"] + before["misses"] == 2
+    h.advance(1)
+    h.pool.retire_app(app.dir)
+    h.launcher.settle()
+    assert result_of(waiting).body == b"GET /x|"
+    h.gates.open("a")
+    h.advance(0.1)
+    assert result_of(busy).status == 200
+    after = h.pool.metrics()
+    counted = ("totalRequests", "hits", "misses", "hitRate")
+    assert {k: after[k] for k in counted} == {k: before[k] for k in counted}
+    # two response times of 1s: /wait/a's, and /x's from its arrival (no third from its reroute)
+    assert after["avgResponseTimeMs"] == 1000.0
+    assert sorted(h.received()) == ["/wait/a", "/x"]
+
+
 def test_an_ephemeral_request_waiting_for_a_slot_when_its_app_is_retired_is_routed_anew():
     """
     Waiting for one of the fresh workers' slots when its app is replaced,

@@ -48,8 +48,22 @@ Again = Callable[[Response, Request, str, "Served | None"], "Response | Deferred
 """
 Answers a request whose app was retired while it waited (see
 L{WorkerPool.handle}): given the refusal it would get, and the request,
-base and C{served} it came with.
+base and C{served} it came with; it routes it anew with
+L{WorkerPool.reroute}.
 """
+
+
+class _Uncounted(dict[str, int]):
+    """Counts that go nowhere: those of a rerouted request's second pass (L{WorkerPool.reroute})."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+    def __setitem__(self, key: str, value: int) -> None:
+        pass
+
+
+_UNCOUNTED = _Uncounted()
 
 
 def _busy(code: str, message: str) -> Response:
@@ -151,7 +165,8 @@ class WorkerPool(WorkerLifecycle):
         is called with the id of the worker the request is sent to.  A
         request whose app is retired (replaced or removed) while it waits
         for a worker was never sent: C{again}, if given, answers it (the
-        caller routes it anew), else it answers 503 C{APP_RETIRED}.
+        caller routes it anew, with L{reroute}), else it answers 503
+        C{APP_RETIRED}.
 
         A request for a warm worker with a free slot is sent before this
         returns, with no coroutine in between (the hot path).
@@ -165,7 +180,7 @@ class WorkerPool(WorkerLifecycle):
             state = self._enter(app)
             manifest = app.manifest
             if manifest.ttl > 0 and (state.installed or not manifest.auto_install):
-                worker = self._warm_worker(state)
+                worker = self._warm_worker(state, self._counts)
                 if worker is not None:  # a warm worker with a free slot: no waiting
                     answer = self._send(state, worker, request, base, served)
                     sent = state
@@ -174,10 +189,32 @@ class WorkerPool(WorkerLifecycle):
                         self._queued(state, request, base, served, again)
                     )
             else:
-                answer = Deferred.fromCoroutine(self._prepared(state, request, base, served, again))
+                answer = Deferred.fromCoroutine(
+                    self._prepared(state, request, base, served, self._counts, again)
+                )
         except Exception:
             answer = fail()
         return answer.addBoth(self._answered, app, arrived, sent)
+
+    def reroute(
+        self, app: PoolApp, request: Request, base: str, served: Served | None = None
+    ) -> Deferred:
+        """
+        Run a request that L{handle} gave its C{again} (its app was retired
+        while it waited) on a worker of C{app}, the app's copy now, as
+        L{handle} would, but not routed anew a second time, and neither
+        counted nor timed: the first pass counts the client's one request as
+        it arrived (C{totalRequests}, the hit or miss it met then) and times
+        it from its arrival to this answer, the client's whole wait.  A
+        failure here is answered (as a JSON error) by that pass.
+        """
+        try:
+            if self._closing:
+                raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping"))
+            state = self._enter(app)
+            return Deferred.fromCoroutine(self._prepared(state, request, base, served, _UNCOUNTED))
+        except Exception:
+            return fail()
 
     def _answered(
         self, result: object, app: PoolApp, arrived: float, sent: _AppState | None = None
@@ -214,9 +251,13 @@ class WorkerPool(WorkerLifecycle):
         request: Request,
         base: str,
         served: Served | None,
+        counts: dict[str, int],
         again: Again | None = None,
     ) -> Response:
-        """The paths that wait first: installing dependencies, ephemeral workers."""
+        """
+        The paths that wait first (installing dependencies, ephemeral
+        workers), then L{_persistent}; hits and misses go to C{counts}.
+        """
         if state.app.manifest.auto_install and not state.installed:
             await self._install(state)
             # the app may have been retired (or the pool stopped) meanwhile: a
@@ -226,8 +267,8 @@ class WorkerPool(WorkerLifecycle):
             if self._retired_since(state):
                 return await self._anew(_retired(state), request, base, served, again)
         if state.app.manifest.ttl <= 0:
-            return await self._ephemeral(state, request, base, served, again)
-        return await self._persistent(state, request, base, served, again)
+            return await self._ephemeral(state, request, base, served, counts, again)
+        return await self._persistent(state, request, base, served, counts, again)
 
     def _enter(self, app: PoolApp) -> _AppState:
         """The app's state (made on first use), after the name@version collision check."""
@@ -290,22 +331,24 @@ class WorkerPool(WorkerLifecycle):
         request: Request,
         base: str,
         served: Served | None,
+        counts: dict[str, int],
         again: Again | None = None,
     ) -> Deferred:
-        worker = self._warm_worker(state)
+        worker = self._warm_worker(state, counts)
         if worker is not None:
             return self._run(state, worker, request, base, served)
         return Deferred.fromCoroutine(self._queued(state, request, base, served, again))
 
-    def _warm_worker(self, state: _AppState) -> Worker | None:
+    def _warm_worker(self, state: _AppState, counts: dict[str, int]) -> Worker | None:
         """
         A worker of a persistent app free to take a request now, or C{None}:
-        the request queues.  Counts the hit or miss and scales the app.
+        the request queues.  Counts the hit or miss in C{counts} and scales
+        the app.
         """
         if state.last_failure is not None:
             self._refuse_if_failing(state)
         survey = self._survey(state)
-        self._counts["hits" if survey.warm else "misses"] += 1
+        counts["hits" if survey.warm else "misses"] += 1
         if survey.wants_another:
             failures = state.failures
             self._start_another(state)
@@ -355,10 +398,11 @@ class WorkerPool(WorkerLifecycle):
         request: Request,
         base: str,
         served: Served | None,
+        counts: dict[str, int],
         again: Again | None = None,
     ) -> Response:
         self._refuse_if_failing(state)
-        self._counts["misses"] += 1
+        counts["misses"] += 1
         await self._ephemeral_slot(state)
         if self._retired_since(state):
             # a fresh worker of the old copy would serve it

@@ -265,7 +265,7 @@ class AppStep:
             return refusal
         if loaded.static:
             return refusal
-        return self.pool.handle(
+        return self.pool.reroute(
             self._cached_pool_app(loaded), request.with_path(rest), base, served
         )
 

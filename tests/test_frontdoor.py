@@ -549,6 +549,16 @@ def test_a_multi_segment_prefix():
     assert door.get("/internal/api/health").status == 404
 
 
+def test_an_api_404_names_the_path_with_its_prefix():
+    """The core API's 404 names the path the client sent, prefix and all."""
+    for prefix in ("", "/_", "/internal/rt"):
+        door = Door(api_prefix=prefix)
+        for path in (f"{prefix}/api/nope", f"{prefix}/api/health/nope"):
+            response = door.get(path + "?q=1")
+            assert response.status == 404
+            assert json.loads(response.body)["error"]["message"] == f"No API route {path}"
+
+
 # -- logging ------------------------------------------------------------------------------
 
 SECRET_HEADERS = {

@@ -18,7 +18,6 @@ from eliot import current_action
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from buntime import __version__
 from buntime.http import AppInfo, Headers, Request, Response, Takeover
@@ -28,7 +27,7 @@ from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
 from buntime.stream import close_body
 from buntime.trust import api_refusal, trusted
-from buntime.web.api.core import CoreAPI
+from buntime.web.api.core import APISite, CoreAPI
 from buntime.web.http1 import Exchange
 from buntime.web.state import RuntimeState
 from buntime.web.takeover import TakenOver
@@ -116,8 +115,8 @@ class FrontDoor:
         # (route prefix, a site for its Klein resource), longest prefix first; the core API last.
         mounted = [(prefix, obj.app.resource()) for prefix, obj in apis]
         mounted.sort(key=lambda pair: len(pair[0]), reverse=True)
-        self._api_sites = [(prefix, _site(res)) for prefix, res in mounted]
-        self._api_sites.append(("/api", _site(api.app.resource())))
+        self._api_sites = [(prefix, APISite(res, api_prefix)) for prefix, res in mounted]
+        self._api_sites.append(("/api", APISite(api.app.resource(), api_prefix)))
         self._api_prefix = api_prefix
         self._api_base = f"{api_prefix}/api"
         self.steps: list[Step] = steps or []
@@ -415,11 +414,3 @@ class _Hooks:
         if self.action is None:
             return self.registry.response_hooks(response, self.app, self.request)
         return self.action.run(self.registry.response_hooks, response, self.app, self.request)
-
-
-def _site(resource: Any) -> Site:
-    """A quiet site for rendering C{resource} (no access log, no tracebacks to clients)."""
-    site = Site(resource)
-    site.displayTracebacks = False
-    site.noisy = False
-    return site

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from attrs import frozen
 from klein import Klein
+from twisted.web.server import Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from buntime import __version__
@@ -41,10 +42,31 @@ def json_error(request: Any, status: int, code: str, message: str) -> bytes:
     return json_body(request, {"error": {"code": code, "message": message}}, status)
 
 
+class APISite(Site):
+    """
+    A quiet site rendering an API Klein app (no access log, no tracebacks
+    to clients).  The request it renders has the API C{prefix}
+    (C{RUNTIME_API_PREFIX}) taken off its path; its errors put it back.
+    """
+
+    def __init__(self, resource: Any, prefix: str = "") -> None:
+        super().__init__(resource)
+        self.prefix = prefix
+        self.displayTracebacks = False
+        self.noisy = False
+
+
+def _client_path(request: Any) -> str:
+    """The path of an API request as the client sent it: the API prefix back in front."""
+    site = getattr(request, "site", None)
+    prefix = site.prefix if isinstance(site, APISite) else ""
+    return prefix + request.path.decode()
+
+
 def api_not_found(self: object, request: Any, failure: Any) -> bytes:
-    """404 for an unknown API route, JSON like every API error."""
+    """404 for an unknown API route, JSON like every API error, naming the path as sent."""
     request.setHeader(b"x-not-found", b"true")
-    return json_error(request, 404, "NOT_FOUND", f"No API route {request.path.decode()}")
+    return json_error(request, 404, "NOT_FOUND", f"No API route {_client_path(request)}")
 
 
 def api_not_allowed(self: object, request: Any, failure: Any) -> bytes:

@@ -238,6 +238,30 @@ def test_fields_named_as_credentials_are_redacted():
     assert list(record)[5:] == ["authorization", "Cookie", "x_api_key", "nested", "method"]
 
 
+def test_fields_named_as_credentials_are_redacted_in_any_case():
+    """
+    A credential's name in any mix of cases is a credential's field, on the
+    first line that names it and on the next (when known field names are
+    remembered).
+    """
+    for _ in range(2):
+        message = {
+            "message_type": "t",
+            "level": "info",
+            "message": "m",
+            "aUTHORIZATION": "Bearer s3cr3t",
+            "cOoKiE": "id=c00kie",
+            "X_API_Key": "k3y",
+            "X-aPI-kEY": "k3y",
+            "method": "GET",
+        }
+        for line in (format_json(message), format_pretty(message)):
+            assert_no_secret(line)
+        record = to_record(message)
+        assert [record[k] for k in list(message)[3:7]] == [REDACTED] * 4
+        assert record["method"] == "GET"
+
+
 def test_redact_headers():
     assert redact_headers([("Cookie", "a=b"), ("accept", "x")]) == [
         ("Cookie", REDACTED),

@@ -48,14 +48,30 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 _CREDENTIALS = SENSITIVE_HEADERS | {name.replace("-", "_") for name in SENSITIVE_HEADERS}
 """Names whose values are never written, as headers or keys: C{x-api-key}, C{x_api_key} ..."""
 
-_CREDENTIAL_FIELDS = frozenset(
-    spelling for name in _CREDENTIALS for spelling in (name, name.upper(), name.title())
-)
+_SAFE_FIELDS: set[str] = set(_OWN_KEYS) | set(_TASK_KEYS) | {"task_level"}
 """
-A message's own fields never written (C{authorization=...}, C{Cookie=...}):
-looked up as the message's keys are, without lowering each one (a line's
-cost).
+Field names known to be no credential's in any spelling, learned as lines
+are written: a line whose fields are all known (almost every line) costs
+one C{issuperset}; a field name not yet known is lowered once.
 """
+_SAFE_LIMIT = 4096
+"""How many field names L{_SAFE_FIELDS} learns (a line of more is lowered each time)."""
+
+
+def _credential_fields(message: dict[str, Any]) -> list[str]:
+    """
+    The fields of C{message} named as a credential in any case (C{aUTHORIZATION},
+    C{X_Api_Key}); those found no credential's are learned as safe.
+    """
+    found = []
+    for key in message:
+        if key in _SAFE_FIELDS:
+            continue
+        if str(key).lower() in _CREDENTIALS:
+            found.append(key)
+        elif len(_SAFE_FIELDS) < _SAFE_LIMIT:
+            _SAFE_FIELDS.add(key)
+    return found
 
 
 def _scrub(value: Any) -> Any:
@@ -114,8 +130,8 @@ def to_record(message: dict[str, Any]) -> dict[str, Any]:
     for key, value in message.items():
         if type(value) not in _PLAIN and key != "task_level" and key not in _OWN_KEYS:
             record[key] = _scrub(value)  # (eliot's task_level: a list of ints)
-    if not _CREDENTIAL_FIELDS.isdisjoint(message):
-        for key in _CREDENTIAL_FIELDS.intersection(message):
+    if not _SAFE_FIELDS.issuperset(message):
+        for key in _credential_fields(message):
             record[key] = REDACTED
     return record
 

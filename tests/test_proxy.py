@@ -698,6 +698,37 @@ def test_replicas_sharing_a_data_dir_see_each_others_rules(tmp_path):
         assert not plugin.watch.running
 
 
+def test_replicas_changing_rules_within_the_same_second_lose_none(tmp_path):
+    """
+    A rule one replica adds before another has looked at the file again is
+    not written over by the other's change: each change reads the file first.
+    """
+    first, second = ProxyPlugin({}), ProxyPlugin({})
+    for plugin in (first, second):
+        context = Context(tmp_path, {})
+        context.refuse_change = lambda request: None
+        plugin.on_init(context)
+    added = api_request(b"POST", b'{"id": "x", "pattern": "^/x", "target": "http://h"}')
+    first.add_rule(added)
+    assert added.responseCode == 201
+    again = api_request(b"POST", b'{"id": "x", "pattern": "^/x2", "target": "http://h"}')
+    assert b"RULE_EXISTS" in second.add_rule(again)  # it has not looked yet, but it knows
+    other = api_request(b"POST", b'{"id": "y", "pattern": "^/y", "target": "http://h"}')
+    second.add_rule(other)
+    assert other.responseCode == 201
+    stored = RuleStore(str(tmp_path / "proxy")).load(False)[0]
+    assert [r.id for r in stored] == ["x", "y"]
+    assert [r.id for r in second.rules] == ["x", "y"]
+    changed = api_request(b"PUT", b'{"pattern": "^/y2", "target": "http://h"}')
+    first.put_rule(changed, "y")  # y is first's to change too
+    assert changed.responseCode == 200
+    second.delete_rule(api_request(b"DELETE"), "x")
+    stored = RuleStore(str(tmp_path / "proxy")).load(False)[0]
+    assert [(r.id, r.pattern.pattern) for r in stored] == [("y", "^/y2")]
+    for plugin in (first, second):
+        plugin.on_shutdown()
+
+
 def test_the_upstream_is_told_https_for_a_request_that_came_over_tls():
     from buntime.web.trust import with_https
 

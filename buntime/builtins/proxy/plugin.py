@@ -14,7 +14,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from attrs import define, field
@@ -163,6 +164,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
             rule = parse_rule(data, allow_link_local=self.allow_link_local)
         except RuleError as error:
             return json_error(request, 400, "INVALID_RULE", str(error))
+        return self._changing(request, partial(self._add, request, rule))
+
+    def _add(self, request: Any, rule: Rule) -> bytes:
         if any(existing.id == rule.id for existing in self.rules):
             return json_error(request, 409, "RULE_EXISTS", f"A rule with id {rule.id} exists")
         unsaved = self._save(request, [*self.rules, rule])
@@ -182,6 +186,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         refused = self._refused(request)
         if refused is not None:
             return refused
+        return self._changing(request, partial(self._put, request, rule_id))
+
+    def _put(self, request: Any, rule_id: str) -> bytes:
         found = self._find(rule_id)
         refusal = self._unchangeable(request, found, rule_id)
         if refusal is not None:
@@ -207,6 +214,9 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         refused = self._refused(request)
         if refused is not None:
             return refused
+        return self._changing(request, partial(self._delete, request, rule_id))
+
+    def _delete(self, request: Any, rule_id: str) -> bytes:
         found = self._find(rule_id)
         refusal = self._unchangeable(request, found, rule_id)
         if refusal is not None:
@@ -218,6 +228,19 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
             return unsaved
         request.setResponseCode(204)
         return b""
+
+    def _changing(self, request: Any, change: Callable[[], bytes]) -> bytes:
+        """
+        C{change()}'s answer, made with the rules file locked and read again
+        first if another runtime sharing the data dir has changed it since.
+        """
+        assert self.store is not None
+        try:
+            with self.store.locked():
+                self._reload_if_changed()
+                return change()
+        except OSError as error:  # the directory to lock cannot be made or opened
+            return self._not_saved(request, error)
 
     def _refused(self, request: Any) -> bytes | None:
         """The runtime's trust rule for a change of the rules (C{ctx.refuse_change})."""
@@ -249,20 +272,25 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         try:
             kept = self.store.save(rules)
         except OSError as error:
-            reason = error.strerror or str(error)
-            self.logger.error(f"The proxy rules could not be saved in {self.store.path}: {reason}")
-            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
-            return json_error(
-                request,
-                507 if full else 500,
-                "RULES_NOT_SAVED",
-                f"The rules could not be saved: {reason}; nothing changed",
-            )
+            return self._not_saved(request, error)
         if kept is not None:
             self.logger.warn(f"The unreadable proxy rules file was kept as {kept}")
         self._stamp = self.store.stamp()
         self.rules = rules
         return None
+
+    def _not_saved(self, request: Any, error: OSError) -> bytes:
+        """The answer (and log line) when the disk refused a change: nothing changed."""
+        assert self.store is not None
+        reason = error.strerror or str(error)
+        self.logger.error(f"The proxy rules could not be saved in {self.store.path}: {reason}")
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        return json_error(
+            request,
+            507 if full else 500,
+            "RULES_NOT_SAVED",
+            f"The rules could not be saved: {reason}; nothing changed",
+        )
 
 
 def _manifest_id(item: object, index: int) -> str:

@@ -17,6 +17,7 @@ through.
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import json
 import os
@@ -24,7 +25,8 @@ import re
 import socket
 import stat
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import uuid4
@@ -277,6 +279,7 @@ class RuleStore:
     The rules added through the API, kept in C{<data dir>/rules.json}: read
     at start, written whole (to a temporary file, then renamed) on every
     change, so a crash leaves the old file or the new one, never half of one.
+    Runtimes sharing the directory take turns to change it (L{locked}).
     """
 
     def __init__(self, directory: str) -> None:
@@ -291,6 +294,22 @@ class RuleStore:
         except OSError:
             return None
         return found.st_mtime_ns, found.st_size, found.st_ino
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """
+        Hold the directory's lock (C{flock}, as every runtime sharing it
+        does) while the rules are read again, changed and saved, so that no
+        runtime writes over a rule another one has just saved.
+        """
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, exist_ok=True)
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)  # held by others only while they write
+            yield
+        finally:
+            os.close(descriptor)
 
     def load(self, allow_link_local: bool) -> tuple[list[Rule], list[str]]:
         """The stored rules, and a line for each one that can no longer be used."""

@@ -262,7 +262,8 @@ class FakeLauncher:
     """
     Launches L{FakeChild} workers on C{clock}.  C{startup} is what a new
     worker does first: C{ready}, C{fail} (StartupFailed) or C{hang};
-    C{unavailable} makes C{launch} itself fail at once.
+    C{unavailable} makes C{launch} itself fail at once, C{down} after 10 s
+    (as the fork launcher does while its template does not come back).
     """
 
     clock: MemoryReactorClock
@@ -287,6 +288,11 @@ class FakeLauncher:
     ) -> Deferred:
         if self.startup == "unavailable":  # a launcher that cannot start anything now
             return fail(LauncherUnavailable("the fork template exited with code -9"))
+        if self.startup == "down":
+            gone = LauncherUnavailable("the fork template was not ready within 10 s")
+            waited: Deferred = Deferred()
+            self.clock.callLater(10, waited.errback, gone)
+            return waited
         self.next_pid += 1
         process = FakeProcess(self.next_pid, spec, self, on_output)
         process.child = FakeChild(process, self.handler, self.startup)

@@ -406,6 +406,28 @@ def test_launcher_unavailable_answers_503_at_once():
     assert h.get(app).status == 200
 
 
+def test_a_launch_that_waited_for_the_template_in_vain_answers_503(eliot_logger):
+    """The template down for longer than a launch waits is not the app's fault: no 502."""
+    h = Harness(startup="down")
+    app = h.app(timeout=30.0)
+    pending = h.send(app, "/")
+    h.advance(9.9)
+    assert not pending.called
+    h.advance(0.1)
+    response = result_of(pending)
+    status, code, message = error_of(response)
+    assert (status, code) == (503, "WORKERS_UNAVAILABLE")
+    assert "not ready within 10 s" in message
+    assert response.headers.get("retry-after") == "1"
+    [why] = logged(eliot_logger, "buntime:worker:start-failed")
+    assert (
+        why["error"] == "worker could not be launched: the fork template was not ready within 10 s"
+    )
+    h.launcher.startup = "ready"
+    h.advance(0.5)
+    assert h.get(app).status == 200
+
+
 def test_production_hides_the_error():
     h = Harness(production=True, startup="fail")
     status, code, message = error_of(h.get(h.app()))

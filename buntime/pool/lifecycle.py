@@ -245,8 +245,12 @@ class WorkerLifecycle:
             )
         starting.finish(failure.value)
         self._events[state.app.label, "start_failed", ""] += 1
-        message = self._detail(f"App {state.app.label} failed to start", text)
-        self._worker_failed(state, worker, Response.error(502, "WORKER_START_FAILED", message))
+        if isinstance(worker.launch_error, LauncherUnavailable):
+            response = _unavailable(worker.launch_error)  # the template is down: not the app
+        else:
+            message = self._detail(f"App {state.app.label} failed to start", text)
+            response = Response.error(502, "WORKER_START_FAILED", message)
+        self._worker_failed(state, worker, response)
 
     def _worker_gone(self, state: _AppState, worker: Worker, reason: str) -> None:
         if worker not in state.workers:
@@ -254,13 +258,7 @@ class WorkerLifecycle:
         # "exited with code 1", "closed its channel", "could not be launched: ..."
         self._events[state.app.label, "crashed", reason.split(" with ")[0].split(":")[0]] += 1
         if isinstance(worker.launch_error, LauncherUnavailable):
-            # The fork template is down: not the app's fault, and soon over.
-            response = Response.error(
-                503,
-                "WORKERS_UNAVAILABLE",
-                f"Workers cannot be started right now ({worker.launch_error}); retry shortly",
-                {"retry-after": "1"},
-            )
+            response = _unavailable(worker.launch_error)
         else:
             response = self._crash_response(state, f"worker {reason}")
         self._worker_failed(state, worker, response, crash=reason)
@@ -415,3 +413,13 @@ class WorkerLifecycle:
 
     def _stop_checker(self, state: _AppState) -> None:
         self._checks.stop(state)
+
+
+def _unavailable(error: LauncherUnavailable) -> Response:
+    """The answer while the fork template is down: not the app's fault, and soon over."""
+    return Response.error(
+        503,
+        "WORKERS_UNAVAILABLE",
+        f"Workers cannot be started right now ({error}); retry shortly",
+        {"retry-after": "1"},
+    )

@@ -161,7 +161,9 @@ class Worker(InFlight):
 
     def _launch_failed(self, failure: Failure) -> None:
         self.launch_error = failure.value
-        self._gone(f"could not be launched: {failure.getErrorMessage()}")
+        reason = f"could not be launched: {failure.getErrorMessage()}"
+        self._fail_startup(StartupError(f"worker {reason}"))
+        self._gone(reason)
         self._exited.fire(None)
 
     def _ready_timed_out(self, seconds: float) -> None:

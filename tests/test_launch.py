@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from fakes import logged
 from test_child_protocol import RuntimeSide
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
@@ -442,17 +443,59 @@ def test_a_spare_finds_exactly_the_fds_it_has_open():
     assert not {read, write} & _open_fds()
 
 
-def test_a_template_that_cannot_be_started_fails_the_start_with_its_reason():
-    class NoProcesses(Clock):
-        def spawnProcess(self, *args, **kwargs):
-            raise PermissionError(13, "Permission denied", "/venv/bin/python")
+class NoProcesses(Clock):
+    """A reactor that can start no process: each try is counted."""
 
-    launcher = ForkLauncher(NoProcesses())
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries: list[float] = []
+
+    def spawnProcess(self, *args, **kwargs):
+        self.tries.append(self.seconds())
+        raise PermissionError(13, "Permission denied", "/venv/bin/python")
+
+
+def test_a_template_that_cannot_be_started_fails_the_start_with_its_reason(eliot_logger):
+    clock = NoProcesses()
+    launcher = ForkLauncher(clock)
     failures: list = []
     launcher.start().addErrback(failures.append)
     [failure] = failures
     assert failure.check(PermissionError)
     assert "Permission denied" in failure.getErrorMessage()
+    [line] = logged(eliot_logger, "buntime:launch:template-failed")
+    assert line["level"] == "error"
+    assert line["message"] == (
+        "The fork template could not be started: "
+        "[Errno 13] Permission denied: '/venv/bin/python'; trying again in 1 s"
+    )
+    launcher.stop()
+
+
+def test_a_template_that_cannot_be_started_is_tried_again_and_again(eliot_logger, monkeypatch):
+    """
+    Whatever kept it from starting (no fd, no process left, a venv being
+    replaced) may pass: the launcher tries again, a while later each time.
+    """
+    clock = NoProcesses()
+    launcher = ForkLauncher(clock)
+    launcher.start().addErrback(lambda _: None)
+    for _ in range(5):
+        clock.advance(60)
+    assert clock.tries == [0, 60, 120, 180, 240, 300]  # 1 s, 2, 4, 8, 16 s... at most 30 s
+    monkeypatch.setattr(
+        "socket.socketpair", lambda *args: (_ for _ in ()).throw(OSError(24, "Too many open files"))
+    )
+    clock.advance(60)
+    assert len(clock.tries) == 6  # not even a socket pair: tried again too
+    monkeypatch.undo()
+    clock.advance(30)
+    assert len(clock.tries) == 7
+    lines = logged(eliot_logger, "buntime:launch:template-failed")
+    assert len(lines) == 8 and "Too many open files" in lines[6]["message"]
+    launcher.stop()
+    clock.advance(60)
+    assert len(clock.tries) == 7  # stopped: no more tries
 
 
 # -- the spare the template forks ahead ------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from buntime.logs import log
 from buntime.pool.launch.launcher import ILauncher
@@ -29,11 +30,11 @@ class PoolService(Service):
         self.launcher_ready.addErrback(self._launcher_failed)
         self.pool.start()
 
-    def _launcher_failed(self, failure: object) -> None:
+    def _launcher_failed(self, failure: Failure) -> None:
         log(
             "error",
             "buntime:pool:launcher-failed",
-            f"The worker launcher failed to start: {failure}",
+            f"The worker launcher failed to start: {failure.getErrorMessage()}",
         )
 
     async def _stop(self) -> None:

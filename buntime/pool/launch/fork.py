@@ -121,9 +121,9 @@ class ForkLauncher:
     environment to the spare the template forked ahead and handed over (the
     worker is then that spare, at once), or else to the template, which
     forks and reports the pid; the template reports the exit code.  A
-    template that dies is restarted after C{restart_delay} seconds
-    (doubling while it keeps dying before it is ready, up to
-    L{MAX_RESTART_DELAY}); launches wait for it meanwhile, and fail with
+    template that dies, or cannot be started, is started again after
+    C{restart_delay} seconds (doubling while it keeps failing before it is
+    ready, up to L{MAX_RESTART_DELAY}); launches wait for it meanwhile, and fail with
     L{LauncherUnavailable} after C{launch_timeout} seconds (those it was
     forking when it died fail at once).  C{reactor} provides
     C{IReactorProcess}, C{IReactorSocket} and C{IReactorTime}.
@@ -279,12 +279,18 @@ class ForkLauncher:
     # -- the template process ---------------------------------------------------
 
     def _spawn_template(self) -> Failure | None:
-        """Start the template process; the failure when it cannot be started."""
+        """
+        Start the template process; the failure when it cannot be started
+        (no fd or process left, say), logged and tried again later.
+        """
         self._ready = Once()
         self._ready_now = False
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = _TemplateProcess(self)
         env = dict(self.env) if self.env is not None else _template_env()
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            return self._not_spawned(Failure())
         try:
             self._transport = self.reactor.spawnProcess(
                 process,
@@ -296,10 +302,7 @@ class ForkLauncher:
         except Exception:
             ours.close()
             theirs.close()
-            failure = Failure()
-            ready, self._ready = self._ready, None
-            ready.fire(failure)
-            return failure
+            return self._not_spawned(Failure())
         theirs.close()
         self._process = process
         self._control = ours
@@ -308,6 +311,26 @@ class ForkLauncher:
         adopt(self.reactor, control, self._reader)
         ours.settimeout(2.0)
         return None
+
+    def _not_spawned(self, failure: Failure) -> Failure:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.fire(failure)
+        delay = self._restart_later()
+        log(
+            "error",
+            "buntime:launch:template-failed",
+            f"The fork template could not be started: {failure.getErrorMessage()}; "
+            f"trying again in {delay:g} s",
+        )
+        return failure
+
+    def _restart_later(self) -> float:
+        """Start the template again after a while, longer each time it fails in a row."""
+        delay = min(self.restart_delay * 2**self._failures, MAX_RESTART_DELAY)
+        self._failures += 1
+        self._restart = self.reactor.callLater(delay, self._restart_template)
+        return delay
 
     def _send(self, data: bytes, fds: list[int]) -> None:
         """Send C{data} (JSON lines) and C{fds} to the template."""
@@ -439,9 +462,7 @@ class ForkLauncher:
             f"The fork template exited with code {code}; restarting it",
             code=code,
         )
-        delay = min(self.restart_delay * 2**self._failures, MAX_RESTART_DELAY)
-        self._failures += 1
-        self._restart = self.reactor.callLater(delay, self._restart_template)
+        self._restart_later()
 
     def _restart_template(self) -> None:
         self._restart = None

@@ -426,6 +426,23 @@ def test_a_rehearsal_that_fails_leaves_the_template_working():
     assert "RuntimeError: the rehearsal broke" in result.stderr
 
 
+def test_a_rehearsal_without_a_temporary_directory_is_one_line_not_a_traceback():
+    probe = (
+        "import gc, tempfile\n"
+        "tempfile.tempdir = '/nonexistent/tmp'  # TMPDIR, /tmp and the rest unwritable\n"
+        "from buntime.pool.launch.template import preload\n"
+        "preload()\n"
+        "print(gc.get_freeze_count() > 1000)\n"
+    )
+    result = _probe(probe)
+    assert result.stdout.split() == ["True"]
+    [skipped] = result.stderr.splitlines()  # one line
+    assert skipped.startswith(
+        "The fork template's warm-up was skipped (workers start colder): "
+        "[Errno 2] No such file or directory: '/nonexistent/tmp/buntime-warm-"
+    )
+
+
 def test_a_spare_finds_exactly_the_fds_it_has_open():
     """What a spare keeps for its reactor is worked out from the fds it has open."""
     from buntime.pool.launch.template import _open_fds

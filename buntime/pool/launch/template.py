@@ -97,7 +97,10 @@ def preload() -> None:
         inherit()
         try:
             warm_up()
-        except Exception:  # workers are then only colder: the template goes on
+        except OSError as error:  # no temporary directory, say: workers are then only colder
+            warning = f"The fork template's warm-up was skipped (workers start colder): {error}"
+            print(warning, file=sys.stderr)
+        except Exception:  # the same, but a fault of the warm-up's own
             traceback.print_exc()
         if "twisted.internet.reactor" in sys.modules:
             raise RuntimeError("the fork template must not import twisted.internet.reactor")

@@ -348,6 +348,46 @@ async def test_unknown_route_and_wrong_method(setup: Setup) -> None:
     assert (status, answer["error"]["code"]) == (404, "NOT_FOUND")
 
 
+@pytest.mark.parametrize(
+    ("refusal", "status", "code"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), 507, "INSUFFICIENT_STORAGE"),
+        (
+            FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/tmp']"),
+            500,
+            "INTERNAL_ERROR",
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_upload_the_temporary_directory_refuses_says_so_in_one_line(
+    setup: Setup, eliot_logger, monkeypatch, refusal: OSError, status: int, code: str
+) -> None:
+    """An archive over 64 KiB waits in TMPDIR while it is read: a full or unusable one says so."""
+    import types
+
+    import multipart
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise refusal
+
+    monkeypatch.setattr(multipart, "tempfile", types.SimpleNamespace(TemporaryFile=refused))
+    before = setup.snapshot()
+    archive = make_zip({"manifest.yaml": MANIFEST, "big.bin": os.urandom(100_000)})
+    status_, body = await setup.upload("hello-1.0.0.zip", archive)
+    assert (status_, body["error"]["code"]) == (status, code)
+    assert body["error"]["message"] == (
+        f"The upload could not be kept in the temporary directory (TMPDIR): {refusal.strerror}"
+        "; nothing changed"
+    )
+    assert setup.snapshot() == before
+    [line] = [m for m in eliot_logger.messages if m.get("level") == "error"]
+    assert line["message_type"] == "buntime:uploads:tempdir-failed" and "traceback" not in line
+    monkeypatch.undo()
+    status_, _ = await setup.upload("hello-1.0.0.zip", archive)
+    assert status_ == 200  # TMPDIR writable again: the same upload goes through
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_upload_on_a_full_disk_is_a_507_and_leaves_nothing(
     setup: Setup, monkeypatch

@@ -7,6 +7,7 @@ anyway), so the body is parsed here with the C{multipart} package.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -15,6 +16,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
 from buntime.archive import InstallError
+from buntime.logs import log
 
 UPLOAD_FIELD = "file"
 MAX_PARTS = 16
@@ -69,7 +71,23 @@ def uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]
             return part.filename.replace("\\", "/").rsplit("/", 1)[-1], part.file
     except MultipartError as e:
         raise InstallError("NO_FILE_PROVIDED", f"Malformed multipart body: {e}") from None
+    except OSError as error:  # a file over 64 KiB is read into a temporary file first
+        raise _not_kept(error) from None
     raise InstallError("NO_FILE_PROVIDED", f"No file in the multipart field {UPLOAD_FIELD!r}")
+
+
+def _not_kept(error: OSError) -> InstallError:
+    """An upload the temporary directory refused (none usable, or full), logged in one line."""
+    reason = error.strerror or str(error)
+    log(
+        "error",
+        "buntime:uploads:tempdir-failed",
+        f"An upload could not be kept in the temporary directory (TMPDIR): {reason}",
+    )
+    message = f"The upload could not be kept in the temporary directory (TMPDIR): {reason}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InstallError("INSUFFICIENT_STORAGE", f"{message}; nothing changed", 507)
+    return InstallError("INTERNAL_ERROR", f"{message}; nothing changed", 500)
 
 
 async def off_the_reactor(

@@ -92,8 +92,13 @@ class Unpacked:
         created = _make_parents(target, stop)
         try:
             if not os.path.lexists(target):
-                os.rename(new, target)
-                return None
+                try:
+                    os.rename(new, target)
+                    return None
+                except OSError as error:
+                    if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    # A runtime sharing the worker dir installed it meanwhile: replace it.
             if exchange_paths(new, target):
                 return new
             aside = os.path.join(self.scratch, "previous")

@@ -129,6 +129,32 @@ def test_move_into_place_creates_the_parents_and_swaps_out_an_old_copy(tmp_path:
     assert sorted(os.listdir(tmp_path)) == ["@scope"]
 
 
+def test_a_copy_another_runtime_moves_in_at_the_same_moment_is_replaced(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Two runtimes sharing a worker dir install one version at once: the last one wins."""
+    target = tmp_path / "name" / "1.0.0"
+    first = unpack(make_zip({"v": b"1"}), "a.zip", str(tmp_path), Budget(100, 10))
+    second = unpack(make_zip({"v": b"2"}), "a.zip", str(tmp_path), Budget(100, 10))
+    real_lexists = os.path.lexists
+    looked: list[str] = []
+
+    def not_there_yet(path: str) -> bool:  # the second looks before the first moves in
+        looked.append(path)
+        return False if len(looked) == 2 else real_lexists(path)
+
+    monkeypatch.setattr(os.path, "lexists", not_there_yet)
+    assert first.move_into_place(first.extracted, str(target), str(tmp_path)) is None
+    aside = second.move_into_place(second.extracted, str(target), str(tmp_path))
+    monkeypatch.undo()
+    assert len(looked) == 2
+    assert (target / "v").read_bytes() == b"2"
+    assert aside is not None and Path(aside, "v").read_bytes() == b"1"
+    for unpacked in (first, second):
+        unpacked.discard()
+    assert sorted(os.listdir(tmp_path)) == ["name"]
+
+
 def test_a_failed_move_removes_the_parents_it_made(tmp_path: Path, monkeypatch) -> None:
     unpacked = unpack(make_zip({"v": b"1"}), "a.zip", str(tmp_path), Budget(100, 10))
 

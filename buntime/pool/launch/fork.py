@@ -11,6 +11,7 @@ import site
 import socket
 import sys
 from collections.abc import Callable, Mapping
+from contextvars import Context
 from typing import Any
 
 from attrs import define, field
@@ -223,7 +224,10 @@ class ForkLauncher:
             for sock in theirs:
                 sock.close()
         if pid is not None:
-            return succeed(self._adopt(pid, ours, protocol, on_output))
+            # outside the caller's eliot action, as a launch the template forks
+            # is adopted: the channel's own log lines are no request's
+            adopted = Context().run(self._adopt, pid, ours, protocol, on_output)
+            return succeed(adopted)
         launched: Deferred = Deferred()
         self._pending[spec.worker_id] = (launched, ours, protocol, on_output)
         launched.addTimeout(self.launch_timeout, self.reactor, self._launch_timed_out(spec))

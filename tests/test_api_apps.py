@@ -342,8 +342,12 @@ async def test_delete_errors(setup: Setup, path: str, status: int, code: str) ->
 
 @pytest_twisted.ensureDeferred
 async def test_unknown_route_and_wrong_method(setup: Setup) -> None:
-    status, answer = await setup.call("GET", "/api/apps/upload")
-    assert (status, answer["error"]["code"]) == (405, "METHOD_NOT_ALLOWED")
+    response = await setup.stub.request("GET", BASE + "/api/apps/upload")
+    answer = json.loads(await setup.stub.content(response))
+    assert (response.code, answer["error"]["code"]) == (405, "METHOD_NOT_ALLOWED")
+    assert response.headers.getRawHeaders("allow") == ["POST"]
+    response = await setup.stub.request("PUT", BASE + "/api/apps")
+    assert response.headers.getRawHeaders("allow") == ["GET, HEAD"]
     status, answer = await setup.call("DELETE", "/api/apps/_/hello/1.0.0/extra")
     assert (status, answer["error"]["code"]) == (404, "NOT_FOUND")
 

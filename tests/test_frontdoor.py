@@ -167,6 +167,27 @@ def test_well_known(door):
     assert json.loads(response.body) == {"api": "/api", "version": __version__}
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/health"),
+        ("DELETE", "/api/health/ready"),
+        ("OPTIONS", "/api/openapi.json"),
+        ("POST", "/.well-known/buntime"),
+        ("DELETE", "/.well-known/buntime"),
+    ],
+)
+def test_a_wrong_method_is_405_naming_the_allowed_ones(door, method, path):
+    """RFC 9110: a 405 says in C{Allow} what the path takes."""
+    door.door._api_token = TOKEN
+    response = door.fetch(method, path, headers={"authorization": f"Bearer {TOKEN}"})
+    assert response.status == 405
+    assert response.headers["allow"] == "GET, HEAD"
+    assert json.loads(response.body) == {
+        "error": {"code": "METHOD_NOT_ALLOWED", "message": f"{method} is not allowed here"}
+    }
+
+
 # -- fixed answers and errors -------------------------------------------------------------
 
 

@@ -307,7 +307,7 @@ class FrontDoor:
         C{on_response} C{hooks}, if any.
         """
         if request.path == "/.well-known/buntime":
-            found = Response.json({"api": self._api_base, "version": __version__})
+            found = _well_known(request, self._api_base)
             return _as_deferred(found if hooks is None else hooks.responded(found))
         return self._from_step(0, request, fields, hooks)
 
@@ -382,6 +382,14 @@ def _dropping(result: _T, declined: Response) -> _T:
     """C{result}, once C{declined} is dropped (L{_drop}): a callback."""
     _drop(declined)
     return result
+
+
+def _well_known(request: Request, api_base: str) -> Response:
+    """C{/.well-known/buntime}: where the API is; a 405 naming GET and HEAD to other methods."""
+    if request.method in ("GET", "HEAD"):
+        return Response.json({"api": api_base, "version": __version__})
+    message = f"{request.method} is not allowed here"
+    return Response.error(405, "METHOD_NOT_ALLOWED", message, {"allow": "GET, HEAD"})
 
 
 def _built_in(request: Request) -> Response:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from attrs import frozen
@@ -69,7 +69,19 @@ def api_not_found(self: object, request: Any, failure: Any) -> bytes:
     return json_error(request, 404, "NOT_FOUND", f"No API route {_client_path(request)}")
 
 
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+def allow_header(methods: Iterable[str]) -> bytes:
+    """The C{Allow} value naming C{methods} in the usual order (GET first)."""
+    rank = {m: i for i, m in enumerate(_METHOD_ORDER)}
+    ordered = sorted(set(methods), key=lambda m: (rank.get(m, len(rank)), m))
+    return ", ".join(ordered).encode("ascii")
+
+
 def api_not_allowed(self: object, request: Any, failure: Any) -> bytes:
+    """405 for a known API path, with the C{Allow} header HTTP asks for (RFC 9110 15.5.6)."""
+    request.setHeader(b"allow", allow_header(failure.value.valid_methods or ()))
     return json_error(
         request, 405, "METHOD_NOT_ALLOWED", f"{request.method.decode()} is not allowed here"
     )

@@ -32,7 +32,7 @@ from buntime.service import RuntimeService, exit_now, fatal_exit
 from buntime.trust import ChangeRule
 from buntime.web.api.apps import AppsAPI
 from buntime.web.api.core import CoreAPI
-from buntime.web.api.openapi import openapi_document
+from buntime.web.api.openapi import STRING, json_object, openapi_document
 from buntime.web.api.plugins import PluginsAPI
 from buntime.web.apps import AppStep
 from buntime.web.frontdoor import FrontDoor
@@ -201,7 +201,9 @@ def make_runtime(
                 "responses": {
                     "200": {
                         "description": '`{"api": "/api", "version": "0.1.0"}`',
-                        "content": {"application/json": {"schema": {"type": "object"}}},
+                        "content": {
+                            "application/json": {"schema": json_object(api=STRING, version=STRING)}
+                        },
                     }
                 },
             }

@@ -591,3 +591,68 @@ async def test_openapi_lists_every_core_route_and_docs_are_html(shared):
     page = await response.text()
     assert "<html" in page.lower()
     assert "/api/apps/upload" in page or "openapi.json" in page
+
+
+def declared_schema(document: dict[str, Any], path: str, method: str, status: int) -> Any:
+    """The JSON schema C{document} declares for C{status} of an operation, C{$ref}s inlined."""
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict) and "$ref" in node:
+            target: Any = document
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return inline(target)
+        if isinstance(node, dict):
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    responses = document["paths"][path][method]["responses"]
+    response = inline(responses.get(str(status)) or responses["default"])
+    content = response.get("content") or {}
+    assert "application/json" in content, f"{method} {path} {status} declares no JSON body"
+    schema = content["application/json"]["schema"]
+    assert schema, f"{method} {path} {status} declares an empty schema"
+    return schema
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_core_answer_has_the_shape_the_openapi_document_declares(shared):
+    """What a client generated from the served document expects is what the runtime answers."""
+    from jsonschema import Draft202012Validator
+
+    document = await shared.json(await shared.get("/api/openapi.json"))
+    change = {"headers": origin(shared)}
+    archive, content_type = multipart(
+        "file",
+        "shape.zip",
+        zip_archive({"manifest.yaml": "name: shape\nversion: 1.0.0\n", "index.html": "x"}),
+    )
+    upload_body = {"data": archive, "headers": {"Content-Type": content_type, **origin(shared)}}
+    calls = [
+        ("GET", "/api/health", "/api/health", {}),
+        ("GET", "/api/health/live", "/api/health/live", {}),
+        ("GET", "/api/health/ready", "/api/health/ready", {}),
+        ("GET", "/.well-known/buntime", "/.well-known/buntime", {}),
+        ("GET", "/api/openapi.json", "/api/openapi.json", {}),
+        ("GET", "/api/apps", "/api/apps", {}),
+        ("POST", "/api/apps/upload", "/api/apps/upload", upload_body),
+        ("DELETE", "/api/apps/_/shape/1.0.0", "/api/apps/{scope}/{name}/{version}", change),
+        ("POST", "/api/apps/upload", "/api/apps/upload", upload_body),
+        ("DELETE", "/api/apps/_/shape", "/api/apps/{scope}/{name}", change),
+        ("GET", "/api/plugins", "/api/plugins", {}),
+        ("GET", "/api/plugins/loaded", "/api/plugins/loaded", {}),
+        ("POST", "/api/plugins/reload", "/api/plugins/reload", change),
+        ("POST", "/api/plugins/upload", "/api/plugins/upload", change),  # 400: no file
+        ("DELETE", "/api/plugins/%40acme%2Fnone", "/api/plugins/{name}", change),  # 404
+    ]
+    statuses = []
+    for method, path, template, request in calls:
+        response = await shared.request(method, path, **request)
+        answer = await shared.json(response)
+        statuses.append(response.code)
+        schema = declared_schema(document, template, method.lower(), response.code)
+        errors = [e.message for e in Draft202012Validator(schema).iter_errors(answer)]
+        assert not errors, (method, path, response.code, answer, errors)
+    assert statuses == [200] * 13 + [400, 404]

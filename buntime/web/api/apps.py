@@ -27,28 +27,22 @@ from buntime.web.api.core import (
     json_body,
     standard_errors,
 )
-from buntime.web.api.openapi import describe
+from buntime.web.api.openapi import STRING, STRINGS, describe, json_object, json_response, success
 from buntime.web.api.uploads import UPLOAD_BODY, off_the_reactor, uploaded_file
 
 _ERROR_RESPONSES: dict[int | str, str | dict[str, Any]] = {
-    400: "`NO_FILE_PROVIDED`, `INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, `PATH_TRAVERSAL`, "
-    "`MISSING_PARAMS` or `NO_WORKER_DIRS`",
+    400: "`NO_FILE_PROVIDED`, `BAD_REQUEST` (malformed multipart), `INVALID_FILE_TYPE`, "
+    "`INVALID_ARCHIVE`, `PATH_TRAVERSAL`, `MISSING_PARAMS` or `NO_WORKER_DIRS`",
     413: "`PAYLOAD_TOO_LARGE`: the upload, or what the archive unpacks to, is too big",
+    507: "`INSUFFICIENT_STORAGE`: the disk (or the temporary directory) is full; nothing changed",
 }
 
 
-def _app_object(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"success": {"const": True}, "data": {"type": "object"}},
-                }
-            }
-        },
-    }
+_REMOVED = json_response(
+    "Removed: `data.removed` lists the app directories",
+    success(name=STRING, version={"type": ["string", "null"]}, removed=STRINGS),
+)
+_NOT_FOUND = "`APP_NOT_FOUND` or `VERSION_NOT_FOUND`"
 
 
 def _dirs(worker_dirs: Iterable[str]) -> tuple[str, ...]:
@@ -89,24 +83,13 @@ class AppsAPI:
     @app.route("/api/apps", methods=["GET", "HEAD"])
     @describe(
         responses={
-            200: {
-                "description": "The apps, sorted by name",
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "path": {"type": "string"},
-                                    "versions": {"type": "array", "items": {"type": "string"}},
-                                },
-                            },
-                        }
-                    }
+            200: json_response(
+                "The apps, sorted by name",
+                {
+                    "type": "array",
+                    "items": json_object(name=STRING, path=STRING, versions=STRINGS),
                 },
-            }
+            )
         }
     )
     def list_apps(self, request: Any) -> bytes:
@@ -123,7 +106,10 @@ class AppsAPI:
     @describe(
         request_body=UPLOAD_BODY,
         responses={
-            200: _app_object("Installed: `data.app` = {name, version, installedAt}"),
+            200: json_response(
+                "Installed",
+                success(app=json_object(name=STRING, version=STRING, installedAt=STRING)),
+            ),
             **_ERROR_RESPONSES,
         },
     )
@@ -165,7 +151,7 @@ class AppsAPI:
         )
 
     @app.route("/api/apps/<scope>/<name>", methods=["DELETE"])
-    @describe(responses={200: _app_object("Removed: `data.removed` lists the app directories")})
+    @describe(responses={200: _REMOVED, 404: _NOT_FOUND, 400: "`PATH_TRAVERSAL`"})
     async def delete_app(self, request: Any, scope: str, name: str) -> bytes:
         """
         Remove every version of an app.
@@ -178,7 +164,7 @@ class AppsAPI:
         return await self._delete(request, scope, name, None)
 
     @app.route("/api/apps/<scope>/<name>/<version>", methods=["DELETE"])
-    @describe(responses={200: _app_object("Removed: `data.removed` lists the app directories")})
+    @describe(responses={200: _REMOVED, 404: _NOT_FOUND, 400: "`PATH_TRAVERSAL`"})
     async def delete_version(self, request: Any, scope: str, name: str, version: str) -> bytes:
         """
         Remove one version of an app.

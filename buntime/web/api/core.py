@@ -17,8 +17,11 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from buntime import __version__
 from buntime.logs import log
-from buntime.web.api.openapi import describe, docs_page
+from buntime.web.api.openapi import STRING, describe, docs_page, json_object, json_response
 from buntime.web.state import RuntimeState
+
+HEALTH_SCHEMA = json_object(ok={"type": "boolean"}, status=STRING, version=STRING)
+"""C{{"ok", "status", "version"}}: every health probe's answer."""
 
 
 def api_routes() -> Klein:
@@ -151,6 +154,7 @@ class CoreAPI:
         return json_body(request, body, 200 if ok else 503)
 
     @app.route("/api/health", methods=["GET", "HEAD"])
+    @describe(responses={200: json_response("Healthy", HEALTH_SCHEMA)})
     def health(self, request: Any) -> bytes:
         """
         Health check.
@@ -161,6 +165,7 @@ class CoreAPI:
         return self._health(request, "healthy")
 
     @app.route("/api/health/live", methods=["GET", "HEAD"])
+    @describe(responses={200: json_response("Live", HEALTH_SCHEMA)})
     def live(self, request: Any) -> bytes:
         """
         Liveness probe.
@@ -173,11 +178,12 @@ class CoreAPI:
     @app.route("/api/health/ready", methods=["GET", "HEAD"])
     @describe(
         responses={
-            503: {
-                "description": 'Not ready: `{"ok": false, "status": "starting"}` (or '
-                '`"stopping"`), the health shape, not an error',
-                "content": {"application/json": {"schema": {}}},
-            }
+            200: json_response("Ready", HEALTH_SCHEMA),
+            503: json_response(
+                'Not ready: `{"ok": false, "status": "starting"}` (or `"stopping"`), '
+                "the health shape, not an error",
+                HEALTH_SCHEMA,
+            ),
         }
     )
     def ready(self, request: Any) -> bytes:
@@ -194,7 +200,14 @@ class CoreAPI:
         return self._health(request, self.state.status, ok=False)
 
     @app.route("/api/openapi.json", methods=["GET", "HEAD"])
-    @describe(responses={200: "The OpenAPI 3.1 document of the core API"})
+    @describe(
+        responses={
+            200: json_response(
+                "The OpenAPI 3.1 document of the core API",
+                json_object(openapi=STRING, info={"type": "object"}, paths={"type": "object"}),
+            )
+        }
+    )
     def openapi_json(self, request: Any) -> bytes:
         """
         The OpenAPI 3.1 document of the core API.

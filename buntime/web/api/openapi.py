@@ -67,6 +67,25 @@ def describe(
     return attach
 
 
+def json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI response object: C{description} and a JSON body of C{schema}."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def json_object(**properties: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema object with C{properties}, all of them required."""
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+STRING: dict[str, Any] = {"type": "string"}
+STRINGS: dict[str, Any] = {"type": "array", "items": STRING}
+
+
+def success(**data: dict[str, Any]) -> dict[str, Any]:
+    """The schema of C{{"success": true, "data": {...}}} with C{data}'s properties."""
+    return json_object(success={"const": True}, data=json_object(**data))
+
+
 def _markdown(text: str) -> str:
     return _EPYTEXT.sub(lambda m: _EPYTEXT_MARKS[m.group(1)].format(m.group(2)), text)
 

@@ -35,27 +35,42 @@ from buntime.web.api.core import (
     json_error,
     standard_errors,
 )
-from buntime.web.api.openapi import describe
+from buntime.web.api.openapi import STRING, STRINGS, describe, json_object, json_response, success
 from buntime.web.api.uploads import UPLOAD_BODY, off_the_reactor, uploaded_file
 
+_NAME = {"type": ["string", "null"]}
+_BASE = _NAME
 _LOADED_SCHEMA = {
+    "type": "array",
+    "items": json_object(
+        name=STRING,
+        base=_BASE,
+        dependencies=STRINGS,
+        optionalDependencies=STRINGS,
+        menus={"type": "array", "items": {"type": "object"}},
+    ),
+}
+_FOUND_SCHEMA = {
     "type": "array",
     "items": {
         "type": "object",
         "properties": {
-            "name": {"type": "string"},
-            "base": {"type": ["string", "null"]},
-            "dependencies": {"type": "array", "items": {"type": "string"}},
-            "optionalDependencies": {"type": "array", "items": {"type": "string"}},
-            "menus": {"type": "array", "items": {"type": "object"}},
+            "name": _NAME,
+            "path": STRING,
+            "source": {"enum": ["dir", "builtin", "package"]},
+            "enabled": {"type": ["boolean", "string"]},
+            "error": {**STRING, "description": "Why its manifest could not be read"},
         },
+        "required": ["name", "path", "source", "enabled"],
     },
 }
+_SUMMARY = {"type": "array", "items": json_object(name=STRING, base=_BASE)}
 _ERRORS: dict[int | str, str | dict[str, Any]] = {
     400: "`NO_PLUGIN_DIRS`, `NO_FILE_PROVIDED`, `INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, "
     "`PATH_TRAVERSAL`, `MISSING_PARAMS`, `MISSING_NAME`, or `PLUGIN_LOAD_FAILED` (the "
     "plugins failed to load with the change, which was undone)",
     413: "`PAYLOAD_TOO_LARGE`: what the archive unpacks to is too big",
+    507: "`INSUFFICIENT_STORAGE`: the disk (or the temporary directory) is full; nothing changed",
 }
 
 
@@ -95,7 +110,7 @@ class PluginsAPI:
         return registry
 
     @app.route("/api/plugins", methods=["GET", "HEAD"])
-    @describe(responses={200: "`[{name, path, source, enabled}]`"})
+    @describe(responses={200: json_response("The plugins found", _FOUND_SCHEMA)})
     def list_plugins(self, request: Any) -> bytes:
         """
         List the plugins found.
@@ -127,7 +142,10 @@ class PluginsAPI:
     @app.route("/api/plugins/reload", methods=["POST"])
     @describe(
         responses={
-            200: "`{ok: true, plugins: [{name, base}]}`",
+            200: json_response(
+                "Reloaded: the plugins now loaded",
+                json_object(ok={"const": True}, plugins=_SUMMARY),
+            ),
             500: "`RELOAD_FAILED`: the message says why; the previous plugins keep serving",
         }
     )
@@ -150,7 +168,16 @@ class PluginsAPI:
     @app.route("/api/plugins/upload", methods=["POST"])
     @describe(
         request_body=UPLOAD_BODY,
-        responses={200: "`{success: true, data: {plugin: {name, path, installedAt}}}`", **_ERRORS},
+        responses={
+            200: json_response(
+                "Installed, and the plugins now loaded",
+                success(
+                    plugin=json_object(name=STRING, path=STRING, installedAt=STRING),
+                    plugins=_SUMMARY,
+                ),
+            ),
+            **_ERRORS,
+        },
     )
     async def upload(self, request: Any) -> bytes:
         """
@@ -195,7 +222,7 @@ class PluginsAPI:
     @app.route("/api/plugins/<path:name>", methods=["DELETE"])
     @describe(
         responses={
-            200: "`{success: true, data: {name, removed}}`",
+            200: json_response("Removed: its directory", success(name=STRING, removed=STRING)),
             400: "`NO_PLUGIN_DIRS`, `PLUGIN_NOT_REMOVABLE` (a built-in or packaged plugin), or "
             "`PLUGIN_LOAD_FAILED` (the plugins failed to load without it: it was put back)",
             404: "`PLUGIN_NOT_FOUND`",

@@ -227,6 +227,19 @@ async def test_upload_with_a_malformed_multipart_body(setup: Setup) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_upload_with_a_multipart_body_cut_short(setup: Setup) -> None:
+    """A body that ends inside its part is malformed multipart, not a missing file."""
+    body, headers = multipart(("file", "a.zip", make_zip({"manifest.yaml": MANIFEST})))
+    before = setup.snapshot()
+    status, answer = await setup.call(
+        "POST", "/api/apps/upload", data=body[: len(body) // 2], headers=headers
+    )
+    assert (status, answer["error"]["code"]) == (400, "BAD_REQUEST")
+    assert answer["error"]["message"].startswith("Malformed multipart body: ")
+    assert setup.snapshot() == before
+
+
+@pytest_twisted.ensureDeferred
 async def test_upload_too_large_when_unpacked(tmp_path: Path, eliot_logger) -> None:
     setup = make_setup(tmp_path, max_total_bytes=1000)
     before = setup.snapshot()

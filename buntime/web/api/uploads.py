@@ -47,8 +47,8 @@ def uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]
     The file name (without any directory) and contents of the multipart
     field C{file}.
 
-    @raise InstallError: C{NO_FILE_PROVIDED} when there is none, or the body
-        is not well-formed multipart.
+    @raise InstallError: C{NO_FILE_PROVIDED} when there is none,
+        C{BAD_REQUEST} when the body is not well-formed multipart.
     """
     kind, options = parse_options_header(content_type)
     boundary = options.get("boundary")
@@ -70,7 +70,7 @@ def uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]
             part.file.seek(0)
             return part.filename.replace("\\", "/").rsplit("/", 1)[-1], part.file
     except MultipartError as e:
-        raise InstallError("NO_FILE_PROVIDED", f"Malformed multipart body: {e}") from None
+        raise InstallError("BAD_REQUEST", f"Malformed multipart body: {e}") from None
     except OSError as error:  # a file over 64 KiB is read into a temporary file first
         raise _not_kept(error) from None
     raise InstallError("NO_FILE_PROVIDED", f"No file in the multipart field {UPLOAD_FIELD!r}")

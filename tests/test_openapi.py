@@ -189,6 +189,20 @@ def test_api_prefix() -> None:
     assert "/v1/api/apps/{scope}/{name}" in document["paths"]
 
 
+def test_changes_declare_the_bearer_token_and_their_refusals(document: dict[str, Any]) -> None:
+    """A client generated from the document sends the token, and knows 401 and 403."""
+    scheme = document["components"]["securitySchemes"]["bearerToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    for path, method, operation in operations(document):
+        if method in {"post", "put", "patch", "delete"}:
+            assert operation["security"] == [{"bearerToken": []}, {}], (method, path)
+            assert {"401", "403"} <= set(operation["responses"]), (method, path)
+            assert "`UNAUTHORIZED`" in operation["responses"]["401"]["description"]
+        else:
+            assert "security" not in operation, (method, path)
+            assert "401" not in operation["responses"], (method, path)
+
+
 # -- the docs page ----------------------------------------------------------------
 
 

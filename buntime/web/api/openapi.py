@@ -46,6 +46,21 @@ _ERROR_SCHEMA = {
     "required": ["error"],
 }
 
+_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_BEARER = "bearerToken"
+_REFUSALS = {
+    "401": {
+        "description": "`UNAUTHORIZED`: `RUNTIME_API_TOKEN` is set and the request does not "
+        "bear it (`WWW-Authenticate: Bearer`)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    },
+    "403": {
+        "description": "`FORBIDDEN`: the CSRF rule (no `Origin` matching `Host`), or, "
+        "without a token, a client on another machine or a `Host` not naming this one",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    },
+}
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -156,12 +171,16 @@ def _response(status: str, value: str | dict[str, Any]) -> dict[str, Any]:
     return {"description": value}
 
 
-def _responses(hints: dict[str, Any]) -> dict[str, Any]:
+def _responses(hints: dict[str, Any], change: bool = False) -> dict[str, Any]:
+    """The responses of an operation; a C{change} may be refused (401, 403) too."""
     responses: dict[str, Any] = {
         "200": {"description": "Success", "content": {"application/json": {"schema": {}}}},
     }
     for status, value in hints.get("responses", {}).items():
         responses[str(status)] = _response(str(status), value)
+    if change:
+        for status, refusal in _REFUSALS.items():
+            responses.setdefault(status, refusal)
     responses["default"] = {"$ref": "#/components/responses/Error"}
     return responses
 
@@ -214,7 +233,9 @@ def openapi_document(
                     operation["parameters"] = parameters
                 if hints.get("request_body"):
                     operation["requestBody"] = hints["request_body"]
-                operation["responses"] = _responses(hints)
+                operation["responses"] = _responses(hints, method in _CHANGES)
+                if method in _CHANGES:
+                    operation["security"] = [{_BEARER: []}, {}]
                 paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": OPENAPI_VERSION,
@@ -234,6 +255,14 @@ def openapi_document(
         "paths": paths,
         "components": {
             "schemas": {"Error": _ERROR_SCHEMA},
+            "securitySchemes": {
+                _BEARER: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`RUNTIME_API_TOKEN`: needed by every change when it is set; "
+                    "without it changes are taken from this machine only",
+                }
+            },
             "responses": {
                 "Error": {
                     "description": "An error",

@@ -576,7 +576,7 @@ async def test_a_cold_start_takes_the_spare_the_template_forked_ahead(forking: H
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_next_spare_is_forked_as_soon_as_a_launch_takes_one(forking: Harness) -> None:
+async def test_the_next_spare_is_forked_soon_after_a_launch_takes_one(forking: Harness) -> None:
     spare = await spare_of(forking)
     await launched_on(forking, spare)
     # told the spare was taken, the template forks the next one at once and
@@ -604,6 +604,30 @@ async def test_a_launch_goes_straight_to_the_spare_the_runtime_holds(forking: Ha
     # its exit is still reported (by the template, its parent)
     process.signal(signal.SIGKILL)
     assert await bounded(process.exited) == -signal.SIGKILL
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_launch_close_behind_the_one_that_took_the_spare_tells_the_template_at_once(
+    forking: Harness,
+) -> None:
+    """
+    The template is told of a taken spare SPARE_DELAY later (its next fork
+    would slow the worker starting), or with the next launch it forks.
+    """
+    spare = await spare_of(forking)
+    app = APPS / "routes-demo"
+    first = forking.launcher.launch(
+        LaunchSpec(str(uuid.uuid4()), str(app), worker_env(app)), RuntimeSide(), print
+    )
+    assert first.called and forking.launcher._telling is not None  # not told yet
+    second = forking.launcher.launch(
+        LaunchSpec(str(uuid.uuid4()), str(app), worker_env(app)), RuntimeSide(), print
+    )
+    assert forking.launcher._telling is None  # told along with this launch
+    for launched in (first, second):
+        forking.processes.append(await bounded(launched))
+    assert forking.processes[0].pid == spare and forking.processes[1].pid != spare
+    await spare_of(forking)  # and the next spare is forked
 
 
 def _gone(pid: int) -> bool:

@@ -46,8 +46,8 @@ SPARE_DELAY = 0.05
 """
 Seconds after a launch took the spare before the template is told to fork
 the next: on a small machine that fork, done at once, took the CPU from the
-worker starting (cold starts 1 to 3 ms slower).  Launches meanwhile are
-forked by the template.
+worker starting (cold starts 1 to 3 ms slower).  A launch meanwhile is
+forked by the template, which is then told at once.
 """
 
 
@@ -154,6 +154,8 @@ class ForkLauncher:
     """The spare the template handed over: its pid and the socket it waits on."""
     _telling: Any = None
     """The call telling the template its spare was taken (after L{SPARE_DELAY})."""
+    _taken: int = 0
+    """The pid of that spare."""
 
     def start(self) -> Deferred:
         """Start the template; fires once it has imported everything and is listening."""
@@ -215,7 +217,7 @@ class ForkLauncher:
         try:
             pid = self._hand_to_spare(data, fds)
             if pid is None:
-                self._send(data, fds)
+                self._send(self._taken_now() + data, fds)
         except OSError as error:
             for sock in ours:
                 sock.close()
@@ -252,6 +254,7 @@ class ForkLauncher:
         finally:
             waiting.close()
         # (the template hands over no other spare until it is told)
+        self._taken = pid
         self._telling = self.reactor.callLater(SPARE_DELAY, self._tell_taken, pid)
         return pid
 
@@ -261,9 +264,21 @@ class ForkLauncher:
         if self._control is None:
             return  # a template that ended forgot it; a new one forks its own
         try:
-            self._send(json.dumps({"taken": pid}).encode("utf-8") + b"\n", [])
+            self._send(_taken_line(pid), [])
         except OSError:
             pass  # the template is gone, and its children with it: reported as it ends
+
+    def _taken_now(self) -> bytes:
+        """
+        The line telling the template of a taken spare, if it is still to be
+        told: sent ahead of a launch the template forks (launches come
+        close together, so it forks the next spare after that one).
+        """
+        telling, self._telling = self._telling, None
+        if telling is None or not telling.active():
+            return b""
+        telling.cancel()
+        return _taken_line(self._taken)
 
     def _spare_arrived(self, pid: int, descriptor: int) -> None:
         """The template forked a spare and sent the socket it waits on."""
@@ -472,6 +487,10 @@ class ForkLauncher:
         self._restart = None
         if not self._stopping:
             self._spawn_template()
+
+
+def _taken_line(pid: int) -> bytes:
+    return json.dumps({"taken": pid}).encode("utf-8") + b"\n"
 
 
 def _template_env() -> dict[str, str]:

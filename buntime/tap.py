@@ -11,7 +11,13 @@ from typing import Any, NoReturn
 from twisted.python import usage
 
 from buntime import __version__
-from buntime.config import ConfigError, check_directories, load_config, read_dotenv
+from buntime.config import (
+    ConfigError,
+    check_directories,
+    check_listen,
+    load_config,
+    read_dotenv,
+)
 
 DEFAULT_PIDFILE = "twistd.pid"
 """twistd's default pidfile, written in the working directory."""
@@ -101,6 +107,7 @@ def makeService(options: Options) -> Any:
     hide_environment_values(is_sensitive)
     try:
         check_directories(options.config)  # here, not in postOptions: only to run
+        check_listen(options.config, reactor)
     except ConfigError as error:
         refuse(error)
     runtime = make_runtime(options.config, reactor, options.console_path)

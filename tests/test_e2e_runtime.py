@@ -160,14 +160,15 @@ async def test_bad_port_exits_nonzero_with_one_line(runtimes, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unusable_listen_description_exits_1_with_one_error_line(runtimes, tmp_path):
+async def test_unusable_listen_description_exits_2_with_one_stderr_line(runtimes, tmp_path):
     proc = runtimes.spawn(worker_dirs=[str(tmp_path)], listen="bogus:1")
     status = await proc.wait_exit()
-    assert status == 1
-    errors = [line for line in proc.lines if line["level"] == "error"]
-    assert [line["message_type"] for line in errors] == ["buntime:runtime:fatal"]
-    assert "'bogus:1'" in errors[0]["message"]
-    assert proc.unparsed == [] and proc.stderr == []
+    assert status == 2
+    assert proc.stderr == [
+        "buntime: RUNTIME_LISTEN (or --listen) must be a Twisted endpoint like"
+        " tcp:8000:interface=127.0.0.1, got 'bogus:1': Unknown endpoint type: 'bogus'"
+    ]
+    assert proc.lines == [] and proc.unparsed == []
 
 
 SLOW_APP = """

@@ -223,6 +223,31 @@ def test_make_service_refuses_an_app_directory_that_does_not_exist(clean_environ
     )
 
 
+@pytest.mark.parametrize(
+    ("listen", "reason"),
+    [
+        ("bogus:1", "Unknown endpoint type: 'bogus'"),
+        ("tcp:abc", "invalid literal for int() with base 10: 'abc'"),
+        (
+            "ssl:8443:privateKey=missing.pem",
+            "[Errno 2] No such file or directory: '{cwd}/missing.pem'",
+        ),
+    ],
+)
+def test_make_service_refuses_a_listen_description_twisted_cannot_use(
+    clean_environ, capsys, listen, reason
+):
+    os.mkdir("apps")
+    options = parse(["-w", "apps", "--listen", listen])
+    with pytest.raises(SystemExit) as caught:
+        makeService(options)
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == (
+        "buntime: RUNTIME_LISTEN (or --listen) must be a Twisted endpoint like"
+        f" tcp:8000:interface=127.0.0.1, got {listen!r}: {reason.format(cwd=os.getcwd())}\n"
+    )
+
+
 def test_reload_flag(clean_environ, monkeypatch):
     assert parse(["-w", "apps"]).config.reload is True  # development, the default
     assert parse(["-w", "apps", "--env", "test"]).config.reload is False

@@ -48,6 +48,7 @@ __all__ = [
     "Peers",
     "RuntimeConfig",
     "check_directories",
+    "check_listen",
     "load_config",
     "read_dotenv",
 ]
@@ -128,3 +129,22 @@ def check_directories(config: RuntimeConfig) -> None:
                 f"RUNTIME_WORKER_DIRS (or --worker-dirs): the app directory {path} {what};"
                 " create it (mkdir -p) or fix the path"
             )
+
+
+def check_listen(config: RuntimeConfig, reactor: Any) -> None:
+    """
+    Refuse a listen description Twisted cannot make an endpoint of (an
+    unknown type, a bad argument, a TLS key file that is not there), before
+    plugins load and workers start.
+
+    @raise ConfigError: naming the setting and the description.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(reactor, config.listen)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise ConfigError(
+            f"RUNTIME_LISTEN (or --listen) must be a Twisted endpoint like"
+            f" tcp:8000:interface=127.0.0.1, got {config.listen!r}: {error}"
+        ) from None

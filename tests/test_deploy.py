@@ -372,3 +372,6 @@ def test_the_systemd_unit_in_the_docs_is_the_one_shipped():
     assert "KillSignal=SIGTERM" in unit and "--nodaemon" in unit
     timeout = int(next(line for line in body if line.startswith("TimeoutStopSec=")).split("=")[1])
     assert timeout > 30 + 5  # RUNTIME_SHUTDOWN_TIMEOUT + the production drain delay
+    # ProtectSystem=strict leaves /tmp read-only but for a private one: uploads,
+    # the fork template's warm-up and pip (per-app dependencies) need TMPDIR.
+    assert "ProtectSystem=strict" not in body or "PrivateTmp=true" in body

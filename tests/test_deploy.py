@@ -150,6 +150,30 @@ def test_each_overlay_renders_to_valid_kubernetes_objects(overlay):
         kubernetes_validate.validate(item, "1.37.0", strict=True)
 
 
+def _image(objects: list[dict[str, Any]]) -> str:
+    [deployment] = [item for item in objects if item["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return str(container["image"])
+
+
+def test_an_overlay_s_images_entry_changes_the_image(tmp_path):
+    """The dev overlay runs buntime:dev; an overlay of prod changes the tag as the docs say."""
+    assert _image(render("dev")) == "buntime:dev"
+    assert _image(render("prod")) == "ghcr.io/buntime/buntime:0.1.0"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    prod = os.path.relpath(ROOT / "k8s" / "overlays" / "prod", mine)
+    (mine / "kustomization.yaml").write_text(
+        f"resources: [{prod}]\nimages:\n  - {{name: ghcr.io/buntime/buntime, newTag: 0.2.0}}\n"
+    )
+    rendered = subprocess.run(
+        [tool("kubectl"), "kustomize", str(mine)], capture_output=True, text=True
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [item for item in yaml.safe_load_all(rendered.stdout) if item]
+    assert _image(objects) == "ghcr.io/buntime/buntime:0.2.0"
+
+
 def test_the_deployment_drains_before_it_stops_and_runs_locked_down():
     objects = render("prod")
     [deployment] = [item for item in objects if item["kind"] == "Deployment"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.protocol import Factory
 
-from buntime.web.server import WebService, scheme
+from buntime.web.server import WebService, _another_port, scheme
 from buntime.web.state import RuntimeState
 from buntime.wiring import _api_url, report_empty
 
@@ -59,9 +60,31 @@ def test_a_port_in_use_says_how_to_pick_another():
     [reason] = reasons
     assert reason.startswith(f"Cannot listen on tcp:{port}:interface=127.0.0.1: ")
     other = port + 1  # the next port, not a fixed one that may be the taken one
+    changed = f"tcp:{other}:interface=127.0.0.1"  # not all interfaces, as PORT would be
     assert reason.endswith(
         "; another process holds that port: stop it, or choose another port"
-        f" with PORT={other} (or --port {other}, or --listen tcp:{other})"
+        f" with RUNTIME_LISTEN={changed} (or --listen {changed})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("description", "changed"),
+    [
+        ("tcp6:8000:interface=\\:\\:1", "tcp6:8001:interface=\\:\\:1"),
+        ("tcp:port=8000:interface=127.0.0.1", "tcp:port=8001:interface=127.0.0.1"),
+    ],
+)
+def test_the_other_port_keeps_the_rest_of_the_description(description, changed):
+    how = f"RUNTIME_LISTEN={changed} (or --listen {changed})"
+    assert _another_port(description, 8000, 8001) == how
+
+
+def test_the_other_port_of_a_plain_port_or_an_unknown_description():
+    assert _another_port("tcp:8000", 8000, 8001) == (
+        "PORT=8001 (or --port 8001, or --listen tcp:8001)"
+    )
+    assert _another_port("systemd:domain=INET:index=0", 8000, 8001) == (
+        "RUNTIME_LISTEN (or --listen)"
     )
 
 

@@ -30,6 +30,21 @@ def _in_use(error: CannotListenError) -> bool:
     return getattr(cause, "errno", None) == errno.EADDRINUSE or "in use" in str(cause)
 
 
+def _another_port(description: str, taken: object, other: int) -> str:
+    """
+    How to listen on port C{other} instead of C{taken}, keeping the rest of
+    C{description} (an C{interface=127.0.0.1} must not become all interfaces).
+    """
+    if description == f"tcp:{taken}":
+        return f"PORT={other} (or --port {other}, or --listen tcp:{other})"
+    kind, _, rest = description.partition(":")
+    first, sep, tail = rest.partition(":")
+    if first in (str(taken), f"port={taken}"):
+        changed = f"{kind}:{first.replace(str(taken), str(other))}{sep}{tail}"
+        return f"RUNTIME_LISTEN={changed} (or --listen {changed})"
+    return "RUNTIME_LISTEN (or --listen)"
+
+
 @define(eq=False)
 class WebService(Service):
     """
@@ -86,7 +101,7 @@ class WebService(Service):
             other = taken + 1 if isinstance(taken, int) and 0 < taken < 65535 else 8001
             reason += (
                 "; another process holds that port: stop it, or choose another port"
-                f" with PORT={other} (or --port {other}, or --listen tcp:{other})"
+                f" with {_another_port(self.description, taken, other)}"
             )
         self.fatal(reason)
 

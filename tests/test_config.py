@@ -291,9 +291,18 @@ def test_empty_worker_dirs(value):
             {"RUNTIME_EPHEMERAL_CONCURRENCY": "0"},
             "RUNTIME_EPHEMERAL_CONCURRENCY must be at least 1, got '0'",
         ),
-        ({"DELAY_MS": "soon"}, "DELAY_MS must be a number of milliseconds, got 'soon'"),
-        ({"DELAY_MS": "-5"}, "DELAY_MS must be a number of milliseconds, got '-5'"),
-        ({"DELAY_MS": "nan"}, "DELAY_MS must be a number of milliseconds, got 'nan'"),
+        (
+            {"DELAY_MS": "soon"},
+            "DELAY_MS must be a non-negative number of milliseconds (like 100), got 'soon'",
+        ),
+        (
+            {"DELAY_MS": "-5"},
+            "DELAY_MS must be a non-negative number of milliseconds (like 100), got '-5'",
+        ),
+        (
+            {"DELAY_MS": "nan"},
+            "DELAY_MS must be a non-negative number of milliseconds (like 100), got 'nan'",
+        ),
         (
             {"RUNTIME_WORKER_MODE": "thread"},
             "RUNTIME_WORKER_MODE must be one of fork, spawn, got 'thread'",

@@ -208,7 +208,8 @@ def _delay(given: _Given) -> float:
         return parse_duration(float(value) / 1000.0)
     except ValueError:
         raise ConfigError(
-            f"{given.label('delay_ms')} must be a number of milliseconds, got {value!r}"
+            f"{given.label('delay_ms')} must be a non-negative number of milliseconds"
+            f" (like 100), got {value!r}"
         ) from None
 
 

@@ -406,6 +406,48 @@ async def test_an_upload_the_temporary_directory_refuses_says_so_in_one_line(
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_upload_the_temporary_directory_refuses_is_logged_on_the_reactor_thread(
+    tmp_path: Path, eliot_logger, monkeypatch
+) -> None:
+    """
+    Parsed in the thread pool, the refusal is logged back on the reactor
+    thread: eliot's destinations (buffers, streams) are written from it alone.
+    """
+    import threading
+    import types
+
+    import multipart as parser
+    from twisted.internet import reactor
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(parser, "tempfile", types.SimpleNamespace(TemporaryFile=refused))
+    logged_in: list[threading.Thread] = []
+    write = eliot_logger.write
+
+    def noting_the_thread(message: dict[str, Any], serializer: Any = None) -> None:
+        if message.get("message_type") == "buntime:uploads:tempdir-failed":
+            logged_in.append(threading.current_thread())
+        write(message, serializer)
+
+    monkeypatch.setattr(eliot_logger, "write", noting_the_thread)
+    setup = make_setup(tmp_path, threads=reactor)
+    archive = make_zip({"manifest.yaml": MANIFEST, "big.bin": os.urandom(100_000)})
+    body, headers = multipart(("file", "hello-1.0.0.zip", archive))
+    answer: Deferred = setup.stub.post(BASE + "/api/apps/upload", data=body, headers=headers)
+    done: list[bool] = []
+    answer.addBoth(lambda result: done.append(True) or result)
+    for _ in range(1000):  # parsed in a real thread: pump until it answers
+        setup.stub.flush()
+        if done:
+            break
+        await deferLater(reactor, 0.01, lambda: None)
+    assert (await answer).code == 507
+    assert logged_in == [threading.main_thread()]
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_upload_on_a_full_disk_is_a_507_and_leaves_nothing(
     setup: Setup, monkeypatch
 ) -> None:

@@ -72,28 +72,43 @@ def uploaded_file(content_type: str, content: IO[bytes]) -> tuple[str, IO[bytes]
     except MultipartError as e:
         raise InstallError("BAD_REQUEST", f"Malformed multipart body: {e}") from None
     except OSError as error:  # a file over 64 KiB is read into a temporary file first
-        raise _not_kept(error) from None
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise _NotKept(error.strerror or str(error), full) from None
     raise InstallError("NO_FILE_PROVIDED", f"No file in the multipart field {UPLOAD_FIELD!r}")
 
 
-def _not_kept(error: OSError) -> InstallError:
-    """An upload the temporary directory refused (none usable, or full), logged in one line."""
-    reason = error.strerror or str(error)
-    log(
-        "error",
-        "buntime:uploads:tempdir-failed",
-        f"An upload could not be kept in the temporary directory (TMPDIR): {reason}",
-    )
-    message = f"The upload could not be kept in the temporary directory (TMPDIR): {reason}"
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InstallError("INSUFFICIENT_STORAGE", f"{message}; nothing changed", 507)
-    return InstallError("INTERNAL_ERROR", f"{message}; nothing changed", 500)
+class _NotKept(InstallError):
+    """
+    An upload the temporary directory refused (none usable, or full), for
+    C{reason}: logged in one line by L{off_the_reactor}, on the reactor thread.
+    """
+
+    def __init__(self, reason: str, full: bool) -> None:
+        message = f"The upload could not be kept in the temporary directory (TMPDIR): {reason}"
+        if full:
+            super().__init__("INSUFFICIENT_STORAGE", f"{message}; nothing changed", 507)
+        else:
+            super().__init__("INTERNAL_ERROR", f"{message}; nothing changed", 500)
+        self.reason = reason
 
 
 async def off_the_reactor(
     threads: IReactorThreads | None, function: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Any:
-    """Call C{function} (disk work of an install) in the reactor's thread pool when there is one."""
-    if threads is None:
-        return function(*args, **kwargs)
-    return await deferToThreadPool(threads, threads.getThreadPool(), function, *args, **kwargs)
+    """
+    Call C{function} (disk work of an install) in the reactor's thread pool
+    when there is one.  An upload the temporary directory refused is logged
+    here, back on the reactor thread and in the request's task: eliot's
+    destinations are not written from other threads.
+    """
+    try:
+        if threads is None:
+            return function(*args, **kwargs)
+        return await deferToThreadPool(threads, threads.getThreadPool(), function, *args, **kwargs)
+    except _NotKept as error:
+        log(
+            "error",
+            "buntime:uploads:tempdir-failed",
+            f"An upload could not be kept in the temporary directory (TMPDIR): {error.reason}",
+        )
+        raise

@@ -607,6 +607,34 @@ async def test_a_launch_goes_straight_to_the_spare_the_runtime_holds(forking: Ha
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_launch_to_the_spare_adopts_its_channel_outside_the_callers_action(
+    forking: Harness, eliot_logger
+) -> None:
+    """
+    As a launch the template forks: the channel's own log lines (Twisted's,
+    the protocol's) belong to no request, whatever action launched it.
+    """
+    from eliot import current_action, start_action
+
+    class Noting(RuntimeSide):
+        def makeConnection(self, transport) -> None:
+            self.action = current_action()
+            super().makeConnection(transport)
+
+    spare = await spare_of(forking)
+    runtime = Noting()
+    app = APPS / "routes-demo"
+    with start_action(action_type="test:request"):
+        launched = forking.launcher.launch(
+            LaunchSpec(str(uuid.uuid4()), str(app), worker_env(app)), runtime, print
+        )
+    process = await bounded(launched)
+    forking.processes.append(process)
+    assert process.pid == spare
+    assert runtime.action is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_launch_close_behind_the_one_that_took_the_spare_tells_the_template_at_once(
     forking: Harness,
 ) -> None:

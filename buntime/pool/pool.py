@@ -22,6 +22,7 @@ L{buntime.pool.metrics}.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
@@ -51,19 +52,6 @@ L{WorkerPool.handle}): given the refusal it would get, and the request,
 base and C{served} it came with; it routes it anew with
 L{WorkerPool.reroute}.
 """
-
-
-class _Uncounted(dict[str, int]):
-    """Counts that go nowhere: those of a rerouted request's second pass (L{WorkerPool.reroute})."""
-
-    def __missing__(self, key: str) -> int:
-        return 0
-
-    def __setitem__(self, key: str, value: int) -> None:
-        pass
-
-
-_UNCOUNTED = _Uncounted()
 
 
 def _busy(code: str, message: str) -> Response:
@@ -212,7 +200,8 @@ class WorkerPool(WorkerLifecycle):
             if self._closing:
                 raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping"))
             state = self._enter(app)
-            return Deferred.fromCoroutine(self._prepared(state, request, base, served, _UNCOUNTED))
+            uncounted = Counter[str]()  # (thrown away: the first pass counted it)
+            return Deferred.fromCoroutine(self._prepared(state, request, base, served, uncounted))
         except Exception:
             return fail()
 

@@ -66,8 +66,9 @@ _FOUND_SCHEMA = {
 }
 _SUMMARY = {"type": "array", "items": json_object(name=STRING, base=_BASE)}
 _ERRORS: dict[int | str, str | dict[str, Any]] = {
-    400: "`NO_PLUGIN_DIRS`, `NO_FILE_PROVIDED`, `INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, "
-    "`PATH_TRAVERSAL`, `MISSING_PARAMS`, `MISSING_NAME`, or `PLUGIN_LOAD_FAILED` (the "
+    400: "`NO_PLUGIN_DIRS`, `NO_FILE_PROVIDED`, `BAD_REQUEST` (malformed multipart), "
+    "`INVALID_FILE_TYPE`, `INVALID_ARCHIVE`, `PATH_TRAVERSAL`, `MISSING_PARAMS`, "
+    "`MISSING_NAME`, or `PLUGIN_LOAD_FAILED` (the "
     "plugins failed to load with the change, which was undone)",
     413: "`PAYLOAD_TOO_LARGE`: what the archive unpacks to is too big",
     507: "`INSUFFICIENT_STORAGE`: the disk (or the temporary directory) is full; nothing changed",

@@ -4,7 +4,7 @@ Chromium against a real runtime: in the shell's frame (INIT, live numbers
 and charts after real requests, functions the shell calls, events it hears,
 a prop it changes) and opened alone; the log viewer's filters, pause and
 following one request's task across runtime and worker; their screenshots
-in C{docs/images/}.
+in C{docs/images/}; the gateway's page connecting in the shell.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ FROM_WORKER = (
 
 @pytest.fixture(scope="module")
 def runtime(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserRuntime]:
-    """The shell's runtime, its metrics stream every 250 ms (charts fill in seconds)."""
-    started = shell_runtime(tmp_path_factory.mktemp("pages"), {"METRICS_SSE_INTERVAL": "250"})
+    """The shell's runtime, the gateway on, metrics every 250 ms (charts fill in seconds)."""
+    env = {"METRICS_SSE_INTERVAL": "250", "GATEWAY_ENABLED": "true"}
+    started = shell_runtime(tmp_path_factory.mktemp("pages"), env)
     try:
         yield started
     finally:
@@ -356,6 +357,23 @@ def test_log_viewer_opened_alone_with_a_deep_link(page: Any, runtime: BrowserRun
 
 
 # -- screenshots for docs/ ------------------------------------------------------------------
+
+
+# -- the gateway's page ---------------------------------------------------------------------
+
+
+def test_gateway_page_connects_in_the_shell(page: Any, runtime: BrowserRuntime) -> None:
+    """
+    The gateway's page speaks the frame protocol: the shell shows its stats,
+    not "This page is not responding" ten seconds later.
+    """
+    page.goto("/cpanel/gateway")
+    frame = inner(page, "/gateway/")
+    frame.wait_for_selector("#parts section", timeout=20_000)
+    page.wait_for_function(f"{FRAME}?.state !== 'loading'", timeout=20_000)
+    assert page.evaluate(f"{FRAME}.state") == "ready"
+    assert sdk_state(frame)["plugin"] == {"name": "@buntime/plugin-gateway", "base": "/gateway"}
+    call(page, "refresh")
 
 
 def test_screenshots_of_the_dashboard_and_the_log_viewer(browser: Any, runtime: Any) -> None:

@@ -208,6 +208,28 @@ def test_metrics_dashboard_in_the_shell_is_live(page: Any, runtime: BrowserRunti
     dashboard.wait_for_function("document.documentElement.dataset.theme === 'dark'")
 
 
+def test_metrics_raw_data_links_open_a_tab_of_their_own(page: Any, runtime: BrowserRuntime) -> None:
+    """
+    JSON and Prometheus open in a new tab: in the shell's frame they would
+    replace the dashboard with text that never connects.
+    """
+    page.goto("/cpanel/metrics")
+    frame_ready(page)
+    dashboard = inner(page, "/metrics/")
+    for link, path in (
+        ("#json-link", "/metrics/api/stats"),
+        ("#prometheus-link", "/metrics/api/prometheus"),
+    ):
+        with page.context.expect_page() as opened:
+            dashboard.click(link)
+        tab = opened.value
+        tab.wait_for_load_state()
+        assert tab.url == runtime.url + path
+        tab.close()
+    assert dashboard.url == runtime.url + "/metrics/"
+    assert page.evaluate(f"{FRAME}.state") == "ready"
+
+
 def test_metrics_dashboard_opened_alone(page: Any, runtime: BrowserRuntime) -> None:
     alone(page, "/metrics/")
     assert page.url.endswith("/metrics/")  # not the shell

@@ -297,6 +297,8 @@ def test_apps_page_shows_live_workers(page: Any, runtime: Any) -> None:
     assert "None" in row.locator(".workers-cell").inner_text()
     page.request.get("/routes-demo/")  # starts the app's worker
     row.locator(".workers-cell", has_text="1 live").wait_for(timeout=15_000)
+    # its one request, counted in the singular
+    row.locator(".workers-cell", has_text=re.compile(r"· 1 request$")).wait_for(timeout=15_000)
 
 
 # -- a phone --------------------------------------------------------------------------------

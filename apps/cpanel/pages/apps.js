@@ -21,7 +21,7 @@ function workerSummary(workers) {
   for (const worker of workers) byStatus[worker.status] = (byStatus[worker.status] || 0) + 1;
   const requests = workers.reduce((sum, worker) => sum + (worker.requestCount || 0), 0);
   const parts = Object.entries(byStatus).map(([status, n]) => `${n} ${status}`);
-  return { text: `${workers.length} live`, note: `${parts.join(", ")} · ${count(requests)} requests`, live: true };
+  return { text: `${workers.length} live`, note: `${parts.join(", ")} · ${count(requests)} request${requests === 1 ? "" : "s"}`, live: true };
 }
 
 export function appsPage(container, { plugins, shellApp }) {

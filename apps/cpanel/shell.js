@@ -218,12 +218,16 @@ function openNav() {
   layout.classList.add("nav-open");
   document.getElementById("backdrop").hidden = false;
   document.getElementById("open-nav").setAttribute("aria-expanded", "true");
+  // the keyboard goes into the drawer, not to the page behind it
+  document.getElementById("close-nav").focus();
 }
 
 function closeNav() {
+  const inDrawer = layout.classList.contains("nav-open") && document.getElementById("sidebar").contains(document.activeElement);
   layout.classList.remove("nav-open");
   document.getElementById("backdrop").hidden = true;
   document.getElementById("open-nav").setAttribute("aria-expanded", "false");
+  if (inDrawer) document.getElementById("open-nav").focus(); // back where the drawer was opened
 }
 
 // -- start --------------------------------------------------------------------

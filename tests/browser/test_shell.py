@@ -327,6 +327,27 @@ def test_phone_layout_has_a_drawer_and_no_sideways_scroll(browser: Any, runtime:
         context.close()
 
 
+def test_phone_drawer_by_keyboard(browser: Any, runtime: Any) -> None:
+    """The drawer opened from the keyboard takes the focus; Escape closes it and gives it back."""
+    context = browser.new_context(viewport=PHONE, base_url=runtime.url, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.goto("/cpanel/")
+        page.wait_for_function("document.documentElement.dataset.shell === 'ready'")
+        page.focus("#open-nav")
+        page.keyboard.press("Enter")
+        nav(page, "Overview").wait_for(state="visible")
+        focused = "document.activeElement.closest('#sidebar') !== null"
+        assert page.evaluate(focused), "the focus stayed behind the drawer"
+        page.keyboard.press("Tab")
+        assert page.evaluate(focused)
+        page.keyboard.press("Escape")
+        nav(page, "Overview").wait_for(state="hidden")
+        assert page.evaluate("document.activeElement.id") == "open-nav"
+    finally:
+        context.close()
+
+
 # -- screenshots for docs/ ------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,26 @@ def test_the_dockerfile_lints_clean():
         text=True,
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_the_image_writes_twisted_s_plugin_cache_before_it_drops_root():
+    """
+    As the buntime user site-packages is read-only: without a cache written
+    at build time, twistd would scan every plugin and fail to write
+    C{dropin.cache} at every start (a log line, and a slower start).
+    """
+    final = (ROOT / "docker" / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    assert final.index("getPlugins(IPlugin)") < final.index("\nUSER ")
+    code = re.search(r'python -c "([^"]*getPlugins[^"]*)"', final).group(1)
+    import twisted.plugins
+
+    caches = [Path(entry) / "dropin.cache" for entry in twisted.plugins.__path__]
+    ours = [c for c in caches if (c.parent / "buntime_plugin.py").exists()]
+    assert ours
+    for cache in ours:
+        cache.unlink(missing_ok=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    assert all(cache.exists() for cache in ours)
 
 
 def test_the_image_runs_the_runtime_as_pid_1_without_root():

@@ -658,6 +658,22 @@ async def test_a_launch_close_behind_the_one_that_took_the_spare_tells_the_templ
     await spare_of(forking)  # and the next spare is forked
 
 
+@pytest_twisted.ensureDeferred
+async def test_in_a_burst_of_launches_the_template_is_told_of_a_taken_spare_at_once(
+    forking: Harness,
+) -> None:
+    spare = await spare_of(forking)
+    forking.launcher._last_launch = reactor.seconds()  # a launch just went out
+    app = APPS / "routes-demo"
+    launched = forking.launcher.launch(
+        LaunchSpec(str(uuid.uuid4()), str(app), worker_env(app)), RuntimeSide(), print
+    )
+    assert launched.called and forking.launcher._telling is None  # told already
+    forking.processes.append(await launched)
+    assert forking.processes[0].pid == spare
+    await spare_of(forking)
+
+
 def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:

@@ -20,9 +20,10 @@ app (its reactor installed and running, see L{buntime.pool.child.main.prepare})
 and waits in that reactor on a socket of its own.  The template hands the
 other end of that socket to the runtime (C{{"spare": pid}}, the socket sent
 with it), which sends a launch straight to the spare (no hop through the
-template) and then tells the template C{{"taken": pid}}; the spare becomes
-the worker in the same reactor (L{buntime.pool.child.main.begin}), and the
-template forks the next spare at once, so the next cold start of a burst
+template) and then tells the template C{{"taken": pid}} (10 ms later, out
+of the starting worker's way, or at once in a burst of launches); the spare
+becomes the worker in the same reactor (L{buntime.pool.child.main.begin}),
+and the template forks the next spare when told, so the next cold start
 finds one too.  A spare that died unused is reported like any child
 (C{{"pid", "exited"}}) and replaced after L{SPARE_RETRY}.  Launches sent to
 the template itself (the runtime held no spare) are forked there.

@@ -7,9 +7,12 @@ its hook and API driven as the runtime drives them.
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import json
 import os
+import signal
+from contextlib import contextmanager
 
 import pytest
 import pytest_twisted
@@ -727,6 +730,72 @@ def test_replicas_changing_rules_within_the_same_second_lose_none(tmp_path):
     assert [(r.id, r.pattern.pattern) for r in stored] == [("y", "^/y2")]
     for plugin in (first, second):
         plugin.on_shutdown()
+
+
+@contextmanager
+def held_by_another_runtime(tmp_path):
+    """The rules directory's lock, taken as another runtime sharing it would."""
+    directory = tmp_path / "proxy"
+    directory.mkdir(exist_ok=True)
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def not_blocking(seconds: int = 5):
+    """Fail (not hang) when the code under test blocks waiting for a lock."""
+
+    def blocked(signum, frame):
+        raise AssertionError("blocked waiting for the lock: the reactor would stop")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_change_waits_on_the_clock_while_another_runtime_holds_the_rules(tmp_path):
+    """Without stopping the reactor: it is tried again, and made once the lock is free."""
+    plugin = ProxyPlugin({})
+    context = Context(tmp_path, {})
+    context.refuse_change = lambda request: None
+    plugin.on_init(context)
+    added = api_request(b"POST", b'{"id": "x", "pattern": "^/x", "target": "http://h"}')
+    with held_by_another_runtime(tmp_path), not_blocking():
+        answer = plugin.add_rule(added)
+        assert isinstance(answer, Deferred)
+        got: list[bytes] = []
+        answer.addCallback(got.append)
+        context.reactor.pump([0.01] * 100)
+        assert got == [] and plugin.rules == []
+    context.reactor.advance(0.01)
+    assert len(got) == 1 and added.responseCode == 201
+    assert [r.id for r in RuleStore(str(tmp_path / "proxy")).load(False)[0]] == ["x"]
+    plugin.on_shutdown()
+
+
+def test_a_change_the_rules_lock_is_not_given_to_in_time_answers_503(tmp_path):
+    plugin = ProxyPlugin({})
+    context = Context(tmp_path, {})
+    context.refuse_change = lambda request: None
+    plugin.on_init(context)
+    added = api_request(b"POST", b'{"id": "x", "pattern": "^/x", "target": "http://h"}')
+    with held_by_another_runtime(tmp_path), not_blocking():
+        answer = plugin.add_rule(added)
+        got: list[bytes] = []
+        answer.addCallback(got.append)
+        context.reactor.pump([0.01] * 600)
+        assert len(got) == 1 and b"RULES_BUSY" in got[0]
+        assert added.responseCode == 503
+    assert plugin.rules == []
+    plugin.on_shutdown()
 
 
 def test_the_upstream_is_told_https_for_a_request_that_came_over_tls():

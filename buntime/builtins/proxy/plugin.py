@@ -21,7 +21,7 @@ from typing import Any
 from attrs import define, field
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from zope.interface import implementer
 
 from buntime.builtins.proxy.client import MAX_IDLE
@@ -36,6 +36,12 @@ PAGE = os.path.join(os.path.dirname(__file__), "ui", "index.html")
 """The rules' page."""
 WATCH_SECONDS = 1.0
 """How often the stored rules are looked at for another replica's change."""
+
+
+LOCK_WAIT = 5.0
+"""Seconds a change waits for another runtime sharing the data dir to release the rules."""
+LOCK_RETRY = 0.01
+"""Seconds between two tries of that lock."""
 
 
 @implementer(IBuntimePlugin)
@@ -153,7 +159,7 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         return json_answer(request, {"rules": [rule.describe() for rule in self.rules]})
 
     @routes.route("/api/rules", methods=["POST"])
-    def add_rule(self, request: Any) -> bytes:
+    def add_rule(self, request: Any) -> bytes | Deferred[bytes]:
         refused = self._refused(request)
         if refused is not None:
             return refused
@@ -182,7 +188,7 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         return json_answer(request, found.describe())
 
     @routes.route("/api/rules/<rule_id>", methods=["PUT"])
-    def put_rule(self, request: Any, rule_id: str) -> bytes:
+    def put_rule(self, request: Any, rule_id: str) -> bytes | Deferred[bytes]:
         refused = self._refused(request)
         if refused is not None:
             return refused
@@ -210,7 +216,7 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         return json_answer(request, rule.describe())
 
     @routes.route("/api/rules/<rule_id>", methods=["DELETE"])
-    def delete_rule(self, request: Any, rule_id: str) -> bytes:
+    def delete_rule(self, request: Any, rule_id: str) -> bytes | Deferred[bytes]:
         refused = self._refused(request)
         if refused is not None:
             return refused
@@ -229,16 +235,35 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
         request.setResponseCode(204)
         return b""
 
-    def _changing(self, request: Any, change: Callable[[], bytes]) -> bytes:
+    def _changing(
+        self, request: Any, change: Callable[[], bytes], waited: float = 0.0
+    ) -> bytes | Deferred[bytes]:
         """
         C{change()}'s answer, made with the rules file locked and read again
         first if another runtime sharing the data dir has changed it since.
+        While another runtime holds the lock it is tried again every
+        L{LOCK_RETRY} seconds, for at most L{LOCK_WAIT} (then 503).
         """
         assert self.store is not None
         try:
-            with self.store.locked():
+            held = self.store.try_lock()
+            if held is None:
+                if waited >= LOCK_WAIT:
+                    return json_error(
+                        request,
+                        503,
+                        "RULES_BUSY",
+                        "Another runtime sharing the data dir is changing the rules; try again",
+                    )
+                later = deferLater(self.reactor, LOCK_RETRY, lambda: None)
+                return later.addCallback(
+                    lambda _: self._changing(request, change, waited + LOCK_RETRY)
+                )
+            try:
                 self._reload_if_changed()
                 return change()
+            finally:
+                os.close(held)
         except OSError as error:  # the directory to lock cannot be made or opened
             return self._not_saved(request, error)
 

@@ -25,8 +25,7 @@ import re
 import socket
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import uuid4
@@ -279,7 +278,7 @@ class RuleStore:
     The rules added through the API, kept in C{<data dir>/rules.json}: read
     at start, written whole (to a temporary file, then renamed) on every
     change, so a crash leaves the old file or the new one, never half of one.
-    Runtimes sharing the directory take turns to change it (L{locked}).
+    Runtimes sharing the directory take turns to change it (L{try_lock}).
     """
 
     def __init__(self, directory: str) -> None:
@@ -295,21 +294,26 @@ class RuleStore:
             return None
         return found.st_mtime_ns, found.st_size, found.st_ino
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def try_lock(self) -> int | None:
         """
-        Hold the directory's lock (C{flock}, as every runtime sharing it
-        does) while the rules are read again, changed and saved, so that no
-        runtime writes over a rule another one has just saved.
+        Take the directory's lock (C{flock}, as every runtime sharing it
+        does, while it reads the rules again, changes and saves them, so
+        that none writes over a rule another one has just saved): the fd to
+        close to release it, or C{None} while another runtime holds it (it
+        is not waited for here: that would stop this runtime's reactor).
         """
         directory = os.path.dirname(self.path)
         os.makedirs(directory, exist_ok=True)
         descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)  # held by others only while they write
-            yield
-        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             os.close(descriptor)
+            return None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return descriptor
 
     def load(self, allow_link_local: bool) -> tuple[list[Rule], list[str]]:
         """The stored rules, and a line for each one that can no longer be used."""

@@ -761,39 +761,39 @@ def not_blocking(seconds: int = 5):
         signal.signal(signal.SIGALRM, previous)
 
 
-def test_a_change_waits_on_the_clock_while_another_runtime_holds_the_rules(tmp_path):
-    """Without stopping the reactor: it is tried again, and made once the lock is free."""
+def added_under_lock(tmp_path, steps: int):
+    """
+    A rule added while another runtime holds the rules' lock, the clock then
+    run C{steps} times 10 ms: the plugin, its clock, the request and what
+    the answer fired with so far.
+    """
     plugin = ProxyPlugin({})
     context = Context(tmp_path, {})
     context.refuse_change = lambda request: None
     plugin.on_init(context)
     added = api_request(b"POST", b'{"id": "x", "pattern": "^/x", "target": "http://h"}')
+    got: list[bytes] = []
     with held_by_another_runtime(tmp_path), not_blocking():
         answer = plugin.add_rule(added)
         assert isinstance(answer, Deferred)
-        got: list[bytes] = []
         answer.addCallback(got.append)
-        context.reactor.pump([0.01] * 100)
-        assert got == [] and plugin.rules == []
-    context.reactor.advance(0.01)
+        context.reactor.pump([0.01] * steps)
+    return plugin, context.reactor, added, got
+
+
+def test_a_change_waits_on_the_clock_while_another_runtime_holds_the_rules(tmp_path):
+    """Without stopping the reactor: it is tried again, and made once the lock is free."""
+    plugin, clock, added, got = added_under_lock(tmp_path, 100)
+    assert got == [] and plugin.rules == []
+    clock.advance(0.01)
     assert len(got) == 1 and added.responseCode == 201
     assert [r.id for r in RuleStore(str(tmp_path / "proxy")).load(False)[0]] == ["x"]
     plugin.on_shutdown()
 
 
 def test_a_change_the_rules_lock_is_not_given_to_in_time_answers_503(tmp_path):
-    plugin = ProxyPlugin({})
-    context = Context(tmp_path, {})
-    context.refuse_change = lambda request: None
-    plugin.on_init(context)
-    added = api_request(b"POST", b'{"id": "x", "pattern": "^/x", "target": "http://h"}')
-    with held_by_another_runtime(tmp_path), not_blocking():
-        answer = plugin.add_rule(added)
-        got: list[bytes] = []
-        answer.addCallback(got.append)
-        context.reactor.pump([0.01] * 600)
-        assert len(got) == 1 and b"RULES_BUSY" in got[0]
-        assert added.responseCode == 503
+    plugin, _, added, got = added_under_lock(tmp_path, 600)
+    assert len(got) == 1 and b"RULES_BUSY" in got[0] and added.responseCode == 503
     assert plugin.rules == []
     plugin.on_shutdown()
 

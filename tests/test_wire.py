@@ -268,6 +268,26 @@ def test_without_a_clock_a_box_waits_behind_what_the_transport_holds() -> None:
     assert transport.written == [note(1)] and transport.socket.sent == []
 
 
+def test_without_a_clock_a_box_that_asks_for_an_answer_goes_out_at_once_too() -> None:
+    """A worker's C{Ready}: sent as it is made, not on the event loop's next turn."""
+    protocol, transport = Fast(), SocketTransport()
+    protocol.makeConnection(transport)
+    protocol.callRemote(Ask, rid=7)
+    [sent] = transport.socket.sent
+    assert b"_ask" in sent and b"Ask" in sent and transport.written == []
+
+
+def test_with_a_clock_a_box_that_asks_goes_through_the_transport_after_those_waiting() -> None:
+    protocol, transport = Fast(), SocketTransport()
+    clock = timed(protocol, transport)
+    protocol.callRemote(Note, rid=1, text="", data=b"", end=True)
+    protocol.callRemote(Ask, rid=7)
+    assert transport.socket.sent == [note(1)]  # the waiting box first, in order
+    [asked] = transport.written
+    assert b"_ask" in asked
+    clock.advance(0)
+
+
 def test_boxes_wait_for_the_end_of_the_turn_and_go_out_in_one_send() -> None:
     protocol, transport = Fast(), SocketTransport()
     clock = timed(protocol, transport)

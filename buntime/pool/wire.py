@@ -230,8 +230,24 @@ class FastAMP(amp.AMP):
         send_now(transport, direct_socket(transport), data)
 
     def sendBox(self, box: amp.AmpBox) -> None:
-        self.send_waiting()  # in order
-        super().sendBox(box)
+        """
+        Send C{box} after the boxes that wait (in order).  Without a
+        C{clock} (a worker's side) it goes as L{callRemote}'s boxes do: with
+        one C{send()} when nothing waits in the transport's buffer, so that
+        a worker's C{Ready} reaches the runtime without a turn of its event
+        loop in between.
+        """
+        self.send_waiting()
+        transport: Any = self.transport
+        if (
+            self.clock is not None
+            or transport is None
+            or self._locked
+            or self._startingTLSBuffer is not None
+        ):
+            super().sendBox(box)  # batched by the reactor; or AMP's own errors, switch, TLS
+            return
+        send_now(transport, direct_socket(transport), box.serialize())
 
     def dataReceived(self, data: bytes) -> None:
         """

@@ -607,6 +607,30 @@ async def test_a_launch_goes_straight_to_the_spare_the_runtime_holds(forking: Ha
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_worker_a_spare_becomes_talks_on_the_socket_it_waited_on(
+    forking: Harness,
+) -> None:
+    """
+    Its channel was in its reactor before the launch came: the launch
+    brings three fds (stdout, stderr, output), not a fourth for the channel
+    on fds 3 and 4, which the worker closes.
+    """
+    spare = await spare_of(forking)
+    waited_on = forking.launcher._spare[1]
+    await launched_on(forking, spare)
+    assert waited_on.fileno() == -1  # the runtime's end is the channel's now (adopted)
+
+    def target(fd: int) -> str | None:
+        try:
+            return os.readlink(f"/proc/{spare}/fd/{fd}")
+        except OSError:
+            return None
+
+    channel = target(3)
+    assert channel is None or not channel.startswith("socket:") or channel != target(4)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_launch_to_the_spare_adopts_its_channel_outside_the_callers_action(
     forking: Harness, eliot_logger
 ) -> None:

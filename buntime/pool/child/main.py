@@ -74,12 +74,21 @@ class WorkerMain:
         self.reactor.run()
         return self.exit_code
 
-    def begin(self) -> None:
+    def begin(self, channel: tuple[Any, bytes] | None = None) -> None:
         """
         L{run}'s start in a reactor already running (a spare's): serve on
         the channel and load the app now.  The reactor stops at the end.
+        C{channel}: a transport the reactor already reads (a spare's
+        socket), with the bytes that came on it ahead; else fds 3 and 4.
         """
-        self._listen()
+        if channel is None:
+            self._listen()
+        else:
+            transport, early = channel
+            transport.protocol = self.protocol  # its reads come here from now on
+            self.protocol.makeConnection(transport)
+            if early:
+                self.protocol.dataReceived(early)
         self._start()
 
     def _listen(self) -> None:
@@ -239,14 +248,17 @@ def ignore_group_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def begin(loop: asyncio.AbstractEventLoop, reactor: Any) -> WorkerMain:
+def begin(
+    loop: asyncio.AbstractEventLoop, reactor: Any, channel: tuple[Any, bytes] | None = None
+) -> WorkerMain:
     """
     Start a L{prepare}d worker whose reactor is already running (a spare's),
-    its fds and environment in place; the reactor stops when it ends.
+    its fds and environment in place, on C{channel} (see L{WorkerMain.begin});
+    the reactor stops when it ends.
     """
     frame_output()  # faulthandler (see L{prepare}) keeps writing to fd 2 itself
     worker = WorkerMain(reactor, loop, os.environ)
-    worker.begin()
+    worker.begin(channel)
     return worker
 
 

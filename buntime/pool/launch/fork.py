@@ -124,11 +124,13 @@ class _TemplateProcess(ProcessProtocol):
 class ForkLauncher:
     """
     Forks workers from a template process (C{python -m buntime.pool.launch.template})
-    started by L{start}.  Per launch it makes four socketpairs (AMP, stdout,
+    started by L{start}.  Per launch it makes three socketpairs (stdout,
     stderr, output channel) and passes the worker's ends with the
     environment to the spare the template forked ahead and handed over (the
-    worker is then that spare, at once), or else to the template, which
-    forks and reports the pid; the template reports the exit code.  A
+    worker is then that spare, at once, and the socket it waited on is its
+    AMP channel), or else, with a fourth pair for the channel, to the
+    template, which forks and reports the pid; the template reports the
+    exit code.  A
     template that dies, or cannot be started, is started again after
     C{restart_delay} seconds (doubling while it keeps failing before it is
     ready, up to L{MAX_RESTART_DELAY}); launches wait for it meanwhile, and fail with
@@ -217,8 +219,8 @@ class ForkLauncher:
     ) -> Deferred:
         if spec.worker_id in self._pending:
             return fail(ValueError(f"worker {spec.worker_id} is already being launched"))
-        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
-        ours = [pair[0] for pair in pairs]
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        ours = [pair[0] for pair in pairs]  # the worker's stdout, stderr and output
         theirs = [pair[1] for pair in pairs]
         message = {"worker_id": spec.worker_id, "app_dir": spec.app_dir, "env": dict(spec.env)}
         data = json.dumps(message).encode("utf-8") + b"\n"
@@ -226,9 +228,14 @@ class ForkLauncher:
         now = self.reactor.seconds()
         burst, self._last_launch = now - self._last_launch < BURST, now
         try:
-            pid = self._hand_to_spare(data, fds, burst)
-            if pid is None:
-                self._send(self._taken_now() + data, fds)
+            pid, channel = self._hand_to_spare(data, fds, burst)
+            if channel is not None:  # the spare's socket is the worker's channel
+                ours.insert(0, channel)
+            else:  # the template forks it, with a channel of its own
+                pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                ours.insert(0, pair[0])
+                theirs.insert(0, pair[1])
+                self._send(self._taken_now() + data, [pair[1].fileno(), *fds])
         except OSError as error:
             for sock in ours:
                 sock.close()
@@ -246,32 +253,34 @@ class ForkLauncher:
         launched.addTimeout(self.launch_timeout, self.reactor, self._launch_timed_out(spec))
         return launched
 
-    def _hand_to_spare(self, data: bytes, fds: list[int], burst: bool) -> int | None:
+    def _hand_to_spare(
+        self, data: bytes, fds: list[int], burst: bool
+    ) -> tuple[int | None, socket.socket | None]:
         """
         Send a launch straight to the spare, which becomes the worker: its
-        pid, or C{None} when there is none (or it died meanwhile).  The
+        pid and the socket it waited on, now the worker's channel; or
+        C{(None, None)} when there is none (or it died meanwhile).  The
         template is told, and forks the next: at once in a C{burst} of
         launches (the next one is near), else after L{SPARE_DELAY}.
         """
         spare, self._spare = self._spare, None
         if spare is None:
-            return None
+            return None, None
         pid, waiting = spare
         try:
             sent = socket.send_fds(waiting, [data], fds)
             if sent < len(data):
                 waiting.sendall(data[sent:])
         except OSError:
-            return None  # it died unused (its exit is on its way): the template forks
-        finally:
             waiting.close()
+            return None, None  # it died unused (its exit is on its way): the template forks
         if burst:
             self._tell_taken(pid)
-            return pid
+            return pid, waiting
         # (the template hands over no other spare until it is told)
         self._taken = pid
         self._telling = self.reactor.callLater(SPARE_DELAY, self._tell_taken, pid)
-        return pid
+        return pid, waiting
 
     def _tell_taken(self, pid: int) -> None:
         """Tell the template its spare C{pid} was taken: it forks the next."""

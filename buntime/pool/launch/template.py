@@ -20,13 +20,16 @@ app (its reactor installed and running, see L{buntime.pool.child.main.prepare})
 and waits in that reactor on a socket of its own.  The template hands the
 other end of that socket to the runtime (C{{"spare": pid}}, the socket sent
 with it), which sends a launch straight to the spare (no hop through the
-template) and then tells the template C{{"taken": pid}} (10 ms later, out
-of the starting worker's way, or at once in a burst of launches); the spare
-becomes the worker in the same reactor (L{buntime.pool.child.main.begin}),
-and the template forks the next spare when told, so the next cold start
-finds one too.  A spare that died unused is reported like any child
-(C{{"pid", "exited"}}) and replaced after L{SPARE_RETRY}.  Launches sent to
-the template itself (the runtime held no spare) are forked there.
+template; its stdout, stderr and output channel with it, three fds) and
+then tells the template C{{"taken": pid}} (10 ms later, out of the starting
+worker's way, or at once in a burst of launches); the spare becomes the
+worker in the same reactor (L{buntime.pool.child.main.begin}), and the
+socket it waited on, which that reactor already reads, becomes its AMP
+channel (fds 3 and 4 are then closed).  The template forks the next
+spare when told, so the next cold start finds one too.  A spare that
+died unused is reported like any child (C{{"pid", "exited"}}) and replaced
+after L{SPARE_RETRY}.  Launches sent to the template itself (the runtime
+held no spare) are forked there.
 
 Third-party libraries an app might pin itself (Flask, Starlette...) are not
 pre-imported: the app must get the version on its own C{PYTHONPATH}.
@@ -49,7 +52,8 @@ from collections.abc import Callable, Iterable, Set
 from typing import Any, NoReturn
 
 from attrs import define, field
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from buntime.pool.output import OUTPUT_FD
@@ -323,18 +327,27 @@ class Template:
     def _take(self, message: dict, fds: list[int], keep: Set[int] = frozenset()) -> None:
         """
         In the worker: take its fds (closing every other one but C{keep}),
-        environment, directory and path.
+        environment, directory and path.  C{fds}: its channel, stdout,
+        stderr and output channel; or the last three only (a spare's
+        channel is the socket it waited on, already in its reactor, in
+        C{keep}: fds 3 and 4 are then closed).
         """
         # out of the way of 0 to 5 first: in a spare they may have any number
-        channel, stdout, stderr, output = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
         for fd in fds:
             os.close(fd)
+        channel = moved.pop(0) if len(moved) == 4 else None
+        stdout, stderr, output = moved
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
-        os.dup2(channel, 3)
-        os.dup2(channel, 4)
+        if channel is not None:
+            os.dup2(channel, 3)
+            os.dup2(channel, 4)
+        else:
+            os.close(3)
+            os.close(4)
         os.dup2(output, OUTPUT_FD)
         start = OUTPUT_FD + 1
         for kept in sorted(keep):
@@ -388,15 +401,16 @@ class Template:
         raise SystemExit(spare.exit_code())
 
 
-@implementer(IReadDescriptor)
 @define(eq=False)
 class _Spare:
     """
     A spare's running reactor waiting on C{waiting} for its launch: the
     launch's fds, environment and path taken, the worker starts in that
-    reactor, which is then its own.  The runtime closing its end (no
-    launch will come) stops the reactor.  C{before}: the fds open before
-    the reactor was made (the worker closes them, keeping the reactor's).
+    reactor, which is then its own, and C{waiting} is its channel (read by
+    the reactor from the start: L{_Launch}).  The runtime closing its end
+    (no launch will come) stops the reactor.  C{before}: the fds open
+    before the reactor was made (the worker closes them, keeping the
+    reactor's).
     """
 
     template: Template
@@ -411,28 +425,22 @@ class _Spare:
     failed: bool = False
 
     def wait(self) -> None:
-        """Once the reactor runs: note its fds (kept by the worker), and wait."""
+        """
+        Once the reactor runs: read C{waiting} as the channel it becomes,
+        note the reactor's fds (kept by the worker), and wait.
+        """
         from buntime.pool.child.main import ignore_group_signals
 
         try:
             ignore_group_signals()
-            self.reactors = _open_fds() - self.before - {self.waiting.fileno()}
             self.waiting.setblocking(False)
-            self.reactor.addReader(self)
+            self.reactor.adoptStreamConnection(
+                self.waiting.fileno(), socket.AF_UNIX, _Factory(_Launch(self))
+            )
+            self.waiting.close()  # the reactor has its own
+            self.reactors = _open_fds() - self.before
         except BaseException:
             traceback.print_exc()
-            self._give_up()
-
-    def fileno(self) -> int:
-        return self.waiting.fileno()
-
-    def logPrefix(self) -> str:
-        return "spare"
-
-    def connectionLost(self, reason: object) -> None:
-        # the reactor dropped the socket (an error it logged): no launch can
-        # come, so end rather than be handed one that would never start
-        if self.worker is None:
             self._give_up()
 
     def _give_up(self) -> None:
@@ -440,39 +448,63 @@ class _Spare:
         if self.reactor.running:
             self.reactor.stop()
 
-    def doRead(self) -> None:
-        try:
-            chunk, got, _, _ = socket.recv_fds(self.waiting, 65536, 4)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            traceback.print_exc()
-            self.reactor.removeReader(self)
-            self._give_up()
-            return
-        self.fds.extend(got)
-        self.data += chunk
-        if chunk and not self.data.endswith(b"\n"):
+    def received(self, reader: _Launch, data: bytes) -> None:
+        """Part of the launch (a JSON line; what follows is the worker's)."""
+        self.data += data
+        line, newline, early = self.data.partition(b"\n")
+        if not newline:
             return  # more of the launch to come
-        self.reactor.removeReader(self)
-        if not chunk or len(self.fds) != 4:
-            self.reactor.stop()  # the runtime closed its end: no launch will come
+        transport: Any = reader.transport
+        if len(self.fds) != 3:
+            print(f"A spare's launch came with {len(self.fds)} fds, not 3", file=sys.stderr)
+            transport.loseConnection()
             return
-        self.waiting.close()
         try:
-            self.template._take(json.loads(self.data), self.fds, keep=self.reactors)
+            self.template._take(json.loads(line), self.fds, keep=self.reactors)
             from buntime.pool.child.main import begin
 
-            self.worker = begin(self.loop, self.reactor)
+            self.worker = begin(self.loop, self.reactor, (transport, early))
         except BaseException:
             traceback.print_exc()
             self._give_up()
+
+    def lost(self) -> None:
+        """The runtime closed its end before a launch (or the reactor dropped it): end."""
+        if self.worker is None and self.reactor.running:
+            self.reactor.stop()
 
     def exit_code(self) -> int:
         """The exit code once the reactor stopped: the worker's (0 without one)."""
         if self.failed:
             return 70
         return 0 if self.worker is None else int(self.worker.exit_code)
+
+
+@implementer(IFileDescriptorReceiver)
+class _Launch(Protocol):
+    """A spare's socket until its launch: the launch's fds and its line go to the spare."""
+
+    def __init__(self, spare: _Spare) -> None:
+        self.spare = spare
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        self.spare.fds.append(descriptor)  # before the data it came with
+
+    def dataReceived(self, data: bytes) -> None:
+        self.spare.received(self, data)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.spare.lost()
+
+
+class _Factory(Factory):
+    """Hands out the one L{_Launch} (for the adopted socket)."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self.protocol_instance
 
 
 def _child_exits_after(work: Callable[[], None]) -> NoReturn:

@@ -152,6 +152,7 @@ class FakeChild(amp.AMP):
         self.terminates = 0
         self.errors: list[Failure] = []
         self.hold_receives: list[Deferred] | None = None  # answers to WebSocketReceive held here
+        self.held: list[bytes] = []
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -161,6 +162,22 @@ class FakeChild(amp.AMP):
             self.callRemote(
                 StartupFailed, error="ImportError: no module named app", detail="Traceback: ..."
             )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.startup != "ready":
+            # a real worker holds what comes before its app is loaded (a
+            # request sent ahead of its Ready) until it is (L{ready_now})
+            self.held.append(data)
+            return
+        super().dataReceived(data)
+
+    def ready_now(self) -> None:
+        """A worker started C{later}: its app is loaded; Ready, then what it held."""
+        self.startup = "ready"
+        self.callRemote(Ready, pid=self.process.pid, kind=self.process.launcher.kind)
+        held, self.held = b"".join(self.held), []
+        if held:
+            super().dataReceived(held)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -261,7 +278,8 @@ class FakeProcess:
 class FakeLauncher:
     """
     Launches L{FakeChild} workers on C{clock}.  C{startup} is what a new
-    worker does first: C{ready}, C{fail} (StartupFailed) or C{hang};
+    worker does first: C{ready}, C{fail} (StartupFailed), C{hang}, or
+    C{later} (ready when its child's C{ready_now} is called);
     C{unavailable} makes C{launch} itself fail at once, C{down} after 10 s
     (as the fork launcher does while its template does not come back).
     """

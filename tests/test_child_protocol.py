@@ -18,6 +18,7 @@ import pytest_twisted
 from attrs import define, field
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import deferLater
 from twisted.protocols import amp
 from twisted.protocols.loopback import loopbackAsync
 from zope.interface import implementer
@@ -483,6 +484,31 @@ class WorksAfterAnswering:
         writer.start(200, [])
         writer.end(b"answered")
         return self.later.addCallback(lambda _: self.events.append("background done"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_comes_before_the_app_is_loaded_waits_for_it() -> None:
+    """
+    The runtime sends a cold start's first request ahead of the worker's
+    Ready: it is held, and taken once the app is served, Ready first.
+    """
+    runtime, worker = RuntimeSide(), ChildProtocol(reactor)
+    closed = loopbackAsync(worker, runtime)
+    order: list[str] = []
+    runtime.ready.addCallback(lambda _: order.append("ready"))
+    answer = runtime.request(path="/early").done
+    answer.addCallback(lambda _: order.append("answer"))
+    for _ in range(5):
+        await deferLater(reactor, 0, lambda: None)
+    adapter = Unhurried()
+    assert not answer.called and adapter.handled == []
+    await worker.serve(LoadedApp(types.ModuleType("unhurried"), adapter))
+    for _ in range(5):
+        await deferLater(reactor, 0, lambda: None)
+    assert [request.target for request in adapter.handled] == ["/early"]
+    assert order == ["ready"]
+    runtime.transport.loseConnection()
+    await closed
 
 
 @pytest_twisted.ensureDeferred

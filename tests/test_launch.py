@@ -122,6 +122,30 @@ async def harness(mode: str):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_request_sent_with_the_launch_is_answered_once_the_app_is_loaded(
+    harness: Harness,
+) -> None:
+    """
+    The pool sends a cold start's first request ahead of the worker's
+    Ready, right after the launch (on a spare's socket, perhaps in the same
+    read as the launch itself): the worker holds it until its app is loaded.
+    """
+    runtime = RuntimeSide()
+    app = APPS / "routes-demo"
+    spec = LaunchSpec(str(uuid.uuid4()), str(app), worker_env(app))
+    launched = harness.launcher.launch(spec, runtime, harness.output.append)
+    answer = None
+    if launched.called:  # (a spare's, or spawned: its channel is up at once)
+        answer = runtime.request(path="/health").done
+    process = await bounded(launched)
+    harness.processes.append(process)
+    if answer is None:  # forked by the template: its channel is up now
+        answer = runtime.request(path="/health").done
+    assert (await bounded(answer)).status == 200
+    assert (await bounded(runtime.ready))[0] == process.pid
+
+
+@pytest_twisted.ensureDeferred
 async def test_request_response_and_output(harness: Harness) -> None:
     runtime, _ = await harness.ready(APPS / "routes-demo")
     assert (await runtime.ready)[1] == "routes"

@@ -435,6 +435,103 @@ def test_production_hides_the_error():
     assert "hello@1.0.0" in message and "ImportError" not in message
 
 
+# -- a cold start's first request, sent ahead of the worker's Ready -----------------
+
+
+def test_a_cold_start_sends_its_first_request_ahead_of_the_workers_ready():
+    """No round trip: the request waits in the starting worker, not in the runtime."""
+    h = Harness(startup="later")
+    app = h.app()
+    d = h.send(app, "/first")
+    [process] = h.processes
+    assert process.child.held and not process.child.received  # there before it is ready
+    assert not d.called
+    process.child.ready_now()
+    h.launcher.settle()
+    assert result_of(d).status == 200
+    assert [r.path for r in process.child.received] == ["/first"]
+    assert h.get(app).status == 200  # the worker is ready for the next one
+    assert len(h.processes) == 1
+
+
+def test_a_request_sent_ahead_waits_for_the_start_as_a_queued_one_would():
+    """Up to C{timeout} for the worker (504 QUEUE_TIMEOUT); not a timeout of the worker's."""
+    h = Harness(startup="later", ready_timeout=60)
+    app = h.app(timeout=5)
+    d = h.send(app)
+    h.advance(4.9)
+    assert not d.called
+    h.advance(0.1)
+    assert error_of(result_of(d))[:2] == (504, "QUEUE_TIMEOUT")
+    [process] = h.processes
+    process.child.ready_now()
+    h.launcher.settle()
+    [worker] = h.pool.worker_stats()
+    assert (worker["status"], worker["errorCount"]) == ("active", 0)
+    assert process.child.cancelled == [1]  # it never ran: told so, it drops it
+    assert h.get(app).status == 200
+
+
+def test_a_request_sent_ahead_has_its_whole_timeout_once_the_worker_is_ready():
+    h = Harness(startup="later")
+    app = h.app(timeout=5)
+    d = h.send(app, "/wait/a")
+    h.advance(4)
+    h.processes[0].child.ready_now()
+    h.advance(4.9)  # 8.9 s since it was sent, 4.9 s since the worker was ready
+    assert not d.called
+    h.advance(0.1)
+    assert error_of(result_of(d))[:2] == (504, "WORKER_TIMEOUT")
+
+
+def test_a_request_sent_ahead_to_a_worker_that_fails_to_start_gets_the_start_failure():
+    h = Harness(startup="fail")
+    app = h.app()
+    d = h.send(app)
+    status, code, message = error_of(result_of(d))
+    assert (status, code) == (502, "WORKER_START_FAILED")
+    assert "no module named app" in message
+
+
+def test_a_request_sent_ahead_to_a_worker_retired_while_it_starts_goes_to_the_next():
+    """Evicted (or stopped) before it was ready: the request waits for another worker."""
+    h = Harness(startup="later")
+    app = h.app()
+    d = h.send(app)
+    [first] = h.processes
+    [worker] = h.pool._apps[app.key].workers
+    h.pool._discard(h.pool._apps[app.key], worker, "evicted (pool full)", grace=0, replace=False)
+    h.launcher.settle()
+    assert not d.called
+    second = h.processes[-1]
+    assert second is not first
+    second.child.ready_now()
+    h.launcher.settle()
+    assert result_of(d).status == 200
+
+
+def test_no_request_goes_ahead_of_a_ready_when_the_next_would_retire_the_worker():
+    """maxRequests 1: retiring a worker that is still starting would end its start."""
+    h = Harness(startup="later")
+    app = h.app(max_requests=1)
+    d = h.send(app)
+    [process] = h.processes
+    assert not process.child.held
+    process.child.ready_now()
+    h.launcher.settle()
+    assert result_of(d).status == 200
+
+
+def test_an_ephemeral_request_goes_ahead_of_its_workers_ready():
+    h = Harness(startup="later")
+    d = h.send(h.app("e", ttl=0))
+    [process] = h.processes
+    assert process.child.held
+    process.child.ready_now()
+    h.launcher.settle()
+    assert result_of(d).status == 200
+
+
 def test_ready_timeout_is_a_failure():
     h = Harness(startup="hang", ready_timeout=30)
     app = h.app(timeout=60)

@@ -58,6 +58,19 @@ class RequestTimedOut(Exception):
     """The worker did not start answering within the request's timeout."""
 
 
+class NotStarted(Exception):
+    """
+    A request sent to a worker ahead of its C{Ready} never reached the app:
+    the worker did not become ready (C{timed_out}: not within the request's
+    timeout, which then bounds its wait as a queue's would).  It may go to
+    another worker.
+    """
+
+    def __init__(self, reason: str, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.timed_out = timed_out
+
+
 @define(eq=False)
 class ResponseStream(PushedStream):
     """
@@ -114,6 +127,7 @@ class InFlight:
         idle_sent: bool
         on_finished: list[Callable[[Any, WorkerExchange], object]]
         _exchanges: dict[int, WorkerExchange]
+        _early: dict[int, float]
         _next_rid: int
         _expiry: IDelayedCall | None
         _recent: OrderedDict[str, Action]
@@ -132,6 +146,10 @@ class InFlight:
         Fires with the L{Response} once the worker starts answering; fails with
         L{AppError}, L{WorkerGone} or, after C{timeout} seconds without an
         answer, L{RequestTimedOut}.  Cancelling it cancels the request.
+
+        A worker still starting takes it ahead of its C{Ready} (its channel
+        must be up): C{timeout} then bounds the wait for the worker, and
+        again its answer once it is ready; if it never is, L{NotStarted}.
         """
         now = self.clock.seconds()
         rid, self._next_rid = self._next_rid, self._next_rid + 1
@@ -139,15 +157,18 @@ class InFlight:
         exchange = WorkerExchange(
             rid, request.method, request.path, now, response, request_id=request.request_id
         )
-        if self.status in (STOPPING, OFFLINE, STARTING) or not self._connected:
-            response.errback(WorkerGone(f"worker {self.label} is {self.status}"))
+        status = self.status
+        if status in (STOPPING, OFFLINE) or not self._connected:
+            response.errback(WorkerGone(f"worker {self.label} is {status}"))
             return response
         self._exchanges[rid] = exchange
         self.request_count += 1
         self.last_used = now
         self.idle_sent = False
-        if self.status == IDLE:
+        if status == IDLE:
             self.status = ACTIVE
+        elif status == STARTING:
+            self._early[rid] = timeout
         # One timer per worker, for the earliest deadline, rather than one per request.
         exchange.deadline = now + timeout
         if self._expiry is None:
@@ -239,6 +260,12 @@ class InFlight:
         if exchange.outcome is not None:
             return
         self.protocol.callRemote(CancelRequest, rid=exchange.rid)
+        if exchange.rid in self._early:  # the worker is still starting: the app never had it
+            self._finish(exchange, "cancelled")
+            exchange.response.errback(
+                NotStarted(f"worker {self.label} was not ready in time", timed_out=True)
+            )
+            return
         self.error_count += 1
         self.consecutive_timeouts += 1
         self._finish(exchange, "timeout")
@@ -263,6 +290,8 @@ class InFlight:
         exchange.elapsed = now - exchange.started_at
         exchange.deadline = float("inf")
         self._exchanges.pop(exchange.rid, None)
+        if self._early:
+            self._early.pop(exchange.rid, None)
         request_id = exchange.request_id
         if request_id is not None:
             if exchange.action is not None:
@@ -280,6 +309,28 @@ class InFlight:
                 listener(self, exchange)
             except Exception as error:
                 _listener_failed(error)
+
+    def _ready_for_early(self) -> None:
+        """
+        The worker is ready: the requests it took ahead of that have their
+        C{timeout} again from now (L{_expire} finds the new deadlines).
+        """
+        early, self._early = self._early, {}
+        now = self.clock.seconds()
+        for rid, timeout in early.items():
+            exchange = self._exchanges.get(rid)
+            if exchange is not None:
+                exchange.deadline = now + timeout
+
+    def _fail_early(self, reason: str) -> None:
+        """The worker will never be ready: the requests it took ahead fail (L{NotStarted})."""
+        early, self._early = self._early, {}
+        for rid in early:
+            exchange = self._exchanges.get(rid)
+            if exchange is None or exchange.outcome is not None:
+                continue
+            self._finish(exchange, "gone")
+            exchange.response.errback(NotStarted(reason))
 
     def response_started(self, rid: int, head: str, body: bytes) -> None:
         exchange = self._exchanges.get(rid)

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from buntime.http import Request, Response
 from buntime.logs import log
 from buntime.pool.deps import DependencyInstaller, InstallError
-from buntime.pool.inflight import AppError, RequestTimedOut, WorkerGone
+from buntime.pool.inflight import AppError, NotStarted, RequestTimedOut, WorkerGone
 from buntime.pool.launch.launcher import ILauncher
 from buntime.pool.lifecycle import WorkerLifecycle
 from buntime.pool.queues import AppRetired, _Refused
@@ -56,6 +56,12 @@ L{WorkerPool.reroute}.
 
 def _busy(code: str, message: str) -> Response:
     return Response.error(503, code, message, headers={"Retry-After": RETRY_AFTER})
+
+
+def _queue_timeout(state: _AppState) -> Response:
+    """The answer to a request that waited C{timeout} for a worker of its app."""
+    message = f"No worker of {state.app.label} was free within {state.app.manifest.timeout:g}s"
+    return Response.error(504, "QUEUE_TIMEOUT", message)
 
 
 def _retired(state: _AppState) -> Response:
@@ -353,11 +359,31 @@ class WorkerPool(WorkerLifecycle):
         served: Served | None,
         again: Again | None = None,
     ) -> Response:
-        try:
-            worker = await self._wait(state)
-        except AppRetired as retired:
-            return await self._anew(retired.response, request, base, served, again)
-        return await self._run(state, worker, request, base, served)
+        """
+        Wait for a worker of the app, then run the request on it.  A worker
+        still starting (a cold start's) may take it ahead of its C{Ready}
+        (L{_wait}); if it never becomes ready, the request waits again as it
+        would have, or gets the start's failure when no other worker is left.
+        """
+        while True:
+            try:
+                worker = await self._wait(state)
+            except AppRetired as retired:
+                return await self._anew(retired.response, request, base, served, again)
+            failures = state.failures
+            try:
+                return await self._run(state, worker, request, base, served)
+            except NotStarted as error:
+                if self._closing:
+                    raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping")) from None
+                if error.timed_out:
+                    raise _Refused(_queue_timeout(state)) from None
+                if self._retired_since(state):
+                    return await self._anew(_retired(state), request, base, served, again)
+                alive = any(not w.ephemeral for w in state.workers)
+                if state.failures > failures and not alive:  # its start failed: no other left
+                    raise _Refused(state.last_failure or self._crash_response(state)) from None
+                self._scale(state)  # (it was retired while it started: another starts)
 
     def _retired_since(self, state: _AppState) -> bool:
         """Whether the app of C{state} was retired while a request of it waited."""
@@ -403,15 +429,21 @@ class WorkerPool(WorkerLifecycle):
             self._release_ephemeral_slot()
             raise
         self._ephemeral_holders.add(worker)
-        try:
-            await worker.ready
-        except StartupError:
-            raise _Refused(state.last_failure or self._crash_response(state)) from None
-        except BaseException:
-            self._discard(state, worker, "request ended early", grace=0)
-            raise
+        if not worker.takes_early:  # its channel is not up yet (the template forks it)
+            try:
+                await worker.ready
+            except StartupError:
+                raise _Refused(state.last_failure or self._crash_response(state)) from None
+            except BaseException:
+                self._discard(state, worker, "request ended early", grace=0)
+                raise
         # From here on, the worker's finished request (or its death) stops it.
-        return await self._run(state, worker, request, base, served)
+        try:  # (ahead of its Ready when it is still starting)
+            return await self._run(state, worker, request, base, served)
+        except NotStarted as error:
+            if error.timed_out:
+                raise _Refused(_queue_timeout(state)) from None
+            raise _Refused(state.last_failure or self._crash_response(state)) from None
 
     def _run(
         self, state: _AppState, worker: Worker, request: Request, base: str, served: Served | None
@@ -458,13 +490,24 @@ class WorkerPool(WorkerLifecycle):
     # -- queues ----------------------------------------------------------------
 
     async def _wait(self, state: _AppState) -> Worker:
-        """Queue for a worker slot of this app (also while one cold-starts)."""
+        """
+        Queue for a worker slot of this app, or, when no request waits
+        ahead, take a slot of a worker still starting whose channel is up
+        (the request goes ahead of its C{Ready}, saving the round trip).
+        """
         manifest = state.app.manifest
+        if not state.queue:
+            for worker in state.workers:
+                if (
+                    worker.takes_early
+                    and not worker.ephemeral
+                    and worker.in_flight < manifest.max_concurrency
+                    and worker.request_count + 1 < manifest.max_requests
+                ):
+                    return worker
         if len(state.queue) >= manifest.max_queue:
             raise _Refused(_busy("QUEUE_FULL", f"Too many requests waiting for {state.app.label}"))
-        message = f"No worker of {state.app.label} was free within {manifest.timeout:g}s"
-        late = Response.error(504, "QUEUE_TIMEOUT", message)
-        return await state.queue.wait(self._reactor, manifest.timeout, late)
+        return await state.queue.wait(self._reactor, manifest.timeout, _queue_timeout(state))
 
     async def _ephemeral_slot(self, state: _AppState) -> None:
         """Take one of the C{ephemeral_concurrency} slots, queueing for one if needed."""

@@ -97,6 +97,8 @@ class Worker(InFlight):
     _exited: Once = field(factory=Once, repr=False)
     _drained: Once | None = field(default=None, repr=False)
     _exchanges: dict[int, WorkerExchange] = field(factory=dict, repr=False)
+    _early: dict[int, float] = field(factory=dict, repr=False)
+    """The requests sent while it starts (their timeouts), until it is ready."""
     _next_rid: int = 1
     _ready_timer: IDelayedCall | None = field(default=None, repr=False)
     _capture: list[str] | None = field(default=None, repr=False)
@@ -132,6 +134,11 @@ class Worker(InFlight):
     @property
     def in_flight(self) -> int:
         return len(self._exchanges)
+
+    @property
+    def takes_early(self) -> bool:
+        """Whether it is starting with its channel up: a request may go ahead of its C{Ready}."""
+        return self.status == STARTING and self._connected and self.healthy
 
     @property
     def label(self) -> str:
@@ -177,6 +184,7 @@ class Worker(InFlight):
         if self.status == STARTING:
             self.healthy = False
             self._ready.fire(Failure(error))
+            self._fail_early(str(error))
 
     def ready_received(self, pid: int, kind: str) -> None:
         if self.status != STARTING:
@@ -189,6 +197,8 @@ class Worker(InFlight):
             self.pid = pid
         self.status = EPHEMERAL if self.ephemeral else ACTIVE
         self.last_used = self.clock.seconds()
+        if self._early:
+            self._ready_for_early()
         self._ready.fire(None)
 
     def startup_failed(self, error: str, detail: str) -> None:

@@ -112,13 +112,33 @@ class ChildProtocol(FastAMP):
         self._on_terminated = on_terminated
         self._requests: dict[int, _InFlight] = {}
         self._settled: Once | None = None
+        self._held: list[bytes] = []
+        """What came from the runtime before the app was loaded (see L{dataReceived})."""
 
     # -- startup -------------------------------------------------------------------
 
     def serve(self, app: LoadedApp) -> Deferred:
-        """Start serving C{app}: tell the runtime it is C{Ready}."""
+        """
+        Start serving C{app}: tell the runtime it is C{Ready}, then take the
+        requests it sent ahead of that.
+        """
         self.app = app
-        return self.callRemote(events.Ready, pid=os.getpid(), kind=app.kind)
+        ready = self.callRemote(events.Ready, pid=os.getpid(), kind=app.kind)
+        held, self._held = self._held, []
+        if held:
+            super().dataReceived(b"".join(held))
+        return ready
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        The runtime's boxes; held until the app is loaded (L{serve}): the
+        runtime may send a cold start's first request with the launch,
+        ahead of the worker's C{Ready}.
+        """
+        if self.app is None:
+            self._held.append(data)
+            return
+        super().dataReceived(data)
 
     def startup_failed(self, error: str, detail: str) -> Deferred:
         """Tell the runtime the app could not be loaded."""

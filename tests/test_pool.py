@@ -494,13 +494,13 @@ def test_a_request_sent_ahead_to_a_worker_that_fails_to_start_gets_the_start_fai
 
 
 def test_a_request_sent_ahead_to_a_worker_retired_while_it_starts_goes_to_the_next():
-    """Evicted (or stopped) before it was ready: the request waits for another worker."""
+    """Retired before it was ready: the request waits for the worker that replaces it."""
     h = Harness(startup="later")
     app = h.app()
     d = h.send(app)
     [first] = h.processes
     [worker] = h.pool._apps[app.key].workers
-    h.pool._discard(h.pool._apps[app.key], worker, "evicted (pool full)", grace=0, replace=False)
+    h.pool._discard(h.pool._apps[app.key], worker, "memory", grace=0)
     h.launcher.settle()
     assert not d.called
     second = h.processes[-1]
@@ -508,6 +508,26 @@ def test_a_request_sent_ahead_to_a_worker_retired_while_it_starts_goes_to_the_ne
     second.child.ready_now()
     h.launcher.settle()
     assert result_of(d).status == 200
+
+
+def test_a_request_sent_ahead_to_a_worker_evicted_while_it_starts_keeps_the_pool_size():
+    """
+    Evicted for another app: the request waits in its app's queue, as a
+    queued one would, rather than start a worker of its own in the room
+    just made for the other app (two workers in a pool of one).
+    """
+    h = Harness(startup="later", pool_size=1)
+    first = h.app("a", timeout=5)
+    d = h.send(first)
+    h.advance(3)
+    h.send(h.app("b"))
+    workers = [w for state in h.pool._apps.values() for w in state.workers]
+    assert [w.name for w in workers] == ["b"]
+    assert not d.called
+    h.advance(1.9)
+    assert not d.called
+    h.advance(0.1)  # its timeout counts from its arrival, as a queued request's does
+    assert error_of(result_of(d))[:2] == (504, "QUEUE_TIMEOUT")
 
 
 def test_no_request_goes_ahead_of_a_ready_when_the_next_would_retire_the_worker():

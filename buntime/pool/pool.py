@@ -363,11 +363,14 @@ class WorkerPool(WorkerLifecycle):
         Wait for a worker of the app, then run the request on it.  A worker
         still starting (a cold start's) may take it ahead of its C{Ready}
         (L{_wait}); if it never becomes ready, the request waits again as it
-        would have, or gets the start's failure when no other worker is left.
+        would have (in the app's queue, within what is left of its
+        C{timeout}), or gets the start's failure when no other worker is left.
         """
+        arrived = self._reactor.seconds()
         while True:
+            left = state.app.manifest.timeout - (self._reactor.seconds() - arrived)
             try:
-                worker = await self._wait(state)
+                worker = await self._wait(state, left)
             except AppRetired as retired:
                 return await self._anew(retired.response, request, base, served, again)
             failures = state.failures
@@ -383,7 +386,6 @@ class WorkerPool(WorkerLifecycle):
                 alive = any(not w.ephemeral for w in state.workers)
                 if state.failures > failures and not alive:  # its start failed: no other left
                     raise _Refused(state.last_failure or self._crash_response(state)) from None
-                self._scale(state)  # (it was retired while it started: another starts)
 
     def _retired_since(self, state: _AppState) -> bool:
         """Whether the app of C{state} was retired while a request of it waited."""
@@ -489,11 +491,12 @@ class WorkerPool(WorkerLifecycle):
 
     # -- queues ----------------------------------------------------------------
 
-    async def _wait(self, state: _AppState) -> Worker:
+    async def _wait(self, state: _AppState, timeout: float) -> Worker:
         """
-        Queue for a worker slot of this app, or, when no request waits
-        ahead, take a slot of a worker still starting whose channel is up
-        (the request goes ahead of its C{Ready}, saving the round trip).
+        Queue for a worker slot of this app (at most C{timeout} seconds), or,
+        when no request waits ahead, take a slot of a worker still starting
+        whose channel is up (the request goes ahead of its C{Ready}, saving
+        the round trip).
         """
         manifest = state.app.manifest
         if not state.queue:
@@ -507,7 +510,7 @@ class WorkerPool(WorkerLifecycle):
                     return worker
         if len(state.queue) >= manifest.max_queue:
             raise _Refused(_busy("QUEUE_FULL", f"Too many requests waiting for {state.app.label}"))
-        return await state.queue.wait(self._reactor, manifest.timeout, _queue_timeout(state))
+        return await state.queue.wait(self._reactor, timeout, _queue_timeout(state))
 
     async def _ephemeral_slot(self, state: _AppState) -> None:
         """Take one of the C{ephemeral_concurrency} slots, queueing for one if needed."""

@@ -552,6 +552,31 @@ def test_an_ephemeral_request_goes_ahead_of_its_workers_ready():
     assert result_of(d).status == 200
 
 
+def test_an_ephemeral_request_sent_ahead_waits_for_its_workers_start_past_its_timeout():
+    """
+    The worker is its own: its request waits for it as long as a start may
+    take (the ready timeout), then has its C{timeout}, as before it went ahead.
+    """
+    h = Harness(startup="later", ready_timeout=60)
+    d = h.send(h.app("e", ttl=0, timeout=5))
+    h.advance(8)
+    assert not d.called
+    h.processes[0].child.ready_now()
+    h.launcher.settle()
+    assert result_of(d).status == 200
+
+
+def test_an_ephemeral_request_sent_ahead_has_its_timeout_once_its_worker_is_ready():
+    h = Harness(startup="later", ready_timeout=60)
+    d = h.send(h.app("e", ttl=0, timeout=5), "/hang")
+    h.advance(8)
+    h.processes[0].child.ready_now()
+    h.advance(4.9)
+    assert not d.called
+    h.advance(0.1)
+    assert error_of(result_of(d))[:2] == (504, "WORKER_TIMEOUT")
+
+
 def test_ready_timeout_is_a_failure():
     h = Harness(startup="hang", ready_timeout=30)
     app = h.app(timeout=60)

@@ -148,8 +148,10 @@ class InFlight:
         answer, L{RequestTimedOut}.  Cancelling it cancels the request.
 
         A worker still starting takes it ahead of its C{Ready} (its channel
-        must be up): C{timeout} then bounds the wait for the worker, and
-        again its answer once it is ready; if it never is, L{NotStarted}.
+        must be up): C{timeout} then bounds the wait for the worker (not an
+        ephemeral one's: its request waits for it as long as its start may
+        take), and again its answer once it is ready; if it never is,
+        L{NotStarted}.
         """
         now = self.clock.seconds()
         rid, self._next_rid = self._next_rid, self._next_rid + 1
@@ -169,10 +171,11 @@ class InFlight:
             self.status = ACTIVE
         elif status == STARTING:
             self._early[rid] = timeout
-        # One timer per worker, for the earliest deadline, rather than one per request.
-        exchange.deadline = now + timeout
-        if self._expiry is None:
-            self._expiry = self.clock.callLater(timeout, self._expire)
+        if status != STARTING or not self.ephemeral:  # (an ephemeral one's: once it is ready)
+            # One timer per worker, for the earliest deadline, rather than one per request.
+            exchange.deadline = now + timeout
+            if self._expiry is None:
+                self._expiry = self.clock.callLater(timeout, self._expire)
         exchange.action = current_action()
         try:
             rest = self._start(exchange, request, base)
@@ -321,6 +324,8 @@ class InFlight:
             exchange = self._exchanges.get(rid)
             if exchange is not None:
                 exchange.deadline = now + timeout
+        if early and self._expiry is None:  # (an ephemeral worker's request had none)
+            self._expiry = self.clock.callLater(min(early.values()), self._expire)
 
     def _fail_early(self, reason: str) -> None:
         """The worker will never be ready: the requests it took ahead fail (L{NotStarted})."""

@@ -440,11 +440,9 @@ class WorkerPool(WorkerLifecycle):
                 self._discard(state, worker, "request ended early", grace=0)
                 raise
         # From here on, the worker's finished request (or its death) stops it.
-        try:  # (ahead of its Ready when it is still starting)
+        try:  # (ahead of its Ready when it is still starting: it waits for that)
             return await self._run(state, worker, request, base, served)
-        except NotStarted as error:
-            if error.timed_out:
-                raise _Refused(_queue_timeout(state)) from None
+        except NotStarted:
             raise _Refused(state.last_failure or self._crash_response(state)) from None
 
     def _run(

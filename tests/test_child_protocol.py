@@ -512,6 +512,29 @@ async def test_a_request_that_comes_before_the_app_is_loaded_waits_for_it() -> N
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_request_cancelled_before_the_app_is_loaded_never_reaches_it() -> None:
+    """
+    Held ahead of the worker's Ready, then cancelled (its client left, or
+    it timed out waiting for the start): the app never sees it (a WSGI
+    call could not be stopped), the requests after it still do.
+    """
+    runtime, worker = RuntimeSide(), ChildProtocol(reactor)
+    closed = loopbackAsync(worker, runtime)
+    cancelled = runtime.request(path="/cancelled")
+    runtime.callRemote(commands.CancelRequest, rid=cancelled.rid)
+    runtime.request(path="/kept")
+    for _ in range(5):
+        await deferLater(reactor, 0, lambda: None)
+    adapter = Unhurried()
+    await worker.serve(LoadedApp(types.ModuleType("unhurried"), adapter))
+    for _ in range(5):
+        await deferLater(reactor, 0, lambda: None)
+    assert [request.target for request in adapter.handled] == ["/kept"]
+    runtime.transport.loseConnection()
+    await closed
+
+
+@pytest_twisted.ensureDeferred
 async def test_terminate_waits_for_work_after_the_response() -> None:
     """Terminate lets an app call finish what it does after its response, then shuts down."""
     runtime, worker = RuntimeSide(), ChildProtocol(reactor)

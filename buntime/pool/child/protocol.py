@@ -120,13 +120,26 @@ class ChildProtocol(FastAMP):
     def serve(self, app: LoadedApp) -> Deferred:
         """
         Start serving C{app}: tell the runtime it is C{Ready}, then take the
-        requests it sent ahead of that.
+        requests it sent ahead of that, but those it cancelled meanwhile
+        (their client left, or they timed out waiting for this start): the
+        app never sees them (a WSGI call could not be stopped once begun).
         """
         self.app = app
         ready = self.callRemote(events.Ready, pid=os.getpid(), kind=app.kind)
         held, self._held = self._held, []
         if held:
-            super().dataReceived(b"".join(held))
+            boxes: list[Any] = []
+            # collected first, not run (on the instance: the usual path pays nothing)
+            self.ampBoxReceived = boxes.append  # type: ignore[method-assign,assignment]
+            try:
+                super().dataReceived(b"".join(held))
+            finally:
+                del self.ampBoxReceived
+            start, cancel = commands.StartRequest.commandName, commands.CancelRequest.commandName
+            cancelled = {box.get(b"rid") for box in boxes if box.get(b"_command") == cancel}
+            for box in boxes:
+                if box.get(b"_command") != start or box.get(b"rid") not in cancelled:
+                    super().ampBoxReceived(box)
         return ready
 
     def dataReceived(self, data: bytes) -> None:

@@ -577,6 +577,16 @@ def test_an_ephemeral_request_sent_ahead_has_its_timeout_once_its_worker_is_read
     assert error_of(result_of(d))[:2] == (504, "WORKER_TIMEOUT")
 
 
+def test_an_ephemeral_request_whose_client_leaves_while_its_worker_starts_ended_early():
+    h = Harness(startup="later")
+    d = h.send(h.app("e", ttl=0))
+    d.addErrback(lambda failure: failure.trap(CancelledError))
+    d.cancel()
+    h.launcher.settle()
+    [retired] = [e for e in h.pool.worker_events() if e["event"] == "retired"]
+    assert retired["reason"] == "request ended early"
+
+
 def test_ready_timeout_is_a_failure():
     h = Harness(startup="hang", ready_timeout=30)
     app = h.app(timeout=60)

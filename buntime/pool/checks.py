@@ -52,6 +52,8 @@ class WorkerChecks:
                 self._explain_timeout(state, worker, exchange, "killing the worker").addCallback(
                     lambda _: self.discard(state, worker, "timed out", grace=0, kill=True)
                 )
+            elif exchange.outcome == "cancelled" and not worker.is_ready:  # sent ahead of it
+                self.discard(state, worker, "request ended early", grace=0)
             elif exchange.outcome != "gone":
                 self.discard(state, worker, "ephemeral request done", grace=timeout)
             return

@@ -535,6 +535,21 @@ async def test_a_request_cancelled_before_the_app_is_loaded_never_reaches_it() -
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_worker_whose_app_fails_to_load_still_hears_the_runtimes_answer() -> None:
+    """What came ahead of a start that fails is dropped, not held for an app that never comes."""
+    runtime, worker = RuntimeSide(), ChildProtocol(reactor)
+    closed = loopbackAsync(worker, runtime)
+    runtime.ready.addErrback(lambda _: None)
+    runtime.request(path="/early")
+    for _ in range(5):
+        await deferLater(reactor, 0, lambda: None)
+    reported = worker.startup_failed("ImportError: no module named app", "Traceback ...")
+    await reported.addTimeout(5, reactor)  # (the worker exits with code 3 on this answer)
+    runtime.transport.loseConnection()
+    await closed
+
+
+@pytest_twisted.ensureDeferred
 async def test_terminate_waits_for_work_after_the_response() -> None:
     """Terminate lets an app call finish what it does after its response, then shuts down."""
     runtime, worker = RuntimeSide(), ChildProtocol(reactor)

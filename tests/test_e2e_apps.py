@@ -255,10 +255,12 @@ async def test_every_app_kind_answers_in_both_worker_modes(mode, shared, runtime
     )
     # (its Ready and what it printed come on two channels: either may be logged first)
     await proc.wait_for_log(
-        lambda line: line.get("action_type") == "buntime:worker:start"
-        and line.get("action_status") == "succeeded"
-        and line.get("app") == "routes-demo"
-        and line.get("worker_id") == printed["worker_id"],
+        lambda line: (
+            line.get("action_type") == "buntime:worker:start"
+            and line.get("action_status") == "succeeded"
+            and line.get("app") == "routes-demo"
+            and line.get("worker_id") == printed["worker_id"]
+        ),
         timeout=5,
     )
     assert await get_json(proc, "/routes-demo@1/items/7?x=1") == {"id": "7", "query": "x=1"}

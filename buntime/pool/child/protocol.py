@@ -112,7 +112,7 @@ class ChildProtocol(FastAMP):
         self._on_terminated = on_terminated
         self._requests: dict[int, _InFlight] = {}
         self._settled: Once | None = None
-        self._held: list[bytes] = []
+        self._held: list[bytes] | None = []
         """What came from the runtime before the app was loaded (see L{dataReceived})."""
 
     # -- startup -------------------------------------------------------------------
@@ -126,7 +126,7 @@ class ChildProtocol(FastAMP):
         """
         self.app = app
         ready = self.callRemote(events.Ready, pid=os.getpid(), kind=app.kind)
-        held, self._held = self._held, []
+        held, self._held = self._held, None
         if held:
             boxes: list[Any] = []
             # collected first, not run (on the instance: the usual path pays nothing)
@@ -148,13 +148,19 @@ class ChildProtocol(FastAMP):
         runtime may send a cold start's first request with the launch,
         ahead of the worker's C{Ready}.
         """
-        if self.app is None:
-            self._held.append(data)
+        held = self._held
+        if held is not None and self.app is None:
+            held.append(data)
             return
         super().dataReceived(data)
 
     def startup_failed(self, error: str, detail: str) -> Deferred:
-        """Tell the runtime the app could not be loaded."""
+        """
+        Tell the runtime the app could not be loaded.  What it sent ahead is
+        dropped (it fails those requests itself), and what comes next (the
+        answer to this) is read.
+        """
+        self._held = None
         return self.callRemote(
             events.StartupFailed, error=fit_text(error, 4096), detail=fit_text(detail)
         )

@@ -25,6 +25,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 
+from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -56,6 +57,19 @@ L{WorkerPool.reroute}.
 
 def _busy(code: str, message: str) -> Response:
     return Response.error(503, code, message, headers={"Retry-After": RETRY_AFTER})
+
+
+@frozen
+class _Waiting:
+    """
+    A request on the pool's slower paths (one that was not sent at once to
+    a warm worker): what sending it takes, and its C{again} (L{WorkerPool.handle}).
+    """
+
+    request: Request
+    base: str
+    served: Served | None
+    again: Again | None = None
 
 
 def _queue_timeout(state: _AppState) -> Response:
@@ -179,13 +193,11 @@ class WorkerPool(WorkerLifecycle):
                     answer = self._send(state, worker, request, base, served)
                     sent = state
                 else:
-                    answer = Deferred.fromCoroutine(
-                        self._queued(state, request, base, served, again)
-                    )
+                    waiting = _Waiting(request, base, served, again)
+                    answer = Deferred.fromCoroutine(self._queued(state, waiting))
             else:
-                answer = Deferred.fromCoroutine(
-                    self._prepared(state, request, base, served, self._counts, again)
-                )
+                waiting = _Waiting(request, base, served, again)
+                answer = Deferred.fromCoroutine(self._prepared(state, waiting, self._counts))
         except Exception:
             answer = fail()
         return answer.addBoth(self._answered, app, arrived, sent)
@@ -207,7 +219,8 @@ class WorkerPool(WorkerLifecycle):
                 raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping"))
             state = self._enter(app)
             uncounted = Counter[str]()  # (thrown away: the first pass counted it)
-            return Deferred.fromCoroutine(self._prepared(state, request, base, served, uncounted))
+            waiting = _Waiting(request, base, served)
+            return Deferred.fromCoroutine(self._prepared(state, waiting, uncounted))
         except Exception:
             return fail()
 
@@ -241,13 +254,7 @@ class WorkerPool(WorkerLifecycle):
         return result
 
     async def _prepared(
-        self,
-        state: _AppState,
-        request: Request,
-        base: str,
-        served: Served | None,
-        counts: dict[str, int],
-        again: Again | None = None,
+        self, state: _AppState, waiting: _Waiting, counts: dict[str, int]
     ) -> Response:
         """
         The paths that wait first (installing dependencies, ephemeral
@@ -260,10 +267,10 @@ class WorkerPool(WorkerLifecycle):
             if self._closing:
                 raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping"))
             if self._retired_since(state):
-                return await self._anew(_retired(state), request, base, served, again)
+                return await self._anew(_retired(state), waiting)
         if state.app.manifest.ttl <= 0:
-            return await self._ephemeral(state, request, base, served, counts, again)
-        return await self._persistent(state, request, base, served, counts, again)
+            return await self._ephemeral(state, waiting, counts)
+        return await self._persistent(state, waiting, counts)
 
     def _enter(self, app: PoolApp) -> _AppState:
         """The app's state (made on first use), after the name@version collision check."""
@@ -320,19 +327,11 @@ class WorkerPool(WorkerLifecycle):
             raise _Refused(Response.error(500, "INSTALL_FAILED", message)) from None
         state.installed = True
 
-    def _persistent(
-        self,
-        state: _AppState,
-        request: Request,
-        base: str,
-        served: Served | None,
-        counts: dict[str, int],
-        again: Again | None = None,
-    ) -> Deferred:
+    def _persistent(self, state: _AppState, waiting: _Waiting, counts: dict[str, int]) -> Deferred:
         worker = self._warm_worker(state, counts)
         if worker is not None:
-            return self._run(state, worker, request, base, served)
-        return Deferred.fromCoroutine(self._queued(state, request, base, served, again))
+            return self._run(state, worker, waiting)
+        return Deferred.fromCoroutine(self._queued(state, waiting))
 
     def _warm_worker(self, state: _AppState, counts: dict[str, int]) -> Worker | None:
         """
@@ -351,14 +350,7 @@ class WorkerPool(WorkerLifecycle):
                 raise _Refused(state.last_failure)  # the worker could not even be launched
         return survey.free
 
-    async def _queued(
-        self,
-        state: _AppState,
-        request: Request,
-        base: str,
-        served: Served | None,
-        again: Again | None = None,
-    ) -> Response:
+    async def _queued(self, state: _AppState, waiting: _Waiting) -> Response:
         """
         Wait for a worker of the app, then run the request on it.  A worker
         still starting (a cold start's) may take it ahead of its C{Ready}
@@ -372,17 +364,17 @@ class WorkerPool(WorkerLifecycle):
             try:
                 worker = await self._wait(state, left)
             except AppRetired as retired:
-                return await self._anew(retired.response, request, base, served, again)
+                return await self._anew(retired.response, waiting)
             failures = state.failures
             try:
-                return await self._run(state, worker, request, base, served)
+                return await self._run(state, worker, waiting)
             except NotStarted as error:
                 if self._closing:
                     raise _Refused(_busy("SHUTTING_DOWN", "The runtime is stopping")) from None
                 if error.timed_out:
                     raise _Refused(_queue_timeout(state)) from None
                 if self._retired_since(state):
-                    return await self._anew(_retired(state), request, base, served, again)
+                    return await self._anew(_retired(state), waiting)
                 alive = any(not w.ephemeral for w in state.workers)
                 if state.failures > failures and not alive:  # its start failed: no other left
                     raise _Refused(state.last_failure or self._crash_response(state)) from None
@@ -391,32 +383,20 @@ class WorkerPool(WorkerLifecycle):
         """Whether the app of C{state} was retired while a request of it waited."""
         return self._apps.get(state.app.key) is not state
 
-    async def _anew(
-        self,
-        refusal: Response,
-        request: Request,
-        base: str,
-        served: Served | None,
-        again: Again | None,
-    ) -> Response:
+    async def _anew(self, refusal: Response, waiting: _Waiting) -> Response:
         """
-        A request whose app was retired before it was sent: C{again}'s
+        A request whose app was retired before it was sent: its C{again}'s
         answer (the caller routes it anew, to the app's new copy), else
         C{refusal}.
         """
+        again = waiting.again
         if again is None:
             return refusal
-        answer = again(refusal, request, base, served)
+        answer = again(refusal, waiting.request, waiting.base, waiting.served)
         return await answer if isinstance(answer, Deferred) else answer
 
     async def _ephemeral(
-        self,
-        state: _AppState,
-        request: Request,
-        base: str,
-        served: Served | None,
-        counts: dict[str, int],
-        again: Again | None = None,
+        self, state: _AppState, waiting: _Waiting, counts: dict[str, int]
     ) -> Response:
         self._refuse_if_failing(state)
         counts["misses"] += 1
@@ -424,7 +404,7 @@ class WorkerPool(WorkerLifecycle):
         if self._retired_since(state):
             # a fresh worker of the old copy would serve it
             self._release_ephemeral_slot()
-            return await self._anew(_retired(state), request, base, served, again)
+            return await self._anew(_retired(state), waiting)
         try:
             worker = self._spawn(state, ephemeral=True)
         except BaseException:
@@ -441,15 +421,14 @@ class WorkerPool(WorkerLifecycle):
                 raise
         # From here on, the worker's finished request (or its death) stops it.
         try:  # (ahead of its Ready when it is still starting: it waits for that)
-            return await self._run(state, worker, request, base, served)
+            return await self._run(state, worker, waiting)
         except NotStarted:
             raise _Refused(state.last_failure or self._crash_response(state)) from None
 
-    def _run(
-        self, state: _AppState, worker: Worker, request: Request, base: str, served: Served | None
-    ) -> Deferred:
-        """Send C{request} to C{worker}; fires with its response, or the error response."""
-        return self._send(state, worker, request, base, served).addBoth(self._ran, state)
+    def _run(self, state: _AppState, worker: Worker, waiting: _Waiting) -> Deferred:
+        """Send the request to C{worker}; fires with its response, or the error response."""
+        sent = self._send(state, worker, waiting.request, waiting.base, waiting.served)
+        return sent.addBoth(self._ran, state)
 
     def _send(
         self, state: _AppState, worker: Worker, request: Request, base: str, served: Served | None

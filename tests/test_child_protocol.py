@@ -486,6 +486,12 @@ class WorksAfterAnswering:
         return self.later.addCallback(lambda _: self.events.append("background done"))
 
 
+async def turns(count: int = 5) -> None:
+    """Let the reactor run C{count} turns (the loopback's boxes get across)."""
+    for _ in range(count):
+        await deferLater(reactor, 0, lambda: None)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_request_that_comes_before_the_app_is_loaded_waits_for_it() -> None:
     """
@@ -498,13 +504,11 @@ async def test_a_request_that_comes_before_the_app_is_loaded_waits_for_it() -> N
     runtime.ready.addCallback(lambda _: order.append("ready"))
     answer = runtime.request(path="/early").done
     answer.addCallback(lambda _: order.append("answer"))
-    for _ in range(5):
-        await deferLater(reactor, 0, lambda: None)
+    await turns()
     adapter = Unhurried()
     assert not answer.called and adapter.handled == []
     await worker.serve(LoadedApp(types.ModuleType("unhurried"), adapter))
-    for _ in range(5):
-        await deferLater(reactor, 0, lambda: None)
+    await turns()
     assert [request.target for request in adapter.handled] == ["/early"]
     assert order == ["ready"]
     runtime.transport.loseConnection()
@@ -523,12 +527,10 @@ async def test_a_request_cancelled_before_the_app_is_loaded_never_reaches_it() -
     cancelled = runtime.request(path="/cancelled")
     runtime.callRemote(commands.CancelRequest, rid=cancelled.rid)
     runtime.request(path="/kept")
-    for _ in range(5):
-        await deferLater(reactor, 0, lambda: None)
+    await turns()
     adapter = Unhurried()
     await worker.serve(LoadedApp(types.ModuleType("unhurried"), adapter))
-    for _ in range(5):
-        await deferLater(reactor, 0, lambda: None)
+    await turns()
     assert [request.target for request in adapter.handled] == ["/kept"]
     runtime.transport.loseConnection()
     await closed
@@ -541,8 +543,7 @@ async def test_a_worker_whose_app_fails_to_load_still_hears_the_runtimes_answer(
     closed = loopbackAsync(worker, runtime)
     runtime.ready.addErrback(lambda _: None)
     runtime.request(path="/early")
-    for _ in range(5):
-        await deferLater(reactor, 0, lambda: None)
+    await turns()
     reported = worker.startup_failed("ImportError: no module named app", "Traceback ...")
     await reported.addTimeout(5, reactor)  # (the worker exits with code 3 on this answer)
     runtime.transport.loseConnection()

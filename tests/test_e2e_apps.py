@@ -207,6 +207,23 @@ def ready_lines(proc: Any, app: str) -> list[dict[str, Any]]:
     ]
 
 
+async def ready_line(proc: Any, app: str, **fields: Any) -> dict[str, Any]:
+    """
+    The line saying a worker of C{app} (with these C{fields}) is ready, once
+    it is read: the runtime logs it before it answers the worker's first
+    request, but its log is read on another channel than that answer.
+    """
+    return await proc.wait_for_log(
+        lambda line: (
+            line.get("action_type") == "buntime:worker:start"
+            and line.get("action_status") == "succeeded"
+            and line.get("app") == app
+            and all(line.get(name) == value for name, value in fields.items())
+        ),
+        timeout=5,
+    )
+
+
 # -- app kinds ------------------------------------------------------------------
 
 
@@ -254,15 +271,7 @@ async def test_every_app_kind_answers_in_both_worker_modes(mode, shared, runtime
         lambda line: line.get("message") == "hello from routes-demo (GET /)", timeout=5
     )
     # (its Ready and what it printed come on two channels: either may be logged first)
-    await proc.wait_for_log(
-        lambda line: (
-            line.get("action_type") == "buntime:worker:start"
-            and line.get("action_status") == "succeeded"
-            and line.get("app") == "routes-demo"
-            and line.get("worker_id") == printed["worker_id"]
-        ),
-        timeout=5,
-    )
+    await ready_line(proc, "routes-demo", worker_id=printed["worker_id"])
     assert await get_json(proc, "/routes-demo@1/items/7?x=1") == {"id": "7", "query": "x=1"}
     response = await proc.get("/routes-demo@1/no/such/route")
     assert response.code == 404
@@ -392,7 +401,8 @@ async def test_app_output_is_logged_with_app_and_worker_and_never_corrupts_the_c
     """
     for marker in ("m-one", "m-two"):
         assert await get_json(shared, f"/printer@1/?marker={marker}") == {"marker": marker}
-    (ready,) = ready_lines(shared, "printer")
+    ready = await ready_line(shared, "printer")
+    assert len(ready_lines(shared, "printer")) == 1
     tags = {"app": "printer", "worker_id": ready["worker_id"], "pid": ready["pid"]}
 
     def output(text: str) -> Any:
@@ -491,7 +501,8 @@ async def test_worker_environment_is_filtered_and_secrets_never_logged(shared):
     assert RUNTIME_SECRET not in env.values()
     assert json.loads(env["WORKER_CONFIG"])["env"] == {"PLAIN": "ok"}
 
-    (ready,) = ready_lines(shared, "envy")
+    ready = await ready_line(shared, "envy")
+    assert len(ready_lines(shared, "envy")) == 1
     assert env["WORKER_ID"] == ready["worker_id"]
     assert env["APP_DIR"].endswith("envy@1.0.0")
     assert env["RUNTIME_API_URL"] == shared.url

@@ -467,9 +467,10 @@ def test_a_request_sent_ahead_waits_for_the_start_as_a_queued_one_would():
     process.child.ready_now()
     h.launcher.settle()
     [worker] = h.pool.worker_stats()
-    assert (worker["status"], worker["errorCount"]) == ("active", 0)
+    assert (worker["status"], worker["errorCount"], worker["requestCount"]) == ("active", 0, 0)
     assert process.child.cancelled == [1]  # it never ran: told so, it drops it
     assert h.get(app).status == 200
+    assert h.pool.worker_stats()[0]["requestCount"] == 1
 
 
 def test_a_request_sent_ahead_has_its_whole_timeout_once_the_worker_is_ready():

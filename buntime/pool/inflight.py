@@ -293,8 +293,8 @@ class InFlight:
         exchange.elapsed = now - exchange.started_at
         exchange.deadline = float("inf")
         self._exchanges.pop(exchange.rid, None)
-        if self._early:
-            self._early.pop(exchange.rid, None)
+        if self._early and self._early.pop(exchange.rid, None) is not None:
+            self.request_count -= 1  # held by a worker still starting: the app never had it
         request_id = exchange.request_id
         if request_id is not None:
             if exchange.action is not None:

@@ -97,7 +97,7 @@ class Learned:
     """
     The template's pages that its workers' starts copied: the copies of
     the last L{SAMPLES} workers it looked at, and as L{ranges} the pages
-    that at least half of them hold.
+    that most of them hold (more than half).
     """
 
     samples: deque[frozenset[int]] = field(factory=lambda: deque(maxlen=SAMPLES))
@@ -118,7 +118,7 @@ class Learned:
             return  # gone meanwhile (its pagemap reads empty), or no flags shown
         self.samples.append(frozenset(ours & theirs))
         counts = Counter(page for sample in self.samples for page in sample)
-        needed = (len(self.samples) + 1) // 2
+        needed = len(self.samples) // 2 + 1
         self.ranges = ranges(page for page, count in counts.items() if count >= needed)
 
 

@@ -33,7 +33,6 @@ from buntime.pool.launch.launcher import (
     LauncherUnavailable,
     LaunchSpec,
 )
-from buntime.pool.launch.pages import LEARN_AFTER, present, private_writable
 from buntime.pool.launch.spawn import SpawnLauncher
 from buntime.pool.launch.template import SPARE_RETRY
 from buntime.pool.output import Write
@@ -610,35 +609,6 @@ async def test_the_next_spare_is_forked_soon_after_a_launch_takes_one(forking: H
     workers = {process.pid for process in forking.processes}
     await until(lambda: forking.launcher._spare is not None, SPARE_RETRY / 4)
     assert forking.launcher._spare[0] in children_of(template) - workers
-
-
-def own_pages(pid: int) -> int:
-    """How many of C{pid}'s private writable pages it holds a copy of (shares with no other)."""
-    return len(present(pid, private_writable(pid), exclusive=True))
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_spare_forked_after_a_start_copies_ahead_what_a_start_copies(
-    forking: Harness,
-) -> None:
-    """
-    The template looks at what a worker's start copied of its pages
-    (LEARN_AFTER its launch); the spares it forks after that copy those
-    pages while they wait, which a worker's start would otherwise do page
-    fault by page fault.
-    """
-    first = await spare_of(forking)
-    before = own_pages(first)
-    await launched_on(forking, first)
-    started = own_pages(first)
-    assert started - before > 200  # what a start copies: some 600 pages
-    await deferLater(reactor, LEARN_AFTER + 0.3, lambda: None)  # the template looks
-    # (the spare forked right after that launch came before the look)
-    await launched_on(forking, await spare_of(forking))
-    ahead = await spare_of(forking)
-    await until(lambda: own_pages(ahead) - before > (started - before) // 2)
-    # not the template's whole memory (some 8 000 pages): about what a start copies
-    assert own_pages(ahead) - before < 2 * (started - before)
 
 
 @pytest_twisted.ensureDeferred

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from buntime.bench.many import NOOP_ASGI, NOOP_ROUTES, NOOP_WSGI, WRK_ZIPF
-from buntime.bench.scenarios import COLD_APPS, COLD_BEFORE, GATEWAY_LIMIT
+from buntime.bench.scenarios import COLD_APPS, GATEWAY_LIMIT
 
 _APPS = {
     "noop-asgi@1.0.0": ("ttl: 5m\nidleTimeout: 5m\nmaxRequests: 10000000\n", NOOP_ASGI),
@@ -50,10 +50,7 @@ _APPS = {
         """,
     ),
     "ephemeral@1.0.0": ("ttl: 0\ntimeout: 10s\n", NOOP_ROUTES),
-    **{
-        f"cold-{number}@1.0.0": ("ttl: 5m\n", NOOP_ROUTES)
-        for number in range(COLD_BEFORE + COLD_APPS)
-    },
+    **{f"cold-{number}@1.0.0": ("ttl: 5m\n", NOOP_ROUTES) for number in range(COLD_APPS)},
     "stream@1.0.0": (
         "ttl: 10m\nidleTimeout: 5m\ntimeout: 5m\n",
         """

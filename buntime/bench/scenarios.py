@@ -43,10 +43,6 @@ PROXY_SCENARIOS = ("proxy-1kb",)
 MANY_SCENARIOS = ("many-apps-warm", "many-apps-churn")
 COLD_APPS = 5
 """cold-start: the first request to this many fresh routes apps; it reports their median."""
-COLD_BEFORE = 2
-"""cold-start: fresh apps started first, not counted (the template learns from them)."""
-COLD_GAP = 0.3
-"""cold-start: seconds between two of its first requests (each finds the runtime idle)."""
 DENSITY_APPS = 100
 """density: the idle workers of this many apps (fewer when --apps is smaller)."""
 GOALS = {

@@ -31,11 +31,6 @@ died unused is reported like any child (C{{"pid", "exited"}}) and replaced
 after L{SPARE_RETRY}.  Launches sent to the template itself (the runtime
 held no spare) are forked there.
 
-A spare copies ahead, while it waits, the template's pages a worker's start
-writes to (each would otherwise be copied by a page fault during the cold
-start): the template learns which from its workers, a little after each
-launch (L{buntime.pool.launch.pages}).
-
 Third-party libraries an app might pin itself (Flask, Starlette...) are not
 pre-imported: the app must get the version on its own C{PYTHONPATH}.
 """
@@ -53,7 +48,6 @@ import socket
 import sys
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterable, Set
 from typing import Any, NoReturn
 
@@ -62,7 +56,6 @@ from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from buntime.pool.launch.pages import LEARN_AFTER, LEARN_EVERY, SAMPLES, Learned, copy_ahead
 from buntime.pool.output import OUTPUT_FD
 
 CONTROL_FD = 3
@@ -187,12 +180,6 @@ class Template:
         """The pid of the spare forked ahead and handed to the runtime, until it is taken."""
         self.spare_due = 0.0
         """When the next spare may be forked (C{time.monotonic()})."""
-        self.learned = Learned()
-        """Which of the template's pages its workers' starts copy: each spare copies them ahead."""
-        self.learn_next = 0.0
-        """When the template may learn again (C{time.monotonic()})."""
-        self.to_learn: deque[tuple[float, int]] = deque(maxlen=SAMPLES)
-        """The workers launched lately, to learn from once their start is done: (when, pid)."""
 
     def run(self) -> None:
         self.own_pid = os.getpid()
@@ -214,7 +201,10 @@ class Template:
                 # The next spare is forked as soon as a launch took the last
                 # one (a burst of cold starts finds it), SPARE_RETRY after
                 # one died unused.
-                events = selector.select(self._wait())
+                wait = None
+                if self.spare is None:
+                    wait = max(0.0, self.spare_due - time.monotonic())
+                events = selector.select(wait)
                 for key, _ in events:
                     if key.data == "wake":
                         self._drain_wakeups()
@@ -223,35 +213,8 @@ class Template:
                 self._reap()
                 if self.spare is None and time.monotonic() >= self.spare_due:
                     self._fork_spare()
-                self._learn()
         finally:
             selector.close()  # a spare left exits with us (and when the runtime closes its end)
-
-    def _wait(self) -> float | None:
-        """Seconds the loop may wait on its sockets: until a spare or a learning is due."""
-        due = [self.to_learn[0][0]] if self.to_learn else []
-        if self.spare is None:
-            due.append(self.spare_due)
-        return max(0.0, min(due) - time.monotonic()) if due else None
-
-    def _learn(self) -> None:
-        """
-        Learn from the latest worker whose start is done (L{Learned}), at
-        most once in L{LEARN_EVERY} (a look takes some milliseconds): the
-        next spare copies ahead.
-        """
-        now = time.monotonic()
-        latest = None
-        while self.to_learn and self.to_learn[0][0] <= now:
-            _, pid = self.to_learn.popleft()
-            if pid in self.children:
-                latest = pid
-        if latest is not None and now >= self.learn_next:
-            self.learn_next = now + LEARN_EVERY
-            self.learned.learn(latest)
-
-    def _launched(self, pid: int) -> None:
-        self.to_learn.append((time.monotonic() + LEARN_AFTER, pid))
 
     def _drain_wakeups(self) -> None:
         try:
@@ -281,8 +244,7 @@ class Template:
 
     def _taken(self, pid: object) -> None:
         """The runtime sent a launch to the spare C{pid}: it is a worker now; fork the next."""
-        if self.spare is not None and pid == self.spare:
-            self._launched(self.spare)
+        if pid == self.spare:
             self.spare = None
 
     def _launch(self, message: dict) -> None:
@@ -298,7 +260,6 @@ class Template:
             if pid == 0:
                 self._become_worker(message, fds)
             self.children.add(pid)
-            self._launched(pid)
         except OSError as error:
             _send(self.control, {"worker_id": worker_id, "error": str(error)})
         else:
@@ -426,7 +387,6 @@ class Template:
 
     def _wait_as_spare(self, waiting: socket.socket) -> None:
         self._leave()
-        copy_ahead(self.learned.ranges)
         from buntime.pool.child import main as child
 
         # The reactor's fds (its epoll, its wakers) must stay clear of the

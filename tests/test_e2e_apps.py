@@ -14,6 +14,7 @@ import json
 import random
 import socket
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,12 +200,18 @@ async def get_text(proc: Any, path: str) -> str:
     return await response.text()
 
 
+def _worker_ready(app: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
+    """Whether a log line says a worker of C{app} (with these C{fields}) is ready."""
+    return lambda line: (
+        line.get("action_type") == "buntime:worker:start"
+        and line.get("action_status") == "succeeded"
+        and line.get("app") == app
+        and all(line.get(name) == value for name, value in fields.items())
+    )
+
+
 def ready_lines(proc: Any, app: str) -> list[dict[str, Any]]:
-    return [
-        line
-        for line in proc.messages("buntime:worker:start", "succeeded")
-        if line.get("app") == app
-    ]
+    return [line for line in proc.lines if _worker_ready(app)(line)]
 
 
 async def ready_line(proc: Any, app: str, **fields: Any) -> dict[str, Any]:
@@ -213,15 +220,7 @@ async def ready_line(proc: Any, app: str, **fields: Any) -> dict[str, Any]:
     it is read: the runtime logs it before it answers the worker's first
     request, but its log is read on another channel than that answer.
     """
-    return await proc.wait_for_log(
-        lambda line: (
-            line.get("action_type") == "buntime:worker:start"
-            and line.get("action_status") == "succeeded"
-            and line.get("app") == app
-            and all(line.get(name) == value for name, value in fields.items())
-        ),
-        timeout=5,
-    )
+    return await proc.wait_for_log(_worker_ready(app, **fields), timeout=5)
 
 
 # -- app kinds ------------------------------------------------------------------

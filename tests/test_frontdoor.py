@@ -1145,3 +1145,20 @@ def test_without_a_token_this_machines_own_names_may_change_things(host):
         remote_addr="127.0.0.1",
     )
     assert api_refusal(request, None, None) is None
+
+
+@pytest.mark.parametrize("path", ["/api/%ff", "/api/health/%c3%28"])
+def test_a_core_api_path_that_is_not_utf_8_is_a_json_400_and_no_traceback(door, path):
+    # Klein would answer a plain-text 400 and log a UnicodeDecodeError traceback
+    # (through twisted's log) for every such request; errors are JSON (SPEC §4)
+    logged: list[dict] = []
+    from twisted.logger import globalLogPublisher
+
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        answer = door.get(path)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert answer.status == 400
+    assert answer.error["code"] == "BAD_REQUEST"
+    assert [event for event in logged if event.get("log_failure")] == []

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from io import BytesIO
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -209,6 +209,10 @@ async def render(site: Site, request: Request, clock: IReactorTime | None = None
     (with a C{clock}: by the end of the reactor turn that wrote the headers),
     else a stream.
     """
+    try:  # Klein routes the percent-decoded path as UTF-8 (else a plain-text 400, a traceback)
+        unquote_to_bytes(request.path).decode("utf-8")
+    except UnicodeDecodeError:
+        return Response.error(400, "BAD_REQUEST", "The request path is not UTF-8 once decoded")
     peer, host = _address(request.headers.get("host"), request.remote_addr)
     channel = _Channel(site, peer, host, clock)
     web_request = _RouteRequest(channel)

@@ -412,6 +412,29 @@ async def test_pipelined_requests_come_back_in_order(shared):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_post_offering_h2c_reaches_the_app_with_its_body(shared):
+    # Spring's RestClient and Ktor offer an h2c upgrade on ordinary POSTs: the
+    # upgrade is ignored (RFC 9110 §7.8) and the body, chunked or not, is the app's
+    offer = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ\r\n"
+    connection = await connect(shared)
+    try:
+        connection.transport.write(
+            f"POST /echo/a HTTP/1.1\r\nHost: x\r\n{offer}Content-Length: 6\r\n\r\nposted".encode()
+            + f"POST /echo/b HTTP/1.1\r\nHost: x\r\n{offer}".encode()
+            + b"Transfer-Encoding: chunked\r\n\r\n3\r\nchu\r\n4\r\nnked\r\n0\r\n\r\n"
+            + get("/echo/c")
+        )
+        answers = await replies(connection, 3)
+    finally:
+        connection.transport.loseConnection()
+    assert [(status, body) for status, _, body in answers] == [
+        (200, b"POST /echo/a posted"),
+        (200, b"POST /echo/b chunked"),
+        (200, b"GET /echo/c "),
+    ]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_large_pipelined_write_is_answered_in_full(shared):
     """2000 small requests in one write (about 110 KB, read in pieces of 64 KB): 2000 answers."""
     count = 2000

@@ -1328,15 +1328,16 @@ class Taker(Protocol):
 
 
 @pytest.mark.parametrize("later", [False, True], ids=IDS)
-def test_a_handed_over_connection_gives_the_protocol_the_head_the_body_and_what_followed(later):
+def test_a_handed_over_connection_gives_the_protocol_the_head_and_what_followed(later):
     taker = Taker()
     door = Door(lambda exchange: None if later else exchange.hand_over(taker, b"HEAD\r\n\r\n"))
     client = connect(door, TIMEOUTS)
-    client.send(UPGRADE + b"Content-Length: 3\r\n\r\nabc" + b"frame-1", b"frame-1b")
+    client.send(UPGRADE + b"\r\n" + b"frame-1", b"frame-1b")
     if later:
         client.door.seen[0].hand_over(taker, b"HEAD\r\n\r\n")
     assert client.door.paths == ["/ws"]
-    assert taker.received == b"HEAD\r\n\r\nabcframe-1frame-1b"
+    assert client.door.seen[0].head.upgrade
+    assert taker.received == b"HEAD\r\n\r\nframe-1frame-1b"
     assert taker.transport is client.transport and client.transport.protocol is taker
     client.send(b"frame-2")
     assert taker.received.endswith(b"frame-2")
@@ -1358,3 +1359,86 @@ def test_an_upgrade_answered_without_a_hand_over_lets_the_connection_go_on(later
     assert client.transport.producerState == "producing"
     client.send(get(b"/third"))
     assert client.door.paths == ["/ws", "/next", "/third"]
+
+
+# An upgrade request with a body is answered as a plain request: llhttp would
+# take its body for the new protocol's bytes (never read, and parsed as the next
+# request after the answer: smuggling).  Spring's RestClient and Ktor offer h2c
+# on ordinary POSTs (uvicorn's issue 2722).
+
+H2C = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ\r\n"
+
+
+def upgrade_post(body: bytes, chunked: bool = False, upgrade: bytes = H2C) -> bytes:
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\n" + upgrade
+    if chunked:
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:3], body[3:]))
+        return head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    "upgrade", [H2C, b"Connection: upgrade\r\nUpgrade: websocket\r\n"], ids=["h2c", "websocket"]
+)
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "byte-by-byte"])
+def test_an_upgrade_request_with_a_body_is_answered_as_a_plain_request(chunked, upgrade, split):
+    inner = get(b"/smuggled")  # a body that reads as a request: never served as one
+    data = upgrade_post(inner, chunked, upgrade) + get(b"/after")
+    client = connect()
+    client.send(*([data[at : at + 1] for at in range(len(data))] if split else [data]))
+    assert client.door.paths == ["/x", "/after"]
+    first = client.door.seen[0]
+    assert (first.body, first.head.upgrade) == (inner, False)
+    answers = client.answers("POST", "GET")
+    assert [answer.body for answer in answers] == [b"POST /x:" + inner, b"GET /after:"]
+    assert not client.closed
+    client.send(get(b"/third"))
+    assert client.door.paths == ["/x", "/after", "/third"]
+
+
+def test_the_body_of_an_upgrade_request_keeps_its_limit():
+    client = connect(Door(limit=10))
+    client.send(upgrade_post(b"y" * 11, chunked=True))
+    assert [answer.status for answer in client.answers("POST")] == [413]
+    assert client.door.paths == []
+
+
+def test_an_upgrade_request_with_a_large_body_is_an_upload():
+    client = upload_client()
+    data = upgrade_post(UPLOAD).replace(b"/x", b"/up", 1)
+    client.send(data[:100_000])
+    [exchange] = client.door.seen  # before the body is all here
+    assert not isinstance(exchange.body, bytes)
+    chunks, ended = reading(exchange.body)
+    client.send(*(data[at : at + 65536] for at in range(100_000, len(data), 65536)))
+    assert b"".join(chunks) == UPLOAD and ended == ["end"]
+    exchange.respond(Response(200, {}, b"got it"))
+    client.send(get(b"/next"))
+    assert [answer.body for answer in client.answers()] == [b"got it", b"GET /next:"]
+
+
+def test_a_fragment_after_an_origin_form_target_is_dropped_before_the_body_limit_is_asked():
+    # docs/http.md: the fragment is dropped; the body limit is the limit of the path
+    # the request is routed by (/app), not of /app#x (which names no app)
+    asked: list[str] = []
+    door = Door(limit=10)
+    door.body_limit = lambda path: asked.append(path) or 10  # type: ignore[method-assign]
+    client = connect(door)
+    client.send(post(b"/app#x", b"y" * 11))
+    assert asked == ["/app"]
+    assert [answer.status for answer in client.answers("POST")] == [413]
+    client = connect()
+    client.send(get(b"/app?q=1#x"))
+    assert client.door.seen[0].head.target == "/app?q=1"
+
+
+def test_no_100_continue_for_an_http_1_0_request():
+    # RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request MUST be
+    # ignored; §15.2: a server MUST NOT send a 1xx to an HTTP/1.0 client (h11 agrees)
+    client = connect()
+    client.send(b"POST /up HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    assert b"100 Continue" not in client.received()
+    client.send(b"ok")
+    assert b"100 Continue" not in client.received()
+    assert client.door.seen[0].body == b"ok"

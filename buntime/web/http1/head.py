@@ -177,7 +177,7 @@ def judge(method: bytes, target: bytes, version: str, lines: list[tuple[bytes, b
         chunked,
         close,
         keep_alive,
-        bool(wants),
+        bool(wants) and version == "1.1",  # HTTP/1.0's 100-continue is ignored (RFC 9110 §10.1.1)
         bool(found.get(_UPGRADE)) and b"upgrade" in options,
     )
 
@@ -218,8 +218,9 @@ def _origin_form(method: bytes, target: bytes) -> str:
         if method != b"OPTIONS":
             raise Refusal(400, "Invalid request target")
         return "*"
-    if _TARGET.match(target):
-        return target.decode("ascii")
+    if _TARGET.match(target):  # a fragment, which clients should not send, is dropped:
+        # the path routed by is the path whose body limit is asked
+        return target.split(b"#", 1)[0].decode("ascii")
     if _ABSOLUTE.match(target):
         return ""
     raise Refusal(400, "Invalid request target")

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from attrs import define
+from attrs import define, evolve
 from httptools import HttpParserUpgrade, HttpRequestParser
 from twisted.internet.defer import Deferred
 
@@ -45,6 +45,15 @@ UPLOAD_LOW_WATER = UPLOAD_HIGH_WATER // 2
 
 class _Stop(Exception):
     """Raised in a parser callback: read nothing more on this connection."""
+
+
+_BODY_AFTER_UPGRADE = 1
+"""
+The request being read asks to upgrade and has a body: llhttp ends its
+message at its head, and its body is read through a replay (L{RequestReading._replay_body}).
+"""
+_REPLAY_HEAD = 2
+"""The replay's own head is being parsed: no request of the client's."""
 
 
 class RequestReading:
@@ -84,6 +93,7 @@ class RequestReading:
         _held: list[bytes] | None
         _done_reading: bool
         _linger: bool
+        _replay: int
 
         def _refuse(self, refusal: Refusal) -> None: ...
         def _send_refusal(self, refusal: Refusal) -> None: ...
@@ -92,10 +102,15 @@ class RequestReading:
 
     def _feed(self, data: bytes) -> None:
         """Parse C{data}: complete requests wait their turn, refusals too."""
+        replayed = None
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
-            self._held = [data[upgrade.args[0] :]] if upgrade.args else []
+            rest = data[upgrade.args[0] :] if upgrade.args else b""
+            if self._replay == _BODY_AFTER_UPGRADE:
+                replayed = rest  # read once out of this handler (llhttp's errors chain to it)
+            else:  # for whoever takes the connection over, or parsed again after the answer
+                self._held = [rest] if rest else []
         except _Stop:
             pass
         except Exception as error:
@@ -109,25 +124,55 @@ class RequestReading:
             else:
                 self._refuse(Refusal(400, str(error) or "Malformed request"))
         else:
-            trailing = self._trailer_bytes
-            if trailing is not None:  # after a last chunk: a trailer section may be arriving
-                # as a head's (below): from the read after the one its chunk header came in
-                self._trailer_bytes = 0 if trailing < 0 else trailing + len(data)
-                if self._trailer_bytes > self._limits.max_head + 1024:
-                    self._refuse(Refusal(431, "The trailer section is too large"))
-            if self._head_since is not None:  # a head still open after this read
-                # begun in this read (-1): its bytes so far are no more than the read's,
-                # and the callbacks counted them; from the next read on, count reads
-                self._head_bytes = 0 if self._head_bytes < 0 else self._head_bytes + len(data)
-                limits = self._limits
-                if self._head_bytes > limits.max_target + limits.max_head + 1024:
-                    self._refuse(Refusal(431, "The request head is too large"))
+            self._bound_open_sections(len(data))
+        if replayed is not None:
+            self._replay_body(replayed)
+
+    def _bound_open_sections(self, size: int) -> None:
+        """
+        After a read of C{size} bytes: a trailer section or a head that is
+        still open is bounded read by read, as llhttp gathers a field whole.
+        """
+        trailing = self._trailer_bytes
+        if trailing is not None:  # after a last chunk: a trailer section may be arriving
+            # as a head's (below): from the read after the one its chunk header came in
+            self._trailer_bytes = 0 if trailing < 0 else trailing + size
+            if self._trailer_bytes > self._limits.max_head + 1024:
+                self._refuse(Refusal(431, "The trailer section is too large"))
+        if self._head_since is not None:  # a head still open after this read
+            # begun in this read (-1): its bytes so far are no more than the read's,
+            # and the callbacks counted them; from the next read on, count reads
+            self._head_bytes = 0 if self._head_bytes < 0 else self._head_bytes + size
+            limits = self._limits
+            if self._head_bytes > limits.max_target + limits.max_head + 1024:
+                self._refuse(Refusal(431, "The request head is too large"))
+
+    def _replay_body(self, rest: bytes) -> None:
+        """
+        Read the body of the upgrade request just read (which is served as a
+        plain request: see L{on_headers_complete}), C{rest} its first bytes
+        and whatever follows: a fresh parser is given a head of its own
+        framing the body as the client's does, then the client's bytes.  Its
+        chunks, limits and trailers are then read as any body's, and the
+        requests after it as any requests.
+        """
+        head = self._head
+        assert head is not None
+        if head.chunked:
+            framing = b"transfer-encoding: chunked"
+        else:
+            framing = b"content-length: %d" % (head.length or 0)
+        self._parser = HttpRequestParser(self)
+        self._replay = _REPLAY_HEAD
+        self._feed(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n" + rest)
 
     # -- parser callbacks ------------------------------------------------------
 
     def on_message_begin(self) -> None:
         if self._done_reading:
             raise _Stop()
+        if self._replay == _REPLAY_HEAD:
+            return
         self._head_since = self._idle_since  # the time of this read
         self._head_bytes = -1
         self._target = []
@@ -136,6 +181,8 @@ class RequestReading:
         self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
+        if self._replay == _REPLAY_HEAD:
+            return
         self._target_size += len(url)
         if self._target_size > self._limits.max_target:
             raise Refusal(414, f"The request target is longer than {self._limits.max_target} bytes")
@@ -144,6 +191,8 @@ class RequestReading:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._done_reading:  # answered early from within this read: the rest is dropped
             raise _Stop()
+        if self._replay == _REPLAY_HEAD:
+            return
         if self._head is not None:  # a trailer field, after a chunked body: counted, dropped
             self._head_size += len(name) + len(value) + 4
             if self._head_size > self._limits.max_head:
@@ -155,6 +204,9 @@ class RequestReading:
         self._head_size += len(name) + len(value)
 
     def on_headers_complete(self) -> None:
+        if self._replay == _REPLAY_HEAD:  # the body comes next, the client's
+            self._replay = 0
+            return
         limits = self._limits
         count = len(self._lines)
         if self._head_size + 4 * count > limits.max_head or count > limits.max_headers:
@@ -165,6 +217,15 @@ class RequestReading:
         parser = self._parser
         target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
         head = judge(parser.get_method(), target, parser.get_http_version(), self._lines)
+        if head.has_body and parser.should_upgrade():
+            # llhttp takes what follows an upgrade request's head for the new
+            # protocol's, and would leave its body unread (and read it as the
+            # next request).  Such a request is served as a plain one, its
+            # body read through a replay: a server may ignore an Upgrade
+            # (RFC 9110 §7.8), and clients such as Spring's RestClient offer
+            # h2c on every POST.  Only a request without a body is handed over.
+            head = evolve(head, upgrade=False)
+            self._replay = _BODY_AFTER_UPGRADE
         self._head_since = None
         self._lines = []
         self._head_size = 0  # from now on, the trailer section's (see on_header)
@@ -281,6 +342,8 @@ class RequestReading:
         upload.fail(error)
 
     def on_message_complete(self) -> None:
+        if self._replay == _BODY_AFTER_UPGRADE:  # llhttp ends it at its head: the body is to come
+            return
         self._trailer_bytes = None
         head = self._head
         if head is None:  # the parser ends a message it refused: nothing to answer

@@ -796,6 +796,18 @@ def test_ephemeral_startup_failure_frees_the_slot():
     assert h.get(app).status == 200
 
 
+def test_an_ephemeral_launch_that_fails_at_once_frees_the_slot():
+    """The fork template unreachable at the launch: the fresh worker's slot comes back."""
+    h = Harness(ephemeral_concurrency=1, ephemeral_queue=1, startup="unavailable")
+    app = h.app(ttl=0, timeout=5)
+    assert error_of(h.get(app))[:2] == (503, "WORKERS_UNAVAILABLE")
+    h.launcher.startup = "ready"
+    h.advance(1)  # past the backoff
+    d = h.send(app)
+    h.advance(5)
+    assert result_of(d).status == 200
+
+
 # -- apps ------------------------------------------------------------------------
 
 

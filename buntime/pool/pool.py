@@ -410,7 +410,10 @@ class WorkerPool(WorkerLifecycle):
         except BaseException:
             self._release_ephemeral_slot()
             raise
-        self._ephemeral_holders.add(worker)
+        if worker in state.workers:
+            self._ephemeral_holders.add(worker)
+        else:  # its launch failed at once: discarded before it held the slot
+            self._release_ephemeral_slot()
         if not worker.takes_early:  # its channel is not up yet (the template forks it)
             try:
                 await worker.ready

@@ -808,6 +808,29 @@ def test_an_ephemeral_launch_that_fails_at_once_frees_the_slot():
     assert result_of(d).status == 200
 
 
+def test_an_ephemeral_request_sent_ahead_when_its_app_is_retired_is_routed_anew():
+    """
+    Its fresh worker stopped before it was ready (the app replaced, a
+    development reload), the request never reached the app: it is routed
+    anew, as a persistent app's is, not answered 502 WORKER_CRASHED.
+    """
+    h = Harness(startup="later")
+    app = h.app(ttl=0)
+    asked = []
+
+    def again(refusal, request, base, served):
+        asked.append((refusal.status, request.path))
+        return succeed(Response.text("routed anew"))
+
+    d = h.pool.handle(app, Request("GET", "/x"), "/hello", None, again)
+    h.launcher.settle()
+    assert h.processes[0].child.held
+    h.pool.retire_app(app.dir)
+    h.launcher.settle()
+    assert result_of(d).body == b"routed anew"
+    assert asked == [(503, "/x")]
+
+
 # -- apps ------------------------------------------------------------------------
 
 

@@ -418,7 +418,7 @@ class WorkerPool(WorkerLifecycle):
             try:
                 await worker.ready
             except StartupError:
-                raise _Refused(state.last_failure or self._crash_response(state)) from None
+                return await self._unstarted(state, waiting)
             except BaseException:
                 self._discard(state, worker, "request ended early", grace=0)
                 raise
@@ -426,7 +426,17 @@ class WorkerPool(WorkerLifecycle):
         try:  # (ahead of its Ready when it is still starting: it waits for that)
             return await self._run(state, worker, waiting)
         except NotStarted:
-            raise _Refused(state.last_failure or self._crash_response(state)) from None
+            return await self._unstarted(state, waiting)
+
+    async def _unstarted(self, state: _AppState, waiting: _Waiting) -> Response:
+        """
+        An ephemeral request whose worker never got ready: routed anew when
+        its app was retired meanwhile (the worker was stopped for that: the
+        app never had the request), else the start's failure.
+        """
+        if self._retired_since(state):
+            return await self._anew(_retired(state), waiting)
+        raise _Refused(state.last_failure or self._crash_response(state))
 
     def _run(self, state: _AppState, worker: Worker, waiting: _Waiting) -> Deferred:
         """Send the request to C{worker}; fires with its response, or the error response."""

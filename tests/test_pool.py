@@ -531,6 +531,17 @@ def test_a_request_sent_ahead_to_a_worker_evicted_while_it_starts_keeps_the_pool
     assert error_of(result_of(d))[:2] == (504, "QUEUE_TIMEOUT")
 
 
+def test_a_request_sent_ahead_to_a_worker_that_never_got_ready_is_not_counted_as_its():
+    """The app never had it: as for one cancelled or timed out while the worker started."""
+    h = Harness(startup="later")
+    app = h.app()
+    h.send(app)
+    [worker] = h.pool._apps[app.key].workers
+    assert worker.request_count == 1
+    h.pool._discard(h.pool._apps[app.key], worker, "memory", grace=0)
+    assert worker.request_count == 0
+
+
 def test_no_request_goes_ahead_of_a_ready_when_the_next_would_retire_the_worker():
     """maxRequests 1: retiring a worker that is still starting would end its start."""
     h = Harness(startup="later")

@@ -334,6 +334,7 @@ class InFlight:
             exchange = self._exchanges.get(rid)
             if exchange is None or exchange.outcome is not None:
                 continue
+            self.request_count -= 1  # the app never had it (as in L{_finish})
             self._finish(exchange, "gone")
             exchange.response.errback(NotStarted(reason))
 

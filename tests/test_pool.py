@@ -18,6 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from buntime.http import Request, Response
 from buntime.manifest import AppManifest
 from buntime.pool.deps import InstallError
+from buntime.pool.events import StartupFailed
 from buntime.pool.pool import WorkerPool
 from buntime.pool.state import PoolApp, PoolConfig
 
@@ -540,6 +541,27 @@ def test_a_request_sent_ahead_to_a_worker_that_never_got_ready_is_not_counted_as
     assert worker.request_count == 1
     h.pool._discard(h.pool._apps[app.key], worker, "memory", grace=0)
     assert worker.request_count == 0
+
+
+def test_a_request_sent_ahead_to_a_worker_that_fails_to_start_takes_a_free_worker_of_its_app():
+    """
+    Sent ahead to a second worker because the first was busy; the first is
+    free by the time the second fails to start: the request goes to it,
+    rather than wait in the queue (504 QUEUE_TIMEOUT) beside an idle worker.
+    """
+    h = Harness()
+    app = h.app(max_instances=2, max_concurrency=1, timeout=5)
+    busy = h.send(app, "/wait/a")
+    h.launcher.startup = "later"
+    d = h.send(app, "/x")
+    first, second = h.processes
+    assert second.child.held  # went ahead to the second worker
+    h.gates.open("a")
+    h.launcher.settle()
+    assert result_of(busy).status == 200  # the first worker is free again
+    second.child.callRemote(StartupFailed, error="ImportError: boom", detail="")
+    h.launcher.settle()
+    assert result_of(d).body == b"GET /x|"
 
 
 def test_no_request_goes_ahead_of_a_ready_when_the_next_would_retire_the_worker():

@@ -484,12 +484,17 @@ class WorkerPool(WorkerLifecycle):
     async def _wait(self, state: _AppState, timeout: float) -> Worker:
         """
         Queue for a worker slot of this app (at most C{timeout} seconds), or,
-        when no request waits ahead, take a slot of a worker still starting
+        when no request waits ahead, take a free slot of a ready worker (a
+        request back from a worker that never got ready), else one of a worker still starting
         whose channel is up (the request goes ahead of its C{Ready}, saving
         the round trip).
         """
         manifest = state.app.manifest
         if not state.queue:
+            # (a request back from a worker that never got ready: another may be free)
+            free = self._free_worker(state)
+            if free is not None:
+                return free
             for worker in state.workers:
                 if (
                     worker.takes_early

@@ -407,6 +407,16 @@ def test_launcher_unavailable_answers_503_at_once():
     assert h.get(app).status == 200
 
 
+def test_a_launch_that_fails_at_once_is_a_start_failure_as_one_that_fails_later(eliot_logger):
+    """Not a crash of a worker that never ran: counted and logged as the start failure it is."""
+    h = Harness(startup="unavailable")
+    assert error_of(h.get(h.app()))[:2] == (503, "WORKERS_UNAVAILABLE")
+    events = {(e["event"], e["reason"]): e["count"] for e in h.pool.worker_events()}
+    assert events == {("start_failed", ""): 1}
+    [why] = logged(eliot_logger, "buntime:worker:start-failed")
+    assert why["error"].startswith("worker could not be launched")
+
+
 def test_a_launch_that_waited_for_the_template_in_vain_answers_503(eliot_logger):
     """The template down for longer than a launch waits is not the app's fault: no 502."""
     h = Harness(startup="down")

@@ -194,12 +194,13 @@ class WorkerLifecycle:
             **worker.tags(),
         )
         env = {**app.env, "WORKER_ID": worker.id}
-        worker.launch(self._launcher, app.dir, env, self._config.ready_timeout)
         started = self._reactor.seconds()
+        # (heard before the launch: one that fails at once is a start failure, not a crash)
         worker.ready.addCallbacks(
             lambda _: self._worker_ready(state, worker, started, starting),
             lambda failure: self._worker_failed_start(state, worker, failure, started, starting),
         )
+        worker.launch(self._launcher, app.dir, env, self._config.ready_timeout)
         return worker
 
     def _worker_ready(

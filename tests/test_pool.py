@@ -564,7 +564,7 @@ def test_a_request_sent_ahead_to_a_worker_that_fails_to_start_takes_a_free_worke
     busy = h.send(app, "/wait/a")
     h.launcher.startup = "later"
     d = h.send(app, "/x")
-    first, second = h.processes
+    _, second = h.processes
     assert second.child.held  # went ahead to the second worker
     h.gates.open("a")
     h.launcher.settle()

@@ -208,9 +208,12 @@ def reading(stream) -> tuple[list[bytes], list[object]]:
     return chunks, ended
 
 
-def test_an_upload_is_answered_as_it_arrives_and_the_connection_goes_on():
-    client = upload_client()
-    data = post(b"/up", UPLOAD)
+def streamed_upload(client: Client, data: bytes) -> list[Answer]:
+    """
+    Send C{data} (a request whose body is L{UPLOAD}), checking that its
+    exchange comes before the body is all there and that its body streams
+    whole; answer it, send another request: the two answers.
+    """
     client.send(data[:100_000])
     [exchange] = client.door.seen  # before the body is all here
     assert not isinstance(exchange.body, bytes)
@@ -219,7 +222,11 @@ def test_an_upload_is_answered_as_it_arrives_and_the_connection_goes_on():
     assert b"".join(chunks) == UPLOAD and ended == ["end"]
     exchange.respond(Response(200, {}, b"got it"))
     client.send(get(b"/next"))
-    first, second = client.answers()
+    return client.answers()
+
+
+def test_an_upload_is_answered_as_it_arrives_and_the_connection_goes_on():
+    first, second = streamed_upload(upload_client(), post(b"/up", UPLOAD))
     assert (first.body, "close" in first.headers.get("connection", "")) == (b"got it", False)
     assert second.body == b"GET /next:"
 
@@ -1405,17 +1412,9 @@ def test_the_body_of_an_upgrade_request_keeps_its_limit():
 
 
 def test_an_upgrade_request_with_a_large_body_is_an_upload():
-    client = upload_client()
     data = upgrade_post(UPLOAD).replace(b"/x", b"/up", 1)
-    client.send(data[:100_000])
-    [exchange] = client.door.seen  # before the body is all here
-    assert not isinstance(exchange.body, bytes)
-    chunks, ended = reading(exchange.body)
-    client.send(*(data[at : at + 65536] for at in range(100_000, len(data), 65536)))
-    assert b"".join(chunks) == UPLOAD and ended == ["end"]
-    exchange.respond(Response(200, {}, b"got it"))
-    client.send(get(b"/next"))
-    assert [answer.body for answer in client.answers()] == [b"got it", b"GET /next:"]
+    answers = streamed_upload(upload_client(), data)
+    assert [answer.body for answer in answers] == [b"got it", b"GET /next:"]
 
 
 def test_a_fragment_after_an_origin_form_target_is_dropped_before_the_body_limit_is_asked():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 
 import pytest
 from attrs import evolve
@@ -851,6 +852,16 @@ def test_an_ephemeral_launch_that_fails_at_once_frees_the_slot():
     assert result_of(d).status == 200
 
 
+def noting_anew(asked: list[tuple[int, str]]) -> Callable[..., Deferred]:
+    """A pool's C{again}: notes each request's refusal status and path, and answers it itself."""
+
+    def again(refusal, request, base, served):
+        asked.append((refusal.status, request.path))
+        return succeed(Response.text("routed anew"))
+
+    return again
+
+
 def test_an_ephemeral_request_sent_ahead_when_its_app_is_retired_is_routed_anew():
     """
     Its fresh worker stopped before it was ready (the app replaced, a
@@ -859,11 +870,8 @@ def test_an_ephemeral_request_sent_ahead_when_its_app_is_retired_is_routed_anew(
     """
     h = Harness(startup="later")
     app = h.app(ttl=0)
-    asked = []
-
-    def again(refusal, request, base, served):
-        asked.append((refusal.status, request.path))
-        return succeed(Response.text("routed anew"))
+    asked: list[tuple[int, str]] = []
+    again = noting_anew(asked)
 
     d = h.pool.handle(app, Request("GET", "/x"), "/hello", None, again)
     h.launcher.settle()
@@ -1007,11 +1015,8 @@ def test_an_ephemeral_request_waiting_for_a_slot_when_its_app_is_retired_is_rout
     """
     h = Harness(ephemeral_concurrency=1, ephemeral_queue=1)
     app = h.app(ttl=0)
-    asked = []
-
-    def again(refusal, request, base, served):
-        asked.append((refusal.status, request.path))
-        return succeed(Response.text("routed anew"))
+    asked: list[tuple[int, str]] = []
+    again = noting_anew(asked)
 
     busy = h.pool.handle(app, Request("GET", "/wait/a"), "/hello", None, again)
     h.launcher.settle()

@@ -342,3 +342,28 @@ def test_a_mounted_request_whose_app_is_replaced_while_it_waits_keeps_its_mount(
     response = result_of(ensureDeferred(pending))
     assert json.loads(response.body) == {"build": "two", "path": "/x"}  # base "" + /x
     assert [again for _, _, again in pool.calls] == [True, False]
+
+
+def test_a_simple_app_does_not_serve_the_versions_nested_in_its_directory(tmp_path):
+    """
+    C{<dir>/hello/} (simple layout, C{latest}) and C{<dir>/hello/1.0.0/}
+    (nested) are two apps sharing a directory: the simple one's static files
+    never include the nested version's (its manifest, its code).
+    """
+    static_app(tmp_path, "hello", None, "simple", layout="simple")
+    write_app(
+        tmp_path,
+        "hello",
+        "1.0.0",
+        layout="nested",
+        manifest={"entrypoint": "app.py", "env": {"NOTE": "nested-only"}},
+        files={"app.py": "SOURCE = 'nested-source'\n"},
+    )
+    step, _ = step_over(tmp_path, Clock())
+    assert b"simple" in answer(step, "/hello/").body
+    nested = ("/hello/1.0.0/manifest.yaml", "/hello/1.0.0/app.py", "/hello@latest/1.0.0/app.py")
+    for path in (*nested, "/hello/1.0.0/", "/hello/1.0.0"):
+        response = answer(step, path)
+        assert response is not None and response.status == 404, path
+        assert b"nested-" not in response.body, path
+    assert b"simple" in answer(step, "/hello/1.0.0.x/page").body  # not a version: its own route

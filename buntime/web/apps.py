@@ -383,6 +383,7 @@ class AppStep:
                 base,
                 loaded.manifest.inject_base is not False,  # static apps: unless told not to
                 request_headers=request.headers,
+                nested_versions=version.layout == "simple",  # its nested versions are apps
             )
         # the worker gives the app its x-base (see buntime.pool.child.protocol)
         inner = request.with_path(rest)

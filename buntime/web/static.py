@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote
 
+from buntime.apps.versions import is_version
 from buntime.http import Headers, Response
 from buntime.logs import log
 
@@ -143,6 +144,11 @@ def _first_link_out(root: str, candidate: str) -> str:
     return candidate
 
 
+def _is_version_dir(root: str, name: str) -> bool:
+    """Whether C{root/name} is a version directory: a nested app, not this app's content."""
+    return (name == "latest" or is_version(name)) and os.path.isdir(os.path.join(root, name))
+
+
 def _segments(path: str) -> list[str] | None:
     """The decoded path segments, or C{None} if the path is unsafe."""
     path = path.split("?", 1)[0].split("#", 1)[0]
@@ -164,6 +170,7 @@ def serve_static(
     inject_base: bool,
     *,
     request_headers: Headers | None = None,
+    nested_versions: bool = False,
 ) -> Response:
     """
     Answer C{path} (relative to the app, base already stripped) from the
@@ -174,7 +181,9 @@ def serve_static(
 
     403 for a path that could leave C{app_dir}; 404 for missing files with
     an extension, hidden files, the app's own configuration files, and
-    symlinks that lead out of C{app_dir} (logged once each).
+    symlinks that lead out of C{app_dir} (logged once each).  With
+    C{nested_versions} (a simple-layout app: SPEC §2), a first segment that
+    is a version directory (C{latest} or semver) is another app's: 404.
     """
     try:
         segments = _segments(path)
@@ -187,6 +196,8 @@ def serve_static(
     ):
         return _not_found()
     root = os.path.realpath(app_dir)
+    if nested_versions and segments and _is_version_dir(root, segments[0]):
+        return _not_found()
     candidate = os.path.join(root, *segments)
     real = os.path.realpath(candidate)
     if not _inside(root, real):

@@ -241,3 +241,43 @@ print(getenv(b"MY_TOKEN").decode(), os.environ["MY_TOKEN"])
         "False True True",
         "s3cret-value s3cret-value",
     ]
+
+
+def test_a_manifest_cannot_copy_a_runtime_secret_into_a_name_that_looks_harmless(tmp_path):
+    """
+    C{${RUNTIME_API_TOKEN}} in an uploaded manifest's C{env} (under a
+    harmless name) or in any other field (C{WORKER_CONFIG}) does not hand
+    the runtime's secret to the worker; a name C{envAllow} lists still does.
+    """
+    from twisted.internet.task import Clock
+
+    from buntime.apps.discovery import AppCatalog
+    from buntime.web.apps import AppStep
+
+    app = tmp_path / "hello@1.0.0"
+    app.mkdir()
+    (app / "app.py").write_text("def app(environ, start_response): pass\n")
+    (app / "manifest.yaml").write_text(
+        "entrypoint: app.py\n"
+        "description: 'see ${AWS_SECRET_ACCESS_KEY}'\n"
+        "env:\n"
+        "  NOTE: ${RUNTIME_API_TOKEN}\n"
+        "  SHOP_DB_PASS: ${SHOP_DB_PASS}\n"
+        "  HOME_DIR: ${HOME}\n"
+        "envAllow: [SHOP_DB_PASS]\n"
+    )
+    environ = {
+        **RUNTIME_ENV,
+        "RUNTIME_API_TOKEN": "tok-0123456789-secret",
+        "SHOP_DB_PASS": "meant-for-the-shop",
+    }
+    catalog = AppCatalog([str(tmp_path)], Clock())
+    step = AppStep(catalog, None, environ, dict, 1024, 2048)  # type: ignore[arg-type]
+    version = catalog.resolve("hello", None)
+    assert version is not None
+    env, _ = build(step.load(version).manifest, runtime_env=environ)
+    shown = json.dumps(env)
+    assert "tok-0123456789-secret" not in shown
+    assert "aws-secret" not in shown
+    assert env["SHOP_DB_PASS"] == "meant-for-the-shop"  # allowed by name: given deliberately
+    assert env["HOME_DIR"] == "/home/rt"  # a variable that is no secret is interpolated

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -335,11 +335,15 @@ def load_app_manifest(
     body_size_default: int,
     body_size_max: int,
     app_label: str,
+    secret: Callable[[str], bool] | None = None,
 ) -> tuple[AppManifest, list[str]]:
     """
     Read, interpolate (from C{environ}) and validate the manifest of the app
     in C{app_dir}.  No manifest file means all defaults.  Returns the
     manifest and the warnings to log (never containing values of C{env}).
+    With C{secret}, a variable of C{environ} it names is interpolated only
+    when the manifest's C{envAllow} lists it (else as unset): a manifest
+    cannot copy the runtime's secrets to its worker under another name.
 
     @param app_label: how errors name the app, e.g. C{"hello@1.0.0"}.
     @raise ManifestError: the manifest is invalid.
@@ -354,6 +358,8 @@ def load_app_manifest(
             os.path.join(app_dir, MANIFEST_FILES[1])
         ):
             warnings.append(f"{MANIFEST_FILES[1]} ignored: {MANIFEST_FILES[0]} takes precedence")
+    if secret is not None:
+        environ = _without_secrets(environ, secret, document.get("envAllow"))
     manifest, more = parse_app_manifest(
         interpolate(document, environ),
         body_size_default=body_size_default,
@@ -361,3 +367,12 @@ def load_app_manifest(
         app_label=app_label,
     )
     return manifest, warnings + more
+
+
+def _without_secrets(
+    environ: Mapping[str, str], secret: Callable[[str], bool], allow: object
+) -> dict[str, str]:
+    """C{environ} without the names C{secret} picks, but for those C{allow} (C{envAllow}) lists."""
+    listed = [allow] if isinstance(allow, str) else allow if isinstance(allow, list) else []
+    allowed = {name.upper() for name in listed if isinstance(name, str)}
+    return {k: v for k, v in environ.items() if k.upper() in allowed or not secret(k)}

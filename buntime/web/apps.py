@@ -24,7 +24,7 @@ from buntime.apps.versions import InvalidRange
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.logs import log
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
-from buntime.pool.environment import PoolApps
+from buntime.pool.environment import PoolApps, is_sensitive
 from buntime.pool.pool import Again, Served, WorkerPool
 from buntime.pool.state import PoolApp
 from buntime.web.static import inject_base_href, serve_static
@@ -170,6 +170,7 @@ class AppStep:
             body_size_default=self.body_size_default,
             body_size_max=self.body_size_max,
             app_label=label,
+            secret=is_sensitive,  # a secret reaches a worker only by a name envAllow lists
         )
         entrypoint, attr = resolve(version.dir, manifest.entrypoint)
         self._read_at[version.dir] = changes

@@ -889,3 +889,33 @@ def test_a_rule_added_over_an_unreadable_rules_file_keeps_that_file_aside(tmp_pa
     proxy._save(None, [])  # the file is readable now: nothing more is kept aside
     assert kept.read_text() == broken
     proxy.on_shutdown()
+
+
+def test_an_upstream_that_sends_more_than_its_answer_is_never_given_to_two_requests():
+    """
+    An upstream that writes past its answer's Content-Length (here a whole
+    second answer) or answers nothing it was asked: its connection is not
+    kept, or it would be in the idle list twice, two clients' requests
+    would share it, and one would be given the other's answer.
+    """
+    pool = HeldPool(Clock())
+    first = pool.request(KEY, "GET", b"GET /a HTTP/1.1\r\n\r\n")
+    [made] = pool.made
+    made.dataReceived(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nA"
+        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nSECRET"
+    )
+    assert answer_of(first).body == b"A"
+    assert not any(kept.open for kept in pool._idle.get(KEY, []))
+    pool.request(KEY, "GET", b"GET /b HTTP/1.1\r\n\r\n")
+    pool.request(KEY, "GET", b"GET /c HTTP/1.1\r\n\r\n")
+    assert len(pool.made) == 3  # each on a connection of its own
+
+    idle = HeldPool(Clock())
+    asked = idle.request(KEY, "GET", b"GET / HTTP/1.1\r\n\r\n")
+    [held] = idle.made
+    held.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nA")
+    answer_of(asked)
+    held.dataReceived(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")  # unasked
+    assert [kept for kept in idle._idle.get(KEY, []) if kept.open] == []
+

@@ -361,6 +361,10 @@ class _Connection(Protocol):
     # -- llhttp's callbacks -------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._waiting is None:
+            # an answer nobody asked for (bytes past the last one's length, or unasked):
+            # the connection cannot tell whose answer is whose any more
+            raise ValueError("the upstream sent an answer to no request")
         self._headers = []
         self._reason = None
 
@@ -439,6 +443,7 @@ class _Connection(Protocol):
             self._parser.feed_data(data)
         except Exception as error:  # an answer that is no HTTP/1.1
             self._broke(UpstreamLost(f"the upstream's answer is malformed: {error}"))
+            self.open = False  # never taken from the idle ones again
             self.transport.abortConnection()
             return
         if self._answer is not None:  # its body goes on past this read

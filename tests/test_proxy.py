@@ -919,3 +919,16 @@ def test_an_upstream_that_sends_more_than_its_answer_is_never_given_to_two_reque
     held.dataReceived(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")  # unasked
     assert [kept for kept in idle._idle.get(KEY, []) if kept.open] == []
 
+
+def test_an_upstream_answer_with_an_endless_head_is_a_502_not_all_the_memory():
+    upstream = connection()
+    sent = upstream.send(b"GET / HTTP/1.1\r\n\r\n", "GET")
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\n")
+    for _ in range(200):
+        if not upstream.open:
+            break
+        upstream.dataReceived(b"x-h: " + b"a" * 1000 + b"\r\n")
+    assert not upstream.open
+    with pytest.raises(UpstreamLost):
+        answer_of(sent)
+    assert len(upstream._headers) < 100

@@ -41,6 +41,8 @@ from buntime.stream import PushedStream, close_body
 
 HIGH_WATER = 4
 """Chunks waiting for the reader after which the upstream connection is paused."""
+MAX_HEAD = 64 * 1024
+"""Bytes an answer's head may take (as Envoy's 60 KiB): past it, the answer is a 502."""
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 Key = tuple[str, str, int]
@@ -274,6 +276,8 @@ class _Connection(Protocol):
         self._early: list[bytes] = []
         self._socket: Any = None  # for send_now, once connected (None over TLS)
         self._stall: Any = None  # while an upload waits for the upstream to read: its timer
+        self._in_head = False  # an answer's head is awaited or being read
+        self._head_bytes = 0  # bytes read while it was (see MAX_HEAD)
 
     def connectionMade(self) -> None:
         self.open = True
@@ -286,6 +290,8 @@ class _Connection(Protocol):
         self._used += 1
         self._read_any = False
         self._head_only = method == "HEAD"
+        self._in_head = True
+        self._head_bytes = 0
         waiting: Deferred[Answer] = Deferred(self._cancelled)
         self._waiting = waiting
         send_now(self.transport, self._socket, data)  # no wait for the socket to say it may
@@ -378,6 +384,7 @@ class _Connection(Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             return  # an interim answer: the final one follows
+        self._in_head = False
         self._answer = Answer(status, self._reason, self._headers, b"")
         self._early = []
         if self._head_only:  # llhttp would wait for the body a HEAD answer does not have
@@ -439,8 +446,12 @@ class _Connection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._read_any = True
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
+            if self._in_head and self._head_bytes > MAX_HEAD:
+                raise ValueError(f"its head is over {MAX_HEAD} bytes")
         except Exception as error:  # an answer that is no HTTP/1.1
             self._broke(UpstreamLost(f"the upstream's answer is malformed: {error}"))
             self.open = False  # never taken from the idle ones again

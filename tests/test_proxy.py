@@ -932,3 +932,35 @@ def test_an_upstream_answer_with_an_endless_head_is_a_502_not_all_the_memory():
     with pytest.raises(UpstreamLost):
         answer_of(sent)
     assert len(upstream._headers) < 100
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/../../admin", "/api/%2e%2e/%2E%2E/admin", "/api/..%2f..%2fadmin", "/api/./x"]
+)
+def test_a_path_with_dot_segments_does_not_leave_the_target_s_prefix(tmp_path, path):
+    """
+    With C{target: http://h/public}, C{/api/../../admin} would go upstream as
+    C{/public/api/../../admin}, which the upstream resolves to C{/admin}:
+    nginx resolves dot segments before it matches and forwards (400 for
+    one above the root); the proxy refuses them.
+    """
+    sent: list[str] = []
+
+    class Forwarder:
+        timeout = 1.0
+
+        def forward(self, request: Request, rule: Rule, path: str) -> Deferred:
+            sent.append(path)
+            return succeed(Response.text("forwarded"))
+
+        def close(self) -> None:
+            pass
+
+    proxy = ProxyPlugin({})
+    rules = [{"pattern": "^/api/(.*)", "target": "http://127.0.0.1:1/public"}]
+    proxy.on_init(Context(tmp_path, {"rules": rules}))
+    proxy.forwarder = Forwarder()  # type: ignore[assignment]
+    answer = result_of(proxy.on_request(Request("GET", path), None))
+    assert sent == []
+    assert answer.status == 400
+    proxy.on_shutdown()

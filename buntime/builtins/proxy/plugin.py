@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
+from urllib.parse import unquote
 
 from attrs import define, field
 from klein import Klein
@@ -125,6 +126,8 @@ class ProxyPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is optio
             upstream_path = rule.upstream_path(path)
             if upstream_path is None:
                 continue
+            if _dot_segments(path):
+                return self._labelled(request, Deferred.fromCoroutine(_refused_dots()))
             if _upgrade(request):
                 if not rule.ws:
                     return self._labelled(request, Deferred.fromCoroutine(_refused_upgrade()))
@@ -329,6 +332,22 @@ def _body(request: Any) -> Any:
         return json.loads(request.content.read() or b"null")
     except ValueError as error:
         return json_error(request, 400, "INVALID_JSON", f"The body is not JSON: {error}")
+
+
+def _dot_segments(path: str) -> bool:
+    """
+    Whether C{path} has a C{.} or C{..} segment, percent-encoded or not,
+    C{%2F} and C{\\} counted as C{/} (an upstream may read them so): an
+    upstream resolves them, out of the target's prefix and the rule's pattern.
+    """
+    if "." not in path and "%" not in path:
+        return False
+    decoded = unquote(path).replace("\\", "/")
+    return any(segment in (".", "..") for segment in decoded.split("/"))
+
+
+async def _refused_dots() -> Response:
+    return Response.error(400, "INVALID_PATH", "A proxied path may not have '.' or '..' segments")
 
 
 def _upgrade(request: Request) -> bool:

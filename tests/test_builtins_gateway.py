@@ -105,6 +105,29 @@ def test_keys_by_ip_header_and_api_key():
     assert by_key(get(headers={"authorization": "Basic xyz"}, ip="10.2.2.2")) == "ip:10.2.2.2"
 
 
+def test_a_client_behind_a_trusted_proxy_cannot_pick_its_own_rate_limit_key(clock: Clock):
+    """
+    A trusted proxy that appends to X-Forwarded-For (nginx's usual
+    C{$proxy_add_x_forwarded_for}) passes on whatever the client wrote
+    first: the client is the last address no trusted proxy added (as
+    nginx's C{real_ip_recursive}, Envoy's C{xff_num_trusted_hops}).
+    """
+    found = gateway(clock, rateLimit={"requests": 2, "window": "1m"})
+
+    def via_nginx(forged: str) -> Request:
+        forwarded = {"x-forwarded-for": f"{forged}, 198.51.100.7"}
+        return Request("GET", "/app/x", forwarded, remote_addr="127.0.0.1")
+
+    answers = [found.on_request(via_nginx(f"203.0.113.{n}"), None) for n in range(5)]
+    assert [isinstance(a, Response) and a.status == 429 for a in answers] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

@@ -95,7 +95,9 @@ def test_memory_is_bounded_with_100000_clients(clock: Clock):
 def test_keys_by_ip_header_and_api_key():
     assert client_ip(get(ip="10.1.1.1")) == "10.1.1.1"
     forwarded = get(headers={"x-forwarded-for": "203.0.113.9, 10.0.0.2"})
-    assert client_ip(forwarded) == "203.0.113.9"
+    assert client_ip(forwarded) == "10.0.0.2"  # the address the trusted proxy saw
+    assert client_ip(forwarded, {"10.0.0.2"}) == "203.0.113.9"  # behind two trusted ones
+    assert client_ip(forwarded, None) == "203.0.113.9"  # every peer trusted
     by_tenant = key_function("header:X-Tenant")
     assert by_tenant(get(headers={"x-tenant": "acme"})) == "k:acme"
     assert by_tenant(get(ip="10.1.1.1")) == "ip:10.1.1.1"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
+from functools import partial
 from typing import Any
 
 from attrs import define, field, frozen
@@ -56,15 +57,30 @@ class RateLimitSettings:
         return cls(requests, window, key_by, max_clients, exclude)
 
 
-def client_ip(request: Request) -> str:
+TRUSTED_PEERS: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+"""The runtime's trusted proxies by default (C{RUNTIME_FORWARDED_ALLOW_IPS})."""
+
+
+def client_ip(request: Request, trusted: Container[str] | None = TRUSTED_PEERS) -> str:
     """
-    The client's address: the first C{X-Forwarded-For} entry (the runtime
-    keeps that header only from trusted proxies), else the peer's address.
+    The client's address: the last C{X-Forwarded-For} entry that is not a
+    C{trusted} proxy (the runtime keeps that header only from trusted
+    proxies, which append to it what the client sent; C{None}: every peer
+    is trusted, the first entry then), else the peer's address.
     """
     forwarded = request.headers.get("x-forwarded-for")
     if forwarded:
-        return forwarded.split(",", 1)[0].strip()
+        entries = [entry.strip() for entry in forwarded.split(",")]
+        if trusted is not None:
+            for entry in reversed(entries):
+                if entry and not _trusted(entry, trusted):
+                    return entry
+        return entries[0] or request.remote_addr or "unknown"
     return request.remote_addr or "unknown"
+
+
+def _trusted(address: str, trusted: Container[str]) -> bool:
+    return address in trusted or (address.startswith("::ffff:") and address[7:] in trusted)
 
 
 def _api_key(request: Request) -> str | None:
@@ -78,10 +94,13 @@ def _api_key(request: Request) -> str | None:
     return None
 
 
-def key_function(key_by: str) -> Any:
-    """The function giving a request's client key for C{keyBy} (the IP when it has none)."""
+def key_function(key_by: str, trusted: Container[str] | None = TRUSTED_PEERS) -> Any:
+    """
+    The function giving a request's client key for C{keyBy} (the IP when it
+    has none), C{trusted} the runtime's trusted proxies (L{client_ip}).
+    """
     if key_by == "ip":
-        return client_ip
+        return partial(client_ip, trusted=trusted)
     if key_by == "apikey":
         read = _api_key
     else:
@@ -93,7 +112,7 @@ def key_function(key_by: str) -> Any:
     def key(request: Request) -> str:
         found = read(request)
         # another space of keys, so that a header cannot take an address's count
-        return "k:" + found if found else "ip:" + client_ip(request)
+        return "k:" + found if found else "ip:" + client_ip(request, trusted)
 
     return key
 

@@ -237,6 +237,23 @@ def test_cache_hit_then_expiry(clock: Clock):
     assert (cache.hits, cache.misses, cache.stores) == (1, 4, 1)
 
 
+def test_the_cache_s_memory_is_bounded_however_many_urls_are_asked_for(clock: Clock):
+    """
+    maxEntries alone bounds entries, not bytes: with the defaults (1000
+    entries of up to 1 MB) a client asking for /big?1, /big?2... made the
+    runtime keep a gigabyte.  The bodies kept are bounded in all
+    (maxSize, 64 MB by default), the least recently used dropped first.
+    """
+    cache = cache_of(clock)
+    body = b"x" * (1024 * 1024 - 1024)
+    for number in range(1000):
+        cache.store(get(f"/app/big?{number}"), Response(200, [], body))
+    kept = sum(len(entry.response.body) for entry in cache._entries.values())
+    assert kept <= 64 * 1024 * 1024
+    assert cache.lookup(get("/app/big?999")) is not None  # the most recent are kept
+    assert cache.lookup(get("/app/big?0")) is None
+
+
 def test_cache_drops_the_least_recently_used(clock: Clock):
     cache = cache_of(clock, maxEntries=2)
     a, b, c = (get(f"/app/{name}") for name in "abc")

@@ -33,6 +33,8 @@ class CacheSettings:
     max_entries: int = 1000
     max_entry_size: int = 1024 * 1024
     exclude: PathSet = NO_PATHS
+    max_size: int = 64 * 1024 * 1024
+    """Bytes of bodies kept in all: past it, the least recently used are dropped."""
 
     @classmethod
     def parse(cls, value: Mapping[str, Any] | None) -> CacheSettings | None:
@@ -48,6 +50,7 @@ class CacheSettings:
             max_entries=max_entries,
             max_entry_size=parse_size(value.get("maxEntrySize", "1mb")),
             exclude=PathSet.parse(value.get("excludePaths"), "cache.excludePaths"),
+            max_size=parse_size(value.get("maxSize", "64mb")),
         )
 
 
@@ -105,6 +108,8 @@ class ResponseCache:
     evictions: int = 0
     invalidated: int = 0
     _entries: OrderedDict[Key, _Entry] = field(factory=OrderedDict, init=False)
+    _bytes: int = field(default=0, init=False)
+    """The bodies' bytes kept (see C{maxSize})."""
 
     def applies(self, request: Request) -> bool:
         """Whether C{request} is the cache's: a GET, not excluded, no credentials."""
@@ -128,7 +133,7 @@ class ResponseCache:
         entry = self._entries.get(key)
         now = self.clock.seconds()
         if entry is not None and entry.expires <= now:
-            del self._entries[key]
+            self._drop(key)
             entry = None
         if entry is None or any(request.headers.get(n) != v for n, v in entry.vary):
             self.misses += 1
@@ -156,19 +161,26 @@ class ResponseCache:
         varied = tuple((name, request.headers.get(name)) for name in vary if name)
         entries = self._entries
         key = self.key(request)
+        if key in entries:
+            self._drop(key)
         entries[key] = _Entry(response, now, now + lifetime, varied)
-        entries.move_to_end(key)
+        self._bytes += len(body)
         self.stores += 1
-        while len(entries) > self.settings.max_entries:
-            entries.popitem(last=False)
+        settings = self.settings
+        while len(entries) > settings.max_entries or self._bytes > settings.max_size:
+            self._drop(next(iter(entries)))
             self.evictions += 1
-        return True
+        return key in entries
+
+    def _drop(self, key: Key) -> None:
+        entry = self._entries.pop(key)
+        self._bytes -= len(entry.response.body)  # type: ignore[arg-type]  # kept: bytes
 
     def invalidate(self, pattern: str) -> int:
         """Drop the answers whose path (with its query) matches the glob C{pattern}: how many."""
         doomed = [key for key in self._entries if fnmatch.fnmatchcase(key[1], pattern)]
         for key in doomed:
-            del self._entries[key]
+            self._drop(key)
         self.invalidated += len(doomed)
         return len(doomed)
 

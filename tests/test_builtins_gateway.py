@@ -283,6 +283,24 @@ def test_cache_keeps_no_answer_marked_so(clock: Clock, headers):
     assert cache.lookup(get()) is None
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"expires": "0"},
+        {"expires": "Thu, 01 Jan 1970 00:00:00 GMT"},
+        {"date": "Mon, 07 Dec 2026 10:00:00 GMT", "expires": "Mon, 07 Dec 2026 10:00:00 GMT"},
+    ],
+)
+def test_cache_keeps_no_answer_already_expired(clock: Clock, headers):
+    """
+    Without Cache-Control, Expires gives the answer's freshness (RFC 9111
+    §4.2.1); one in the past, or invalid (C{0}), means already stale (§5.3).
+    """
+    cache = cache_of(clock)
+    assert not cache.store(get(), Response.text("x", headers=headers))
+    assert cache.lookup(get()) is None
+
+
 def test_cache_keeps_only_whole_small_200s(clock: Clock):
     cache = cache_of(clock, maxEntrySize="4b")
 

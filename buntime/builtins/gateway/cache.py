@@ -10,8 +10,10 @@ those headers.
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from attrs import define, field, frozen
@@ -93,7 +95,22 @@ def _lifetime(response: Response, ttl: float) -> float:
                 return min(ttl, float(control[name]))
             except ValueError:
                 return 0.0
+    expires = headers.get("expires")
+    if expires is not None:  # RFC 9111 §4.2.1: Expires less Date, or now
+        ends = _http_date(expires)
+        if ends is None:
+            return 0.0  # an invalid Expires (e.g. "0") means already expired (§5.3)
+        date = _http_date(headers.get("date") or "")
+        return min(ttl, ends - (date if date is not None else time.time()))
     return ttl
+
+
+def _http_date(value: str) -> float | None:
+    """The POSIX time of an HTTP date, or C{None} when it is not one."""
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 @define

@@ -301,6 +301,19 @@ def test_cache_keeps_no_answer_already_expired(clock: Clock, headers):
     assert cache.lookup(get()) is None
 
 
+def test_a_request_s_max_age_is_honoured(clock: Clock):
+    """
+    A request's C{Cache-Control: max-age=N} (a browser's reload sends
+    C{max-age=0}) takes no answer older than N seconds (RFC 9111 §5.2.1.1).
+    """
+    cache = cache_of(clock)
+    cache.store(get(), Response.text("x"))
+    clock.advance(5)
+    assert cache.lookup(get(headers={"cache-control": "max-age=0"})) is None
+    assert cache.lookup(get(headers={"cache-control": "max-age=4"})) is None
+    assert cache.lookup(get(headers={"cache-control": "max-age=5"})) is not None
+
+
 def test_cache_keeps_only_whole_small_200s(clock: Clock):
     cache = cache_of(clock, maxEntrySize="4b")
 

@@ -81,6 +81,17 @@ def _bypasses(control: str) -> bool:
     return "no-cache" in directives or "no-store" in directives
 
 
+def _too_old(control: str, age: int) -> bool:
+    """Whether a request's C{Cache-Control: max-age} takes no answer of C{age} seconds."""
+    limit = _directives(control).get("max-age")
+    if limit is None:
+        return False
+    try:
+        return age > int(limit)
+    except ValueError:
+        return True
+
+
 def _lifetime(response: Response, ttl: float) -> float:
     """How long C{response} may be kept (0: not at all)."""
     headers = response.headers
@@ -155,9 +166,13 @@ class ResponseCache:
         if entry is None or any(request.headers.get(n) != v for n, v in entry.vary):
             self.misses += 1
             return None
+        age_seconds = int(now - entry.stored)
+        if asked is not None and _too_old(asked, age_seconds):
+            self.misses += 1
+            return None
         self._entries.move_to_end(key)
         self.hits += 1
-        age = str(int(now - entry.stored))
+        age = str(age_seconds)
         return entry.response.with_headers((("x-cache", "HIT"), ("age", age)))
 
     def store(self, request: Request, response: Response) -> bool:

@@ -81,6 +81,15 @@ class IPluginContext(Interface):
         "The bases of every plugin of the plugin set being loaded (this one's included),"
         " longest first, then alphabetically: C{('/metrics', '/logs')}."
     )
+    trusted_proxies = Attribute(
+        "The peers whose C{X-Forwarded-*} headers the runtime believes"
+        " (C{RUNTIME_FORWARDED_ALLOW_IPS}): a container of addresses as text"
+        " (C{'127.0.0.1' in trusted_proxies}), or C{None} when every peer is."
+        " The runtime drops those headers from any other peer before a plugin"
+        " sees them; a trusted proxy appends to C{X-Forwarded-For} what the"
+        " client wrote, so the client's own address is its last entry that is"
+        " not one of these."
+    )
 
     def register_service(name: str, service: object) -> None:
         """

@@ -423,6 +423,7 @@ class Context:
         self.reactor = clock
         self.base = "/gateway"
         self.plugin_bases = bases
+        self.trusted_proxies = frozenset({"127.0.0.1", "::1"})  # RUNTIME_FORWARDED_ALLOW_IPS's
         self.logged: list[tuple[str, dict]] = []
         self.logger = self
         self.services: dict[str, object] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Any, Protocol, overload
 
 import eliot
@@ -130,6 +130,10 @@ class PluginContext:
     plugin_bases: tuple[str, ...] = ()
     change_rule: ChangeRule = field(factory=ChangeRule)
     """The runtime's rule for changes (its API token, its trusted proxies)."""
+
+    @property
+    def trusted_proxies(self) -> Container[str] | None:
+        return self.change_rule.allowed
 
     def register_service(self, name: str, service: object) -> None:
         self.services.register(name, service, self.name)

@@ -194,3 +194,23 @@ def test_this_machine_is_every_loopback_form(remote):
 
 def _internal() -> dict[str, str]:
     return {"x-buntime-internal": "true"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_plugins_are_told_which_proxies_the_runtime_trusts(tmp_path):
+    """
+    C{ctx.trusted_proxies} is C{RUNTIME_FORWARDED_ALLOW_IPS}: the gateway keys
+    its rate limit by the last C{X-Forwarded-For} address none of them added.
+    """
+    proxies = frozenset({"10.0.0.9"})
+    service = await loaded(tmp_path, ChangeRule(None, proxies))
+    try:
+        contexts = [plugin.context for plugin in service.registry.plugins]
+        assert contexts and all(context.trusted_proxies is proxies for context in contexts)
+    finally:
+        await service.stopService()
+    service = await loaded(tmp_path, ChangeRule(None, None))  # every peer trusted
+    try:
+        assert all(plugin.context.trusted_proxies is None for plugin in service.registry.plugins)
+    finally:
+        await service.stopService()

@@ -25,7 +25,6 @@ from buntime.builtins._paths import PathSet
 from buntime.builtins.gateway.cache import CacheSettings, ResponseCache
 from buntime.builtins.gateway.cors import Cors, CorsSettings
 from buntime.builtins.gateway.ratelimit import (
-    TRUSTED_PEERS,
     RateLimiter,
     RateLimitSettings,
     client_ip,
@@ -88,9 +87,7 @@ class GatewayPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is opt
         clock = ctx.reactor
         if (rate := settings.rate_limit) is not None:
             self.limiter = RateLimiter(rate.requests, rate.window, clock, rate.max_clients)
-            rule = getattr(ctx, "change_rule", None)
-            trusted = rule.allowed if rule is not None else TRUSTED_PEERS
-            self._key = key_function(rate.key_by, trusted)
+            self._key = key_function(rate.key_by, ctx.trusted_proxies)
             self._limit = ("x-ratelimit-limit", str(rate.requests))
             self._rate_exclude = rate.exclude or None
         if settings.cors is not None:

@@ -108,8 +108,8 @@ def makeService(options: Options) -> Any:
     try:
         check_directories(options.config)  # here, not in postOptions: only to run
         check_listen(options.config, reactor)
+        runtime = make_runtime(options.config, reactor, options.console_path)
     except ConfigError as error:
         refuse(error)
-    runtime = make_runtime(options.config, reactor, options.console_path)
     runtime.on_serving.append(settle_memory)
     return runtime

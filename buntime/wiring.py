@@ -7,6 +7,7 @@ order, signals, the shutdown cap) is L{buntime.service}.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +18,8 @@ from twisted.internet.defer import Deferred
 
 from buntime import __version__
 from buntime.apps.discovery import AppCatalog, scan_worker_dir
-from buntime.config import RuntimeConfig
+from buntime.config import ConfigError, RuntimeConfig
+from buntime.cpus import cpu_list, keep_cpus, plan
 from buntime.http import AppInfo
 from buntime.logs import log
 from buntime.logs.service import LoggingService
@@ -84,9 +86,44 @@ def report_empty(worker_dirs: Sequence[str]) -> None:
             log("info", "buntime:apps:empty-dir", f"No apps in {path} yet", dir=path)
 
 
+def place_on_cpus(config: RuntimeConfig) -> frozenset[int] | None:
+    """
+    C{RUNTIME_WORKER_CPUS} (L{buntime.cpus}): move the runtime to its CPUs
+    now, and give the CPUs its workers run on (C{None}: any).
+
+    @raise ConfigError: the setting leaves the workers no CPU.
+    """
+    try:
+        placed = plan(config.worker_cpus, frozenset(os.sched_getaffinity(0)))
+    except ValueError as error:
+        raise ConfigError(f"RUNTIME_WORKER_CPUS: {error}") from None
+    if placed.runtime is not None:
+        keep_cpus(placed.runtime)
+    if placed.workers is not None:
+        runtime = cpu_list(placed.runtime) if placed.runtime else "any CPU"
+        log(
+            "info",
+            "buntime:cpus",
+            f"The runtime runs on {runtime}, its workers on CPUs {cpu_list(placed.workers)}",
+            runtime=runtime,
+            workers=cpu_list(placed.workers),
+        )
+    elif config.worker_cpus == "others":
+        log(
+            "warn",
+            "buntime:cpus",
+            "RUNTIME_WORKER_CPUS=others needs two CPUs; this process has one: workers share it",
+        )
+    return placed.workers
+
+
 def make_pool(config: RuntimeConfig, reactor: Any) -> PoolService:
     """The worker pool and its launcher for C{config}."""
-    launcher = ForkLauncher(reactor) if config.worker_mode == "fork" else SpawnLauncher(reactor)
+    cpus = place_on_cpus(config)
+    if config.worker_mode == "fork":
+        launcher: ForkLauncher | SpawnLauncher = ForkLauncher(reactor, cpus=cpus)
+    else:
+        launcher = SpawnLauncher(reactor, cpus=cpus)
     pool = WorkerPool(
         reactor,
         PoolConfig(

@@ -53,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--worker-mode", default="fork", choices=("fork", "spawn"))
+    parser.add_argument(
+        "--worker-cpus",
+        default="all",
+        help="the runtimes' RUNTIME_WORKER_CPUS: all (the default), others, or a CPU list",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
     parser.add_argument("--python-load", action="store_true", help="use the Python generator")
     parser.add_argument(

@@ -107,7 +107,11 @@ def run_scenarios(
     loads = [name for name in wanted if name in SCENARIOS]
     with ExitStack() as servers:
         base = servers.enter_context(baseline())
-        url, pid = servers.enter_context(runtime(workdir, options.worker_mode, options.log_level))
+        url, pid = servers.enter_context(
+            runtime(
+                workdir, options.worker_mode, options.log_level, worker_cpus=options.worker_cpus
+            )
+        )
         where = {name: (url, pid) for name in loads}
         hooked = [name for name in wanted if name in PLUGIN_SCENARIOS]
         if hooked:
@@ -155,7 +159,13 @@ def _serve_hooked(
     for name in hooked:
         plugin_dir = write_plugin_dir(workdir, name)
         hooked_at = servers.enter_context(
-            runtime(workdir, options.worker_mode, options.log_level, plugin_dir=plugin_dir)
+            runtime(
+                workdir,
+                options.worker_mode,
+                options.log_level,
+                plugin_dir=plugin_dir,
+                worker_cpus=options.worker_cpus,
+            )
         )
         # Proof that the hooks run, before any load: a header on_response adds.
         header, value = PLUGIN_PROOF[name]
@@ -185,7 +195,13 @@ def _serve_proxied(
     """
     plugin_dir = write_proxy_plugin(workdir, upstream)
     proxy_at = servers.enter_context(
-        runtime(workdir, options.worker_mode, options.log_level, plugin_dir=plugin_dir)
+        runtime(
+            workdir,
+            options.worker_mode,
+            options.log_level,
+            plugin_dir=plugin_dir,
+            worker_cpus=options.worker_cpus,
+        )
     )
     for name in proxied:
         if fetch_status(proxy_at[0] + SCENARIOS[name][0]) == 200:
@@ -212,17 +228,22 @@ def _serve_many(
     """
     count = max(1, options.apps)
     apps = write_many_apps(workdir, count)
-    mode, level = options.worker_mode, options.log_level
+    mode, level, cpus = options.worker_mode, options.log_level, options.worker_cpus
     if "density" in many:
         idle = min(DENSITY_APPS, count)
-        with runtime(workdir, mode, level, pool_size=idle + 10, apps=apps) as (url, pid):
+        with runtime(workdir, mode, level, pool_size=idle + 10, apps=apps, worker_cpus=cpus) as (
+            url,
+            pid,
+        ):
             report["results"]["density"] = density(url, pid, idle, time_to_first_byte, fetch_json)
     sizes = {"many-apps-warm": count + 10, "many-apps-churn": max(1, count // 4)}
     for name in many:
         if name not in MANY_SCENARIOS:
             continue
         size = sizes[name]
-        url, pid = servers.enter_context(runtime(workdir, mode, level, pool_size=size, apps=apps))
+        url, pid = servers.enter_context(
+            runtime(workdir, mode, level, pool_size=size, apps=apps, worker_cpus=cpus)
+        )
         for number in range(min(size, count)):
             time_to_first_byte(f"{url}/{app_name(number)}/")
         where[name] = (url, pid)

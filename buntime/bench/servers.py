@@ -56,6 +56,7 @@ def runtime(
     plugin_dir: str | None = None,
     pool_size: int = 50,
     apps: str | None = None,
+    worker_cpus: str = "all",
 ) -> Iterator[tuple[str, int]]:
     """
     A runtime process on a free loopback port: yields (base url, pid).
@@ -63,7 +64,7 @@ def runtime(
     to C{startup} seconds to answer.  Its plugins are those of C{plugin_dir}
     (none by default: the dir does not exist), its apps those in C{apps}
     (by default the generated apps of L{write_apps}), its C{RUNTIME_POOL_SIZE}
-    C{pool_size}.
+    C{pool_size}, its C{RUNTIME_WORKER_CPUS} C{worker_cpus}.
     """
     if apps is None:
         apps = os.path.join(workdir, "apps")
@@ -78,6 +79,7 @@ def runtime(
         "RUNTIME_LOG_FORMAT": "json",
         "RUNTIME_LOG_LEVEL": log_level,
         "RUNTIME_WORKER_MODE": worker_mode,
+        "RUNTIME_WORKER_CPUS": worker_cpus,
         "RUNTIME_POOL_SIZE": str(pool_size),
         "RUNTIME_DATA_DIR": os.path.join(workdir, "data"),
     }

@@ -37,6 +37,7 @@ from buntime.config.values import (
     Peers,
     RuntimeConfig,
 )
+from buntime.cpus import check_setting
 
 __all__ = [
     "ENVIRONMENTS",
@@ -86,6 +87,7 @@ def load_config(
     reload = _reload(given, env)
     drain_delay = _duration(given, "drain_delay", "5s" if env == "production" else "0s")
     shutdown_timeout = _duration(given, "shutdown_timeout", "30s", positive=True)
+    worker_cpus = _worker_cpus(given)
     return RuntimeConfig(
         listen=listen,
         port=port,
@@ -112,7 +114,16 @@ def load_config(
         max_connections=max_connections,
         forwarded_allow_ips=forwarded_allow_ips,
         reload=reload,
+        worker_cpus=worker_cpus,
     )
+
+
+def _worker_cpus(given: _Given) -> str:
+    """C{RUNTIME_WORKER_CPUS}: C{all} (the default), C{others} or a CPU list."""
+    try:
+        return check_setting(given.get("worker_cpus") or "all")
+    except ValueError as error:
+        raise ConfigError(f"{given.label('worker_cpus')}: {error} (or all, or others)") from None
 
 
 def check_directories(config: RuntimeConfig) -> None:

@@ -42,6 +42,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "drain_delay": ("RUNTIME_DRAIN_DELAY",),
     "api_token": ("RUNTIME_API_TOKEN",),
     "shutdown_timeout": ("RUNTIME_SHUTDOWN_TIMEOUT",),
+    "worker_cpus": ("RUNTIME_WORKER_CPUS",),
 }
 
 
@@ -106,6 +107,8 @@ class RuntimeConfig:
     """Seconds in-flight requests get to finish once the runtime stops listening."""
     reload: bool = False
     """Retire an app's workers when its files change, reload plugins when theirs do."""
+    worker_cpus: str = "all"
+    """C{RUNTIME_WORKER_CPUS}: C{all}, C{others} or a CPU list (see L{buntime.cpus})."""
 
     @property
     def production(self) -> bool:

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import buntime
+from buntime.cpus import child_env
 from buntime.logs import log
 from buntime.once import Once
 from buntime.pool.launch.forked import ForkedWorker, OutputSocket, adopt
@@ -141,6 +142,8 @@ class ForkLauncher:
 
     reactor: Any
     env: Mapping[str, str] | None = None
+    cpus: frozenset[int] | None = None
+    """The CPUs the template and every worker it forks run on (C{None}: any)."""
     restart_delay: float = 1.0
     launch_timeout: float = 10.0
     _process: _TemplateProcess | None = None
@@ -330,6 +333,7 @@ class ForkLauncher:
         self._ready_now = False
         process = _TemplateProcess(self)
         env = dict(self.env) if self.env is not None else _template_env()
+        env.update(child_env(self.cpus))  # taken before it forks anything
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError:

@@ -17,6 +17,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from buntime.cpus import child_env
 from buntime.pool.launch.launcher import (
     CHILD_MODULE,
     FROM_CHILD,
@@ -104,6 +105,8 @@ class SpawnLauncher:
     """Starts each worker as C{sys.executable -m buntime.pool.child} in its app dir."""
 
     reactor: IReactorProcess
+    cpus: frozenset[int] | None = None
+    """The CPUs each worker runs on (C{None}: any)."""
 
     def start(self) -> Deferred:
         return succeed(None)
@@ -120,7 +123,7 @@ class SpawnLauncher:
                 process,
                 sys.executable,
                 [sys.executable, "-m", CHILD_MODULE],
-                env=dict(spec.env),
+                env={**spec.env, **child_env(self.cpus)},
                 path=spec.app_dir,
                 childFDs=WORKER_FDS,
             )

@@ -56,6 +56,7 @@ from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from buntime.cpus import take_cpus
 from buntime.pool.output import OUTPUT_FD
 
 CONTROL_FD = 3
@@ -549,6 +550,7 @@ def main() -> None:
     """Run the template on the control socket at fd 3."""
     from buntime.pool.child.lifeline import die_with_parent
 
+    take_cpus()  # first: every spare and worker it forks runs there too
     die_with_parent(os.getppid())
     control = socket.socket(fileno=CONTROL_FD)
     control.setblocking(True)

@@ -275,3 +275,26 @@ def test_a_header_name_no_client_could_read_is_refused(loop) -> None:
         wait(loop, AsgiAdapter(app, loop).handle(incoming(), ResponseWriter(sender, 1)))
         assert "invalid HTTP header name" in str(refused[0])
         assert sender.response()[0] == 500
+
+
+def test_receive_after_the_response_with_the_body_unread_gives_disconnect(loop) -> None:
+    """
+    An app that answers before the upload is all in, then calls receive()
+    (to drain), gets http.disconnect, as under uvicorn: once the response
+    is over the runtime sends no more of the body, so waiting for it hangs.
+    """
+    received = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b"too big"})
+        while True:
+            message = await receive()
+            received.append(message["type"])
+            if message["type"] == "http.disconnect":
+                break
+
+    request = incoming("POST", "/", b"a", more=True)
+    done = AsgiAdapter(app, loop).handle(request, ResponseWriter(Sender(), 1))
+    wait(loop, done, timeout=1)
+    assert received[-1] == "http.disconnect"

@@ -118,8 +118,17 @@ class BodyReader:
         self.close()
 
     def close(self) -> None:
-        """The request is over: fire L{when_closed} waiters and release the feeder."""
-        self._over = True
+        """
+        The request is over: fire L{when_closed} waiters and release the
+        feeder.  The runtime sends no more of an unfinished body then: its
+        readers get L{BodyClosed} rather than wait for it forever.
+        """
+        with self._cond:
+            self._over = True
+            self._cond.notify_all()
+            readers, self._readers = self._readers, []  # (none once the body is complete)
+        for reader in readers:
+            reader.errback(BodyClosed("the request is over"))
         self._release()
         closed, self._closed = self._closed, None
         if closed is not None:
@@ -140,6 +149,8 @@ class BodyReader:
         with self._cond:
             if self._aborted:
                 return fail(BodyClosed("the request was cancelled"))
+            if self._over and not self._chunks and not self._complete:
+                return fail(BodyClosed("the request is over"))
             if self._chunks:
                 chunk = self._take()
             elif self._complete:
@@ -172,10 +183,12 @@ class BodyReader:
     def read_blocking(self) -> bytes | None:
         """The next chunk, waiting for it; C{None} after the last one."""
         with self._cond:
-            while not self._chunks and not self._complete and not self._aborted:
+            while not self._chunks and not self._complete and not self._aborted and not self._over:
                 self._cond.wait()
             if self._aborted:
                 raise BodyClosed("the request was cancelled")
+            if not self._chunks and not self._complete:
+                raise BodyClosed("the request is over")
             if not self._chunks:
                 return None
             chunk = self._take()

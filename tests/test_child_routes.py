@@ -200,3 +200,19 @@ def test_streamed_request_body_is_read_first() -> None:
     assert sender.sent == []
     request.body.finish()
     assert done.called and sender.response()[2] == b"ab"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_handler_s_own_reason_phrase_goes_with_its_status(loop, streamed) -> None:
+    """C{Response(..., reason=...)} keeps its phrase, as docs/http.md says."""
+
+    async def chunks():
+        yield b"x"
+
+    def handler(request):
+        body = chunks() if streamed else b"x"
+        return Response(299, {}, body, "Custom Thing")
+
+    sender = serve(adapter({"/": handler}, loop=loop), loop)
+    [start] = [sent for sent in sender.sent if sent[0] == "ResponseStart"]
+    assert (start[1]["status"], start[1]["reason"]) == (299, "Custom Thing")

@@ -278,9 +278,9 @@ class RoutesAdapter:
         body = response.body
         headers = response.headers.items()
         if isinstance(body, bytes | bytearray | memoryview):
-            await writer.respond(response.status, headers, bytes(body))
+            await writer.respond(response.status, headers, bytes(body), response.reason)
             return
-        writer.start(response.status, headers)
+        writer.start(response.status, headers, response.reason)
         chunks = body.__aiter__()
         while True:
             try:

@@ -251,3 +251,18 @@ async def test_whitespace_around_a_header_value_is_dropped(adapters) -> None:
     await adapters(app).handle(incoming(), ResponseWriter(sender, 1))
     [start] = [sent for sent in sender.sent if sent[0] == "ResponseStart"]
     assert json.loads(start[1]["headers"]) == [["Set-Cookie", "a=1; Path=/"], ["X-Tab", "v"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_status_without_a_phrase_gets_the_standard_one(adapters) -> None:
+    """C{start_response("200", ...)}: no phrase given, so none is passed on (the runtime
+    then writes C{200 OK}, as docs/http.md says), rather than an empty one."""
+    sender = Sender()
+
+    def app(environ, start_response):
+        start_response("200", [])
+        return [b"x"]
+
+    await adapters(app).handle(incoming(), ResponseWriter(sender, 1))
+    [start] = [sent for sent in sender.sent if sent[0] == "ResponseStart"]
+    assert (start[1]["status"], start[1]["reason"]) == (200, None)

@@ -98,7 +98,7 @@ class _Exchange:
             raise RuntimeError("start_response called twice without exc_info")
         code, _, reason = str(status).partition(" ")
         self.status = int(code)
-        self.reason = reason  # the app's own phrase, passed on as given
+        self.reason = reason or None  # the app's own phrase as given; none: the standard one
         # without the whitespace around a value, as gunicorn sends it: Django
         # gives each Set-Cookie as " name=value" (SimpleCookie's output)
         self.headers = [(str(name), str(value).strip(" \t")) for name, value in headers]

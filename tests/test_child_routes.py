@@ -216,3 +216,12 @@ def test_a_handler_s_own_reason_phrase_goes_with_its_status(loop, streamed) -> N
     sender = serve(adapter({"/": handler}, loop=loop), loop)
     [start] = [sent for sent in sender.sent if sent[0] == "ResponseStart"]
     assert (start[1]["status"], start[1]["reason"]) == (299, "Custom Thing")
+
+
+def test_a_route_with_characters_a_client_must_encode_is_found() -> None:
+    """C{"/café"} and C{"/a b/:id"} answer C{/caf%C3%A9} and C{/a%20b/1%2F2}."""
+    routes = adapter({"/café": "x", "/a b/:id": "y", "/files/*": "z"})
+    assert routes.find("GET", "/caf%C3%A9")[0] is not None
+    assert routes.find("GET", "/caf%c3%a9/")[0] is not None
+    assert routes.find("GET", "/a%20b/1%2F2")[1] == {"id": "1/2"}
+    assert routes.find("GET", "/files/a%20b/c%25d")[1] == {"*": "a b/c%d"}

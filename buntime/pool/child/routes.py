@@ -43,7 +43,7 @@ import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
@@ -126,7 +126,17 @@ class Endpoint:
         return awaited(self.handler(request), loop)
 
 
+_PCHAR = "!$&'()*+,;=:@-._~"
+"""What stays as it is in a path segment (RFC 3986 C{pchar}); the rest is percent-encoded."""
+
+
 def _normalize(path: str) -> str:
+    """
+    C{path} without its trailing slash, each segment in one percent-encoding
+    (C{/caf%c3%a9} and a route's C{/café} are the same path; C{%2F} stays
+    inside its segment).
+    """
+    path = "/".join(quote(unquote(segment), safe=_PCHAR) for segment in path.split("/"))
     return path.rstrip("/") or "/"
 
 

@@ -130,13 +130,18 @@ _PCHAR = "!$&'()*+,;=:@-._~"
 """What stays as it is in a path segment (RFC 3986 C{pchar}); the rest is percent-encoded."""
 
 
+_CANONICAL = re.compile(r"[A-Za-z0-9/!$&'()*+,;=:@._~-]*")
+"""A path already in that one encoding: nothing to decode, nothing to encode."""
+
+
 def _normalize(path: str) -> str:
     """
     C{path} without its trailing slash, each segment in one percent-encoding
     (C{/caf%c3%a9} and a route's C{/café} are the same path; C{%2F} stays
-    inside its segment).
+    inside its segment).  A path in it already (most) is not split.
     """
-    path = "/".join(quote(unquote(segment), safe=_PCHAR) for segment in path.split("/"))
+    if _CANONICAL.fullmatch(path) is None:
+        path = "/".join(quote(unquote(segment), safe=_PCHAR) for segment in path.split("/"))
     return path.rstrip("/") or "/"
 
 

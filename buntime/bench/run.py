@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 from buntime.bench.apps import write_plugin_dir, write_proxy_plugin
@@ -42,6 +42,19 @@ from buntime.bench.servers import baseline, fetch_header, fetch_json, fetch_stat
 
 Load = Callable[[str, str, float], dict[str, Any]]
 """Drive a scenario (by name) at a server's base URL for some seconds: its result."""
+
+
+def options_runtime(
+    options: argparse.Namespace, workdir: str, **kwargs: Any
+) -> AbstractContextManager[tuple[str, int]]:
+    """L{runtime} in the worker mode, log level and CPUs C{options} give."""
+    return runtime(
+        workdir,
+        options.worker_mode,
+        options.log_level,
+        worker_cpus=options.worker_cpus,
+        **kwargs,
+    )
 
 
 def loader(use_wrk: bool, script: str, varied_script: str, apps: int = 200) -> Load:
@@ -107,11 +120,7 @@ def run_scenarios(
     loads = [name for name in wanted if name in SCENARIOS]
     with ExitStack() as servers:
         base = servers.enter_context(baseline())
-        url, pid = servers.enter_context(
-            runtime(
-                workdir, options.worker_mode, options.log_level, worker_cpus=options.worker_cpus
-            )
-        )
+        url, pid = servers.enter_context(options_runtime(options, workdir))
         where = {name: (url, pid) for name in loads}
         hooked = [name for name in wanted if name in PLUGIN_SCENARIOS]
         if hooked:
@@ -158,15 +167,7 @@ def _serve_hooked(
     """
     for name in hooked:
         plugin_dir = write_plugin_dir(workdir, name)
-        hooked_at = servers.enter_context(
-            runtime(
-                workdir,
-                options.worker_mode,
-                options.log_level,
-                plugin_dir=plugin_dir,
-                worker_cpus=options.worker_cpus,
-            )
-        )
+        hooked_at = servers.enter_context(options_runtime(options, workdir, plugin_dir=plugin_dir))
         # Proof that the hooks run, before any load: a header on_response adds.
         header, value = PLUGIN_PROOF[name]
         if fetch_header(hooked_at[0] + SCENARIOS[name][0], header) == value:
@@ -194,15 +195,7 @@ def _serve_proxied(
     back through the proxy is reported as such and left out of C{where}.
     """
     plugin_dir = write_proxy_plugin(workdir, upstream)
-    proxy_at = servers.enter_context(
-        runtime(
-            workdir,
-            options.worker_mode,
-            options.log_level,
-            plugin_dir=plugin_dir,
-            worker_cpus=options.worker_cpus,
-        )
-    )
+    proxy_at = servers.enter_context(options_runtime(options, workdir, plugin_dir=plugin_dir))
     for name in proxied:
         if fetch_status(proxy_at[0] + SCENARIOS[name][0]) == 200:
             where[name] = proxy_at

@@ -155,6 +155,8 @@ EACH = [
     ("forwarded_allow_ips", "RUNTIME_FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", None),
     ("reload", "RUNTIME_RELOAD", "1", "reload", True),
     ("reload", "RUNTIME_RELOAD", "off", "reload", False),
+    ("worker_cpus", "RUNTIME_WORKER_CPUS", "Others", "worker_cpus", "others"),
+    ("worker_cpus", "RUNTIME_WORKER_CPUS", "1-3,5", "worker_cpus", "1-3,5"),
 ]
 
 

@@ -233,3 +233,28 @@ def test_without_an_inotify_instance_files_are_polled(clock, tmp_path, eliot_log
         assert "polling them instead" in eliot_logger.messages[0]["message"]
     finally:
         service.stopService()
+
+
+@needs_inotify
+@pytest_twisted.ensureDeferred
+async def test_inotify_watches_a_directory_made_where_another_was_moved_away(tmp_path):
+    # An atomic swap (mv app old; mv new app, as deploy tools and installs do):
+    # the directory now at the path is watched, not the one moved away.
+    root, outside = tmp_path / "apps", tmp_path / "outside"
+    version = root / "hello" / "1.0.0"
+    version.mkdir(parents=True)
+    outside.mkdir()
+    changed: list[str] = []
+    notifier = Notifier([str(root)], changed.append)
+    notifier.start()
+    try:
+        version.rename(outside / "old")
+        assert await wait_until(reactor, lambda: str(version) in changed, 5)
+        seen = len(changed)
+        version.mkdir()
+        assert await wait_until(reactor, lambda: str(version) in changed[seen:], 5)
+        app = version / "app.py"
+        app.write_text("edited")
+        assert await wait_until(reactor, lambda: str(app) in changed, 5)
+    finally:
+        notifier.stop()

@@ -204,8 +204,12 @@ class Notifier:
             )
         if not relevant(name, self.roots):
             return
-        if mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO) and os.path.isdir(name):
-            self._watch_tree(name)
+        moved = mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM)
+        if moved and (mask & inotify.IN_ISDIR or os.path.isdir(name)):
+            # whatever directory was watched at this path is gone from it
+            self._inotify.forget(path)
+            if os.path.isdir(name):
+                self._watch_tree(name)
         self.changed(name)
 
     def stop(self) -> None:

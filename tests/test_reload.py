@@ -258,3 +258,29 @@ async def test_inotify_watches_a_directory_made_where_another_was_moved_away(tmp
         assert await wait_until(reactor, lambda: str(app) in changed, 5)
     finally:
         notifier.stop()
+
+
+@needs_inotify
+@pytest_twisted.ensureDeferred
+async def test_inotify_watches_a_version_an_upload_replaced(tmp_path):
+    # what an upload of an installed version does: exchange, then discard the old copy
+    from buntime.unpacked import exchange_paths
+
+    version = tmp_path / "apps" / "hello" / "1.0.0"
+    (version / "sub").mkdir(parents=True)
+    new = tmp_path / "scratch" / "new"
+    (new / "sub").mkdir(parents=True)
+    changed: list[str] = []
+    notifier = Notifier([str(tmp_path / "apps")], changed.append)
+    notifier.start()
+    try:
+        if not exchange_paths(str(new), str(version)):
+            pytest.skip("no renameat2 RENAME_EXCHANGE here")
+        for item in sorted((tmp_path / "scratch").rglob("*"), reverse=True):
+            item.rmdir()
+        app = version / "sub" / "app.py"
+        await wait_until(reactor, lambda: False, 0.3)  # the old copy's events arrive
+        app.write_text("edited")
+        assert await wait_until(reactor, lambda: str(app) in changed, 5)
+    finally:
+        notifier.stop()

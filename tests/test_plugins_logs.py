@@ -443,3 +443,23 @@ async def test_sse_resumes_after_the_last_event_id(tmp_path):
             await chunks.__anext__()
     await service.stopService()
     assert service.reactor.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_resumes_after_an_id_of_a_ring_that_is_gone(tmp_path):
+    # A viewer reconnecting after a restart or a plugin reload (a new ring, its ids
+    # from 1 again) sends the Last-Event-ID (and ?after=) of the old ring: what the
+    # new ring holds is all new to it, and must be sent.
+    service = await started(tmp_path)
+    log("info", "test:logs:n", "after the reload")
+    headers = {"last-event-id": "100000"}
+    _, chunks = await open_stream(service, "/logs/api/sse?after=100000", headers)
+    waiting = ensureDeferred(next_events(chunks))
+    service.reactor.advance(0.5)
+    assert waiting.called
+    assert "after the reload" in [record["message"] for _, record in await waiting]
+    log("info", "test:logs:n", "later still")
+    service.reactor.advance(0.5)
+    assert [record["message"] for _, record in await next_events(chunks)] == ["later still"]
+    await chunks.aclose()
+    await service.stopService()

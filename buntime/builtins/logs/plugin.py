@@ -200,6 +200,10 @@ class LogsPlugin:  # type: ignore[misc]  # every IBuntimePlugin member is option
             after = int(last) if last is not None else self.ring.total
         except ValueError:
             after = self.ring.total
+        if after > self.ring.total:
+            # an id of another ring (before a restart or a plugin reload, which numbers
+            # from 1 again): everything this ring holds is new to this client
+            after = 0
         stream = EventStream(request, self.context.reactor)
         seen = [after]
 

@@ -463,3 +463,17 @@ async def test_sse_resumes_after_an_id_of_a_ring_that_is_gone(tmp_path):
     assert [record["message"] for _, record in await next_events(chunks)] == ["later still"]
     await chunks.aclose()
     await service.stopService()
+
+
+@pytest.mark.parametrize("depth", [900, 5000])
+@pytest_twisted.ensureDeferred
+async def test_an_entry_nested_too_deep_is_refused_and_queries_go_on(tmp_path, depth):
+    # fields nested so deep that formatting the record (or parsing the body) recurses
+    # past Python's limit: a 400, never an entry that makes every later query a 500
+    service = await started(tmp_path)
+    body = b'{"message": "deep", "fields": {"a": ' + b"[" * depth + b"]" * depth + b"}}"
+    status, answer = await call(service, "POST", "/logs/api/", SAME_ORIGIN, body)
+    assert status == 400 and answer["error"]["code"] in ("INVALID_ENTRY", "INVALID_JSON")
+    status, found = await call(service, "GET", "/logs/api/?level=debug&search=deep")
+    assert status == 200
+    await service.stopService()

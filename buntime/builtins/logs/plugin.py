@@ -37,6 +37,8 @@ MAX_MESSAGE = 8 * 1024
 """Characters of an entry's message added through the API."""
 MAX_BODY = 64 * 1024
 MIN_SSE_INTERVAL_MS = 50
+MAX_DEPTH = 32
+"""How deep an entry's fields may nest (its record is made and written recursively)."""
 
 
 class _Refused(Exception):
@@ -76,7 +78,7 @@ def _entry(body: bytes) -> tuple[str, str, str, dict[str, Any]]:
     """The level, message, source and fields of an entry POSTed as JSON."""
     try:
         data = json.loads(body or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _Refused(400, "INVALID_JSON", "The body is not JSON") from None
     if not isinstance(data, dict):
         raise _Refused(400, "INVALID_ENTRY", 'Send a JSON object: {"message": "...", ...}')
@@ -88,7 +90,22 @@ def _entry(body: bytes) -> tuple[str, str, str, dict[str, Any]]:
     source, fields = data.get("source", "api"), data.get("fields", {})
     if not isinstance(source, str) or not isinstance(fields, dict):
         raise _Refused(400, "INVALID_ENTRY", "source must be a string and fields an object")
+    if _too_deep(fields, MAX_DEPTH):
+        raise _Refused(400, "INVALID_ENTRY", f"fields nest at most {MAX_DEPTH} deep")
     return level, message[:MAX_MESSAGE], source[:200], fields
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether C{value} has objects or arrays nested more than C{limit} deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 @implementer(IBuntimePlugin)

@@ -477,3 +477,21 @@ async def test_an_entry_nested_too_deep_is_refused_and_queries_go_on(tmp_path, d
     status, found = await call(service, "GET", "/logs/api/?level=debug&search=deep")
     assert status == 200
     await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plugin_reload_lets_go_of_the_previous_ring(tmp_path):
+    # every reload made a new LogsPlugin (and ring of maxEntries messages) that the
+    # runtime's "stopping" waiters kept alive until the process ended
+    import gc
+    import weakref
+
+    service = await started(tmp_path)
+    log("info", "test:logs:n", "kept by the first ring")
+    old = weakref.ref(logs_plugin(service))
+    await service.reload()
+    await service.reload()
+    assert logs_plugin(service) is not old()
+    gc.collect()
+    assert old() is None
+    await service.stopService()

@@ -41,6 +41,13 @@ class Once:
         for waiter in waiters:
             _deliver(waiter, result)
 
+    def forget(self, waiter: Deferred[Any]) -> None:
+        """Stop waiting with C{waiter} (its owner is gone): it never fires."""
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass  # fired, or forgotten already
+
     def wait(self) -> Deferred[Any]:
         """A Deferred of the caller's own that fires with the result."""
         waiter: Deferred[Any] = Deferred()

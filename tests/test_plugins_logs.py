@@ -474,7 +474,7 @@ async def test_an_entry_nested_too_deep_is_refused_and_queries_go_on(tmp_path, d
     body = b'{"message": "deep", "fields": {"a": ' + b"[" * depth + b"]" * depth + b"}}"
     status, answer = await call(service, "POST", "/logs/api/", SAME_ORIGIN, body)
     assert status == 400 and answer["error"]["code"] in ("INVALID_ENTRY", "INVALID_JSON")
-    status, found = await call(service, "GET", "/logs/api/?level=debug&search=deep")
+    status, _ = await call(service, "GET", "/logs/api/?level=debug&search=deep")
     assert status == 200
     await service.stopService()
 

@@ -130,6 +130,7 @@ class PluginContext:
     plugin_bases: tuple[str, ...] = ()
     change_rule: ChangeRule = field(factory=ChangeRule)
     """The runtime's rule for changes (its API token, its trusted proxies)."""
+    _waiting: list[Deferred[None]] = field(factory=list, init=False, repr=False)
 
     @property
     def trusted_proxies(self) -> Container[str] | None:
@@ -155,7 +156,17 @@ class PluginContext:
 
     def when_stopping(self) -> Deferred[None]:
         waiting: Deferred[None] = self.stopping.wait()
+        self._waiting.append(waiting)
         return waiting
+
+    def release(self) -> None:
+        """
+        The plugin is shut down (replaced by a reload): its L{when_stopping}
+        Deferreds stop waiting, so the runtime keeps nothing of it.
+        """
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            self.stopping.forget(waiter)
 
     @overload
     def refuse_change(self, request: Request) -> Response | None: ...

@@ -289,8 +289,11 @@ class Loader:
     ) -> None:
         """C{on_shutdown} in reverse order; failures and timeouts are logged, never raised."""
         for plugin in reversed(list(plugins)):
+            if id(plugin.provider) in skip:
+                continue
             hook = plugin.hook("on_shutdown")
-            if hook is None or id(plugin.provider) in skip:
+            if hook is None:
+                _release(plugin)
                 continue
             try:
                 await bounded(hook, (), self.shutdown_timeout, self.reactor)
@@ -310,9 +313,17 @@ class Loader:
                     plugin=plugin.name,
                     traceback=Failure(error).getTraceback(),
                 )
+            _release(plugin)
 
     async def load(
         self, sources: Sequence[PluginSource], previous: PluginRegistry | None = None
     ) -> tuple[PluginRegistry, set[int]]:
         """L{prepare} then L{start}."""
         return await self.start(await self.prepare(sources), previous)
+
+
+def _release(plugin: LoadedPlugin) -> None:
+    """A plugin shut down: the runtime lets go of it (see L{PluginContext.release})."""
+    release = getattr(plugin.context, "release", None)
+    if release is not None:
+        release()

@@ -36,6 +36,7 @@ MECHANISMS = {
     "buntime.sse",
     "buntime.fresh",
     "buntime.sockets",
+    "buntime.cpus",
 }
 """Small Twisted helpers any layer may use; they import nothing of buntime."""
 LOW = {

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from buntime.builtins._paths import NO_PATHS, PathSet
 from buntime.http import Request
+from buntime.trust import trusted as is_trusted
 from buntime.units import parse_duration
 
 KEY_KINDS = ("ip", "apikey", "header:<name>")
@@ -73,14 +74,10 @@ def client_ip(request: Request, trusted: Container[str] | None = TRUSTED_PEERS) 
         entries = [entry.strip() for entry in forwarded.split(",")]
         if trusted is not None:
             for entry in reversed(entries):
-                if entry and not _trusted(entry, trusted):
+                if entry and not is_trusted(entry, trusted):
                     return entry
         return entries[0] or request.remote_addr or "unknown"
     return request.remote_addr or "unknown"
-
-
-def _trusted(address: str, trusted: Container[str]) -> bool:
-    return address in trusted or (address.startswith("::ffff:") and address[7:] in trusted)
 
 
 def _api_key(request: Request) -> str | None:

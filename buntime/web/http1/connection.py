@@ -89,7 +89,7 @@ class HTTP1Connection(RequestReading, AnswerWriting, Protocol):
         self._waiting: deque[Exchange | Refusal] = deque()
         self._current: Exchange | None = None
         self._held: list[bytes] | None = None  # bytes after an upgrade request's head
-        self._replay = 0  # reading an upgrade request's body (see RequestReading._replay_body)
+        self._unread_body: Head | None = None  # an upgrade request's, to be read (_replay_body)
         self._pumping = False
         # the connection
         self._done_reading = False  # a refusal, or a request that closes: nothing more is read

@@ -47,15 +47,6 @@ class _Stop(Exception):
     """Raised in a parser callback: read nothing more on this connection."""
 
 
-_BODY_AFTER_UPGRADE = 1
-"""
-The request being read asks to upgrade and has a body: llhttp ends its
-message at its head, and its body is read through a replay (L{RequestReading._replay_body}).
-"""
-_REPLAY_HEAD = 2
-"""The replay's own head is being parsed: no request of the client's."""
-
-
 class RequestReading:
     """
     The reading side of an L{HTTP1Connection}: a mixin working on the
@@ -93,7 +84,7 @@ class RequestReading:
         _held: list[bytes] | None
         _done_reading: bool
         _linger: bool
-        _replay: int
+        _unread_body: Head | None
 
         def _refuse(self, refusal: Refusal) -> None: ...
         def _send_refusal(self, refusal: Refusal) -> None: ...
@@ -107,7 +98,7 @@ class RequestReading:
             self._parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :] if upgrade.args else b""
-            if self._replay == _BODY_AFTER_UPGRADE:
+            if self._unread_body is not None:
                 replayed = rest  # read once out of this handler (llhttp's errors chain to it)
             else:  # for whoever takes the connection over, or parsed again after the answer
                 self._held = [rest] if rest else []
@@ -156,14 +147,14 @@ class RequestReading:
         chunks, limits and trailers are then read as any body's, and the
         requests after it as any requests.
         """
-        head = self._head
+        head, self._unread_body = self._unread_body, None
         assert head is not None
+        self._head = head
         if head.chunked:
             framing = b"transfer-encoding: chunked"
         else:
             framing = b"content-length: %d" % (head.length or 0)
-        self._parser = HttpRequestParser(self)
-        self._replay = _REPLAY_HEAD
+        self._parser = HttpRequestParser(_BodyReplay(self))
         self._feed(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n" + rest)
 
     # -- parser callbacks ------------------------------------------------------
@@ -171,8 +162,6 @@ class RequestReading:
     def on_message_begin(self) -> None:
         if self._done_reading:
             raise _Stop()
-        if self._replay == _REPLAY_HEAD:
-            return
         self._head_since = self._idle_since  # the time of this read
         self._head_bytes = -1
         self._target = []
@@ -181,8 +170,6 @@ class RequestReading:
         self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
-        if self._replay == _REPLAY_HEAD:
-            return
         self._target_size += len(url)
         if self._target_size > self._limits.max_target:
             raise Refusal(414, f"The request target is longer than {self._limits.max_target} bytes")
@@ -191,8 +178,6 @@ class RequestReading:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._done_reading:  # answered early from within this read: the rest is dropped
             raise _Stop()
-        if self._replay == _REPLAY_HEAD:
-            return
         if self._head is not None:  # a trailer field, after a chunked body: counted, dropped
             self._head_size += len(name) + len(value) + 4
             if self._head_size > self._limits.max_head:
@@ -204,9 +189,6 @@ class RequestReading:
         self._head_size += len(name) + len(value)
 
     def on_headers_complete(self) -> None:
-        if self._replay == _REPLAY_HEAD:  # the body comes next, the client's
-            self._replay = 0
-            return
         limits = self._limits
         count = len(self._lines)
         if self._head_size + 4 * count > limits.max_head or count > limits.max_headers:
@@ -224,8 +206,7 @@ class RequestReading:
             # body read through a replay: a server may ignore an Upgrade
             # (RFC 9110 §7.8), and clients such as Spring's RestClient offer
             # h2c on every POST.  Only a request without a body is handed over.
-            head = evolve(head, upgrade=False)
-            self._replay = _BODY_AFTER_UPGRADE
+            head = self._unread_body = evolve(head, upgrade=False)
         self._head_since = None
         self._lines = []
         self._head_size = 0  # from now on, the trailer section's (see on_header)
@@ -248,6 +229,8 @@ class RequestReading:
             self._write(CONTINUE)
         if uploaded:
             self._start_upload(head)
+        if self._unread_body is not None:  # llhttp ends its message now: not the request's end
+            self._head = None  # (L{on_message_complete} takes it for a refused one)
 
     def on_chunk_header(self) -> None:
         # the next bytes are the chunk's, or (after the last chunk) its trailer
@@ -342,11 +325,9 @@ class RequestReading:
         upload.fail(error)
 
     def on_message_complete(self) -> None:
-        if self._replay == _BODY_AFTER_UPGRADE:  # llhttp ends it at its head: the body is to come
-            return
         self._trailer_bytes = None
         head = self._head
-        if head is None:  # the parser ends a message it refused: nothing to answer
+        if head is None:  # a message it refused, or an upgrade whose body is still to be read
             return
         upload, self._upload = self._upload, None
         if upload is not None:  # queued with its head; its reader now reads to the end
@@ -400,6 +381,46 @@ class RequestReading:
         if self._uploading:
             self._uploading = False
             self.factory.state.request_finished()
+
+
+class _BodyReplay:
+    """
+    The callbacks of the parser reading an upgrade request's body (see
+    L{RequestReading._replay_body}): the head it is given first only frames
+    that body and is no request; from its end on, everything is the
+    connection's.
+    """
+
+    def __init__(self, reading: RequestReading) -> None:
+        self._reading = reading
+        self._in_head = True
+
+    def on_message_begin(self) -> None:
+        if not self._in_head:
+            self._reading.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self._in_head:
+            self._reading.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            self._reading.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._in_head:
+            self._in_head = False  # the client's body comes next
+        else:
+            self._reading.on_headers_complete()
+
+    def on_chunk_header(self) -> None:
+        self._reading.on_chunk_header()
+
+    def on_body(self, data: bytes) -> None:
+        self._reading.on_body(data)
+
+    def on_message_complete(self) -> None:
+        self._reading.on_message_complete()
 
 
 @define(eq=False)

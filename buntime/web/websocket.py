@@ -150,13 +150,17 @@ class WebSockets(Service):
         Hand C{exchange}'s connection to the WebSocket a worker app accepted
         for C{request} (C{response}: the app's 101, whose body is the
         L{WorkerSocket}); when that cannot be (the runtime is closing, the
-        request was no upgrade), answer the client instead.
+        request was no upgrade), answer the client instead; when the client
+        has already left, the app is told so.
         """
         body = response.body
         assert isinstance(body, WorkerSocket)
         fields["upgrade"] = "websocket"
-        if self.closing or not exchange.head.upgrade:
+        if self.closing or not exchange.head.upgrade or exchange.gone:
+            # the app hears that its client is gone (1006) and its call ends
             ensureDeferred(body.aclose())
+            if exchange.gone:  # the client left while the answer was on its way
+                return
             if self.closing:
                 exchange.respond(_SHUTTING_DOWN)
             else:

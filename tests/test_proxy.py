@@ -964,3 +964,34 @@ def test_a_path_with_dot_segments_does_not_leave_the_target_s_prefix(tmp_path, p
     assert sent == []
     assert answer.status == 400
     proxy.on_shutdown()
+
+
+def test_a_tunnel_whose_upstream_closed_before_the_hand_over_closes_the_client():
+    """
+    The upstream answers 101 and closes (its own close frame sent) while the
+    101 is on its way (an awaiting on_response hook): the client, handed
+    over afterwards, gets what the upstream sent, then its connection closes.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+    from twisted.test.proto_helpers import StringTransportWithDisconnection
+
+    from buntime.builtins.proxy.tunnel import _Upstream
+
+    upstream = _Upstream(b"GET / HTTP/1.1\r\n\r\n", rule())
+    upstream.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 80)))
+    upstream.dataReceived(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        b"\x88\x02\x03\xe8"
+    )
+    answer = answer_of(upstream.answered)
+    assert answer.status == 101
+    upstream.transport.disconnecting = True
+    upstream.connectionLost(Failure(ConnectionDone()))  # before the client is handed over
+    client = answer.body.build()
+    transport = StringTransportWithDisconnection()
+    transport.protocol = client
+    client.makeConnection(transport)
+    assert transport.value().endswith(b"\x88\x02\x03\xe8")
+    assert not transport.connected, "the client's tunnel stays open with no upstream behind it"

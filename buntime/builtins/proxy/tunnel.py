@@ -67,6 +67,7 @@ class _Upstream(Protocol):
         self._body: list[bytes] = []
         self._complete = False
         self._switched = False
+        self.lost = False  # the upstream's connection closed
 
     def connectionMade(self) -> None:
         peer = str(getattr(self.transport.getPeer(), "host", ""))
@@ -143,6 +144,7 @@ class _Upstream(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.lost = True
         if not self.answered.called:
             self.answered.callback(
                 Response.error(502, "BAD_GATEWAY", f"The upstream closed: {reason.value}")
@@ -163,6 +165,9 @@ class _Client(Protocol):
         upstream = self.upstream
         upstream.client = self
         self.transport.write(upstream.take_read())
+        if upstream.lost:  # it closed while its 101 was on its way: nothing more will come
+            self.transport.loseConnection()
+            return
         # each side stops being read while the other does not take what it is sent
         self.transport.registerProducer(upstream.transport, True)
         upstream.transport.registerProducer(self.transport, True)

@@ -19,8 +19,10 @@ from attrs import frozen
 from buntime._libc import libc
 from buntime.archive import Budget, Source, archive_kind, extract
 
-_IGNORED_TOP_LEVEL = frozenset({"__MACOSX"})
-"""Top-level entries that do not count when finding an archive's root."""
+_IGNORED_TOP_LEVEL = frozenset({"__MACOSX", ".DS_Store"})
+"""Top-level entries that do not count when finding an archive's root (macOS metadata)."""
+_APPLE_DOUBLE = "._"
+"""The prefix of the files macOS's tar and zip add beside others for their attributes."""
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -70,11 +72,16 @@ class Unpacked:
     def root(self, has_manifest: Callable[[str], bool]) -> str | None:
         """
         The extracted directory C{has_manifest}: the archive's root, or its
-        single top-level directory (GitHub's archives; macOS metadata aside).
+        single top-level directory (GitHub's archives; macOS metadata beside
+        it aside: C{__MACOSX}, C{.DS_Store}, C{._*}).
         """
         if has_manifest(self.extracted):
             return self.extracted
-        entries = [e for e in os.listdir(self.extracted) if e not in _IGNORED_TOP_LEVEL]
+        entries = [
+            e
+            for e in os.listdir(self.extracted)
+            if e not in _IGNORED_TOP_LEVEL and not e.startswith(_APPLE_DOUBLE)
+        ]
         if len(entries) == 1:
             only = os.path.join(self.extracted, entries[0])
             if os.path.isdir(only) and not os.path.islink(only) and has_manifest(only):

@@ -335,6 +335,23 @@ def test_install_github_style_zip_ignores_macos_metadata(site: Path) -> None:
     assert sorted(os.listdir(app.path)) == ["index.html", "manifest.yml"]
 
 
+@pytest.mark.parametrize(
+    "fmt, metadata",
+    [
+        ("zip", ".DS_Store"),  # Finder's, zipped from the folder holding hello-1/
+        ("tgz", "._hello-1"),  # macOS tar's AppleDouble file for the directory's attributes
+    ],
+)
+def test_install_single_top_level_dir_ignores_macos_metadata_files_beside_it(
+    site: Path, fmt: str, metadata: str
+) -> None:
+    files = {"hello-1/manifest.yml": MANIFEST, "hello-1/index.html": b"<p>", metadata: b"\0"}
+    data = make_zip(files) if fmt == "zip" else tgz_files(files)
+    app = install_archive(data, f"hello.{fmt}", str(site / "apps"))
+    assert sorted(os.listdir(app.path)) == ["index.html", "manifest.yml"]
+    assert leftovers(site / "apps") == []
+
+
 def test_install_scoped_and_latest(site: Path) -> None:
     data = make_zip({"manifest.yaml": b"name: '@acme/tool'\nversion: latest\n"})
     app = install_archive(data, "tool.zip", str(site / "apps"))

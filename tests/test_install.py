@@ -278,6 +278,23 @@ def test_bad_name_or_version(site: Path, manifest: bytes, code: str) -> None:
     assert refused(site, make_zip({"manifest.yaml": manifest}), "app.zip").code == code
 
 
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        b"name: " + b"a" * 300 + b"\nversion: 1.0.0\n",
+        b"name: '@" + b"s" * 300 + b"/hello'\nversion: 1.0.0\n",
+        b"name: hello\nversion: 1.0.0-" + b"rc" * 150 + b"\n",
+    ],
+)
+def test_a_name_or_version_longer_than_the_file_system_takes_is_refused(
+    site: Path, manifest: bytes
+) -> None:
+    # the client's mistake, as an over-long entry name is: not a 500 "disk failed"
+    error = refused(site, make_zip({"manifest.yaml": manifest}), "app.zip")
+    assert (error.code, error.status) == ("INVALID_ARCHIVE", 400)
+    assert "too long" in error.message
+
+
 # -- successful installs --------------------------------------------------------
 
 

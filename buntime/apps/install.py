@@ -10,6 +10,7 @@ disk.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -187,7 +188,16 @@ def install_archive(
                 assert app_root is not None  # the same archive
                 worker_dir = holder
             target = _target(worker_dir, name, version)
-            unpacked.move_into_place(app_root, target, worker_dir)
+            try:
+                unpacked.move_into_place(app_root, target, worker_dir)
+            except OSError as e:
+                if e.errno == errno.ENAMETOOLONG:
+                    raise InstallError(
+                        "INVALID_ARCHIVE",
+                        f"App name or version is too long for the file system"
+                        f" ({len(name)} and {len(version)} characters)",
+                    ) from None
+                raise
         finally:
             unpacked.discard()
         act.add_success_fields(

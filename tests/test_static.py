@@ -96,6 +96,24 @@ def test_more_content_types():
     assert content_type("x.woff2") == "font/woff2"
 
 
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("data.json.gz", "application/gzip"),
+        ("bundle.js.gz", "application/gzip"),
+        ("release.tar.gz", "application/gzip"),
+        ("release.tgz", "application/gzip"),
+        ("dump.sql.bz2", "application/x-bzip2"),
+        ("table.csv.xz", "application/x-xz"),
+        ("style.css.br", "application/octet-stream"),
+    ],
+)
+def test_a_compressed_file_is_served_as_what_it_is(name, kind):
+    # served without content-encoding, gzip bytes labelled application/json would
+    # break fetch().json(); python -m http.server labels them as buntime now does
+    assert content_type(name) == kind
+
+
 def test_file_bytes(app):
     response = get(app, "/style.css")
     assert body_of(response) == b"body{}"

@@ -61,6 +61,13 @@ _CONTENT_TYPES = {
     ".webm": "video/webm",
     ".mp3": "audio/mpeg",
 }
+_COMPRESSED = {
+    "gzip": "application/gzip",
+    "bzip2": "application/x-bzip2",
+    "xz": "application/x-xz",
+    "compress": "application/x-compress",
+}
+"""The type of a compressed file by its encoding (C{mimetypes} names what is inside)."""
 _TEXTUAL = re.compile(
     r"^(text/|application/(json|javascript|xml|manifest\+json)|image/svg\+xml)|\+(xml|json)$"
 )
@@ -80,7 +87,12 @@ _MAX_WARNED = 4096
 def content_type(path: str) -> str:
     """The C{content-type} for a file name; text types carry C{charset=utf-8}."""
     ext = os.path.splitext(path)[1].lower()
-    kind = _CONTENT_TYPES.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+    kind = _CONTENT_TYPES.get(ext)
+    if kind is None:
+        guessed, encoding = mimetypes.guess_type(path)
+        if encoding is not None:  # a.json.gz: gzip bytes, not JSON (no content-encoding is sent)
+            guessed = _COMPRESSED.get(encoding)
+        kind = guessed or "application/octet-stream"
     if _TEXTUAL.search(kind):
         return f"{kind}; charset=utf-8"
     return kind

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from buntime.apps.discovery import scan
 from buntime.apps.install import install_archive
 from buntime.apps.remove import remove_app
 from buntime.archive import InstallError
@@ -466,6 +467,28 @@ def test_replacing_a_flat_version_in_place(site: Path) -> None:
     assert app.path == str(flat)
     assert sorted(os.listdir(flat)) == ["manifest.yaml"]
     assert not (site / "apps" / "hello").exists()
+
+
+def test_replacing_a_symlinked_flat_version_replaces_the_link_not_its_target(
+    site: Path,
+) -> None:
+    # a release dir linked in as <name>@<version>: the upload must win over it, not
+    # land in <name>/<version>/ where the flat link shadows it (flat beats nested)
+    release = site / "releases" / "hello-1"
+    release.mkdir(parents=True)
+    (release / "manifest.yaml").write_bytes(MANIFEST)
+    (release / "old.txt").write_bytes(b"1")
+    flat = site / "apps" / "hello@1.0.0"
+    flat.symlink_to(release)
+    app = install_archive(
+        make_zip({"manifest.yaml": MANIFEST, "new.txt": b"2"}), "a.zip", str(site / "apps")
+    )
+    assert app.path == str(flat)
+    assert scan([str(site / "apps")])["hello"]["1.0.0"].dir == app.path
+    assert not flat.is_symlink()
+    assert sorted(os.listdir(flat)) == ["manifest.yaml", "new.txt"]
+    assert sorted(os.listdir(release)) == ["manifest.yaml", "old.txt"]  # never written through
+    assert leftovers(site / "apps") == []
 
 
 # -- removal --------------------------------------------------------------------

@@ -116,11 +116,15 @@ def _identity(app_root: str) -> tuple[str, str]:
 
 
 def _target(worker_dir: str, name: str, version: str) -> str:
-    """Where C{name@version} goes: an existing flat dir is replaced in place."""
+    """
+    Where C{name@version} goes: an existing flat dir is replaced in place (a
+    symlink to one too: the link itself is replaced, its target left alone;
+    a nested copy would stay hidden behind it, flat beating nested).
+    """
     scope, _, bare = name.rpartition("/")
     level = os.path.join(worker_dir, scope) if scope else worker_dir
     flat = os.path.join(level, f"{bare}@{version}")
-    if os.path.isdir(flat) and not os.path.islink(flat):
+    if os.path.isdir(flat):
         return flat
     return os.path.join(level, bare, version)
 

@@ -624,6 +624,36 @@ def test_remove_symlinked_app_unlinks_only_the_link(tmp_path: Path) -> None:
     assert (release / "manifest.yaml").is_file()
 
 
+@pytest.mark.parametrize("nested", [False, True])
+def test_removing_latest_of_a_symlinked_simple_app_deletes_nothing_behind_the_link(
+    tmp_path: Path, nested: bool
+) -> None:
+    # <w>/hello -> a checkout elsewhere (simple layout): removing hello@latest used to
+    # delete the checkout's files through the link
+    checkout = tmp_path / "checkout"
+    (checkout / "static").mkdir(parents=True)
+    (checkout / "manifest.yaml").write_bytes(b"{}\n")
+    (checkout / "index.html").write_bytes(b"<p>")
+    (checkout / "static" / "a.css").write_bytes(b"a{}")
+    if nested:  # a version nested inside it: the link cannot go without it
+        (checkout / "2.0.0").mkdir()
+        (checkout / "2.0.0" / "manifest.yaml").write_bytes(b"{}\n")
+    worker_dir = tmp_path / "apps"
+    worker_dir.mkdir()
+    os.symlink(checkout, worker_dir / "hello")
+    before = snapshot(checkout)
+    if nested:
+        with pytest.raises(InstallError) as caught:
+            remove_app([str(worker_dir)], None, "hello", "latest")
+        assert caught.value.code == "PATH_TRAVERSAL"
+        assert os.path.islink(worker_dir / "hello")
+    else:
+        removed = remove_app([str(worker_dir)], None, "hello", "latest")
+        assert removed == [str(worker_dir / "hello")]
+        assert os.listdir(worker_dir) == []
+    assert snapshot(checkout) == before
+
+
 def test_remove_refuses_versions_reached_through_a_symlinked_name_dir(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     (outside / "1.0.0").mkdir(parents=True)

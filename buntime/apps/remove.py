@@ -52,9 +52,21 @@ def _discard(path: str) -> None:
     shutil.rmtree(hidden, ignore_errors=True)
 
 
+def _nested_versions(path: str) -> set[str]:
+    """The entries of a simple-layout app dir that are versions of their own."""
+    return {e for e in os.listdir(path) if e == LATEST or is_version(e)}
+
+
 def _discard_simple(path: str) -> None:
-    """Remove a simple-layout app but keep nested version dirs beside its files."""
-    keep = {e for e in os.listdir(path) if e == LATEST or is_version(e)}
+    """
+    Remove a simple-layout app but keep nested version dirs beside its files;
+    a symlinked one is unlinked, its target left alone (L{remove_app} refused
+    it when versions are nested behind the link).
+    """
+    if os.path.islink(path):
+        os.unlink(path)
+        return
+    keep = _nested_versions(path)
     for manifest in (*MANIFEST_FILES, PYPROJECT):
         candidate = os.path.join(path, manifest)
         if os.path.lexists(candidate):
@@ -113,6 +125,17 @@ def remove_app(
         for path, app in _removals(worker_dir, app_name, version):
             if not os.path.islink(path) and not _inside(path, worker_dir):
                 raise InstallError("PATH_TRAVERSAL", f"{app.label} resolves outside its worker dir")
+            if (
+                app.layout == "simple"
+                and version is not None
+                and os.path.islink(path)
+                and _nested_versions(path)
+            ):
+                raise InstallError(
+                    "PATH_TRAVERSAL",
+                    f"{app.label} is a symlink with other versions behind it:"
+                    " remove the whole app, or the link",
+                )
             plan.append((worker_dir, path, app))
     if not plan:
         exists = any(

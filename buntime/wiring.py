@@ -221,6 +221,7 @@ def make_runtime(
         catalog=apps.catalog,
         retire=pool.pool.retire_app,
         threads=reactor,
+        check=apps.check,
     )
     apis: list[tuple[str, Any]] = [
         ("/api/apps", apps_api),

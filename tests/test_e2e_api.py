@@ -12,6 +12,7 @@ raw socket so no client normalises them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import textwrap
@@ -333,6 +334,52 @@ async def test_upload_serve_replace_delete(shared, dirs):
     await response.content()
     assert not (dirs[0] / "uploaded" / "1.2.3").exists()
     assert await wait_until(reactor, lambda: not pid_alive(second["pid"]), 5.0), "retired"
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "files, code",
+    [
+        (
+            {"manifest.yaml": "name: uploaded\nversion: 1.2.3\n", "README": "x"},
+            "INVALID_ENTRYPOINT",
+        ),
+        (
+            {"manifest.yaml": "name: uploaded\nversion: 1.2.3\nentrypoint: gone.py\n"},
+            "INVALID_ENTRYPOINT",
+        ),
+        (
+            {"manifest.yaml": "name: uploaded\nversion: 1.2.3\nttl: soon\n", "app.py": ""},
+            "INVALID_MANIFEST",
+        ),
+    ],
+)
+async def test_an_upload_that_could_not_be_served_is_refused_and_changes_nothing(
+    shared, dirs, files, code
+):
+    """
+    An archive whose app could not be served (no entrypoint, a missing one,
+    an invalid manifest) is refused with 400 before it replaces anything:
+    the working copy of that version goes on answering from its worker.
+    """
+    await upload(shared, "working")
+    before = await served_within_a_second(shared, "/uploaded@1.2.3/", "working")
+    body, content_type = multipart("file", "app.zip", zip_archive(files))
+    response = await shared.request(
+        "POST",
+        "/api/apps/upload",
+        data=body,
+        headers={"Content-Type": content_type, **origin(shared)},
+    )
+    answer = await shared.json(response)
+    assert response.code == 400, answer
+    assert answer["error"]["code"] == code, answer
+    assert "uploaded@1.2.3" in answer["error"]["message"], answer
+    assert ".buntime-install" not in answer["error"]["message"], answer  # no temporary path
+    after = await served_within_a_second(shared, "/uploaded@1.2.3/", "working")
+    assert after["pid"] == before["pid"]
+    assert [name for name in os.listdir(dirs[0]) if name.startswith(".")] == []
+    assert sorted(os.listdir(dirs[0] / "uploaded" / "1.2.3")) == ["app.py", "manifest.yaml"]
 
 
 QUEUED_APP = """

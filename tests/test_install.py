@@ -469,20 +469,26 @@ def test_replacing_a_flat_version_in_place(site: Path) -> None:
     assert not (site / "apps" / "hello").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: an upload is checked for its name and version only, not for an"
-    " entrypoint or a valid manifest, so it can replace a working version with one that"
-    " answers 500 INVALID_ENTRYPOINT; many tests install manifest-only archives",
-)
-def test_an_upload_with_no_entrypoint_does_not_replace_a_working_version(site: Path) -> None:
+def test_an_upload_its_check_refuses_does_not_replace_a_working_version(site: Path) -> None:
+    # the runtime checks an upload as serving it would (an entrypoint, a valid
+    # manifest: tests/test_e2e_api.py); a refusal leaves the working copy
     worker_dir = str(site / "apps")
     install_archive(
         make_zip({"manifest.yaml": MANIFEST, "index.html": b"<p>"}), "a.zip", worker_dir
     )
     before = snapshot(site)
-    with pytest.raises(InstallError):
-        install_archive(make_zip({"manifest.yaml": MANIFEST, "README": b"x"}), "a.zip", worker_dir)
+    checked: list[tuple[list[str], str]] = []
+
+    def check(app_dir: str, label: str) -> None:
+        checked.append((sorted(os.listdir(app_dir)), label))
+        raise InstallError("INVALID_ENTRYPOINT", f"{label}: no entrypoint")
+
+    with pytest.raises(InstallError) as raised:
+        install_archive(
+            make_zip({"manifest.yaml": MANIFEST, "README": b"x"}), "a.zip", worker_dir, check=check
+        )
+    assert raised.value.code == "INVALID_ENTRYPOINT"
+    assert checked == [(["README", "manifest.yaml"], "hello@1.0.0")]
     assert snapshot(site) == before
 
 

@@ -162,13 +162,16 @@ def install_archive(
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
     now: Callable[[], float] = time.time,
+    check: Callable[[str, str], None] | None = None,
 ) -> InstalledApp:
     """
     Install the app archive C{data} (named C{filename}, whose suffix picks
     the format) into C{worker_dir} as C{<name>/<version>/}, replacing an
     existing copy of that version atomically.  When one of C{others} (the
     other worker dirs) holds that version instead, it is replaced there:
-    two dirs claiming one version would collide.
+    two dirs claiming one version would collide.  C{check} is called with
+    the unpacked app's directory and its C{name@version} before anything
+    is replaced: an L{InstallError} it raises refuses the archive.
 
     @raise InstallError: with C{INVALID_FILE_TYPE}, C{INVALID_ARCHIVE},
         C{PATH_TRAVERSAL}, C{MISSING_PARAMS} (400) or C{PAYLOAD_TOO_LARGE}
@@ -182,6 +185,8 @@ def install_archive(
                 wanted = " or ".join((*MANIFEST_FILES, PYPROJECT))
                 raise InstallError("MISSING_PARAMS", f"Archive has no {wanted} at its root")
             name, version = _identity(app_root)
+            if check is not None:
+                check(app_root, f"{name}@{version}")
             holder = _holder(name, version, worker_dir, others)
             if holder != worker_dir:  # unpacked again beside it: a rename stays on one disk
                 unpacked.discard()

@@ -164,15 +164,7 @@ class AppStep:
         if current and same and cached is not None:
             return cached
         label = f"{version.name}@{version.version}"
-        manifest, warnings = load_app_manifest(
-            version.dir,
-            environ=self.environ,
-            body_size_default=self.body_size_default,
-            body_size_max=self.body_size_max,
-            app_label=label,
-            secret=is_sensitive,  # a secret reaches a worker only by a name envAllow lists
-        )
-        entrypoint, attr = resolve(version.dir, manifest.entrypoint)
+        manifest, warnings, (entrypoint, attr) = self._read(version.dir, label)
         self._read_at[version.dir] = changes
         if (
             same
@@ -187,6 +179,30 @@ class AppStep:
         loaded = ResolvedApp(version, manifest, entrypoint, attr, stamp)
         self._apps[version.dir] = loaded
         return loaded
+
+    def check(self, app_dir: str, label: str) -> None:
+        """
+        Read the app in C{app_dir} as serving it would (an upload is checked
+        so before it replaces anything).
+
+        @raise ManifestError: its manifest is invalid.
+        @raise EntrypointError: it has no entrypoint that can be served.
+        """
+        self._read(app_dir, label)
+
+    def _read(
+        self, app_dir: str, label: str
+    ) -> tuple[AppManifest, list[str], tuple[str, str | None]]:
+        """The app's manifest, its warnings, and its entrypoint file and attribute."""
+        manifest, warnings = load_app_manifest(
+            app_dir,
+            environ=self.environ,
+            body_size_default=self.body_size_default,
+            body_size_max=self.body_size_max,
+            app_label=label,
+            secret=is_sensitive,  # a secret reaches a worker only by a name envAllow lists
+        )
+        return manifest, warnings, resolve(app_dir, manifest.entrypoint)
 
     def _cached_pool_app(self, loaded: ResolvedApp) -> PoolApp:
         """The pool's view of C{loaded}, built once per manifest version."""

@@ -18,8 +18,10 @@ from twisted.internet.interfaces import IReactorThreads
 
 from buntime.apps.install import InstalledApp, install_archive
 from buntime.apps.remove import remove_app
+from buntime.apps.resolve import EntrypointError
 from buntime.archive import DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, InstallError
 from buntime.logs import log
+from buntime.manifest import ManifestError
 from buntime.web.api.core import (
     api_routes,
     disk_error,
@@ -32,7 +34,8 @@ from buntime.web.api.uploads import UPLOAD_BODY, off_the_reactor, uploaded_file
 
 _ERROR_RESPONSES: dict[int | str, str | dict[str, Any]] = {
     400: "`NO_FILE_PROVIDED`, `BAD_REQUEST` (malformed multipart), `INVALID_FILE_TYPE`, "
-    "`INVALID_ARCHIVE`, `PATH_TRAVERSAL`, `MISSING_PARAMS` or `NO_WORKER_DIRS`",
+    "`INVALID_ARCHIVE`, `PATH_TRAVERSAL`, `MISSING_PARAMS`, `INVALID_MANIFEST`, "
+    "`INVALID_ENTRYPOINT` or `NO_WORKER_DIRS`",
     413: "`PAYLOAD_TOO_LARGE`: the upload, or what the archive unpacks to, is too big",
     507: "`INSUFFICIENT_STORAGE`: the disk (or the temporary directory) is full; nothing changed",
 }
@@ -54,9 +57,12 @@ def _dirs(worker_dirs: Iterable[str]) -> tuple[str, ...]:
 class AppsAPI:
     """
     C{/api/apps} routes.  C{retire(app_dir)} is told about every app
-    directory that was replaced or removed.  With C{threads}, archives are
-    extracted and directories deleted in the reactor's thread pool; installs
-    and removals run one at a time either way.
+    directory that was replaced or removed.  C{check(app_dir, label)} reads
+    an unpacked upload as serving it would, raising L{ManifestError} or
+    L{EntrypointError} when it could not be served: it is then refused and
+    nothing changes.  With C{threads}, archives are extracted and
+    directories deleted in the reactor's thread pool; installs and removals
+    run one at a time either way.
     """
 
     worker_dirs: Sequence[str] = field(converter=_dirs)
@@ -65,6 +71,7 @@ class AppsAPI:
     threads: IReactorThreads | None = None
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     max_files: int = DEFAULT_MAX_FILES
+    check: Callable[[str, str], None] | None = None
     _lock: DeferredLock = field(factory=DeferredLock, init=False)
 
     app = api_routes()
@@ -148,7 +155,21 @@ class AppsAPI:
             others=self.worker_dirs[1:],
             max_total_bytes=self.max_total_bytes,
             max_files=self.max_files,
+            check=self._check,
         )
+
+    def _check(self, app_dir: str, label: str) -> None:
+        """L{check}, its errors those of a refused archive (naming the archive, not a path)."""
+        if self.check is None:
+            return
+        try:
+            self.check(app_dir, label)
+        except ManifestError as error:
+            message = str(error).replace(app_dir, "the archive")
+            raise InstallError("INVALID_MANIFEST", message) from None
+        except EntrypointError as error:
+            message = str(error).replace(app_dir, "the archive")
+            raise InstallError("INVALID_ENTRYPOINT", f"{label}: {message}") from None
 
     @app.route("/api/apps/<scope>/<name>", methods=["DELETE"])
     @describe(responses={200: _REMOVED, 404: _NOT_FOUND, 400: "`PATH_TRAVERSAL`"})

@@ -911,6 +911,28 @@ def test_forwarded_headers_reach_apps_only_from_trusted_peers(allowed, passed_on
     assert request.headers.get("x-other") == "kept"
 
 
+@pytest.mark.parametrize(
+    ("allowed", "passed_on"),
+    [
+        (frozenset({"127.0.0.1", "::1"}), False),  # the default: this peer (192.168.1.1) is not one
+        (frozenset({"192.168.1.1"}), True),
+        (None, True),  # RUNTIME_FORWARDED_ALLOW_IPS=*
+    ],
+)
+def test_x_buntime_internal_reaches_plugins_and_apps_only_from_trusted_peers(allowed, passed_on):
+    # SPEC §4 "Trust": from other peers it is removed before anything sees the request,
+    # so an app or a plugin hook believing it cannot be fooled by a remote client
+    seen: list[Request] = []
+
+    async def step(request: Request, fields: dict) -> Response:
+        seen.append(request)
+        return Response.text("ok")
+
+    Door(steps=[step], forwarded_allow=allowed).get("/x", {"x-buntime-internal": "true"})
+    [request] = seen
+    assert (request.headers.get("x-buntime-internal") == "true") is passed_on
+
+
 def test_a_takeover_gets_the_connection_only_for_an_upgrade_request():
     """A plugin's 101 with a L{Takeover} body: the connection is handed over, as it is."""
     from twisted.internet.protocol import Protocol

@@ -26,7 +26,7 @@ from buntime.plugins.outcomes import RequestOutcomes
 from buntime.plugins.rendering import render
 from buntime.pool.websocket import WorkerSocket
 from buntime.stream import close_body
-from buntime.trust import api_refusal, trusted
+from buntime.trust import api_refusal, loopback, trusted
 from buntime.web.api.core import APISite, CoreAPI
 from buntime.web.http1 import Exchange
 from buntime.web.state import RuntimeState
@@ -137,7 +137,7 @@ class FrontDoor:
         headers = head.headers
         allowed = self._forwarded_allow
         if allowed is not None and not trusted(exchange.remote, allowed):
-            headers = without_forwarded(headers)
+            headers = without_forwarded(headers, internal=loopback(exchange.remote))
         if exchange.secure:  # apps (and the proxy's upstreams) learn it came over TLS
             headers = with_https(headers)
         incoming = Request._of(

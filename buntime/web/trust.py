@@ -24,12 +24,22 @@ def request_ids(header: bytes | None) -> tuple[str, str | None]:
     return made, made
 
 
-def without_forwarded(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    """C{headers} without C{X-Forwarded-*} and C{Forwarded}: an untrusted peer's claims."""
+def without_forwarded(
+    headers: tuple[tuple[str, str], ...], internal: bool = False
+) -> tuple[tuple[str, str], ...]:
+    """
+    C{headers} without C{X-Forwarded-*} and C{Forwarded}: an untrusted
+    peer's claims; without C{x-buntime-internal} too unless C{internal}
+    (this machine may claim it, docs/api.md "Who may change what").
+    """
     kept = tuple(
         (name, value)
         for name, value in headers
-        if not (name.lower().startswith("x-forwarded-") or name.lower() == "forwarded")
+        if not (
+            name.lower().startswith("x-forwarded-")
+            or name.lower() == "forwarded"
+            or (not internal and name.lower() == "x-buntime-internal")
+        )
     )
     return kept if len(kept) != len(headers) else headers
 

@@ -143,15 +143,21 @@ def csrf_refusal(request: Request, internal_allowed: bool = True) -> Response | 
     """
     SPEC §4 CSRF rule for the core API: a state-changing request needs an
     C{Origin} with an http(s) scheme, no credentials, and the C{Host}'s
-    host:port; C{x-buntime-internal: true} is exempt (when
-    C{internal_allowed}: the peer may claim it).  C{None} means allowed.
+    host:port; C{x-buntime-internal: true} without an C{Origin} is exempt
+    (when C{internal_allowed}: the peer may claim it).  A browser sends an
+    C{Origin} with every cross-site request, so another site's page whose
+    CORS preflight a plugin approved cannot claim it.  C{None} means allowed.
     """
     if request.method in SAFE_METHODS:
         return None
     headers = request.headers
-    if internal_allowed and (headers.get("x-buntime-internal") or "").lower() == "true":
-        return None
     origin = headers.get("origin")
+    if (
+        internal_allowed
+        and origin is None
+        and (headers.get("x-buntime-internal") or "").lower() == "true"
+    ):
+        return None
     if not origin:
         return Response.error(403, "FORBIDDEN", "Forbidden - Origin required")
     host = (headers.get("host") or "").lower()

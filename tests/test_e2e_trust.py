@@ -135,3 +135,59 @@ async def test_a_worker_cannot_read_the_token_in_the_runtimes_proc_environ(
         "POST", "/api/plugins/reload", headers={"Authorization": f"Bearer {TOKEN}"}
     )
     assert reload.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_sites_page_cannot_claim_to_be_internal_when_cors_lets_it_send_the_header(
+    runtimes, tmp_path
+):
+    """
+    With the gateway's CORS on (C{origins: "*"}), a page of C{evil.example}
+    opened on this machine gets its preflight for C{x-buntime-internal}
+    approved, then sends the upload with it (and its own C{Origin}, as
+    browsers do): that is another site's request, not a tool's.
+    """
+    from test_plugins_support import write_plugin
+
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    plugins = tmp_path / "plugins"
+    write_plugin(
+        plugins,
+        "gateway",
+        {"name": "@buntime/plugin-gateway", "enabled": True, "cors": {"origins": "*"}},
+    )
+    proc = await runtimes.start(worker_dirs=[str(apps)], env={"RUNTIME_PLUGIN_DIRS": str(plugins)})
+    evil = "https://evil.example"
+    preflight = await proc.request(
+        "OPTIONS",
+        "/api/apps/upload",
+        headers={
+            "Origin": evil,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-buntime-internal",
+        },
+    )
+    await preflight.content()
+    assert preflight.code == 204  # the browser would go on and send it
+    archive = zip_archive(
+        {"manifest.yaml": "name: planted\nversion: 1.0.0\n", "index.html": "<p>hi</p>"}
+    )
+    body, content_type = multipart("file", "planted.zip", archive)
+    response = await proc.request(
+        "POST",
+        "/api/apps/upload",
+        data=body,
+        headers={"Content-Type": content_type, "Origin": evil, "x-buntime-internal": "true"},
+    )
+    answer = await response.content()
+    assert response.code == 403, answer
+    assert not (apps / "planted").exists()
+    tool = await proc.request(
+        "POST",
+        "/api/apps/upload",
+        data=body,
+        headers={"Content-Type": content_type, "x-buntime-internal": "true"},
+    )
+    await tool.content()
+    assert tool.code == 200  # a tool (no Origin) still may

@@ -248,7 +248,7 @@ def openapi_document(
                 "POST, PUT, PATCH and DELETE need `Authorization: Bearer <token>` when "
                 "`RUNTIME_API_TOKEN` is set; without a token they are taken from this "
                 "machine only, with an `Origin` header matching `Host` (or "
-                "`x-buntime-internal: true`)."
+                "`x-buntime-internal: true` and no `Origin`)."
             ),
         },
         "tags": [{"name": tag} for tag in tags],

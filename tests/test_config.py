@@ -401,6 +401,15 @@ def test_the_api_token_is_long_enough_and_never_shown():
     assert "a-long-enough-secret-token" not in repr(made)
 
 
+@pytest.mark.parametrize("token", ["geheim-schlüssel-0123456789", "control\x01character-0123"])
+def test_an_api_token_no_client_can_send_stops_the_start(token):
+    # header values arrive as latin-1 text: a UTF-8 client's "ü" never matched,
+    # every change was a 401 (browsers refuse such a header, the parser a control character)
+    message = error_of(env={"RUNTIME_API_TOKEN": token})
+    assert "RUNTIME_API_TOKEN" in message and "ASCII" in message
+    assert token not in message
+
+
 def test_drain_and_shutdown_defaults_follow_the_environment():
     assert (config().drain_delay, config().shutdown_timeout) == (0.0, 30.0)
     production = config(env={"RUNTIME_ENV": "production"})

@@ -242,6 +242,12 @@ def _api_token(given: _Given) -> str | None:
     token = given.get("api_token") or None
     if token is not None and len(token.strip()) < 16:
         raise ConfigError(f"{given.label('api_token')} must be at least 16 characters long")
+    if token is not None and not all(" " <= c <= "~" or c == "\t" for c in token):
+        # a header value is latin-1 to the runtime and UTF-8 to most clients: it never matches
+        raise ConfigError(
+            f"{given.label('api_token')} must be printable ASCII (a client cannot send"
+            " other characters in an Authorization header)"
+        )
     return token.strip() if token is not None else None
 
 

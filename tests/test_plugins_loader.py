@@ -309,6 +309,16 @@ async def test_import_errors(tmp_path, eliot_logger):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_module_exiting_at_import_is_an_import_error(tmp_path, eliot_logger):
+    # SystemExit is no Exception: it went past the loader, and the runtime
+    # started serving without any plugin, built-ins included, saying nothing
+    write_plugin(tmp_path, "p", {"name": "p"}, code="import sys\nsys.exit('p needs FOO')\n")
+    with pytest.raises(PluginError) as caught:
+        await load_dirs([tmp_path])
+    assert str(caught.value) == 'Plugin "p" failed to load: SystemExit: p needs FOO'
+
+
+@pytest_twisted.ensureDeferred
 async def test_module_without_factory_or_provider(tmp_path):
     write_plugin(tmp_path, "p", {"name": "p"}, code="x = 1\n")
     with pytest.raises(PluginError) as caught:
@@ -518,6 +528,14 @@ async def test_on_init_error(tmp_path, eliot_logger):
         await load_dirs([tmp_path])
     assert str(caught.value) == 'Plugin "a" on_init failed: ValueError: no database'
     assert EVENTS == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_init_exiting_is_an_on_init_error(tmp_path, eliot_logger):
+    hooked(tmp_path, "a", "def on_init(self, ctx): raise SystemExit('no database')")
+    with pytest.raises(PluginError) as caught:
+        await load_dirs([tmp_path])
+    assert str(caught.value) == 'Plugin "a" on_init failed: SystemExit: no database'
 
 
 def test_plugin_log_fields_named_as_the_line_s_own_keys_are_kept_aside(eliot_logger):

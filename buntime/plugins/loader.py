@@ -217,7 +217,7 @@ class Loader:
             raise PluginError(
                 f'Plugin "{plugin.name}" on_init timed out after {self.init_timeout:g}s'
             ) from None
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # sys.exit() in on_init too
             failed = "buntime:plugins:init-failed"
             raise plugin_failed(plugin.name, "on_init failed", failed, error) from None
 

@@ -105,7 +105,7 @@ async def make_provider(source: PluginSource, manifest: PluginManifest) -> objec
             return await call(factory, dict(manifest.settings))
     except PluginError:
         raise
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # a module's sys.exit() is its failure to load
         failed = "buntime:plugins:import-failed"
         raise plugin_failed(manifest.name, "failed to load", failed, error) from None
     if hasattr(module, "provider"):

@@ -84,3 +84,39 @@ async def test_the_connection_as_apps_see_it(tmp_path: Path, runtimes: Runtimes)
     }
     seen, _ = await ask("/asgi/", "example.com", "1.1")
     assert seen["http_version"] == "1.1"
+
+
+LOCAL_TIME = """
+    import os
+    import time
+
+    def now(request):
+        return {"TZ": os.environ.get("TZ"), "offset": time.localtime(0).tm_gmtoff}
+
+    routes = {"/": now}
+"""
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+@pytest_twisted.ensureDeferred
+async def test_the_manifest_s_tz_sets_the_worker_s_local_time(
+    mode: str, tmp_path: Path, runtimes: Runtimes
+) -> None:
+    """
+    C{env: {TZ: ...}} gives the app its local time in both worker modes (a
+    forked worker takes it from its environment, not from the template's).
+    """
+    write_app(
+        tmp_path,
+        "clock",
+        manifest={"entrypoint": "app.py", "env": {"TZ": "UTC-05:30"}},
+        files={"app.py": LOCAL_TIME},
+    )
+    proc = await runtimes.start(
+        worker_dirs=[str(tmp_path)],
+        env={"RUNTIME_ENV": "test", "RUNTIME_WORKER_MODE": mode, "TZ": "UTC"},
+    )
+    response = await proc.get("/clock/")
+    assert response.code == 200, await response.text()
+    seen = await proc.json(response)
+    assert seen == {"TZ": "UTC-05:30", "offset": 5 * 3600 + 30 * 60}

@@ -358,7 +358,10 @@ class Template:
         env = {str(k): str(v) for k, v in message["env"].items()}
         app_dir = message["app_dir"]
         os.chdir(app_dir)
+        zone = os.environ.get("TZ")
         _set_environment(env)
+        if os.environ.get("TZ") != zone:
+            time.tzset()  # the C library read TZ once, in the template: the app's own is this
         sys.path[:] = _python_path(env, app_dir, self.base_path, self.old_path)
         # No importlib.invalidate_caches(): the app's own directories are new
         # entries with new finders, and a finder the template made notices a

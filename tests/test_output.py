@@ -353,6 +353,23 @@ def test_frames_round_trip(text: str, request_id: str | None, cuts: list[int]) -
     assert all(len(frame) <= MAX_FRAME for frame in data.split(b"\n"))
 
 
+def test_a_frame_of_text_json_escapes_is_read_as_a_frame() -> None:
+    """
+    A lone surrogate (a file name decoded with C{surrogateescape}) makes the
+    frame's JSON escape all its non-ASCII text, an emoji as 12 bytes: still
+    one frame, read as the app's write, however the bytes arrive.
+    """
+    text = "\udcff" + "\U0001f600" * (2 * MAX_PIECE)
+    data = b"".join(encode_frames("stdout", text, "r" * 200, 1))
+    writes: list[Write] = []
+    reader = FrameReader(writes.append)
+    for start in range(0, len(data), 4096):
+        reader.feed(data[start : start + 4096])
+    reader.flush()
+    assert {(w.stream, w.request_id, w.raw) for w in writes} == {("stdout", "r" * 200, False)}
+    assert "".join(w.text for w in writes) == text
+
+
 def test_printed_frames_cannot_forge_fields() -> None:
     """Text that looks like a frame travels inside one: it sets nothing."""
     forged = '["stdout","someone-else",1,false,"injected"]\n'

@@ -33,8 +33,12 @@ OUTPUT_FD = 5
 STREAMS = ("stdout", "stderr")
 MAX_PIECE = 8 * 1024
 """Characters of one write in one frame; a longer write takes several."""
-MAX_FRAME = 64 * 1024
-"""Bytes in a frame the runtime accepts (L{MAX_PIECE} characters, escaped, fit)."""
+MAX_FRAME = 13 * MAX_PIECE
+"""
+Bytes in a frame the runtime accepts: L{MAX_PIECE} characters and a
+request id fit, escaped as ASCII JSON too (12 bytes an emoji), as a write
+holding a lone surrogate is.
+"""
 MAX_REQUEST_ID = 200
 """The longest request id a frame may carry (the front door allows no longer)."""
 MAX_RECORD = 64 * 1024

@@ -27,11 +27,13 @@ import buntime
 from buntime.pool import commands
 from buntime.pool.launch.fork import ForkLauncher
 from buntime.pool.launch.launcher import (
+    MAX_LINE,
     UNKNOWN_EXIT,
     ILauncher,
     LaunchedProcess,
     LauncherUnavailable,
     LaunchSpec,
+    LineSplitter,
 )
 from buntime.pool.launch.spawn import SpawnLauncher
 from buntime.pool.launch.template import SPARE_RETRY
@@ -838,3 +840,21 @@ def test_a_spare_that_cannot_be_forked_is_tried_again_a_while_later(
     finally:
         control.close()
         other.close()
+
+
+@pytest.mark.parametrize("character", ["é", "中", "😀"])
+def test_a_long_raw_line_is_split_between_characters(character: str) -> None:
+    """
+    A line over L{MAX_LINE} bytes (a subprocess's JSON, say) is logged in
+    pieces, each cut between two characters: none turns into U+FFFD.
+    """
+    pieces: list[str] = []
+    splitter = LineSplitter("stdout", lambda stream, line: pieces.append(line))
+    text = "x" + character * (3 * MAX_LINE // len(character.encode()))
+    data = (text + "\n").encode()
+    for start in range(0, len(data), 4096):
+        splitter.feed(data[start : start + 4096])
+    splitter.flush()
+    assert len(pieces) > 1
+    assert all(len(piece.encode()) <= MAX_LINE for piece in pieces)
+    assert "".join(pieces) == text

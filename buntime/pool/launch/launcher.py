@@ -90,8 +90,9 @@ class LineSplitter:
     def feed(self, data: bytes) -> None:
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         while len(self._buffer) > MAX_LINE:
-            lines.append(self._buffer[:MAX_LINE])
-            self._buffer = self._buffer[MAX_LINE:]
+            cut = _between_characters(self._buffer, MAX_LINE)
+            lines.append(self._buffer[:cut])
+            self._buffer = self._buffer[cut:]
         for line in lines:
             self._emit(line)
 
@@ -106,6 +107,18 @@ class LineSplitter:
             self.on_output(self.stream, text)
         except Exception as error:
             log("error", "buntime:launch:output-failed", f"on_output failed: {error!r}")
+
+
+def _between_characters(data: bytes, limit: int) -> int:
+    """
+    Where to cut C{data} (longer than C{limit}) at C{limit} bytes at most:
+    not inside a UTF-8 character, whose pieces would each be decoded as
+    U+FFFD (bytes that are no UTF-8 there are cut at C{limit}).
+    """
+    for cut in range(limit, limit - 4, -1):
+        if data[cut] & 0xC0 != 0x80:  # not a continuation byte: a character starts here
+            return cut
+    return limit
 
 
 def output_readers(on_output: Callable[[Write], None]) -> dict[int, LineSplitter | FrameReader]:

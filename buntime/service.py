@@ -21,6 +21,7 @@ from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 
 from buntime.logs import log
+from buntime.logs.service import LoggingService
 from buntime.web.server import WebService
 from buntime.web.state import RuntimeState
 
@@ -98,7 +99,7 @@ class RuntimeService(MultiService):
     def _stop_on_signal(self, name: str) -> None:
         if self._signalled:
             log("warn", "buntime:runtime:signal-again", f"{name} again while stopping: exiting now")
-            self.exit(1)
+            self._leave(1)
             return
         self._signalled = True
         log("info", "buntime:runtime:signal", f"{name}: stopping gracefully", signal=name)
@@ -148,7 +149,14 @@ class RuntimeService(MultiService):
             "buntime:runtime:shutdown-timeout",
             f"Shutdown took longer than {self.shutdown_timeout:g}s; forcing exit",
         )
-        self.exit(1)
+        self._leave(1)
+
+    def _leave(self, code: int) -> None:
+        """Exit at once with C{code}, the log lines still buffered written first."""
+        logging = self.namedServices.get("logging")
+        if isinstance(logging, LoggingService):
+            logging.flush()
+        self.exit(code)
 
 
 GC_THRESHOLD = 20_000

@@ -5,6 +5,9 @@ the other in reverse order, in-flight requests drained, and the 30 s cap.
 
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from buntime.http import Request, Response
+from buntime.logs.service import LoggingService
 from buntime.service import SHUTDOWN_CAP, RuntimeService
 from buntime.web.api.core import CoreAPI
 from buntime.web.frontdoor import FrontDoor
@@ -367,3 +371,40 @@ def test_a_signal_stops_gracefully_and_a_second_one_leaves_at_once(eliot_logger)
     assert tree.exits == [1]
     names = [m.get("message_type") for m in eliot_logger.messages]
     assert "buntime:runtime:signal" in names and "buntime:runtime:signal-again" in names
+
+
+@pytest.mark.parametrize("how", ["cap", "second signal"])
+def test_a_forced_exit_leaves_its_reason_in_the_log_file(tmp_path: Path, how: str) -> None:
+    """
+    The log file is written once a second: a runtime leaving at once (the
+    30 s cap, a second signal) first writes what waits, its reason last.
+    """
+    reactor = MemoryReactorClock()
+    state = RuntimeState()
+    exits: list[int] = []
+    path = tmp_path / "buntime.log"
+    runtime = RuntimeService(
+        reactor=reactor, state=state, web=make_web(reactor, state), exit=exits.append
+    )
+    logging = LoggingService(clock=reactor, file_path=str(path), stream=io.StringIO())
+    logging.setName("logging")
+    logging.setServiceParent(runtime)
+    pool = Child("pool", [], stopping=Deferred())
+    pool.setName("pool")
+    pool.setServiceParent(runtime)
+    runtime.web.setServiceParent(runtime)
+    runtime.startService()
+    try:
+        if how == "cap":
+            runtime.stopService()
+            reactor.advance(SHUTDOWN_CAP)
+            reason = "buntime:runtime:shutdown-timeout"
+        else:
+            runtime._stop_on_signal("SIGTERM")
+            runtime._stop_on_signal("SIGTERM")
+            reason = "buntime:runtime:signal-again"
+        assert exits == [1]
+        written = [json.loads(line) for line in path.read_text().splitlines()]
+        assert written[-1]["message_type"] == reason
+    finally:
+        logging.stopService()

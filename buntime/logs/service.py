@@ -171,6 +171,13 @@ class LoggingService(Service):
             level_enabled(self.level, "debug") or self.fmt == "json" or self._file is not None
         )
 
+    def flush(self) -> None:
+        """Write out the lines buffered so far (the process is about to leave at once)."""
+        if self._console is not None:
+            self._console.flush()
+        if self._file is not None:
+            self._file.flush()
+
     def stopService(self) -> None:
         Service.stopService(self)
         globalLogPublisher.removeObserver(self._twisted)

@@ -120,3 +120,57 @@ async def test_the_manifest_s_tz_sets_the_worker_s_local_time(
     assert response.code == 200, await response.text()
     seen = await proc.json(response)
     assert seen == {"TZ": "UTC-05:30", "offset": 5 * 3600 + 30 * 60}
+
+
+INTERPRETER = """
+    import sys
+    import warnings
+
+    def flags(request):
+        return {
+            "dont_write_bytecode": sys.dont_write_bytecode,
+            "optimize": sys.flags.optimize,
+            "warnings": [f[0] for f in warnings.filters if f[2] is DeprecationWarning][:1],
+        }
+
+    routes = {"/": flags}
+"""
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(
+            "fork",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a forked worker's interpreter started as the template's: the variables"
+                " Python reads at its start (PYTHONDONTWRITEBYTECODE, PYTHONOPTIMIZE,"
+                " PYTHONWARNINGS...) in a manifest's env have no effect",
+            ),
+        ),
+        "spawn",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_python_s_own_variables_in_the_manifest_take_effect(
+    mode: str, tmp_path: Path, runtimes: Runtimes
+) -> None:
+    env = {
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONOPTIMIZE": "1",
+        "PYTHONWARNINGS": "error::DeprecationWarning",
+    }
+    write_app(
+        tmp_path,
+        "flags",
+        manifest={"entrypoint": "app.py", "env": env},
+        files={"app.py": INTERPRETER},
+    )
+    proc = await runtimes.start(
+        worker_dirs=[str(tmp_path)], env={"RUNTIME_ENV": "test", "RUNTIME_WORKER_MODE": mode}
+    )
+    response = await proc.get("/flags/")
+    assert response.code == 200, await response.text()
+    seen = await proc.json(response)
+    assert seen == {"dont_write_bytecode": True, "optimize": 1, "warnings": ["error"]}

@@ -174,3 +174,50 @@ async def test_python_s_own_variables_in_the_manifest_take_effect(
     assert response.code == 200, await response.text()
     seen = await proc.json(response)
     assert seen == {"dont_write_bytecode": True, "optimize": 1, "warnings": ["error"]}
+
+
+SHOP = """
+    import os
+
+    routes = {"/": lambda request: {"pid": os.getpid(), "has": os.environ.get("SHOP_DB_PASS")}}
+"""
+
+PEEK = """
+    def app(environ, start_response):
+        pid = environ["QUERY_STRING"]
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            seen = f.read()
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [seen]
+"""
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+@pytest_twisted.ensureDeferred
+async def test_another_app_cannot_read_a_passed_secret_in_the_worker_s_proc_environ(
+    mode: str, tmp_path: Path, runtimes: Runtimes
+) -> None:
+    """
+    A secret a manifest passes on (C{envAllow}) is the app's: another app's
+    worker (the same user) does not find it in C{/proc/<pid>/environ}.
+    """
+    manifest = {
+        "entrypoint": "app.py",
+        "ttl": "5m",
+        "env": {"SHOP_DB_PASS": "${SHOP_DB_PASS}"},
+        "envAllow": ["SHOP_DB_PASS"],
+    }
+    write_app(tmp_path, "shop", manifest=manifest, files={"app.py": SHOP})
+    write_app(tmp_path, "peek", manifest={"entrypoint": "app.py"}, files={"app.py": PEEK})
+    proc = await runtimes.start(
+        worker_dirs=[str(tmp_path)],
+        env={"RUNTIME_ENV": "test", "RUNTIME_WORKER_MODE": mode, "SHOP_DB_PASS": "hunter2-shop"},
+    )
+    response = await proc.get("/shop/")
+    shop = await proc.json(response)
+    assert shop["has"] == "hunter2-shop"
+    response = await proc.get(f"/peek/?{shop['pid']}")
+    seen = await response.content()
+    assert response.code == 200
+    assert b"APP_DIR=" in seen or b"PATH=" in seen  # the worker's environment was read
+    assert b"hunter2-shop" not in seen

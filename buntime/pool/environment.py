@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from collections.abc import Callable, Mapping
 
@@ -22,26 +21,10 @@ import buntime
 from buntime.logs import log
 from buntime.manifest import AppManifest
 from buntime.pool.deps import DEPS_DIR
+from buntime.pool.sensitive import is_sensitive
 from buntime.pool.state import PoolApp
 
-SENSITIVE_PATTERNS = tuple(
-    re.compile(pattern, re.IGNORECASE)
-    for pattern in (
-        r"^(DATABASE|DB)_",
-        r"(^|_)(API|AUTH|SECRET|PRIVATE|ACCESS)_?KEY",
-        r"(^|_)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS|CREDENTIALS?)($|_)",
-        r"^AWS_",
-        r"^GITHUB_",
-        r"^OPENAI_",
-        r"^ANTHROPIC_",
-        r"^STRIPE_",
-    )
-)
-"""
-Names a worker never gets from a manifest's C{env} (SPEC §2) unless its
-C{envAllow} names them: a secret's usual words (C{MY_API_KEY},
-C{STRIPE_SECRET}, C{DB_PASS}, C{GH_TOKEN}, C{SERVICE_CREDENTIALS}).
-"""
+__all__ = ["PoolApps", "build_worker_env", "is_sensitive", "worker_config"]
 
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 """The only variables copied from the runtime's environment (when set)."""
@@ -67,14 +50,6 @@ RESERVED = frozenset(
     )
 )
 """Names buntime sets itself; a manifest's C{env} cannot override them."""
-
-
-def is_sensitive(name: str, allowed: frozenset[str] = frozenset()) -> bool:
-    """
-    Whether the variable C{name} may carry a secret (matched without case),
-    and is not one of the C{allowed} names (upper case) the operator means to pass.
-    """
-    return name.upper() not in allowed and any(p.search(name) for p in SENSITIVE_PATTERNS)
 
 
 def _package_root() -> str:

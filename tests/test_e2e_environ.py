@@ -221,3 +221,43 @@ async def test_another_app_cannot_read_a_passed_secret_in_the_worker_s_proc_envi
     assert response.code == 200
     assert b"APP_DIR=" in seen or b"PATH=" in seen  # the worker's environment was read
     assert b"hunter2-shop" not in seen
+
+
+TEMPORARY = """
+    import tempfile
+
+    def where(request):
+        with tempfile.NamedTemporaryFile() as file:
+            return {"gettempdir": tempfile.gettempdir(), "file": file.name}
+
+    routes = {"/": where}
+"""
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+@pytest_twisted.ensureDeferred
+async def test_the_manifest_s_tmpdir_is_where_the_app_s_temporary_files_go(
+    mode: str, tmp_path: Path, runtimes: Runtimes
+) -> None:
+    """
+    C{env: {TMPDIR: ...}} is where C{tempfile} puts the app's files (an
+    upload spooled to disk, say) in both worker modes: a forked worker does
+    not keep the directory the template found for itself.
+    """
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    write_app(
+        tmp_path / "apps",
+        "temp",
+        manifest={"entrypoint": "app.py", "env": {"TMPDIR": str(scratch)}},
+        files={"app.py": TEMPORARY},
+    )
+    proc = await runtimes.start(
+        worker_dirs=[str(tmp_path / "apps")],
+        env={"RUNTIME_ENV": "test", "RUNTIME_WORKER_MODE": mode},
+    )
+    response = await proc.get("/temp/")
+    assert response.code == 200, await response.text()
+    seen = await proc.json(response)
+    assert seen["gettempdir"] == str(scratch)
+    assert Path(seen["file"]).parent == scratch

@@ -46,6 +46,7 @@ import selectors
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Set
@@ -78,6 +79,8 @@ PRELOAD = (
     "buntime.pool.launch.warm",
 )
 """Modules imported before any fork, so workers start with them loaded."""
+TEMPORARY = ("TMPDIR", "TEMP", "TMP")
+"""The variables C{tempfile} finds its directory by (once a process: L{Template._take})."""
 SPARE_RETRY = 1.0
 """Seconds the template waits before forking a spare again after one died unused."""
 
@@ -359,9 +362,12 @@ class Template:
         app_dir = message["app_dir"]
         os.chdir(app_dir)
         zone = os.environ.get("TZ")
+        temporary = [os.environ.get(name) for name in TEMPORARY]
         _set_environment(env)
         if os.environ.get("TZ") != zone:
             time.tzset()  # the C library read TZ once, in the template: the app's own is this
+        if [os.environ.get(name) for name in TEMPORARY] != temporary:
+            tempfile.tempdir = None  # the template's warm-up found its own: found anew on first use
         sys.path[:] = _python_path(env, app_dir, self.base_path, self.old_path)
         # No importlib.invalidate_caches(): the app's own directories are new
         # entries with new finders, and a finder the template made notices a

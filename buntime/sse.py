@@ -4,9 +4,12 @@ Server-Sent Events from a twisted.web request (a plugin's Klein route).
 L{EventStream.open} sets the headers, writes a first comment (so the
 client sees the answer start at once) and returns the Deferred the route
 returns: it fires, ending the answer, on L{EventStream.close}.  L{every}
-calls a function every C{interval} seconds and sends what it returns.  When
-the client goes away, the timer stops and C{on_close} callbacks run, so
-nothing keeps running for a client that left::
+calls a function every C{interval} seconds and sends what it returns.  The
+stream is the request's producer: while the client reads too slowly (its
+answer's buffer is full) ticks and keep-alives are skipped, so a client
+that stops reading does not grow the runtime.  When the client goes away,
+the timer stops and C{on_close} callbacks run, so nothing keeps running for
+a client that left::
 
     @routes.route("/api/sse")
     def sse(self, request):
@@ -22,10 +25,11 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 _log = Logger()
 
@@ -42,16 +46,20 @@ def event(data: str, name: str | None = None, event_id: str | int | None = None)
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
+@implementer(IPushProducer)
 @define(eq=False)
 class EventStream:
     """
     One client's event stream on C{request}.  C{closed} once the client left
-    or L{close} ended it; then sending does nothing.
+    or L{close} ended it; then sending does nothing.  C{paused} while the
+    client's buffer is full: ticks are skipped then (a tick sends what is
+    new since the one before, so the next one after it catches up).
     """
 
     request: Any
     clock: IReactorTime
     closed: bool = False
+    paused: bool = False
     on_close: list[Callable[[], object]] = field(factory=list)
     _done: Deferred[None] | None = None
     _ticks: list[tuple[float, Callable[[], str | bytes | None]]] = field(factory=list)
@@ -73,6 +81,7 @@ class EventStream:
         request.setHeader(b"x-accel-buffering", b"no")
         self._done = Deferred(lambda _: self._closed())
         request.notifyFinish().addBoth(self._finished)
+        request.registerProducer(self, True)
         self.write(b": open\n\n")
         for interval, tick in self._ticks:
             loop = LoopingCall(self._tick, tick)
@@ -104,8 +113,19 @@ class EventStream:
         if done is not None and not done.called:
             done.callback(None)
 
+    def pauseProducing(self) -> None:
+        """The client's buffer is full: skip ticks until it has room."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        """Nobody reads the answer any more."""
+        self._closed()
+
     def _tick(self, tick: Callable[[], str | bytes | None]) -> None:
-        if self.closed:
+        if self.closed or self.paused:
             return
         data = tick()
         if isinstance(data, str):
@@ -114,7 +134,7 @@ class EventStream:
             self.write(data)
 
     def _keepalive(self) -> None:
-        if self.clock.seconds() - self._last_write >= KEEPALIVE:
+        if not self.paused and self.clock.seconds() - self._last_write >= KEEPALIVE:
             self.write(b": keep-alive\n\n")
 
     def _tick_failed(self, failure: Failure) -> None:
@@ -136,6 +156,10 @@ class EventStream:
             if loop.running:
                 loop.stop()
         self._loops.clear()
+        request = self.request
+        lost = getattr(request, "channel", True) is None  # twisted.web's request once lost
+        if getattr(request, "producer", None) is self and not lost:
+            request.unregisterProducer()  # before the answer ends (twisted.web wants it so)
         callbacks, self.on_close = self.on_close, []
         for callback in callbacks:
             callback()

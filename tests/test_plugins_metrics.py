@@ -407,3 +407,31 @@ async def test_sse_streams_end_on_shutdown(tmp_path):
     with pytest.raises(StopAsyncIteration):
         while True:
             await chunks.__anext__()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_to_a_client_that_does_not_read_keeps_little(tmp_path):
+    """
+    A client that stops reading its event stream pauses it: what waits for
+    it stays bounded (the channel's high water), not one summary per tick
+    for as long as it stays connected; once it reads again, events go on.
+    """
+    write_plugin(tmp_path, "metrics", {"name": METRICS, "sseInterval": 100})
+    service = await started(tmp_path)
+    clock = service.reactor
+    _, chunks = await open_stream(service)
+    await next_event(chunks)
+    for _ in range(5000):  # 500 s of a client that reads nothing
+        clock.advance(0.1)
+    waiting = 0
+    while True:
+        read = ensureDeferred(chunks.__anext__())
+        if not read.called:
+            break
+        waiting += len(read.result)
+    assert 0 < waiting < 512 * 1024
+    clock.advance(0.1)
+    assert (await read).startswith(b"data: ")  # the stream goes on once read again
+    await chunks.aclose()
+    assert clock.getDelayedCalls() == []
+    await service.stopService()

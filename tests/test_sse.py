@@ -19,12 +19,25 @@ def test_event_format():
     assert event("a\nb", name="tick", event_id=7) == b"event: tick\nid: 7\ndata: a\ndata: b\n\n"
 
 
+class StreamRequest(DummyRequest):
+    """A DummyRequest that keeps a push producer (its own loops over a pull producer)."""
+
+    producer = None
+
+    def registerProducer(self, producer, streaming):
+        assert streaming and self.producer is None
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
 def written(request: DummyRequest) -> list[bytes]:
     return [bytes(chunk) for chunk in request.written]
 
 
 def test_ticks_every_interval_until_the_client_leaves():
-    clock, request = Clock(), DummyRequest([b""])
+    clock, request = Clock(), StreamRequest([b""])
     stream = EventStream(request, clock)
     values = iter(["one", None, b": raw\n\n", "four"])
     stream.every(2.0, lambda: next(values))
@@ -48,7 +61,7 @@ def test_ticks_every_interval_until_the_client_leaves():
 
 
 def test_close_ends_the_answer():
-    clock, request = Clock(), DummyRequest([b""])
+    clock, request = Clock(), StreamRequest([b""])
     stream = EventStream(request, clock)
     stream.every(1.0, lambda: "tick")
     done = stream.open()
@@ -62,7 +75,7 @@ def test_close_ends_the_answer():
 
 def test_cancelling_the_answer_closes_the_stream():
     """Klein cancels the route's Deferred when the client goes away."""
-    clock, request = Clock(), DummyRequest([b""])
+    clock, request = Clock(), StreamRequest([b""])
     stream = EventStream(request, clock)
     stream.every(1.0, lambda: "tick")
     done = stream.open()
@@ -72,7 +85,7 @@ def test_cancelling_the_answer_closes_the_stream():
 
 
 def test_a_quiet_stream_sends_keepalive_comments():
-    clock, request = Clock(), DummyRequest([b""])
+    clock, request = Clock(), StreamRequest([b""])
     stream = EventStream(request, clock)
     stream.every(1.0, lambda: None)
     stream.open()
@@ -82,7 +95,7 @@ def test_a_quiet_stream_sends_keepalive_comments():
 
 
 def test_a_failing_tick_ends_the_stream():
-    clock, request = Clock(), DummyRequest([b""])
+    clock, request = Clock(), StreamRequest([b""])
     stream = EventStream(request, clock)
     calls: list[int] = []
 
@@ -97,3 +110,21 @@ def test_a_failing_tick_ends_the_stream():
     clock.advance(1)
     assert done.called and stream.closed
     assert clock.getDelayedCalls() == []
+
+
+def test_ticks_wait_while_the_client_reads_too_slowly():
+    """The stream is the request's producer: paused, it sends nothing (not even keep-alives)."""
+    clock, request = Clock(), StreamRequest([b""])
+    stream = EventStream(request, clock)
+    count = iter(range(1, 1000))
+    stream.every(1.0, lambda: str(next(count)))
+    stream.open()
+    assert request.producer is stream
+    stream.pauseProducing()
+    clock.pump([1.0] * int(KEEPALIVE * 2))
+    assert written(request) == [b": open\n\n", b"data: 1\n\n"]
+    stream.resumeProducing()
+    clock.advance(1)
+    assert written(request)[2:] == [b"data: 2\n\n"]
+    stream.close()
+    assert request.producer is None  # unregistered before the answer ends

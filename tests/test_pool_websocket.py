@@ -289,6 +289,23 @@ def test_app_messages_wait_while_the_client_s_buffer_is_full() -> None:
     assert waiting.called
 
 
+def test_a_client_that_does_not_read_is_read_no_more() -> None:
+    """
+    A client whose buffer is full (it reads nothing) is read no more until
+    it has room, as the runtime does with pipelined HTTP requests: its
+    pings are not answered into an unbounded write buffer (a client that
+    sends pings and reads nothing grew the runtime by what it sent).
+    """
+    protocol, socket, transport = relay()
+    transport.producer.pauseProducing()  # the transport's buffer is full
+    assert transport.producerState == "paused"
+    protocol.dataReceived(client_frame(b"sent before"))
+    socket.pending[0].callback(None)  # the app takes it: the client still reads nothing
+    assert transport.producerState == "paused"
+    transport.producer.resumeProducing()
+    assert transport.producerState == "producing"
+
+
 def test_an_app_message_over_the_client_s_limit_goes_out() -> None:
     """
     The 16 MiB limit is on what a client sends: a bigger message from the

@@ -64,8 +64,8 @@ class AppSocket(WebSocketServerProtocol):
     handshake with the app's subprotocol and headers, then relays messages
     (the L{buntime.pool.websocket.ISocketPeer} of its L{WorkerSocket}).
     Reading from the client pauses while the app is behind by more than
-    L{RELAY_HIGH_WATER} bytes; the app's sends wait while the client's
-    socket buffer is full.
+    L{RELAY_HIGH_WATER} bytes, or while the client's socket buffer is full
+    (the app's sends wait then too).
     """
 
     def __init__(self, socket: WorkerSocket, accepted: Headers) -> None:
@@ -101,16 +101,25 @@ class AppSocket(WebSocketServerProtocol):
         size = len(payload)
         self._behind += size
         self._socket.client_message(payload, isBinary).addCallback(self._taken, size)
-        if self._behind > RELAY_HIGH_WATER and not self._reading_paused:
-            self._reading_paused = True
-            cast(IPushProducer, self.transport).pauseProducing()
+        self._pace_reading()
 
     def _taken(self, _: object, size: int) -> None:
         self._behind -= size
-        if self._reading_paused and self._behind <= RELAY_HIGH_WATER:
-            self._reading_paused = False
-            if self.state != self.STATE_CLOSED:
-                cast(IPushProducer, self.transport).resumeProducing()
+        self._pace_reading()
+
+    def _pace_reading(self) -> None:
+        """
+        Read from the client only while the app keeps up with it and the
+        client reads what it is sent (its pings' pongs included).
+        """
+        pause = self._behind > RELAY_HIGH_WATER or self._writing_paused
+        if pause == self._reading_paused:
+            return
+        self._reading_paused = pause
+        if pause:
+            cast(IPushProducer, self.transport).pauseProducing()
+        elif self.state != self.STATE_CLOSED:
+            cast(IPushProducer, self.transport).resumeProducing()
 
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
         # The client's close (or its answer to ours): the app hears it now, with its code,
@@ -160,6 +169,7 @@ class AppSocket(WebSocketServerProtocol):
     def writable(self, paused: bool = False) -> None:
         """The client's socket buffer is full (C{paused}) or has room again."""
         self._writing_paused = paused
+        self._pace_reading()
         if not paused:
             room, self._room = self._room, None
             if room is not None:

@@ -700,7 +700,6 @@ async def test_asgi_body_longer_than_its_content_length(pair):
 
 
 @BOTH
-@pytest.mark.xfail(strict=True, reason="buntime resets the connection: the answer can be lost")
 @pytest_twisted.ensureDeferred
 async def test_raise_after_the_response_began(pair):
     """The client gets the beginning and a truncated answer, never a complete one."""

@@ -50,6 +50,8 @@ class AnswerWriting:
         _writes_paused: Deferred[None] | None
         _upload: PushedStream | None
 
+        def _close(self, linger: bool = False) -> None: ...
+
     def write_response(self, exchange: Exchange, response: Response) -> Deferred[None] | None:
         """
         Write C{response} for C{exchange}: a C{None} once a body of bytes is
@@ -140,16 +142,15 @@ class AnswerWriting:
             if not silent:
                 sent, over = await self._copy(exchange, iterator, chunked, length)
         except Exception as error:
-            if not isinstance(error, CancelledError):  # cancelled: the client left
-                log(
-                    "error",
-                    "buntime:http:stream-failed",
-                    "Response stream failed",
-                    error=str(error),
-                )
             exchange.gone = True
-            self._closed = True
-            self.transport.abortConnection()  # connectionLost ends the exchange
+            if isinstance(error, CancelledError):  # the client left
+                self._closed = True
+                self.transport.abortConnection()  # connectionLost ends the exchange
+                return
+            log("error", "buntime:http:stream-failed", "Response stream failed", error=str(error))
+            # closed in order, as gunicorn and uvicorn do: the client reads what
+            # was sent, cut short (a reset could destroy it unread)
+            self._close(linger=True)  # connectionLost ends the exchange
             return
         finally:
             aclose = getattr(iterator, "aclose", None)

@@ -104,7 +104,8 @@ async def app(scope, receive, send):
     elif case == "status":
         code = int(sub.split("/")[2])
         body = query.get("body", [""])[0].encode()
-        await answer(send, code, text if body else [], body)
+        length = [(b"content-length", query["length"][0].encode())] if "length" in query else []
+        await answer(send, code, (text if body else []) + length, body)
     elif case == "cookies":
         headers = [(b"set-cookie", b"a=1; Path=/"), (b"set-cookie", b"b=2; HttpOnly"),
                    (b"x-custom", b"one"), (b"x-custom", b"two")]
@@ -186,7 +187,8 @@ def app(environ, start_response):
     if case == "status":
         status = sub.split("/", 2)[2].replace("_", " ")
         body = query.get("body", [""])[0].encode()
-        start_response(status, TEXT if body else [])
+        length = [("Content-Length", query["length"][0])] if "length" in query else []
+        start_response(status, (TEXT if body else []) + length)
         return [body]
     if case == "cookies":
         start_response("200 OK", [("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; HttpOnly"),
@@ -604,6 +606,7 @@ phrase is the app's own when it gave one ... otherwise").
 
 
 REASONS = {
+    "200": "OK",
     "201": "Created",
     "204": "No Content",
     "304": "Not Modified",
@@ -614,6 +617,29 @@ REASONS = {
     "422": "Unprocessable Entity",
     "425": "Too Early",
 }
+
+
+@BOTH
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(("code", "body"), [("200", ""), ("304", ""), ("204", ""), ("200", "abc")])
+@pytest_twisted.ensureDeferred
+async def test_declared_length_without_the_body(pair, method, code, body):
+    """
+    A content-length the app declares for a body it does not send (a HEAD, a
+    304).  On a 204 or 304 buntime sends none (docs/http.md, "204, 304: no
+    body, no content-length"), where uvicorn passes the app's on (on a 204
+    too, which RFC 9110 §8.6 forbids) and gunicorn on a 304 (which it allows).
+    """
+    status = code if pair[0].prefix == "/asgi" else f"{code}_{REASONS[code].replace(' ', '_')}"
+    path = f"/status/{status}?length=7&body={body}"
+    if code in ("204", "304"):
+        ours, ref = await both(pair, method, path)
+        assert "content-length" not in dict(ours.headers)
+        assert (
+            unframed(ours).comparable() == attrs.evolve(unframed(ref), complete=True).comparable()
+        )
+    else:
+        await same(pair, method, path)
 
 
 @WSGI

@@ -403,9 +403,17 @@ def json_error(request: Any, status: int, code: str, message: str) -> bytes:
 
 
 def page_answer(request: Any, path: str) -> bytes:
-    """For a plugin's Klein route: the HTML page at C{path}, checked again on every load."""
+    """
+    For a plugin's Klein route: the HTML page at C{path}, checked again on
+    every load.  Only a page of the runtime's own origin (the shell) may
+    frame it: another site's page could lure a click onto its buttons, whose
+    requests, of the runtime's origin, pass the CSRF rule (clickjacking).
+    """
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
     request.setHeader(b"cache-control", b"no-cache")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"x-frame-options", b"SAMEORIGIN")
+    request.setHeader(b"content-security-policy", b"frame-ancestors 'self'")
     with open(path, "rb") as page:
         return page.read()
 

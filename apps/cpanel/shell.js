@@ -274,7 +274,25 @@ function nested() {
   }
 }
 
+/**
+ * Whether a page of another origin frames this one: it could lure clicks onto
+ * the shell's buttons (clickjacking), whose requests pass the runtime's CSRF rule.
+ */
+function framedByAnotherSite() {
+  try {
+    return window.top !== window && window.top.location.origin !== location.origin;
+  } catch {
+    return true; // another origin's page: its location cannot be read
+  }
+}
+
 async function start() {
+  if (framedByAnotherSite()) {
+    document.body.replaceChildren(
+      h("p", { class: "nested" }, "buntime's control panel does not show inside another site. ",
+        h("a", { href: location.href, target: "_blank", rel: "noopener" }, "Open it")));
+    return;
+  }
   if (nested()) {
     document.body.replaceChildren(h("p", { class: "nested" }, "Nothing to show here."));
     return;

@@ -27,6 +27,7 @@ VALUE_TYPES = {
     "buntime.units",
     "buntime._json",
     "buntime.trust",
+    "buntime.sensitive",
 }
 MECHANISMS = {
     "buntime.once",

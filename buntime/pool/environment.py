@@ -21,8 +21,8 @@ import buntime
 from buntime.logs import log
 from buntime.manifest import AppManifest
 from buntime.pool.deps import DEPS_DIR
-from buntime.pool.sensitive import is_sensitive
 from buntime.pool.state import PoolApp
+from buntime.sensitive import is_sensitive
 
 __all__ = ["PoolApps", "build_worker_env", "is_sensitive", "worker_config"]
 

@@ -3,7 +3,7 @@
 from buntime._libc import hide_environment_values
 from buntime.cpus import take_cpus
 from buntime.pool.child.main import main
-from buntime.pool.sensitive import is_sensitive
+from buntime.sensitive import is_sensitive
 
 take_cpus()  # first: the CPUs the runtime gave its workers (RUNTIME_WORKER_CPUS)
 # A secret the manifest passes on (envAllow, also in WORKER_CONFIG) is this

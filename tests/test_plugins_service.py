@@ -240,3 +240,20 @@ async def test_the_context_adds_and_removes_log_destinations(tmp_path):
     assert record["headers"] == {"cookie": "[redacted]"}
     assert message["headers"] == {"cookie": "s3cret"}  # the message itself is left alone
     await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plugin_code_exiting_anywhere_in_the_load_fails_it(
+    tmp_path, eliot_logger, monkeypatch
+):
+    # sys.exit() in a plugin's code is caught where the loader calls it; wherever
+    # else it came from, the runtime must not start as if no plugin were wanted
+    service = make_service(tmp_path)
+
+    async def exits(self, found):
+        raise SystemExit("plugin p needs FOO")
+
+    monkeypatch.setattr(type(service.loader), "load", exits)
+    service.startService()
+    assert await service.when_loaded() is None
+    assert service.failed == "Plugins failed to load: SystemExit: plugin p needs FOO"

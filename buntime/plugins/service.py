@@ -95,7 +95,7 @@ class PluginService(Service):
                 self.registry, _ = await self.loader.load(self.discover())
             except PluginError as error:
                 self.failed = str(error)
-            except Exception as error:
+            except (Exception, SystemExit) as error:  # sys.exit() in a plugin's code too
                 self.failed = f"Plugins failed to load: {type(error).__name__}: {error}"
                 log(
                     "error",

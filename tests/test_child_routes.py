@@ -83,7 +83,7 @@ def test_dict_of_methods_or_json() -> None:
     endpoint, _, _ = routes.find("HEAD", "/m")
     assert endpoint.fixed.body == b"read"  # type: ignore[union-attr]
     endpoint, _, allowed = routes.find("DELETE", "/m")
-    assert endpoint is None and sorted(allowed) == ["GET", "POST"]
+    assert endpoint is None and sorted(allowed) == ["GET", "HEAD", "POST"]
     endpoint, _, _ = routes.find("DELETE", "/j")
     assert json.loads(endpoint.fixed.body) == {"get": 1, "other": 2}  # type: ignore[union-attr]
 
@@ -145,6 +145,13 @@ def test_fetch_fallback_and_404() -> None:
 def test_405_with_allow() -> None:
     status, headers, _ = serve(adapter({"/a": {"POST": "x"}}), None, "GET", "/a").response()
     assert (status, headers["allow"]) == (405, "POST")
+
+
+def test_405_allows_head_where_get_is() -> None:
+    """HEAD is answered by the GET handler, so Allow names it (as Flask's 405 does)."""
+    routes = adapter({"/a": {"GET": "x", "DELETE": "y"}})
+    status, headers, _ = serve(routes, None, "PUT", "/a").response()
+    assert (status, headers["allow"]) == (405, "DELETE, GET, HEAD")
 
 
 @pytest.mark.parametrize("answer", ["text", Response(200, {"x-a": "1"}, b"bytes")])

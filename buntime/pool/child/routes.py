@@ -199,6 +199,13 @@ class Route:
             name: unquote(found.group(f"p{index}") or "") for index, name in enumerate(self.names)
         }
 
+    def allowed(self) -> list[str]:
+        """The methods this route answers: its own, and HEAD where it has GET."""
+        methods = [str(method) for method in self.methods]
+        if "GET" in self.methods and "HEAD" not in self.methods:
+            methods.append("HEAD")
+        return methods
+
     def endpoint(self, method: str) -> Endpoint | None:
         methods = self.methods
         found = methods.get(None) or methods.get(method)
@@ -250,7 +257,7 @@ class RoutesAdapter:
             endpoint = route.endpoint(method)
             if endpoint is not None:
                 return endpoint, params, []
-            allowed.extend(str(m) for m in route.methods if m not in allowed)
+            allowed.extend(m for m in route.allowed() if m not in allowed)
         return None, {}, allowed
 
     def handle(self, request: IncomingRequest, writer: ResponseWriter) -> Deferred:

@@ -67,6 +67,17 @@ def test_a_path_is_served_by_the_app_it_names(tmp_path):
     assert asked == [("site", None)]  # routed once
 
 
+def test_a_static_app_refuses_other_methods_with_405_naming_those_it_takes(tmp_path):
+    """RFC 9110 (15.5.6): a 405 carries Allow, as the core API's and routes apps' do."""
+    static_app(tmp_path, "site", "1.0.0", "one")
+    step, _ = step_over(tmp_path, Clock())
+    pending = step(Request("POST", "/site/", Headers(), b"", "127.0.0.1"), {})
+    assert pending is not None
+    response = result_of(ensureDeferred(pending))
+    assert (response.status, response.headers.get("allow")) == (405, "GET, HEAD")
+    assert json.loads(response.body)["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
 def test_each_path_is_served_by_its_own_app(tmp_path):
     static_app(tmp_path, "site", "1.0.0", "one")
     static_app(tmp_path, "other", "1.0.0", "two")

@@ -393,7 +393,10 @@ class AppStep:
             return Response.error(500, "INVALID_ENTRYPOINT", f"{label}: {error}")
         if loaded.static:
             if request.method not in ("GET", "HEAD"):
-                return Response.error(405, "METHOD_NOT_ALLOWED", "Static apps answer GET and HEAD")
+                refused = Response.error(
+                    405, "METHOD_NOT_ALLOWED", "Static apps answer GET and HEAD"
+                )
+                return refused.with_header("allow", "GET, HEAD")
             return serve_static(
                 version.dir,
                 rest,

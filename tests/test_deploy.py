@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,9 @@ from typing import Any
 import pytest
 import pytest_twisted
 import yaml
+from runtime import twistd_command
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -420,3 +424,58 @@ def test_the_systemd_unit_in_the_docs_is_the_one_shipped():
     # ProtectSystem=strict leaves /tmp read-only but for a private one: uploads,
     # the fork template's warm-up and pip (per-app dependencies) need TMPDIR.
     assert "ProtectSystem=strict" not in body or "PrivateTmp=true" in body
+
+
+def _image_command() -> list[str]:
+    """The final stage's C{ENTRYPOINT} (if any) and C{CMD}, in their exec forms."""
+    final = (ROOT / "docker" / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    command: list[str] = []
+    for keyword in ("ENTRYPOINT", "CMD"):
+        lines = [line for line in final.splitlines() if line.startswith(f"{keyword} ")]
+        if lines:
+            command += json.loads(lines[-1].split(" ", 1)[1])
+    return command
+
+
+def _zombies_of(pid: int) -> list[str]:
+    """The names of the children of C{pid} that ended and were never waited for."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    zombies = []
+    for child in children:
+        stat = Path(f"/proc/{child}/stat").read_text(errors="replace")
+        name, _, rest = stat.partition("(")[2].rpartition(")")
+        if rest.split()[0] == "Z":
+            zombies.append(name)
+    return zombies
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_image_s_pid_1_reaps_orphans(runtimes, tmp_path):
+    """
+    In a container the image's command is PID 1, which inherits every
+    orphan (a worker's subprocess outliving it, say) and must wait for it,
+    or each one stays a zombie until the pod restarts.  The image's
+    ENTRYPOINT and CMD are run as PID 1 of a new PID namespace, an orphan
+    is made in it, and nothing may be left unreaped.
+    """
+    unshare, nsenter = shutil.which("unshare"), shutil.which("nsenter")
+    if os.geteuid() != 0 or unshare is None or nsenter is None:
+        pytest.skip("needs root, unshare and nsenter for a PID namespace")
+    command = _image_command()
+    twistd = command.index("twistd")
+    command[twistd : twistd + 1] = twistd_command()
+    if shutil.which(command[0]) is None:
+        pytest.skip(f"{command[0]} (the image's PID 1) is not installed here")
+    (tmp_path / "apps").mkdir()
+    proc = await runtimes.start(
+        worker_dirs=[str(tmp_path / "apps")],
+        env={"RUNTIME_DATA_DIR": str(tmp_path / "state")},
+        command=[unshare, "--pid", "--fork", "--kill-child", *command],
+        twistd=False,
+    )
+    [init] = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    subprocess.run([nsenter, "-t", init, "-p", "--", "sh", "-c", "sleep 0.2 & exit 0"], check=True)
+    await deferLater(reactor, 1.0)
+    assert _zombies_of(int(init)) == []
+    os.kill(int(init), signal.SIGTERM)  # what the container engine signals: PID 1
+    assert await proc.wait_exit(40) == 0

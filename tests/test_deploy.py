@@ -64,7 +64,9 @@ def test_the_image_writes_twisted_s_plugin_cache_before_it_drops_root():
     import twisted.plugins
 
     caches = [Path(entry) / "dropin.cache" for entry in twisted.plugins.__path__]
+    # this checkout's (an editable install of another may be on the path too)
     ours = [c for c in caches if (c.parent / "buntime_plugin.py").exists()]
+    ours = [c for c in ours if c.is_relative_to(ROOT)]
     assert ours
     for cache in ours:
         cache.unlink(missing_ok=True)
@@ -240,6 +242,9 @@ def _demo_extra() -> str:
 @pytest.fixture(scope="module")
 def installed() -> Any:
     """The wheel, built and installed into a fresh venv that any user may run."""
+    # without PYTHONPATH: a checkout on it (its buntime.egg-info, which the
+    # wheel's build leaves) would make pip think the wheel already installed
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     home = tempfile.mkdtemp(prefix="buntime-image-")
     os.chmod(home, 0o755)
     wheels = os.path.join(home, "wheels")
@@ -254,6 +259,7 @@ def installed() -> Any:
     subprocess.run(
         [python, "-m", "pip", "install", "-q", os.path.join(wheels, wheel) + _demo_extra()],
         check=True,
+        env=env,
     )
     yield home, python
     shutil.rmtree(home, ignore_errors=True)

@@ -229,7 +229,26 @@ def test_the_deployment_drains_before_it_stops_and_runs_locked_down():
         if item["kind"] == "PersistentVolumeClaim"
     }
     assert claims["buntime-apps"]["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert deployment["spec"]["replicas"] >= 3
+    [hpa] = [item for item in objects if item["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["minReplicas"] >= 3
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod", "openshift"])
+def test_the_hpa_alone_sets_the_replica_count(overlay):
+    """
+    A Deployment that names C{replicas} gets that count back at every
+    C{kubectl apply}: an upgrade applied while the HPA has scaled out would
+    first scale a busy Deployment down to it. With an HPA, it names none.
+    """
+    objects = render(overlay)
+    [deployment] = [item for item in objects if item["kind"] == "Deployment"]
+    [hpa] = [item for item in objects if item["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert "replicas" not in deployment["spec"]
 
 
 def _demo_extra() -> str:

@@ -210,6 +210,9 @@ def test_the_deployment_drains_before_it_stops_and_runs_locked_down():
     assert container["readinessProbe"]["httpGet"]["path"] == "/api/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/api/health/live"
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # the shared volumes are not chowned file by file at every pod start
+    # (a 50 Gi apps volume full of .deps would hold each start for minutes)
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {mount["mountPath"] for mount in container["volumeMounts"]} >= {
         "/data/apps",

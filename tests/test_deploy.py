@@ -201,6 +201,36 @@ def test_an_overlay_s_images_entry_changes_the_image(tmp_path):
     assert _image(objects) == "ghcr.io/buntime/buntime:0.2.0"
 
 
+def test_a_settings_change_in_an_overlay_rolls_the_pods(tmp_path):
+    """
+    The pods read the ConfigMap once, at start: a changed setting must
+    change the pod template (the ConfigMap's name carries a hash of its
+    contents), or a kubectl apply changes nothing until some pod restarts.
+    """
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    prod = os.path.relpath(ROOT / "k8s" / "overlays" / "prod", mine)
+    (mine / "kustomization.yaml").write_text(
+        f"resources: [{prod}]\n"
+        "configMapGenerator:\n"
+        "  - {name: buntime-config, behavior: merge, literals: [RUNTIME_LOG_LEVEL=debug]}\n"
+    )
+    rendered = subprocess.run(
+        [tool("kubectl"), "kustomize", str(mine)], capture_output=True, text=True
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    changed = [item for item in yaml.safe_load_all(rendered.stdout) if item]
+    pods = []
+    for objects in (render("prod"), changed):
+        [deployment] = [item for item in objects if item["kind"] == "Deployment"]
+        [config] = [item for item in objects if item["kind"] == "ConfigMap"]
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        [source] = container["envFrom"]
+        assert source["configMapRef"]["name"] == config["metadata"]["name"]
+        pods.append(deployment["spec"]["template"])
+    assert pods[0] != pods[1]
+
+
 def test_the_deployment_drains_before_it_stops_and_runs_locked_down():
     objects = render("prod")
     [deployment] = [item for item in objects if item["kind"] == "Deployment"]

@@ -231,6 +231,26 @@ def test_a_settings_change_in_an_overlay_rolls_the_pods(tmp_path):
     assert pods[0] != pods[1]
 
 
+def test_the_docs_make_the_api_token_s_secret_where_the_pods_read_it():
+    """
+    The Deployment reads C{RUNTIME_API_TOKEN} from the Secret C{buntime-api}
+    of its own namespace, and optionally: made in another one, the pods
+    start without a token and every change from outside is refused.
+    """
+    objects = render("prod")
+    [deployment] = [item for item in objects if item["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    [token] = [item for item in container["env"] if item["name"] == "RUNTIME_API_TOKEN"]
+    secret = token["valueFrom"]["secretKeyRef"]
+    namespace = deployment["metadata"]["namespace"]
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    commands = re.findall(r"kubectl [^`\n]*create secret generic [^`\n]*", docs)
+    assert commands
+    for command in commands:
+        assert f" {secret['name']} " in command and f"--from-literal={secret['key']}=" in command
+        assert f"-n {namespace} " in command, command
+
+
 def test_the_deployment_drains_before_it_stops_and_runs_locked_down():
     objects = render("prod")
     [deployment] = [item for item in objects if item["kind"] == "Deployment"]

@@ -258,6 +258,9 @@ def test_the_deployment_drains_before_it_stops_and_runs_locked_down():
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/api/health/ready"
+    # one slow answer under load must not take a pod (or all busy ones) out
+    readiness = container["readinessProbe"]
+    assert readiness.get("timeoutSeconds", 1) >= 2 and readiness.get("failureThreshold", 3) >= 2
     assert container["livenessProbe"]["httpGet"]["path"] == "/api/health/live"
     assert pod["securityContext"]["runAsNonRoot"] is True
     # the shared volumes are not chowned file by file at every pod start

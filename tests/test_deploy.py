@@ -276,6 +276,9 @@ def test_the_deployment_drains_before_it_stops_and_runs_locked_down():
         "/data/state",
         "/tmp",
     }
+    # /tmp holds a spooled upload (up to BODY_SIZE_MAX's 100 MB) and pip's staging
+    [tmp] = [volume for volume in pod["volumes"] if volume["name"] == "tmp"]
+    assert tmp["emptyDir"]["sizeLimit"].endswith("Gi")
     assert "requests" in container["resources"] and "limits" in container["resources"]
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     drain = int(config["data"]["RUNTIME_DRAIN_DELAY"].rstrip("s"))

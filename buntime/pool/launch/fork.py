@@ -15,7 +15,7 @@ from contextvars import Context
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import ProcessProtocol, Protocol
@@ -431,12 +431,11 @@ class ForkLauncher:
         """Worker C{pid} is launched: read its channel and output on C{ours}."""
         channel, *streams = ours  # AMP, then fds 1, 2 and 5
         readers = output_readers(on_output)
-        outputs: list[Deferred] = []
-        for fd, sock in zip((1, 2, OUTPUT_FD), streams, strict=True):
-            outputs.append(Deferred())
-            adopt(self.reactor, sock, OutputSocket(readers[fd], outputs[-1]))
+        sockets = [OutputSocket(readers[fd], Deferred()) for fd in (1, 2, OUTPUT_FD)]
+        for sock, reader in zip(streams, sockets, strict=True):
+            adopt(self.reactor, sock, reader)
         adopt(self.reactor, channel, protocol)
-        worker = ForkedWorker(pid, Deferred(), outputs)
+        worker = ForkedWorker(pid, Deferred(), [s.closed for s in sockets], sockets)
         self._workers[pid] = worker
         return LaunchedProcess(pid, worker.exited, worker.send_signal)
 
@@ -492,10 +491,8 @@ class ForkLauncher:
             if not launched.called:
                 launched.errback(LauncherUnavailable(f"the fork template exited with code {code}"))
         orphans, self._workers = self._workers, {}
-        for worker in orphans.values():
-            gatherResults(worker.outputs, consumeErrors=True).addCallback(
-                lambda _, w: w.report_exit(UNKNOWN_EXIT, self.reactor), worker
-            )
+        for worker in orphans.values():  # they end with it (PR_SET_PDEATHSIG)
+            worker.report_exit(UNKNOWN_EXIT, self.reactor)
         if self._stopping:
             if self._kill_timer is not None and self._kill_timer.active():
                 self._kill_timer.cancel()

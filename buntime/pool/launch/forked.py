@@ -10,13 +10,13 @@ import os
 import socket
 from typing import Any
 
-from attrs import define
+from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from buntime.pool.launch.launcher import LineSplitter
+from buntime.pool.launch.launcher import OUTPUT_GRACE, LineSplitter
 from buntime.pool.output import FrameReader
 
 
@@ -60,10 +60,15 @@ class ForkedWorker:
     pid: int
     exited: Deferred
     outputs: list[Deferred]
+    sockets: list[OutputSocket] = field(factory=list)
+    """The protocols reading those ends (closed once the exit is reported)."""
     code: int | None = None
 
     def report_exit(self, code: int, reactor: IReactorTime) -> None:
-        """The template saw it exit: fire C{exited} once its output is read (1 s at most)."""
+        """
+        The template saw it exit: fire C{exited} once its output is read
+        (L{OUTPUT_GRACE} at most: a child it left may keep it open).
+        """
         if self.code is not None:
             return
         self.code = code
@@ -71,7 +76,7 @@ class ForkedWorker:
         if not pending:
             self._fire()
             return
-        timer = reactor.callLater(1.0, self._fire)
+        timer = reactor.callLater(OUTPUT_GRACE, self._fire)
         remaining = [len(pending)]
 
         def closed(_: object) -> None:
@@ -86,6 +91,9 @@ class ForkedWorker:
     def _fire(self) -> None:
         if not self.exited.called:
             self.exited.callback(self.code)
+        for sock in self.sockets:  # still open: held by a process the worker left
+            if sock.transport is not None and not sock.closed.called:
+                sock.transport.loseConnection()
 
     def send_signal(self, signum: int) -> None:
         """Signal the process, unless it is known to have exited (its pid may be reused)."""

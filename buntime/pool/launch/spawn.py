@@ -11,7 +11,7 @@ from typing import Any
 from attrs import define
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -21,6 +21,7 @@ from buntime.cpus import child_env
 from buntime.pool.launch.launcher import (
     CHILD_MODULE,
     FROM_CHILD,
+    OUTPUT_GRACE,
     TO_CHILD,
     WORKER_FDS,
     ILauncher,
@@ -62,11 +63,15 @@ class _ChildWriter:
 class _WorkerProcess(ProcessProtocol):
     """A spawned worker: AMP on fds 3/4, its output from fds 1, 2 and 5, exit code."""
 
-    def __init__(self, protocol: amp.AMP, on_output: Callable[[Write], None]) -> None:
+    def __init__(
+        self, protocol: amp.AMP, on_output: Callable[[Write], None], clock: IReactorTime
+    ) -> None:
         self.amp = protocol
         self.exited: Deferred = Deferred()
         self.lines = output_readers(on_output)
         self._amp_lost = False
+        self._clock = clock
+        self._closing: Any = None
 
     def connectionMade(self) -> None:
         self.amp.makeConnection(_ChildWriter(self.transport))
@@ -87,11 +92,20 @@ class _WorkerProcess(ProcessProtocol):
         self._lose_amp(reason)
         if not self.exited.called:
             self.exited.callback(exit_code(reason))
+            # a process it left behind may hold its pipes open: read them a
+            # while longer, then close them
+            self._closing = self._clock.callLater(OUTPUT_GRACE, self._close_pipes)
 
     def processEnded(self, reason: Failure) -> None:
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
         for splitter in self.lines.values():
             splitter.flush()
         self.processExited(reason)
+
+    def _close_pipes(self) -> None:
+        for fd in WORKER_FDS:
+            self.transport.closeChildFD(fd)
 
     def _lose_amp(self, reason: Failure) -> None:
         if not self._amp_lost:
@@ -117,7 +131,7 @@ class SpawnLauncher:
     def launch(
         self, spec: LaunchSpec, protocol: amp.AMP, on_output: Callable[[Write], None]
     ) -> Deferred:
-        process = _WorkerProcess(protocol, on_output)
+        process = _WorkerProcess(protocol, on_output, self.reactor)
         try:
             transport = self.reactor.spawnProcess(
                 process,

@@ -1,0 +1,156 @@
+"""
+Chaos, through a real runtime: what an app leaves behind when its worker
+goes (a child process that ignores SIGTERM and keeps the worker's output
+open) costs the runtime nothing that grows with each worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from e2e_apps import pid_alive, wait_until, within, write_app
+from reliability_procs import fd_count, sleep
+
+CYCLES = 5
+
+LEAVES_A_CHILD = """
+    import os
+    import signal
+    import time
+
+    def leave_a_child():
+        pid = os.fork()
+        if pid == 0:  # keeps the worker's stdout, stderr and channels open
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(60)  # then goes, should the test not kill it
+            os._exit(0)
+        return pid
+
+    def hello(request):
+        return {"pid": os.getpid(), "child": leave_a_child()}
+
+    routes = {"/": hello}
+"""
+
+PLAIN = """
+    import os
+
+    def hello(request):
+        return {"pid": os.getpid()}
+
+    routes = {"/": hello}
+"""
+
+PERSISTENT = {"version": "1.0.0", "ttl": "5m"}
+
+
+def reactor_() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+async def answer(proc: Any, path: str) -> dict[str, Any]:
+    response = await within(reactor_(), proc.get(path), 30)
+    text = await within(reactor_(), response.text(), 30)
+    assert response.code == 200, (path, response.code, text)
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+@pytest_twisted.ensureDeferred
+async def test_a_child_left_by_each_worker_leaks_no_runtime_fd(runtimes, tmp_path: Path, mode: str):
+    """
+    With a pool of one, two apps take turns, and each worker of one of them
+    leaves a child holding its output: once those workers are gone the
+    runtime holds as many fds as before.
+    """
+    reactor = reactor_()
+    write_app(tmp_path, "leaver", "1.0.0", manifest=PERSISTENT, files={"app.py": LEAVES_A_CHILD})
+    write_app(tmp_path, "plain", "1.0.0", manifest=PERSISTENT, files={"app.py": PLAIN})
+    env = {"RUNTIME_ENV": "test", "RUNTIME_POOL_SIZE": "1", "RUNTIME_WORKER_MODE": mode}
+    proc = await runtimes.start(worker_dirs=[str(tmp_path)], env=env)
+    left: list[int] = []
+    try:
+        await answer(proc, "/plain@1/")
+        await sleep(reactor, 1.5)  # the spare forked after the first launch
+        before = fd_count(proc.pid)
+        workers = []
+        for _ in range(CYCLES):
+            leaver = await answer(proc, "/leaver@1/")
+            workers.append(leaver["pid"])
+            left.append(leaver["child"])
+            await answer(proc, "/plain@1/")  # evicts the leaver's worker
+        gone = await wait_until(reactor, lambda: not any(map(pid_alive, workers)), 15)
+        assert gone, "the evicted workers exited"
+        assert all(map(pid_alive, left)), "their children are still there, holding the fds"
+        back = await wait_until(reactor, lambda: fd_count(proc.pid) <= before, 10)
+        after = fd_count(proc.pid)
+        print(f"\n{mode}: runtime fds {before} -> {after} after {CYCLES} workers left a child")
+        assert back, f"{after - before} fds held for {CYCLES} gone workers ({before} -> {after})"
+        assert (await answer(proc, "/leaver@1/"))["pid"] not in workers
+    finally:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_child_left_by_a_worker_of_a_dead_template_leaks_no_runtime_fd(
+    runtimes, tmp_path: Path
+):
+    """
+    The fork template is SIGKILLed while a worker that left a child runs:
+    the worker ends with it, and once a new template is up the runtime
+    holds as many fds as before.
+    """
+    reactor = reactor_()
+    write_app(tmp_path, "leaver", "1.0.0", manifest=PERSISTENT, files={"app.py": LEAVES_A_CHILD})
+    write_app(tmp_path, "plain", "1.0.0", manifest=PERSISTENT, files={"app.py": PLAIN})
+    env = {"RUNTIME_ENV": "test", "RUNTIME_POOL_SIZE": "1"}
+    proc = await runtimes.start(worker_dirs=[str(tmp_path)], env=env)
+    left: list[int] = []
+    try:
+        await answer(proc, "/plain@1/")
+        await sleep(reactor, 1.5)  # the spare forked after the first launch
+        before = fd_count(proc.pid)
+        leaver = await answer(proc, "/leaver@1/")
+        left.append(leaver["child"])
+        await sleep(reactor, 1.5)
+        template = proc.messages("buntime:launch:template-ready")[-1]["pid"]
+        os.kill(template, signal.SIGKILL)
+        await proc.wait_for_log(
+            lambda m: (
+                m.get("message_type") == "buntime:launch:template-ready"
+                and m.get("pid") != template
+            ),
+            timeout=15,
+        )
+        assert await wait_until(reactor, lambda: not pid_alive(leaver["pid"]), 10)
+        assert pid_alive(leaver["child"]), "its child is still there, holding the fds"
+        started = reactor.seconds()
+        again = await answer(proc, "/leaver@1/")  # not the dead worker: a new one
+        waited = reactor.seconds() - started
+        left.append(again["child"])
+        assert again["pid"] != leaver["pid"] and waited < 5, f"answered after {waited:.1f} s"
+        # a new worker for the other app, and its spare, as before
+        await answer(proc, "/plain@1/")
+        await sleep(reactor, 1.5)
+        back = await wait_until(reactor, lambda: fd_count(proc.pid) <= before, 10)
+        after = fd_count(proc.pid)
+        print(f"\ntemplate killed: runtime fds {before} -> {after}")
+        assert back, f"{after - before} fds held for the dead template's worker"
+    finally:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -1,14 +1,18 @@
 """
 Chaos, through a real runtime: what an app leaves behind when its worker
 goes (a child process that ignores SIGTERM and keeps the worker's output
-open) costs the runtime nothing that grows with each worker.
+open) costs the runtime nothing that grows with each worker; a runtime out
+of file descriptors says so (503, not the app's fault), keeps serving the
+apps it runs and starts workers again once descriptors are free.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,11 @@ import pytest
 import pytest_twisted
 from e2e_apps import pid_alive, wait_until, within, write_app
 from reliability_procs import fd_count, sleep
+from runtime import twistd_command
 
 CYCLES = 5
+NOFILE = 256
+"""The runtime's fd limit when it is run out of them."""
 
 LEAVES_A_CHILD = """
     import os
@@ -154,3 +161,43 @@ async def test_a_child_left_by_a_worker_of_a_dead_template_leaks_no_runtime_fd(
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+@pytest_twisted.ensureDeferred
+async def test_a_runtime_out_of_fds_answers_503_and_recovers(runtimes, tmp_path: Path, mode: str):
+    """
+    Idle client connections take all but a few of the runtime's fds: a new
+    app's worker cannot be started (503 WORKERS_UNAVAILABLE, as while the
+    template is down: not the app's fault), a running app still answers,
+    and once the connections close the new app starts.
+    """
+    reactor = reactor_()
+    for name in ("warm", "cold"):
+        write_app(tmp_path, name, "1.0.0", manifest=PERSISTENT, files={"app.py": PLAIN})
+    env = {"RUNTIME_ENV": "test", "RUNTIME_WORKER_MODE": mode}
+    command = ["prlimit", f"--nofile={NOFILE}:{NOFILE}", *twistd_command()]
+    proc = await runtimes.spawn(worker_dirs=[str(tmp_path)], env=env, command=command).started()
+    held: list[socket.socket] = []
+    try:
+        await answer(proc, "/warm@1/")
+        await sleep(reactor, 1.5)  # (the spare forked after the first launch)
+        before = fd_count(proc.pid)
+        while fd_count(proc.pid) < NOFILE - 4:
+            held.append(socket.create_connection(("127.0.0.1", proc.port)))
+            count = before + len(held)
+            assert await wait_until(reactor, lambda n=count: fd_count(proc.pid) >= n, 5)
+        response = await within(reactor, proc.get("/cold@1/"), 30)
+        body = json.loads(await response.text())
+        print(f"\n{mode}, {len(held)} idle connections: {response.code} {body}")
+        assert response.code == 503, body
+        assert body["error"]["code"] == "WORKERS_UNAVAILABLE"
+        assert "Too many open files" in body["error"]["message"]
+        assert response.headers.getRawHeaders("retry-after") == ["1"]
+        assert "pid" in await answer(proc, "/warm@1/"), "a running app still answers"
+    finally:
+        for sock in held:
+            sock.close()
+    assert await wait_until(reactor, lambda: fd_count(proc.pid) <= before, 10)
+    assert "pid" in await answer(proc, "/cold@1/"), "the new app starts once fds are free"

@@ -222,7 +222,10 @@ class ForkLauncher:
     ) -> Deferred:
         if spec.worker_id in self._pending:
             return fail(ValueError(f"worker {spec.worker_id} is already being launched"))
-        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        try:
+            pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        except OSError as error:  # out of fds: the runtime's trouble, not the app's
+            return fail(LauncherUnavailable(f"cannot make a worker's sockets: {error}"))
         ours = [pair[0] for pair in pairs]  # the worker's stdout, stderr and output
         theirs = [pair[1] for pair in pairs]
         message = {"worker_id": spec.worker_id, "app_dir": spec.app_dir, "env": dict(spec.env)}

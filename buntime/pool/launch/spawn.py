@@ -26,6 +26,7 @@ from buntime.pool.launch.launcher import (
     WORKER_FDS,
     ILauncher,
     LaunchedProcess,
+    LauncherUnavailable,
     LaunchSpec,
     exit_code,
     output_readers,
@@ -141,6 +142,8 @@ class SpawnLauncher:
                 path=spec.app_dir,
                 childFDs=WORKER_FDS,
             )
+        except OSError as error:  # out of fds or processes: the runtime's trouble
+            return fail(LauncherUnavailable(f"cannot start a worker process: {error}"))
         except Exception:
             return fail()
 

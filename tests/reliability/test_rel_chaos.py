@@ -203,3 +203,44 @@ async def test_a_runtime_out_of_fds_answers_503_and_recovers(runtimes, tmp_path:
             sock.close()
     assert await wait_until(reactor, lambda: fd_count(proc.pid) <= before, 10)
     assert "pid" in await answer(proc, "/cold@1/"), "the new app starts once fds are free"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a hung fork template is never replaced: launches time out after 10 s "
+    "(503 WORKERS_UNAVAILABLE) until someone kills it, and killing it takes every "
+    "worker with it (PR_SET_PDEATHSIG): replacing it needs a design change",
+)
+@pytest_twisted.ensureDeferred
+async def test_a_hung_fork_template_is_replaced(runtimes, tmp_path: Path):
+    """
+    The template is SIGSTOPped (hung, not dead): a cold start times out with
+    503, and a new template should take over so that the next ones start.
+    """
+    reactor = reactor_()
+    for name in ("warm", "spare", "cold"):
+        write_app(tmp_path, name, "1.0.0", manifest=PERSISTENT, files={"app.py": PLAIN})
+    proc = await runtimes.start(worker_dirs=[str(tmp_path)], env={"RUNTIME_ENV": "test"})
+    await answer(proc, "/warm@1/")
+    await sleep(reactor, 1.5)  # the spare forked after the first launch
+    template = proc.messages("buntime:launch:template-ready")[-1]["pid"]
+    os.kill(template, signal.SIGSTOP)
+    try:
+        await answer(proc, "/spare@1/")  # the spare forked before it hung
+        response = await within(reactor, proc.get("/cold@1/"), 30)
+        body = json.loads(await response.text())
+        assert response.code == 503 and body["error"]["code"] == "WORKERS_UNAVAILABLE", body
+        replaced = await wait_until(
+            reactor,
+            lambda: any(
+                m["pid"] != template for m in proc.messages("buntime:launch:template-ready")
+            ),
+            15,
+        )
+        assert replaced, "no new template took over from the hung one"
+        assert "pid" in await answer(proc, "/cold@1/")
+    finally:
+        try:
+            os.kill(template, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

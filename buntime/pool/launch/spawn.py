@@ -11,7 +11,7 @@ from typing import Any
 from attrs import define
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -105,8 +105,9 @@ class _WorkerProcess(ProcessProtocol):
         self.processExited(reason)
 
     def _close_pipes(self) -> None:
-        for fd in WORKER_FDS:
-            self.transport.closeChildFD(fd)
+        if self.transport is not None:
+            for fd in WORKER_FDS:
+                self.transport.closeChildFD(fd)
 
     def _lose_amp(self, reason: Failure) -> None:
         if not self._amp_lost:
@@ -117,9 +118,12 @@ class _WorkerProcess(ProcessProtocol):
 @implementer(ILauncher)
 @define(eq=False)
 class SpawnLauncher:
-    """Starts each worker as C{sys.executable -m buntime.pool.child} in its app dir."""
+    """
+    Starts each worker as C{sys.executable -m buntime.pool.child} in its app
+    dir; C{reactor} provides C{IReactorProcess} and C{IReactorTime}.
+    """
 
-    reactor: IReactorProcess
+    reactor: Any
     cpus: frozenset[int] | None = None
     """The CPUs each worker runs on (C{None}: any)."""
 

@@ -261,8 +261,8 @@ UPLOADED_APP = """
 """
 
 
-async def upload_files(proc: Any, files: dict[str, str]) -> dict[str, Any]:
-    """Upload an app of C{files} as a zip archive; its answer (200 expected)."""
+async def post_app(proc: Any, files: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """Upload an app of C{files} as a zip archive: the status and the answer."""
     body, content_type = multipart("file", "app.zip", zip_archive(files))
     response = await proc.request(
         "POST",
@@ -270,8 +270,13 @@ async def upload_files(proc: Any, files: dict[str, str]) -> dict[str, Any]:
         data=body,
         headers={"Content-Type": content_type, **origin(proc)},
     )
-    answer = await proc.json(response)
-    assert response.code == 200, answer
+    return response.code, await proc.json(response)
+
+
+async def upload_files(proc: Any, files: dict[str, str]) -> dict[str, Any]:
+    """Upload an app of C{files} as a zip archive; its answer (200 expected)."""
+    status, answer = await post_app(proc, files)
+    assert status == 200, answer
     return answer
 
 
@@ -364,15 +369,8 @@ async def test_an_upload_that_could_not_be_served_is_refused_and_changes_nothing
     """
     await upload(shared, "working")
     before = await served_within_a_second(shared, "/uploaded@1.2.3/", "working")
-    body, content_type = multipart("file", "app.zip", zip_archive(files))
-    response = await shared.request(
-        "POST",
-        "/api/apps/upload",
-        data=body,
-        headers={"Content-Type": content_type, **origin(shared)},
-    )
-    answer = await shared.json(response)
-    assert response.code == 400, answer
+    status, answer = await post_app(shared, files)
+    assert status == 400, answer
     assert answer["error"]["code"] == code, answer
     assert "uploaded@1.2.3" in answer["error"]["message"], answer
     assert ".buntime-install" not in answer["error"]["message"], answer  # no temporary path

@@ -63,6 +63,32 @@ def reactor_() -> Any:
     return reactor
 
 
+async def steady_fds(reactor: Any, pid: int, deadline: float = 10.0) -> int:
+    """
+    The runtime's fd count once it has held still for half a second (a
+    spare forked after a launch, sockets settled), polled up to C{deadline}.
+    """
+    last, still, since = fd_count(pid), 0, reactor.seconds()
+    while still < 5 and reactor.seconds() - since < deadline:
+        await sleep(reactor, 0.1)
+        now = fd_count(pid)
+        still, last = (still + 1 if now == last else 0), now
+    return last
+
+
+async def leaver_and_plain(runtimes: Any, root: Path, env: dict[str, str]) -> Any:
+    """
+    A runtime with a pool of one serving C{leaver} (each worker leaves a
+    child) and C{plain}, C{plain} started and the runtime's fds settled.
+    """
+    write_app(root, "leaver", "1.0.0", manifest=PERSISTENT, files={"app.py": LEAVES_A_CHILD})
+    write_app(root, "plain", "1.0.0", manifest=PERSISTENT, files={"app.py": PLAIN})
+    env = {"RUNTIME_ENV": "test", "RUNTIME_POOL_SIZE": "1", **env}
+    proc = await runtimes.start(worker_dirs=[str(root)], env=env)
+    await answer(proc, "/plain@1/")
+    return proc
+
+
 async def answer(proc: Any, path: str) -> dict[str, Any]:
     response = await within(reactor_(), proc.get(path), 30)
     text = await within(reactor_(), response.text(), 30)
@@ -79,15 +105,10 @@ async def test_a_child_left_by_each_worker_leaks_no_runtime_fd(runtimes, tmp_pat
     runtime holds as many fds as before.
     """
     reactor = reactor_()
-    write_app(tmp_path, "leaver", "1.0.0", manifest=PERSISTENT, files={"app.py": LEAVES_A_CHILD})
-    write_app(tmp_path, "plain", "1.0.0", manifest=PERSISTENT, files={"app.py": PLAIN})
-    env = {"RUNTIME_ENV": "test", "RUNTIME_POOL_SIZE": "1", "RUNTIME_WORKER_MODE": mode}
-    proc = await runtimes.start(worker_dirs=[str(tmp_path)], env=env)
+    proc = await leaver_and_plain(runtimes, tmp_path, {"RUNTIME_WORKER_MODE": mode})
     left: list[int] = []
     try:
-        await answer(proc, "/plain@1/")
-        await sleep(reactor, 1.5)  # the spare forked after the first launch
-        before = fd_count(proc.pid)
+        before = await steady_fds(reactor, proc.pid)  # the spare forked after the first launch
         workers = []
         for _ in range(CYCLES):
             leaver = await answer(proc, "/leaver@1/")
@@ -122,18 +143,13 @@ async def test_a_child_left_by_a_worker_of_a_dead_template_leaks_no_runtime_fd(
     holds as many fds as before.
     """
     reactor = reactor_()
-    write_app(tmp_path, "leaver", "1.0.0", manifest=PERSISTENT, files={"app.py": LEAVES_A_CHILD})
-    write_app(tmp_path, "plain", "1.0.0", manifest=PERSISTENT, files={"app.py": PLAIN})
-    env = {"RUNTIME_ENV": "test", "RUNTIME_POOL_SIZE": "1"}
-    proc = await runtimes.start(worker_dirs=[str(tmp_path)], env=env)
+    proc = await leaver_and_plain(runtimes, tmp_path, {})
     left: list[int] = []
     try:
-        await answer(proc, "/plain@1/")
-        await sleep(reactor, 1.5)  # the spare forked after the first launch
-        before = fd_count(proc.pid)
+        before = await steady_fds(reactor, proc.pid)  # the spare forked after the first launch
         leaver = await answer(proc, "/leaver@1/")
         left.append(leaver["child"])
-        await sleep(reactor, 1.5)
+        await steady_fds(reactor, proc.pid)
         template = proc.messages("buntime:launch:template-ready")[-1]["pid"]
         os.kill(template, signal.SIGKILL)
         await proc.wait_for_log(
@@ -152,7 +168,7 @@ async def test_a_child_left_by_a_worker_of_a_dead_template_leaks_no_runtime_fd(
         assert again["pid"] != leaver["pid"] and waited < 5, f"answered after {waited:.1f} s"
         # a new worker for the other app, and its spare, as before
         await answer(proc, "/plain@1/")
-        await sleep(reactor, 1.5)
+        await steady_fds(reactor, proc.pid)
         back = await wait_until(reactor, lambda: fd_count(proc.pid) <= before, 10)
         after = fd_count(proc.pid)
         print(f"\ntemplate killed: runtime fds {before} -> {after}")
@@ -184,8 +200,7 @@ async def test_a_runtime_out_of_fds_answers_503_and_recovers(runtimes, tmp_path:
     held: list[socket.socket] = []
     try:
         await answer(proc, "/warm@1/")
-        await sleep(reactor, 1.5)  # (the spare forked after the first launch)
-        before = fd_count(proc.pid)
+        before = await steady_fds(reactor, proc.pid)  # the spare forked after the first launch
         while fd_count(proc.pid) < NOFILE - 4:
             held.append(socket.create_connection(("127.0.0.1", proc.port)))
             count = before + len(held)
@@ -222,7 +237,7 @@ async def test_a_hung_fork_template_is_replaced(runtimes, tmp_path: Path):
         write_app(tmp_path, name, "1.0.0", manifest=PERSISTENT, files={"app.py": PLAIN})
     proc = await runtimes.start(worker_dirs=[str(tmp_path)], env={"RUNTIME_ENV": "test"})
     await answer(proc, "/warm@1/")
-    await sleep(reactor, 1.5)  # the spare forked after the first launch
+    await steady_fds(reactor, proc.pid)  # the spare forked after the first launch
     template = proc.messages("buntime:launch:template-ready")[-1]["pid"]
     os.kill(template, signal.SIGSTOP)
     try:

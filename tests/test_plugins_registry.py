@@ -174,6 +174,44 @@ async def test_app_public_routes_as_a_list_and_invalid_ones():
     assert not registry.is_public("GET", "/a/x", AppInfo("a", "1", "/d"), "/x")
 
 
+@implementer(IBuntimePlugin)
+class Guarded:
+    """A guard that refuses requests without a key, and routes a guarded one may not reach."""
+
+    routes = Klein()
+
+    def on_request(self, request: Request, app: Any) -> Response | None:
+        if request.headers.get("x-key") != "secret":
+            return Response.error(401, "UNAUTHORIZED", "No key")
+        return None
+
+    @routes.route("/api/status")
+    def status(self, request: Any) -> bytes:
+        return b"up"
+
+    @routes.route("/api/admin/wipe")
+    def wipe(self, request: Any) -> bytes:
+        return b"wiped"
+
+
+@pytest_twisted.ensureDeferred
+async def test_public_routes_match_the_path_as_the_route_reads_it():
+    registry = await registry_of(
+        ({"name": "g", "base": "/g", "publicRoutes": ["/g/api/*"]}, Guarded())
+    )
+    # %2F is a slash to the route (twisted.web and WSGI decode the path): two segments, not one
+    wipe = Request("GET", "/g/api/admin%2Fwipe")
+    assert (await registry.route(wipe)).body == b"wiped"  # where it would go
+    refused = await registry.on_request(wipe, None, None)
+    assert isinstance(refused, Response) and refused.status == 401
+    for path in ("/g/api/status", "/g/api/st%61tus", "/g/api/status/"):
+        request = Request("GET", path)
+        assert await registry.on_request(request, None, None) is request
+    app = AppInfo("a", "1.0.0", "/apps/a", {"publicRoutes": ["/api/*"]})
+    assert not registry.is_public("GET", "/a/api/admin%2Fwipe", app, "/api/admin%2Fwipe")
+    assert registry.is_public("GET", "/a/api/st%61tus", app, "/api/st%61tus")
+
+
 # -- on_response -----------------------------------------------------------------------------
 
 

@@ -5,13 +5,17 @@ Written as a list (every method) or a map of method -> list, with C{ALL}
 for every method.  In a pattern C{*} (or a C{:name} segment) is exactly one
 path segment and C{**} any depth, none included (C{/api/public/**} matches
 C{/api/public} and C{/api/public/a/b}).  A trailing slash does not matter,
-and a HEAD request matches the GET patterns.
+and a HEAD request matches the GET patterns.  A path is matched as the
+route or app that serves it reads it, percent-decoded: C{%2F} is a slash
+there (twisted.web and WSGI decode the path), so C{/api/a%2Fb} is two
+segments under C{/api}, not one.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from urllib.parse import unquote
 
 from attrs import field, frozen
 
@@ -88,9 +92,11 @@ class PublicRoutes:
         return bool(self._compiled)
 
     def matches(self, method: str, path: str) -> bool:
-        """Whether C{method} and C{path} (no query string) are public."""
+        """Whether C{method} and C{path} (no query string, still percent-encoded) are public."""
         if not self._compiled:
             return False
+        if "%" in path:  # as the route or app reads it (see the module's docstring)
+            path = unquote(path)
         method = method.upper()
         methods = ["ALL", method] + (["GET"] if method == "HEAD" else [])
         for name in methods:

@@ -833,6 +833,24 @@ def test_hooks_run_on_answers_no_app_gives():
     assert plugins.seen == [("on_request", "/nothing", None, None), ("on_response", 404, None)]
 
 
+def test_on_response_is_given_the_app_a_rewritten_path_went_to():
+    """A hook that sends a request elsewhere (as the virtual hosts plugin does) moves its app."""
+    plugins = Plugins(
+        on_request=lambda request: request.with_path("/todos" + request.path),
+        on_response=lambda response: response,
+    )
+    door = Door(steps=[app_step([])], plugins=plugins, identify=identify)
+    assert door.get("/items").body == b"user=None"
+    assert plugins.seen == [("on_request", "/items", None, None), ("on_response", 200, TODOS)]
+    plugins = Plugins(
+        on_request=lambda request: request.with_path("/elsewhere"),
+        on_response=lambda response: response,
+    )
+    door = Door(steps=[app_step([])], plugins=plugins, identify=identify)
+    assert door.get("/todos/items").status == 404
+    assert plugins.seen[1] == ("on_response", 404, None)
+
+
 class Probe:
     """A Klein app mounted under the core API: it answers with the C{x-user} it sees."""
 

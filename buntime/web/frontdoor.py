@@ -277,6 +277,10 @@ class FrontDoor:
             hooks = None
         elif hooks is not None:
             hooks.request = outcome  # for on_response hooks that take it
+            if outcome.path != path and self._identify is not None:
+                # a hook sent it elsewhere (a virtual host): on_response is given that app
+                found = self._identify(outcome.path)
+                hooks.app, hooks.app_path = found if found is not None else (None, None)
         answer: Deferred[Any] = self.dispatch(outcome, fields, hooks)
         return answer
 

@@ -271,7 +271,10 @@ class Response:
 
     @classmethod
     def json(cls, obj: object, status: int = 200, headers: object = None) -> Response:
-        hdrs = _headers(headers).set("content-type", "application/json")
+        """C{obj} as JSON, C{application/json} unless C{headers} give a content type."""
+        hdrs = _headers(headers)
+        if "content-type" not in hdrs:
+            hdrs = hdrs.set("content-type", "application/json")
         return cls(status, hdrs, json.dumps(obj).encode("utf-8"))
 
     @classmethod

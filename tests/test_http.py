@@ -211,6 +211,17 @@ def test_response_json():
     assert response.headers.get("content-type") == "application/json"
 
 
+def test_response_json_and_text_keep_a_content_type_they_are_given():
+    problem = {"content-type": "application/problem+json"}
+    assert Response.json({}, 400, problem).headers["content-type"] == "application/problem+json"
+    assert Response.error(400, "BAD", "no", problem).headers["Content-Type"] == (
+        "application/problem+json"
+    )
+    assert Response.text("<p>", headers={"Content-Type": "text/html"}).headers.getall(
+        "content-type"
+    ) == ["text/html"]
+
+
 def test_response_error_format():
     response = Response.error(404, "APP_NOT_FOUND", "No app x", {"x-not-found": "true"})
     assert response.status == 404

@@ -33,10 +33,10 @@ def _pairs(source: object) -> tuple[tuple[str, str], ...]:
 
 
 def _pair(name: object, value: object) -> tuple[str, str]:
-    """One header as C{set} and C{add} store it."""
-    if type(name) is str:
-        return name, str(value)
-    return _pairs([(name, str(value))])[0]
+    """One header as C{set} and C{add} store it (bytes read as L{Headers} reads them)."""
+    if type(name) is str and type(value) is str:
+        return name, value
+    return _pairs([(name, value)])[0]
 
 
 def _compared_length(wanted: str) -> int:
@@ -116,7 +116,8 @@ class Headers(Mapping[str, str]):
 
     def set(self, name: str, value: str) -> Headers:
         """A copy where C{name} has exactly the one value C{value}."""
-        wanted = name.lower()
+        added = _pair(name, value)
+        wanted = added[0].lower()
         size = _compared_length(wanted)
         kept = self._items
         for key, _ in kept:
@@ -124,7 +125,7 @@ class Headers(Mapping[str, str]):
             if (len(key) == size or size < 0) and key.lower() == wanted:
                 kept = tuple(pair for pair in kept if pair[0].lower() != wanted)
                 break
-        return Headers._of((*kept, _pair(name, value)))
+        return Headers._of((*kept, added))
 
     def set_many(self, pairs: Iterable[tuple[str, str]]) -> Headers:
         """
@@ -154,7 +155,7 @@ class Headers(Mapping[str, str]):
 
     def remove(self, name: str) -> Headers:
         """A copy without any value for C{name}."""
-        wanted = name.lower()
+        wanted = _pair(name, "")[0].lower()
         return Headers._of(tuple(pair for pair in self._items if pair[0].lower() != wanted))
 
     def __contains__(self, name: object) -> bool:

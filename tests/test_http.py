@@ -34,6 +34,17 @@ def test_headers_from_dict_pairs_headers_and_bytes():
     assert len(Headers()) == 0
 
 
+def test_set_add_and_remove_read_bytes_as_headers_does():
+    """Bytes are read as Headers reads them: a set replaces the value, never adds a second."""
+    headers = Headers({"Content-Type": "application/json", "X-A": "1"})
+    changed = headers.set(b"content-type", b"text/html")  # type: ignore[arg-type]
+    assert changed.getall("content-type") == ["text/html"]
+    response = Response(200, headers).with_header(b"X-A", "2")  # type: ignore[arg-type]
+    assert response.headers.getall("x-a") == ["2"]
+    assert list(headers.remove(b"x-a")) == ["Content-Type"]  # type: ignore[arg-type]
+    assert headers.add("x-b", b"v").getall("x-b") == ["v"]  # type: ignore[arg-type]
+
+
 def test_headers_keep_the_given_case_for_output():
     headers = Headers([("X-Mixed-Case", "v")])
     assert headers.items() == [("X-Mixed-Case", "v")]

@@ -1023,6 +1023,26 @@ def test_line_breaks_in_an_apps_headers_cannot_split_the_answer():
     assert answer.headers["x-evil"] == "a Set-Cookie: x=1"
 
 
+def test_a_header_name_that_is_not_a_token_is_not_sent(eliot_logger):
+    """A plugin's C{"Content-Length "} must not reach a client that would read it as the length."""
+    names = ["Content-Length ", "Transfer-Encoding\t", "x:y", "", "bad name", "x-\u00e9"]
+    response = Response(200, [*((name, "5") for name in names), ("x-kept", "1")], b"ok")
+    client = answers_to(response, get())
+    head = client.received().split(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+    assert sorted(line.split(b":")[0].lower() for line in head) == [
+        b"content-length",
+        b"date",
+        b"server",
+        b"x-kept",
+        b"x-request-id",
+    ]
+    assert b"content-length: 2" in head
+    [dropped] = [
+        m for m in eliot_logger.messages if m.get("message_type") == "buntime:http:bad-header"
+    ]
+    assert dropped["names"] == names
+
+
 def test_a_stream_is_sent_chunked_on_http_1_1():
     stream = Stream()
     client = answers_to(Response(200, {}, stream), get(), get(b"/n"))

@@ -10,6 +10,7 @@ from twisted.web.http import datetimeToString
 
 from buntime import __version__
 from buntime.http import Headers
+from buntime.logs import log
 from buntime.web.http1.head import Refusal
 
 HOP_BY_HOP = frozenset(
@@ -61,20 +62,48 @@ def declared_length(value: str | None) -> int | None:
     return None
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header name (RFC 9110 C{token})."""
+_NAMES: set[str] = set()
+"""Header names found to be tokens (answers carry the same few: each is checked once)."""
+_MAX_NAMES = 1024
+
+
+def _is_token(name: str) -> bool:
+    if _TOKEN.fullmatch(name) is None:
+        return False
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES.add(name)
+    return True
+
+
 def header_lines(headers: Headers) -> tuple[list[bytes], int | None]:
     """
     The lines of an app's C{headers} the connection passes on, and the
     app's own C{Content-Length} (C{None}: none, or not a plain number).
+    A name that is not a token (a plugin's C{"Content-Length "}, which a
+    lenient client would read as the length) is left out, and logged.
     """
     kept = []
     given = None
+    bad = None
     for name, value in headers.items():
         lower = name.lower()
         if lower in _OWN:
             if lower == "content-length":
                 given = declared_length(value)
             continue
+        if name not in _NAMES and not _is_token(name):
+            bad = [*(bad or ()), name]
+            continue
         kept.append(f"{name}: {value}")
+    if bad is not None:
+        log(
+            "warn",
+            "buntime:http:bad-header",
+            f"Header names that are not tokens were left out of an answer: {bad!r}",
+            names=bad,
+        )
     if not kept:
         return [], given
     block = "\r\n".join(kept).encode("latin-1", "replace")

@@ -851,6 +851,33 @@ def test_on_response_is_given_the_app_a_rewritten_path_went_to():
     assert plugins.seen[1] == ("on_response", 404, None)
 
 
+@implementer(IBuntimePlugin)
+class Stalled:
+    """A plugin whose C{on_request} hook never answers (a lost Deferred, a hung lookup)."""
+
+    def on_request(self, request: Request, app: Any) -> Deferred[None]:
+        return Deferred()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design: on_request (and server_fetch) hooks are not bounded; a hook that never "
+    "answers holds its request open forever (a worker app's request answers 504 after its "
+    "timeout, 30 s by default)",
+)
+@pytest_twisted.ensureDeferred
+async def test_an_on_request_hook_that_never_answers_does_not_hold_the_request_forever():
+    source = PluginSource({"name": "stalled"}, "/plugins/stalled", "package", provider=Stalled())
+    registry, _ = await make_loader().load([source])
+    door = Door(steps=[app_step([])], plugins=registry, identify=identify)
+    client = door.start("GET", "/todos/items")
+    for _ in range(10):
+        door.clock.advance(60)
+    assert door.state.in_flight == 0
+    [answer] = client.answers()
+    assert answer.status >= 500
+
+
 class Probe:
     """A Klein app mounted under the core API: it answers with the C{x-user} it sees."""
 

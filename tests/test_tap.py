@@ -248,6 +248,32 @@ def test_make_service_refuses_a_listen_description_twisted_cannot_use(
     )
 
 
+@pytest.mark.parametrize("broken", ["not a pem", "another pair's key"])
+def test_make_service_refuses_tls_files_that_cannot_be_used(
+    clean_environ, capsys, tmp_path, broken
+):
+    from test_e2e_tls import self_signed
+
+    os.mkdir("apps")
+    key, cert = self_signed(tmp_path)
+    if broken == "not a pem":
+        key.write_text("garbage\n")
+    else:
+        (tmp_path / "other").mkdir()
+        key, _ = self_signed(tmp_path / "other")
+    listen = f"ssl:8443:privateKey={key}:certKey={cert}"
+    options = parse(["-w", "apps", "--listen", listen])
+    with pytest.raises(SystemExit) as caught:
+        makeService(options)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "buntime: RUNTIME_LISTEN (or --listen) must be a Twisted endpoint like"
+        f" tcp:8000:interface=127.0.0.1, got {listen!r}: "
+    )
+    assert err.count("\n") == 1
+
+
 def test_reload_flag(clean_environ, monkeypatch):
     assert parse(["-w", "apps"]).config.reload is True  # development, the default
     assert parse(["-w", "apps", "--env", "test"]).config.reload is False

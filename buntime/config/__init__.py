@@ -145,16 +145,20 @@ def check_directories(config: RuntimeConfig) -> None:
 def check_listen(config: RuntimeConfig, reactor: Any) -> None:
     """
     Refuse a listen description Twisted cannot make an endpoint of (an
-    unknown type, a bad argument, a TLS key file that is not there), before
-    plugins load and workers start.
+    unknown type, a bad argument, a TLS key file that is not there, is no
+    PEM or does not match the certificate), before plugins load and workers
+    start.
 
     @raise ConfigError: naming the setting and the description.
     """
+    from OpenSSL import SSL, crypto
     from twisted.internet.endpoints import serverFromString
+    from twisted.internet.error import VerifyError
 
+    unusable = (ValueError, TypeError, KeyError, OSError, VerifyError, SSL.Error, crypto.Error)
     try:
         serverFromString(reactor, config.listen)
-    except (ValueError, TypeError, KeyError, OSError) as error:
+    except unusable as error:
         raise ConfigError(
             f"RUNTIME_LISTEN (or --listen) must be a Twisted endpoint like"
             f" tcp:8000:interface=127.0.0.1, got {config.listen!r}: {error}"

@@ -28,8 +28,14 @@ from buntime.web.state import RuntimeState
 SHUTDOWN_CAP = 30.0
 
 
+before_exit: list[Callable[[int], None]] = []
+"""Called with the status by L{exit_now} before it leaves (L{buntime.tap.report_failed_start})."""
+
+
 def exit_now(code: int) -> None:
     """Leave the process at once (after flushing what was written)."""
+    for hook in before_exit:
+        hook(code)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

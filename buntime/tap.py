@@ -4,8 +4,10 @@ What C{twistd buntime} calls: the command-line L{Options} and L{makeService}.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.python import usage
@@ -95,12 +97,33 @@ class Options(usage.Options):
             self.console_path = os.path.abspath(logfile or "twistd.log")
 
 
+def report_failed_start(parent: Any, reactor: Any) -> Callable[[int], None]:
+    """
+    Daemonized, the C{twistd} command waits until its daemon writes to a
+    status pipe once started, and keeps waiting if the daemon exits first
+    (it holds the pipe's other end too): a start that fails (a port in use)
+    says so there, so that the command exits 1, and removes the pidfile, as
+    twistd does when a service raises.
+    """
+
+    def leaving(code: int) -> None:
+        pipe = parent.get("statusPipe")
+        if not code or pipe is None or reactor.running:
+            return  # once the reactor runs, twistd has written and closed it
+        os.write(pipe, b"1 buntime could not start: see the log")
+        if parent.get("pidfile"):
+            with contextlib.suppress(OSError):
+                os.remove(parent["pidfile"])
+
+    return leaving
+
+
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
     from buntime._libc import hide_environment_values
     from buntime.pool.environment import is_sensitive
-    from buntime.service import settle_memory
+    from buntime.service import before_exit, settle_memory
     from buntime.wiring import make_runtime
 
     # Workers run as our user: they could read our secrets in /proc/<pid>/environ.
@@ -112,4 +135,7 @@ def makeService(options: Options) -> Any:
     except ConfigError as error:
         refuse(error)
     runtime.on_serving.append(settle_memory)
+    parent = getattr(options, "parent", None)
+    if parent is not None and not parent.get("nodaemon"):
+        before_exit.append(report_failed_start(parent, reactor))
     return runtime

@@ -383,6 +383,51 @@ def test_daemon_mode_logs_to_the_twistd_log(tmp_path):
                 time.sleep(0.05)
 
 
+def test_a_daemon_that_cannot_listen_makes_the_twistd_command_exit_1(tmp_path):
+    """
+    Daemonized, the C{twistd} command waits for its daemon to say it started:
+    a port in use must end that wait with status 1, not leave it hanging.
+    """
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    twistd = Path(sys.executable).with_name("twistd")
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "RUNTIME_ENV": "production",
+        "RUNTIME_WORKER_DIRS": str(tmp_path),
+        "RUNTIME_PLUGIN_DIRS": str(tmp_path / "plugins"),
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                str(twistd),
+                f"--pidfile={pidfile}",
+                f"--logfile={logfile}",
+                "buntime",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done
+    assert "buntime could not start: see the log" in done.stderr
+    assert "Address already in use" in logfile.read_text()
+    assert not pidfile.exists()
+
+
 @pytest_twisted.ensureDeferred
 async def test_two_foreground_runtimes_start_from_one_directory(runtimes, tmp_path):
     """C{twistd -n buntime} as the README runs it writes no twistd.pid to stop a second one."""

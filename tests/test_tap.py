@@ -17,7 +17,7 @@ from buntime.config import RuntimeConfig
 from buntime.logs import log
 from buntime.logs.service import LoggingService
 from buntime.service import GC_THRESHOLD, settle_memory
-from buntime.tap import Options, makeService
+from buntime.tap import Options, makeService, report_failed_start
 
 
 def parse(argv: list[str]) -> Options:
@@ -272,6 +272,24 @@ def test_make_service_refuses_tls_files_that_cannot_be_used(
         f" tcp:8000:interface=127.0.0.1, got {listen!r}: "
     )
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "running", "told"), [(1, False, True), (0, False, False), (1, True, False)]
+)
+def test_a_failed_daemon_start_is_told_to_the_waiting_twistd(tmp_path, code, running, told):
+    read, write = os.pipe()
+    pidfile = tmp_path / "twistd.pid"
+    pidfile.write_text("4242")
+    parent = {"statusPipe": write, "pidfile": str(pidfile)}
+    reactor = Clock()
+    reactor.running = running  # type: ignore[attr-defined]
+    report_failed_start(parent, reactor)(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        written = pipe.read()
+    assert written == (b"1 buntime could not start: see the log" if told else b"")
+    assert pidfile.exists() is not told
 
 
 def test_reload_flag(clean_environ, monkeypatch):

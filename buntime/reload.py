@@ -57,10 +57,30 @@ def relevant(path: str, roots: Iterable[str]) -> bool:
 
 
 def walk(root: str) -> Iterator[tuple[str, list[str]]]:
-    """Each directory under C{root} (ignored ones left out) with its file names."""
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not ignored(d)]
+    """
+    Each directory under C{root} (ignored ones left out) with its file names.
+    A symlinked directory leading out of C{root} (a project linked into a
+    worker dir) is followed, each real directory once (a link back up makes
+    no loop); one leading to a directory inside C{root} is not: that one is
+    walked (and watched) as itself.
+    """
+    inside = os.path.realpath(root) + os.sep
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [
+            d for d in dirs if not ignored(d) and not _leads_to(os.path.join(folder, d), inside)
+        ]
         yield folder, [f for f in files if not ignored(f)]
+
+
+def _leads_to(path: str, inside: str) -> bool:
+    """Whether C{path} is a symlink to somewhere under C{inside} (a real path ending in C{/})."""
+    return os.path.islink(path) and (os.path.realpath(path) + os.sep).startswith(inside)
 
 
 @define(eq=False)

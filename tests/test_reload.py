@@ -9,7 +9,16 @@ import pytest_twisted
 from e2e_apps import wait_until
 from twisted.internet import reactor
 
-from buntime.reload import QUIET, Debouncer, Notifier, Poller, ReloadService, ignored, relevant
+from buntime.reload import (
+    POLL_INTERVAL,
+    QUIET,
+    Debouncer,
+    Notifier,
+    Poller,
+    ReloadService,
+    ignored,
+    relevant,
+)
 
 try:
     from twisted.internet import inotify
@@ -112,6 +121,55 @@ async def test_inotify_keeps_watching_after_a_directory_is_removed(tmp_path):
         assert await wait_until(reactor, lambda: str(sub) in changed[seen:], 5)
         page = sub / "page.html"
         page.write_text("new")
+        assert await wait_until(reactor, lambda: str(page) in changed, 5)
+    finally:
+        notifier.stop()
+
+
+def test_a_symlinked_app_is_polled_through_its_link_and_a_loop_ends(clock, tmp_path):
+    apps, target = tmp_path / "apps", tmp_path / "project"
+    apps.mkdir()
+    target.mkdir()
+    (target / "app.py").write_text("one")
+    (apps / "linked").symlink_to(target)
+    (target / "up").symlink_to(apps)  # a loop: apps/linked/up/linked/...
+    changed: list[str] = []
+    poller = Poller(clock, [str(apps)], changed.append)
+    poller.start()
+    (target / "app.py").write_text("two, longer")
+    clock.advance(POLL_INTERVAL)
+    assert changed == [str(apps / "linked" / "app.py")]
+    poller.stop()
+
+
+def test_a_version_linked_to_another_in_the_same_dir_is_seen_as_that_one(clock, tmp_path):
+    apps = tmp_path / "apps"
+    (apps / "hello@1.0.0").mkdir(parents=True)
+    (apps / "hello@1.0.0" / "app.py").write_text("one")
+    for alias in ("hello@latest", "hello@0.9.9", "hello@zzz"):  # before and after in a listing
+        (apps / alias).symlink_to(apps / "hello@1.0.0")
+    changed: list[str] = []
+    poller = Poller(clock, [str(apps)], changed.append)
+    poller.start()
+    (apps / "hello@1.0.0" / "app.py").write_text("two, longer")
+    clock.advance(POLL_INTERVAL)
+    assert changed == [str(apps / "hello@1.0.0" / "app.py")]
+    poller.stop()
+
+
+@needs_inotify
+@pytest_twisted.ensureDeferred
+async def test_inotify_watches_a_symlinked_app_from_the_start(tmp_path):
+    apps, target = tmp_path / "apps", tmp_path / "project"
+    apps.mkdir()
+    (target / "templates").mkdir(parents=True)
+    (apps / "linked").symlink_to(target)
+    changed: list[str] = []
+    notifier = Notifier([str(apps)], changed.append)
+    notifier.start()
+    try:
+        (target / "templates" / "index.html").write_text("edited")
+        page = apps / "linked" / "templates" / "index.html"
         assert await wait_until(reactor, lambda: str(page) in changed, 5)
     finally:
         notifier.stop()

@@ -64,6 +64,13 @@ class Options(usage.Options):
         ],
     ]
 
+    def parseOptions(self, options: Any = None) -> None:
+        """An unknown option or a missing value is a bad value too: one line, status 2."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            refuse(ConfigError(f"{error} (--help lists the options)"))
+
     def opt_version(self) -> NoReturn:
         """Display buntime's version and exit."""
         # Without this, twistd's Options answers "Twisted version: ..." here.

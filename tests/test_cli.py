@@ -64,3 +64,25 @@ def test_the_console_script_passes_the_options_on(tmp_path):
     assert result.returncode == 2
     assert f"the app directory {tmp_path / 'missing'} does not exist" in result.stderr
     assert not (tmp_path / "twistd.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--bogus"], "option --bogus not recognized"),
+        (["-w", "apps", "--port"], "option --port requires argument"),
+    ],
+)
+@pytest.mark.parametrize("command", ["buntime", "twistd"])
+def test_an_unknown_option_exits_2_with_one_line(capsys, monkeypatch, argv, line, command):
+    """As a bad value does, whether run as C{buntime} or as C{twistd -n buntime}."""
+    from twisted.scripts.twistd import ServerOptions
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() sets it for twistd
+    with pytest.raises(SystemExit) as leaving:
+        if command == "buntime":
+            main(argv)
+        else:
+            ServerOptions().parseOptions(["-n", "buntime", *argv])
+    assert leaving.value.code == 2
+    assert capsys.readouterr() == ("", f"buntime: {line} (--help lists the options)\n")

@@ -5,12 +5,33 @@ case-insensitive, multi-valued mapping (C{buntime.http} exports it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from attrs import field, frozen
 
 _new = object.__new__
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header name (RFC 9110 C{token})."""
+_NAMES: set[str] = set()
+"""Names found to be tokens (answers carry the same few: each is checked once)."""
+_MAX_NAMES = 1024
+
+
+def is_header_name(name: str) -> bool:
+    """
+    Whether C{name} may be sent as a header name (an RFC 9110 token: no
+    space, colon or line break, which no client could read, or read alike).
+    """
+    if name in _NAMES:
+        return True
+    if _TOKEN.fullmatch(name) is None:
+        return False
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES.add(name)
+    return True
 
 
 def _pairs(source: object) -> tuple[tuple[str, str], ...]:

@@ -129,7 +129,7 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
     from buntime._libc import hide_environment_values
-    from buntime.pool.environment import is_sensitive
+    from buntime.sensitive import is_sensitive
     from buntime.service import before_exit, settle_memory
     from buntime.wiring import make_runtime
 

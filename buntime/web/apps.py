@@ -24,9 +24,10 @@ from buntime.apps.versions import InvalidRange
 from buntime.http import AppInfo, Headers, Request, Response
 from buntime.logs import log
 from buntime.manifest import AppManifest, ManifestError, load_app_manifest
-from buntime.pool.environment import PoolApps, is_sensitive
+from buntime.pool.environment import PoolApps
 from buntime.pool.pool import Again, Served, WorkerPool
 from buntime.pool.state import PoolApp
+from buntime.sensitive import is_sensitive
 from buntime.web.static import inject_base_href, serve_static
 
 _HEAD_SCAN_LIMIT = 64 * 1024

@@ -24,6 +24,10 @@ def request_ids(header: bytes | None) -> tuple[str, str | None]:
     return made, made
 
 
+_FORWARDED = frozenset({"forwarded"})
+_FORWARDED_AND_INTERNAL = frozenset({"forwarded", "x-buntime-internal"})
+
+
 def without_forwarded(
     headers: tuple[tuple[str, str], ...], internal: bool = False
 ) -> tuple[tuple[str, str], ...]:
@@ -32,14 +36,11 @@ def without_forwarded(
     peer's claims; without C{x-buntime-internal} too unless C{internal}
     (this machine may claim it, docs/api.md "Who may change what").
     """
+    dropped = _FORWARDED if internal else _FORWARDED_AND_INTERNAL
     kept = tuple(
         (name, value)
         for name, value in headers
-        if not (
-            name.lower().startswith("x-forwarded-")
-            or name.lower() == "forwarded"
-            or (not internal and name.lower() == "x-buntime-internal")
-        )
+        if not ((lower := name.lower()) in dropped or lower.startswith("x-forwarded-"))
     )
     return kept if len(kept) != len(headers) else headers
 

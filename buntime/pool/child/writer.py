@@ -9,7 +9,6 @@ call before the next); all methods run in the reactor thread.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 from attrs import define
@@ -17,6 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.protocols import amp
 
 from buntime._json import dumps
+from buntime.headers import is_header_name
 from buntime.pool import events
 from buntime.pool.stream import MAX_VALUE_LENGTH, chunks, fit_text, split_first
 
@@ -44,13 +44,6 @@ def _text(value: bytes | str) -> str:
     return value.decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-"""A header name (RFC 9110 C{token})."""
-_NAMES: set[str] = set()
-"""Header names found to be tokens (an app sends the same few: each is checked once)."""
-_MAX_NAMES = 1024
-
-
 def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> str:
     """
     Headers (names and values as text, or as bytes read as latin-1) as the
@@ -60,11 +53,8 @@ def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> str:
     """
     pairs = [[_text(name), _text(value)] for name, value in headers]
     for name, _ in pairs:
-        if name not in _NAMES:
-            if _TOKEN.fullmatch(name) is None:
-                raise ValueError(f"invalid HTTP header name {name!r}")
-            if len(_NAMES) < _MAX_NAMES:
-                _NAMES.add(name)
+        if not is_header_name(name):
+            raise ValueError(f"invalid HTTP header name {name!r}")
     text = dumps(pairs)
     if len(text.encode("utf-8")) > MAX_VALUE_LENGTH - _HEAD_ROOM:
         raise ValueError(f"response headers too large ({len(text)} bytes; at most 64 KiB)")

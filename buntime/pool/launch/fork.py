@@ -438,7 +438,7 @@ class ForkLauncher:
         for sock, reader in zip(streams, sockets, strict=True):
             adopt(self.reactor, sock, reader)
         adopt(self.reactor, channel, protocol)
-        worker = ForkedWorker(pid, Deferred(), [s.closed for s in sockets], sockets)
+        worker = ForkedWorker(pid, Deferred(), sockets)
         self._workers[pid] = worker
         return LaunchedProcess(pid, worker.exited, worker.send_signal)
 

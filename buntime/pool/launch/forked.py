@@ -59,9 +59,8 @@ class ForkedWorker:
 
     pid: int
     exited: Deferred
-    outputs: list[Deferred]
     sockets: list[OutputSocket] = field(factory=list)
-    """The protocols reading those ends (closed once the exit is reported)."""
+    """The protocols reading its output's ends (closed once the exit is reported)."""
     code: int | None = None
 
     def report_exit(self, code: int, reactor: IReactorTime) -> None:
@@ -72,7 +71,7 @@ class ForkedWorker:
         if self.code is not None:
             return
         self.code = code
-        pending = [d for d in self.outputs if not d.called]
+        pending = [s.closed for s in self.sockets if not s.closed.called]
         if not pending:
             self._fire()
             return

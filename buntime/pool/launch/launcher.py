@@ -29,10 +29,10 @@ UNKNOWN_EXIT = 255
 MAX_RESTART_DELAY = 30.0
 """Longest wait before restarting a template that keeps dying before it is ready."""
 STOP_GRACE = 5.0
+"""Seconds the template has to exit after its control channel closes."""
 OUTPUT_GRACE = 1.0
 """Seconds a worker's output is still read after it exited; then its ends are closed
 (a process it left behind may hold them open)."""
-"""Seconds the template has to exit after its control channel closes."""
 
 
 @frozen

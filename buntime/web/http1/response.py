@@ -9,6 +9,7 @@ from http import HTTPStatus
 from twisted.web.http import datetimeToString
 
 from buntime import __version__
+from buntime.headers import is_header_name
 from buntime.http import Headers
 from buntime.logs import log
 from buntime.web.http1.head import Refusal
@@ -62,21 +63,6 @@ def declared_length(value: str | None) -> int | None:
     return None
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-"""A header name (RFC 9110 C{token})."""
-_NAMES: set[str] = set()
-"""Header names found to be tokens (answers carry the same few: each is checked once)."""
-_MAX_NAMES = 1024
-
-
-def _is_token(name: str) -> bool:
-    if _TOKEN.fullmatch(name) is None:
-        return False
-    if len(_NAMES) < _MAX_NAMES:
-        _NAMES.add(name)
-    return True
-
-
 def header_lines(headers: Headers) -> tuple[list[bytes], int | None]:
     """
     The lines of an app's C{headers} the connection passes on, and the
@@ -93,7 +79,7 @@ def header_lines(headers: Headers) -> tuple[list[bytes], int | None]:
             if lower == "content-length":
                 given = declared_length(value)
             continue
-        if name not in _NAMES and not _is_token(name):
+        if not is_header_name(name):
             bad = [*(bad or ()), name]
             continue
         kept.append(f"{name}: {value}")
